@@ -1,0 +1,21 @@
+"""balsamdb: a record store for HPC jobs and provenance that many processes can write at once.
+
+    import balsamdb
+    db = balsamdb.connect()            # the DB directory chosen as `db which` says
+    job = db.jobs.create(name="sim-1", workflow="sweep", application="python sim.py")
+    db.jobs.update_state(job.id, "RUNNING", message="started")
+"""
+
+__version__ = "0.1.0"
+
+from .api import Database, Job, connect  # noqa: E402
+from .exceptions import (  # noqa: E402
+    BadRequest, BalsamDBError, ConfigError, Conflict, DatabaseBusy, InvalidTransition,
+    NotADBDirectory, NotFound, ServerUnavailable, StorageError,
+)
+
+__all__ = [
+    "connect", "Database", "Job", "BalsamDBError", "BadRequest", "ConfigError", "Conflict",
+    "DatabaseBusy", "InvalidTransition", "NotADBDirectory", "NotFound", "ServerUnavailable",
+    "StorageError",
+]

@@ -1,0 +1,308 @@
+"""The public Python API: ``balsamdb.connect()`` and what it returns.
+
+Every call becomes one request of :mod:`balsamdb.operations` with a fresh id.
+While a server runs for the DB directory, the request goes through it (reads
+too); when none runs and the database is SQLite, it is applied directly
+(unless ``require_server``); see :meth:`Database.call`.
+"""
+
+import os
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+from . import address_file, operations
+from .client import ServerClient, server_state, unavailable
+from .dbdir import DBDirectory, job_working_directory
+from .exceptions import NotADBDirectory, ServerUnavailable, error_from_dict
+from .settings import load_settings, resolve_db_path
+
+_COMING_POLL = 0.02  # seconds between looks at the address file while a server restarts
+
+
+def connect(path=None, **settings):
+    """Open the DB directory ``path`` (or the default one; see ``db which``).
+
+    ``settings`` override the user settings for this connection, e.g.
+    ``connect(require_server=True, client_deadline=300)``.  The default DB
+    directory is created on first use; any other must exist (``db init``).
+    """
+    db_path, source = resolve_db_path(path)
+    dbdir = DBDirectory(db_path)
+    resolved = load_settings(**settings)
+    if not dbdir.is_db_directory():
+        if source in ("default_db/ of the source checkout", "the per-user data directory"):
+            dbdir.init("sqlite3", settings=resolved)
+        else:
+            dbdir.config()  # raises the precise reason
+            raise NotADBDirectory(f"{db_path} is not a DB directory; create it with: db init {db_path}")
+    return Database(dbdir, resolved)
+
+
+class Database:
+    """A connection to one DB directory.  Use :func:`connect` to make one."""
+
+    def __init__(self, dbdir, settings):
+        self.dbdir = dbdir
+        self.settings = settings
+        self.db_type = dbdir.db_type
+        self.jobs = Jobs(self)
+        self.records = Records(self)
+        self.projects = Projects(self)
+        self.last_route = None  # "server" or "direct": where the last request went
+        self._server = None
+        self._direct = None
+
+    def __repr__(self):
+        return f"<balsamdb.Database {self.dbdir.path} ({self.db_type})>"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        for backend in (self._server, self._direct):
+            if backend is not None:
+                backend.close()
+        self._server = self._direct = None
+
+    @property
+    def path(self):
+        return self.dbdir.path
+
+    def _server_client(self):
+        if self._server is None:
+            self._server = ServerClient(self.dbdir.secret(), self.settings)
+        return self._server
+
+    def _direct_store(self):
+        if self._direct is None:
+            from .direct import DirectStore
+
+            self._direct = DirectStore(self.dbdir, self.settings)
+        return self._direct
+
+    def call(self, op, **params):
+        """Run operation ``op`` (see ``balsamdb.operations``) and return its result.
+
+        Goes to the server while one runs; to SQLite directly when none runs
+        (and ``require_server`` is off); raises :class:`ServerUnavailable` when
+        no server answers within ``client_deadline`` seconds.
+        """
+        request_id = uuid.uuid4().hex
+        write = op in operations.OPERATIONS and operations.OPERATIONS[op].write
+        answer = self._route({"id": request_id, "op": op, "params": params}, write)
+        if answer.get("ok"):
+            return answer.get("result")
+        raise error_from_dict(answer.get("error") or {})
+
+    def _route(self, message, write):
+        started = time.monotonic()
+        deadline = started + self.settings.client_deadline
+        path = self.dbdir.address_file
+        while True:
+            info = address_file.read(path)
+            state = server_state(info)
+            if state == "up":
+                answer = self._server_client().try_once(info, message, path)
+                if answer is not None:
+                    self.last_route = "server"
+                    return answer
+            elif state == "down":
+                if self.db_type == "sqlite3" and not self.settings.require_server and message["op"] not in (
+                        "ping", "status"):
+                    self.last_route = "direct"
+                    return self._direct_store().call(message["id"], message["op"], message["params"], write)
+                raise ServerUnavailable(
+                    f"no balsamdb server runs for {self.dbdir.path} ({info.get('reason') or info.get('state')}); "
+                    f"start one with: db dbserver --path {self.dbdir.path}"
+                )
+            else:
+                time.sleep(_COMING_POLL)
+            if time.monotonic() >= deadline:
+                raise unavailable(path, time.monotonic() - started)
+
+    def ping(self):
+        """The server's ping answer (raises :class:`ServerUnavailable` when none runs)."""
+        return self.call("ping")
+
+    def server_status(self):
+        """Counters of the running server (see ``db dbserver --status``)."""
+        return self.call("status")
+
+
+def _timestamp(value):
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return value
+
+
+class Job:
+    """A job as read from the store.  Attributes mirror the job fields;
+    ``working_directory`` is an absolute path."""
+
+    __slots__ = ("_data", "_root")
+
+    def __init__(self, data, root):
+        self._data = data
+        self._root = root
+
+    def __getattr__(self, name):
+        try:
+            return self._data[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def working_directory(self):
+        return str(Path(self._root) / self._data["working_directory"])
+
+    @property
+    def created(self):
+        return datetime.fromtimestamp(self._data["created_at"])
+
+    def to_dict(self):
+        out = dict(self._data)
+        out["working_directory"] = self.working_directory
+        return out
+
+    def __eq__(self, other):
+        return isinstance(other, Job) and other._data == self._data
+
+    def __repr__(self):
+        return f"<Job {self._data['name']} {self._data['id'][:8]} {self._data['state']}>"
+
+
+class Jobs:
+    """``db.jobs``: create, change, find and delete jobs."""
+
+    BULK_CHUNK = 5000
+
+    def __init__(self, db):
+        self._db = db
+
+    def _job(self, data):
+        return Job(data, self._db.dbdir.path)
+
+    def _spec(self, name, workflow, fields):
+        spec = dict(fields, name=name, workflow=workflow)
+        spec["id"] = str(spec.get("id") or uuid.uuid4())
+        os.makedirs(self._db.dbdir.path / job_working_directory(workflow, name, spec["id"]), exist_ok=True)
+        return spec
+
+    def create(self, name, workflow="default", **fields):
+        """Create a job; returns it.  Its working directory exists on return.
+
+        Fields: application, args, description, num_nodes, ranks_per_node,
+        threads_per_rank, wall_time_minutes, environ, parents, tags, data,
+        state (CREATED, AWAITING_PARENTS or READY).
+        """
+        return self._job(self._db.call("job_create", job=self._spec(name, workflow, fields)))
+
+    def bulk_create(self, jobs):
+        """Create many jobs (a list of dicts of ``create``'s arguments); returns their ids.
+
+        Sent in chunks of 5000, each applied all or none.
+        """
+        specs = []
+        for item in jobs:
+            item = dict(item)
+            specs.append(self._spec(item.pop("name", None), item.pop("workflow", "default"), item))
+        for start in range(0, len(specs), self.BULK_CHUNK):
+            self._db.call("job_bulk_create", jobs=specs[start:start + self.BULK_CHUNK])
+        return [s["id"] for s in specs]
+
+    def get(self, job_id):
+        """The job with id ``job_id`` (a prefix of 8+ characters is not enough: give the id)."""
+        return self._job(self._db.call("job_get", job_id=str(job_id)))
+
+    def history(self, job_id):
+        """The state history of a job: a list of dicts, oldest first."""
+        return self._db.call("job_get", job_id=str(job_id))["history"]
+
+    def update_state(self, job_id, state, message=""):
+        """Move a job to ``state``; illegal transitions raise :class:`InvalidTransition`."""
+        return self._job(self._db.call("job_update_state", job_id=str(job_id), state=state, message=message))
+
+    def modify(self, job_id, **changes):
+        """Change fields of a job (not its state: use ``update_state``)."""
+        return self._job(self._db.call("job_modify", job_id=str(job_id), changes=changes))
+
+    def delete(self, *job_ids):
+        """Delete jobs by id; returns how many were deleted."""
+        return self._db.call("job_delete", job_ids=[str(i) for i in job_ids])["deleted"]
+
+    @staticmethod
+    def _filters(filters):
+        return {k: _timestamp(v) for k, v in filters.items() if v is not None}
+
+    def filter(self, limit=None, offset=0, **filters):
+        """Jobs matching all filters, oldest first.
+
+        Filters: workflow, name, name_like (glob), state (one or a list), tags
+        (all of them), ids, created_after, created_before, updated_after,
+        updated_before (datetime or UNIX seconds).
+        """
+        rows = self._db.call("job_filter", filters=self._filters(filters), limit=limit, offset=offset)
+        return [self._job(r) for r in rows]
+
+    def all(self):
+        return self.filter()
+
+    def count(self, **filters):
+        """Number of jobs matching the filters of :meth:`filter`."""
+        return self._db.call("job_count", filters=self._filters(filters))
+
+
+class Records:
+    """``db.records``: Sumatra-style provenance records, grouped by project."""
+
+    def __init__(self, db):
+        self._db = db
+
+    def save(self, project, record):
+        """Save a record document (a dict with at least ``label``); returns True when new."""
+        return self._db.call("record_save", project=project, record=record)["created"]
+
+    def get(self, project, label):
+        """The record document as it was saved."""
+        return self._db.call("record_get", project=project, label=label)
+
+    def list(self, project, tags=None, limit=None):
+        """Record documents of ``project`` having all ``tags``, newest first."""
+        return self._db.call("record_list", project=project, tags=list(tags or []), limit=limit)
+
+    def labels(self, project, tags=None):
+        return self._db.call("record_labels", project=project, tags=list(tags or []))
+
+    def delete(self, project, label):
+        """Delete one record; raises :class:`NotFound` when it does not exist."""
+        return self._db.call("record_delete", project=project, label=label)["deleted"]
+
+    def delete_by_tag(self, project, tag):
+        """Delete every record of ``project`` tagged ``tag``; returns how many."""
+        return self._db.call("record_delete_by_tag", project=project, tag=tag)["deleted"]
+
+    def tag(self, project, label, add=(), remove=()):
+        """Add and remove tags of a record; returns its new tags."""
+        return self._db.call("record_tag", project=project, label=label, add=list(add),
+                             remove=list(remove))["tags"]
+
+
+class Projects:
+    """``db.projects``: the projects that group records."""
+
+    def __init__(self, db):
+        self._db = db
+
+    def save(self, name, description=None, public=None):
+        return self._db.call("project_save", name=name, description=description, public=public)
+
+    def get(self, name):
+        return self._db.call("project_get", name=name)
+
+    def list(self):
+        return self._db.call("project_list")

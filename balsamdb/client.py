@@ -1,0 +1,119 @@
+"""The client of the write server: Lazy Pirate over a ZeroMQ REQ socket.
+
+One request is sent, and the reply awaited in short slices.  When no reply
+comes within ``client_timeout`` seconds, or the server named in the address
+file is seen to die, the socket is closed with linger 0, the address file is
+read again, and the *same* request (same id) is sent on a fresh socket; the
+server answers a retry of an applied write from its record, so retries never
+duplicate.  After ``client_deadline`` seconds without an answer the caller gets
+:class:`ServerUnavailable`.
+"""
+
+import logging
+import os
+import time
+
+import zmq
+
+from . import address_file, protocol
+from .exceptions import AuthenticationError, ServerUnavailable
+
+log = logging.getLogger(__name__)
+
+_SLICE_MS = 50          # poll granularity while waiting for a reply
+_LIVENESS_EVERY = 0.25  # seconds between checks that the server still lives
+
+
+class _Context:
+    """A ZeroMQ context per process (a forked child must not reuse its parent's)."""
+
+    pid = None
+    context = None
+
+    @classmethod
+    def get(cls):
+        if cls.pid != os.getpid():
+            cls.context, cls.pid = zmq.Context(), os.getpid()
+        return cls.context
+
+
+class ServerClient:
+    """Sends requests to the server named in an address record."""
+
+    kind = "server"
+
+    def __init__(self, secret, settings):
+        self.secret = secret
+        self.settings = settings
+        self._socket = None
+        self._address = None
+
+    def close(self):
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def _connect(self, address):
+        if self._socket is None or self._address != address:
+            self.close()
+            sock = _Context.get().socket(zmq.REQ)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(address)
+            self._socket, self._address = sock, address
+        return self._socket
+
+    def try_once(self, info, message, address_path):
+        """Send ``message`` to the server of ``info`` and wait for the answer.
+
+        Returns the answer body, or None when this try should be abandoned (no
+        reply in time, or the server died or was replaced meanwhile).
+        """
+        sock = self._connect(info["address"])
+        sock.send_multipart(protocol.encode(self.secret, message), copy=False)
+        give_up = time.monotonic() + self.settings.client_timeout
+        next_check = time.monotonic() + _LIVENESS_EVERY
+        while True:
+            if sock.poll(_SLICE_MS, zmq.POLLIN):
+                frames = sock.recv_multipart()
+                try:
+                    answer = protocol.decode(self.secret, frames)
+                except AuthenticationError:
+                    self.close()
+                    raise AuthenticationError(
+                        "the server's answer is not signed with this DB directory's secret"
+                    ) from None
+                if answer.get("id") != message["id"]:
+                    log.warning("dropping an answer to another request (%s)", answer.get("id"))
+                    continue
+                return answer
+            now = time.monotonic()
+            if now >= give_up:
+                log.info("no answer from %s in %.1f s; retrying on a fresh socket",
+                         info["address"], self.settings.client_timeout)
+                self.close()
+                return None
+            if now >= next_check:
+                next_check = now + _LIVENESS_EVERY
+                current = address_file.read(address_path)
+                if current.get("epoch") != info.get("epoch") or not address_file.server_alive(info):
+                    log.info("server %s went away; retrying", info["address"])
+                    self.close()
+                    return None
+
+
+def server_state(info):
+    """``"up"``: a live server is named; ``"coming"``: its watchdog lives and
+    will (re)start it; ``"down"``: no server runs and none is coming."""
+    if address_file.server_alive(info):
+        return "up"
+    if info.get("state") in ("running", "restarting") and address_file.watchdog_alive(info):
+        return "coming"
+    return "down"
+
+
+def unavailable(address_path, waited):
+    info = address_file.read(address_path)
+    return ServerUnavailable(
+        f"no answer from the balsamdb server within {waited:.0f} s "
+        f"(address file says: {info.get('state')}{', ' + info['reason'] if info.get('reason') else ''})"
+    )

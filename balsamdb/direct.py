@@ -1,0 +1,69 @@
+"""Writing SQLite directly, for processes on the host that holds the file while no server runs.
+
+Each request is one ``BEGIN IMMEDIATE`` transaction on a WAL database with a
+busy timeout; a lock that outlasts it is retried with backoff until the
+``direct_deadline`` setting runs out, and then :class:`DatabaseBusy` is raised:
+a write either commits or raises, it never silently disappears.  Because the
+request id is stored with the write, a retry after an ambiguous failure cannot
+apply it twice.
+
+Not for cluster file systems (Lustre, GPFS, NFS): SQLite's locking needs one
+host.  Jobs on compute nodes go through the server.
+"""
+
+import logging
+import random
+import time
+
+import peewee as pw
+
+from .applier import StorageFailure, apply_request
+from .exceptions import DatabaseBusy, StorageError
+from .models import MODELS
+
+log = logging.getLogger(__name__)
+
+_BUSY_WORDS = ("locked", "busy")
+
+
+class DirectStore:
+    """Runs requests against the DB directory's SQLite file in this process."""
+
+    kind = "direct"
+
+    def __init__(self, dbdir, settings):
+        self.dbdir = dbdir
+        self.settings = settings
+        # The busy timeout is short so that our own backoff, with jitter, spreads
+        # out many waiting processes instead of all retrying inside SQLite.
+        self.database = dbdir.open_database(settings, busy_timeout=5.0)
+
+    def close(self):
+        if not self.database.is_closed():
+            self.database.close()
+
+    def call(self, request_id, op, params, write):
+        """Apply one request; returns the answer dict (see :mod:`balsamdb.applier`)."""
+        deadline = time.monotonic() + self.settings.direct_deadline
+        delay = 0.005
+        while True:
+            try:
+                self.database.connect(reuse_if_open=True)
+                with self.database.bind_ctx(MODELS):
+                    with self.database.atomic(lock_type="IMMEDIATE" if write else None):
+                        return apply_request(self.database, request_id, op, params)
+            except (StorageFailure, pw.OperationalError) as exc:
+                original = getattr(exc, "original", exc)
+                text = str(original).lower()
+                if not any(word in text for word in _BUSY_WORDS):
+                    raise StorageError(f"{self.dbdir.sqlite_file}: {original}") from None
+                if time.monotonic() + delay > deadline:
+                    raise DatabaseBusy(
+                        f"{self.dbdir.sqlite_file} stayed locked for {self.settings.direct_deadline:.0f} s; "
+                        "nothing was written. Start a server (db dbserver) for many writers."
+                    ) from None
+                log.debug("database locked; retrying %s in %.3f s", op, delay)
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.5)
+            except pw.DatabaseError as exc:
+                raise StorageError(f"{self.dbdir.sqlite_file}: {exc}") from None

@@ -1,0 +1,167 @@
+"""The tables, as peewee models, and the schema versions that build them.
+
+Models are bound to a database at run time (``database.bind_ctx(MODELS)`` or
+``bind(database)``), so one process can hold several DB directories.  JSON
+columns are plain text: the same schema runs on SQLite and PostgreSQL.
+Times are UNIX seconds (float, UTC).
+"""
+
+import json
+import time
+
+import peewee as pw
+
+SCHEMA_VERSION = 1
+
+
+class JSONText(pw.TextField):
+    """A JSON document stored as text; ``None`` stays NULL."""
+
+    def db_value(self, value):
+        return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+    def python_value(self, value):
+        return None if value is None else json.loads(value)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = None
+        legacy_table_names = False
+
+
+class Job(BaseModel):
+    id = pw.CharField(max_length=36, primary_key=True)
+    name = pw.CharField(index=True)
+    workflow = pw.CharField(index=True)
+    application = pw.TextField(default="")
+    args = pw.TextField(default="")
+    description = pw.TextField(default="")
+    state = pw.CharField(max_length=32, index=True)
+    state_message = pw.TextField(default="")
+    working_directory = pw.TextField()
+    num_nodes = pw.IntegerField(default=1)
+    ranks_per_node = pw.IntegerField(default=1)
+    threads_per_rank = pw.IntegerField(default=1)
+    wall_time_minutes = pw.FloatField(default=0)
+    environ = JSONText(default=dict)
+    parents = JSONText(default=list)
+    tags = JSONText(default=list)
+    data = JSONText(default=dict)
+    created_at = pw.DoubleField(index=True)
+    updated_at = pw.DoubleField()
+
+
+class JobStateChange(BaseModel):
+    job = pw.ForeignKeyField(Job, backref="history", on_delete="CASCADE")
+    time = pw.DoubleField()
+    from_state = pw.CharField(max_length=32, null=True)
+    to_state = pw.CharField(max_length=32)
+    message = pw.TextField(default="")
+
+
+class JobTag(BaseModel):
+    job = pw.ForeignKeyField(Job, on_delete="CASCADE")
+    tag = pw.CharField(index=True)
+
+    class Meta:
+        primary_key = pw.CompositeKey("job", "tag")
+
+
+class Project(BaseModel):
+    name = pw.CharField(primary_key=True)
+    description = pw.TextField(default="")
+    public = pw.BooleanField(default=False)
+    created_at = pw.DoubleField()
+
+
+class Record(BaseModel):
+    project = pw.ForeignKeyField(Project, on_delete="CASCADE")
+    label = pw.CharField()
+    timestamp = pw.CharField(default="")
+    sort_time = pw.DoubleField(index=True)
+    reason = pw.TextField(default="")
+    outcome = pw.TextField(default="")
+    main_file = pw.TextField(default="")
+    version = pw.CharField(default="")
+    user = pw.CharField(default="")
+    duration = pw.FloatField(null=True)
+    document = pw.TextField()
+    created_at = pw.DoubleField()
+    updated_at = pw.DoubleField()
+
+    class Meta:
+        indexes = ((("project", "label"), True),)
+
+
+class RecordTag(BaseModel):
+    record = pw.ForeignKeyField(Record, on_delete="CASCADE")
+    tag = pw.CharField(index=True)
+
+    class Meta:
+        primary_key = pw.CompositeKey("record", "tag")
+
+
+class AppliedRequest(BaseModel):
+    """A write that was applied, with its answer: a retry gets this answer."""
+
+    request_id = pw.CharField(max_length=64, primary_key=True)
+    applied_at = pw.DoubleField()
+    response = pw.TextField()
+
+
+class SchemaVersion(BaseModel):
+    version = pw.IntegerField()
+
+
+MODELS = [Job, JobStateChange, JobTag, Project, Record, RecordTag, AppliedRequest, SchemaVersion]
+
+
+def current_version(database):
+    """Schema version of ``database`` (0 for an empty database)."""
+    with database.bind_ctx(MODELS):
+        if not SchemaVersion.table_exists():
+            return 0
+        row = SchemaVersion.select().first()
+        return row.version if row else 0
+
+
+def _create_v1(database):
+    database.create_tables(MODELS, safe=True)
+
+
+#: version -> (function that brings the schema from version-1 to it, what it does)
+MIGRATIONS = {
+    1: (_create_v1, "created the tables for jobs, state history, tags, projects, records and request ids"),
+}
+
+
+def upgrade(database):
+    """Bring ``database`` to :data:`SCHEMA_VERSION`, keeping every row.
+
+    Idempotent.  Returns the list of sentences saying what was done (empty when
+    the schema was already current).
+    """
+    done = []
+    with database.bind_ctx(MODELS):
+        with database.atomic():
+            version = current_version(database)
+            if version > SCHEMA_VERSION:
+                from .exceptions import ConfigError
+
+                raise ConfigError(
+                    f"the database has schema version {version}, newer than this balsamdb "
+                    f"({SCHEMA_VERSION}); upgrade balsamdb"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                migrate, what = MIGRATIONS[target]
+                migrate(database)
+                done.append(f"schema {target - 1} -> {target}: {what}")
+            if done:
+                SchemaVersion.delete().execute()
+                SchemaVersion.create(version=SCHEMA_VERSION)
+    return done
+
+
+def now():
+    return time.time()

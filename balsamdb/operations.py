@@ -1,0 +1,562 @@
+"""The closed set of operations that change or read the store.
+
+Each operation is defined once, here, and its docstring is its specification:
+the same function runs inside the write server (in a savepoint of a group
+commit) and in a process writing SQLite directly.  Parameters arrive as JSON
+values and are validated before anything is written; no SQL crosses the wire.
+
+Call :func:`execute` with the operation name and its parameters while the
+models are bound to a database and a transaction is open.
+"""
+
+import inspect
+import json
+import uuid
+from dataclasses import dataclass
+
+import peewee as pw
+
+from . import states
+from .dbdir import job_working_directory
+from .exceptions import BadRequest, Conflict, NotFound
+from .models import Job, JobStateChange, JobTag, Project, Record, RecordTag, now
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    function: object
+    write: bool
+    signature: inspect.Signature
+
+    @property
+    def doc(self):
+        return inspect.cleandoc(self.function.__doc__ or "")
+
+
+OPERATIONS = {}
+
+
+def operation(write):
+    def register(function):
+        name = function.__name__
+        OPERATIONS[name] = Operation(name, function, write, inspect.signature(function))
+        return function
+
+    return register
+
+
+def lookup(name):
+    """The :class:`Operation` called ``name``, or :class:`BadRequest`."""
+    if not isinstance(name, str) or name not in OPERATIONS:
+        raise BadRequest(f"unknown operation {name!r}; known: {', '.join(sorted(OPERATIONS))}")
+    return OPERATIONS[name]
+
+
+def bind_params(op, params):
+    """Check ``params`` against the operation's signature; raise :class:`BadRequest`."""
+    if not isinstance(params, dict):
+        raise BadRequest(f"{op.name}: params must be an object")
+    try:
+        op.signature.bind(**params)
+    except TypeError as exc:
+        raise BadRequest(f"{op.name}: {exc}") from None
+
+
+def execute(name, params):
+    """Run operation ``name`` with ``params``; returns its JSON-able result."""
+    op = lookup(name)
+    bind_params(op, params)
+    return op.function(**params)
+
+
+# -- validation helpers ------------------------------------------------------
+
+def _text(value, what, required=True, max_len=None):
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value):
+        raise BadRequest(f"{what} must be a non-empty string")
+    if max_len and len(value) > max_len:
+        raise BadRequest(f"{what} is longer than {max_len} characters")
+    return value
+
+
+def _number(value, what, kind=float, minimum=0):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRequest(f"{what} must be a number")
+    if value < minimum:
+        raise BadRequest(f"{what} must be at least {minimum}")
+    return kind(value)
+
+
+def _str_list(value, what):
+    if value is None:
+        return []
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
+        isinstance(v, str) and v for v in value
+    ):
+        raise BadRequest(f"{what} must be a list of non-empty strings")
+    return list(dict.fromkeys(value))
+
+
+def _object(value, what):
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be an object")
+    return value
+
+
+def _uuid(value, what="job id"):
+    try:
+        return str(uuid.UUID(str(value)))
+    except (ValueError, TypeError, AttributeError):
+        raise BadRequest(f"{what} {value!r} is not a UUID") from None
+
+
+# -- jobs ----------------------------------------------------------------------
+
+JOB_FIELDS = {
+    # name: validator(value) -> clean value
+    "application": lambda v: _text(v, "application", required=False) or "",
+    "args": lambda v: _text(v, "args", required=False) or "",
+    "description": lambda v: _text(v, "description", required=False) or "",
+    "num_nodes": lambda v: _number(v, "num_nodes", int, 1),
+    "ranks_per_node": lambda v: _number(v, "ranks_per_node", int, 1),
+    "threads_per_rank": lambda v: _number(v, "threads_per_rank", int, 1),
+    "wall_time_minutes": lambda v: _number(v, "wall_time_minutes", float, 0),
+    "environ": lambda v: {str(k): str(x) for k, x in _object(v, "environ").items()},
+    "parents": lambda v: [_uuid(p, "parent id") for p in _str_list(v, "parents")],
+    "tags": lambda v: _str_list(v, "tags"),
+    "data": lambda v: _object(v, "data"),
+}
+CREATE_ONLY = {"id", "name", "workflow", "state", "working_directory", "state_message"}
+
+
+def job_to_dict(job):
+    return {
+        "id": job.id, "name": job.name, "workflow": job.workflow,
+        "application": job.application, "args": job.args, "description": job.description,
+        "state": job.state, "state_message": job.state_message,
+        "working_directory": job.working_directory,
+        "num_nodes": job.num_nodes, "ranks_per_node": job.ranks_per_node,
+        "threads_per_rank": job.threads_per_rank, "wall_time_minutes": job.wall_time_minutes,
+        "environ": job.environ, "parents": job.parents, "tags": job.tags, "data": job.data,
+        "created_at": job.created_at, "updated_at": job.updated_at,
+    }
+
+
+def _clean_job(spec, when):
+    """Validate a job specification; returns the row to insert."""
+    if not isinstance(spec, dict):
+        raise BadRequest("a job must be an object")
+    unknown = set(spec) - set(JOB_FIELDS) - CREATE_ONLY
+    if unknown:
+        raise BadRequest(f"unknown job fields: {', '.join(sorted(unknown))}")
+    row = {name: check(spec[name]) for name, check in JOB_FIELDS.items() if name in spec}
+    row["id"] = _uuid(spec["id"]) if spec.get("id") else str(uuid.uuid4())
+    row["name"] = _text(spec.get("name"), "job name", max_len=255)
+    row["workflow"] = _text(spec.get("workflow") or "default", "workflow", max_len=255)
+    state = spec.get("state") or ("AWAITING_PARENTS" if row.get("parents") else "CREATED")
+    if state not in states.INITIAL:
+        raise BadRequest(f"a new job starts in one of {sorted(states.INITIAL)}, not {state!r}")
+    row["state"] = state
+    row["state_message"] = _text(spec.get("state_message"), "state_message", required=False) or ""
+    row["working_directory"] = spec.get("working_directory") or job_working_directory(
+        row["workflow"], row["name"], row["id"]
+    )
+    _text(row["working_directory"], "working_directory")
+    row["created_at"] = row["updated_at"] = when
+    for name, field in Job._meta.fields.items():
+        if name not in row and field.default is not None:
+            row[name] = field.default() if callable(field.default) else field.default
+    return row
+
+
+def _insert_jobs(rows, when):
+    try:
+        for start in range(0, len(rows), 500):
+            Job.insert_many(rows[start:start + 500]).execute()
+    except pw.IntegrityError:
+        ids = [r["id"] for r in rows]
+        taken = [j.id for j in Job.select(Job.id).where(Job.id.in_(ids))]
+        raise Conflict(f"job ids already exist: {', '.join(taken[:5])}") from None
+    history = [
+        {"job": r["id"], "time": when, "from_state": None, "to_state": r["state"], "message": "created"}
+        for r in rows
+    ]
+    tags = [{"job": r["id"], "tag": t} for r in rows for t in r["tags"]]
+    for start in range(0, len(history), 500):
+        JobStateChange.insert_many(history[start:start + 500]).execute()
+    for start in range(0, len(tags), 500):
+        JobTag.insert_many(tags[start:start + 500]).execute()
+
+
+@operation(write=True)
+def job_create(job):
+    """Create one job.
+
+    ``job`` is an object with ``name`` (required), ``workflow`` (default
+    "default"), ``id`` (a UUID made by the client; made here if absent),
+    ``application``, ``args``, ``description``, ``num_nodes``,
+    ``ranks_per_node``, ``threads_per_rank``, ``wall_time_minutes``,
+    ``environ`` (object of strings), ``parents`` (job ids), ``tags`` (strings),
+    ``data`` (any JSON object), ``state`` (CREATED, AWAITING_PARENTS or READY;
+    AWAITING_PARENTS by default when there are parents).  The working directory
+    is ``data/<workflow>/<name>_<first 8 characters of id>``.
+    Returns the job.  A duplicate id is a conflict.
+    """
+    when = now()
+    row = _clean_job(job, when)
+    _insert_jobs([row], when)
+    return job_to_dict(Job.get_by_id(row["id"]))
+
+
+@operation(write=True)
+def job_bulk_create(jobs):
+    """Create many jobs at once, all or none.
+
+    ``jobs`` is a list of job objects as for ``job_create`` (give each its
+    ``id``: the answer does not list them).  Returns ``{"created": n}``.
+    """
+    if not isinstance(jobs, list) or not jobs:
+        raise BadRequest("jobs must be a non-empty list")
+    when = now()
+    rows = [_clean_job(spec, when) for spec in jobs]
+    if len({r["id"] for r in rows}) != len(rows):
+        raise Conflict("the same job id appears twice in one bulk_create")
+    _insert_jobs(rows, when)
+    return {"created": len(rows)}
+
+
+def _get_job(job_id):
+    try:
+        return Job.get_by_id(_uuid(job_id))
+    except Job.DoesNotExist:
+        raise NotFound(f"no job with id {job_id}") from None
+
+
+@operation(write=True)
+def job_update_state(job_id, state, message=""):
+    """Move job ``job_id`` to ``state``, recording ``message`` in its history.
+
+    The state machine (see :mod:`balsamdb.states`) refuses illegal transitions.
+    Returns the job.
+    """
+    job = _get_job(job_id)
+    states.check_transition(job.state, state)
+    message = _text(message, "message", required=False) or ""
+    when = now()
+    JobStateChange.create(job=job.id, time=when, from_state=job.state, to_state=state, message=message)
+    job.state, job.state_message, job.updated_at = state, message, when
+    job.save()
+    return job_to_dict(job)
+
+
+@operation(write=True)
+def job_modify(job_id, changes):
+    """Change fields of job ``job_id``.
+
+    ``changes`` may set ``application``, ``args``, ``description``,
+    ``num_nodes``, ``ranks_per_node``, ``threads_per_rank``,
+    ``wall_time_minutes``, ``environ``, ``parents``, ``tags`` and ``data``
+    (replaced whole).  The state changes only through ``job_update_state``.
+    Returns the job.
+    """
+    changes = _object(changes, "changes")
+    bad = set(changes) - set(JOB_FIELDS)
+    if bad or not changes:
+        raise BadRequest(
+            f"cannot modify {', '.join(sorted(bad)) or 'nothing'}; modifiable fields: {', '.join(JOB_FIELDS)}"
+        )
+    job = _get_job(job_id)
+    for name, value in changes.items():
+        setattr(job, name, JOB_FIELDS[name](value))
+    job.updated_at = now()
+    job.save()
+    if "tags" in changes:
+        JobTag.delete().where(JobTag.job == job.id).execute()
+        if job.tags:
+            JobTag.insert_many([{"job": job.id, "tag": t} for t in job.tags]).execute()
+    return job_to_dict(job)
+
+
+@operation(write=True)
+def job_delete(job_ids):
+    """Delete the jobs in ``job_ids`` with their history; returns ``{"deleted": n}``.
+
+    Ids that do not exist are not an error; the count says how many went.
+    Working directories are left on disk.
+    """
+    ids = [_uuid(i) for i in _str_list(job_ids, "job_ids")]
+    JobTag.delete().where(JobTag.job.in_(ids)).execute()
+    JobStateChange.delete().where(JobStateChange.job.in_(ids)).execute()
+    return {"deleted": Job.delete().where(Job.id.in_(ids)).execute()}
+
+
+@operation(write=False)
+def job_get(job_id):
+    """Return job ``job_id`` with its ``history``: a list of
+    ``{time, from_state, to_state, message}``, oldest first."""
+    job = _get_job(job_id)
+    out = job_to_dict(job)
+    out["history"] = [
+        {"time": h.time, "from_state": h.from_state, "to_state": h.to_state, "message": h.message}
+        for h in JobStateChange.select().where(JobStateChange.job == job.id).order_by(JobStateChange.id)
+    ]
+    return out
+
+
+def _glob_to_like(pattern):
+    return pattern.replace("*", "%").replace("?", "_")
+
+
+FILTER_KEYS = ("ids", "workflow", "name", "name_like", "state", "tags",
+               "created_after", "created_before", "updated_after", "updated_before")
+
+
+def _job_query(filters):
+    filters = _object(filters, "filters")
+    unknown = set(filters) - set(FILTER_KEYS)
+    if unknown:
+        raise BadRequest(f"unknown job filters {sorted(unknown)}; known: {', '.join(FILTER_KEYS)}")
+    query = Job.select()
+    if filters.get("ids") is not None:
+        query = query.where(Job.id.in_([_uuid(i) for i in _str_list(filters["ids"], "ids")]))
+    for key in ("workflow", "name"):
+        if filters.get(key) is not None:
+            query = query.where(getattr(Job, key) == _text(filters[key], key))
+    if filters.get("name_like") is not None:
+        query = query.where(Job.name ** _glob_to_like(_text(filters["name_like"], "name_like")))
+    if filters.get("state") is not None:
+        wanted = filters["state"]
+        wanted = [wanted] if isinstance(wanted, str) else _str_list(wanted, "state")
+        for s in wanted:
+            states.check_state(s)
+        query = query.where(Job.state.in_(wanted))
+    for tag in _str_list(filters.get("tags"), "tags"):
+        query = query.where(Job.id.in_(JobTag.select(JobTag.job).where(JobTag.tag == tag)))
+    for key, field, op in (("created_after", Job.created_at, ">="), ("created_before", Job.created_at, "<"),
+                           ("updated_after", Job.updated_at, ">="), ("updated_before", Job.updated_at, "<")):
+        if filters.get(key) is not None:
+            query = query.where(pw.Expression(field, op, _number(filters[key], key)))
+    return query
+
+
+@operation(write=False)
+def job_filter(filters=None, limit=None, offset=0):
+    """Jobs matching ``filters``, oldest first.
+
+    ``filters`` may hold ``ids``, ``workflow``, ``name``, ``name_like`` (a glob
+    such as ``sim-*``, case-insensitive), ``state`` (one or a list), ``tags``
+    (all of them), ``created_after``/``created_before``/``updated_after``/
+    ``updated_before`` (UNIX seconds).  ``limit`` and ``offset`` page the result.
+    """
+    query = _job_query(filters).order_by(Job.created_at, Job.id)
+    if limit is not None:
+        query = query.limit(_number(limit, "limit", int, 0))
+    if offset:
+        query = query.offset(_number(offset, "offset", int, 0))
+    return [job_to_dict(j) for j in query]
+
+
+@operation(write=False)
+def job_count(filters=None):
+    """Number of jobs matching ``filters`` (as for ``job_filter``)."""
+    return _job_query(filters).count()
+
+
+# -- projects and records -------------------------------------------------------
+
+# Fields of a Sumatra record that a later save of the same run may fill in or change;
+# every other field is provenance and write-once (see docs/records.md).
+RECORD_MUTABLE = frozenset({"duration", "output_data", "platforms", "stdout_stderr", "tags",
+                            "user", "outcome", "reason", "repeats"})
+
+
+def _project_name(name):
+    return _text(name, "project name", max_len=255)
+
+
+def project_to_dict(project):
+    return {"name": project.name, "description": project.description,
+            "public": project.public, "created_at": project.created_at}
+
+
+@operation(write=True)
+def project_save(name, description=None, public=None):
+    """Create project ``name`` or update its description and public flag.
+
+    Returns ``{"created": bool, "project": {...}}``.  Creating a project that
+    exists is not an error (two jobs may race to create it).
+    """
+    name = _project_name(name)
+    project, created = Project.get_or_create(name=name, defaults={"created_at": now()})
+    if description is not None:
+        project.description = _text(description, "description", required=False) or ""
+    if public is not None:
+        if not isinstance(public, bool):
+            raise BadRequest("public must be true or false")
+        project.public = public
+    project.save()
+    return {"created": created, "project": project_to_dict(project)}
+
+
+def _get_project(name):
+    try:
+        return Project.get_by_id(_project_name(name))
+    except Project.DoesNotExist:
+        raise NotFound(f"no project {name!r}") from None
+
+
+@operation(write=False)
+def project_get(name):
+    """Return project ``name`` with its record count."""
+    project = _get_project(name)
+    out = project_to_dict(project)
+    out["records"] = Record.select().where(Record.project == project.name).count()
+    return out
+
+
+@operation(write=False)
+def project_list():
+    """All projects, by name."""
+    return [project_to_dict(p) for p in Project.select().order_by(Project.name)]
+
+
+def _sort_time(timestamp):
+    from datetime import datetime
+
+    for fmt in ("%Y-%m-%d %H:%M:%S%z", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            return datetime.strptime(timestamp, fmt).timestamp()
+        except (ValueError, TypeError):
+            continue
+    return now()
+
+
+def _record_columns(doc):
+    def text(key):
+        value = doc.get(key)
+        return "" if value is None else str(value)
+
+    duration = doc.get("duration")
+    return {
+        "timestamp": text("timestamp"), "sort_time": _sort_time(doc.get("timestamp")),
+        "reason": text("reason"), "outcome": text("outcome"), "main_file": text("main_file"),
+        "version": text("version"), "user": text("user"),
+        "duration": float(duration) if isinstance(duration, (int, float)) and not isinstance(duration, bool) else None,
+    }
+
+
+@operation(write=True)
+def record_save(project, record):
+    """Save a Sumatra record document in ``project`` (created if needed).
+
+    ``record`` is the JSON object Sumatra sends, stored unchanged; its
+    ``label`` names it.  Saving a label again may change only the run-result
+    fields (duration, output_data, platforms, stdout_stderr, tags, user,
+    outcome, reason, repeats); a different value of any other field is a
+    conflict (two runs that picked one label).  Returns ``{"created": bool}``.
+    """
+    project = _project_name(project)
+    if not isinstance(record, dict):
+        raise BadRequest("a record must be a JSON object")
+    label = _text(record.get("label"), "record label", max_len=255)
+    if any(ord(c) < 32 and c not in "\t" for c in label):
+        raise BadRequest("a record label may not hold control characters")
+    tags = _str_list(record.get("tags"), "record tags")
+    Project.get_or_create(name=project, defaults={"created_at": now()})
+    columns = _record_columns(record)
+    document = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    when = now()
+    existing = Record.get_or_none((Record.project == project) & (Record.label == label))
+    if existing is None:
+        row = Record.create(project=project, label=label, document=document, created_at=when,
+                            updated_at=when, **columns)
+        created = True
+    else:
+        old = json.loads(existing.document)
+        changed = sorted(k for k in set(old) | set(record)
+                         if k not in RECORD_MUTABLE and old.get(k) != record.get(k))
+        if changed:
+            raise Conflict(
+                f"record {label!r} in {project!r} exists with different {', '.join(changed)}; "
+                "these provenance fields are write-once (use another label)"
+            )
+        Record.update(document=document, updated_at=when, **columns).where(Record.id == existing.id).execute()
+        RecordTag.delete().where(RecordTag.record == existing.id).execute()
+        row, created = existing, False
+    if tags:
+        RecordTag.insert_many([{"record": row.id, "tag": t} for t in tags]).execute()
+    return {"created": created}
+
+
+def _get_record(project, label):
+    row = Record.get_or_none((Record.project == _project_name(project)) & (Record.label == label))
+    if row is None:
+        raise NotFound(f"no record {label!r} in project {project!r}")
+    return row
+
+
+@operation(write=False)
+def record_get(project, label):
+    """The record document labelled ``label`` in ``project``, as it was saved."""
+    return json.loads(_get_record(project, label).document)
+
+
+def _record_query(project, tags):
+    query = Record.select().where(Record.project == _project_name(project))
+    for tag in _str_list(tags, "tags"):
+        query = query.where(Record.id.in_(RecordTag.select(RecordTag.record).where(RecordTag.tag == tag)))
+    return query
+
+
+@operation(write=False)
+def record_list(project, tags=None, limit=None):
+    """Record documents of ``project`` having all ``tags``, newest first."""
+    query = _record_query(project, tags).order_by(Record.sort_time.desc(), Record.id.desc())
+    if limit is not None:
+        query = query.limit(_number(limit, "limit", int, 0))
+    return [json.loads(r.document) for r in query]
+
+
+@operation(write=False)
+def record_labels(project, tags=None):
+    """Labels of the records of ``project`` having all ``tags``, newest first."""
+    query = _record_query(project, tags).select(Record.label).order_by(Record.sort_time.desc(), Record.id.desc())
+    return [r.label for r in query]
+
+
+@operation(write=True)
+def record_delete(project, label):
+    """Delete record ``label`` of ``project``; not found is an error.  Returns ``{"deleted": 1}``."""
+    row = _get_record(project, label)
+    RecordTag.delete().where(RecordTag.record == row.id).execute()
+    row.delete_instance()
+    return {"deleted": 1}
+
+
+@operation(write=True)
+def record_delete_by_tag(project, tag):
+    """Delete every record of ``project`` tagged ``tag``; returns ``{"deleted": n}``."""
+    ids = [r.id for r in _record_query(project, [_text(tag, "tag")]).select(Record.id)]
+    RecordTag.delete().where(RecordTag.record.in_(ids)).execute()
+    return {"deleted": Record.delete().where(Record.id.in_(ids)).execute() if ids else 0}
+
+
+@operation(write=True)
+def record_tag(project, label, add=None, remove=None):
+    """Add and remove tags of record ``label``; returns ``{"tags": [...]}``, its new tags."""
+    row = _get_record(project, label)
+    doc = json.loads(row.document)
+    add, remove = _str_list(add, "add"), set(_str_list(remove, "remove"))
+    tags = [t for t in list(dict.fromkeys(list(doc.get("tags") or []) + add)) if t not in remove]
+    doc["tags"] = tags
+    Record.update(document=json.dumps(doc, ensure_ascii=False, separators=(",", ":")),
+                  updated_at=now()).where(Record.id == row.id).execute()
+    RecordTag.delete().where(RecordTag.record == row.id).execute()
+    if tags:
+        RecordTag.insert_many([{"record": row.id, "tag": t} for t in tags]).execute()
+    return {"tags": tags}

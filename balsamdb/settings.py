@@ -1,0 +1,132 @@
+"""User settings: one table of defaults, one place that applies precedence.
+
+Precedence, for every setting: an explicit argument > the environment variable
+``BALSAMDB_<NAME>`` > the user settings file > the default below.  The DB
+directory has one more source, ``BALSAM_DB_PATH`` (the name Balsam users know),
+and a last fallback (see :func:`resolve_db_path`).
+
+The settings file is JSON: ``$BALSAMDB_SETTINGS`` if set, else
+``$XDG_CONFIG_HOME/balsamdb/settings.json`` (``~/.config/balsamdb/settings.json``).
+Nothing here runs at import time.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .exceptions import ConfigError
+
+#: name -> (default, type, what it means)
+DEFAULTS = {
+    "default_db_path": (None, str, "DB directory used when neither --path nor BALSAM_DB_PATH is given"),
+    "client_timeout": (2.0, float, "seconds to wait for one reply before retrying on a fresh socket"),
+    "client_deadline": (60.0, float, "seconds a client keeps trying to reach a server before giving up"),
+    "require_server": (False, bool, "refuse to write directly to SQLite when no server runs"),
+    "direct_deadline": (120.0, float, "seconds a direct SQLite write keeps retrying a locked database"),
+    "sqlite_synchronous": ("FULL", str, "SQLite synchronous pragma: FULL (durable) or NORMAL (faster, may lose the last commits on power loss)"),
+    "max_request_bytes": (64 * 1024 * 1024, int, "largest request the server accepts"),
+}
+
+
+def settings_file():
+    """Path of the user settings file (it need not exist)."""
+    explicit = os.environ.get("BALSAMDB_SETTINGS")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "balsamdb" / "settings.json"
+
+
+def _read_settings_file():
+    path = settings_file()
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read settings file {path}: {exc}; fix or delete it") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"settings file {path} must hold a JSON object")
+    unknown = sorted(set(data) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(
+            f"settings file {path} has unknown keys {unknown}; known keys: {sorted(DEFAULTS)}"
+        )
+    return data
+
+
+def _coerce(name, value, kind, source):
+    if value is None:
+        return None
+    try:
+        if kind is bool and isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(value)
+            return lowered in ("1", "true", "yes", "on")
+        if kind is bool:
+            return bool(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name}={value!r} from {source} is not a valid {kind.__name__}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    default_db_path: object
+    client_timeout: float
+    client_deadline: float
+    require_server: bool
+    direct_deadline: float
+    sqlite_synchronous: str
+    max_request_bytes: int
+
+
+def load_settings(**overrides):
+    """Return the effective :class:`Settings`; ``overrides`` win over everything."""
+    from_file = _read_settings_file()
+    values = {}
+    for name, (default, kind, _doc) in DEFAULTS.items():
+        env_name = "BALSAMDB_" + name.upper()
+        if overrides.get(name) is not None:
+            values[name] = _coerce(name, overrides[name], kind, "the caller")
+        elif env_name in os.environ:
+            values[name] = _coerce(name, os.environ[env_name], kind, env_name)
+        elif name in from_file:
+            values[name] = _coerce(name, from_file[name], kind, str(settings_file()))
+        else:
+            values[name] = default
+    if values["sqlite_synchronous"].upper() not in ("FULL", "NORMAL", "EXTRA"):
+        raise ConfigError("sqlite_synchronous must be FULL, EXTRA or NORMAL")
+    values["sqlite_synchronous"] = values["sqlite_synchronous"].upper()
+    return Settings(**values)
+
+
+def source_checkout_default():
+    """``default_db/`` of a source checkout, or None when installed elsewhere."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "setup.cfg").exists() and (root / "default_db").is_dir():
+        return root / "default_db"
+    return None
+
+
+def user_data_default():
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "balsamdb" / "default_db"
+
+
+def resolve_db_path(path=None):
+    """Choose the DB directory: returns ``(Path, source)``, source says why."""
+    if path:
+        return Path(path).expanduser().absolute(), "the --path option"
+    env = os.environ.get("BALSAM_DB_PATH")
+    if env:
+        return Path(env).expanduser().absolute(), "the BALSAM_DB_PATH environment variable"
+    configured = load_settings().default_db_path
+    if configured:
+        return Path(configured).expanduser().absolute(), f"default_db_path in {settings_file()}"
+    checkout = source_checkout_default()
+    if checkout is not None:
+        return checkout, "default_db/ of the source checkout"
+    return user_data_default(), "the per-user data directory"
