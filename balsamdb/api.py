@@ -53,6 +53,8 @@ class Database:
         self.last_route = None  # "server" or "direct": where the last request went
         self._server = None
         self._direct = None
+        self._address_cache = None
+        self._address_signature = None
 
     def __repr__(self):
         return f"<balsamdb.Database {self.dbdir.path} ({self.db_type})>"
@@ -99,13 +101,31 @@ class Database:
             return answer.get("result")
         raise error_from_dict(answer.get("error") or {})
 
+    def _address(self, recheck=False):
+        """The address record and its health, re-read only when the file changed.
+
+        The happy path costs one stat(); liveness (a look at /proc) is checked
+        again only when the file changed or a try failed (``recheck``).
+        """
+        path = self.dbdir.address_file
+        try:
+            st = os.stat(path)
+            signature = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            signature = None
+        if signature != self._address_signature or recheck or self._address_cache is None:
+            info = address_file.read(path)
+            self._address_cache = (info, server_state(info))
+            self._address_signature = signature
+        return self._address_cache
+
     def _route(self, message, write):
         started = time.monotonic()
         deadline = started + self.settings.client_deadline
         path = self.dbdir.address_file
+        recheck = False
         while True:
-            info = address_file.read(path)
-            state = server_state(info)
+            info, state = self._address(recheck)
             if state == "up":
                 answer = self._server_client().try_once(info, message, path)
                 if answer is not None:
@@ -122,6 +142,7 @@ class Database:
                 )
             else:
                 time.sleep(_COMING_POLL)
+            recheck = True
             if time.monotonic() >= deadline:
                 raise unavailable(path, time.monotonic() - started)
 
@@ -187,22 +208,24 @@ class Jobs:
     def _job(self, data):
         return Job(data, self._db.dbdir.path)
 
-    def _spec(self, name, workflow, fields):
+    def _spec(self, name, workflow, fields, make_workdir):
         spec = dict(fields, name=name, workflow=workflow)
         spec["id"] = str(spec.get("id") or uuid.uuid4())
-        os.makedirs(self._db.dbdir.path / job_working_directory(workflow, name, spec["id"]), exist_ok=True)
+        if make_workdir:
+            os.makedirs(self._db.dbdir.path / job_working_directory(workflow, name, spec["id"]), exist_ok=True)
         return spec
 
-    def create(self, name, workflow="default", **fields):
-        """Create a job; returns it.  Its working directory exists on return.
+    def create(self, name, workflow="default", make_workdir=True, **fields):
+        """Create a job; returns it.  Its working directory exists on return
+        (unless ``make_workdir=False``: then whoever runs the job makes it).
 
         Fields: application, args, description, num_nodes, ranks_per_node,
         threads_per_rank, wall_time_minutes, environ, parents, tags, data,
         state (CREATED, AWAITING_PARENTS or READY).
         """
-        return self._job(self._db.call("job_create", job=self._spec(name, workflow, fields)))
+        return self._job(self._db.call("job_create", job=self._spec(name, workflow, fields, make_workdir)))
 
-    def bulk_create(self, jobs):
+    def bulk_create(self, jobs, make_workdir=True):
         """Create many jobs (a list of dicts of ``create``'s arguments); returns their ids.
 
         Sent in chunks of 5000, each applied all or none.
@@ -210,7 +233,7 @@ class Jobs:
         specs = []
         for item in jobs:
             item = dict(item)
-            specs.append(self._spec(item.pop("name", None), item.pop("workflow", "default"), item))
+            specs.append(self._spec(item.pop("name", None), item.pop("workflow", "default"), item, make_workdir))
         for start in range(0, len(specs), self.BULK_CHUNK):
             self._db.call("job_bulk_create", jobs=specs[start:start + self.BULK_CHUNK])
         return [s["id"] for s in specs]

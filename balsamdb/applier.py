@@ -1,10 +1,10 @@
-"""Apply one request exactly once, inside a transaction that the caller holds.
+"""Apply requests exactly once, inside a transaction that the caller holds.
 
-Both the write server (many requests per transaction: group commit) and a
+Both the write server (a whole batch per transaction: group commit) and a
 process writing SQLite directly (one request per transaction) call
-:func:`apply_request`.  The request id and the answer are stored in the same
-transaction as the write, so a retry of an applied request gets the stored
-answer and changes nothing.
+:func:`apply_requests`.  The request id and the answer of every write are
+stored in the same transaction as the write, so a retry of an applied request
+gets the stored answer and changes nothing.
 """
 
 import json
@@ -14,7 +14,8 @@ import peewee as pw
 
 from . import operations
 from .exceptions import BalsamDBError, Conflict, ServerError
-from .models import AppliedRequest, now
+from .models import now
+from .statements import statements
 
 log = logging.getLogger(__name__)
 
@@ -28,43 +29,66 @@ class StorageFailure(Exception):
         self.original = original
 
 
-def apply_request(database, request_id, name, params):
-    """Run operation ``name`` in its own savepoint and return the answer.
+def _dumps(answer):
+    return json.dumps(answer, separators=(",", ":"), ensure_ascii=False)
 
-    The answer is ``{"ok": True, "result": ...}`` or ``{"ok": False, "error":
-    {code, type, message}}``; a write's answer, success or refusal, is stored
-    under ``request_id`` and returned again for a retry (with ``"replayed":
-    True``).  Raises :class:`StorageFailure` when the database fails as a whole.
+
+def apply_requests(database, requests):
+    """Apply ``requests``, a list of ``(request_id, op, params)``, in order.
+
+    Each runs in its own savepoint, so a refused request changes nothing and
+    the others go on.  Returns one answer per request: ``{"ok": True,
+    "result": ...}`` or ``{"ok": False, "error": {code, type, message}}``.  A
+    write's answer, success or refusal, is stored under its request id, and a
+    request whose id was already applied (earlier, or earlier in this list) gets
+    the stored answer with ``"replayed": True``.  Raises :class:`StorageFailure`
+    when the database fails as a whole: the caller must roll back.
     """
+    fast = statements(database)
+    write_ids = [rid for rid, op, _p in requests
+                 if op in operations.OPERATIONS and operations.OPERATIONS[op].write and rid]
     try:
-        op = operations.lookup(name)
-        operations.bind_params(op, params)
-    except BalsamDBError as exc:
-        return {"ok": False, "error": exc.to_dict()}
-    record = op.write and request_id
-    if record:
-        prior = AppliedRequest.get_or_none(AppliedRequest.request_id == request_id)
-        if prior is not None:
-            answer = json.loads(prior.response)
-            answer["replayed"] = True
-            return answer
-    try:
-        with database.atomic():
-            result = op.function(**params)
-        answer = {"ok": True, "result": result}
-    except BalsamDBError as exc:
-        answer = {"ok": False, "error": exc.to_dict()}
-    except pw.IntegrityError as exc:
-        answer = {"ok": False, "error": Conflict(f"{name}: {exc}").to_dict()}
+        applied = fast.applied(write_ids) if write_ids else {}
     except pw.DatabaseError as exc:
         raise StorageFailure(exc) from exc
-    except Exception as exc:  # a bug in an operation must not take the others down
-        log.exception("operation %s failed", name)
-        answer = {"ok": False, "error": ServerError(f"{name} failed: {type(exc).__name__}: {exc}").to_dict()}
-    if record:
+    answers, new_rows = [], []
+    for request_id, name, params in requests:
         try:
-            AppliedRequest.create(request_id=request_id, applied_at=now(),
-                                  response=json.dumps(answer, separators=(",", ":")))
+            op = operations.lookup(name)
+            operations.bind_params(op, params)
+        except BalsamDBError as exc:
+            answers.append({"ok": False, "error": exc.to_dict()})
+            continue
+        record = op.write and request_id
+        if record and request_id in applied:
+            answer = json.loads(applied[request_id])
+            answer["replayed"] = True
+            answers.append(answer)
+            continue
+        answer = _run(database, op, params)
+        if record:
+            text = _dumps(answer)
+            applied[request_id] = text
+            new_rows.append({"request_id": request_id, "applied_at": now(), "response": text})
+        answers.append(answer)
+    if new_rows:
+        try:
+            fast.executemany(fast.insert_applied, new_rows)
         except pw.DatabaseError as exc:
             raise StorageFailure(exc) from exc
-    return answer
+    return answers
+
+
+def _run(database, op, params):
+    try:
+        with database.atomic():
+            return {"ok": True, "result": op.function(**params)}
+    except BalsamDBError as exc:
+        return {"ok": False, "error": exc.to_dict()}
+    except pw.IntegrityError as exc:
+        return {"ok": False, "error": Conflict(f"{op.name}: {exc}").to_dict()}
+    except pw.DatabaseError as exc:
+        raise StorageFailure(exc) from exc
+    except Exception as exc:  # a bug in one operation must not take the others down
+        log.exception("operation %s failed", op.name)
+        return {"ok": False, "error": ServerError(f"{op.name} failed: {type(exc).__name__}: {exc}").to_dict()}

@@ -17,7 +17,7 @@ import time
 
 import peewee as pw
 
-from .applier import StorageFailure, apply_request
+from .applier import StorageFailure, apply_requests
 from .exceptions import DatabaseBusy, StorageError
 from .models import MODELS
 
@@ -51,7 +51,7 @@ class DirectStore:
                 self.database.connect(reuse_if_open=True)
                 with self.database.bind_ctx(MODELS):
                     with self.database.atomic(lock_type="IMMEDIATE" if write else None):
-                        return apply_request(self.database, request_id, op, params)
+                        return apply_requests(self.database, [(request_id, op, params)])[0]
             except (StorageFailure, pw.OperationalError) as exc:
                 original = getattr(exc, "original", exc)
                 text = str(original).lower()

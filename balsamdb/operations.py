@@ -20,6 +20,7 @@ from . import states
 from .dbdir import job_working_directory
 from .exceptions import BadRequest, Conflict, NotFound
 from .models import Job, JobStateChange, JobTag, Project, Record, RecordTag, now
+from .statements import statements
 
 
 @dataclass(frozen=True)
@@ -134,17 +135,13 @@ JOB_FIELDS = {
 CREATE_ONLY = {"id", "name", "workflow", "state", "working_directory", "state_message"}
 
 
+JOB_KEYS = ("id", "name", "workflow", "application", "args", "description", "state", "state_message",
+            "working_directory", "num_nodes", "ranks_per_node", "threads_per_rank", "wall_time_minutes",
+            "environ", "parents", "tags", "data", "created_at", "updated_at")
+
+
 def job_to_dict(job):
-    return {
-        "id": job.id, "name": job.name, "workflow": job.workflow,
-        "application": job.application, "args": job.args, "description": job.description,
-        "state": job.state, "state_message": job.state_message,
-        "working_directory": job.working_directory,
-        "num_nodes": job.num_nodes, "ranks_per_node": job.ranks_per_node,
-        "threads_per_rank": job.threads_per_rank, "wall_time_minutes": job.wall_time_minutes,
-        "environ": job.environ, "parents": job.parents, "tags": job.tags, "data": job.data,
-        "created_at": job.created_at, "updated_at": job.updated_at,
-    }
+    return {key: getattr(job, key) for key in JOB_KEYS}
 
 
 def _clean_job(spec, when):
@@ -175,22 +172,20 @@ def _clean_job(spec, when):
 
 
 def _insert_jobs(rows, when):
+    fast = statements()
     try:
-        for start in range(0, len(rows), 500):
-            Job.insert_many(rows[start:start + 500]).execute()
+        fast.executemany(fast.insert_job, rows)
     except pw.IntegrityError:
         ids = [r["id"] for r in rows]
         taken = [j.id for j in Job.select(Job.id).where(Job.id.in_(ids))]
         raise Conflict(f"job ids already exist: {', '.join(taken[:5])}") from None
-    history = [
+    fast.executemany(fast.insert_history, [
         {"job": r["id"], "time": when, "from_state": None, "to_state": r["state"], "message": "created"}
         for r in rows
-    ]
+    ])
     tags = [{"job": r["id"], "tag": t} for r in rows for t in r["tags"]]
-    for start in range(0, len(history), 500):
-        JobStateChange.insert_many(history[start:start + 500]).execute()
-    for start in range(0, len(tags), 500):
-        JobTag.insert_many(tags[start:start + 500]).execute()
+    if tags:
+        fast.executemany(fast.insert_tag, tags)
 
 
 @operation(write=True)
@@ -210,7 +205,7 @@ def job_create(job):
     when = now()
     row = _clean_job(job, when)
     _insert_jobs([row], when)
-    return job_to_dict(Job.get_by_id(row["id"]))
+    return {key: row[key] for key in JOB_KEYS}
 
 
 @operation(write=True)

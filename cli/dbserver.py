@@ -1,9 +1,79 @@
 """`db dbserver`: start, stop and inspect the write server of a DB directory."""
 
+import datetime
+import json
+
 import click
+
+from balsamdb.dbdir import DBDirectory
+from balsamdb.exceptions import BalsamDBError
+from balsamdb.settings import resolve_db_path
+
+
+def _format_status(info):
+    lines = [f"state:    {info.get('state')} ({info.get('health')})"]
+    if info.get("address"):
+        lines.append(f"address:  {info['address']}  (db {info.get('db_type')}, host {info.get('host')})")
+    if info.get("watchdog"):
+        lines.append(f"watchdog: pid {info['watchdog']['pid']}, restarts {info.get('restarts', 0)}")
+    if info.get("reason"):
+        lines.append(f"reason:   {info['reason']}")
+    status = info.get("server_status")
+    if status:
+        uptime = datetime.timedelta(seconds=int(status["uptime"]))
+        lines += [
+            f"server:   pid {status['pid']}, up {uptime}, epoch {status['epoch'][:8]}",
+            f"requests: {status['requests']} served, {status['writes']} written, "
+            f"{status['errors']} refused, {status['rejected']} rejected as malformed",
+            f"batches:  {status['batches']}, mean size {status['mean_batch']:.1f}, "
+            f"last {status['last_batch']}, max {status['max_batch']}, "
+            f"mean commit {status['mean_commit_ms']:.2f} ms",
+        ]
+    return "\n".join(lines)
 
 
 @click.command("dbserver")
-def dbserver():
-    """Start, stop or show the write server of a DB directory (being written)."""
-    raise click.ClickException("not yet")
+@click.option("--path", "path", type=click.Path(file_okay=False), default=None,
+              help="DB directory (default: as `db which` says).")
+@click.option("--stop", "action", flag_value="stop", help="Stop the server gracefully and wait until it is gone.")
+@click.option("--status", "action", flag_value="status", help="Show pids, address, uptime and counters.")
+@click.option("--bind", default="127.0.0.1", show_default=True,
+              help="Interface to listen on; use the login node's address or 0.0.0.0 for compute nodes.")
+@click.option("--port", type=int, default=0, help="TCP port (default: a free one).")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for start or stop.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def dbserver(path, action, bind, port, timeout, as_json):
+    """Start, stop or show the write server of a DB directory.
+
+    Starting returns once the server answers, printing its address; every job
+    process that uses the DB directory then writes through it.
+
+    \b
+    Example:
+        db dbserver --path ~/mydb
+        db dbserver --status --path ~/mydb
+        db dbserver --stop --path ~/mydb
+    """
+    from dbserver import control
+
+    db_path, _source = resolve_db_path(path)
+    dbdir = DBDirectory(db_path)
+    try:
+        dbdir.config()
+        if action == "stop":
+            pids = control.stop(dbdir, deadline=max(timeout, 1.0))
+            result = {"stopped": pids, "path": str(dbdir.path)}
+            text = f"stopped server of {dbdir.path} (pids {', '.join(map(str, pids))})" if pids \
+                else f"no server was running for {dbdir.path}"
+        elif action == "status":
+            result = control.status(dbdir)
+            text = _format_status(result)
+        else:
+            started = control.start(dbdir, bind=bind, port=port, deadline=timeout)
+            result = {"already_running": started.already_running, **started.address}
+            text = (f"a server already runs for {dbdir.path} at {started.address.get('address')}"
+                    if started.already_running
+                    else f"server for {dbdir.path} listening at {started.address.get('address')}")
+    except BalsamDBError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(json.dumps(result, indent=2, sort_keys=True) if as_json else text)

@@ -1,0 +1,65 @@
+"""Prepared SQL for the hot write path, built once per database from the models.
+
+Peewee builds each query's SQL anew, which costs more than SQLite's insert
+itself; the few statements that every write runs are built here once, with the
+database's own quoting and parameter style, so the same code runs on SQLite and
+PostgreSQL.  Everything else uses peewee queries.
+"""
+
+import peewee as pw
+
+from .models import AppliedRequest, Job, JobStateChange, JobTag
+
+_CACHE = {}
+
+
+def _quoter(database):
+    left, right = database.quote[0], database.quote[1]
+    return lambda name: f"{left}{name}{right}"
+
+
+class Statements:
+    def __init__(self, database):
+        self.database = database
+        self.insert_job = self._insert(Job)
+        self.job_columns = [f for f in Job._meta.sorted_fields]
+        self.insert_history = self._insert(JobStateChange, skip=("id",))
+        self.insert_tag = self._insert(JobTag)
+        self.insert_applied = self._insert(AppliedRequest)
+        q, p = _quoter(database), database.param
+        self.applied_prefix = (f"SELECT {q('request_id')}, {q('response')} FROM {q(AppliedRequest._meta.table_name)} "
+                               f"WHERE {q('request_id')} IN ")
+        self.param = p
+
+    def _insert(self, model, skip=()):
+        fields = [f for f in model._meta.sorted_fields if f.name not in skip]
+        q = _quoter(self.database)
+        columns = ", ".join(q(f.column_name) for f in fields)
+        values = ", ".join([self.database.param] * len(fields))
+        return f"INSERT INTO {q(model._meta.table_name)} ({columns}) VALUES ({values})", fields
+
+    def executemany(self, statement, rows):
+        """Insert ``rows`` (dicts keyed by field name) with one prepared statement."""
+        sql, fields = statement
+        params = [tuple(f.db_value(row[f.name]) for f in fields) for row in rows]
+        with pw.__exception_wrapper__:
+            self.database.cursor().executemany(sql, params)
+
+    def applied(self, request_ids):
+        """``{request_id: stored answer text}`` for those of ``request_ids`` already applied."""
+        found = {}
+        ids = list(request_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            sql = self.applied_prefix + "(" + ", ".join([self.param] * len(chunk)) + ")"
+            found.update(self.database.execute_sql(sql, chunk).fetchall())
+        return found
+
+
+def statements(database=None):
+    """The :class:`Statements` of ``database`` (default: the one the models are bound to)."""
+    database = database or Job._meta.database
+    cached = _CACHE.get(id(database))
+    if cached is None or cached.database is not database:
+        cached = _CACHE[id(database)] = Statements(database)
+    return cached

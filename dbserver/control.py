@@ -1,0 +1,145 @@
+"""Start, stop and inspect the server of a DB directory: what ``db dbserver`` calls.
+
+:func:`start` launches a detached watchdog and returns once the server answers
+a ping; :func:`stop` asks the watchdog to stop and returns once nothing of it
+runs; :func:`status` reads the address file and asks the server for its
+counters.  Each touches only its own DB directory.
+"""
+
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from balsamdb import address_file
+from balsamdb.client import server_state
+from balsamdb.exceptions import BalsamDBError, ServerUnavailable
+
+from .watchdog import EXIT_ALREADY_RUNNING
+
+
+class ControlError(BalsamDBError):
+    """Starting or stopping a server failed; the message says why and what to do."""
+
+    code = "control"
+
+
+@dataclass
+class StartResult:
+    already_running: bool
+    address: dict
+
+
+def log_tail(dbdir, lines=15):
+    """The last lines of the server and watchdog logs, for error messages."""
+    out = []
+    for name in ("watchdog.log", "server.log", "server.err", "watchdog.out"):
+        path = dbdir.log_dir / name
+        if path.exists():
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+            if text:
+                out.append(f"--- {path} ---")
+                out.extend(text)
+    return "\n".join(out)
+
+
+def _ping(dbdir, deadline_s=5.0):
+    from balsamdb.api import Database
+    from balsamdb.settings import load_settings
+
+    settings = load_settings(client_timeout=min(2.0, deadline_s), client_deadline=deadline_s,
+                             require_server=True)
+    with Database(dbdir, settings) as db:
+        return db.call("ping")
+
+
+def start(dbdir, bind="127.0.0.1", port=0, deadline=30.0):
+    """Start a watchdog and server for ``dbdir``; returns a :class:`StartResult`."""
+    dbdir.config()
+    info = dbdir.read_address()
+    if server_state(info) == "up":
+        try:
+            _ping(dbdir)
+            return StartResult(True, info)
+        except BalsamDBError:
+            pass  # named but not answering: let a new watchdog sort it out
+    out = open(dbdir.log_dir / "watchdog.out", "ab")
+    cmd = [sys.executable, "-m", "dbserver.watchdog", "--path", str(dbdir.path), "--bind", bind,
+           "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                            start_new_session=True, close_fds=True)
+    out.close()
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        code = proc.poll()
+        info = dbdir.read_address()
+        ours = (info.get("watchdog") or {}).get("pid") == proc.pid
+        if code == EXIT_ALREADY_RUNNING or (ours or code is not None) and server_state(info) == "up":
+            try:
+                _ping(dbdir, max(0.5, end - time.monotonic()))
+                return StartResult(not ours, dbdir.read_address())
+            except ServerUnavailable:
+                continue
+        if code is not None and code != EXIT_ALREADY_RUNNING:
+            raise ControlError(f"the watchdog exited with code {code}.\n{log_tail(dbdir)}")
+        time.sleep(0.02)
+    raise ControlError(f"no server answered within {deadline:.0f} s.\n{log_tail(dbdir)}")
+
+
+def _identity_process(ident):
+    try:
+        proc = psutil.Process(int(ident["pid"]))
+        if abs(proc.create_time() - float(ident["started"])) < 0.01:
+            return proc
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        pass
+    return None
+
+
+def stop(dbdir, deadline=60.0):
+    """Stop the server of ``dbdir`` gracefully; returns what was stopped (pids), [] when nothing ran."""
+    info = dbdir.read_address()
+    if info.get("host") not in (None, socket.gethostname()) and info.get("state") != "stopped":
+        raise ControlError(f"the server runs on host {info['host']}; stop it there")
+    procs = [p for p in (_identity_process(info.get(k) or {}) for k in ("watchdog", "server")) if p]
+    if not procs:
+        if info.get("state") != "stopped":
+            address_file.write_atomic(dbdir.address_file, address_file.stopped_record(
+                info.get("db_type", dbdir.db_type), "the server was found dead"))
+        return []
+    # The watchdog stops its server; a server without a watchdog is asked directly.
+    for proc in procs[:1]:
+        proc.terminate()
+    gone, alive = psutil.wait_procs(procs[:1], timeout=deadline)
+    if len(procs) > 1:
+        server = procs[1]
+        if server.is_running() and server.status() != psutil.STATUS_ZOMBIE:
+            server.terminate()
+            gone2, alive2 = psutil.wait_procs([server], timeout=deadline)
+            alive += alive2
+    if alive:
+        raise ControlError(f"pids {[p.pid for p in alive]} did not stop within {deadline:.0f} s")
+    if dbdir.read_address().get("state") != "stopped":
+        address_file.write_atomic(dbdir.address_file, address_file.stopped_record(
+            info.get("db_type", dbdir.db_type), "stopped by db dbserver --stop"))
+    return [p.pid for p in procs]
+
+
+def status(dbdir):
+    """The address record plus, when a server answers, its counters under ``"server"``."""
+    info = dict(dbdir.read_address())
+    info["health"] = server_state(info)
+    if info["health"] == "up":
+        from balsamdb.api import Database
+        from balsamdb.settings import load_settings
+
+        try:
+            with Database(dbdir, load_settings(client_timeout=2.0, client_deadline=5.0,
+                                               require_server=True)) as db:
+                info["server_status"] = db.call("status")
+        except BalsamDBError as exc:
+            info["health"] = f"not answering: {exc}"
+    return info

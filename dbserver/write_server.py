@@ -1,0 +1,251 @@
+"""The write server: one process, one ROUTER socket, one writer that owns the DB connection.
+
+Group commit: each turn of the loop takes every request already waiting (up
+to ``MAX_BATCH``), applies each in its own savepoint inside one transaction,
+commits, and only then answers each.  A bad request fails alone; the rest of
+its batch commits.  Malformed, unauthenticated and oversized messages are
+answered with an error at once and never reach the database.
+
+Run by the watchdog as ``python -m dbserver.write_server --path P ...``; it
+prints one JSON line ``{"port": N, "pid": N}`` on stdout once it listens.
+"""
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+import peewee as pw
+import zmq
+
+from balsamdb import protocol
+from balsamdb.applier import StorageFailure, apply_requests
+from balsamdb.dbdir import DBDirectory
+from balsamdb.exceptions import BalsamDBError, StorageError
+from balsamdb.models import MODELS, upgrade
+from balsamdb.operations import OPERATIONS
+from balsamdb.settings import load_settings
+
+log = logging.getLogger("dbserver.write_server")
+
+MAX_BATCH = 1024
+POLL_MS = 200
+
+
+class Stats:
+    """Counters that ``status`` reports."""
+
+    def __init__(self):
+        self.started = time.time()
+        self.requests = 0
+        self.writes = 0
+        self.errors = 0
+        self.rejected = 0
+        self.batches = 0
+        self.batched_requests = 0
+        self.last_batch = 0
+        self.max_batch = 0
+        self.commit_seconds = 0.0
+
+    def to_dict(self):
+        return {
+            "uptime": time.time() - self.started,
+            "requests": self.requests,
+            "writes": self.writes,
+            "errors": self.errors,
+            "rejected": self.rejected,
+            "batches": self.batches,
+            "last_batch": self.last_batch,
+            "max_batch": self.max_batch,
+            "mean_batch": self.batched_requests / self.batches if self.batches else 0.0,
+            "mean_commit_ms": 1000 * self.commit_seconds / self.batches if self.batches else 0.0,
+        }
+
+
+class WriteServer:
+    def __init__(self, dbdir, bind_host="127.0.0.1", port=0, epoch="", settings=None):
+        self.dbdir = dbdir
+        self.bind_host = bind_host
+        self.port = port
+        self.epoch = epoch
+        self.settings = settings or load_settings()
+        self.secret = dbdir.secret()
+        self.stats = Stats()
+        self.stopping = False
+        self.context = None
+        self.socket = None
+        self.database = None
+
+    # -- life cycle ---------------------------------------------------------
+    def initialize(self):
+        self.database = self.dbdir.open_database(self.settings, busy_timeout=60)
+        self.database.connect()
+        self.database.bind(MODELS)
+        done = upgrade(self.database)
+        for line in done:
+            log.info("schema: %s", line)
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 2000)
+        # Hard guard against memory exhaustion: the peer is disconnected past
+        # this size.  Below it, requests over max_request_bytes get an error answer.
+        self.socket.setsockopt(zmq.MAXMSGSIZE, 4 * self.settings.max_request_bytes)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        host = self.bind_host
+        if self.port:
+            try:
+                self.socket.bind(f"tcp://{host}:{self.port}")
+            except zmq.ZMQError as exc:
+                log.warning("port %s is taken (%s); choosing another", self.port, exc)
+                self.port = self.socket.bind_to_random_port(f"tcp://{host}")
+        else:
+            self.port = self.socket.bind_to_random_port(f"tcp://{host}")
+        log.info("write server pid %s listening on tcp://%s:%s (db %s, %s, synchronous=%s, epoch %s)",
+                 os.getpid(), host, self.port, self.dbdir.path, self.dbdir.db_type,
+                 self.settings.sqlite_synchronous, self.epoch)
+
+    def loop(self):
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        while not self.stopping:
+            if poller.poll(POLL_MS):
+                self.serve_batch(self.receive_batch())
+
+    def shutdown(self):
+        """Answer everything already received, then close."""
+        log.info("stopping: answering requests already queued")
+        try:
+            while True:
+                batch = self.receive_batch()
+                if not batch:
+                    break
+                self.serve_batch(batch)
+        finally:
+            if self.socket is not None:
+                self.socket.close()
+            if self.context is not None:
+                self.context.term()
+            if self.database is not None:
+                self.database.close()
+        log.info("stopped after %s requests (%s writes) in %s batches",
+                 self.stats.requests, self.stats.writes, self.stats.batches)
+
+    # -- one turn -------------------------------------------------------------
+    def receive_batch(self):
+        batch = []
+        while len(batch) < MAX_BATCH:
+            try:
+                batch.append(self.socket.recv_multipart(zmq.NOBLOCK, copy=True))
+            except zmq.Again:
+                break
+        return batch
+
+    def serve_batch(self, batch):
+        replies = []   # (envelope, answer)
+        work = []      # (envelope, request id, op, params)
+        for frames in batch:
+            envelope, payload = _split_envelope(frames)
+            self.stats.requests += 1
+            try:
+                message = protocol.decode(self.secret, payload, self.settings.max_request_bytes)
+                request_id, op, params = protocol.check_request(message)
+            except BalsamDBError as exc:
+                self.stats.rejected += 1
+                log.warning("rejected a message from %s: %s", envelope[0].hex() if envelope else "?", exc.message)
+                replies.append((envelope, {"id": None, "ok": False, "error": exc.to_dict()}))
+                continue
+            if op in protocol.SERVER_OPS:
+                replies.append((envelope, {"id": request_id, "ok": True, "result": self.server_op(op)}))
+            else:
+                work.append((envelope, request_id, op, params))
+        if work:
+            replies.extend(self.apply_batch(work))
+        for envelope, answer in replies:
+            self.socket.send_multipart(envelope + protocol.encode(self.secret, answer))
+
+    def apply_batch(self, work):
+        """Apply ``work`` in one transaction; returns the replies to send after commit."""
+        started = time.monotonic()
+        answers = []
+        try:
+            with self.database.atomic(lock_type="IMMEDIATE") if self.dbdir.db_type == "sqlite3" \
+                    else self.database.atomic():
+                results = apply_requests(self.database, [(rid, op, params) for _e, rid, op, params in work])
+            for (envelope, request_id, _op, _params), answer in zip(work, results):
+                answer["id"] = request_id
+                answers.append((envelope, answer))
+        except (StorageFailure, pw.DatabaseError) as exc:
+            original = getattr(exc, "original", exc)
+            log.error("batch of %s requests rolled back: %s", len(work), original)
+            error = StorageError(f"the database refused the write: {original}").to_dict()
+            self.stats.errors += len(work)
+            return [(envelope, {"id": request_id, "ok": False, "error": error})
+                    for envelope, request_id, _op, _params in work]
+        self.stats.commit_seconds += time.monotonic() - started
+        self.stats.batches += 1
+        self.stats.batched_requests += len(work)
+        self.stats.last_batch = len(work)
+        self.stats.max_batch = max(self.stats.max_batch, len(work))
+        for (_envelope, _rid, op, _params), (_env, answer) in zip(work, answers):
+            if not answer.get("ok"):
+                self.stats.errors += 1
+            elif op in OPERATIONS and OPERATIONS[op].write:
+                self.stats.writes += 1
+        return answers
+
+    def server_op(self, op):
+        if op == "ping":
+            return {"pong": True, "epoch": self.epoch, "pid": os.getpid()}
+        status = self.stats.to_dict()
+        status.update(pid=os.getpid(), epoch=self.epoch, port=self.port, db_type=self.dbdir.db_type,
+                      path=str(self.dbdir.path), synchronous=self.settings.sqlite_synchronous)
+        return status
+
+
+def _split_envelope(frames):
+    """Routing frames (identity and, from REQ, the empty delimiter) and the payload."""
+    if len(frames) >= 2 and frames[1] == b"":
+        return frames[:2], frames[2:]
+    return frames[:1], frames[1:]
+
+
+def _handle_term(server):
+    # Signal handlers only set a flag: the loop notices within POLL_MS and
+    # finishes the batch it holds, so no request is cut in half.
+    def handler(signum, frame):
+        server.stopping = True
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--path", required=True)
+    parser.add_argument("--bind", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--epoch", default="")
+    args = parser.parse_args(argv)
+    from dbserver.logs import setup_logging
+
+    dbdir = DBDirectory(args.path)
+    setup_logging(dbdir.log_dir / "server.log")
+    server = WriteServer(dbdir, args.bind, args.port, args.epoch)
+    _handle_term(server)
+    try:
+        server.initialize()
+        print(json.dumps({"port": server.port, "pid": os.getpid()}), flush=True)
+        server.loop()
+    except Exception:
+        log.exception("write server failed")
+        raise
+    finally:
+        server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Concurrent writers, side by side: the daemon against what a user would otherwise do.
+
+    python scripts/bench_writers.py [--writers 8,32,64] [--writes 100] [--json results.json]
+
+For each number N of writer processes, in one run and interleaved, it measures
+N real processes each making ``--writes`` small writes:
+
+- ``daemon``: balsamdb's public API with ``db dbserver`` running (SQLite, durable commits);
+- ``sqlite-wal``: sqlite3 with WAL and a 60 s timeout, one commit per write;
+- ``sqlite-default``: sqlite3 as Python gives it (rollback journal, 5 s timeout);
+- ``filelock``: an exclusive file lock around each write;
+- ``ceiling``: the same balsamdb clients against a server that answers at once.
+
+It prints writes/s, p50/p99/max latency, errors, lost and duplicated writes
+(counted by reading the rows back), and each mode's throughput relative to the
+daemon.  Nothing here is a test: it measures.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from balsamdb.dbdir import DBDirectory  # noqa: E402
+
+MODES = ("daemon", "sqlite-wal", "sqlite-default", "filelock", "ceiling")
+WORKER_MODE = {"daemon": "balsamdb", "ceiling": "balsamdb"}
+
+
+def wait_for(predicate, timeout, what):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise SystemExit(f"benchmark: timed out waiting for {what}")
+
+
+def percentile(values, q):
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def run_mode(mode, nwriters, nwrites, workdir):
+    path = workdir / f"{mode}-{nwriters}"
+    DBDirectory(path).init()
+    if mode.startswith("sqlite") or mode == "filelock":
+        con = sqlite3.connect(str(path / "bench.sqlite3"))
+        from bench_worker import TABLE
+
+        con.execute(TABLE)
+        if mode == "sqlite-wal":
+            con.execute("pragma journal_mode=wal")
+        con.commit()
+        con.close()
+    server = None
+    if mode == "daemon":
+        from dbserver import control
+
+        control.start(DBDirectory(path))
+    elif mode == "ceiling":
+        server = subprocess.Popen([sys.executable, str(HERE / "ceiling_server.py"), str(path)],
+                                  stdout=subprocess.PIPE, text=True)
+        server.stdout.readline()
+    go = path / "go"
+    outs = [path / f"out-{i}.json" for i in range(nwriters)]
+    procs = [subprocess.Popen([sys.executable, str(HERE / "bench_worker.py"), WORKER_MODE.get(mode, mode),
+                               str(path), str(nwrites), str(go), str(out)]) for out in outs]
+    try:
+        wait_for(lambda: all(Path(str(o) + ".ready").exists() for o in outs), 300, "writers to be ready")
+        go.write_text("go")
+        for proc in procs:
+            proc.wait(timeout=900)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        if mode == "daemon":
+            from dbserver import control
+
+            control.stop(DBDirectory(path))
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+    results = [json.loads(o.read_text()) for o in outs if o.exists()]
+    latencies = [x for r in results for x in r["latencies"]]
+    errors = [e for r in results for e in r["errors"]]
+    acked = [i for r in results for i in r["ids"]]
+    span = max(r["end"] for r in results) - min(r["start"] for r in results)
+    if mode == "ceiling":
+        stored = acked  # nothing is stored: the ceiling only answers
+    else:
+        table = "job" if mode == "daemon" else "bench_job"
+        file = "db.sqlite3" if mode == "daemon" else "bench.sqlite3"
+        con = sqlite3.connect(str(path / file))
+        stored = [row[0] for row in con.execute(f"select id from {table}")]
+        con.close()
+    stored_set = set(stored)
+    out = {
+        "mode": mode, "writers": nwriters, "writes_per_writer": nwrites,
+        "acknowledged": len(acked), "errors": len(errors), "error_sample": errors[:3],
+        "lost": len(set(acked) - stored_set) + len(errors),
+        "duplicated": len(stored) - len(stored_set),
+        "seconds": span, "writes_per_s": len(acked) / span if span > 0 else 0.0,
+        "p50_ms": 1000 * percentile(latencies, 0.50), "p99_ms": 1000 * percentile(latencies, 0.99),
+        "max_ms": 1000 * max(latencies) if latencies else float("nan"),
+    }
+    shutil.rmtree(path, ignore_errors=True)
+    return out
+
+
+def print_table(rows):
+    by_n = {}
+    for row in rows:
+        by_n.setdefault(row["writers"], []).append(row)
+    header = f"{'writers':>7} {'mode':<15} {'writes/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} " \
+             f"{'errors':>6} {'lost':>5} {'dup':>4} {'daemon/x':>8}"
+    print(header)
+    print("-" * len(header))
+    for n, group in sorted(by_n.items()):
+        daemon = next((r["writes_per_s"] for r in group if r["mode"] == "daemon"), None)
+        for r in group:
+            ratio = f"{daemon / r['writes_per_s']:.2f}" if daemon and r["writes_per_s"] else "-"
+            print(f"{n:>7} {r['mode']:<15} {r['writes_per_s']:>9.0f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
+                  f"{r['max_ms']:>8.0f} {r['errors']:>6} {r['lost']:>5} {r['duplicated']:>4} {ratio:>8}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--writers", default="8,32,64", help="comma-separated writer counts")
+    parser.add_argument("--writes", type=int, default=100, help="writes per writer process")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved repetitions; medians are shown")
+    parser.add_argument("--json", dest="json_out", help="write all results to this file")
+    args = parser.parse_args()
+    sys.path.insert(0, str(HERE))
+    workdir = Path(tempfile.mkdtemp(prefix="balsamdb-bench-"))
+    rows = []
+    try:
+        for n in [int(x) for x in args.writers.split(",")]:
+            runs = {}
+            for rep in range(args.repeat):
+                for mode in args.modes.split(","):
+                    print(f"[bench] {n} writers, {mode}, repetition {rep + 1}/{args.repeat} ...",
+                          file=sys.stderr, flush=True)
+                    runs.setdefault(mode, []).append(run_mode(mode, n, args.writes, workdir))
+            for mode, results in runs.items():
+                median = sorted(results, key=lambda r: r["writes_per_s"])[len(results) // 2]
+                median = dict(median, repetitions=[r["writes_per_s"] for r in results])
+                rows.append(median)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print_table(rows)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Helpers for tests that run real servers and real client processes.
+
+Every wait here has a deadline and says what it saw when it runs out.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+WRITER = HERE / "writer.py"
+
+
+def db_cli(*args, timeout=60, env=None, check=False):
+    """Run `db ARGS...` as a real process; returns the CompletedProcess."""
+    proc = subprocess.run([sys.executable, "-m", "balsamdb", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"db {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def wait_for(predicate, timeout, what, interval=0.01):
+    """Call ``predicate`` until it returns something true; fail after ``timeout`` s."""
+    end = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < end:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last saw {last!r}")
+
+
+def address(path):
+    return json.loads((Path(path) / "dbwriter_address").read_text())
+
+
+def server_pids(path):
+    """Pids of the watchdog and server named in the address file, when alive."""
+    info = address(path)
+    pids = []
+    for key in ("watchdog", "server"):
+        ident = info.get(key)
+        if ident and psutil.pid_exists(ident["pid"]):
+            pids.append(ident["pid"])
+    return pids
+
+
+def processes_for(path):
+    """Every live process whose command line names this DB directory (watchdogs, servers)."""
+    path = str(path)
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if path in cmd and any("dbserver." in part for part in cmd):
+            found.append(proc)
+    return found
+
+
+def kill_everything(path):
+    """Finalizer: stop every server process of ``path``, gracefully then by force."""
+    procs = processes_for(path)
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _gone, alive = psutil.wait_procs(procs, timeout=15)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+class Writers:
+    """N writer processes (tests/writer.py) that start together."""
+
+    def __init__(self, path, workdir, nprocs, count, env=None, workflow="load"):
+        self.path, self.workdir = Path(path), Path(workdir)
+        self.go = self.workdir / "go"
+        self.outs = [self.workdir / f"acked-{i}.txt" for i in range(nprocs)]
+        self.procs = [
+            subprocess.Popen([sys.executable, str(WRITER), str(path), str(count), str(out), str(self.go), workflow],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env)
+            for out in self.outs
+        ]
+
+    def start(self):
+        self.go.write_text("go")
+
+    def acked_so_far(self):
+        return sum(len(out.read_text().split()) for out in self.outs if out.exists())
+
+    def wait(self, timeout=180):
+        """Wait for every writer; returns (exit codes, stdouts, stderrs)."""
+        end = time.monotonic() + timeout
+        results = []
+        for proc in self.procs:
+            try:
+                out, err = proc.communicate(timeout=max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"writer {proc.pid} still running after {timeout} s; "
+                                     f"{self.acked_so_far()} writes acknowledged so far")
+            results.append((proc.returncode, out, err))
+        return results
+
+    def acked_ids(self):
+        ids = []
+        for out in self.outs:
+            if out.exists():
+                ids.extend(out.read_text().split())
+        return ids
+
+    def kill(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def job_ids_in_db(path):
+    """Every job id in the SQLite file, read directly (not through balsamdb)."""
+    import sqlite3
+
+    con = sqlite3.connect(str(Path(path) / "db.sqlite3"), timeout=30)
+    try:
+        return [row[0] for row in con.execute("select id from job")]
+    finally:
+        con.close()

@@ -1,0 +1,214 @@
+"""The write server with real processes: load, restarts, races, stale files, bad input, stop."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import psutil
+import pytest
+import zmq
+
+import balsamdb
+from balsamdb import protocol
+from balsamdb.dbdir import DBDirectory
+
+from helpers import Writers, address, db_cli, job_ids_in_db, kill_everything, processes_for, wait_for
+
+
+@pytest.fixture
+def server_db(tmp_path):
+    """A fresh SQLite DB directory with a running server; everything stopped afterwards."""
+    path = tmp_path / "db"
+    DBDirectory(path).init()
+    started = db_cli("dbserver", "--path", path, check=True)
+    assert "listening at tcp://127.0.0.1:" in started.stdout
+    yield path
+    db_cli("dbserver", "--stop", "--path", path, timeout=60)
+    kill_everything(path)
+
+
+def _check_acked(path, writers, results):
+    for code, out, err in results:
+        assert code == 0, f"a writer failed: {err[-2000:]}"
+    acked = writers.acked_ids()
+    stored = job_ids_in_db(path)
+    assert len(stored) == len(set(stored)), "duplicate job ids in the database"
+    missing = set(acked) - set(stored)
+    assert not missing, f"{len(missing)} acknowledged writes are missing"
+    return acked, stored
+
+
+def test_64_writers_all_land_exactly_once(server_db, tmp_path):
+    writers = Writers(server_db, tmp_path, nprocs=64, count=100)
+    try:
+        writers.start()
+        results = writers.wait(timeout=300)
+    finally:
+        writers.kill()
+    acked, stored = _check_acked(server_db, writers, results)
+    assert len(acked) == 6400 and len(stored) == 6400
+    assert all(out.strip() == "server=100" for _code, out, _err in results), \
+        "every write should have gone through the server"
+    status = json.loads(db_cli("dbserver", "--status", "--json", "--path", server_db, check=True).stdout)
+    assert status["server_status"]["writes"] >= 6400
+    assert status["server_status"]["max_batch"] > 1, "no group commit happened under load"
+
+
+def test_server_killed_three_times_during_load(server_db, tmp_path):
+    writers = Writers(server_db, tmp_path, nprocs=32, count=100)
+    kills = []
+    try:
+        writers.start()
+        for round_ in range(3):
+            target = (round_ + 1) * 600
+            wait_for(lambda: writers.acked_so_far() >= target, 120, f"{target} acknowledged writes")
+            info = address(server_db)
+            os.kill(info["server"]["pid"], signal.SIGKILL)
+            killed_at = time.monotonic()
+            new = wait_for(lambda: address(server_db).get("epoch") not in (None, info["epoch"])
+                           and address(server_db).get("state") == "running" and address(server_db),
+                           10, "the watchdog to restart the server")
+            kills.append(time.monotonic() - killed_at)
+            assert new["server"]["pid"] != info["server"]["pid"]
+        results = writers.wait(timeout=300)
+    finally:
+        writers.kill()
+    acked, stored = _check_acked(server_db, writers, results)
+    assert len(acked) == 3200 and len(stored) == 3200
+    assert max(kills) < 3.0, f"restart took {kills}"
+
+
+def test_two_starts_at_once_give_one_server(tmp_path):
+    path = tmp_path / "db"
+    DBDirectory(path).init()
+    try:
+        cmd = [sys.executable, "-m", "balsamdb", "dbserver", "--path", str(path)]
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        outs = [p.communicate(timeout=60) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+        texts = sorted(o[0] for o in outs)
+        assert any("already runs" in t for t in texts) and any("listening at" in t for t in texts), texts
+        servers = [p for p in processes_for(path) if "dbserver.write_server" in p.cmdline()]
+        watchdogs = [p for p in processes_for(path) if "dbserver.watchdog" in p.cmdline()]
+        assert len(servers) == 1 and len(watchdogs) == 1, (servers, watchdogs)
+    finally:
+        db_cli("dbserver", "--stop", "--path", path)
+        kill_everything(path)
+
+
+def test_stale_address_file_is_detected_fast(server_db):
+    info = address(server_db)
+    for key in ("watchdog", "server"):
+        os.kill(info[key]["pid"], signal.SIGKILL)
+    wait_for(lambda: not any(psutil.pid_exists(info[k]["pid"]) and
+                             psutil.Process(info[k]["pid"]).status() != psutil.STATUS_ZOMBIE
+                             for k in ("watchdog", "server")), 10, "the killed processes to vanish")
+    assert address(server_db)["state"] == "running"  # stale: names dead processes
+    db = balsamdb.connect(server_db)
+    started = time.monotonic()
+    db.jobs.create(name="after-crash")
+    assert time.monotonic() - started < 1.0 and db.last_route == "direct"
+    restarted = db_cli("dbserver", "--path", server_db, check=True)
+    assert "listening at" in restarted.stdout
+    assert address(server_db)["epoch"] != info["epoch"]
+    db.jobs.create(name="after-restart")
+    assert db.last_route == "server" and db.jobs.count() == 2
+
+
+def _raw_request(path, frames, timeout_ms=10000):
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(address(path)["address"])
+        sock.send_multipart([b""] + frames)
+        assert sock.poll(timeout_ms), "the server did not answer"
+        reply = sock.recv_multipart()
+        assert reply[0] == b""
+        return reply[1:]
+    finally:
+        sock.close()
+
+
+def _error_code(reply, secret):
+    body = protocol.decode(secret, reply)
+    assert body["ok"] is False
+    return body["error"]["code"]
+
+
+def test_bad_messages_get_error_answers_and_the_server_keeps_serving(server_db):
+    secret = DBDirectory(server_db).secret()
+    good = protocol.encode(secret, {"id": "x1", "op": "job_count", "params": {}})
+    cases = {
+        "garbage": [os.urandom(64)],
+        "truncated": good[:2],
+        "not json": [protocol.MAGIC, protocol.sign(secret, b"{nope"), b"{nope"],
+        "wrong secret": protocol.encode(b"not-the-secret", {"id": "x2", "op": "job_count", "params": {}}),
+        "unknown op": protocol.encode(secret, {"id": "x3", "op": "drop_table", "params": {}}),
+        "bad params": protocol.encode(secret, {"id": "x4", "op": "job_create", "params": {"job": 5}}),
+        "100 MB": [protocol.MAGIC, b"0" * 32, b"x" * (100 * 1024 * 1024)],
+    }
+    expected = {"garbage": "bad_request", "truncated": "bad_request", "not json": "bad_request",
+                "wrong secret": "auth", "unknown op": "bad_request", "bad params": "bad_request",
+                "100 MB": "too_large"}
+    for name, frames in cases.items():
+        assert _error_code(_raw_request(server_db, frames), secret) == expected[name], name
+    reply = protocol.decode(secret, _raw_request(server_db, good))
+    assert reply == {"id": "x1", "ok": True, "result": 0}
+    db = balsamdb.connect(server_db)
+    db.jobs.create(name="still-serving")
+    assert db.last_route == "server" and db.jobs.count() == 1
+    status = json.loads(db_cli("dbserver", "--status", "--json", "--path", server_db, check=True).stdout)
+    assert status["server_status"]["rejected"] >= 5
+    assert "not-the-secret" not in (server_db / "log" / "server.log").read_text()
+
+
+def test_retry_of_an_applied_write_is_answered_from_the_record(server_db):
+    secret = DBDirectory(server_db).secret()
+    job = {"id": str(uuid.uuid4()), "name": "once", "workflow": "w"}
+    frames = protocol.encode(secret, {"id": "retry-me", "op": "job_create", "params": {"job": job}})
+    first = protocol.decode(secret, _raw_request(server_db, frames))
+    second = protocol.decode(secret, _raw_request(server_db, frames))
+    assert first["ok"] and second["ok"] and second.get("replayed") is True
+    assert second["result"] == first["result"]
+    assert job_ids_in_db(server_db) == [job["id"]]
+
+
+def test_stop_during_load_loses_no_acknowledged_write(server_db, tmp_path):
+    writers = Writers(server_db, tmp_path, nprocs=16, count=150)
+    try:
+        writers.start()
+        wait_for(lambda: writers.acked_so_far() >= 500, 120, "500 acknowledged writes")
+        stopped = db_cli("dbserver", "--stop", "--path", server_db, check=True)
+        assert "stopped server" in stopped.stdout
+        assert not processes_for(server_db)
+        assert address(server_db)["state"] == "stopped"
+        results = writers.wait(timeout=300)
+    finally:
+        writers.kill()
+    acked, stored = _check_acked(server_db, writers, results)
+    assert len(acked) == 2400 and len(stored) == 2400
+    routes = " ".join(out for _c, out, _e in results)
+    assert "server=" in routes and "direct=" in routes, routes
+
+
+def test_status_and_stop_when_nothing_runs(tmp_path):
+    path = tmp_path / "db"
+    DBDirectory(path).init()
+    status = db_cli("dbserver", "--status", "--path", path, check=True)
+    assert "stopped" in status.stdout
+    stop = db_cli("dbserver", "--stop", "--path", path, check=True)
+    assert "no server was running" in stop.stdout
+
+
+def test_require_server_refuses_direct_writes(tmp_path):
+    path = tmp_path / "db"
+    DBDirectory(path).init()
+    db = balsamdb.connect(path, require_server=True)
+    with pytest.raises(balsamdb.ServerUnavailable, match="db dbserver --path"):
+        db.jobs.create(name="nope")
+    assert job_ids_in_db(path) == []
