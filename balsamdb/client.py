@@ -69,7 +69,7 @@ class ServerClient:
         reply in time, or the server died or was replaced meanwhile).
         """
         sock = self._connect(info["address"])
-        sock.send_multipart(protocol.encode(self.secret, message), copy=False)
+        sock.send_multipart(protocol.encode(self.secret, message))
         give_up = time.monotonic() + self.settings.client_timeout
         next_check = time.monotonic() + _LIVENESS_EVERY
         while True:

@@ -239,14 +239,18 @@ def job_update_state(job_id, state, message=""):
     The state machine (see :mod:`balsamdb.states`) refuses illegal transitions.
     Returns the job.
     """
-    job = _get_job(job_id)
-    states.check_transition(job.state, state)
+    fast = statements()
+    job = fast.job(_uuid(job_id))
+    if job is None:
+        raise NotFound(f"no job with id {job_id}")
+    states.check_transition(job["state"], state)
     message = _text(message, "message", required=False) or ""
     when = now()
-    JobStateChange.create(job=job.id, time=when, from_state=job.state, to_state=state, message=message)
-    job.state, job.state_message, job.updated_at = state, message, when
-    job.save()
-    return job_to_dict(job)
+    fast.executemany(fast.insert_history, [
+        {"job": job["id"], "time": when, "from_state": job["state"], "to_state": state, "message": message}])
+    fast.database.execute_sql(fast.update_state, (state, message, when, job["id"]))
+    job.update(state=state, state_message=message, updated_at=when)
+    return job
 
 
 @operation(write=True)

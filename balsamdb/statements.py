@@ -30,6 +30,11 @@ class Statements:
         self.applied_prefix = (f"SELECT {q('request_id')}, {q('response')} FROM {q(AppliedRequest._meta.table_name)} "
                                f"WHERE {q('request_id')} IN ")
         self.param = p
+        job_table = q(Job._meta.table_name)
+        self.select_job = (f"SELECT {', '.join(q(f.column_name) for f in self.job_columns)} FROM {job_table} "
+                           f"WHERE {q('id')} = {p}")
+        self.update_state = (f"UPDATE {job_table} SET {q('state')} = {p}, {q('state_message')} = {p}, "
+                             f"{q('updated_at')} = {p} WHERE {q('id')} = {p}")
 
     def _insert(self, model, skip=()):
         fields = [f for f in model._meta.sorted_fields if f.name not in skip]
@@ -44,6 +49,13 @@ class Statements:
         params = [tuple(f.db_value(row[f.name]) for f in fields) for row in rows]
         with pw.__exception_wrapper__:
             self.database.cursor().executemany(sql, params)
+
+    def job(self, job_id):
+        """The job row ``job_id`` as a dict of Python values, or None."""
+        row = self.database.execute_sql(self.select_job, (job_id,)).fetchone()
+        if row is None:
+            return None
+        return {f.name: f.python_value(v) for f, v in zip(self.job_columns, row)}
 
     def applied(self, request_ids):
         """``{request_id: stored answer text}`` for those of ``request_ids`` already applied."""
