@@ -289,9 +289,13 @@ def job_delete(job_ids):
     Working directories are left on disk.
     """
     ids = [_uuid(i) for i in _str_list(job_ids, "job_ids")]
-    JobTag.delete().where(JobTag.job.in_(ids)).execute()
-    JobStateChange.delete().where(JobStateChange.job.in_(ids)).execute()
-    return {"deleted": Job.delete().where(Job.id.in_(ids)).execute()}
+    deleted = 0
+    for start in range(0, len(ids), 500):  # stay below SQLite's limit on parameters
+        chunk = ids[start:start + 500]
+        JobTag.delete().where(JobTag.job.in_(chunk)).execute()
+        JobStateChange.delete().where(JobStateChange.job.in_(chunk)).execute()
+        deleted += Job.delete().where(Job.id.in_(chunk)).execute()
+    return {"deleted": deleted}
 
 
 @operation(write=False)
@@ -311,7 +315,7 @@ def _glob_to_like(pattern):
     return pattern.replace("*", "%").replace("?", "_")
 
 
-FILTER_KEYS = ("ids", "workflow", "name", "name_like", "state", "tags",
+FILTER_KEYS = ("ids", "id_prefix", "workflow", "name", "name_like", "state", "tags",
                "created_after", "created_before", "updated_after", "updated_before")
 
 
@@ -323,6 +327,11 @@ def _job_query(filters):
     query = Job.select()
     if filters.get("ids") is not None:
         query = query.where(Job.id.in_([_uuid(i) for i in _str_list(filters["ids"], "ids")]))
+    if filters.get("id_prefix") is not None:
+        prefix = _text(filters["id_prefix"], "id_prefix").lower()
+        if not all(c in "0123456789abcdef-" for c in prefix):
+            raise BadRequest(f"id_prefix {prefix!r} is not part of a UUID")
+        query = query.where(Job.id.startswith(prefix))
     for key in ("workflow", "name"):
         if filters.get(key) is not None:
             query = query.where(getattr(Job, key) == _text(filters[key], key))
@@ -331,8 +340,9 @@ def _job_query(filters):
     if filters.get("state") is not None:
         wanted = filters["state"]
         wanted = [wanted] if isinstance(wanted, str) else _str_list(wanted, "state")
-        for s in wanted:
-            states.check_state(s)
+        unknown_states = [s for s in wanted if s not in states.STATES]
+        if unknown_states:
+            raise BadRequest(f"unknown states {unknown_states}; known: {', '.join(states.STATES)}")
         query = query.where(Job.state.in_(wanted))
     for tag in _str_list(filters.get("tags"), "tags"):
         query = query.where(Job.id.in_(JobTag.select(JobTag.job).where(JobTag.tag == tag)))
@@ -347,7 +357,8 @@ def _job_query(filters):
 def job_filter(filters=None, limit=None, offset=0):
     """Jobs matching ``filters``, oldest first.
 
-    ``filters`` may hold ``ids``, ``workflow``, ``name``, ``name_like`` (a glob
+    ``filters`` may hold ``ids``, ``id_prefix`` (the start of an id),
+    ``workflow``, ``name``, ``name_like`` (a glob
     such as ``sim-*``, case-insensitive), ``state`` (one or a list), ``tags``
     (all of them), ``created_after``/``created_before``/``updated_after``/
     ``updated_before`` (UNIX seconds).  ``limit`` and ``offset`` page the result.

@@ -1,0 +1,94 @@
+"""What every command shares: the ``--path`` and ``--json`` options, opening the
+DB, printing tables and JSON, and the one place where library errors become
+click errors."""
+
+import json
+from datetime import datetime
+
+import click
+
+import balsamdb
+from balsamdb.exceptions import NotFound
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+PATH_HELP = ("DB directory; default: $BALSAM_DB_PATH, then default_db_path in the settings file, "
+             "then default_db/ of a source checkout or a per-user directory")
+
+# What to do next, added to a library message that does not already say it.
+_HINTS = {
+    NotFound: "check the id or name: `db ls` lists jobs, `db record ls PROJECT` lists records",
+}
+
+
+class BalsamGroup(click.Group):
+    """A click group that turns any :class:`balsamdb.BalsamDBError` raised by a
+    command below it into a :class:`click.ClickException`: a message on stderr
+    and exit status 1, never a traceback.  This is the only place the CLI
+    translates library errors."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except balsamdb.BalsamDBError as exc:
+            message = exc.message or str(exc) or type(exc).__name__
+            for cls, hint in _HINTS.items():
+                if isinstance(exc, cls):
+                    message = f"{message}; {hint}"
+            raise click.ClickException(message) from None
+
+
+def path_option(function):
+    """``--path P``: the DB directory to use (None lets the library choose)."""
+    return click.option(
+        "--path", "path", type=click.Path(file_okay=True, dir_okay=True), default=None,
+        metavar="DIR", help=PATH_HELP,
+    )(function)
+
+
+def json_option(function):
+    """``--json``: print JSON for scripts instead of text for people."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text")(function)
+
+
+def open_db(path):
+    """``balsamdb.connect(path)``: use as ``with open_db(path) as db:``."""
+    return balsamdb.connect(path)
+
+
+def echo_json(data):
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def parse_json(value, example, param_hint=None):
+    """``value`` parsed as JSON, or a :class:`click.BadParameter` that shows ``example``."""
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON ({exc}); give a JSON object such as {example}",
+                                 param_hint=param_hint) from None
+
+
+def format_time(seconds):
+    """Local time of UNIX ``seconds``, to the second."""
+    if seconds is None:
+        return ""
+    return datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def shorten(text, width):
+    text = str(text)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def echo_table(headers, rows):
+    """Print ``rows`` (lists of strings) under ``headers`` in aligned columns."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    click.echo(line(headers))
+    click.echo(line(["-" * w for w in widths]))
+    for row in rows:
+        click.echo(line(row))

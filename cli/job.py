@@ -1,0 +1,299 @@
+"""`db job`: add, show, modify, list and remove jobs."""
+
+import json
+import string
+import uuid
+
+import click
+
+from balsamdb.states import INITIAL, PIPELINE
+
+from .common import echo_json, format_time, json_option, open_db, parse_json, path_option
+from .ls import STATE_CHOICE, StateChoice, ls
+
+MIN_PREFIX = 4
+_DELETE_CHUNK = 500  # ids per delete request, well under SQLite's limit on bound variables
+
+
+@click.group("job")
+def job():
+    """Add, show, modify, list and remove jobs
+
+    Example:
+
+    \b
+        db job add sim-1 --workflow sweep --application 'python sim.py' --args '--t 300'
+        db job modify 3f2a --state RUNNING --message started
+        db job show 3f2a
+    """
+
+
+job.add_command(ls, "ls")
+
+
+# -- job ids -----------------------------------------------------------------
+
+def resolve_job_ids(db, texts):
+    """Full job ids for ``texts``: each a full id or a unique prefix of at least 4 hex characters."""
+    out = []
+    for text in texts:
+        text = text.strip().lower()
+        try:
+            out.append(str(uuid.UUID(text)))
+            continue
+        except ValueError:
+            pass
+        if len(text.replace("-", "")) < MIN_PREFIX or not set(text) <= set(string.hexdigits.lower() + "-"):
+            raise click.UsageError(
+                f"{text!r} is not a job id; give a full id or its first {MIN_PREFIX}+ hex characters (see db ls)"
+            )
+        matches = [j.id for j in db.jobs.filter(id_prefix=text, limit=6)]
+        if not matches:
+            raise click.ClickException(f"no job id starts with {text!r}; `db ls` lists the jobs")
+        if len(matches) > 1:
+            shown = ", ".join(m[:13] for m in matches[:5]) + (", ..." if len(matches) > 5 else "")
+            count = f"{len(matches)}" if len(matches) <= 5 else "more than 5"
+            raise click.ClickException(
+                f"job id prefix {text!r} is ambiguous: it matches {count} jobs ({shown}); give more characters"
+            )
+        out.append(matches[0])
+    return out
+
+
+# -- options that set job fields (shared by add and modify) --------------------
+
+def _environ(ctx, param, values):
+    environ = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE, e.g. --env OMP_NUM_THREADS=4")
+        environ[key] = value
+    return environ if values else None
+
+
+_DATA_EXAMPLE = """'{"temperature": 300}'"""
+
+
+def _json_object(ctx, param, value):
+    if value is None:
+        return None
+    data = parse_json(value, _DATA_EXAMPLE)
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"give a JSON object such as {_DATA_EXAMPLE}, not a {type(data).__name__}")
+    return data
+
+
+_FIELD_OPTIONS = [
+    click.option("--application", "-a", help="Command the job runs, e.g. 'python sim.py'"),
+    click.option("--args", help="Arguments given to the application"),
+    click.option("--description", "-d", help="Free text"),
+    click.option("--nodes", "num_nodes", type=click.IntRange(min=1), help="Number of nodes"),
+    click.option("--ranks-per-node", type=click.IntRange(min=1), help="MPI ranks per node"),
+    click.option("--threads-per-rank", type=click.IntRange(min=1), help="Threads per rank"),
+    click.option("--wall-time", "wall_time_minutes", type=click.FloatRange(min=0), metavar="MINUTES",
+                 help="Wall-time limit in minutes"),
+    click.option("--env", "environ", multiple=True, metavar="KEY=VALUE", callback=_environ,
+                 help="Environment variable of the job (repeat for several)"),
+    click.option("--parent", "parents", multiple=True, metavar="ID",
+                 help="Id (or 4+ character prefix) of a job this one waits for (repeat for several)"),
+    click.option("--tag", "-t", "tags", multiple=True, help="Tag (repeat for several)"),
+    click.option("--data", callback=_json_object, metavar="JSON", help="Free-form JSON object"),
+]
+FIELDS = ("application", "args", "description", "num_nodes", "ranks_per_node", "threads_per_rank",
+          "wall_time_minutes", "environ", "parents", "tags", "data")
+
+
+def field_options(function):
+    for option in reversed(_FIELD_OPTIONS):
+        function = option(function)
+    return function
+
+
+def _fields(db, values):
+    """The job fields that were given on the command line, ready for the library."""
+    fields = {}
+    for name in FIELDS:
+        value = values.get(name)
+        if value is None or value == ():
+            continue
+        fields[name] = list(value) if isinstance(value, tuple) else value
+    if "parents" in fields:
+        fields["parents"] = resolve_job_ids(db, fields["parents"])
+    return fields
+
+
+# -- commands -----------------------------------------------------------------
+
+@job.command("add")
+@click.argument("name")
+@path_option
+@click.option("--workflow", "-w", default="default", show_default=True, help="Workflow the job belongs to")
+@field_options
+@click.option("--state", type=StateChoice(sorted(INITIAL, key=PIPELINE.index)),
+              help="Initial state  [default: CREATED, or AWAITING_PARENTS with --parent]")
+@json_option
+def add(name, path, workflow, state, as_json, **values):
+    """Create a job; prints its id and working directory
+
+    The working directory, DB/data/WORKFLOW/NAME_ID8, exists when this returns.
+
+    Example:
+
+    \b
+        db job add sim-1 --workflow sweep --application 'python sim.py' \\
+            --args '--temperature 300' --nodes 2 --ranks-per-node 4 \\
+            --wall-time 30 --env OMP_NUM_THREADS=4 --tag gpu --data '{"T": 300}'
+    """
+    with open_db(path) as db:
+        fields = _fields(db, values)
+        if state:
+            fields["state"] = state
+        created = db.jobs.create(name, workflow=workflow, **fields)
+    if as_json:
+        echo_json(created.to_dict())
+        return
+    click.echo(created.id)
+    click.echo(f"working directory: {created.working_directory}")
+
+
+def _echo_job(data):
+    rows = [
+        ("id", data["id"]),
+        ("name", data["name"]),
+        ("workflow", data["workflow"]),
+        ("application", data["application"]),
+        ("args", data["args"]),
+        ("description", data["description"]),
+        ("state", data["state"] + (f" ({data['state_message']})" if data["state_message"] else "")),
+        ("working directory", data["working_directory"]),
+        ("nodes", data["num_nodes"]),
+        ("ranks per node", data["ranks_per_node"]),
+        ("threads per rank", data["threads_per_rank"]),
+        ("wall time", f"{data['wall_time_minutes']:g} min"),
+        ("environ", " ".join(f"{k}={v}" for k, v in data["environ"].items())),
+        ("parents", " ".join(data["parents"])),
+        ("tags", ", ".join(data["tags"])),
+        ("data", json.dumps(data["data"], ensure_ascii=False)),
+        ("created", format_time(data["created_at"])),
+        ("updated", format_time(data["updated_at"])),
+    ]
+    width = max(len(label) for label, _ in rows) + 2
+    for label, value in rows:
+        click.echo(f"{label + ':':<{width}}{value}".rstrip())
+    click.echo("history:")
+    for change in data.get("history", []):
+        line = f"  {format_time(change['time'])}  {change['from_state'] or '-'} -> {change['to_state']}"
+        click.echo(f"{line}  {change['message']}".rstrip())
+
+
+@job.command("show")
+@click.argument("job_id", metavar="ID")
+@path_option
+@json_option
+def show(job_id, path, as_json):
+    """Show every field of a job and its state history
+
+    ID is the full id or its first 4 or more characters.
+
+    Example:
+
+    \b
+        db job show 3f2a1b2c
+        db job show 3f2a --json
+    """
+    with open_db(path) as db:
+        (full_id,) = resolve_job_ids(db, [job_id])
+        found = db.jobs.get(full_id)
+    if as_json:
+        echo_json(found.to_dict())
+    else:
+        _echo_job(found.to_dict())
+
+
+@job.command("modify")
+@click.argument("job_id", metavar="ID")
+@path_option
+@click.option("--state", "-s", type=STATE_CHOICE, help="Move the job to this state")
+@click.option("--message", "-m", help="Why the state changes (kept in the history)")
+@field_options
+@json_option
+def modify(job_id, path, state, message, as_json, **values):
+    """Change a job's state or fields
+
+    --state follows the job state machine (an illegal move is refused).
+    Field options replace the old value whole: --tag, --env and --parent
+    give the complete new list.
+
+    Example:
+
+    \b
+        db job modify 3f2a --state RUNNING --message 'started on node 12'
+        db job modify 3f2a --args '--temperature 350' --tag rerun
+    """
+    if message is not None and state is None:
+        raise click.UsageError("--message goes with --state: it is kept in the state history")
+    with open_db(path) as db:
+        (full_id,) = resolve_job_ids(db, [job_id])
+        changes = _fields(db, values)
+        if state is None and not changes:
+            raise click.UsageError("nothing to change: give --state or a field option (see db job modify -h)")
+        before = db.jobs.get(full_id)
+        after = before
+        if state is not None:
+            after = db.jobs.update_state(full_id, state, message=message or "")
+        if changes:
+            after = db.jobs.modify(full_id, **changes)
+    if as_json:
+        echo_json(after.to_dict())
+        return
+    who = f"job {full_id[:8]} ({before.name})"
+    if state is not None:
+        click.echo(f"{who}: {before.state} -> {state}")
+    if changes:
+        click.echo(f"{who}: changed {', '.join(sorted(changes))}")
+
+
+@job.command("rm")
+@click.argument("job_ids", metavar="[ID]...", nargs=-1)
+@path_option
+@click.option("--workflow", "-w", help="Remove the jobs of this workflow")
+@click.option("--state", "-s", "states", multiple=True, type=STATE_CHOICE,
+              help="Remove the jobs in this state (repeat for several)")
+@click.option("--tag", "-t", "tags", multiple=True, help="Remove the jobs with this tag (repeat: all of them)")
+@click.option("--yes", "-y", is_flag=True, help="Confirm removal by filter")
+@json_option
+def rm(job_ids, path, workflow, states, tags, yes, as_json):
+    """Remove jobs by id, or every job that matches filters (with --yes)
+
+    Their history goes too; working directories stay on disk.
+
+    Example:
+
+    \b
+        db job rm 3f2a1b2c 9e8d
+        db job rm --workflow sweep --state FAILED --yes
+    """
+    by_filter = bool(workflow or states or tags)
+    if job_ids and by_filter:
+        raise click.UsageError("give job ids or filters (--workflow, --state, --tag), not both")
+    if not job_ids and not by_filter:
+        raise click.UsageError("give job ids, or filters (--workflow, --state, --tag) with --yes")
+    with open_db(path) as db:
+        if job_ids:
+            ids = list(dict.fromkeys(resolve_job_ids(db, job_ids)))
+        else:
+            ids = [j.id for j in db.jobs.filter(workflow=workflow, state=list(states) or None,
+                                                tags=list(tags) or None)]
+            if ids and not yes:
+                raise click.ClickException(
+                    f"this would remove {len(ids)} job{'s' if len(ids) != 1 else ''}; add --yes to confirm"
+                )
+        deleted = 0
+        for start in range(0, len(ids), _DELETE_CHUNK):
+            deleted += db.jobs.delete(*ids[start:start + _DELETE_CHUNK])
+    if as_json:
+        echo_json({"deleted": deleted})
+        return
+    note = f" ({len(ids) - deleted} of the given ids did not exist)" if job_ids and deleted < len(ids) else ""
+    click.echo(f"removed {deleted} job{'s' if deleted != 1 else ''}{note}")

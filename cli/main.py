@@ -1,0 +1,35 @@
+"""The `db` command (also `balsamdb` and `python -m balsamdb`)."""
+
+import click
+
+import balsamdb
+
+from .common import CONTEXT_SETTINGS, BalsamGroup
+from .dbserver import dbserver
+from .init import init
+from .job import job
+from .ls import ls
+from .record import record
+from .which import which
+
+
+@click.group(cls=BalsamGroup, context_settings=CONTEXT_SETTINGS)
+@click.version_option(balsamdb.__version__, "--version", prog_name="balsamdb")
+def main():
+    """balsamdb: a record store for HPC jobs and provenance that many processes can write at once
+
+    Commands take --path DIR; without it they use $BALSAM_DB_PATH, then the
+    settings file, then a default directory (`db which` shows the choice).
+
+    Example:
+
+    \b
+        db init ~/runs/db
+        export BALSAM_DB_PATH=~/runs/db
+        db job add sim-1 --workflow sweep --application 'python sim.py'
+        db ls
+    """
+
+
+for command in (init, which, ls, job, record, dbserver):
+    main.add_command(command)

@@ -1,0 +1,179 @@
+"""`db record`: Sumatra provenance records, grouped by project."""
+
+import click
+
+from .common import echo_json, echo_table, json_option, open_db, parse_json, path_option, shorten
+
+
+@click.group("record")
+def record():
+    """Save, list, show, tag and remove Sumatra provenance records
+
+    Example:
+
+    \b
+        db record add myproject run.json
+        db record ls myproject --tag paper
+        db record show myproject 20240101-120000
+    """
+
+
+_RECORD_EXAMPLE = '{"label": "run-1", "timestamp": "2024-01-01 12:00:00", ...}'
+
+
+@record.command("add")
+@click.argument("project")
+@click.argument("file", type=click.File("r"), metavar="FILE.json")
+@path_option
+@json_option
+def add(project, file, path, as_json):
+    """Save a record document (a JSON object with a label) from a file or stdin
+
+    FILE.json is "-" for stdin.  Saving a label again may change only the
+    run-result fields (duration, outcome, tags, ...); its provenance is
+    write-once.
+
+    Example:
+
+    \b
+        db record add myproject run.json
+        smt export | jq '.[0]' | db record add myproject -
+    """
+    text = file.read()
+    document = parse_json(text, _RECORD_EXAMPLE, param_hint="FILE.json")
+    if not isinstance(document, dict):
+        raise click.BadParameter(f"a record is a JSON object such as {_RECORD_EXAMPLE}", param_hint="FILE.json")
+    with open_db(path) as db:
+        created = db.records.save(project, document)
+    label = document.get("label")
+    if as_json:
+        echo_json({"project": project, "label": label, "created": created})
+        return
+    click.echo(f"{'saved new' if created else 'updated'} record {label} in project {project}")
+
+
+def _duration(value):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.1f} s"
+    return ""
+
+
+@record.command("ls")
+@click.argument("project")
+@path_option
+@click.option("--tag", "-t", "tags", multiple=True, help="Only records with this tag (repeat: all of them)")
+@click.option("--limit", type=click.IntRange(min=0), help="Show at most this many records")
+@json_option
+def ls(project, path, tags, limit, as_json):
+    """List the records of a project, newest first
+
+    Example:
+
+    \b
+        db record ls myproject
+        db record ls myproject --tag paper --json
+    """
+    with open_db(path) as db:
+        documents = db.records.list(project, tags=list(tags), limit=limit)
+    if as_json:
+        echo_json(documents)
+        return
+    if not documents:
+        click.echo(f"No records in project {project}" + (f" tagged {', '.join(tags)}." if tags else "."))
+        return
+    echo_table(
+        ["label", "timestamp", "tags", "outcome", "duration"],
+        [[str(d.get("label", "")), str(d.get("timestamp") or ""), ", ".join(d.get("tags") or []),
+          shorten(d.get("outcome") or "", 40), _duration(d.get("duration"))] for d in documents],
+    )
+
+
+@record.command("show")
+@click.argument("project")
+@click.argument("label")
+@path_option
+@json_option
+def show(project, label, path, as_json):
+    """Print a record document as it was saved
+
+    The output is the JSON document, with or without --json.
+
+    Example:
+
+    \b
+        db record show myproject 20240101-120000
+    """
+    with open_db(path) as db:
+        document = db.records.get(project, label)
+    echo_json(document)
+
+
+@record.command("tag")
+@click.argument("project")
+@click.argument("label")
+@path_option
+@click.option("--add", "-a", "add_tags", multiple=True, metavar="TAG", help="Tag to add (repeat for several)")
+@click.option("--remove", "-r", "remove_tags", multiple=True, metavar="TAG",
+              help="Tag to remove (repeat for several)")
+@json_option
+def tag(project, label, path, add_tags, remove_tags, as_json):
+    """Add and remove tags of a record; prints its tags
+
+    Example:
+
+    \b
+        db record tag myproject 20240101-120000 --add paper --remove draft
+    """
+    if not add_tags and not remove_tags:
+        raise click.UsageError("give --add TAG or --remove TAG")
+    with open_db(path) as db:
+        tags = db.records.tag(project, label, add=add_tags, remove=remove_tags)
+    if as_json:
+        echo_json({"project": project, "label": label, "tags": tags})
+        return
+    click.echo(f"{label}: {', '.join(tags) if tags else '(no tags)'}")
+
+
+@record.command("rm")
+@click.argument("project")
+@click.argument("labels", metavar="[LABEL]...", nargs=-1)
+@path_option
+@click.option("--tag", "-t", help="Remove every record with this tag (needs --yes)")
+@click.option("--yes", "-y", is_flag=True, help="Confirm removal by tag")
+@json_option
+def rm(project, labels, path, tag, yes, as_json):
+    """Remove records by label, or every record with a tag (with --yes)
+
+    Example:
+
+    \b
+        db record rm myproject 20240101-120000 20240102-090000
+        db record rm myproject --tag failed --yes
+    """
+    if labels and tag:
+        raise click.UsageError("give labels or --tag, not both")
+    if not labels and not tag:
+        raise click.UsageError("give the labels to remove, or --tag TAG --yes")
+    with open_db(path) as db:
+        if tag:
+            matching = db.records.labels(project, tags=[tag])
+            if matching and not yes:
+                raise click.ClickException(
+                    f"this would remove {len(matching)} record{'s' if len(matching) != 1 else ''} "
+                    f"of {project} tagged {tag}; add --yes to confirm"
+                )
+            deleted = db.records.delete_by_tag(project, tag) if matching else 0
+        else:
+            # Check every label first, so that a typo removes nothing.
+            existing = set(db.records.labels(project))
+            missing = [label for label in dict.fromkeys(labels) if label not in existing]
+            if missing:
+                raise click.ClickException(
+                    f"no record {', '.join(map(repr, missing))} in project {project!r}; nothing was removed "
+                    f"(`db record ls {project}` lists its records)"
+                )
+            deleted = sum(db.records.delete(project, label) for label in dict.fromkeys(labels))
+    if as_json:
+        echo_json({"deleted": deleted})
+        return
+    click.echo(f"removed {deleted} record{'s' if deleted != 1 else ''}")

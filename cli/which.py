@@ -1,0 +1,79 @@
+"""`db which`: which DB directory a command would use, why, and its state."""
+
+import click
+
+from balsamdb.client import server_state
+from balsamdb.dbdir import DBDirectory
+from balsamdb.exceptions import NotADBDirectory
+from balsamdb.settings import resolve_db_path
+
+from .common import echo_json, json_option, path_option
+
+
+def describe(path):
+    """What `db which` reports about the DB directory chosen for ``path``."""
+    chosen, source = resolve_db_path(path)
+    dbdir = DBDirectory(chosen)
+    report = {
+        "path": str(dbdir.path), "source": source, "exists": dbdir.path.exists(),
+        "is_db_directory": dbdir.is_db_directory(), "db_type": None, "problem": None,
+        "server": None,
+    }
+    if report["is_db_directory"]:
+        try:
+            report["db_type"] = dbdir.db_type
+        except NotADBDirectory as exc:  # a broken directory is something to report, not a failure
+            report["problem"] = exc.message
+        server = dbdir.read_address()
+        # "health" is what a client would find: the file alone may name a dead process.
+        report["server"] = dict(server, health=server_state(server))
+    return report
+
+
+def _server_line(server):
+    if server is None:
+        return "none (not a DB directory)"
+    address = server.get("address") or "no address"
+    if server["health"] == "up":
+        return f"running at {address}"
+    if server["health"] == "coming":
+        return f"restarting at {address} (its watchdog is bringing it back)"
+    if server.get("state") in ("running", "restarting"):
+        return (f"stale: the address file names {address}, but that server is gone "
+                f"(start one with: db dbserver)")
+    return f"{server.get('state', 'unknown')} ({server.get('reason') or 'no reason given'})"
+
+
+@click.command("which")
+@path_option
+@json_option
+def which(path, as_json):
+    """Show which DB directory commands use, why, and whether its server runs
+
+    The choice: --path, else $BALSAM_DB_PATH, else default_db_path in the
+    settings file ($BALSAMDB_SETTINGS or ~/.config/balsamdb/settings.json),
+    else default_db/ of a source checkout, else a per-user directory.
+
+    Example:
+
+    \b
+        $ BALSAM_DB_PATH=~/runs/db db which
+        /home/me/runs/db
+          chosen by:     the BALSAM_DB_PATH environment variable
+          DB directory:  yes (sqlite3)
+          server:        stopped (no server has run yet)
+    """
+    report = describe(path)
+    if as_json:
+        echo_json(report)
+        return
+    if report["is_db_directory"]:
+        kind = f"yes ({report['db_type']})" if report["db_type"] else f"broken: {report['problem']}"
+    elif report["exists"]:
+        kind = f"no (run: db init {report['path']})"
+    else:
+        kind = f"no, it does not exist (run: db init {report['path']})"
+    click.echo(report["path"])
+    click.echo(f"  chosen by:     {report['source']}")
+    click.echo(f"  DB directory:  {kind}")
+    click.echo(f"  server:        {_server_line(report['server'])}")

@@ -1,0 +1,72 @@
+"""Many processes writing one SQLite DB directory directly (no server) lose nothing."""
+
+import multiprocessing
+import queue
+import time
+import traceback
+
+import pytest
+
+import balsamdb
+from balsamdb.dbdir import DBDirectory
+
+PROCESSES = 32
+JOBS_EACH = 100
+DEADLINE = 50  # seconds for the whole run; the test fails, not hangs, past it
+
+
+def _create_jobs(path, index, barrier, results):
+    """One writer: wait until every writer is ready, then create JOBS_EACH jobs."""
+    try:
+        db = balsamdb.connect(path)
+        barrier.wait(timeout=DEADLINE)
+        ids = [db.jobs.create(f"w{index}-{n}", workflow="storm").id for n in range(JOBS_EACH)]
+        routes = {db.last_route}
+        db.close()
+        results.put((index, ids, routes, None))
+    except BaseException:
+        results.put((index, [], set(), traceback.format_exc()))
+        raise
+
+
+def test_32_processes_writing_at_once_lose_no_job(tmp_path, monkeypatch):
+    monkeypatch.setenv("BALSAMDB_SETTINGS", str(tmp_path / "no-settings.json"))
+    monkeypatch.delenv("BALSAM_DB_PATH", raising=False)
+    path = tmp_path / "db"
+    DBDirectory(path).init()
+
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(PROCESSES)
+    results = context.Queue()
+    workers = [context.Process(target=_create_jobs, args=(str(path), i, barrier, results))
+               for i in range(PROCESSES)]
+    for worker in workers:
+        worker.start()
+    deadline = time.monotonic() + DEADLINE
+    reports = []
+    try:
+        while len(reports) < PROCESSES:
+            try:
+                reports.append(results.get(timeout=max(0.1, deadline - time.monotonic())))
+            except queue.Empty:
+                pytest.fail(f"only {len(reports)} of {PROCESSES} writers reported within {DEADLINE} s; "
+                            f"exit codes: {[w.exitcode for w in workers]}")
+        for worker in workers:
+            worker.join(timeout=max(0.1, deadline - time.monotonic()))
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+                worker.join(timeout=10)
+
+    errors = {index: error for index, _, _, error in reports if error}
+    assert not errors, "\n".join(f"writer {i}:\n{e}" for i, e in errors.items())
+    assert [w.exitcode for w in workers] == [0] * PROCESSES
+    assert all(routes == {"direct"} for _, _, routes, _ in reports)
+    created = [job_id for _, ids, _, _ in reports for job_id in ids]
+    assert len(created) == len(set(created)) == PROCESSES * JOBS_EACH
+
+    with balsamdb.connect(path) as db:
+        stored = {job.id for job in db.jobs.filter(workflow="storm")}
+        assert db.jobs.count() == PROCESSES * JOBS_EACH
+    assert stored == set(created)
