@@ -1,13 +1,13 @@
 """`db dbserver`: start, stop and inspect the write server of a DB directory."""
 
 import datetime
-import json
 
 import click
 
 from balsamdb.dbdir import DBDirectory
-from balsamdb.exceptions import BalsamDBError
 from balsamdb.settings import resolve_db_path
+
+from .common import echo_json, json_option, path_option
 
 
 def _format_status(info):
@@ -33,15 +33,14 @@ def _format_status(info):
 
 
 @click.command("dbserver")
-@click.option("--path", "path", type=click.Path(file_okay=False), default=None,
-              help="DB directory (default: as `db which` says).")
+@path_option
 @click.option("--stop", "action", flag_value="stop", help="Stop the server gracefully and wait until it is gone.")
 @click.option("--status", "action", flag_value="status", help="Show pids, address, uptime and counters.")
 @click.option("--bind", default="127.0.0.1", show_default=True,
               help="Interface to listen on; use the login node's address or 0.0.0.0 for compute nodes.")
 @click.option("--port", type=int, default=0, help="TCP port (default: a free one).")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for start or stop.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def dbserver(path, action, bind, port, timeout, as_json):
     """Start, stop or show the write server of a DB directory.
 
@@ -58,22 +57,22 @@ def dbserver(path, action, bind, port, timeout, as_json):
 
     db_path, _source = resolve_db_path(path)
     dbdir = DBDirectory(db_path)
-    try:
-        dbdir.config()
-        if action == "stop":
-            pids = control.stop(dbdir, deadline=max(timeout, 1.0))
-            result = {"stopped": pids, "path": str(dbdir.path)}
-            text = f"stopped server of {dbdir.path} (pids {', '.join(map(str, pids))})" if pids \
-                else f"no server was running for {dbdir.path}"
-        elif action == "status":
-            result = control.status(dbdir)
-            text = _format_status(result)
-        else:
-            started = control.start(dbdir, bind=bind, port=port, deadline=timeout)
-            result = {"already_running": started.already_running, **started.address}
-            text = (f"a server already runs for {dbdir.path} at {started.address.get('address')}"
-                    if started.already_running
-                    else f"server for {dbdir.path} listening at {started.address.get('address')}")
-    except BalsamDBError as exc:
-        raise click.ClickException(exc.message) from None
-    click.echo(json.dumps(result, indent=2, sort_keys=True) if as_json else text)
+    dbdir.config()
+    if action == "stop":
+        pids = control.stop(dbdir, deadline=max(timeout, 1.0))
+        result = {"stopped": pids, "path": str(dbdir.path)}
+        text = f"stopped server of {dbdir.path} (pids {', '.join(map(str, pids))})" if pids \
+            else f"no server was running for {dbdir.path}"
+    elif action == "status":
+        result = control.status(dbdir)
+        text = _format_status(result)
+    else:
+        started = control.start(dbdir, bind=bind, port=port, deadline=timeout)
+        result = {"already_running": started.already_running, **started.address}
+        text = (f"a server already runs for {dbdir.path} at {started.address.get('address')}"
+                if started.already_running
+                else f"server for {dbdir.path} listening at {started.address.get('address')}")
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(text)
