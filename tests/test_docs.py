@@ -1,0 +1,40 @@
+"""The docs keep up with the code."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_cli_reference_is_current():
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "cli_docs.py"), "--check"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_readme_links_resolve():
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#]+)\)", readme)
+    assert links, "the README links to the docs"
+    missing = [link for link in links if not link.startswith("http") and not (ROOT / link).exists()]
+    assert not missing, missing
+
+
+def test_readme_starts_with_the_two_commands():
+    readme = (ROOT / "README.md").read_text()
+    first_block = readme.split("```bash", 1)[1].split("```", 1)[0]
+    assert "scripts/dev.py demo" in first_block and "scripts/dev.py test" in first_block
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "scripts/dev.py test" in ci, "CI runs the README's test command"
+
+
+def test_every_operation_is_documented_in_the_protocol_page():
+    from balsamdb.operations import OPERATIONS
+
+    protocol = (ROOT / "docs" / "protocol.md").read_text()
+    missing = [name for name in OPERATIONS if f"`{name}`" not in protocol]
+    assert not missing, f"docs/protocol.md lacks {missing}"
+    for name, op in OPERATIONS.items():
+        assert op.doc, f"operation {name} has no docstring (its specification)"
