@@ -11,6 +11,7 @@ duplicate.  After ``client_deadline`` seconds without an answer the caller gets
 
 import logging
 import os
+import socket
 import time
 
 import zmq
@@ -47,6 +48,7 @@ class ServerClient:
         self.settings = settings
         self._socket = None
         self._address = None
+        self._local_failed = set()  # local addresses that did not answer (another network namespace?)
 
     def close(self):
         if self._socket is not None:
@@ -68,7 +70,11 @@ class ServerClient:
         Returns the answer body, or None when this try should be abandoned (no
         reply in time, or the server died or was replaced meanwhile).
         """
-        sock = self._connect(info["address"])
+        target = info["address"]
+        local = info.get("local_address")
+        if local and local not in self._local_failed and info.get("host") == socket.gethostname():
+            target = local
+        sock = self._connect(target)
         sock.send_multipart(protocol.encode(self.secret, message))
         give_up = time.monotonic() + self.settings.client_timeout
         next_check = time.monotonic() + _LIVENESS_EVERY
@@ -89,7 +95,9 @@ class ServerClient:
             now = time.monotonic()
             if now >= give_up:
                 log.info("no answer from %s in %.1f s; retrying on a fresh socket",
-                         info["address"], self.settings.client_timeout)
+                         target, self.settings.client_timeout)
+                if target == local:
+                    self._local_failed.add(local)  # next try over TCP
                 self.close()
                 return None
             if now >= next_check:

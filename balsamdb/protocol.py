@@ -1,14 +1,15 @@
 """The wire envelope shared by the client and the write server.
 
-A request is three ZeroMQ frames after the routing envelope::
+A request is one ZeroMQ frame after the routing envelope::
 
-    MAGIC | HMAC-SHA256(secret, body) | body
+    MAGIC (4 bytes) + HMAC-SHA256(secret, body) (32 bytes) + body
 
 and ``body`` is a JSON object ``{"id": str, "op": str, "params": {...}}``.
 ``id`` is made by the client (a UUID) and is the same for every retry of one
-request: it is what makes a write happen exactly once.  The answer is::
+request: it is what makes a write happen exactly once.  The answer has the
+same form::
 
-    MAGIC | HMAC-SHA256(secret, body) | body
+    MAGIC + HMAC-SHA256(secret, body) + body
 
 with ``body`` = ``{"id", "ok": true, "result": ...}`` or
 ``{"id", "ok": false, "error": {"code", "type", "message"}}``; the error
@@ -24,6 +25,7 @@ import json
 from .exceptions import AuthenticationError, BadRequest
 
 MAGIC = b"BDB1"
+_MAC_END = len(MAGIC) + 32
 SERVER_OPS = ("ping", "status")
 
 
@@ -32,9 +34,12 @@ def sign(secret, body):
 
 
 def encode(secret, message):
-    """Frames for ``message`` (a dict), signed with ``secret``."""
+    """The frames of ``message`` (a dict), signed with ``secret``: one frame.
+
+    One frame, not three: every frame costs a separate send inside ZeroMQ,
+    which measurably slows the round trip."""
     body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
-    return [MAGIC, sign(secret, body), body]
+    return [MAGIC + sign(secret, body) + body]
 
 
 def decode(secret, frames, max_bytes=None):
@@ -43,14 +48,15 @@ def decode(secret, frames, max_bytes=None):
     Raises :class:`BadRequest` (wrong shape, not JSON, too large) or
     :class:`AuthenticationError` (bad signature), never anything else.
     """
-    if len(frames) != 3 or frames[0] != MAGIC:
-        raise BadRequest("not a balsamdb message: expected 3 frames MAGIC|HMAC|JSON body")
-    mac, body = frames[1], frames[2]
-    if max_bytes is not None and len(body) > max_bytes:
+    if len(frames) != 1 or len(frames[0]) < _MAC_END or not frames[0].startswith(MAGIC):
+        raise BadRequest("not a balsamdb message: expected one frame MAGIC + HMAC + JSON body")
+    frame = frames[0]
+    if max_bytes is not None and len(frame) - _MAC_END > max_bytes:
         from .exceptions import RequestTooLarge
 
-        raise RequestTooLarge(f"request of {len(body)} bytes exceeds the limit of {max_bytes} bytes")
-    if not hmac.compare_digest(bytes(mac), sign(secret, bytes(body))):
+        raise RequestTooLarge(f"request of {len(frame) - _MAC_END} bytes exceeds the limit of {max_bytes} bytes")
+    mac, body = frame[len(MAGIC):_MAC_END], frame[_MAC_END:]
+    if not hmac.compare_digest(mac, sign(secret, body)):
         raise AuthenticationError("bad signature: the client does not hold this DB directory's secret")
     try:
         message = json.loads(body)

@@ -69,6 +69,7 @@ class Watchdog:
         self.failures = 0
         self.started_at = time.time()
         self.identity = address_file.process_identity(os.getpid())
+        self.local_address = None
 
     # -- address file ---------------------------------------------------------
     def _public_host(self):
@@ -86,6 +87,8 @@ class Watchdog:
             record.update(address=f"tcp://{self._public_host()}:{self.port}", epoch=epoch,
                           server=address_file.process_identity(self.server.pid),
                           server_started_at=self.server_started, restarts=self.restarts)
+            if self.local_address:
+                record["local_address"] = self.local_address
         if reason:
             record["reason"] = reason
         address_file.write_atomic(self.dbdir.address_file, record)
@@ -103,6 +106,7 @@ class Watchdog:
         try:
             ready = json.loads(line)
             self.port = int(ready["port"])
+            self.local_address = ready.get("local_address")
         except (ValueError, KeyError, TypeError):
             log.error("server pid %s did not start (said %r); see %s", self.server.pid, line,
                       self.dbdir.log_dir / "server.err")

@@ -7,7 +7,8 @@ its batch commits.  Malformed, unauthenticated and oversized messages are
 answered with an error at once and never reach the database.
 
 Run by the watchdog as ``python -m dbserver.write_server --path P ...``; it
-prints one JSON line ``{"port": N, "pid": N}`` on stdout once it listens.
+prints one JSON line ``{"port": N, "pid": N, "local_address": ...}`` on stdout
+once it listens.
 """
 
 import argparse
@@ -17,6 +18,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 
 import peewee as pw
 import zmq
@@ -78,6 +80,7 @@ class WriteServer:
         self.context = None
         self.socket = None
         self.database = None
+        self.local_address = None
 
     # -- life cycle ---------------------------------------------------------
     def initialize(self):
@@ -103,6 +106,11 @@ class WriteServer:
                 self.port = self.socket.bind_to_random_port(f"tcp://{host}")
         else:
             self.port = self.socket.bind_to_random_port(f"tcp://{host}")
+        if sys.platform.startswith("linux"):
+            # Clients on this host skip the TCP stack: an abstract Unix socket
+            # (no file to clean up; requests are authenticated all the same).
+            self.local_address = f"ipc://@balsamdb-{self.epoch or uuid.uuid4().hex}"
+            self.socket.bind(self.local_address)
         log.info("write server pid %s listening on tcp://%s:%s (db %s, %s, synchronous=%s, epoch %s)",
                  os.getpid(), host, self.port, self.dbdir.path, self.dbdir.db_type,
                  self.settings.sqlite_synchronous, self.epoch)
@@ -237,7 +245,8 @@ def main(argv=None):
     _handle_term(server)
     try:
         server.initialize()
-        print(json.dumps({"port": server.port, "pid": os.getpid()}), flush=True)
+        print(json.dumps({"port": server.port, "pid": os.getpid(), "local_address": server.local_address}),
+              flush=True)
         server.loop()
     except Exception:
         log.exception("write server failed")

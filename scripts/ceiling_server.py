@@ -30,12 +30,16 @@ def main():
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
+    epoch = uuid.uuid4().hex
+    local = f"ipc://@balsamdb-{epoch}"  # the same transports as the write server
+    sock.bind(local)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     me = address_file.process_identity(os.getpid())
     address_file.write_atomic(dbdir.address_file, {
         "state": "running", "db_type": dbdir.db_type, "protocol": address_file.PROTOCOL_VERSION,
-        "host": socket.gethostname(), "address": f"tcp://127.0.0.1:{port}", "epoch": uuid.uuid4().hex,
+        "host": socket.gethostname(), "address": f"tcp://127.0.0.1:{port}", "epoch": epoch,
+        "local_address": local,
         "server": me, "watchdog": me, "started_at": time.time(), "ceiling": True,
     })
     print(port, flush=True)
@@ -47,7 +51,7 @@ def main():
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            envelope, payload = frames[:2], frames[2:]
+            envelope, payload = frames[:-1], frames[-1:]
             message = protocol.decode(secret, payload)
             job = message["params"].get("job", {})
             answer = {"id": message["id"], "ok": True, "result": dict(job, state="CREATED", created_at=time.time())}

@@ -4,7 +4,9 @@ import json
 import os
 import signal
 import subprocess
+import re
 import sys
+import threading
 import time
 import uuid
 
@@ -61,6 +63,20 @@ def test_64_writers_all_land_exactly_once(server_db, tmp_path):
 def test_server_killed_three_times_during_load(server_db, tmp_path):
     writers = Writers(server_db, tmp_path, nprocs=32, count=100)
     kills = []
+    torn = []
+    reading = threading.Event()
+
+    def read_address_file():
+        # The watchdog rewrites the file on every restart: a reader must never see it torn.
+        while not reading.is_set():
+            text = (server_db / "dbwriter_address").read_text()
+            try:
+                json.loads(text)
+            except ValueError:
+                torn.append(text)
+
+    reader = threading.Thread(target=read_address_file, daemon=True)
+    reader.start()
     try:
         writers.start()
         for round_ in range(3):
@@ -77,9 +93,28 @@ def test_server_killed_three_times_during_load(server_db, tmp_path):
         results = writers.wait(timeout=300)
     finally:
         writers.kill()
+        reading.set()
+        reader.join(10)
     acked, stored = _check_acked(server_db, writers, results)
     assert len(acked) == 3200 and len(stored) == 3200
     assert max(kills) < 3.0, f"restart took {kills}"
+    assert not torn, f"a reader saw a torn address file: {torn[:1]}"
+
+
+def test_watchdog_backs_off_when_the_server_keeps_dying(server_db):
+    delays = []
+    for _ in range(4):
+        info = address(server_db)
+        os.kill(info["server"]["pid"], signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(lambda: address(server_db).get("state") == "running"
+                 and address(server_db).get("epoch") != info["epoch"], 15, "a restarted server")
+        delays.append(time.monotonic() - killed)
+    log = (server_db / "log" / "watchdog.log").read_text()
+    announced = [float(x) for x in re.findall(r"restarting in ([0-9.]+) s", log)]
+    assert announced == [0.0, 0.25, 0.5, 1.0], announced
+    assert delays[3] >= 1.0 > delays[0], delays
+    assert address(server_db)["restarts"] == 4
 
 
 def test_two_starts_at_once_give_one_server(tmp_path):
@@ -145,14 +180,17 @@ def test_bad_messages_get_error_answers_and_the_server_keeps_serving(server_db):
     good = protocol.encode(secret, {"id": "x1", "op": "job_count", "params": {}})
     cases = {
         "garbage": [os.urandom(64)],
-        "truncated": good[:2],
-        "not json": [protocol.MAGIC, protocol.sign(secret, b"{nope"), b"{nope"],
+        "three frames": [protocol.MAGIC, good[0][4:36], good[0][36:]],
+        "truncated": [good[0][:30]],
+        "cut body": [good[0][:-5]],
+        "not json": [protocol.MAGIC + protocol.sign(secret, b"{nope") + b"{nope"],
         "wrong secret": protocol.encode(b"not-the-secret", {"id": "x2", "op": "job_count", "params": {}}),
         "unknown op": protocol.encode(secret, {"id": "x3", "op": "drop_table", "params": {}}),
         "bad params": protocol.encode(secret, {"id": "x4", "op": "job_create", "params": {"job": 5}}),
-        "100 MB": [protocol.MAGIC, b"0" * 32, b"x" * (100 * 1024 * 1024)],
+        "100 MB": [protocol.MAGIC + b"0" * 32 + b"x" * (100 * 1024 * 1024)],
     }
-    expected = {"garbage": "bad_request", "truncated": "bad_request", "not json": "bad_request",
+    expected = {"garbage": "bad_request", "three frames": "bad_request", "truncated": "bad_request",
+                "cut body": "auth", "not json": "bad_request",
                 "wrong secret": "auth", "unknown op": "bad_request", "bad params": "bad_request",
                 "100 MB": "too_large"}
     for name, frames in cases.items():

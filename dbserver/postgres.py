@@ -1,0 +1,590 @@
+"""Control of the PostgreSQL cluster that lives in a DB directory: ``initdb``, ``pg_ctl start/stop``, health.
+
+::
+
+    P/
+      pgdata/                the cluster, made by initdb; owned by the user that runs postgres
+      postgres.password      password of the cluster's superuser role ``balsamdb``, mode 0600
+      log/postgres/          initdb.log, pg_ctl.log (our commands and their output),
+                             postgresql.log (the server's own log, appended to by postgres)
+
+Who runs postgres.  PostgreSQL refuses to run as root.  A non-root caller runs every binary as itself
+and nothing is chowned.  A root caller runs initdb, pg_ctl and postgres as an unprivileged account: the
+owner of an existing ``pgdata``; else the ``postgres`` system user, which distribution packages create and
+which owns nothing else of ours; else ``nobody`` (nothing is created: adding users is the administrator's
+business).  ``pgdata`` and ``log/postgres`` are then owned by that account, ``P`` gets o+x (0700 becomes
+0711: the account may pass through it, not list it), and every directory above ``P`` must already let the
+account pass, or :class:`ConfigError` says which one to open.
+
+Connections.  Only TCP: ``listen_addresses`` always covers 127.0.0.1, clients connect to 127.0.0.1, and
+``unix_socket_directories`` is empty, so starting never depends on /var/run/postgresql (nor on the
+~107-character limit of socket paths).  Every address uses SCRAM password authentication; nothing is
+``trust``.  Which interfaces postgres listens on is the only gate on who may try: loopback by default.
+
+Ports.  ``start_cluster(port=None)`` takes a free port (and takes another if a different process grabs it
+in the meantime).  An explicit port that is in use is refused at once with a message that says so.
+
+Every subprocess runs from an argument list with its output in a log file and a deadline; a failure is a
+:class:`ConfigError` that quotes the log's last lines and says what to do.  Nothing happens at import.
+"""
+
+import errno
+import glob
+import logging
+import os
+import pwd
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import psycopg2
+import psycopg2.errors
+
+from balsamdb.exceptions import ConfigError
+
+log = logging.getLogger(__name__)
+
+SUPERUSER = "balsamdb"          # the role initdb creates; it owns the database below
+DATABASE = "balsamdb"           # the database the models live in
+CONNECT_HOST = "127.0.0.1"
+INITDB_DEADLINE = 120.0         # seconds
+SEARCH_GLOBS = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin", "/opt/homebrew/opt/postgresql@*/bin")
+SERVICE_USERS = ("postgres", "nobody")
+INSTALL_HINT = ("install the PostgreSQL server binaries, e.g. `apt-get install postgresql` (Debian/Ubuntu) "
+                "or `conda install -c conda-forge postgresql`, or put the directory holding initdb, pg_ctl "
+                "and postgres on PATH")
+REQUIRED = ("initdb", "pg_ctl", "postgres")
+_LISTEN_RE = re.compile(r"^[A-Za-z0-9.:*%,_-]+$")   # goes through pg_ctl's shell: no quotes, no spaces
+
+
+# -- binaries -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Binaries:
+    """Absolute paths of the PostgreSQL server programs, all from one directory."""
+
+    initdb: str
+    pg_ctl: str
+    postgres: str
+    pg_isready: str = None     # optional; from the same directory, else from PATH
+
+
+def find_binaries():
+    """The first directory on PATH that holds initdb, pg_ctl and postgres, else the newest
+    ``/usr/lib/postgresql/<version>/bin`` (see ``SEARCH_GLOBS``).  Raises ConfigError naming what to install."""
+    candidates = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+    found = []
+    for pattern in SEARCH_GLOBS:
+        found.extend(glob.glob(pattern))
+    candidates.extend(sorted(found, key=_version_key, reverse=True))
+    for directory in candidates:
+        paths = {name: os.path.join(directory, name) for name in REQUIRED + ("pg_isready",)}
+        if all(_is_executable(paths[name]) for name in REQUIRED):
+            isready = paths["pg_isready"] if _is_executable(paths["pg_isready"]) else shutil.which("pg_isready")
+            return Binaries(paths["initdb"], paths["pg_ctl"], paths["postgres"], isready)
+    where = ", ".join(SEARCH_GLOBS)
+    raise ConfigError(f"PostgreSQL server binaries (initdb, pg_ctl, postgres) were found neither on PATH "
+                      f"nor in {where}; {INSTALL_HINT}")
+
+
+def _version_key(directory):
+    """Sort key for ``.../15/bin``, ``.../9.6/bin``, ``postgresql@16/bin``: the numbers in the path."""
+    return tuple(int(n) for n in re.findall(r"\d+", directory))
+
+
+def _is_executable(path):
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+# -- the account that runs postgres ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class ServiceAccount:
+    """The unprivileged user that runs the PostgreSQL binaries when balsamdb runs as root."""
+
+    name: str
+    uid: int
+    gid: int
+
+    def popen_kwargs(self):
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def may_traverse(self, path):
+        """True when this account has search (x) permission on directory ``path``."""
+        st = os.stat(path)
+        if st.st_uid == self.uid:
+            return bool(st.st_mode & stat.S_IXUSR)
+        if st.st_gid in os.getgrouplist(self.name, self.gid):
+            return bool(st.st_mode & stat.S_IXGRP)
+        return bool(st.st_mode & stat.S_IXOTH)
+
+
+def service_account(pgdata=None):
+    """None when not root (everything runs as the caller).  As root: the owner of an existing ``pgdata``,
+    else the ``postgres`` user, else ``nobody``."""
+    if os.geteuid() != 0:
+        return None
+    if pgdata is not None and Path(pgdata, "PG_VERSION").exists():
+        owner = os.stat(pgdata).st_uid
+        if owner != 0:
+            entry = pwd.getpwuid(owner)
+            return ServiceAccount(entry.pw_name, entry.pw_uid, entry.pw_gid)
+    for name in SERVICE_USERS:
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return ServiceAccount(entry.pw_name, entry.pw_uid, entry.pw_gid)
+    raise ConfigError("PostgreSQL refuses to run as root and neither a 'postgres' nor a 'nobody' user exists; "
+                      "create one (e.g. `useradd --system postgres`) or run balsamdb as an ordinary user")
+
+
+# -- layout ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Layout:
+    root: Path
+
+    @property
+    def pgdata(self):
+        return self.root / "pgdata"
+
+    @property
+    def password_file(self):
+        return self.root / "postgres.password"
+
+    @property
+    def log_dir(self):
+        return self.root / "log" / "postgres"
+
+    @property
+    def server_log(self):
+        return self.log_dir / "postgresql.log"
+
+    @property
+    def pg_ctl_log(self):
+        return self.log_dir / "pg_ctl.log"
+
+    @property
+    def initdb_log(self):
+        return self.log_dir / "initdb.log"
+
+    def is_initialized(self):
+        return (self.pgdata / "PG_VERSION").is_file()
+
+
+def _layout(dbdir_path):
+    """Accepts a path or a :class:`balsamdb.dbdir.DBDirectory`."""
+    root = Path(getattr(dbdir_path, "path", dbdir_path)).expanduser().absolute()
+    if not root.is_dir():
+        raise ConfigError(f"{root} is not a DB directory; create it with: db init {root} --db-type postgres")
+    return _Layout(root)
+
+
+def read_password(dbdir_path):
+    """The password of the ``balsamdb`` role, from ``P/postgres.password``."""
+    path = _layout(dbdir_path).password_file
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{path} is missing; the cluster cannot be used without it "
+                          f"(a new cluster gets one from: db init {path.parent} --db-type postgres)") from None
+    except PermissionError:
+        raise ConfigError(f"cannot read {path}: only the owner of the DB directory may use its cluster") from None
+
+
+def connection_params(dbdir_path, port):
+    """Keyword arguments for ``peewee.PostgresqlDatabase(DATABASE, **params)`` or
+    ``psycopg2.connect(dbname=DATABASE, **params)``."""
+    return {"host": CONNECT_HOST, "port": int(port), "user": SUPERUSER, "password": read_password(dbdir_path)}
+
+
+# -- init -----------------------------------------------------------------------------------------------
+def init_cluster(dbdir_path, deadline=INITDB_DEADLINE):
+    """Create the cluster in ``P/pgdata`` with initdb; returns sentences saying what was done.
+
+    Idempotent: an existing cluster is left alone.  Raises ConfigError when the binaries are missing,
+    ``pgdata`` holds something else, or initdb fails (with the last lines of ``log/postgres/initdb.log``).
+    """
+    paths = _layout(dbdir_path)
+    if paths.is_initialized():
+        version = (paths.pgdata / "PG_VERSION").read_text().strip()
+        return [f"{paths.pgdata} already holds a PostgreSQL {version} cluster"]
+    binaries = find_binaries()
+    if paths.pgdata.exists() and any(paths.pgdata.iterdir()):
+        raise ConfigError(f"{paths.pgdata} is not empty but holds no PostgreSQL cluster (left by a failed "
+                          f"initdb?); remove it and run db init again")
+    account = service_account()
+    done = _prepare_directories(paths, account)
+    password, sentence = _ensure_password(paths)
+    done += sentence
+    pwfile = _private_copy(paths.root, password, account)
+    try:
+        cmd = [binaries.initdb, "-D", str(paths.pgdata), "-U", SUPERUSER, "--auth=scram-sha-256",
+               f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C"]
+        code = _run(cmd, paths.initdb_log, deadline, account, "initdb")
+    finally:
+        os.unlink(pwfile)
+    if code != 0:
+        raise ConfigError(f"initdb failed (exit {code}) for {paths.pgdata}; last lines of {paths.initdb_log}:\n"
+                          f"{_tail(paths.initdb_log)}\nFix the cause above, remove {paths.pgdata} if it is "
+                          f"left behind, and run db init again")
+    _configure(paths, account)
+    version = (paths.pgdata / "PG_VERSION").read_text().strip()
+    runner = f"run as user {account.name}" if account else "run as the current user"
+    done.append(f"created a PostgreSQL {version} cluster in {paths.pgdata} (role {SUPERUSER}, SCRAM password "
+                f"authentication only, TCP on 127.0.0.1 only, {runner})")
+    return done
+
+
+def _prepare_directories(paths, account):
+    """Make ``pgdata`` and ``log/postgres``; as root hand them to ``account`` and open the way to them."""
+    done = []
+    if account is not None:
+        _check_reachable(paths.root, account)
+    paths.log_dir.mkdir(parents=True, exist_ok=True)
+    if not paths.pgdata.exists():
+        paths.pgdata.mkdir(mode=0o700)
+    if account is None:
+        return done
+    for directory in (paths.pgdata, paths.log_dir):
+        os.chown(directory, account.uid, account.gid)
+        os.chmod(directory, 0o700)
+    if paths.server_log.exists():
+        os.chown(paths.server_log, account.uid, account.gid)
+    for directory in (paths.root, paths.log_dir.parent):
+        if not account.may_traverse(directory):
+            mode = stat.S_IMODE(os.stat(directory).st_mode) | 0o011
+            os.chmod(directory, mode)
+            done.append(f"changed the mode of {directory} to {mode:o} so that the PostgreSQL user "
+                        f"{account.name} can pass through it (it still cannot list it)")
+    done.append(f"PostgreSQL refuses to run as root: {paths.pgdata} and {paths.log_dir} belong to user "
+                f"{account.name}, which runs initdb, pg_ctl and postgres")
+    return done
+
+
+def _check_reachable(root, account):
+    """Every directory above ``root`` must let ``account`` pass; we never change directories outside P."""
+    for directory in reversed(root.parents):
+        if not account.may_traverse(directory):
+            st = os.stat(directory)
+            raise ConfigError(
+                f"the PostgreSQL user {account.name} cannot reach {root}: {directory} (mode "
+                f"{stat.S_IMODE(st.st_mode):o}, owner uid {st.st_uid}) does not let it pass. Run "
+                f"`chmod o+x {directory}` or put the DB directory where {account.name} can reach it")
+
+
+def _ensure_password(paths):
+    """The password of the role, made (and written with mode 0600) on first use."""
+    if paths.password_file.exists():
+        return read_password(paths.root), []
+    password = secrets.token_urlsafe(32)
+    _write_private(paths.password_file, password + "\n")
+    return password, [f"wrote a new PostgreSQL password to {paths.password_file} (mode 600)"]
+
+
+def _write_private(path, text):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _private_copy(root, password, account):
+    """A 0600 copy of the password for initdb's ``--pwfile``, readable by ``account``; caller removes it."""
+    fd, name = tempfile.mkstemp(prefix=".initdb-pw-", dir=root)
+    with os.fdopen(fd, "w") as handle:
+        if account is not None:
+            os.fchown(handle.fileno(), account.uid, account.gid)
+        handle.write(password + "\n")
+    return name
+
+
+def _configure(paths, account):
+    """Write pg_hba.conf (SCRAM everywhere, never trust) and pin TCP-only in postgresql.conf, so that a
+    hand-run ``pg_ctl start -D pgdata`` behaves like ours."""
+    hba = paths.pgdata / "pg_hba.conf"
+    hba.write_text(
+        "# Written by balsamdb: SCRAM password authentication for every connection, no password-less method.\n"
+        "# Who can connect at all is decided by listen_addresses (127.0.0.1 unless asked otherwise).\n"
+        "# TYPE  DATABASE  USER  ADDRESS     METHOD\n"
+        "local   all       all               scram-sha-256\n"
+        "host    all       all   0.0.0.0/0   scram-sha-256\n"
+        "host    all       all   ::/0        scram-sha-256\n")
+    os.chmod(hba, 0o600)
+    with open(paths.pgdata / "postgresql.conf", "a") as conf:
+        conf.write("\n# balsamdb: TCP only (start_cluster passes port and listen_addresses at each start)\n"
+                   "listen_addresses = '127.0.0.1'\n"
+                   "unix_socket_directories = ''\n"
+                   "password_encryption = 'scram-sha-256'\n")
+    if account is not None:
+        os.chown(hba, account.uid, account.gid)
+
+
+# -- start, stop, inspect -------------------------------------------------------------------------------
+def start_cluster(dbdir_path, port=None, listen="127.0.0.1", deadline=60):
+    """Start the cluster with pg_ctl, make sure the database ``balsamdb`` exists, return the TCP port.
+
+    ``port=None`` takes a free port.  ``listen`` is PostgreSQL's ``listen_addresses`` (127.0.0.1 is always
+    added).  Already running: returns its port.  A stale ``postmaster.pid`` (postmaster killed with -9) and
+    orphaned postgres processes of this ``pgdata`` are cleaned up first.  Raises ConfigError with the last
+    lines of the server log and what to do.
+    """
+    paths = _layout(dbdir_path)
+    if not paths.is_initialized():
+        raise ConfigError(f"{paths.pgdata} holds no PostgreSQL cluster; create it with: "
+                          f"db init {paths.root} --db-type postgres")
+    password = read_password(paths.root)
+    listen = _listen_addresses(listen)
+    running = cluster_pid(paths.root)
+    if running is not None:
+        current = _postmaster_port(paths)
+        if port is not None and int(port) != current:
+            raise ConfigError(f"the cluster in {paths.pgdata} already runs (pid {running}) on port {current}, "
+                              f"not {port}; stop it first (db dbserver --stop --path {paths.root})")
+        _ensure_database(paths.root, current, deadline)
+        return current
+    _clear_leftovers(paths, deadline)
+    binaries = find_binaries()
+    account = service_account(paths.pgdata)
+    for sentence in _prepare_directories(paths, account):
+        log.info("%s", sentence)
+    attempts = 1 if port is not None else 3
+    for attempt in range(1, attempts + 1):
+        if port is not None:
+            chosen = int(port)
+            _check_port_free(listen, chosen)
+        else:
+            chosen = _free_port(listen)
+        error = _pg_ctl_start(binaries, paths, account, chosen, listen, deadline)
+        if error is None:
+            break
+        if port is None and attempt < attempts and "already in use" in error:
+            log.warning("port %s was taken before postgres could bind it; trying another", chosen)
+            continue
+        raise ConfigError(f"PostgreSQL in {paths.pgdata} did not start on port {chosen}: {error}")
+    _ensure_database(paths.root, chosen, deadline)
+    log.info("postgres pid %s serves %s on %s port %s", cluster_pid(paths.root), paths.pgdata, listen, chosen)
+    return chosen
+
+
+def _pg_ctl_start(binaries, paths, account, port, listen, deadline):
+    """Run ``pg_ctl start -w``; None on success, else a message with the log tail (nothing left running)."""
+    options = f"-p {port} -c listen_addresses={listen} -c unix_socket_directories=''"
+    cmd = [binaries.pg_ctl, "start", "-D", str(paths.pgdata), "-w", "-t", str(max(1, int(deadline))),
+           "-l", str(paths.server_log), "-o", options]
+    code = _run(cmd, paths.pg_ctl_log, deadline + 15, account, "pg_ctl start")
+    if code == 0 and cluster_pid(paths.root) is not None:
+        return None
+    # pg_ctl gives up after -t seconds but leaves a slow postmaster starting: stop what it left.
+    _kill_processes(_cluster_processes(paths), deadline)
+    tail = _tail(paths.server_log) or _tail(paths.pg_ctl_log)
+    hint = (f"port {port} is in use by another program: choose another port, or none to take a free one"
+            if "already in use" in tail else f"fix the cause shown above (full logs in {paths.log_dir}) and "
+                                             f"start again")
+    return f"pg_ctl exited with {code}; last lines of {paths.server_log}:\n{tail}\n{hint}"
+
+
+def stop_cluster(dbdir_path, mode="fast", deadline=60):
+    """Stop the cluster with ``pg_ctl stop -m MODE -w``; if it still runs after ``deadline`` seconds, kill
+    the postmaster and its children.  Returns True when something was stopped; safe when nothing runs."""
+    paths = _layout(dbdir_path)
+    pid = cluster_pid(paths.root)
+    stopped = False
+    if pid is not None:
+        stopped = True
+        try:
+            cmd = [find_binaries().pg_ctl, "stop", "-D", str(paths.pgdata), "-m", mode, "-w",
+                   "-t", str(max(1, int(deadline)))]
+            code = _run(cmd, paths.pg_ctl_log, deadline + 15, service_account(paths.pgdata), "pg_ctl stop")
+            log.info("pg_ctl stop -m %s of %s (pid %s) exited with %s", mode, paths.pgdata, pid, code)
+        except ConfigError as exc:     # no binaries any more, or pg_ctl hung: the kill below still works
+            log.error("pg_ctl stop failed for %s: %s", paths.pgdata, exc)
+    leftovers = _cluster_processes(paths)
+    if leftovers:
+        log.warning("killing %d postgres processes of %s that outlived pg_ctl stop: %s", len(leftovers),
+                    paths.pgdata, [p.pid for p in leftovers])
+        _kill_processes(leftovers, deadline)
+        stopped = True
+    return stopped
+
+
+def cluster_pid(dbdir_path):
+    """The pid of the postmaster named in ``pgdata/postmaster.pid`` when it is alive and really serves this
+    ``pgdata`` (a reused pid does not count), else None."""
+    paths = _layout(dbdir_path)
+    try:
+        pid = int((paths.pgdata / "postmaster.pid").read_text().splitlines()[0])
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE or proc.cwd() != os.path.realpath(paths.pgdata):
+            return None
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return None
+    return pid
+
+
+def is_healthy(dbdir_path, port):
+    """True when a connection to the ``balsamdb`` database opens within 2 s and answers ``select 1``."""
+    try:
+        conn = psycopg2.connect(dbname=DATABASE, connect_timeout=2, **connection_params(dbdir_path, port))
+    except (psycopg2.Error, ConfigError):
+        return False
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("select 1")
+            return cursor.fetchone() == (1,)
+    except psycopg2.Error:
+        return False
+    finally:
+        conn.close()
+
+
+def _postmaster_port(paths):
+    """Line 4 of postmaster.pid is the port."""
+    return int((paths.pgdata / "postmaster.pid").read_text().splitlines()[3])
+
+
+def _ensure_database(root, port, deadline):
+    try:
+        conn = psycopg2.connect(dbname="postgres", connect_timeout=max(2, int(deadline)),
+                                **connection_params(root, port))
+    except psycopg2.Error as exc:
+        raise ConfigError(f"PostgreSQL started on port {port} but refused {SUPERUSER}'s password from "
+                          f"{root / 'postgres.password'}: {str(exc).strip()}; restore that file or re-create "
+                          f"the cluster") from None
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
+            if cursor.fetchone() is None:
+                try:
+                    cursor.execute(f'CREATE DATABASE "{DATABASE}"')
+                    log.info("created database %s on port %s", DATABASE, port)
+                except psycopg2.errors.DuplicateDatabase:
+                    pass    # made by a concurrent caller: what we wanted
+    except psycopg2.Error as exc:
+        raise ConfigError(f"cannot create the database {DATABASE} on port {port}: {str(exc).strip()}") from None
+    finally:
+        conn.close()
+
+
+def _clear_leftovers(paths, deadline):
+    """No live postmaster: kill its orphaned children (they hold the shared memory that a new postmaster
+    would refuse) and remove a stale ``postmaster.pid`` (its pid may belong to an unrelated or zombie
+    process now, which postgres itself would take for a running server)."""
+    orphans = _cluster_processes(paths)
+    if orphans:
+        log.warning("killing %d postgres processes left by a dead postmaster of %s: %s", len(orphans),
+                    paths.pgdata, [p.pid for p in orphans])
+        _kill_processes(orphans, deadline)
+    pidfile = paths.pgdata / "postmaster.pid"
+    if pidfile.exists():
+        log.warning("removing stale %s (its postmaster is gone)", pidfile)
+        pidfile.unlink()
+
+
+def _cluster_processes(paths):
+    """Live postgres processes of this ``pgdata``: they run in it (postgres chdirs to its data directory)
+    or name it on their command line."""
+    pgdata = os.path.realpath(paths.pgdata)
+    found = []
+    for proc in psutil.process_iter(["name", "cwd", "cmdline", "status"]):
+        info = proc.info
+        if info["status"] == psutil.STATUS_ZOMBIE or info["name"] not in ("postgres", "postmaster"):
+            continue
+        if info["cwd"] == pgdata or pgdata in (info["cmdline"] or []) or str(paths.pgdata) in (info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+def _kill_processes(procs, deadline):
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    _gone, alive = psutil.wait_procs(procs, timeout=max(1.0, deadline))
+    for proc in alive:
+        if proc.status() != psutil.STATUS_ZOMBIE:
+            log.error("postgres process %s survived SIGKILL for %s s", proc.pid, deadline)
+
+
+# -- ports ----------------------------------------------------------------------------------------------
+def _listen_addresses(listen):
+    """``listen`` plus 127.0.0.1 unless it already covers loopback; validated (it goes through a shell)."""
+    listen = (listen or CONNECT_HOST).replace(" ", "")
+    if not _LISTEN_RE.match(listen):
+        raise ConfigError(f"invalid listen address {listen!r}: give host names or IP addresses separated "
+                          f"by commas, or * for all interfaces")
+    parts = listen.split(",")
+    if not {"*", "0.0.0.0", "127.0.0.1", "localhost"} & set(parts):
+        parts.insert(0, CONNECT_HOST)
+    return ",".join(parts)
+
+
+def _bind_hosts(listen):
+    return ["0.0.0.0" if h in ("*", "0.0.0.0") else ("::" if h == "::" else h) for h in listen.split(",")]
+
+
+def _check_port_free(listen, port):
+    """Raise ConfigError naming the port when one of the listen addresses cannot bind it."""
+    for host in _bind_hosts(listen):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)     # as postgres does
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigError(f"port {port} on {host} is already in use by another program; choose "
+                                      f"another port, or give none to let balsamdb take a free one") from None
+                raise ConfigError(f"cannot listen on {host} port {port}: {exc.strerror}") from None
+
+
+def _free_port(listen):
+    host = _bind_hosts(listen)[0]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+# -- subprocesses ---------------------------------------------------------------------------------------
+def _run(cmd, log_path, deadline, account, what):
+    """Run ``cmd`` (as ``account`` when given) with its output appended to ``log_path``; return its exit
+    code.  After ``deadline`` seconds its whole process group is killed and ConfigError raised."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(LC_ALL="C", LANG="C")
+    kwargs = account.popen_kwargs() if account is not None else {}
+    with open(log_path, "ab") as out:
+        out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                cwd="/", env=env, start_new_session=True, **kwargs)
+        try:
+            return proc.wait(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            raise ConfigError(f"{what} did not finish within {deadline:.0f} s and was killed; last lines of "
+                              f"{log_path}:\n{_tail(log_path)}\nCheck that the disk is not full or slow "
+                              f"and try again") from None
+
+
+def _tail(path, lines=15):
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
