@@ -138,6 +138,32 @@ def print_table(rows):
                   f"{r['max_ms']:>8.0f} {r['errors']:>6} {r['lost']:>5} {r['duplicated']:>4} {ratio:>8}")
 
 
+def plot(rows, path):
+    """Writes/s and p99 latency against the number of writers, one line per mode (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for mode in MODES:
+        points = sorted((r["writers"], r["writes_per_s"], r["p99_ms"]) for r in rows if r["mode"] == mode)
+        if not points:
+            continue
+        xs = [p[0] for p in points]
+        style = {"linewidth": 2.5} if mode == "daemon" else {"linestyle": "--" if mode == "ceiling" else "-"}
+        left.plot(xs, [p[1] for p in points], marker="o", label=mode, **style)
+        right.plot(xs, [p[2] for p in points], marker="o", label=mode, **style)
+    left.set(xlabel="writer processes", ylabel="acknowledged writes / s", title="Throughput")
+    right.set(xlabel="writer processes", ylabel="p99 latency (ms)", title="p99 latency", yscale="log")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+    left.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--writers", default="8,32,64", help="comma-separated writer counts")
@@ -145,6 +171,7 @@ def main():
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--repeat", type=int, default=1, help="interleaved repetitions; medians are shown")
     parser.add_argument("--json", dest="json_out", help="write all results to this file")
+    parser.add_argument("--plot", help="draw throughput and p99 latency to this PNG (needs matplotlib)")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
     workdir = Path(tempfile.mkdtemp(prefix="balsamdb-bench-"))
@@ -164,6 +191,8 @@ def main():
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print_table(rows)
+    if args.plot:
+        plot(rows, args.plot)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "rows": rows}, indent=1))
 

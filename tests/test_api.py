@@ -1,0 +1,212 @@
+"""The Python API and the operations behind it, on a real SQLite DB directory (direct mode)."""
+
+import time
+import uuid
+
+import pytest
+
+import balsamdb
+from balsamdb import states
+from balsamdb.dbdir import DBDirectory
+from balsamdb.settings import load_settings
+
+
+@pytest.fixture
+def db(tmp_path):
+    path = tmp_path / "db"
+    DBDirectory(path).init()
+    with balsamdb.connect(path) as database:
+        yield database
+
+
+def test_create_gives_client_made_id_and_working_directory(db):
+    job = db.jobs.create(name="sim-1", workflow="sweep", application="python sim.py", args="--n 10")
+    assert uuid.UUID(job.id) and job.state == "CREATED" and job.args == "--n 10"
+    assert job.working_directory.endswith(f"data/sweep/sim-1_{job.id[:8]}")
+    assert (db.path / "data" / "sweep" / f"sim-1_{job.id[:8]}").is_dir()
+    assert db.jobs.get(job.id) == db.jobs.get(job.id)
+    assert db.last_route == "direct"
+
+
+def test_duplicate_job_id_is_a_conflict(db):
+    job_id = str(uuid.uuid4())
+    db.jobs.create(name="a", id=job_id)
+    with pytest.raises(balsamdb.Conflict):
+        db.jobs.create(name="b", id=job_id)
+    assert db.jobs.count() == 1
+
+
+def test_state_machine_allows_and_refuses(db):
+    job = db.jobs.create(name="s")
+    for state in ("RUNNING", "RUN_DONE", "JOB_FINISHED"):
+        job = db.jobs.update_state(job.id, state, message=f"to {state}")
+    with pytest.raises(balsamdb.InvalidTransition, match="cannot move"):
+        db.jobs.update_state(job.id, "RUNNING")
+    history = db.jobs.history(job.id)
+    assert [h["to_state"] for h in history] == ["CREATED", "RUNNING", "RUN_DONE", "JOB_FINISHED"]
+    assert [h["from_state"] for h in history] == [None, "CREATED", "RUNNING", "RUN_DONE"]
+    assert history[1]["message"] == "to RUNNING" and history[0]["time"] <= history[-1]["time"]
+
+
+@pytest.mark.parametrize("current,new,ok", [
+    ("CREATED", "READY", True), ("CREATED", "RUNNING", True), ("CREATED", "RUN_DONE", False),
+    ("RUNNING", "RUN_ERROR", True), ("RUN_ERROR", "RESTART_READY", True), ("RESTART_READY", "RUNNING", True),
+    ("JOB_FINISHED", "FAILED", False), ("JOB_FINISHED", "USER_KILLED", False), ("FAILED", "RESTART_READY", True),
+    ("RUN_DONE", "RUNNING", False), ("PREPROCESSED", "STAGED_IN", False), ("READY", "USER_KILLED", True),
+])
+def test_transition_table(current, new, ok):
+    if ok:
+        states.check_transition(current, new)
+    else:
+        with pytest.raises(balsamdb.InvalidTransition):
+            states.check_transition(current, new)
+
+
+def test_every_non_final_state_can_fail_and_final_states_are_final():
+    for state in states.STATES:
+        if state in states.FINAL:
+            assert "FAILED" not in states.TRANSITIONS[state]
+        else:
+            assert {"FAILED", "USER_KILLED"} <= states.TRANSITIONS[state]
+    assert states.TRANSITIONS["JOB_FINISHED"] == frozenset()
+
+
+def test_filters(db):
+    early = db.jobs.create(name="sim-a", workflow="w1", tags=["x", "y"])
+    middle = time.time()
+    db.jobs.create(name="sim-b", workflow="w1", tags=["x"])
+    db.jobs.create(name="other", workflow="w2")
+    db.jobs.update_state(early.id, "RUNNING")
+    assert [j.name for j in db.jobs.filter(workflow="w1")] == ["sim-a", "sim-b"]
+    assert [j.name for j in db.jobs.filter(tags=["x", "y"])] == ["sim-a"]
+    assert db.jobs.count(tags=["x"]) == 2 and db.jobs.count(tags=["nope"]) == 0
+    assert [j.name for j in db.jobs.filter(name_like="SIM-*")] == ["sim-a", "sim-b"]
+    assert [j.name for j in db.jobs.filter(state="RUNNING")] == ["sim-a"]
+    assert db.jobs.count(state=["RUNNING", "CREATED"]) == 3
+    assert [j.name for j in db.jobs.filter(created_after=middle)] == ["sim-b", "other"]
+    assert [j.name for j in db.jobs.filter(id_prefix=early.id[:6])] == ["sim-a"]
+    assert len(db.jobs.filter(limit=2)) == 2 and len(db.jobs.filter(limit=2, offset=2)) == 1
+    with pytest.raises(balsamdb.BadRequest, match="unknown states"):
+        db.jobs.filter(state="DONE")
+    with pytest.raises(balsamdb.BadRequest, match="unknown job filters"):
+        db.jobs.filter(colour="red")
+
+
+def test_modify_and_delete(db):
+    job = db.jobs.create(name="m", tags=["a"])
+    job = db.jobs.modify(job.id, num_nodes=4, tags=["b"], data={"k": 1}, environ={"OMP_NUM_THREADS": "8"})
+    assert (job.num_nodes, job.tags, job.data, job.environ) == (4, ["b"], {"k": 1}, {"OMP_NUM_THREADS": "8"})
+    assert db.jobs.count(tags=["a"]) == 0 and db.jobs.count(tags=["b"]) == 1
+    with pytest.raises(balsamdb.BadRequest, match="cannot modify state"):
+        db.jobs.modify(job.id, state="RUNNING")
+    with pytest.raises(balsamdb.BadRequest, match="num_nodes must be at least 1"):
+        db.jobs.modify(job.id, num_nodes=0)
+    assert db.jobs.delete(job.id, str(uuid.uuid4())) == 1
+    with pytest.raises(balsamdb.NotFound):
+        db.jobs.get(job.id)
+
+
+def test_bulk_create_is_all_or_nothing(db):
+    ids = db.jobs.bulk_create([{"name": f"b{i}", "workflow": "bulk", "tags": ["t"]} for i in range(1200)])
+    assert len(set(ids)) == 1200 and db.jobs.count(workflow="bulk", tags=["t"]) == 1200
+    with pytest.raises(balsamdb.BadRequest):
+        db.jobs.bulk_create([{"name": "ok"}, {"name": "bad", "num_nodes": -1}])
+    assert db.jobs.count() == 1200
+
+
+def test_parents_start_awaiting(db):
+    parent = db.jobs.create(name="p")
+    child = db.jobs.create(name="c", parents=[parent.id])
+    assert child.state == "AWAITING_PARENTS" and child.parents == [parent.id]
+
+
+def _record(label, **fields):
+    doc = {"label": label, "timestamp": "2026-01-02 03:04:05+0000", "reason": "r", "main_file": "m.py",
+           "version": "abc", "duration": None, "tags": [], "outcome": "", "stdout_stderr": "Not launched.",
+           "parameters": {"content": "a = 1", "type": "SimpleParameterSet"}}
+    doc.update(fields)
+    return doc
+
+
+def test_records_are_stored_unchanged_and_filled_in(db):
+    first = _record("run-1", tags=["_initialized_"], extra={"ünïcode": "✓", "n": [1, 2.5, None]})
+    assert db.records.save("P", first) is True
+    assert db.records.get("P", "run-1") == first
+    done = dict(first, duration=12.5, tags=["_finished_"], stdout_stderr="x" * 3_000_000, outcome="ok")
+    assert db.records.save("P", done) is False
+    assert db.records.get("P", "run-1") == done
+    assert db.records.labels("P", tags=["_finished_"]) == ["run-1"]
+    assert db.records.labels("P", tags=["_initialized_"]) == []
+
+
+def test_write_once_fields_conflict(db):
+    db.records.save("P", _record("run-1"))
+    with pytest.raises(balsamdb.Conflict, match="version"):
+        db.records.save("P", _record("run-1", version="def"))
+    assert db.records.get("P", "run-1")["version"] == "abc"
+
+
+def test_record_listing_tags_and_deletes(db):
+    db.records.save("P", _record("old", timestamp="2025-01-01 00:00:00+0000", tags=["a"]))
+    db.records.save("P", _record("new", timestamp="2026-01-01 00:00:00+0000", tags=["a", "b"]))
+    db.records.save("Q", _record("other"))
+    assert [r["label"] for r in db.records.list("P")] == ["new", "old"]
+    assert [r["label"] for r in db.records.list("P", tags=["a", "b"])] == ["new"]
+    assert db.records.tag("P", "old", add=["b"], remove=["a"]) == ["b"]
+    assert db.records.get("P", "old")["tags"] == ["b"]
+    assert db.records.delete_by_tag("P", "b") == 2
+    assert db.records.list("P") == [] and len(db.records.list("Q")) == 1
+    with pytest.raises(balsamdb.NotFound):
+        db.records.delete("P", "old")
+    assert [p["name"] for p in db.projects.list()] == ["P", "Q"]
+
+
+def test_record_needs_a_label(db):
+    with pytest.raises(balsamdb.BadRequest, match="label"):
+        db.records.save("P", {"reason": "no label"})
+    with pytest.raises(balsamdb.BadRequest, match="JSON object"):
+        db.records.save("P", ["not", "a", "dict"])
+
+
+def test_reinit_keeps_rows_and_upgrades_an_old_schema(tmp_path):
+    path = tmp_path / "db"
+    DBDirectory(path).init()
+    with balsamdb.connect(path) as database:
+        database.jobs.create(name="keep-me")
+    import sqlite3
+
+    con = sqlite3.connect(str(path / "db.sqlite3"))
+    con.execute("delete from schema_version")  # as a DB made before versioning would be
+    con.commit()
+    con.close()
+    done = DBDirectory(path).init()
+    assert any("schema 0 -> 1" in line for line in done)
+    assert DBDirectory(path).init() == [f"{path} is already a current sqlite3 DB directory (schema 1)"]
+    with balsamdb.connect(path) as database:
+        assert [j.name for j in database.jobs.filter()] == ["keep-me"]
+
+
+def test_settings_precedence(tmp_path, monkeypatch):
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text('{"client_timeout": 7, "require_server": true}')
+    monkeypatch.setenv("BALSAMDB_SETTINGS", str(settings_file))
+    monkeypatch.delenv("BALSAMDB_CLIENT_TIMEOUT", raising=False)
+    assert load_settings().client_timeout == 7.0 and load_settings().require_server is True
+    monkeypatch.setenv("BALSAMDB_CLIENT_TIMEOUT", "3.5")
+    assert load_settings().client_timeout == 3.5
+    assert load_settings(client_timeout=1).client_timeout == 1.0
+    monkeypatch.setenv("BALSAMDB_REQUIRE_SERVER", "maybe")
+    with pytest.raises(balsamdb.ConfigError, match="BALSAMDB_REQUIRE_SERVER"):
+        load_settings()
+    settings_file.write_text('{"colour": "red"}')
+    monkeypatch.delenv("BALSAMDB_REQUIRE_SERVER")
+    with pytest.raises(balsamdb.ConfigError, match="unknown keys"):
+        load_settings()
+
+
+def test_connect_refuses_a_path_that_is_not_a_db_directory(tmp_path):
+    with pytest.raises(balsamdb.NotADBDirectory, match="db init"):
+        balsamdb.connect(tmp_path / "missing")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(balsamdb.NotADBDirectory, match="is a file"):
+        balsamdb.connect(tmp_path / "file")
