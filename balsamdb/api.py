@@ -15,7 +15,7 @@ from pathlib import Path
 from . import address_file, operations
 from .client import ServerClient, server_state, unavailable
 from .dbdir import DBDirectory, job_working_directory
-from .exceptions import NotADBDirectory, ServerUnavailable, error_from_dict
+from .exceptions import NotADBDirectory, ServerUnavailable, TryAgain, error_from_dict
 from .settings import load_settings, resolve_db_path
 
 _COMING_POLL = 0.02  # seconds between looks at the address file while a server restarts
@@ -129,7 +129,9 @@ class Database:
             info, state = self._address(recheck)
             if state == "up":
                 answer = self._server_client().try_once(info, message, path)
-                if answer is not None:
+                if answer is not None and (answer.get("error") or {}).get("code") == TryAgain.code:
+                    time.sleep(_COMING_POLL)  # the server lost its database for a moment: resend as is
+                elif answer is not None:
                     self.last_route = "server"
                     return answer
             elif state == "down":

@@ -93,6 +93,13 @@ class ServerError(BalsamDBError):
     code = "internal"
 
 
+class TryAgain(BalsamDBError):
+    """The database was briefly out of reach (restarting, locked); nothing was
+    applied and the client resends the same request by itself."""
+
+    code = "retry"
+
+
 class ShuttingDown(BalsamDBError):
     """The server is stopping and takes no new requests; retry later."""
 
@@ -104,7 +111,7 @@ ERRORS_BY_CODE = {
     for cls in (
         BalsamDBError, ConfigError, NotADBDirectory, BadRequest, RequestTooLarge,
         AuthenticationError, NotFound, InvalidTransition, Conflict, DatabaseBusy,
-        StorageError, ServerUnavailable, ServerError, ShuttingDown,
+        StorageError, ServerUnavailable, ServerError, ShuttingDown, TryAgain,
     )
 }
 

@@ -12,9 +12,9 @@ Who runs postgres.  PostgreSQL refuses to run as root.  A non-root caller runs e
 and nothing is chowned.  A root caller runs initdb, pg_ctl and postgres as an unprivileged account: the
 owner of an existing ``pgdata``; else the ``postgres`` system user, which distribution packages create and
 which owns nothing else of ours; else ``nobody`` (nothing is created: adding users is the administrator's
-business).  ``pgdata`` and ``log/postgres`` are then owned by that account, ``P`` gets g+x and o+x (0700
-becomes 0711: the account may pass through it, not list it), and every directory above ``P`` must already let the
-account pass, or :class:`ConfigError` says which one to open.
+business).  ``pgdata`` and ``log/postgres`` are then owned by that account, ``P`` gets g+x and o+x
+(0700 becomes 0711: the account may pass through it, not list it), and every directory above ``P`` must
+already let the account pass, or :class:`ConfigError` says which one to open.
 
 Connections.  Only TCP: ``listen_addresses`` always covers 127.0.0.1, clients connect to 127.0.0.1, and
 ``unix_socket_directories`` is empty, so starting never depends on /var/run/postgresql (nor on the
@@ -278,7 +278,7 @@ def _check_reachable(root, account):
             st = os.stat(directory)
             raise ConfigError(
                 f"the PostgreSQL user {account.name} cannot reach {root}: {directory} (mode "
-                f"{stat.S_IMODE(st.st_mode):o}, owner uid {st.st_uid}) does not let it pass. Run "
+                f"{stat.S_IMODE(st.st_mode):o}, owner {_user_name(st.st_uid)}) does not let it pass. Run "
                 f"`chmod o+x {directory}` or put the DB directory where {account.name} can reach it")
 
 
@@ -343,7 +343,8 @@ def start_cluster(dbdir_path, port=None, listen="127.0.0.1", deadline=60):
     if not paths.is_initialized():
         raise ConfigError(f"{paths.pgdata} holds no PostgreSQL cluster; create it with: "
                           f"db init {paths.root} --db-type postgres")
-    password = read_password(paths.root)
+    read_password(paths.root)       # a missing password file fails here, before anything starts
+    _check_owner(paths)
     listen = _listen_addresses(listen)
     running = cluster_pid(paths.root)
     if running is not None:
@@ -425,14 +426,49 @@ def cluster_pid(dbdir_path):
     """The pid of the postmaster named in ``pgdata/postmaster.pid`` when it is alive and really serves this
     ``pgdata`` (a reused pid does not count), else None."""
     paths = _layout(dbdir_path)
+    pid = _pidfile_pid(paths)
+    return pid if pid is not None and _is_postmaster_of(pid, paths) is not False else None
+
+
+def _pidfile_pid(paths):
+    """Line 1 of ``postmaster.pid``, or None when there is no readable pid file."""
     try:
-        pid = int((paths.pgdata / "postmaster.pid").read_text().splitlines()[0])
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE or proc.cwd() != os.path.realpath(paths.pgdata):
-            return None
-    except (OSError, ValueError, IndexError, psutil.Error):
+        return int((paths.pgdata / "postmaster.pid").read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
         return None
-    return pid
+
+
+def _is_postmaster_of(pid, paths):
+    """Whether ``pid`` is a live postgres process serving ``pgdata``: it runs in it (postgres chdirs to its
+    data directory) or, when its cwd is hidden from us (root without CAP_SYS_PTRACE, as in Docker), names
+    it on its command line.  None when even that is hidden: then nobody may treat it as dead."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE or proc.name() not in ("postgres", "postmaster"):
+            return False
+        try:
+            return proc.cwd() == os.path.realpath(paths.pgdata)
+        except psutil.AccessDenied:
+            cmdline = proc.cmdline()
+            return os.path.realpath(paths.pgdata) in cmdline or str(paths.pgdata) in cmdline
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return None
+
+
+def _check_owner(paths):
+    """A non-root caller can only run a cluster that it owns; say whose it is instead of failing later."""
+    owner = paths.pgdata.stat().st_uid
+    if os.geteuid() != 0 and owner != os.geteuid():
+        raise ConfigError(f"{paths.pgdata} belongs to user {_user_name(owner)}; start it as that user (or root)")
+
+
+def _user_name(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def is_healthy(dbdir_path, port):
@@ -489,10 +525,10 @@ def _clear_leftovers(paths, deadline):
         log.warning("killing %d postgres processes left by a dead postmaster of %s: %s", len(orphans),
                     paths.pgdata, [p.pid for p in orphans])
         _kill_processes(orphans, deadline)
-    pidfile = paths.pgdata / "postmaster.pid"
-    if pidfile.exists():
-        log.warning("removing stale %s (its postmaster is gone)", pidfile)
-        pidfile.unlink()
+    pid = _pidfile_pid(paths)
+    if pid is not None and _is_postmaster_of(pid, paths) is False:
+        log.warning("removing stale %s: its postmaster %s is gone", paths.pgdata / "postmaster.pid", pid)
+        (paths.pgdata / "postmaster.pid").unlink()
 
 
 def _cluster_processes(paths):
@@ -504,7 +540,8 @@ def _cluster_processes(paths):
         info = proc.info
         if info["status"] == psutil.STATUS_ZOMBIE or info["name"] not in ("postgres", "postmaster"):
             continue
-        if info["cwd"] == pgdata or pgdata in (info["cmdline"] or []) or str(paths.pgdata) in (info["cmdline"] or []):
+        cmdline = info["cmdline"] or []
+        if info["cwd"] == pgdata or pgdata in cmdline or str(paths.pgdata) in cmdline:
             found.append(proc)
     return found
 
@@ -548,7 +585,7 @@ def _listen_addresses(listen):
 
 
 def _bind_hosts(listen):
-    return ["0.0.0.0" if h in ("*", "0.0.0.0") else ("::" if h == "::" else h) for h in listen.split(",")]
+    return ["0.0.0.0" if host == "*" else host for host in listen.split(",")]
 
 
 def _check_port_free(listen, port):

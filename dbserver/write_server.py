@@ -26,7 +26,7 @@ import zmq
 from balsamdb import protocol
 from balsamdb.applier import StorageFailure, apply_requests
 from balsamdb.dbdir import DBDirectory
-from balsamdb.exceptions import BalsamDBError, StorageError
+from balsamdb.exceptions import BalsamDBError, StorageError, TryAgain
 from balsamdb.models import MODELS, upgrade
 from balsamdb.operations import OPERATIONS
 from balsamdb.settings import load_settings
@@ -188,9 +188,14 @@ class WriteServer:
                 answers.append((envelope, answer))
         except (StorageFailure, pw.DatabaseError) as exc:
             original = getattr(exc, "original", exc)
-            log.error("batch of %s requests rolled back: %s", len(work), original)
-            error = StorageError(f"the database refused the write: {original}").to_dict()
-            self.stats.errors += len(work)
+            transient = self.lost_database(original)
+            log.error("batch of %s requests rolled back (%s): %s", len(work),
+                      "will retry" if transient else "refused", original)
+            if transient:
+                error = TryAgain(f"the database is out of reach for a moment: {original}").to_dict()
+            else:
+                error = StorageError(f"the database refused the write: {original}").to_dict()
+                self.stats.errors += len(work)
             return [(envelope, {"id": request_id, "ok": False, "error": error})
                     for envelope, request_id, _op, _params in work]
         self.stats.commit_seconds += time.monotonic() - started
@@ -204,6 +209,38 @@ class WriteServer:
             elif op in OPERATIONS and OPERATIONS[op].write:
                 self.stats.writes += 1
         return answers
+
+    def lost_database(self, error):
+        """After a failed batch: True (and reconnected) when the failure was the
+        connection or a lock, not the data: the clients will resend as is."""
+        text = str(error).lower()
+        if "locked" in text or "busy" in text:
+            return True
+        try:
+            self.database.execute_sql("SELECT 1")
+            return False
+        except Exception:  # any failure of the probe means the connection is gone
+            pass
+        self.reconnect()
+        return True
+
+    def reconnect(self):
+        """Reconnect to the database, backing off, until it answers or the server stops."""
+        try:
+            self.database.close()
+        except Exception:  # a broken connection may fail to close; it is gone either way
+            pass
+        delay = 0.05
+        while not self.stopping:
+            try:
+                self.database.connect()
+                self.database.execute_sql("SELECT 1")
+                log.info("reconnected to the database")
+                return
+            except pw.DatabaseError as exc:
+                log.warning("database unreachable (%s); retrying in %.2f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     def server_op(self, op):
         if op == "ping":

@@ -1,19 +1,25 @@
 """PostgreSQL cluster control (dbserver/postgres.py) with real initdb, pg_ctl and postgres.
 
-Every cluster a test starts is stopped by the ``pg_dir`` finalizer, which also kills any postgres process
-still running in or naming the test's ``pgdata``.  When the tests run as root, postgres runs as the
-``postgres`` (or ``nobody``) user, which must be able to pass through the directories above ``tmp_path``:
-the fixture grants o+x on those that pytest made 0700 and restores their modes afterwards.
+Every cluster a test starts is stopped by the ``pg_base`` finalizer, which also kills any postgres process
+still running in or naming a directory of the test.
+
+As root, postgres runs as the ``postgres`` (or ``nobody``) user, which must be able to pass through every
+directory above the DB directory.  pytest's ``tmp_path`` lies under ``/tmp/pytest-of-root``, mode 0700,
+and every pytest session (a concurrent one too) resets that mode at its start, so as root these tests use
+a private ``mkdtemp`` directory under /tmp instead (mode 0711, removed afterwards).  Its paths are also
+short.  Non-root, they use ``tmp_path``.
 """
 
 import json
 import os
 import pwd
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -38,14 +44,16 @@ except ConfigError:
 needs_postgres = pytest.mark.skipif(not HAVE_POSTGRES, reason="PostgreSQL server binaries are not installed")
 
 
-def postgres_processes(pgdata):
-    """Live postgres processes that run in ``pgdata`` or name it on their command line."""
-    pgdata = os.path.realpath(pgdata)
+def postgres_processes(under):
+    """Live processes that run in, or name on their command line, ``under`` or a path inside it."""
+    under = os.path.realpath(under)
     found = []
     for proc in psutil.process_iter(["cmdline", "cwd", "status"]):
-        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+        if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid == os.getpid():
             continue
-        if proc.info["cwd"] == pgdata or any(pgdata in part for part in proc.info["cmdline"] or []):
+        cwd = proc.info["cwd"] or ""
+        named = any(under in part for part in proc.info["cmdline"] or [])
+        if cwd == under or cwd.startswith(under + os.sep) or named:
             found.append(proc)
     return found
 
@@ -59,31 +67,36 @@ def dead(pid):
 
 
 @pytest.fixture
-def pg_dir(tmp_path):
-    """A DB directory ``P`` (mode 0700, with ``log/``) for a cluster; the finalizer stops whatever runs."""
-    opened = []
+def pg_base(tmp_path):
+    """A directory the PostgreSQL user can pass through; its finalizer stops every cluster under it."""
     if IS_ROOT:
-        for directory in [tmp_path, *tmp_path.parents]:
-            mode = stat.S_IMODE(os.stat(directory).st_mode)
-            if not mode & stat.S_IXOTH:
-                os.chmod(directory, mode | stat.S_IXOTH)
-                opened.append((directory, mode))
-    path = tmp_path / "db"
-    path.mkdir(mode=0o700)
-    (path / "log").mkdir()
-    yield path
+        base = Path(tempfile.mkdtemp(prefix="bdb-pg-", dir="/tmp"))
+        os.chmod(base, 0o711)
+    else:
+        base = tmp_path
+    yield base
     try:
-        pg.stop_cluster(path, mode="immediate", deadline=10)
+        for pgdata in base.rglob("pgdata"):
+            pg.stop_cluster(pgdata.parent, mode="immediate", deadline=10)
     finally:
-        leftovers = postgres_processes(path / "pgdata")
+        leftovers = postgres_processes(base)
         for proc in leftovers:
             try:
                 proc.kill()
             except psutil.Error:
                 pass
         psutil.wait_procs(leftovers, timeout=10)
-        for directory, mode in opened:
-            os.chmod(directory, mode)
+        if IS_ROOT:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_dir(pg_base):
+    """A DB directory ``P`` (mode 0700, with ``log/``) for a cluster."""
+    path = pg_base / "db"
+    path.mkdir(mode=0o700)
+    (path / "log").mkdir()
+    return path
 
 
 @pytest.fixture
@@ -123,7 +136,8 @@ def test_missing_binaries_name_what_to_install(tmp_path, monkeypatch):
 
 
 def test_missing_binaries_refuse_init_before_touching_the_directory(pg_dir, monkeypatch, tmp_path):
-    monkeypatch.setenv("PATH", str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.setattr(pg, "SEARCH_GLOBS", ())
     with pytest.raises(ConfigError, match="apt-get install postgresql"):
         pg.init_cluster(pg_dir)
@@ -185,19 +199,19 @@ def test_init_as_root_hands_pgdata_to_an_unprivileged_user(pg_dir):
 
 @pytest.mark.skipif(not IS_ROOT, reason="only root hands the cluster to another user")
 @needs_postgres
-def test_init_as_root_names_the_directory_the_postgres_user_cannot_pass(pg_dir):
-    private = pg_dir / "private"
+def test_init_as_root_names_the_directory_the_postgres_user_cannot_pass(pg_base):
+    private = pg_base / "private"
     private.mkdir(mode=0o700)
     target = private / "db"
     target.mkdir()
     with pytest.raises(ConfigError) as info:
         pg.init_cluster(target)
-    assert str(private) in info.value.message and "chmod o+x" in info.value.message
-    assert not (target / "pgdata").exists()
+    assert f"{private} (mode 700" in info.value.message and f"chmod o+x {private}" in info.value.message
+    assert not (target / "pgdata").exists() and stat.S_IMODE(os.stat(private).st_mode) == 0o700
 
 
-def test_initdb_failure_quotes_its_log(pg_dir, tmp_path, monkeypatch):
-    binaries = fake_binaries(tmp_path / "fake", 'echo "initdb: error: the disk is on fire" >&2; exit 1')
+def test_initdb_failure_quotes_its_log(pg_dir, monkeypatch):
+    binaries = fake_binaries(pg_dir.parent / "fake", 'echo "initdb: error: the disk is on fire" >&2; exit 1')
     monkeypatch.setattr(pg, "find_binaries", lambda: binaries)
     with pytest.raises(ConfigError) as info:
         pg.init_cluster(pg_dir)
@@ -205,8 +219,8 @@ def test_initdb_failure_quotes_its_log(pg_dir, tmp_path, monkeypatch):
     assert not list(pg_dir.glob(".initdb-pw-*"))
 
 
-def test_initdb_past_its_deadline_is_killed_with_its_children(pg_dir, tmp_path, monkeypatch):
-    binaries = fake_binaries(tmp_path / "fake", 'sleep 61 & echo "child $!"; wait')
+def test_initdb_past_its_deadline_is_killed_with_its_children(pg_dir, monkeypatch):
+    binaries = fake_binaries(pg_dir.parent / "fake", 'sleep 61 & echo "child $!"; wait')
     monkeypatch.setattr(pg, "find_binaries", lambda: binaries)
     with pytest.raises(ConfigError, match="did not finish within 1 s"):
         pg.init_cluster(pg_dir, deadline=1)
@@ -282,6 +296,37 @@ def test_start_after_kill_9_with_a_surviving_child(initialized):
     assert not dead(child.pid)
     port = pg.start_cluster(initialized)
     assert dead(child.pid) and pg.is_healthy(initialized, port)
+
+
+@needs_postgres
+def test_start_with_a_pid_file_naming_an_unrelated_live_process(initialized):
+    """After a crash and a reboot the stale pid may belong to someone else; postgres alone would refuse."""
+    unrelated = subprocess.Popen(["sleep", "60"])
+    try:
+        pg.start_cluster(initialized)
+        pg.stop_cluster(initialized)
+        (initialized / "pgdata" / "postmaster.pid").write_text(f"{unrelated.pid}\n{initialized / 'pgdata'}\n")
+        assert pg.cluster_pid(initialized) is None
+        port = pg.start_cluster(initialized)
+        assert pg.is_healthy(initialized, port) and unrelated.poll() is None
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+
+
+@needs_postgres
+def test_postmaster_is_recognised_when_its_cwd_is_hidden(initialized, monkeypatch):
+    """Root without CAP_SYS_PTRACE (Docker) cannot read another user's cwd; the command line names pgdata."""
+    pg.start_cluster(initialized)
+    pid = pg.cluster_pid(initialized)
+
+    def hidden(self):
+        raise psutil.AccessDenied(self.pid)
+
+    monkeypatch.setattr(psutil.Process, "cwd", hidden)
+    assert pg.cluster_pid(initialized) == pid
+    assert pg.stop_cluster(initialized) is True
+    assert pg.cluster_pid(initialized) is None and dead(pid)
 
 
 @needs_postgres
@@ -372,17 +417,13 @@ def test_non_root_user_runs_everything_as_itself(pg_dir):
     python, env = python_for("nobody")
     if python is None:
         pytest.skip(f"no Python {sys.version_info.major}.{sys.version_info.minor} that user nobody may run")
-    own = pg_dir.parent / "own"     # pg_dir is root's 0700 directory; its parent lets nobody pass
+    own = pg_dir.parent / "own"     # pg_dir is root's 0700 directory; pg_base lets nobody pass
     own.mkdir(mode=0o700)
     os.chown(own, user.pw_uid, user.pw_gid)
     proc = subprocess.run([python, "-c", NON_ROOT_SCRIPT, str(own)], user="nobody", group=user.pw_gid,
                           extra_groups=[], env=env, cwd="/", capture_output=True, text=True, timeout=60)
-    try:
-        assert proc.returncode == 0, proc.stderr
-        result = json.loads(proc.stdout)
-    finally:
-        for leftover in postgres_processes(own / "pgdata"):
-            leftover.kill()
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
     assert result["rows"] == [[42]] and result["stopped"] is True
     assert result["server_user_uid"] == user.pw_uid
     assert not any("711" in line or "refuses to run as root" in line for line in result["done"])
