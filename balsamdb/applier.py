@@ -19,6 +19,9 @@ from .statements import statements
 
 log = logging.getLogger(__name__)
 
+# What the database itself raises (InterfaceError, for a lost connection, is not a DatabaseError).
+DATABASE_ERRORS = (pw.DatabaseError, pw.InterfaceError)
+
 
 class StorageFailure(Exception):
     """The database itself failed (disk full, I/O error, read-only): the whole
@@ -49,7 +52,7 @@ def apply_requests(database, requests):
                  if op in operations.OPERATIONS and operations.OPERATIONS[op].write and rid]
     try:
         applied = fast.applied(write_ids) if write_ids else {}
-    except pw.DatabaseError as exc:
+    except DATABASE_ERRORS as exc:
         raise StorageFailure(exc) from exc
     answers, new_rows = [], []
     for request_id, name, params in requests:
@@ -74,7 +77,7 @@ def apply_requests(database, requests):
     if new_rows:
         try:
             fast.executemany(fast.insert_applied, new_rows)
-        except pw.DatabaseError as exc:
+        except DATABASE_ERRORS as exc:
             raise StorageFailure(exc) from exc
     return answers
 
@@ -87,7 +90,7 @@ def _run(database, op, params):
         return {"ok": False, "error": exc.to_dict()}
     except pw.IntegrityError as exc:
         return {"ok": False, "error": Conflict(f"{op.name}: {exc}").to_dict()}
-    except pw.DatabaseError as exc:
+    except DATABASE_ERRORS as exc:
         raise StorageFailure(exc) from exc
     except Exception as exc:  # a bug in one operation must not take the others down
         log.exception("operation %s failed", op.name)

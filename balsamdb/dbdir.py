@@ -7,6 +7,8 @@
       db.sqlite3          sqlite3 only
       dbwriter_address    written by the watchdog (see address_file.py)
       secret              the key that signs every request, mode 0600
+      pgdata/             postgres with its own cluster (postgres.password, mode 0600)
+      postgres_url        postgres on an existing server (--url), mode 0600
       data/<workflow>/<job name>_<short id>/
       log/  spool/
 """
@@ -15,6 +17,7 @@ import json
 import os
 import secrets
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import peewee as pw
 
@@ -55,6 +58,22 @@ class DBDirectory:
     @property
     def lock_file(self):
         return self.path / "watchdog.lock"
+
+    @property
+    def postgres_url_file(self):
+        return self.path / "postgres_url"
+
+    @property
+    def postgres_password_file(self):
+        return self.path / "postgres.password"
+
+    @property
+    def pgdata(self):
+        return self.path / "pgdata"
+
+    def external_postgres(self):
+        """True when this postgres DB directory uses an existing server (``--url``)."""
+        return self.config().get("external", False)
 
     @property
     def data_dir(self):
@@ -108,8 +127,12 @@ class DBDirectory:
         return address_file.read(self.address_file)
 
     # -- database -----------------------------------------------------------
-    def open_database(self, settings, busy_timeout=None):
-        """A new peewee database for this directory (not yet connected)."""
+    def open_database(self, settings, busy_timeout=None, postgres_port=None):
+        """A new peewee database for this directory (not yet connected).
+
+        For a postgres directory with its own cluster, ``postgres_port`` is the
+        port the cluster runs on (the address file says, while a server runs).
+        """
         config = self.config()
         if config["db_type"] == "sqlite3":
             timeout = settings.direct_deadline if busy_timeout is None else busy_timeout
@@ -122,11 +145,27 @@ class DBDirectory:
                     "foreign_keys": 1,
                 },
             )
-        raise ConfigError("PostgreSQL DB directories are not supported yet by this version")
+        if config.get("external"):
+            params = parse_postgres_url(_read_private(self.postgres_url_file))
+        else:
+            if postgres_port is None:
+                postgres_port = (self.read_address().get("postgres") or {}).get("port")
+            if not postgres_port:
+                raise ConfigError(f"the PostgreSQL cluster of {self.path} is not running; "
+                                  f"start it with: db dbserver --path {self.path}")
+            params = {"database": "balsamdb", "host": "127.0.0.1", "port": int(postgres_port),
+                      "user": "balsamdb", "password": _read_private(self.postgres_password_file)}
+        database = params.pop("database")
+        return pw.PostgresqlDatabase(database, connect_timeout=5, **params)
 
     # -- creation and upgrade -----------------------------------------------
-    def init(self, db_type="sqlite3", mode=0o700, settings=None):
+    def init(self, db_type="sqlite3", mode=0o700, settings=None, url=None):
         """Create this DB directory, or upgrade an existing one in place.
+
+        ``db_type`` postgres makes a PostgreSQL cluster in ``pgdata/`` (the
+        schema is created when the server first starts it), or, with ``url``
+        (``postgresql://user:password@host:port/dbname``), uses that existing
+        server: checked now, and the schema created now.
 
         Returns a list of sentences saying what was done.  Refuses a path that is
         a file, a non-empty directory that is not a DB directory, an unknown
@@ -137,20 +176,24 @@ class DBDirectory:
         settings = settings or load_settings()
         if db_type not in DB_TYPES:
             raise ConfigError(f"unknown db type {db_type!r}; choose one of: {', '.join(DB_TYPES)}")
+        if url and db_type != "postgres":
+            raise ConfigError("--url names a PostgreSQL server: use it with --db-type postgres")
         done = []
         if self.path.exists() and not self.path.is_dir():
             raise NotADBDirectory(f"{self.path} is a file; choose a directory path")
         if self.is_db_directory():
-            existing = self.config()["db_type"]
-            if existing != db_type:
-                raise ConfigError(f"{self.path} is already a {existing} DB directory, not {db_type}")
+            config = self.config()
+            if config["db_type"] != db_type:
+                raise ConfigError(f"{self.path} is already a {config['db_type']} DB directory, not {db_type}")
+            if url and not config.get("external"):
+                raise ConfigError(f"{self.path} has its own PostgreSQL cluster; --url applies to new DB directories")
         else:
             if self.path.exists() and any(not p.name.startswith(".") for p in self.path.iterdir()):
                 raise NotADBDirectory(
                     f"{self.path} is a non-empty directory that is not a DB directory; choose an empty or new path"
                 )
-            if db_type == "postgres":
-                raise ConfigError("--db-type postgres is not available yet in this version; use sqlite3")
+            if url:
+                check_postgres_url(url)  # before anything is made
             self.path.mkdir(parents=True, exist_ok=True)
             os.chmod(self.path, mode)
             done.append(f"created DB directory {self.path} ({db_type}, mode {mode:o})")
@@ -159,22 +202,76 @@ class DBDirectory:
         if not self.secret_file.exists():
             _write_private(self.secret_file, secrets.token_hex(32).encode() + b"\n")
             done.append(f"wrote a new secret to {self.secret_file} (mode 600)")
+        if url and not self.postgres_url_file.exists():
+            _write_private(self.postgres_url_file, url.encode())
+            done.append(f"uses the PostgreSQL server {redact_url(url)} (URL kept in {self.postgres_url_file}, mode 600)")
         if not self.address_file.exists():
             address_file.write_atomic(self.address_file, address_file.stopped_record(db_type))
         if not self.config_file.exists():
-            address_file.write_atomic(self.config_file, {"db_type": db_type, "format": FORMAT})
+            address_file.write_atomic(self.config_file, {"db_type": db_type, "format": FORMAT,
+                                                         "external": bool(url)})
+        if db_type == "postgres" and not self.external_postgres():
+            from dbserver import postgres
+
+            done.extend(postgres.init_cluster(self.path))
+            done.append("the schema is created when `db dbserver` first starts the cluster")
+            return done
         database = self.open_database(settings, busy_timeout=60)
         try:
             database.connect()
             upgraded = models.upgrade(database)
         except pw.OperationalError as exc:
-            raise StorageError(f"cannot create or upgrade {self.sqlite_file}: {exc}") from None
+            raise StorageError(f"cannot create or upgrade the database of {self.path}: {exc}") from None
         finally:
             database.close()
         done.extend(upgraded)
         if not upgraded and not done:
             done.append(f"{self.path} is already a current {db_type} DB directory (schema {models.SCHEMA_VERSION})")
         return done
+
+
+def parse_postgres_url(url):
+    """``postgresql://user:password@host:port/dbname`` -> psycopg2 keyword arguments."""
+    parts = urlparse(url.strip())
+    if parts.scheme not in ("postgres", "postgresql") or not parts.hostname or not parts.path.strip("/"):
+        raise ConfigError(f"{redact_url(url)} is not a PostgreSQL URL; "
+                          "write postgresql://user:password@host:port/dbname")
+    params = {"database": unquote(parts.path.strip("/")), "host": parts.hostname, "port": parts.port or 5432}
+    if parts.username:
+        params["user"] = unquote(parts.username)
+    if parts.password:
+        params["password"] = unquote(parts.password)
+    return params
+
+
+def redact_url(url):
+    """The URL with its password replaced by ``***``, for messages and logs."""
+    parts = urlparse(url)
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+def check_postgres_url(url):
+    """Connect once to the server of ``url``; raise :class:`ConfigError` saying what is wrong."""
+    import psycopg2
+
+    params = parse_postgres_url(url)
+    try:
+        psycopg2.connect(connect_timeout=5, **params).close()
+    except psycopg2.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot connect to {redact_url(url)}: {reason}") from None
+
+
+def _read_private(path):
+    try:
+        return Path(path).read_text().strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{path} is missing; the DB directory is incomplete") from None
+    except PermissionError:
+        raise ConfigError(f"cannot read {path}: only the owner of the DB directory may use it") from None
 
 
 def _write_private(path, content):

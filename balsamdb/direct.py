@@ -65,5 +65,5 @@ class DirectStore:
                 log.debug("database locked; retrying %s in %.3f s", op, delay)
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.5)
-            except pw.DatabaseError as exc:
+            except (pw.DatabaseError, pw.InterfaceError) as exc:
                 raise StorageError(f"{self.dbdir.sqlite_file}: {exc}") from None

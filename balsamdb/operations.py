@@ -176,9 +176,9 @@ def _insert_jobs(rows, when):
     try:
         fast.executemany(fast.insert_job, rows)
     except pw.IntegrityError:
-        ids = [r["id"] for r in rows]
-        taken = [j.id for j in Job.select(Job.id).where(Job.id.in_(ids))]
-        raise Conflict(f"job ids already exist: {', '.join(taken[:5])}") from None
+        # No query here: on PostgreSQL the transaction is unusable until the savepoint rolls back.
+        which = f"job id {rows[0]['id']} already exists" if len(rows) == 1 else "a job id already exists"
+        raise Conflict(which) from None
     fast.executemany(fast.insert_history, [
         {"job": r["id"], "time": when, "from_state": None, "to_state": r["state"], "message": "created"}
         for r in rows

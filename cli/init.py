@@ -23,10 +23,12 @@ def _octal_mode(ctx, param, value):
 @path_option
 @click.option("--db-type", type=click.Choice(DB_TYPES), default="sqlite3", show_default=True,
               help="Database behind the directory")
+@click.option("--url", default=None, metavar="URL",
+              help="With --db-type postgres: use this existing server, postgresql://user:pw@host:port/dbname")
 @click.option("--mode", default="700", show_default=True, callback=_octal_mode,
               help="Permissions of a new DB directory, in octal")
 @json_option
-def init(db_path, path, db_type, mode, as_json):
+def init(db_path, path, db_type, url, mode, as_json):
     """Create a DB directory, or bring an existing one's schema up to date
 
     PATH (or --path) defaults to the DB directory that `db which` shows.
@@ -39,12 +41,14 @@ def init(db_path, path, db_type, mode, as_json):
     \b
         db init ~/runs/db
         export BALSAM_DB_PATH=~/runs/db
+        db init ~/runs/pgdb --db-type postgres
+        db init ~/runs/labdb --db-type postgres --url postgresql://me:pw@dbhost/lab
     """
     if db_path and path and DBDirectory(db_path).path != DBDirectory(path).path:
         raise click.UsageError("give the DB directory either as PATH or with --path, not both")
     target, _source = resolve_db_path(db_path or path)
     dbdir = DBDirectory(target)
-    actions = dbdir.init(db_type, mode=mode)
+    actions = dbdir.init(db_type, mode=mode, url=url)
     if as_json:
         echo_json({"path": str(dbdir.path), "db_type": db_type, "actions": actions})
         return

@@ -106,6 +106,7 @@ def stop(dbdir, deadline=60.0):
         raise ControlError(f"the server runs on host {info['host']}; stop it there")
     procs = [p for p in (_identity_process(info.get(k) or {}) for k in ("watchdog", "server")) if p]
     if not procs:
+        _stop_orphaned_postgres(dbdir)
         if info.get("state") != "stopped":
             address_file.write_atomic(dbdir.address_file, address_file.stopped_record(
                 info.get("db_type", dbdir.db_type), "the server was found dead"))
@@ -122,10 +123,20 @@ def stop(dbdir, deadline=60.0):
             alive += alive2
     if alive:
         raise ControlError(f"pids {[p.pid for p in alive]} did not stop within {deadline:.0f} s")
+    _stop_orphaned_postgres(dbdir)
     if dbdir.read_address().get("state") != "stopped":
         address_file.write_atomic(dbdir.address_file, address_file.stopped_record(
             info.get("db_type", dbdir.db_type), "stopped by db dbserver --stop"))
     return [p.pid for p in procs]
+
+
+def _stop_orphaned_postgres(dbdir):
+    """A cluster whose watchdog was killed keeps running: stop it with the rest."""
+    if dbdir.db_type == "postgres" and not dbdir.external_postgres():
+        from . import postgres
+
+        if postgres.cluster_pid(dbdir.path) is not None:
+            postgres.stop_cluster(dbdir.path, mode="fast")
 
 
 def status(dbdir):

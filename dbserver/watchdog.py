@@ -70,6 +70,11 @@ class Watchdog:
         self.started_at = time.time()
         self.identity = address_file.process_identity(os.getpid())
         self.local_address = None
+        self.epoch = None
+        # A postgres DB directory with its own cluster: the watchdog runs it too.
+        self.managed_postgres = self.db_type == "postgres" and not dbdir.external_postgres()
+        self.pg_port = None
+        self.next_pg_check = 0.0
 
     # -- address file ---------------------------------------------------------
     def _public_host(self):
@@ -89,6 +94,11 @@ class Watchdog:
                           server_started_at=self.server_started, restarts=self.restarts)
             if self.local_address:
                 record["local_address"] = self.local_address
+        if self.managed_postgres and self.pg_port and state != "stopped":
+            from dbserver import postgres
+
+            record["postgres"] = {"managed": True, "port": self.pg_port, "listen": self.bind_host,
+                                  "pid": postgres.cluster_pid(self.dbdir.path)}
         if reason:
             record["reason"] = reason
         address_file.write_atomic(self.dbdir.address_file, record)
@@ -99,6 +109,8 @@ class Watchdog:
         err = open(self.dbdir.log_dir / "server.err", "ab")
         cmd = [sys.executable, "-m", "dbserver.write_server", "--path", str(self.dbdir.path),
                "--bind", self.bind_host, "--port", str(self.port), "--epoch", epoch]
+        if self.managed_postgres:
+            cmd += ["--pg-port", str(self.pg_port)]
         self.server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
         err.close()
         self.server_started = time.time()
@@ -113,13 +125,37 @@ class Watchdog:
             _stop_process(self.server, 5.0)
             return False
         self.server.stdout.close()
+        self.epoch = epoch
         self.write_address("running", epoch=epoch)
         log.info("server pid %s up on port %s, epoch %s", self.server.pid, self.port, epoch)
         return True
 
+    def start_postgres(self):
+        from dbserver import postgres
+
+        self.pg_port = postgres.start_cluster(self.dbdir.path, port=self.pg_port, listen=self.bind_host)
+        log.info("postgres cluster pid %s up on port %s", postgres.cluster_pid(self.dbdir.path), self.pg_port)
+
+    def check_postgres(self):
+        """Restart the cluster when its postmaster died; the server reconnects by itself."""
+        from dbserver import postgres
+
+        if postgres.cluster_pid(self.dbdir.path) is not None:
+            return
+        log.warning("postgres cluster died; restarting it on port %s", self.pg_port)
+        try:
+            self.start_postgres()
+        except Exception as exc:  # logged; the next check tries again
+            log.error("postgres did not restart: %s", exc)
+            self.next_pg_check = time.monotonic() + 2.0
+            return
+        self.write_address("running", epoch=self.epoch)
+
     def initialize(self):
         self.restarts = 0
         self.stop_orphan()
+        if self.managed_postgres:
+            self.start_postgres()
         if not self.start_server():
             raise RuntimeError("the write server failed to start; see log/server.err and log/server.log")
 
@@ -145,6 +181,9 @@ class Watchdog:
             try:
                 code = self.server.wait(timeout=0.05)
             except subprocess.TimeoutExpired:
+                if self.managed_postgres and time.monotonic() >= self.next_pg_check:
+                    self.next_pg_check = time.monotonic() + 0.25
+                    self.check_postgres()
                 continue
             if self.stopping:
                 break
@@ -157,6 +196,8 @@ class Watchdog:
             if delay and _sleep_unless(lambda: self.stopping, delay):
                 break
             self.restarts += 1
+            if self.managed_postgres:
+                self.check_postgres()  # a server cannot start without its database
             if not self.start_server():
                 self.failures += 1
 
@@ -164,6 +205,14 @@ class Watchdog:
         if self.server is not None and self.server.poll() is None:
             log.info("stopping server pid %s", self.server.pid)
             _stop_process(self.server, STOP_DEADLINE)
+        if self.managed_postgres:
+            from dbserver import postgres
+
+            log.info("stopping the postgres cluster")
+            try:
+                postgres.stop_cluster(self.dbdir.path, mode="fast")
+            except Exception:  # still mark the address file stopped
+                log.exception("stopping postgres failed")
         self.write_address("stopped", reason="stopped by db dbserver --stop")
         log.info("watchdog pid %s stopped", os.getpid())
 

@@ -24,7 +24,7 @@ import peewee as pw
 import zmq
 
 from balsamdb import protocol
-from balsamdb.applier import StorageFailure, apply_requests
+from balsamdb.applier import DATABASE_ERRORS, StorageFailure, apply_requests
 from balsamdb.dbdir import DBDirectory
 from balsamdb.exceptions import BalsamDBError, StorageError, TryAgain
 from balsamdb.models import MODELS, upgrade
@@ -34,6 +34,7 @@ from balsamdb.settings import load_settings
 log = logging.getLogger("dbserver.write_server")
 
 MAX_BATCH = 1024
+STARTUP_DB_DEADLINE = 15.0  # seconds a starting server waits for its database
 POLL_MS = 200
 
 
@@ -68,7 +69,7 @@ class Stats:
 
 
 class WriteServer:
-    def __init__(self, dbdir, bind_host="127.0.0.1", port=0, epoch="", settings=None):
+    def __init__(self, dbdir, bind_host="127.0.0.1", port=0, epoch="", settings=None, pg_port=None):
         self.dbdir = dbdir
         self.bind_host = bind_host
         self.port = port
@@ -81,12 +82,13 @@ class WriteServer:
         self.socket = None
         self.database = None
         self.local_address = None
+        self.pg_port = pg_port
 
     # -- life cycle ---------------------------------------------------------
     def initialize(self):
         raise_priority()
-        self.database = self.dbdir.open_database(self.settings, busy_timeout=60)
-        self.database.connect()
+        self.database = self.dbdir.open_database(self.settings, busy_timeout=60, postgres_port=self.pg_port)
+        self.connect_database(deadline=STARTUP_DB_DEADLINE)
         self.database.bind(MODELS)
         done = upgrade(self.database)
         for line in done:
@@ -125,6 +127,8 @@ class WriteServer:
 
     def shutdown(self):
         """Answer everything already received, then close."""
+        if self.socket is None:
+            return
         log.info("stopping: answering requests already queued")
         try:
             while True:
@@ -186,7 +190,7 @@ class WriteServer:
             for (envelope, request_id, _op, _params), answer in zip(work, results):
                 answer["id"] = request_id
                 answers.append((envelope, answer))
-        except (StorageFailure, pw.DatabaseError) as exc:
+        except (StorageFailure,) + DATABASE_ERRORS as exc:
             original = getattr(exc, "original", exc)
             transient = self.lost_database(original)
             log.error("batch of %s requests rolled back (%s): %s", len(work),
@@ -224,6 +228,21 @@ class WriteServer:
         self.reconnect()
         return True
 
+    def connect_database(self, deadline):
+        """Connect, retrying for ``deadline`` seconds (a database that restarts)."""
+        end = time.monotonic() + deadline
+        delay = 0.05
+        while True:
+            try:
+                self.database.connect(reuse_if_open=True)
+                return
+            except DATABASE_ERRORS as exc:
+                if time.monotonic() + delay > end:
+                    raise
+                log.warning("database not reachable yet (%s); retrying in %.2f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
     def reconnect(self):
         """Reconnect to the database, backing off, until it answers or the server stops."""
         try:
@@ -237,7 +256,7 @@ class WriteServer:
                 self.database.execute_sql("SELECT 1")
                 log.info("reconnected to the database")
                 return
-            except pw.DatabaseError as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("database unreachable (%s); retrying in %.2f s", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
@@ -285,12 +304,13 @@ def main(argv=None):
     parser.add_argument("--bind", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--epoch", default="")
+    parser.add_argument("--pg-port", type=int, default=None, help="port of the DB directory's own postgres cluster")
     args = parser.parse_args(argv)
     from dbserver.logs import setup_logging
 
     dbdir = DBDirectory(args.path)
     setup_logging(dbdir.log_dir / "server.log")
-    server = WriteServer(dbdir, args.bind, args.port, args.epoch)
+    server = WriteServer(dbdir, args.bind, args.port, args.epoch, pg_port=args.pg_port)
     _handle_term(server)
     try:
         server.initialize()
