@@ -45,3 +45,96 @@ def run_db(tmp_path):
         )
 
     return run
+
+
+# -- both backends ---------------------------------------------------------------------------------------
+# Tests of the store, the daemon and the CLI that are not about SQLite itself take the `backend`
+# fixture (or `any_dbdir` / `served_dbdir`), and so run once on SQLite and once on PostgreSQL.
+# PostgreSQL DB directories here use `--url` on one cluster started for the whole session (a fresh
+# database per test); tests/test_postgres_backend.py covers DB directories with their own cluster.
+
+def _postgres_available():
+    from balsamdb.exceptions import ConfigError
+    from dbserver import postgres
+
+    try:
+        postgres.find_binaries()
+        return True
+    except ConfigError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One PostgreSQL cluster for the session: yields the URL of its superuser, without a database name."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from dbserver import postgres
+
+    if not _postgres_available():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL server binaries are missing on CI: .ci/run should have installed them")
+        pytest.skip("PostgreSQL server binaries are not installed (apt-get install postgresql)")
+    # Under root the cluster runs as another user, who must be able to pass through the path:
+    # pytest's own tmp directories are 0700, so use a directory of our own.
+    base = Path(tempfile.mkdtemp(prefix="bdb-session-pg-", dir="/tmp"))
+    os.chmod(base, 0o711)
+    path = base / "cluster"
+    try:
+        DBDirectory(path).init("postgres")
+        port = postgres.start_cluster(path)
+        password = (path / "postgres.password").read_text().strip()
+        yield f"postgresql://balsamdb:{password}@127.0.0.1:{port}/"
+    finally:
+        try:
+            postgres.stop_cluster(path, mode="immediate", deadline=20)
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def make_db_directory(backend, path, pg_url=None):
+    """A fresh DB directory at ``path`` on ``backend``; returns the path."""
+    if backend == "sqlite3":
+        DBDirectory(path).init()
+        return path
+    import uuid
+
+    import psycopg2
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    con = psycopg2.connect(pg_url + "postgres")
+    con.autocommit = True
+    try:
+        con.cursor().execute(f"CREATE DATABASE {name}")
+    finally:
+        con.close()
+    DBDirectory(path).init("postgres", url=pg_url + name)
+    return path
+
+
+@pytest.fixture(params=["sqlite3", "postgres"])
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def any_dbdir(backend, tmp_path, request):
+    """A fresh DB directory on each backend (no server running)."""
+    pg_url = request.getfixturevalue("pg_cluster") if backend == "postgres" else None
+    return make_db_directory(backend, tmp_path / "db", pg_url)
+
+
+@pytest.fixture
+def served_dbdir(any_dbdir):
+    """``any_dbdir`` with its server running; everything of it stopped afterwards."""
+    from helpers import db_cli, kill_everything
+
+    started = db_cli("dbserver", "--path", any_dbdir)
+    try:
+        assert started.returncode == 0, started.stderr
+        yield any_dbdir
+    finally:
+        db_cli("dbserver", "--stop", "--path", any_dbdir)
+        kill_everything(any_dbdir)

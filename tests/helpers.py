@@ -130,11 +130,13 @@ class Writers:
 
 
 def job_ids_in_db(path):
-    """Every job id in the SQLite file, read directly (not through balsamdb)."""
-    import sqlite3
+    """Every job id in the DB directory's database, read with SQL (not through the server)."""
+    from balsamdb.dbdir import DBDirectory
+    from balsamdb.settings import load_settings
 
-    con = sqlite3.connect(str(Path(path) / "db.sqlite3"), timeout=30)
+    database = DBDirectory(path).open_database(load_settings(), busy_timeout=30)
+    database.connect()
     try:
-        return [row[0] for row in con.execute("select id from job")]
+        return [row[0] for row in database.execute_sql("select id from job").fetchall()]
     finally:
-        con.close()
+        database.close()
