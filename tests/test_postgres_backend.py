@@ -1,0 +1,114 @@
+"""DB directories with their own PostgreSQL cluster, run by the watchdog: the whole life cycle."""
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import balsamdb
+
+from helpers import Writers, address, db_cli, job_ids_in_db, kill_everything, wait_for
+
+
+def postgres_processes(under):
+    under = os.path.realpath(under)
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status", "name"]):
+        if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.info["name"] not in ("postgres", "postmaster"):
+            continue
+        try:
+            cwd = proc.cwd()
+        except psutil.Error:
+            cwd = ""
+        if cwd.startswith(under) or any(under in part for part in proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+@pytest.fixture
+def pg_dbdir(pg_cluster):  # pg_cluster: skips (or fails on CI) without PostgreSQL binaries
+    """A path for a postgres DB directory that the PostgreSQL user can reach; all stopped afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="bdb-own-pg-", dir="/tmp"))
+    os.chmod(base, 0o711)
+    path = base / "db"
+    try:
+        yield path
+    finally:
+        db_cli("dbserver", "--stop", "--path", path)
+        kill_everything(path)
+        leftovers = postgres_processes(base)
+        for proc in leftovers:
+            proc.kill()
+        psutil.wait_procs(leftovers, timeout=10)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_own_cluster_life_cycle_and_postgres_killed_under_load(pg_dbdir, tmp_path):
+    init = db_cli("init", pg_dbdir, "--db-type", "postgres", check=True)
+    assert "created a PostgreSQL" in init.stdout and "SCRAM" in init.stdout
+    if os.geteuid() == 0:
+        assert "refuses to run as root" in init.stdout
+    assert oct((pg_dbdir / "postgres.password").stat().st_mode & 0o777) == "0o600"
+    hba = (pg_dbdir / "pgdata" / "pg_hba.conf").read_text()
+    assert "trust" not in [line.split()[-1] for line in hba.splitlines() if line.strip() and not line.startswith("#")]
+
+    db_cli("dbserver", "--path", pg_dbdir, check=True)
+    status = json.loads(db_cli("dbserver", "--status", "--json", "--path", pg_dbdir, check=True).stdout)
+    assert status["postgres"]["managed"] is True and status["postgres"]["pid"]
+    assert status["server_status"]["db_type"] == "postgres"
+
+    writers = Writers(pg_dbdir, tmp_path, nprocs=16, count=100)
+    try:
+        writers.start()
+        wait_for(lambda: writers.acked_so_far() >= 300, 120, "300 acknowledged writes")
+        pid = address(pg_dbdir)["postgres"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(lambda: (address(pg_dbdir).get("postgres") or {}).get("pid") not in (None, pid),
+                 30, "the watchdog to restart postgres")
+        restart_s = time.monotonic() - killed
+        results = writers.wait(timeout=300)
+    finally:
+        writers.kill()
+    assert all(code == 0 for code, _o, _e in results), [e[-500:] for c, _o, e in results if c]
+    acked, stored = writers.acked_ids(), job_ids_in_db(pg_dbdir)
+    assert len(acked) == 1600 and sorted(stored) == sorted(acked) and len(set(stored)) == 1600
+    assert restart_s < 5, restart_s
+    assert "postgres cluster died; restarting" in (pg_dbdir / "log" / "watchdog.log").read_text()
+
+    stop = db_cli("dbserver", "--stop", "--path", pg_dbdir, check=True)
+    assert "stopped server" in stop.stdout
+    assert postgres_processes(pg_dbdir) == [] and address(pg_dbdir)["state"] == "stopped"
+
+    # The data outlives the cluster: start again and read it back through a new server.
+    db_cli("dbserver", "--path", pg_dbdir, check=True)
+    assert balsamdb.connect(pg_dbdir).jobs.count(workflow="load") == 1600
+
+
+def test_killed_watchdog_leaves_nothing_after_stop(pg_dbdir):
+    db_cli("init", pg_dbdir, "--db-type", "postgres", check=True)
+    db_cli("dbserver", "--path", pg_dbdir, check=True)
+    info = address(pg_dbdir)
+    os.kill(info["watchdog"]["pid"], signal.SIGKILL)
+    db = balsamdb.connect(pg_dbdir)
+    db.jobs.create(name="still-served")  # the server outlives its watchdog
+    assert db.last_route == "server"
+    db_cli("dbserver", "--stop", "--path", pg_dbdir, check=True)
+    assert postgres_processes(pg_dbdir) == []
+    assert not psutil.pid_exists(info["server"]["pid"]) or \
+        psutil.Process(info["server"]["pid"]).status() == psutil.STATUS_ZOMBIE
+
+
+def test_no_server_means_a_clear_error(pg_dbdir):
+    db_cli("init", pg_dbdir, "--db-type", "postgres", check=True)
+    db = balsamdb.connect(pg_dbdir)
+    with pytest.raises(balsamdb.ServerUnavailable, match="db dbserver --path"):
+        db.jobs.create(name="nope")
+    ls = db_cli("ls", "--path", pg_dbdir)
+    assert ls.returncode == 1 and "Traceback" not in ls.stderr and "db dbserver" in ls.stderr
