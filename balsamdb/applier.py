@@ -23,6 +23,12 @@ log = logging.getLogger(__name__)
 DATABASE_ERRORS = (pw.DatabaseError, pw.InterfaceError)
 
 
+class NeedsIsolation(Exception):
+    """Raised in an optimistic pass (no savepoints) when a request failed: the
+    caller rolls the transaction back and applies the batch again with a
+    savepoint around each request."""
+
+
 class StorageFailure(Exception):
     """The database itself failed (disk full, I/O error, read-only): the whole
     transaction is lost and every request in it must be answered with an error."""
@@ -36,7 +42,7 @@ def _dumps(answer):
     return json.dumps(answer, separators=(",", ":"), ensure_ascii=False)
 
 
-def apply_requests(database, requests):
+def apply_requests(database, requests, savepoints=True):
     """Apply ``requests``, a list of ``(request_id, op, params)``, in order.
 
     Each runs in its own savepoint, so a refused request changes nothing and
@@ -46,6 +52,12 @@ def apply_requests(database, requests):
     request whose id was already applied (earlier, or earlier in this list) gets
     the stored answer with ``"replayed": True``.  Raises :class:`StorageFailure`
     when the database fails as a whole: the caller must roll back.
+
+    With ``savepoints=False`` (the fast pass: a savepoint costs two statements,
+    each a round trip to PostgreSQL) any failing request raises
+    :class:`NeedsIsolation` instead, and the caller must roll back and call again
+    with savepoints.  Requests refused before they touch the database (unknown
+    operation, bad parameters, replays) are answered in either pass.
     """
     fast = statements(database)
     write_ids = [rid for rid, op, _p in requests
@@ -68,7 +80,7 @@ def apply_requests(database, requests):
             answer["replayed"] = True
             answers.append(answer)
             continue
-        answer = _run(database, op, params)
+        answer = _run(database, op, params) if savepoints else _run_bare(op, params)
         if record:
             text = _dumps(answer)
             applied[request_id] = text
@@ -80,6 +92,30 @@ def apply_requests(database, requests):
         except DATABASE_ERRORS as exc:
             raise StorageFailure(exc) from exc
     return answers
+
+
+def _run_bare(op, params):
+    try:
+        return {"ok": True, "result": op.function(**params)}
+    except DATABASE_ERRORS as exc:
+        if isinstance(exc, pw.IntegrityError):
+            raise NeedsIsolation(op.name) from exc
+        raise StorageFailure(exc) from exc
+    except Exception as exc:  # refusals and bugs alike: redo this batch request by request
+        raise NeedsIsolation(op.name) from exc
+
+
+def apply_batch(database, requests, begin):
+    """Apply ``requests`` in one transaction opened by ``begin()`` (a context
+    manager), optimistically without savepoints and, if any request fails, again
+    with one savepoint per request.  Returns the answers after the commit."""
+    try:
+        with begin():
+            return apply_requests(database, requests, savepoints=False)
+    except NeedsIsolation:
+        pass
+    with begin():
+        return apply_requests(database, requests, savepoints=True)
 
 
 def _run(database, op, params):

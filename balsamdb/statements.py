@@ -30,6 +30,7 @@ class Statements:
         self.applied_prefix = (f"SELECT {q('request_id')}, {q('response')} FROM {q(AppliedRequest._meta.table_name)} "
                                f"WHERE {q('request_id')} IN ")
         self.param = p
+        self.postgres = isinstance(database, pw.PostgresqlDatabase)
         job_table = q(Job._meta.table_name)
         self.select_job = (f"SELECT {', '.join(q(f.column_name) for f in self.job_columns)} FROM {job_table} "
                            f"WHERE {q('id')} = {p}")
@@ -44,11 +45,20 @@ class Statements:
         return f"INSERT INTO {q(model._meta.table_name)} ({columns}) VALUES ({values})", fields
 
     def executemany(self, statement, rows):
-        """Insert ``rows`` (dicts keyed by field name) with one prepared statement."""
+        """Insert ``rows`` (dicts keyed by field name) with one prepared statement.
+
+        On PostgreSQL several rows go as one multi-row INSERT (one round trip);
+        psycopg2's executemany would send one statement per row."""
         sql, fields = statement
         params = [tuple(f.db_value(row[f.name]) for f in fields) for row in rows]
         with pw.__exception_wrapper__:
-            self.database.cursor().executemany(sql, params)
+            cursor = self.database.cursor()
+            if self.postgres and len(params) > 1:
+                from psycopg2.extras import execute_values
+
+                execute_values(cursor, sql.rsplit(" VALUES ", 1)[0] + " VALUES %s", params, page_size=500)
+            else:
+                cursor.executemany(sql, params)
 
     def job(self, job_id):
         """The job row ``job_id`` as a dict of Python values, or None."""

@@ -24,7 +24,7 @@ import peewee as pw
 import zmq
 
 from balsamdb import protocol
-from balsamdb.applier import DATABASE_ERRORS, StorageFailure, apply_requests
+from balsamdb.applier import DATABASE_ERRORS, StorageFailure, apply_batch
 from balsamdb.dbdir import DBDirectory
 from balsamdb.exceptions import BalsamDBError, StorageError, TryAgain
 from balsamdb.models import MODELS, upgrade
@@ -184,9 +184,8 @@ class WriteServer:
         started = time.monotonic()
         answers = []
         try:
-            with self.database.atomic(lock_type="IMMEDIATE") if self.dbdir.db_type == "sqlite3" \
-                    else self.database.atomic():
-                results = apply_requests(self.database, [(rid, op, params) for _e, rid, op, params in work])
+            results = apply_batch(self.database, [(rid, op, params) for _e, rid, op, params in work],
+                                  self.begin)
             for (envelope, request_id, _op, _params), answer in zip(work, results):
                 answer["id"] = request_id
                 answers.append((envelope, answer))
@@ -213,6 +212,12 @@ class WriteServer:
             elif op in OPERATIONS and OPERATIONS[op].write:
                 self.stats.writes += 1
         return answers
+
+    def begin(self):
+        """The transaction of one group commit."""
+        if self.dbdir.db_type == "sqlite3":
+            return self.database.atomic(lock_type="IMMEDIATE")
+        return self.database.atomic()
 
     def lost_database(self, error):
         """After a failed batch: True (and reconnected) when the failure was the

@@ -10,7 +10,8 @@ Modes: ``balsamdb`` (the public API; through the server when one runs, which
 includes the ceiling server), ``sqlite-wal`` (sqlite3, WAL, 60 s timeout, one
 commit per write), ``sqlite-default`` (sqlite3 as Python gives it: rollback
 journal, 5 s timeout), ``filelock`` (an exclusive fcntl lock around each write
-to a rollback-journal database).
+to a rollback-journal database), ``postgres`` (psycopg2, one connection per
+process, one commit per write; DB_PATH/bench_url names the server).
 """
 
 import fcntl
@@ -45,6 +46,8 @@ def make_writer(mode, path):
             return job_id
 
         return write
+    if mode == "postgres":
+        return postgres_writer(path)
     sqlite_file = os.path.join(path, "bench.sqlite3")
     timeout = 5.0 if mode == "sqlite-default" else 60.0
     con = sqlite3.connect(sqlite_file, timeout=timeout)
@@ -62,6 +65,30 @@ def make_writer(mode, path):
         finally:
             if lock is not None:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+        return values[0]
+
+    return write
+
+
+def postgres_writer(path):
+    import psycopg2
+
+    url = open(os.path.join(path, "bench_url")).read().strip()
+    try:
+        con = psycopg2.connect(url)
+    except psycopg2.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1]
+
+        def refused(i):
+            raise RuntimeError(f"cannot connect: {reason}")
+
+        return refused
+
+    def write(i):
+        values = row(i)
+        with con.cursor() as cur:
+            cur.execute("insert into bench_job values (%s,%s,%s,%s,%s,%s,%s,%s)", values)
+        con.commit()
         return values[0]
 
     return write

@@ -9,7 +9,11 @@ N real processes each making ``--writes`` small writes:
 - ``sqlite-wal``: sqlite3 with WAL and a 60 s timeout, one commit per write;
 - ``sqlite-default``: sqlite3 as Python gives it (rollback journal, 5 s timeout);
 - ``filelock``: an exclusive file lock around each write;
-- ``ceiling``: the same balsamdb clients against a server that answers at once.
+- ``ceiling``: the same balsamdb clients against a server that answers at once;
+- ``daemon-pg``: the daemon on a PostgreSQL cluster of its own;
+- ``postgres``: psycopg2 straight into PostgreSQL, one connection per process
+  (past ``max_connections``, 100 by default, connections are refused: counted
+  as errors and lost writes).
 
 It prints writes/s, p50/p99/max latency, errors, lost and duplicated writes
 (counted by reading the rows back), and each mode's throughput relative to the
@@ -34,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from balsamdb.dbdir import DBDirectory  # noqa: E402
 
-MODES = ("daemon", "sqlite-wal", "sqlite-default", "filelock", "ceiling")
-WORKER_MODE = {"daemon": "balsamdb", "ceiling": "balsamdb"}
+MODES = ("daemon", "sqlite-wal", "sqlite-default", "filelock", "ceiling", "daemon-pg", "postgres")
+WORKER_MODE = {"daemon": "balsamdb", "ceiling": "balsamdb", "daemon-pg": "balsamdb"}
 
 
 def wait_for(predicate, timeout, what):
@@ -56,7 +60,7 @@ def percentile(values, q):
 
 def run_mode(mode, nwriters, nwrites, workdir):
     path = workdir / f"{mode}-{nwriters}"
-    DBDirectory(path).init()
+    DBDirectory(path).init("postgres" if mode in ("daemon-pg", "postgres") else "sqlite3")
     if mode.startswith("sqlite") or mode == "filelock":
         con = sqlite3.connect(str(path / "bench.sqlite3"))
         from bench_worker import TABLE
@@ -67,7 +71,9 @@ def run_mode(mode, nwriters, nwrites, workdir):
         con.commit()
         con.close()
     server = None
-    if mode == "daemon":
+    cluster = None
+    stats = {}
+    if mode in ("daemon", "daemon-pg"):
         from dbserver import control
 
         control.start(DBDirectory(path))
@@ -75,6 +81,20 @@ def run_mode(mode, nwriters, nwrites, workdir):
         server = subprocess.Popen([sys.executable, str(HERE / "ceiling_server.py"), str(path)],
                                   stdout=subprocess.PIPE, text=True)
         server.stdout.readline()
+    elif mode == "postgres":
+        import psycopg2
+
+        from bench_worker import TABLE
+        from dbserver import postgres
+
+        cluster = path
+        port = postgres.start_cluster(path)
+        url = f"postgresql://balsamdb:{(path / 'postgres.password').read_text().strip()}@127.0.0.1:{port}/balsamdb"
+        (path / "bench_url").write_text(url)
+        con = psycopg2.connect(url)
+        con.cursor().execute(TABLE)
+        con.commit()
+        con.close()
     go = path / "go"
     outs = [path / f"out-{i}.json" for i in range(nwriters)]
     procs = [subprocess.Popen([sys.executable, str(HERE / "bench_worker.py"), WORKER_MODE.get(mode, mode),
@@ -88,9 +108,10 @@ def run_mode(mode, nwriters, nwrites, workdir):
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-        if mode == "daemon":
+        if mode in ("daemon", "daemon-pg"):
             from dbserver import control
 
+            stats = control.status(DBDirectory(path)).get("server_status", {})
             control.stop(DBDirectory(path))
         if server is not None:
             server.terminate()
@@ -103,11 +124,33 @@ def run_mode(mode, nwriters, nwrites, workdir):
     if mode == "ceiling":
         stored = acked  # nothing is stored: the ceiling only answers
     else:
-        table = "job" if mode == "daemon" else "bench_job"
-        file = "db.sqlite3" if mode == "daemon" else "bench.sqlite3"
-        con = sqlite3.connect(str(path / file))
-        stored = [row[0] for row in con.execute(f"select id from {table}")]
-        con.close()
+        from balsamdb.settings import load_settings
+
+        if mode == "postgres":
+            import psycopg2
+
+            con = psycopg2.connect((path / "bench_url").read_text())
+            cur = con.cursor()
+            cur.execute("select id from bench_job")
+            stored = [row[0] for row in cur.fetchall()]
+            con.close()
+            from dbserver import postgres
+
+            postgres.stop_cluster(cluster)
+        elif mode == "daemon-pg":
+            from dbserver import postgres
+
+            port = postgres.start_cluster(path)
+            database = DBDirectory(path).open_database(load_settings(), postgres_port=port)
+            stored = [row[0] for row in database.execute_sql("select id from job").fetchall()]
+            database.close()
+            postgres.stop_cluster(path)
+        else:
+            table = "job" if mode == "daemon" else "bench_job"
+            file = "db.sqlite3" if mode == "daemon" else "bench.sqlite3"
+            con = sqlite3.connect(str(path / file))
+            stored = [row[0] for row in con.execute(f"select id from {table}")]
+            con.close()
     stored_set = set(stored)
     out = {
         "mode": mode, "writers": nwriters, "writes_per_writer": nwrites,
@@ -117,6 +160,7 @@ def run_mode(mode, nwriters, nwrites, workdir):
         "seconds": span, "writes_per_s": len(acked) / span if span > 0 else 0.0,
         "p50_ms": 1000 * percentile(latencies, 0.50), "p99_ms": 1000 * percentile(latencies, 0.99),
         "max_ms": 1000 * max(latencies) if latencies else float("nan"),
+        "mean_batch": stats.get("mean_batch") if mode.startswith("daemon") else None,
     }
     shutil.rmtree(path, ignore_errors=True)
     return out
@@ -174,7 +218,8 @@ def main():
     parser.add_argument("--plot", help="draw throughput and p99 latency to this PNG (needs matplotlib)")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
-    workdir = Path(tempfile.mkdtemp(prefix="balsamdb-bench-"))
+    workdir = Path(tempfile.mkdtemp(prefix="balsamdb-bench-", dir="/tmp"))
+    os.chmod(workdir, 0o711)  # a PostgreSQL cluster under root runs as another user, who must pass through
     rows = []
     try:
         for n in [int(x) for x in args.writers.split(",")]:

@@ -1,4 +1,9 @@
-"""The Python API and the operations behind it, on a real SQLite DB directory (direct mode)."""
+"""The Python API and the operations behind it, on real DB directories.
+
+Every test of the store runs on three routes (the ``route`` fixture): SQLite written directly
+(no server), SQLite through a running server, and PostgreSQL through a running server (PostgreSQL
+has no direct mode).  Tests about SQLite itself or the direct mode stay on SQLite.
+"""
 
 import time
 import uuid
@@ -6,26 +11,47 @@ import uuid
 import pytest
 
 import balsamdb
-from balsamdb import states
+from balsamdb import models, states
 from balsamdb.dbdir import DBDirectory
 from balsamdb.settings import load_settings
+from conftest import make_db_directory
+from helpers import job_ids_in_db
+
+
+ROUTES = ["sqlite3-direct", "sqlite3-server", "postgres-server"]
+
+
+@pytest.fixture(params=ROUTES)
+def route(request):
+    """How the store is reached: ``<backend>-direct`` (no server) or ``<backend>-server``."""
+    return request.param
 
 
 @pytest.fixture
-def db(tmp_path):
-    path = tmp_path / "db"
-    DBDirectory(path).init()
+def backend(route):
+    """Overrides the conftest ``backend`` in this module: the backend of ``route``, so that
+    ``any_dbdir`` and ``served_dbdir`` follow the route instead of adding their own parameter."""
+    return route.split("-")[0]
+
+
+@pytest.fixture
+def db(route, request):
+    """``balsamdb.connect()`` on a fresh DB directory of ``route``; its server (if any) is
+    started by ``served_dbdir`` and stopped by its finalizer."""
+    path = request.getfixturevalue("served_dbdir" if route.endswith("-server") else "any_dbdir")
     with balsamdb.connect(path) as database:
         yield database
+    expected = "server" if route.endswith("-server") else "direct"
+    assert database.last_route in (None, expected), f"route {route} went to {database.last_route}"
 
 
-def test_create_gives_client_made_id_and_working_directory(db):
+def test_create_gives_client_made_id_and_working_directory(db, route):
     job = db.jobs.create(name="sim-1", workflow="sweep", application="python sim.py", args="--n 10")
     assert uuid.UUID(job.id) and job.state == "CREATED" and job.args == "--n 10"
     assert job.working_directory.endswith(f"data/sweep/sim-1_{job.id[:8]}")
     assert (db.path / "data" / "sweep" / f"sim-1_{job.id[:8]}").is_dir()
     assert db.jobs.get(job.id) == db.jobs.get(job.id)
-    assert db.last_route == "direct"
+    assert db.last_route == ("server" if route.endswith("-server") else "direct")
 
 
 def test_duplicate_job_id_is_a_conflict(db):
@@ -184,6 +210,24 @@ def test_reinit_keeps_rows_and_upgrades_an_old_schema(tmp_path):
     assert DBDirectory(path).init() == [f"{path} is already a current sqlite3 DB directory (schema 1)"]
     with balsamdb.connect(path) as database:
         assert [j.name for j in database.jobs.filter()] == ["keep-me"]
+
+
+def test_init_again_keeps_rows_and_says_it_is_current(db, backend):
+    db.jobs.create(name="keep-me")
+    assert DBDirectory(db.path).init(backend) == [
+        f"{db.path} is already a current {backend} DB directory (schema {models.SCHEMA_VERSION})"]
+    assert [j.name for j in db.jobs.filter()] == ["keep-me"]
+
+
+def test_postgres_has_no_direct_mode(tmp_path, pg_cluster):
+    path = make_db_directory("postgres", tmp_path / "db", pg_cluster)
+    with balsamdb.connect(path) as database:
+        with pytest.raises(balsamdb.ServerUnavailable, match=f"db dbserver --path {path}"):
+            database.jobs.create(name="nowhere")
+        with pytest.raises(balsamdb.ServerUnavailable):
+            database.jobs.count()
+        assert database.last_route is None
+    assert job_ids_in_db(path) == []
 
 
 def test_settings_precedence(tmp_path, monkeypatch):

@@ -1,4 +1,8 @@
-"""The `db` command line, run as real processes against real SQLite DB directories."""
+"""The `db` command line, run as real processes against real DB directories.
+
+Commands that touch the store run on SQLite (written directly, no server) and on PostgreSQL
+(through a running server: PostgreSQL has no direct mode); see the ``store`` fixture.
+"""
 
 import json
 import socket
@@ -7,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from urllib.parse import urlparse
 
 import click
 import pytest
@@ -42,6 +47,13 @@ def refused(result, *phrases, code=None):
     for phrase in phrases:
         assert phrase in result.stderr, f"{phrase!r} not in stderr:\n{result.stderr}"
     return result.stderr
+
+
+@pytest.fixture
+def store(backend, request):
+    """A fresh DB directory on each backend, as job scripts meet it: sqlite3 with no server
+    (the CLI writes directly), postgres with its server running (stopped by ``served_dbdir``)."""
+    return request.getfixturevalue("served_dbdir" if backend == "postgres" else "any_dbdir")
 
 
 def add_job(run_db, dbdir, *args):
@@ -110,12 +122,13 @@ def test_init_json_and_default_path_from_environment(run_db, tmp_path):
     assert (target / "balsamdb.json").is_file()
 
 
-def test_init_again_keeps_rows_and_says_it_is_current(run_db, dbdir):
-    job = add_job(run_db, dbdir, "keep-me")
-    out = ok(run_db("init", dbdir))
-    assert "already a current sqlite3 DB directory" in out
-    assert json.loads(ok(run_db("init", "--path", dbdir, "--json")))["actions"] == [out.strip()]
-    assert [j["id"] for j in json.loads(ok(run_db("ls", "--path", dbdir, "--json")))] == [job["id"]]
+def test_init_again_keeps_rows_and_says_it_is_current(run_db, store, backend):
+    job = add_job(run_db, store, "keep-me")
+    out = ok(run_db("init", store, "--db-type", backend))
+    assert f"already a current {backend} DB directory" in out
+    report = json.loads(ok(run_db("init", "--path", store, "--db-type", backend, "--json")))
+    assert report["actions"] == [out.strip()]
+    assert [j["id"] for j in json.loads(ok(run_db("ls", "--path", store, "--json")))] == [job["id"]]
 
 
 def test_init_refuses_a_file(run_db, tmp_path):
@@ -138,13 +151,82 @@ def test_init_refuses_an_unknown_db_type(run_db, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_init_postgres_is_not_yet_available(run_db, tmp_path):
-    refused(run_db("init", tmp_path / "pg", "--db-type", "postgres"), "postgres", "not available yet", "sqlite3")
-    assert not (tmp_path / "pg").exists()
-
-
 def test_init_refuses_a_different_db_type_for_an_existing_directory(run_db, dbdir):
     refused(run_db("init", dbdir, "--db-type", "postgres"), "already a sqlite3 DB directory")
+
+
+# -- db init --db-type postgres --url (an existing PostgreSQL server) ------------------------
+
+def _fresh_database(pg_cluster):
+    """The URL of a new, empty database on the session's cluster (with its password)."""
+    import psycopg2
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    con = psycopg2.connect(pg_cluster + "postgres")
+    con.autocommit = True
+    try:
+        con.cursor().execute(f"CREATE DATABASE {name}")
+    finally:
+        con.close()
+    return pg_cluster + name
+
+
+def test_init_postgres_url_uses_the_server_and_keeps_the_password_private(run_db, tmp_path, pg_cluster):
+    url = _fresh_database(pg_cluster)
+    password = urlparse(url).password
+    target = tmp_path / "labdb"
+    result = run_db("init", target, "--db-type", "postgres", "--url", url)
+    out = ok(result)
+    redacted = url.replace(f":{password}@", ":***@")
+    assert f"created DB directory {target} (postgres" in out
+    assert f"uses the PostgreSQL server {redacted}" in out
+    assert "schema 0 -> 1" in out
+    assert password not in result.stdout + result.stderr
+    assert stat.S_IMODE((target / "postgres_url").stat().st_mode) == 0o600
+    assert (target / "postgres_url").read_text().strip() == url
+    assert stat.S_IMODE(target.stat().st_mode) == 0o700
+    assert not (target / "db.sqlite3").exists() and not (target / "pgdata").exists()
+
+    report = json.loads(ok(run_db("which", "--path", target, "--json")))
+    assert report["is_db_directory"] and report["db_type"] == "postgres"
+    again = run_db("init", target, "--db-type", "postgres", "--json")
+    assert json.loads(ok(again))["actions"] == [f"{target} is already a current postgres DB directory (schema 1)"]
+    refused(run_db("init", target), "already a postgres DB directory")
+    for shown in (run_db("which", "--path", target), again):
+        assert password not in shown.stdout + shown.stderr
+
+
+def test_init_postgres_url_with_a_wrong_password(run_db, tmp_path, pg_cluster):
+    port = urlparse(pg_cluster).port
+    target = tmp_path / "pg"
+    result = run_db("init", target, "--db-type", "postgres", "--url",
+                    f"postgresql://balsamdb:WRONG@127.0.0.1:{port}/x")
+    err = refused(result, "password authentication failed", code=1)
+    assert f"postgresql://balsamdb:***@127.0.0.1:{port}/x" in err and "WRONG" not in err
+    assert not target.exists()
+
+
+def test_init_postgres_url_of_an_unreachable_server(run_db, tmp_path):
+    target = tmp_path / "pg"
+    refused(run_db("init", target, "--db-type", "postgres", "--url", "postgresql://u:p@127.0.0.1:1/x"),
+            "cannot connect to postgresql://u:***@127.0.0.1:1/x", code=1)
+    assert not target.exists()
+
+
+def test_init_postgres_url_that_is_not_a_url(run_db, tmp_path):
+    target = tmp_path / "pg"
+    refused(run_db("init", target, "--db-type", "postgres", "--url", "foo"),
+            "foo is not a PostgreSQL URL", "postgresql://user:password@host:port/dbname", code=1)
+    assert not target.exists()
+
+
+def test_init_refuses_a_url_with_sqlite3(run_db, tmp_path, pg_cluster):
+    target = tmp_path / "db"
+    for args in (["--url", _fresh_database(pg_cluster)], ["--db-type", "sqlite3", "--url", "postgresql://u@h/x"]):
+        result = run_db("init", target, *args)
+        refused(result, "--url names a PostgreSQL server", "--db-type postgres")
+        assert urlparse(pg_cluster).password not in result.stderr
+    assert not target.exists()
 
 
 # -- db which ------------------------------------------------------------------------
@@ -203,18 +285,18 @@ def test_a_bad_settings_file_is_a_clear_error(run_db, tmp_path):
 
 # -- db job add / ls / show / modify / rm -------------------------------------------------
 
-def test_job_add_prints_id_and_working_directory(run_db, dbdir):
-    out = ok(run_db("job", "add", "sim-1", "--path", dbdir, "--workflow", "sweep"))
+def test_job_add_prints_id_and_working_directory(run_db, store):
+    out = ok(run_db("job", "add", "sim-1", "--path", store, "--workflow", "sweep"))
     first, second = out.splitlines()
     job_id = first.strip()
     assert str(uuid.UUID(job_id)) == job_id
     workdir = Path(second.split("working directory: ")[1])
-    assert workdir == dbdir / "data" / "sweep" / f"sim-1_{job_id[:8]}"
+    assert workdir == store / "data" / "sweep" / f"sim-1_{job_id[:8]}"
     assert workdir.is_dir()
 
 
-def test_job_add_json_has_every_field(run_db, dbdir):
-    job = add_job(run_db, dbdir, "sim-2", "--workflow", "sweep", "--application", "python sim.py",
+def test_job_add_json_has_every_field(run_db, store):
+    job = add_job(run_db, store, "sim-2", "--workflow", "sweep", "--application", "python sim.py",
                   "--args", "--temperature 300", "--description", "a test", "--nodes", "2",
                   "--ranks-per-node", "4", "--threads-per-rank", "2", "--wall-time", "30",
                   "--env", "OMP_NUM_THREADS=2", "--env", "MODE=a=b", "--tag", "gpu", "--tag", "T300",
@@ -230,20 +312,20 @@ def test_job_add_json_has_every_field(run_db, dbdir):
     assert Path(job["working_directory"]).is_dir()
 
 
-def test_job_add_with_parent_prefix_awaits_parents(run_db, dbdir):
-    parent = add_job(run_db, dbdir, "parent")
-    child = add_job(run_db, dbdir, "child", "--parent", parent["id"][:6])
+def test_job_add_with_parent_prefix_awaits_parents(run_db, store):
+    parent = add_job(run_db, store, "parent")
+    child = add_job(run_db, store, "child", "--parent", parent["id"][:6])
     assert child["parents"] == [parent["id"]]
     assert child["state"] == "AWAITING_PARENTS"
 
 
-def test_ls_table_filters_and_json(run_db, dbdir):
-    assert "No jobs yet." in ok(run_db("ls", "--path", dbdir))
-    a = add_job(run_db, dbdir, "sim-a", "-w", "sweep", "-a", "python sim.py", "--tag", "gpu")
-    b = add_job(run_db, dbdir, "sim-b", "-w", "sweep", "--state", "READY")
-    c = add_job(run_db, dbdir, "other", "-w", "analysis", "--tag", "gpu")
+def test_ls_table_filters_and_json(run_db, store):
+    assert "No jobs yet." in ok(run_db("ls", "--path", store))
+    a = add_job(run_db, store, "sim-a", "-w", "sweep", "-a", "python sim.py", "--tag", "gpu")
+    b = add_job(run_db, store, "sim-b", "-w", "sweep", "--state", "READY")
+    c = add_job(run_db, store, "other", "-w", "analysis", "--tag", "gpu")
 
-    out = ok(run_db("ls", "--path", dbdir))
+    out = ok(run_db("ls", "--path", store))
     assert out.splitlines()[0].split() == ["id", "name", "workflow", "application", "state", "created"]
     rows = table_rows(out)
     assert [r[0] for r in rows] == [a["id"][:8], b["id"][:8], c["id"][:8]]
@@ -251,7 +333,7 @@ def test_ls_table_filters_and_json(run_db, dbdir):
     assert rows[1][1:4] == ["sim-b", "sweep", "READY"]
 
     def ids(*args):
-        return [j["id"] for j in json.loads(ok(run_db("ls", "--path", dbdir, "--json", *args)))]
+        return [j["id"] for j in json.loads(ok(run_db("ls", "--path", store, "--json", *args)))]
 
     assert ids() == [a["id"], b["id"], c["id"]]
     assert ids("--workflow", "sweep") == [a["id"], b["id"]]
@@ -261,20 +343,20 @@ def test_ls_table_filters_and_json(run_db, dbdir):
     assert ids("--tag", "gpu") == [a["id"], c["id"]]
     assert ids("--tag", "gpu", "--workflow", "analysis") == [c["id"]]
     assert ids("--limit", "1") == [a["id"]]
-    assert "No jobs match." in ok(run_db("ls", "--path", dbdir, "--state", "RUNNING"))
-    assert ok(run_db("job", "ls", "--path", dbdir, "-w", "sweep")) == ok(run_db("ls", "--path", dbdir, "-w", "sweep"))
+    assert "No jobs match." in ok(run_db("ls", "--path", store, "--state", "RUNNING"))
+    assert ok(run_db("job", "ls", "--path", store, "-w", "sweep")) == ok(run_db("ls", "--path", store, "-w", "sweep"))
 
 
-def test_ls_uses_balsam_db_path(run_db, dbdir):
-    job = add_job(run_db, dbdir, "from-env")
-    assert job["id"][:8] in ok(run_db("ls", env={"BALSAM_DB_PATH": dbdir}))
+def test_ls_uses_balsam_db_path(run_db, store):
+    job = add_job(run_db, store, "from-env")
+    assert job["id"][:8] in ok(run_db("ls", env={"BALSAM_DB_PATH": store}))
 
 
-def test_job_show_by_prefix_with_history(run_db, dbdir):
-    job = add_job(run_db, dbdir, "sim-1", "-w", "sweep", "-a", "python sim.py", "--tag", "gpu",
+def test_job_show_by_prefix_with_history(run_db, store):
+    job = add_job(run_db, store, "sim-1", "-w", "sweep", "-a", "python sim.py", "--tag", "gpu",
                   "--data", '{"T": 300}')
-    ok(run_db("job", "modify", job["id"][:4], "--path", dbdir, "--state", "RUNNING", "-m", "started on nid12"))
-    out = ok(run_db("job", "show", job["id"][:4], "--path", dbdir))
+    ok(run_db("job", "modify", job["id"][:4], "--path", store, "--state", "RUNNING", "-m", "started on nid12"))
+    out = ok(run_db("job", "show", job["id"][:4], "--path", store))
     assert f"id:                {job['id']}" in out
     assert "state:             RUNNING (started on nid12)" in out
     assert "application:       python sim.py" in out
@@ -284,33 +366,33 @@ def test_job_show_by_prefix_with_history(run_db, dbdir):
     assert history[0].endswith("- -> CREATED  created")
     assert history[1].endswith("CREATED -> RUNNING  started on nid12")
 
-    shown = json.loads(ok(run_db("job", "show", job["id"].upper(), "--path", dbdir, "--json")))
+    shown = json.loads(ok(run_db("job", "show", job["id"].upper(), "--path", store, "--json")))
     assert shown["id"] == job["id"] and shown["state"] == "RUNNING"
     assert [(h["from_state"], h["to_state"], h["message"]) for h in shown["history"]] == [
         (None, "CREATED", "created"), ("CREATED", "RUNNING", "started on nid12")]
 
 
-def test_job_id_prefix_errors(run_db, dbdir):
-    with balsamdb.connect(dbdir) as db:
+def test_job_id_prefix_errors(run_db, store):
+    with balsamdb.connect(store) as db:
         db.jobs.create("a", id=JOB_A)
         db.jobs.create("b", id=JOB_B)
-    refused(run_db("job", "show", "abcd", "--path", dbdir), "ambiguous", "2 jobs", "give more characters")
-    assert json.loads(ok(run_db("job", "show", "abcd0002", "--path", dbdir, "--json")))["id"] == JOB_B
-    refused(run_db("job", "show", "ffff", "--path", dbdir), "no job id starts with 'ffff'", "db ls")
-    refused(run_db("job", "show", "abc", "--path", dbdir), "not a job id", "4+ hex characters", code=2)
-    refused(run_db("job", "show", "sim-1", "--path", dbdir), "not a job id", code=2)
+    refused(run_db("job", "show", "abcd", "--path", store), "ambiguous", "2 jobs", "give more characters")
+    assert json.loads(ok(run_db("job", "show", "abcd0002", "--path", store, "--json")))["id"] == JOB_B
+    refused(run_db("job", "show", "ffff", "--path", store), "no job id starts with 'ffff'", "db ls")
+    refused(run_db("job", "show", "abc", "--path", store), "not a job id", "4+ hex characters", code=2)
+    refused(run_db("job", "show", "sim-1", "--path", store), "not a job id", code=2)
     missing = "00000000-0000-4000-8000-000000000000"
-    refused(run_db("job", "show", missing, "--path", dbdir), f"no job with id {missing}", "db ls")
-    refused(run_db("job", "modify", missing, "--path", dbdir, "--state", "READY"), "no job with id")
+    refused(run_db("job", "show", missing, "--path", store), f"no job with id {missing}", "db ls")
+    refused(run_db("job", "modify", missing, "--path", store, "--state", "READY"), "no job with id")
 
 
-def test_job_modify_state_and_fields(run_db, dbdir):
-    job = add_job(run_db, dbdir, "sim-1", "--tag", "old", "--nodes", "1")
-    out = ok(run_db("job", "modify", job["id"], "--path", dbdir, "--state", "READY", "--message", "inputs staged"))
+def test_job_modify_state_and_fields(run_db, store):
+    job = add_job(run_db, store, "sim-1", "--tag", "old", "--nodes", "1")
+    out = ok(run_db("job", "modify", job["id"], "--path", store, "--state", "READY", "--message", "inputs staged"))
     assert out.strip() == f"job {job['id'][:8]} (sim-1): CREATED -> READY"
 
     changed = json.loads(ok(run_db(
-        "job", "modify", job["id"][:8], "--path", dbdir, "--json", "--args", "--t 350", "--description", "rerun",
+        "job", "modify", job["id"][:8], "--path", store, "--json", "--args", "--t 350", "--description", "rerun",
         "--tag", "new", "--tag", "hot", "--data", '{"T": 350}', "--nodes", "4", "--wall-time", "90",
         "--env", "A=1")))
     assert changed["state"] == "READY" and changed["state_message"] == "inputs staged"
@@ -318,52 +400,52 @@ def test_job_modify_state_and_fields(run_db, dbdir):
     assert changed["tags"] == ["new", "hot"]
     assert changed["data"] == {"T": 350}
     assert (changed["num_nodes"], changed["wall_time_minutes"], changed["environ"]) == (4, 90, {"A": "1"})
-    tagged = json.loads(ok(run_db("ls", "--path", dbdir, "--json", "--tag", "old")))
+    tagged = json.loads(ok(run_db("ls", "--path", store, "--json", "--tag", "old")))
     assert tagged == []
 
-    out = ok(run_db("job", "modify", job["id"], "--path", dbdir, "--state", "RUNNING", "--args", "x"))
+    out = ok(run_db("job", "modify", job["id"], "--path", store, "--state", "RUNNING", "--args", "x"))
     assert "READY -> RUNNING" in out and "changed args" in out
 
 
-def test_job_modify_refusals(run_db, dbdir):
-    job = add_job(run_db, dbdir, "sim-1")
-    refused(run_db("job", "modify", job["id"], "--path", dbdir, "--state", "JOB_FINISHED"),
+def test_job_modify_refusals(run_db, store):
+    job = add_job(run_db, store, "sim-1")
+    refused(run_db("job", "modify", job["id"], "--path", store, "--state", "JOB_FINISHED"),
             "a job in state CREATED cannot move to JOB_FINISHED", "allowed:", "READY")
-    refused(run_db("job", "modify", job["id"], "--path", dbdir), "nothing to change", code=2)
-    refused(run_db("job", "modify", job["id"], "--path", dbdir, "-m", "why"), "--message goes with --state", code=2)
-    refused(run_db("job", "modify", job["id"], "--path", dbdir, "--state", "DONE"), "'DONE' is not one of", code=2)
-    refused(run_db("job", "modify", job["id"], "--path", dbdir, "--data", "{T: 1}"),
+    refused(run_db("job", "modify", job["id"], "--path", store), "nothing to change", code=2)
+    refused(run_db("job", "modify", job["id"], "--path", store, "-m", "why"), "--message goes with --state", code=2)
+    refused(run_db("job", "modify", job["id"], "--path", store, "--state", "DONE"), "'DONE' is not one of", code=2)
+    refused(run_db("job", "modify", job["id"], "--path", store, "--data", "{T: 1}"),
             "--data", "not valid JSON", "JSON object such as", code=2)
-    refused(run_db("job", "modify", job["id"], "--path", dbdir, "--nodes", "0"), "--nodes", code=2)
-    refused(run_db("job", "modify", job["id"], "--path", dbdir, "--env", "NOEQUALS"), "KEY=VALUE", code=2)
-    after = json.loads(ok(run_db("job", "show", job["id"], "--path", dbdir, "--json")))
+    refused(run_db("job", "modify", job["id"], "--path", store, "--nodes", "0"), "--nodes", code=2)
+    refused(run_db("job", "modify", job["id"], "--path", store, "--env", "NOEQUALS"), "KEY=VALUE", code=2)
+    after = json.loads(ok(run_db("job", "show", job["id"], "--path", store, "--json")))
     assert after["state"] == "CREATED" and len(after["history"]) == 1
 
 
-def test_job_add_refusals(run_db, dbdir):
-    refused(run_db("job", "add", "x", "--path", dbdir, "--data", "[1, 2]"), "JSON object", "not a list", code=2)
-    refused(run_db("job", "add", "x", "--path", dbdir, "--data", "{bad"), "not valid JSON", code=2)
-    refused(run_db("job", "add", "x", "--path", dbdir, "--state", "RUNNING"), "--state", code=2)
-    refused(run_db("job", "add", "x", "--path", dbdir, "--parent", "nope"), "not a job id", code=2)
-    assert json.loads(ok(run_db("ls", "--path", dbdir, "--json"))) == []
+def test_job_add_refusals(run_db, store):
+    refused(run_db("job", "add", "x", "--path", store, "--data", "[1, 2]"), "JSON object", "not a list", code=2)
+    refused(run_db("job", "add", "x", "--path", store, "--data", "{bad"), "not valid JSON", code=2)
+    refused(run_db("job", "add", "x", "--path", store, "--state", "RUNNING"), "--state", code=2)
+    refused(run_db("job", "add", "x", "--path", store, "--parent", "nope"), "not a job id", code=2)
+    assert json.loads(ok(run_db("ls", "--path", store, "--json"))) == []
 
 
-def test_job_rm_by_id_and_by_filter(run_db, dbdir):
-    a = add_job(run_db, dbdir, "a", "-w", "sweep")
-    b = add_job(run_db, dbdir, "b", "-w", "sweep", "--state", "READY")
-    c = add_job(run_db, dbdir, "c", "-w", "sweep")
-    d = add_job(run_db, dbdir, "d", "-w", "keep")
+def test_job_rm_by_id_and_by_filter(run_db, store):
+    a = add_job(run_db, store, "a", "-w", "sweep")
+    b = add_job(run_db, store, "b", "-w", "sweep", "--state", "READY")
+    c = add_job(run_db, store, "c", "-w", "sweep")
+    d = add_job(run_db, store, "d", "-w", "keep")
 
-    assert ok(run_db("job", "rm", a["id"][:6], "--path", dbdir)).strip() == "removed 1 job"
-    refused(run_db("job", "rm", "--path", dbdir, "--workflow", "sweep"), "would remove 2 jobs", "--yes")
-    assert len(json.loads(ok(run_db("ls", "--path", dbdir, "--json")))) == 3
-    assert json.loads(ok(run_db("job", "rm", "--path", dbdir, "-w", "sweep", "-s", "READY", "--yes", "--json"))) == {
+    assert ok(run_db("job", "rm", a["id"][:6], "--path", store)).strip() == "removed 1 job"
+    refused(run_db("job", "rm", "--path", store, "--workflow", "sweep"), "would remove 2 jobs", "--yes")
+    assert len(json.loads(ok(run_db("ls", "--path", store, "--json")))) == 3
+    assert json.loads(ok(run_db("job", "rm", "--path", store, "-w", "sweep", "-s", "READY", "--yes", "--json"))) == {
         "deleted": 1}
-    assert ok(run_db("job", "rm", "--path", dbdir, "-w", "sweep", "--yes")).strip() == "removed 1 job"
-    assert [j["id"] for j in json.loads(ok(run_db("ls", "--path", dbdir, "--json")))] == [d["id"]]
-    assert not {b["id"], c["id"]} & {j["id"] for j in json.loads(ok(run_db("ls", "--path", dbdir, "--json")))}
-    refused(run_db("job", "rm", "--path", dbdir), "give job ids", code=2)
-    refused(run_db("job", "rm", d["id"], "--path", dbdir, "-w", "keep"), "not both", code=2)
+    assert ok(run_db("job", "rm", "--path", store, "-w", "sweep", "--yes")).strip() == "removed 1 job"
+    assert [j["id"] for j in json.loads(ok(run_db("ls", "--path", store, "--json")))] == [d["id"]]
+    assert not {b["id"], c["id"]} & {j["id"] for j in json.loads(ok(run_db("ls", "--path", store, "--json")))}
+    refused(run_db("job", "rm", "--path", store), "give job ids", code=2)
+    refused(run_db("job", "rm", d["id"], "--path", store, "-w", "keep"), "not both", code=2)
 
 
 # -- db record -------------------------------------------------------------------------
@@ -381,60 +463,60 @@ def _save_records(run_db, dbdir, tmp_path):
     return second
 
 
-def test_record_add_ls_show(run_db, dbdir, tmp_path):
-    second = _save_records(run_db, dbdir, tmp_path)
-    out = ok(run_db("record", "ls", "proj", "--path", dbdir))
+def test_record_add_ls_show(run_db, store, tmp_path):
+    second = _save_records(run_db, store, tmp_path)
+    out = ok(run_db("record", "ls", "proj", "--path", store))
     assert out.splitlines()[0].split() == ["label", "timestamp", "tags", "outcome", "duration"]
     rows = table_rows(out)
     assert [r[0] for r in rows] == ["20240102-090000", "20240101-120000"]  # newest first
     assert rows[1] == ["20240101-120000", "2024-01-01", "12:00:00", "paper", "converged", "12.5", "s"]
 
-    listed = json.loads(ok(run_db("record", "ls", "proj", "--path", dbdir, "--json")))
+    listed = json.loads(ok(run_db("record", "ls", "proj", "--path", store, "--json")))
     assert listed == [second, RECORD]
-    assert [d["label"] for d in json.loads(ok(run_db("record", "ls", "proj", "-t", "paper", "--path", dbdir,
+    assert [d["label"] for d in json.loads(ok(run_db("record", "ls", "proj", "-t", "paper", "--path", store,
                                                      "--json")))] == [RECORD["label"]]
-    assert "No records in project other." in ok(run_db("record", "ls", "other", "--path", dbdir))
+    assert "No records in project other." in ok(run_db("record", "ls", "other", "--path", store))
 
-    shown = ok(run_db("record", "show", "proj", RECORD["label"], "--path", dbdir))
+    shown = ok(run_db("record", "show", "proj", RECORD["label"], "--path", store))
     assert json.loads(shown) == RECORD
     assert '\n  "label": "20240101-120000",' in shown  # pretty-printed, in the saved order
-    assert json.loads(ok(run_db("record", "show", "proj", RECORD["label"], "--path", dbdir, "--json"))) == RECORD
+    assert json.loads(ok(run_db("record", "show", "proj", RECORD["label"], "--path", store, "--json"))) == RECORD
 
-    again = json.loads(ok(run_db("record", "add", "proj", "-", "--path", dbdir, "--json",
+    again = json.loads(ok(run_db("record", "add", "proj", "-", "--path", store, "--json",
                                  input=json.dumps(dict(RECORD, outcome="re-analysed")))))
     assert again["created"] is False
 
 
-def test_record_tag_and_rm(run_db, dbdir, tmp_path):
-    _save_records(run_db, dbdir, tmp_path)
+def test_record_tag_and_rm(run_db, store, tmp_path):
+    _save_records(run_db, store, tmp_path)
     out = ok(run_db("record", "tag", "proj", RECORD["label"], "--add", "final", "--add", "v2",
-                    "--remove", "paper", "--path", dbdir))
+                    "--remove", "paper", "--path", store))
     assert out.strip() == "20240101-120000: final, v2"
-    tags = json.loads(ok(run_db("record", "tag", "proj", RECORD["label"], "-r", "v2", "--json", "--path", dbdir)))
+    tags = json.loads(ok(run_db("record", "tag", "proj", RECORD["label"], "-r", "v2", "--json", "--path", store)))
     assert tags["tags"] == ["final"]
     assert [d["label"] for d in json.loads(ok(run_db("record", "ls", "proj", "--tag", "final", "--json",
-                                                     "--path", dbdir)))] == [RECORD["label"]]
-    refused(run_db("record", "tag", "proj", RECORD["label"], "--path", dbdir), "--add", code=2)
+                                                     "--path", store)))] == [RECORD["label"]]
+    refused(run_db("record", "tag", "proj", RECORD["label"], "--path", store), "--add", code=2)
 
-    refused(run_db("record", "rm", "proj", "--tag", "draft", "--path", dbdir), "would remove 1 record", "--yes")
-    assert ok(run_db("record", "rm", "proj", "--tag", "draft", "--yes", "--path", dbdir)).strip() == "removed 1 record"
-    refused(run_db("record", "rm", "proj", "nope", RECORD["label"], "--path", dbdir),
+    refused(run_db("record", "rm", "proj", "--tag", "draft", "--path", store), "would remove 1 record", "--yes")
+    assert ok(run_db("record", "rm", "proj", "--tag", "draft", "--yes", "--path", store)).strip() == "removed 1 record"
+    refused(run_db("record", "rm", "proj", "nope", RECORD["label"], "--path", store),
             "no record 'nope'", "nothing was removed", "db record ls proj")
-    assert ok(run_db("record", "rm", "proj", RECORD["label"], "--path", dbdir)).strip() == "removed 1 record"
-    assert json.loads(ok(run_db("record", "ls", "proj", "--json", "--path", dbdir))) == []
+    assert ok(run_db("record", "rm", "proj", RECORD["label"], "--path", store)).strip() == "removed 1 record"
+    assert json.loads(ok(run_db("record", "ls", "proj", "--json", "--path", store))) == []
 
 
-def test_record_errors(run_db, dbdir, tmp_path):
-    refused(run_db("record", "show", "proj", "nope", "--path", dbdir),
+def test_record_errors(run_db, store, tmp_path):
+    refused(run_db("record", "show", "proj", "nope", "--path", store),
             "no record 'nope' in project 'proj'", "db record ls PROJECT")
-    refused(run_db("record", "tag", "proj", "nope", "--add", "x", "--path", dbdir), "no record 'nope'")
-    refused(run_db("record", "add", "proj", "-", "--path", dbdir, input="{not json"), "not valid JSON", code=2)
-    refused(run_db("record", "add", "proj", "-", "--path", dbdir, input="[1]"), "JSON object", code=2)
-    refused(run_db("record", "add", "proj", tmp_path / "missing.json", "--path", dbdir), "No such file", code=2)
-    refused(run_db("record", "add", "proj", "-", "--path", dbdir, input='{"timestamp": "x"}'),
+    refused(run_db("record", "tag", "proj", "nope", "--add", "x", "--path", store), "no record 'nope'")
+    refused(run_db("record", "add", "proj", "-", "--path", store, input="{not json"), "not valid JSON", code=2)
+    refused(run_db("record", "add", "proj", "-", "--path", store, input="[1]"), "JSON object", code=2)
+    refused(run_db("record", "add", "proj", tmp_path / "missing.json", "--path", store), "No such file", code=2)
+    refused(run_db("record", "add", "proj", "-", "--path", store, input='{"timestamp": "x"}'),
             "record label must be a non-empty string")
-    _save_records(run_db, dbdir, tmp_path)
-    refused(run_db("record", "add", "proj", "-", "--path", dbdir, input=json.dumps(dict(RECORD, version="zzz"))),
+    _save_records(run_db, store, tmp_path)
+    refused(run_db("record", "add", "proj", "-", "--path", store, input=json.dumps(dict(RECORD, version="zzz"))),
             "write-once", "use another label")
 
 
