@@ -12,11 +12,12 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from . import address_file, operations
+from . import address_file, operations, protocol
 from .client import ServerClient, server_state, unavailable
 from .dbdir import DBDirectory, job_working_directory
 from .exceptions import NotADBDirectory, ServerUnavailable, TryAgain, error_from_dict
 from .settings import load_settings, resolve_db_path
+from .spool import Spool
 
 _COMING_POLL = 0.02  # seconds between looks at the address file while a server restarts
 
@@ -56,6 +57,9 @@ class Database:
         self._address_cache = None
         self._address_signature = None
         self._address_path = str(dbdir.address_file)
+        self._client_tag = f"{os.getpid()}x{os.urandom(3).hex()}"
+        self._spool_seq = 0
+        self._last_spooled = None  # our newest spooled file: later writes must not overtake it
 
     def __repr__(self):
         return f"<balsamdb.Database {self.dbdir.path} ({self.db_type})>"
@@ -98,6 +102,8 @@ class Database:
         request_id = os.urandom(16).hex()  # as unique as a uuid4, cheaper to make
         write = op in operations.OPERATIONS and operations.OPERATIONS[op].write
         answer = self._route({"id": request_id, "op": op, "params": params}, write)
+        if answer.get("spooled"):
+            return SpooledWrite(request_id, answer["spool_file"])
         if answer.get("ok"):
             return answer.get("result")
         raise error_from_dict(answer.get("error") or {})
@@ -128,17 +134,19 @@ class Database:
         while True:
             info, state = self._address(recheck)
             if state == "up":
-                answer = self._server_client().try_once(info, message, path)
+                answer = self._send(info, message, path)
                 if answer is not None and (answer.get("error") or {}).get("code") == TryAgain.code:
                     time.sleep(_COMING_POLL)  # the server lost its database for a moment: resend as is
                 elif answer is not None:
                     self.last_route = "server"
                     return answer
             elif state == "down":
-                if self.db_type == "sqlite3" and not self.settings.require_server and message["op"] not in (
-                        "ping", "status"):
+                if self.db_type == "sqlite3" and not self.settings.require_server \
+                        and message["op"] not in protocol.SERVER_OPS and not self._own_spool_waits():
                     self.last_route = "direct"
                     return self._direct_store().call(message["id"], message["op"], message["params"], write)
+                if write and self.settings.spool:
+                    return self._spool(message)
                 raise ServerUnavailable(
                     f"no balsamdb server runs for {self.dbdir.path} ({info.get('reason') or info.get('state')}); "
                     f"start one with: db dbserver --path {self.dbdir.path}"
@@ -147,7 +155,31 @@ class Database:
                 time.sleep(_COMING_POLL)
             recheck = True
             if time.monotonic() >= deadline:
+                if write and self.settings.spool:
+                    return self._spool(message)
                 raise unavailable(path, time.monotonic() - started)
+
+    def _own_spool_waits(self):
+        if self._last_spooled is not None and not os.path.exists(self._last_spooled):
+            self._last_spooled = None
+        return self._last_spooled is not None
+
+    def _send(self, info, message, path):
+        """One try at the server; first has it apply our spooled writes, so that none is overtaken."""
+        client = self._server_client()
+        if self._own_spool_waits():
+            drained = client.try_once(info, {"id": os.urandom(16).hex(), "op": "spool_drain", "params": {}}, path)
+            if drained is None or self._own_spool_waits():
+                return None
+        return client.try_once(info, message, path)
+
+    def _spool(self, message):
+        frame = protocol.encode(self.dbdir.secret(), message)[0]
+        self._spool_seq += 1
+        spooled = Spool(self.dbdir.spool_dir).put(frame, self._client_tag, self._spool_seq)
+        self._last_spooled = str(spooled)
+        self.last_route = "spool"
+        return {"ok": True, "spooled": True, "spool_file": str(spooled)}
 
     def ping(self):
         """The server's ping answer (raises :class:`ServerUnavailable` when none runs)."""
@@ -156,6 +188,25 @@ class Database:
     def server_status(self):
         """Counters of the running server (see ``db dbserver --status``)."""
         return self.call("status")
+
+
+class SpooledWrite:
+    """What a write returns when no server could take it: it waits in the spool
+    (``path``) and the server applies it, exactly once, when it can."""
+
+    spooled = True
+
+    def __init__(self, request_id, path):
+        self.request_id = request_id
+        self.path = path
+
+    def __repr__(self):
+        return f"<SpooledWrite {self.request_id} in {self.path}>"
+
+
+def _field(result, key):
+    """``result[key]``, or the :class:`SpooledWrite` itself when the write was spooled."""
+    return result if isinstance(result, SpooledWrite) else result[key]
 
 
 def _timestamp(value):
@@ -168,11 +219,17 @@ class Job:
     """A job as read from the store.  Attributes mirror the job fields;
     ``working_directory`` is an absolute path."""
 
-    __slots__ = ("_data", "_root")
+    __slots__ = ("_data", "_root", "spool")
 
-    def __init__(self, data, root):
+    def __init__(self, data, root, spool=None):
         self._data = data
         self._root = root
+        self.spool = spool  # the SpooledWrite when the job waits in the spool
+
+    @property
+    def spooled(self):
+        """True when this job waits in the spool for the server to store it."""
+        return self.spool is not None
 
     def __getattr__(self, name):
         try:
@@ -200,6 +257,14 @@ class Job:
         return f"<Job {self._data['name']} {self._data['id'][:8]} {self._data['state']}>"
 
 
+def _spooled_job(spec):
+    """The job as the server will store it, for a create that was spooled."""
+    from .operations import JOB_KEYS, _clean_job
+
+    row = _clean_job(dict(spec), time.time())
+    return {key: row[key] for key in JOB_KEYS}
+
+
 class Jobs:
     """``db.jobs``: create, change, find and delete jobs."""
 
@@ -208,8 +273,10 @@ class Jobs:
     def __init__(self, db):
         self._db = db
 
-    def _job(self, data):
-        return Job(data, self._db.dbdir.path)
+    def _job(self, data, spooled=None):
+        if isinstance(data, SpooledWrite):
+            return data
+        return Job(data, self._db.dbdir.path, spooled)
 
     def _spec(self, name, workflow, fields, make_workdir):
         spec = dict(fields, name=name, workflow=workflow)
@@ -226,7 +293,11 @@ class Jobs:
         threads_per_rank, wall_time_minutes, environ, parents, tags, data,
         state (CREATED, AWAITING_PARENTS or READY).
         """
-        return self._job(self._db.call("job_create", job=self._spec(name, workflow, fields, make_workdir)))
+        spec = self._spec(name, workflow, fields, make_workdir)
+        result = self._db.call("job_create", job=spec)
+        if isinstance(result, SpooledWrite):
+            return self._job(_spooled_job(spec), spooled=result)
+        return self._job(result)
 
     def bulk_create(self, jobs, make_workdir=True):
         """Create many jobs (a list of dicts of ``create``'s arguments); returns their ids.
@@ -259,7 +330,7 @@ class Jobs:
 
     def delete(self, *job_ids):
         """Delete jobs by id; returns how many were deleted."""
-        return self._db.call("job_delete", job_ids=[str(i) for i in job_ids])["deleted"]
+        return _field(self._db.call("job_delete", job_ids=[str(i) for i in job_ids]), "deleted")
 
     @staticmethod
     def _filters(filters):
@@ -291,7 +362,7 @@ class Records:
 
     def save(self, project, record):
         """Save a record document (a dict with at least ``label``); returns True when new."""
-        return self._db.call("record_save", project=project, record=record)["created"]
+        return _field(self._db.call("record_save", project=project, record=record), "created")
 
     def get(self, project, label):
         """The record document as it was saved."""
@@ -306,16 +377,16 @@ class Records:
 
     def delete(self, project, label):
         """Delete one record; raises :class:`NotFound` when it does not exist."""
-        return self._db.call("record_delete", project=project, label=label)["deleted"]
+        return _field(self._db.call("record_delete", project=project, label=label), "deleted")
 
     def delete_by_tag(self, project, tag):
         """Delete every record of ``project`` tagged ``tag``; returns how many."""
-        return self._db.call("record_delete_by_tag", project=project, tag=tag)["deleted"]
+        return _field(self._db.call("record_delete_by_tag", project=project, tag=tag), "deleted")
 
     def tag(self, project, label, add=(), remove=()):
         """Add and remove tags of a record; returns its new tags."""
-        return self._db.call("record_tag", project=project, label=label, add=list(add),
-                             remove=list(remove))["tags"]
+        return _field(self._db.call("record_tag", project=project, label=label, add=list(add),
+                                    remove=list(remove)), "tags")
 
 
 class Projects:

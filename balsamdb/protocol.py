@@ -25,7 +25,7 @@ from .exceptions import AuthenticationError, BadRequest
 
 MAGIC = b"BDB1"
 _MAC_END = len(MAGIC) + 32
-SERVER_OPS = ("ping", "status")
+SERVER_OPS = ("ping", "status", "spool_drain")
 
 
 def sign(secret, body):

@@ -21,8 +21,9 @@ from .exceptions import ConfigError
 DEFAULTS = {
     "default_db_path": (None, str, "DB directory used when neither --path nor BALSAM_DB_PATH is given"),
     "client_timeout": (2.0, float, "seconds to wait for one reply before retrying on a fresh socket"),
-    "client_deadline": (60.0, float, "seconds a client keeps trying to reach a server before giving up"),
-    "require_server": (False, bool, "refuse to write directly to SQLite when no server runs"),
+    "client_deadline": (30.0, float, "seconds a client keeps trying to reach a server before spooling (or raising)"),
+    "require_server": (False, bool, "never write SQLite directly: with no server, writes are spooled (or refused)"),
+    "spool": (True, bool, "when no server can be reached, keep writes in P/spool for the server (off: raise)"),
     "direct_deadline": (120.0, float, "seconds a direct SQLite write keeps retrying a locked database"),
     "sqlite_synchronous": ("FULL", str, "SQLite synchronous pragma: FULL (durable) or NORMAL (faster, may lose the last commits on power loss)"),
     "max_request_bytes": (64 * 1024 * 1024, int, "largest request the server accepts"),
@@ -78,6 +79,7 @@ class Settings:
     client_timeout: float
     client_deadline: float
     require_server: bool
+    spool: bool
     direct_deadline: float
     sqlite_synchronous: str
     max_request_bytes: int

@@ -30,10 +30,12 @@ from balsamdb.exceptions import BalsamDBError, StorageError, TryAgain
 from balsamdb.models import MODELS, upgrade
 from balsamdb.operations import OPERATIONS
 from balsamdb.settings import load_settings
+from balsamdb.spool import Spool
 
 log = logging.getLogger("dbserver.write_server")
 
 MAX_BATCH = 1024
+SPOOL_EVERY = 0.5          # seconds between looks at spool/new while idle
 STARTUP_DB_DEADLINE = 15.0  # seconds a starting server waits for its database
 POLL_MS = 200
 
@@ -48,6 +50,7 @@ class Stats:
         self.errors = 0
         self.rejected = 0
         self.batches = 0
+        self.spooled = 0
         self.batched_requests = 0
         self.last_batch = 0
         self.max_batch = 0
@@ -57,6 +60,7 @@ class Stats:
         return {
             "uptime": time.time() - self.started,
             "requests": self.requests,
+            "spooled_applied": self.spooled,
             "writes": self.writes,
             "errors": self.errors,
             "rejected": self.rejected,
@@ -83,6 +87,8 @@ class WriteServer:
         self.database = None
         self.local_address = None
         self.pg_port = pg_port
+        self.spool = Spool(dbdir.spool_dir)
+        self.next_spool_check = 0.0
 
     # -- life cycle ---------------------------------------------------------
     def initialize(self):
@@ -124,6 +130,11 @@ class WriteServer:
         while not self.stopping:
             if poller.poll(POLL_MS):
                 self.serve_batch(self.receive_batch())
+            if time.monotonic() >= self.next_spool_check:
+                # One batch per turn, so that live requests wait at most one batch;
+                # a full batch means more is waiting: look again at once.
+                full = self.drain_spool(limit=MAX_BATCH, once=True)
+                self.next_spool_check = time.monotonic() + (0.0 if full else SPOOL_EVERY)
 
     def shutdown(self):
         """Answer everything already received, then close."""
@@ -219,6 +230,43 @@ class WriteServer:
             return self.database.atomic(lock_type="IMMEDIATE")
         return self.database.atomic()
 
+    def drain_spool(self, limit=MAX_BATCH, once=False):
+        """Apply spooled writes, oldest first, exactly once; returns how many were taken.
+
+        Applied files are removed after the commit; refused ones move to
+        ``spool/failed/`` with the answer; on a storage problem they stay."""
+        taken = 0
+        while not self.stopping or once:
+            paths = self.spool.pending(limit=limit)
+            if not paths:
+                break
+            work = []
+            for path in paths:
+                try:
+                    message = protocol.decode(self.secret, [path.read_bytes()], self.settings.max_request_bytes)
+                    work.append((path,) + protocol.check_request(message))
+                except FileNotFoundError:
+                    continue  # taken by another drain
+                except BalsamDBError as exc:
+                    log.warning("spooled file %s refused: %s", path.name, exc.message)
+                    self.spool.fail(path, {"ok": False, "error": exc.to_dict()})
+            for path, answer in self.apply_batch(work):
+                code = (answer.get("error") or {}).get("code")
+                if answer.get("ok"):
+                    self.spool.done(path)
+                elif code in ("retry", "storage"):
+                    log.warning("spooled writes wait: %s", answer["error"]["message"])
+                    return taken
+                else:
+                    self.spool.fail(path, answer)
+                taken += 1
+            self.stats.spooled += len(work)
+            if once:
+                break
+        if taken:
+            log.info("applied %s spooled writes; %s wait", taken, self.spool.count())
+        return taken
+
     def lost_database(self, error):
         """After a failed batch: True (and reconnected) when the failure was the
         connection or a lock, not the data: the clients will resend as is."""
@@ -269,9 +317,12 @@ class WriteServer:
     def server_op(self, op):
         if op == "ping":
             return {"pong": True, "epoch": self.epoch, "pid": os.getpid()}
+        if op == "spool_drain":
+            return {"applied": self.drain_spool(), "pending": self.spool.count()}
         status = self.stats.to_dict()
         status.update(pid=os.getpid(), epoch=self.epoch, port=self.port, db_type=self.dbdir.db_type,
-                      path=str(self.dbdir.path), synchronous=self.settings.sqlite_synchronous)
+                      path=str(self.dbdir.path), synchronous=self.settings.sqlite_synchronous,
+                      spool_pending=self.spool.count(), spool_failed=len(self.spool.failures()))
         return status
 
 

@@ -105,10 +105,14 @@ def test_killed_watchdog_leaves_nothing_after_stop(pg_dbdir):
         psutil.Process(info["server"]["pid"]).status() == psutil.STATUS_ZOMBIE
 
 
-def test_no_server_means_a_clear_error(pg_dbdir):
+def test_no_server_spools_writes_and_refuses_reads_clearly(pg_dbdir):
     db_cli("init", pg_dbdir, "--db-type", "postgres", check=True)
     db = balsamdb.connect(pg_dbdir)
+    job = db.jobs.create(name="waits")
+    assert job.spooled and db.last_route == "spool"
     with pytest.raises(balsamdb.ServerUnavailable, match="db dbserver --path"):
-        db.jobs.create(name="nope")
+        db.jobs.count()
     ls = db_cli("ls", "--path", pg_dbdir)
     assert ls.returncode == 1 and "Traceback" not in ls.stderr and "db dbserver" in ls.stderr
+    db_cli("dbserver", "--path", pg_dbdir, check=True)
+    assert db.jobs.get(job.id).name == "waits"  # our own spooled write is applied before our next call

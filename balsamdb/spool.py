@@ -1,0 +1,118 @@
+"""The spool: writes that could not reach a server wait here, and the server applies them.
+
+Maildir style, so that a reader never sees half a file::
+
+    P/spool/tmp/      being written
+    P/spool/new/      waiting: one signed request per file
+    P/spool/failed/   refused by the server (bad request, illegal transition, ...),
+                      each with a ``.answer.json`` beside it saying why
+
+A file is written to ``tmp/``, fsynced, and renamed into ``new/``; its name
+``<ns since epoch>-<client>-<seq>.req`` sorts in arrival order, and within one
+client in the order of its calls.  The content is the same signed frame that
+would have gone over the wire (see :mod:`balsamdb.protocol`), with the same
+request id: the server applies it exactly once (a file applied but not yet
+removed when the server died is answered from the record of applied requests
+the second time).
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+from .exceptions import StorageError
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    def __init__(self, path):
+        self.path = Path(path)
+        self.tmp = self.path / "tmp"
+        self.new = self.path / "new"
+        self.failed = self.path / "failed"
+
+    def ensure(self):
+        for sub in (self.tmp, self.new, self.failed):
+            sub.mkdir(parents=True, exist_ok=True)
+
+    def put(self, frame, client, seq):
+        """Store one signed request frame durably; returns the path of the waiting file."""
+        name = f"{time.time_ns():020d}-{client}-{seq:08d}.req"
+        try:
+            self.ensure()
+            tmp = self.tmp / name
+            with open(tmp, "wb") as handle:
+                handle.write(frame)
+                handle.flush()
+                os.fsync(handle.fileno())
+            final = self.new / name
+            os.rename(tmp, final)
+            _fsync_dir(self.new)
+        except OSError as exc:
+            raise StorageError(f"the server is unreachable and the spool {self.path} cannot take the write: "
+                               f"{exc.strerror or exc}") from None
+        return final
+
+    def pending(self, limit=None):
+        """Waiting files, oldest first."""
+        try:
+            names = sorted(n for n in os.listdir(self.new) if n.endswith(".req"))
+        except FileNotFoundError:
+            return []
+        return [self.new / n for n in (names[:limit] if limit else names)]
+
+    def failures(self):
+        try:
+            return sorted(p for p in self.failed.iterdir() if p.suffix == ".req")
+        except FileNotFoundError:
+            return []
+
+    def count(self):
+        try:
+            return sum(1 for n in os.listdir(self.new) if n.endswith(".req"))
+        except FileNotFoundError:
+            return 0
+
+    def done(self, path):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def fail(self, path, answer):
+        """Move a refused request to ``failed/`` with the answer that refused it."""
+        self.ensure()
+        target = self.failed / Path(path).name
+        (self.failed / (Path(path).name + ".answer.json")).write_text(json.dumps(answer, indent=1))
+        os.replace(path, target)
+
+    def describe(self, secret=None):
+        """What waits and what failed, for people: a dict of lists."""
+        from . import protocol
+
+        def entry(path, answer=None):
+            item = {"file": path.name, "age_s": round(time.time() - int(path.name.split("-")[0]) / 1e9, 1)}
+            if secret is not None:
+                try:
+                    message = protocol.decode(secret, [path.read_bytes()])
+                    item.update(id=message.get("id"), op=message.get("op"))
+                except Exception as exc:  # a damaged file is shown, not fatal
+                    item["unreadable"] = str(exc)
+            if answer is not None:
+                item["error"] = answer
+            return item
+
+        failed = []
+        for path in self.failures():
+            answer_file = path.with_name(path.name + ".answer.json")
+            answer = json.loads(answer_file.read_text()) if answer_file.exists() else None
+            failed.append(entry(path, (answer or {}).get("error")))
+        return {"pending": [entry(p) for p in self.pending()], "failed": failed}
