@@ -16,8 +16,13 @@ def _format_status(info):
         lines.append(f"address:  {info['address']}  (db {info.get('db_type')}, host {info.get('host')})")
     if info.get("watchdog"):
         lines.append(f"watchdog: pid {info['watchdog']['pid']}, restarts {info.get('restarts', 0)}")
+    if info.get("postgres"):
+        pg = info["postgres"]
+        lines.append(f"postgres: pid {pg.get('pid')}, port {pg.get('port')}, listening on {pg.get('listen')}")
     if info.get("reason"):
         lines.append(f"reason:   {info['reason']}")
+    if info.get("spool_pending"):
+        lines.append(f"spool:    {info['spool_pending']} writes wait for a server (see db spool)")
     status = info.get("server_status")
     if status:
         uptime = datetime.timedelta(seconds=int(status["uptime"]))
@@ -28,6 +33,8 @@ def _format_status(info):
             f"batches:  {status['batches']}, mean size {status['mean_batch']:.1f}, "
             f"last {status['last_batch']}, max {status['max_batch']}, "
             f"mean commit {status['mean_commit_ms']:.2f} ms",
+            f"spool:    {status['spool_pending']} waiting, {status['spool_failed']} refused, "
+            f"{status['spooled_applied']} applied since start (see db spool)",
         ]
     return "\n".join(lines)
 

@@ -151,10 +151,13 @@ def add(name, path, workflow, state, as_json, **values):
             fields["state"] = state
         created = db.jobs.create(name, workflow=workflow, **fields)
     if as_json:
-        echo_json(created.to_dict())
+        echo_json(dict(created.to_dict(), spooled=created.spooled))
         return
     click.echo(created.id)
     click.echo(f"working directory: {created.working_directory}")
+    if created.spooled:
+        click.echo(f"spooled: no server could take it now; it waits in {created.spool.path} "
+                   "and the server stores it when it runs (db spool)")
 
 
 def _echo_job(data):

@@ -10,6 +10,7 @@ from .init import init
 from .job import job
 from .ls import ls
 from .record import record
+from .spool import spool
 from .which import which
 
 
@@ -31,5 +32,5 @@ def main():
     """
 
 
-for command in (init, which, ls, job, record, dbserver):
+for command in (init, which, ls, job, record, dbserver, spool):
     main.add_command(command)
