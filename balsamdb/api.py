@@ -101,7 +101,7 @@ class Database:
         """
         request_id = os.urandom(16).hex()  # as unique as a uuid4, cheaper to make
         write = op in operations.OPERATIONS and operations.OPERATIONS[op].write
-        answer = self._route({"id": request_id, "op": op, "params": params}, write)
+        answer = self._route({"id": request_id, "op": op, "params": params, "ts": time.time()}, write)
         if answer.get("spooled"):
             return SpooledWrite(request_id, answer["spool_file"])
         if answer.get("ok"):
@@ -168,7 +168,8 @@ class Database:
         """One try at the server; first has it apply our spooled writes, so that none is overtaken."""
         client = self._server_client()
         if self._own_spool_waits():
-            drained = client.try_once(info, {"id": os.urandom(16).hex(), "op": "spool_drain", "params": {}}, path)
+            drained = client.try_once(info, {"id": os.urandom(16).hex(), "op": "spool_drain", "params": {},
+                                             "ts": time.time()}, path)
             if drained is None or self._own_spool_waits():
                 return None
         return client.try_once(info, message, path)

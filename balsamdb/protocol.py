@@ -66,9 +66,27 @@ def decode(secret, frames, max_bytes=None):
     return message
 
 
-def check_request(message):
-    """Validate the fields of a request body; returns ``(id, op, params)``."""
+#: A request signed longer ago than this (or this far in the future) is refused as a
+#: replay; a client's own retries reuse the message within its deadline, well inside.
+MAX_AGE = 300.0
+
+
+def check_request(message, now=None):
+    """Validate the fields of a request body; returns ``(id, op, params)``.
+
+    With ``now`` (the server's clock), a request whose ``ts`` is more than
+    :data:`MAX_AGE` seconds away is refused: a captured message cannot be
+    replayed later.  Spooled requests are checked without ``now``.
+    """
     request_id, op, params = message.get("id"), message.get("op"), message.get("params", {})
+    if now is not None:
+        sent = message.get("ts")
+        if isinstance(sent, bool) or not isinstance(sent, (int, float)):
+            raise AuthenticationError("the request carries no time stamp (ts)")
+        if abs(now - sent) > MAX_AGE:
+            raise AuthenticationError(
+                f"the request was signed {now - sent:.0f} s ago: refused as a replay "
+                f"(or the clocks of client and server differ by more than {MAX_AGE:.0f} s)")
     if not isinstance(request_id, str) or not 0 < len(request_id) <= 64:
         raise BadRequest("request id must be a string of 1 to 64 characters")
     if not isinstance(op, str):

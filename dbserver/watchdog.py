@@ -75,6 +75,7 @@ class Watchdog:
         self.managed_postgres = self.db_type == "postgres" and not dbdir.external_postgres()
         self.pg_port = None
         self.next_pg_check = 0.0
+        self.next_address_check = 0.0
 
     # -- address file ---------------------------------------------------------
     def _public_host(self):
@@ -136,6 +137,16 @@ class Watchdog:
         self.pg_port = postgres.start_cluster(self.dbdir.path, port=self.pg_port, listen=self.bind_host)
         log.info("postgres cluster pid %s up on port %s", postgres.cluster_pid(self.dbdir.path), self.pg_port)
 
+    def check_address_file(self):
+        """Rewrite the address file when it no longer names this server (deleted,
+        corrupted, overwritten): clients find the server again within a second."""
+        info = address_file.read(self.dbdir.address_file)
+        if info.get("epoch") == self.epoch and info.get("state") == "running":
+            return
+        log.warning("the address file no longer names this server (%s); rewriting it",
+                    info.get("reason") or f"state {info.get('state')}, epoch {info.get('epoch')}")
+        self.write_address("running", epoch=self.epoch)
+
     def check_postgres(self):
         """Restart the cluster when its postmaster died; the server reconnects by itself."""
         from dbserver import postgres
@@ -184,6 +195,9 @@ class Watchdog:
                 if self.managed_postgres and time.monotonic() >= self.next_pg_check:
                     self.next_pg_check = time.monotonic() + 0.25
                     self.check_postgres()
+                if time.monotonic() >= self.next_address_check:
+                    self.next_address_check = time.monotonic() + 0.5
+                    self.check_address_file()
                 continue
             if self.stopping:
                 break

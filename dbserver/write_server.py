@@ -175,7 +175,7 @@ class WriteServer:
             self.stats.requests += 1
             try:
                 message = protocol.decode(self.secret, payload, self.settings.max_request_bytes)
-                request_id, op, params = protocol.check_request(message)
+                request_id, op, params = protocol.check_request(message, now=time.time())
             except BalsamDBError as exc:
                 self.stats.rejected += 1
                 log.warning("rejected a message from %s: %s", envelope[0].hex() if envelope else "?", exc.message)

@@ -55,6 +55,7 @@ def main():
                 break
             envelope, payload = frames[:-1], frames[-1:]
             message = protocol.decode(secret, payload)
+            protocol.check_request(message, now=time.time())  # the same checks as the write server
             job = message["params"].get("job", {})
             answer = {"id": message["id"], "ok": True, "result": dict(job, state="CREATED", created_at=time.time())}
             sock.send_multipart(envelope + protocol.encode(secret, answer))

@@ -178,21 +178,26 @@ def _error_code(reply, secret):
 
 def test_bad_messages_get_error_answers_and_the_server_keeps_serving(server_db):
     secret = DBDirectory(server_db).secret()
-    good = protocol.encode(secret, {"id": "x1", "op": "job_count", "params": {}})
+    now = time.time()
+    good = protocol.encode(secret, {"id": "x1", "op": "job_count", "params": {}, "ts": now})
     cases = {
         "garbage": [os.urandom(64)],
         "three frames": [protocol.MAGIC, good[0][4:36], good[0][36:]],
         "truncated": [good[0][:30]],
         "cut body": [good[0][:-5]],
         "not json": [protocol.MAGIC + protocol.sign(secret, b"{nope") + b"{nope"],
-        "wrong secret": protocol.encode(b"not-the-secret", {"id": "x2", "op": "job_count", "params": {}}),
-        "unknown op": protocol.encode(secret, {"id": "x3", "op": "drop_table", "params": {}}),
-        "bad params": protocol.encode(secret, {"id": "x4", "op": "job_create", "params": {"job": 5}}),
+        "wrong secret": protocol.encode(b"not-the-secret", {"id": "x2", "op": "job_count", "params": {}, "ts": now}),
+        "unknown op": protocol.encode(secret, {"id": "x3", "op": "drop_table", "params": {}, "ts": now}),
+        "bad params": protocol.encode(secret, {"id": "x4", "op": "job_create", "params": {"job": 5}, "ts": now}),
+        "no time stamp": protocol.encode(secret, {"id": "x5", "op": "job_count", "params": {}}),
+        "replayed an hour later": protocol.encode(secret, {"id": "x6", "op": "job_count", "params": {},
+                                                            "ts": now - 3600}),
         "100 MB": [protocol.MAGIC + b"0" * 32 + b"x" * (100 * 1024 * 1024)],
     }
     expected = {"garbage": "bad_request", "three frames": "bad_request", "truncated": "bad_request",
                 "cut body": "auth", "not json": "bad_request",
                 "wrong secret": "auth", "unknown op": "bad_request", "bad params": "bad_request",
+                "no time stamp": "auth", "replayed an hour later": "auth",
                 "100 MB": "too_large"}
     for name, frames in cases.items():
         assert _error_code(_raw_request(server_db, frames), secret) == expected[name], name
@@ -203,13 +208,16 @@ def test_bad_messages_get_error_answers_and_the_server_keeps_serving(server_db):
     assert db.last_route == "server" and db.jobs.count() == 1
     status = json.loads(db_cli("dbserver", "--status", "--json", "--path", server_db, check=True).stdout)
     assert status["server_status"]["rejected"] >= 5
-    assert "not-the-secret" not in (server_db / "log" / "server.log").read_text()
+    log = (server_db / "log" / "server.log").read_text()
+    assert "not-the-secret" not in log and secret.decode() not in log
+    assert "refused as a replay" in log and "bad signature" in log  # refusals are logged
 
 
 def test_retry_of_an_applied_write_is_answered_from_the_record(server_db):
     secret = DBDirectory(server_db).secret()
     job = {"id": str(uuid.uuid4()), "name": "once", "workflow": "w"}
-    frames = protocol.encode(secret, {"id": "retry-me", "op": "job_create", "params": {"job": job}})
+    frames = protocol.encode(secret, {"id": "retry-me", "op": "job_create", "params": {"job": job},
+                                      "ts": time.time()})
     first = protocol.decode(secret, _raw_request(server_db, frames))
     second = protocol.decode(secret, _raw_request(server_db, frames))
     assert first["ok"] and second["ok"] and second.get("replayed") is True
