@@ -88,13 +88,22 @@ class DBDirectory:
         return self.path / "spool"
 
     def is_db_directory(self):
-        return self.config_file.is_file()
+        try:
+            return self.config_file.is_file()
+        except PermissionError:
+            return True  # it is one, of another user: config() says so
 
     def config(self):
         """The contents of ``balsamdb.json``; raises when this is not a DB directory."""
-        if not self.path.exists():
+        try:
+            exists, is_dir = self.path.exists(), self.path.is_dir()
+        except PermissionError:
+            exists = is_dir = None
+        if exists is None or (not exists and not os.access(self.path.parent, os.X_OK)):
+            raise ConfigError(f"{self.path} belongs to another user: only its owner's processes may use it")
+        if not exists:
             raise NotADBDirectory(f"{self.path} does not exist; create it with: db init {self.path}")
-        if not self.path.is_dir():
+        if not is_dir:
             raise NotADBDirectory(f"{self.path} is a file, not a DB directory")
         try:
             data = json.loads(self.config_file.read_text())
@@ -102,6 +111,8 @@ class DBDirectory:
             raise NotADBDirectory(
                 f"{self.path} is not a balsamdb DB directory (no {CONFIG_NAME}); create one with: db init PATH"
             ) from None
+        except PermissionError:
+            raise ConfigError(f"{self.path} belongs to another user: only its owner's processes may use it") from None
         except (OSError, ValueError) as exc:
             raise NotADBDirectory(f"{self.config_file} is unreadable ({exc}); restore it or re-run db init") from None
         if data.get("db_type") not in DB_TYPES:

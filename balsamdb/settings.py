@@ -41,10 +41,10 @@ def settings_file():
 
 def _read_settings_file():
     path = settings_file()
-    if not path.exists():
-        return {}
     try:
         data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read settings file {path}: {exc}; fix or delete it") from None
     if not isinstance(data, dict):
