@@ -30,12 +30,20 @@ class _Context:
 
     pid = None
     context = None
+    keys = None
 
     @classmethod
     def get(cls):
         if cls.pid != os.getpid():
-            cls.context, cls.pid = zmq.Context(), os.getpid()
+            cls.context, cls.pid, cls.keys = zmq.Context(), os.getpid(), None
         return cls.context
+
+    @classmethod
+    def curve_keys(cls):
+        cls.get()
+        if cls.keys is None:
+            cls.keys = zmq.curve_keypair()
+        return cls.keys
 
 
 class ServerClient:
@@ -55,13 +63,20 @@ class ServerClient:
             self._socket.close(linger=0)
             self._socket = None
 
-    def _connect(self, address):
-        if self._socket is None or self._address != address:
+    def _connect(self, address, curve_public=None):
+        if self._socket is None or self._address != (address, curve_public):
             self.close()
             sock = _Context.get().socket(zmq.REQ)
             sock.setsockopt(zmq.LINGER, 0)
+            if curve_public:
+                # The server encrypts (CURVE): our key pair is made per process, its public key
+                # comes from the address file.
+                public, secret = _Context.curve_keys()
+                sock.curve_serverkey = curve_public.encode()
+                sock.curve_publickey = public
+                sock.curve_secretkey = secret
             sock.connect(address)
-            self._socket, self._address = sock, address
+            self._socket, self._address = sock, (address, curve_public)
         return self._socket
 
     def try_once(self, info, message, address_path):
@@ -74,7 +89,7 @@ class ServerClient:
         local = info.get("local_address")
         if local and local not in self._local_failed and info.get("host") == socket.gethostname():
             target = local
-        sock = self._connect(target)
+        sock = self._connect(target, info.get("curve_public"))
         sock.send_multipart(protocol.encode(self.secret, message))
         give_up = time.monotonic() + self.settings.client_timeout
         next_check = time.monotonic() + _LIVENESS_EVERY

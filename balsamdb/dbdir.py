@@ -60,6 +60,24 @@ class DBDirectory:
         return self.path / "watchdog.lock"
 
     @property
+    def curve_key_file(self):
+        return self.path / "curve.key"
+
+    def curve_keys(self, create=False):
+        """The server's CURVE key pair ``(public, secret)`` (Z85 bytes), made on first use when ``create``."""
+        import zmq
+
+        try:
+            data = json.loads(self.curve_key_file.read_text())
+            return data["public"].encode(), data["secret"].encode()
+        except FileNotFoundError:
+            if not create:
+                raise ConfigError(f"{self.curve_key_file} is missing: start the server with --encrypt") from None
+        public, secret = zmq.curve_keypair()
+        _write_private(self.curve_key_file, json.dumps({"public": public.decode(), "secret": secret.decode()}).encode())
+        return public, secret
+
+    @property
     def postgres_url_file(self):
         return self.path / "postgres_url"
 

@@ -13,7 +13,8 @@ from .common import echo_json, json_option, path_option
 def _format_status(info):
     lines = [f"state:    {info.get('state')} ({info.get('health')})"]
     if info.get("address"):
-        lines.append(f"address:  {info['address']}  (db {info.get('db_type')}, host {info.get('host')})")
+        lines.append(f"address:  {info['address']}  (db {info.get('db_type')}, host {info.get('host')}, "
+                     f"{'CURVE-encrypted' if info.get('curve_public') else 'not encrypted'})")
     if info.get("watchdog"):
         lines.append(f"watchdog: pid {info['watchdog']['pid']}, restarts {info.get('restarts', 0)}")
     if info.get("postgres"):
@@ -46,9 +47,11 @@ def _format_status(info):
 @click.option("--bind", default="127.0.0.1", show_default=True,
               help="Interface to listen on; use the login node's address or 0.0.0.0 for compute nodes.")
 @click.option("--port", type=int, default=0, help="TCP port (default: a free one).")
+@click.option("--encrypt/--no-encrypt", default=None,
+              help="Encrypt traffic with ZeroMQ CURVE (default: on when --bind is not loopback).")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for start or stop.")
 @json_option
-def dbserver(path, action, bind, port, timeout, as_json):
+def dbserver(path, action, bind, port, encrypt, timeout, as_json):
     """Start, stop or show the write server of a DB directory.
 
     Starting returns once the server answers, printing its address; every job
@@ -74,7 +77,7 @@ def dbserver(path, action, bind, port, timeout, as_json):
         result = control.status(dbdir)
         text = _format_status(result)
     else:
-        started = control.start(dbdir, bind=bind, port=port, deadline=timeout)
+        started = control.start(dbdir, bind=bind, port=port, deadline=timeout, encrypt=encrypt)
         result = {"already_running": started.already_running, **started.address}
         text = (f"a server already runs for {dbdir.path} at {started.address.get('address')}"
                 if started.already_running

@@ -56,8 +56,24 @@ def _ping(dbdir, deadline_s=5.0):
         return db.call("ping")
 
 
-def start(dbdir, bind="127.0.0.1", port=0, deadline=30.0):
-    """Start a watchdog and server for ``dbdir``; returns a :class:`StartResult`."""
+def is_loopback(host):
+    import ipaddress
+
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def start(dbdir, bind="127.0.0.1", port=0, deadline=30.0, encrypt=None):
+    """Start a watchdog and server for ``dbdir``; returns a :class:`StartResult`.
+
+    ``encrypt`` None (the default) encrypts (ZeroMQ CURVE) exactly when the
+    server listens on an interface other than loopback."""
+    if encrypt is None:
+        encrypt = not is_loopback(bind)
     dbdir.config()
     info = dbdir.read_address()
     if server_state(info) == "up":
@@ -68,7 +84,7 @@ def start(dbdir, bind="127.0.0.1", port=0, deadline=30.0):
             pass  # named but not answering: let a new watchdog sort it out
     out = open(dbdir.log_dir / "watchdog.out", "ab")
     cmd = [sys.executable, "-m", "dbserver.watchdog", "--path", str(dbdir.path), "--bind", bind,
-           "--port", str(port)]
+           "--port", str(port)] + (["--encrypt"] if encrypt else [])
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                             start_new_session=True, close_fds=True)
     out.close()
@@ -141,8 +157,11 @@ def _stop_orphaned_postgres(dbdir):
 
 def status(dbdir):
     """The address record plus, when a server answers, its counters under ``"server"``."""
+    from balsamdb.spool import Spool
+
     info = dict(dbdir.read_address())
     info["health"] = server_state(info)
+    info["spool_pending"] = Spool(dbdir.spool_dir).count()
     if info["health"] == "up":
         from balsamdb.api import Database
         from balsamdb.settings import load_settings

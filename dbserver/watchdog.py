@@ -58,11 +58,13 @@ def acquire_lock(dbdir):
 
 
 class Watchdog:
-    def __init__(self, dbdir, bind_host="127.0.0.1", port=0):
+    def __init__(self, dbdir, bind_host="127.0.0.1", port=0, encrypt=False):
         self.dbdir = dbdir
         self.bind_host = bind_host
         self.port = port
         self.db_type = dbdir.db_type
+        self.encrypt = encrypt
+        self.curve_public = dbdir.curve_keys(create=True)[0].decode() if encrypt else None
         self.stopping = False
         self.server = None
         self.server_started = 0.0
@@ -95,6 +97,8 @@ class Watchdog:
                           server_started_at=self.server_started, restarts=self.restarts)
             if self.local_address:
                 record["local_address"] = self.local_address
+            if self.curve_public:
+                record["curve_public"] = self.curve_public
         if self.managed_postgres and self.pg_port and state != "stopped":
             from dbserver import postgres
 
@@ -112,6 +116,8 @@ class Watchdog:
                "--bind", self.bind_host, "--port", str(self.port), "--epoch", epoch]
         if self.managed_postgres:
             cmd += ["--pg-port", str(self.pg_port)]
+        if self.encrypt:
+            cmd += ["--encrypt"]
         self.server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
         err.close()
         self.server_started = time.time()
@@ -272,6 +278,7 @@ def main(argv=None):
     parser.add_argument("--path", required=True)
     parser.add_argument("--bind", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--encrypt", action="store_true")
     args = parser.parse_args(argv)
     from dbserver.logs import setup_logging
 
@@ -282,7 +289,7 @@ def main(argv=None):
     except AlreadyRunning as exc:
         log.info("not starting: %s", exc)
         return EXIT_ALREADY_RUNNING
-    watchdog = Watchdog(dbdir, args.bind, args.port)
+    watchdog = Watchdog(dbdir, args.bind, args.port, encrypt=args.encrypt)
 
     # Handlers only set a flag; the loop notices within 50 ms.
     def on_term(signum, frame):
@@ -290,7 +297,8 @@ def main(argv=None):
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    log.info("watchdog pid %s for %s (%s), bind %s", os.getpid(), dbdir.path, watchdog.db_type, args.bind)
+    log.info("watchdog pid %s for %s (%s), bind %s, %s", os.getpid(), dbdir.path, watchdog.db_type, args.bind,
+             "CURVE-encrypted" if args.encrypt else "not encrypted")
     try:
         watchdog.initialize()
         watchdog.loop()

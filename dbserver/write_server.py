@@ -73,7 +73,8 @@ class Stats:
 
 
 class WriteServer:
-    def __init__(self, dbdir, bind_host="127.0.0.1", port=0, epoch="", settings=None, pg_port=None):
+    def __init__(self, dbdir, bind_host="127.0.0.1", port=0, epoch="", settings=None, pg_port=None,
+                 encrypt=False):
         self.dbdir = dbdir
         self.bind_host = bind_host
         self.port = port
@@ -87,6 +88,7 @@ class WriteServer:
         self.database = None
         self.local_address = None
         self.pg_port = pg_port
+        self.encrypt = encrypt
         self.spool = Spool(dbdir.spool_dir)
         self.next_spool_check = 0.0
 
@@ -106,6 +108,12 @@ class WriteServer:
         # this size.  Below it, requests over max_request_bytes get an error answer.
         self.socket.setsockopt(zmq.MAXMSGSIZE, 4 * self.settings.max_request_bytes)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        if self.encrypt:
+            # CURVE encrypts every connection; authentication stays with the HMAC of each request.
+            public, secret = self.dbdir.curve_keys()
+            self.socket.curve_secretkey = secret
+            self.socket.curve_publickey = public
+            self.socket.curve_server = True
         host = self.bind_host
         if self.port:
             try:
@@ -120,9 +128,10 @@ class WriteServer:
             # (no file to clean up; requests are authenticated all the same).
             self.local_address = f"ipc://@balsamdb-{self.epoch or uuid.uuid4().hex}"
             self.socket.bind(self.local_address)
-        log.info("write server pid %s listening on tcp://%s:%s (db %s, %s, synchronous=%s, epoch %s)",
+        log.info("write server pid %s listening on tcp://%s:%s (db %s, %s, synchronous=%s, %s, epoch %s)",
                  os.getpid(), host, self.port, self.dbdir.path, self.dbdir.db_type,
-                 self.settings.sqlite_synchronous, self.epoch)
+                 self.settings.sqlite_synchronous, "CURVE-encrypted" if self.encrypt else "not encrypted",
+                 self.epoch)
 
     def loop(self):
         poller = zmq.Poller()
@@ -361,12 +370,13 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--epoch", default="")
     parser.add_argument("--pg-port", type=int, default=None, help="port of the DB directory's own postgres cluster")
+    parser.add_argument("--encrypt", action="store_true", help="encrypt traffic with ZeroMQ CURVE")
     args = parser.parse_args(argv)
     from dbserver.logs import setup_logging
 
     dbdir = DBDirectory(args.path)
     setup_logging(dbdir.log_dir / "server.log")
-    server = WriteServer(dbdir, args.bind, args.port, args.epoch, pg_port=args.pg_port)
+    server = WriteServer(dbdir, args.bind, args.port, args.epoch, pg_port=args.pg_port, encrypt=args.encrypt)
     _handle_term(server)
     try:
         server.initialize()

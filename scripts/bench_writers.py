@@ -11,6 +11,7 @@ N real processes each making ``--writes`` small writes:
 - ``filelock``: an exclusive file lock around each write;
 - ``ceiling``: the same balsamdb clients against a server that answers at once;
 - ``daemon-pg``: the daemon on a PostgreSQL cluster of its own;
+- ``daemon-curve``: the daemon on SQLite with its traffic encrypted (ZeroMQ CURVE);
 - ``postgres``: psycopg2 straight into PostgreSQL, one connection per process
   (past ``max_connections``, 100 by default, connections are refused: counted
   as errors and lost writes).
@@ -38,8 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 from balsamdb.dbdir import DBDirectory  # noqa: E402
 
-MODES = ("daemon", "sqlite-wal", "sqlite-default", "filelock", "ceiling", "daemon-pg", "postgres")
-WORKER_MODE = {"daemon": "balsamdb", "ceiling": "balsamdb", "daemon-pg": "balsamdb"}
+MODES = ("daemon", "sqlite-wal", "sqlite-default", "filelock", "ceiling", "daemon-pg", "postgres", "daemon-curve")
+WORKER_MODE = {"daemon": "balsamdb", "ceiling": "balsamdb", "daemon-pg": "balsamdb", "daemon-curve": "balsamdb"}
+SQLITE_DAEMONS = ("daemon", "daemon-curve")
 
 
 def wait_for(predicate, timeout, what):
@@ -73,10 +75,10 @@ def run_mode(mode, nwriters, nwrites, workdir):
     server = None
     cluster = None
     stats = {}
-    if mode in ("daemon", "daemon-pg"):
+    if mode in ("daemon", "daemon-pg", "daemon-curve"):
         from dbserver import control
 
-        control.start(DBDirectory(path))
+        control.start(DBDirectory(path), encrypt=mode == "daemon-curve")
     elif mode == "ceiling":
         server = subprocess.Popen([sys.executable, str(HERE / "ceiling_server.py"), str(path)],
                                   stdout=subprocess.PIPE, text=True)
@@ -108,7 +110,7 @@ def run_mode(mode, nwriters, nwrites, workdir):
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-        if mode in ("daemon", "daemon-pg"):
+        if mode in ("daemon", "daemon-pg", "daemon-curve"):
             from dbserver import control
 
             stats = control.status(DBDirectory(path)).get("server_status", {})
@@ -146,8 +148,8 @@ def run_mode(mode, nwriters, nwrites, workdir):
             database.close()
             postgres.stop_cluster(path)
         else:
-            table = "job" if mode == "daemon" else "bench_job"
-            file = "db.sqlite3" if mode == "daemon" else "bench.sqlite3"
+            table = "job" if mode in SQLITE_DAEMONS else "bench_job"
+            file = "db.sqlite3" if mode in SQLITE_DAEMONS else "bench.sqlite3"
             con = sqlite3.connect(str(path / file))
             stored = [row[0] for row in con.execute(f"select id from {table}")]
             con.close()

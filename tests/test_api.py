@@ -5,8 +5,10 @@ Every test of the store runs on three routes (the ``route`` fixture): SQLite wri
 has no direct mode).  Tests about SQLite itself or the direct mode stay on SQLite.
 """
 
+import re
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -220,14 +222,21 @@ def test_init_again_keeps_rows_and_says_it_is_current(db, backend):
 
 
 def test_postgres_has_no_direct_mode(tmp_path, pg_cluster):
+    """With no server, a write to PostgreSQL is spooled for the server (or refused), never applied
+    directly, and a read is refused."""
     path = make_db_directory("postgres", tmp_path / "db", pg_cluster)
     with balsamdb.connect(path) as database:
-        with pytest.raises(balsamdb.ServerUnavailable, match=f"db dbserver --path {path}"):
-            database.jobs.create(name="nowhere")
-        with pytest.raises(balsamdb.ServerUnavailable):
+        job = database.jobs.create(name="waits")
+        assert job.spooled and database.last_route == "spool"
+        assert [p.name for p in (path / "spool" / "new").iterdir()] == [Path(job.spool.path).name]
+        with pytest.raises(balsamdb.ServerUnavailable, match=re.escape(f"db dbserver --path {path}")):
             database.jobs.count()
+    with balsamdb.connect(path, spool=False) as database:
+        with pytest.raises(balsamdb.ServerUnavailable, match=re.escape(f"db dbserver --path {path}")):
+            database.jobs.create(name="refused")
         assert database.last_route is None
     assert job_ids_in_db(path) == []
+    assert len(list((path / "spool" / "new").iterdir())) == 1
 
 
 def test_settings_precedence(tmp_path, monkeypatch):

@@ -102,3 +102,32 @@ def test_another_user_cannot_write_into_the_db_directory(served_dbdir):
     assert "belongs to another user" in result["connect"], dict(result)
     assert '"code":"auth"' in result["raw"], dict(result)
     assert [j.name for j in balsamdb.connect(path).jobs.filter()] == []
+
+
+def test_encrypted_server_talks_only_curve(any_dbdir):
+    path = any_dbdir
+    started = db_cli("dbserver", "--path", path, "--encrypt", check=True)
+    try:
+        assert "listening at" in started.stdout
+        info = address(path)
+        assert info["curve_public"] and stat.S_IMODE(os.stat(path / "curve.key").st_mode) == 0o600
+        db = balsamdb.connect(path)
+        db.jobs.create(name="over-curve")
+        assert db.last_route == "server" and db.jobs.count() == 1
+        # A client that does not speak CURVE gets no answer at all, even with the right secret.
+        ctx = zmq.Context.instance()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(info["address"])
+        secret = DBDirectory(path).secret()
+        sock.send_multipart([b""] + protocol.encode(secret, {"id": "p", "op": "ping", "params": {},
+                                                             "ts": time.time()}))
+        assert not sock.poll(1500), "a plain-text client was answered by an encrypted server"
+        sock.close()
+        status = db_cli("dbserver", "--status", "--path", path, check=True)
+        assert "CURVE-encrypted" in status.stdout
+    finally:
+        db_cli("dbserver", "--stop", "--path", path)
+        from helpers import kill_everything
+
+        kill_everything(path)
