@@ -25,6 +25,13 @@ _SLICE_MS = 50          # poll granularity while waiting for a reply
 _LIVENESS_EVERY = 0.25  # seconds between checks that the server still lives
 
 
+def _network_namespace():
+    try:
+        return os.readlink("/proc/self/ns/net")
+    except OSError:
+        return None
+
+
 class _Context:
     """A ZeroMQ context per process (a forked child must not reuse its parent's)."""
 
@@ -87,7 +94,8 @@ class ServerClient:
         """
         target = info["address"]
         local = info.get("local_address")
-        if local and local not in self._local_failed and info.get("host") == socket.gethostname():
+        if local and local not in self._local_failed and info.get("host") == socket.gethostname() \
+                and info.get("netns") == _network_namespace():
             target = local
         sock = self._connect(target, info.get("curve_public"))
         sock.send_multipart(protocol.encode(self.secret, message))

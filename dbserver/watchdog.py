@@ -97,6 +97,7 @@ class Watchdog:
                           server_started_at=self.server_started, restarts=self.restarts)
             if self.local_address:
                 record["local_address"] = self.local_address
+                record["netns"] = _network_namespace()
             if self.curve_public:
                 record["curve_public"] = self.curve_public
         if self.managed_postgres and self.pg_port and state != "stopped":
@@ -235,6 +236,14 @@ class Watchdog:
                 log.exception("stopping postgres failed")
         self.write_address("stopped", reason="stopped by db dbserver --stop")
         log.info("watchdog pid %s stopped", os.getpid())
+
+
+def _network_namespace():
+    """Which network namespace we are in: the abstract Unix socket is only reachable from the same one."""
+    try:
+        return os.readlink("/proc/self/ns/net")
+    except OSError:
+        return None
 
 
 def _read_line(stream, deadline):

@@ -85,12 +85,13 @@ def kill_everything(path):
 class Writers:
     """N writer processes (tests/writer.py) that start together."""
 
-    def __init__(self, path, workdir, nprocs, count, env=None, workflow="load"):
+    def __init__(self, path, workdir, nprocs, count, env=None, workflow="load", prefix=()):
         self.path, self.workdir = Path(path), Path(workdir)
         self.go = self.workdir / "go"
         self.outs = [self.workdir / f"acked-{i}.txt" for i in range(nprocs)]
         self.procs = [
-            subprocess.Popen([sys.executable, str(WRITER), str(path), str(count), str(out), str(self.go), workflow],
+            subprocess.Popen([*prefix, sys.executable, str(WRITER), str(path), str(count), str(out), str(self.go),
+                              workflow],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=env)
             for out in self.outs
