@@ -20,7 +20,6 @@ import sys
 import time
 import uuid
 
-import peewee as pw
 import zmq
 
 from balsamdb import protocol

@@ -7,7 +7,6 @@ addresses of the two test hosts made here (a veth pair), never anywhere else.
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 
 import pytest
@@ -63,7 +62,7 @@ def client_host():
 def test_clients_on_another_host_survive_a_cut_link(any_dbdir, client_host, tmp_path, backend):
     namespace, host_if = client_host
     path = any_dbdir
-    started = db_cli("dbserver", "--path", path, "--bind", HOST_IP, check=True)
+    db_cli("dbserver", "--path", path, "--bind", HOST_IP, check=True)
     try:
         info = address(path)
         assert info["address"].startswith(f"tcp://{HOST_IP}:") and info["curve_public"], info
