@@ -32,7 +32,7 @@ def _format_status(info):
             f"requests: {status['requests']} served, {status['writes']} written, "
             f"{status['errors']} refused, {status['rejected']} rejected as malformed",
             f"batches:  {status['batches']}, mean size {status['mean_batch']:.1f}, "
-            f"last {status['last_batch']}, max {status['max_batch']}, "
+            f"last {status['last_batch']}, max {status['max_batch']}, queue depth {status['queue_depth']}, "
             f"mean commit {status['mean_commit_ms']:.2f} ms",
             f"spool:    {status['spool_pending']} waiting, {status['spool_failed']} refused, "
             f"{status['spooled_applied']} applied since start (see db spool)",

@@ -190,7 +190,9 @@ class WriteServer:
                 replies.append((envelope, {"id": None, "ok": False, "error": exc.to_dict()}))
                 continue
             if op in protocol.SERVER_OPS:
-                replies.append((envelope, {"id": request_id, "ok": True, "result": self.server_op(op)}))
+                # Queue depth: the requests that arrived with this one and wait to be served.
+                result = self.server_op(op, queue_depth=len(batch) - 1)
+                replies.append((envelope, {"id": request_id, "ok": True, "result": result}))
             else:
                 work.append((envelope, request_id, op, params))
         if work:
@@ -322,13 +324,14 @@ class WriteServer:
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    def server_op(self, op):
+    def server_op(self, op, queue_depth=0):
         if op == "ping":
             return {"pong": True, "epoch": self.epoch, "pid": os.getpid()}
         if op == "spool_drain":
             return {"applied": self.drain_spool(), "pending": self.spool.count()}
         status = self.stats.to_dict()
-        status.update(pid=os.getpid(), epoch=self.epoch, port=self.port, db_type=self.dbdir.db_type,
+        status.update(queue_depth=queue_depth, encrypted=self.encrypt,
+                      pid=os.getpid(), epoch=self.epoch, port=self.port, db_type=self.dbdir.db_type,
                       path=str(self.dbdir.path), synchronous=self.settings.sqlite_synchronous,
                       spool_pending=self.spool.count(), spool_failed=len(self.spool.failures()))
         return status
