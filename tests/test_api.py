@@ -11,14 +11,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import make_db_directory
+from helpers import job_ids_in_db
 
 import balsamdb
 from balsamdb import models, states
 from balsamdb.dbdir import DBDirectory
 from balsamdb.settings import load_settings
-from conftest import make_db_directory
-from helpers import job_ids_in_db
-
 
 ROUTES = ["sqlite3-direct", "sqlite3-server", "postgres-server"]
 
