@@ -15,7 +15,7 @@ from pathlib import Path
 from . import address_file, operations, protocol
 from .client import ServerClient, server_state, unavailable
 from .dbdir import DBDirectory, job_working_directory
-from .exceptions import NotADBDirectory, ServerUnavailable, TryAgain, error_from_dict
+from .exceptions import NotADBDirectory, RequestTooLarge, ServerUnavailable, TryAgain, error_from_dict
 from .settings import load_settings, resolve_db_path
 from .spool import Spool
 
@@ -131,10 +131,12 @@ class Database:
         deadline = started + self.settings.client_deadline
         path = self._address_path
         recheck = False
+        frames = None
         while True:
             info, state = self._address(recheck)
             if state == "up":
-                answer = self._send(info, message, path)
+                frames = frames or self._encoded(message)
+                answer = self._send(info, message, path, frames)
                 if answer is not None and (answer.get("error") or {}).get("code") == TryAgain.code:
                     time.sleep(_COMING_POLL)  # the server lost its database for a moment: resend as is
                 elif answer is not None:
@@ -159,12 +161,21 @@ class Database:
                     return self._spool(message)
                 raise unavailable(path, time.monotonic() - started)
 
+    def _encoded(self, message):
+        """The frames of ``message``: refused here at once when it is too large to send."""
+        frames = protocol.encode(self._server_client().secret, message)
+        size = len(frames[0]) - 36
+        if size > self.settings.max_request_bytes:
+            raise RequestTooLarge(f"the request is {size} bytes, more than max_request_bytes "
+                                  f"({self.settings.max_request_bytes}); send less at a time")
+        return frames
+
     def _own_spool_waits(self):
         if self._last_spooled is not None and not os.path.exists(self._last_spooled):
             self._last_spooled = None
         return self._last_spooled is not None
 
-    def _send(self, info, message, path):
+    def _send(self, info, message, path, frames):
         """One try at the server; first has it apply our spooled writes, so that none is overtaken."""
         client = self._server_client()
         if self._own_spool_waits():
@@ -172,7 +183,7 @@ class Database:
                                              "ts": time.time()}, path)
             if drained is None or self._own_spool_waits():
                 return None
-        return client.try_once(info, message, path)
+        return client.try_once(info, message, path, frames)
 
     def _spool(self, message):
         frame = protocol.encode(self.dbdir.secret(), message)[0]

@@ -86,8 +86,9 @@ class ServerClient:
             self._socket, self._address = sock, (address, curve_public)
         return self._socket
 
-    def try_once(self, info, message, address_path):
-        """Send ``message`` to the server of ``info`` and wait for the answer.
+    def try_once(self, info, message, address_path, frames=None):
+        """Send ``message`` (already encoded as ``frames``, if given) to the server of
+        ``info`` and wait for the answer.
 
         Returns the answer body, or None when this try should be abandoned (no
         reply in time, or the server died or was replaced meanwhile).
@@ -98,7 +99,7 @@ class ServerClient:
                 and info.get("netns") == _network_namespace():
             target = local
         sock = self._connect(target, info.get("curve_public"))
-        sock.send_multipart(protocol.encode(self.secret, message))
+        sock.send_multipart(frames or protocol.encode(self.secret, message))
         give_up = time.monotonic() + self.settings.client_timeout
         next_check = time.monotonic() + _LIVENESS_EVERY
         while True:
@@ -111,7 +112,9 @@ class ServerClient:
                     raise AuthenticationError(
                         "the server's answer is not signed with this DB directory's secret"
                     ) from None
-                if answer.get("id") != message["id"]:
+                # A REQ socket gets exactly one reply per request, so this is ours: a reply
+                # without an id is the server refusing a message whose id it could not read.
+                if answer.get("id") not in (message["id"], None):
                     log.warning("dropping an answer to another request (%s)", answer.get("id"))
                     continue
                 return answer

@@ -261,11 +261,15 @@ class DBDirectory:
 
 def parse_postgres_url(url):
     """``postgresql://user:password@host:port/dbname`` -> psycopg2 keyword arguments."""
-    parts = urlparse(url.strip())
+    form = "write postgresql://user:password@host:port/dbname"
+    try:
+        parts = urlparse(url.strip())
+        port = parts.port or 5432
+    except ValueError as exc:  # a port that is not a number, a broken IPv6 address
+        raise ConfigError(f"{redact_url(url)} is not a PostgreSQL URL ({exc}); {form}") from None
     if parts.scheme not in ("postgres", "postgresql") or not parts.hostname or not parts.path.strip("/"):
-        raise ConfigError(f"{redact_url(url)} is not a PostgreSQL URL; "
-                          "write postgresql://user:password@host:port/dbname")
-    params = {"database": unquote(parts.path.strip("/")), "host": parts.hostname, "port": parts.port or 5432}
+        raise ConfigError(f"{redact_url(url)} is not a PostgreSQL URL; {form}")
+    params = {"database": unquote(parts.path.strip("/")), "host": parts.hostname, "port": port}
     if parts.username:
         params["user"] = unquote(parts.username)
     if parts.password:
@@ -275,8 +279,12 @@ def parse_postgres_url(url):
 
 def redact_url(url):
     """The URL with its password replaced by ``***``, for messages and logs."""
-    parts = urlparse(url)
-    if parts.password:
+    try:
+        parts = urlparse(url)
+        password = parts.password
+    except ValueError:
+        return "(an unreadable URL)"
+    if password:
         netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
         return parts._replace(netloc=netloc).geturl()
     return url
@@ -290,7 +298,7 @@ def check_postgres_url(url):
     try:
         psycopg2.connect(connect_timeout=5, **params).close()
     except psycopg2.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
         raise ConfigError(f"cannot connect to {redact_url(url)}: {reason}") from None
 
 

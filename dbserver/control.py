@@ -105,6 +105,26 @@ def start(dbdir, bind="127.0.0.1", port=0, deadline=30.0, encrypt=None):
     raise ControlError(f"no server answered within {deadline:.0f} s.\n{log_tail(dbdir)}")
 
 
+def _running(proc):
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _wait_gone(procs, deadline):
+    """Wait until ``procs`` have exited; returns those still running at the deadline.
+
+    A process that exited but was not yet reaped (a zombie: we are not its parent)
+    counts as gone."""
+    end = time.monotonic() + deadline
+    alive = [p for p in procs if _running(p)]
+    while alive and time.monotonic() < end:
+        time.sleep(0.02)
+        alive = [p for p in alive if _running(p)]
+    return alive
+
+
 def _identity_process(ident):
     try:
         proc = psutil.Process(int(ident["pid"]))
@@ -130,13 +150,10 @@ def stop(dbdir, deadline=60.0):
     # The watchdog stops its server; a server without a watchdog is asked directly.
     for proc in procs[:1]:
         proc.terminate()
-    gone, alive = psutil.wait_procs(procs[:1], timeout=deadline)
-    if len(procs) > 1:
-        server = procs[1]
-        if server.is_running() and server.status() != psutil.STATUS_ZOMBIE:
-            server.terminate()
-            gone2, alive2 = psutil.wait_procs([server], timeout=deadline)
-            alive += alive2
+    alive = _wait_gone(procs[:1], deadline)
+    if len(procs) > 1 and _running(procs[1]):
+        procs[1].terminate()
+        alive += _wait_gone(procs[1:], deadline)
     if alive:
         raise ControlError(f"pids {[p.pid for p in alive]} did not stop within {deadline:.0f} s")
     _stop_orphaned_postgres(dbdir)

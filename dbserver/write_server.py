@@ -187,7 +187,7 @@ class WriteServer:
             except BalsamDBError as exc:
                 self.stats.rejected += 1
                 log.warning("rejected a message from %s: %s", envelope[0].hex() if envelope else "?", exc.message)
-                replies.append((envelope, {"id": None, "ok": False, "error": exc.to_dict()}))
+                replies.append((envelope, {"id": _readable_id(payload, exc), "ok": False, "error": exc.to_dict()}))
                 continue
             if op in protocol.SERVER_OPS:
                 # Queue depth: the requests that arrived with this one and wait to be served.
@@ -346,6 +346,21 @@ def raise_priority():
         log.info("running at nice -10, ahead of job processes on this host")
     except OSError:
         log.info("running at normal priority (no privilege to raise it)")
+
+
+def _readable_id(payload, error):
+    """The id of a refused request when its body is authentic JSON (a replay, a bad
+    field), so that the client can match the answer; None otherwise."""
+    from balsamdb.exceptions import RequestTooLarge
+
+    if isinstance(error, RequestTooLarge) or len(payload) != 1:
+        return None
+    try:
+        message = json.loads(payload[0][36:])
+    except (ValueError, UnicodeDecodeError):
+        return None
+    request_id = message.get("id") if isinstance(message, dict) else None
+    return request_id if isinstance(request_id, str) and len(request_id) <= 64 else None
 
 
 def _split_envelope(frames):

@@ -528,3 +528,13 @@ def test_a_path_that_is_not_a_db_directory_says_to_run_init(run_db, tmp_path, co
     refused(run_db(*command, "--path", target), f"db init {target}")
     assert not target.exists()
 
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:p@127.0.0.1:notaport/x", "postgresql://u:p@127.0.0.1:99999/x",
+                                 "postgresql://u:p@[::1/x"])
+def test_init_refuses_malformed_urls_without_a_traceback(run_db, tmp_path, url):
+    target = tmp_path / "pg"
+    result = run_db("init", target, "--db-type", "postgres", "--url", url)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "PostgreSQL URL" in result.stderr or "unreadable URL" in result.stderr, result.stderr
+    assert ":p@" not in result.stderr and not target.exists()

@@ -279,3 +279,30 @@ def test_require_server_spools_and_spool_off_refuses(tmp_path):
     with pytest.raises(balsamdb.ServerUnavailable):
         db.jobs.count()  # reads are never spooled
     assert job_ids_in_db(path) == []
+
+
+def test_oversized_requests_are_refused_at_once_not_spooled(tmp_path):
+    path = tmp_path / "db"
+    DBDirectory(path).init()
+    env = dict(os.environ, BALSAMDB_MAX_REQUEST_BYTES="10000")
+    started = subprocess.run([sys.executable, "-m", "balsamdb", "dbserver", "--path", str(path)],
+                             env=env, capture_output=True, text=True, timeout=60)
+    try:
+        assert started.returncode == 0, started.stderr
+        big = {"label": "big", "stdout_stderr": "y" * 20000}
+        # The client knows its own limit: refused before anything is sent.
+        client_limited = balsamdb.connect(path, max_request_bytes=10000)
+        t0 = time.monotonic()
+        with pytest.raises(balsamdb.BalsamDBError, match="max_request_bytes"):
+            client_limited.records.save("P", big)
+        # A server with a smaller limit than the client's answers at once, and the client says so.
+        db = balsamdb.connect(path, client_deadline=20)
+        with pytest.raises(balsamdb.BalsamDBError, match="exceeds the limit of 10000 bytes"):
+            db.records.save("P", big)
+        assert time.monotonic() - t0 < 2.0, "a refusal must not wait for the client deadline"
+        spool_new = path / "spool" / "new"
+        assert not spool_new.exists() or not os.listdir(spool_new), "a refused write was spooled"
+        assert db.records.save("P", {"label": "small"}) is True
+    finally:
+        db_cli("dbserver", "--stop", "--path", path)
+        kill_everything(path)
