@@ -15,7 +15,8 @@ from pathlib import Path
 from . import address_file, operations, protocol
 from .client import ServerClient, server_state, unavailable
 from .dbdir import DBDirectory, job_working_directory
-from .exceptions import NotADBDirectory, RequestTooLarge, ServerUnavailable, TryAgain, error_from_dict
+from .exceptions import (NotADBDirectory, RequestTooLarge, ServerUnavailable, StorageError, TryAgain,
+                         error_from_dict)
 from .settings import load_settings, resolve_db_path
 from .spool import Spool
 
@@ -294,7 +295,12 @@ class Jobs:
         spec = dict(fields, name=name, workflow=workflow)
         spec["id"] = str(spec.get("id") or uuid.uuid4())
         if make_workdir:
-            os.makedirs(self._db.dbdir.path / job_working_directory(workflow, name, spec["id"]), exist_ok=True)
+            workdir = self._db.dbdir.path / job_working_directory(workflow, name, spec["id"])
+            try:
+                os.makedirs(workdir, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot make the working directory {workdir}: {exc.strerror or exc}; "
+                                   "the job was not created") from None
         return spec
 
     def create(self, name, workflow="default", make_workdir=True, **fields):

@@ -23,6 +23,18 @@ log = logging.getLogger(__name__)
 DATABASE_ERRORS = (pw.DatabaseError, pw.InterfaceError)
 
 
+def root_cause(exc):
+    """The database error that started it all.
+
+    When COMMIT fails (disk full, I/O error), SQLite rolls back by itself and
+    the ROLLBACK that peewee sends next fails with "no transaction is active",
+    hiding the real cause in ``__context__``."""
+    seen = exc
+    while seen is not None and ("no transaction is active" in str(seen) or "cannot rollback" in str(seen)):
+        seen = seen.__context__
+    return seen if seen is not None else exc
+
+
 class NeedsIsolation(Exception):
     """Raised in an optimistic pass (no savepoints) when a request failed: the
     caller rolls the transaction back and applies the batch again with a

@@ -12,12 +12,13 @@ host.  Jobs on compute nodes go through the server.
 """
 
 import logging
+import os
 import random
 import time
 
 import peewee as pw
 
-from .applier import StorageFailure, apply_requests
+from .applier import StorageFailure, apply_requests, root_cause
 from .exceptions import DatabaseBusy, StorageError
 from .models import MODELS
 
@@ -53,10 +54,10 @@ class DirectStore:
                     with self.database.atomic(lock_type="IMMEDIATE" if write else None):
                         return apply_requests(self.database, [(request_id, op, params)])[0]
             except (StorageFailure, pw.OperationalError) as exc:
-                original = getattr(exc, "original", exc)
+                original = root_cause(getattr(exc, "original", exc))
                 text = str(original).lower()
                 if not any(word in text for word in _BUSY_WORDS):
-                    raise StorageError(f"{self.dbdir.sqlite_file}: {original}") from None
+                    raise self._storage_error(original) from None
                 if time.monotonic() + delay > deadline:
                     raise DatabaseBusy(
                         f"{self.dbdir.sqlite_file} stayed locked for {self.settings.direct_deadline:.0f} s; "
@@ -66,4 +67,9 @@ class DirectStore:
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.5)
             except (pw.DatabaseError, pw.InterfaceError) as exc:
-                raise StorageError(f"{self.dbdir.sqlite_file}: {exc}") from None
+                raise self._storage_error(root_cause(exc)) from None
+
+    def _storage_error(self, error):
+        if not os.access(self.dbdir.path, os.W_OK):
+            return StorageError(f"{self.dbdir.path} is read-only: {error}; nothing was written")
+        return StorageError(f"{self.dbdir.sqlite_file}: {error}; nothing was written")

@@ -76,7 +76,9 @@ def start(dbdir, bind="127.0.0.1", port=0, deadline=30.0, encrypt=None):
         encrypt = not is_loopback(bind)
     dbdir.config()
     info = dbdir.read_address()
-    if server_state(info) == "up":
+    # A server whose watchdog was killed is left alone only until now: a new watchdog
+    # stops it and starts a supervised one.
+    if server_state(info) == "up" and address_file.watchdog_alive(info):
         try:
             _ping(dbdir)
             return StartResult(True, info)
@@ -144,8 +146,7 @@ def stop(dbdir, deadline=60.0):
     if not procs:
         _stop_orphaned_postgres(dbdir)
         if info.get("state") != "stopped":
-            address_file.write_atomic(dbdir.address_file, address_file.stopped_record(
-                info.get("db_type", dbdir.db_type), "the server was found dead"))
+            _mark_stopped(dbdir, info, "the server was found dead")
         return []
     # The watchdog stops its server; a server without a watchdog is asked directly.
     for proc in procs[:1]:
@@ -158,9 +159,17 @@ def stop(dbdir, deadline=60.0):
         raise ControlError(f"pids {[p.pid for p in alive]} did not stop within {deadline:.0f} s")
     _stop_orphaned_postgres(dbdir)
     if dbdir.read_address().get("state") != "stopped":
-        address_file.write_atomic(dbdir.address_file, address_file.stopped_record(
-            info.get("db_type", dbdir.db_type), "stopped by db dbserver --stop"))
+        _mark_stopped(dbdir, info, "stopped by db dbserver --stop")
     return [p.pid for p in procs]
+
+
+def _mark_stopped(dbdir, info, reason):
+    try:
+        address_file.write_atomic(dbdir.address_file, address_file.stopped_record(
+            info.get("db_type", dbdir.db_type), reason))
+    except OSError as exc:  # a read-only or full disk: the processes are stopped all the same
+        raise ControlError(f"the server is stopped, but {dbdir.address_file} could not be updated "
+                           f"({exc.strerror or exc}); clients see it as stale, which is safe") from None
 
 
 def _stop_orphaned_postgres(dbdir):

@@ -23,7 +23,7 @@ import uuid
 import zmq
 
 from balsamdb import protocol
-from balsamdb.applier import DATABASE_ERRORS, StorageFailure, apply_batch
+from balsamdb.applier import DATABASE_ERRORS, StorageFailure, apply_batch, root_cause
 from balsamdb.dbdir import DBDirectory
 from balsamdb.exceptions import BalsamDBError, StorageError, TryAgain
 from balsamdb.models import MODELS, upgrade
@@ -211,14 +211,15 @@ class WriteServer:
                 answer["id"] = request_id
                 answers.append((envelope, answer))
         except (StorageFailure,) + DATABASE_ERRORS as exc:
-            original = getattr(exc, "original", exc)
+            original = root_cause(getattr(exc, "original", exc))
             transient = self.lost_database(original)
             log.error("batch of %s requests rolled back (%s): %s", len(work),
                       "will retry" if transient else "refused", original)
             if transient:
                 error = TryAgain(f"the database is out of reach for a moment: {original}").to_dict()
             else:
-                error = StorageError(f"the database refused the write: {original}").to_dict()
+                error = StorageError(f"the database refused the write: {original}{self.storage_hint(original)}; "
+                                     "nothing of it was written").to_dict()
                 self.stats.errors += len(work)
             return [(envelope, {"id": request_id, "ok": False, "error": error})
                     for envelope, request_id, _op, _params in work]
@@ -276,6 +277,19 @@ class WriteServer:
         if taken:
             log.info("applied %s spooled writes; %s wait", taken, self.spool.count())
         return taken
+
+    def storage_hint(self, error):
+        """What a refused commit most likely means, for the people who read the error."""
+        text = str(error).lower()
+        if self.dbdir.db_type == "sqlite3" and not os.access(self.dbdir.path, os.W_OK):
+            return " (the DB directory is read-only)"
+        if "full" in text or "no space" in text:
+            return " (the disk is full: free some space and the same writes will succeed)"
+        if "i/o error" in text:
+            return " (the disk is failing, full or read-only)"
+        if "readonly" in text or "read-only" in text:
+            return " (the database is read-only)"
+        return ""
 
     def lost_database(self, error):
         """After a failed batch: True (and reconnected) when the failure was the
