@@ -104,6 +104,9 @@ def main():
             sys.exit("bench worker: the go file never appeared")
         time.sleep(0.002)
     latencies, errors, ids = [], [], []
+    import resource
+
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
     start = time.time()
     for i in range(count):
         t0 = time.perf_counter()
@@ -113,8 +116,10 @@ def main():
             errors.append(f"{type(exc).__name__}: {exc}")
         latencies.append(time.perf_counter() - t0)
     end = time.time()
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = {"user": usage1.ru_utime - usage0.ru_utime, "sys": usage1.ru_stime - usage0.ru_stime}
     with open(out_file, "w") as out:
-        json.dump({"start": start, "end": end, "latencies": latencies, "errors": errors, "ids": ids}, out)
+        json.dump({"start": start, "end": end, "latencies": latencies, "errors": errors, "ids": ids, "cpu": cpu}, out)
 
 
 if __name__ == "__main__":
