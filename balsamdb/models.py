@@ -11,7 +11,7 @@ import time
 
 import peewee as pw
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class JSONText(pw.TextField):
@@ -102,6 +102,22 @@ class RecordTag(BaseModel):
         primary_key = pw.CompositeKey("record", "tag")
 
 
+class User(BaseModel):
+    """A person who may use the HTTP record store; the password is kept as a scrypt hash."""
+
+    name = pw.CharField(primary_key=True)
+    password_hash = pw.TextField()
+    created_at = pw.DoubleField()
+
+
+class ProjectPermission(BaseModel):
+    project = pw.ForeignKeyField(Project, on_delete="CASCADE")
+    user = pw.ForeignKeyField(User, on_delete="CASCADE")
+
+    class Meta:
+        primary_key = pw.CompositeKey("project", "user")
+
+
 class AppliedRequest(BaseModel):
     """A write that was applied, with its answer: a retry gets this answer."""
 
@@ -114,7 +130,9 @@ class SchemaVersion(BaseModel):
     version = pw.IntegerField()
 
 
-MODELS = [Job, JobStateChange, JobTag, Project, Record, RecordTag, AppliedRequest, SchemaVersion]
+MODELS = [Job, JobStateChange, JobTag, Project, Record, RecordTag, User, ProjectPermission, AppliedRequest,
+          SchemaVersion]
+MODELS_V1 = [Job, JobStateChange, JobTag, Project, Record, RecordTag, AppliedRequest, SchemaVersion]
 
 
 def current_version(database):
@@ -127,12 +145,17 @@ def current_version(database):
 
 
 def _create_v1(database):
-    database.create_tables(MODELS, safe=True)
+    database.create_tables(MODELS_V1, safe=True)
+
+
+def _add_users_v2(database):
+    database.create_tables([User, ProjectPermission], safe=True)
 
 
 #: version -> (function that brings the schema from version-1 to it, what it does)
 MIGRATIONS = {
     1: (_create_v1, "created the tables for jobs, state history, tags, projects, records and request ids"),
+    2: (_add_users_v2, "added the tables for users and project permissions (HTTP record store)"),
 }
 
 

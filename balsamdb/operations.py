@@ -19,7 +19,7 @@ import peewee as pw
 from . import states
 from .dbdir import job_working_directory
 from .exceptions import BadRequest, Conflict, NotFound
-from .models import Job, JobStateChange, JobTag, Project, Record, RecordTag, now
+from .models import Job, JobStateChange, JobTag, Project, ProjectPermission, Record, RecordTag, User, now
 from .statements import statements
 
 
@@ -570,3 +570,77 @@ def record_tag(project, label, add=None, remove=None):
     if tags:
         RecordTag.insert_many([{"record": row.id, "tag": t} for t in tags]).execute()
     return {"tags": tags}
+
+
+# -- users and permissions (the HTTP record store) -------------------------------------
+
+def _user_name(name):
+    name = _text(name, "user name", max_len=150)
+    if not all(c.isalnum() or c in "._-@+" for c in name):
+        raise BadRequest(f"user name {name!r} may hold letters, digits and . _ - @ + only")
+    return name
+
+
+@operation(write=True)
+def user_save(name, password_hash):
+    """Create user ``name`` or change their password; ``password_hash`` is made by
+    ``balsamdb.passwords.hash_password`` (the password itself never reaches the store).
+    Returns ``{"created": bool}``."""
+    name = _user_name(name)
+    password_hash = _text(password_hash, "password_hash", max_len=512)
+    if not password_hash.startswith("scrypt$"):
+        raise BadRequest("password_hash must come from balsamdb.passwords.hash_password")
+    created = User.get_or_none(User.name == name) is None
+    if created:
+        User.create(name=name, password_hash=password_hash, created_at=now())
+    else:
+        User.update(password_hash=password_hash).where(User.name == name).execute()
+    return {"created": created}
+
+
+@operation(write=True)
+def user_delete(name):
+    """Delete user ``name`` and their permissions; not found is an error."""
+    name = _user_name(name)
+    ProjectPermission.delete().where(ProjectPermission.user == name).execute()
+    if not User.delete().where(User.name == name).execute():
+        raise NotFound(f"no user {name!r}")
+    return {"deleted": 1}
+
+
+@operation(write=False)
+def user_list():
+    """All users, by name, with the projects each may use (no password hashes)."""
+    grants = {}
+    for perm in ProjectPermission.select():
+        grants.setdefault(perm.user_id, []).append(perm.project_id)
+    return [{"name": u.name, "created_at": u.created_at, "projects": sorted(grants.get(u.name, []))}
+            for u in User.select().order_by(User.name)]
+
+
+@operation(write=False)
+def user_get(name):
+    """User ``name`` with their password hash, for a server that checks passwords."""
+    user = User.get_or_none(User.name == _user_name(name))
+    if user is None:
+        raise NotFound(f"no user {name!r}")
+    projects = [p.project_id for p in ProjectPermission.select().where(ProjectPermission.user == user.name)]
+    return {"name": user.name, "password_hash": user.password_hash, "projects": sorted(projects)}
+
+
+@operation(write=True)
+def permission_grant(project, user):
+    """Let ``user`` read and write ``project`` (the project is created if needed)."""
+    project, user = _project_name(project), _user_name(user)
+    if User.get_or_none(User.name == user) is None:
+        raise NotFound(f"no user {user!r}; add one with: db user add {user}")
+    Project.get_or_create(name=project, defaults={"created_at": now()})
+    _, created = ProjectPermission.get_or_create(project=project, user=user)
+    return {"granted": created}
+
+
+@operation(write=False)
+def permission_list(project):
+    """Users who may use ``project``."""
+    _get_project(project)
+    return sorted(p.user_id for p in ProjectPermission.select().where(ProjectPermission.project == project))

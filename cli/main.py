@@ -11,6 +11,7 @@ from .job import job
 from .ls import ls
 from .record import record
 from .spool import spool
+from .user import user
 from .which import which
 
 
@@ -32,5 +33,5 @@ def main():
     """
 
 
-for command in (init, which, ls, job, record, dbserver, spool):
+for command in (init, which, ls, job, record, dbserver, spool, user):
     main.add_command(command)

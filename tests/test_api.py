@@ -200,17 +200,24 @@ def test_reinit_keeps_rows_and_upgrades_an_old_schema(tmp_path):
     DBDirectory(path).init()
     with balsamdb.connect(path) as database:
         database.jobs.create(name="keep-me")
+        database.records.save("P", {"label": "keep-me-too"})
     import sqlite3
 
+    # Make it a version-1 database, as balsamdb 0.1 left it: no user tables.
     con = sqlite3.connect(str(path / "db.sqlite3"))
-    con.execute("delete from schema_version")  # as a DB made before versioning would be
+    con.execute("drop table project_permission")
+    con.execute("drop table user")
+    con.execute("update schema_version set version = 1")
     con.commit()
     con.close()
     done = DBDirectory(path).init()
-    assert any("schema 0 -> 1" in line for line in done)
-    assert DBDirectory(path).init() == [f"{path} is already a current sqlite3 DB directory (schema 1)"]
+    assert any("schema 1 -> 2" in line for line in done) and not any("0 -> 1" in line for line in done)
+    assert DBDirectory(path).init() == [
+        f"{path} is already a current sqlite3 DB directory (schema {models.SCHEMA_VERSION})"]
     with balsamdb.connect(path) as database:
         assert [j.name for j in database.jobs.filter()] == ["keep-me"]
+        assert database.records.labels("P") == ["keep-me-too"]
+        assert database.call("user_list") == []  # the new tables work
 
 
 def test_init_again_keeps_rows_and_says_it_is_current(db, backend):

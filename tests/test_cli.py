@@ -16,6 +16,8 @@ from urllib.parse import urlparse
 import click
 import pytest
 
+from balsamdb.models import SCHEMA_VERSION
+
 import balsamdb
 from cli.main import main
 
@@ -190,7 +192,8 @@ def test_init_postgres_url_uses_the_server_and_keeps_the_password_private(run_db
     report = json.loads(ok(run_db("which", "--path", target, "--json")))
     assert report["is_db_directory"] and report["db_type"] == "postgres"
     again = run_db("init", target, "--db-type", "postgres", "--json")
-    assert json.loads(ok(again))["actions"] == [f"{target} is already a current postgres DB directory (schema 1)"]
+    assert json.loads(ok(again))["actions"] == [
+        f"{target} is already a current postgres DB directory (schema {SCHEMA_VERSION})"]
     refused(run_db("init", target), "already a postgres DB directory")
     for shown in (run_db("which", "--path", target), again):
         assert password not in shown.stdout + shown.stderr

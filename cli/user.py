@@ -1,0 +1,124 @@
+"""`db user`: the people who may use the HTTP record store, and their projects."""
+
+import click
+
+from balsamdb.passwords import hash_password
+
+from .common import CONTEXT_SETTINGS, echo_json, json_option, open_db, path_option
+
+
+@click.group("user", context_settings=CONTEXT_SETTINGS)
+def user():
+    """Add, list and remove users of the HTTP record store, and grant them projects
+
+    Example:
+
+    \b
+        db user add ada                 # asks for a password
+        db user grant ada MyProject
+        db user ls
+    """
+
+
+def _password(password_stdin):
+    if password_stdin:
+        password = click.get_text_stream("stdin").readline().rstrip("\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        raise click.UsageError("the password may not be empty")
+    return password
+
+
+@user.command("add")
+@click.argument("name")
+@path_option
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
+def add(name, path, password_stdin):
+    """Add a user (or change the password of an existing one)
+
+    The password is stored as a scrypt hash, never as text.
+
+    Example:
+
+    \b
+        db user add ada
+        echo "$PW" | db user add ada --password-stdin
+    """
+    password_hash = hash_password(_password(password_stdin))
+    with open_db(path) as db:
+        created = db.call("user_save", name=name, password_hash=password_hash)
+    click.echo(f"{'added user' if created['created'] else 'changed the password of'} {name}")
+
+
+@user.command("passwd")
+@click.argument("name")
+@path_option
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
+def passwd(name, path, password_stdin):
+    """Change the password of a user
+
+    Example:
+
+    \b
+        db user passwd ada
+    """
+    with open_db(path) as db:
+        db.call("user_get", name=name)  # not found: a clear error before asking
+        db.call("user_save", name=name, password_hash=hash_password(_password(password_stdin)))
+    click.echo(f"changed the password of {name}")
+
+
+@user.command("rm")
+@click.argument("name")
+@path_option
+def rm(name, path):
+    """Remove a user and their permissions
+
+    Example:
+
+    \b
+        db user rm ada
+    """
+    with open_db(path) as db:
+        db.call("user_delete", name=name)
+    click.echo(f"removed user {name}")
+
+
+@user.command("ls")
+@path_option
+@json_option
+def ls(path, as_json):
+    """List the users and the projects each may use
+
+    Example:
+
+    \b
+        db user ls --json
+    """
+    with open_db(path) as db:
+        users = db.call("user_list")
+    if as_json:
+        echo_json(users)
+        return
+    if not users:
+        click.echo("no users (add one with: db user add NAME)")
+    for item in users:
+        click.echo(f"{item['name']:<20} {', '.join(item['projects']) or '(no projects)'}")
+
+
+@user.command("grant")
+@click.argument("name")
+@click.argument("project")
+@path_option
+def grant(name, project, path):
+    """Let a user read and write a project of the HTTP record store
+
+    Example:
+
+    \b
+        db user grant ada MyProject
+    """
+    with open_db(path) as db:
+        result = db.call("permission_grant", project=project, user=name)
+    click.echo(f"{name} {'may now use' if result['granted'] else 'could already use'} project {project}")
