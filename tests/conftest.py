@@ -96,21 +96,12 @@ def pg_cluster():
 
 def make_db_directory(backend, path, pg_url=None):
     """A fresh DB directory at ``path`` on ``backend``; returns the path."""
+    from helpers import fresh_database_url
+
     if backend == "sqlite3":
         DBDirectory(path).init()
-        return path
-    import uuid
-
-    import psycopg2
-
-    name = "t_" + uuid.uuid4().hex[:12]
-    con = psycopg2.connect(pg_url + "postgres")
-    con.autocommit = True
-    try:
-        con.cursor().execute(f"CREATE DATABASE {name}")
-    finally:
-        con.close()
-    DBDirectory(path).init("postgres", url=pg_url + name)
+    else:
+        DBDirectory(path).init("postgres", url=fresh_database_url(pg_url))
     return path
 
 

@@ -4,7 +4,6 @@ Every wait here has a deadline and says what it saw when it runs out.
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -66,7 +65,11 @@ def processes_for(path):
 
 def kill_everything(path):
     """Finalizer: stop every server process of ``path``, gracefully then by force."""
-    procs = processes_for(path)
+    stop_processes(processes_for(path))
+
+
+def stop_processes(procs):
+    """SIGCONT + SIGTERM, 15 s to go, then SIGKILL (for finalizers)."""
     for proc in procs:
         try:
             proc.send_signal(signal.SIGCONT)
@@ -128,6 +131,22 @@ class Writers:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def fresh_database_url(pg_url):
+    """The URL of a new, empty database on the PostgreSQL server of ``pg_url`` (which ends in '/')."""
+    import uuid
+
+    import psycopg2
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    con = psycopg2.connect(pg_url + "postgres")
+    con.autocommit = True
+    try:
+        con.cursor().execute(f"CREATE DATABASE {name}")
+    finally:
+        con.close()
+    return pg_url + name
 
 
 def job_ids_in_db(path):

@@ -161,16 +161,9 @@ def test_init_refuses_a_different_db_type_for_an_existing_directory(run_db, dbdi
 
 def _fresh_database(pg_cluster):
     """The URL of a new, empty database on the session's cluster (with its password)."""
-    import psycopg2
+    from helpers import fresh_database_url
 
-    name = "t_" + uuid.uuid4().hex[:12]
-    con = psycopg2.connect(pg_cluster + "postgres")
-    con.autocommit = True
-    try:
-        con.cursor().execute(f"CREATE DATABASE {name}")
-    finally:
-        con.close()
-    return pg_cluster + name
+    return fresh_database_url(pg_cluster)
 
 
 def test_init_postgres_url_uses_the_server_and_keeps_the_password_private(run_db, tmp_path, pg_cluster):

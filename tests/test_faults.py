@@ -45,7 +45,8 @@ from balsamdb.dbdir import DBDirectory
 from balsamdb.spool import Spool
 from dbserver.watchdog import HEALTHY_AFTER
 
-from helpers import Writers, address, db_cli, job_ids_in_db, kill_everything, processes_for, wait_for
+from helpers import (Writers, address, db_cli, job_ids_in_db, kill_everything, processes_for, stop_processes,
+                     wait_for)
 
 RESTART_BOUND = 3.0   # s from SIGKILL to a new server, beyond the watchdog's announced backoff ("~1 s";
 #                       generous because 64 writer processes share 2 cores with the restarting server)
@@ -212,20 +213,7 @@ def tmpfs(tmp_path):
     try:
         yield mount_point
     finally:
-        procs = _processes_under(mount_point)
-        for proc in procs:
-            try:
-                proc.send_signal(signal.SIGCONT)
-                proc.terminate()
-            except psutil.Error:
-                pass
-        _gone, alive = psutil.wait_procs(procs, timeout=15)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(alive, timeout=5)
+        stop_processes(_processes_under(mount_point))
         _mount("-o", "remount,rw", mount_point)
         try:
             wait_for(lambda: subprocess.run(["umount", str(mount_point)], capture_output=True).returncode == 0
