@@ -380,7 +380,7 @@ def job_count(filters=None):
 # -- projects and records -------------------------------------------------------
 
 # Fields of a Sumatra record that a later save of the same run may fill in or change;
-# every other field is provenance and write-once (see docs/records.md).
+# every other field is provenance and write-once (see docs/http.md and docs/protocol.md).
 RECORD_MUTABLE = frozenset({"duration", "output_data", "platforms", "stdout_stderr", "tags",
                             "user", "outcome", "reason", "repeats"})
 

@@ -11,6 +11,7 @@ from .job import job
 from .ls import ls
 from .record import record
 from .spool import spool
+from .serve import serve
 from .user import user
 from .which import which
 
@@ -33,5 +34,5 @@ def main():
     """
 
 
-for command in (init, which, ls, job, record, dbserver, spool, user):
+for command in (init, which, ls, job, record, dbserver, spool, user, serve):
     main.add_command(command)

@@ -1,0 +1,636 @@
+"""The HTTP record store: the Sumatra Server API over a DB directory (``db serve``).
+
+A Flask application served by waitress.  Every read and write goes through
+``balsamdb.connect(P)``, so through the write server while one runs, exactly
+like the writes of job processes.  The protocol is the one Sumatra's ``smt``
+client speaks (see docs/http.md for the reference table):
+
+    GET          {base}                    projects the caller may read
+    GET, PUT     {base}{p}/                project info and its records (absolute URLs, newest first)
+    GET, PUT,    {base}{p}/{label}/        one record (PUT 200 or 201, DELETE 204)
+      DELETE
+    GET          {base}{p}/last/           the newest record by timestamp
+    GET, DELETE  {base}{p}/tag/{t}/        records tagged t; DELETE answers the count as plain text
+    GET, DELETE  {base}{p}/tagged/{t}/     the same
+    GET, POST    {base}{p}/permissions/    users of the project; POST {"user": name} grants one
+
+Authentication is HTTP Basic against the users of the DB directory (``db user``);
+an anonymous request for anything not public gets 401 with a ``WWW-Authenticate``
+challenge, because httplib2 (smt's HTTP library) sends credentials only then.
+
+Use :func:`create_app` for any WSGI server, or :func:`serve` to run waitress.
+"""
+
+import hashlib
+import json
+import logging
+import re
+import signal
+import threading
+import time
+from base64 import b64decode
+from binascii import Error as Base64Error
+from urllib.parse import quote
+
+import flask
+from markupsafe import Markup
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+import balsamdb
+from balsamdb.api import SpooledWrite
+from balsamdb.exceptions import (BadRequest, BalsamDBError, ConfigError, Conflict, NotFound,
+                                 RequestTooLarge, ServerError)
+from balsamdb.passwords import verify_password
+
+log = logging.getLogger("dbserver.http_store")
+
+REALM = "balsamdb"
+MAX_BODY_BYTES = 64 * 1024 * 1024
+# A PUT {p}/ that changes nothing answers 201 for this long after the project was
+# made: smt accepts only 201 from its create call, and two jobs racing to create
+# one project must both see it (see docs/http.md, "Project creation").
+CREATE_RACE_WINDOW = 60.0
+PASSWORD_CACHE_SECONDS = 60.0
+HTML_RECORD_LIMIT = 50           # records shown on a project's HTML page (whole documents are read)
+HTML_OUTPUT_CHARS = 100_000      # program output shown on a record's HTML page
+# Sub-paths of a project that are not record labels.
+RESERVED_LABELS = ("last", "permissions")
+RESERVED_PREFIXES = ("tag/", "tagged/")
+SUMATRA_MEDIA_TYPE = re.compile(r"application/vnd\.sumatra\.[a-z-]+-v\d+\+json")
+
+STATUS_OF_ERROR = [  # library error -> HTTP status; the first match wins
+    (RequestTooLarge, 413),
+    (BadRequest, 400),
+    (NotFound, 404),
+    (Conflict, 409),
+    (ServerError, 502),   # the write server failed on a request: its log says why
+    (BalsamDBError, 503),  # no server, busy, storage refused, shutting down: try again later
+]
+
+
+class HTTPError(Exception):
+    """An answer other than success, raised anywhere in a view."""
+
+    def __init__(self, status, message, headers=None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def _challenge(message="log in to see this"):
+    return HTTPError(401, message, {"WWW-Authenticate": f'Basic realm="{REALM}"'})
+
+
+# -- the store, one connection per thread ---------------------------------------------------------------
+
+class Store:
+    """``balsamdb.connect(path)`` once per thread (a Database is not thread-safe)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self._local = threading.local()
+
+    def db(self):
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = balsamdb.connect(self.path)
+        return db
+
+    def read(self, op, **params):
+        return self.db().call(op, **params)
+
+    def write(self, op, **params):
+        result = self.db().call(op, **params)
+        if isinstance(result, SpooledWrite):
+            # No server answered: the write waits in the spool and will be applied, but it
+            # cannot be read back now, which no Sumatra client expects after a success.
+            raise HTTPError(202, "the store's server is unreachable: this write waits in the spool "
+                                 "and will be stored when the server is back", {"Retry-After": "10"})
+        return result
+
+    def project(self, name):
+        """Project ``name`` with its record count, or None."""
+        try:
+            return self.read("project_get", name=name)
+        except NotFound:
+            return None
+
+
+class PasswordCache:
+    """Remembers successful password checks for a while: scrypt is slow on purpose, and
+    each smt command sends about 30 requests.  Keyed by the stored hash too, so that a
+    changed password takes effect at once; failures are never cached."""
+
+    def __init__(self, seconds=PASSWORD_CACHE_SECONDS, max_entries=4096):
+        self.seconds, self.max_entries = seconds, max_entries
+        self._valid_until = {}
+        self._lock = threading.Lock()
+
+    def check(self, name, password, stored_hash):
+        key = (name, hashlib.sha256(password.encode()).hexdigest(), stored_hash)
+        now = time.monotonic()
+        with self._lock:
+            if self._valid_until.get(key, 0) > now:
+                return True
+        if not verify_password(password, stored_hash):
+            return False
+        with self._lock:
+            if len(self._valid_until) >= self.max_entries:
+                self._valid_until = {k: t for k, t in self._valid_until.items() if t > now}
+                if len(self._valid_until) >= self.max_entries:
+                    self._valid_until.clear()
+            self._valid_until[key] = now + self.seconds
+        return True
+
+
+def _basic_credentials(header):
+    """(name, password) from an ``Authorization: Basic`` header; HTTPError 401 when unreadable."""
+    scheme, _, data = header.partition(" ")
+    if scheme.lower() != "basic":
+        raise _challenge("only HTTP Basic authentication is supported")
+    try:
+        name, sep, password = b64decode(data.strip(), validate=True).decode("utf-8").partition(":")
+    except (Base64Error, UnicodeDecodeError, ValueError):
+        raise _challenge("the Authorization header is not valid HTTP Basic") from None
+    if not sep or not name:
+        raise _challenge("the Authorization header is not valid HTTP Basic")
+    return name, password
+
+
+# -- content negotiation ------------------------------------------------------------------------------------
+
+def _negotiate(request):
+    """("json" | "html", Content-Type of the answer), from ?format= or Accept; HTTPError 406."""
+    wanted = request.args.get("format")
+    if wanted is not None:
+        if wanted.lower() == "json":
+            return "json", "application/json"
+        if wanted.lower() == "html":
+            return "html", "text/html; charset=utf-8"
+        raise HTTPError(406, f"unknown format {wanted!r}: use ?format=json or ?format=html")
+    if not request.headers.get("Accept", "").strip():
+        return "json", "application/json"
+    accept = request.accept_mimetypes
+    best = accept.best_match(["application/json", "text/html"])
+    for value, quality in accept:  # highest quality first
+        if quality > 0 and SUMATRA_MEDIA_TYPE.fullmatch(value) and quality >= accept.quality(best or "x/x"):
+            return "json", value  # the client named a Sumatra media type: answer in it
+    if best == "text/html":
+        return "html", "text/html; charset=utf-8"
+    if best == "application/json":
+        return "json", "application/json"
+    raise HTTPError(406, "this store answers application/json (or a Sumatra media type) and text/html; "
+                         f"the request accepts only {request.headers.get('Accept')!r}")
+
+
+# -- HTML pages: small, escaped by Jinja's autoescaping ----------------------------------------------------
+
+_LAYOUT = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }} - balsamdb</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:72em;padding:0 1em;color:#222}
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.3em .6em;border-bottom:1px solid #ddd;
+vertical-align:top}th{background:#f4f4f4}pre{background:#f7f7f7;padding:.6em;overflow-x:auto;white-space:pre-wrap}
+.tag{display:inline-block;background:#e8eef8;border-radius:.3em;padding:0 .4em;margin:0 .2em .2em 0;
+text-decoration:none;color:#234}.muted{color:#777}nav{margin-bottom:1em}
+</style></head><body>
+<nav><a href="{{ base }}">projects</a>{% if project %} / <a href="{{ base }}{{ project|urlpart }}/">{{ project }}</a>{% endif %}
+<span class="muted">{% if user %}&middot; logged in as {{ user }}{% endif %}</span></nav>
+{{ body }}
+</body></html>"""
+
+_PROJECTS = """<h1>Projects</h1>
+{% if message %}<p>{{ message }}</p>{% endif %}
+{% if projects %}<table><tr><th>project</th><th>description</th><th>access</th></tr>
+{% for p in projects %}<tr><td><a href="{{ base }}{{ p.name|urlpart }}/">{{ p.name }}</a></td>
+<td>{{ p.description }}</td><td>{{ "public" if p.public else "members" }}</td></tr>{% endfor %}</table>
+{% else %}<p class="muted">No projects to show.</p>{% endif %}"""
+
+_PROJECT = """<h1>{{ project }}</h1>
+{% if info.description %}<p>{{ info.description }}</p>{% endif %}
+{% if info.public %}<p class="muted">public: anyone may read it</p>{% endif %}
+<p class="muted">{{ total }} record{{ "" if total == 1 else "s" }}{% if tags %} tagged {{ tags|join(", ") }}
+(<a href="{{ base }}{{ project|urlpart }}/">all records</a>){% endif %}{% if total > records|length %};
+the newest {{ records|length }} shown{% endif %} &middot; <a href="?format=json{% if tags %}&amp;tags={{ tags|join(",")|urlencode }}{% endif %}">JSON</a></p>
+{% if records %}<table><tr><th>label</th><th>timestamp</th><th>reason</th><th>outcome</th><th>duration</th><th>tags</th></tr>
+{% for r in records %}<tr><td><a href="{{ base }}{{ project|urlpart }}/{{ r.label|urlpart }}/">{{ r.label }}</a></td>
+<td>{{ r.timestamp }}</td><td>{{ r.reason }}</td><td>{{ r.outcome }}</td><td>{{ r.duration|seconds }}</td>
+<td>{% for t in r.tags or [] %}<a class="tag" href="?tags={{ t|urlencode }}">{{ t }}</a>{% endfor %}</td></tr>{% endfor %}
+</table>{% endif %}"""
+
+_RECORD = """<h1>{{ r.label }}</h1>
+<p class="muted"><a href="?format=json">JSON</a></p>
+<table>
+{% for name, value in fields %}<tr><th>{{ name }}</th><td>{{ value }}</td></tr>{% endfor %}
+<tr><th>tags</th><td>{% for t in r.tags or [] %}<a class="tag" href="{{ base }}{{ project|urlpart }}/?tags={{ t|urlencode }}">{{ t }}</a>{% endfor %}</td></tr>
+</table>
+{% if r.parameters and r.parameters.content %}<h2>Parameters</h2><pre>{{ r.parameters.content }}</pre>{% endif %}
+{% if r.output_data %}<h2>Output data</h2><table><tr><th>path</th><th>digest</th><th>created</th></tr>
+{% for o in r.output_data %}<tr><td>{{ o.path }}</td><td>{{ o.digest }}</td><td>{{ o.creation }}</td></tr>{% endfor %}
+</table>{% endif %}
+<h2>Program output</h2><pre>{{ output }}</pre>
+{% if r.diff %}<h2>Uncommitted changes</h2><pre>{{ r.diff }}</pre>{% endif %}"""
+
+_ERROR = """<h1>{{ status }}</h1><p>{{ message }}</p>"""
+
+
+def _seconds(value):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.2f} s"
+    return ""
+
+
+def _record_fields(doc):
+    executable = doc.get("executable") or {}
+    repository = doc.get("repository") or {}
+    return [
+        ("timestamp", doc.get("timestamp")), ("reason", doc.get("reason")), ("outcome", doc.get("outcome")),
+        ("duration", _seconds(doc.get("duration"))), ("user", doc.get("user")),
+        ("main file", doc.get("main_file")), ("version", doc.get("version")),
+        ("repository", repository.get("url") if isinstance(repository, dict) else repository),
+        ("executable", " ".join(str(executable.get(k) or "") for k in ("name", "version", "path"))
+         if isinstance(executable, dict) else executable),
+        ("arguments", doc.get("script_arguments")),
+    ]
+
+
+# -- the application ---------------------------------------------------------------------------------------
+
+def _url_part(text):
+    """A project name or label as it goes into a URL (``/`` kept: labels may hold it)."""
+    return quote(str(text), safe="/:|@!$'()*+,;=-._~")
+
+
+def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_RACE_WINDOW):
+    """The WSGI application serving DB directory ``path`` under URL ``prefix``.
+
+    ``create_window``: seconds after a project's creation during which a PUT of it
+    that changes nothing still answers 201 (see :data:`CREATE_RACE_WINDOW`).
+    """
+    store = Store(path)
+    passwords = PasswordCache()
+    app = flask.Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = max_body
+    app.url_map.merge_slashes = False  # a label may hold "//": never redirect it to another record
+    app.jinja_env.filters.update(urlpart=_url_part, seconds=_seconds)
+    request = flask.request
+    g = flask.g
+
+    # -- request life cycle ----------------------------------------------------------------------
+
+    @app.before_request
+    def begin():
+        g.started, g.user = time.monotonic(), None
+        g.format = "json"  # how a 406 from _negotiate is answered
+        g.format, g.content_type = _negotiate(request)
+        header = request.headers.get("Authorization")
+        if header:
+            g.user = _authenticate(*_basic_credentials(header))
+
+    def _authenticate(name, password):
+        try:
+            user = store.read("user_get", name=name)
+        except (NotFound, BadRequest):
+            user = None
+        if user is None or not passwords.check(name, password, user["password_hash"]):
+            log.warning("failed login as %r from %s", name, request.remote_addr)
+            raise _challenge("wrong user name or password")
+        return user
+
+    @app.after_request
+    def finish(response):
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers.add("Vary", "Accept")
+        log.info("%s %s %s %s %.1f ms", request.method, request.full_path.rstrip("?"), response.status_code,
+                 (g.get("user") or {}).get("name", "-"), (time.monotonic() - g.get("started", 0)) * 1000)
+        return response
+
+    def _error_response(status, message, headers=None):
+        if g.get("format") == "html":
+            body = _page(str(status), _ERROR, status=status, message=message)
+            response = flask.Response(body, status, content_type="text/html; charset=utf-8")
+        else:
+            response = flask.Response(json.dumps({"status": status, "error": message}, ensure_ascii=False),
+                                      status, content_type="application/json")
+        response.headers.update(headers or {})
+        return response
+
+    @app.errorhandler(HTTPError)
+    def http_error(exc):
+        if exc.status == 401 and g.get("format") == "html" and not g.get("user") and request.path == "/":
+            # A browser that cancels the login dialog still sees what is public.
+            return _error_response_with_projects(exc)
+        return _error_response(exc.status, exc.message, exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def werkzeug_error(exc):
+        if exc.code == 413:
+            return _error_response(413, f"the request body is larger than {max_body} bytes")
+        return _error_response(exc.code or 400, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def library_error(exc):
+        if isinstance(exc, BalsamDBError):
+            status = next(code for cls, code in STATUS_OF_ERROR if isinstance(exc, cls))
+            if status >= 500:
+                log.error("%s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)
+            headers = {"Retry-After": "10"} if status == 503 else None
+            return _error_response(status, exc.message or str(exc) or type(exc).__name__, headers)
+        log.exception("%s %s failed", request.method, request.path)
+        return _error_response(500, "internal error of the HTTP record store (its log has the details)")
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def base_url():
+        return request.url_root  # scheme://host[:port]/prefix/ as the client reached us
+
+    def project_url(name):
+        return f"{base_url()}{_url_part(name)}/"
+
+    def _page(title, template, project=None, **context):
+        body = flask.render_template_string(template, base=base_url(), project=project, **context)
+        return flask.render_template_string(_LAYOUT, title=title, body=Markup(body), base=base_url(),
+                                            project=project, user=g.user["name"] if g.get("user") else None)
+
+    def reply(data, status=200, html=None):
+        """``data`` as JSON, or the HTML page ``html()`` (title, template, context) for a browser."""
+        if g.format == "html" and html is not None:
+            title, template, context = html()
+            return flask.Response(_page(title, template, **context), status,
+                                  content_type="text/html; charset=utf-8")
+        return flask.Response(json.dumps(data, ensure_ascii=False), status, content_type=g.content_type)
+
+    def require_user():
+        if g.user is None:
+            raise _challenge()
+        return g.user
+
+    def may_use(name):
+        if g.user is None:
+            return False
+        if name not in g.user["projects"]:
+            # Read again: a racing request of this user may have created the project since
+            # this one logged in (16 `smt run` of one project start together).
+            g.user["projects"] = store.read("user_get", name=g.user["name"])["projects"]
+        return name in g.user["projects"]
+
+    def readable_project(name):
+        """The project, when the caller may read it; else 401, 403 or 404."""
+        project = store.project(name)
+        if project is not None and project["public"]:
+            return project
+        require_user()
+        if project is None:
+            raise HTTPError(404, f"no project {name!r}")
+        if not may_use(name):
+            raise HTTPError(403, f"user {g.user['name']!r} may not use project {name!r} "
+                                 f"(grant it with: db user grant {g.user['name']} {name})")
+        return project
+
+    def writable_project(name, create=False):
+        """The project, when the caller may write it (None when ``create`` made it now)."""
+        require_user()
+        project = store.project(name)
+        if project is None:
+            if not create:
+                raise HTTPError(404, f"no project {name!r}")
+            store.write("permission_grant", project=name, user=g.user["name"])  # creates the project
+            g.user["projects"].append(name)
+            log.info("user %s created project %r", g.user["name"], name)
+            return None
+        if not may_use(name):
+            raise HTTPError(403, f"user {g.user['name']!r} may not write project {name!r}")
+        return project
+
+    def json_body(kind):
+        data = request.get_data(cache=False)
+        if not data.strip():
+            return {}
+        try:
+            value = json.loads(data)
+        except ValueError as exc:  # UnicodeDecodeError included
+            raise HTTPError(400, f"the {kind} is not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise HTTPError(400, f"the {kind} must be a JSON object")
+        return value
+
+    def tags_param():
+        return [t.strip() for t in (request.args.get("tags") or "").split(",") if t.strip()]
+
+    # -- views ----------------------------------------------------------------------------------------
+
+    @app.get("/")
+    def project_list():
+        projects = store.read("project_list")
+        mine = set(g.user["projects"]) if g.user else set()
+        visible = [p for p in projects if p["public"] or p["name"] in mine]
+        if g.user is None and len(visible) < len(projects):
+            raise _challenge("log in to see every project you may use")
+        return reply(_project_entries(visible),
+                     html=lambda: ("Projects", _PROJECTS, {"projects": visible, "message": None}))
+
+    def _project_entries(projects):
+        return [{"id": p["name"], "name": p["name"], "description": p["description"], "public": p["public"],
+                 "uri": project_url(p["name"])} for p in projects]
+
+    def _error_response_with_projects(exc):
+        public = [p for p in store.read("project_list") if p["public"]]
+        body = _page("Projects", _PROJECTS, projects=public,
+                     message="Log in to see every project you may use. Public projects:")
+        response = flask.Response(body, 401, content_type="text/html; charset=utf-8")
+        response.headers.update(exc.headers)
+        return response
+
+    @app.route("/<project>/", methods=["GET", "PUT"])
+    def project_view(project):
+        if request.method == "PUT":
+            return put_project(project)
+        return project_listing(project, tags_param())
+
+    def project_listing(name, tags):
+        project = readable_project(name)
+        labels = store.read("record_labels", project=name, tags=tags)
+        data = {"id": name, "name": name, "description": project["description"], "public": project["public"],
+                "created_at": project["created_at"], "tags": tags,
+                "records": [f"{project_url(name)}{_url_part(label)}/" for label in labels]}
+
+        def html():
+            records = store.read("record_list", project=name, tags=tags, limit=HTML_RECORD_LIMIT)
+            return name, _PROJECT, {"project": name, "info": project, "records": records, "total": len(labels),
+                                    "tags": tags}
+        return reply(data, html=html)
+
+    def put_project(name):
+        body = json_body("project")
+        description, public = body.get("description"), body.get("public")
+        if public is not None and not isinstance(public, bool):
+            raise HTTPError(400, "public must be true or false")
+        if description is not None and not isinstance(description, str):
+            raise HTTPError(400, "description must be a string")
+        existing = writable_project(name, create=True)
+        if existing is None:  # made by this request (or by a racing one a moment ago)
+            if description is not None or public is not None:
+                store.write("project_save", name=name, description=description, public=public)
+            status = 201
+        else:
+            changes = (description is not None and description != existing["description"]) or \
+                      (public is not None and public != existing["public"])
+            if changes:
+                store.write("project_save", name=name, description=description, public=public)
+                status = 200
+            else:
+                young = time.time() - existing["created_at"] < create_window
+                status = 201 if existing["records"] == 0 or young else 200
+        project = store.read("project_get", name=name)
+        return reply({"id": name, "name": name, "description": project["description"],
+                      "public": project["public"], "created_at": project["created_at"]}, status)
+
+    @app.route("/<project>/<path:label>/", methods=["GET", "PUT", "DELETE", "POST"])
+    def below_project(project, label):
+        method = "GET" if request.method == "HEAD" else request.method
+        if method == "PUT" and (label in RESERVED_LABELS or label.startswith(RESERVED_PREFIXES)):
+            raise HTTPError(400, f"the label {label!r} names a part of the API "
+                                 f"({', '.join(RESERVED_LABELS + RESERVED_PREFIXES)}); use another label")
+        for start in RESERVED_PREFIXES:  # {p}/tag/{t}/ and {p}/tagged/{t}/
+            if label.startswith(start):
+                return tagged(project, label[len(start):], method)
+        if label == "last":
+            allow(method, "GET")
+            readable_project(project)
+            newest = store.read("record_list", project=project, limit=1)
+            if not newest:
+                raise HTTPError(404, f"project {project!r} has no records")
+            return record_reply(project, newest[0])
+        if label == "permissions":
+            return permissions(project, method)
+        allow(method, "GET", "PUT", "DELETE")
+        if method == "GET":
+            readable_project(project)
+            return record_reply(project, store.read("record_get", project=project, label=label))
+        if method == "PUT":
+            return put_record(project, label)
+        writable_project(project)
+        store.write("record_delete", project=project, label=label)
+        return flask.Response(status=204)
+
+    def allow(method, *methods):
+        if method not in methods:
+            raise HTTPError(405, f"{method} is not allowed here; use {', '.join(methods)}",
+                            {"Allow": ", ".join(methods)})
+
+    def record_reply(project, doc):
+        def html():
+            output = str(doc.get("stdout_stderr") or "")
+            if len(output) > HTML_OUTPUT_CHARS:
+                output = output[:HTML_OUTPUT_CHARS] + f"\n... ({len(output) - HTML_OUTPUT_CHARS} more characters: " \
+                                                      "see the JSON)"
+            return str(doc.get("label")), _RECORD, {"project": project, "r": doc, "output": output,
+                                                    "fields": _record_fields(doc)}
+        return reply(doc, html=html)
+
+    def put_record(project, label):
+        record = json_body("record")
+        if record.get("label") != label:
+            raise HTTPError(400, f"the record's label {record.get('label')!r} differs from the label in the "
+                                 f"URL {label!r}")
+        writable_project(project, create=True)
+        created = store.write("record_save", project=project, record=record)["created"]
+        return reply({"project": project, "label": label, "created": created}, 201 if created else 200)
+
+    def tagged(project, tag, method):
+        allow(method, "GET", "DELETE")
+        if not tag:
+            raise HTTPError(404, "give a tag: {project}/tag/{tag}/")
+        if method == "DELETE":
+            writable_project(project)
+            deleted = store.write("record_delete_by_tag", project=project, tag=tag)["deleted"]
+            return flask.Response(str(deleted), 200, content_type="text/plain; charset=utf-8")
+        return project_listing(project, [tag])
+
+    def permissions(project, method):
+        allow(method, "GET", "POST")
+        if method == "POST":
+            writable_project(project)
+            user = json_body("permission").get("user")
+            if not isinstance(user, str) or not user:
+                raise HTTPError(400, 'give the user to grant as {"user": "name"}')
+            granted = store.write("permission_grant", project=project, user=user)["granted"]
+            users = store.read("permission_list", project=project)
+            return reply({"project": project, "users": users, "granted": granted}, 201 if granted else 200)
+        readable_project(project)
+        if not may_use(project):
+            require_user()
+            raise HTTPError(403, f"only users of project {project!r} may see who they are")
+        return reply({"project": project, "users": store.read("permission_list", project=project)})
+
+    if prefix.strip("/"):
+        mount = "/" + prefix.strip("/")
+        return DispatcherMiddleware(_outside_prefix(mount), {mount: app})
+    return app
+
+
+def _outside_prefix(mount):
+    def not_found(environ, start_response):
+        body = f"not found: this store serves {mount}/\n".encode()
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8"),
+                                         ("Content-Length", str(len(body))), ("Cache-Control", "no-cache")])
+        return [body]
+    return not_found
+
+
+# -- the server process ------------------------------------------------------------------------------------
+
+def _stop_on_sigterm(signum, frame):
+    # waitress's loop turns SystemExit into a graceful stop: requests in progress are
+    # finished and answered first.  Raising is the only way into its loop from outside.
+    raise SystemExit(0)
+
+
+def make_server(path, host="127.0.0.1", port=8000, prefix="/", threads=16, max_body=MAX_BODY_BYTES,
+                trusted_proxy=None, create_window=CREATE_RACE_WINDOW):
+    """A waitress server for DB directory ``path`` (not yet running); see :func:`serve`."""
+    import waitress
+
+    options = {}
+    if trusted_proxy:
+        options = {"trusted_proxy": trusted_proxy, "clear_untrusted_proxy_headers": True,
+                   "trusted_proxy_headers": "x-forwarded-for x-forwarded-host x-forwarded-proto x-forwarded-port"}
+    app = create_app(path, prefix=prefix, max_body=max_body, create_window=create_window)
+    return waitress.create_server(app, host=host, port=port,
+                                  threads=threads, max_request_body_size=max_body, ident="balsamdb",
+                                  **options)
+
+
+def serve(path, host="127.0.0.1", port=8000, prefix="/", threads=16, max_body=MAX_BODY_BYTES,
+          trusted_proxy=None, create_window=CREATE_RACE_WINDOW, ready=None):
+    """Serve DB directory ``path`` over HTTP until SIGTERM or Ctrl-C.
+
+    ``ready(url)`` is called once the socket listens.  Logs go to ``P/log/http.log``.
+    """
+    from balsamdb.dbdir import DBDirectory
+
+    from .logs import setup_logging
+
+    dbdir = DBDirectory(path)
+    dbdir.config()  # a clear error for a path that is not a DB directory
+    setup_logging(dbdir.log_dir / "http.log")
+    try:
+        server = make_server(dbdir.path, host, port, prefix, threads, max_body, trusted_proxy, create_window)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; "
+                          "choose another --port (or --host)") from None
+    shown_host = f"[{server.effective_host}]" if ":" in str(server.effective_host) else server.effective_host
+    url = f"http://{shown_host}:{server.effective_port}/{prefix.strip('/')}{'/' if prefix.strip('/') else ''}"
+    log.info("serving %s (%s) at %s with %d threads, bodies up to %d bytes%s", dbdir.path, dbdir.db_type, url,
+             threads, max_body, f", trusting proxy {trusted_proxy}" if trusted_proxy else "")
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        if ready is not None:
+            ready(url)
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.close()
+        log.info("stopped serving %s", dbdir.path)
+    return url

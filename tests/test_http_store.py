@@ -1,0 +1,587 @@
+"""The HTTP record store (`db serve`): real servers, real sockets, and Sumatra's own `smt` client.
+
+Every test starts `db serve` as a process on a free port of 127.0.0.1 in front of a DB directory
+whose write server runs (``served_dbdir``), and stops it in a finalizer.
+"""
+
+import base64
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+import balsamdb
+from balsamdb.passwords import hash_password
+
+START_DEADLINE = 30.0   # seconds for `db serve` to listen
+STOP_DEADLINE = 15.0
+SMT_TIMEOUT = 120.0
+PASSWORDS = {"ada": "ada-s3cret!", "bob": "bob's pass phrase"}
+RECORD_TYPE = "application/vnd.sumatra.record-v4+json"
+PROJECT_TYPE = "application/vnd.sumatra.project-v4+json"
+# `db serve` whether or not cli/main.py registers it yet.
+SERVE_MAIN = ("import sys; from cli.main import main; from cli.serve import serve; "
+              "main.add_command(serve); sys.argv[0] = 'db'; main()")
+
+
+# -- the server --------------------------------------------------------------------------------------------
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _listening(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+class Served:
+    """A `db serve` process: its base URL, DB directory and a small HTTP client."""
+
+    def __init__(self, path, workdir, *options):
+        self.path = Path(path)
+        self.port = _free_port()
+        self.log = open(Path(workdir) / f"serve-{self.port}.out", "w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SERVE_MAIN, "serve", "--path", str(path), "--port", str(self.port), *options],
+            stdout=self.log, stderr=subprocess.STDOUT, text=True)
+        prefix = "/"
+        if "--prefix" in options:
+            prefix = "/" + options[options.index("--prefix") + 1].strip("/") + "/"
+        self.prefix = prefix.replace("//", "/")
+        self.base = f"http://127.0.0.1:{self.port}{self.prefix}"
+        deadline = time.monotonic() + START_DEADLINE
+        while not _listening(self.port):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"db serve exited {self.proc.returncode}: {self.output()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"db serve did not listen on {self.port} within {START_DEADLINE} s: "
+                                     f"{self.output()}")
+            time.sleep(0.02)
+
+    def output(self):
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_DEADLINE)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise AssertionError(f"db serve ignored SIGTERM for {STOP_DEADLINE} s")
+            assert self.proc.returncode == 0, f"db serve exited {self.proc.returncode}: {self.output()}"
+        self.log.close()
+
+    def url(self, user=None):
+        if user is None:
+            return self.base
+        # Sumatra takes the password in the URL literally (no %-decoding): send it as it is.
+        return f"http://{user}:{PASSWORDS[user]}@127.0.0.1:{self.port}{self.prefix}"
+
+    def request(self, method, path="", body=None, user=None, headers=None, timeout=60):
+        """One request to ``{base}{path}`` (``path`` is sent as given: quote it yourself)."""
+        headers = dict(headers or {})
+        if user is not None:
+            token = base64.b64encode(f"{user}:{PASSWORDS.get(user, 'wrong')}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path if path.startswith("http") else self.prefix + path, body=body,
+                         headers=headers)
+            response = conn.getresponse()
+            return Answer(response.status, response.headers, response.read())
+        finally:
+            conn.close()
+
+
+class Answer:
+    def __init__(self, status, headers, body):
+        self.status, self.headers, self.body = status, headers, body
+
+    @property
+    def text(self):
+        return self.body.decode("utf-8", "replace")
+
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return f"<{self.status} {self.headers.get('Content-Type')} {self.text[:300]!r}>"
+
+
+def _add_users(path):
+    with balsamdb.connect(path) as db:
+        for name, password in PASSWORDS.items():
+            db.call("user_save", name=name, password_hash=hash_password(password))
+
+
+@pytest.fixture
+def start_store(served_dbdir, tmp_path, request):
+    """``start_store(*options)`` runs `db serve` on ``served_dbdir`` (users ada and bob added)."""
+    _add_users(served_dbdir)
+
+    def start(*options):
+        served = Served(served_dbdir, tmp_path, *options)
+        request.addfinalizer(served.stop)
+        return served
+
+    yield start
+    # Whatever a test sent, the server answered it without failing itself.
+    log = (served_dbdir / "log" / "http.log").read_text()
+    failures = [line for line in log.splitlines()
+                if "Traceback" in line or re.search(r" 5\d\d \S+ [\d.]+ ms$", line)]
+    assert not failures, failures
+
+
+@pytest.fixture
+def store(start_store):
+    return start_store("--create-race-window", "0")
+
+
+sqlite_only = pytest.mark.parametrize("backend", ["sqlite3"])
+
+
+def record(label, **changes):
+    """A record document with the 23 keys that Sumatra 0.8 sends."""
+    doc = {
+        "label": label, "timestamp": "2024-05-01 12:00:00+0000", "reason": "", "duration": None,
+        "executable": {"path": "/usr/bin/python3", "version": "3.11.7", "name": "Python", "options": ""},
+        "repository": {"url": "/home/ada/proj", "type": "GitRepository", "upstream": None},
+        "main_file": "main.py", "version": "f4f0cc958cc8b712ce8bd61c112cd00dc3da0c42",
+        "parameters": {"content": "", "type": "NoneType"}, "input_data": [], "script_arguments": "1 2",
+        "launch_mode": {"type": "SerialLaunchMode", "parameters": "{'working_directory': '/home/ada/proj'}"},
+        "datastore": {"type": "FileSystemDataStore", "parameters": "{'root': '/home/ada/proj/Data'}"},
+        "input_datastore": {"type": "FileSystemDataStore", "parameters": "{'root': '/'}"},
+        "outcome": None, "stdout_stderr": "Not launched.", "output_data": [], "tags": ["_initialized_"],
+        "diff": "", "user": "", "dependencies": [], "platforms": [], "repeats": None,
+    }
+    doc.update(changes)
+    return doc
+
+
+def put_record(store, project, doc, user="ada"):
+    return store.request("PUT", f"{quote(project)}/{quote(doc['label'])}/", doc, user=user,
+                         headers={"Content-Type": RECORD_TYPE})
+
+
+# -- the protocol, on both backends ---------------------------------------------------------------------------
+
+def test_a_project_and_its_records_as_smt_uses_them(store):
+    anonymous = store.request("GET", "MyProject/", headers={"Accept": f"{PROJECT_TYPE}, application/json"})
+    assert anonymous.status == 401 and anonymous.headers["WWW-Authenticate"] == 'Basic realm="balsamdb"'
+    assert store.request("GET", "MyProject/", user="ada").status == 404
+    for _ in range(2):  # two jobs racing to create the project both see 201
+        made = store.request("PUT", "MyProject/", {}, user="ada", headers={"Content-Type": PROJECT_TYPE})
+        assert made.status == 201, made
+    assert store.request("PUT", "MyProject/", {}, user="bob").status == 403
+
+    first = record("20240501-120000")
+    assert put_record(store, "MyProject", first).status == 201
+    assert store.request("PUT", "MyProject/", {}, user="ada").status == 200  # records, old enough: an update
+    done = dict(first, duration=1.5, tags=["_finished_"], stdout_stderr="ran\n", user="Ada <ada@lab>",
+                output_data=[{"path": "out.txt", "digest": "f734", "metadata": {}, "creation": "2024-05-01 12:00:01"}])
+    assert put_record(store, "MyProject", done).status == 200
+    got = store.request("GET", "MyProject/20240501-120000/", user="ada",
+                        headers={"Accept": f"{RECORD_TYPE}, application/json"})
+    assert got.status == 200 and got.json() == done
+    assert got.headers["Content-Type"] == RECORD_TYPE and got.headers["Cache-Control"] == "no-cache"
+
+    # Labels may hold ':', '|', spaces and '/'; the listing is absolute URLs, newest first.
+    odd = record("run:2|b c/d", timestamp="2024-05-03 08:00:00+0000", tags=["paper", "best"])
+    older = record("20240502-090000", timestamp="2024-05-02 09:00:00+0000", tags=["paper"])
+    assert put_record(store, "MyProject", odd).status == 201
+    assert put_record(store, "MyProject", older).status == 201
+    listing = store.request("GET", "MyProject/", user="ada", headers={"Accept": PROJECT_TYPE}).json()
+    urls = listing["records"]
+    assert [store.request("GET", u, user="ada").json()["label"] for u in urls] == \
+        ["run:2|b c/d", "20240502-090000", "20240501-120000"]
+    assert all(u.startswith(store.base + "MyProject/") for u in urls)
+    tagged = store.request("GET", "MyProject/?tags=paper,best", user="ada").json()["records"]
+    assert [store.request("GET", u, user="ada").json()["label"] for u in tagged] == ["run:2|b c/d"]
+
+    last = store.request("GET", "MyProject/last/", user="ada", headers={"Accept": RECORD_TYPE})
+    assert last.status == 200 and last.json() == odd
+
+    deleted = store.request("DELETE", "MyProject/tag/paper/", user="ada")
+    assert (deleted.status, deleted.text, deleted.headers["Content-Type"].split(";")[0]) == (200, "2", "text/plain")
+    gone = store.request("DELETE", "MyProject/20240501-120000/", user="ada")
+    assert (gone.status, gone.body) == (204, b"")
+    assert store.request("DELETE", "MyProject/20240501-120000/", user="ada").status == 404
+    assert store.request("GET", "MyProject/last/", user="ada").status == 404
+    with balsamdb.connect(store.path) as db:
+        assert db.records.labels("MyProject") == []
+
+
+def test_a_write_once_field_that_changes_is_a_409(store):
+    doc = record("clash")
+    assert put_record(store, "P", doc).status == 201
+    other = dict(doc, main_file="other.py", script_arguments="3 4")
+    refused = put_record(store, "P", other)
+    assert refused.status == 409
+    assert "main_file" in refused.json()["error"] and "script_arguments" in refused.json()["error"]
+    with balsamdb.connect(store.path) as db:
+        assert db.records.get("P", "clash") == doc
+    bad = store.request("PUT", "P/broken/", b'{"label": "broken", ', user="ada")
+    assert bad.status == 400 and "not valid JSON" in bad.json()["error"]
+    wrong = store.request("PUT", "P/x/", record("y"), user="ada")
+    assert wrong.status == 400 and "differs" in wrong.json()["error"]
+    reserved = store.request("PUT", "P/last/", record("last"), user="ada")
+    assert reserved.status == 400 and "another label" in reserved.json()["error"]
+
+
+def test_users_permissions_and_public_projects(store):
+    assert put_record(store, "Secret", record("s1")).status == 201  # ada made it: hers
+    assert store.request("GET", "Secret/", user="bob").status == 403
+    assert store.request("GET", "Secret/s1/", user="bob").status == 403
+    assert store.request("PUT", "Secret/s2/", record("s2"), user="bob").status == 403
+    assert store.request("DELETE", "Secret/s1/", user="bob").status == 403
+    wrong = store.request("GET", "Secret/", headers={"Authorization": "Basic " + base64.b64encode(
+        b"ada:not her password").decode()})
+    assert wrong.status == 401 and "WWW-Authenticate" in wrong.headers
+    assert store.request("GET", "Secret/", user="nobody").status == 401
+
+    # The project list shows what the caller may read; anonymous callers are asked to log in
+    # while some project is hidden from them.
+    assert put_record(store, "Open", record("o1"), user="bob").status == 201
+    assert store.request("GET", "").status == 401
+    assert [p["id"] for p in store.request("GET", "", user="ada").json()] == ["Secret"]
+    assert [p["id"] for p in store.request("GET", "", user="bob").json()] == ["Open"]
+
+    assert store.request("PUT", "Open/", {"public": True}, user="ada").status == 403  # not hers
+    assert store.request("PUT", "Open/", {"public": True, "description": "for all"}, user="bob").status == 200
+    assert store.request("GET", "Open/").json()["description"] == "for all"
+    assert store.request("GET", "Open/o1/").json()["label"] == "o1"  # anonymous
+    assert store.request("GET", "Open/o1/", user="ada").status == 200  # any user
+    assert store.request("PUT", "Open/o2/", record("o2")).status == 401
+    assert store.request("PUT", "Open/o2/", record("o2"), user="ada").status == 403
+    assert [p["id"] for p in store.request("GET", "", user="ada").json()] == ["Open", "Secret"]
+
+    members = store.request("GET", "Open/permissions/", user="bob")
+    assert members.status == 200 and members.json()["users"] == ["bob"]
+    assert store.request("GET", "Open/permissions/").status == 401
+    assert store.request("GET", "Open/permissions/", user="ada").status == 403
+    granted = store.request("POST", "Open/permissions/", {"user": "ada"}, user="bob")
+    assert granted.status == 201 and granted.json()["users"] == ["ada", "bob"]
+    assert store.request("POST", "Open/permissions/", {"user": "ghost"}, user="bob").status == 404
+    assert put_record(store, "Open", record("o2")).status == 201  # ada may write now
+
+
+# -- SQLite only: the real smt client, load, malformed input, pages ------------------------------------------
+
+def _smt_env(home):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "BALSAMDB_"))}
+    env.update(HOME=str(home), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+               GIT_AUTHOR_NAME="Ada", GIT_AUTHOR_EMAIL="ada@lab.example", GIT_COMMITTER_NAME="Ada",
+               GIT_COMMITTER_EMAIL="ada@lab.example")
+    return env
+
+
+MAIN_PY = """import os, sys
+os.makedirs("Data", exist_ok=True)
+with open(os.path.join("Data", "out-%s.txt" % "-".join(sys.argv[1:])), "w") as out:
+    out.write("result for %s\\n" % sys.argv[1:])
+print("computed", *sys.argv[1:])
+"""
+
+
+class SmtSession:
+    """`smt` commands in a git working copy, with a transcript of what they printed."""
+
+    def __init__(self, workdir):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir()
+        self.env = _smt_env(self.workdir.parent)
+        self.transcript = []
+        (self.workdir / "main.py").write_text(MAIN_PY)
+        for args in (["init", "-q"], ["add", "main.py"], ["commit", "-q", "-m", "the model"]):
+            subprocess.run(["git", *args], cwd=self.workdir, env=self.env, check=True, timeout=60)
+
+    def popen(self, *args):
+        return subprocess.Popen(["smt", *args], cwd=self.workdir, env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    def __call__(self, *args, check=True):
+        proc = subprocess.run(["smt", *args], cwd=self.workdir, env=self.env, capture_output=True, text=True,
+                              timeout=SMT_TIMEOUT)
+        self.transcript.append(f"$ smt {' '.join(args)}\n{proc.stdout}{proc.stderr}")
+        if check:
+            assert proc.returncode == 0, self.transcript[-1]
+        return proc
+
+
+@pytest.fixture
+def smt(tmp_path):
+    import importlib.util
+
+    missing = [m for m in ("sumatra", "httplib2", "git") if importlib.util.find_spec(m) is None]
+    missing += [p for p in ("git",) if not shutil.which(p)]
+    missing += [] if (Path(sys.executable).parent / "smt").exists() else ["the smt command"]
+    if missing:
+        message = f"the smt client needs {', '.join(missing)}: pip install -e .[test] (and git)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return SmtSession(tmp_path / "work")
+
+
+def _label_of(run):
+    return run.stdout.split("Record label for this run: '", 1)[1].split("'", 1)[0]
+
+
+@sqlite_only
+def test_the_smt_client_end_to_end(start_store, smt):
+    store = start_store()
+    public_url = store.url().replace("http://", "http://ada:PASSWORD@")
+    smt("init", f"--store={store.url('ada')}", "--main=main.py", "--executable=" + sys.executable, "MyProject")
+    smt.transcript[-1] = smt.transcript[-1].replace(store.url("ada"), public_url)  # no password in the log
+    first = smt("run", "--reason=first try", "1", "2")
+    label = _label_of(first)
+    assert "computed 1 2" in first.stdout and "Data keys are [out-1-2.txt(" in first.stdout
+
+    with balsamdb.connect(store.path) as db:
+        doc = db.records.get("MyProject", label)
+    assert doc["duration"] > 0 and doc["reason"] == "first try" and "_finished_" in doc["tags"]
+    assert [o["path"] for o in doc["output_data"]] == ["out-1-2.txt"]
+    assert "computed 1 2" in doc["stdout_stderr"] and doc["platforms"] and doc["script_arguments"] == "1 2"
+    assert store.request("GET", f"MyProject/{label}/", user="ada").json() == doc
+
+    second = _label_of(smt("run", "--label=second", "3"))
+    listed = smt("list", "-l")
+    assert f"Label            : {label}" in listed.stdout and "Label            : second" in listed.stdout
+    assert "Duration         : " in listed.stdout and "Script_Arguments : 1 2" in listed.stdout
+    assert sorted(smt("list").stdout.split()) == sorted([label, second])
+
+    smt("tag", "paper", label)
+    smt("comment", "looks right")                    # the most recent record (GET {p}/last/)
+    smt("comment", label, "the first one")
+    assert smt("list", "paper").stdout.split() == [label]
+    with balsamdb.connect(store.path) as db:
+        assert "paper" in db.records.get("MyProject", label)["tags"]
+        assert db.records.get("MyProject", label)["outcome"] == "the first one"
+        assert db.records.get("MyProject", "second")["outcome"] == "looks right"
+
+    # Same label, different provenance: refused (409) before the program runs, not merged.
+    clash = smt("run", "--label=second", "4", check=False)
+    assert clash.returncode == 1 and "409" in clash.stdout + clash.stderr
+    assert "computed 4" not in clash.stdout
+
+    deleted = smt("delete", "--tag", "paper")
+    assert deleted.stdout.strip() == "1 records deleted."
+    smt("run", "--label=third", "5")
+    smt("delete", "second")
+    assert "Could not delete" not in smt.transcript[-1]
+    with balsamdb.connect(store.path) as db:
+        assert db.records.labels("MyProject") == ["third"]
+    assert smt("list").stdout.split() == ["third"]
+
+    transcript = "\n".join(smt.transcript)
+    (smt.workdir.parent / "smt-session.txt").write_text(transcript)
+    print("\n---- smt session ----\n" + transcript)
+
+
+@sqlite_only
+def test_sixteen_smt_runs_at_once(start_store, smt):
+    store = start_store()
+    smt("init", f"--store={store.url('ada')}", "--main=main.py", "--executable=" + sys.executable,
+        "--labelgenerator=uuid", "Crowd")
+    procs = [smt.popen("run", str(i)) for i in range(16)]
+    outputs = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=SMT_TIMEOUT * 2)
+        outputs.append(out)
+        assert proc.returncode == 0, out
+    labels = {_label_of(type("Run", (), {"stdout": out})) for out in outputs}
+    assert len(labels) == 16
+    with balsamdb.connect(store.path) as db:
+        docs = db.records.list("Crowd")
+    assert {d["label"] for d in docs} == labels
+    assert sorted(d["script_arguments"] for d in docs) == sorted(str(i) for i in range(16))
+    assert all(d["duration"] and d["output_data"] and "_finished_" in d["tags"] for d in docs)
+    # An unchanged PUT of the project still answers 201 shortly after its creation (a late racer).
+    assert store.request("PUT", "Crowd/", {}, user="ada").status == 201
+
+
+@sqlite_only
+def test_sixty_four_clients_at_once(store):
+    assert store.request("PUT", "Load/", {}, user="ada").status == 201
+
+    def client(i):
+        statuses = []
+        for j in range(3):
+            doc = record(f"c{i}-{j}", timestamp=f"2024-05-01 12:{i:02d}:{j:02d}+0000")
+            statuses.append(put_record(store, "Load", doc).status)
+            got = store.request("GET", f"Load/c{i}-{j}/", user="ada")
+            statuses.append(got.status if got.json() == doc else -1)
+        statuses.append(store.request("GET", "Load/", user="ada").status)
+        return statuses
+
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(client, range(64)))
+    assert all(s == [201, 200, 201, 200, 201, 200, 200] for s in results), results
+    with balsamdb.connect(store.path) as db:
+        assert len(db.records.labels("Load")) == 192
+
+
+@sqlite_only
+def test_large_records_and_oversized_bodies(store):
+    output = ("x" * 99 + "\n") * 50_000 + "é ü 漢字"  # 5 MB of program output, some of it not ASCII
+    doc = record("big", stdout_stderr=output, diff="d" * 100_000)
+    assert put_record(store, "Big", doc).status == 201
+    assert store.request("GET", "Big/big/", user="ada").json() == doc
+
+    conn = http.client.HTTPConnection("127.0.0.1", store.port, timeout=30)
+    try:
+        conn.putrequest("PUT", "/Big/huge/")
+        conn.putheader("Content-Length", str(65 * 1024 * 1024))
+        conn.putheader("Content-Type", RECORD_TYPE)
+        conn.endheaders()
+        assert conn.getresponse().status == 413
+    finally:
+        conn.close()
+    assert store.request("GET", "Big/", user="ada").status == 200
+
+
+@sqlite_only
+def test_malformed_requests_get_4xx_and_the_server_keeps_serving(store):
+    assert put_record(store, "P", record("r1")).status == 201
+    answers = {
+        "invalid UTF-8 body": store.request("PUT", "P/r2/", b'{"label": "r2\xff\xfe"}', user="ada").status,
+        "a JSON list": store.request("PUT", "P/r2/", b"[1, 2]", user="ada").status,
+        "invalid UTF-8 path": store.request("GET", "P/%FF%FE/", user="ada").status,
+        "bad Basic token": store.request("GET", "P/", headers={"Authorization": "Basic !!!"}).status,
+        "Basic of invalid UTF-8": store.request("GET", "P/", headers={
+            "Authorization": "Basic " + base64.b64encode(b"ada:\xff").decode()}).status,
+        "POST on a record": store.request("POST", "P/r1/", b"{}", user="ada").status,
+        "PATCH a project": store.request("PATCH", "P/", b"{}", user="ada").status,
+        "unknown URL": store.request("GET", "P/r1/extra/thing/", user="ada").status,
+        "public not a bool": store.request("PUT", "P/", {"public": "yes"}, user="ada").status,
+        "grant without a user": store.request("POST", "P/permissions/", {}, user="ada").status,
+        "empty tag": store.request("DELETE", "P/tag//", user="ada").status,
+    }
+    assert answers == {
+        "invalid UTF-8 body": 400, "a JSON list": 400, "invalid UTF-8 path": 404, "bad Basic token": 401,
+        "Basic of invalid UTF-8": 401, "POST on a record": 405, "PATCH a project": 405, "unknown URL": 404,
+        "public not a bool": 400, "grant without a user": 400, "empty tag": 404,
+    }
+    huge = store.request("GET", "P/", user="ada", headers={"X-Filler": "a" * 300_000})
+    assert 400 <= huge.status < 500
+    with socket.create_connection(("127.0.0.1", store.port), timeout=10) as sock:
+        sock.sendall(b"NONSENSE \xff\xfe\r\nHost: x\r\n\r\n")
+        reply = sock.recv(100)
+    assert reply.startswith(b"HTTP/1.") and reply.split()[1].startswith(b"4"), reply
+    assert store.request("GET", "P/r1/", user="ada").json() == record("r1")
+    assert "Traceback" not in (store.path / "log" / "http.log").read_text()
+
+
+@sqlite_only
+def test_json_or_html_by_accept_or_format(store):
+    evil = record("<script>alert(1)</script>", tags=["<b>bold</b>"], outcome="a & b",
+                  stdout_stderr="<img src=x onerror=alert(2)>")
+    assert put_record(store, "Pages", evil).status == 201
+    browser = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+    listing = store.request("GET", "Pages/", user="ada", headers=browser)
+    assert listing.status == 200 and listing.headers["Content-Type"].startswith("text/html")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in listing.text and "<script>" not in listing.text
+    assert "&lt;b&gt;bold&lt;/b&gt;" in listing.text and "a &amp; b" in listing.text
+    page = store.request("GET", f"Pages/{quote(evil['label'])}/", user="ada", headers=browser)
+    assert page.status == 200 and "&lt;img src=x onerror=alert(2)&gt;" in page.text and "<img" not in page.text
+    projects = store.request("GET", "?format=html", user="ada")
+    assert projects.headers["Content-Type"].startswith("text/html") and ">Pages</a>" in projects.text
+    forced = store.request("GET", "Pages/?format=json", user="ada", headers=browser)
+    assert forced.headers["Content-Type"] == "application/json" and forced.json()["id"] == "Pages"
+    assert store.request("GET", "Pages/?format=xml", user="ada").status == 406
+    assert store.request("GET", "Pages/", user="ada", headers={"Accept": "application/xml"}).status == 406
+    typed = store.request("GET", "Pages/", user="ada", headers={"Accept": f"{PROJECT_TYPE}, application/json"})
+    assert typed.headers["Content-Type"] == PROJECT_TYPE
+    plain = store.request("GET", "Pages/", user="ada", headers={"Accept": "*/*"})
+    assert plain.headers["Content-Type"] == "application/json"
+    login = store.request("GET", "", headers=browser)
+    assert login.status == 401 and "Log in" in login.text
+
+
+@sqlite_only
+def test_served_under_a_prefix(start_store):
+    store = start_store("--prefix", "/records/", "--trusted-proxy", "127.0.0.1")
+    assert store.request("PUT", "Pre/", {}, user="ada").status == 201
+    assert put_record(store, "Pre", record("a b")).status == 201
+    urls = store.request("GET", "Pre/", user="ada").json()["records"]
+    assert urls == [f"http://127.0.0.1:{store.port}/records/Pre/a%20b/"]
+    assert store.request("GET", urls[0], user="ada").json()["label"] == "a b"
+    assert store.request("GET", f"http://127.0.0.1:{store.port}/Pre/", user="ada").status == 404
+    assert [p["uri"] for p in store.request("GET", "", user="ada").json()] == \
+        [f"http://127.0.0.1:{store.port}/records/Pre/"]
+    # Behind a TLS proxy (docs/http.md): the URLs are the ones the client used.
+    proxied = store.request("GET", "Pre/", user="ada", headers={
+        "X-Forwarded-Proto": "https", "X-Forwarded-Host": "records.lab.example.org",
+        "X-Forwarded-Port": "443", "X-Forwarded-For": "192.0.2.7"})
+    assert proxied.json()["records"] == ["https://records.lab.example.org/records/Pre/a%20b/"]
+
+
+@sqlite_only
+def test_a_busy_port_is_a_clear_error(store):
+    second = subprocess.run([sys.executable, "-c", SERVE_MAIN, "serve", "--path", str(store.path),
+                             "--port", str(store.port)], capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1 and "choose another --port" in second.stderr, second.stderr
+    assert "Traceback" not in second.stderr
+    assert store.request("GET", "", user="ada").status == 200
+
+
+# -- unit tests of the pure parts ---------------------------------------------------------------------------------
+
+def test_password_checks_are_cached_by_user_password_and_hash(monkeypatch):
+    from dbserver import http_store
+
+    calls = []
+
+    def counting(password, stored):
+        calls.append(password)
+        return password == "right"
+
+    monkeypatch.setattr(http_store, "verify_password", counting)
+    cache = http_store.PasswordCache(seconds=60)
+    assert cache.check("ada", "right", "h1") and cache.check("ada", "right", "h1") and calls == ["right"]
+    assert not cache.check("ada", "wrong", "h1") and not cache.check("ada", "wrong", "h1")
+    assert calls == ["right", "wrong", "wrong"]  # failures are checked every time
+    assert cache.check("ada", "right", "h2") and len(calls) == 4  # a new stored hash: checked again
+    key = ("ada", hashlib.sha256(b"right").hexdigest(), "h1")
+    assert key in cache._valid_until
+    expired = http_store.PasswordCache(seconds=0)
+    expired.check("ada", "right", "h1")
+    expired.check("ada", "right", "h1")
+    assert len(calls) == 6
+
+
+def test_threads_each_get_their_own_database(dbdir):
+    from dbserver.http_store import Store
+
+    store = Store(dbdir)
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(store.db())) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len({id(db) for db in seen}) == 4 and store.db() is store.db() and store.db() not in seen
