@@ -65,19 +65,46 @@ def read(path):
     return data
 
 
+def _start_ticks(pid):
+    """The start of ``pid`` in clock ticks since boot, and the boot's id (Linux), or None.
+
+    Unlike a wall-clock start time, these do not move when the clock is stepped."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return int(fields[19]), handle.read().strip()
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def process_identity(pid):
-    """A (pid, start time) pair that survives pid reuse."""
-    return {"pid": pid, "started": psutil.Process(pid).create_time()}
+    """Who ``pid`` is, in a way that survives pid reuse: its start in ticks since boot (and
+    the boot) where /proc has them, and its start time (for people, and elsewhere)."""
+    ident = {"pid": pid, "started": psutil.Process(pid).create_time()}
+    ticks = _start_ticks(pid)
+    if ticks:
+        ident["ticks"], ident["boot"] = ticks
+    return ident
+
+
+def live_process(ident):
+    """The :class:`psutil.Process` that ``ident`` names, if it still runs (not a zombie), else None."""
+    if not ident:
+        return None
+    try:
+        proc = psutil.Process(int(ident["pid"]))
+        if "ticks" in ident:
+            same = _start_ticks(proc.pid) == (ident["ticks"], ident["boot"])
+        else:
+            same = abs(proc.create_time() - float(ident["started"])) < 0.01
+        return proc if same and proc.status() != psutil.STATUS_ZOMBIE else None
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        return None
 
 
 def _same_process(ident):
-    if not ident:
-        return False
-    try:
-        proc = psutil.Process(int(ident["pid"]))
-        return abs(proc.create_time() - float(ident["started"])) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.Error, KeyError, TypeError, ValueError):
-        return False
+    return live_process(ident) is not None
 
 
 def server_alive(data):
@@ -99,3 +126,12 @@ def watchdog_alive(data):
     if data.get("host") != socket.gethostname():
         return True
     return _same_process(data.get("watchdog"))
+
+
+def network_namespace():
+    """Which network namespace this process is in: a local (abstract Unix) socket is
+    reachable only from the same one."""
+    try:
+        return os.readlink("/proc/self/ns/net")
+    except OSError:
+        return None

@@ -21,6 +21,7 @@ from .settings import load_settings, resolve_db_path
 from .spool import Spool
 
 _COMING_POLL = 0.02  # seconds between looks at the address file while a server restarts
+_UNREACHABLE_FOR = 30.0  # seconds during which writes to a server that timed out go straight to the spool
 
 
 def connect(path=None, **settings):
@@ -59,6 +60,8 @@ class Database:
         self._address_signature = None
         self._address_path = str(dbdir.address_file)
         self._client_tag = f"{os.getpid()}x{os.urandom(3).hex()}"
+        self._client_pid = os.getpid()
+        self._unreachable = None  # (epoch, until): a server that did not answer a whole deadline
         self._spool_seq = 0
         self._last_spooled = None  # our newest spooled file: later writes must not overtake it
 
@@ -132,16 +135,18 @@ class Database:
         deadline = started + self.settings.client_deadline
         path = self._address_path
         recheck = False
-        frames = None
         while True:
             info, state = self._address(recheck)
+            if state == "up" and write and self.settings.spool and self._known_unreachable(info):
+                return self._spool(message)  # this server did not answer a whole deadline just now
             if state == "up":
-                frames = frames or self._encoded(message)
-                answer = self._send(info, message, path, frames)
+                message["ts"] = time.time()  # signed afresh on every try: never refused as a replay
+                answer = self._send(info, message, path)
                 if answer is not None and (answer.get("error") or {}).get("code") == TryAgain.code:
-                    time.sleep(_COMING_POLL)  # the server lost its database for a moment: resend as is
+                    time.sleep(_COMING_POLL)  # the server lost its database for a moment: resend
                 elif answer is not None:
                     self.last_route = "server"
+                    self._unreachable = None
                     return answer
             elif state == "down":
                 if self.db_type == "sqlite3" and not self.settings.require_server \
@@ -158,13 +163,26 @@ class Database:
                 time.sleep(_COMING_POLL)
             recheck = True
             if time.monotonic() >= deadline:
+                if state == "up":
+                    # Remember it: the next writes to this same server spool at once for a while,
+                    # instead of each waiting a whole deadline (a login node that went away).
+                    self._unreachable = (info.get("epoch"), time.monotonic() + _UNREACHABLE_FOR)
                 if write and self.settings.spool:
                     return self._spool(message)
                 raise unavailable(path, time.monotonic() - started)
 
+    def _known_unreachable(self, info):
+        if self._unreachable is None:
+            return False
+        epoch, until = self._unreachable
+        if epoch != info.get("epoch") or time.monotonic() >= until:
+            self._unreachable = None  # a new server, or time for another try
+            return False
+        return True
+
     def _encoded(self, message):
-        """The frames of ``message``: refused here at once when it is too large to send."""
-        frames = protocol.encode(self._server_client().secret, message)
+        """The signed frames of ``message``; refused here, at once, when too large to send."""
+        frames = protocol.encode(self.dbdir.secret() if self._server is None else self._server.secret, message)
         size = len(frames[0]) - 36
         if size > self.settings.max_request_bytes:
             raise RequestTooLarge(f"the request is {size} bytes, more than max_request_bytes "
@@ -172,24 +190,33 @@ class Database:
         return frames
 
     def _own_spool_waits(self):
+        if self._client_pid != os.getpid():
+            # A forked child: the parent's spooled files and sequence are the parent's.
+            self._client_tag, self._client_pid = f"{os.getpid()}x{os.urandom(3).hex()}", os.getpid()
+            self._spool_seq, self._last_spooled = 0, None
         if self._last_spooled is not None and not os.path.exists(self._last_spooled):
             self._last_spooled = None
         return self._last_spooled is not None
 
-    def _send(self, info, message, path, frames):
+    def _send(self, info, message, path):
         """One try at the server; first has it apply our spooled writes, so that none is overtaken."""
         client = self._server_client()
         if self._own_spool_waits():
             drained = client.try_once(info, {"id": os.urandom(16).hex(), "op": "spool_drain", "params": {},
                                              "ts": time.time()}, path)
-            if drained is None or self._own_spool_waits():
+            if drained is None:
                 return None
-        return client.try_once(info, message, path, frames)
+            if self._own_spool_waits():
+                time.sleep(_COMING_POLL)  # the server could not apply them yet: do not hammer it
+                return None
+        return client.try_once(info, message, path, self._encoded(message))
 
     def _spool(self, message):
-        frame = protocol.encode(self.dbdir.secret(), message)[0]
+        self._own_spool_waits()  # (re)names this client after a fork
+        frame = self._encoded(message)[0]
         self._spool_seq += 1
-        spooled = Spool(self.dbdir.spool_dir).put(frame, self._client_tag, self._spool_seq)
+        previous = int(os.path.basename(self._last_spooled).split("-")[0]) if self._last_spooled else 0
+        spooled = Spool(self.dbdir.spool_dir).put(frame, self._client_tag, self._spool_seq, not_before=previous)
         self._last_spooled = str(spooled)
         self.last_route = "spool"
         return {"ok": True, "spooled": True, "spool_file": str(spooled)}
@@ -311,10 +338,13 @@ class Jobs:
         threads_per_rank, wall_time_minutes, environ, parents, tags, data,
         state (CREATED, AWAITING_PARENTS or READY).
         """
-        spec = self._spec(name, workflow, fields, make_workdir)
+        spec = self._spec(name, workflow, fields, make_workdir=False)
+        expected = _spooled_job(spec)  # validates here, so nothing invalid is ever spooled
+        if make_workdir:
+            self._spec(name, workflow, spec, make_workdir=True)
         result = self._db.call("job_create", job=spec)
         if isinstance(result, SpooledWrite):
-            return self._job(_spooled_job(spec), spooled=result)
+            return self._job(expected, spooled=result)
         return self._job(result)
 
     def bulk_create(self, jobs, make_workdir=True):

@@ -13,7 +13,7 @@ import logging
 import peewee as pw
 
 from . import operations
-from .exceptions import BalsamDBError, Conflict, ServerError
+from .exceptions import BadRequest, BalsamDBError, Conflict, ServerError
 from .models import now
 from .statements import statements
 
@@ -106,14 +106,24 @@ def apply_requests(database, requests, savepoints=True):
     return answers
 
 
+# Errors of the database that one request's data causes (a value out of range, a constraint):
+# that request alone is refused.  The others (OperationalError: locked, disk full, connection
+# lost) concern the whole transaction.
+REQUEST_ERRORS = (pw.IntegrityError, pw.DataError, pw.ProgrammingError, pw.NotSupportedError)
+
+
 def _run_bare(op, params):
     try:
         return {"ok": True, "result": op.function(**params)}
+    except BalsamDBError as exc:
+        if not op.write:  # a refused read changed nothing: no need to redo the batch
+            return {"ok": False, "error": exc.to_dict()}
+        raise NeedsIsolation(op.name) from exc
+    except REQUEST_ERRORS as exc:
+        raise NeedsIsolation(op.name) from exc
     except DATABASE_ERRORS as exc:
-        if isinstance(exc, pw.IntegrityError):
-            raise NeedsIsolation(op.name) from exc
         raise StorageFailure(exc) from exc
-    except Exception as exc:  # refusals and bugs alike: redo this batch request by request
+    except Exception as exc:  # a bug: redo this batch request by request
         raise NeedsIsolation(op.name) from exc
 
 
@@ -138,6 +148,9 @@ def _run(database, op, params):
         return {"ok": False, "error": exc.to_dict()}
     except pw.IntegrityError as exc:
         return {"ok": False, "error": Conflict(f"{op.name}: {exc}").to_dict()}
+    except REQUEST_ERRORS as exc:
+        message = " ".join(str(exc).split())
+        return {"ok": False, "error": BadRequest(f"{op.name}: the database refused a value: {message}").to_dict()}
     except DATABASE_ERRORS as exc:
         raise StorageFailure(exc) from exc
     except Exception as exc:  # a bug in one operation must not take the others down

@@ -17,6 +17,7 @@ import time
 import zmq
 
 from . import address_file, protocol
+from .address_file import network_namespace as _network_namespace
 from .exceptions import AuthenticationError, ServerUnavailable
 
 log = logging.getLogger(__name__)
@@ -25,25 +26,34 @@ _SLICE_MS = 50          # poll granularity while waiting for a reply
 _LIVENESS_EVERY = 0.25  # seconds between checks that the server still lives
 
 
-def _network_namespace():
-    try:
-        return os.readlink("/proc/self/ns/net")
-    except OSError:
-        return None
-
-
 class _Context:
     """A ZeroMQ context per process (a forked child must not reuse its parent's)."""
 
     pid = None
     context = None
     keys = None
+    _host = None
+    _netns = None
 
     @classmethod
     def get(cls):
         if cls.pid != os.getpid():
-            cls.context, cls.pid, cls.keys = zmq.Context(), os.getpid(), None
+            cls.context, cls.pid, cls.keys, cls._host, cls._netns = zmq.Context(), os.getpid(), None, None, None
         return cls.context
+
+    @classmethod
+    def host(cls):
+        if cls.pid != os.getpid() or cls._host is None:
+            cls.get()
+            cls._host = socket.gethostname()
+        return cls._host
+
+    @classmethod
+    def netns(cls):
+        if cls.pid != os.getpid() or cls._netns is None:
+            cls.get()
+            cls._netns = _network_namespace() or ""
+        return cls._netns or None
 
     @classmethod
     def curve_keys(cls):
@@ -63,6 +73,7 @@ class ServerClient:
         self.settings = settings
         self._socket = None
         self._address = None
+        self._pid = os.getpid()
         self._local_failed = set()  # local addresses that did not answer (another network namespace?)
 
     def close(self):
@@ -71,6 +82,9 @@ class ServerClient:
             self._socket = None
 
     def _connect(self, address, curve_public=None):
+        if self._pid != os.getpid():
+            # Forked: the parent's socket belongs to the parent's context; drop it, never close it here.
+            self._socket, self._pid = None, os.getpid()
         if self._socket is None or self._address != (address, curve_public):
             self.close()
             sock = _Context.get().socket(zmq.REQ)
@@ -95,10 +109,19 @@ class ServerClient:
         """
         target = info["address"]
         local = info.get("local_address")
-        if local and local not in self._local_failed and info.get("host") == socket.gethostname() \
-                and info.get("netns") == _network_namespace():
+        if local and local not in self._local_failed and info.get("host") == _Context.host() \
+                and info.get("netns") == _Context.netns():
             target = local
         sock = self._connect(target, info.get("curve_public"))
+        try:
+            return self._exchange(sock, info, message, address_path, frames, target, local)
+        except BaseException:
+            # Interrupted between send and receive (KeyboardInterrupt, an alarm, a bad answer):
+            # a REQ socket still waiting for its reply is useless, so never keep it.
+            self.close()
+            raise
+
+    def _exchange(self, sock, info, message, address_path, frames, target, local):
         sock.send_multipart(frames or protocol.encode(self.secret, message))
         give_up = time.monotonic() + self.settings.client_timeout
         next_check = time.monotonic() + _LIVENESS_EVERY

@@ -14,6 +14,7 @@ host.  Jobs on compute nodes go through the server.
 import logging
 import os
 import random
+import threading
 import time
 
 import peewee as pw
@@ -23,6 +24,11 @@ from .exceptions import DatabaseBusy, StorageError
 from .models import MODELS
 
 log = logging.getLogger(__name__)
+
+# bind_ctx() binds the model classes for the whole process, so two threads (or two DB
+# directories) in one process must not run operations at the same time: SQLite
+# serializes the writers anyway.
+_BIND_LOCK = threading.RLock()
 
 _BUSY_WORDS = ("locked", "busy")
 
@@ -35,6 +41,7 @@ class DirectStore:
     def __init__(self, dbdir, settings):
         self.dbdir = dbdir
         self.settings = settings
+        self.pid = os.getpid()
         # The busy timeout is short so that our own backoff, with jitter, spreads
         # out many waiting processes instead of all retrying inside SQLite.
         self.database = dbdir.open_database(settings, busy_timeout=5.0)
@@ -49,8 +56,12 @@ class DirectStore:
         delay = 0.005
         while True:
             try:
+                if self.pid != os.getpid():
+                    # A forked child must never use its parent's SQLite connection: open its own.
+                    self.database = self.dbdir.open_database(self.settings, busy_timeout=5.0)
+                    self.pid = os.getpid()
                 self.database.connect(reuse_if_open=True)
-                with self.database.bind_ctx(MODELS):
+                with _BIND_LOCK, self.database.bind_ctx(MODELS):
                     with self.database.atomic(lock_type="IMMEDIATE" if write else None):
                         return apply_requests(self.database, [(request_id, op, params)])[0]
             except (StorageFailure, pw.OperationalError) as exc:

@@ -100,18 +100,12 @@ class TryAgain(BalsamDBError):
     code = "retry"
 
 
-class ShuttingDown(BalsamDBError):
-    """The server is stopping and takes no new requests; retry later."""
-
-    code = "shutting_down"
-
-
 ERRORS_BY_CODE = {
     cls.code: cls
     for cls in (
         BalsamDBError, ConfigError, NotADBDirectory, BadRequest, RequestTooLarge,
         AuthenticationError, NotFound, InvalidTransition, Conflict, DatabaseBusy,
-        StorageError, ServerUnavailable, ServerError, ShuttingDown, TryAgain,
+        StorageError, ServerUnavailable, ServerError, TryAgain,
     )
 }
 

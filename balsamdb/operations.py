@@ -5,8 +5,8 @@ the same function runs inside the write server (in a savepoint of a group
 commit) and in a process writing SQLite directly.  Parameters arrive as JSON
 values and are validated before anything is written; no SQL crosses the wire.
 
-Call :func:`execute` with the operation name and its parameters while the
-models are bound to a database and a transaction is open.
+:mod:`balsamdb.applier` runs them (``lookup``, ``bind_params``, then the
+function) while the models are bound to a database and a transaction is open.
 """
 
 import inspect
@@ -64,13 +64,6 @@ def bind_params(op, params):
         raise BadRequest(f"{op.name}: {exc}") from None
 
 
-def execute(name, params):
-    """Run operation ``name`` with ``params``; returns its JSON-able result."""
-    op = lookup(name)
-    bind_params(op, params)
-    return op.function(**params)
-
-
 # -- validation helpers ------------------------------------------------------
 
 def _text(value, what, required=True, max_len=None):
@@ -83,21 +76,35 @@ def _text(value, what, required=True, max_len=None):
     return value
 
 
+INT_MAX = 2 ** 31 - 1  # integer columns are 32-bit on PostgreSQL
+
+
 def _number(value, what, kind=float, minimum=0):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         raise BadRequest(f"{what} must be a number")
     if value < minimum:
         raise BadRequest(f"{what} must be at least {minimum}")
+    if kind is int and value > INT_MAX:
+        raise BadRequest(f"{what} must be at most {INT_MAX}")
+    if kind is float and abs(value) == float("inf"):
+        raise BadRequest(f"{what} must be finite")
     return kind(value)
 
 
-def _str_list(value, what):
+MAX_LIST = 50000  # items in one list parameter (ids, tags): beyond it, send several requests
+
+
+def _str_list(value, what, max_len=255):
     if value is None:
         return []
     if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
         isinstance(v, str) and v for v in value
     ):
         raise BadRequest(f"{what} must be a list of non-empty strings")
+    if len(value) > MAX_LIST:
+        raise BadRequest(f"{what} holds {len(value)} items; at most {MAX_LIST} per request")
+    if any(len(v) > max_len for v in value):
+        raise BadRequest(f"each of {what} must be at most {max_len} characters")
     return list(dict.fromkeys(value))
 
 
@@ -326,7 +333,10 @@ def _job_query(filters):
         raise BadRequest(f"unknown job filters {sorted(unknown)}; known: {', '.join(FILTER_KEYS)}")
     query = Job.select()
     if filters.get("ids") is not None:
-        query = query.where(Job.id.in_([_uuid(i) for i in _str_list(filters["ids"], "ids")]))
+        ids = [_uuid(i) for i in _str_list(filters["ids"], "ids")]
+        if len(ids) > 500:  # SQLite allows a limited number of parameters per statement
+            raise BadRequest("filter by at most 500 ids at a time")
+        query = query.where(Job.id.in_(ids))
     if filters.get("id_prefix") is not None:
         prefix = _text(filters["id_prefix"], "id_prefix").lower()
         if not all(c in "0123456789abcdef-" for c in prefix):
@@ -336,7 +346,10 @@ def _job_query(filters):
         if filters.get(key) is not None:
             query = query.where(getattr(Job, key) == _text(filters[key], key))
     if filters.get("name_like") is not None:
-        query = query.where(Job.name ** _glob_to_like(_text(filters["name_like"], "name_like")))
+        pattern = _text(filters["name_like"], "name_like", max_len=255)
+        if "\\" in pattern:
+            raise BadRequest("name_like may not contain a backslash")
+        query = query.where(Job.name ** _glob_to_like(pattern))
     if filters.get("state") is not None:
         wanted = filters["state"]
         wanted = [wanted] if isinstance(wanted, str) else _str_list(wanted, "state")
@@ -447,15 +460,18 @@ def _sort_time(timestamp):
 
 
 def _record_columns(doc):
-    def text(key):
+    def text(key, limit=None):
         value = doc.get(key)
-        return "" if value is None else str(value)
+        value = "" if value is None else str(value)
+        if limit and len(value) > limit:
+            raise BadRequest(f"record field {key} is longer than {limit} characters")
+        return value
 
     duration = doc.get("duration")
     return {
-        "timestamp": text("timestamp"), "sort_time": _sort_time(doc.get("timestamp")),
+        "timestamp": text("timestamp", 255), "sort_time": _sort_time(doc.get("timestamp")),
         "reason": text("reason"), "outcome": text("outcome"), "main_file": text("main_file"),
-        "version": text("version"), "user": text("user"),
+        "version": text("version", 255), "user": text("user", 255),
         "duration": float(duration) if isinstance(duration, (int, float)) and not isinstance(duration, bool) else None,
     }
 
@@ -552,8 +568,12 @@ def record_delete(project, label):
 def record_delete_by_tag(project, tag):
     """Delete every record of ``project`` tagged ``tag``; returns ``{"deleted": n}``."""
     ids = [r.id for r in _record_query(project, [_text(tag, "tag")]).select(Record.id)]
-    RecordTag.delete().where(RecordTag.record.in_(ids)).execute()
-    return {"deleted": Record.delete().where(Record.id.in_(ids)).execute() if ids else 0}
+    deleted = 0
+    for start in range(0, len(ids), 500):  # stay below SQLite's limit on parameters
+        chunk = ids[start:start + 500]
+        RecordTag.delete().where(RecordTag.record.in_(chunk)).execute()
+        deleted += Record.delete().where(Record.id.in_(chunk)).execute()
+    return {"deleted": deleted}
 
 
 @operation(write=True)

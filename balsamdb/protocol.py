@@ -59,7 +59,7 @@ def decode(secret, frames, max_bytes=None):
         raise AuthenticationError("bad signature: the client does not hold this DB directory's secret")
     try:
         message = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise BadRequest("the message body is not valid JSON") from None
     if not isinstance(message, dict):
         raise BadRequest("the message body must be a JSON object")

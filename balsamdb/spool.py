@@ -43,9 +43,13 @@ class Spool:
         for sub in (self.tmp, self.new, self.failed):
             sub.mkdir(parents=True, exist_ok=True)
 
-    def put(self, frame, client, seq):
-        """Store one signed request frame durably; returns the path of the waiting file."""
-        name = f"{time.time_ns():020d}-{client}-{seq:08d}.req"
+    def put(self, frame, client, seq, not_before=0):
+        """Store one signed request frame durably; returns the path of the waiting file.
+
+        Names sort in arrival order; ``not_before`` (the time stamp of this client's
+        previous file) keeps one client's files in order even if the clock steps back."""
+        stamp = max(time.time_ns(), not_before + 1)
+        name = f"{stamp:020d}-{client}-{seq:08d}.req"
         try:
             self.ensure()
             tmp = self.tmp / name

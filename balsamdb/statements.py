@@ -6,11 +6,13 @@ database's own quoting and parameter style, so the same code runs on SQLite and
 PostgreSQL.  Everything else uses peewee queries.
 """
 
+import weakref
+
 import peewee as pw
 
 from .models import AppliedRequest, Job, JobStateChange, JobTag
 
-_CACHE = {}
+_CACHE = weakref.WeakKeyDictionary()  # database -> Statements, gone with the database
 
 
 def _quoter(database):
@@ -20,7 +22,7 @@ def _quoter(database):
 
 class Statements:
     def __init__(self, database):
-        self.database = database
+        self._database = weakref.ref(database)  # the cache must not keep the database alive
         self.insert_job = self._insert(Job)
         self.job_columns = [f for f in Job._meta.sorted_fields]
         self.insert_history = self._insert(JobStateChange, skip=("id",))
@@ -36,6 +38,10 @@ class Statements:
                            f"WHERE {q('id')} = {p}")
         self.update_state = (f"UPDATE {job_table} SET {q('state')} = {p}, {q('state_message')} = {p}, "
                              f"{q('updated_at')} = {p} WHERE {q('id')} = {p}")
+
+    @property
+    def database(self):
+        return self._database()
 
     def _insert(self, model, skip=()):
         fields = [f for f in model._meta.sorted_fields if f.name not in skip]
@@ -81,7 +87,7 @@ class Statements:
 def statements(database=None):
     """The :class:`Statements` of ``database`` (default: the one the models are bound to)."""
     database = database or Job._meta.database
-    cached = _CACHE.get(id(database))
-    if cached is None or cached.database is not database:
-        cached = _CACHE[id(database)] = Statements(database)
+    cached = _CACHE.get(database)
+    if cached is None:
+        cached = _CACHE[database] = Statements(database)
     return cached

@@ -40,7 +40,7 @@ TRANSITIONS = {state: frozenset(targets) for state, targets in TRANSITIONS.items
 
 def check_state(state):
     """Return ``state`` if it is a known state name, else raise."""
-    if state not in TRANSITIONS:
+    if not isinstance(state, str) or state not in TRANSITIONS:
         raise InvalidTransition(f"unknown state {state!r}; known states: {', '.join(STATES)}")
     return state
 

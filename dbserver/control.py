@@ -127,22 +127,12 @@ def _wait_gone(procs, deadline):
     return alive
 
 
-def _identity_process(ident):
-    try:
-        proc = psutil.Process(int(ident["pid"]))
-        if abs(proc.create_time() - float(ident["started"])) < 0.01:
-            return proc
-    except (psutil.Error, KeyError, TypeError, ValueError):
-        pass
-    return None
-
-
 def stop(dbdir, deadline=60.0):
     """Stop the server of ``dbdir`` gracefully; returns what was stopped (pids), [] when nothing ran."""
     info = dbdir.read_address()
     if info.get("host") not in (None, socket.gethostname()) and info.get("state") != "stopped":
         raise ControlError(f"the server runs on host {info['host']}; stop it there")
-    procs = [p for p in (_identity_process(info.get(k) or {}) for k in ("watchdog", "server")) if p]
+    procs = [p for p in (address_file.live_process(info.get(k)) for k in ("watchdog", "server")) if p]
     if not procs:
         _stop_orphaned_postgres(dbdir)
         if info.get("state") != "stopped":

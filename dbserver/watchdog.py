@@ -97,7 +97,7 @@ class Watchdog:
                           server_started_at=self.server_started, restarts=self.restarts)
             if self.local_address:
                 record["local_address"] = self.local_address
-                record["netns"] = _network_namespace()
+                record["netns"] = address_file.network_namespace()
             if self.curve_public:
                 record["curve_public"] = self.curve_public
         if self.managed_postgres and self.pg_port and state != "stopped":
@@ -107,7 +107,10 @@ class Watchdog:
                                   "pid": postgres.cluster_pid(self.dbdir.path)}
         if reason:
             record["reason"] = reason
-        address_file.write_atomic(self.dbdir.address_file, record)
+        try:
+            address_file.write_atomic(self.dbdir.address_file, record)
+        except OSError as exc:  # a full or read-only disk: keep supervising; the next check retries
+            log.error("cannot write the address file (%s); clients may see it as stale", exc)
 
     # -- the server -------------------------------------------------------------
     def start_server(self):
@@ -191,6 +194,7 @@ class Watchdog:
             proc.wait(timeout=STOP_DEADLINE)
         except psutil.TimeoutExpired:
             proc.kill()
+            proc.wait(timeout=10)
         except psutil.NoSuchProcess:
             pass
 
@@ -219,8 +223,7 @@ class Watchdog:
             self.restarts += 1
             if self.managed_postgres:
                 self.check_postgres()  # a server cannot start without its database
-            if not self.start_server():
-                self.failures += 1
+            self.start_server()  # a failed start counts once, when its exit is seen above
 
     def shutdown(self):
         if self.server is not None and self.server.poll() is None:
@@ -236,14 +239,6 @@ class Watchdog:
                 log.exception("stopping postgres failed")
         self.write_address("stopped", reason="stopped by db dbserver --stop")
         log.info("watchdog pid %s stopped", os.getpid())
-
-
-def _network_namespace():
-    """Which network namespace we are in: the abstract Unix socket is only reachable from the same one."""
-    try:
-        return os.readlink("/proc/self/ns/net")
-    except OSError:
-        return None
 
 
 def _read_line(stream, deadline):

@@ -25,7 +25,7 @@ import zmq
 from balsamdb import protocol
 from balsamdb.applier import DATABASE_ERRORS, StorageFailure, apply_batch, root_cause
 from balsamdb.dbdir import DBDirectory
-from balsamdb.exceptions import BalsamDBError, StorageError, TryAgain
+from balsamdb.exceptions import BalsamDBError, ServerError, StorageError, TryAgain
 from balsamdb.models import MODELS, upgrade
 from balsamdb.operations import OPERATIONS
 from balsamdb.settings import load_settings
@@ -86,6 +86,7 @@ class WriteServer:
         self.socket = None
         self.database = None
         self.local_address = None
+        self.endpoints = []
         self.pg_port = pg_port
         self.encrypt = encrypt
         self.spool = Spool(dbdir.spool_dir)
@@ -94,6 +95,7 @@ class WriteServer:
     # -- life cycle ---------------------------------------------------------
     def initialize(self):
         raise_priority()
+        raise_open_files_limit()
         self.database = self.dbdir.open_database(self.settings, busy_timeout=60, postgres_port=self.pg_port)
         self.connect_database(deadline=STARTUP_DB_DEADLINE)
         self.database.bind(MODELS)
@@ -122,11 +124,13 @@ class WriteServer:
                 self.port = self.socket.bind_to_random_port(f"tcp://{host}")
         else:
             self.port = self.socket.bind_to_random_port(f"tcp://{host}")
+        self.endpoints = [self.socket.getsockopt_string(zmq.LAST_ENDPOINT)]
         if sys.platform.startswith("linux"):
             # Clients on this host skip the TCP stack: an abstract Unix socket
             # (no file to clean up; requests are authenticated all the same).
             self.local_address = f"ipc://@balsamdb-{self.epoch or uuid.uuid4().hex}"
             self.socket.bind(self.local_address)
+            self.endpoints.append(self.local_address)
         log.info("write server pid %s listening on tcp://%s:%s (db %s, %s, synchronous=%s, %s, epoch %s)",
                  os.getpid(), host, self.port, self.dbdir.path, self.dbdir.db_type,
                  self.settings.sqlite_synchronous, "CURVE-encrypted" if self.encrypt else "not encrypted",
@@ -135,20 +139,31 @@ class WriteServer:
     def loop(self):
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
+        self.drain_spool(once=True)  # what waited for us goes first
         while not self.stopping:
             if poller.poll(POLL_MS):
-                self.serve_batch(self.receive_batch())
+                batch = self.receive_batch()
+                # Spooled writes go before live ones, so that a write that went to the spool is
+                # never overtaken by a later write of the same job from any process.
+                if self.spool.count():
+                    self.drain_spool(once=True)
+                self.serve_batch(batch)
             if time.monotonic() >= self.next_spool_check:
                 # One batch per turn, so that live requests wait at most one batch;
-                # a full batch means more is waiting: look again at once.
-                full = self.drain_spool(limit=MAX_BATCH, once=True)
+                # when a whole batch was taken more may wait: look again at once.
+                full = self.drain_spool(once=True) >= MAX_BATCH
                 self.next_spool_check = time.monotonic() + (0.0 if full else SPOOL_EVERY)
 
     def shutdown(self):
         """Answer everything already received, then close."""
         if self.socket is None:
             return
-        log.info("stopping: answering requests already queued")
+        log.info("stopping: no new connections; answering requests already queued")
+        for endpoint in self.endpoints:
+            try:
+                self.socket.unbind(endpoint)
+            except zmq.ZMQError:
+                pass
         try:
             while True:
                 batch = self.receive_batch()
@@ -181,13 +196,20 @@ class WriteServer:
         for frames in batch:
             envelope, payload = _split_envelope(frames)
             self.stats.requests += 1
+            message = None
             try:
                 message = protocol.decode(self.secret, payload, self.settings.max_request_bytes)
                 request_id, op, params = protocol.check_request(message, now=time.time())
-            except BalsamDBError as exc:
+            except Exception as exc:  # no input may stop the loop
+                if not isinstance(exc, BalsamDBError):
+                    log.exception("unexpected failure while checking a message")
+                    exc = ServerError(f"the message could not be checked: {type(exc).__name__}")
                 self.stats.rejected += 1
                 log.warning("rejected a message from %s: %s", envelope[0].hex() if envelope else "?", exc.message)
-                replies.append((envelope, {"id": _readable_id(payload, exc), "ok": False, "error": exc.to_dict()}))
+                # The id only of an authentic body (a replay, a bad field), so the client can match it.
+                known_id = message.get("id") if isinstance(message, dict) else None
+                known_id = known_id if isinstance(known_id, str) and len(known_id) <= 64 else None
+                replies.append((envelope, {"id": known_id, "ok": False, "error": exc.to_dict()}))
                 continue
             if op in protocol.SERVER_OPS:
                 # Queue depth: the requests that arrived with this one and wait to be served.
@@ -242,17 +264,15 @@ class WriteServer:
         return self.database.atomic()
 
     def drain_spool(self, limit=MAX_BATCH, once=False):
-        """Apply spooled writes, oldest first, exactly once; returns how many were taken.
+        """Apply spooled writes, oldest first, exactly once; returns how many files were taken.
 
         Applied files are removed after the commit; refused ones move to
-        ``spool/failed/`` with the answer; on a storage problem they stay."""
+        ``spool/failed/`` with the answer; on a storage problem they stay.  A file
+        that cannot be read or moved is logged and left for the next turn."""
         taken = 0
         while not self.stopping or once:
-            paths = self.spool.pending(limit=limit)
-            if not paths:
-                break
             work = []
-            for path in paths:
+            for path in self.spool.pending(limit=limit):
                 try:
                     message = protocol.decode(self.secret, [path.read_bytes()], self.settings.max_request_bytes)
                     work.append((path,) + protocol.check_request(message))
@@ -260,23 +280,35 @@ class WriteServer:
                     continue  # taken by another drain
                 except BalsamDBError as exc:
                     log.warning("spooled file %s refused: %s", path.name, exc.message)
-                    self.spool.fail(path, {"ok": False, "error": exc.to_dict()})
+                    self._spool_move(self.spool.fail, path, {"ok": False, "error": exc.to_dict()})
+                    taken += 1
+                except OSError as exc:
+                    log.error("spooled file %s cannot be read (%s); it waits", path.name, exc)
+            if not work:
+                break
             for path, answer in self.apply_batch(work):
                 code = (answer.get("error") or {}).get("code")
                 if answer.get("ok"):
-                    self.spool.done(path)
+                    self._spool_move(self.spool.done, path)
+                    self.stats.spooled += 1
                 elif code in ("retry", "storage"):
                     log.warning("spooled writes wait: %s", answer["error"]["message"])
                     return taken
                 else:
-                    self.spool.fail(path, answer)
+                    self._spool_move(self.spool.fail, path, answer)
                 taken += 1
-            self.stats.spooled += len(work)
             if once:
                 break
         if taken:
-            log.info("applied %s spooled writes; %s wait", taken, self.spool.count())
+            log.info("took %s spooled writes; %s wait", taken, self.spool.count())
         return taken
+
+    @staticmethod
+    def _spool_move(action, *args):
+        try:
+            action(*args)
+        except OSError as exc:  # a full or read-only disk: an applied file is answered from the record later
+            log.error("cannot update the spool (%s); the file stays", exc)
 
     def storage_hint(self, error):
         """What a refused commit most likely means, for the people who read the error."""
@@ -342,13 +374,28 @@ class WriteServer:
         if op == "ping":
             return {"pong": True, "epoch": self.epoch, "pid": os.getpid()}
         if op == "spool_drain":
-            return {"applied": self.drain_spool(), "pending": self.spool.count()}
+            # One batch per request: a client asks again until its own files are gone.
+            return {"applied": self.drain_spool(once=True), "pending": self.spool.count()}
         status = self.stats.to_dict()
         status.update(queue_depth=queue_depth, encrypted=self.encrypt,
                       pid=os.getpid(), epoch=self.epoch, port=self.port, db_type=self.dbdir.db_type,
                       path=str(self.dbdir.path), synchronous=self.settings.sqlite_synchronous,
                       spool_pending=self.spool.count(), spool_failed=len(self.spool.failures()))
         return status
+
+
+def raise_open_files_limit():
+    """Every job process keeps a connection open: allow as many as the hard limit permits."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    log.info("open files limit %s (about as many job processes can stay connected)", soft)
 
 
 def raise_priority():
@@ -360,21 +407,6 @@ def raise_priority():
         log.info("running at nice -10, ahead of job processes on this host")
     except OSError:
         log.info("running at normal priority (no privilege to raise it)")
-
-
-def _readable_id(payload, error):
-    """The id of a refused request when its body is authentic JSON (a replay, a bad
-    field), so that the client can match the answer; None otherwise."""
-    from balsamdb.exceptions import RequestTooLarge
-
-    if isinstance(error, RequestTooLarge) or len(payload) != 1:
-        return None
-    try:
-        message = json.loads(payload[0][36:])
-    except (ValueError, UnicodeDecodeError):
-        return None
-    request_id = message.get("id") if isinstance(message, dict) else None
-    return request_id if isinstance(request_id, str) and len(request_id) <= 64 else None
 
 
 def _split_envelope(frames):

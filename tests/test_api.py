@@ -269,3 +269,41 @@ def test_connect_refuses_a_path_that_is_not_a_db_directory(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(balsamdb.NotADBDirectory, match="is a file"):
         balsamdb.connect(tmp_path / "file")
+
+
+def test_direct_mode_from_many_threads_and_a_forked_child(tmp_path):
+    """One process, 8 threads with a Database each, no server; then a forked child reusing one."""
+    import multiprocessing
+    import threading
+
+    path = tmp_path / "db"
+    DBDirectory(path).init()
+    errors = []
+
+    def work(n):
+        try:
+            with balsamdb.connect(path) as db:
+                for i in range(25):
+                    db.jobs.create(name=f"t{n}-{i}", make_workdir=False)
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and not any(t.is_alive() for t in threads), errors
+    assert time.monotonic() - started < 60
+    shared = balsamdb.connect(path)
+    assert shared.jobs.count() == 200
+
+    def child():
+        shared.jobs.create(name="from-child", make_workdir=False)  # the parent's Database, after fork
+
+    proc = multiprocessing.get_context("fork").Process(target=child)
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    assert shared.jobs.count() == 201 and shared.jobs.filter(name="from-child")

@@ -179,6 +179,7 @@ def _error_code(reply, secret):
 def test_bad_messages_get_error_answers_and_the_server_keeps_serving(server_db):
     secret = DBDirectory(server_db).secret()
     now = time.time()
+    existing = balsamdb.connect(server_db).jobs.create(name="existing")
     good = protocol.encode(secret, {"id": "x1", "op": "job_count", "params": {}, "ts": now})
     cases = {
         "garbage": [os.urandom(64)],
@@ -193,19 +194,30 @@ def test_bad_messages_get_error_answers_and_the_server_keeps_serving(server_db):
         "replayed an hour later": protocol.encode(secret, {"id": "x6", "op": "job_count", "params": {},
                                                             "ts": now - 3600}),
         "100 MB": [protocol.MAGIC + b"0" * 32 + b"x" * (100 * 1024 * 1024)],
+        "deep nesting, unsigned": [protocol.MAGIC + b"0" * 32 + b"[" * 100000],
+        "deep nesting, signed": [protocol.MAGIC + protocol.sign(secret, b"[" * 100000) + b"[" * 100000],
+        "state of the wrong type": protocol.encode(secret, {"id": "x7", "op": "job_update_state", "ts": now,
+                                                            "params": {"job_id": existing.id, "state": ["x"]}}),
+        "tag too long": protocol.encode(secret, {"id": "x8", "op": "job_create", "ts": now,
+                                                 "params": {"job": {"name": "t", "tags": ["t" * 300]}}}),
+        "32-bit overflow": protocol.encode(secret, {"id": "x9", "op": "job_create", "ts": now,
+                                                    "params": {"job": {"name": "t", "num_nodes": 2 ** 40}}}),
     }
     expected = {"garbage": "bad_request", "three frames": "bad_request", "truncated": "bad_request",
                 "cut body": "auth", "not json": "bad_request",
                 "wrong secret": "auth", "unknown op": "bad_request", "bad params": "bad_request",
                 "no time stamp": "auth", "replayed an hour later": "auth",
+                "deep nesting, unsigned": "auth", "deep nesting, signed": "bad_request",
+                "state of the wrong type": "invalid_transition", "tag too long": "bad_request",
+                "32-bit overflow": "bad_request",
                 "100 MB": "too_large"}
     for name, frames in cases.items():
         assert _error_code(_raw_request(server_db, frames), secret) == expected[name], name
     reply = protocol.decode(secret, _raw_request(server_db, good))
-    assert reply == {"id": "x1", "ok": True, "result": 0}
+    assert reply == {"id": "x1", "ok": True, "result": 1}
     db = balsamdb.connect(server_db)
     db.jobs.create(name="still-serving")
-    assert db.last_route == "server" and db.jobs.count() == 1
+    assert db.last_route == "server" and db.jobs.count() == 2
     status = json.loads(db_cli("dbserver", "--status", "--json", "--path", server_db, check=True).stdout)
     assert status["server_status"]["rejected"] >= 5
     log = (server_db / "log" / "server.log").read_text()
