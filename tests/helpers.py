@@ -33,7 +33,7 @@ def wait_for(predicate, timeout, what, interval=0.01):
         last = predicate()
         if last:
             return last
-        time.sleep(interval)
+        time.sleep(interval)  # wait-ok: the poll interval of a wait with a deadline
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last saw {last!r}")
 
 

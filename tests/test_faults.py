@@ -209,7 +209,7 @@ def tmpfs(tmp_path):
     mount_point.mkdir()
     mounted = _mount("-t", "tmpfs", "-o", "size=8m", "tmpfs", mount_point)
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+        _skip_or_fail(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
     try:
         yield mount_point
     finally:
@@ -467,6 +467,13 @@ def _fill(path):
     return size
 
 
+def _skip_or_fail(reason):
+    """Skip on a developer's machine that lacks a tool; on CI (which installs them) fail instead."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must be able to run this test: see .ci/run)")
+    pytest.skip(reason)
+
+
 def _writer_phase(path, workdir, nprocs=4, count=25):
     workdir.mkdir()
     writers = Writers(path, workdir, nprocs=nprocs, count=count)
@@ -636,7 +643,7 @@ class _ReadOnly:
             return self
         self.remount_error = remount.stderr.strip().splitlines()[0] if remount.stderr.strip() else "refused"
         if shutil.which("strace") is None:
-            pytest.skip(f"mount -o remount,ro was refused ({self.remount_error}) and strace is not installed "
+            _skip_or_fail(f"mount -o remount,ro was refused ({self.remount_error}) and strace is not installed "
                         "to make the file system read-only under the server")
         # The database's writes and syncs only: SQLite writes with pwrite64; write() is left
         # alone, since the logs and ZeroMQ's internal signalling (an eventfd) use it.
@@ -651,7 +658,7 @@ class _ReadOnly:
             self.__exit__()
             raise
         if self.tracer.poll() is not None:
-            pytest.skip(f"strace cannot attach to the server: {self.tracer.stderr.read().strip()}")
+            _skip_or_fail(f"strace cannot attach to the server: {self.tracer.stderr.read().strip()}")
         self.how = "EROFS injected into the server's writes (remount refused: " + self.remount_error + ")"
         return self
 

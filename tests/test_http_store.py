@@ -75,7 +75,7 @@ class Served:
             if time.monotonic() > deadline:
                 raise AssertionError(f"db serve did not listen on {self.port} within {START_DEADLINE} s: "
                                      f"{self.output()}")
-            time.sleep(0.02)
+            time.sleep(0.02)  # wait-ok: poll interval; the deadline is checked above
 
     def output(self):
         self.log.seek(0)

@@ -24,7 +24,7 @@ def main():
     while not os.path.exists(go_file):
         if time.monotonic() > deadline:
             sys.exit("writer: the go file never appeared")
-        time.sleep(0.005)
+        time.sleep(0.005)  # wait-ok: poll interval of the go-file wait (60 s deadline)
     routes = {}
     with open(out_file, "a") as out:
         for i in range(count):
