@@ -212,6 +212,7 @@ class Database:
         return client.try_once(info, message, path, self._encoded(message))
 
     def _spool(self, message):
+        operations.check_offline(message["op"], message["params"])  # refused now, not after waiting
         self._own_spool_waits()  # (re)names this client after a fork
         frame = self._encoded(message)[0]
         self._spool_seq += 1
@@ -338,13 +339,10 @@ class Jobs:
         threads_per_rank, wall_time_minutes, environ, parents, tags, data,
         state (CREATED, AWAITING_PARENTS or READY).
         """
-        spec = self._spec(name, workflow, fields, make_workdir=False)
-        expected = _spooled_job(spec)  # validates here, so nothing invalid is ever spooled
-        if make_workdir:
-            self._spec(name, workflow, spec, make_workdir=True)
+        spec = self._spec(name, workflow, fields, make_workdir)
         result = self._db.call("job_create", job=spec)
         if isinstance(result, SpooledWrite):
-            return self._job(expected, spooled=result)
+            return self._job(_spooled_job(spec), spooled=result)
         return self._job(result)
 
     def bulk_create(self, jobs, make_workdir=True):

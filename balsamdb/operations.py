@@ -54,6 +54,20 @@ def lookup(name):
     return OPERATIONS[name]
 
 
+def check_offline(name, params):
+    """The checks of operation ``name`` that need no database, for a write about to be
+    spooled: nothing the server would refuse on sight is left waiting in the spool."""
+    op = lookup(name)
+    bind_params(op, params)
+    if name == "job_create":
+        _clean_job(params["job"], 0.0)
+    elif name == "job_bulk_create":
+        if not isinstance(params["jobs"], list):
+            raise BadRequest("jobs must be a non-empty list")
+        for spec in params["jobs"]:
+            _clean_job(spec, 0.0)
+
+
 def bind_params(op, params):
     """Check ``params`` against the operation's signature; raise :class:`BadRequest`."""
     if not isinstance(params, dict):
@@ -172,10 +186,14 @@ def _clean_job(spec, when):
     )
     _text(row["working_directory"], "working_directory")
     row["created_at"] = row["updated_at"] = when
-    for name, field in Job._meta.fields.items():
-        if name not in row and field.default is not None:
-            row[name] = field.default() if callable(field.default) else field.default
+    for name, default in _JOB_DEFAULTS:
+        if name not in row:
+            row[name] = default() if callable(default) else default
     return row
+
+
+# The model's defaults, looked up once rather than for every job.
+_JOB_DEFAULTS = [(name, field.default) for name, field in Job._meta.fields.items() if field.default is not None]
 
 
 def _insert_jobs(rows, when):

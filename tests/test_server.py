@@ -285,6 +285,9 @@ def test_require_server_spools_and_spool_off_refuses(tmp_path):
     db = balsamdb.connect(path, require_server=True)
     job = db.jobs.create(name="waits")
     assert job.spooled and db.last_route == "spool" and job_ids_in_db(path) == []
+    with pytest.raises(balsamdb.BadRequest, match="new job starts in one of"):
+        db.jobs.create(name="never-valid", state="RUNNING")  # refused at once, never spooled
+    assert len(os.listdir(path / "spool" / "new")) == 1
     strict = balsamdb.connect(path, require_server=True, spool=False)
     with pytest.raises(balsamdb.ServerUnavailable, match="db dbserver --path"):
         strict.jobs.create(name="nope")
