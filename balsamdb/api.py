@@ -30,7 +30,17 @@ def connect(path=None, **settings):
     ``settings`` override the user settings for this connection, e.g.
     ``connect(require_server=True, client_deadline=300)``.  The default DB
     directory is created on first use; any other must exist (``db init``).
+
+    ``path`` may also be the URL of a balsamdb HTTP store,
+    ``http(s)://user:password@host:port/prefix/`` (as may ``BALSAM_DB_PATH``):
+    the same API then runs over HTTP, with retries and a local spool; see
+    :class:`balsamdb.remote.RemoteDatabase`.
     """
+    url = str(path) if path is not None else os.environ.get("BALSAM_DB_PATH", "")
+    if url.startswith(("http://", "https://")):
+        from .remote import RemoteDatabase
+
+        return RemoteDatabase(url, load_settings(**settings))
     db_path, source = resolve_db_path(path)
     dbdir = DBDirectory(db_path)
     resolved = load_settings(**settings)
@@ -48,6 +58,7 @@ class Database:
 
     def __init__(self, dbdir, settings):
         self.dbdir = dbdir
+        self.root = dbdir.path  # job working directories are relative to it
         self.settings = settings
         self.db_type = dbdir.db_type
         self.jobs = Jobs(self)
@@ -103,7 +114,12 @@ class Database:
         (and ``require_server`` is off); raises :class:`ServerUnavailable` when
         no server answers within ``client_deadline`` seconds.
         """
-        request_id = os.urandom(16).hex()  # as unique as a uuid4, cheaper to make
+        return self.request(op, params)
+
+    def request(self, op, params, request_id=None):
+        """:meth:`call` with the parameters as a dict, and optionally the request id
+        (a retry of an id that was applied gets the first answer, and changes nothing)."""
+        request_id = request_id or os.urandom(16).hex()  # as unique as a uuid4, cheaper to make
         write = op in operations.OPERATIONS and operations.OPERATIONS[op].write
         answer = self._route({"id": request_id, "op": op, "params": params, "ts": time.time()}, write)
         if answer.get("spooled"):
@@ -280,6 +296,9 @@ class Job:
 
     @property
     def working_directory(self):
+        """Absolute path; relative to the store's DB directory for a job read over HTTP."""
+        if self._root is None:
+            return self._data["working_directory"]
         return str(Path(self._root) / self._data["working_directory"])
 
     @property
@@ -317,13 +336,13 @@ class Jobs:
     def _job(self, data, spooled=None):
         if isinstance(data, SpooledWrite):
             return data
-        return Job(data, self._db.dbdir.path, spooled)
+        return Job(data, self._db.root, spooled)
 
     def _spec(self, name, workflow, fields, make_workdir):
         spec = dict(fields, name=name, workflow=workflow)
         spec["id"] = str(spec.get("id") or uuid.uuid4())
-        if make_workdir:
-            workdir = self._db.dbdir.path / job_working_directory(workflow, name, spec["id"])
+        if make_workdir and self._db.root is not None:  # a remote store's directories are not here
+            workdir = self._db.root / job_working_directory(workflow, name, spec["id"])
             try:
                 os.makedirs(workdir, exist_ok=True)
             except OSError as exc:

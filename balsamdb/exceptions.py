@@ -100,12 +100,19 @@ class TryAgain(BalsamDBError):
     code = "retry"
 
 
+class TransferError(BalsamDBError):
+    """A copy, export or import that could not be completed or verified (the message
+    says how far it got; running it again finishes it)."""
+
+    code = "transfer"
+
+
 ERRORS_BY_CODE = {
     cls.code: cls
     for cls in (
         BalsamDBError, ConfigError, NotADBDirectory, BadRequest, RequestTooLarge,
         AuthenticationError, NotFound, InvalidTransition, Conflict, DatabaseBusy,
-        StorageError, ServerUnavailable, ServerError, TryAgain,
+        StorageError, ServerUnavailable, ServerError, TryAgain, TransferError,
     )
 }
 

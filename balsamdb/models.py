@@ -11,7 +11,7 @@ import time
 
 import peewee as pw
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class JSONText(pw.TextField):
@@ -108,6 +108,7 @@ class User(BaseModel):
     name = pw.CharField(primary_key=True)
     password_hash = pw.TextField()
     created_at = pw.DoubleField()
+    admin = pw.BooleanField(default=False)  # may use every operation over HTTP (jobs, users, copies)
 
 
 class ProjectPermission(BaseModel):
@@ -149,13 +150,24 @@ def _create_v1(database):
 
 
 def _add_users_v2(database):
+    # Made with today's model, the table already has schema 3's admin column.
     database.create_tables([User, ProjectPermission], safe=True)
+
+
+def _add_admin_v3(database):
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    if "admin" in {c.name for c in database.get_columns(User._meta.table_name)}:
+        return
+    migrator = SchemaMigrator.from_database(database)
+    migrate(migrator.add_column(User._meta.table_name, "admin", pw.BooleanField(default=False)))
 
 
 #: version -> (function that brings the schema from version-1 to it, what it does)
 MIGRATIONS = {
     1: (_create_v1, "created the tables for jobs, state history, tags, projects, records and request ids"),
     2: (_add_users_v2, "added the tables for users and project permissions (HTTP record store)"),
+    3: (_add_admin_v3, "added the admin flag of users (every operation over HTTP)"),
 }
 
 

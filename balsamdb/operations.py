@@ -620,19 +620,28 @@ def _user_name(name):
 
 
 @operation(write=True)
-def user_save(name, password_hash):
-    """Create user ``name`` or change their password; ``password_hash`` is made by
-    ``balsamdb.passwords.hash_password`` (the password itself never reaches the store).
+def user_save(name, password_hash=None, admin=None):
+    """Create user ``name`` or change their password or admin flag; ``password_hash``
+    is made by ``balsamdb.passwords.hash_password`` (the password itself never reaches
+    the store), required for a new user.  An admin may use every operation over HTTP
+    (jobs, users, whole-store copies); others only the records of their projects.
     Returns ``{"created": bool}``."""
     name = _user_name(name)
-    password_hash = _text(password_hash, "password_hash", max_len=512)
-    if not password_hash.startswith("scrypt$"):
-        raise BadRequest("password_hash must come from balsamdb.passwords.hash_password")
+    if password_hash is not None:
+        password_hash = _text(password_hash, "password_hash", max_len=512)
+        if not password_hash.startswith("scrypt$"):
+            raise BadRequest("password_hash must come from balsamdb.passwords.hash_password")
+    if admin is not None and not isinstance(admin, bool):
+        raise BadRequest("admin must be true or false")
     created = User.get_or_none(User.name == name) is None
     if created:
-        User.create(name=name, password_hash=password_hash, created_at=now())
+        if password_hash is None:
+            raise BadRequest(f"user {name!r} is new: give a password_hash")
+        User.create(name=name, password_hash=password_hash, created_at=now(), admin=bool(admin))
     else:
-        User.update(password_hash=password_hash).where(User.name == name).execute()
+        changes = {k: v for k, v in (("password_hash", password_hash), ("admin", admin)) if v is not None}
+        if changes:
+            User.update(**changes).where(User.name == name).execute()
     return {"created": created}
 
 
@@ -652,8 +661,8 @@ def user_list():
     grants = {}
     for perm in ProjectPermission.select():
         grants.setdefault(perm.user_id, []).append(perm.project_id)
-    return [{"name": u.name, "created_at": u.created_at, "projects": sorted(grants.get(u.name, []))}
-            for u in User.select().order_by(User.name)]
+    return [{"name": u.name, "created_at": u.created_at, "admin": bool(u.admin),
+             "projects": sorted(grants.get(u.name, []))} for u in User.select().order_by(User.name)]
 
 
 @operation(write=False)
@@ -663,7 +672,8 @@ def user_get(name):
     if user is None:
         raise NotFound(f"no user {name!r}")
     projects = [p.project_id for p in ProjectPermission.select().where(ProjectPermission.user == user.name)]
-    return {"name": user.name, "password_hash": user.password_hash, "projects": sorted(projects)}
+    return {"name": user.name, "password_hash": user.password_hash, "admin": bool(user.admin),
+            "projects": sorted(projects)}
 
 
 @operation(write=True)
@@ -682,3 +692,7 @@ def permission_list(project):
     """Users who may use ``project``."""
     _get_project(project)
     return sorted(p.user_id for p in ProjectPermission.select().where(ProjectPermission.project == project))
+
+
+# The operations that move whole stores (db copy, export, import) live in their own module.
+from . import transfer_ops  # noqa: E402,F401  (registers its operations)

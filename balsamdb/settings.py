@@ -27,6 +27,8 @@ DEFAULTS = {
     "direct_deadline": (120.0, float, "seconds a direct SQLite write keeps retrying a locked database"),
     "sqlite_synchronous": ("FULL", str, "SQLite synchronous pragma: FULL (durable) or NORMAL (faster, may lose the last commits on power loss)"),
     "max_request_bytes": (64 * 1024 * 1024, int, "largest request the server accepts"),
+    "remote_spool_dir": (None, str, "where writes to an unreachable HTTP store wait (default: "
+                                    "$XDG_DATA_HOME/balsamdb/remote-spool, one subdirectory per store)"),
 }
 
 
@@ -83,6 +85,7 @@ class Settings:
     direct_deadline: float
     sqlite_synchronous: str
     max_request_bytes: int
+    remote_spool_dir: object
 
 
 def load_settings(**overrides):

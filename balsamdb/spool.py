@@ -98,15 +98,20 @@ class Spool:
         (self.failed / (Path(path).name + ".answer.json")).write_text(json.dumps(answer, indent=1))
         os.replace(path, target)
 
-    def describe(self, secret=None):
-        """What waits and what failed, for people: a dict of lists."""
+    def describe(self, secret=None, decode=None):
+        """What waits and what failed, for people: a dict of lists.  Files are read with
+        ``decode(bytes) -> message`` (default: signed frames checked with ``secret``)."""
         from . import protocol
+
+        if decode is None and secret is not None:
+            def decode(data):
+                return protocol.decode(secret, [data])
 
         def entry(path, answer=None):
             item = {"file": path.name, "age_s": round(time.time() - int(path.name.split("-")[0]) / 1e9, 1)}
-            if secret is not None:
+            if decode is not None:
                 try:
-                    message = protocol.decode(secret, [path.read_bytes()])
+                    message = decode(path.read_bytes())
                     item.update(id=message.get("id"), op=message.get("op"))
                 except Exception as exc:  # a damaged file is shown, not fatal
                     item["unreadable"] = str(exc)

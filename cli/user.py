@@ -34,21 +34,28 @@ def _password(password_stdin):
 @click.argument("name")
 @path_option
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
-def add(name, path, password_stdin):
+@click.option("--admin/--no-admin", default=None,
+              help="An admin may use every operation over HTTP: jobs, users, whole-store copies "
+                   "(default for a new user: no).")
+def add(name, path, password_stdin, admin):
     """Add a user (or change the password of an existing one)
 
-    The password is stored as a scrypt hash, never as text.
+    The password is stored as a scrypt hash, never as text.  Users reach the
+    records of their projects (db user grant); admins reach everything, so that
+    balsamdb.connect("http://...") and db copy can use the whole store.
 
     Example:
 
     \b
         db user add ada
         echo "$PW" | db user add ada --password-stdin
+        db user add lab-admin --admin
     """
     password_hash = hash_password(_password(password_stdin))
     with open_db(path) as db:
-        created = db.call("user_save", name=name, password_hash=password_hash)
-    click.echo(f"{'added user' if created['created'] else 'changed the password of'} {name}")
+        created = db.call("user_save", name=name, password_hash=password_hash, admin=admin)
+    click.echo(f"{'added' if created['created'] else 'changed the password of'}"
+               f"{' admin' if admin and created['created'] else ''} {'user ' if created['created'] else ''}{name}")
 
 
 @user.command("passwd")
@@ -104,7 +111,8 @@ def ls(path, as_json):
     if not users:
         click.echo("no users (add one with: db user add NAME)")
     for item in users:
-        click.echo(f"{item['name']:<20} {', '.join(item['projects']) or '(no projects)'}")
+        projects = "(every project: admin)" if item.get("admin") else ", ".join(item["projects"]) or "(no projects)"
+        click.echo(f"{item['name']:<20} {projects}")
 
 
 @user.command("grant")

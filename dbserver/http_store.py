@@ -39,8 +39,10 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 import balsamdb
 from balsamdb.api import SpooledWrite
-from balsamdb.exceptions import (BadRequest, BalsamDBError, ConfigError, Conflict, NotFound,
+from balsamdb.exceptions import (AuthenticationError, BadRequest, BalsamDBError, ConfigError, Conflict, NotFound,
                                  RequestTooLarge, ServerError)
+from balsamdb.operations import bind_params, lookup
+from balsamdb.protocol import SERVER_OPS
 from balsamdb.passwords import verify_password
 
 log = logging.getLogger("dbserver.http_store")
@@ -55,12 +57,22 @@ PASSWORD_CACHE_SECONDS = 60.0
 HTML_RECORD_LIMIT = 50           # records shown on a project's HTML page (whole documents are read)
 HTML_OUTPUT_CHARS = 100_000      # program output shown on a record's HTML page
 # Sub-paths of a project that are not record labels.
+API_PATH = "_balsamdb"           # {base}_balsamdb/ is balsamdb's own endpoint, not a project
 RESERVED_LABELS = ("last", "permissions")
 RESERVED_PREFIXES = ("tag/", "tagged/")
 SUMATRA_MEDIA_TYPE = re.compile(r"application/vnd\.sumatra\.[a-z-]+-v\d+\+json")
 
+# Operations a user who is not an admin may call on the projects they may use: op -> parameter naming it.
+PROJECT_PARAMS = {"project_save": "name", "project_get": "name", "record_save": "project", "record_get": "project",
+                  "record_list": "project", "record_labels": "project", "record_delete": "project",
+                  "record_delete_by_tag": "project", "record_tag": "project", "permission_list": "project"}
+CODE_OF_STATUS = {400: "bad_request", 401: "auth", 403: "auth", 404: "not_found", 405: "bad_request",
+                  406: "bad_request", 409: "conflict", 413: "too_large", 502: "internal", 503: "unavailable"}
+REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
 STATUS_OF_ERROR = [  # library error -> HTTP status; the first match wins
     (RequestTooLarge, 413),
+    (AuthenticationError, 403),
     (BadRequest, 400),
     (NotFound, 404),
     (Conflict, 409),
@@ -306,8 +318,13 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
                  (g.get("user") or {}).get("name", "-"), (time.monotonic() - g.get("started", 0)) * 1000)
         return response
 
-    def _error_response(status, message, headers=None):
-        if g.get("format") == "html":
+    def _error_response(status, message, headers=None, error=None):
+        if request.path.endswith(f"/{API_PATH}/call"):
+            # The operation endpoint answers errors as the write server does, for error_from_dict.
+            error = error or {"code": CODE_OF_STATUS.get(status, "error"), "type": "HTTPError", "message": message}
+            response = flask.Response(json.dumps({"ok": False, "error": error}, ensure_ascii=False), status,
+                                      content_type="application/json")
+        elif g.get("format") == "html":
             body = _page(str(status), _ERROR, status=status, message=message)
             response = flask.Response(body, status, content_type="text/html; charset=utf-8")
         else:
@@ -336,7 +353,7 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
             if status >= 500:
                 log.error("%s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)
             headers = {"Retry-After": "10"} if status == 503 else None
-            return _error_response(status, exc.message or str(exc) or type(exc).__name__, headers)
+            return _error_response(status, exc.message or str(exc) or type(exc).__name__, headers, exc.to_dict())
         log.exception("%s %s failed", request.method, request.path)
         return _error_response(500, "internal error of the HTTP record store (its log has the details)")
 
@@ -391,6 +408,8 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
     def writable_project(name, create=False):
         """The project, when the caller may write it (None when ``create`` made it now)."""
         require_user()
+        if create and name == API_PATH:
+            raise HTTPError(400, f"{API_PATH!r} names balsamdb's operation endpoint; choose another project name")
         project = store.project(name)
         if project is None:
             if not create:
@@ -563,6 +582,59 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
             require_user()
             raise HTTPError(403, f"only users of project {project!r} may see who they are")
         return reply({"project": project, "users": store.read("permission_list", project=project)})
+
+    # -- balsamdb's operation endpoint: the same API as balsamdb.connect(), over HTTP --------------
+
+    @app.get(f"/{API_PATH}/")
+    def api_info():
+        user = g.get("user")
+        return reply({"balsamdb": balsamdb.__version__, "api": 1, "call": f"{base_url()}{API_PATH}/call",
+                      "user": user["name"] if user else None, "admin": bool(user and user.get("admin"))})
+
+    @app.post(f"/{API_PATH}/call")
+    def api_call():
+        user = require_user()
+        message = json_body("request")
+        request_id, op, params = message.get("id"), message.get("op"), message.get("params", {})
+        if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
+            raise HTTPError(400, "id must be 16 to 64 letters, digits, - or _ (made by the client, "
+                                 "the same on every retry)")
+        if not isinstance(params, dict):
+            raise HTTPError(400, "params must be an object")
+        if op == "ping":  # answered by this HTTP store itself
+            return reply({"ok": True, "result": {"pong": True, "store": "http", "balsamdb": balsamdb.__version__}})
+        if op in SERVER_OPS:  # status, spool_drain: of the write server behind this store
+            if not user.get("admin"):
+                raise HTTPError(403, f"{op} needs an admin user (db user add NAME --admin)")
+            return reply({"ok": True, "result": store.db().call(op, **params)})
+        operation = lookup(op)  # BadRequest (400) for an unknown one
+        bind_params(operation, params)  # and for parameters it does not take, before any other answer
+        authorize(operation, params)
+        # One user's ids never meet another's: the store keys the request by both.
+        scoped_id = hashlib.sha256(f"{user['name']}\0{request_id}".encode()).hexdigest()[:48]
+        result = store.db().request(op, params, request_id=scoped_id)
+        if isinstance(result, SpooledWrite):
+            return reply({"ok": True, "spooled": True}, 202)
+        if op == "project_list" and not user.get("admin"):
+            result = [p for p in result if p["public"] or p["name"] in user["projects"]]
+        return reply({"ok": True, "result": result})
+
+    def authorize(operation, params):
+        """403 unless the caller may run ``operation`` with ``params`` (admins may run all)."""
+        user = g.user
+        if user.get("admin") or operation.name == "project_list":
+            return
+        field = PROJECT_PARAMS.get(operation.name)
+        name = params.get(field) if field else None
+        if field is None or not isinstance(name, str):
+            raise HTTPError(403, f"{operation.name} needs an admin user (db user add NAME --admin); "
+                                 f"{user['name']!r} may use the records of their projects")
+        if name == API_PATH:
+            raise HTTPError(400, f"{API_PATH!r} is reserved; choose another project name")
+        if operation.write:
+            writable_project(name, create=operation.name in ("record_save", "project_save"))
+        else:
+            readable_project(name)
 
     if prefix.strip("/"):
         mount = "/" + prefix.strip("/")

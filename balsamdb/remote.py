@@ -1,0 +1,258 @@
+"""The same API over HTTP: ``balsamdb.connect("http://user:password@host:port/prefix/")``.
+
+A :class:`RemoteDatabase` speaks to a balsamdb HTTP store (``db serve``)
+through its operation endpoint, ``POST {base}_balsamdb/call``: every call is one
+operation of :mod:`balsamdb.operations` with a request id made here, and the
+store applies each id at most once, so a retry after a lost answer changes
+nothing.  See docs/http.md, "The operation endpoint".
+
+When the store cannot be reached (connection refused or reset, a timeout, or an
+answer 502/503/504) the call is retried with backoff until ``client_deadline``;
+then a write waits in a local spool (``remote_spool_dir``, one subdirectory per
+store) and the call returns a :class:`~balsamdb.api.SpooledWrite`.  Spooled
+writes are sent, oldest first and before any newer write, as soon as the store
+answers again (or by ``db spool --drain --url URL``); nothing is lost, and
+nothing is applied twice.
+
+Credentials come from the URL, or from the ``user``/``password`` arguments.
+Non-admin users reach the records of their projects; jobs, users and whole-store
+operations need an admin (``db user add NAME --admin``).
+"""
+
+import hashlib
+import json
+import os
+import random
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import urllib3
+
+from . import operations
+from .api import Jobs, Projects, Records, SpooledWrite
+from .exceptions import (AuthenticationError, BadRequest, ConfigError, RequestTooLarge, ServerUnavailable,
+                         error_from_dict)
+from .spool import Spool
+
+RETRY_STATUSES = (502, 503, 504)
+_UNREACHABLE_FOR = 30.0  # seconds during which writes to a store that just failed go straight to the spool
+_PROBE_EVERY = 1.0  # seconds between single tries of such a store (a success ends the spooling at once)
+
+
+def split_url(url, user=None, password=None):
+    """``(base URL without credentials, user, password)``; the base ends with ``/``."""
+    try:
+        parts = urlsplit(str(url))
+        parts.port  # noqa: B018  (raises for a port that is not a number)
+    except ValueError as exc:
+        raise ConfigError(f"{redact(url)} is not a usable URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{redact(url)} is not an http(s):// URL of a balsamdb HTTP store")
+    netloc = parts.netloc.rpartition("@")[2]
+    path = parts.path if parts.path.endswith("/") else parts.path + "/"
+    base = urlunsplit((parts.scheme, netloc, path, "", ""))
+    if parts.username and user is None:
+        user = unquote(parts.username)
+    if parts.password and password is None:
+        password = unquote(parts.password)
+    return base, user, password
+
+
+def redact(url):
+    """The URL with its password shown as ``***``."""
+    try:
+        parts = urlsplit(str(url))
+        if parts.password:
+            netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+            return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "(an unreadable URL)"
+    return str(url)
+
+
+def default_spool_dir(base, user):
+    root = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    tag = hashlib.sha256(f"{user or ''}@{base}".encode()).hexdigest()[:16]
+    return Path(root) / "balsamdb" / "remote-spool" / tag
+
+
+class RemoteDatabase:
+    """A balsamdb HTTP store used like a DB directory: ``jobs``, ``records``,
+    ``projects`` and :meth:`call` behave as on :class:`balsamdb.api.Database`.
+    Job working directories are not made here: they live beside the store."""
+
+    db_type = "http"
+    root = None
+
+    def __init__(self, url, settings, user=None, password=None):
+        self.url, self.user, password = split_url(url, user, password)
+        self.settings = settings
+        self.jobs = Jobs(self)
+        self.records = Records(self)
+        self.projects = Projects(self)
+        self.last_route = None
+        headers = {"Content-Type": "application/json", "Accept": "application/json",
+                   "User-Agent": "balsamdb-remote"}
+        if self.user is not None:
+            headers.update(urllib3.make_headers(basic_auth=f"{self.user}:{password or ''}"))
+        self._headers = headers
+        timeout = urllib3.Timeout(connect=min(5.0, settings.client_deadline), read=max(30.0, settings.client_timeout))
+        self._http = urllib3.PoolManager(maxsize=4, timeout=timeout, retries=False)
+        spool_dir = Path(settings.remote_spool_dir).expanduser() / default_spool_dir(self.url, self.user).name \
+            if settings.remote_spool_dir else default_spool_dir(self.url, self.user)
+        self.spool = Spool(spool_dir)
+        self._client_tag = f"{os.getpid()}x{os.urandom(3).hex()}"
+        self._spool_seq = 0
+        self._unreachable_until = 0.0
+        self._next_probe = 0.0
+
+    def __repr__(self):
+        return f"<balsamdb.RemoteDatabase {self.url} as {self.user or 'anonymous'}>"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self._http.clear()
+
+    @property
+    def path(self):
+        return self.url
+
+    # -- calls --------------------------------------------------------------------------------------------
+
+    def call(self, op, **params):
+        """Run operation ``op`` on the store and return its result (see :class:`Database.call`)."""
+        return self.request(op, params)
+
+    def request(self, op, params, request_id=None):
+        write = op in operations.OPERATIONS and operations.OPERATIONS[op].write
+        message = {"id": request_id or os.urandom(16).hex(), "op": op, "params": params}
+        body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(body) > self.settings.max_request_bytes:
+            raise RequestTooLarge(f"the request is {len(body)} bytes, more than max_request_bytes "
+                                  f"({self.settings.max_request_bytes}); send less at a time")
+        if write and self.settings.spool:
+            if time.monotonic() < self._unreachable_until:
+                # The store failed a moment ago: spool at once, and look once a second whether it is back.
+                if time.monotonic() < self._next_probe:
+                    return self._spool(message, body)
+                self._next_probe = time.monotonic() + _PROBE_EVERY
+                if not self.drain_spool(quick=True):
+                    return self._spool(message, body)
+            elif not self.drain_spool():
+                return self._spool(message, body)
+        answer = self._post(body, op, spool_on_failure=write and self.settings.spool)
+        if answer is None:
+            return self._spool(message, body)
+        return self._result(message["id"], answer)
+
+    @staticmethod
+    def _result(request_id, answer):
+        if answer.get("spooled"):
+            return SpooledWrite(request_id, answer.get("spool_file") or "the store's spool")
+        if answer.get("ok"):
+            return answer.get("result")
+        raise error_from_dict(answer.get("error") or {})
+
+    def _post(self, body, op, spool_on_failure=False, quick=False):
+        """The store's answer (a dict), retrying until ``client_deadline`` (one try when
+        ``quick``); None when the store stayed unreachable and ``spool_on_failure``; else
+        :class:`ServerUnavailable`."""
+        deadline = time.monotonic() + (0.0 if quick else self.settings.client_deadline)
+        delay, why = 0.05, "no try yet"
+        while True:
+            try:
+                response = self._http.request("POST", self.url + "_balsamdb/call", body=body,
+                                              headers=self._headers, preload_content=True)
+            except urllib3.exceptions.HTTPError as exc:
+                why = f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"
+            else:
+                if response.status not in RETRY_STATUSES:
+                    self.last_route = "http"
+                    self._unreachable_until = 0.0
+                    return self._answer(response, op)
+                why = f"HTTP {response.status}: {self._message(response)}"
+            if time.monotonic() + delay >= deadline:
+                break
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+        self._unreachable_until = time.monotonic() + _UNREACHABLE_FOR
+        if spool_on_failure:
+            return None
+        raise ServerUnavailable(f"the HTTP store {self.url} did not answer {op} within "
+                                f"{self.settings.client_deadline:.0f} s ({why})")
+
+    @staticmethod
+    def _message(response):
+        try:
+            data = json.loads(response.data)
+            return (data.get("error") or {}).get("message") if isinstance(data.get("error"), dict) \
+                else data.get("error")
+        except (ValueError, AttributeError):
+            return response.data[:200].decode("utf-8", "replace")
+
+    def _answer(self, response, op):
+        try:
+            data = json.loads(response.data)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and ("ok" in data or "spooled" in data):
+            return data
+        message = self._message(response) or f"HTTP {response.status}"
+        if response.status == 401:
+            raise AuthenticationError(f"the HTTP store {self.url} refused the login of "
+                                      f"{self.user or 'an anonymous user'}: {message}")
+        if response.status == 403:
+            raise AuthenticationError(f"{message}")
+        if response.status == 404:
+            raise ConfigError(f"{self.url} does not offer balsamdb's operation endpoint (HTTP 404): is it a "
+                              "balsamdb HTTP store (db serve)? A plain Sumatra server can only be copied "
+                              "(db copy)")
+        if response.status == 413:
+            raise RequestTooLarge(f"the HTTP store refused {op}: {message}")
+        raise BadRequest(f"the HTTP store answered {op} with HTTP {response.status}: {message}")
+
+    # -- the local spool ----------------------------------------------------------------------------------
+
+    def _spool(self, message, body):
+        operations.check_offline(message["op"], message["params"])  # refused now, not after waiting
+        if self._client_tag.split("x")[0] != str(os.getpid()):
+            self._client_tag, self._spool_seq = f"{os.getpid()}x{os.urandom(3).hex()}", 0  # a forked child
+        self._spool_seq += 1
+        spooled = self.spool.put(body, self._client_tag, self._spool_seq)
+        self.last_route = "spool"
+        return SpooledWrite(message["id"], str(spooled))
+
+    def drain_spool(self, quick=False):
+        """Send the writes waiting in the local spool, oldest first.  Returns True when
+        none waits any more (a refused one is moved to ``failed/`` with its answer).
+        ``quick``: give up after one failed try instead of retrying for ``client_deadline``."""
+        for path in self.spool.pending():
+            try:
+                body = path.read_bytes()
+                op = json.loads(body).get("op", "?")
+            except FileNotFoundError:
+                continue  # another process of ours sent it
+            except (OSError, ValueError) as exc:
+                self.spool.fail(path, {"ok": False, "error": {"code": "bad_request",
+                                                              "message": f"unreadable spool file: {exc}"}})
+                continue
+            try:
+                answer = self._post(body, op, spool_on_failure=True, quick=quick)
+            except (AuthenticationError, ConfigError, BadRequest) as exc:
+                answer = {"ok": False, "error": exc.to_dict()}
+            if answer is None:
+                return False
+            if answer.get("ok"):
+                self.spool.done(path)
+            else:
+                self.spool.fail(path, answer)
+        return True
+
+    def ping(self):
+        return self.call("ping")

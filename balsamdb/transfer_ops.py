@@ -1,0 +1,469 @@
+"""Operations that move a whole store: read it in pages, write items as they are, digest it.
+
+``db copy``, ``db configure --store``, ``db export`` and ``db import`` are built
+on these three operations, so they work the same against a DB directory (through
+its server, or directly), a PostgreSQL URL and an HTTP store of balsamdb.
+
+An *item* is one JSON object with a ``kind``; items of a store, in this order:
+
+    user        {"kind": "user", "name", "password_hash", "admin", "created_at"}
+    project     {"kind": "project", "name", "description", "public", "created_at"}
+    permission  {"kind": "permission", "project", "user"}
+    record      {"kind": "record", "project", "label", "document", "created_at", "updated_at"}
+    job         {"kind": "job", <every field of job_get>, "history": [{"time", "from_state",
+                 "to_state", "message"}, ...]}
+
+A record's tags are those of its document.  Within a kind, items sort by their
+key (user: name; project: name; permission: project, user; record: project,
+label; job: id).
+"""
+
+import hashlib
+import json
+import time
+
+import peewee as pw
+
+from . import states
+from .exceptions import BadRequest
+from .models import Job, JobStateChange, JobTag, Project, ProjectPermission, Record, RecordTag, User
+from .operations import (JOB_FIELDS, JOB_KEYS, MAX_LIST, _number, _object, _record_columns, _str_list, _text,
+                         _user_name, _uuid, job_to_dict, operation)
+
+KINDS = ("user", "project", "permission", "record", "job")
+PAGE = 1000  # items per page unless the caller asks for another size
+MAX_PAGE = 5000
+
+
+def canonical(value):
+    """The one JSON text of ``value`` that digests and export files use."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+# -- items from rows ----------------------------------------------------------------------------
+
+def _user_item(user):
+    return {"kind": "user", "name": user.name, "password_hash": user.password_hash, "admin": bool(user.admin),
+            "created_at": user.created_at}
+
+
+def _project_item(project):
+    return {"kind": "project", "name": project.name, "description": project.description,
+            "public": bool(project.public), "created_at": project.created_at}
+
+
+def _permission_item(permission):
+    return {"kind": "permission", "project": permission.project_id, "user": permission.user_id}
+
+
+def _record_item(record):
+    return {"kind": "record", "project": record.project_id, "label": record.label,
+            "document": json.loads(record.document), "created_at": record.created_at,
+            "updated_at": record.updated_at}
+
+
+def _job_items(jobs):
+    ids = [job.id for job in jobs]
+    history = {job_id: [] for job_id in ids}
+    for start in range(0, len(ids), 500):
+        query = (JobStateChange.select().where(JobStateChange.job.in_(ids[start:start + 500]))
+                 .order_by(JobStateChange.id))
+        for change in query:
+            history[change.job_id].append({"time": change.time, "from_state": change.from_state,
+                                           "to_state": change.to_state, "message": change.message})
+    items = []
+    for job in jobs:
+        item = {"kind": "job", **job_to_dict(job), "history": history[job.id]}
+        items.append(item)
+    return items
+
+
+def _page_query(kind, after, since):
+    """The query for one kind, ordered by key, from just after key ``after``."""
+    if kind == "user":
+        query = User.select().order_by(User.name)
+        if after is not None:
+            query = query.where(User.name > after[0])
+    elif kind == "project":
+        query = Project.select().order_by(Project.name)
+        if after is not None:
+            query = query.where(Project.name > after[0])
+    elif kind == "permission":
+        query = ProjectPermission.select().order_by(ProjectPermission.project, ProjectPermission.user)
+        if after is not None:
+            query = query.where((ProjectPermission.project > after[0]) |
+                                ((ProjectPermission.project == after[0]) & (ProjectPermission.user > after[1])))
+    elif kind == "record":
+        query = Record.select().order_by(Record.project, Record.label)
+        if after is not None:
+            query = query.where((Record.project > after[0]) |
+                                ((Record.project == after[0]) & (Record.label > after[1])))
+        if since is not None:
+            query = query.where(Record.updated_at >= since)
+    else:
+        query = Job.select().order_by(Job.id)
+        if after is not None:
+            query = query.where(Job.id > after[0])
+        if since is not None:
+            query = query.where(Job.updated_at >= since)
+    return query
+
+
+def item_key(item):
+    """The sort key of an item, as a list (what ``export_items`` takes as ``after``)."""
+    kind = item["kind"]
+    if kind in ("user", "project"):
+        return [item["name"]]
+    if kind == "permission":
+        return [item["project"], item["user"]]
+    if kind == "record":
+        return [item["project"], item["label"]]
+    return [item["id"]]
+
+
+def _items(kind, rows):
+    if kind == "job":
+        return _job_items(rows)
+    return [{"user": _user_item, "project": _project_item, "permission": _permission_item,
+             "record": _record_item}[kind](row) for row in rows]
+
+
+def _check_kind(kind):
+    if kind not in KINDS:
+        raise BadRequest(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    return kind
+
+
+def _check_after(after):
+    if after is None:
+        return None
+    if not isinstance(after, list) or not after or not all(isinstance(k, str) for k in after):
+        raise BadRequest("after must be the key of the last item read: a list of strings")
+    return after
+
+
+@operation(write=False)
+def export_items(kind, after=None, limit=PAGE, since=None):
+    """One page of the store's items of ``kind`` (user, project, permission, record, job),
+    in key order, starting just after the key ``after`` (the ``next`` of the previous page).
+
+    ``since`` (UNIX seconds; records and jobs only) keeps only items changed at or
+    after that time: a catch-up pass of a copy.  Returns ``{"items": [...], "next":
+    key or null when this was the last page, "now": the store's clock}``.
+    """
+    _check_kind(kind)
+    after = _check_after(after)
+    limit = _number(limit, "limit", int, 1)
+    if limit > MAX_PAGE:
+        raise BadRequest(f"limit is at most {MAX_PAGE}")
+    since = None if since is None else _number(since, "since", float, float("-inf"))
+    now = time.time()
+    rows = list(_page_query(kind, after, since).limit(limit + 1))
+    more = len(rows) > limit
+    items = _items(kind, rows[:limit])
+    return {"items": items, "next": item_key(items[-1]) if more else None, "now": now}
+
+
+@operation(write=False)
+def store_counts():
+    """How many items of each kind the store holds: ``{"user": n, "project": n, ...}``."""
+    return {"user": User.select().count(), "project": Project.select().count(),
+            "permission": ProjectPermission.select().count(), "record": Record.select().count(),
+            "job": Job.select().count()}
+
+
+# -- digests ------------------------------------------------------------------------------------------
+
+def digest_content(item):
+    """What of an item its digest covers: content, not bookkeeping that a plain Sumatra
+    server cannot keep (when a record was stored, and updated)."""
+    if item["kind"] == "record":
+        return {"label": item["label"], "document": item["document"]}
+    if item["kind"] == "project":
+        return {"name": item["name"], "description": item["description"], "public": item["public"]}
+    return item
+
+
+class Digester:
+    """Counts and SHA-256 digests of a store, fed its items in key order.
+
+    ``result()``: ``{"projects": {name: {"records": n, "digest": hex}}, "jobs": {...},
+    "users": {...}, "permissions": {...}}``, where a project's digest covers its own
+    fields and its records, in label order."""
+
+    def __init__(self):
+        self._groups = {}
+
+    def _group(self, name):
+        if name not in self._groups:
+            self._groups[name] = [0, hashlib.sha256()]
+        return self._groups[name]
+
+    def add(self, item):
+        kind = item["kind"]
+        if kind == "record":
+            group = self._group(("project", item["project"]))
+            group[0] += 1
+        elif kind == "project":
+            group = self._group(("project", item["name"]))
+        else:
+            group = self._group((kind, None))
+            group[0] += 1
+        group[1].update(canonical(digest_content(item)).encode())
+        group[1].update(b"\n")
+
+    def result(self):
+        out = {"projects": {}, "jobs": None, "users": None, "permissions": None}
+        for (kind, name), (count, digest) in sorted(self._groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+            entry = {"count": count, "digest": digest.hexdigest()}
+            if kind == "project":
+                out["projects"][name] = {"records": count, "digest": entry["digest"]}
+            else:
+                out[kind + "s"] = entry
+        for kind in ("jobs", "users", "permissions"):
+            if out[kind] is None:
+                out[kind] = {"count": 0, "digest": hashlib.sha256().hexdigest()}
+        return out
+
+
+def changed_after(item, until):
+    """True when ``item`` was changed after ``until`` (records and jobs know when)."""
+    return until is not None and item["kind"] in ("record", "job") and item["updated_at"] > until
+
+
+def _excluded_keys(exclude):
+    if exclude is None:
+        return set()
+    if not isinstance(exclude, list) or len(exclude) > MAX_LIST:
+        raise BadRequest(f"exclude must be a list of at most {MAX_LIST} item keys")
+    keys = set()
+    for key in exclude:
+        if not isinstance(key, list) or not all(isinstance(k, str) for k in key):
+            raise BadRequest("each key in exclude must be a list of strings, as export_items gives them")
+        keys.add(tuple(key))
+    return keys
+
+
+@operation(write=False)
+def store_digest(until=None, exclude=None):
+    """Counts and content digests of the whole store (see :class:`Digester`), for
+    checking a copy.
+
+    ``until`` (UNIX seconds) leaves out records and jobs changed after it, and
+    ``exclude`` (a list of record and job keys, as ``export_items`` gives them)
+    leaves out those items: so a store that writers keep changing can be compared
+    with a copy made up to that moment.  Returns the digests, ``"now"`` (the
+    store's clock), and ``"changed_after"``: the keys of the items left out for
+    ``until`` (at most 50000; ``"too_many_changed"`` is true beyond).
+    """
+    until = None if until is None else _number(until, "until", float, float("-inf"))
+    excluded = _excluded_keys(exclude)
+    now = time.time()
+    digester = Digester()
+    changed = []
+    # Records are digested per project: walk projects first, then each project's records.
+    for kind in ("user", "permission", "job", "project", "record"):
+        after = None
+        while True:
+            rows = list(_page_query(kind, after, None).limit(PAGE))
+            if not rows:
+                break
+            for item in _items(kind, rows):
+                key = item_key(item)
+                if changed_after(item, until):
+                    changed.append(key)
+                elif kind not in ("record", "job") or tuple(key) not in excluded:
+                    digester.add(item)
+            after = key
+    result = digester.result()
+    result.update(now=now, changed_after=changed[:MAX_LIST], too_many_changed=len(changed) > MAX_LIST)
+    return result
+
+
+# -- writing items as they are -------------------------------------------------------------------------
+
+def _time(value, what):
+    return _number(value, what, float, float("-inf"))
+
+
+def _clean_item(item):
+    """A validated copy of one item (everything a store writes is checked, even a copy)."""
+    if not isinstance(item, dict):
+        raise BadRequest("each item must be an object")
+    kind = _check_kind(item.get("kind"))
+    if kind == "user":
+        password_hash = _text(item.get("password_hash"), "password_hash", max_len=512)
+        if not password_hash.startswith("scrypt$"):
+            raise BadRequest("a user's password_hash must come from balsamdb.passwords.hash_password")
+        return {"kind": kind, "name": _user_name(item.get("name")), "password_hash": password_hash,
+                "admin": bool(item.get("admin", False)), "created_at": _time(item.get("created_at"), "created_at")}
+    if kind == "project":
+        return {"kind": kind, "name": _text(item.get("name"), "project name", max_len=255),
+                "description": _text(item.get("description"), "description", required=False) or "",
+                "public": bool(item.get("public", False)),
+                "created_at": _time(item.get("created_at"), "created_at")}
+    if kind == "permission":
+        return {"kind": kind, "project": _text(item.get("project"), "project name", max_len=255),
+                "user": _user_name(item.get("user"))}
+    if kind == "record":
+        document = _object(item.get("document"), "document")
+        label = _text(item.get("label"), "record label", max_len=255)
+        if document.get("label") != label:
+            raise BadRequest(f"record {label!r}: the document's label differs")
+        _str_list(document.get("tags"), "record tags")
+        return {"kind": kind, "project": _text(item.get("project"), "project name", max_len=255), "label": label,
+                "document": document, "created_at": _time(item.get("created_at"), "created_at"),
+                "updated_at": _time(item.get("updated_at"), "updated_at")}
+    job = {name: check(item[name]) for name, check in JOB_FIELDS.items() if name in item}
+    job.update(kind=kind, id=_uuid(item.get("id")), name=_text(item.get("name"), "job name", max_len=255),
+               workflow=_text(item.get("workflow"), "workflow", max_len=255),
+               state_message=_text(item.get("state_message"), "state_message", required=False) or "",
+               working_directory=_text(item.get("working_directory"), "working_directory"),
+               created_at=_time(item.get("created_at"), "created_at"),
+               updated_at=_time(item.get("updated_at"), "updated_at"))
+    if item.get("state") not in states.STATES:
+        raise BadRequest(f"job {job['id']}: unknown state {item.get('state')!r}")
+    job["state"] = item["state"]
+    missing = [k for k in JOB_KEYS if k not in job]
+    if missing:
+        raise BadRequest(f"job {job['id']} lacks {', '.join(missing)}")
+    history = item.get("history")
+    if not isinstance(history, list):
+        raise BadRequest(f"job {job['id']}: history must be a list")
+    job["history"] = []
+    for change in history:
+        change = _object(change, "a history entry")
+        if change.get("to_state") not in states.STATES or \
+                change.get("from_state") not in states.STATES + (None,):
+            raise BadRequest(f"job {job['id']}: a history entry names an unknown state")
+        job["history"].append({"time": _time(change.get("time"), "time"), "from_state": change.get("from_state"),
+                               "to_state": change["to_state"],
+                               "message": _text(change.get("message"), "message", required=False) or ""})
+    return job
+
+
+def _same(existing, item):
+    return canonical(existing) == canonical(item)
+
+
+def _compare(row, item, to_item):
+    if row is None:
+        return "added"
+    return "unchanged" if _same(to_item(row), item) else "updated"
+
+
+def _put_user(item, write):
+    row = User.get_or_none(User.name == item["name"])
+    if not write:
+        return _compare(row, item, _user_item)
+    if row is None:
+        User.create(name=item["name"], password_hash=item["password_hash"], admin=item["admin"],
+                    created_at=item["created_at"])
+        return "added"
+    if _same(_user_item(row), item):
+        return "unchanged"
+    User.update(password_hash=item["password_hash"], admin=item["admin"],
+                created_at=item["created_at"]).where(User.name == item["name"]).execute()
+    return "updated"
+
+
+def _put_project(item, write):
+    row = Project.get_or_none(Project.name == item["name"])
+    if not write:
+        return _compare(row, item, _project_item)
+    if row is None:
+        Project.create(name=item["name"], description=item["description"], public=item["public"],
+                       created_at=item["created_at"])
+        return "added"
+    if _same(_project_item(row), item):
+        return "unchanged"
+    Project.update(description=item["description"], public=item["public"],
+                   created_at=item["created_at"]).where(Project.name == item["name"]).execute()
+    return "updated"
+
+
+def _put_permission(item, write):
+    if not write:
+        found = ProjectPermission.get_or_none((ProjectPermission.project == item["project"]) &
+                                              (ProjectPermission.user == item["user"]))
+        return "unchanged" if found else "added"
+    if User.get_or_none(User.name == item["user"]) is None:
+        raise BadRequest(f"permission of {item['user']!r} on {item['project']!r}: no such user (copy users first)")
+    Project.get_or_create(name=item["project"], defaults={"created_at": time.time()})
+    _, created = ProjectPermission.get_or_create(project=item["project"], user=item["user"])
+    return "added" if created else "unchanged"
+
+
+def _put_record(item, write):
+    row = Record.get_or_none((Record.project == item["project"]) & (Record.label == item["label"]))
+    if row is not None and _same(_record_item(row), item):
+        return "unchanged"
+    if not write:
+        return "added" if row is None else "updated"
+    Project.get_or_create(name=item["project"], defaults={"created_at": item["created_at"]})
+    document = item["document"]
+    values = dict(_record_columns(document), document=json.dumps(document, ensure_ascii=False, separators=(",", ":")),
+                  created_at=item["created_at"], updated_at=item["updated_at"])
+    tags = _str_list(document.get("tags"), "record tags")
+    if row is None:
+        row = Record.create(project=item["project"], label=item["label"], **values)
+        outcome = "added"
+    else:
+        Record.update(**values).where(Record.id == row.id).execute()
+        RecordTag.delete().where(RecordTag.record == row.id).execute()
+        outcome = "updated"
+    if tags:
+        RecordTag.insert_many([{"record": row.id, "tag": t} for t in tags]).execute()
+    return outcome
+
+
+def _put_job(item, write):
+    row = Job.get_or_none(Job.id == item["id"])
+    if row is not None and _same(_job_items([row])[0], item):
+        return "unchanged"
+    if not write:
+        return "added" if row is None else "updated"
+    values = {key: item[key] for key in JOB_KEYS if key != "id"}
+    if row is None:
+        Job.insert(id=item["id"], **values).execute()
+        outcome = "added"
+    else:
+        Job.update(**values).where(Job.id == item["id"]).execute()
+        JobStateChange.delete().where(JobStateChange.job == item["id"]).execute()
+        JobTag.delete().where(JobTag.job == item["id"]).execute()
+        outcome = "updated"
+    if item["history"]:
+        JobStateChange.insert_many([dict(change, job=item["id"]) for change in item["history"]]).execute()
+    if item["tags"]:
+        JobTag.insert_many([{"job": item["id"], "tag": t} for t in item["tags"]]).execute()
+    return outcome
+
+
+_PUT = {"user": _put_user, "project": _put_project, "permission": _put_permission, "record": _put_record,
+        "job": _put_job}
+
+
+@operation(write=True)
+def import_items(items, dry_run=False):
+    """Make the store hold ``items`` (see the module docs) exactly as given: an item
+    that is absent is added, one that differs is replaced, one that is equal is left.
+
+    All or none.  Items keep their times, ids and (for jobs) state and history,
+    so a copy is equal to its source.  Returns ``{"added": n, "updated": n,
+    "unchanged": n}``.  Nothing is ever deleted.  With ``dry_run`` nothing is
+    written: the counts say what would happen.
+    """
+    if not isinstance(dry_run, bool):
+        raise BadRequest("dry_run must be true or false")
+    if not isinstance(items, list):
+        raise BadRequest("items must be a list")
+    if len(items) > MAX_LIST:
+        raise BadRequest(f"items holds {len(items)} items; at most {MAX_LIST} per request")
+    counts = {"added": 0, "updated": 0, "unchanged": 0}
+    for item in items:
+        clean = _clean_item(item)
+        try:
+            counts[_PUT[clean["kind"]](clean, not dry_run)] += 1
+        except pw.IntegrityError:
+            raise BadRequest(f"{clean['kind']} {item_key(clean)} clashes with the store's data") from None
+    return counts
