@@ -394,53 +394,97 @@ def _put_permission(item, write):
     return "added" if created else "unchanged"
 
 
-def _put_record(item, write):
-    row = Record.get_or_none((Record.project == item["project"]) & (Record.label == item["label"]))
-    if row is not None and _same(_record_item(row), item):
-        return "unchanged"
+def _chunks(values, size=500):
+    values = list(values)
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+def _put_records(items, write):
+    """Records in batches: one query finds the existing ones, one inserts the new ones."""
+    existing = {}
+    by_project = {}
+    for item in items:
+        by_project.setdefault(item["project"], []).append(item["label"])
+    for project, labels in by_project.items():
+        for chunk in _chunks(labels):
+            for row in Record.select().where((Record.project == project) & (Record.label.in_(chunk))):
+                existing[(row.project_id, row.label)] = row
+    outcomes, new_rows, new_tags, changed = [], [], [], []
+    for item in items:
+        row = existing.get((item["project"], item["label"]))
+        if row is not None and _same(_record_item(row), item):
+            outcomes.append("unchanged")
+            continue
+        outcomes.append("added" if row is None else "updated")
+        if write:
+            document = item["document"]
+            values = dict(_record_columns(document), project=item["project"], label=item["label"],
+                          document=json.dumps(document, ensure_ascii=False, separators=(",", ":")),
+                          created_at=item["created_at"], updated_at=item["updated_at"])
+            (new_rows if row is None else changed).append((values, row, _str_list(document.get("tags"), "tags")))
     if not write:
-        return "added" if row is None else "updated"
-    Project.get_or_create(name=item["project"], defaults={"created_at": item["created_at"]})
-    document = item["document"]
-    values = dict(_record_columns(document), document=json.dumps(document, ensure_ascii=False, separators=(",", ":")),
-                  created_at=item["created_at"], updated_at=item["updated_at"])
-    tags = _str_list(document.get("tags"), "record tags")
-    if row is None:
-        row = Record.create(project=item["project"], label=item["label"], **values)
-        outcome = "added"
-    else:
+        return outcomes
+    for project in {values["project"] for values, _row, _tags in new_rows + changed}:
+        first = min(values["created_at"] for values, _row, _tags in new_rows + changed if values["project"] == project)
+        Project.get_or_create(name=project, defaults={"created_at": first})
+    for values, row, tags in changed:
         Record.update(**values).where(Record.id == row.id).execute()
         RecordTag.delete().where(RecordTag.record == row.id).execute()
-        outcome = "updated"
-    if tags:
-        RecordTag.insert_many([{"record": row.id, "tag": t} for t in tags]).execute()
-    return outcome
+        new_tags.extend({"record": row.id, "tag": t} for t in tags)
+    for chunk in _chunks(new_rows, 200):
+        Record.insert_many([values for values, _row, _tags in chunk]).execute()
+        keys = {(values["project"], values["label"]): tags for values, _row, tags in chunk}
+        for project in {p for p, _l in keys}:
+            labels = [label for p, label in keys if p == project]
+            for row in Record.select(Record.id, Record.label).where((Record.project == project) &
+                                                                    (Record.label.in_(labels))):
+                new_tags.extend({"record": row.id, "tag": t} for t in keys[(project, row.label)])
+    for chunk in _chunks(new_tags):
+        RecordTag.insert_many(chunk).execute()
+    return outcomes
 
 
-def _put_job(item, write):
-    row = Job.get_or_none(Job.id == item["id"])
-    if row is not None and _same(_job_items([row])[0], item):
-        return "unchanged"
-    if not write:
-        return "added" if row is None else "updated"
-    values = {key: item[key] for key in JOB_KEYS if key != "id"}
-    if row is None:
-        Job.insert(id=item["id"], **values).execute()
-        outcome = "added"
-    else:
-        Job.update(**values).where(Job.id == item["id"]).execute()
-        JobStateChange.delete().where(JobStateChange.job == item["id"]).execute()
-        JobTag.delete().where(JobTag.job == item["id"]).execute()
-        outcome = "updated"
-    if item["history"]:
-        JobStateChange.insert_many([dict(change, job=item["id"]) for change in item["history"]]).execute()
-    if item["tags"]:
-        JobTag.insert_many([{"job": item["id"], "tag": t} for t in item["tags"]]).execute()
-    return outcome
+def _put_jobs(items, write):
+    """Jobs in batches: one query finds the existing ones, a few insert the new ones."""
+    existing = {}
+    for chunk in _chunks([item["id"] for item in items]):
+        rows = list(Job.select().where(Job.id.in_(chunk)))
+        for item in _job_items(rows):
+            existing[item["id"]] = item
+    outcomes, history, tags, new_rows = [], [], [], []
+    for item in items:
+        old = existing.get(item["id"])
+        if old is not None and _same(old, item):
+            outcomes.append("unchanged")
+            continue
+        outcomes.append("added" if old is None else "updated")
+        if not write:
+            continue
+        values = {key: item[key] for key in JOB_KEYS}
+        if old is None:
+            new_rows.append(values)
+        else:
+            Job.update(**values).where(Job.id == item["id"]).execute()
+            JobStateChange.delete().where(JobStateChange.job == item["id"]).execute()
+            JobTag.delete().where(JobTag.job == item["id"]).execute()
+        history.extend(dict(change, job=item["id"]) for change in item["history"])
+        tags.extend({"job": item["id"], "tag": t} for t in item["tags"])
+    for chunk in _chunks(new_rows, 200):
+        Job.insert_many(chunk).execute()
+    for chunk in _chunks(history):
+        JobStateChange.insert_many(chunk).execute()
+    for chunk in _chunks(tags):
+        JobTag.insert_many(chunk).execute()
+    return outcomes
 
 
-_PUT = {"user": _put_user, "project": _put_project, "permission": _put_permission, "record": _put_record,
-        "job": _put_job}
+def _one_by_one(put):
+    return lambda items, write: [put(item, write) for item in items]
+
+
+_PUT = {"user": _one_by_one(_put_user), "project": _one_by_one(_put_project),
+        "permission": _one_by_one(_put_permission), "record": _put_records, "job": _put_jobs}
 
 
 @operation(write=True)
@@ -460,10 +504,19 @@ def import_items(items, dry_run=False):
     if len(items) > MAX_LIST:
         raise BadRequest(f"items holds {len(items)} items; at most {MAX_LIST} per request")
     counts = {"added": 0, "updated": 0, "unchanged": 0}
-    for item in items:
-        clean = _clean_item(item)
+    clean = [_clean_item(item) for item in items]
+    keys = [(item["kind"], tuple(item_key(item))) for item in clean]
+    if len(set(keys)) != len(keys):
+        raise BadRequest("the same item appears twice in one import_items")
+    start = 0
+    while start < len(clean):  # runs of one kind, in the order given
+        end = start
+        while end < len(clean) and clean[end]["kind"] == clean[start]["kind"]:
+            end += 1
         try:
-            counts[_PUT[clean["kind"]](clean, not dry_run)] += 1
-        except pw.IntegrityError:
-            raise BadRequest(f"{clean['kind']} {item_key(clean)} clashes with the store's data") from None
+            for outcome in _PUT[clean[start]["kind"]](clean[start:end], not dry_run):
+                counts[outcome] += 1
+        except pw.IntegrityError as exc:
+            raise BadRequest(f"{clean[start]['kind']}s clash with the store's data: {exc}") from None
+        start = end
     return counts

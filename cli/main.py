@@ -11,6 +11,7 @@ from .job import job
 from .ls import ls
 from .record import record
 from .spool import spool
+from .transfer import configure, copy, export, import_
 from .serve import serve
 from .user import user
 from .which import which
@@ -34,5 +35,5 @@ def main():
     """
 
 
-for command in (init, which, ls, job, record, dbserver, spool, user, serve):
+for command in (init, which, ls, job, record, dbserver, spool, user, serve, copy, configure, export, import_):
     main.add_command(command)

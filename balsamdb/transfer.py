@@ -1,0 +1,691 @@
+"""Moving stores: ``db copy``, ``db configure --store``, ``db export`` and ``db import``.
+
+A store is named by a DB directory path, a ``postgresql://`` URL, or an
+``http(s)://`` URL (balsamdb's own HTTP store, or any server of the Sumatra
+Server API).  :func:`open_store` turns the name into an endpoint with four
+methods: ``counts()``, ``export(kind, after, limit, since)``, ``import_(items,
+dry_run)`` and ``digest(until, exclude)``, built on the operations of
+:mod:`balsamdb.transfer_ops` (a plain Sumatra server gets the same methods from
+its HTTP API, for projects and records only).
+
+:func:`copy_store` copies every item (pass 1), then catches up with what
+writers changed meanwhile (passes 2.. over items changed since the previous pass
+began, until one finds nothing new), then verifies by comparing the per-project
+counts and digests of both stores up to one moment of the source's clock.  Every
+write is idempotent, so a copy that was killed is simply run again.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+from .exceptions import BadRequest, ConfigError, StorageError, TransferError
+from .transfer_ops import KINDS, Digester, canonical, item_key
+
+PAGE = 1000
+SLACK = 5.0          # seconds: a catch-up pass re-reads what changed this long before the previous one began
+MAX_PASSES = 8       # catch-up passes before the copy reports the source as still changing
+VERIFY_TRIES = 4
+EXPORT_FORMAT = 1
+
+
+# -- endpoints -----------------------------------------------------------------------------------------
+
+class OperationStore:
+    """A store that runs balsamdb operations: a DB directory, a PostgreSQL URL, a balsamdb HTTP store."""
+
+    kinds = KINDS
+    limits = None
+
+    def __init__(self, name, db):
+        self.name, self.db = name, db
+
+    def counts(self):
+        return self.db.call("store_counts")
+
+    def export(self, kind, after=None, limit=PAGE, since=None):
+        return self.db.call("export_items", kind=kind, after=after, limit=limit, since=since)
+
+    def import_(self, items, dry_run=False):
+        return self.db.call("import_items", items=items, dry_run=dry_run)
+
+    def digest(self, until=None, exclude=None):
+        return self.db.call("store_digest", until=until, exclude=exclude)
+
+    def close(self):
+        self.db.close()
+
+
+class SQLDatabase:
+    """``call(op, **params)`` straight on a peewee database (a PostgreSQL URL, an old SQLite file)."""
+
+    def __init__(self, database):
+        self.database = database
+
+    def call(self, op, **params):
+        from .applier import StorageFailure, apply_requests, root_cause
+        from .direct import _BIND_LOCK
+        from .exceptions import error_from_dict
+        from .models import MODELS
+
+        try:
+            self.database.connect(reuse_if_open=True)
+            with _BIND_LOCK, self.database.bind_ctx(MODELS), self.database.atomic():
+                answer = apply_requests(self.database, [(os.urandom(16).hex(), op, params)])[0]
+        except StorageFailure as exc:
+            raise StorageError(f"the database refused {op}: {root_cause(exc.original)}") from None
+        except Exception as exc:
+            import peewee as pw
+
+            if isinstance(exc, (pw.DatabaseError, pw.InterfaceError)):
+                raise StorageError(f"the database refused {op}: {root_cause(exc)}") from None
+            raise
+        if answer.get("ok"):
+            return answer["result"]
+        raise error_from_dict(answer["error"])
+
+    def close(self):
+        if not self.database.is_closed():
+            self.database.close()
+
+
+def _postgres_store(url, create):
+    import peewee as pw
+
+    from . import models
+    from .dbdir import check_postgres_url, parse_postgres_url, redact_url
+
+    check_postgres_url(url)
+    params = parse_postgres_url(url)
+    database = pw.PostgresqlDatabase(params.pop("database"), connect_timeout=5, **params)
+    database.connect()
+    try:
+        version = models.current_version(database)
+        if version == 0 and not create:
+            raise ConfigError(f"{redact_url(url)} holds no balsamdb store (no schema)")
+        if version < models.SCHEMA_VERSION:
+            if not create:
+                raise ConfigError(f"{redact_url(url)} has schema {version}; upgrade it first "
+                                  "(db configure or db init on a DB directory using it)")
+            models.upgrade(database)
+    except Exception:
+        database.close()
+        raise
+    return OperationStore(redact_url(url), SQLDatabase(database))
+
+
+def sqlite_file_store(path):
+    """The store in one SQLite file (a DB directory's old database after ``db configure``)."""
+    import peewee as pw
+
+    database = pw.SqliteDatabase(str(path), timeout=60, pragmas={"journal_mode": "wal", "foreign_keys": 1})
+    return OperationStore(str(path), SQLDatabase(database))
+
+
+def open_store(spec, create=False, **settings):
+    """The endpoint for a store named by ``spec`` (see the module docs).
+
+    ``create``: the store is a destination (a PostgreSQL database without the
+    schema gets it).  A DB directory must exist (``db init``).
+    """
+    spec = str(spec)
+    if spec.startswith(("postgres://", "postgresql://")):
+        return _postgres_store(spec, create)
+    if spec.startswith(("http://", "https://")):
+        return _http_store(spec, **settings)
+    import balsamdb
+
+    db = balsamdb.connect(spec, spool=False, **settings)  # a copy never leaves writes in a spool
+    return OperationStore(str(db.path), db)
+
+
+def _http_store(url, **settings):
+    from .remote import RemoteDatabase, redact, split_url
+    from .settings import load_settings
+
+    remote = RemoteDatabase(url, load_settings(spool=False, **settings))
+    try:
+        info = remote._http.request("GET", remote.url + "_balsamdb/", headers=remote._headers)
+        data = json.loads(info.data) if info.status == 200 else {}
+    except (ValueError, Exception) as exc:  # unreachable: say so now, not after a first page
+        import urllib3
+
+        if isinstance(exc, urllib3.exceptions.HTTPError):
+            raise ConfigError(f"cannot reach {redact(url)}: {exc}") from None
+        data = {}
+    if isinstance(data, dict) and data.get("api") == 1 and data.get("admin"):
+        return OperationStore(redact(url), remote)
+    remote.close()
+    base, user, password = split_url(url)
+    store = SumatraStore(base, user, password, redact(url))
+    if isinstance(data, dict) and data.get("api") == 1:
+        store.limits = (f"{data.get('user') or 'anonymous'} is not an admin of this balsamdb store, so only the "
+                        "projects and records it may use go through the Sumatra API")
+    return store
+
+
+class SumatraStore:
+    """Any server of the Sumatra Server API: projects and records only."""
+
+    kinds = ("project", "record")
+    limits = "a Sumatra record store holds projects and records only"
+
+    def __init__(self, base, user, password, name):
+        import urllib3
+
+        self.base, self.name = base, name
+        self._headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        if user is not None:
+            self._headers.update(urllib3.make_headers(basic_auth=f"{user}:{password or ''}"))
+        self._http = urllib3.PoolManager(maxsize=4, timeout=urllib3.Timeout(connect=5, read=120), retries=3)
+        self._records = None
+
+    def _get(self, url):
+        response = self._request("GET", url)
+        if response.status != 200:
+            raise TransferError(f"GET {url} answered HTTP {response.status}: {response.data[:200]!r}")
+        try:
+            return json.loads(response.data)
+        except ValueError:
+            raise TransferError(f"GET {url} did not answer JSON: is {self.name} a Sumatra record store?") from None
+
+    def _request(self, method, url, body=None):
+        import urllib3
+
+        try:
+            return self._http.request(method, url, body=body, headers=self._headers)
+        except urllib3.exceptions.HTTPError as exc:
+            raise TransferError(f"{method} {url}: {exc}") from None
+
+    def _project_url(self, name):
+        return f"{self.base}{quote(name, safe='')}/"
+
+    def _projects(self):
+        data = self._get(self.base)
+        entries = data if isinstance(data, list) else data.get("projects", [])
+        return sorted((p.get("id") or p.get("name")) for p in entries if isinstance(p, dict))
+
+    def _all_records(self):
+        if self._records is None:
+            records = []
+            for project in self._projects():
+                for uri in self._get(self._project_url(project)).get("records", []):
+                    records.append((project, uri))
+            self._records = records
+        return self._records
+
+    def counts(self):
+        return {"project": len(self._projects()), "record": len(self._all_records())}
+
+    def export(self, kind, after=None, limit=PAGE, since=None):
+        now = time.time()
+        if kind == "project":
+            items = []
+            for name in self._projects():
+                info = self._get(self._project_url(name))
+                items.append({"kind": "project", "name": name, "description": info.get("description") or "",
+                              "public": bool(info.get("public", False)), "created_at": 0.0})
+        elif kind == "record":
+            from .operations import _sort_time
+
+            items = []
+            for project, uri in self._all_records():
+                document = self._get(uri)
+                when = _sort_time(document.get("timestamp"))
+                items.append({"kind": "record", "project": project, "label": document.get("label"),
+                              "document": document, "created_at": when, "updated_at": when})
+        else:
+            items = []
+        items.sort(key=item_key)
+        if after is not None:
+            items = [i for i in items if item_key(i) > after]
+        page = items[:limit]
+        return {"items": page, "next": item_key(page[-1]) if len(items) > limit else None, "now": now}
+
+    def import_(self, items, dry_run=False):
+        counts = {"added": 0, "updated": 0, "unchanged": 0}
+        for item in items:
+            if item["kind"] == "project":
+                url = self._project_url(item["name"])
+                exists = self._request("GET", url).status == 200
+                if not dry_run:
+                    body = json.dumps({"name": item["name"], "description": item["description"],
+                                       "public": item["public"]}).encode()
+                    answer = self._request("PUT", url, body)
+                    if answer.status not in (200, 201):
+                        raise TransferError(f"PUT {url} answered HTTP {answer.status}: {answer.data[:200]!r}")
+                counts["unchanged" if exists else "added"] += 1
+            elif item["kind"] == "record":
+                url = f"{self._project_url(item['project'])}{quote(item['label'], safe='')}/"
+                old = self._request("GET", url)
+                same = old.status == 200 and canonical(json.loads(old.data)) == canonical(item["document"])
+                if not dry_run and not same:
+                    answer = self._request("PUT", url, json.dumps(item["document"]).encode())
+                    if answer.status not in (200, 201):
+                        raise TransferError(f"PUT {url} answered HTTP {answer.status}: {answer.data[:200]!r}")
+                counts["unchanged" if same else "updated" if old.status == 200 else "added"] += 1
+        self._records = None
+        return counts
+
+    def digest(self, until=None, exclude=None):
+        excluded = {tuple(k) for k in exclude or ()}
+        digester = Digester()
+        for kind in ("project", "record"):
+            after = None
+            while True:
+                page = self.export(kind, after)
+                for item in page["items"]:
+                    if kind != "record" or tuple(item_key(item)) not in excluded:
+                        digester.add(item)
+                after = page["next"]
+                if after is None:
+                    break
+        result = digester.result()
+        result.update(now=time.time(), changed_after=[], too_many_changed=False)
+        return result
+
+    def close(self):
+        self._http.clear()
+
+
+# -- copying -----------------------------------------------------------------------------------------------
+
+class Progress:
+    """A tqdm bar with counts and rate on a terminal; silent otherwise."""
+
+    def __init__(self, enabled, total, description):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=description, unit=" items", dynamic_ncols=True, leave=True)
+
+    def update(self, n, postfix=None):
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix_str(postfix)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _comparable(digest):
+    return {k: digest[k] for k in ("projects", "jobs", "users", "permissions")}
+
+
+def _differences(src, dst, kinds):
+    """The groups whose digests differ: ``[(group, what, source entry, destination entry)]``,
+    group being ``("project", name)`` or ``(kind, None)``; only the kinds both stores hold."""
+    out = []
+    if "record" in kinds or "project" in kinds:
+        for name in sorted(src["projects"]):
+            a, b = src["projects"][name], dst["projects"].get(name)
+            if a != b:
+                out.append((("record", name), f"project {name!r}", a["records"], b["records"] if b else None))
+    for kind in ("job", "user", "permission"):
+        if kind in kinds and src[kind + "s"] != dst[kind + "s"]:
+            out.append(((kind, None), kind + "s", src[kind + "s"]["count"], dst[kind + "s"]["count"]))
+    return out
+
+
+def _contained(src, dst, group, until, changed):
+    """True when every item of ``group`` in ``src`` (not changed after ``until``) is in ``dst``,
+    equal: for a destination that holds more than the source (a copy into a store in use)."""
+    kind, project = group
+    changed = {tuple(key) for key in changed}
+    after = [project, ""] if kind == "record" else None  # just before the project's first label
+    while True:
+        page = src.export(kind, after, PAGE)
+        items = [i for i in page["items"] if (kind != "record" or i["project"] == project)
+                 and not (kind in ("record", "job") and (i["updated_at"] > until or tuple(item_key(i)) in changed))]
+        if items:
+            result = dst.import_(items, dry_run=True)
+            if result["added"] or result["updated"]:
+                return False
+        if page["next"] is None or (kind == "record" and page["items"] and page["items"][-1]["project"] != project):
+            return True
+        after = page["next"]
+
+
+def copy_store(src, dst, dry_run=False, progress=False, log=None, stop=None):
+    """Copy every item of store ``src`` to store ``dst`` (endpoints of :func:`open_store`).
+
+    Returns a report dict: per-kind counts of the first pass, what arrived during
+    the copy (catch-up passes), the verification (digests per project), and the
+    rate.  Raises :class:`TransferError` when the copy cannot be verified.
+    ``log(sentence)`` hears about each pass; ``stop`` (a threading.Event) ends it early.
+    """
+    say = log or (lambda sentence: None)
+    kinds = [k for k in KINDS if k in src.kinds and k in dst.kinds]
+    skipped = [k for k in KINDS if k in src.kinds and k not in dst.kinds]
+    started = time.monotonic()
+    counts = src.counts()
+    total = sum(counts.get(k, 0) for k in kinds)
+    report = {"source": src.name, "destination": dst.name, "dry_run": dry_run, "kinds": kinds,
+              "limits": [x for x in (src.limits, dst.limits) if x and skipped],
+              "skipped_kinds": {k: counts.get(k, 0) for k in skipped}, "source_counts": counts,
+              "first_pass": {}, "during_copy": {}, "passes": 0}
+    bar = Progress(progress, total, "copy" if not dry_run else "dry run")
+    try:
+        pass_start, totals = _one_pass(src, dst, kinds, None, dry_run, bar, stop)
+        report["first_pass"] = totals
+        report["passes"] = 1
+        first_seconds = time.monotonic() - started
+        moved = sum(v["added"] + v["updated"] + v["unchanged"] for v in totals.values())
+        report["first_pass_seconds"] = round(first_seconds, 3)
+        report["first_pass_items_per_second"] = round(moved / first_seconds, 1) if first_seconds > 0 else None
+    finally:
+        bar.close()
+    say(f"pass 1: {_summary(report['first_pass'])}")
+    if dry_run:
+        report["seconds"] = round(time.monotonic() - started, 3)
+        return report
+    during = {}
+    for number in range(2, MAX_PASSES + 2):
+        next_start, totals = _one_pass(src, dst, kinds, pass_start - SLACK, dry_run, None, stop)
+        report["passes"] = number
+        moved = {k: v["added"] + v["updated"] for k, v in totals.items() if k in ("record", "job")}
+        for kind, value in totals.items():
+            entry = during.setdefault(kind, {"added": 0, "updated": 0})
+            entry["added"] += value["added"]
+            entry["updated"] += value["updated"]
+        say(f"pass {number} (catching up with writes since the previous pass): {_summary(totals)}")
+        pass_start = next_start
+        if not any(moved.values()):
+            break
+    report["during_copy"] = {k: v for k, v in during.items() if v["added"] or v["updated"]}
+    report["verification"] = verify(src, dst, kinds, pass_start, say)
+    seconds = time.monotonic() - started
+    report["seconds"] = round(seconds, 3)
+    copied = sum(v["added"] + v["updated"] + v["unchanged"] for v in report["first_pass"].values())
+    report["items_per_second"] = round(copied / seconds, 1) if seconds > 0 else None
+    return report
+
+
+def _summary(totals):
+    parts = [f"{k}s +{v['added']} ~{v['updated']} ={v['unchanged']}" for k, v in totals.items()
+             if v["added"] or v["updated"] or v["unchanged"]]
+    return ", ".join(parts) or "nothing"
+
+
+def _one_pass(src, dst, kinds, since, dry_run, bar, stop):
+    """Copy every item of ``kinds`` (changed since ``since``, for records and jobs);
+    returns (the source's clock when the pass began, per-kind counts)."""
+    began = None
+    totals = {}
+    for kind in kinds:
+        counts = totals.setdefault(kind, {"added": 0, "updated": 0, "unchanged": 0})
+        after = None
+        while True:
+            if stop is not None and stop.is_set():
+                raise TransferError("the copy was interrupted; run it again to finish (nothing is copied twice)")
+            page = src.export(kind, after, PAGE, since if kind in ("record", "job") else None)
+            began = page["now"] if began is None else began
+            if page["items"]:
+                result = dst.import_(page["items"], dry_run=dry_run)
+                for key in counts:
+                    counts[key] += result[key]
+                if bar is not None:
+                    bar.update(len(page["items"]), f"{kind}s")
+            after = page["next"]
+            if after is None:
+                break
+    return began if began is not None else time.time(), totals
+
+
+def verify(src, dst, kinds, until, say=lambda s: None):
+    """Compare counts and digests of ``src`` and ``dst`` up to the source's clock
+    ``until``; items that changed after it are left out on both sides (and caught
+    up first).  Where the destination holds more than the source (it was in use),
+    each item of the source is checked to be there, equal.  Returns the
+    verification report; raises :class:`TransferError`."""
+    for attempt in range(1, VERIFY_TRIES + 1):
+        source = src.digest(until=until)
+        if source.get("too_many_changed"):
+            raise TransferError("the source changes too fast to verify the copy (more than 50000 items changed "
+                                "during it); run db copy again when fewer writers are busy")
+        destination = dst.digest(until=until, exclude=source["changed_after"])
+        problems, extra = [], []
+        for group, what, count, other in _differences(source, destination, kinds):
+            if other is not None and other > count and _contained(src, dst, group, until, source["changed_after"]):
+                extra.append(f"{what}: the destination holds {other - count} more")
+            else:
+                problems.append(f"{what}: source {count}, destination {other if other is not None else 'none'}"
+                                + (" with different content" if other == count else ""))
+        if not problems:
+            say(f"verified: {len(source['projects'])} projects, {source['jobs']['count']} jobs, "
+                f"{source['users']['count']} users ({len(source['changed_after'])} items that changed after the "
+                "check began were left out of it)" + (f"; {'; '.join(extra)}" if extra else ""))
+            return {"verified": True, "until": until, "left_out_changing": len(source["changed_after"]),
+                    "destination_holds_more": extra, "projects": source["projects"], "jobs": source["jobs"],
+                    "users": source["users"], "permissions": source["permissions"]}
+        say(f"check {attempt}: {'; '.join(problems[:5])}: catching up again")
+        if attempt == VERIFY_TRIES:
+            raise TransferError("the copy differs from its source: " + "; ".join(problems[:10]) +
+                                ". Run db copy again (it copies only what is missing)")
+        next_until, _totals = _one_pass(src, dst, kinds, until - SLACK, False, None, None)
+        until = next_until
+
+
+# -- export and import files ---------------------------------------------------------------------------------
+
+def export_store(src, out, progress=False):
+    """Write every item of ``src`` to the binary file object ``out``, one JSON object per line:
+    a header ``{"balsamdb_export": 1, "kinds": [...]}``, the items in kind and key order,
+    and a footer ``{"end": true, "counts": {...}, "digests": {...}}``.  Returns the footer."""
+    kinds = [k for k in KINDS if k in src.kinds]
+    counts = src.counts()
+    bar = Progress(progress, sum(counts.get(k, 0) for k in kinds), "export")
+    digester = Digester()
+    written = {}
+    out.write((canonical({"balsamdb_export": EXPORT_FORMAT, "kinds": kinds}) + "\n").encode())
+    try:
+        for kind in kinds:
+            after = None
+            written[kind] = 0
+            while True:
+                page = src.export(kind, after, PAGE)
+                for item in page["items"]:
+                    out.write((canonical(item) + "\n").encode())
+                    digester.add(item)
+                written[kind] += len(page["items"])
+                bar.update(len(page["items"]), f"{kind}s")
+                after = page["next"]
+                if after is None:
+                    break
+    finally:
+        bar.close()
+    footer = {"end": True, "counts": written, "digests": digester.result()}
+    out.write((canonical(footer) + "\n").encode())
+    return footer
+
+
+def read_footer(path):
+    """The footer of an export file; :class:`TransferError` when it has none (a truncated file)."""
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(max(0, size - 1024 * 1024))
+        tail = handle.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    try:
+        footer = json.loads(tail)
+    except ValueError:
+        footer = None
+    if not isinstance(footer, dict) or footer.get("end") is not True:
+        raise TransferError(f"{path} has no end line: it is truncated or not a balsamdb export; nothing was imported")
+    return footer
+
+
+def _export_items(path):
+    with open(path, "rb") as handle:
+        header = handle.readline()
+        try:
+            head = json.loads(header)
+        except ValueError:
+            head = None
+        if not isinstance(head, dict) or "balsamdb_export" not in head:
+            raise BadRequest(f"{path} is not a balsamdb export (its first line is not the header)")
+        if head["balsamdb_export"] != EXPORT_FORMAT:
+            raise BadRequest(f"{path} is export format {head['balsamdb_export']}; this balsamdb reads format "
+                             f"{EXPORT_FORMAT}")
+        for number, line in enumerate(handle, start=2):
+            try:
+                item = json.loads(line)
+            except ValueError:
+                raise BadRequest(f"{path}, line {number}: not JSON") from None
+            if isinstance(item, dict) and item.get("end") is True:
+                return
+            if not isinstance(item, dict) or item.get("kind") not in KINDS:
+                raise BadRequest(f"{path}, line {number}: not an item")
+            yield item
+
+
+def _smt_items(path, project):
+    from .operations import _sort_time
+    from .sumatra_export import read_smt_export
+
+    projects = set()
+    for name, document in read_smt_export(path, project=project):
+        if name not in projects:
+            projects.add(name)
+            yield {"kind": "project", "name": name, "description": "", "public": False, "created_at": 0.0}
+        when = _sort_time(document.get("timestamp"))
+        yield {"kind": "record", "project": name, "label": document["label"], "document": document,
+               "created_at": when, "updated_at": when}
+
+
+def import_file(path, dst, project=None, dry_run=False, progress=False):
+    """Import an export file (balsamdb's, or the JSON of Sumatra's ``smt export``) into ``dst``.
+
+    A balsamdb export is checked for its end line before anything is written, and
+    after the import every item of the file is checked to be present and equal.
+    Returns a report dict."""
+    from .sumatra_export import is_smt_export
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(4096)
+    except OSError as exc:
+        raise TransferError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if is_smt_export(start):
+        items, kind_of_file, footer = _smt_items(path, project), "smt export", None
+    else:
+        footer = read_footer(path)
+        items, kind_of_file = _export_items(path), "balsamdb export"
+    started = time.monotonic()
+    totals = {}
+    skipped = {}
+    bar = Progress(progress, sum((footer or {}).get("counts", {}).values()) or None, "import")
+    batch = []
+
+    def flush():
+        if batch:
+            result = dst.import_(batch, dry_run=dry_run)
+            kind = batch[0]["kind"]
+            for key, value in result.items():
+                totals.setdefault(kind, {"added": 0, "updated": 0, "unchanged": 0})[key] += value
+            bar.update(len(batch), f"{kind}s")
+            batch.clear()
+
+    try:
+        for item in items:
+            if item["kind"] not in dst.kinds:
+                skipped[item["kind"]] = skipped.get(item["kind"], 0) + 1
+                continue
+            if batch and (batch[0]["kind"] != item["kind"] or len(batch) >= PAGE):
+                flush()
+            batch.append(item)
+        flush()
+    finally:
+        bar.close()
+    report = {"file": str(path), "format": kind_of_file, "destination": dst.name, "dry_run": dry_run,
+              "items": totals, "skipped_kinds": skipped}
+    if not dry_run:
+        # Check: the same items again, counted only: every one must now be present and equal.
+        check = {}
+        again = _export_items(path) if footer is not None else _smt_items(path, project)
+        batch = []
+        for item in again:
+            if item["kind"] not in dst.kinds:
+                continue
+            batch.append(item)
+            if len(batch) >= PAGE:
+                for key, value in dst.import_(batch, dry_run=True).items():
+                    check[key] = check.get(key, 0) + value
+                batch = []
+        if batch:
+            for key, value in dst.import_(batch, dry_run=True).items():
+                check[key] = check.get(key, 0) + value
+        if check.get("added") or check.get("updated"):
+            raise TransferError(f"after the import, {check.get('added', 0)} items of {path} are missing from "
+                                f"{dst.name} and {check.get('updated', 0)} differ (writers changing them?)")
+        report["verified"] = True
+    seconds = time.monotonic() - started
+    report["seconds"] = round(seconds, 3)
+    return report
+
+
+
+
+# -- switching a DB directory to another store ------------------------------------------------------------------
+
+def configure_store(path, url, progress=False, log=None):
+    """Copy DB directory ``path`` into the PostgreSQL database ``url``, verify, then make
+    ``path`` use it from now on.  The old database is left where it was.  Returns the
+    copy's report with ``old_database`` and ``arrived_after_switch``."""
+    from . import address_file
+    from .client import server_state
+    from .dbdir import DBDirectory, _read_private, _write_private, redact_url
+
+    say = log or (lambda sentence: None)
+    dbdir = DBDirectory(path)
+    config = dbdir.config()
+    if not str(url).startswith(("postgres://", "postgresql://")):
+        raise ConfigError("--store takes a postgresql://user:password@host:port/dbname URL; to move to another "
+                          "DB directory, use db copy and point BALSAM_DB_PATH at the new one")
+    if server_state(dbdir.read_address()) != "down":
+        raise ConfigError(f"a server runs for {dbdir.path}: stop it first (db dbserver --stop --path {dbdir.path}), "
+                          "so that no write lands in the old database during the switch")
+    if config["db_type"] == "postgres" and not config.get("external"):
+        raise ConfigError(f"{dbdir.path} has its own PostgreSQL cluster; copy it with db copy {dbdir.path} URL "
+                          "while its server runs, then use the URL with db init --db-type postgres --url")
+    if config["db_type"] == "sqlite3":
+        old_name = str(dbdir.sqlite_file)
+        src = sqlite_file_store(dbdir.sqlite_file)
+    else:
+        old_url = _read_private(dbdir.postgres_url_file)
+        if old_url == str(url):
+            raise ConfigError(f"{dbdir.path} already uses {redact_url(url)}")
+        old_name = redact_url(old_url)
+        src = _postgres_store(old_url, create=False)
+    dst = _postgres_store(str(url), create=True)
+    try:
+        report = copy_store(src, dst, progress=progress, log=say)
+        # The switch: the URL first (0600), then the configuration that names it, each atomically.
+        tmp_url = dbdir.postgres_url_file.with_name(dbdir.postgres_url_file.name + ".new")
+        if tmp_url.exists():
+            tmp_url.unlink()
+        _write_private(tmp_url, str(url).encode())
+        os.replace(tmp_url, dbdir.postgres_url_file)
+        previous = {"db_type": config["db_type"], "database": old_name, "until": time.time()}
+        new_config = dict(config, db_type="postgres", external=True,
+                          previous=(config.get("previous") or []) + [previous])
+        address_file.write_atomic(dbdir.config_file, new_config)
+        address_file.write_atomic(dbdir.address_file, address_file.stopped_record("postgres"))
+        say(f"{dbdir.path} now uses {redact_url(url)}")
+        # A process that opened the old database before the switch may still have written to it.
+        _start, late = _one_pass(src, dst, report["kinds"], report["verification"]["until"] - SLACK, False, None,
+                                 None)
+        report["arrived_after_switch"] = {k: v["added"] + v["updated"] for k, v in late.items()
+                                          if v["added"] or v["updated"]}
+    finally:
+        src.close()
+        dst.close()
+    report["old_database"] = old_name
+    report["new_store"] = redact_url(url)
+    return report

@@ -1,0 +1,373 @@
+"""Moving stores (`db copy`, `db configure --store`, `db export`, `db import`) between real
+SQLite DB directories, PostgreSQL databases and `db serve` processes."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import balsamdb
+from balsamdb import transfer
+from balsamdb.dbdir import DBDirectory
+from balsamdb.passwords import hash_password
+from helpers import Writers, db_cli, fresh_database_url, kill_everything, wait_for
+from served import Served
+from test_sumatra_export import smt  # noqa: F401  (the fixture: a real Sumatra project)
+
+ADMIN, ADMIN_PW = "lab", "lab admin pw"
+COPY_TIMEOUT = 300
+UNICODE = "Ünïcødé ✓ 数据"
+
+
+def _record(i, project):
+    return {"label": f"run-{i:05d}", "timestamp": f"2025-01-{1 + i % 28:02d} 12:{i % 60:02d}:00+0000",
+            "reason": f"sweep {i} {UNICODE if i % 7 == 0 else ''}", "duration": i / 10, "outcome": None,
+            "parameters": {"content": f"n = {i}", "type": "SimpleParameterSet"}, "main_file": "main.py",
+            "tags": sorted({f"t{i % 5}", "paper"} if i % 3 == 0 else {f"t{i % 5}"}), "project": project,
+            "output_data": [{"path": f"out-{i}.txt", "digest": f"{i:040x}"}]}
+
+
+def seed(db, records, jobs):
+    """A store with users, a public and a private project, ``records`` records and ``jobs`` jobs,
+    some with a state history."""
+    pw_hash = hash_password(ADMIN_PW)
+    db.call("user_save", name=ADMIN, password_hash=pw_hash, admin=True)
+    db.call("user_save", name="ada", password_hash=pw_hash)
+    db.call("permission_grant", project="Sweep", user="ada")
+    db.projects.save("Open", description="for everyone", public=True)
+    now = time.time()
+    items = []
+    for i in range(records):
+        project = "Sweep" if i % 4 else "Open"
+        items.append({"kind": "record", "project": project, "label": f"run-{i:05d}",
+                      "document": dict(_record(i, project), label=f"run-{i:05d}"), "created_at": now + i,
+                      "updated_at": now + i})
+    for start in range(0, len(items), 2000):
+        db.call("import_items", items=items[start:start + 2000])
+    ids = db.jobs.bulk_create([{"name": f"job-{i}", "workflow": f"wf{i % 3}", "tags": [f"g{i % 4}"],
+                                "data": {"i": i, "text": UNICODE}, "num_nodes": 1 + i % 8}
+                               for i in range(jobs)], make_workdir=False)
+    for job_id in ids[:50]:
+        db.jobs.update_state(job_id, "RUNNING", "started")
+        db.jobs.update_state(job_id, "RUN_DONE", "exit 0")
+    return ids
+
+
+def digests(store):
+    found = store.digest()
+    return {k: found[k] for k in ("projects", "jobs", "users", "permissions")}
+
+
+@pytest.fixture
+def pg_url(pg_cluster):
+    return fresh_database_url(pg_cluster)
+
+
+@pytest.fixture
+def sqlite_dir(tmp_path):
+    made = []
+
+    def make(name):
+        path = tmp_path / name
+        DBDirectory(path).init()
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        kill_everything(path)
+
+
+@pytest.fixture
+def http_store(sqlite_dir, tmp_path, request):
+    """``http_store(name)``: a SQLite DB directory with its server and `db serve`, and the admin user."""
+
+    def make(name):
+        path = sqlite_dir(name)
+        with balsamdb.connect(path) as db:
+            db.call("user_save", name=ADMIN, password_hash=hash_password(ADMIN_PW), admin=True)
+        started = db_cli("dbserver", "--path", path)
+        request.addfinalizer(lambda: db_cli("dbserver", "--stop", "--path", path))
+        assert started.returncode == 0, started.stderr
+        served = Served(path, tmp_path)
+        request.addfinalizer(served.stop)
+        return path, f"http://{ADMIN}:{ADMIN_PW}@127.0.0.1:{served.port}/", served
+
+    return make
+
+
+def test_round_trip_sqlite_postgres_http_sqlite_keeps_every_digest(sqlite_dir, pg_url, http_store):
+    first = sqlite_dir("first")
+    with balsamdb.connect(first) as db:
+        seed(db, records=10_000, jobs=10_000)
+    _c_path, c_url, _served = http_store("third")
+    last = sqlite_dir("last")
+    chain = [str(first), pg_url, c_url, str(last)]
+    expected = None
+    rates = []
+    for src_name, dst_name in zip(chain, chain[1:]):
+        src, dst = transfer.open_store(src_name), transfer.open_store(dst_name, create=True)
+        try:
+            report = transfer.copy_store(src, dst)
+            assert report["verification"]["verified"]
+            rates.append((src.name, dst.name, report["items_per_second"]))
+            got_src, got_dst = digests(src), digests(dst)
+        finally:
+            src.close()
+            dst.close()
+        assert got_src == got_dst
+        expected = expected or got_src
+        assert got_dst == expected  # identical at every step
+    assert expected["jobs"]["count"] == 10_000
+    assert sum(p["records"] for p in expected["projects"].values()) == 10_000
+    print("digests", json.dumps(expected["jobs"]), json.dumps(expected["projects"]))
+    print("rates", rates)
+    # The end store is usable: the records and jobs read back as they were written.
+    with balsamdb.connect(first) as a, balsamdb.connect(last) as z:
+        assert a.records.list("Sweep", tags=["paper"]) == z.records.list("Sweep", tags=["paper"])
+        job = a.jobs.filter(limit=1)[0]
+        assert z.jobs.history(job.id) == a.jobs.history(job.id)
+
+
+def test_export_import_export_gives_identical_bytes(sqlite_dir, pg_url, tmp_path):
+    src = sqlite_dir("src")
+    with balsamdb.connect(src) as db:
+        seed(db, records=300, jobs=300)
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    assert db_cli("export", one, "--path", src).returncode == 0
+    assert oct(one.stat().st_mode & 0o777) == "0o600"  # it holds password hashes
+    imported = db_cli("import", one, "--store", pg_url, "--json")
+    assert imported.returncode == 0, imported.stderr
+    assert json.loads(imported.stdout)["verified"] is True
+    assert db_cli("export", two, "--store", pg_url).returncode == 0
+    assert one.read_bytes() == two.read_bytes()
+    again = db_cli("import", one, "--store", pg_url)  # twice changes nothing
+    assert again.returncode == 0 and "0 added, 0 updated" in again.stdout, again.stdout + again.stderr
+    lines = one.read_text().splitlines()
+    assert json.loads(lines[0]) == {"balsamdb_export": 1, "kinds": ["user", "project", "permission", "record",
+                                                                    "job"]}
+    footer = json.loads(lines[-1])
+    assert footer["end"] is True and footer["counts"]["record"] == 300 and footer["counts"]["job"] == 300
+
+
+def test_a_truncated_or_foreign_file_is_refused_before_anything_is_written(sqlite_dir, tmp_path):
+    src, dst = sqlite_dir("src"), sqlite_dir("dst")
+    with balsamdb.connect(src) as db:
+        seed(db, records=50, jobs=50)
+    full = tmp_path / "full.jsonl"
+    assert db_cli("export", full, "--path", src).returncode == 0
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(full.read_bytes()[: len(full.read_bytes()) // 2])
+    refused = db_cli("import", cut, "--path", dst)
+    assert refused.returncode == 1 and "truncated" in refused.stderr, refused.stderr
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"hello": 1}\n{"end": true}\n')
+    foreign = db_cli("import", other, "--path", dst)
+    assert foreign.returncode == 1 and "not a balsamdb export" in foreign.stderr, foreign.stderr
+    with balsamdb.connect(dst) as db:
+        assert db.call("store_counts") == {"user": 0, "project": 0, "permission": 0, "record": 0, "job": 0}
+
+
+def test_a_copy_killed_midway_is_finished_by_running_it_again(sqlite_dir, pg_url):
+    src = sqlite_dir("src")
+    with balsamdb.connect(src) as db:
+        seed(db, records=5_000, jobs=20_000)
+    command = [sys.executable, "-m", "balsamdb", "copy", str(src), pg_url, "--json"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Kill it while jobs arrive: some are copied, most are not.
+        wait_for(lambda: 0 < _rows(pg_url, "job") < 20_000 or first.poll() is not None, 120,
+                 "the copy to be midway through the jobs")
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+        partial = {"job": _rows(pg_url, "job")}
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(30)
+    assert first.returncode == -signal.SIGKILL and partial["job"] < 20_000, (first.returncode, partial)
+    second = subprocess.run(command, capture_output=True, text=True, timeout=COPY_TIMEOUT)
+    assert second.returncode == 0, second.stderr
+    report = json.loads(second.stdout)
+    assert report["verification"]["verified"]
+    assert report["first_pass"]["job"]["unchanged"] >= partial["job"] > 0  # what was there stayed
+    a, b = transfer.open_store(str(src)), transfer.open_store(pg_url)
+    try:
+        assert digests(a) == digests(b) and b.counts()["job"] == 20_000  # each present once
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_copy_under_concurrent_writers_catches_up_and_says_what_arrived(sqlite_dir, pg_url, tmp_path):
+    src = sqlite_dir("src")
+    with balsamdb.connect(src) as db:
+        seed(db, records=2_000, jobs=20_000)
+    assert db_cli("dbserver", "--path", src).returncode == 0
+    writers = Writers(src, tmp_path, 8, 150)
+    try:
+        writers.start()
+        wait_for(lambda: writers.acked_so_far() > 50, 60, "the writers to be busy")
+        copied = db_cli("copy", src, pg_url, "--json", timeout=COPY_TIMEOUT)
+        acked_before_end = set(writers.acked_ids())
+        results = writers.wait(180)
+    finally:
+        db_cli("dbserver", "--stop", "--path", src)
+    assert copied.returncode == 0, copied.stderr
+    assert all(code == 0 for code, _out, _err in results), results
+    report = json.loads(copied.stdout)
+    assert report["verification"]["verified"]
+    arrived = report["during_copy"].get("job", {}).get("added", 0)
+    assert arrived > 0, report["during_copy"]  # the writers were writing while it copied
+    dst = transfer.open_store(pg_url)
+    try:
+        ids = {item["id"] for page in _pages(dst, "job") for item in page}
+    finally:
+        dst.close()
+    # Every write the writers had acknowledged when the copy ended is in the copy, once.
+    missing = acked_before_end - ids
+    assert not missing, f"{len(missing)} acknowledged jobs missing, e.g. {sorted(missing)[:3]}"
+    # After the writers stopped, a second run brings the rest; then both are equal.
+    again = db_cli("copy", src, pg_url, "--json", timeout=COPY_TIMEOUT)
+    assert again.returncode == 0, again.stderr
+    a, b = transfer.open_store(str(src)), transfer.open_store(pg_url)
+    try:
+        assert digests(a) == digests(b)
+        assert b.counts()["job"] == 20_000 + 8 * 150
+    finally:
+        a.close()
+        b.close()
+
+
+def _rows(url, table):
+    """Rows of ``table`` in the PostgreSQL database ``url`` (0 before the schema exists), read with SQL."""
+    import psycopg2
+
+    con = psycopg2.connect(url)
+    try:
+        with con.cursor() as cur:
+            cur.execute("select to_regclass(%s)", (table,))
+            if cur.fetchone()[0] is None:
+                return 0
+            cur.execute(f"select count(*) from {table}")
+            return cur.fetchone()[0]
+    finally:
+        con.close()
+
+
+def _pages(store, kind):
+    after = None
+    while True:
+        page = store.export(kind, after, 5000)
+        yield page["items"]
+        after = page["next"]
+        if after is None:
+            return
+
+
+def test_copy_into_a_plain_sumatra_api_copies_projects_and_records(sqlite_dir, http_store):
+    """A user who is not an admin sees only the Sumatra Server API: the copy uses it."""
+    src = sqlite_dir("src")
+    with balsamdb.connect(src) as db:
+        seed(db, records=120, jobs=10)
+    path, admin_url, served = http_store("sumatra")
+    with balsamdb.connect(path) as db:
+        db.call("user_save", name="ada", password_hash=hash_password("ada pw"))
+        db.call("permission_grant", project="Sweep", user="ada")
+        db.call("permission_grant", project="Open", user="ada")
+    url = f"http://ada:ada%20pw@127.0.0.1:{served.port}/"
+    dry = db_cli("copy", src, url, "--dry-run")
+    assert dry.returncode == 0 and "would copy" in dry.stdout and "120 records" in dry.stdout, dry.stdout
+    copied = db_cli("copy", src, url, "--json", timeout=COPY_TIMEOUT)
+    assert copied.returncode == 0, copied.stderr
+    report = json.loads(copied.stdout)
+    assert report["skipped_kinds"] == {"user": 2, "permission": 1, "job": 10}
+    assert report["verification"]["verified"] and report["first_pass"]["record"]["added"] == 120
+    with balsamdb.connect(src) as a, balsamdb.connect(path) as b:
+        assert a.records.list("Sweep") == b.records.list("Sweep")
+        assert b.jobs.count() == 0
+
+
+def test_clear_errors_for_unreachable_and_read_only_destinations(sqlite_dir, pg_cluster, pg_url):
+    src = sqlite_dir("src")
+    with balsamdb.connect(src) as db:
+        seed(db, records=20, jobs=20)
+    unreachable = db_cli("copy", src, "http://lab:pw@127.0.0.1:1/")
+    assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr, unreachable.stderr
+    # A PostgreSQL role that may read but not write: the copy fails loudly and says why.
+    import psycopg2
+
+    assert db_cli("copy", src, pg_url).returncode == 0  # the schema and rows exist
+    con = psycopg2.connect(pg_url)
+    con.autocommit = True
+    with con.cursor() as cur:
+        cur.execute("DROP ROLE IF EXISTS reader")
+        cur.execute("CREATE ROLE reader LOGIN PASSWORD 'r'")
+        cur.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO reader")
+    con.close()
+    with balsamdb.connect(src) as db:
+        db.records.save("Sweep", {"label": "new-one"})
+    host = pg_url.split("@", 1)[1]
+    read_only = db_cli("copy", src, f"postgresql://reader:r@{host}")
+    assert read_only.returncode == 1 and "permission denied" in read_only.stderr, read_only.stderr
+    assert "Traceback" not in read_only.stderr
+    missing_db = db_cli("copy", src, pg_cluster + "no_such_db")
+    assert missing_db.returncode == 1 and "no_such_db" in missing_db.stderr, missing_db.stderr
+
+
+def test_configure_moves_a_sqlite_directory_to_postgres_and_keeps_the_old_file(sqlite_dir, pg_url):
+    path = sqlite_dir("lab")
+    with balsamdb.connect(path) as db:
+        ids = seed(db, records=200, jobs=200)
+    assert db_cli("dbserver", "--path", path).returncode == 0
+    refused = db_cli("configure", "--path", path, "--store", pg_url)
+    assert refused.returncode == 1 and "stop it first" in refused.stderr, refused.stderr
+    assert db_cli("dbserver", "--stop", "--path", path).returncode == 0
+    old = Path(path) / "db.sqlite3"
+    before = old.read_bytes()
+    moved = db_cli("configure", "--path", path, "--store", pg_url)
+    assert moved.returncode == 0, moved.stderr
+    assert f"the old database is kept, unchanged, at {old}" in moved.stdout
+    assert "***" not in pg_url and pg_url.split("@")[0].split(":")[-1] not in moved.stdout  # no password shown
+    assert old.read_bytes() == before
+    which = json.loads(db_cli("which", "--path", path, "--json").stdout)
+    assert which["db_type"] == "postgres", which
+    started = db_cli("dbserver", "--path", path)
+    try:
+        assert started.returncode == 0, started.stderr
+        with balsamdb.connect(path) as db:
+            assert db.jobs.count() == 200 and db.jobs.history(ids[0])[-1]["to_state"] == "RUN_DONE"
+            db.jobs.create(name="after-the-move")
+        old_store = transfer.sqlite_file_store(old)
+        try:
+            assert old_store.counts()["job"] == 200  # the new job went to PostgreSQL only
+        finally:
+            old_store.close()
+    finally:
+        db_cli("dbserver", "--stop", "--path", path)
+    for url in ("sqlite:///x.db", str(path)):
+        wrong = db_cli("configure", "--path", path, "--store", url)
+        assert wrong.returncode == 1 and "postgresql://" in wrong.stderr
+
+
+def test_import_reads_what_the_real_smt_export_wrote(sqlite_dir, smt):
+    smt("init", "--main=main.py", f"--executable={sys.executable}", "MyProj")
+    smt("run", "default.param", "n=2", "--label=first")
+    smt("run", "default.param", "n=3", "--label=second")
+    smt("tag", "paper", "second")
+    smt("export")
+    exported = smt.workdir / ".smt" / "records_export.json"
+    dst = sqlite_dir("dst")
+    done = db_cli("import", exported, "--path", dst, "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["format"] == "smt export" and report["items"]["record"]["added"] == 2 and report["verified"]
+    with balsamdb.connect(dst) as db:
+        assert sorted(db.records.labels("MyProj")) == ["first", "second"]
+        assert "paper" in db.records.get("MyProj", "second")["tags"]
+        assert db.records.get("MyProj", "first")["parameters"]["content"].startswith("n = 2")
+    assert "0 added" in db_cli("import", exported, "--path", dst).stdout  # twice changes nothing
