@@ -37,7 +37,7 @@ def add(project, file, path, as_json):
 
     \b
         db record add myproject run.json
-        smt export | jq '.[0]' | db record add myproject -
+        jq '.[0]' .smt/records_export.json | db record add myproject -   # after smt export
     """
     text = file.read()
     document = parse_json(text, _RECORD_EXAMPLE, param_hint="FILE.json")
