@@ -1,5 +1,8 @@
 """`db which`: which DB directory a command would use, why, and its state."""
 
+import json
+import os
+
 import click
 
 from balsamdb.client import server_state
@@ -10,8 +13,35 @@ from balsamdb.settings import resolve_db_path
 from .common import echo_json, json_option, path_option
 
 
+def _remote(url, source):
+    """The report for an HTTP store: whether it answers, and as whom."""
+    from balsamdb.remote import RemoteDatabase, redact
+    from balsamdb.settings import load_settings
+
+    report = {"path": redact(url), "source": source, "exists": None, "is_db_directory": False,
+              "db_type": "http", "problem": None, "server": None}
+    remote = RemoteDatabase(url, load_settings(client_deadline=5, spool=False))
+    try:
+        answer = remote._http.request("GET", remote.url + "_balsamdb/", headers=remote._headers)
+        info = json.loads(answer.data) if answer.status == 200 else {}
+        report["server"] = {"health": "up" if info.get("api") else "down", "address": remote.url,
+                            "user": info.get("user"), "admin": info.get("admin"),
+                            "spool_waiting": remote.spool.count()}
+        if not info.get("api"):
+            report["problem"] = f"HTTP {answer.status}: not a balsamdb HTTP store"
+    except Exception as exc:  # unreachable: what a user asks `db which` to find out
+        report["server"] = {"health": "down", "address": remote.url, "spool_waiting": remote.spool.count()}
+        report["problem"] = f"unreachable: {exc}"
+    finally:
+        remote.close()
+    return report
+
+
 def describe(path):
     """What `db which` reports about the DB directory chosen for ``path``."""
+    url = str(path) if path else os.environ.get("BALSAM_DB_PATH", "")
+    if url.startswith(("http://", "https://")):
+        return _remote(url, "the --path option" if path else "the BALSAM_DB_PATH environment variable")
     chosen, source = resolve_db_path(path)
     dbdir = DBDirectory(chosen)
     report = {
@@ -66,6 +96,14 @@ def which(path, as_json):
     report = describe(path)
     if as_json:
         echo_json(report)
+        return
+    if report["db_type"] == "http":
+        server = report["server"]
+        click.echo(report["path"])
+        click.echo(f"  chosen by:     {report['source']}")
+        click.echo("  HTTP store:    " + (report["problem"] or f"answers, as {server.get('user') or 'anonymous'}"
+                                          + (" (admin)" if server.get("admin") else "")))
+        click.echo(f"  local spool:   {server['spool_waiting']} writes waiting (db spool --url URL)")
         return
     if report["is_db_directory"]:
         kind = f"yes ({report['db_type']})" if report["db_type"] else f"broken: {report['problem']}"

@@ -209,3 +209,14 @@ def test_db_spool_shows_and_drains_the_local_spool(remote, tmp_path):
     drained = db_cli("spool", "--url", url, "--drain", env=env)
     assert drained.returncode == 0 and "applied 1 spooled" in drained.stdout, drained.stdout + drained.stderr
     assert local.records.labels("Later") == ["a"]
+
+
+def test_db_which_and_db_ls_take_an_http_store_from_balsam_db_path(remote):
+    served, db, local = remote
+    db.jobs.create(name="listed-over-http")
+    env = dict(os.environ, BALSAM_DB_PATH=_url(served, ADMIN, ADMIN_PW))
+    shown = db_cli("which", env=env)
+    assert shown.returncode == 0 and f"answers, as {ADMIN} (admin)" in shown.stdout, shown.stdout + shown.stderr
+    assert ADMIN_PW not in shown.stdout  # the password is shown as ***
+    listed = db_cli("ls", env=env)
+    assert listed.returncode == 0 and "listed-over-http" in listed.stdout, listed.stdout + listed.stderr
