@@ -54,7 +54,7 @@ def _dumps(answer):
     return json.dumps(answer, separators=(",", ":"), ensure_ascii=False)
 
 
-def apply_requests(database, requests, savepoints=True):
+def apply_requests(database, requests, savepoints=True, texts=None):
     """Apply ``requests``, a list of ``(request_id, op, params)``, in order.
 
     Each runs in its own savepoint, so a refused request changes nothing and
@@ -70,6 +70,10 @@ def apply_requests(database, requests, savepoints=True):
     :class:`NeedsIsolation` instead, and the caller must roll back and call again
     with savepoints.  Requests refused before they touch the database (unknown
     operation, bad parameters, replays) are answered in either pass.
+
+    ``texts`` (a dict), when given, receives the JSON text stored for each write
+    that was applied now, by request id: the server sends it as the reply
+    instead of encoding the answer a second time.
     """
     fast = statements(database)
     write_ids = [rid for rid, op, _p in requests
@@ -97,6 +101,8 @@ def apply_requests(database, requests, savepoints=True):
             text = _dumps(answer)
             applied[request_id] = text
             new_rows.append({"request_id": request_id, "applied_at": now(), "response": text})
+            if texts is not None:
+                texts[request_id] = text
         answers.append(answer)
     if new_rows:
         try:
@@ -127,17 +133,19 @@ def _run_bare(op, params):
         raise NeedsIsolation(op.name) from exc
 
 
-def apply_batch(database, requests, begin):
+def apply_batch(database, requests, begin, texts=None):
     """Apply ``requests`` in one transaction opened by ``begin()`` (a context
     manager), optimistically without savepoints and, if any request fails, again
-    with one savepoint per request.  Returns the answers after the commit."""
+    with one savepoint per request.  Returns the answers after the commit
+    (``texts``: see :func:`apply_requests`)."""
     try:
         with begin():
-            return apply_requests(database, requests, savepoints=False)
+            return apply_requests(database, requests, savepoints=False, texts=texts)
     except NeedsIsolation:
-        pass
+        if texts is not None:
+            texts.clear()  # that pass was rolled back
     with begin():
-        return apply_requests(database, requests, savepoints=True)
+        return apply_requests(database, requests, savepoints=True, texts=texts)
 
 
 def _run(database, op, params):

@@ -4,6 +4,7 @@ import click
 
 import balsamdb
 
+from .bench import bench
 from .common import CONTEXT_SETTINGS, BalsamGroup
 from .dbserver import dbserver
 from .init import init
@@ -35,5 +36,5 @@ def main():
     """
 
 
-for command in (init, which, ls, job, record, dbserver, spool, user, serve, copy, configure, export, import_):
+for command in (init, which, ls, job, record, dbserver, spool, user, serve, copy, configure, export, import_, bench):
     main.add_command(command)

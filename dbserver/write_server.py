@@ -80,6 +80,7 @@ class WriteServer:
         self.epoch = epoch
         self.settings = settings or load_settings()
         self.secret = dbdir.secret()
+        self.db_type = dbdir.db_type  # read once: the configuration does not change under a running server
         self.stats = Stats()
         self.stopping = False
         self.context = None
@@ -132,7 +133,7 @@ class WriteServer:
             self.socket.bind(self.local_address)
             self.endpoints.append(self.local_address)
         log.info("write server pid %s listening on tcp://%s:%s (db %s, %s, synchronous=%s, %s, epoch %s)",
-                 os.getpid(), host, self.port, self.dbdir.path, self.dbdir.db_type,
+                 os.getpid(), host, self.port, self.dbdir.path, self.db_type,
                  self.settings.sqlite_synchronous, "CURVE-encrypted" if self.encrypt else "not encrypted",
                  self.epoch)
 
@@ -220,18 +221,28 @@ class WriteServer:
         if work:
             replies.extend(self.apply_batch(work))
         for envelope, answer in replies:
-            self.socket.send_multipart(envelope + protocol.encode(self.secret, answer))
+            if isinstance(answer, bytes):  # a write's answer, already encoded once when it was recorded
+                self.socket.send_multipart(envelope + protocol.encode_body(self.secret, answer))
+            else:
+                self.socket.send_multipart(envelope + protocol.encode(self.secret, answer))
 
     def apply_batch(self, work):
         """Apply ``work`` in one transaction; returns the replies to send after commit."""
         started = time.monotonic()
         answers = []
+        texts = {}
         try:
             results = apply_batch(self.database, [(rid, op, params) for _e, rid, op, params in work],
-                                  self.begin)
+                                  self.begin, texts)
             for (envelope, request_id, _op, _params), answer in zip(work, results):
-                answer["id"] = request_id
-                answers.append((envelope, answer))
+                text = texts.get(request_id)
+                if text is not None and not answer.get("replayed"):
+                    # The JSON text stored with the write is the reply: only the id is added in front.
+                    body = b'{"id":' + json.dumps(request_id).encode() + b"," + text.encode()[1:]
+                    answers.append((envelope, body))
+                else:
+                    answer["id"] = request_id
+                    answers.append((envelope, answer))
         except (StorageFailure,) + DATABASE_ERRORS as exc:
             original = root_cause(getattr(exc, "original", exc))
             transient = self.lost_database(original)
@@ -250,7 +261,7 @@ class WriteServer:
         self.stats.batched_requests += len(work)
         self.stats.last_batch = len(work)
         self.stats.max_batch = max(self.stats.max_batch, len(work))
-        for (_envelope, _rid, op, _params), (_env, answer) in zip(work, answers):
+        for (_envelope, _rid, op, _params), answer in zip(work, results):
             if not answer.get("ok"):
                 self.stats.errors += 1
             elif op in OPERATIONS and OPERATIONS[op].write:
@@ -259,7 +270,7 @@ class WriteServer:
 
     def begin(self):
         """The transaction of one group commit."""
-        if self.dbdir.db_type == "sqlite3":
+        if self.db_type == "sqlite3":
             return self.database.atomic(lock_type="IMMEDIATE")
         return self.database.atomic()
 
@@ -313,7 +324,7 @@ class WriteServer:
     def storage_hint(self, error):
         """What a refused commit most likely means, for the people who read the error."""
         text = str(error).lower()
-        if self.dbdir.db_type == "sqlite3" and not os.access(self.dbdir.path, os.W_OK):
+        if self.db_type == "sqlite3" and not os.access(self.dbdir.path, os.W_OK):
             return " (the DB directory is read-only)"
         if "full" in text or "no space" in text:
             return " (the disk is full: free some space and the same writes will succeed)"
@@ -378,7 +389,7 @@ class WriteServer:
             return {"applied": self.drain_spool(once=True), "pending": self.spool.count()}
         status = self.stats.to_dict()
         status.update(queue_depth=queue_depth, encrypted=self.encrypt,
-                      pid=os.getpid(), epoch=self.epoch, port=self.port, db_type=self.dbdir.db_type,
+                      pid=os.getpid(), epoch=self.epoch, port=self.port, db_type=self.db_type,
                       path=str(self.dbdir.path), synchronous=self.settings.sqlite_synchronous,
                       spool_pending=self.spool.count(), spool_failed=len(self.spool.failures()))
         return status

@@ -3,7 +3,7 @@
 
     python3 scripts/dev.py demo      # the main job on the default SQLite DB
     python3 scripts/dev.py test      # the whole test suite (extra args go to pytest)
-    python3 scripts/dev.py bench     # the writers benchmark (extra args go to it)
+    python3 scripts/dev.py bench     # db bench, the writers benchmark (extra args go to it)
 
 Needs nothing but Python 3.9+ and the package index; the first run installs
 balsamdb with its test extras into .venv (later runs reuse it).
@@ -41,7 +41,7 @@ def main():
     if what == "demo":
         cmd = [str(PY), str(ROOT / "scripts" / "demo.py"), *rest]
     elif what == "bench":
-        cmd = [str(PY), str(ROOT / "scripts" / "bench_writers.py"), *rest]
+        cmd = [str(PY), "-m", "balsamdb", "bench", *rest]
     else:
         cmd = [str(PY), "-m", "pytest", *rest]
     sys.exit(subprocess.run(cmd, cwd=ROOT, env=env).returncode)

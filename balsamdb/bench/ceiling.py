@@ -4,7 +4,7 @@ It decodes and verifies each request (HMAC, JSON), then answers with a
 job-shaped result without touching any database, so the benchmark can tell
 how much of the time is messaging and how much is the database.
 
-    python scripts/ceiling_server.py DB_PATH
+    python -m balsamdb.bench.ceiling DB_PATH
 
 It binds a free loopback port and writes DB_PATH's address file so that
 unmodified balsamdb clients talk to it; it stops on SIGTERM.

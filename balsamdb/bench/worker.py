@@ -1,6 +1,6 @@
-"""One writer process of the benchmark (started by scripts/bench_writers.py).
+"""One writer process of the benchmark (started by balsamdb.bench.writers).
 
-    python scripts/bench_worker.py MODE DB_PATH COUNT GO_FILE OUT_FILE
+    python -m balsamdb.bench.worker MODE DB_PATH COUNT GO_FILE OUT_FILE
 
 Waits for GO_FILE, performs COUNT small writes in MODE, and writes a JSON line
 to OUT_FILE: start, end, per-write latencies, errors, and the ids it was told
