@@ -452,11 +452,13 @@ def _get_project(name):
 
 
 @operation(write=False)
-def project_get(name):
-    """Return project ``name`` with its record count."""
+def project_get(name, count=True):
+    """Return project ``name`` with its record count (``records``; left out when
+    ``count`` is false: counting a large project costs more than the rest)."""
     project = _get_project(name)
     out = project_to_dict(project)
-    out["records"] = Record.select().where(Record.project == project.name).count()
+    if count:
+        out["records"] = Record.select().where(Record.project == project.name).count()
     return out
 
 

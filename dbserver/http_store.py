@@ -53,7 +53,8 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 # made: smt accepts only 201 from its create call, and two jobs racing to create
 # one project must both see it (see docs/http.md, "Project creation").
 CREATE_RACE_WINDOW = 60.0
-PASSWORD_CACHE_SECONDS = 60.0
+PASSWORD_CACHE_SECONDS = 60.0   # since the last successful use
+USER_CACHE_SECONDS = 1.0         # a user's record (hash, projects) is read again after this
 HTML_RECORD_LIMIT = 50           # records shown on a project's HTML page (whole documents are read)
 HTML_OUTPUT_CHARS = 100_000      # program output shown on a record's HTML page
 # Sub-paths of a project that are not record labels.
@@ -101,6 +102,7 @@ class Store:
     def __init__(self, path):
         self.path = str(path)
         self._local = threading.local()
+        self._users = {}  # name -> (user, valid until): dict operations are atomic under the GIL
 
     def db(self):
         db = getattr(self._local, "db", None)
@@ -123,15 +125,40 @@ class Store:
     def project(self, name):
         """Project ``name`` with its record count, or None."""
         try:
-            return self.read("project_get", name=name)
+            return self.read("project_get", name=name, count=False)
         except NotFound:
             return None
+
+    def user(self, name):
+        """User ``name`` (with hash and projects) as read at most ``USER_CACHE_SECONDS`` ago, or None.
+
+        Every request of a logged-in user needs it; reading it from the store each time
+        doubled the work of the write server.  A grant or a removal shows within that time."""
+        now = time.monotonic()
+        cached = self._users.get(name)
+        if cached is not None and cached[1] > now:
+            return dict(cached[0], projects=list(cached[0]["projects"]))
+        try:
+            user = self.read("user_get", name=name)
+        except (NotFound, BadRequest):
+            user = None
+        if user is not None:
+            if len(self._users) > 4096:
+                self._users.clear()
+            self._users[name] = (user, now + USER_CACHE_SECONDS)
+        else:
+            self._users.pop(name, None)
+        return None if user is None else dict(user, projects=list(user["projects"]))
+
+    def forget_user(self, name):
+        self._users.pop(name, None)
 
 
 class PasswordCache:
     """Remembers successful password checks for a while: scrypt is slow on purpose, and
     each smt command sends about 30 requests.  Keyed by the stored hash too, so that a
-    changed password takes effect at once; failures are never cached."""
+    changed password takes effect as soon as the user's record is read again (within
+    ``USER_CACHE_SECONDS``); failures are never cached."""
 
     def __init__(self, seconds=PASSWORD_CACHE_SECONDS, max_entries=4096):
         self.seconds, self.max_entries = seconds, max_entries
@@ -143,6 +170,7 @@ class PasswordCache:
         now = time.monotonic()
         with self._lock:
             if self._valid_until.get(key, 0) > now:
+                self._valid_until[key] = now + self.seconds  # in use: kept (no stampede of scrypt checks)
                 return True
         if not verify_password(password, stored_hash):
             return False
@@ -301,10 +329,7 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
             g.user = _authenticate(*_basic_credentials(header))
 
     def _authenticate(name, password):
-        try:
-            user = store.read("user_get", name=name)
-        except (NotFound, BadRequest):
-            user = None
+        user = store.user(name)
         if user is None or not passwords.check(name, password, user["password_hash"]):
             log.warning("failed login as %r from %s", name, request.remote_addr)
             raise _challenge("wrong user name or password")
@@ -389,7 +414,8 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
         if name not in g.user["projects"]:
             # Read again: a racing request of this user may have created the project since
             # this one logged in (16 `smt run` of one project start together).
-            g.user["projects"] = store.read("user_get", name=g.user["name"])["projects"]
+            store.forget_user(g.user["name"])
+            g.user["projects"] = (store.user(g.user["name"]) or {"projects": []})["projects"]
         return name in g.user["projects"]
 
     def readable_project(name):
@@ -415,6 +441,7 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
             if not create:
                 raise HTTPError(404, f"no project {name!r}")
             store.write("permission_grant", project=name, user=g.user["name"])  # creates the project
+            store.forget_user(g.user["name"])
             g.user["projects"].append(name)
             log.info("user %s created project %r", g.user["name"], name)
             return None
@@ -500,8 +527,8 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
                 status = 200
             else:
                 young = time.time() - existing["created_at"] < create_window
-                status = 201 if existing["records"] == 0 or young else 200
-        project = store.read("project_get", name=name)
+                status = 201 if young or store.read("project_get", name=name)["records"] == 0 else 200
+        project = store.read("project_get", name=name, count=False)
         return reply({"id": name, "name": name, "description": project["description"],
                       "public": project["public"], "created_at": project["created_at"]}, status)
 
@@ -575,6 +602,7 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
             if not isinstance(user, str) or not user:
                 raise HTTPError(400, 'give the user to grant as {"user": "name"}')
             granted = store.write("permission_grant", project=project, user=user)["granted"]
+            store.forget_user(user)
             users = store.read("permission_list", project=project)
             return reply({"project": project, "users": users, "granted": granted}, 201 if granted else 200)
         readable_project(project)
