@@ -513,17 +513,19 @@ def record_save(project, record):
     if any(ord(c) < 32 and c not in "\t" for c in label):
         raise BadRequest("a record label may not hold control characters")
     tags = _str_list(record.get("tags"), "record tags")
-    Project.get_or_create(name=project, defaults={"created_at": now()})
-    columns = _record_columns(record)
-    document = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    fast = statements()
     when = now()
-    existing = Record.get_or_none((Record.project == project) & (Record.label == label))
+    fast.execute(fast.ensure_project, (project, False, when))
+    document = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    columns = _record_columns(record)
+    existing = fast.execute(fast.find_record, (project, label)).fetchone()
     if existing is None:
-        row = Record.create(project=project, label=label, document=document, created_at=when,
-                            updated_at=when, **columns)
+        record_id = fast.insert_record_row(dict(columns, project_id=project, label=label, document=document,
+                                                created_at=when, updated_at=when))
         created = True
     else:
-        old = json.loads(existing.document)
+        record_id, old_document = existing
+        old = json.loads(old_document)
         changed = sorted(k for k in set(old) | set(record)
                          if k not in RECORD_MUTABLE and old.get(k) != record.get(k))
         if changed:
@@ -531,11 +533,12 @@ def record_save(project, record):
                 f"record {label!r} in {project!r} exists with different {', '.join(changed)}; "
                 "these provenance fields are write-once (use another label)"
             )
-        Record.update(document=document, updated_at=when, **columns).where(Record.id == existing.id).execute()
-        RecordTag.delete().where(RecordTag.record == existing.id).execute()
-        row, created = existing, False
-    if tags:
-        RecordTag.insert_many([{"record": row.id, "tag": t} for t in tags]).execute()
+        values = dict(columns, document=document, updated_at=when)
+        fast.execute(fast.update_record, [values[c] for c in fast.record_update_columns] + [record_id])
+        fast.execute(fast.delete_record_tags, (record_id,))
+        created = False
+    for tag in tags:
+        fast.execute(fast.insert_record_tag, (record_id, tag))
     return {"created": created}
 
 

@@ -10,7 +10,7 @@ import weakref
 
 import peewee as pw
 
-from .models import AppliedRequest, Job, JobStateChange, JobTag
+from .models import AppliedRequest, Job, JobStateChange, JobTag, Project, Record, RecordTag
 
 _CACHE = weakref.WeakKeyDictionary()  # database -> Statements, gone with the database
 
@@ -39,9 +39,39 @@ class Statements:
         self.update_state = (f"UPDATE {job_table} SET {q('state')} = {p}, {q('state_message')} = {p}, "
                              f"{q('updated_at')} = {p} WHERE {q('id')} = {p}")
 
+        # record_save, the write of every Sumatra run (peewee's query building cost ~0.8 ms of it)
+        project, record, tag = (q(m._meta.table_name) for m in (Project, Record, RecordTag))
+        self.ensure_project = (f"INSERT INTO {project} ({q('name')}, {q('description')}, {q('public')}, "
+                               f"{q('created_at')}) VALUES ({p}, '', {p}, {p}) ON CONFLICT DO NOTHING")
+        self.find_record = (f"SELECT {q('id')}, {q('document')} FROM {record} "
+                            f"WHERE {q('project_id')} = {p} AND {q('label')} = {p}")
+        self.record_columns = ["project_id", "label", "timestamp", "sort_time", "reason", "outcome", "main_file",
+                               "version", "user", "duration", "document", "created_at", "updated_at"]
+        self.insert_record = (f"INSERT INTO {record} ({', '.join(q(c) for c in self.record_columns)}) "
+                              f"VALUES ({', '.join([p] * len(self.record_columns))})"
+                              + (f" RETURNING {q('id')}" if self.postgres else ""))
+        changed = [c for c in self.record_columns if c not in ("project_id", "label", "created_at")]
+        self.record_update_columns = changed
+        self.update_record = (f"UPDATE {record} SET {', '.join(f'{q(c)} = {p}' for c in changed)} "
+                              f"WHERE {q('id')} = {p}")
+        self.delete_record_tags = f"DELETE FROM {tag} WHERE {q('record_id')} = {p}"
+        self.insert_record_tag = f"INSERT INTO {tag} ({q('record_id')}, {q('tag')}) VALUES ({p}, {p})"
+
     @property
     def database(self):
         return self._database()
+
+    def execute(self, sql, params=()):
+        """Run one prepared statement; returns the cursor."""
+        with pw.__exception_wrapper__:
+            cursor = self.database.cursor()
+            cursor.execute(sql, params)
+            return cursor
+
+    def insert_record_row(self, values):
+        """Insert a record row (a dict of ``record_columns``); returns its id."""
+        cursor = self.execute(self.insert_record, [values[c] for c in self.record_columns])
+        return cursor.fetchone()[0] if self.postgres else cursor.lastrowid
 
     def _insert(self, model, skip=()):
         fields = [f for f in model._meta.sorted_fields if f.name not in skip]
