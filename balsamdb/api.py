@@ -65,6 +65,7 @@ class Database:
         self.records = Records(self)
         self.projects = Projects(self)
         self.last_route = None  # "server" or "direct": where the last request went
+        self._config_signature = None
         self._server = None
         self._direct = None
         self._address_cache = None
@@ -165,6 +166,7 @@ class Database:
                     self._unreachable = None
                     return answer
             elif state == "down":
+                self._check_config()
                 if self.db_type == "sqlite3" and not self.settings.require_server \
                         and message["op"] not in protocol.SERVER_OPS and not self._own_spool_waits():
                     self.last_route = "direct"
@@ -186,6 +188,21 @@ class Database:
                 if write and self.settings.spool:
                     return self._spool(message)
                 raise unavailable(path, time.monotonic() - started)
+
+    def _check_config(self):
+        """Notice a DB directory moved to another database (``db configure --store``) while this
+        connection was open: writing the old SQLite file directly would strand the write there."""
+        try:
+            signature = os.stat(self.dbdir.config_file).st_mtime_ns
+        except OSError:
+            return
+        if signature != self._config_signature:
+            if self._config_signature is not None:
+                self.db_type = self.dbdir.db_type
+                if self._direct is not None:
+                    self._direct.close()
+                    self._direct = None
+            self._config_signature = signature
 
     def _known_unreachable(self, info):
         if self._unreachable is None:

@@ -43,7 +43,7 @@ class Job(BaseModel):
     num_nodes = pw.IntegerField(default=1)
     ranks_per_node = pw.IntegerField(default=1)
     threads_per_rank = pw.IntegerField(default=1)
-    wall_time_minutes = pw.FloatField(default=0)
+    wall_time_minutes = pw.DoubleField(default=0)
     environ = JSONText(default=dict)
     parents = JSONText(default=list)
     tags = JSONText(default=list)
@@ -85,7 +85,7 @@ class Record(BaseModel):
     main_file = pw.TextField(default="")
     version = pw.CharField(default="")
     user = pw.CharField(default="")
-    duration = pw.FloatField(null=True)
+    duration = pw.DoubleField(null=True)
     document = pw.TextField()
     created_at = pw.DoubleField()
     updated_at = pw.DoubleField()
@@ -154,20 +154,26 @@ def _add_users_v2(database):
     database.create_tables([User, ProjectPermission], safe=True)
 
 
-def _add_admin_v3(database):
-    from playhouse.migrate import SchemaMigrator, migrate
+def _schema_3(database):
+    """The admin flag of users; on PostgreSQL, 8-byte floats where schema 2 made 4-byte ones."""
+    def q(name):
+        return f"{database.quote[0]}{name}{database.quote[1]}"
 
-    if "admin" in {c.name for c in database.get_columns(User._meta.table_name)}:
-        return
-    migrator = SchemaMigrator.from_database(database)
-    migrate(migrator.add_column(User._meta.table_name, "admin", pw.BooleanField(default=False)))
+    if "admin" not in {c.name for c in database.get_columns(User._meta.table_name)}:
+        # A plain ADD COLUMN: peewee's migrator rebuilds the table on SQLite, and dropping the old
+        # one would cascade to the project permissions (foreign keys are on).
+        database.execute_sql(f"ALTER TABLE {q(User._meta.table_name)} ADD COLUMN admin BOOLEAN NOT NULL DEFAULT FALSE")
+    if isinstance(database, pw.PostgresqlDatabase):
+        for model, column in ((Job, "wall_time_minutes"), (Record, "duration")):
+            database.execute_sql(f"ALTER TABLE {q(model._meta.table_name)} "
+                                 f"ALTER COLUMN {q(column)} TYPE DOUBLE PRECISION")
 
 
 #: version -> (function that brings the schema from version-1 to it, what it does)
 MIGRATIONS = {
     1: (_create_v1, "created the tables for jobs, state history, tags, projects, records and request ids"),
     2: (_add_users_v2, "added the tables for users and project permissions (HTTP record store)"),
-    3: (_add_admin_v3, "added the admin flag of users (every operation over HTTP)"),
+    3: (_schema_3, "added the admin flag of users (every operation over HTTP); PostgreSQL floats now 8 bytes"),
 }
 
 

@@ -36,17 +36,20 @@ from .exceptions import (AuthenticationError, BadRequest, ConfigError, RequestTo
 from .spool import Spool
 
 RETRY_STATUSES = (502, 503, 504)
+RETRY_CODES = ("unavailable", "retry", "busy")  # answers of the store that a later try may change
 _UNREACHABLE_FOR = 30.0  # seconds during which writes to a store that just failed go straight to the spool
 _PROBE_EVERY = 1.0  # seconds between single tries of such a store (a success ends the spooling at once)
 
 
 def split_url(url, user=None, password=None):
-    """``(base URL without credentials, user, password)``; the base ends with ``/``."""
+    """``(base URL without credentials, user, password)``; the base ends with ``/``.
+
+    A password holding ``/``, ``?``, ``#`` or ``@`` must be %-encoded in the URL."""
     try:
         parts = urlsplit(str(url))
         parts.port  # noqa: B018  (raises for a port that is not a number)
     except ValueError as exc:
-        raise ConfigError(f"{redact(url)} is not a usable URL: {exc}") from None
+        raise ConfigError(f"{redact(url)} is not a usable URL ({exc}); %-encode / ? # @ in the password") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{redact(url)} is not an http(s):// URL of a balsamdb HTTP store")
     netloc = parts.netloc.rpartition("@")[2]
@@ -60,15 +63,19 @@ def split_url(url, user=None, password=None):
 
 
 def redact(url):
-    """The URL with its password shown as ``***``."""
-    try:
-        parts = urlsplit(str(url))
-        if parts.password:
-            netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
-            return urlunsplit(parts._replace(netloc=netloc))
-    except ValueError:
-        return "(an unreadable URL)"
-    return str(url)
+    """The URL with everything between ``scheme://user:`` and the last ``@`` shown as ``***``
+    (also when the password holds characters that confuse URL parsing)."""
+    text = str(url)
+    scheme, sep, rest = text.partition("://")
+    if not sep or "@" not in rest:
+        return text
+    credentials, _, host = rest.rpartition("@")
+    name = credentials.split(":", 1)[0]
+    if ":" not in credentials:
+        return text
+    if "/" in name or "?" in name or "#" in name:
+        return f"{scheme}://***@{host}"
+    return f"{scheme}://{name}:***@{host}"
 
 
 def default_spool_dir(base, user):
@@ -104,8 +111,10 @@ class RemoteDatabase:
         self.spool = Spool(spool_dir)
         self._client_tag = f"{os.getpid()}x{os.urandom(3).hex()}"
         self._spool_seq = 0
+        self._last_spooled = None
         self._unreachable_until = 0.0
         self._next_probe = 0.0
+        self.drained = 0  # spooled writes this connection sent and the store applied
 
     def __repr__(self):
         return f"<balsamdb.RemoteDatabase {self.url} as {self.user or 'anonymous'}>"
@@ -144,6 +153,8 @@ class RemoteDatabase:
                 self._next_probe = time.monotonic() + _PROBE_EVERY
                 if not self.drain_spool(quick=True):
                     return self._spool(message, body)
+                answer = self._post(body, op, spool_on_failure=True, quick=True)  # one try, not a deadline
+                return self._spool(message, body) if answer is None else self._result(message["id"], answer)
             elif not self.drain_spool():
                 return self._spool(message, body)
         answer = self._post(body, op, spool_on_failure=write and self.settings.spool)
@@ -172,7 +183,7 @@ class RemoteDatabase:
             except urllib3.exceptions.HTTPError as exc:
                 why = f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"
             else:
-                if response.status not in RETRY_STATUSES:
+                if response.status not in RETRY_STATUSES or self._final(response):
                     self.last_route = "http"
                     self._unreachable_until = 0.0
                     return self._answer(response, op)
@@ -186,6 +197,17 @@ class RemoteDatabase:
             return None
         raise ServerUnavailable(f"the HTTP store {self.url} did not answer {op} within "
                                 f"{self.settings.client_deadline:.0f} s ({why})")
+
+    @staticmethod
+    def _final(response):
+        """True for a 5xx answer that the store itself gave and that no retry can change
+        (a storage error, a bug): raised, never retried or spooled."""
+        try:
+            data = json.loads(response.data)
+        except ValueError:
+            return False
+        return isinstance(data, dict) and data.get("ok") is False and \
+            (data.get("error") or {}).get("code") not in RETRY_CODES
 
     @staticmethod
     def _message(response):
@@ -223,15 +245,23 @@ class RemoteDatabase:
         operations.check_offline(message["op"], message["params"])  # refused now, not after waiting
         if self._client_tag.split("x")[0] != str(os.getpid()):
             self._client_tag, self._spool_seq = f"{os.getpid()}x{os.urandom(3).hex()}", 0  # a forked child
+            self._last_spooled = None
         self._spool_seq += 1
-        spooled = self.spool.put(body, self._client_tag, self._spool_seq)
+        previous = int(os.path.basename(self._last_spooled).split("-")[0]) if self._last_spooled else 0
+        old_umask = os.umask(0o077)  # spooled records are private, like a DB directory (0700)
+        try:
+            spooled = self.spool.put(body, self._client_tag, self._spool_seq, not_before=previous)
+        finally:
+            os.umask(old_umask)
+        self._last_spooled = str(spooled)
         self.last_route = "spool"
         return SpooledWrite(message["id"], str(spooled))
 
     def drain_spool(self, quick=False):
         """Send the writes waiting in the local spool, oldest first.  Returns True when
         none waits any more (a refused one is moved to ``failed/`` with its answer).
-        ``quick``: give up after one failed try instead of retrying for ``client_deadline``."""
+        ``quick``: give up after one failed try instead of retrying for ``client_deadline``.
+        A refused login keeps every file waiting (fix the password, then drain again)."""
         for path in self.spool.pending():
             try:
                 body = path.read_bytes()
@@ -239,20 +269,31 @@ class RemoteDatabase:
             except FileNotFoundError:
                 continue  # another process of ours sent it
             except (OSError, ValueError) as exc:
-                self.spool.fail(path, {"ok": False, "error": {"code": "bad_request",
-                                                              "message": f"unreadable spool file: {exc}"}})
+                self._fail(path, {"ok": False, "error": {"code": "bad_request",
+                                                         "message": f"unreadable spool file: {exc}"}})
                 continue
             try:
                 answer = self._post(body, op, spool_on_failure=True, quick=quick)
-            except (AuthenticationError, ConfigError, BadRequest) as exc:
+            except AuthenticationError:
+                raise  # not this write's fault: every waiting write stays
+            except (ConfigError, BadRequest) as exc:
                 answer = {"ok": False, "error": exc.to_dict()}
             if answer is None:
                 return False
             if answer.get("ok"):
                 self.spool.done(path)
+                self.drained += 1
+            elif (answer.get("error") or {}).get("code") == "auth":
+                raise error_from_dict(answer["error"])  # a refused login, or a right taken away: keep them
             else:
-                self.spool.fail(path, answer)
+                self._fail(path, answer)
         return True
+
+    def _fail(self, path, answer):
+        try:
+            self.spool.fail(path, answer)
+        except FileNotFoundError:
+            pass  # another process of ours met the same refusal first
 
     def ping(self):
         return self.call("ping")

@@ -19,7 +19,7 @@ import json
 import os
 import time
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from .exceptions import BadRequest, ConfigError, StorageError, TransferError
 from .transfer_ops import KINDS, Digester, canonical, item_key
@@ -52,7 +52,7 @@ class OperationStore:
         return self.db.call("import_items", items=items, dry_run=dry_run)
 
     def digest(self, until=None, exclude=None):
-        return self.db.call("store_digest", until=until, exclude=exclude)
+        return digest_pages(self, until, exclude)
 
     def close(self):
         self.db.close()
@@ -120,7 +120,14 @@ def sqlite_file_store(path):
     """The store in one SQLite file (a DB directory's old database after ``db configure``)."""
     import peewee as pw
 
+    from . import models
+
     database = pw.SqliteDatabase(str(path), timeout=60, pragmas={"journal_mode": "wal", "foreign_keys": 1})
+    version = models.current_version(database)
+    if version != models.SCHEMA_VERSION:
+        database.close()
+        raise ConfigError(f"{path} has schema {version}, not {models.SCHEMA_VERSION}: upgrade its DB directory "
+                          "first (db init PATH upgrades in place)")
     return OperationStore(str(path), SQLDatabase(database))
 
 
@@ -142,22 +149,29 @@ def open_store(spec, create=False, **settings):
 
 
 def _http_store(url, **settings):
+    import urllib3
+
     from .remote import RemoteDatabase, redact, split_url
     from .settings import load_settings
 
     remote = RemoteDatabase(url, load_settings(spool=False, **settings))
     try:
-        info = remote._http.request("GET", remote.url + "_balsamdb/", headers=remote._headers)
-        data = json.loads(info.data) if info.status == 200 else {}
-    except (ValueError, Exception) as exc:  # unreachable: say so now, not after a first page
-        import urllib3
-
-        if isinstance(exc, urllib3.exceptions.HTTPError):
-            raise ConfigError(f"cannot reach {redact(url)}: {exc}") from None
-        data = {}
+        answer = remote._http.request("GET", remote.url + "_balsamdb/", headers=remote._headers)
+    except urllib3.exceptions.HTTPError as exc:
+        remote.close()
+        raise ConfigError(f"cannot reach {redact(url)}: {exc}") from None
+    try:
+        data = json.loads(answer.data) if answer.status == 200 else None
+    except ValueError:
+        data = None
+    if answer.status == 401:
+        remote.close()
+        raise ConfigError(f"{redact(url)} refused the login of {remote.user or 'an anonymous user'}")
     if isinstance(data, dict) and data.get("api") == 1 and data.get("admin"):
         return OperationStore(redact(url), remote)
     remote.close()
+    if answer.status not in (200, 404):
+        raise ConfigError(f"{redact(url)} answered HTTP {answer.status}; try again later")
     base, user, password = split_url(url)
     store = SumatraStore(base, user, password, redact(url))
     if isinstance(data, dict) and data.get("api") == 1:
@@ -207,17 +221,23 @@ class SumatraStore:
         entries = data if isinstance(data, list) else data.get("projects", [])
         return sorted((p.get("id") or p.get("name")) for p in entries if isinstance(p, dict))
 
-    def _all_records(self):
-        if self._records is None:
-            records = []
-            for project in self._projects():
-                for uri in self._get(self._project_url(project)).get("records", []):
-                    records.append((project, uri))
-            self._records = records
-        return self._records
+    def _listing(self):
+        """Every (project, label) the server lists now, sorted: labels come from the record
+        URIs, which are never fetched as given (the password goes only to the base URL)."""
+        keys = []
+        for project in self._projects():
+            marker = f"/{project}/"
+            for uri in self._get(self._project_url(project)).get("records", []):
+                path = unquote(urlsplit(str(uri)).path)
+                if marker in path:
+                    keys.append((project, path.split(marker, 1)[1].rstrip("/")))
+        return sorted(keys)
+
+    def _record_url(self, project, label):
+        return f"{self._project_url(project)}{quote(label, safe='')}/"
 
     def counts(self):
-        return {"project": len(self._projects()), "record": len(self._all_records())}
+        return {"project": len(self._projects()), "record": len(self._listing())}
 
     def export(self, kind, after=None, limit=PAGE, since=None):
         now = time.time()
@@ -226,23 +246,23 @@ class SumatraStore:
             for name in self._projects():
                 info = self._get(self._project_url(name))
                 items.append({"kind": "project", "name": name, "description": info.get("description") or "",
-                              "public": bool(info.get("public", False)), "created_at": 0.0})
-        elif kind == "record":
-            from .operations import _sort_time
+                              "public": bool(info.get("public", False)), "created_at": None})
+            items = [i for i in items if after is None or item_key(i) > after]
+            return {"items": items, "next": None, "now": now}
+        if kind != "record":
+            return {"items": [], "next": None, "now": now}
+        from .operations import _sort_time
 
-            items = []
-            for project, uri in self._all_records():
-                document = self._get(uri)
-                when = _sort_time(document.get("timestamp"))
-                items.append({"kind": "record", "project": project, "label": document.get("label"),
-                              "document": document, "created_at": when, "updated_at": when})
-        else:
-            items = []
-        items.sort(key=item_key)
-        if after is not None:
-            items = [i for i in items if item_key(i) > after]
-        page = items[:limit]
-        return {"items": page, "next": item_key(page[-1]) if len(items) > limit else None, "now": now}
+        if after is None or self._records is None:
+            self._records = self._listing()  # listed afresh by every pass: new records are seen
+        keys = [k for k in self._records if after is None or list(k) > after]
+        items = []
+        for project, label in keys[:limit]:
+            document = self._get(self._record_url(project, label))
+            when = _sort_time(document.get("timestamp"))
+            items.append({"kind": "record", "project": project, "label": document.get("label", label),
+                          "document": document, "created_at": when, "updated_at": when})
+        return {"items": items, "next": list(keys[limit - 1]) if len(keys) > limit else None, "now": now}
 
     def import_(self, items, dry_run=False):
         counts = {"added": 0, "updated": 0, "unchanged": 0}
@@ -258,7 +278,7 @@ class SumatraStore:
                         raise TransferError(f"PUT {url} answered HTTP {answer.status}: {answer.data[:200]!r}")
                 counts["unchanged" if exists else "added"] += 1
             elif item["kind"] == "record":
-                url = f"{self._project_url(item['project'])}{quote(item['label'], safe='')}/"
+                url = self._record_url(item["project"], item["label"])
                 old = self._request("GET", url)
                 same = old.status == 200 and canonical(json.loads(old.data)) == canonical(item["document"])
                 if not dry_run and not same:
@@ -270,24 +290,36 @@ class SumatraStore:
         return counts
 
     def digest(self, until=None, exclude=None):
-        excluded = {tuple(k) for k in exclude or ()}
-        digester = Digester()
-        for kind in ("project", "record"):
-            after = None
-            while True:
-                page = self.export(kind, after)
-                for item in page["items"]:
-                    if kind != "record" or tuple(item_key(item)) not in excluded:
-                        digester.add(item)
-                after = page["next"]
-                if after is None:
-                    break
-        result = digester.result()
-        result.update(now=time.time(), changed_after=[], too_many_changed=False)
-        return result
+        return digest_pages(self, until, exclude)
 
     def close(self):
         self._http.clear()
+
+
+def digest_pages(store, until=None, exclude=None):
+    """What the ``store_digest`` operation computes, from ``export_items`` pages read
+    here: no request has to digest a whole large store inside the write server."""
+    from .transfer_ops import changed_after
+
+    excluded = {tuple(k) for k in exclude or ()}
+    digester = Digester()
+    changed = []
+    for kind in store.kinds:
+        after = None
+        while True:
+            page = store.export(kind, after, PAGE)
+            for item in page["items"]:
+                key = item_key(item)
+                if changed_after(item, until):
+                    changed.append(key)
+                elif kind not in ("record", "job") or tuple(key) not in excluded:
+                    digester.add(item)
+            after = page["next"]
+            if after is None:
+                break
+    result = digester.result()
+    result.update(now=time.time(), changed_after=changed[:50000], too_many_changed=len(changed) > 50000)
+    return result
 
 
 # -- copying -----------------------------------------------------------------------------------------------
@@ -425,6 +457,23 @@ def copy_store(src, dst, dry_run=False, progress=False, log=None, stop=None):
     return report
 
 
+MAX_CHUNK_BYTES = 8 * 1024 * 1024  # one import request stays well below max_request_bytes (64 MiB)
+
+
+def _by_size(items):
+    """``items`` in runs of at most MAX_CHUNK_BYTES of JSON (one item may be larger alone)."""
+    chunk, size = [], 0
+    for item in items:
+        length = len(canonical(item))
+        if chunk and size + length > MAX_CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += length
+    if chunk:
+        yield chunk
+
+
 def _summary(totals):
     parts = [f"{k}s +{v['added']} ~{v['updated']} ={v['unchanged']}" for k, v in totals.items()
              if v["added"] or v["updated"] or v["unchanged"]]
@@ -444,10 +493,11 @@ def _one_pass(src, dst, kinds, since, dry_run, bar, stop):
                 raise TransferError("the copy was interrupted; run it again to finish (nothing is copied twice)")
             page = src.export(kind, after, PAGE, since if kind in ("record", "job") else None)
             began = page["now"] if began is None else began
-            if page["items"]:
-                result = dst.import_(page["items"], dry_run=dry_run)
+            for chunk in _by_size(page["items"]):
+                result = dst.import_(chunk, dry_run=dry_run)
                 for key in counts:
                     counts[key] += result[key]
+            if page["items"]:
                 if bar is not None:
                     bar.update(len(page["items"]), f"{kind}s")
             after = page["next"]
@@ -527,20 +577,43 @@ def export_store(src, out, progress=False):
     return footer
 
 
-def read_footer(path):
-    """The footer of an export file; :class:`TransferError` when it has none (a truncated file)."""
+def _last_line(path):
+    """The last non-empty line of a file, however long, read from the end."""
     with open(path, "rb") as handle:
         handle.seek(0, os.SEEK_END)
-        size = handle.tell()
-        handle.seek(max(0, size - 1024 * 1024))
-        tail = handle.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        end = handle.tell()
+        data = b""
+        while end > 0:
+            start = max(0, end - 65536)
+            handle.seek(start)
+            data = handle.read(end - start) + data
+            end = start
+            stripped = data.rstrip(b"\n")
+            if b"\n" in stripped:
+                return stripped.rsplit(b"\n", 1)[1]
+        return data.rstrip(b"\n")
+
+
+def read_footer(path):
+    """The footer of an export file; :class:`TransferError` when it has none (a truncated file)."""
     try:
-        footer = json.loads(tail)
+        footer = json.loads(_last_line(path))
     except ValueError:
         footer = None
     if not isinstance(footer, dict) or footer.get("end") is not True:
         raise TransferError(f"{path} has no end line: it is truncated or not a balsamdb export; nothing was imported")
     return footer
+
+
+def check_export(path, footer):
+    """Count the items of an export file against its end line, before anything is written."""
+    counts = {}
+    for item in _export_items(path):
+        counts[item["kind"]] = counts.get(item["kind"], 0) + 1
+    expected = {k: v for k, v in (footer.get("counts") or {}).items() if v}
+    if counts != expected:
+        raise TransferError(f"{path} holds {counts} items but its end line says {expected}: the file is damaged; "
+                            "nothing was imported")
 
 
 def _export_items(path):
@@ -571,11 +644,8 @@ def _smt_items(path, project):
     from .operations import _sort_time
     from .sumatra_export import read_smt_export
 
-    projects = set()
+    # Records only: their project is made when missing, and an existing one keeps its settings.
     for name, document in read_smt_export(path, project=project):
-        if name not in projects:
-            projects.add(name)
-            yield {"kind": "project", "name": name, "description": "", "public": False, "created_at": 0.0}
         when = _sort_time(document.get("timestamp"))
         yield {"kind": "record", "project": name, "label": document["label"], "document": document,
                "created_at": when, "updated_at": when}
@@ -599,6 +669,7 @@ def import_file(path, dst, project=None, dry_run=False, progress=False):
         items, kind_of_file, footer = _smt_items(path, project), "smt export", None
     else:
         footer = read_footer(path)
+        check_export(path, footer)
         items, kind_of_file = _export_items(path), "balsamdb export"
     started = time.monotonic()
     totals = {}
@@ -608,10 +679,11 @@ def import_file(path, dst, project=None, dry_run=False, progress=False):
 
     def flush():
         if batch:
-            result = dst.import_(batch, dry_run=dry_run)
             kind = batch[0]["kind"]
-            for key, value in result.items():
-                totals.setdefault(kind, {"added": 0, "updated": 0, "unchanged": 0})[key] += value
+            for chunk in _by_size(batch):
+                result = dst.import_(chunk, dry_run=dry_run)
+                for key, value in result.items():
+                    totals.setdefault(kind, {"added": 0, "updated": 0, "unchanged": 0})[key] += value
             bar.update(len(batch), f"{kind}s")
             batch.clear()
 
@@ -638,11 +710,12 @@ def import_file(path, dst, project=None, dry_run=False, progress=False):
                 continue
             batch.append(item)
             if len(batch) >= PAGE:
-                for key, value in dst.import_(batch, dry_run=True).items():
-                    check[key] = check.get(key, 0) + value
+                for chunk in _by_size(batch):
+                    for key, value in dst.import_(chunk, dry_run=True).items():
+                        check[key] = check.get(key, 0) + value
                 batch = []
-        if batch:
-            for key, value in dst.import_(batch, dry_run=True).items():
+        for chunk in _by_size(batch):
+            for key, value in dst.import_(chunk, dry_run=True).items():
                 check[key] = check.get(key, 0) + value
         if check.get("added") or check.get("updated"):
             raise TransferError(f"after the import, {check.get('added', 0)} items of {path} are missing from "
@@ -674,6 +747,12 @@ def configure_store(path, url, progress=False, log=None):
     if server_state(dbdir.read_address()) != "down":
         raise ConfigError(f"a server runs for {dbdir.path}: stop it first (db dbserver --stop --path {dbdir.path}), "
                           "so that no write lands in the old database during the switch")
+    from .spool import Spool
+
+    waiting = Spool(dbdir.spool_dir).count()
+    if waiting:
+        raise ConfigError(f"{waiting} writes wait in {dbdir.spool_dir}: start the server once (db dbserver --path "
+                          f"{dbdir.path}) so that it applies them, stop it, then run db configure again")
     if config["db_type"] == "postgres" and not config.get("external"):
         raise ConfigError(f"{dbdir.path} has its own PostgreSQL cluster; copy it with db copy {dbdir.path} URL "
                           "while its server runs, then use the URL with db init --db-type postgres --url")

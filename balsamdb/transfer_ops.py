@@ -78,34 +78,38 @@ def _job_items(jobs):
     return items
 
 
+def _c(field):
+    """``field`` compared and sorted by code point on every database (PostgreSQL's default
+    collation follows the locale), so that pages, keys and export files agree everywhere."""
+    if isinstance(field.model._meta.database, pw.PostgresqlDatabase):
+        return field.collate('"C"')
+    return field
+
+
+def _after(fields, key):
+    """The condition "(fields) > key", in key order."""
+    first, rest = _c(fields[0]), fields[1:]
+    if not rest:
+        return first > key[0]
+    return (first > key[0]) | ((first == key[0]) & _after(rest, key[1:]))
+
+
 def _page_query(kind, after, since):
     """The query for one kind, ordered by key, from just after key ``after``."""
-    if kind == "user":
-        query = User.select().order_by(User.name)
-        if after is not None:
-            query = query.where(User.name > after[0])
-    elif kind == "project":
-        query = Project.select().order_by(Project.name)
-        if after is not None:
-            query = query.where(Project.name > after[0])
-    elif kind == "permission":
-        query = ProjectPermission.select().order_by(ProjectPermission.project, ProjectPermission.user)
-        if after is not None:
-            query = query.where((ProjectPermission.project > after[0]) |
-                                ((ProjectPermission.project == after[0]) & (ProjectPermission.user > after[1])))
-    elif kind == "record":
-        query = Record.select().order_by(Record.project, Record.label)
-        if after is not None:
-            query = query.where((Record.project > after[0]) |
-                                ((Record.project == after[0]) & (Record.label > after[1])))
-        if since is not None:
-            query = query.where(Record.updated_at >= since)
-    else:
-        query = Job.select().order_by(Job.id)
-        if after is not None:
-            query = query.where(Job.id > after[0])
-        if since is not None:
-            query = query.where(Job.updated_at >= since)
+    model, fields = {
+        "user": (User, [User.name]),
+        "project": (Project, [Project.name]),
+        "permission": (ProjectPermission, [ProjectPermission.project, ProjectPermission.user]),
+        "record": (Record, [Record.project, Record.label]),
+        "job": (Job, [Job.id]),
+    }[kind]
+    query = model.select().order_by(*[_c(f) for f in fields])
+    if after is not None:
+        if len(after) != len(fields):
+            raise BadRequest(f"after must be a {kind} key of {len(fields)} strings")
+        query = query.where(_after(fields, after))
+    if since is not None and kind in ("record", "job"):
+        query = query.where(model.updated_at >= since)
     return query
 
 
@@ -185,18 +189,21 @@ def digest_content(item):
 
 
 class Digester:
-    """Counts and SHA-256 digests of a store, fed its items in key order.
+    """Counts and SHA-256 digests of a store, fed its items in any order.
 
+    A group's digest is the sum, modulo 2**256, of the SHA-256 of each item's
+    canonical content: it does not depend on the order in which a database
+    sorts names (collations differ between SQLite and PostgreSQL).
     ``result()``: ``{"projects": {name: {"records": n, "digest": hex}}, "jobs": {...},
     "users": {...}, "permissions": {...}}``, where a project's digest covers its own
-    fields and its records, in label order."""
+    fields and its records."""
 
     def __init__(self):
         self._groups = {}
 
     def _group(self, name):
         if name not in self._groups:
-            self._groups[name] = [0, hashlib.sha256()]
+            self._groups[name] = [0, 0]
         return self._groups[name]
 
     def add(self, item):
@@ -209,20 +216,20 @@ class Digester:
         else:
             group = self._group((kind, None))
             group[0] += 1
-        group[1].update(canonical(digest_content(item)).encode())
-        group[1].update(b"\n")
+        digest = hashlib.sha256(canonical(digest_content(item)).encode()).digest()
+        group[1] = (group[1] + int.from_bytes(digest, "big")) % (1 << 256)
 
     def result(self):
         out = {"projects": {}, "jobs": None, "users": None, "permissions": None}
-        for (kind, name), (count, digest) in sorted(self._groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
-            entry = {"count": count, "digest": digest.hexdigest()}
+        for (kind, name), (count, total) in sorted(self._groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+            digest = f"{total:064x}"
             if kind == "project":
-                out["projects"][name] = {"records": count, "digest": entry["digest"]}
+                out["projects"][name] = {"records": count, "digest": digest}
             else:
-                out[kind + "s"] = entry
+                out[kind + "s"] = {"count": count, "digest": digest}
         for kind in ("jobs", "users", "permissions"):
             if out[kind] is None:
-                out[kind] = {"count": 0, "digest": hashlib.sha256().hexdigest()}
+                out[kind] = {"count": 0, "digest": "0" * 64}
         return out
 
 
@@ -298,10 +305,11 @@ def _clean_item(item):
         return {"kind": kind, "name": _user_name(item.get("name")), "password_hash": password_hash,
                 "admin": bool(item.get("admin", False)), "created_at": _time(item.get("created_at"), "created_at")}
     if kind == "project":
+        created = item.get("created_at")  # None: unknown (a plain Sumatra server does not say)
         return {"kind": kind, "name": _text(item.get("name"), "project name", max_len=255),
                 "description": _text(item.get("description"), "description", required=False) or "",
                 "public": bool(item.get("public", False)),
-                "created_at": _time(item.get("created_at"), "created_at")}
+                "created_at": None if created is None else _time(created, "created_at")}
     if kind == "permission":
         return {"kind": kind, "project": _text(item.get("project"), "project name", max_len=255),
                 "user": _user_name(item.get("user"))}
@@ -369,11 +377,13 @@ def _put_user(item, write):
 
 def _put_project(item, write):
     row = Project.get_or_none(Project.name == item["name"])
+    if item["created_at"] is None and row is not None:
+        item = dict(item, created_at=row.created_at)  # unknown: the store's own time stays
     if not write:
         return _compare(row, item, _project_item)
     if row is None:
         Project.create(name=item["name"], description=item["description"], public=item["public"],
-                       created_at=item["created_at"])
+                       created_at=time.time() if item["created_at"] is None else item["created_at"])
         return "added"
     if _same(_project_item(row), item):
         return "unchanged"

@@ -52,11 +52,10 @@ def _remote(url, drain, as_json):
     import balsamdb
 
     with balsamdb.connect(url) as db:
-        before = db.spool.count()
         drained = None
         if drain:
             db.drain_spool()
-            drained = {"applied": before - db.spool.count()}
+            drained = {"applied": db.drained}
         _show(db.spool.describe(decode=json.loads), db.spool.path, drained, as_json)
 
 

@@ -39,8 +39,9 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 import balsamdb
 from balsamdb.api import SpooledWrite
-from balsamdb.exceptions import (AuthenticationError, BadRequest, BalsamDBError, ConfigError, Conflict, NotFound,
-                                 RequestTooLarge, ServerError)
+from balsamdb.exceptions import (AuthenticationError, BadRequest, BalsamDBError, ConfigError, Conflict,
+                                 DatabaseBusy, InvalidTransition, NotFound, RequestTooLarge, ServerUnavailable,
+                                 StorageError, TryAgain)
 from balsamdb.operations import bind_params, lookup
 from balsamdb.protocol import SERVER_OPS
 from balsamdb.passwords import verify_password
@@ -68,7 +69,7 @@ PROJECT_PARAMS = {"project_save": "name", "project_get": "name", "record_save": 
                   "record_list": "project", "record_labels": "project", "record_delete": "project",
                   "record_delete_by_tag": "project", "record_tag": "project", "permission_list": "project"}
 CODE_OF_STATUS = {400: "bad_request", 401: "auth", 403: "auth", 404: "not_found", 405: "bad_request",
-                  406: "bad_request", 409: "conflict", 413: "too_large", 502: "internal", 503: "unavailable"}
+                  406: "bad_request", 409: "conflict", 413: "too_large", 500: "internal", 503: "unavailable"}
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 STATUS_OF_ERROR = [  # library error -> HTTP status; the first match wins
@@ -77,8 +78,9 @@ STATUS_OF_ERROR = [  # library error -> HTTP status; the first match wins
     (BadRequest, 400),
     (NotFound, 404),
     (Conflict, 409),
-    (ServerError, 502),   # the write server failed on a request: its log says why
-    (BalsamDBError, 503),  # no server, busy, storage refused, shutting down: try again later
+    (InvalidTransition, 409),
+    ((ServerUnavailable, TryAgain, DatabaseBusy, StorageError), 503),  # try again later
+    (BalsamDBError, 500),  # a bug of the write server, a broken configuration: its log says why
 ]
 
 
@@ -104,17 +106,21 @@ class Store:
         self._local = threading.local()
         self._users = {}  # name -> (user, valid until): dict operations are atomic under the GIL
 
-    def db(self):
-        db = getattr(self._local, "db", None)
+    def db(self, spool=True):
+        """This thread's connection; ``spool=False``: one that raises instead of spooling
+        (for the operation endpoint, whose clients spool and retry themselves, in order)."""
+        name = "db" if spool else "db_nospool"
+        db = getattr(self._local, name, None)
         if db is None:
-            db = self._local.db = balsamdb.connect(self.path)
+            db = balsamdb.connect(self.path) if spool else balsamdb.connect(self.path, spool=False)
+            setattr(self._local, name, db)
         return db
 
     def read(self, op, **params):
         return self.db().call(op, **params)
 
-    def write(self, op, **params):
-        result = self.db().call(op, **params)
+    def write(self, op, spool=True, **params):
+        result = self.db(spool).call(op, **params)
         if isinstance(result, SpooledWrite):
             # No server answered: the write waits in the spool and will be applied, but it
             # cannot be read back now, which no Sumatra client expects after a success.
@@ -375,7 +381,7 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
     def library_error(exc):
         if isinstance(exc, BalsamDBError):
             status = next(code for cls, code in STATUS_OF_ERROR if isinstance(exc, cls))
-            if status >= 500:
+            if status >= 500 and status != 503:
                 log.error("%s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)
             headers = {"Retry-After": "10"} if status == 503 else None
             return _error_response(status, exc.message or str(exc) or type(exc).__name__, headers, exc.to_dict())
@@ -440,7 +446,8 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
         if project is None:
             if not create:
                 raise HTTPError(404, f"no project {name!r}")
-            store.write("permission_grant", project=name, user=g.user["name"])  # creates the project
+            # creates the project; from the operation endpoint never spooled (its client does that)
+            store.write("permission_grant", spool=not g.get("api_call"), project=name, user=g.user["name"])
             store.forget_user(g.user["name"])
             g.user["projects"].append(name)
             log.info("user %s created project %r", g.user["name"], name)
@@ -621,6 +628,7 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
 
     @app.post(f"/{API_PATH}/call")
     def api_call():
+        g.api_call = True
         user = require_user()
         message = json_body("request")
         request_id, op, params = message.get("id"), message.get("op"), message.get("params", {})
@@ -640,9 +648,9 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
         authorize(operation, params)
         # One user's ids never meet another's: the store keys the request by both.
         scoped_id = hashlib.sha256(f"{user['name']}\0{request_id}".encode()).hexdigest()[:48]
-        result = store.db().request(op, params, request_id=scoped_id)
-        if isinstance(result, SpooledWrite):
-            return reply({"ok": True, "spooled": True}, 202)
+        # Never spooled here: a write this store cannot pass on is answered 503, and the client
+        # retries it or keeps it in its own spool, in its order.
+        result = store.db(spool=False).request(op, params, request_id=scoped_id)
         if op == "project_list" and not user.get("admin"):
             result = [p for p in result if p["public"] or p["name"] in user["projects"]]
         return reply({"ok": True, "result": result})
@@ -663,6 +671,8 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
             writable_project(name, create=operation.name in ("record_save", "project_save"))
         else:
             readable_project(name)
+            if operation.name == "permission_list" and not may_use(name):
+                raise HTTPError(403, f"only users of project {name!r} may see who they are")
 
     if prefix.strip("/"):
         mount = "/" + prefix.strip("/")

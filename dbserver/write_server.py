@@ -219,15 +219,16 @@ class WriteServer:
             else:
                 work.append((envelope, request_id, op, params))
         if work:
-            replies.extend(self.apply_batch(work))
+            replies.extend(self.apply_batch(work, encoded=True))
         for envelope, answer in replies:
             if isinstance(answer, bytes):  # a write's answer, already encoded once when it was recorded
                 self.socket.send_multipart(envelope + protocol.encode_body(self.secret, answer))
             else:
                 self.socket.send_multipart(envelope + protocol.encode(self.secret, answer))
 
-    def apply_batch(self, work):
-        """Apply ``work`` in one transaction; returns the replies to send after commit."""
+    def apply_batch(self, work, encoded=False):
+        """Apply ``work`` in one transaction; returns the replies to send after commit: answer
+        dicts, or with ``encoded`` the JSON text (bytes) of each write applied now."""
         started = time.monotonic()
         answers = []
         texts = {}
@@ -235,7 +236,7 @@ class WriteServer:
             results = apply_batch(self.database, [(rid, op, params) for _e, rid, op, params in work],
                                   self.begin, texts)
             for (envelope, request_id, _op, _params), answer in zip(work, results):
-                text = texts.get(request_id)
+                text = texts.get(request_id) if encoded else None
                 if text is not None and not answer.get("replayed"):
                     # The JSON text stored with the write is the reply: only the id is added in front.
                     body = b'{"id":' + json.dumps(request_id).encode() + b"," + text.encode()[1:]

@@ -307,3 +307,30 @@ def test_direct_mode_from_many_threads_and_a_forked_child(tmp_path):
     proc.join(60)
     assert proc.exitcode == 0
     assert shared.jobs.count() == 201 and shared.jobs.filter(name="from-child")
+
+
+def test_upgrade_from_schema_2_keeps_users_and_their_permissions(tmp_path):
+    path = tmp_path / "db"
+    DBDirectory(path).init()
+    from balsamdb.passwords import hash_password
+
+    with balsamdb.connect(path) as database:
+        database.call("user_save", name="alice", password_hash=hash_password("pw"))
+        database.call("permission_grant", project="P", user="alice")
+    import sqlite3
+
+    # Make it a version-2 database: the user table without the admin column.
+    con = sqlite3.connect(str(path / "db.sqlite3"))
+    con.execute("pragma foreign_keys = off")
+    con.execute("create table user_v2 as select name, password_hash, created_at from user")
+    con.execute("drop table user")
+    con.execute("alter table user_v2 rename to user")
+    con.execute("update schema_version set version = 2")
+    con.commit()
+    con.close()
+    done = DBDirectory(path).init()
+    assert any("schema 2 -> 3" in line for line in done), done
+    with balsamdb.connect(path) as database:
+        assert database.call("user_list") == [
+            {"name": "alice", "created_at": database.call("user_list")[0]["created_at"], "admin": False,
+             "projects": ["P"]}]
