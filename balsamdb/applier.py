@@ -83,33 +83,53 @@ def apply_requests(database, requests, savepoints=True, texts=None):
     except DATABASE_ERRORS as exc:
         raise StorageFailure(exc) from exc
     answers, new_rows = [], []
-    for request_id, name, params in requests:
-        try:
-            op = operations.lookup(name)
-            operations.bind_params(op, params)
-        except BalsamDBError as exc:
-            answers.append({"ok": False, "error": exc.to_dict()})
-            continue
-        record = op.write and request_id
-        if record and request_id in applied:
-            answer = json.loads(applied[request_id])
-            answer["replayed"] = True
+    # The optimistic pass defers the inserts of insert-only operations and makes them together;
+    # anything else first makes what waits, so that it sees every earlier request's rows.
+    fast.deferring = not savepoints
+    try:
+        for request_id, name, params in requests:
+            try:
+                op = operations.lookup(name)
+                operations.bind_params(op, params)
+            except BalsamDBError as exc:
+                answers.append({"ok": False, "error": exc.to_dict()})
+                continue
+            record = op.write and request_id
+            if record and request_id in applied:
+                answer = json.loads(applied[request_id])
+                answer["replayed"] = True
+                answers.append(answer)
+                continue
+            if fast.deferring and name not in operations.DEFERRABLE:
+                _flush(fast)
+            answer = _run(database, op, params) if savepoints else _run_bare(op, params)
+            if record:
+                text = _dumps(answer)
+                applied[request_id] = text
+                new_rows.append({"request_id": request_id, "applied_at": now(), "response": text})
+                if texts is not None:
+                    texts[request_id] = text
             answers.append(answer)
-            continue
-        answer = _run(database, op, params) if savepoints else _run_bare(op, params)
-        if record:
-            text = _dumps(answer)
-            applied[request_id] = text
-            new_rows.append({"request_id": request_id, "applied_at": now(), "response": text})
-            if texts is not None:
-                texts[request_id] = text
-        answers.append(answer)
+        _flush(fast)
+    finally:
+        fast.stop_deferring()
     if new_rows:
         try:
             fast.executemany(fast.insert_applied, new_rows)
         except DATABASE_ERRORS as exc:
             raise StorageFailure(exc) from exc
     return answers
+
+
+def _flush(fast):
+    """The deferred inserts; one that a request's data breaks (a duplicate id) sends the
+    batch to the pass with a savepoint per request, which finds the culprit."""
+    try:
+        fast.flush()
+    except REQUEST_ERRORS as exc:
+        raise NeedsIsolation("deferred inserts") from exc
+    except DATABASE_ERRORS as exc:
+        raise StorageFailure(exc) from exc
 
 
 # Errors of the database that one request's data causes (a value out of range, a constraint):

@@ -196,21 +196,26 @@ def _clean_job(spec, when):
 _JOB_DEFAULTS = [(name, field.default) for name, field in Job._meta.fields.items() if field.default is not None]
 
 
+#: Operations that only insert (they read nothing): in a group commit's optimistic pass their
+#: inserts are deferred and made together (see balsamdb.statements.Statements.insert).
+DEFERRABLE = frozenset({"job_create", "job_bulk_create"})
+
+
 def _insert_jobs(rows, when):
     fast = statements()
     try:
-        fast.executemany(fast.insert_job, rows)
+        fast.insert(fast.insert_job, rows)
     except pw.IntegrityError:
         # No query here: on PostgreSQL the transaction is unusable until the savepoint rolls back.
         which = f"job id {rows[0]['id']} already exists" if len(rows) == 1 else "a job id already exists"
         raise Conflict(which) from None
-    fast.executemany(fast.insert_history, [
+    fast.insert(fast.insert_history, [
         {"job": r["id"], "time": when, "from_state": None, "to_state": r["state"], "message": "created"}
         for r in rows
     ])
     tags = [{"job": r["id"], "tag": t} for r in rows for t in r["tags"]]
     if tags:
-        fast.executemany(fast.insert_tag, tags)
+        fast.insert(fast.insert_tag, tags)
 
 
 @operation(write=True)

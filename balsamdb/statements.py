@@ -23,6 +23,7 @@ def _quoter(database):
 class Statements:
     def __init__(self, database):
         self._database = weakref.ref(database)  # the cache must not keep the database alive
+        self._pending = {}
         self.insert_job = self._insert(Job)
         self.job_columns = [f for f in Job._meta.sorted_fields]
         self.insert_history = self._insert(JobStateChange, skip=("id",))
@@ -57,9 +58,29 @@ class Statements:
         self.delete_record_tags = f"DELETE FROM {tag} WHERE {q('record_id')} = {p}"
         self.insert_record_tag = f"INSERT INTO {tag} ({q('record_id')}, {q('tag')}) VALUES ({p}, {p})"
 
+    deferring = False  # True during the applier's optimistic pass: inserts wait for flush()
+
     @property
     def database(self):
         return self._database()
+
+    def insert(self, statement, rows):
+        """Insert ``rows`` now, or, while :attr:`deferring`, at the next :meth:`flush`,
+        together with the same statement's rows of the other requests of the batch: one
+        call per table instead of one per request (on PostgreSQL, one round trip)."""
+        if self.deferring:
+            self._pending.setdefault(statement[0], (statement, []))[1].extend(rows)
+        else:
+            self.executemany(statement, rows)
+
+    def flush(self):
+        """Run the deferred inserts, in the order their statements were first used."""
+        pending, self._pending = self._pending, {}
+        for statement, rows in pending.values():
+            self.executemany(statement, rows)
+
+    def stop_deferring(self):
+        self.deferring, self._pending = False, {}
 
     def execute(self, sql, params=()):
         """Run one prepared statement; returns the cursor."""

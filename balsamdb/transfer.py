@@ -435,26 +435,43 @@ def copy_store(src, dst, dry_run=False, progress=False, log=None, stop=None):
     if dry_run:
         report["seconds"] = round(time.monotonic() - started, 3)
         return report
-    during = {}
+    copy_began = pass_start
     for number in range(2, MAX_PASSES + 2):
         next_start, totals = _one_pass(src, dst, kinds, pass_start - SLACK, dry_run, None, stop)
         report["passes"] = number
         moved = {k: v["added"] + v["updated"] for k, v in totals.items() if k in ("record", "job")}
-        for kind, value in totals.items():
-            entry = during.setdefault(kind, {"added": 0, "updated": 0})
-            entry["added"] += value["added"]
-            entry["updated"] += value["updated"]
         say(f"pass {number} (catching up with writes since the previous pass): {_summary(totals)}")
         pass_start = next_start
         if not any(moved.values()):
             break
-    report["during_copy"] = {k: v for k, v in during.items() if v["added"] or v["updated"]}
     report["verification"] = verify(src, dst, kinds, pass_start, say)
+    report["during_copy"] = _arrivals(src, kinds, copy_began)
     seconds = time.monotonic() - started
     report["seconds"] = round(seconds, 3)
     copied = sum(v["added"] + v["updated"] + v["unchanged"] for v in report["first_pass"].values())
     report["items_per_second"] = round(copied / seconds, 1) if seconds > 0 else None
     return report
+
+
+def _arrivals(src, kinds, began):
+    """Records and jobs the source gained (``added``) or changed (``updated``) since ``began``
+    (its clock when the copy began): what arrived while the copy ran, whichever pass took it."""
+    out = {}
+    for kind in ("record", "job"):
+        if kind not in kinds:
+            continue
+        counts = {"added": 0, "updated": 0}
+        after = None
+        while True:
+            page = src.export(kind, after, PAGE, began)
+            for item in page["items"]:
+                counts["added" if item["created_at"] >= began else "updated"] += 1
+            after = page["next"]
+            if after is None:
+                break
+        if counts["added"] or counts["updated"]:
+            out[kind] = counts
+    return out
 
 
 MAX_CHUNK_BYTES = 8 * 1024 * 1024  # one import request stays well below max_request_bytes (64 MiB)

@@ -220,3 +220,21 @@ def test_db_which_and_db_ls_take_an_http_store_from_balsam_db_path(remote):
     assert ADMIN_PW not in shown.stdout  # the password is shown as ***
     listed = db_cli("ls", env=env)
     assert listed.returncode == 0 and "listed-over-http" in listed.stdout, listed.stdout + listed.stderr
+
+
+def test_a_refused_write_is_raised_never_spooled_and_later_writes_flow(remote, tmp_path):
+    served, db, local = remote
+    from balsamdb.exceptions import InvalidTransition
+
+    job = db.jobs.create(name="strict")
+    with pytest.raises(InvalidTransition):
+        db.jobs.update_state(job.id, "JOB_FINISHED")  # CREATED -> JOB_FINISHED skips RUNNING
+    assert db.spool.count() == 0 and db.last_route == "http"
+    assert db.records.save("After", {"label": "next"}) is True  # not stuck behind the refusal
+    # A public project's members are not for everyone to see.
+    local.projects.save("Open", public=True)
+    local.call("permission_grant", project="Open", user="ada")
+    bob = balsamdb.connect(_url(served, "bob", USERS["bob"]), client_deadline=5)
+    assert bob.records.labels("Open") == []  # reading a public project is fine
+    with pytest.raises(AuthenticationError, match="only users"):
+        bob.call("permission_list", project="Open")

@@ -390,3 +390,33 @@ def test_import_reads_what_the_real_smt_export_wrote(sqlite_dir, smt):
         assert "paper" in db.records.get("MyProj", "second")["tags"]
         assert db.records.get("MyProj", "first")["parameters"]["content"].startswith("n = 2")
     assert "0 added" in db_cli("import", exported, "--path", dst).stdout  # twice changes nothing
+
+
+def test_importing_records_keeps_the_settings_of_an_existing_project(sqlite_dir, tmp_path):
+    dst = sqlite_dir("dst")
+    with balsamdb.connect(dst) as db:
+        db.projects.save("MyProj", description="the real one", public=True)
+        created = db.projects.get("MyProj")["created_at"]
+    exported = tmp_path / "records_export.json"
+    exported.write_text(json.dumps([{"label": "a", "timestamp": "2025-01-01 10:00:00+0000", "tags": ["x"]}]))
+    done = db_cli("import", exported, "--path", dst, "--project", "MyProj")
+    assert done.returncode == 0, done.stderr
+    with balsamdb.connect(dst) as db:
+        project = db.projects.get("MyProj")
+        assert (project["description"], project["public"], project["created_at"]) == ("the real one", True, created)
+        assert db.records.labels("MyProj") == ["a"]
+
+
+def test_an_export_missing_lines_in_the_middle_is_refused(sqlite_dir, tmp_path):
+    src, dst = sqlite_dir("src"), sqlite_dir("dst")
+    with balsamdb.connect(src) as db:
+        seed(db, records=40, jobs=10)
+    full = tmp_path / "full.jsonl"
+    assert db_cli("export", full, "--path", src).returncode == 0
+    lines = full.read_text().splitlines(keepends=True)
+    damaged = tmp_path / "damaged.jsonl"
+    damaged.write_text("".join(lines[:10] + lines[12:]))  # two records gone, the end line kept
+    refused = db_cli("import", damaged, "--path", dst)
+    assert refused.returncode == 1 and "damaged" in refused.stderr, refused.stderr
+    with balsamdb.connect(dst) as db:
+        assert db.call("store_counts")["record"] == 0
