@@ -123,7 +123,7 @@ class AppliedRequest(BaseModel):
     """A write that was applied, with its answer: a retry gets this answer."""
 
     request_id = pw.CharField(max_length=64, primary_key=True)
-    applied_at = pw.DoubleField()
+    applied_at = pw.DoubleField(index=True)  # old ones are pruned (applied_retention_days)
     response = pw.TextField()
 
 
@@ -155,7 +155,8 @@ def _add_users_v2(database):
 
 
 def _schema_3(database):
-    """The admin flag of users; on PostgreSQL, 8-byte floats where schema 2 made 4-byte ones."""
+    """The admin flag of users; an index to prune old request ids by; on PostgreSQL, 8-byte
+    floats where schema 2 made 4-byte ones."""
     def q(name):
         return f"{database.quote[0]}{name}{database.quote[1]}"
 
@@ -163,6 +164,8 @@ def _schema_3(database):
         # A plain ADD COLUMN: peewee's migrator rebuilds the table on SQLite, and dropping the old
         # one would cascade to the project permissions (foreign keys are on).
         database.execute_sql(f"ALTER TABLE {q(User._meta.table_name)} ADD COLUMN admin BOOLEAN NOT NULL DEFAULT FALSE")
+    database.execute_sql(f"CREATE INDEX IF NOT EXISTS {q('appliedrequest_applied_at')} "
+                         f"ON {q(AppliedRequest._meta.table_name)} ({q('applied_at')})")
     if isinstance(database, pw.PostgresqlDatabase):
         for model, column in ((Job, "wall_time_minutes"), (Record, "duration")):
             database.execute_sql(f"ALTER TABLE {q(model._meta.table_name)} "
@@ -173,7 +176,8 @@ def _schema_3(database):
 MIGRATIONS = {
     1: (_create_v1, "created the tables for jobs, state history, tags, projects, records and request ids"),
     2: (_add_users_v2, "added the tables for users and project permissions (HTTP record store)"),
-    3: (_schema_3, "added the admin flag of users (every operation over HTTP); PostgreSQL floats now 8 bytes"),
+    3: (_schema_3, "added the admin flag of users (every operation over HTTP) and an index to prune old "
+                   "request ids; PostgreSQL floats now 8 bytes"),
 }
 
 

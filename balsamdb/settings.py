@@ -27,6 +27,8 @@ DEFAULTS = {
     "direct_deadline": (120.0, float, "seconds a direct SQLite write keeps retrying a locked database"),
     "sqlite_synchronous": ("FULL", str, "SQLite synchronous pragma: FULL (durable) or NORMAL (faster, may lose the last commits on power loss)"),
     "max_request_bytes": (64 * 1024 * 1024, int, "largest request the server accepts"),
+    "applied_retention_days": (7.0, float, "days the server keeps the id and answer of each applied write, so that a "
+                                           "retry is answered instead of applied again (retries come within minutes)"),
     "remote_spool_dir": (None, str, "where writes to an unreachable HTTP store wait (default: "
                                     "$XDG_DATA_HOME/balsamdb/remote-spool, one subdirectory per store)"),
 }
@@ -85,6 +87,7 @@ class Settings:
     direct_deadline: float
     sqlite_synchronous: str
     max_request_bytes: int
+    applied_retention_days: float
     remote_spool_dir: object
 
 

@@ -124,6 +124,14 @@ class Statements:
             return None
         return {f.name: f.python_value(v) for f, v in zip(self.job_columns, row)}
 
+    def prune_applied(self, before, limit):
+        """Delete up to ``limit`` applied-request rows older than ``before``; returns how many."""
+        q, p = _quoter(self.database), self.param
+        table = q(AppliedRequest._meta.table_name)
+        cursor = self.execute(f"DELETE FROM {table} WHERE {q('request_id')} IN (SELECT {q('request_id')} FROM "
+                              f"{table} WHERE {q('applied_at')} < {p} LIMIT {int(limit)})", (before,))
+        return cursor.rowcount
+
     def applied(self, request_ids):
         """``{request_id: stored answer text}`` for those of ``request_ids`` already applied."""
         found = {}

@@ -30,6 +30,7 @@ from balsamdb.models import MODELS, upgrade
 from balsamdb.operations import OPERATIONS
 from balsamdb.settings import load_settings
 from balsamdb.spool import Spool
+from balsamdb.statements import statements
 
 log = logging.getLogger("dbserver.write_server")
 
@@ -37,6 +38,8 @@ MAX_BATCH = 1024
 SPOOL_EVERY = 0.5          # seconds between looks at spool/new while idle
 STARTUP_DB_DEADLINE = 15.0  # seconds a starting server waits for its database
 POLL_MS = 200
+PRUNE_EVERY = 60.0         # seconds between looks for request ids old enough to forget
+PRUNE_CHUNK = 5000
 
 
 class Stats:
@@ -54,6 +57,7 @@ class Stats:
         self.last_batch = 0
         self.max_batch = 0
         self.commit_seconds = 0.0
+        self.pruned = 0
 
     def to_dict(self):
         return {
@@ -68,6 +72,7 @@ class Stats:
             "max_batch": self.max_batch,
             "mean_batch": self.batched_requests / self.batches if self.batches else 0.0,
             "mean_commit_ms": 1000 * self.commit_seconds / self.batches if self.batches else 0.0,
+            "pruned_request_ids": self.pruned,
         }
 
 
@@ -92,6 +97,7 @@ class WriteServer:
         self.encrypt = encrypt
         self.spool = Spool(dbdir.spool_dir)
         self.next_spool_check = 0.0
+        self.next_prune = 0.0
 
     # -- life cycle ---------------------------------------------------------
     def initialize(self):
@@ -149,6 +155,8 @@ class WriteServer:
                 if self.spool.count():
                     self.drain_spool(once=True)
                 self.serve_batch(batch)
+            if time.monotonic() >= self.next_prune:
+                self.prune_applied()
             if time.monotonic() >= self.next_spool_check:
                 # One batch per turn, so that live requests wait at most one batch;
                 # when a whole batch was taken more may wait: look again at once.
@@ -381,6 +389,24 @@ class WriteServer:
                 log.warning("database unreachable (%s); retrying in %.2f s", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    def prune_applied(self):
+        """Forget the ids of writes applied more than ``applied_retention_days`` ago, a few
+        thousand per turn so that live requests never wait long; looks again soon while
+        there is more, else after PRUNE_EVERY (or half the retention, if shorter)."""
+        keep = self.settings.applied_retention_days * 86400.0
+        every = min(PRUNE_EVERY, keep / 2)
+        try:
+            with self.begin():
+                deleted = statements(self.database).prune_applied(time.time() - keep, PRUNE_CHUNK)
+        except DATABASE_ERRORS as exc:
+            log.warning("could not prune old request ids: %s", root_cause(exc))
+            self.next_prune = time.monotonic() + every
+            return
+        self.stats.pruned += deleted
+        if deleted:
+            log.info("forgot %d request ids applied more than %.1f days ago", deleted, keep / 86400)
+        self.next_prune = time.monotonic() + (0.0 if deleted >= PRUNE_CHUNK else every)
 
     def server_op(self, op, queue_depth=0):
         if op == "ping":

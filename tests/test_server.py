@@ -321,3 +321,36 @@ def test_oversized_requests_are_refused_at_once_not_spooled(tmp_path):
     finally:
         db_cli("dbserver", "--stop", "--path", path)
         kill_everything(path)
+
+
+def test_old_request_ids_are_forgotten_after_the_retention(any_dbdir):
+    """The record of applied requests does not grow for ever: ids older than
+    applied_retention_days are pruned by the running server (here 2 s)."""
+    env = dict(os.environ, BALSAMDB_APPLIED_RETENTION_DAYS=str(2 / 86400))
+    started = db_cli("dbserver", "--path", any_dbdir, env=env)
+    try:
+        assert started.returncode == 0, started.stderr
+        with balsamdb.connect(any_dbdir) as db:
+            first = db.jobs.create(name="old")
+            count = lambda: _applied_rows(any_dbdir)  # noqa: E731
+            assert count() >= 1
+            wait_for(lambda: count() == 0, 30, "the server to forget the old request ids")
+            db.jobs.create(name="new")
+            assert count() == 1 and db.jobs.count() == 2 and db.jobs.get(first.id).name == "old"
+            assert db.server_status()["pruned_request_ids"] >= 1
+    finally:
+        db_cli("dbserver", "--stop", "--path", any_dbdir)
+        kill_everything(any_dbdir)
+
+
+def _applied_rows(path):
+    from balsamdb.dbdir import DBDirectory
+    from balsamdb.settings import load_settings
+
+    dbdir = DBDirectory(path)
+    database = dbdir.open_database(load_settings(), busy_timeout=30)
+    database.connect()
+    try:
+        return database.execute_sql("select count(*) from applied_request").fetchone()[0]
+    finally:
+        database.close()
