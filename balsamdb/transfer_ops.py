@@ -360,36 +360,31 @@ def _compare(row, item, to_item):
     return "unchanged" if _same(to_item(row), item) else "updated"
 
 
-def _put_user(item, write):
-    row = User.get_or_none(User.name == item["name"])
+def _put_named(model, item, to_item, values, write):
+    """Add, replace or leave the row of ``model`` named ``item["name"]``; returns the outcome."""
+    row = model.get_or_none(model.name == item["name"])
     if not write:
-        return _compare(row, item, _user_item)
+        return _compare(row, item, to_item)
     if row is None:
-        User.create(name=item["name"], password_hash=item["password_hash"], admin=item["admin"],
-                    created_at=item["created_at"])
+        model.create(name=item["name"], **values)
         return "added"
-    if _same(_user_item(row), item):
+    if _same(to_item(row), item):
         return "unchanged"
-    User.update(password_hash=item["password_hash"], admin=item["admin"],
-                created_at=item["created_at"]).where(User.name == item["name"]).execute()
+    model.update(**values).where(model.name == item["name"]).execute()
     return "updated"
+
+
+def _put_user(item, write):
+    values = {k: item[k] for k in ("password_hash", "admin", "created_at")}
+    return _put_named(User, item, _user_item, values, write)
 
 
 def _put_project(item, write):
-    row = Project.get_or_none(Project.name == item["name"])
-    if item["created_at"] is None and row is not None:
-        item = dict(item, created_at=row.created_at)  # unknown: the store's own time stays
-    if not write:
-        return _compare(row, item, _project_item)
-    if row is None:
-        Project.create(name=item["name"], description=item["description"], public=item["public"],
-                       created_at=time.time() if item["created_at"] is None else item["created_at"])
-        return "added"
-    if _same(_project_item(row), item):
-        return "unchanged"
-    Project.update(description=item["description"], public=item["public"],
-                   created_at=item["created_at"]).where(Project.name == item["name"]).execute()
-    return "updated"
+    if item["created_at"] is None:  # unknown: an existing project keeps its own time
+        row = Project.get_or_none(Project.name == item["name"])
+        item = dict(item, created_at=row.created_at if row is not None else time.time())
+    values = {k: item[k] for k in ("description", "public", "created_at")}
+    return _put_named(Project, item, _project_item, values, write)
 
 
 def _put_permission(item, write):

@@ -57,6 +57,18 @@ def seed(db, records, jobs):
     return ids
 
 
+def assert_same_content(src_name, dst_name, jobs=None):
+    """The stores named have equal digests (and ``jobs`` jobs, when given)."""
+    a, b = transfer.open_store(src_name), transfer.open_store(dst_name)
+    try:
+        assert digests(a) == digests(b)
+        if jobs is not None:
+            assert b.counts()["job"] == jobs  # each present once
+    finally:
+        a.close()
+        b.close()
+
+
 def digests(store):
     found = store.digest()
     return {k: found[k] for k in ("projects", "jobs", "users", "permissions")}
@@ -214,12 +226,7 @@ def test_a_copy_killed_midway_is_finished_by_running_it_again(sqlite_dir, pg_url
     report = json.loads(second.stdout)
     assert report["verification"]["verified"]
     assert report["first_pass"]["job"]["unchanged"] >= partial["job"] > 0  # what was there stayed
-    a, b = transfer.open_store(str(src)), transfer.open_store(pg_url)
-    try:
-        assert digests(a) == digests(b) and b.counts()["job"] == 20_000  # each present once
-    finally:
-        a.close()
-        b.close()
+    assert_same_content(str(src), pg_url, jobs=20_000)
 
 
 def test_a_copy_under_concurrent_writers_catches_up_and_says_what_arrived(sqlite_dir, pg_url, tmp_path):
@@ -253,13 +260,7 @@ def test_a_copy_under_concurrent_writers_catches_up_and_says_what_arrived(sqlite
     # After the writers stopped, a second run brings the rest; then both are equal.
     again = db_cli("copy", src, pg_url, "--json", timeout=COPY_TIMEOUT)
     assert again.returncode == 0, again.stderr
-    a, b = transfer.open_store(str(src)), transfer.open_store(pg_url)
-    try:
-        assert digests(a) == digests(b)
-        assert b.counts()["job"] == 20_000 + 8 * 150
-    finally:
-        a.close()
-        b.close()
+    assert_same_content(str(src), pg_url, jobs=20_000 + 8 * 150)
 
 
 def _rows(url, table):
