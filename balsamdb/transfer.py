@@ -745,6 +745,29 @@ def import_file(path, dst, project=None, dry_run=False, progress=False):
 
 
 
+def copy_applied_requests(source, destination, chunk=2000):
+    """Copy the record of applied request ids (id, time, answer) between two peewee
+    databases, keeping what the destination already holds; returns how many were read."""
+    from .models import AppliedRequest
+    from .statements import _quoter
+
+    q_src, q_dst = _quoter(source), _quoter(destination)
+    table = AppliedRequest._meta.table_name
+    select = (f"SELECT {q_src('request_id')}, {q_src('applied_at')}, {q_src('response')} FROM {q_src(table)} "
+              f"WHERE {q_src('request_id')} > {source.param} ORDER BY {q_src('request_id')} LIMIT {int(chunk)}")
+    insert = (f"INSERT INTO {q_dst(table)} ({q_dst('request_id')}, {q_dst('applied_at')}, {q_dst('response')}) "
+              f"VALUES ({destination.param}, {destination.param}, {destination.param}) ON CONFLICT DO NOTHING")
+    last, total = "", 0
+    while True:
+        rows = source.execute_sql(select, (last,)).fetchall()
+        if not rows:
+            return total
+        with destination.atomic():
+            destination.cursor().executemany(insert, rows)
+        total += len(rows)
+        last = rows[-1][0]
+
+
 # -- switching a DB directory to another store ------------------------------------------------------------------
 
 def configure_store(path, url, progress=False, log=None):
@@ -802,6 +825,9 @@ def configure_store(path, url, progress=False, log=None):
                                  None)
         report["arrived_after_switch"] = {k: v["added"] + v["updated"] for k, v in late.items()
                                           if v["added"] or v["updated"]}
+        # The ids of applied writes move too: a client that retries a write across the switch
+        # gets its first answer, not a second application.
+        report["request_ids_copied"] = copy_applied_requests(src.db.database, dst.db.database)
     finally:
         src.close()
         dst.close()

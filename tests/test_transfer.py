@@ -343,6 +343,8 @@ def test_configure_moves_a_sqlite_directory_to_postgres_and_keeps_the_old_file(s
     path = sqlite_dir("lab")
     with balsamdb.connect(path) as db:
         ids = seed(db, records=200, jobs=200)
+        retried = {"job": {"id": "6f1c2d7e-0000-4000-8000-0000000000aa", "name": "retried-across-the-switch"}}
+        first_answer = db.request("job_create", retried, request_id="retry-across-the-switch-01")
     assert db_cli("dbserver", "--path", path).returncode == 0
     refused = db_cli("configure", "--path", path, "--store", pg_url)
     assert refused.returncode == 1 and "stop it first" in refused.stderr, refused.stderr
@@ -352,6 +354,9 @@ def test_configure_moves_a_sqlite_directory_to_postgres_and_keeps_the_old_file(s
     moved = db_cli("configure", "--path", path, "--store", pg_url)
     assert moved.returncode == 0, moved.stderr
     assert f"the old database is kept, unchanged, at {old}" in moved.stdout
+    assert _rows(pg_url, "applied_request") >= 1  # the ids of applied writes moved too
+    again = db_cli("configure", "--path", path, "--store", pg_url)
+    assert again.returncode == 1 and "already uses" in again.stderr, again.stderr
     assert "***" not in pg_url and pg_url.split("@")[0].split(":")[-1] not in moved.stdout  # no password shown
     assert old.read_bytes() == before
     which = json.loads(db_cli("which", "--path", path, "--json").stdout)
@@ -360,11 +365,14 @@ def test_configure_moves_a_sqlite_directory_to_postgres_and_keeps_the_old_file(s
     try:
         assert started.returncode == 0, started.stderr
         with balsamdb.connect(path) as db:
-            assert db.jobs.count() == 200 and db.jobs.history(ids[0])[-1]["to_state"] == "RUN_DONE"
+            assert db.jobs.count() == 201 and db.jobs.history(ids[0])[-1]["to_state"] == "RUN_DONE"
+            # A retry of a write applied before the switch is answered, not applied again.
+            again = db.request("job_create", retried, request_id="retry-across-the-switch-01")
+            assert again == first_answer and db.jobs.count(name="retried-across-the-switch") == 1
             db.jobs.create(name="after-the-move")
         old_store = transfer.sqlite_file_store(old)
         try:
-            assert old_store.counts()["job"] == 200  # the new job went to PostgreSQL only
+            assert old_store.counts()["job"] == 201  # the new job went to PostgreSQL only
         finally:
             old_store.close()
     finally:
