@@ -164,7 +164,7 @@ def _schema_3(database):
         # A plain ADD COLUMN: peewee's migrator rebuilds the table on SQLite, and dropping the old
         # one would cascade to the project permissions (foreign keys are on).
         database.execute_sql(f"ALTER TABLE {q(User._meta.table_name)} ADD COLUMN admin BOOLEAN NOT NULL DEFAULT FALSE")
-    database.execute_sql(f"CREATE INDEX IF NOT EXISTS {q('appliedrequest_applied_at')} "
+    database.execute_sql(f"CREATE INDEX IF NOT EXISTS {q(AppliedRequest._meta.table_name + '_applied_at')} "
                          f"ON {q(AppliedRequest._meta.table_name)} ({q('applied_at')})")
     if isinstance(database, pw.PostgresqlDatabase):
         for model, column in ((Job, "wall_time_minutes"), (Record, "duration")):

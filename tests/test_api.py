@@ -334,3 +334,16 @@ def test_upgrade_from_schema_2_keeps_users_and_their_permissions(tmp_path):
         assert database.call("user_list") == [
             {"name": "alice", "created_at": database.call("user_list")[0]["created_at"], "admin": False,
              "projects": ["P"]}]
+
+
+def test_a_fresh_database_has_one_index_per_purpose(tmp_path):
+    path = tmp_path / "db"
+    DBDirectory(path).init()
+    import sqlite3
+
+    con = sqlite3.connect(str(path / "db.sqlite3"))
+    indexes = [row[0] for row in con.execute(
+        "select sql from sqlite_master where type = 'index' and sql is not null")]
+    con.close()
+    on_applied_at = [sql for sql in indexes if '"applied_request" ("applied_at")' in sql]
+    assert len(on_applied_at) == 1, indexes  # the migration's index is the model's, not a second one
