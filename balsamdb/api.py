@@ -60,12 +60,12 @@ class Database:
         self.dbdir = dbdir
         self.root = dbdir.path  # job working directories are relative to it
         self.settings = settings
+        self._config_signature = self._config_stat()  # before the type is read: a later change is seen
         self.db_type = dbdir.db_type
         self.jobs = Jobs(self)
         self.records = Records(self)
         self.projects = Projects(self)
         self.last_route = None  # "server" or "direct": where the last request went
-        self._config_signature = None
         self._server = None
         self._direct = None
         self._address_cache = None
@@ -189,20 +189,23 @@ class Database:
                     return self._spool(message)
                 raise unavailable(path, time.monotonic() - started)
 
+    def _config_stat(self):
+        try:
+            st = os.stat(self.dbdir.config_file)
+            return (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            return None
+
     def _check_config(self):
         """Notice a DB directory moved to another database (``db configure --store``) while this
         connection was open: writing the old SQLite file directly would strand the write there."""
-        try:
-            signature = os.stat(self.dbdir.config_file).st_mtime_ns
-        except OSError:
-            return
-        if signature != self._config_signature:
-            if self._config_signature is not None:
-                self.db_type = self.dbdir.db_type
-                if self._direct is not None:
-                    self._direct.close()
-                    self._direct = None
+        signature = self._config_stat()
+        if signature is not None and signature != self._config_signature:
             self._config_signature = signature
+            self.db_type = self.dbdir.db_type
+            if self._direct is not None:
+                self._direct.close()
+                self._direct = None
 
     def _known_unreachable(self, info):
         if self._unreachable is None:

@@ -71,9 +71,9 @@ def apply_requests(database, requests, savepoints=True, texts=None):
     with savepoints.  Requests refused before they touch the database (unknown
     operation, bad parameters, replays) are answered in either pass.
 
-    ``texts`` (a dict), when given, receives the JSON text stored for each write
-    that was applied now, by request id: the server sends it as the reply
-    instead of encoding the answer a second time.
+    ``texts`` (a list), when given, receives one entry per request, in order: the
+    JSON text stored for a write applied now (the server sends it as the reply
+    instead of encoding the answer a second time), else None.
     """
     fast = statements(database)
     write_ids = [rid for rid, op, _p in requests
@@ -93,22 +93,27 @@ def apply_requests(database, requests, savepoints=True, texts=None):
                 operations.bind_params(op, params)
             except BalsamDBError as exc:
                 answers.append({"ok": False, "error": exc.to_dict()})
+                if texts is not None:
+                    texts.append(None)
                 continue
             record = op.write and request_id
             if record and request_id in applied:
                 answer = json.loads(applied[request_id])
                 answer["replayed"] = True
                 answers.append(answer)
+                if texts is not None:
+                    texts.append(None)
                 continue
             if fast.deferring and name not in operations.DEFERRABLE:
                 _flush(fast)
             answer = _run(database, op, params) if savepoints else _run_bare(op, params)
+            text = None
             if record:
                 text = _dumps(answer)
                 applied[request_id] = text
                 new_rows.append({"request_id": request_id, "applied_at": now(), "response": text})
-                if texts is not None:
-                    texts[request_id] = text
+            if texts is not None:
+                texts.append(text)  # aligned with the answers: None where nothing was recorded now
             answers.append(answer)
         _flush(fast)
     finally:
@@ -130,6 +135,8 @@ def _flush(fast):
         raise NeedsIsolation("deferred inserts") from exc
     except DATABASE_ERRORS as exc:
         raise StorageFailure(exc) from exc
+    except Exception as exc:  # a value the driver cannot send (a NUL in a string): find it request by request
+        raise NeedsIsolation("deferred inserts") from exc
 
 
 # Errors of the database that one request's data causes (a value out of range, a constraint):

@@ -164,6 +164,11 @@ class DBDirectory:
         """
         config = self.config()
         if config["db_type"] == "sqlite3":
+            import sqlite3
+
+            if sqlite3.sqlite_version_info < (3, 24):
+                raise ConfigError(f"this Python's SQLite is {sqlite3.sqlite_version}; balsamdb needs 3.24 or newer "
+                                  "(use a newer Python, or pysqlite3)")
             timeout = settings.direct_deadline if busy_timeout is None else busy_timeout
             return pw.SqliteDatabase(
                 str(self.sqlite_file),

@@ -42,6 +42,11 @@ class DirectStore:
         self.dbdir = dbdir
         self.settings = settings
         self.pid = os.getpid()
+        if dbdir.db_type != "sqlite3":
+            from .exceptions import ConfigError
+
+            raise ConfigError(f"{dbdir.path} is a {dbdir.db_type} DB directory: it has no direct mode; "
+                              f"start its server (db dbserver --path {dbdir.path})")
         # The busy timeout is short so that our own backoff, with jitter, spreads
         # out many waiting processes instead of all retrying inside SQLite.
         self.database = dbdir.open_database(settings, busy_timeout=5.0)

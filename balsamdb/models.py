@@ -164,8 +164,7 @@ def _schema_3(database):
         # A plain ADD COLUMN: peewee's migrator rebuilds the table on SQLite, and dropping the old
         # one would cascade to the project permissions (foreign keys are on).
         database.execute_sql(f"ALTER TABLE {q(User._meta.table_name)} ADD COLUMN admin BOOLEAN NOT NULL DEFAULT FALSE")
-    database.execute_sql(f"CREATE INDEX IF NOT EXISTS {q(AppliedRequest._meta.table_name + '_applied_at')} "
-                         f"ON {q(AppliedRequest._meta.table_name)} ({q('applied_at')})")
+    _ensure_indexes(database)
     if isinstance(database, pw.PostgresqlDatabase):
         for model, column in ((Job, "wall_time_minutes"), (Record, "duration")):
             database.execute_sql(f"ALTER TABLE {q(model._meta.table_name)} "
@@ -179,6 +178,13 @@ MIGRATIONS = {
     3: (_schema_3, "added the admin flag of users (every operation over HTTP) and an index to prune old "
                    "request ids; PostgreSQL floats now 8 bytes"),
 }
+
+
+def _ensure_indexes(database):
+    """Indexes that a database of this schema version may lack (made idempotently)."""
+    q = lambda name: f"{database.quote[0]}{name}{database.quote[1]}"  # noqa: E731
+    database.execute_sql(f"CREATE INDEX IF NOT EXISTS {q(AppliedRequest._meta.table_name + '_applied_at')} "
+                         f"ON {q(AppliedRequest._meta.table_name)} ({q('applied_at')})")
 
 
 def upgrade(database):
@@ -205,6 +211,7 @@ def upgrade(database):
             if done:
                 SchemaVersion.delete().execute()
                 SchemaVersion.create(version=SCHEMA_VERSION)
+            _ensure_indexes(database)
     return done
 
 

@@ -87,6 +87,8 @@ def _text(value, what, required=True, max_len=None):
         raise BadRequest(f"{what} must be a non-empty string")
     if max_len and len(value) > max_len:
         raise BadRequest(f"{what} is longer than {max_len} characters")
+    if "\x00" in value:
+        raise BadRequest(f"{what} may not contain the NUL character (PostgreSQL cannot store it)")
     return value
 
 
@@ -119,6 +121,8 @@ def _str_list(value, what, max_len=255):
         raise BadRequest(f"{what} holds {len(value)} items; at most {MAX_LIST} per request")
     if any(len(v) > max_len for v in value):
         raise BadRequest(f"each of {what} must be at most {max_len} characters")
+    if any("\x00" in v for v in value):
+        raise BadRequest(f"{what} may not contain the NUL character (PostgreSQL cannot store it)")
     return list(dict.fromkeys(value))
 
 
@@ -490,6 +494,8 @@ def _record_columns(doc):
         value = "" if value is None else str(value)
         if limit and len(value) > limit:
             raise BadRequest(f"record field {key} is longer than {limit} characters")
+        if "\x00" in value:
+            raise BadRequest(f"record field {key} may not contain the NUL character")
         return value
 
     duration = doc.get("duration")

@@ -140,7 +140,9 @@ class RemoteDatabase:
 
     def request(self, op, params, request_id=None):
         write = op in operations.OPERATIONS and operations.OPERATIONS[op].write
-        message = {"id": request_id or os.urandom(16).hex(), "op": op, "params": params}
+        # "sent": when the write was first made; the store refuses one that waited longer than it
+        # keeps the ids of applied writes, which could otherwise be applied a second time.
+        message = {"id": request_id or os.urandom(16).hex(), "op": op, "params": params, "sent": time.time()}
         body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
         if len(body) > self.settings.max_request_bytes:
             raise RequestTooLarge(f"the request is {len(body)} bytes, more than max_request_bytes "

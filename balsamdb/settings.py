@@ -108,6 +108,9 @@ def load_settings(**overrides):
     if values["sqlite_synchronous"].upper() not in ("FULL", "NORMAL", "EXTRA"):
         raise ConfigError("sqlite_synchronous must be FULL, EXTRA or NORMAL")
     values["sqlite_synchronous"] = values["sqlite_synchronous"].upper()
+    if not values["applied_retention_days"] > 0:
+        raise ConfigError("applied_retention_days must be more than 0 (the ids of applied writes must be kept "
+                          "at least as long as a retry can come; 7 is the default)")
     return Settings(**values)
 
 

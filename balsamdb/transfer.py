@@ -748,6 +748,8 @@ def import_file(path, dst, project=None, dry_run=False, progress=False):
 def copy_applied_requests(source, destination, chunk=2000):
     """Copy the record of applied request ids (id, time, answer) between two peewee
     databases, keeping what the destination already holds; returns how many were read."""
+    import peewee as pw
+
     from .models import AppliedRequest
     from .statements import _quoter
 
@@ -755,15 +757,22 @@ def copy_applied_requests(source, destination, chunk=2000):
     table = AppliedRequest._meta.table_name
     select = (f"SELECT {q_src('request_id')}, {q_src('applied_at')}, {q_src('response')} FROM {q_src(table)} "
               f"WHERE {q_src('request_id')} > {source.param} ORDER BY {q_src('request_id')} LIMIT {int(chunk)}")
-    insert = (f"INSERT INTO {q_dst(table)} ({q_dst('request_id')}, {q_dst('applied_at')}, {q_dst('response')}) "
-              f"VALUES ({destination.param}, {destination.param}, {destination.param}) ON CONFLICT DO NOTHING")
+    columns = f"INSERT INTO {q_dst(table)} ({q_dst('request_id')}, {q_dst('applied_at')}, {q_dst('response')})"
+    postgres = isinstance(destination, pw.PostgresqlDatabase)
     last, total = "", 0
     while True:
         rows = source.execute_sql(select, (last,)).fetchall()
         if not rows:
             return total
         with destination.atomic():
-            destination.cursor().executemany(insert, rows)
+            if postgres:  # one round trip per chunk, not per row
+                from psycopg2.extras import execute_values
+
+                execute_values(destination.cursor(), columns + " VALUES %s ON CONFLICT DO NOTHING", rows,
+                               page_size=len(rows))
+            else:
+                p = destination.param
+                destination.cursor().executemany(f"{columns} VALUES ({p}, {p}, {p}) ON CONFLICT DO NOTHING", rows)
         total += len(rows)
         last = rows[-1][0]
 
@@ -808,6 +817,9 @@ def configure_store(path, url, progress=False, log=None):
     dst = _postgres_store(str(url), create=True)
     try:
         report = copy_store(src, dst, progress=progress, log=say)
+        # The ids of applied writes move too, before the switch: a client that retries a write
+        # across it gets its first answer, not a second application (again after it, for late ones).
+        report["request_ids_copied"] = copy_applied_requests(src.db.database, dst.db.database)
         # The switch: the URL first (0600), then the configuration that names it, each atomically.
         tmp_url = dbdir.postgres_url_file.with_name(dbdir.postgres_url_file.name + ".new")
         if tmp_url.exists():
@@ -825,9 +837,7 @@ def configure_store(path, url, progress=False, log=None):
                                  None)
         report["arrived_after_switch"] = {k: v["added"] + v["updated"] for k, v in late.items()
                                           if v["added"] or v["updated"]}
-        # The ids of applied writes move too: a client that retries a write across the switch
-        # gets its first answer, not a second application.
-        report["request_ids_copied"] = copy_applied_requests(src.db.database, dst.db.database)
+        copy_applied_requests(src.db.database, dst.db.database)
     finally:
         src.close()
         dst.close()

@@ -316,6 +316,10 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
     """
     store = Store(path)
     passwords = PasswordCache()
+    from balsamdb.settings import load_settings
+
+    keep = load_settings().applied_retention_days * 86400.0
+    retention = max(keep - 3600.0, keep / 2)  # a margin for clocks and for the server's own delay
     app = flask.Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_body
     app.url_map.merge_slashes = False  # a label may hold "//": never redirect it to another record
@@ -637,6 +641,12 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
                                  "the same on every retry)")
         if not isinstance(params, dict):
             raise HTTPError(400, "params must be an object")
+        sent = message.get("sent")
+        if isinstance(sent, (int, float)) and not isinstance(sent, bool) and time.time() - sent > retention:
+            raise HTTPError(409, f"this request was made {(time.time() - sent) / 86400:.1f} days ago, longer than "
+                                 "the store keeps the ids of applied writes (applied_retention_days, less an hour): "
+                                 "refused so that it cannot be applied twice; check whether it is there, and send "
+                                 "it again as a new request if not")
         if op == "ping":  # answered by this HTTP store itself
             return reply({"ok": True, "result": {"pong": True, "store": "http", "balsamdb": balsamdb.__version__}})
         if op in SERVER_OPS:  # status, spool_drain: of the write server behind this store

@@ -239,12 +239,12 @@ class WriteServer:
         dicts, or with ``encoded`` the JSON text (bytes) of each write applied now."""
         started = time.monotonic()
         answers = []
-        texts = {}
+        texts = []
         try:
             results = apply_batch(self.database, [(rid, op, params) for _e, rid, op, params in work],
                                   self.begin, texts)
-            for (envelope, request_id, _op, _params), answer in zip(work, results):
-                text = texts.get(request_id) if encoded else None
+            for (envelope, request_id, _op, _params), answer, text in zip(work, results, texts):
+                text = text if encoded else None
                 if text is not None and not answer.get("replayed"):
                     # The JSON text stored with the write is the reply: only the id is added in front.
                     body = b'{"id":' + json.dumps(request_id).encode() + b"," + text.encode()[1:]
@@ -263,6 +263,12 @@ class WriteServer:
                 error = StorageError(f"the database refused the write: {original}{self.storage_hint(original)}; "
                                      "nothing of it was written").to_dict()
                 self.stats.errors += len(work)
+            return [(envelope, {"id": request_id, "ok": False, "error": error})
+                    for envelope, request_id, _op, _params in work]
+        except Exception as exc:  # no input may stop the server: a batch that fails unexpectedly is refused
+            log.exception("a batch of %d requests failed unexpectedly; each is refused", len(work))
+            error = ServerError(f"the server failed on this batch: {type(exc).__name__}: {exc}").to_dict()
+            self.stats.errors += len(work)
             return [(envelope, {"id": request_id, "ok": False, "error": error})
                     for envelope, request_id, _op, _params in work]
         self.stats.commit_seconds += time.monotonic() - started
@@ -396,6 +402,10 @@ class WriteServer:
         there is more, else after PRUNE_EVERY (or half the retention, if shorter)."""
         keep = self.settings.applied_retention_days * 86400.0
         every = min(PRUNE_EVERY, keep / 2)
+        if self.spool.count():
+            # A spooled write may be one whose answer was lost: its id must be there when it comes.
+            self.next_prune = time.monotonic() + every
+            return
         try:
             with self.begin():
                 deleted = statements(self.database).prune_applied(time.time() - keep, PRUNE_CHUNK)

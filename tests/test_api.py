@@ -347,3 +347,24 @@ def test_a_fresh_database_has_one_index_per_purpose(tmp_path):
     con.close()
     on_applied_at = [sql for sql in indexes if '"applied_request" ("applied_at")' in sql]
     assert len(on_applied_at) == 1, indexes  # the migration's index is the model's, not a second one
+
+
+def test_a_nul_character_is_refused_clearly_on_every_backend(db):
+    from balsamdb.exceptions import BadRequest
+
+    for call in (lambda: db.jobs.create(name="bad\x00name"),
+                 lambda: db.records.save("P", {"label": "r", "reason": "a\x00b"}),
+                 lambda: db.jobs.create(name="ok", tags=["t\x00"])):
+        with pytest.raises(BadRequest, match="NUL"):
+            call()
+    assert db.jobs.create(name="fine").name == "fine"  # and the store goes on
+
+
+def test_the_retention_of_request_ids_must_be_positive():
+    from balsamdb.exceptions import ConfigError
+    from balsamdb.settings import load_settings
+
+    for value in (0, -1):
+        with pytest.raises(ConfigError, match="applied_retention_days"):
+            load_settings(applied_retention_days=value)
+

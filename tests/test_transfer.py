@@ -350,6 +350,8 @@ def test_configure_moves_a_sqlite_directory_to_postgres_and_keeps_the_old_file(s
     assert refused.returncode == 1 and "stop it first" in refused.stderr, refused.stderr
     assert db_cli("dbserver", "--stop", "--path", path).returncode == 0
     old = Path(path) / "db.sqlite3"
+    early = balsamdb.connect(path)  # open before the switch, writing SQLite directly
+    assert early.jobs.count() == 201 and early.last_route == "direct"
     before = old.read_bytes()
     moved = db_cli("configure", "--path", path, "--store", pg_url)
     assert moved.returncode == 0, moved.stderr
@@ -361,18 +363,22 @@ def test_configure_moves_a_sqlite_directory_to_postgres_and_keeps_the_old_file(s
     assert old.read_bytes() == before
     which = json.loads(db_cli("which", "--path", path, "--json").stdout)
     assert which["db_type"] == "postgres", which
+    # The early connection noticed the switch: its write waits for the new store's server.
+    assert early.jobs.create(name="early").spooled
+    early.close()
     started = db_cli("dbserver", "--path", path)
     try:
         assert started.returncode == 0, started.stderr
         with balsamdb.connect(path) as db:
-            assert db.jobs.count() == 201 and db.jobs.history(ids[0])[-1]["to_state"] == "RUN_DONE"
+            wait_for(lambda: db.jobs.count(name="early") == 1, 30, "the spooled write to reach PostgreSQL")
+            assert db.jobs.count() == 202 and db.jobs.history(ids[0])[-1]["to_state"] == "RUN_DONE"
             # A retry of a write applied before the switch is answered, not applied again.
             again = db.request("job_create", retried, request_id="retry-across-the-switch-01")
             assert again == first_answer and db.jobs.count(name="retried-across-the-switch") == 1
             db.jobs.create(name="after-the-move")
         old_store = transfer.sqlite_file_store(old)
         try:
-            assert old_store.counts()["job"] == 201  # the new job went to PostgreSQL only
+            assert old_store.counts()["job"] == 201  # the new jobs went to PostgreSQL only
         finally:
             old_store.close()
     finally:
@@ -382,7 +388,7 @@ def test_configure_moves_a_sqlite_directory_to_postgres_and_keeps_the_old_file(s
         assert wrong.returncode == 1 and "postgresql://" in wrong.stderr
 
 
-def test_import_reads_what_the_real_smt_export_wrote(sqlite_dir, smt):
+def test_import_reads_what_the_real_smt_export_wrote(sqlite_dir, smt):  # noqa: F811 (the fixture)
     smt("init", "--main=main.py", f"--executable={sys.executable}", "MyProj")
     smt("run", "default.param", "n=2", "--label=first")
     smt("run", "default.param", "n=3", "--label=second")
