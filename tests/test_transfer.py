@@ -234,15 +234,22 @@ def test_a_copy_under_concurrent_writers_catches_up_and_says_what_arrived(sqlite
     with balsamdb.connect(src) as db:
         seed(db, records=2_000, jobs=20_000)
     assert db_cli("dbserver", "--path", src).returncode == 0
-    writers = Writers(src, tmp_path, 8, 150)
+    writers = Writers(src, tmp_path, 8, 150)  # started, waiting for the go
+    copy = subprocess.Popen([sys.executable, "-m", "balsamdb", "copy", str(src), pg_url, "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        # Once the copy is writing jobs (the last kind), the writers write: surely during the copy.
+        wait_for(lambda: _rows(pg_url, "job") > 0 or copy.poll() is not None, 120, "the copy to reach the jobs")
         writers.start()
-        wait_for(lambda: writers.acked_so_far() > 50, 60, "the writers to be busy")
-        copied = db_cli("copy", src, pg_url, "--json", timeout=COPY_TIMEOUT)
+        stdout, stderr = copy.communicate(timeout=COPY_TIMEOUT)
         acked_before_end = set(writers.acked_ids())
         results = writers.wait(180)
     finally:
+        if copy.poll() is None:
+            copy.kill()
+            copy.wait(30)
         db_cli("dbserver", "--stop", "--path", src)
+    copied = subprocess.CompletedProcess(copy.args, copy.returncode, stdout, stderr)
     assert copied.returncode == 0, copied.stderr
     assert all(code == 0 for code, _out, _err in results), results
     report = json.loads(copied.stdout)
