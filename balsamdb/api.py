@@ -18,7 +18,7 @@ from .dbdir import DBDirectory, job_working_directory
 from .exceptions import (NotADBDirectory, RequestTooLarge, ServerUnavailable, StorageError, TryAgain,
                          error_from_dict)
 from .settings import load_settings, resolve_db_path
-from .spool import Spool
+from .spool import Spool, SpoolWriter
 
 _COMING_POLL = 0.02  # seconds between looks at the address file while a server restarts
 _UNREACHABLE_FOR = 30.0  # seconds during which writes to a server that timed out go straight to the spool
@@ -71,11 +71,8 @@ class Database:
         self._address_cache = None
         self._address_signature = None
         self._address_path = str(dbdir.address_file)
-        self._client_tag = f"{os.getpid()}x{os.urandom(3).hex()}"
-        self._client_pid = os.getpid()
         self._unreachable = None  # (epoch, until): a server that did not answer a whole deadline
-        self._spool_seq = 0
-        self._last_spooled = None  # our newest spooled file: later writes must not overtake it
+        self._spool_writer = SpoolWriter(Spool(dbdir.spool_dir))
 
     def __repr__(self):
         return f"<balsamdb.Database {self.dbdir.path} ({self.db_type})>"
@@ -168,7 +165,7 @@ class Database:
             elif state == "down":
                 self._check_config()
                 if self.db_type == "sqlite3" and not self.settings.require_server \
-                        and message["op"] not in protocol.SERVER_OPS and not self._own_spool_waits():
+                        and message["op"] not in protocol.SERVER_OPS and not self._spool_writer.waiting():
                     self.last_route = "direct"
                     return self._direct_store().call(message["id"], message["op"], message["params"], write)
                 if write and self.settings.spool:
@@ -225,38 +222,24 @@ class Database:
                                   f"({self.settings.max_request_bytes}); send less at a time")
         return frames
 
-    def _own_spool_waits(self):
-        if self._client_pid != os.getpid():
-            # A forked child: the parent's spooled files and sequence are the parent's.
-            self._client_tag, self._client_pid = f"{os.getpid()}x{os.urandom(3).hex()}", os.getpid()
-            self._spool_seq, self._last_spooled = 0, None
-        if self._last_spooled is not None and not os.path.exists(self._last_spooled):
-            self._last_spooled = None
-        return self._last_spooled is not None
-
     def _send(self, info, message, path):
         """One try at the server; first has it apply our spooled writes, so that none is overtaken."""
         client = self._server_client()
-        if self._own_spool_waits():
+        if self._spool_writer.waiting():
             drained = client.try_once(info, {"id": os.urandom(16).hex(), "op": "spool_drain", "params": {},
                                              "ts": time.time()}, path)
             if drained is None:
                 return None
-            if self._own_spool_waits():
+            if self._spool_writer.waiting():
                 time.sleep(_COMING_POLL)  # the server could not apply them yet: do not hammer it
                 return None
         return client.try_once(info, message, path, self._encoded(message))
 
     def _spool(self, message):
         operations.check_offline(message["op"], message["params"])  # refused now, not after waiting
-        self._own_spool_waits()  # (re)names this client after a fork
-        frame = self._encoded(message)[0]
-        self._spool_seq += 1
-        previous = int(os.path.basename(self._last_spooled).split("-")[0]) if self._last_spooled else 0
-        spooled = Spool(self.dbdir.spool_dir).put(frame, self._client_tag, self._spool_seq, not_before=previous)
-        self._last_spooled = str(spooled)
+        spooled = self._spool_writer.put(self._encoded(message)[0])
         self.last_route = "spool"
-        return {"ok": True, "spooled": True, "spool_file": str(spooled)}
+        return {"ok": True, "spooled": True, "spool_file": spooled}
 
     def ping(self):
         """The server's ping answer (raises :class:`ServerUnavailable` when none runs)."""

@@ -33,7 +33,7 @@ from . import operations
 from .api import Jobs, Projects, Records, SpooledWrite
 from .exceptions import (AuthenticationError, BadRequest, ConfigError, RequestTooLarge, ServerUnavailable,
                          error_from_dict)
-from .spool import Spool
+from .spool import Spool, SpoolWriter
 
 RETRY_STATUSES = (502, 503, 504)
 RETRY_CODES = ("unavailable", "retry", "busy")  # answers of the store that a later try may change
@@ -109,9 +109,7 @@ class RemoteDatabase:
         spool_dir = Path(settings.remote_spool_dir).expanduser() / default_spool_dir(self.url, self.user).name \
             if settings.remote_spool_dir else default_spool_dir(self.url, self.user)
         self.spool = Spool(spool_dir)
-        self._client_tag = f"{os.getpid()}x{os.urandom(3).hex()}"
-        self._spool_seq = 0
-        self._last_spooled = None
+        self._spool_writer = SpoolWriter(self.spool)
         self._unreachable_until = 0.0
         self._next_probe = 0.0
         self.drained = 0  # spooled writes this connection sent and the store applied
@@ -245,19 +243,9 @@ class RemoteDatabase:
 
     def _spool(self, message, body):
         operations.check_offline(message["op"], message["params"])  # refused now, not after waiting
-        if self._client_tag.split("x")[0] != str(os.getpid()):
-            self._client_tag, self._spool_seq = f"{os.getpid()}x{os.urandom(3).hex()}", 0  # a forked child
-            self._last_spooled = None
-        self._spool_seq += 1
-        previous = int(os.path.basename(self._last_spooled).split("-")[0]) if self._last_spooled else 0
-        old_umask = os.umask(0o077)  # spooled records are private, like a DB directory (0700)
-        try:
-            spooled = self.spool.put(body, self._client_tag, self._spool_seq, not_before=previous)
-        finally:
-            os.umask(old_umask)
-        self._last_spooled = str(spooled)
+        spooled = self._spool_writer.put(body)
         self.last_route = "spool"
-        return SpooledWrite(message["id"], str(spooled))
+        return SpooledWrite(message["id"], spooled)
 
     def drain_spool(self, quick=False):
         """Send the writes waiting in the local spool, oldest first.  Returns True when
@@ -299,3 +287,17 @@ class RemoteDatabase:
 
     def ping(self):
         return self.call("ping")
+
+    def info(self):
+        """``(HTTP status, the store's self-description or None)`` from ``GET {base}_balsamdb/``:
+        a balsamdb store answers 200 ``{"balsamdb", "api", "user", "admin"}``; another server 404.
+        Raises :class:`ServerUnavailable` when nothing answers."""
+        try:
+            answer = self._http.request("GET", self.url + "_balsamdb/", headers=self._headers)
+        except urllib3.exceptions.HTTPError as exc:
+            raise ServerUnavailable(f"cannot reach {self.url}: {exc}") from None
+        try:
+            data = json.loads(answer.data) if answer.status == 200 else None
+        except ValueError:
+            data = None
+        return answer.status, data if isinstance(data, dict) and data.get("api") == 1 else None

@@ -41,7 +41,7 @@ class Spool:
 
     def ensure(self):
         for sub in (self.tmp, self.new, self.failed):
-            sub.mkdir(parents=True, exist_ok=True)
+            sub.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def put(self, frame, client, seq, not_before=0):
         """Store one signed request frame durably; returns the path of the waiting file.
@@ -53,7 +53,8 @@ class Spool:
         try:
             self.ensure()
             tmp = self.tmp / name
-            with open(tmp, "wb") as handle:
+            # Private like the DB directory: a spooled write may hold a record nobody else may read.
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
                 handle.write(frame)
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -125,3 +126,34 @@ class Spool:
             answer = json.loads(answer_file.read_text()) if answer_file.exists() else None
             failed.append(entry(path, (answer or {}).get("error")))
         return {"pending": [entry(p) for p in self.pending()], "failed": failed}
+
+
+class SpoolWriter:
+    """One client's writes into a spool: its files sort in the order of its calls, and
+    it knows whether its newest one still waits (a later write must not overtake it).
+    A forked child starts as a client of its own."""
+
+    def __init__(self, spool):
+        self.spool = spool
+        self._pid = None
+
+    def _renew(self):
+        if self._pid != os.getpid():  # the parent's files and sequence are the parent's
+            self._pid, self._seq, self._last = os.getpid(), 0, None
+            self.client = f"{os.getpid()}x{os.urandom(3).hex()}"
+
+    def put(self, frame):
+        """Spool ``frame`` after this client's earlier files; returns its path (a str)."""
+        self._renew()
+        self._seq += 1
+        previous = int(os.path.basename(self._last).split("-")[0]) if self._last else 0
+        self._last = str(self.spool.put(frame, self.client, self._seq, not_before=previous))
+        return self._last
+
+    def waiting(self):
+        """True while this client's newest spooled write has not been applied."""
+        self._renew()
+        if self._last is not None and not os.path.exists(self._last):
+            self._last = None
+        return self._last is not None
+

@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 from .exceptions import BadRequest, ConfigError, StorageError, TransferError
-from .transfer_ops import KINDS, Digester, canonical, item_key
+from .transfer_ops import KINDS, Digester, canonical, digest_of, item_key
 
 PAGE = 1000
 SLACK = 5.0          # seconds: a catch-up pass re-reads what changed this long before the previous one began
@@ -65,7 +65,7 @@ class SQLDatabase:
         self.database = database
 
     def call(self, op, **params):
-        from .applier import StorageFailure, apply_requests, root_cause
+        from .applier import DATABASE_ERRORS, StorageFailure, apply_requests, root_cause
         from .direct import _BIND_LOCK
         from .exceptions import error_from_dict
         from .models import MODELS
@@ -74,14 +74,8 @@ class SQLDatabase:
             self.database.connect(reuse_if_open=True)
             with _BIND_LOCK, self.database.bind_ctx(MODELS), self.database.atomic():
                 answer = apply_requests(self.database, [(os.urandom(16).hex(), op, params)])[0]
-        except StorageFailure as exc:
-            raise StorageError(f"the database refused {op}: {root_cause(exc.original)}") from None
-        except Exception as exc:
-            import peewee as pw
-
-            if isinstance(exc, (pw.DatabaseError, pw.InterfaceError)):
-                raise StorageError(f"the database refused {op}: {root_cause(exc)}") from None
-            raise
+        except (StorageFailure,) + DATABASE_ERRORS as exc:
+            raise StorageError(f"the database refused {op}: {root_cause(getattr(exc, 'original', exc))}") from None
         if answer.get("ok"):
             return answer["result"]
         raise error_from_dict(answer["error"])
@@ -149,32 +143,27 @@ def open_store(spec, create=False, **settings):
 
 
 def _http_store(url, **settings):
-    import urllib3
-
+    from .exceptions import ServerUnavailable
     from .remote import RemoteDatabase, redact, split_url
     from .settings import load_settings
 
     remote = RemoteDatabase(url, load_settings(spool=False, **settings))
     try:
-        answer = remote._http.request("GET", remote.url + "_balsamdb/", headers=remote._headers)
-    except urllib3.exceptions.HTTPError as exc:
+        status, data = remote.info()
+    except ServerUnavailable as exc:
         remote.close()
-        raise ConfigError(f"cannot reach {redact(url)}: {exc}") from None
-    try:
-        data = json.loads(answer.data) if answer.status == 200 else None
-    except ValueError:
-        data = None
-    if answer.status == 401:
+        raise ConfigError(exc.message) from None  # the base URL: no password in it
+    if status == 401:
         remote.close()
         raise ConfigError(f"{redact(url)} refused the login of {remote.user or 'an anonymous user'}")
-    if isinstance(data, dict) and data.get("api") == 1 and data.get("admin"):
+    if data is not None and data.get("admin"):
         return OperationStore(redact(url), remote)
     remote.close()
-    if answer.status not in (200, 404):
-        raise ConfigError(f"{redact(url)} answered HTTP {answer.status}; try again later")
+    if status not in (200, 404):
+        raise ConfigError(f"{redact(url)} answered HTTP {status}; try again later")
     base, user, password = split_url(url)
     store = SumatraStore(base, user, password, redact(url))
-    if isinstance(data, dict) and data.get("api") == 1:
+    if data is not None:
         store.limits = (f"{data.get('user') or 'anonymous'} is not an admin of this balsamdb store, so only the "
                         "projects and records it may use go through the Sumatra API")
     return store
@@ -299,27 +288,29 @@ class SumatraStore:
 def digest_pages(store, until=None, exclude=None):
     """What the ``store_digest`` operation computes, from ``export_items`` pages read
     here: no request has to digest a whole large store inside the write server."""
-    from .transfer_ops import changed_after
+    now = time.time()
+    items = (item for kind in store.kinds for page in _pages(store, kind) for item in page["items"])
+    return digest_of(items, until, {tuple(k) for k in exclude or ()}, now=now)
 
-    excluded = {tuple(k) for k in exclude or ()}
-    digester = Digester()
-    changed = []
-    for kind in store.kinds:
-        after = None
-        while True:
-            page = store.export(kind, after, PAGE)
-            for item in page["items"]:
-                key = item_key(item)
-                if changed_after(item, until):
-                    changed.append(key)
-                elif kind not in ("record", "job") or tuple(key) not in excluded:
-                    digester.add(item)
-            after = page["next"]
-            if after is None:
-                break
-    result = digester.result()
-    result.update(now=time.time(), changed_after=changed[:50000], too_many_changed=len(changed) > 50000)
-    return result
+
+def _pages(store, kind, since=None, after=None):
+    """The pages of ``kind`` in ``store``, in key order (records and jobs changed since
+    ``since``), starting after key ``after``."""
+    while True:
+        page = store.export(kind, after, PAGE, since)
+        yield page
+        after = page["next"]
+        if after is None:
+            return
+
+
+def _import(dst, items, dry_run, counts):
+    """Import ``items`` into ``dst`` in requests bounded in bytes; adds the outcomes
+    (added, updated, unchanged) to ``counts`` and returns it."""
+    for chunk in _by_size(items):
+        for key, value in dst.import_(chunk, dry_run=dry_run).items():
+            counts[key] = counts.get(key, 0) + value
+    return counts
 
 
 # -- copying -----------------------------------------------------------------------------------------------
@@ -345,10 +336,6 @@ class Progress:
             self.bar.close()
 
 
-def _comparable(digest):
-    return {k: digest[k] for k in ("projects", "jobs", "users", "permissions")}
-
-
 def _differences(src, dst, kinds):
     """The groups whose digests differ: ``[(group, what, source entry, destination entry)]``,
     group being ``("project", name)`` or ``(kind, None)``; only the kinds both stores hold."""
@@ -366,21 +353,13 @@ def _differences(src, dst, kinds):
 
 def _compare_changed(src, dst, kinds, until):
     """(items of ``src`` changed after ``until``, how many of them differ in ``dst``)."""
-    checked = differ = 0
+    checked, counts = 0, {}
     for kind in ("record", "job"):
-        if kind not in kinds:
-            continue
-        after = None
-        while True:
-            page = src.export(kind, after, PAGE, until)
-            if page["items"]:
+        if kind in kinds:
+            for page in _pages(src, kind, since=until):
                 checked += len(page["items"])
-                result = dst.import_(page["items"], dry_run=True)
-                differ += result["added"] + result["updated"]
-            after = page["next"]
-            if after is None:
-                break
-    return checked, differ
+                _import(dst, page["items"], True, counts)
+    return checked, counts.get("added", 0) + counts.get("updated", 0)
 
 
 def _contained(src, dst, group, until, changed):
@@ -389,17 +368,15 @@ def _contained(src, dst, group, until, changed):
     kind, project = group
     changed = {tuple(key) for key in changed}
     after = [project, ""] if kind == "record" else None  # just before the project's first label
-    while True:
-        page = src.export(kind, after, PAGE)
+    for page in _pages(src, kind, after=after):
         items = [i for i in page["items"] if (kind != "record" or i["project"] == project)
                  and not (kind in ("record", "job") and (i["updated_at"] > until or tuple(item_key(i)) in changed))]
-        if items:
-            result = dst.import_(items, dry_run=True)
-            if result["added"] or result["updated"]:
-                return False
-        if page["next"] is None or (kind == "record" and page["items"] and page["items"][-1]["project"] != project):
-            return True
-        after = page["next"]
+        counts = _import(dst, items, True, {})
+        if counts.get("added") or counts.get("updated"):
+            return False
+        if kind == "record" and page["items"] and page["items"][-1]["project"] != project:
+            return True  # past the project's records
+    return True
 
 
 def copy_store(src, dst, dry_run=False, progress=False, log=None, stop=None):
@@ -461,14 +438,9 @@ def _arrivals(src, kinds, began):
         if kind not in kinds:
             continue
         counts = {"added": 0, "updated": 0}
-        after = None
-        while True:
-            page = src.export(kind, after, PAGE, began)
+        for page in _pages(src, kind, since=began):
             for item in page["items"]:
                 counts["added" if item["created_at"] >= began else "updated"] += 1
-            after = page["next"]
-            if after is None:
-                break
         if counts["added"] or counts["updated"]:
             out[kind] = counts
     return out
@@ -504,22 +476,13 @@ def _one_pass(src, dst, kinds, since, dry_run, bar, stop):
     totals = {}
     for kind in kinds:
         counts = totals.setdefault(kind, {"added": 0, "updated": 0, "unchanged": 0})
-        after = None
-        while True:
+        for page in _pages(src, kind, since=since if kind in ("record", "job") else None):
             if stop is not None and stop.is_set():
                 raise TransferError("the copy was interrupted; run it again to finish (nothing is copied twice)")
-            page = src.export(kind, after, PAGE, since if kind in ("record", "job") else None)
             began = page["now"] if began is None else began
-            for chunk in _by_size(page["items"]):
-                result = dst.import_(chunk, dry_run=dry_run)
-                for key in counts:
-                    counts[key] += result[key]
-            if page["items"]:
-                if bar is not None:
-                    bar.update(len(page["items"]), f"{kind}s")
-            after = page["next"]
-            if after is None:
-                break
+            _import(dst, page["items"], dry_run, counts)
+            if bar is not None and page["items"]:
+                bar.update(len(page["items"]), f"{kind}s")
     return began if began is not None else time.time(), totals
 
 
@@ -575,18 +538,13 @@ def export_store(src, out, progress=False):
     out.write((canonical({"balsamdb_export": EXPORT_FORMAT, "kinds": kinds}) + "\n").encode())
     try:
         for kind in kinds:
-            after = None
             written[kind] = 0
-            while True:
-                page = src.export(kind, after, PAGE)
+            for page in _pages(src, kind):
                 for item in page["items"]:
                     out.write((canonical(item) + "\n").encode())
                     digester.add(item)
                 written[kind] += len(page["items"])
                 bar.update(len(page["items"]), f"{kind}s")
-                after = page["next"]
-                if after is None:
-                    break
     finally:
         bar.close()
     footer = {"end": True, "counts": written, "digests": digester.result()}
@@ -668,6 +626,22 @@ def _smt_items(path, project):
                "created_at": when, "updated_at": when}
 
 
+def _runs(items, kinds, skipped):
+    """``(kind, items)`` in runs of one kind, at most a page each; items of a kind not in
+    ``kinds`` are counted in ``skipped`` instead."""
+    batch = []
+    for item in items:
+        if item["kind"] not in kinds:
+            skipped[item["kind"]] = skipped.get(item["kind"], 0) + 1
+            continue
+        if batch and (batch[0]["kind"] != item["kind"] or len(batch) >= PAGE):
+            yield batch[0]["kind"], batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch[0]["kind"], batch
+
+
 def import_file(path, dst, project=None, dry_run=False, progress=False):
     """Import an export file (balsamdb's, or the JSON of Sumatra's ``smt export``) into ``dst``.
 
@@ -689,30 +663,12 @@ def import_file(path, dst, project=None, dry_run=False, progress=False):
         check_export(path, footer)
         items, kind_of_file = _export_items(path), "balsamdb export"
     started = time.monotonic()
-    totals = {}
-    skipped = {}
+    totals, skipped = {}, {}
     bar = Progress(progress, sum((footer or {}).get("counts", {}).values()) or None, "import")
-    batch = []
-
-    def flush():
-        if batch:
-            kind = batch[0]["kind"]
-            for chunk in _by_size(batch):
-                result = dst.import_(chunk, dry_run=dry_run)
-                for key, value in result.items():
-                    totals.setdefault(kind, {"added": 0, "updated": 0, "unchanged": 0})[key] += value
-            bar.update(len(batch), f"{kind}s")
-            batch.clear()
-
     try:
-        for item in items:
-            if item["kind"] not in dst.kinds:
-                skipped[item["kind"]] = skipped.get(item["kind"], 0) + 1
-                continue
-            if batch and (batch[0]["kind"] != item["kind"] or len(batch) >= PAGE):
-                flush()
-            batch.append(item)
-        flush()
+        for kind, batch in _runs(items, dst.kinds, skipped):
+            _import(dst, batch, dry_run, totals.setdefault(kind, {"added": 0, "updated": 0, "unchanged": 0}))
+            bar.update(len(batch), f"{kind}s")
     finally:
         bar.close()
     report = {"file": str(path), "format": kind_of_file, "destination": dst.name, "dry_run": dry_run,
@@ -721,19 +677,8 @@ def import_file(path, dst, project=None, dry_run=False, progress=False):
         # Check: the same items again, counted only: every one must now be present and equal.
         check = {}
         again = _export_items(path) if footer is not None else _smt_items(path, project)
-        batch = []
-        for item in again:
-            if item["kind"] not in dst.kinds:
-                continue
-            batch.append(item)
-            if len(batch) >= PAGE:
-                for chunk in _by_size(batch):
-                    for key, value in dst.import_(chunk, dry_run=True).items():
-                        check[key] = check.get(key, 0) + value
-                batch = []
-        for chunk in _by_size(batch):
-            for key, value in dst.import_(chunk, dry_run=True).items():
-                check[key] = check.get(key, 0) + value
+        for _kind, batch in _runs(again, dst.kinds, {}):
+            _import(dst, batch, True, check)
         if check.get("added") or check.get("updated"):
             raise TransferError(f"after the import, {check.get('added', 0)} items of {path} are missing from "
                                 f"{dst.name} and {check.get('updated', 0)} differ (writers changing them?)")
@@ -741,8 +686,6 @@ def import_file(path, dst, project=None, dry_run=False, progress=False):
     seconds = time.monotonic() - started
     report["seconds"] = round(seconds, 3)
     return report
-
-
 
 
 def copy_applied_requests(source, destination, chunk=2000):

@@ -251,6 +251,36 @@ def _excluded_keys(exclude):
     return keys
 
 
+def digest_of(items, until=None, excluded=(), now=None):
+    """What :func:`store_digest` answers, for ``items`` in any order: the digests of those
+    not changed after ``until`` and not ``excluded`` (record and job keys as tuples),
+    ``changed_after`` (the keys of those left out for ``until``) and ``now``."""
+    digester = Digester()
+    changed = []
+    for item in items:
+        key = item_key(item)
+        if changed_after(item, until):
+            changed.append(key)
+        elif item["kind"] not in ("record", "job") or tuple(key) not in excluded:
+            digester.add(item)
+    result = digester.result()
+    result.update(now=time.time() if now is None else now, changed_after=changed[:MAX_LIST],
+                  too_many_changed=len(changed) > MAX_LIST)
+    return result
+
+
+def _every_item():
+    for kind in KINDS:
+        after = None
+        while True:
+            rows = list(_page_query(kind, after, None).limit(PAGE))
+            if not rows:
+                break
+            items = _items(kind, rows)
+            yield from items
+            after = item_key(items[-1])
+
+
 @operation(write=False)
 def store_digest(until=None, exclude=None):
     """Counts and content digests of the whole store (see :class:`Digester`), for
@@ -265,26 +295,7 @@ def store_digest(until=None, exclude=None):
     """
     until = None if until is None else _number(until, "until", float, float("-inf"))
     excluded = _excluded_keys(exclude)
-    now = time.time()
-    digester = Digester()
-    changed = []
-    # Records are digested per project: walk projects first, then each project's records.
-    for kind in ("user", "permission", "job", "project", "record"):
-        after = None
-        while True:
-            rows = list(_page_query(kind, after, None).limit(PAGE))
-            if not rows:
-                break
-            for item in _items(kind, rows):
-                key = item_key(item)
-                if changed_after(item, until):
-                    changed.append(key)
-                elif kind not in ("record", "job") or tuple(key) not in excluded:
-                    digester.add(item)
-            after = key
-    result = digester.result()
-    result.update(now=now, changed_after=changed[:MAX_LIST], too_many_changed=len(changed) > MAX_LIST)
-    return result
+    return digest_of(_every_item(), until, excluded, now=time.time())
 
 
 # -- writing items as they are -------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 """`db which`: which DB directory a command would use, why, and its state."""
 
-import json
 import os
 
 import click
@@ -15,6 +14,7 @@ from .common import echo_json, json_option, path_option
 
 def _remote(url, source):
     """The report for an HTTP store: whether it answers, and as whom."""
+    from balsamdb.exceptions import ServerUnavailable
     from balsamdb.remote import RemoteDatabase, redact
     from balsamdb.settings import load_settings
 
@@ -22,16 +22,15 @@ def _remote(url, source):
               "db_type": "http", "problem": None, "server": None}
     remote = RemoteDatabase(url, load_settings(client_deadline=5, spool=False))
     try:
-        answer = remote._http.request("GET", remote.url + "_balsamdb/", headers=remote._headers)
-        info = json.loads(answer.data) if answer.status == 200 else {}
-        report["server"] = {"health": "up" if info.get("api") else "down", "address": remote.url,
-                            "user": info.get("user"), "admin": info.get("admin"),
+        status, info = remote.info()
+        report["server"] = {"health": "up" if info else "down", "address": remote.url,
+                            "user": (info or {}).get("user"), "admin": (info or {}).get("admin"),
                             "spool_waiting": remote.spool.count()}
-        if not info.get("api"):
-            report["problem"] = f"HTTP {answer.status}: not a balsamdb HTTP store"
-    except Exception as exc:  # unreachable: what a user asks `db which` to find out
+        if info is None:
+            report["problem"] = f"HTTP {status}: not a balsamdb HTTP store"
+    except ServerUnavailable as exc:  # unreachable: what a user asks `db which` to find out
         report["server"] = {"health": "down", "address": remote.url, "spool_waiting": remote.spool.count()}
-        report["problem"] = f"unreachable: {exc}"
+        report["problem"] = f"unreachable: {exc.message}"
     finally:
         remote.close()
     return report

@@ -353,8 +353,13 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
                  (g.get("user") or {}).get("name", "-"), (time.monotonic() - g.get("started", 0)) * 1000)
         return response
 
+    def at_operation_endpoint():
+        """True for a request to ``{base}_balsamdb/call``: its errors are answered as the write server
+        answers them, and it never spools (its client does)."""
+        return request.path.endswith(f"/{API_PATH}/call")
+
     def _error_response(status, message, headers=None, error=None):
-        if request.path.endswith(f"/{API_PATH}/call"):
+        if at_operation_endpoint():
             # The operation endpoint answers errors as the write server does, for error_from_dict.
             error = error or {"code": CODE_OF_STATUS.get(status, "error"), "type": "HTTPError", "message": message}
             response = flask.Response(json.dumps({"ok": False, "error": error}, ensure_ascii=False), status,
@@ -451,7 +456,7 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
             if not create:
                 raise HTTPError(404, f"no project {name!r}")
             # creates the project; from the operation endpoint never spooled (its client does that)
-            store.write("permission_grant", spool=not g.get("api_call"), project=name, user=g.user["name"])
+            store.write("permission_grant", spool=not at_operation_endpoint(), project=name, user=g.user["name"])
             store.forget_user(g.user["name"])
             g.user["projects"].append(name)
             log.info("user %s created project %r", g.user["name"], name)
@@ -632,7 +637,6 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
 
     @app.post(f"/{API_PATH}/call")
     def api_call():
-        g.api_call = True
         user = require_user()
         message = json_body("request")
         request_id, op, params = message.get("id"), message.get("op"), message.get("params", {})

@@ -74,9 +74,9 @@ def pg_cluster():
     from dbserver import postgres
 
     if not _postgres_available():
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL server binaries are missing on CI: .ci/run should have installed them")
-        pytest.skip("PostgreSQL server binaries are not installed (apt-get install postgresql)")
+        from helpers import skip_or_fail
+
+        skip_or_fail("PostgreSQL server binaries are not installed (apt-get install postgresql)")
     # Under root the cluster runs as another user, who must be able to pass through the path:
     # pytest's own tmp directories are 0700, so use a directory of our own.
     base = Path(tempfile.mkdtemp(prefix="bdb-session-pg-", dir="/tmp"))

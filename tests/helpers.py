@@ -4,6 +4,7 @@ Every wait here has a deadline and says what it saw when it runs out.
 """
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 HERE = Path(__file__).resolve().parent
 WRITER = HERE / "writer.py"
@@ -160,3 +162,23 @@ def job_ids_in_db(path):
         return [row[0] for row in database.execute_sql("select id from job").fetchall()]
     finally:
         database.close()
+
+
+def skip_or_fail(reason):
+    """Skip on a developer's machine that lacks a tool; on CI (which installs them) fail instead."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must be able to run this test: see .ci/run)")
+    pytest.skip(reason)
+
+
+def require_smt(*modules):
+    """Skip (fail on CI) unless Sumatra's ``smt`` command, git and ``modules`` are here."""
+    import importlib.util
+    import shutil
+
+    missing = [m for m in ("sumatra", "git", *modules) if importlib.util.find_spec(m) is None]
+    missing += [] if shutil.which("git") else ["the git command"]
+    missing += [] if (Path(sys.executable).parent / "smt").exists() else ["the smt command"]
+    if missing:
+        skip_or_fail(f"the smt client needs {', '.join(missing)}: pip install -e .[test] (and git)")
+

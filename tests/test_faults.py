@@ -45,8 +45,8 @@ from balsamdb.dbdir import DBDirectory
 from balsamdb.spool import Spool
 from dbserver.watchdog import HEALTHY_AFTER
 
-from helpers import (Writers, address, db_cli, job_ids_in_db, kill_everything, processes_for, stop_processes,
-                     wait_for)
+from helpers import (Writers, address, db_cli, job_ids_in_db, kill_everything, processes_for, skip_or_fail,
+                     stop_processes, wait_for)
 
 RESTART_BOUND = 3.0   # s from SIGKILL to a new server, beyond the watchdog's announced backoff ("~1 s";
 #                       generous because 64 writer processes share 2 cores with the restarting server)
@@ -209,7 +209,7 @@ def tmpfs(tmp_path):
     mount_point.mkdir()
     mounted = _mount("-t", "tmpfs", "-o", "size=8m", "tmpfs", mount_point)
     if mounted.returncode != 0:
-        _skip_or_fail(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+        skip_or_fail(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
     try:
         yield mount_point
     finally:
@@ -467,13 +467,6 @@ def _fill(path):
     return size
 
 
-def _skip_or_fail(reason):
-    """Skip on a developer's machine that lacks a tool; on CI (which installs them) fail instead."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI must be able to run this test: see .ci/run)")
-    pytest.skip(reason)
-
-
 def _writer_phase(path, workdir, nprocs=4, count=25):
     workdir.mkdir()
     writers = Writers(path, workdir, nprocs=nprocs, count=count)
@@ -643,7 +636,7 @@ class _ReadOnly:
             return self
         self.remount_error = remount.stderr.strip().splitlines()[0] if remount.stderr.strip() else "refused"
         if shutil.which("strace") is None:
-            _skip_or_fail(f"mount -o remount,ro was refused ({self.remount_error}) and strace is not installed "
+            skip_or_fail(f"mount -o remount,ro was refused ({self.remount_error}) and strace is not installed "
                         "to make the file system read-only under the server")
         # The database's writes and syncs only: SQLite writes with pwrite64; write() is left
         # alone, since the logs and ZeroMQ's internal signalling (an eventfd) use it.
@@ -658,7 +651,7 @@ class _ReadOnly:
             self.__exit__()
             raise
         if self.tracer.poll() is not None:
-            _skip_or_fail(f"strace cannot attach to the server: {self.tracer.stderr.read().strip()}")
+            skip_or_fail(f"strace cannot attach to the server: {self.tracer.stderr.read().strip()}")
         self.how = "EROFS injected into the server's writes (remount refused: " + self.remount_error + ")"
         return self
 

@@ -9,7 +9,6 @@ import hashlib
 import http.client
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,10 +18,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from helpers import require_smt
+from served import PASSWORDS, SERVE_MAIN, START_DEADLINE, STOP_DEADLINE, Served  # noqa: F401
 
 import balsamdb
 from balsamdb.passwords import hash_password
-from served import PASSWORDS, SERVE_MAIN, START_DEADLINE, STOP_DEADLINE, Served  # noqa: F401
 
 SMT_TIMEOUT = 120.0
 RECORD_TYPE = "application/vnd.sumatra.record-v4+json"
@@ -232,16 +232,7 @@ class SmtSession:
 
 @pytest.fixture
 def smt(tmp_path):
-    import importlib.util
-
-    missing = [m for m in ("sumatra", "httplib2", "git") if importlib.util.find_spec(m) is None]
-    missing += [p for p in ("git",) if not shutil.which(p)]
-    missing += [] if (Path(sys.executable).parent / "smt").exists() else ["the smt command"]
-    if missing:
-        message = f"the smt client needs {', '.join(missing)}: pip install -e .[test] (and git)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_smt("httplib2")
     return SmtSession(tmp_path / "work")
 
 

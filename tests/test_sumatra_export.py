@@ -1,6 +1,5 @@
 """Reading `smt export` files (balsamdb.sumatra_export): a real Sumatra project, and malformed files."""
 
-import importlib.util
 import json
 import os
 import re
@@ -10,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import require_smt
 
 from balsamdb.exceptions import BadRequest
 from balsamdb.sumatra_export import is_smt_export, read_smt_export
@@ -51,14 +51,7 @@ class SmtProject:
 
 @pytest.fixture
 def smt(tmp_path):
-    missing = [m for m in ("sumatra", "git") if importlib.util.find_spec(m) is None]
-    missing += [p for p in ("git",) if not shutil.which(p)]
-    missing += [] if SMT.exists() else ["the smt command"]
-    if missing:
-        message = f"smt export needs {', '.join(missing)}: pip install -e .[test] (and git)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_smt()
     return SmtProject(tmp_path / "work")
 
 
