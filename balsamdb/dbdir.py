@@ -193,11 +193,13 @@ class DBDirectory:
         return pw.PostgresqlDatabase(database, connect_timeout=5, **params)
 
     # -- creation and upgrade -----------------------------------------------
-    def init(self, db_type="sqlite3", mode=0o700, settings=None, url=None):
+    def init(self, db_type="sqlite3", mode=0o700, settings=None, url=None, make_cluster=None):
         """Create this DB directory, or upgrade an existing one in place.
 
-        ``db_type`` postgres makes a PostgreSQL cluster in ``pgdata/`` (the
-        schema is created when the server first starts it), or, with ``url``
+        ``db_type`` postgres makes a PostgreSQL cluster in ``pgdata/`` with
+        ``make_cluster(path)`` (the server side's ``postgres.init_cluster``, which
+        :func:`balsamdb.server.dbinit.init_db_directory` passes; the schema is
+        created when the server first starts it), or, with ``url``
         (``postgresql://user:password@host:port/dbname``), uses that existing
         server: checked now, and the schema created now.
 
@@ -212,6 +214,10 @@ class DBDirectory:
             raise ConfigError(f"unknown db type {db_type!r}; choose one of: {', '.join(DB_TYPES)}")
         if url and db_type != "postgres":
             raise ConfigError("--url names a PostgreSQL server: use it with --db-type postgres")
+        external = url or (self.is_db_directory() and self.external_postgres())
+        if db_type == "postgres" and not external and make_cluster is None:
+            raise ConfigError("a PostgreSQL cluster is made by the server side: run `db init "
+                              f"{self.path} --db-type postgres` or balsamdb.server.dbinit.init_db_directory()")
         done = []
         if self.path.exists() and not self.path.is_dir():
             raise NotADBDirectory(f"{self.path} is a file; choose a directory path")
@@ -245,9 +251,7 @@ class DBDirectory:
             address_file.write_atomic(self.config_file, {"db_type": db_type, "format": FORMAT,
                                                          "external": bool(url)})
         if db_type == "postgres" and not self.external_postgres():
-            from dbserver import postgres
-
-            done.extend(postgres.init_cluster(self.path))
+            done.extend(make_cluster(self.path))
             done.append("the schema is created when `db dbserver` first starts the cluster")
             return done
         database = self.open_database(settings, busy_timeout=60)

@@ -33,7 +33,7 @@ def bench(writers, writes, modes, repeat, bulk, json_out, plot):
         db bench --writers 8,64 --writes 100 --repeat 3 --json r.json --plot writers.png
         db bench --modes daemon,sqlite-wal,ceiling --bulk 0
     """
-    from balsamdb.bench.writers import main
+    from balsamdb.server.bench.writers import main
 
     argv = ["--writers", writers, "--writes", str(writes), "--modes", modes, "--repeat", str(repeat),
             "--bulk", str(bulk)]

@@ -63,7 +63,7 @@ def dbserver(path, action, bind, port, encrypt, timeout, as_json):
         db dbserver --status --path ~/mydb
         db dbserver --stop --path ~/mydb
     """
-    from dbserver import control
+    from balsamdb.server import control
 
     db_path, _source = resolve_db_path(path)
     dbdir = DBDirectory(db_path)

@@ -5,6 +5,8 @@ import click
 from balsamdb.dbdir import DB_TYPES, DBDirectory
 from balsamdb.settings import resolve_db_path
 
+from ..server.dbinit import init_db_directory
+
 from .common import echo_json, json_option, path_option
 
 
@@ -48,7 +50,7 @@ def init(db_path, path, db_type, url, mode, as_json):
         raise click.UsageError("give the DB directory either as PATH or with --path, not both")
     target, _source = resolve_db_path(db_path or path)
     dbdir = DBDirectory(target)
-    actions = dbdir.init(db_type, mode=mode, url=url)
+    actions = init_db_directory(dbdir.path, db_type, mode=mode, url=url)
     if as_json:
         echo_json({"path": str(dbdir.path), "db_type": db_type, "actions": actions})
         return

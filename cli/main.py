@@ -1,4 +1,4 @@
-"""The `db` command (also `balsamdb` and `python -m balsamdb`)."""
+"""The `db` command (also `balsamdb` and `python -m balsamdb.cli`)."""
 
 import click
 

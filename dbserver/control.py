@@ -85,7 +85,7 @@ def start(dbdir, bind="127.0.0.1", port=0, deadline=30.0, encrypt=None):
         except BalsamDBError:
             pass  # named but not answering: let a new watchdog sort it out
     out = open(dbdir.log_dir / "watchdog.out", "ab")
-    cmd = [sys.executable, "-m", "dbserver.watchdog", "--path", str(dbdir.path), "--bind", bind,
+    cmd = [sys.executable, "-m", "balsamdb.server.watchdog", "--path", str(dbdir.path), "--bind", bind,
            "--port", str(port)] + (["--encrypt"] if encrypt else [])
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                             start_new_session=True, close_fds=True)

@@ -46,7 +46,7 @@ from balsamdb.operations import bind_params, lookup
 from balsamdb.protocol import SERVER_OPS
 from balsamdb.passwords import verify_password
 
-log = logging.getLogger("dbserver.http_store")
+log = logging.getLogger("balsamdb.server.http_store")
 
 REALM = "balsamdb"
 MAX_BODY_BYTES = 64 * 1024 * 1024

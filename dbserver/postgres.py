@@ -531,6 +531,11 @@ def _clear_leftovers(paths, deadline):
         (paths.pgdata / "postmaster.pid").unlink()
 
 
+def cluster_processes(dbdir_path):
+    """Live postgres processes of the cluster in ``P/pgdata`` (for tools that check nothing is left)."""
+    return _cluster_processes(_layout(dbdir_path))
+
+
 def _cluster_processes(paths):
     """Live postgres processes of this ``pgdata``: they run in it (postgres chdirs to its data directory)
     or name it on their command line."""

@@ -8,7 +8,7 @@ fresh epoch, backing off when it keeps dying.  SIGTERM stops it gracefully:
 the server answers what it holds, the address file says "stopped", the lock is
 released.
 
-Run as ``python -m dbserver.watchdog --path P [--bind HOST] [--port N]``.
+Run as ``python -m balsamdb.server.watchdog --path P [--bind HOST] [--port N]``.
 """
 
 import argparse
@@ -29,7 +29,7 @@ import psutil
 from balsamdb import address_file
 from balsamdb.dbdir import DBDirectory
 
-log = logging.getLogger("dbserver.watchdog")
+log = logging.getLogger("balsamdb.server.watchdog")
 
 EXIT_ALREADY_RUNNING = 3
 STARTUP_DEADLINE = 30.0     # seconds for a server to say it listens
@@ -101,7 +101,7 @@ class Watchdog:
             if self.curve_public:
                 record["curve_public"] = self.curve_public
         if self.managed_postgres and self.pg_port and state != "stopped":
-            from dbserver import postgres
+            from balsamdb.server import postgres
 
             record["postgres"] = {"managed": True, "port": self.pg_port, "listen": self.bind_host,
                                   "pid": postgres.cluster_pid(self.dbdir.path)}
@@ -116,7 +116,7 @@ class Watchdog:
     def start_server(self):
         epoch = uuid.uuid4().hex
         err = open(self.dbdir.log_dir / "server.err", "ab")
-        cmd = [sys.executable, "-m", "dbserver.write_server", "--path", str(self.dbdir.path),
+        cmd = [sys.executable, "-m", "balsamdb.server.write_server", "--path", str(self.dbdir.path),
                "--bind", self.bind_host, "--port", str(self.port), "--epoch", epoch]
         if self.managed_postgres:
             cmd += ["--pg-port", str(self.pg_port)]
@@ -142,7 +142,7 @@ class Watchdog:
         return True
 
     def start_postgres(self):
-        from dbserver import postgres
+        from balsamdb.server import postgres
 
         self.pg_port = postgres.start_cluster(self.dbdir.path, port=self.pg_port, listen=self.bind_host)
         log.info("postgres cluster pid %s up on port %s", postgres.cluster_pid(self.dbdir.path), self.pg_port)
@@ -159,7 +159,7 @@ class Watchdog:
 
     def check_postgres(self):
         """Restart the cluster when its postmaster died; the server reconnects by itself."""
-        from dbserver import postgres
+        from balsamdb.server import postgres
 
         if postgres.cluster_pid(self.dbdir.path) is not None:
             return
@@ -230,7 +230,7 @@ class Watchdog:
             log.info("stopping server pid %s", self.server.pid)
             _stop_process(self.server, STOP_DEADLINE)
         if self.managed_postgres:
-            from dbserver import postgres
+            from balsamdb.server import postgres
 
             log.info("stopping the postgres cluster")
             try:
@@ -284,7 +284,7 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--encrypt", action="store_true")
     args = parser.parse_args(argv)
-    from dbserver.logs import setup_logging
+    from balsamdb.server.logs import setup_logging
 
     dbdir = DBDirectory(args.path)
     setup_logging(dbdir.log_dir / "watchdog.log")

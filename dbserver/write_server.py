@@ -6,7 +6,7 @@ commits, and only then answers each.  A bad request fails alone; the rest of
 its batch commits.  Malformed, unauthenticated and oversized messages are
 answered with an error at once and never reach the database.
 
-Run by the watchdog as ``python -m dbserver.write_server --path P ...``; it
+Run by the watchdog as ``python -m balsamdb.server.write_server --path P ...``; it
 prints one JSON line ``{"port": N, "pid": N, "local_address": ...}`` on stdout
 once it listens.
 """
@@ -32,7 +32,7 @@ from balsamdb.settings import load_settings
 from balsamdb.spool import Spool
 from balsamdb.statements import statements
 
-log = logging.getLogger("dbserver.write_server")
+log = logging.getLogger("balsamdb.server.write_server")
 
 MAX_BATCH = 1024
 SPOOL_EVERY = 0.5          # seconds between looks at spool/new while idle
@@ -483,7 +483,7 @@ def main(argv=None):
     parser.add_argument("--pg-port", type=int, default=None, help="port of the DB directory's own postgres cluster")
     parser.add_argument("--encrypt", action="store_true", help="encrypt traffic with ZeroMQ CURVE")
     args = parser.parse_args(argv)
-    from dbserver.logs import setup_logging
+    from balsamdb.server.logs import setup_logging
 
     dbdir = DBDirectory(args.path)
     setup_logging(dbdir.log_dir / "server.log")

@@ -61,7 +61,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-DB = [sys.executable, "-m", "balsamdb"]  # the `db` command of this interpreter and checkout
+DB = [sys.executable, "-m", "balsamdb.cli"]  # the `db` command of this interpreter and checkout
 KINDS = ("sqlite", "postgres", "http")
 ADMIN, ADMIN_PW = "lab", "lab-admin-pw"
 UNICODE = "Ünïcødé ✓ 数据"
@@ -207,10 +207,10 @@ class Cluster:
         self.path, self.url = Path(path), None
 
     def start(self):
-        from balsamdb.dbdir import DBDirectory
-        from dbserver import postgres
+        from balsamdb.server import postgres
+        from balsamdb.server.dbinit import init_db_directory
 
-        DBDirectory(self.path).init("postgres")
+        init_db_directory(self.path, "postgres")
         port = postgres.start_cluster(self.path, listen="127.0.0.1", deadline=PG_DEADLINE)
         password = (self.path / "postgres.password").read_text().strip()
         self.url = f"postgresql://balsamdb:{password}@127.0.0.1:{port}/"
@@ -227,10 +227,10 @@ class Cluster:
         return self.url + name
 
     def processes(self):
-        from dbserver import postgres
+        from balsamdb.server import postgres
 
         try:
-            return postgres._cluster_processes(postgres._layout(self.path))
+            return postgres.cluster_processes(self.path)
         except Exception:  # noqa: BLE001  (only for the CPU figures: none rather than a failed run)
             return []
 
@@ -246,7 +246,7 @@ class Cluster:
             con.close()
 
     def stop(self):
-        from dbserver import postgres
+        from balsamdb.server import postgres
 
         if (self.path / "balsamdb.json").exists():  # nothing to stop before `init` made the directory
             postgres.stop_cluster(self.path, mode="immediate", deadline=20)

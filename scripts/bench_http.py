@@ -54,7 +54,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-DB = [sys.executable, "-m", "balsamdb"]  # the `db` command of this interpreter and checkout
+DB = [sys.executable, "-m", "balsamdb.cli"]  # the `db` command of this interpreter and checkout
 USER = "bench"
 RECORD_TYPE = "application/vnd.sumatra.record-v4+json"
 MODES = ("zmq-save", "zmq-get", "http-put", "http-get")
@@ -62,7 +62,7 @@ REFERENCE = {"zmq-save": "zmq-save", "http-put": "zmq-save", "zmq-get": "zmq-get
 READY_DEADLINE = 120.0   # s for all clients to start, import and warm up
 START_DEADLINE = 60.0    # s for a server to start
 STOP_DEADLINE = 20.0     # s for a server to stop gracefully before it is killed
-PASSWORD_CACHE_SECONDS = 60.0  # dbserver.http_store.PASSWORD_CACHE_SECONDS
+PASSWORD_CACHE_SECONDS = 60.0  # balsamdb.server.http_store.PASSWORD_CACHE_SECONDS
 
 
 # -- the record ---------------------------------------------------------------------------------------------

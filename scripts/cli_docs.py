@@ -15,12 +15,12 @@ import click
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cli.main import main as db  # noqa: E402
+from balsamdb.cli.main import main as db  # noqa: E402
 
 HEADER = """# The `db` command
 
 Generated from the commands' help by `python scripts/cli_docs.py`; do not edit by hand.
-`db`, `balsamdb` and `python -m balsamdb` are the same command.  Every command
+`db`, `balsamdb` and `python -m balsamdb.cli` are the same command.  Every command
 takes `-h`; commands that print data take `--json`.  Errors go to stderr as one
 sentence that says what to do, with exit status 1 (2 for a wrong option).
 """

@@ -49,7 +49,7 @@ def job_process(path, workflow, count, go_file, out_file):
 
 
 def db(*args):
-    cmd = [sys.executable, "-m", "balsamdb", *map(str, args)]
+    cmd = [sys.executable, "-m", "balsamdb.cli", *map(str, args)]
     print("$ db " + " ".join(map(str, args)), flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     print(proc.stdout.rstrip())

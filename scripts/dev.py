@@ -41,7 +41,7 @@ def main():
     if what == "demo":
         cmd = [str(PY), str(ROOT / "scripts" / "demo.py"), *rest]
     elif what == "bench":
-        cmd = [str(PY), "-m", "balsamdb", "bench", *rest]
+        cmd = [str(PY), "-m", "balsamdb.cli", "bench", *rest]
     else:
         cmd = [str(PY), "-m", "pytest", *rest]
     sys.exit(subprocess.run(cmd, cwd=ROOT, env=env).returncode)

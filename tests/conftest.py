@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from balsamdb.dbdir import DBDirectory
+from balsamdb.server.dbinit import init_db_directory
 
 CLI_TIMEOUT = 60  # seconds; a CLI call that takes longer is a failure, not a hang
 
@@ -39,7 +40,7 @@ def run_db(tmp_path):
             else:
                 child_env[key] = str(value)
         return subprocess.run(
-            [sys.executable, "-m", "balsamdb", *map(str, args)],
+            [sys.executable, "-m", "balsamdb.cli", *map(str, args)],
             env=child_env, input=input, capture_output=True, text=True, timeout=timeout,
             cwd=cwd or tmp_path,
         )
@@ -55,7 +56,7 @@ def run_db(tmp_path):
 
 def _postgres_available():
     from balsamdb.exceptions import ConfigError
-    from dbserver import postgres
+    from balsamdb.server import postgres
 
     try:
         postgres.find_binaries()
@@ -71,7 +72,7 @@ def pg_cluster():
     import tempfile
     from pathlib import Path
 
-    from dbserver import postgres
+    from balsamdb.server import postgres
 
     if not _postgres_available():
         from helpers import skip_or_fail
@@ -83,7 +84,7 @@ def pg_cluster():
     os.chmod(base, 0o711)
     path = base / "cluster"
     try:
-        DBDirectory(path).init("postgres")
+        init_db_directory(path, "postgres")
         port = postgres.start_cluster(path)
         password = (path / "postgres.password").read_text().strip()
         yield f"postgresql://balsamdb:{password}@127.0.0.1:{port}/"

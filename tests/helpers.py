@@ -20,7 +20,7 @@ WRITER = HERE / "writer.py"
 
 def db_cli(*args, timeout=60, env=None, check=False):
     """Run `db ARGS...` as a real process; returns the CompletedProcess."""
-    proc = subprocess.run([sys.executable, "-m", "balsamdb", *map(str, args)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "balsamdb.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"db {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
@@ -60,7 +60,7 @@ def processes_for(path):
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if path in cmd and any("dbserver." in part for part in cmd):
+        if path in cmd and any("balsamdb.server." in part for part in cmd):
             found.append(proc)
     return found
 

@@ -14,7 +14,7 @@ START_DEADLINE = 30.0   # seconds for `db serve` to listen
 STOP_DEADLINE = 15.0
 PASSWORDS = {"ada": "ada-s3cret!", "bob": "bob's pass phrase"}
 # `db serve` whether or not cli/main.py registers it yet.
-SERVE_MAIN = ("import sys; from cli.main import main; from cli.serve import serve; "
+SERVE_MAIN = ("import sys; from balsamdb.cli.main import main; from balsamdb.cli.serve import serve; "
               "main.add_command(serve); sys.argv[0] = 'db'; main()")
 
 

@@ -17,6 +17,7 @@ from helpers import job_ids_in_db
 import balsamdb
 from balsamdb import models, states
 from balsamdb.dbdir import DBDirectory
+from balsamdb.server.dbinit import init_db_directory
 from balsamdb.settings import load_settings
 
 ROUTES = ["sqlite3-direct", "sqlite3-server", "postgres-server"]
@@ -222,7 +223,7 @@ def test_reinit_keeps_rows_and_upgrades_an_old_schema(tmp_path):
 
 def test_init_again_keeps_rows_and_says_it_is_current(db, backend):
     db.jobs.create(name="keep-me")
-    assert DBDirectory(db.path).init(backend) == [
+    assert init_db_directory(db.path, backend) == [
         f"{db.path} is already a current {backend} DB directory (schema {models.SCHEMA_VERSION})"]
     assert [j.name for j in db.jobs.filter()] == ["keep-me"]
 

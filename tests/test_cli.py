@@ -19,7 +19,7 @@ import pytest
 from balsamdb.models import SCHEMA_VERSION
 
 import balsamdb
-from cli.main import main
+from balsamdb.cli.main import main
 
 JOB_A = "abcd0001-0000-4000-8000-000000000001"
 JOB_B = "abcd0002-0000-4000-8000-000000000002"

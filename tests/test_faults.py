@@ -43,7 +43,7 @@ import pytest
 import balsamdb
 from balsamdb.dbdir import DBDirectory
 from balsamdb.spool import Spool
-from dbserver.watchdog import HEALTHY_AFTER
+from balsamdb.server.watchdog import HEALTHY_AFTER
 
 from helpers import (Writers, address, db_cli, job_ids_in_db, kill_everything, processes_for, skip_or_fail,
                      stop_processes, wait_for)
@@ -164,9 +164,9 @@ def _dbserver_processes(path):
             cmd = proc.cmdline()
         except psutil.Error:
             continue
-        if "dbserver.watchdog" in cmd:
+        if "balsamdb.server.watchdog" in cmd:
             found["watchdog"].append(proc.pid)
-        elif "dbserver.write_server" in cmd:
+        elif "balsamdb.server.write_server" in cmd:
             found["server"].append(proc.pid)
     return found
 
@@ -194,7 +194,7 @@ def _processes_under(directory):
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if any(part.startswith(prefix) for part in cmd) and any("dbserver." in part for part in cmd):
+        if any(part.startswith(prefix) for part in cmd) and any("balsamdb.server." in part for part in cmd):
             found.append(proc)
     return found
 

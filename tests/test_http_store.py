@@ -441,7 +441,7 @@ def test_a_busy_port_is_a_clear_error(store):
 # -- unit tests of the pure parts ---------------------------------------------------------------------------------
 
 def test_password_checks_are_cached_by_user_password_and_hash(monkeypatch):
-    from dbserver import http_store
+    from balsamdb.server import http_store
 
     calls = []
 
@@ -464,7 +464,7 @@ def test_password_checks_are_cached_by_user_password_and_hash(monkeypatch):
 
 
 def test_threads_each_get_their_own_database(dbdir):
-    from dbserver.http_store import Store
+    from balsamdb.server.http_store import Store
 
     store = Store(dbdir)
     seen = []

@@ -29,7 +29,7 @@ import psycopg2
 import pytest
 
 from balsamdb.exceptions import ConfigError
-from dbserver import postgres as pg
+from balsamdb.server import postgres as pg
 
 from helpers import wait_for
 
@@ -375,7 +375,7 @@ def test_start_and_stop_without_a_cluster(pg_dir):
 NON_ROOT_SCRIPT = textwrap.dedent("""
     import json, os, sys
     import peewee as pw
-    from dbserver import postgres as pg
+    from balsamdb.server import postgres as pg
     path = sys.argv[1]
     result = {"done": pg.init_cluster(path)}
     port = pg.start_cluster(path)
@@ -401,7 +401,7 @@ def python_for(user):
     name = f"python{sys.version_info.major}.{sys.version_info.minor}"
     for candidate in (sys.executable, f"/usr/bin/{name}", f"/usr/local/bin/{name}"):
         try:
-            probe = subprocess.run([candidate, "-c", "import psycopg2, psutil, peewee, dbserver.postgres"],
+            probe = subprocess.run([candidate, "-c", "import psycopg2, psutil, peewee, balsamdb.server.postgres"],
                                    user=user, env=env, cwd="/", capture_output=True, timeout=30)
         except OSError:         # missing, or not executable by that user
             continue

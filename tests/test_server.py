@@ -115,14 +115,14 @@ def test_watchdog_backs_off_when_the_server_keeps_dying(server_db):
 def test_two_starts_at_once_give_one_server(any_dbdir):
     path = any_dbdir
     try:
-        cmd = [sys.executable, "-m", "balsamdb", "dbserver", "--path", str(path)]
+        cmd = [sys.executable, "-m", "balsamdb.cli", "dbserver", "--path", str(path)]
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
         outs = [p.communicate(timeout=60) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], outs
         texts = sorted(o[0] for o in outs)
         assert any("already runs" in t for t in texts) and any("listening at" in t for t in texts), texts
-        servers = [p for p in processes_for(path) if "dbserver.write_server" in p.cmdline()]
-        watchdogs = [p for p in processes_for(path) if "dbserver.watchdog" in p.cmdline()]
+        servers = [p for p in processes_for(path) if "balsamdb.server.write_server" in p.cmdline()]
+        watchdogs = [p for p in processes_for(path) if "balsamdb.server.watchdog" in p.cmdline()]
         assert len(servers) == 1 and len(watchdogs) == 1, (servers, watchdogs)
     finally:
         db_cli("dbserver", "--stop", "--path", path)
@@ -300,7 +300,7 @@ def test_oversized_requests_are_refused_at_once_not_spooled(tmp_path):
     path = tmp_path / "db"
     DBDirectory(path).init()
     env = dict(os.environ, BALSAMDB_MAX_REQUEST_BYTES="10000")
-    started = subprocess.run([sys.executable, "-m", "balsamdb", "dbserver", "--path", str(path)],
+    started = subprocess.run([sys.executable, "-m", "balsamdb.cli", "dbserver", "--path", str(path)],
                              env=env, capture_output=True, text=True, timeout=60)
     try:
         assert started.returncode == 0, started.stderr

@@ -207,7 +207,7 @@ def test_a_copy_killed_midway_is_finished_by_running_it_again(sqlite_dir, pg_url
     src = sqlite_dir("src")
     with balsamdb.connect(src) as db:
         seed(db, records=5_000, jobs=20_000)
-    command = [sys.executable, "-m", "balsamdb", "copy", str(src), pg_url, "--json"]
+    command = [sys.executable, "-m", "balsamdb.cli", "copy", str(src), pg_url, "--json"]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # Kill it while jobs arrive: some are copied, most are not.
@@ -235,7 +235,7 @@ def test_a_copy_under_concurrent_writers_catches_up_and_says_what_arrived(sqlite
         seed(db, records=2_000, jobs=20_000)
     assert db_cli("dbserver", "--path", src).returncode == 0
     writers = Writers(src, tmp_path, 8, 150)  # started, waiting for the go
-    copy = subprocess.Popen([sys.executable, "-m", "balsamdb", "copy", str(src), pg_url, "--json"],
+    copy = subprocess.Popen([sys.executable, "-m", "balsamdb.cli", "copy", str(src), pg_url, "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # Once the copy is writing jobs (the last kind), the writers write: surely during the copy.

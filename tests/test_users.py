@@ -24,7 +24,7 @@ def _run_with_stdin(args, text):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "balsamdb", *map(str, args)], input=text,
+    return subprocess.run([sys.executable, "-m", "balsamdb.cli", *map(str, args)], input=text,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -35,6 +35,8 @@ from pathlib import Path
 
 from balsamdb.dbdir import DBDirectory
 
+from ..dbinit import init_db_directory
+
 MODES = ("daemon", "sqlite-wal", "sqlite-default", "filelock", "ceiling", "daemon-pg", "postgres", "daemon-curve")
 WORKER_MODE = {"daemon": "balsamdb", "ceiling": "balsamdb", "daemon-pg": "balsamdb", "daemon-curve": "balsamdb"}
 SQLITE_DAEMONS = ("daemon", "daemon-curve")
@@ -74,7 +76,7 @@ def percentile(values, q):
 
 def run_mode(mode, nwriters, nwrites, workdir):
     path = workdir / f"{mode}-{nwriters}"
-    DBDirectory(path).init("postgres" if mode in ("daemon-pg", "postgres") else "sqlite3")
+    init_db_directory(path, "postgres" if mode in ("daemon-pg", "postgres") else "sqlite3")
     if mode.startswith("sqlite") or mode == "filelock":
         con = sqlite3.connect(str(path / "bench.sqlite3"))
         from .worker import TABLE
@@ -89,12 +91,12 @@ def run_mode(mode, nwriters, nwrites, workdir):
     stats = {}
     server_pid = None
     if mode in ("daemon", "daemon-pg", "daemon-curve"):
-        from dbserver import control
+        from balsamdb.server import control
 
         control.start(DBDirectory(path), encrypt=mode == "daemon-curve")
         server_pid = (DBDirectory(path).read_address().get("server") or {}).get("pid")
     elif mode == "ceiling":
-        server = subprocess.Popen([sys.executable, "-m", "balsamdb.bench.ceiling", str(path)],
+        server = subprocess.Popen([sys.executable, "-m", "balsamdb.server.bench.ceiling", str(path)],
                                   stdout=subprocess.PIPE, text=True)
         server.stdout.readline()
         server_pid = server.pid
@@ -102,7 +104,7 @@ def run_mode(mode, nwriters, nwrites, workdir):
         import psycopg2
 
         from .worker import TABLE
-        from dbserver import postgres
+        from balsamdb.server import postgres
 
         cluster = path
         port = postgres.start_cluster(path)
@@ -114,7 +116,7 @@ def run_mode(mode, nwriters, nwrites, workdir):
         con.close()
     go = path / "go"
     outs = [path / f"out-{i}.json" for i in range(nwriters)]
-    procs = [subprocess.Popen([sys.executable, "-m", "balsamdb.bench.worker", WORKER_MODE.get(mode, mode),
+    procs = [subprocess.Popen([sys.executable, "-m", "balsamdb.server.bench.worker", WORKER_MODE.get(mode, mode),
                                str(path), str(nwrites), str(go), str(out)]) for out in outs]
     server_cpu = peak_mb = None
     try:
@@ -131,7 +133,7 @@ def run_mode(mode, nwriters, nwrites, workdir):
             if proc.poll() is None:
                 proc.kill()
         if mode in ("daemon", "daemon-pg", "daemon-curve"):
-            from dbserver import control
+            from balsamdb.server import control
 
             stats = control.status(DBDirectory(path)).get("server_status", {})
             control.stop(DBDirectory(path))
@@ -156,11 +158,11 @@ def run_mode(mode, nwriters, nwrites, workdir):
             cur.execute("select id from bench_job")
             stored = [row[0] for row in cur.fetchall()]
             con.close()
-            from dbserver import postgres
+            from balsamdb.server import postgres
 
             postgres.stop_cluster(cluster)
         elif mode == "daemon-pg":
-            from dbserver import postgres
+            from balsamdb.server import postgres
 
             port = postgres.start_cluster(path)
             database = DBDirectory(path).open_database(load_settings(), postgres_port=port)
@@ -200,7 +202,7 @@ def run_bulk(count, workdir):
 
     import balsamdb
     from balsamdb.operations import JOB_KEYS, _clean_job
-    from dbserver import control
+    from balsamdb.server import control
 
     specs = [{"name": f"bulk-{i}", "workflow": "bulk", "application": "python sim.py", "args": f"--n {i}",
               "data": {"i": i, "seed": 12345}, "id": str(uuidlib.uuid4())} for i in range(count)]

@@ -4,7 +4,7 @@ It decodes and verifies each request (HMAC, JSON), then answers with a
 job-shaped result without touching any database, so the benchmark can tell
 how much of the time is messaging and how much is the database.
 
-    python -m balsamdb.bench.ceiling DB_PATH
+    python -m balsamdb.server.bench.ceiling DB_PATH
 
 It binds a free loopback port and writes DB_PATH's address file so that
 unmodified balsamdb clients talk to it; it stops on SIGTERM.
@@ -21,7 +21,7 @@ import zmq
 
 from balsamdb import address_file, protocol
 from balsamdb.dbdir import DBDirectory
-from dbserver.write_server import raise_priority
+from balsamdb.server.write_server import raise_priority
 
 
 def main():

@@ -1,6 +1,6 @@
-"""One writer process of the benchmark (started by balsamdb.bench.writers).
+"""One writer process of the benchmark (started by balsamdb.server.bench.writers).
 
-    python -m balsamdb.bench.worker MODE DB_PATH COUNT GO_FILE OUT_FILE
+    python -m balsamdb.server.bench.worker MODE DB_PATH COUNT GO_FILE OUT_FILE
 
 Waits for GO_FILE, performs COUNT small writes in MODE, and writes a JSON line
 to OUT_FILE: start, end, per-write latencies, errors, and the ids it was told

@@ -1,0 +1,3 @@
+from balsamdb.cli.main import main
+
+main()

@@ -1,0 +1,125 @@
+"""The package installs under one name, and its layers import one way: cli -> server -> core.
+
+The source tree keeps the design card's top-level folders (balsamdb/, dbserver/, cli/); setup.cfg maps
+them to balsamdb, balsamdb.server and balsamdb.cli.  These tests read the real wheel and the real
+import statements, so a generic top-level name in site-packages or an import against the layering fails.
+"""
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYERS = {"balsamdb": ROOT / "balsamdb", "balsamdb.server": ROOT / "dbserver", "balsamdb.cli": ROOT / "cli"}
+# what each layer may not import: the core neither the server nor the CLI, the server not the CLI
+FORBIDDEN = {"balsamdb": ("balsamdb.server", "balsamdb.cli"), "balsamdb.server": ("balsamdb.cli",),
+             "balsamdb.cli": ()}
+
+
+def module_name(layer, path):
+    rel = path.relative_to(LAYERS[layer]).with_suffix("")
+    parts = [p for p in rel.parts if p != "__init__"]
+    return ".".join([layer, *parts])
+
+
+def imported_names(layer, path):
+    """Absolute names of every module that ``path`` imports, relative imports resolved (at any depth:
+    inside functions too, where a lazy import would hide a cycle)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = module_name(layer, path)
+    if path.name != "__init__.py":
+        package = package.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[:len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            yield node.lineno, base
+            for alias in node.names:  # `from balsamdb import server` imports balsamdb.server
+                yield node.lineno, f"{base}.{alias.name}"
+
+
+def layer_of(name):
+    if name.startswith(("dbserver", "cli")) and name.split(".")[0] in ("dbserver", "cli"):
+        return "generic"  # the source folder names must never be imported as packages
+    for layer in ("balsamdb.cli", "balsamdb.server"):
+        if name == layer or name.startswith(layer + "."):
+            return layer
+    return "balsamdb" if name == "balsamdb" or name.startswith("balsamdb.") else None
+
+
+def violations():
+    found = []
+    for layer, folder in LAYERS.items():
+        for path in sorted(folder.rglob("*.py")):
+            for lineno, name in imported_names(layer, path):
+                target = layer_of(name)
+                shown = path.relative_to(folder.parent)
+                where = f"{shown}:{lineno} imports {name}"
+                if target == "generic":
+                    found.append(f"{where}: the source folder's name, not balsamdb.server / balsamdb.cli")
+                elif target in FORBIDDEN[layer]:
+                    found.append(f"{where}: layer {layer} may not import {target}")
+    return found
+
+
+def test_layers_import_one_way_core_server_cli():
+    assert violations() == []
+
+
+def test_the_layering_check_sees_a_violation(tmp_path, monkeypatch):
+    """The check above can fail: a core module importing the server, even lazily inside a function,
+    and a relative import climbing into it, are both reported."""
+    core = tmp_path / "core"
+    (core / "sub").mkdir(parents=True)
+    (core / "__init__.py").write_text("")
+    (core / "sub" / "__init__.py").write_text("")
+    (core / "bad.py").write_text("def f():\n    from balsamdb.server import control\n")
+    (core / "sub" / "worse.py").write_text("from ..cli import main\n")
+    server = tmp_path / "server"
+    server.mkdir()
+    (server / "ok.py").write_text("from balsamdb import dbdir\nfrom . import postgres\n")
+    monkeypatch.setitem(LAYERS, "balsamdb", core)
+    monkeypatch.setitem(LAYERS, "balsamdb.server", server)
+    monkeypatch.setitem(LAYERS, "balsamdb.cli", tmp_path / "nocli")
+    found = violations()
+    assert len([v for v in found if "bad.py:2 imports balsamdb.server" in v]) >= 1, found
+    assert any("worse.py:1 imports balsamdb.cli" in v for v in found), found
+    assert not any("ok.py" in v for v in found), found
+
+
+def test_wheel_holds_only_balsamdb(tmp_path):
+    """A built wheel installs one top-level name: balsamdb/ (with server/ and cli/ inside) and its
+    dist-info; the console scripts point into it."""
+    pytest.importorskip("wheel", reason="the test extras install wheel")
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+                            "-q", "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = tmp_path.glob("balsamdb-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        tops = {n.split("/")[0] for n in names}
+        entry_points = next(zf.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+    dist_info = {t for t in tops if t.endswith(".dist-info")}
+    assert tops - dist_info == {"balsamdb"}, sorted(tops)
+    for module in ("balsamdb/server/watchdog.py", "balsamdb/server/write_server.py", "balsamdb/server/dbinit.py",
+                   "balsamdb/server/bench/writers.py", "balsamdb/cli/main.py", "balsamdb/cli/__main__.py"):
+        assert module in names, module
+    assert "db = balsamdb.cli.main:main" in entry_points and "balsamdb = balsamdb.cli.main:main" in entry_points
+
+
+def test_server_modules_run_under_the_installed_name():
+    """The watchdog and the write server are started as ``python -m balsamdb.server.<role>``."""
+    for module in ("balsamdb.server.watchdog", "balsamdb.server.write_server", "balsamdb.cli"):
+        shown = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60,
+                               cwd="/")
+        assert shown.returncode == 0, (module, shown.stderr[-2000:])
