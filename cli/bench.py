@@ -7,17 +7,58 @@ from .common import CONTEXT_SETTINGS
 MODES = "daemon,daemon-pg,sqlite-default,sqlite-wal,filelock,postgres,ceiling"
 
 
+def _counts(ctx, param, value):
+    from ..server.bench.writers import positive_ints
+
+    try:
+        positive_ints(value, f"--{param.name}")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1]) from None
+    return value
+
+
+def _modes(ctx, param, value):
+    from ..server.bench.writers import known_modes
+
+    try:
+        known_modes(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1]) from None
+    return value
+
+
+def _targets(ctx, param, value):
+    from ..server.bench.capacity import TARGETS
+
+    chosen = [t.strip() for t in value.split(",") if t.strip()]
+    unknown = [t for t in chosen if t not in TARGETS]
+    if not chosen or unknown:
+        raise click.BadParameter(f"unknown {', '.join(unknown) or '(none given)'}; choose from {','.join(TARGETS)}")
+    return chosen
+
+
 @click.command("bench", context_settings=CONTEXT_SETTINGS)
-@click.option("--writers", default="8,32,64,256", show_default=True, help="Comma-separated writer process counts.")
-@click.option("--writes", default=100, show_default=True, help="Small writes per writer process.")
-@click.option("--modes", default=MODES, show_default=True,
+@click.option("--writers", default="8,32,64,256", show_default=True, callback=_counts,
+              help="Comma-separated writer process counts.")
+@click.option("--writes", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Small writes per writer process.")
+@click.option("--modes", default=MODES, show_default=True, callback=_modes,
               help="What to compare (also daemon-curve: the daemon with encrypted traffic).")
-@click.option("--repeat", default=1, show_default=True, help="Interleaved repetitions; medians are shown.")
-@click.option("--bulk", default=100_000, show_default=True, metavar="N",
+@click.option("--repeat", default=None, type=click.IntRange(min=1),
+              help="Interleaved repetitions; medians are shown.  [default: 1, with --capacity 3]")
+@click.option("--bulk", default=100_000, show_default=True, metavar="N", type=click.IntRange(min=0),
               help="Jobs for the bulk_create comparison (0: skip it).")
+@click.option("--capacity", is_flag=True,
+              help="Measure the server alone instead: one load generator keeps --inflight requests in flight.")
+@click.option("--inflight", default="16,256,1024", show_default=True, callback=_counts,
+              help="With --capacity: comma-separated numbers of requests in flight.")
+@click.option("--seconds", default=5.0, show_default=True, type=click.FloatRange(min=0.5),
+              help="With --capacity: length of each measurement.")
+@click.option("--targets", default="sqlite,postgres,null", show_default=True, callback=_targets,
+              help="With --capacity: servers to measure (null: the messaging ceiling, no database).")
 @click.option("--json", "json_out", metavar="FILE", help="Write every result to FILE.")
 @click.option("--plot", metavar="PNG", help="Draw throughput and p99 latency (needs matplotlib: pip install .[bench]).")
-def bench(writers, writes, modes, repeat, bulk, json_out, plot):
+def bench(writers, writes, modes, repeat, bulk, capacity, inflight, seconds, targets, json_out, plot):
     """Measure concurrent writers: the daemon against direct SQLite, a file lock,
     direct PostgreSQL and the messaging ceiling
 
@@ -27,15 +68,28 @@ def bench(writers, writes, modes, repeat, bulk, json_out, plot):
     with each mode's throughput relative to the daemon.  PostgreSQL modes need
     the server binaries (initdb, pg_ctl).  Takes minutes; shows progress.
 
+    With --capacity, the clients are taken out of the picture: one load
+    generator keeps C pre-signed job creates in flight against the write server
+    on SQLite and on PostgreSQL and against a null server that answers at once;
+    it shows writes/s, server CPU per write, mean batch and commit time, peak
+    memory and the ratio to the null server, and reads every answered write back.
+
     Example:
 
     \b
         db bench --writers 8,64 --writes 100 --repeat 3 --json r.json --plot writers.png
         db bench --modes daemon,sqlite-wal,ceiling --bulk 0
+        db bench --capacity --inflight 16,256,1024 --repeat 3
     """
-    from balsamdb.server.bench.writers import main
+    if capacity:
+        from ..server.bench import capacity as cap
 
-    argv = ["--writers", writers, "--writes", str(writes), "--modes", modes, "--repeat", str(repeat),
+        summary = cap.run(cap.positive_ints(inflight), seconds, repeat or 3, targets, json_out)
+        click.echo(cap.format_table(summary))
+        return
+    from ..server.bench.writers import main
+
+    argv = ["--writers", writers, "--writes", str(writes), "--modes", modes, "--repeat", str(repeat or 1),
             "--bulk", str(bulk)]
     if json_out:
         argv += ["--json", json_out]

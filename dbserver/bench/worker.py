@@ -7,7 +7,8 @@ to OUT_FILE: start, end, per-write latencies, errors, and the ids it was told
 were written.
 
 Modes: ``balsamdb`` (the public API; through the server when one runs, which
-includes the ceiling server), ``sqlite-wal`` (sqlite3, WAL, 60 s timeout, one
+includes the ceiling server, else directly), ``balsamdb-workdir`` (the same, also making each job's
+working directory), ``sqlite-wal`` (sqlite3, WAL, 60 s timeout, one
 commit per write), ``sqlite-default`` (sqlite3 as Python gives it: rollback
 journal, 5 s timeout), ``filelock`` (an exclusive fcntl lock around each write
 to a rollback-journal database), ``postgres`` (psycopg2, one connection per
@@ -33,16 +34,17 @@ def row(i):
 
 
 def make_writer(mode, path):
-    if mode == "balsamdb":
+    if mode in ("balsamdb", "balsamdb-workdir"):
         import balsamdb
 
         db = balsamdb.connect(path)
+        workdir = mode == "balsamdb-workdir"
 
         def write(i):
             job_id = str(uuid.uuid4())
             db.jobs.create(name=f"w{os.getpid()}-{i}", workflow="bench", application="python sim.py",
                            args=f"--n {i}", data={"i": i, "seed": 12345}, id=job_id,
-                           make_workdir=False)  # no alternative makes a directory either
+                           make_workdir=workdir)  # off unless asked: no alternative makes a directory
             return job_id
 
         return write

@@ -37,9 +37,13 @@ from balsamdb.dbdir import DBDirectory
 
 from ..dbinit import init_db_directory
 
-MODES = ("daemon", "sqlite-wal", "sqlite-default", "filelock", "ceiling", "daemon-pg", "postgres", "daemon-curve")
-WORKER_MODE = {"daemon": "balsamdb", "ceiling": "balsamdb", "daemon-pg": "balsamdb", "daemon-curve": "balsamdb"}
-SQLITE_DAEMONS = ("daemon", "daemon-curve")
+MODES = ("daemon", "sqlite-wal", "sqlite-default", "filelock", "ceiling", "daemon-pg", "postgres", "daemon-curve",
+         "direct", "daemon-workdir", "direct-workdir")
+# direct: the public API with no server running, as a job script without a server writes (SQLite, WAL,
+# BEGIN IMMEDIATE with retries); the -workdir modes also make each job's working directory, as job scripts do
+WORKER_MODE = {"daemon": "balsamdb", "ceiling": "balsamdb", "daemon-pg": "balsamdb", "daemon-curve": "balsamdb",
+               "direct": "balsamdb", "daemon-workdir": "balsamdb-workdir", "direct-workdir": "balsamdb-workdir"}
+SQLITE_DAEMONS = ("daemon", "daemon-curve", "direct", "daemon-workdir", "direct-workdir")  # rows in db.sqlite3
 
 
 def wait_for(predicate, timeout, what):
@@ -90,7 +94,7 @@ def run_mode(mode, nwriters, nwrites, workdir):
     cluster = None
     stats = {}
     server_pid = None
-    if mode in ("daemon", "daemon-pg", "daemon-curve"):
+    if mode in ("daemon", "daemon-pg", "daemon-curve", "daemon-workdir"):
         from balsamdb.server import control
 
         control.start(DBDirectory(path), encrypt=mode == "daemon-curve")
@@ -132,7 +136,7 @@ def run_mode(mode, nwriters, nwrites, workdir):
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-        if mode in ("daemon", "daemon-pg", "daemon-curve"):
+        if mode in ("daemon", "daemon-pg", "daemon-curve", "daemon-workdir"):
             from balsamdb.server import control
 
             stats = control.status(DBDirectory(path)).get("server_status", {})
@@ -294,12 +298,37 @@ def plot(rows, path):
         right.plot(xs, [p[2] for p in points], marker="o", label=mode, **style)
     left.set(xlabel="writer processes", ylabel="acknowledged writes / s", title="Throughput")
     right.set(xlabel="writer processes", ylabel="p99 latency (ms)", title="p99 latency", yscale="log")
+    counts = sorted({r["writers"] for r in rows})
     for ax in (left, right):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(counts)                       # the writer counts that ran: 8, 32, 64, 256
+        ax.set_xticklabels([str(c) for c in counts])
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
-    left.legend()
-    fig.tight_layout()
+    # the legend sits below the plots, where it covers no data
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=110)
+
+
+def positive_ints(text, option):
+    """``"8,32,64"`` -> ``[8, 32, 64]``; ValueError with a one-line message otherwise."""
+    try:
+        values = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: give comma-separated whole numbers, e.g. 8,32,64") from None
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"{option} {text!r}: every number must be at least 1, e.g. 8,32,64")
+    return values
+
+
+def known_modes(text):
+    modes = [m.strip() for m in str(text).split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if not modes or unknown:
+        raise ValueError(f"--modes: unknown {', '.join(unknown) or '(none given)'}; choose from {','.join(MODES)}")
+    return modes
 
 
 def main(argv=None):
@@ -317,8 +346,13 @@ def main(argv=None):
     os.chmod(workdir, 0o711)  # a PostgreSQL cluster under root runs as another user, who must pass through
     rows = []
     bulk = []
-    counts = [int(x) for x in args.writers.split(",")]
-    modes = args.modes.split(",")
+    try:
+        counts = positive_ints(args.writers, "--writers")
+        modes = known_modes(args.modes)
+        if args.writes < 1 or args.repeat < 1 or args.bulk < 0:
+            raise ValueError("--writes and --repeat must be at least 1, --bulk at least 0")
+    except ValueError as exc:
+        parser.error(str(exc))
     from tqdm import tqdm
 
     bar = tqdm(total=len(counts) * args.repeat * len(modes), unit=" runs", disable=not sys.stderr.isatty(),
@@ -350,11 +384,14 @@ def main(argv=None):
     print_table(rows)
     if bulk:
         print_bulk(bulk)
-    if args.plot:
-        plot(rows, args.plot)
-    if args.json_out:
+    if args.json_out:  # before the plot: a plot that fails never loses the run
         Path(args.json_out).write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "rows": rows, "bulk": bulk},
                                                   indent=1))
+    if args.plot:
+        try:
+            plot(rows, args.plot)
+        except ImportError:
+            print("[bench] no plot: install balsamdb[bench] for --plot (matplotlib)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,42 @@
+"""`db bench`: its options give one-line errors, and the capacity benchmark measures real servers and
+reads back what they answered (a short run: the numbers themselves live in docs/benchmarks.md)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from balsamdb.cli.main import main
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--writers", "0"], "at least 1"),
+    (["--writers", "abc"], "comma-separated whole numbers"),
+    (["--modes", "foo"], "unknown foo"),
+    (["--writes", "0"], "--writes"),
+    (["--capacity", "--inflight", "0"], "at least 1"),
+    (["--capacity", "--targets", "sqlite,mysql"], "unknown mysql"),
+])
+def test_bad_options_are_one_line_errors(args, says):
+    result = CliRunner().invoke(main, ["bench", *args])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and says in result.output, result.output
+
+
+def test_capacity_run_counts_every_answered_write(tmp_path):
+    out = tmp_path / "capacity.json"
+    run = subprocess.run([sys.executable, "-m", "balsamdb.cli", "bench", "--capacity", "--inflight", "8",
+                          "--seconds", "1", "--repeat", "1", "--targets", "sqlite,null", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "vs null" in run.stdout, run.stdout
+    data = json.loads(out.read_text())
+    rows = {r["target"]: r for r in data["summary"]}
+    assert set(rows) == {"sqlite", "null"}
+    assert rows["sqlite"]["writes_per_s"] > 0 and rows["null"]["vs_null"] == 1.0
+    (sqlite_run,) = [r for r in data["runs"] if r["target"] == "sqlite"]
+    # every answered create is in the database, once; the generator stopped sending when the window closed
+    assert sqlite_run["ok"] > 0 and sqlite_run["errors"] == 0 and sqlite_run["unanswered"] == 0
+    assert sqlite_run["stored"] == sqlite_run["ok"], sqlite_run
