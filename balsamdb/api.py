@@ -17,7 +17,7 @@ from .client import ServerClient, server_state, unavailable
 from .dbdir import DBDirectory, job_working_directory
 from .exceptions import (NotADBDirectory, RequestTooLarge, ServerUnavailable, StorageError, TryAgain,
                          error_from_dict)
-from .settings import load_settings, resolve_db_path
+from .settings import CHECKOUT_SOURCE, USER_DIR_SOURCE, load_settings, resolve_db_path
 from .spool import Spool, SpoolWriter
 
 _COMING_POLL = 0.02  # seconds between looks at the address file while a server restarts
@@ -41,11 +41,11 @@ def connect(path=None, **settings):
         from .remote import RemoteDatabase
 
         return RemoteDatabase(url, load_settings(**settings))
-    db_path, source = resolve_db_path(path)
-    dbdir = DBDirectory(db_path)
     resolved = load_settings(**settings)
+    db_path, source = resolve_db_path(path, resolved)
+    dbdir = DBDirectory(db_path)
     if not dbdir.is_db_directory():
-        if source in ("default_db/ of the source checkout", "the per-user data directory"):
+        if source in (CHECKOUT_SOURCE, USER_DIR_SOURCE):
             dbdir.init("sqlite3", settings=resolved)
         else:
             dbdir.config()  # raises the precise reason
