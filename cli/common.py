@@ -11,6 +11,7 @@ import click
 import balsamdb
 from balsamdb.exceptions import NotFound
 from balsamdb.settings import DefaultDBWarning
+from balsamdb.wording import plural  # noqa: F401  (commands import it from here)
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
@@ -58,11 +59,6 @@ class BalsamGroup(click.Group):
             except balsamdb.BalsamDBError as exc:
                 message = exc.message or str(exc) or type(exc).__name__
                 raise click.ClickException(hint_for(exc, message)) from None
-
-
-def plural(count, noun, nouns=None):
-    """``"1 write"``, ``"2 writes"``: ``count`` with ``noun`` made plural when it is not 1."""
-    return f"{count} {noun if count == 1 else (nouns or noun + 's')}"
 
 
 def path_option(function):
