@@ -36,11 +36,15 @@ def hint_for(exc, message):
     return message
 
 
+_NOTED = set()  # notes already shown by this process: each is said once
+
+
 def _show_note(message, category, filename, lineno, file=None, line=None, _shown=warnings.showwarning):
-    if issubclass(category, DefaultDBWarning):
-        click.echo(f"Note: {message}", err=True)
-    else:
+    if not issubclass(category, DefaultDBWarning):
         _shown(message, category, filename, lineno, file, line)
+    elif str(message) not in _NOTED:
+        _NOTED.add(str(message))
+        click.echo(f"Note: {message}", err=True)
 
 
 class BalsamGroup(click.Group):
@@ -52,7 +56,7 @@ class BalsamGroup(click.Group):
 
     def invoke(self, ctx):
         with warnings.catch_warnings():
-            warnings.simplefilter("once", DefaultDBWarning)
+            warnings.simplefilter("always", DefaultDBWarning)  # _show_note says each once
             warnings.showwarning = _show_note
             try:
                 return super().invoke(ctx)

@@ -151,6 +151,6 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if (item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or params.get("backend") == "postgres"
-                or "pg_cluster" in item.fixturenames):
+        on_postgres = any(isinstance(v, str) and v.startswith("postgres") for v in params.values())
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or on_postgres or "pg_cluster" in item.fixturenames:
             item.add_marker(pytest.mark.slow)
