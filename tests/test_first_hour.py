@@ -295,12 +295,15 @@ def test_ls_by_state(run_db, store):
     s1 = json.loads(ok(run_db("ls", "--path", store, "--json", "--name", "s1")))[0]["id"]
     for state in ("RUNNING", "RUN_DONE", "JOB_FINISHED"):
         ok(run_db("job", "modify", s1, "--path", store, "--state", state))
+    s2 = json.loads(ok(run_db("ls", "--path", store, "--json", "--name", "s2")))[0]["id"]
+    ok(run_db("job", "modify", s2, "--path", store, "--state", "RUNNING"))
     out = ok(run_db("ls", "--path", store, "--by-state")).splitlines()
-    assert out[0].split() == ["workflow", "total", "CREATED", "READY", "JOB_FINISHED"]
-    assert out[2].split() == ["analysis", "1", "0", "1", "0"]
-    assert out[3].split() == ["sweep", "3", "2", "0", "1"]
+    assert out[0].split() == ["workflow", "total", "CREATED", "READY", "RUNNING", "JOB_FINISHED"]
+    assert out[2].split() == ["analysis", "1", "0", "1", "0", "0"]
+    assert out[3].split() == ["sweep", "3", "1", "0", "1", "1"]
     counts = json.loads(ok(run_db("ls", "--path", store, "--by-state", "--json", "-w", "sweep")))
-    assert counts == [{"workflow": "sweep", "state": "CREATED", "count": 2},
+    assert counts == [{"workflow": "sweep", "state": "CREATED", "count": 1},  # states in pipeline order
+                      {"workflow": "sweep", "state": "RUNNING", "count": 1},
                       {"workflow": "sweep", "state": "JOB_FINISHED", "count": 1}]
     assert "No jobs match." in ok(run_db("ls", "--path", store, "--by-state", "-w", "nothing"))
 
