@@ -1,6 +1,7 @@
 """`db ls` (also `db job ls`): list jobs as a table or as JSON, count them per state,
 or watch a campaign with a progress bar per workflow."""
 
+import shutil
 import sys
 import time
 from datetime import datetime
@@ -137,7 +138,7 @@ def _watch(db, filters, filtered, sort, limit, by_state, interval):
     """Draw the listing (or the counts) and the bars every ``interval`` s until Ctrl-C.
     On a terminal each frame replaces the last; into a file or pipe, frames follow each other."""
     in_place = sys.stdout.isatty()
-    width = min(click.get_terminal_size()[0] if in_place else 80, 100)
+    width = min(shutil.get_terminal_size().columns if in_place else 80, 100)
     try:
         while True:
             counts = db.jobs.state_counts(**filters)

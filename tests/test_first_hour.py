@@ -424,3 +424,36 @@ def test_shell_completion_is_documented_and_works():
     proc = subprocess.run([str(Path(sys.executable).parent / "db")], env=env, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and "plain,--sort" in proc.stdout.splitlines(), proc.stdout + proc.stderr
+
+
+def test_ls_watch_on_a_terminal_redraws_in_place(run_db, dbdir):
+    import pty
+    import select
+
+    add_job(run_db, dbdir, "s1", "-w", "sweep")
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "BALSAM_DB_PATH" and not k.startswith("BALSAMDB_")}
+    env.update(TERM="xterm", COLUMNS="72", LINES="24", PYTHONIOENCODING="utf-8")
+    proc = subprocess.Popen([sys.executable, "-m", "balsamdb.cli", "ls", "--path", str(dbdir), "--watch",
+                             "--interval", "0.2"], stdin=slave, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    screen = b""
+    try:
+        end = time.monotonic() + 30
+        while screen.count(b"0/1 finished") < 2 and time.monotonic() < end:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    screen += os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+        assert screen.count(b"0/1 finished") >= 2, screen.decode(errors="replace")
+        assert screen.count(b"\x1b[2J") >= 2, screen  # each frame clears the screen first
+        assert b"Traceback" not in screen, screen.decode(errors="replace")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        os.close(master)
