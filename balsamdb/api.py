@@ -12,12 +12,12 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from . import address_file, operations, protocol
+from . import address_file, job_queries, operations, protocol
 from .client import ServerClient, server_state, unavailable
 from .dbdir import DBDirectory, job_working_directory
 from .exceptions import (NotADBDirectory, RequestTooLarge, ServerUnavailable, StorageError, TryAgain,
                          error_from_dict)
-from .settings import load_settings, resolve_db_path
+from .settings import CHECKOUT_SOURCE, USER_DIR_SOURCE, load_settings, resolve_db_path
 from .spool import Spool, SpoolWriter
 
 _COMING_POLL = 0.02  # seconds between looks at the address file while a server restarts
@@ -41,11 +41,11 @@ def connect(path=None, **settings):
         from .remote import RemoteDatabase
 
         return RemoteDatabase(url, load_settings(**settings))
-    db_path, source = resolve_db_path(path)
-    dbdir = DBDirectory(db_path)
     resolved = load_settings(**settings)
+    db_path, source = resolve_db_path(path, resolved)
+    dbdir = DBDirectory(db_path)
     if not dbdir.is_db_directory():
-        if source in ("default_db/ of the source checkout", "the per-user data directory"):
+        if source in (CHECKOUT_SOURCE, USER_DIR_SOURCE):
             dbdir.init("sqlite3", settings=resolved)
         else:
             dbdir.config()  # raises the precise reason
@@ -404,22 +404,46 @@ class Jobs:
     def _filters(filters):
         return {k: _timestamp(v) for k, v in filters.items() if v is not None}
 
-    def filter(self, limit=None, offset=0, **filters):
-        """Jobs matching all filters, oldest first.
+    @staticmethod
+    def _query(filters, since=None, until=None, changed=False):
+        """``filters`` with ``since``/``until`` made into created_/updated_after/before."""
+        out = Jobs._filters(filters)
+        out.update(job_queries.time_filters(since, until, changed))
+        return out
+
+    def filter(self, limit=None, offset=0, sort=None, since=None, until=None, changed=False, **filters):
+        """Jobs matching all filters, oldest first (or as ``sort`` says).
 
         Filters: workflow, name, name_like (glob), state (one or a list), tags
         (all of them), ids, created_after, created_before, updated_after,
-        updated_before (datetime or UNIX seconds).
+        updated_before (datetime or UNIX seconds).  ``since`` and ``until``:
+        created at or after / before, each a span ago ("1h", "2d"), a date
+        ("2024-05-01"), a date and time, UNIX seconds or a datetime; with
+        ``changed=True`` they compare the time of the last change instead.
+        ``sort``: created (default), updated, name, workflow, state (pipeline
+        order) or id; "-updated" is the last changed first.
         """
-        rows = self._db.call("job_filter", filters=self._filters(filters), limit=limit, offset=offset)
+        params = {"filters": self._query(filters, since, until, changed), "limit": limit, "offset": offset}
+        if sort is not None:  # only when asked: a server of an older release knows no sort
+            params["sort"] = job_queries.check_sort(sort)
+        rows = self._db.call("job_filter", **params)
         return [self._job(r) for r in rows]
 
     def all(self):
         return self.filter()
 
-    def count(self, **filters):
+    def count(self, since=None, until=None, changed=False, **filters):
         """Number of jobs matching the filters of :meth:`filter`."""
-        return self._db.call("job_count", filters=self._filters(filters))
+        return self._db.call("job_count", filters=self._query(filters, since, until, changed))
+
+    def state_counts(self, since=None, until=None, changed=False, **filters):
+        """How many jobs matching the filters of :meth:`filter` are in each state, per workflow:
+        ``[{"workflow", "state", "count"}, ...]`` (see :func:`balsamdb.job_queries.progress`)."""
+        return self._db.call("job_state_counts", filters=self._query(filters, since, until, changed))
+
+    def timeline(self, job_id, now=None):
+        """The time job ``job_id`` spent in each state (see :func:`balsamdb.job_queries.timeline`)."""
+        return job_queries.timeline(self.history(job_id), now)
 
 
 class Records:

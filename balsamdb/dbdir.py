@@ -117,10 +117,12 @@ class DBDirectory:
             exists, is_dir = self.path.exists(), self.path.is_dir()
         except PermissionError:
             exists = is_dir = None
-        if exists is None or (not exists and not os.access(self.path.parent, os.X_OK)):
+        reachable, missing = _nearest_existing_parent(self.path) if not exists else (True, None)
+        if exists is None or not reachable:
             raise ConfigError(f"{self.path} belongs to another user: only its owner's processes may use it")
         if not exists:
-            raise NotADBDirectory(f"{self.path} does not exist; create it with: db init {self.path}")
+            also = f", nor does {missing}" if missing is not None else ""
+            raise NotADBDirectory(f"{self.path} does not exist{also}; create it with: db init {self.path}")
         if not is_dir:
             raise NotADBDirectory(f"{self.path} is a file, not a DB directory")
         try:
@@ -266,6 +268,21 @@ class DBDirectory:
         if not upgraded and not done:
             done.append(f"{self.path} is already a current {db_type} DB directory (schema {models.SCHEMA_VERSION})")
         return done
+
+
+def _nearest_existing_parent(path):
+    """``(reachable, missing)`` for a ``path`` that does not exist (or cannot be seen):
+    whether its nearest existing parent lets us in, and the highest parent that is
+    missing too (a typo in a directory name), or None when only ``path`` is missing."""
+    missing = None
+    for parent in path.parents:
+        try:
+            if parent.exists():
+                return os.access(parent, os.X_OK), missing
+        except PermissionError:
+            return False, missing
+        missing = parent
+    return True, missing
 
 
 def parse_postgres_url(url):

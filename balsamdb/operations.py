@@ -393,17 +393,39 @@ def _job_query(filters):
     return query
 
 
+def _job_order(sort):
+    """The ORDER BY of ``sort`` (see :data:`balsamdb.job_queries.SORT_KEYS`); ties by creation, then id."""
+    from .job_queries import check_sort
+
+    sort = check_sort(sort) or "created"
+    key = sort.lstrip("-")
+    if key == "state":  # in the order of the pipeline, not of the alphabet
+        field = pw.Case(Job.state, [(name, rank) for rank, name in enumerate(states.STATES)], len(states.STATES))
+    else:
+        field = {"created": Job.created_at, "updated": Job.updated_at, "name": Job.name,
+                 "workflow": Job.workflow, "id": Job.id}[key]
+    descending = sort.startswith("-")
+    order = [field.desc() if descending else field.asc()]
+    if key != "created":
+        order.append(Job.created_at.desc() if descending else Job.created_at.asc())
+    order.append(Job.id.desc() if descending else Job.id.asc())
+    return order
+
+
 @operation(write=False)
-def job_filter(filters=None, limit=None, offset=0):
-    """Jobs matching ``filters``, oldest first.
+def job_filter(filters=None, limit=None, offset=0, sort=None):
+    """Jobs matching ``filters``, oldest first (or as ``sort`` says).
 
     ``filters`` may hold ``ids``, ``id_prefix`` (the start of an id),
     ``workflow``, ``name``, ``name_like`` (a glob
     such as ``sim-*``, case-insensitive), ``state`` (one or a list), ``tags``
     (all of them), ``created_after``/``created_before``/``updated_after``/
     ``updated_before`` (UNIX seconds).  ``limit`` and ``offset`` page the result.
+    ``sort`` is one of ``created`` (the default), ``updated``, ``name``,
+    ``workflow``, ``state`` (in pipeline order) or ``id``; with a leading ``-``
+    the order is reversed (``-updated``: the last changed first).
     """
-    query = _job_query(filters).order_by(Job.created_at, Job.id)
+    query = _job_query(filters).order_by(*_job_order(sort))
     if limit is not None:
         query = query.limit(_number(limit, "limit", int, 0))
     if offset:
@@ -415,6 +437,18 @@ def job_filter(filters=None, limit=None, offset=0):
 def job_count(filters=None):
     """Number of jobs matching ``filters`` (as for ``job_filter``)."""
     return _job_query(filters).count()
+
+
+@operation(write=False)
+def job_state_counts(filters=None):
+    """How many jobs matching ``filters`` (as for ``job_filter``) are in each
+    state, per workflow: a list of ``{workflow, state, count}``, by workflow,
+    then states in pipeline order; states with no job are left out."""
+    query = (_job_query(filters).select(Job.workflow, Job.state, pw.fn.COUNT(Job.id).alias("count"))
+             .group_by(Job.workflow, Job.state))
+    rows = [{"workflow": row.workflow, "state": row.state, "count": row.count} for row in query]
+    rank = {name: index for index, name in enumerate(states.STATES)}
+    return sorted(rows, key=lambda r: (r["workflow"], rank.get(r["state"], len(rank))))
 
 
 # -- projects and records -------------------------------------------------------

@@ -12,6 +12,7 @@ Nothing here runs at import time.
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,9 @@ DEFAULTS = {
                                            "retry is answered instead of applied again (retries come within minutes)"),
     "remote_spool_dir": (None, str, "where writes to an unreachable HTTP store wait (default: "
                                     "$XDG_DATA_HOME/balsamdb/remote-spool, one subdirectory per store)"),
+    "require_explicit_db": (False, bool, "refuse the last fallback (default_db/ of a source checkout, or the per-user "
+                                         "directory): a DB directory must be named by --path, BALSAM_DB_PATH or "
+                                         "default_db_path"),
 }
 
 
@@ -89,6 +93,7 @@ class Settings:
     max_request_bytes: int
     applied_retention_days: float
     remote_spool_dir: object
+    require_explicit_db: bool
 
 
 def load_settings(**overrides):
@@ -127,17 +132,34 @@ def user_data_default():
     return Path(base) / "balsamdb" / "default_db"
 
 
-def resolve_db_path(path=None):
-    """Choose the DB directory: returns ``(Path, source)``, source says why."""
+class DefaultDBWarning(UserWarning):
+    """No DB directory was named, so the last fallback was used (the mistake of a
+    forgotten ``export BALSAM_DB_PATH``); the CLI shows it once per process."""
+
+
+CHECKOUT_SOURCE = "default_db/ of the source checkout"
+USER_DIR_SOURCE = "the per-user data directory"
+
+
+def resolve_db_path(path=None, settings=None):
+    """Choose the DB directory: returns ``(Path, source)``, source says why.
+
+    When nothing names one, the last fallback is used with a :class:`DefaultDBWarning`,
+    or refused with :class:`ConfigError` when ``require_explicit_db`` is on.
+    """
     if path:
         return Path(path).expanduser().absolute(), "the --path option"
     env = os.environ.get("BALSAM_DB_PATH")
     if env:
         return Path(env).expanduser().absolute(), "the BALSAM_DB_PATH environment variable"
-    configured = load_settings().default_db_path
+    settings = settings or load_settings()
+    configured = settings.default_db_path
     if configured:
         return Path(configured).expanduser().absolute(), f"default_db_path in {settings_file()}"
     checkout = source_checkout_default()
-    if checkout is not None:
-        return checkout, "default_db/ of the source checkout"
-    return user_data_default(), "the per-user data directory"
+    chosen, source = (checkout, CHECKOUT_SOURCE) if checkout is not None else (user_data_default(), USER_DIR_SOURCE)
+    if settings.require_explicit_db:
+        raise ConfigError(f"no DB directory is named and require_explicit_db is on: pass --path, set BALSAM_DB_PATH, "
+                          f"or set default_db_path in {settings_file()} (the fallback would be {source}, {chosen})")
+    warnings.warn(DefaultDBWarning(f"using {source}, {chosen}; set BALSAM_DB_PATH to choose"), stacklevel=2)
+    return chosen, source

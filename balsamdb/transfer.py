@@ -23,6 +23,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from .exceptions import BadRequest, ConfigError, StorageError, TransferError
 from .transfer_ops import KINDS, Digester, canonical, digest_of, item_key
+from .wording import plural
 
 PAGE = 1000
 SLACK = 5.0          # seconds: a catch-up pass re-reads what changed this long before the previous one began
@@ -509,8 +510,8 @@ def verify(src, dst, kinds, until, say=lambda s: None):
             # The items left out of the digests (changed after ``until``, or stamped in the future by a
             # skewed clock) are compared one by one: only those that differ are still changing.
             checked, changing = _compare_changed(src, dst, kinds, until)
-            say(f"verified: {len(source['projects'])} projects, {source['jobs']['count']} jobs, "
-                f"{source['users']['count']} users; {checked} items that changed after the check began "
+            say(f"verified: {plural(len(source['projects']), 'project')}, {plural(source['jobs']['count'], 'job')}, "
+                f"{plural(source['users']['count'], 'user')}; {plural(checked, 'item')} that changed after the check began "
                 f"compared one by one, {changing} of them still changing"
                 + (f"; {'; '.join(extra)}" if extra else ""))
             return {"verified": True, "until": until, "compared_one_by_one": checked, "left_out_changing": changing,
@@ -743,7 +744,7 @@ def configure_store(path, url, progress=False, log=None):
 
     waiting = Spool(dbdir.spool_dir).count()
     if waiting:
-        raise ConfigError(f"{waiting} writes wait in {dbdir.spool_dir}: start the server once (db dbserver --path "
+        raise ConfigError(f"{plural(waiting, 'write waits', 'writes wait')} in {dbdir.spool_dir}: start the server once (db dbserver --path "
                           f"{dbdir.path}) so that it applies them, stop it, then run db configure again")
     if config["db_type"] == "postgres" and not config.get("external"):
         raise ConfigError(f"{dbdir.path} has its own PostgreSQL cluster; copy it with db copy {dbdir.path} URL "

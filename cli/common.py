@@ -3,39 +3,66 @@ DB, printing tables and JSON, and the one place where library errors become
 click errors."""
 
 import json
+import warnings
 from datetime import datetime
 
 import click
 
 import balsamdb
 from balsamdb.exceptions import NotFound
+from balsamdb.settings import DefaultDBWarning
+from balsamdb.wording import plural  # noqa: F401  (commands import it from here)
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 PATH_HELP = ("DB directory; default: $BALSAM_DB_PATH, then default_db_path in the settings file, "
              "then default_db/ of a source checkout or a per-user directory")
 
-# What to do next, added to a library message that does not already say it.
-_HINTS = {
-    NotFound: "check the id or name: `db ls` lists jobs, `db record ls PROJECT` lists records",
-}
+# What to do next, added to a library message that does not already say it: (class, the
+# start of the message it fits, hint).  A message that names a `db` command already says it.
+_HINTS = (
+    (NotFound, "no job", "check the id: `db ls` lists the jobs"),
+    (NotFound, "no record", "`db record ls PROJECT` lists the records of a project"),
+)
+
+
+def hint_for(exc, message):
+    """``message`` with the hint that fits ``exc``, when it lacks one."""
+    if "db " in message:
+        return message
+    for cls, start, hint in _HINTS:
+        if isinstance(exc, cls) and message.startswith(start):
+            return f"{message}; {hint}"
+    return message
+
+
+_NOTED = set()  # notes already shown by this process: each is said once
+
+
+def _show_note(message, category, filename, lineno, file=None, line=None, _shown=warnings.showwarning):
+    if not issubclass(category, DefaultDBWarning):
+        _shown(message, category, filename, lineno, file, line)
+    elif str(message) not in _NOTED:
+        _NOTED.add(str(message))
+        click.echo(f"Note: {message}", err=True)
 
 
 class BalsamGroup(click.Group):
     """A click group that turns any :class:`balsamdb.BalsamDBError` raised by a
     command below it into a :class:`click.ClickException`: a message on stderr
     and exit status 1, never a traceback.  This is the only place the CLI
-    translates library errors."""
+    translates library errors.  It also shows, once per process, a note on
+    stderr when no DB directory was named and a default one is used."""
 
     def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except balsamdb.BalsamDBError as exc:
-            message = exc.message or str(exc) or type(exc).__name__
-            for cls, hint in _HINTS.items():
-                if isinstance(exc, cls):
-                    message = f"{message}; {hint}"
-            raise click.ClickException(message) from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", DefaultDBWarning)  # _show_note says each once
+            warnings.showwarning = _show_note
+            try:
+                return super().invoke(ctx)
+            except balsamdb.BalsamDBError as exc:
+                message = exc.message or str(exc) or type(exc).__name__
+                raise click.ClickException(hint_for(exc, message)) from None
 
 
 def path_option(function):

@@ -6,7 +6,9 @@ import uuid
 
 import click
 
+from balsamdb.job_queries import timeline
 from balsamdb.states import INITIAL, PIPELINE
+from balsamdb.wording import duration
 
 from .common import echo_json, format_time, json_option, open_db, parse_json, path_option
 from .ls import STATE_CHOICE, StateChoice, ls
@@ -184,10 +186,27 @@ def _echo_job(data):
     width = max(len(label) for label, _ in rows) + 2
     for label, value in rows:
         click.echo(f"{label + ':':<{width}}{value}".rstrip())
-    click.echo("history:")
-    for change in data.get("history", []):
-        line = f"  {format_time(change['time'])}  {change['from_state'] or '-'} -> {change['to_state']}"
-        click.echo(f"{line}  {change['message']}".rstrip())
+    click.echo("history (time in each state):")
+    entries = data.get("timeline", [])
+    state_width = max([len(e["state"]) for e in entries] + [5])
+    spans = [_time_in_state(e) for e in entries]
+    total = None
+    if len(entries) > 1:
+        last = entries[-1]
+        end = last["since"] if last["seconds"] is None else last["since"] + last["seconds"]
+        total = duration(end - entries[0]["since"]) + ("" if last["seconds"] is None else " so far")
+    span_width = max([len(s) for s in spans + [total or ""]])
+    for entry, span in zip(entries, spans):
+        line = f"  {format_time(entry['since'])}  {entry['state']:<{state_width}}  {span:>{span_width}}"
+        click.echo(f"{line}  {entry['message']}".rstrip())
+    if total is not None:
+        click.echo(f"  {'total':<{19 + 2 + state_width}}  {total:>{span_width}}")
+
+
+def _time_in_state(entry):
+    if entry["seconds"] is None:
+        return "(final)"
+    return duration(entry["seconds"]) + (" so far" if entry["current"] else "")
 
 
 @job.command("show")
@@ -195,9 +214,11 @@ def _echo_job(data):
 @path_option
 @json_option
 def show(job_id, path, as_json):
-    """Show every field of a job and its state history
+    """Show every field of a job and its state history, with the time in each state
 
-    ID is the full id or its first 4 or more characters.
+    ID is the full id or its first 4 or more characters.  The history says when
+    the job entered each state and how long it stayed ("so far" for the state it
+    is in); --json gives it as "timeline".
 
     Example:
 
@@ -208,10 +229,11 @@ def show(job_id, path, as_json):
     with open_db(path) as db:
         (full_id,) = resolve_job_ids(db, [job_id])
         found = db.jobs.get(full_id)
+    data = dict(found.to_dict(), timeline=timeline(found.history))
     if as_json:
-        echo_json(found.to_dict())
+        echo_json(data)
     else:
-        _echo_job(found.to_dict())
+        _echo_job(data)
 
 
 @job.command("modify")

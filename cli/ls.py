@@ -1,11 +1,18 @@
-"""`db ls` (also `db job ls`): list jobs as a table or as JSON."""
+"""`db ls` (also `db job ls`): list jobs as a table or as JSON, count them per state,
+or watch a campaign with a progress bar per workflow."""
+
+import shutil
+import sys
+import time
+from datetime import datetime
 
 import click
 
+from balsamdb import job_queries
+from balsamdb.exceptions import BadRequest
 from balsamdb.states import STATES
 
 from .common import echo_json, echo_table, format_time, json_option, open_db, path_option, shorten
-
 
 
 class StateChoice(click.Choice):
@@ -16,6 +23,17 @@ class StateChoice(click.Choice):
 
 
 STATE_CHOICE = StateChoice(STATES)
+SORT_CHOICE = click.Choice([key for name in job_queries.SORT_KEYS for key in (name, "-" + name)])
+
+
+def _when(ctx, param, value):
+    """--since/--until: checked now (a clear error names the forms), sent as given."""
+    if value is not None:
+        try:
+            job_queries.parse_time(value, what="")
+        except BadRequest as exc:
+            raise click.BadParameter(exc.message) from None
+    return value
 
 
 @click.command("ls")
@@ -25,9 +43,24 @@ STATE_CHOICE = StateChoice(STATES)
               help=f"Only jobs in this state (repeat for several): {', '.join(STATES)}")
 @click.option("--name", "-n", "name_glob", metavar="GLOB", help="Only jobs whose name matches, e.g. 'sim-*'")
 @click.option("--tag", "-t", "tags", multiple=True, help="Only jobs with this tag (repeat: all of them)")
+@click.option("--since", metavar="WHEN", callback=_when,
+              help="Only jobs created since WHEN: a span ago (30m, 1h, 2d, 1w), a date (2024-05-01) "
+                   "or a date and time ('2024-05-01 14:30')")
+@click.option("--until", metavar="WHEN", callback=_when, help="Only jobs created before WHEN (as for --since)")
+@click.option("--changed", is_flag=True,
+              help="--since/--until compare the time of the last change (state or field), not of creation")
+@click.option("--sort", type=SORT_CHOICE, metavar="KEY",
+              help=f"Order by {', '.join(job_queries.SORT_KEYS)} (state: pipeline order); "
+                   "-KEY reverses it (-updated: last changed first)  [default: created]")
 @click.option("--limit", type=click.IntRange(min=0), help="Show at most this many jobs")
+@click.option("--by-state", is_flag=True, help="Count the jobs in each state, per workflow, instead of listing them")
+@click.option("--watch", is_flag=True,
+              help="Refresh in place until Ctrl-C, with a progress bar of finished jobs per workflow")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True, metavar="SECONDS",
+              help="Seconds between refreshes of --watch")
 @json_option
-def ls(path, workflow, states, name_glob, tags, limit, as_json):
+def ls(path, workflow, states, name_glob, tags, since, until, changed, sort, limit, by_state, watch, interval,
+       as_json):
     """List jobs, oldest first
 
     Example:
@@ -35,18 +68,96 @@ def ls(path, workflow, states, name_glob, tags, limit, as_json):
     \b
         db ls --workflow sweep --state RUNNING --state READY
         db ls --name 'sim-*' --tag gpu --json
+        db ls --since 1h --sort -updated --limit 20
+        db ls --state JOB_FINISHED --since 30m --changed    # finished in the last 30 min
+        db ls --by-state
+        db ls --workflow sweep --watch --by-state           # Ctrl-C to stop
     """
+    if watch and as_json:
+        raise click.UsageError("--watch is for people; scripts call db ls --json (or --by-state --json) in a loop")
+    if changed and since is None and until is None:
+        raise click.UsageError("--changed goes with --since or --until: it says which time they compare")
+    filters = dict(workflow=workflow, state=list(states) or None, name_like=name_glob, tags=list(tags) or None,
+                   since=since, until=until, changed=changed)
+    filtered = bool(workflow or states or name_glob or tags or since or until)
     with open_db(path) as db:
-        jobs = db.jobs.filter(limit=limit, workflow=workflow, state=list(states) or None,
-                              name_like=name_glob, tags=list(tags) or None)
+        if watch:
+            _watch(db, filters, filtered, sort, limit, by_state, interval)
+            return
+        if by_state:
+            counts = db.jobs.state_counts(**filters)
+            echo_json(counts) if as_json else _echo_counts(counts, filtered)
+            return
+        jobs = db.jobs.filter(limit=limit, sort=sort, **filters)
     if as_json:
         echo_json([job.to_dict() for job in jobs])
         return
+    _echo_jobs(jobs, filtered)
+
+
+def _echo_jobs(jobs, filtered):
     if not jobs:
-        click.echo("No jobs match." if (workflow or states or name_glob or tags) else "No jobs yet.")
+        click.echo("No jobs match." if filtered else "No jobs yet.")
         return
     echo_table(
         ["id", "name", "workflow", "application", "state", "created"],
         [[j.id[:8], j.name, j.workflow, shorten(j.application, 40), j.state, format_time(j.created_at)]
          for j in jobs],
     )
+
+
+def _echo_counts(counts, filtered):
+    """A row per workflow: its total and a column per state that any workflow has a job in."""
+    if not counts:
+        click.echo("No jobs match." if filtered else "No jobs yet.")
+        return
+    per_workflow = job_queries.progress(counts)
+    shown = [s for s in STATES if any(s in item["states"] for item in per_workflow.values())]
+    echo_table(["workflow", "total"] + shown,
+               [[name, str(item["total"])] + [str(item["states"].get(s, 0)) for s in shown]
+                for name, item in per_workflow.items()])
+
+
+def _bars(counts, width):
+    """A progress bar of finished jobs for each workflow (tqdm draws it)."""
+    from tqdm import tqdm
+
+    plain = not (sys.stdout.encoding or "").lower().startswith("utf")
+    lines = []
+    per_workflow = job_queries.progress(counts)
+    name_width = max([len(name) for name in per_workflow] + [8])
+    for name, item in per_workflow.items():
+        failed = f", {item['failed']} failed" if item["failed"] else ""
+        lines.append(tqdm.format_meter(
+            item["finished"], item["total"], 0, ncols=width, prefix=name.ljust(name_width), ascii=plain,
+            bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} finished" + failed))
+    return lines
+
+
+def _watch(db, filters, filtered, sort, limit, by_state, interval):
+    """Draw the listing (or the counts) and the bars every ``interval`` s until Ctrl-C.
+    On a terminal each frame replaces the last; into a file or pipe, frames follow each other."""
+    in_place = sys.stdout.isatty()
+    width = min(shutil.get_terminal_size().columns if in_place else 80, 100)
+    try:
+        while True:
+            counts = db.jobs.state_counts(**filters)
+            jobs = None if by_state else db.jobs.filter(limit=limit, sort=sort, **filters)
+            if in_place:
+                click.clear()
+            click.echo(f"{datetime.now():%Y-%m-%d %H:%M:%S}  every {interval:g} s, Ctrl-C to stop")
+            if by_state:
+                _echo_counts(counts, filtered)
+            else:
+                _echo_jobs(jobs, filtered)
+            bars = _bars(counts, width)
+            if bars:
+                click.echo("")
+                for line in bars:
+                    click.echo(line)
+            if not in_place:
+                click.echo("")
+            sys.stdout.flush()
+            time.sleep(interval)  # the refresh period the user asked for
+    except KeyboardInterrupt:
+        return

@@ -6,7 +6,7 @@ from balsamdb.dbdir import DBDirectory
 from balsamdb.settings import resolve_db_path
 from balsamdb.spool import Spool
 
-from .common import echo_json, json_option, path_option
+from .common import echo_json, json_option, path_option, plural
 
 
 @click.command("spool")
@@ -64,8 +64,8 @@ def _show(report, spool_dir, drained, as_json):
         echo_json(dict(report, drained=drained, path=str(spool_dir)))
         return
     if drained is not None:
-        click.echo(f"the server applied {drained['applied']} spooled writes")
-    click.echo(f"{len(report['pending'])} writes wait in {spool_dir / 'new'}")
+        click.echo(f"the server applied {plural(drained['applied'], 'spooled write')}")
+    click.echo(f"{plural(len(report['pending']), 'write waits', 'writes wait')} in {spool_dir / 'new'}")
     for item in report["pending"][:20]:
         click.echo(f"  {item.get('op', '?'):<20} id {item.get('id', '?')}  waiting {item['age_s']:.0f} s")
     if len(report["pending"]) > 20:

@@ -7,7 +7,7 @@ import click
 from balsamdb import transfer
 from balsamdb.settings import resolve_db_path
 
-from .common import CONTEXT_SETTINGS, echo_json, json_option, path_option
+from .common import CONTEXT_SETTINGS, echo_json, json_option, path_option, plural
 
 STORE_HELP = ("a DB directory, a postgresql://user:pw@host:port/db URL, or an http(s)://user:pw@host:port/prefix/ "
               "store (balsamdb's own or any Sumatra record store)")
@@ -77,7 +77,8 @@ def copy(src, dst, dry_run, as_json):
                                                            for k, v in during.items()) or "nothing"))
         check = report["verification"]
         records = sum(p["records"] for p in check["projects"].values())
-        click.echo(f"verified: {len(check['projects'])} projects, {records} records, {check['jobs']['count']} jobs, {check['users']['count']} users have equal counts "
+        click.echo(f"verified: {plural(len(check['projects']), 'project')}, {plural(records, 'record')}, "
+                   f"{plural(check['jobs']['count'], 'job')}, {plural(check['users']['count'], 'user')} have equal counts "
                    f"and digests on both sides ({report['seconds']:.1f} s, {report['items_per_second']} items/s)")
 
 
@@ -159,7 +160,7 @@ def export(file, path, store, as_json):
     if as_json:
         echo_json(summary)
     elif file != "-":
-        click.echo(f"exported {', '.join(f'{n} {k}s' for k, n in footer['counts'].items())} to {file}")
+        click.echo(f"exported {', '.join(plural(n, k) for k, n in footer['counts'].items())} to {file}")
 
 
 @click.command("import", context_settings=CONTEXT_SETTINGS)
@@ -196,4 +197,4 @@ def import_(file, path, store, project, dry_run, as_json):
     click.echo(f"{verb} {report['format']} {file}: {_kind_counts(report['items'])}"
                + (" (verified)" if report.get("verified") else ""))
     for kind, count in report["skipped_kinds"].items():
-        click.echo(f"not imported: {count} {kind}s (the store cannot hold them)")
+        click.echo(f"not imported: {plural(count, kind)} (the store cannot hold them)")

@@ -23,6 +23,11 @@ def user():
 def _password(password_stdin):
     if password_stdin:
         password = click.get_text_stream("stdin").readline().rstrip("\n")
+    elif not click.get_text_stream("stdin").isatty():
+        # Asking would echo the password, or read it from a pipe meant for something else.
+        command = click.get_current_context().info_name
+        raise click.UsageError("no terminal to ask for the password: give it on the first line of stdin "
+                               f"with --password-stdin, e.g. echo \"$PW\" | db user {command} NAME --password-stdin")
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     if not password:

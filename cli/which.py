@@ -9,7 +9,7 @@ from balsamdb.dbdir import DBDirectory
 from balsamdb.exceptions import NotADBDirectory
 from balsamdb.settings import resolve_db_path
 
-from .common import echo_json, json_option, path_option
+from .common import echo_json, json_option, path_option, plural
 
 
 def _remote(url, source):
@@ -102,7 +102,7 @@ def which(path, as_json):
         click.echo(f"  chosen by:     {report['source']}")
         click.echo("  HTTP store:    " + (report["problem"] or f"answers, as {server.get('user') or 'anonymous'}"
                                           + (" (admin)" if server.get("admin") else "")))
-        click.echo(f"  local spool:   {server['spool_waiting']} writes waiting (db spool --url URL)")
+        click.echo(f"  local spool:   {plural(server['spool_waiting'], 'write')} waiting (db spool --url URL)")
         return
     if report["is_db_directory"]:
         kind = f"yes ({report['db_type']})" if report["db_type"] else f"broken: {report['problem']}"

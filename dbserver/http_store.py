@@ -739,11 +739,16 @@ def serve(path, host="127.0.0.1", port=8000, prefix="/", threads=16, max_body=MA
     dbdir = DBDirectory(path)
     dbdir.config()  # a clear error for a path that is not a DB directory
     setup_logging(dbdir.log_dir / "http.log")
+    # The worker threads block SIGTERM and SIGINT (they inherit the mask made here), so the kernel
+    # gives those to the main thread: one given to a worker would wait for the loop's 1 s select.
+    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     try:
         server = make_server(dbdir.path, host, port, prefix, threads, max_body, trusted_proxy, create_window)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; "
                           "choose another --port (or --host)") from None
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
     shown_host = f"[{server.effective_host}]" if ":" in str(server.effective_host) else server.effective_host
     url = f"http://{shown_host}:{server.effective_port}/{prefix.strip('/')}{'/' if prefix.strip('/') else ''}"
     log.info("serving %s (%s) at %s with %d threads, bodies up to %d bytes%s", dbdir.path, dbdir.db_type, url,

@@ -130,3 +130,27 @@ def served_dbdir(any_dbdir):
     finally:
         db_cli("dbserver", "--stop", "--path", any_dbdir)
         kill_everything(any_dbdir)
+
+
+# -- the quick layer -------------------------------------------------------------------------------------
+# `pytest -m "not slow"` (README: the edit-test loop) leaves out every test on PostgreSQL (a cluster to
+# start) and the suites that kill and restart processes, run other hosts or build packages.  A test is
+# slow here when in doubt: the quick layer must stay quick; CI runs everything.
+
+SLOW_MODULES = frozenset({
+    "test_faults", "test_netns", "test_fuzz", "test_postgres_cluster", "test_postgres_backend",
+    "test_transfer", "test_packaging", "test_direct_concurrency", "test_security", "test_sumatra_export",
+})
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: PostgreSQL, fault, multi-host and packaging tests; "
+                                       "`-m \"not slow\"` runs the quick layer")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        on_postgres = any(isinstance(v, str) and v.startswith("postgres") for v in params.values())
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or on_postgres or "pg_cluster" in item.fixturenames:
+            item.add_marker(pytest.mark.slow)

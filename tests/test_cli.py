@@ -358,9 +358,9 @@ def test_job_show_by_prefix_with_history(run_db, store):
     assert "application:       python sim.py" in out
     assert 'data:              {"T": 300}' in out
     assert f"working directory: {job['working_directory']}" in out
-    history = out.split("history:\n")[1].splitlines()
-    assert history[0].endswith("- -> CREATED  created")
-    assert history[1].endswith("CREATED -> RUNNING  started on nid12")
+    history = out.split("history (time in each state):\n")[1].splitlines()
+    assert "  CREATED " in history[0] and history[0].endswith(" s  created")
+    assert "  RUNNING " in history[1] and history[1].endswith(" s so far  started on nid12")
 
     shown = json.loads(ok(run_db("job", "show", job["id"].upper(), "--path", store, "--json")))
     assert shown["id"] == job["id"] and shown["state"] == "RUNNING"
