@@ -67,7 +67,8 @@ SUMATRA_MEDIA_TYPE = re.compile(r"application/vnd\.sumatra\.[a-z-]+-v\d+\+json")
 # Operations a user who is not an admin may call on the projects they may use: op -> parameter naming it.
 PROJECT_PARAMS = {"project_save": "name", "project_get": "name", "record_save": "project", "record_get": "project",
                   "record_list": "project", "record_labels": "project", "record_delete": "project",
-                  "record_delete_by_tag": "project", "record_tag": "project", "permission_list": "project"}
+                  "record_delete_by_tag": "project", "record_tag": "project", "permission_list": "project",
+                  "permission_grant": "project"}
 CODE_OF_STATUS = {400: "bad_request", 401: "auth", 403: "auth", 404: "not_found", 405: "bad_request",
                   406: "bad_request", 409: "conflict", 413: "too_large", 500: "internal", 503: "unavailable"}
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
@@ -426,6 +427,8 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
     def may_use(name):
         if g.user is None:
             return False
+        if g.user.get("admin"):
+            return True  # admins may do everything, on every project
         if name not in g.user["projects"]:
             # Read again: a racing request of this user may have created the project since
             # this one logged in (16 `smt run` of one project start together).
@@ -486,7 +489,8 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
     def project_list():
         projects = store.read("project_list")
         mine = set(g.user["projects"]) if g.user else set()
-        visible = [p for p in projects if p["public"] or p["name"] in mine]
+        admin = bool(g.user and g.user.get("admin"))
+        visible = [p for p in projects if admin or p["public"] or p["name"] in mine]
         if g.user is None and len(visible) < len(projects):
             raise _challenge("log in to see every project you may use")
         return reply(_project_entries(visible),
