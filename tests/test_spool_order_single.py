@@ -69,3 +69,47 @@ def test_the_http_clients_spooled_chain_is_sent_in_order(served_dbdir, tmp_path,
     with balsamdb.connect(served_dbdir) as local:
         history = [h["to_state"] for h in local.jobs.history(job_id)]
         assert history == ["CREATED", "READY", "RUNNING"], history
+
+
+# -- a spooled write goes before the same client's next live write -------------------------------------
+
+def test_a_spooled_write_goes_before_the_clients_next_live_write(any_dbdir):
+    """READY waits in the spool; once a server runs, the same client's live RUNNING must come after it
+    (CREATED -> RUNNING is legal, RUNNING -> READY is not: an overtaking shows in the history and
+    in spool/failed)."""
+    path = any_dbdir
+    db = balsamdb.connect(path, require_server=True)
+    try:
+        db_cli("dbserver", "--path", path, check=True)
+        job = db.jobs.create(name="ordered", make_workdir=False)
+        db_cli("dbserver", "--stop", "--path", path, check=True)
+        assert getattr(db.jobs.update_state(job.id, "READY"), "spooled", False)
+        db_cli("dbserver", "--path", path, check=True)
+        assert db.jobs.update_state(job.id, "RUNNING").state == "RUNNING" and db.last_route == "server"
+        history = [h["to_state"] for h in db.jobs.history(job.id)]
+        assert history == ["CREATED", "READY", "RUNNING"], history
+        assert list((path / "spool" / "failed").iterdir()) == []
+    finally:
+        db.close()
+        db_cli("dbserver", "--stop", "--path", path)
+        kill_everything(path)
+
+
+@pytest.mark.parametrize("backend", ["sqlite3"])
+def test_the_http_clients_spooled_write_goes_before_its_next_live_write(served_dbdir, tmp_path, request):
+    with balsamdb.connect(served_dbdir) as local:
+        local.call("user_save", name=ADMIN, password_hash=hash_password(ADMIN_PW), admin=True)
+    port = _free_port()
+    served = Served(served_dbdir, tmp_path, port=port)
+    request.addfinalizer(lambda: served.stop())
+    db = balsamdb.connect(f"http://{ADMIN}:{ADMIN_PW}@127.0.0.1:{port}/", client_deadline=0.5,
+                          remote_spool_dir=str(tmp_path / "remote-spool"))
+    request.addfinalizer(db.close)
+    job = db.jobs.create(name="ordered")
+    served.stop()
+    assert getattr(db.jobs.update_state(job.id, "READY"), "spooled", False)
+    served = Served(served_dbdir, tmp_path, port=port)
+    assert db.jobs.update_state(job.id, "RUNNING").state == "RUNNING" and db.last_route == "http"
+    assert db.spool.count() == 0 and db.spool.failures() == [], db.spool.describe()
+    history = [h["to_state"] for h in db.jobs.history(job.id)]
+    assert history == ["CREATED", "READY", "RUNNING"], history
