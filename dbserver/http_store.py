@@ -43,7 +43,7 @@ from balsamdb.exceptions import (AuthenticationError, BadRequest, BalsamDBError,
                                  DatabaseBusy, InvalidTransition, NotFound, RequestTooLarge, ServerUnavailable,
                                  StorageError, TryAgain)
 from balsamdb.operations import bind_params, lookup
-from balsamdb.protocol import SERVER_OPS
+from balsamdb.protocol import MAX_AGE, SERVER_OPS
 from balsamdb.passwords import verify_password
 
 log = logging.getLogger("balsamdb.server.http_store")
@@ -67,10 +67,14 @@ SUMATRA_MEDIA_TYPE = re.compile(r"application/vnd\.sumatra\.[a-z-]+-v\d+\+json")
 # Operations a user who is not an admin may call on the projects they may use: op -> parameter naming it.
 PROJECT_PARAMS = {"project_save": "name", "project_get": "name", "record_save": "project", "record_get": "project",
                   "record_list": "project", "record_labels": "project", "record_delete": "project",
-                  "record_delete_by_tag": "project", "record_tag": "project", "permission_list": "project"}
+                  "record_delete_by_tag": "project", "record_tag": "project", "permission_list": "project",
+                  "permission_grant": "project"}
 CODE_OF_STATUS = {400: "bad_request", 401: "auth", 403: "auth", 404: "not_found", 405: "bad_request",
                   406: "bad_request", 409: "conflict", 413: "too_large", 500: "internal", 503: "unavailable"}
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+# A request stamped (``sent``) further in the future than this is refused: the client's clock is
+# wrong, and the retention check (which refuses writes too old to be applied only once) cannot work.
+MAX_CLOCK_SKEW = MAX_AGE
 
 STATUS_OF_ERROR = [  # library error -> HTTP status; the first match wins
     (RequestTooLarge, 413),
@@ -426,6 +430,8 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
     def may_use(name):
         if g.user is None:
             return False
+        if g.user.get("admin"):
+            return True  # admins may do everything, on every project
         if name not in g.user["projects"]:
             # Read again: a racing request of this user may have created the project since
             # this one logged in (16 `smt run` of one project start together).
@@ -486,7 +492,8 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
     def project_list():
         projects = store.read("project_list")
         mine = set(g.user["projects"]) if g.user else set()
-        visible = [p for p in projects if p["public"] or p["name"] in mine]
+        admin = bool(g.user and g.user.get("admin"))
+        visible = [p for p in projects if admin or p["public"] or p["name"] in mine]
         if g.user is None and len(visible) < len(projects):
             raise _challenge("log in to see every project you may use")
         return reply(_project_entries(visible),
@@ -651,6 +658,10 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
                                  "the store keeps the ids of applied writes (applied_retention_days, less an hour): "
                                  "refused so that it cannot be applied twice; check whether it is there, and send "
                                  "it again as a new request if not")
+        if isinstance(sent, (int, float)) and not isinstance(sent, bool) and sent - time.time() > MAX_CLOCK_SKEW:
+            raise HTTPError(400, f"this request is stamped {sent - time.time():.0f} s in the future: the clocks of "
+                                 f"client and store differ by more than {MAX_CLOCK_SKEW:.0f} s; set the client's "
+                                 "clock right (NTP) and send it again")
         if op == "ping":  # answered by this HTTP store itself
             return reply({"ok": True, "result": {"pong": True, "store": "http", "balsamdb": balsamdb.__version__}})
         if op in SERVER_OPS:  # status, spool_drain: of the write server behind this store

@@ -10,6 +10,12 @@ from balsamdb.server.dbinit import init_db_directory
 CLI_TIMEOUT = 60  # seconds; a CLI call that takes longer is a failure, not a hang
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "unprivileged: needs root, or runs as an ordinary user inside user namespaces "
+                   "(scripts/test_unprivileged.sh runs these)")
+
+
 @pytest.fixture
 def dbdir(tmp_path):
     """A fresh SQLite DB directory; returns its path."""

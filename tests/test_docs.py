@@ -38,3 +38,28 @@ def test_every_operation_is_documented_in_the_protocol_page():
     assert not missing, f"docs/protocol.md lacks {missing}"
     for name, op in OPERATIONS.items():
         assert op.doc, f"operation {name} has no docstring (its specification)"
+
+
+def test_every_guarantee_names_tests_that_exist():
+    """Each row of docs/guarantees.md names a test file, and every test it names is defined there."""
+    rows = [line for line in (ROOT / "docs" / "guarantees.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| promise") and not set(line) <= set("|- ")]
+    assert rows
+    for row in rows:
+        cell = row.rstrip(" |").rsplit(" | ", 1)[-1]
+        names = re.findall(r"`([^`]+)`", cell)
+        current = None
+        for name in names:
+            file, _, test = name.partition("::")
+            if file.startswith("test_") and file.endswith(".py"):
+                current = ROOT / "tests" / file
+                assert current.exists(), f"{row}: no {file}"
+            elif name.startswith("test_"):
+                test = name  # a test of the file named before it
+            else:
+                continue  # a command, an option
+            if test:
+                assert current is not None, f"{row}: {test} names no file"
+                assert re.search(rf"^def {re.escape(test)}\(", current.read_text(), re.M), \
+                    f"{row}: {current.name} has no test {test}"
+        assert current is not None, f"a promise without a test: {row}"

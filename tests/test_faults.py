@@ -185,6 +185,10 @@ def _stop_server(path):
 # -- a small tmpfs, for the file system faults ------------------------------------------------------------
 
 def _mount(*args):
+    if any(str(arg).startswith("remount") for arg in args):
+        # A remount changes only what it names: otherwise mount(8) repeats the options it reads in
+        # /proc/self/mountinfo, whose uid= a user namespace cannot map (EINVAL; see test_unprivileged.sh).
+        args = ("--options-source=disable", *args)
     return subprocess.run(["mount", *map(str, args)], capture_output=True, text=True)
 
 
@@ -209,7 +213,8 @@ def tmpfs(tmp_path):
     mount_point.mkdir()
     mounted = _mount("-t", "tmpfs", "-o", "size=8m", "tmpfs", mount_point)
     if mounted.returncode != 0:
-        skip_or_fail(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+        skip_or_fail(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN; as an ordinary user run "
+                     f"scripts/test_unprivileged.sh): {mounted.stderr.strip()}")
     try:
         yield mount_point
     finally:
@@ -478,6 +483,7 @@ def _writer_phase(path, workdir, nprocs=4, count=25):
     return writers, results
 
 
+@pytest.mark.unprivileged  # root, or an ordinary user with scripts/test_unprivileged.sh
 def test_full_disk_refuses_writes_cleanly_and_recovers(tmpfs, tmp_path):
     """SQLite only: the DB directory lives on an 8 MB tmpfs that a filler file makes full.
     (A PostgreSQL database is on its cluster's disk, elsewhere: filling the DB directory would not
@@ -671,6 +677,7 @@ class _ReadOnly:
         self.tracer = None
 
 
+@pytest.mark.unprivileged  # root, or an ordinary user with scripts/test_unprivileged.sh
 def test_read_only_file_system_under_the_running_server(tmpfs):
     """SQLite only: the file system that turns read-only is the one holding the database file.
     (A PostgreSQL database lives on its cluster's disk; that cluster's own failure is not this case.)
@@ -720,6 +727,7 @@ def _try_create_no_workdir(db, name):
         return None
 
 
+@pytest.mark.unprivileged  # root, or an ordinary user with scripts/test_unprivileged.sh
 @pytest.mark.parametrize("fault", ["disk-full", "read-only"])
 def test_storage_error_names_the_cause(tmpfs, fault):
     """SQLite only (see the two tests above): the StorageError of a refused write says why."""
@@ -754,6 +762,7 @@ def test_storage_error_names_the_cause(tmpfs, fault):
         _stop_server(path)
 
 
+@pytest.mark.unprivileged  # root, or an ordinary user with scripts/test_unprivileged.sh
 def test_read_only_db_directory_create_raises_storage_error(tmpfs):
     """SQLite only (direct mode needs the file).  With no server holding files open, Linux allows a
     real read-only remount: a create then fails with a StorageError naming read-only, nothing is

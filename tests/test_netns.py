@@ -1,6 +1,7 @@
 """Server and clients on different hosts: network namespaces made by the test, the link cut during a run.
 
-Needs root and iproute2 (`ip netns`); CI runs as root and installs iproute2.  Traffic goes only to
+Needs root and iproute2 (`ip netns`); CI runs as root and installs iproute2.  An ordinary user runs
+it (SQLite only) with scripts/test_unprivileged.sh, in user and network namespaces of its own.  Traffic goes only to
 addresses of the two test hosts made here (a veth pair), never anywhere else.
 """
 
@@ -22,7 +23,7 @@ def _run(*cmd):
 
 def _netns_usable():
     if os.geteuid() != 0:
-        return "needs root to make network namespaces"
+        return "needs root to make network namespaces (as an ordinary user: scripts/test_unprivileged.sh)"
     if shutil.which("ip") is None:
         return "needs iproute2 (the `ip` command)"
     probe = "bdbprobe" + uuid.uuid4().hex[:6]
@@ -57,6 +58,7 @@ def client_host():
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
 
 
+@pytest.mark.unprivileged  # root, or an ordinary user with scripts/test_unprivileged.sh
 def test_clients_on_another_host_survive_a_cut_link(any_dbdir, client_host, tmp_path, backend):
     namespace, host_if = client_host
     path = any_dbdir
