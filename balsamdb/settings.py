@@ -31,6 +31,8 @@ DEFAULTS = {
                                            "retry is answered instead of applied again (retries come within minutes)"),
     "remote_spool_dir": (None, str, "where writes to an unreachable HTTP store wait (default: "
                                     "$XDG_DATA_HOME/balsamdb/remote-spool, one subdirectory per store)"),
+    "heartbeat_stale_after": (30.0, float, "seconds after which the heartbeat of a watchdog on another host counts "
+                                           "as dead, so that db dbserver may start here (at least 6)"),
 }
 
 
@@ -89,6 +91,7 @@ class Settings:
     max_request_bytes: int
     applied_retention_days: float
     remote_spool_dir: object
+    heartbeat_stale_after: float
 
 
 def load_settings(**overrides):
@@ -111,6 +114,9 @@ def load_settings(**overrides):
     if not values["applied_retention_days"] > 0:
         raise ConfigError("applied_retention_days must be more than 0 (the ids of applied writes must be kept "
                           "at least as long as a retry can come; 7 is the default)")
+    if not values["heartbeat_stale_after"] >= 6:
+        raise ConfigError("heartbeat_stale_after must be at least 6 seconds (a watchdog refreshes its heartbeat "
+                          "every 2 s; 30 is the default)")
     return Settings(**values)
 
 
