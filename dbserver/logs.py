@@ -49,7 +49,7 @@ class ResilientFileHandler(logging.handlers.RotatingFileHandler):
         except OSError as exc:
             self._use_fallback(exc)
 
-    def _reopen(self):
+    def _reopen(self, reopened=False):
         if self.stream is not None:
             stream, self.stream = self.stream, None
             try:
@@ -57,7 +57,8 @@ class ResilientFileHandler(logging.handlers.RotatingFileHandler):
             except OSError:
                 pass
         directory = os.path.dirname(self.baseFilename)
-        if not os.path.isdir(directory):
+        recreated = not os.path.isdir(directory)
+        if recreated:
             # Only log/ itself, never its parents: a deleted DB directory is not brought back.
             os.mkdir(directory, 0o700)
         self.stream = self._open()
@@ -66,6 +67,10 @@ class ResilientFileHandler(logging.handlers.RotatingFileHandler):
         if self.fallback is not None:
             self.fallback.close()
             self.fallback = None
+        if reopened:
+            note = (f"log/ was removed; recreated {directory}" if recreated
+                    else f"{self.baseFilename} was removed or replaced; reopened it")
+            super().emit(logging.LogRecord("balsamdb.server.logs", logging.WARNING, __file__, 0, note, None, None))
 
     def _use_fallback(self, exc):
         if self.fallback is None:
@@ -87,7 +92,7 @@ class ResilientFileHandler(logging.handlers.RotatingFileHandler):
     def emit(self, record):
         if self.stream is None or not self._still_ours():
             try:
-                self._reopen()
+                self._reopen(reopened=self._identity is not None)
             except OSError as exc:
                 self._use_fallback(exc)
         if self.fallback is not None:

@@ -95,6 +95,7 @@ class Watchdog:
         self.restart_at = 0.0
         self.restarts = 0
         self.taken_over_by = None
+        self.unwritable = {}  # what could not be written ("address", "heartbeat") -> the last error
 
     # -- address file ---------------------------------------------------------
     def _public_host(self):
@@ -127,12 +128,18 @@ class Watchdog:
         try:
             address_file.write_atomic(self.dbdir.address_file, record)
         except OSError as exc:  # a full or read-only disk: keep supervising; the next check retries
-            log.error("cannot write the address file (%s); clients may see it as stale", exc)
+            if self.unwritable.get("address") != exc.strerror:  # once per cause, not twice a second
+                log.error("cannot write the address file (%s); clients may see it as stale", exc)
+            self.unwritable["address"] = exc.strerror
+            return
+        if self.unwritable.pop("address", None):
+            log.info("the address file can be written again")
 
     # -- the server -------------------------------------------------------------
     def start_server(self):
         epoch = uuid.uuid4().hex
         self.check_log_dir()
+        self.check_writable()
         try:
             err = open(self.dbdir.log_dir / "server.err", "ab")
         except OSError as exc:  # a read-only DB directory: the server's stderr goes where ours goes
@@ -187,8 +194,9 @@ class Watchdog:
             self.beat()  # another watchdog wrote it: one on another host may have taken over
             if self.stopping:
                 return
-        log.warning("the address file no longer names this server (%s); rewriting it",
-                    info.get("reason") or f"state {info.get('state')}, epoch {info.get('epoch')}")
+        if "address" not in self.unwritable:
+            log.warning("the address file no longer names this server (%s); rewriting it",
+                        info.get("reason") or f"state {info.get('state')}, epoch {info.get('epoch')}")
         self.write_address("running", epoch=self.epoch)
 
     def check_postgres(self):
@@ -319,6 +327,24 @@ class Watchdog:
         if not started:
             self.schedule_restart("the server did not start (see log/server.err)")
 
+    def check_writable(self):
+        """Raise OSError unless the DB directory (and a SQLite database) can be written: a server
+        started on a read-only database would refuse every write until restarted, and one
+        started without a writable spool/ could not take the writes that wait there."""
+        import errno
+
+        targets = [self.dbdir.path, self.dbdir.spool_dir]
+        if self.db_type == "sqlite3":
+            targets.append(self.dbdir.sqlite_file)
+        for target in targets:
+            if not os.access(target, os.W_OK):
+                try:
+                    read_only = bool(os.statvfs(target).f_flag & os.ST_RDONLY)
+                except OSError:
+                    read_only = False
+                code = errno.EROFS if read_only else errno.EACCES
+                raise OSError(code, f"{os.strerror(code)}: {target} cannot be written")
+
     def check_log_dir(self):
         """Recreate ``log/`` when it was removed (the logging handler then reopens its file)."""
         if self.dbdir.log_dir.is_dir():
@@ -347,8 +373,13 @@ class Watchdog:
             return
         try:
             liveness.write_heartbeat(self.dbdir, self.identity)
-        except OSError as exc:  # a read-only or full disk: logged, tried again at the next beat
-            log.error("cannot write the heartbeat %s (%s)", liveness.heartbeat_file(self.dbdir), exc)
+        except OSError as exc:  # a read-only or full disk: logged once, tried again at every beat
+            if self.unwritable.get("heartbeat") != exc.strerror:
+                log.error("cannot write the heartbeat %s (%s)", liveness.heartbeat_file(self.dbdir), exc)
+            self.unwritable["heartbeat"] = exc.strerror
+            return
+        if self.unwritable.pop("heartbeat", None):
+            log.info("the heartbeat can be written again")
 
     def shutdown(self, reason="stopped by db dbserver --stop"):
         if self.server is not None and self.server.poll() is None:
