@@ -55,10 +55,16 @@ def check_other_host(dbdir, stale_after=None):
     host = record.get("host")
     where = f", address {info['address']}" if info.get("host") == host and info.get("address") else ""
     raise RunsElsewhere(
-        f"a server for {dbdir.path} runs on host {host} (watchdog pid {(record.get('watchdog') or {}).get('pid')}, "
-        f"heartbeat {record['age']:.1f} s ago{where}). Stop it there with `db dbserver --stop --path {dbdir.path}` "
+        f"a server for {dbdir.path} runs on host {host} ({_whose(record)}, heartbeat {record['age']:.1f} s ago"
+        f"{where}). Stop it there with `db dbserver --stop --path {dbdir.path}` "
         f"on {host}. If host {host} is down, a start here is allowed once its heartbeat is older than "
         f"{stale_after:.0f} s (setting heartbeat_stale_after), or at once with `db dbserver --force`")
+
+
+def _whose(record):
+    if record.get("watchdog"):
+        return f"watchdog pid {record['watchdog'].get('pid')}"
+    return f"write server pid {record['server'].get('pid')}, its watchdog dead"
 
 
 def unapplied(info, bind=None, port=None, encrypt=None):

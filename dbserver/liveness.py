@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -74,13 +75,50 @@ def hold_server_lock(dbdir, deadline=5.0):
                 handle.close()
                 raise LockHeld(f"another write server holds {path} ({_describe(holder)})", holder) from None
             time.sleep(0.05)  # wait-ok: the poll interval of a wait with a deadline
+    identity = dict(address_file.process_identity(os.getpid()), host=socket.gethostname())
     if handle.mode != "r":
         os.chmod(path, 0o600)
         handle.seek(0)
         handle.truncate()
-        handle.write(json.dumps(dict(address_file.process_identity(os.getpid()), host=socket.gethostname())) + "\n")
+        handle.write(json.dumps(identity) + "\n")
         handle.flush()
-    return handle
+    return ServerLock(handle, identity)
+
+
+class ServerLock:
+    """The held server lock.  A daemon thread touches the file every :data:`HEARTBEAT_EVERY`
+    seconds, so that another host sees the server live even when its watchdog was killed
+    (the lock itself is not visible there); :meth:`close` empties the file (a clean stop:
+    no host need wait) and releases the lock."""
+
+    def __init__(self, handle, identity):
+        self.handle = handle
+        self.identity = identity
+        self.closed = threading.Event()
+        self.thread = threading.Thread(target=self._touch, name="server-lock-heartbeat", daemon=True)
+        self.thread.start()
+
+    def _touch(self):
+        while not self.closed.wait(HEARTBEAT_EVERY):
+            try:
+                os.utime(self.handle.fileno())
+            except (OSError, ValueError):  # read-only for now: the lock holds all the same
+                pass
+
+    def close(self):
+        self.closed.set()
+        self.thread.join(timeout=5)
+        if self.handle.mode != "r":
+            try:
+                self.handle.seek(0)
+                ours = json.loads(self.handle.read() or "null") == self.identity
+                if ours:  # a server of another host (another mount) may have written it since
+                    self.handle.seek(0)
+                    self.handle.truncate()
+                    self.handle.flush()
+            except (OSError, ValueError):
+                pass
+        self.handle.close()
 
 
 def lock_holder(dbdir):
@@ -192,13 +230,30 @@ def clear_dead_heartbeat(dbdir):
 
 
 def foreign_heartbeat(dbdir, stale_after):
-    """The heartbeat of a live watchdog on another host (fresh: younger than ``stale_after``
-    seconds), or None.  On this host the watchdog's pid tells instead, whatever the file's age."""
+    """The heartbeat of a live watchdog, or of a live write server, on another host (fresh:
+    changed less than ``stale_after`` seconds ago), or None.  The server's comes from
+    ``server.lock``, which it touches itself: it counts when its watchdog was killed.  On this
+    host the pids tell instead, whatever the files' age."""
+    here = socket.gethostname()
     record = read_heartbeat(dbdir)
-    if not record or record.get("state") == "stopped":
+    if record and record.get("state") != "stopped" and record.get("host") not in (None, here) \
+            and record["age"] < stale_after:
+        return record
+    server = _read_server_lock(dbdir)
+    if server and server.get("host") not in (None, here) and server["age"] < stale_after:
+        return {"host": server["host"], "server": server, "age": server["age"]}
+    return None
+
+
+def _read_server_lock(dbdir):
+    """What ``server.lock`` says of its last holder, with the ``age`` of its last touch, or None."""
+    try:
+        with open(server_lock_file(dbdir), "rb") as handle:
+            mtime = os.fstat(handle.fileno()).st_mtime
+            data = json.loads(handle.read() or b"null")
+    except (OSError, ValueError):
         return None
-    if record.get("host") == socket.gethostname():
+    if not isinstance(data, dict):
         return None
-    if record["age"] >= stale_after:
-        return None
-    return record
+    data["age"] = time.time() - mtime
+    return data

@@ -438,19 +438,27 @@ def test_a_second_host_refuses_while_the_heartbeat_is_fresh(tmp_path):
         assert "took this DB directory over" in _log(hosts.shared / "db")
         assert address(hosts.shared / "db")["host"] == "host-b", "host A rewrote the address file"
 
-        # Host B dies (SIGKILL of everything): A refuses until B's heartbeat is older than the limit.
-        for key in ("watchdog", "server"):
-            os.kill(b[key]["pid"], signal.SIGKILL)
-        wait_for(lambda: not _alive(b["watchdog"]) and not _alive(b["server"]), 10, "host B's processes to die")
+        # Host B's watchdog is killed: its server stays and keeps touching server.lock, so host A
+        # still refuses after the watchdog's heartbeat turned stale; once the server is killed too
+        # (host B is down) and its lock is stale as well, host A starts.
         from balsamdb.server import liveness
 
-        before = liveness.read_heartbeat(DBDirectory(hosts.shared / "db"))["age"]
+        shared = DBDirectory(hosts.shared / "db")
+        os.kill(b["watchdog"]["pid"], signal.SIGKILL)
+        wait_for(lambda: not _alive(b["watchdog"]), 10, "host B's watchdog to die")
+        before = liveness.read_heartbeat(shared)["age"]
         early = hosts.run("host-a", "dbserver", "--path", hosts.db("host-a"), env=env)
-        after = liveness.read_heartbeat(DBDirectory(hosts.shared / "db"))["age"]
+        after = liveness.read_heartbeat(shared)["age"]
         assert early.returncode == 1 and "runs on host host-b" in early.stderr, (before, after, early.stderr)
         assert after < STALE, f"the refusal took so long ({before:.1f} -> {after:.1f} s) that it proves nothing"
-        wait_for(lambda: liveness.read_heartbeat(DBDirectory(hosts.shared / "db"))["age"] > STALE, 30,
-                 "host B's heartbeat to turn stale")
+        wait_for(lambda: liveness.read_heartbeat(shared)["age"] > STALE, 30, "host B's heartbeat to turn stale")
+        orphan = hosts.run("host-a", "dbserver", "--path", hosts.db("host-a"), env=env)
+        assert orphan.returncode == 1, orphan.stdout
+        assert f"write server pid {b['server']['pid']}, its watchdog dead" in orphan.stderr, orphan.stderr
+        os.kill(b["server"]["pid"], signal.SIGKILL)
+        wait_for(lambda: not _alive(b["server"]), 10, "host B's server to die")
+        lock = hosts.shared / "db" / "server.lock"
+        wait_for(lambda: time.time() - lock.stat().st_mtime > STALE, 30, "host B's server lock to turn stale")
         late = hosts.run("host-a", "dbserver", "--path", hosts.db("host-a"), env=env)
         assert late.returncode == 0, late.stderr
         a2 = address(hosts.shared / "db")
