@@ -241,6 +241,38 @@ def test_read_only_db_directory_is_waited_out(tmp_path, read_only_switch):
     db_cli("dbserver", "--stop", "--path", path, check=True)
 
 
+def test_logging_falls_back_to_stderr_while_log_dir_cannot_be_recreated(tmp_path, read_only_switch, capfd):
+    """The log handler of the server processes: log/ removed from a read-only DB directory means
+    records go to stderr (syslog where /dev/log exists) rather than nowhere; once the directory
+    is writable, log/ is recreated and the file written again."""
+    import logging
+
+    from balsamdb.server.logs import ResilientFileHandler
+
+    path = tmp_path / "db"
+    (path / "log").mkdir(parents=True)
+    handler = ResilientFileHandler(path / "log" / "watchdog.log")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("balsamdb.test.fallback")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        logger.warning("first")
+        shutil.rmtree(path / "log")
+        read_only_switch(path, True)
+        logger.warning("while read-only")
+        err = capfd.readouterr().err
+        if not os.path.exists("/dev/log"):
+            assert "while read-only" in err and "Read-only file system" in err, err
+        read_only_switch(path, False)
+        logger.warning("writable again")
+        text = (path / "log" / "watchdog.log").read_text()
+        assert "writable again" in text and "log/ was removed; recreated" in text, text
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
 def test_a_failing_first_start_still_fails_and_claims_no_stop(tmp_path):
     """A configuration error (an interface this host does not have) makes `db dbserver` fail with
     the log's last lines, as before; the address file says the first start failed, not that someone
