@@ -196,8 +196,12 @@ def stop(dbdir, deadline=60.0):
     too: no process of the DB directory is left."""
     info = dbdir.read_address()
     if info.get("host") not in (None, socket.gethostname()) and info.get("state") != "stopped":
+        beat = liveness.read_heartbeat(dbdir)
+        silent = (f"; its heartbeat is {beat['age']:.0f} s old: if host {info['host']} is down, "
+                  f"`db dbserver` here takes over once it is stale" if beat and beat.get("host") == info["host"]
+                  else "")
         raise ControlError(f"the server runs on host {info['host']}; stop it there with "
-                           f"`db dbserver --stop --path {dbdir.path}` on {info['host']}")
+                           f"`db dbserver --stop --path {dbdir.path}` on {info['host']}{silent}")
     watchdogs = _unique([address_file.live_process(info.get("watchdog")), _watchdog_lock_process(dbdir)])
     servers = _unique([address_file.live_process(info.get("server")), _server_lock_process(dbdir)])
     servers = [p for p in servers if p.pid not in {w.pid for w in watchdogs}]
