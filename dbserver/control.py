@@ -144,7 +144,12 @@ def start(dbdir, bind="127.0.0.1", port=0, deadline=30.0, encrypt=None, force=Fa
             return StartResult(True, info)
         except BalsamDBError:
             pass  # named but not answering: let a new watchdog sort it out
-    out = open(dbdir.log_dir / "watchdog.out", "ab")
+    try:
+        dbdir.log_dir.mkdir(mode=0o700, exist_ok=True)  # log/ may have been removed: bring it back
+        out = open(dbdir.log_dir / "watchdog.out", "ab")
+    except OSError as exc:
+        raise ControlError(f"cannot write {dbdir.log_dir / 'watchdog.out'} ({exc.strerror or exc}): a server "
+                           f"needs a writable DB directory") from None
     cmd = [sys.executable, "-m", "balsamdb.server.watchdog", "--path", str(dbdir.path), "--bind", bind,
            "--port", str(port)] + (["--encrypt"] if encrypt else [])
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,

@@ -469,6 +469,10 @@ def test_a_second_host_refuses_while_the_heartbeat_is_fresh(tmp_path):
         assert hosts.servers() == [b["server"]["pid"]], hosts.servers()
         assert "took this DB directory over" in _log(hosts.shared / "db")
         assert address(hosts.shared / "db")["host"] == "host-b", "host A rewrote the address file"
+        elsewhere = hosts.run("host-a", "dbserver", "--stop", "--path", hosts.db("host-a"))
+        assert elsewhere.returncode == 1 and "the server runs on host host-b; stop it there" in elsewhere.stderr, \
+            elsewhere.stderr
+        assert hosts.servers() == [b["server"]["pid"]]
 
         # Host B's watchdog is killed: its server stays and keeps touching server.lock, so host A
         # still refuses after the watchdog's heartbeat turned stale; once the server is killed too
