@@ -184,8 +184,12 @@ def test_fork_refused_is_logged_and_retried_until_it_works(server):
         assert now["state"] == "restarting" and "stop" not in now.get("reason", ""), now
         code, status, proc = _status(path)
         assert code == 2, (code, proc.stdout, proc.stderr)
+        refused = _log(path).count("cannot start the server")
+    detached = time.monotonic()
     back = wait_for(lambda: _running_with_new_epoch(path, info["epoch"]), 30,
                     "the watchdog to start a server once fork works again")
+    print(f"\nfork refused: {refused} starts refused; server back {time.monotonic() - detached:.2f} s "
+          f"after forks work again", flush=True)
     assert back["watchdog"] == info["watchdog"]
     with balsamdb.connect(path) as db:
         db.jobs.create(name="after-eagain", make_workdir=False)
@@ -462,10 +466,13 @@ def test_a_second_host_refuses_while_the_heartbeat_is_fresh(tmp_path):
         # --force: B starts; A's watchdog sees B's heartbeat and stops its server and itself.
         forced = hosts.run("host-b", "dbserver", "--force", "--path", hosts.db("host-b"), env=env)
         assert forced.returncode == 0, forced.stderr
+        started_b = time.monotonic()
         b = address(hosts.shared / "db")
         assert b["host"] == "host-b", b
         wait_for(lambda: not _alive(a["watchdog"]) and not _alive(a["server"]), 15,
                  "host A's watchdog and server to yield to host B")
+        print(f"\ntwo hosts: host A yielded {time.monotonic() - started_b:.2f} s after host B's forced start "
+              f"returned", flush=True)
         assert hosts.servers() == [b["server"]["pid"]], hosts.servers()
         assert "took this DB directory over" in _log(hosts.shared / "db")
         assert address(hosts.shared / "db")["host"] == "host-b", "host A rewrote the address file"
