@@ -35,6 +35,8 @@ DEFAULTS = {
     "require_explicit_db": (False, bool, "refuse the last fallback (default_db/ of a source checkout, or the per-user "
                                          "directory): a DB directory must be named by --path, BALSAM_DB_PATH or "
                                          "default_db_path"),
+    "heartbeat_stale_after": (30.0, float, "seconds after which the heartbeat of a watchdog on another host counts "
+                                           "as dead, so that db dbserver may start here (at least 6)"),
 }
 
 
@@ -94,6 +96,7 @@ class Settings:
     applied_retention_days: float
     remote_spool_dir: object
     require_explicit_db: bool
+    heartbeat_stale_after: float
 
 
 def load_settings(**overrides):
@@ -116,6 +119,9 @@ def load_settings(**overrides):
     if not values["applied_retention_days"] > 0:
         raise ConfigError("applied_retention_days must be more than 0 (the ids of applied writes must be kept "
                           "at least as long as a retry can come; 7 is the default)")
+    if not values["heartbeat_stale_after"] >= 6:
+        raise ConfigError("heartbeat_stale_after must be at least 6 seconds (a watchdog refreshes its heartbeat "
+                          "every 2 s; 30 is the default)")
     return Settings(**values)
 
 

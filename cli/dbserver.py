@@ -15,8 +15,13 @@ def _format_status(info):
     if info.get("address"):
         lines.append(f"address:  {info['address']}  (db {info.get('db_type')}, host {info.get('host')}, "
                      f"{'CURVE-encrypted' if info.get('curve_public') else 'not encrypted'})")
-    if info.get("watchdog"):
-        lines.append(f"watchdog: pid {info['watchdog']['pid']}, restarts {info.get('restarts', 0)}")
+    if info.get("watchdog") and info.get("state") != "stopped":
+        if info.get("exit_code") == 0:
+            lines.append(f"watchdog: pid {info['watchdog']['pid']}, restarts {info.get('restarts', 0)}")
+        else:
+            lines.append(f"watchdog: {info.get('summary')}")
+    elif info.get("exit_code") == 2:
+        lines.append(f"watchdog: {info.get('summary')}")
     if info.get("postgres"):
         pg = info["postgres"]
         lines.append(f"postgres: pid {pg.get('pid')}, port {pg.get('port')}, listening on {pg.get('listen')}")
@@ -40,22 +45,34 @@ def _format_status(info):
     return "\n".join(lines)
 
 
+START_ONLY = ("bind", "port", "encrypt", "force")
+
+
 @click.command("dbserver")
 @path_option
-@click.option("--stop", "action", flag_value="stop", help="Stop the server gracefully and wait until it is gone.")
-@click.option("--status", "action", flag_value="status", help="Show pids, address, uptime and counters.")
+@click.option("--stop", is_flag=True, help="Stop the server gracefully and wait until no process of it is left.")
+@click.option("--status", is_flag=True,
+              help="Show pids, address, uptime and counters. Exit status 0: running and supervised; "
+                   "1: stopped; 2: unsupervised, restarting or not answering.")
 @click.option("--bind", default="127.0.0.1", show_default=True,
               help="Interface to listen on; use the login node's address or 0.0.0.0 for compute nodes.")
 @click.option("--port", type=int, default=0, help="TCP port (default: a free one).")
 @click.option("--encrypt/--no-encrypt", default=None,
               help="Encrypt traffic with ZeroMQ CURVE (default: on when --bind is not loopback).")
+@click.option("--force", is_flag=True,
+              help="Start even though a watchdog on another host kept the heartbeat fresh (that one then "
+                   "stops); only for a host that is down.")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for start or stop.")
 @json_option
-def dbserver(path, action, bind, port, encrypt, timeout, as_json):
+@click.pass_context
+def dbserver(ctx, path, stop, status, bind, port, encrypt, force, timeout, as_json):
     """Start, stop or show the write server of a DB directory.
 
     Starting returns once the server answers, printing its address; every job
-    process that uses the DB directory then writes through it.
+    process that uses the DB directory then writes through it.  When a server
+    already runs, it says where, and which of the given options it does not have.
+    A start refuses while a watchdog on another host keeps the DB directory's
+    heartbeat fresh (see docs/deployment.md).
 
     \b
     Example:
@@ -65,6 +82,15 @@ def dbserver(path, action, bind, port, encrypt, timeout, as_json):
     """
     from balsamdb.server import control
 
+    given = [name for name in START_ONLY
+             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+    if stop and status:
+        raise click.UsageError("--stop and --status cannot be combined: give one")
+    if (stop or status) and given:
+        raise click.UsageError(f"{', '.join('--' + name for name in given)} only appl{'y' if len(given) > 1 else 'ies'} to "
+                               f"starting a server, "
+                               f"not with --{'stop' if stop else 'status'}")
+    action = "stop" if stop else "status" if status else "start"
     db_path, _source = resolve_db_path(path)
     dbdir = DBDirectory(db_path)
     dbdir.config()
@@ -77,12 +103,34 @@ def dbserver(path, action, bind, port, encrypt, timeout, as_json):
         result = control.status(dbdir)
         text = _format_status(result)
     else:
-        started = control.start(dbdir, bind=bind, port=port, deadline=timeout, encrypt=encrypt)
+        started = control.start(dbdir, bind=bind, port=port, deadline=timeout, encrypt=encrypt, force=force)
         result = {"already_running": started.already_running, **started.address}
         text = (f"a server already runs for {dbdir.path} at {started.address.get('address')}"
                 if started.already_running
                 else f"server for {dbdir.path} listening at {started.address.get('address')}")
+        if started.already_running:
+            explicit = {name: value for name, value in (("bind", bind), ("port", port), ("encrypt", encrypt))
+                        if name in given}
+            skipped = control.unapplied(started.address, **explicit)
+            result["not_applied"] = [option for option, _requested, _actual in skipped]
+            text += (f" (host {started.address.get('host')}, watchdog pid "
+                     f"{(started.address.get('watchdog') or {}).get('pid')})")
+            if skipped:
+                text += "; not applied: " + ", ".join(
+                    f"{option} {requested if option in ('--bind', '--port') else ''}".rstrip()
+                    + f" (it has {_has(option, actual)})" for option, requested, actual in skipped)
+                text += "; stop it first (db dbserver --stop) to change them"
     if as_json:
         echo_json(result)
     else:
         click.echo(text)
+    if action == "status":
+        ctx.exit(result["exit_code"])
+
+
+def _has(option, actual):
+    if option == "--bind":
+        return f"--bind {actual}"
+    if option == "--port":
+        return f"port {actual}"
+    return "encryption" if actual else "no encryption"

@@ -8,6 +8,16 @@ fresh epoch, backing off when it keeps dying.  SIGTERM stops it gracefully:
 the server answers what it holds, the address file says "stopped", the lock is
 released.
 
+It never gives up on its own: once a server has run, every other error (fork
+refused, ``log/`` deleted, a read-only DB directory) is logged (to syslog or
+stderr when ``log/`` cannot be written), ``log/`` is recreated, and the start is
+tried again with the same backoff.  Only the very first start ends it when it
+fails (a configuration error: ``db dbserver`` shows the log's last lines).  It
+rewrites ``P/heartbeat`` every few seconds (see :mod:`.liveness`), so that a
+start on another host refuses while it lives, and it yields (stops its server
+and exits) when a watchdog of another host took the DB directory over with
+``db dbserver --force``.
+
 Run as ``python -m balsamdb.server.watchdog --path P [--bind HOST] [--port N]``.
 """
 
@@ -28,6 +38,8 @@ import psutil
 
 from balsamdb import address_file
 from balsamdb.dbdir import DBDirectory
+
+from . import liveness
 
 log = logging.getLogger("balsamdb.server.watchdog")
 
@@ -78,6 +90,12 @@ class Watchdog:
         self.pg_port = None
         self.next_pg_check = 0.0
         self.next_address_check = 0.0
+        self.next_heartbeat = 0.0
+        self.next_log_check = 0.0
+        self.restart_at = 0.0
+        self.restarts = 0
+        self.taken_over_by = None
+        self.unwritable = {}  # what could not be written ("address", "heartbeat") -> the last error
 
     # -- address file ---------------------------------------------------------
     def _public_host(self):
@@ -110,22 +128,41 @@ class Watchdog:
         try:
             address_file.write_atomic(self.dbdir.address_file, record)
         except OSError as exc:  # a full or read-only disk: keep supervising; the next check retries
-            log.error("cannot write the address file (%s); clients may see it as stale", exc)
+            if self.unwritable.get("address") != exc.strerror:  # once per cause, not twice a second
+                log.error("cannot write the address file (%s); clients may see it as stale", exc)
+            self.unwritable["address"] = exc.strerror
+            return
+        if self.unwritable.pop("address", None):
+            log.info("the address file can be written again")
 
     # -- the server -------------------------------------------------------------
     def start_server(self):
         epoch = uuid.uuid4().hex
-        err = open(self.dbdir.log_dir / "server.err", "ab")
+        self.check_log_dir()
+        self.check_writable()
+        try:
+            err = open(self.dbdir.log_dir / "server.err", "ab")
+        except OSError as exc:  # a read-only DB directory: the server's stderr goes where ours goes
+            log.error("cannot open %s (%s); the server's stderr goes to the watchdog's",
+                      self.dbdir.log_dir / "server.err", exc)
+            err = None
         cmd = [sys.executable, "-m", "balsamdb.server.write_server", "--path", str(self.dbdir.path),
                "--bind", self.bind_host, "--port", str(self.port), "--epoch", epoch]
         if self.managed_postgres:
             cmd += ["--pg-port", str(self.pg_port)]
         if self.encrypt:
             cmd += ["--encrypt"]
-        self.server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
-        err.close()
+        try:
+            self.server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+        finally:
+            if err is not None:
+                err.close()
         self.server_started = time.time()
-        line = _read_line(self.server.stdout, STARTUP_DEADLINE)
+        try:
+            line = _read_line(self.server.stdout, STARTUP_DEADLINE)
+        except OSError:
+            _stop_process(self.server, 5.0)
+            raise
         try:
             ready = json.loads(line)
             self.port = int(ready["port"])
@@ -153,8 +190,13 @@ class Watchdog:
         info = address_file.read(self.dbdir.address_file)
         if info.get("epoch") == self.epoch and info.get("state") == "running":
             return
-        log.warning("the address file no longer names this server (%s); rewriting it",
-                    info.get("reason") or f"state {info.get('state')}, epoch {info.get('epoch')}")
+        if info.get("watchdog") not in (None, self.identity):
+            self.beat()  # another watchdog wrote it: one on another host may have taken over
+            if self.stopping:
+                return
+        if "address" not in self.unwritable:
+            log.warning("the address file no longer names this server (%s); rewriting it",
+                        info.get("reason") or f"state {info.get('state')}, epoch {info.get('epoch')}")
         self.write_address("running", epoch=self.epoch)
 
     def check_postgres(self):
@@ -173,8 +215,11 @@ class Watchdog:
         self.write_address("running", epoch=self.epoch)
 
     def initialize(self):
+        """Start postgres (when managed) and the first server; raises when that first start
+        fails, which is a configuration error for ``db dbserver`` to show."""
         self.restarts = 0
         self.stop_orphan()
+        self.beat()
         if self.managed_postgres:
             self.start_postgres()
         if not self.start_server():
@@ -182,50 +227,161 @@ class Watchdog:
 
     def stop_orphan(self):
         """Stop a server left running by a watchdog that was killed, so that one
-        server at a time owns the database."""
+        server at a time owns the database.  The server lock finds it even when the
+        address file was deleted or names another server."""
+        holder = liveness.lock_holder(self.dbdir)
         info = address_file.read(self.dbdir.address_file)
-        if not address_file.server_alive(info) or info.get("host") != socket.gethostname():
+        named = address_file.server_alive(info) and info.get("host") == socket.gethostname()
+        if holder is None and not named:
             return
-        pid = int(info["server"]["pid"])
-        log.warning("a server left by a dead watchdog runs as pid %s; stopping it first", pid)
-        try:
-            proc = psutil.Process(pid)
-            proc.terminate()
-            proc.wait(timeout=STOP_DEADLINE)
-        except psutil.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        except psutil.NoSuchProcess:
-            pass
+        ident = holder if holder and holder.get("host") == socket.gethostname() else info.get("server")
+        proc = address_file.live_process(ident)
+        if proc is None and named:
+            proc = address_file.live_process(info.get("server"))
+        if proc is not None:
+            log.warning("a server left by a dead watchdog runs as pid %s; stopping it first", proc.pid)
+            try:
+                proc.terminate()
+                proc.wait(timeout=STOP_DEADLINE)
+            except psutil.TimeoutExpired:
+                log.error("pid %s ignored SIGTERM for %.0f s; killing it", proc.pid, STOP_DEADLINE)
+                proc.kill()
+                proc.wait(timeout=10)
+            except psutil.NoSuchProcess:
+                pass
+        left = liveness.wait_lock_free(self.dbdir, STOP_DEADLINE if proc is None else 5.0)
+        if left is not None:
+            raise RuntimeError(f"a write server that is not on this host or not visible here holds "
+                               f"{liveness.server_lock_file(self.dbdir)} ({left or 'no identity written'}); "
+                               f"stop it first")
 
+    # -- supervision ------------------------------------------------------------
     def loop(self):
+        """Supervise until SIGTERM (``db dbserver --stop``) or a takeover by another host; nothing else ends it."""
         while not self.stopping:
+            try:
+                self.supervise()
+            except Exception:  # a bug in a check must not end supervision: log it, go on
+                log.exception("watchdog error; supervision goes on")
+                _sleep_unless(lambda: self.stopping, 0.5)
+
+    def supervise(self):
+        """One turn: wait up to 50 ms on the server (or until its restart is due), start it when due,
+        and run the periodic checks."""
+        if self.server is None:
+            if time.monotonic() >= self.restart_at:
+                self.restart()
+            else:
+                _sleep_unless(lambda: self.stopping, min(0.05, self.restart_at - time.monotonic()))
+        else:
             try:
                 code = self.server.wait(timeout=0.05)
             except subprocess.TimeoutExpired:
-                if self.managed_postgres and time.monotonic() >= self.next_pg_check:
-                    self.next_pg_check = time.monotonic() + 0.25
-                    self.check_postgres()
-                if time.monotonic() >= self.next_address_check:
-                    self.next_address_check = time.monotonic() + 0.5
-                    self.check_address_file()
-                continue
-            if self.stopping:
-                break
-            lived = time.time() - self.server_started
-            self.failures = 0 if lived >= HEALTHY_AFTER else self.failures + 1
-            delay = 0.0 if self.failures <= 1 else min(0.25 * 2 ** (self.failures - 2), MAX_BACKOFF)
-            log.warning("server pid %s exited with %s after %.1f s; restarting in %.2f s",
-                        self.server.pid, code, lived, delay)
-            self.write_address("restarting", reason=f"server exited with {code}; restarting")
-            if delay and _sleep_unless(lambda: self.stopping, delay):
-                break
-            self.restarts += 1
+                code = None
+            if code is not None:
+                if self.stopping:
+                    return
+                lived = time.time() - self.server_started
+                self.schedule_restart(f"server pid {self.server.pid} exited with {code} after {lived:.1f} s",
+                                      lived)
+        self.periodic_checks()
+
+    def periodic_checks(self):
+        now = time.monotonic()
+        if now >= self.next_heartbeat:
+            self.next_heartbeat = now + liveness.HEARTBEAT_EVERY
+            self.beat()
+        if now >= self.next_log_check:
+            self.next_log_check = now + 0.5
+            self.check_log_dir()
+        if self.server is None or self.stopping:
+            return
+        if self.managed_postgres and now >= self.next_pg_check:
+            self.next_pg_check = now + 0.25
+            self.check_postgres()
+        if now >= self.next_address_check:
+            self.next_address_check = now + 0.5
+            self.check_address_file()
+
+    def schedule_restart(self, why, lived=0.0):
+        """The server is gone (``why``): start another after the backoff."""
+        self.failures = 0 if lived >= HEALTHY_AFTER else self.failures + 1
+        delay = 0.0 if self.failures <= 1 else min(0.25 * 2 ** (self.failures - 2), MAX_BACKOFF)
+        log.warning("%s; restarting in %.2f s", why, delay)
+        self.server = None
+        self.restart_at = time.monotonic() + delay
+        self.write_address("restarting", reason=f"{why}; restarting")
+
+    def restart(self):
+        self.restarts += 1
+        try:
             if self.managed_postgres:
                 self.check_postgres()  # a server cannot start without its database
-            self.start_server()  # a failed start counts once, when its exit is seen above
+            started = self.start_server()
+        except Exception as exc:  # fork refused, log/ not writable, ...: never the end
+            log.error("cannot start the server: %s", exc, exc_info=not isinstance(exc, OSError))
+            if self.server is not None and self.server.poll() is None:
+                _stop_process(self.server, 5.0)
+            self.schedule_restart(f"cannot start the server ({type(exc).__name__}: {exc})")
+            return
+        if not started:
+            self.schedule_restart("the server did not start (see log/server.err)")
 
-    def shutdown(self):
+    def check_writable(self):
+        """Raise OSError unless the DB directory (and a SQLite database) can be written: a server
+        started on a read-only database would refuse every write until restarted, and one
+        started without a writable spool/ could not take the writes that wait there."""
+        import errno
+
+        targets = [self.dbdir.path, self.dbdir.spool_dir]
+        if self.db_type == "sqlite3":
+            targets.append(self.dbdir.sqlite_file)
+        for target in targets:
+            if not os.access(target, os.W_OK):
+                try:
+                    read_only = bool(os.statvfs(target).f_flag & os.ST_RDONLY)
+                except OSError:
+                    read_only = False
+                code = errno.EROFS if read_only else errno.EACCES
+                raise OSError(code, f"{os.strerror(code)}: {target} cannot be written")
+
+    def check_log_dir(self):
+        """Recreate ``log/`` when it was removed (the logging handler then reopens its file)."""
+        if self.dbdir.log_dir.is_dir():
+            return
+        try:
+            os.mkdir(self.dbdir.log_dir, 0o700)
+        except FileExistsError:
+            return
+        except OSError as exc:
+            log.error("log/ was removed and cannot be recreated (%s); logging to syslog or stderr", exc)
+            self.next_log_check = time.monotonic() + 5.0  # say it once every few seconds, not 2 times a second
+            return
+        log.warning("log/ was removed; recreated %s", self.dbdir.log_dir)
+
+    def beat(self):
+        """Refresh the heartbeat, unless a watchdog of another host wrote it: then that one
+        took the DB directory over (``db dbserver --force``) and this one yields."""
+        record = liveness.read_heartbeat(self.dbdir)
+        if record and record.get("watchdog") and record.get("state") != "stopped" \
+                and not liveness.same_watchdog(record, self.identity) and self.epoch is not None:
+            log.error("the watchdog pid %s on host %s took this DB directory over (db dbserver --force); "
+                      "stopping this server and watchdog", (record.get("watchdog") or {}).get("pid"),
+                      record.get("host"))
+            self.taken_over_by = record
+            self.stopping = True
+            return
+        try:
+            liveness.write_heartbeat(self.dbdir, self.identity)
+        except OSError as exc:  # a read-only or full disk: logged once, tried again at every beat
+            if self.unwritable.get("heartbeat") != exc.strerror:
+                log.error("cannot write the heartbeat %s (%s)", liveness.heartbeat_file(self.dbdir), exc)
+            self.unwritable["heartbeat"] = exc.strerror
+            return
+        if self.unwritable.pop("heartbeat", None):
+            log.info("the heartbeat can be written again")
+
+    def shutdown(self, reason="stopped by db dbserver --stop"):
         if self.server is not None and self.server.poll() is None:
             log.info("stopping server pid %s", self.server.pid)
             _stop_process(self.server, STOP_DEADLINE)
@@ -237,7 +393,12 @@ class Watchdog:
                 postgres.stop_cluster(self.dbdir.path, mode="fast")
             except Exception:  # still mark the address file stopped
                 log.exception("stopping postgres failed")
-        self.write_address("stopped", reason="stopped by db dbserver --stop")
+        if self.taken_over_by is not None:
+            # The address file and the heartbeat now belong to the other host's watchdog.
+            log.info("watchdog pid %s stopped: taken over by host %s", os.getpid(), self.taken_over_by.get("host"))
+            return
+        self.write_address("stopped", reason=reason)
+        liveness.remove_heartbeat(self.dbdir, self.identity)
         log.info("watchdog pid %s stopped", os.getpid())
 
 
@@ -295,22 +456,34 @@ def main(argv=None):
         return EXIT_ALREADY_RUNNING
     watchdog = Watchdog(dbdir, args.bind, args.port, encrypt=args.encrypt)
 
+    stopped_by = []
+
     # Handlers only set a flag; the loop notices within 50 ms.
     def on_term(signum, frame):
+        stopped_by.append(signum)
         watchdog.stopping = True
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     log.info("watchdog pid %s for %s (%s), bind %s, %s", os.getpid(), dbdir.path, watchdog.db_type, args.bind,
              "CURVE-encrypted" if args.encrypt else "not encrypted")
+    failed = None
     try:
         watchdog.initialize()
         watchdog.loop()
-    except Exception:
+    except Exception as exc:  # only the first start can end up here: the loop never gives up
         log.exception("watchdog failed")
+        failed = exc
         return 1
     finally:
-        watchdog.shutdown()
+        # The address file says why it stopped, and never claims a stop that nobody asked for.
+        if failed is not None:
+            reason = f"the first start failed: {failed}"
+        elif stopped_by and stopped_by[0] != signal.SIGTERM:
+            reason = f"stopped by {signal.Signals(stopped_by[0]).name}"
+        else:
+            reason = "stopped by db dbserver --stop"
+        watchdog.shutdown(reason)
         lock.close()
     return 0
 

@@ -487,6 +487,13 @@ def main(argv=None):
 
     dbdir = DBDirectory(args.path)
     setup_logging(dbdir.log_dir / "server.log")
+    from balsamdb.server import liveness
+
+    try:
+        liveness_lock = liveness.hold_server_lock(dbdir)  # held until this process ends: one server per DB
+    except liveness.LockHeld as exc:
+        log.error("not starting: %s", exc)
+        return 3
     server = WriteServer(dbdir, args.bind, args.port, args.epoch, pg_port=args.pg_port, encrypt=args.encrypt)
     _handle_term(server)
     try:
@@ -499,6 +506,7 @@ def main(argv=None):
         raise
     finally:
         server.shutdown()
+        liveness_lock.close()
     return 0
 
 
