@@ -166,6 +166,7 @@ class Database:
                 self._check_config()
                 if self.db_type == "sqlite3" and not self.settings.require_server \
                         and message["op"] not in protocol.SERVER_OPS and not self._spool_writer.waiting():
+                    protocol.dumps_request(message)  # NaN refused as on the other routes, never stored
                     self.last_route = "direct"
                     return self._direct_store().call(message["id"], message["op"], message["params"], write)
                 if write and self.settings.spool:
@@ -215,7 +216,9 @@ class Database:
 
     def _encoded(self, message):
         """The signed frames of ``message``; refused here, at once, when too large to send."""
-        frames = protocol.encode(self.dbdir.secret() if self._server is None else self._server.secret, message)
+        # encode_request: NaN and infinities are refused here, before sending or spooling.
+        frames = protocol.encode_request(self.dbdir.secret() if self._server is None else self._server.secret,
+                                         message)
         size = len(frames[0]) - 36
         if size > self.settings.max_request_bytes:
             raise RequestTooLarge(f"the request is {size} bytes, more than max_request_bytes "

@@ -142,18 +142,62 @@ class DBDirectory:
         return self.config()["db_type"]
 
     def secret(self):
-        """The signing key (bytes).  Only the directory's owner can read it."""
+        """The signing key (bytes).  Only the directory's owner can read it.  A missing, empty or
+        short one is refused (:data:`MIN_SECRET_BYTES`): it would sign requests anyone can forge."""
         try:
-            return self.secret_file.read_bytes().strip()
+            secret = self.secret_file.read_bytes().strip()
         except FileNotFoundError:
-            raise ConfigError(f"{self.secret_file} is missing; run: db init {self.path}") from None
+            raise ConfigError(f"{self.secret_file} is missing; run: db init {self.path} "
+                              f"(after stopping its server, if one runs: db dbserver --stop --path {self.path})"
+                              ) from None
         except PermissionError:
             raise ConfigError(
                 f"cannot read {self.secret_file}: only the owner of the DB directory may write to it"
             ) from None
+        check_secret(secret, self.secret_file, self.path)
+        return secret
 
     def read_address(self):
         return address_file.read(self.address_file)
+
+    def running_server(self):
+        """The address record when a server runs (or its watchdog is restarting one) for this
+        directory, as far as this host can tell; else None."""
+        info = self.read_address()
+        if address_file.server_alive(info):
+            return info
+        if info.get("state") in ("running", "restarting") and address_file.watchdog_alive(info):
+            return info
+        return None
+
+    def _init_under_server(self, db_type, settings, info):
+        """``init`` of a DB directory whose server runs: a no-op when nothing is out of date (job
+        scripts run ``db init`` every time), else refused: a new secret would make every answer of
+        the running server unverifiable, and a schema upgrade belongs to a stopped database."""
+        changes = [f"make {sub.name}/" for sub in (self.data_dir, self.log_dir, self.spool_dir) if not sub.is_dir()]
+        if not self.secret_file.exists():
+            changes.append("write a new secret (the running server signs with the old one)")
+        if db_type == "postgres" and not self.external_postgres() and not (self.pgdata / "PG_VERSION").exists():
+            changes.append("make a PostgreSQL cluster")
+        else:
+            database = self.open_database(settings, busy_timeout=10)
+            try:
+                database.connect()
+                version = models.current_version(database)
+            except pw.OperationalError as exc:
+                raise StorageError(f"cannot read the schema version of {self.path}: {exc}") from None
+            finally:
+                database.close()
+            if version < models.SCHEMA_VERSION:
+                changes.append(f"upgrade the schema from version {version} to {models.SCHEMA_VERSION}")
+        server = info.get("server") or info.get("watchdog") or {}
+        where = f"pid {server.get('pid', '?')} on {info.get('host', '?')}"
+        if changes:
+            raise ConfigError(f"the server of {self.path} runs ({where}): db init would {'; '.join(changes)} "
+                              f"under it. Stop it first (db dbserver --stop --path {self.path}), then run "
+                              "db init again")
+        return [f"{self.path} is already a current {db_type} DB directory (schema {models.SCHEMA_VERSION}); "
+                f"its server runs ({where}), nothing was changed"]
 
     # -- database -----------------------------------------------------------
     def open_database(self, settings, busy_timeout=None, postgres_port=None):
@@ -227,6 +271,9 @@ class DBDirectory:
                 raise ConfigError(f"{self.path} is already a {config['db_type']} DB directory, not {db_type}")
             if url and not config.get("external"):
                 raise ConfigError(f"{self.path} has its own PostgreSQL cluster; --url applies to new DB directories")
+            running = self.running_server()
+            if running is not None:
+                return self._init_under_server(db_type, settings, running)
         else:
             if self.path.exists() and any(not p.name.startswith(".") for p in self.path.iterdir()):
                 raise NotADBDirectory(
@@ -266,6 +313,19 @@ class DBDirectory:
         if not upgraded and not done:
             done.append(f"{self.path} is already a current {db_type} DB directory (schema {models.SCHEMA_VERSION})")
         return done
+
+
+#: The shortest secret accepted: ``db init`` writes 64 random hex digits (256 bits).
+MIN_SECRET_BYTES = 32
+
+
+def check_secret(secret, where, path):
+    """Raise :class:`ConfigError` when ``secret`` (bytes, from ``where``) is too short to be a key."""
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"{where} holds {'nothing' if not secret else f'only {len(secret)} bytes'}: a secret needs at least "
+            f"{MIN_SECRET_BYTES} (anyone could guess a short one). Stop the server if one runs "
+            f"(db dbserver --stop --path {path}), delete {where} and run: db init {path}")
 
 
 def parse_postgres_url(url):

@@ -75,6 +75,7 @@ def start(dbdir, bind="127.0.0.1", port=0, deadline=30.0, encrypt=None):
     if encrypt is None:
         encrypt = not is_loopback(bind)
     dbdir.config()
+    dbdir.secret()  # a missing, empty or short secret: refused here, with what to do, before anything starts
     info = dbdir.read_address()
     # A server whose watchdog was killed is left alone only until now: a new watchdog
     # stops it and starts a supervised one.

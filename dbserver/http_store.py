@@ -43,7 +43,7 @@ from balsamdb.exceptions import (AuthenticationError, BadRequest, BalsamDBError,
                                  DatabaseBusy, InvalidTransition, NotFound, RequestTooLarge, ServerUnavailable,
                                  StorageError, TryAgain)
 from balsamdb.operations import bind_params, lookup
-from balsamdb.protocol import SERVER_OPS
+from balsamdb.protocol import SERVER_OPS, loads_strict
 from balsamdb.passwords import verify_password
 
 log = logging.getLogger("balsamdb.server.http_store")
@@ -470,9 +470,10 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
         if not data.strip():
             return {}
         try:
-            value = json.loads(data)
-        except ValueError as exc:  # UnicodeDecodeError included
-            raise HTTPError(400, f"the {kind} is not valid JSON: {exc}") from None
+            # Strict: NaN and infinities (never stored as invalid JSON) and too deep nesting answer 400.
+            value = loads_strict(data, f"the {kind}")
+        except BadRequest as exc:
+            raise HTTPError(400, exc.message) from None
         if not isinstance(value, dict):
             raise HTTPError(400, f"the {kind} must be a JSON object")
         return value
