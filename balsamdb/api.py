@@ -214,15 +214,17 @@ class Database:
             return False
         return True
 
-    def _encoded(self, message):
-        """The signed frames of ``message``; refused here, at once, when too large to send."""
+    def _encoded(self, message, info=None):
+        """The signed frames of ``message``; refused here, at once, when too large to send (for
+        this client, or for the server of ``info``, which drops a larger message unread)."""
         # encode_request: NaN and infinities are refused here, before sending or spooling.
         frames = protocol.encode_request(self.dbdir.secret() if self._server is None else self._server.secret,
                                          message)
-        size = len(frames[0]) - 36
+        size = len(frames[0]) - protocol.ENVELOPE_BYTES
         if size > self.settings.max_request_bytes:
             raise RequestTooLarge(f"the request is {size} bytes, more than max_request_bytes "
                                   f"({self.settings.max_request_bytes}); send less at a time")
+        check_server_limit(size, info if info is not None else self._address()[0])
         return frames
 
     def _send(self, info, message, path):
@@ -236,7 +238,7 @@ class Database:
             if self._spool_writer.waiting():
                 time.sleep(_COMING_POLL)  # the server could not apply them yet: do not hammer it
                 return None
-        return client.try_once(info, message, path, self._encoded(message))
+        return client.try_once(info, message, path, self._encoded(message, info))
 
     def _spool(self, message):
         operations.check_offline(message["op"], message["params"])  # refused now, not after waiting
@@ -251,6 +253,15 @@ class Database:
     def server_status(self):
         """Counters of the running server (see ``db dbserver --status``)."""
         return self.call("status")
+
+
+def check_server_limit(size, info):
+    """Refuse a request body of ``size`` bytes that the server named in ``info`` would drop unread
+    (with the connection: the client would only time out); the limit is in the address file."""
+    limit = info.get("max_request_bytes")
+    if isinstance(limit, int) and not isinstance(limit, bool) and size > limit:
+        raise RequestTooLarge(f"the request is {size} bytes: it exceeds the limit of {limit} bytes of the "
+                              "server (its max_request_bytes); send less at a time")
 
 
 class SpooledWrite:

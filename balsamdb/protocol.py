@@ -26,6 +26,8 @@ from .exceptions import AuthenticationError, BadRequest
 
 MAGIC = b"BDB1"
 _MAC_END = len(MAGIC) + 32
+#: Bytes of a frame around its body: the largest frame a server reads is ``max_request_bytes`` + this.
+ENVELOPE_BYTES = _MAC_END
 SERVER_OPS = ("ping", "status", "spool_drain")
 
 

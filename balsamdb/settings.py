@@ -26,7 +26,10 @@ DEFAULTS = {
     "spool": (True, bool, "when no server can be reached, keep writes in P/spool for the server (off: raise)"),
     "direct_deadline": (120.0, float, "seconds a direct SQLite write keeps retrying a locked database"),
     "sqlite_synchronous": ("FULL", str, "SQLite synchronous pragma: FULL (durable) or NORMAL (faster, may lose the last commits on power loss)"),
-    "max_request_bytes": (64 * 1024 * 1024, int, "largest request the server accepts"),
+    "max_request_bytes": (64 * 1024 * 1024, int, "largest request the server accepts (a larger message is "
+                                                 "dropped, with its connection, before it is read)"),
+    "max_batch_bytes": (32 * 1024 * 1024, int, "the write server takes requests into one group commit until they "
+                                               "hold this many bytes (or 1024 requests); one request always fits"),
     "applied_retention_days": (7.0, float, "days the server keeps the id and answer of each applied write, so that a "
                                            "retry is answered instead of applied again (retries come within minutes)"),
     "remote_spool_dir": (None, str, "where writes to an unreachable HTTP store wait (default: "
@@ -87,6 +90,7 @@ class Settings:
     direct_deadline: float
     sqlite_synchronous: str
     max_request_bytes: int
+    max_batch_bytes: int
     applied_retention_days: float
     remote_spool_dir: object
 
@@ -108,6 +112,9 @@ def load_settings(**overrides):
     if values["sqlite_synchronous"].upper() not in ("FULL", "NORMAL", "EXTRA"):
         raise ConfigError("sqlite_synchronous must be FULL, EXTRA or NORMAL")
     values["sqlite_synchronous"] = values["sqlite_synchronous"].upper()
+    for name in ("max_request_bytes", "max_batch_bytes"):
+        if values[name] < 1024:
+            raise ConfigError(f"{name} must be at least 1024 bytes (it is {values[name]})")
     if not values["applied_retention_days"] > 0:
         raise ConfigError("applied_retention_days must be more than 0 (the ids of applied writes must be kept "
                           "at least as long as a retry can come; 7 is the default)")
