@@ -72,6 +72,7 @@ class Database:
         self._address_signature = None
         self._address_path = str(dbdir.address_file)
         self._unreachable = None  # (epoch, until): a server that did not answer a whole deadline
+        self._direct_check = None  # (allowed, why): may SQLite be written directly here (file system)
         self._spool_writer = SpoolWriter(Spool(dbdir.spool_dir))
 
     def __repr__(self):
@@ -165,15 +166,16 @@ class Database:
             elif state == "down":
                 self._check_config()
                 if self.db_type == "sqlite3" and not self.settings.require_server \
-                        and message["op"] not in protocol.SERVER_OPS and not self._spool_writer.waiting():
+                        and message["op"] not in protocol.SERVER_OPS and not self._spool_writer.waiting() \
+                        and self._direct_allowed():
                     protocol.dumps_request(message)  # NaN refused as on the other routes, never stored
                     self.last_route = "direct"
                     return self._direct_store().call(message["id"], message["op"], message["params"], write)
                 if write and self.settings.spool:
                     return self._spool(message)
                 raise ServerUnavailable(
-                    f"no balsamdb server runs for {self.dbdir.path} ({info.get('reason') or info.get('state')}); "
-                    f"start one with: db dbserver --path {self.dbdir.path}"
+                    f"no balsamdb server runs for {self.dbdir.path} ({info.get('reason') or info.get('state')}"
+                    f"{self._direct_refusal()}); start one with: db dbserver --path {self.dbdir.path}"
                 )
             else:
                 time.sleep(_COMING_POLL)
@@ -204,6 +206,23 @@ class Database:
             if self._direct is not None:
                 self._direct.close()
                 self._direct = None
+
+    def _direct_allowed(self):
+        """True when the SQLite file is on a local file system as this host sees it (statfs, looked
+        at once per connection): elsewhere writes spool instead (see balsamdb.filesystems)."""
+        if self._direct_check is None:
+            from .filesystems import direct_writes_allowed
+
+            try:
+                self._direct_check = direct_writes_allowed(self.dbdir)
+            except OSError as exc:
+                self._direct_check = (False, f"its file system cannot be told ({exc})")
+        return self._direct_check[0]
+
+    def _direct_refusal(self):
+        if self._direct_check is None or self._direct_check[0] or self.db_type != "sqlite3":
+            return ""
+        return f"; and no direct writes: {self._direct_check[1]}"
 
     def _known_unreachable(self, info):
         if self._unreachable is None:
