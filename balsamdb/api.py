@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import address_file, operations, protocol
 from .client import ServerClient, server_state, unavailable
-from .dbdir import DBDirectory, job_working_directory
+from .dbdir import DBDirectory, job_working_directory, make_private_directories
 from .exceptions import (NotADBDirectory, RequestTooLarge, ServerUnavailable, StorageError, TryAgain,
                          error_from_dict)
 from .settings import load_settings, resolve_db_path
@@ -380,7 +380,9 @@ class Jobs:
         if make_workdir and self._db.root is not None:  # a remote store's directories are not here
             workdir = self._db.root / job_working_directory(workflow, name, spec["id"])
             try:
-                os.makedirs(workdir, exist_ok=True)
+                # Private unless the job_dir_mode setting says otherwise: job outputs are the owner's.
+                make_private_directories(self._db.root, job_working_directory(workflow, name, spec["id"]),
+                                         int(self._db.settings.job_dir_mode, 8))
             except OSError as exc:
                 raise StorageError(f"cannot make the working directory {workdir}: {exc.strerror or exc}; "
                                    "the job was not created") from None

@@ -25,6 +25,9 @@ from . import address_file, models
 from .exceptions import ConfigError, NotADBDirectory, StorageError
 
 DB_TYPES = ("sqlite3", "postgres")
+#: The umask of every balsamdb process that creates files in a DB directory (server, watchdog,
+#: HTTP store, db init): directories 0700, files 0600, whatever the user's own umask.
+PRIVATE_UMASK = 0o077
 CONFIG_NAME = "balsamdb.json"
 FORMAT = 1
 
@@ -196,8 +199,8 @@ class DBDirectory:
             raise ConfigError(f"the server of {self.path} runs ({where}): db init would {'; '.join(changes)} "
                               f"under it. Stop it first (db dbserver --stop --path {self.path}), then run "
                               "db init again")
-        return [f"{self.path} is already a current {db_type} DB directory (schema {models.SCHEMA_VERSION}); "
-                f"its server runs ({where}), nothing was changed"]
+        # The same sentence as without a server: nothing was changed (job scripts may read it).
+        return [f"{self.path} is already a current {db_type} DB directory (schema {models.SCHEMA_VERSION})"]
 
     # -- database -----------------------------------------------------------
     def open_database(self, settings, busy_timeout=None, postgres_port=None):
@@ -238,6 +241,14 @@ class DBDirectory:
 
     # -- creation and upgrade -----------------------------------------------
     def init(self, db_type="sqlite3", mode=0o700, settings=None, url=None, make_cluster=None):
+        """See :meth:`_init`; everything it creates is private to its owner (umask 077 meanwhile)."""
+        previous = os.umask(PRIVATE_UMASK)
+        try:
+            return self._init(db_type, mode, settings, url, make_cluster)
+        finally:
+            os.umask(previous)
+
+    def _init(self, db_type, mode, settings, url, make_cluster):
         """Create this DB directory, or upgrade an existing one in place.
 
         ``db_type`` postgres makes a PostgreSQL cluster in ``pgdata/`` with
@@ -285,7 +296,8 @@ class DBDirectory:
             os.chmod(self.path, mode)
             done.append(f"created DB directory {self.path} ({db_type}, mode {mode:o})")
         for sub in (self.data_dir, self.log_dir, self.spool_dir):
-            sub.mkdir(exist_ok=True)
+            if not sub.is_dir():
+                sub.mkdir(mode=0o700)
         if not self.secret_file.exists():
             _write_private(self.secret_file, secrets.token_hex(32).encode() + b"\n")
             done.append(f"wrote a new secret to {self.secret_file} (mode 600)")
@@ -386,6 +398,20 @@ def _write_private(path, content):
         handle.write(content)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def make_private_directories(root, relative, mode=0o700):
+    """Make ``root/relative`` and any missing directory between, each with ``mode`` whatever the
+    umask (``os.makedirs`` gives the ones between the umask's mode); returns the path."""
+    path = Path(root)
+    for part in Path(relative).parts:
+        path = path / part
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError:
+            continue
+        os.chmod(path, mode)  # the umask may have taken bits that the mode asks for
+    return path
 
 
 def job_working_directory(workflow, name, job_id):

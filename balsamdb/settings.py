@@ -32,6 +32,8 @@ DEFAULTS = {
                                                "hold this many bytes (or 1024 requests); one request always fits"),
     "applied_retention_days": (7.0, float, "days the server keeps the id and answer of each applied write, so that a "
                                            "retry is answered instead of applied again (retries come within minutes)"),
+    "job_dir_mode": ("700", str, "permissions (octal) of the job working directories a client makes in "
+                                 "data/: 700 private to the owner, 750 readable by the group"),
     "remote_spool_dir": (None, str, "where writes to an unreachable HTTP store wait (default: "
                                     "$XDG_DATA_HOME/balsamdb/remote-spool, one subdirectory per store)"),
 }
@@ -92,6 +94,7 @@ class Settings:
     max_request_bytes: int
     max_batch_bytes: int
     applied_retention_days: float
+    job_dir_mode: str
     remote_spool_dir: object
 
 
@@ -112,6 +115,13 @@ def load_settings(**overrides):
     if values["sqlite_synchronous"].upper() not in ("FULL", "NORMAL", "EXTRA"):
         raise ConfigError("sqlite_synchronous must be FULL, EXTRA or NORMAL")
     values["sqlite_synchronous"] = values["sqlite_synchronous"].upper()
+    try:
+        job_dir_mode = int(str(values["job_dir_mode"]), 8)
+    except ValueError:
+        job_dir_mode = -1
+    if not 0o700 <= job_dir_mode <= 0o777 or job_dir_mode & 0o700 != 0o700:
+        raise ConfigError(f"job_dir_mode={values['job_dir_mode']!r} must be an octal mode that gives its owner "
+                          "rwx, such as 700 (private, the default) or 750 (the group may read)")
     for name in ("max_request_bytes", "max_batch_bytes"):
         if values[name] < 1024:
             raise ConfigError(f"{name} must be at least 1024 bytes (it is {values[name]})")

@@ -6,6 +6,7 @@ runs; :func:`status` reads the address file and asks the server for its
 counters.  Each touches only its own DB directory.
 """
 
+import os
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import psutil
 
 from balsamdb import address_file
 from balsamdb.client import server_state
+from balsamdb.dbdir import PRIVATE_UMASK
 from balsamdb.exceptions import BalsamDBError, ServerUnavailable
 
 from .watchdog import EXIT_ALREADY_RUNNING
@@ -85,11 +87,12 @@ def start(dbdir, bind="127.0.0.1", port=0, deadline=30.0, encrypt=None):
             return StartResult(True, info)
         except BalsamDBError:
             pass  # named but not answering: let a new watchdog sort it out
-    out = open(dbdir.log_dir / "watchdog.out", "ab")
+    out = os.fdopen(os.open(dbdir.log_dir / "watchdog.out", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
     cmd = [sys.executable, "-m", "balsamdb.server.watchdog", "--path", str(dbdir.path), "--bind", bind,
            "--port", str(port)] + (["--encrypt"] if encrypt else [])
+    # umask 077: whatever the watchdog, the server and postgres create in P is private to its owner.
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                            start_new_session=True, close_fds=True)
+                            start_new_session=True, close_fds=True, umask=PRIVATE_UMASK)
     out.close()
     end = time.monotonic() + deadline
     while time.monotonic() < end:

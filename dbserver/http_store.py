@@ -24,6 +24,7 @@ Use :func:`create_app` for any WSGI server, or :func:`serve` to run waitress.
 import hashlib
 import json
 import logging
+import os
 import re
 import signal
 import threading
@@ -733,12 +734,13 @@ def serve(path, host="127.0.0.1", port=8000, prefix="/", threads=16, max_body=MA
 
     ``ready(url)`` is called once the socket listens.  Logs go to ``P/log/http.log``.
     """
-    from balsamdb.dbdir import DBDirectory
+    from balsamdb.dbdir import PRIVATE_UMASK, DBDirectory
 
     from .logs import setup_logging
 
     dbdir = DBDirectory(path)
     dbdir.config()  # a clear error for a path that is not a DB directory
+    os.umask(PRIVATE_UMASK)  # this process's files in P (http.log, the spool) are private to its owner
     setup_logging(dbdir.log_dir / "http.log")
     try:
         server = make_server(dbdir.path, host, port, prefix, threads, max_body, trusted_proxy, create_window)

@@ -23,7 +23,7 @@ import zmq
 
 from balsamdb import protocol
 from balsamdb.applier import DATABASE_ERRORS, StorageFailure, apply_batch, root_cause
-from balsamdb.dbdir import DBDirectory
+from balsamdb.dbdir import PRIVATE_UMASK, DBDirectory
 from balsamdb.exceptions import BalsamDBError, ServerError, StorageError, TryAgain
 from balsamdb.models import MODELS, upgrade
 from balsamdb.operations import OPERATIONS
@@ -518,6 +518,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from balsamdb.server.logs import setup_logging
 
+    os.umask(PRIVATE_UMASK)  # logs, spool answers, the socket: private to the DB directory's owner
     dbdir = DBDirectory(args.path)
     setup_logging(dbdir.log_dir / "server.log")
     server = WriteServer(dbdir, args.bind, args.port, args.epoch, pg_port=args.pg_port, encrypt=args.encrypt)

@@ -41,7 +41,7 @@ def test_db_init_under_a_running_server_changes_nothing_and_refuses_changes(serv
     db.jobs.create(name="before")
     again = run_db("init", path, *(["--db-type", "postgres"] if backend == "postgres" else []))
     assert again.returncode == 0, again.stderr
-    assert "nothing was changed" in again.stdout
+    assert "is already a current" in again.stdout
     # The error of a client whose secret is gone says "db init"; under a running server it must refuse.
     secret = (path / "secret").read_bytes()
     (path / "secret").unlink()
