@@ -47,6 +47,8 @@ from balsamdb.operations import bind_params, lookup
 from balsamdb.protocol import SERVER_OPS, loads_strict
 from balsamdb.passwords import verify_password
 
+from . import http_auth
+
 log = logging.getLogger("balsamdb.server.http_store")
 
 REALM = "balsamdb"
@@ -70,7 +72,8 @@ PROJECT_PARAMS = {"project_save": "name", "project_get": "name", "record_save": 
                   "record_list": "project", "record_labels": "project", "record_delete": "project",
                   "record_delete_by_tag": "project", "record_tag": "project", "permission_list": "project"}
 CODE_OF_STATUS = {400: "bad_request", 401: "auth", 403: "auth", 404: "not_found", 405: "bad_request",
-                  406: "bad_request", 409: "conflict", 413: "too_large", 500: "internal", 503: "unavailable"}
+                  406: "bad_request", 409: "conflict", 413: "too_large", 429: "auth", 500: "internal",
+                  503: "unavailable"}
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 STATUS_OF_ERROR = [  # library error -> HTTP status; the first match wins
@@ -171,6 +174,12 @@ class PasswordCache:
         self.seconds, self.max_entries = seconds, max_entries
         self._valid_until = {}
         self._lock = threading.Lock()
+
+    def known(self, name, password, stored_hash):
+        """True when this password was verified for this user and hash a moment ago (no scrypt)."""
+        key = (name, hashlib.sha256(password.encode()).hexdigest(), stored_hash)
+        with self._lock:
+            return self._valid_until.get(key, 0) > time.monotonic()
 
     def check(self, name, password, stored_hash):
         key = (name, hashlib.sha256(password.encode()).hexdigest(), stored_hash)
@@ -317,6 +326,7 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
     """
     store = Store(path)
     passwords = PasswordCache()
+    logins = http_auth.LoginGuard(passwords)
     from balsamdb.settings import load_settings
 
     keep = load_settings().applied_retention_days * 86400.0
@@ -340,11 +350,16 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
             g.user = _authenticate(*_basic_credentials(header))
 
     def _authenticate(name, password):
-        user = store.user(name)
-        if user is None or not passwords.check(name, password, user["password_hash"]):
+        # One scrypt per attempt, known user or not; failed logins throttled (see http_auth.py).
+        outcome, detail = logins.check(request.remote_addr, name, password, store.user(name))
+        if outcome == http_auth.THROTTLED:
+            log.warning("throttled login as %r from %s (%s s)", name, request.remote_addr, detail)
+            raise HTTPError(429, f"too many failed logins as {name!r}: try again in {detail} s",
+                            {"Retry-After": str(detail)})
+        if outcome != http_auth.OK:
             log.warning("failed login as %r from %s", name, request.remote_addr)
             raise _challenge("wrong user name or password")
-        return user
+        return detail
 
     @app.after_request
     def finish(response):

@@ -28,7 +28,7 @@ from balsamdb.exceptions import BalsamDBError, ServerError, StorageError, TryAga
 from balsamdb.models import MODELS, upgrade
 from balsamdb.operations import OPERATIONS
 from balsamdb.settings import load_settings
-from balsamdb.spool import Spool
+from balsamdb.spool import Spool, StrayEntry
 from balsamdb.statements import statements
 
 log = logging.getLogger("balsamdb.server.write_server")
@@ -297,10 +297,13 @@ class WriteServer:
             work = []
             for path in self.spool.pending(limit=limit):
                 try:
-                    message = protocol.decode(self.secret, [path.read_bytes()], self.settings.max_request_bytes)
+                    message = protocol.decode(self.secret, [self.spool.read(path)], self.settings.max_request_bytes)
                     work.append((path,) + protocol.check_request(message))
                 except FileNotFoundError:
                     continue  # taken by another drain
+                except StrayEntry as exc:
+                    self._spool_stray(path, exc)
+                    taken += 1
                 except BalsamDBError as exc:
                     log.warning("spooled file %s refused: %s", path.name, exc.message)
                     self._spool_move(self.spool.fail, path, {"ok": False, "error": exc.to_dict()})
@@ -325,6 +328,11 @@ class WriteServer:
         if taken:
             log.info("took %s spooled writes; %s wait", taken, self.spool.count())
         return taken
+
+    def _spool_stray(self, path, reason):
+        """A directory or unreadable file in spool/new goes to spool/failed/ with the reason, once."""
+        log.warning("spool/new/%s is no spooled write (%s); moved to spool/failed/", path.name, reason)
+        self._spool_move(self.spool.quarantine, path, str(reason))
 
     @staticmethod
     def _spool_move(action, *args):
