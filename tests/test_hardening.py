@@ -299,3 +299,14 @@ def test_failed_logins_are_throttled_and_a_legitimate_user_is_still_served(serve
     # An address that never failed for a user is not refused, even for a user under a guessing run.
     assert client.get("/", headers=_basic("ada", "typo"), environ_base={"REMOTE_ADDR": "10.0.0.8"}
                       ).status_code == 401
+
+
+def test_nan_is_refused_by_the_http_client_before_it_sends_or_spools(tmp_path):
+    """The HTTP client refuses NaN before anything: no request (nothing listens there), no spooled file."""
+    spool_dir = tmp_path / "remote-spool"
+    db = balsamdb.connect("http://ada:pw@127.0.0.1:9/", remote_spool_dir=str(spool_dir), client_deadline=1)
+    started = time.monotonic()
+    with pytest.raises(BadRequest, match="NaN or an infinity"):
+        db.records.save("P", {"label": "r", "duration": float("nan")})
+    assert time.monotonic() - started < 1.0
+    assert not spool_dir.exists() or not [p for p in spool_dir.rglob("*.req")]
