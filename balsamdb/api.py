@@ -378,11 +378,11 @@ class Jobs:
         spec = dict(fields, name=name, workflow=workflow)
         spec["id"] = str(spec.get("id") or uuid.uuid4())
         if make_workdir and self._db.root is not None:  # a remote store's directories are not here
-            workdir = self._db.root / job_working_directory(workflow, name, spec["id"])
+            relative = job_working_directory(workflow, name, spec["id"])
+            workdir = self._db.root / relative
             try:
                 # Private unless the job_dir_mode setting says otherwise: job outputs are the owner's.
-                make_private_directories(self._db.root, job_working_directory(workflow, name, spec["id"]),
-                                         int(self._db.settings.job_dir_mode, 8))
+                make_private_directories(self._db.root, relative, int(self._db.settings.job_dir_mode, 8))
             except OSError as exc:
                 raise StorageError(f"cannot make the working directory {workdir}: {exc.strerror or exc}; "
                                    "the job was not created") from None

@@ -1,10 +1,11 @@
 """The write server: one process, one ROUTER socket, one writer that owns the DB connection.
 
 Group commit: each turn of the loop takes every request already waiting (up
-to ``MAX_BATCH``), applies each in its own savepoint inside one transaction,
-commits, and only then answers each.  A bad request fails alone; the rest of
-its batch commits.  Malformed, unauthenticated and oversized messages are
-answered with an error at once and never reach the database.
+to ``MAX_BATCH``, and ``max_batch_bytes``), applies each in its own savepoint inside one
+transaction, commits, and only then answers each.  A bad request fails alone; the rest of
+its batch commits.  Malformed and unauthenticated messages are answered with an error at
+once and never reach the database; a message over ``max_request_bytes`` is dropped unread
+by ZeroMQ, with its connection (see :func:`bound_memory`).
 
 Run by the watchdog as ``python -m balsamdb.server.write_server --path P ...``; it
 prints one JSON line ``{"port": N, "pid": N, "local_address": ..., "max_request_bytes": N}``

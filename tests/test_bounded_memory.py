@@ -57,7 +57,8 @@ def test_six_200_mb_unsigned_frames_leave_the_server_small_and_answering(started
         for _ in range(PEERS):
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RECONNECT_IVL, 60_000)  # one connection each: what a dropped peer does next is not the point
+            # One connection each: what a dropped peer does next is not the point.
+            sock.setsockopt(zmq.RECONNECT_IVL, 60_000)
             monitors.append(sock.get_monitor_socket(zmq.EVENT_DISCONNECTED))
             sock.connect(info["address"])
             sock.send_multipart([b"", payload], copy=False)
