@@ -310,3 +310,24 @@ def test_nan_is_refused_by_the_http_client_before_it_sends_or_spools(tmp_path):
         db.records.save("P", {"label": "r", "duration": float("nan")})
     assert time.monotonic() - started < 1.0
     assert not spool_dir.exists() or not [p for p in spool_dir.rglob("*.req")]
+
+
+def test_rows_stored_with_nan_before_it_was_refused_can_still_be_read(dbdir):
+    """An answer is read leniently: a row that an older version stored with NaN is returned, not refused."""
+    db = balsamdb.connect(dbdir)
+    job = db.jobs.create(name="old", data={"x": 1.0})
+    from balsamdb import models
+
+    table = models.Job._meta.table_name
+    with sqlite3.connect(dbdir / "db.sqlite3") as con:
+        assert con.execute(f"UPDATE {table} SET data = ? WHERE id = ?", ('{"x": NaN}', job.id)).rowcount == 1
+    db_cli("dbserver", "--path", dbdir, check=True)
+    try:
+        served = balsamdb.connect(dbdir, require_server=True)
+        assert math.isnan(served.jobs.get(job.id).data["x"]) and served.last_route == "server"
+        # ...and it can be mended: a finite value replaces it.
+        served.jobs.modify(job.id, data={"x": None})
+        assert served.jobs.get(job.id).data == {"x": None}
+    finally:
+        db_cli("dbserver", "--stop", "--path", dbdir)
+        kill_everything(dbdir)
