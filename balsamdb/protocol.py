@@ -78,12 +78,16 @@ def _finite_float(text):
     return value
 
 
+# Made once: json.loads with keyword arguments builds a new decoder on every call (as slow as the parse).
+_STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 def loads_strict(data, what="the message body"):
     """Parse JSON text as the servers accept it: no NaN, Infinity or overflowing number (which
     Python's json reads but cannot write back as JSON), and no nesting too deep to parse.
     Raises :class:`BadRequest` saying why, never anything else."""
     try:
-        return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+        return _STRICT_JSON.decode(data.decode() if isinstance(data, (bytes, bytearray)) else data)
     except RecursionError:
         raise BadRequest(f"{what} is nested too deeply") from None
     except ValueError as exc:  # UnicodeDecodeError included
