@@ -177,13 +177,21 @@ def test_a_db_directory_path_too_long_for_a_socket_uses_tcp(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second user (CI runs as root)")
-def test_another_user_cannot_connect_to_the_same_host_socket(started):
-    path = started
-    sock_path = str(path / "server.ipc")
-    # Even with the DB directory opened for traversal (as for a PostgreSQL cluster run as another user),
-    # the socket file itself refuses other users.
+def test_another_user_cannot_connect_to_the_same_host_socket():
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    # A DB directory that another user can reach (pytest's own tmp directories are 0700), opened for
+    # traversal as for a PostgreSQL cluster run by another account: only the socket's mode protects it.
+    base = Path(tempfile.mkdtemp(prefix="bdb-ipc-", dir="/tmp"))
+    os.chmod(base, 0o711)
+    path = base / "db"
+    DBDirectory(path).init()
     os.chmod(path, 0o711)
+    sock_path = str(path / "server.ipc")
     try:
+        db_cli("dbserver", "--path", path, check=True)
         pid = os.fork()
         if pid == 0:  # the child becomes nobody and tries to connect
             code = 3
@@ -191,20 +199,24 @@ def test_another_user_cannot_connect_to_the_same_host_socket(started):
                 os.setgroups([])
                 os.setgid(65534)
                 os.setuid(65534)
+                os.stat(sock_path)  # it can reach the socket file (else code 3)...
                 with socket.socket(socket.AF_UNIX) as unix:
                     try:
-                        unix.connect(sock_path)
+                        unix.connect(sock_path)  # ...but not connect
                         code = 1
                     except PermissionError:
                         code = 0
             finally:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0, "another user connected to the server's socket"
+        assert os.waitstatus_to_exitcode(status) == 0, \
+            f"exit {os.waitstatus_to_exitcode(status)}: 1 = another user connected, 3 = the test could not reach it"
+        with socket.socket(socket.AF_UNIX) as unix:
+            unix.connect(sock_path)  # its owner can
     finally:
-        os.chmod(path, 0o700)
-    with socket.socket(socket.AF_UNIX) as unix:
-        unix.connect(sock_path)  # its owner can
+        db_cli("dbserver", "--stop", "--path", path)
+        kill_everything(path)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_max_batch_bytes_setting_is_checked():
