@@ -27,7 +27,7 @@ def write_atomic(path, data):
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o600)  # private like everything in a DB directory (mkstemp made it so; say it)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import address_file, job_queries, operations, protocol
 from .client import ServerClient, server_state, unavailable
-from .dbdir import DBDirectory, job_working_directory
+from .dbdir import DBDirectory, job_working_directory, make_private_directories
 from .exceptions import (NotADBDirectory, RequestTooLarge, ServerUnavailable, StorageError, TryAgain,
                          error_from_dict)
 from .settings import CHECKOUT_SOURCE, USER_DIR_SOURCE, load_settings, resolve_db_path
@@ -72,6 +72,7 @@ class Database:
         self._address_signature = None
         self._address_path = str(dbdir.address_file)
         self._unreachable = None  # (epoch, until): a server that did not answer a whole deadline
+        self._direct_check = None  # (allowed, why): may SQLite be written directly here (file system)
         self._spool_writer = SpoolWriter(Spool(dbdir.spool_dir))
 
     def __repr__(self):
@@ -165,14 +166,16 @@ class Database:
             elif state == "down":
                 self._check_config()
                 if self.db_type == "sqlite3" and not self.settings.require_server \
-                        and message["op"] not in protocol.SERVER_OPS and not self._spool_writer.waiting():
+                        and message["op"] not in protocol.SERVER_OPS and not self._spool_writer.waiting() \
+                        and self._direct_allowed():
+                    protocol.dumps_request(message)  # NaN refused as on the other routes, never stored
                     self.last_route = "direct"
                     return self._direct_store().call(message["id"], message["op"], message["params"], write)
                 if write and self.settings.spool:
                     return self._spool(message)
                 raise ServerUnavailable(
-                    f"no balsamdb server runs for {self.dbdir.path} ({info.get('reason') or info.get('state')}); "
-                    f"start one with: db dbserver --path {self.dbdir.path}"
+                    f"no balsamdb server runs for {self.dbdir.path} ({info.get('reason') or info.get('state')}"
+                    f"{self._direct_refusal()}); start one with: db dbserver --path {self.dbdir.path}"
                 )
             else:
                 time.sleep(_COMING_POLL)
@@ -204,6 +207,23 @@ class Database:
                 self._direct.close()
                 self._direct = None
 
+    def _direct_allowed(self):
+        """True when the SQLite file is on a local file system as this host sees it (statfs, looked
+        at once per connection): elsewhere writes spool instead (see balsamdb.filesystems)."""
+        if self._direct_check is None:
+            from .filesystems import direct_writes_allowed
+
+            try:
+                self._direct_check = direct_writes_allowed(self.dbdir)
+            except OSError as exc:
+                self._direct_check = (False, f"its file system cannot be told ({exc})")
+        return self._direct_check[0]
+
+    def _direct_refusal(self):
+        if self._direct_check is None or self._direct_check[0] or self.db_type != "sqlite3":
+            return ""
+        return f"; and no direct writes: {self._direct_check[1]}"
+
     def _known_unreachable(self, info):
         if self._unreachable is None:
             return False
@@ -213,13 +233,17 @@ class Database:
             return False
         return True
 
-    def _encoded(self, message):
-        """The signed frames of ``message``; refused here, at once, when too large to send."""
-        frames = protocol.encode(self.dbdir.secret() if self._server is None else self._server.secret, message)
-        size = len(frames[0]) - 36
+    def _encoded(self, message, info=None):
+        """The signed frames of ``message``; refused here, at once, when too large to send (for
+        this client, or for the server of ``info``, which drops a larger message unread)."""
+        # encode_request: NaN and infinities are refused here, before sending or spooling.
+        frames = protocol.encode_request(self.dbdir.secret() if self._server is None else self._server.secret,
+                                         message)
+        size = len(frames[0]) - protocol.ENVELOPE_BYTES
         if size > self.settings.max_request_bytes:
             raise RequestTooLarge(f"the request is {size} bytes, more than max_request_bytes "
                                   f"({self.settings.max_request_bytes}); send less at a time")
+        check_server_limit(size, info if info is not None else self._address()[0])
         return frames
 
     def _send(self, info, message, path):
@@ -233,7 +257,7 @@ class Database:
             if self._spool_writer.waiting():
                 time.sleep(_COMING_POLL)  # the server could not apply them yet: do not hammer it
                 return None
-        return client.try_once(info, message, path, self._encoded(message))
+        return client.try_once(info, message, path, self._encoded(message, info))
 
     def _spool(self, message):
         operations.check_offline(message["op"], message["params"])  # refused now, not after waiting
@@ -248,6 +272,15 @@ class Database:
     def server_status(self):
         """Counters of the running server (see ``db dbserver --status``)."""
         return self.call("status")
+
+
+def check_server_limit(size, info):
+    """Refuse a request body of ``size`` bytes that the server named in ``info`` would drop unread
+    (with the connection: the client would only time out); the limit is in the address file."""
+    limit = info.get("max_request_bytes")
+    if isinstance(limit, int) and not isinstance(limit, bool) and size > limit:
+        raise RequestTooLarge(f"the request is {size} bytes: it exceeds the limit of {limit} bytes of the "
+                              "server (its max_request_bytes); send less at a time")
 
 
 class SpooledWrite:
@@ -345,9 +378,11 @@ class Jobs:
         spec = dict(fields, name=name, workflow=workflow)
         spec["id"] = str(spec.get("id") or uuid.uuid4())
         if make_workdir and self._db.root is not None:  # a remote store's directories are not here
-            workdir = self._db.root / job_working_directory(workflow, name, spec["id"])
+            relative = job_working_directory(workflow, name, spec["id"])
+            workdir = self._db.root / relative
             try:
-                os.makedirs(workdir, exist_ok=True)
+                # Private unless the job_dir_mode setting says otherwise: job outputs are the owner's.
+                make_private_directories(self._db.root, relative, int(self._db.settings.job_dir_mode, 8))
             except OSError as exc:
                 raise StorageError(f"cannot make the working directory {workdir}: {exc.strerror or exc}; "
                                    "the job was not created") from None

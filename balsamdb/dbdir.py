@@ -25,6 +25,9 @@ from . import address_file, models
 from .exceptions import ConfigError, NotADBDirectory, StorageError
 
 DB_TYPES = ("sqlite3", "postgres")
+#: The umask of every balsamdb process that creates files in a DB directory (server, watchdog,
+#: HTTP store, db init): directories 0700, files 0600, whatever the user's own umask.
+PRIVATE_UMASK = 0o077
 CONFIG_NAME = "balsamdb.json"
 FORMAT = 1
 
@@ -144,18 +147,62 @@ class DBDirectory:
         return self.config()["db_type"]
 
     def secret(self):
-        """The signing key (bytes).  Only the directory's owner can read it."""
+        """The signing key (bytes).  Only the directory's owner can read it.  A missing, empty or
+        short one is refused (:data:`MIN_SECRET_BYTES`): it would sign requests anyone can forge."""
         try:
-            return self.secret_file.read_bytes().strip()
+            secret = self.secret_file.read_bytes().strip()
         except FileNotFoundError:
-            raise ConfigError(f"{self.secret_file} is missing; run: db init {self.path}") from None
+            raise ConfigError(f"{self.secret_file} is missing; run: db init {self.path} "
+                              f"(after stopping its server, if one runs: db dbserver --stop --path {self.path})"
+                              ) from None
         except PermissionError:
             raise ConfigError(
                 f"cannot read {self.secret_file}: only the owner of the DB directory may write to it"
             ) from None
+        check_secret(secret, self.secret_file, self.path)
+        return secret
 
     def read_address(self):
         return address_file.read(self.address_file)
+
+    def running_server(self):
+        """The address record when a server runs (or its watchdog is restarting one) for this
+        directory, as far as this host can tell; else None."""
+        info = self.read_address()
+        if address_file.server_alive(info):
+            return info
+        if info.get("state") in ("running", "restarting") and address_file.watchdog_alive(info):
+            return info
+        return None
+
+    def _init_under_server(self, db_type, settings, info):
+        """``init`` of a DB directory whose server runs: a no-op when nothing is out of date (job
+        scripts run ``db init`` every time), else refused: a new secret would make every answer of
+        the running server unverifiable, and a schema upgrade belongs to a stopped database."""
+        changes = [f"make {sub.name}/" for sub in (self.data_dir, self.log_dir, self.spool_dir) if not sub.is_dir()]
+        if not self.secret_file.exists():
+            changes.append("write a new secret (the running server signs with the old one)")
+        if db_type == "postgres" and not self.external_postgres() and not (self.pgdata / "PG_VERSION").exists():
+            changes.append("make a PostgreSQL cluster")
+        else:
+            database = self.open_database(settings, busy_timeout=10)
+            try:
+                database.connect()
+                version = models.current_version(database)
+            except pw.OperationalError as exc:
+                raise StorageError(f"cannot read the schema version of {self.path}: {exc}") from None
+            finally:
+                database.close()
+            if version < models.SCHEMA_VERSION:
+                changes.append(f"upgrade the schema from version {version} to {models.SCHEMA_VERSION}")
+        server = info.get("server") or info.get("watchdog") or {}
+        where = f"pid {server.get('pid', '?')} on {info.get('host', '?')}"
+        if changes:
+            raise ConfigError(f"the server of {self.path} runs ({where}): db init would {'; '.join(changes)} "
+                              f"under it. Stop it first (db dbserver --stop --path {self.path}), then run "
+                              "db init again")
+        # The same sentence as without a server: nothing was changed (job scripts may read it).
+        return [f"{self.path} is already a current {db_type} DB directory (schema {models.SCHEMA_VERSION})"]
 
     # -- database -----------------------------------------------------------
     def open_database(self, settings, busy_timeout=None, postgres_port=None):
@@ -196,6 +243,14 @@ class DBDirectory:
 
     # -- creation and upgrade -----------------------------------------------
     def init(self, db_type="sqlite3", mode=0o700, settings=None, url=None, make_cluster=None):
+        """See :meth:`_init`; everything it creates is private to its owner (umask 077 meanwhile)."""
+        previous = os.umask(PRIVATE_UMASK)
+        try:
+            return self._init(db_type, mode, settings, url, make_cluster)
+        finally:
+            os.umask(previous)
+
+    def _init(self, db_type, mode, settings, url, make_cluster):
         """Create this DB directory, or upgrade an existing one in place.
 
         ``db_type`` postgres makes a PostgreSQL cluster in ``pgdata/`` with
@@ -229,6 +284,9 @@ class DBDirectory:
                 raise ConfigError(f"{self.path} is already a {config['db_type']} DB directory, not {db_type}")
             if url and not config.get("external"):
                 raise ConfigError(f"{self.path} has its own PostgreSQL cluster; --url applies to new DB directories")
+            running = self.running_server()
+            if running is not None:
+                return self._init_under_server(db_type, settings, running)
         else:
             if self.path.exists() and any(not p.name.startswith(".") for p in self.path.iterdir()):
                 raise NotADBDirectory(
@@ -240,7 +298,8 @@ class DBDirectory:
             os.chmod(self.path, mode)
             done.append(f"created DB directory {self.path} ({db_type}, mode {mode:o})")
         for sub in (self.data_dir, self.log_dir, self.spool_dir):
-            sub.mkdir(exist_ok=True)
+            if not sub.is_dir():
+                sub.mkdir(mode=0o700)
         if not self.secret_file.exists():
             _write_private(self.secret_file, secrets.token_hex(32).encode() + b"\n")
             done.append(f"wrote a new secret to {self.secret_file} (mode 600)")
@@ -283,6 +342,17 @@ def _nearest_existing_parent(path):
             return False, missing
         missing = parent
     return True, missing
+#: The shortest secret accepted: ``db init`` writes 64 random hex digits (256 bits).
+MIN_SECRET_BYTES = 32
+
+
+def check_secret(secret, where, path):
+    """Raise :class:`ConfigError` when ``secret`` (bytes, from ``where``) is too short to be a key."""
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"{where} holds {'nothing' if not secret else f'only {len(secret)} bytes'}: a secret needs at least "
+            f"{MIN_SECRET_BYTES} (anyone could guess a short one). Stop the server if one runs "
+            f"(db dbserver --stop --path {path}), delete {where} and run: db init {path}")
 
 
 def parse_postgres_url(url):
@@ -343,6 +413,20 @@ def _write_private(path, content):
         handle.write(content)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def make_private_directories(root, relative, mode=0o700):
+    """Make ``root/relative`` and any missing directory between, each with ``mode`` whatever the
+    umask (``os.makedirs`` gives the ones between the umask's mode); returns the path."""
+    path = Path(root)
+    for part in Path(relative).parts:
+        path = path / part
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError:
+            continue
+        os.chmod(path, mode)  # the umask may have taken bits that the mode asks for
+    return path
 
 
 def job_working_directory(workflow, name, job_id):

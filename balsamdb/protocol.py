@@ -20,11 +20,14 @@ operations of :mod:`balsamdb.operations`, the server answers ``ping`` and
 
 import hmac
 import json
+import math
 
 from .exceptions import AuthenticationError, BadRequest
 
 MAGIC = b"BDB1"
 _MAC_END = len(MAGIC) + 32
+#: Bytes of a frame around its body: the largest frame a server reads is ``max_request_bytes`` + this.
+ENVELOPE_BYTES = _MAC_END
 SERVER_OPS = ("ping", "status", "spool_drain")
 
 
@@ -41,13 +44,69 @@ def encode(secret, message):
     return [MAGIC + sign(secret, body) + body]
 
 
+#: What to tell a caller whose data holds NaN or an infinity (JSON has no such values).
+NON_FINITE_ADVICE = ("JSON has no NaN or Infinity: store a missing value as None (null), or the value as a string "
+                     "such as \"NaN\" or \"inf\" (see docs/concepts.md, \"Numbers JSON cannot hold\")")
+
+
+def dumps_request(message):
+    """The JSON text (bytes) of a request made by a client: refused with :class:`BadRequest`,
+    before anything is sent or spooled, when it holds NaN or an infinity, which would be
+    stored as invalid JSON (a float that cannot be a JSON number)."""
+    try:
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except ValueError as exc:
+        if "JSON compliant" not in str(exc):
+            raise
+        raise BadRequest(f"the {message.get('op', 'request')} request holds NaN or an infinity; "
+                         f"{NON_FINITE_ADVICE}") from None
+
+
+def encode_request(secret, message):
+    """:func:`encode` for a client's request: NaN and infinities are refused (see :func:`dumps_request`)."""
+    return encode_body(secret, dumps_request(message))
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: valid JSON that Python reads as an infinity
+        raise ValueError(f"{text} is too large for a number")
+    return value
+
+
+# Made once: json.loads with keyword arguments builds a new decoder on every call (as slow as the parse).
+_STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def loads_strict(data, what="the message body"):
+    """Parse JSON text as the servers accept it: no NaN, Infinity or overflowing number (which
+    Python's json reads but cannot write back as JSON), and no nesting too deep to parse.
+    Raises :class:`BadRequest` saying why, never anything else."""
+    try:
+        return _STRICT_JSON.decode(data.decode() if isinstance(data, (bytes, bytearray)) else data)
+    except RecursionError:
+        raise BadRequest(f"{what} is nested too deeply") from None
+    except ValueError as exc:  # UnicodeDecodeError included
+        if "JSON number" in str(exc) or "too large" in str(exc):
+            raise BadRequest(f"{what} holds NaN or an infinity ({exc}); {NON_FINITE_ADVICE}") from None
+        raise BadRequest(f"{what} is not valid JSON: {exc}") from None
+
+
 def encode_body(secret, body):
     """The frames of a body that is already JSON text (bytes)."""
     return [MAGIC + sign(secret, body) + body]
 
 
-def decode(secret, frames, max_bytes=None):
+def decode(secret, frames, max_bytes=None, strict=True):
     """Check and parse the frames of one message; returns the body as a dict.
+
+    ``strict`` (requests): NaN, infinities and too large numbers are refused (see
+    :func:`loads_strict`); a client reads answers with ``strict=False``, so that rows stored
+    with NaN before it was refused can still be read.
 
     Raises :class:`BadRequest` (wrong shape, not JSON, too large) or
     :class:`AuthenticationError` (bad signature), never anything else.
@@ -59,13 +118,18 @@ def decode(secret, frames, max_bytes=None):
         from .exceptions import RequestTooLarge
 
         raise RequestTooLarge(f"request of {len(frame) - _MAC_END} bytes exceeds the limit of {max_bytes} bytes")
-    mac, body = frame[len(MAGIC):_MAC_END], frame[_MAC_END:]
+    # A view, not a copy: a large unsigned frame costs no second copy of itself.
+    view = memoryview(frame)
+    mac, body = view[len(MAGIC):_MAC_END], view[_MAC_END:]
     if not hmac.compare_digest(mac, sign(secret, body)):
         raise AuthenticationError("bad signature: the client does not hold this DB directory's secret")
-    try:
-        message = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-        raise BadRequest("the message body is not valid JSON") from None
+    if strict:
+        message = loads_strict(bytes(body))
+    else:
+        try:
+            message = json.loads(bytes(body))
+        except (ValueError, RecursionError):
+            raise BadRequest("the message body is not valid JSON") from None
     if not isinstance(message, dict):
         raise BadRequest("the message body must be a JSON object")
     return message
@@ -86,8 +150,9 @@ def check_request(message, now=None):
     request_id, op, params = message.get("id"), message.get("op"), message.get("params", {})
     if now is not None:
         sent = message.get("ts")
-        if isinstance(sent, bool) or not isinstance(sent, (int, float)):
-            raise AuthenticationError("the request carries no time stamp (ts)")
+        if isinstance(sent, bool) or not isinstance(sent, (int, float)) or not math.isfinite(sent):
+            # NaN would pass the age test below (every comparison with NaN is false): never expire.
+            raise AuthenticationError("the request carries no finite time stamp (ts)")
         if abs(now - sent) > MAX_AGE:
             raise AuthenticationError(
                 f"the request was signed {now - sent:.0f} s ago: refused as a replay "

@@ -33,6 +33,7 @@ from . import operations
 from .api import Jobs, Projects, Records, SpooledWrite
 from .exceptions import (AuthenticationError, BadRequest, ConfigError, RequestTooLarge, ServerUnavailable,
                          error_from_dict)
+from .protocol import dumps_request
 from .spool import Spool, SpoolWriter
 
 RETRY_STATUSES = (502, 503, 504)
@@ -141,7 +142,7 @@ class RemoteDatabase:
         # "sent": when the write was first made; the store refuses one that waited longer than it
         # keeps the ids of applied writes, which could otherwise be applied a second time.
         message = {"id": request_id or os.urandom(16).hex(), "op": op, "params": params, "sent": time.time()}
-        body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+        body = dumps_request(message)  # NaN and infinities refused here, before sending or spooling
         if len(body) > self.settings.max_request_bytes:
             raise RequestTooLarge(f"the request is {len(body)} bytes, more than max_request_bytes "
                                   f"({self.settings.max_request_bytes}); send less at a time")

@@ -27,9 +27,14 @@ DEFAULTS = {
     "spool": (True, bool, "when no server can be reached, keep writes in P/spool for the server (off: raise)"),
     "direct_deadline": (120.0, float, "seconds a direct SQLite write keeps retrying a locked database"),
     "sqlite_synchronous": ("FULL", str, "SQLite synchronous pragma: FULL (durable) or NORMAL (faster, may lose the last commits on power loss)"),
-    "max_request_bytes": (64 * 1024 * 1024, int, "largest request the server accepts"),
+    "max_request_bytes": (64 * 1024 * 1024, int, "largest request the server accepts (a larger message is "
+                                                 "dropped, with its connection, before it is read)"),
+    "max_batch_bytes": (32 * 1024 * 1024, int, "the write server takes requests into one group commit until they "
+                                               "hold this many bytes (or 1024 requests); one request always fits"),
     "applied_retention_days": (7.0, float, "days the server keeps the id and answer of each applied write, so that a "
                                            "retry is answered instead of applied again (retries come within minutes)"),
+    "job_dir_mode": ("700", str, "permissions (octal) of the job working directories a client makes in "
+                                 "data/: 700 private to the owner, 750 readable by the group"),
     "remote_spool_dir": (None, str, "where writes to an unreachable HTTP store wait (default: "
                                     "$XDG_DATA_HOME/balsamdb/remote-spool, one subdirectory per store)"),
     "require_explicit_db": (False, bool, "refuse the last fallback (default_db/ of a source checkout, or the per-user "
@@ -93,7 +98,9 @@ class Settings:
     direct_deadline: float
     sqlite_synchronous: str
     max_request_bytes: int
+    max_batch_bytes: int
     applied_retention_days: float
+    job_dir_mode: str
     remote_spool_dir: object
     require_explicit_db: bool
     heartbeat_stale_after: float
@@ -116,6 +123,16 @@ def load_settings(**overrides):
     if values["sqlite_synchronous"].upper() not in ("FULL", "NORMAL", "EXTRA"):
         raise ConfigError("sqlite_synchronous must be FULL, EXTRA or NORMAL")
     values["sqlite_synchronous"] = values["sqlite_synchronous"].upper()
+    try:
+        job_dir_mode = int(str(values["job_dir_mode"]), 8)
+    except ValueError:
+        job_dir_mode = -1
+    if not 0o700 <= job_dir_mode <= 0o777 or job_dir_mode & 0o700 != 0o700:
+        raise ConfigError(f"job_dir_mode={values['job_dir_mode']!r} must be an octal mode that gives its owner "
+                          "rwx, such as 700 (private, the default) or 750 (the group may read)")
+    for name in ("max_request_bytes", "max_batch_bytes"):
+        if values[name] < 1024:
+            raise ConfigError(f"{name} must be at least 1024 bytes (it is {values[name]})")
     if not values["applied_retention_days"] > 0:
         raise ConfigError("applied_retention_days must be more than 0 (the ids of applied writes must be kept "
                           "at least as long as a retry can come; 7 is the default)")

@@ -18,10 +18,16 @@ the second time).
 
 import json
 import os
+import shutil
+import stat
 import time
 from pathlib import Path
 
 from .exceptions import StorageError
+
+
+class StrayEntry(Exception):
+    """An entry of ``spool/new`` that is no spooled write (a directory, a FIFO, an unreadable file)."""
 
 
 def _fsync_dir(path):
@@ -92,6 +98,42 @@ class Spool:
         except FileNotFoundError:
             pass
 
+    def read(self, path):
+        """The bytes of a waiting file; :class:`StrayEntry` when the entry can never be one (not a
+        regular file, or not readable), ``FileNotFoundError`` when it is gone (taken by another drain)."""
+        mode = os.lstat(path).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a symbolic link" if stat.S_ISLNK(mode) else \
+                "not a regular file"
+            raise StrayEntry(f"{kind}, not a spooled write")
+        try:
+            # O_NONBLOCK: a FIFO swapped in after the lstat cannot hang the reader.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        except PermissionError as exc:
+            raise StrayEntry(f"unreadable: {exc.strerror}") from None
+        except OSError as exc:
+            if exc.errno == 40:  # ELOOP: a symbolic link swapped in
+                raise StrayEntry("a symbolic link, not a spooled write") from None
+            raise
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise StrayEntry("not a regular file, not a spooled write")
+            return handle.read()
+
+    def quarantine(self, path, reason):
+        """Move a stray entry of ``new/`` (see :meth:`read`) to ``failed/`` with the reason, so that it
+        neither fills the log on every turn nor counts as a write that waits."""
+        self.ensure()
+        name = Path(path).name
+        target = self.failed / name
+        if os.path.lexists(target):
+            target = self.failed / f"{name}.{time.time_ns()}"
+        (self.failed / (target.name + ".answer.json")).write_text(json.dumps(
+            {"ok": False, "error": {"code": "bad_request", "type": "StrayEntry",
+                                    "message": f"stray entry in spool/new: {reason}"}}, indent=1))
+        shutil.move(str(path), str(target))
+        return target
+
     def fail(self, path, answer):
         """Move a refused request to ``failed/`` with the answer that refused it."""
         self.ensure()
@@ -112,7 +154,7 @@ class Spool:
             item = {"file": path.name, "age_s": round(time.time() - int(path.name.split("-")[0]) / 1e9, 1)}
             if decode is not None:
                 try:
-                    message = decode(path.read_bytes())
+                    message = decode(self.read(path))  # a stray FIFO must not hang `db spool`
                     item.update(id=message.get("id"), op=message.get("op"))
                 except Exception as exc:  # a damaged file is shown, not fatal
                     item["unreadable"] = str(exc)

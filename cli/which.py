@@ -56,7 +56,20 @@ def describe(path):
         server = dbdir.read_address()
         # "health" is what a client would find: the file alone may name a dead process.
         report["server"] = dict(server, health=server_state(server))
+        if report["db_type"] == "sqlite3":
+            report["direct_writes"] = _direct_writes(dbdir)
     return report
+
+
+def _direct_writes(dbdir):
+    """Whether a client here would write SQLite directly while no server runs, and why (statfs)."""
+    from balsamdb.filesystems import describe, direct_writes_allowed, sqlite_location
+
+    try:
+        allowed, why = direct_writes_allowed(dbdir)
+        return dict(describe(sqlite_location(dbdir)), allowed=allowed, why=why)
+    except OSError as exc:
+        return {"allowed": False, "why": f"its file system cannot be told ({exc}): writes spool"}
 
 
 def _server_line(server):
@@ -91,6 +104,7 @@ def which(path, as_json):
           chosen by:     the BALSAM_DB_PATH environment variable
           DB directory:  yes (sqlite3)
           server:        stopped (no server has run yet)
+          direct writes: yes when no server runs (ext2/3/4 is a local file system)
     """
     report = describe(path)
     if as_json:
@@ -114,3 +128,6 @@ def which(path, as_json):
     click.echo(f"  chosen by:     {report['source']}")
     click.echo(f"  DB directory:  {kind}")
     click.echo(f"  server:        {_server_line(report['server'])}")
+    direct = report.get("direct_writes")
+    if direct is not None:
+        click.echo(f"  direct writes: {'yes' if direct['allowed'] else 'no'} when no server runs ({direct['why']})")

@@ -6,6 +6,7 @@ runs; :func:`status` reads the address file and asks the server for its
 counters.  Each touches only its own DB directory.
 """
 
+import os
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import psutil
 
 from balsamdb import address_file
 from balsamdb.client import server_state
+from balsamdb.dbdir import PRIVATE_UMASK
 from balsamdb.exceptions import BalsamDBError, ServerUnavailable
 
 from . import liveness
@@ -134,6 +136,7 @@ def start(dbdir, bind="127.0.0.1", port=0, deadline=30.0, encrypt=None, force=Fa
     dbdir.config()
     if not force:
         check_other_host(dbdir)
+    dbdir.secret()  # a missing, empty or short secret: refused here, with what to do, before anything starts
     info = dbdir.read_address()
     elsewhere = info.get("host") not in (None, socket.gethostname())
     # A server whose watchdog was killed is left alone only until now: a new watchdog
@@ -146,14 +149,15 @@ def start(dbdir, bind="127.0.0.1", port=0, deadline=30.0, encrypt=None, force=Fa
             pass  # named but not answering: let a new watchdog sort it out
     try:
         dbdir.log_dir.mkdir(mode=0o700, exist_ok=True)  # log/ may have been removed: bring it back
-        out = open(dbdir.log_dir / "watchdog.out", "ab")
+        out = os.fdopen(os.open(dbdir.log_dir / "watchdog.out", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
     except OSError as exc:
         raise ControlError(f"cannot write {dbdir.log_dir / 'watchdog.out'} ({exc.strerror or exc}): a server "
                            f"needs a writable DB directory") from None
     cmd = [sys.executable, "-m", "balsamdb.server.watchdog", "--path", str(dbdir.path), "--bind", bind,
            "--port", str(port)] + (["--encrypt"] if encrypt else [])
+    # umask 077: whatever the watchdog, the server and postgres create in P is private to its owner.
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                            start_new_session=True, close_fds=True)
+                            start_new_session=True, close_fds=True, umask=PRIVATE_UMASK)
     out.close()
     end = time.monotonic() + deadline
     while time.monotonic() < end:

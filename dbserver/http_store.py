@@ -24,6 +24,7 @@ Use :func:`create_app` for any WSGI server, or :func:`serve` to run waitress.
 import hashlib
 import json
 import logging
+import os
 import re
 import signal
 import threading
@@ -43,8 +44,10 @@ from balsamdb.exceptions import (AuthenticationError, BadRequest, BalsamDBError,
                                  DatabaseBusy, InvalidTransition, NotFound, RequestTooLarge, ServerUnavailable,
                                  StorageError, TryAgain)
 from balsamdb.operations import bind_params, lookup
-from balsamdb.protocol import MAX_AGE, SERVER_OPS
+from balsamdb.protocol import MAX_AGE, SERVER_OPS, loads_strict
 from balsamdb.passwords import verify_password
+
+from . import http_auth
 
 log = logging.getLogger("balsamdb.server.http_store")
 
@@ -70,7 +73,8 @@ PROJECT_PARAMS = {"project_save": "name", "project_get": "name", "record_save": 
                   "record_delete_by_tag": "project", "record_tag": "project", "permission_list": "project",
                   "permission_grant": "project"}
 CODE_OF_STATUS = {400: "bad_request", 401: "auth", 403: "auth", 404: "not_found", 405: "bad_request",
-                  406: "bad_request", 409: "conflict", 413: "too_large", 500: "internal", 503: "unavailable"}
+                  406: "bad_request", 409: "conflict", 413: "too_large", 429: "auth", 500: "internal",
+                  503: "unavailable"}
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 # A request stamped (``sent``) further in the future than this is refused: the client's clock is
 # wrong, and the retention check (which refuses writes too old to be applied only once) cannot work.
@@ -174,6 +178,12 @@ class PasswordCache:
         self.seconds, self.max_entries = seconds, max_entries
         self._valid_until = {}
         self._lock = threading.Lock()
+
+    def known(self, name, password, stored_hash):
+        """True when this password was verified for this user and hash a moment ago (no scrypt)."""
+        key = (name, hashlib.sha256(password.encode()).hexdigest(), stored_hash)
+        with self._lock:
+            return self._valid_until.get(key, 0) > time.monotonic()
 
     def check(self, name, password, stored_hash):
         key = (name, hashlib.sha256(password.encode()).hexdigest(), stored_hash)
@@ -320,6 +330,7 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
     """
     store = Store(path)
     passwords = PasswordCache()
+    logins = http_auth.LoginGuard(passwords)
     from balsamdb.settings import load_settings
 
     keep = load_settings().applied_retention_days * 86400.0
@@ -343,11 +354,16 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
             g.user = _authenticate(*_basic_credentials(header))
 
     def _authenticate(name, password):
-        user = store.user(name)
-        if user is None or not passwords.check(name, password, user["password_hash"]):
+        # One scrypt per attempt, known user or not; failed logins throttled (see http_auth.py).
+        outcome, detail = logins.check(request.remote_addr, name, password, store.user(name))
+        if outcome == http_auth.THROTTLED:
+            log.warning("throttled login as %r from %s (%s s)", name, request.remote_addr, detail)
+            raise HTTPError(429, f"too many failed logins as {name!r}: try again in {detail} s",
+                            {"Retry-After": str(detail)})
+        if outcome != http_auth.OK:
             log.warning("failed login as %r from %s", name, request.remote_addr)
             raise _challenge("wrong user name or password")
-        return user
+        return detail
 
     @app.after_request
     def finish(response):
@@ -476,9 +492,10 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
         if not data.strip():
             return {}
         try:
-            value = json.loads(data)
-        except ValueError as exc:  # UnicodeDecodeError included
-            raise HTTPError(400, f"the {kind} is not valid JSON: {exc}") from None
+            # Strict: NaN and infinities (never stored as invalid JSON) and too deep nesting answer 400.
+            value = loads_strict(data, f"the {kind}")
+        except BadRequest as exc:
+            raise HTTPError(400, exc.message) from None
         if not isinstance(value, dict):
             raise HTTPError(400, f"the {kind} must be a JSON object")
         return value
@@ -743,12 +760,13 @@ def serve(path, host="127.0.0.1", port=8000, prefix="/", threads=16, max_body=MA
 
     ``ready(url)`` is called once the socket listens.  Logs go to ``P/log/http.log``.
     """
-    from balsamdb.dbdir import DBDirectory
+    from balsamdb.dbdir import PRIVATE_UMASK, DBDirectory
 
     from .logs import setup_logging
 
     dbdir = DBDirectory(path)
     dbdir.config()  # a clear error for a path that is not a DB directory
+    os.umask(PRIVATE_UMASK)  # this process's files in P (http.log, the spool) are private to its owner
     setup_logging(dbdir.log_dir / "http.log")
     # The worker threads block SIGTERM and SIGINT (they inherit the mask made here), so the kernel
     # gives those to the main thread: one given to a worker would wait for the loop's 1 s select.

@@ -8,15 +8,34 @@ import sys
 FORMAT = "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
 
 
+#: Control characters (and Unicode line breaks) -> visible escapes, so that text from a request (a
+#: path with %0a, a user name) can never start a forged line of its own in a log.
+_ESCAPES = {code: f"\\x{code:02x}" for code in list(range(0x20)) + [0x7F]}
+_ESCAPES.update({0x85: "\\x85", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def escape_controls(text):
+    """``text`` with every control character written as an escape (``\\x0a``): one line, always."""
+    return text.translate(_ESCAPES)
+
+
+class OneLineFormatter(logging.Formatter):
+    """Each record's message is escaped to one line; a traceback that follows it is ours, and stays."""
+
+    def formatMessage(self, record):
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
 def setup_logging(path, level=None):
     """Log to ``path``, rotated at 10 MB with 5 old files kept.
 
     When ``path`` or its directory (``log/``) is removed while the process runs, the next
-    record recreates ``log/`` and reopens the file; when that is impossible (a read-only
+    record recreates ``log/`` and reopens the file (messages escaped to one line each); when that is impossible (a read-only
     DB directory), records go to syslog (or stderr where there is none) until it works again."""
     level = level or os.environ.get("BALSAMDB_LOG_LEVEL", "INFO")
     handler = ResilientFileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"))
+    handler.setFormatter(OneLineFormatter(FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -84,6 +84,7 @@ class Watchdog:
         self.started_at = time.time()
         self.identity = address_file.process_identity(os.getpid())
         self.local_address = None
+        self.max_request_bytes = None
         self.epoch = None
         # A postgres DB directory with its own cluster: the watchdog runs it too.
         self.managed_postgres = self.db_type == "postgres" and not dbdir.external_postgres()
@@ -113,6 +114,8 @@ class Watchdog:
             record.update(address=f"tcp://{self._public_host()}:{self.port}", epoch=epoch,
                           server=address_file.process_identity(self.server.pid),
                           server_started_at=self.server_started, restarts=self.restarts)
+            if self.max_request_bytes:  # a larger message is dropped unread: clients refuse it before sending
+                record["max_request_bytes"] = self.max_request_bytes
             if self.local_address:
                 record["local_address"] = self.local_address
                 record["netns"] = address_file.network_namespace()
@@ -167,6 +170,7 @@ class Watchdog:
             ready = json.loads(line)
             self.port = int(ready["port"])
             self.local_address = ready.get("local_address")
+            self.max_request_bytes = ready.get("max_request_bytes")
         except (ValueError, KeyError, TypeError):
             log.error("server pid %s did not start (said %r); see %s", self.server.pid, line,
                       self.dbdir.log_dir / "server.err")

@@ -1,14 +1,15 @@
 """The write server: one process, one ROUTER socket, one writer that owns the DB connection.
 
 Group commit: each turn of the loop takes every request already waiting (up
-to ``MAX_BATCH``), applies each in its own savepoint inside one transaction,
-commits, and only then answers each.  A bad request fails alone; the rest of
-its batch commits.  Malformed, unauthenticated and oversized messages are
-answered with an error at once and never reach the database.
+to ``MAX_BATCH``, and ``max_batch_bytes``), applies each in its own savepoint inside one
+transaction, commits, and only then answers each.  A bad request fails alone; the rest of
+its batch commits.  Malformed and unauthenticated messages are answered with an error at
+once and never reach the database; a message over ``max_request_bytes`` is dropped unread
+by ZeroMQ, with its connection (see :func:`bound_memory`).
 
 Run by the watchdog as ``python -m balsamdb.server.write_server --path P ...``; it
-prints one JSON line ``{"port": N, "pid": N, "local_address": ...}`` on stdout
-once it listens.
+prints one JSON line ``{"port": N, "pid": N, "local_address": ..., "max_request_bytes": N}``
+on stdout once it listens.
 """
 
 import argparse
@@ -18,18 +19,17 @@ import os
 import signal
 import sys
 import time
-import uuid
 
 import zmq
 
 from balsamdb import protocol
 from balsamdb.applier import DATABASE_ERRORS, StorageFailure, apply_batch, root_cause
-from balsamdb.dbdir import DBDirectory
+from balsamdb.dbdir import PRIVATE_UMASK, DBDirectory
 from balsamdb.exceptions import BalsamDBError, ServerError, StorageError, TryAgain
 from balsamdb.models import MODELS, upgrade
 from balsamdb.operations import OPERATIONS
 from balsamdb.settings import load_settings
-from balsamdb.spool import Spool
+from balsamdb.spool import Spool, StrayEntry
 from balsamdb.statements import statements
 
 log = logging.getLogger("balsamdb.server.write_server")
@@ -112,9 +112,7 @@ class WriteServer:
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 2000)
-        # Hard guard against memory exhaustion: the peer is disconnected past
-        # this size.  Below it, requests over max_request_bytes get an error answer.
-        self.socket.setsockopt(zmq.MAXMSGSIZE, 4 * self.settings.max_request_bytes)
+        bound_memory(self.socket, self.settings.max_request_bytes)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
         if self.encrypt:
             # CURVE encrypts every connection; authentication stays with the HMAC of each request.
@@ -132,11 +130,8 @@ class WriteServer:
         else:
             self.port = self.socket.bind_to_random_port(f"tcp://{host}")
         self.endpoints = [self.socket.getsockopt_string(zmq.LAST_ENDPOINT)]
-        if sys.platform.startswith("linux"):
-            # Clients on this host skip the TCP stack: an abstract Unix socket
-            # (no file to clean up; requests are authenticated all the same).
-            self.local_address = f"ipc://@balsamdb-{self.epoch or uuid.uuid4().hex}"
-            self.socket.bind(self.local_address)
+        self.local_address = bind_local(self.socket, self.dbdir)
+        if self.local_address:
             self.endpoints.append(self.local_address)
         log.info("write server pid %s listening on tcp://%s:%s (db %s, %s, synchronous=%s, %s, epoch %s)",
                  os.getpid(), host, self.port, self.dbdir.path, self.db_type,
@@ -192,11 +187,14 @@ class WriteServer:
     # -- one turn -------------------------------------------------------------
     def receive_batch(self):
         batch = []
-        while len(batch) < MAX_BATCH:
+        size = 0  # bounded in bytes too (max_batch_bytes): memory stays bounded whatever arrives
+        while len(batch) < MAX_BATCH and size < self.settings.max_batch_bytes:
             try:
-                batch.append(self.socket.recv_multipart(zmq.NOBLOCK, copy=True))
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 break
+            batch.append(frames)
+            size += sum(len(frame) for frame in frames)
         return batch
 
     def serve_batch(self, batch):
@@ -300,10 +298,13 @@ class WriteServer:
             work = []
             for path in self.spool.pending(limit=limit):
                 try:
-                    message = protocol.decode(self.secret, [path.read_bytes()], self.settings.max_request_bytes)
+                    message = protocol.decode(self.secret, [self.spool.read(path)], self.settings.max_request_bytes)
                     work.append((path,) + protocol.check_request(message))
                 except FileNotFoundError:
                     continue  # taken by another drain
+                except StrayEntry as exc:
+                    self._spool_stray(path, exc)
+                    taken += 1
                 except BalsamDBError as exc:
                     log.warning("spooled file %s refused: %s", path.name, exc.message)
                     self._spool_move(self.spool.fail, path, {"ok": False, "error": exc.to_dict()})
@@ -328,6 +329,11 @@ class WriteServer:
         if taken:
             log.info("took %s spooled writes; %s wait", taken, self.spool.count())
         return taken
+
+    def _spool_stray(self, path, reason):
+        """A directory or unreadable file in spool/new goes to spool/failed/ with the reason, once."""
+        log.warning("spool/new/%s is no spooled write (%s); moved to spool/failed/", path.name, reason)
+        self._spool_move(self.spool.quarantine, path, str(reason))
 
     @staticmethod
     def _spool_move(action, *args):
@@ -432,6 +438,42 @@ class WriteServer:
         return status
 
 
+#: Messages one peer may have queued in the server beyond the one being read: a REQ client has
+#: one request in flight, so a few leave room for any well-behaved client (see bound_memory).
+RECEIVE_HWM = 4
+#: The same-host socket, inside the DB directory (0700): only its owner may connect.
+LOCAL_SOCKET = "server.ipc"
+_MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the final NUL
+
+
+def bound_memory(sock, max_request_bytes):
+    """Bound what peers can make the server hold, signed or not.
+
+    A message larger than ``max_request_bytes`` plus the envelope is dropped by ZeroMQ as soon
+    as its header announces the size, with its connection, before any of it is stored (clients
+    learn the limit from the address file and refuse such a write before sending); at most
+    :data:`RECEIVE_HWM` messages wait per peer, after which ZeroMQ stops reading that peer."""
+    sock.setsockopt(zmq.MAXMSGSIZE, max_request_bytes + protocol.ENVELOPE_BYTES)
+    sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
+
+
+def bind_local(sock, dbdir):
+    """Bind the same-host socket ``ipc://P/server.ipc`` (mode 0600 in the 0700 DB directory: other
+    users cannot connect, unlike an abstract socket); None (TCP only) when the path is too long."""
+    path = dbdir.path / LOCAL_SOCKET
+    if not sys.platform.startswith("linux") or len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+        log.info("no same-host socket: %s is longer than a Unix socket path may be; clients use TCP", path)
+        return None
+    address = f"ipc://{path}"
+    old_umask = os.umask(0o177)  # made 0600 from the start, not chmodded after a window
+    try:
+        sock.bind(address)  # ZeroMQ removes a socket file left by a server that died
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    return address
+
+
 def raise_open_files_limit():
     """Every job process keeps a connection open: allow as many as the hard limit permits."""
     import resource
@@ -485,6 +527,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from balsamdb.server.logs import setup_logging
 
+    os.umask(PRIVATE_UMASK)  # logs, spool answers, the socket: private to the DB directory's owner
     dbdir = DBDirectory(args.path)
     setup_logging(dbdir.log_dir / "server.log")
     from balsamdb.server import liveness
@@ -498,8 +541,8 @@ def main(argv=None):
     _handle_term(server)
     try:
         server.initialize()
-        print(json.dumps({"port": server.port, "pid": os.getpid(), "local_address": server.local_address}),
-              flush=True)
+        print(json.dumps({"port": server.port, "pid": os.getpid(), "local_address": server.local_address,
+                          "max_request_bytes": server.settings.max_request_bytes}), flush=True)
         server.loop()
     except Exception:
         log.exception("write server failed")
