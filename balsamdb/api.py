@@ -165,7 +165,7 @@ class Database:
             elif state == "down":
                 self._check_config()
                 if self.db_type == "sqlite3" and not self.settings.require_server \
-                        and message["op"] not in protocol.SERVER_OPS and not self._spool_writer.waiting():
+                        and message["op"] not in protocol.SERVER_OPS and not self._spool_waits(write):
                     self.last_route = "direct"
                     return self._direct_store().call(message["id"], message["op"], message["params"], write)
                 if write and self.settings.spool:
@@ -222,18 +222,17 @@ class Database:
                                   f"({self.settings.max_request_bytes}); send less at a time")
         return frames
 
+    def _spool_waits(self, write):
+        """Whether spooled writes must go first: for a write, those of any process (a direct
+        write must not overtake them: it is spooled behind them); for a read, this client's own."""
+        if write:
+            return self._spool_writer.spool.any_waiting()
+        return self._spool_writer.waiting()
+
     def _send(self, info, message, path):
-        """One try at the server; first has it apply our spooled writes, so that none is overtaken."""
-        client = self._server_client()
-        if self._spool_writer.waiting():
-            drained = client.try_once(info, {"id": os.urandom(16).hex(), "op": "spool_drain", "params": {},
-                                             "ts": time.time()}, path)
-            if drained is None:
-                return None
-            if self._spool_writer.waiting():
-                time.sleep(_COMING_POLL)  # the server could not apply them yet: do not hammer it
-                return None
-        return client.try_once(info, message, path, self._encoded(message))
+        """One try at the server.  The server applies every spooled write that waits when a
+        request arrives before that request (holding it meanwhile), so none is overtaken."""
+        return self._server_client().try_once(info, message, path, self._encoded(message))
 
     def _spool(self, message):
         operations.check_offline(message["op"], message["params"])  # refused now, not after waiting

@@ -74,6 +74,21 @@ class Spool:
             return []
         return [self.new / n for n in (names[:limit] if limit else names)]
 
+    def names(self):
+        """The names of the waiting files, in no particular order."""
+        try:
+            return [n for n in os.listdir(self.new) if n.endswith(".req")]
+        except FileNotFoundError:
+            return []
+
+    def any_waiting(self):
+        """True when any client's write waits in ``new/`` (stops at the first one)."""
+        try:
+            with os.scandir(self.new) as entries:
+                return any(entry.name.endswith(".req") for entry in entries)
+        except FileNotFoundError:
+            return False
+
     def failures(self):
         try:
             return sorted(p for p in self.failed.iterdir() if p.suffix == ".req")
