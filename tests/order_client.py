@@ -2,6 +2,9 @@
 
     python tests/order_client.py DB_PATH ACTION [ARGS...]
 
+With ORDER_GO=FILE in the environment, the calls wait (at most 120 s) until FILE exists, so
+that a test can start the process ahead and let it send at a chosen moment.
+
 Actions (settings come from the environment, e.g. BALSAMDB_REQUIRE_SERVER=1):
     fill N            create N jobs (no working directories)
     create ID         create job ID
@@ -16,6 +19,7 @@ a request was resent on a fresh socket}.  Exits 1 with the error on stderr if a 
 
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -47,6 +51,13 @@ def main():
     client_log.addHandler(seen)
     client_log.setLevel(logging.DEBUG)
     db = balsamdb.connect(path)
+    go = os.environ.get("ORDER_GO")
+    if go:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(go):
+            if time.monotonic() > deadline:
+                sys.exit("order_client: the go file never appeared")
+            time.sleep(0.002)  # wait-ok: poll interval of the go-file wait (120 s deadline)
     started = time.monotonic()
     spooled = 0
     if action == "fill":

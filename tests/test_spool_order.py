@@ -61,9 +61,10 @@ def stopped_after(request):
         kill_everything(path)
 
 
-def _start_server(path):
+def _start_server(path, go=None):
     """``db dbserver`` in the background; returns it once the address file names a live server
-    (sooner than the command itself returns: the drain is then at its beginning)."""
+    (sooner than the command itself returns: the drain is then at its beginning), after
+    making the file ``go``, if given, which lets a waiting client send at once."""
     from helpers import address, server_pids
 
     starting = subprocess.Popen([sys.executable, "-m", "balsamdb.cli", "dbserver", "--path", str(path)],
@@ -77,7 +78,9 @@ def _start_server(path):
         return info.get("state") == "running" and len(server_pids(path)) == 2 and info
 
     try:
-        wait_for(named, 60, "the address file to name a running server")
+        wait_for(named, 60, "the address file to name a running server", interval=0.002)
+        if go is not None:
+            Path(go).write_text("go")
     except BaseException:
         starting.kill()
         starting.communicate()
@@ -110,15 +113,19 @@ def test_a_live_write_waits_for_every_spooled_write(any_dbdir, stopped_after):
     assert _run(path, "modify", job_id, "old")["spooled"] == 1
     assert _pending(path) == 6002 > 4096
 
-    starting = _start_server(path)
-    live = _run(path, "modify", job_id, "new", env={"BALSAMDB_CLIENT_TIMEOUT": "1.5", "BALSAMDB_CLIENT_DEADLINE": "3"})
-    _started(starting)
+    go = Path(path).parent / "go"
+    live = _client(path, "modify", job_id, "new",
+                   env={"BALSAMDB_CLIENT_TIMEOUT": "1.5", "BALSAMDB_CLIENT_DEADLINE": "3", "ORDER_GO": str(go)})
+    _started(_start_server(path, go))
+    live = _finish(live)
     print(f"live write after 6,002 spooled ones: {live}")
+    wait_for(lambda: _pending(path) == 0, 120, "the spool to drain")  # so that a late 'old' would be seen
+    assert _job(path, job_id)["data"] == {"result": "new"}, \
+        f"the spooled 'old' was applied after the live 'new' (live: {live})"
     assert live["route"] == "server" and live["spooled"] == 0 and live["fresh_sockets"] == 0, \
         f"the live write was not held as progress: {live}"
     assert live["holding"] >= 1 and live["left"] > 1024, \
         f"the live write did not arrive while many spooled writes waited (the test proves nothing): {live}"
-    assert _job(path, job_id)["data"] == {"result": "new"}, "the spooled 'old' was applied after the live 'new'"
     with balsamdb.connect(path) as db:
         assert db.call("job_count") == 6001
     status = json.loads(db_cli("dbserver", "--status", "--json", "--path", path, check=True).stdout)
@@ -130,20 +137,21 @@ def test_a_live_write_waits_for_every_spooled_write(any_dbdir, stopped_after):
 
 
 def test_a_live_state_change_after_spooled_create_and_running_succeeds(any_dbdir, stopped_after):
-    """The loud variant: J's create and its move to RUNNING are spooled behind 1,500 other
-    writes; a live RUN_DONE sent once the server starts succeeds (it would be an illegal
-    CREATED -> RUN_DONE if it overtook them)."""
+    """The loud variant: J's create and its move to RUNNING are spooled behind 2,000 other
+    writes; a live RUN_DONE sent once the server starts succeeds (if it overtook them, it
+    would refer to a job that does not exist yet, or make an illegal CREATED -> RUN_DONE)."""
     path = any_dbdir
     stopped_after(path)
     job_id = str(uuid.uuid4())
-    assert _run(path, "fill", 1500)["spooled"] == 1500
+    assert _run(path, "fill", 2000)["spooled"] == 2000
     assert _run(path, "create", job_id)["spooled"] == 1
     assert _run(path, "state", job_id, "RUNNING")["spooled"] == 1
-    db_cli("dbserver", "--path", path, check=True)
-    waiting_at_live = _pending(path)
-    outcome = _run(path, "state", job_id, "RUN_DONE", env={})
-    assert waiting_at_live > 256, f"the spool drained too fast to test anything: {waiting_at_live} left"
+    go = Path(path).parent / "go"
+    outcome = _client(path, "state", job_id, "RUN_DONE", env={"ORDER_GO": str(go)})
+    _started(_start_server(path, go))
+    outcome = _finish(outcome)
     assert outcome["route"] == "server"
+    assert outcome["holding"] >= 1, f"the live write came after the drain: the test proves nothing: {outcome}"
     job = _job(path, job_id)
     assert job["state"] == "RUN_DONE"
     assert [h["to_state"] for h in job["history"]] == ["CREATED", "RUNNING", "RUN_DONE"]
