@@ -66,10 +66,10 @@ class Spool:
                                f"{exc.strerror or exc}") from None
         return final
 
-    def pending(self, limit=None):
-        """Waiting files, oldest first."""
+    def pending(self, limit=None, skip=()):
+        """Waiting files, oldest first (the ``limit`` oldest; none named in ``skip``)."""
         try:
-            names = sorted(n for n in os.listdir(self.new) if n.endswith(".req"))
+            names = sorted(n for n in os.listdir(self.new) if n.endswith(".req") and n not in skip)
         except FileNotFoundError:
             return []
         return [self.new / n for n in (names[:limit] if limit else names)]

@@ -48,8 +48,8 @@ def _spool_drain_lines(status):
     if pending and rate:
         lines.append(f"draining: {rate:.0f} spooled writes/s over the last 10 s, about {pending / rate:.0f} s "
                      f"left; {status.get('held_requests', 0)} live requests wait for them")
-    elif rate:
-        lines.append(f"drained:  {rate:.0f} spooled writes/s over the last 10 s")
+    elif status.get("spool_last_drain_per_s"):
+        lines.append(f"drained:  {status['spool_last_drain_per_s']:.0f} spooled writes/s in the last drain")
     if status.get("spool_refused"):
         lines.append(f"blocked:  the database refuses the spooled writes: {status['spool_refused']}")
     return lines

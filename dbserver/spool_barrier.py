@@ -47,7 +47,7 @@ class SpoolBarrier:
         self.stuck = set()       # names the drain could not read or move: they hold nobody up
         self.applied = set()     # names applied and being removed (by SpoolCleaner): they hold nobody up
         self._names = frozenset()
-        self._drained = collections.deque()  # (monotonic time, files taken)
+        self._drained = collections.deque()  # (start, end: monotonic times, files taken) of recent drain batches
 
     def waiting(self, names):
         """The set of spooled files a request arriving now waits for (``names``: what
@@ -90,21 +90,28 @@ class SpoolBarrier:
     def held(self):
         return sum(len(group.work) for group in self.groups)
 
-    def drained(self, count):
-        """Note ``count`` spooled files taken now (for the rate)."""
+    def drained(self, count, seconds):
+        """Note ``count`` spooled files taken in the last ``seconds`` (for the rates)."""
         now = time.monotonic()
-        if count:
-            self._drained.append((now, count))
-        while self._drained and now - self._drained[0][0] > RATE_WINDOW:
+        self._drained.append((now - seconds, now, count))
+        while now - self._drained[0][1] > RATE_WINDOW:
             self._drained.popleft()
 
     def rate(self):
         """Spooled writes taken per second over the last :data:`RATE_WINDOW` seconds."""
-        self.drained(0)
+        now = time.monotonic()
+        recent = [(start, n) for start, end, n in self._drained if now - end <= RATE_WINDOW]
+        if not recent:
+            return 0.0
+        return sum(n for _s, n in recent) / max(now - recent[0][0], 1.0)
+
+    def last_rate(self):
+        """Spooled writes taken per second in the last :data:`RATE_WINDOW` seconds of draining
+        (the rate of the latest drain, also once it is over)."""
         if not self._drained:
             return 0.0
-        span = max(time.monotonic() - self._drained[0][0], 1.0)
-        return sum(n for _t, n in self._drained) / span
+        span = self._drained[-1][1] - self._drained[0][0]
+        return sum(n for _s, _e, n in self._drained) / max(span, 1e-3)
 
 
 class SpoolCleaner:

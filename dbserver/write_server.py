@@ -37,7 +37,7 @@ from .spool_barrier import SpoolBarrier, SpoolCleaner
 log = logging.getLogger("balsamdb.server.write_server")
 
 MAX_BATCH = 1024
-DRAIN_TURN = 0.1           # seconds a drain turn aims at, so that held clients get their holding reply in time
+DRAIN_TURN = 0.2           # seconds a drain turn aims at, so that held clients get their holding reply in time
 DRAIN_BATCH_BYTES = 64 << 20  # and at most this many bytes of them in memory at once
 SPOOL_EVERY = 0.5          # seconds between looks at spool/new while idle
 STARTUP_DB_DEADLINE = 15.0  # seconds a starting server waits for its database
@@ -104,7 +104,7 @@ class WriteServer:
         self.cleaner = SpoolCleaner()  # removes applied spool files
         self.spool_refused = None      # why the database refused the last spooled batch (disk full, ...)
         self.next_spool_check = 0.0
-        self.drain_limit = 64          # spooled files per drain turn, adapted to take about DRAIN_TURN
+        self.drain_limit = 256         # spooled files per drain turn, adapted to take about DRAIN_TURN
         self.next_prune = 0.0
 
     # -- life cycle ---------------------------------------------------------
@@ -273,13 +273,16 @@ class WriteServer:
         """One batch of the spool; then release the held requests it was holding up."""
         started = time.monotonic()
         limit = self.drain_limit
-        full = self.drain_spool(limit=limit, once=True) >= limit
+        taken = self.drain_spool(limit=limit, once=True)
+        full = taken >= limit
         took = time.monotonic() - started
-        if full and took < DRAIN_TURN / 2:
+        if full and took < DRAIN_TURN:
             self.drain_limit = min(2 * limit, MAX_BATCH)
-        elif took > 1.5 * DRAIN_TURN:
-            self.drain_limit = max(limit // 2, 16)
+        elif took > 2 * DRAIN_TURN:
+            self.drain_limit = max(limit // 2, 64)
         waiting = self.barrier.waiting(self.spool.names())
+        if taken:
+            log.info("took %s spooled writes in %.3f s; %s wait", taken, took, len(waiting))
         if self.spool_refused and waiting:
             self.send_replies(self.refusal(self.barrier.take_all()))
             self.next_spool_check = time.monotonic() + SPOOL_EVERY
@@ -368,10 +371,11 @@ class WriteServer:
         that cannot be read or moved is logged and left for the next turn."""
         taken = 0
         while not self.stopping or once:
+            started = time.monotonic()
             work = []
             size = 0
             stuck, applied = self.barrier.stuck, self.barrier.applied
-            for path in [p for p in self.spool.pending() if p.name not in applied][:limit]:
+            for path in self.spool.pending(limit=limit, skip=applied):
                 try:
                     data = path.read_bytes()
                     message = protocol.decode(self.secret, [data], self.settings.max_request_bytes)
@@ -407,11 +411,11 @@ class WriteServer:
                     self._spool_move(self.spool.fail, path, answer)
                 taken += 1
             self.spool_refused = None
-            self.barrier.drained(len(work))
+            self.barrier.drained(len(work), time.monotonic() - started)
             if once:
                 break
-        if taken:
-            log.info("took %s spooled writes; %s wait", taken, len(self.barrier.waiting(self.spool.names())))
+        if taken and not once:
+            log.info("took %s spooled writes", taken)
         return taken
 
     def _spool_move(self, action, path, *args):
@@ -516,7 +520,8 @@ class WriteServer:
                       path=str(self.dbdir.path), synchronous=self.settings.sqlite_synchronous,
                       spool_pending=len(self.barrier.waiting(self.spool.names())),
                       spool_failed=len(self.spool.failures()),
-                      spool_drain_per_s=round(self.barrier.rate(), 1), held_requests=self.barrier.held(),
+                      spool_drain_per_s=round(self.barrier.rate(), 1),
+                      spool_last_drain_per_s=round(self.barrier.last_rate(), 1), held_requests=self.barrier.held(),
                       spool_refused=self.spool_refused)
         return status
 
