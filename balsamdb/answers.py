@@ -26,7 +26,7 @@ import uuid
 import peewee as pw
 
 from .exceptions import ServerError
-from .models import Job, JobAnswerBase
+from .models import AppliedRequest, Job, JobAnswerBase
 from .operations import JOB_KEYS
 
 #: Fields of a job answer stored in the record itself: what a state change sets.
@@ -117,15 +117,28 @@ def preserve(fast, op, params):
         ids = [item.get("id") for item in items if isinstance(item, dict) and item.get("kind") == "job"]
     if not isinstance(ids, list):
         return
-    rows = []
-    for job_id in dict.fromkeys(_job_id(i) for i in ids):
-        job = fast.job(job_id) if job_id else None
-        if job is not None:
-            rest = _as_stored(job)
-            rows.append((_digest(rest), time.time(), _dumps(rest)))
-    if rows:
-        with pw.__exception_wrapper__:
-            fast.database.cursor().executemany(_upsert_base(fast.database), rows)
+    ids = [i for i in dict.fromkeys(_job_id(i) for i in ids) if i]
+    database, q = fast.database, _q(fast.database)
+    with pw.__exception_wrapper__:
+        oldest = database.execute_sql(f"SELECT MIN({q('applied_at')}) FROM "
+                                      f"{q(AppliedRequest._meta.table_name)}").fetchone()[0]
+        if oldest is None:
+            return  # no recorded answer can refer to any job
+        rows = []
+        select = fast.select_job.rsplit(" WHERE ", 1)[0] + f" WHERE {q('id')} IN "
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            for values in database.execute_sql(select + "(" + ", ".join([database.param] * len(chunk)) + ")",
+                                               chunk).fetchall():
+                job = {f.name: f.python_value(v) for f, v in zip(fast.job_columns, values)}
+                # A job last written before the oldest recorded answer (less a margin for the
+                # time between a write and its record) has no recorded answer that refers to it.
+                if job["updated_at"] is not None and job["updated_at"] < oldest - 3600:
+                    continue
+                rest = _as_stored(job)
+                rows.append((_digest(rest), time.time(), _dumps(rest)))
+        if rows:
+            database.cursor().executemany(_upsert_base(database), rows)
 
 
 def _job_id(value):

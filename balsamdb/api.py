@@ -6,6 +6,7 @@ too); when none runs and the database is SQLite, it is applied directly
 (unless ``require_server``); see :meth:`Database.call`.
 """
 
+import logging
 import os
 import time
 import uuid
@@ -19,6 +20,8 @@ from .exceptions import (NotADBDirectory, RequestTooLarge, ServerUnavailable, St
                          error_from_dict)
 from .settings import load_settings, resolve_db_path
 from .spool import Spool, SpoolWriter
+
+log = logging.getLogger(__name__)
 
 _COMING_POLL = 0.02  # seconds between looks at the address file while a server restarts
 _UNREACHABLE_FOR = 30.0  # seconds during which writes to a server that timed out go straight to the spool
@@ -73,6 +76,7 @@ class Database:
         self._address_path = str(dbdir.address_file)
         self._unreachable = None  # (epoch, until): a server that did not answer a whole deadline
         self._spool_writer = SpoolWriter(Spool(dbdir.spool_dir))
+        self._warned = False  # that writes spool behind other processes' spooled writes
 
     def __repr__(self):
         return f"<balsamdb.Database {self.dbdir.path} ({self.db_type})>"
@@ -169,6 +173,10 @@ class Database:
                     self.last_route = "direct"
                     return self._direct_store().call(message["id"], message["op"], message["params"], write)
                 if write and self.settings.spool:
+                    if self.db_type == "sqlite3" and not self.settings.require_server and not self._warned:
+                        self._warned = True
+                        log.warning("spooled writes wait in %s (no server runs): this write waits behind them; "
+                                    "db dbserver --path %s applies them", self._spool_writer.spool.new, self.dbdir.path)
                     return self._spool(message)
                 raise ServerUnavailable(
                     f"no balsamdb server runs for {self.dbdir.path} ({info.get('reason') or info.get('state')}); "

@@ -137,13 +137,14 @@ def test_a_live_write_waits_for_every_spooled_write(any_dbdir, stopped_after):
 
 
 def test_a_live_state_change_after_spooled_create_and_running_succeeds(any_dbdir, stopped_after):
-    """The loud variant: J's create and its move to RUNNING are spooled behind 2,000 other
+    """The loud variant: J's create and its move to RUNNING are spooled behind 6,000 other
     writes; a live RUN_DONE sent once the server starts succeeds (if it overtook them, it
     would refer to a job that does not exist yet, or make an illegal CREATED -> RUN_DONE)."""
     path = any_dbdir
     stopped_after(path)
     job_id = str(uuid.uuid4())
-    assert _run(path, "fill", 2000)["spooled"] == 2000
+    fillers = [_client(path, "fill", 3000) for _ in range(2)]
+    assert sum(_finish(proc)["spooled"] for proc in fillers) == 6000
     assert _run(path, "create", job_id)["spooled"] == 1
     assert _run(path, "state", job_id, "RUNNING")["spooled"] == 1
     go = Path(path).parent / "go"
