@@ -186,9 +186,12 @@ class WriteServer:
             # the next server, or spool them behind the files that wait.
             error = TryAgain("the server stopped while spooled writes before this one waited; "
                              "nothing of it was applied").to_dict()
-            for envelope, request_id, _op, _params in self.barrier.take_all():
+            held = self.barrier.take_all()
+            for envelope, request_id, _op, _params in held:
                 self.socket.send_multipart(envelope + protocol.encode(
                     self.secret, {"id": request_id, "ok": False, "error": error}))
+            if held:
+                log.info("%d live requests held behind the spool were not applied (their clients retry)", len(held))
         finally:
             if self.socket is not None:
                 self.socket.close()

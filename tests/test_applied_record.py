@@ -103,3 +103,34 @@ def test_upgrade_to_compact_answers_in_place_keeps_answers_stored_whole(dbdir, r
         answer = db.request("job_create", {"job": {"name": "old"}}, request_id=request_id)
         assert _text(answer) == _text(job)
         assert db.call("job_count") == 1
+
+
+def test_a_retry_after_an_import_changed_the_job_gets_the_original_answer(dbdir):
+    """Direct SQLite: a job is created, modified, then replaced by import_items (as db import and
+    db copy do); retries of the create and the modify still get their original answers, and the
+    fields they need are forgotten with the request ids once the retention is over."""
+    from balsamdb.models import MODELS
+    from balsamdb.statements import statements
+
+    path = dbdir
+    job_id = str(uuid.uuid4())
+    with balsamdb.connect(path) as db:
+        create = ("job_create", {"job": {"id": job_id, "name": "a", "data": {"v": "A" * 3000}}}, "r-create")
+        modify = ("job_modify", {"job_id": job_id, "changes": {"data": {"v": "B"}}}, "r-modify")
+        answers = [db.request(op, params, request_id=rid) for op, params, rid in (create, modify)]
+        item = db.call("export_items", kind="job")["items"][0]
+        item["data"] = {"v": "C"}
+        assert db.call("import_items", items=[item]) == {"added": 0, "updated": 1, "unchanged": 0}
+        assert db.last_route == "direct"
+        for (op, params, rid), answer in zip((create, modify), answers):
+            assert _text(db.request(op, params, request_id=rid)) == _text(answer), f"the retry of {op} changed"
+        assert db.call("job_get", job_id=job_id)["data"] == {"v": "C"}
+    database = DBDirectory(path).open_database(load_settings(), busy_timeout=30)
+    database.connect()
+    try:
+        with database.bind_ctx(MODELS), database.atomic():
+            assert database.execute_sql("select count(*) from job_answer_base").fetchone()[0] == 2
+            statements(database).prune_applied(before=4e9, limit=1000)  # as if the retention were over
+            assert database.execute_sql("select count(*) from job_answer_base").fetchone()[0] == 0
+    finally:
+        database.close()

@@ -176,3 +176,31 @@ def test_a_direct_writer_spools_behind_another_process_s_spooled_writes(dbdir, s
     assert _job(path, job_id)["data"] == {"result": "new"}
     db_cli("dbserver", "--stop", "--path", path, check=True)
     assert _run(path, "modify", job_id, "later", env={})["route"] == "direct"  # the spool is empty again
+
+
+def test_a_write_held_when_the_server_stops_goes_to_the_spool_behind_the_files(any_dbdir, stopped_after):
+    """The server is stopped (db dbserver --stop) while it holds a live modify of J behind
+    12,000 spooled writes (J's modify to "old" last): the held write is not applied out of
+    order; its client spools it behind the files that wait, and the next server applies it
+    after them: J ends "new"."""
+    path = any_dbdir
+    stopped_after(path)
+    job_id = str(uuid.uuid4())
+    assert _run(path, "create", job_id)["spooled"] == 1
+    fillers = [_client(path, "fill", 3000) for _ in range(4)]
+    assert sum(_finish(proc)["spooled"] for proc in fillers) == 12000
+    assert _run(path, "modify", job_id, "old")["spooled"] == 1
+    go = Path(path).parent / "go"
+    live = _client(path, "modify", job_id, "new", env={"ORDER_GO": str(go)})
+    _started(_start_server(path, go))
+    db_cli("dbserver", "--stop", "--path", path, check=True)
+    left = _pending(path)
+    outcome = _finish(live)
+    log = (Path(path) / "log" / "server.log").read_text()
+    held = outcome["holding"] >= 1 or "live requests held behind the spool were not applied" in log
+    assert left > 0 and held, f"the drain was over before the stop, or the live write came after it: " \
+                              f"the test proves nothing ({left} left, {outcome})"
+    assert outcome["route"] == "spool", f"the held write was not spooled behind the files: {outcome}"
+    db_cli("dbserver", "--path", path, check=True)
+    wait_for(lambda: _pending(path) == 0, 120, "the spool to drain")
+    assert _job(path, job_id)["data"] == {"result": "new"}
