@@ -120,7 +120,8 @@ class ProjectPermission(BaseModel):
 
 
 class AppliedRequest(BaseModel):
-    """A write that was applied, with its answer: a retry gets this answer."""
+    """A write that was applied, with its answer: a retry gets this answer (a job answer is
+    stored compactly; see :mod:`balsamdb.answers`)."""
 
     request_id = pw.CharField(max_length=64, primary_key=True)
     applied_at = pw.DoubleField(index=True)  # old ones are pruned (applied_retention_days)

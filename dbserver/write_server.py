@@ -3,7 +3,9 @@
 Group commit: each turn of the loop takes every request already waiting (up
 to ``MAX_BATCH``), applies each in its own savepoint inside one transaction,
 commits, and only then answers each.  A bad request fails alone; the rest of
-its batch commits.  Malformed, unauthenticated and oversized messages are
+its batch commits.  Spooled writes go first: a live request that arrives while
+files wait in ``spool/new`` is held until they are applied (see
+:mod:`balsamdb.server.spool_barrier`).  Malformed, unauthenticated and oversized messages are
 answered with an error at once and never reach the database.
 
 Run by the watchdog as ``python -m balsamdb.server.write_server --path P ...``; it
@@ -369,9 +371,10 @@ class WriteServer:
     def drain_spool(self, limit=MAX_BATCH, once=False):
         """Apply spooled writes, oldest first, exactly once; returns how many files were taken.
 
-        Applied files are removed after the commit; refused ones move to
-        ``spool/failed/`` with the answer; on a storage problem they stay.  A file
-        that cannot be read or moved is logged and left for the next turn."""
+        Applied files are removed after the commit (by ``self.cleaner``, in a thread: until
+        then they are skipped); refused ones move to ``spool/failed/`` with the answer; on
+        a storage problem they stay.  A file that cannot be read or moved is logged and
+        left for the next turn, and holds no live request up (``barrier.stuck``)."""
         taken = 0
         while not self.stopping or once:
             started = time.monotonic()
@@ -514,7 +517,7 @@ class WriteServer:
         if op == "ping":
             return {"pong": True, "epoch": self.epoch, "pid": os.getpid()}
         if op == "spool_drain":
-            # One batch per request: a client asks again until its own files are gone.
+            # One batch per request (db spool --drain); the loop drains the spool by itself.
             return {"applied": self.drain_spool(once=True),
                     "pending": len(self.barrier.waiting(self.spool.names()))}
         status = self.stats.to_dict()
