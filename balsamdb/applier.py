@@ -114,8 +114,11 @@ def apply_requests(database, requests, savepoints=True, texts=None):
             text = None
             if record:
                 text = _dumps(answer)
-                applied[request_id] = stored = stored_answers.pack(name, answer, text)
-                new_rows.append({"request_id": request_id, "applied_at": now(), "response": stored})
+                # A retry later in this batch gets the whole text: a compact one may refer to a
+                # job row whose insert is still deferred.
+                applied[request_id] = text
+                new_rows.append({"request_id": request_id, "applied_at": now(),
+                                 "response": stored_answers.pack(name, answer, text)})
             if texts is not None:
                 texts.append(text)  # aligned with the answers: None where nothing was recorded now
             answers.append(answer)
