@@ -6,6 +6,7 @@ too); when none runs and the database is SQLite, it is applied directly
 (unless ``require_server``); see :meth:`Database.call`.
 """
 
+import logging
 import os
 import time
 import uuid
@@ -19,6 +20,8 @@ from .exceptions import (NotADBDirectory, RequestTooLarge, ServerUnavailable, St
                          error_from_dict)
 from .settings import CHECKOUT_SOURCE, USER_DIR_SOURCE, load_settings, resolve_db_path
 from .spool import Spool, SpoolWriter
+
+log = logging.getLogger(__name__)
 
 _COMING_POLL = 0.02  # seconds between looks at the address file while a server restarts
 _UNREACHABLE_FOR = 30.0  # seconds during which writes to a server that timed out go straight to the spool
@@ -74,6 +77,7 @@ class Database:
         self._unreachable = None  # (epoch, until): a server that did not answer a whole deadline
         self._direct_check = None  # (allowed, why): may SQLite be written directly here (file system)
         self._spool_writer = SpoolWriter(Spool(dbdir.spool_dir))
+        self._warned = False  # that writes spool behind other processes' spooled writes
 
     def __repr__(self):
         return f"<balsamdb.Database {self.dbdir.path} ({self.db_type})>"
@@ -166,12 +170,16 @@ class Database:
             elif state == "down":
                 self._check_config()
                 if self.db_type == "sqlite3" and not self.settings.require_server \
-                        and message["op"] not in protocol.SERVER_OPS and not self._spool_writer.waiting() \
+                        and message["op"] not in protocol.SERVER_OPS and not self._spool_waits(write) \
                         and self._direct_allowed():
                     protocol.dumps_request(message)  # NaN refused as on the other routes, never stored
                     self.last_route = "direct"
                     return self._direct_store().call(message["id"], message["op"], message["params"], write)
                 if write and self.settings.spool:
+                    if self.db_type == "sqlite3" and not self.settings.require_server and not self._warned:
+                        self._warned = True
+                        log.warning("spooled writes wait in %s (no server runs): this write waits behind them; "
+                                    "db dbserver --path %s applies them", self._spool_writer.spool.new, self.dbdir.path)
                     return self._spool(message)
                 raise ServerUnavailable(
                     f"no balsamdb server runs for {self.dbdir.path} ({info.get('reason') or info.get('state')}"
@@ -246,18 +254,17 @@ class Database:
         check_server_limit(size, info if info is not None else self._address()[0])
         return frames
 
+    def _spool_waits(self, write):
+        """Whether spooled writes must go first: for a write, those of any process (a direct
+        write must not overtake them: it is spooled behind them); for a read, this client's own."""
+        if write:
+            return self._spool_writer.spool.any_waiting()
+        return self._spool_writer.waiting()
+
     def _send(self, info, message, path):
-        """One try at the server; first has it apply our spooled writes, so that none is overtaken."""
-        client = self._server_client()
-        if self._spool_writer.waiting():
-            drained = client.try_once(info, {"id": os.urandom(16).hex(), "op": "spool_drain", "params": {},
-                                             "ts": time.time()}, path)
-            if drained is None:
-                return None
-            if self._spool_writer.waiting():
-                time.sleep(_COMING_POLL)  # the server could not apply them yet: do not hammer it
-                return None
-        return client.try_once(info, message, path, self._encoded(message, info))
+        """One try at the server.  The server applies every spooled write that waits when a
+        request arrives before that request (holding it meanwhile), so none is overtaken."""
+        return self._server_client().try_once(info, message, path, self._encoded(message, info))
 
     def _spool(self, message):
         operations.check_offline(message["op"], message["params"])  # refused now, not after waiting

@@ -12,6 +12,7 @@ import logging
 
 import peewee as pw
 
+from . import answers as stored_answers
 from . import operations
 from .exceptions import BadRequest, BalsamDBError, Conflict, ServerError
 from .models import now
@@ -72,8 +73,9 @@ def apply_requests(database, requests, savepoints=True, texts=None):
     operation, bad parameters, replays) are answered in either pass.
 
     ``texts`` (a list), when given, receives one entry per request, in order: the
-    JSON text stored for a write applied now (the server sends it as the reply
-    instead of encoding the answer a second time), else None.
+    JSON text of the answer of a write applied now (the server sends it as the reply
+    instead of encoding the answer a second time), else None.  What is stored is that
+    text, or for a job answer a compact form of it (see :mod:`balsamdb.answers`).
     """
     fast = statements(database)
     write_ids = [rid for rid, op, _p in requests
@@ -98,7 +100,7 @@ def apply_requests(database, requests, savepoints=True, texts=None):
                 continue
             record = op.write and request_id
             if record and request_id in applied:
-                answer = json.loads(applied[request_id])
+                answer = stored_answers.unpack(fast, applied[request_id])
                 answer["replayed"] = True
                 answers.append(answer)
                 if texts is not None:
@@ -106,12 +108,17 @@ def apply_requests(database, requests, savepoints=True, texts=None):
                 continue
             if fast.deferring and name not in operations.DEFERRABLE:
                 _flush(fast)
+            if name in stored_answers.CHANGES_JOBS:
+                _preserve(fast, name, params)
             answer = _run(database, op, params) if savepoints else _run_bare(op, params)
             text = None
             if record:
                 text = _dumps(answer)
+                # A retry later in this batch gets the whole text: a compact one may refer to a
+                # job row whose insert is still deferred.
                 applied[request_id] = text
-                new_rows.append({"request_id": request_id, "applied_at": now(), "response": text})
+                new_rows.append({"request_id": request_id, "applied_at": now(),
+                                 "response": stored_answers.pack(name, answer, text)})
             if texts is not None:
                 texts.append(text)  # aligned with the answers: None where nothing was recorded now
             answers.append(answer)
@@ -124,6 +131,13 @@ def apply_requests(database, requests, savepoints=True, texts=None):
         except DATABASE_ERRORS as exc:
             raise StorageFailure(exc) from exc
     return answers
+
+
+def _preserve(fast, name, params):
+    try:
+        stored_answers.preserve(fast, name, params)
+    except DATABASE_ERRORS as exc:
+        raise StorageFailure(exc) from exc
 
 
 def _flush(fast):

@@ -6,7 +6,9 @@ file is seen to die, the socket is closed with linger 0, the address file is
 read again, and the *same* request (same id) is sent on a fresh socket; the
 server answers a retry of an applied write from its record, so retries never
 duplicate.  After ``client_deadline`` seconds without an answer the caller gets
-:class:`ServerUnavailable`.
+:class:`ServerUnavailable`.  A *holding reply* (the server first applies spooled
+writes that arrived before this request) is progress: the request is sent again on
+the same socket and the wait starts over, however long the spool takes.
 """
 
 import logging
@@ -139,6 +141,16 @@ class ServerClient:
                 # without an id is the server refusing a message whose id it could not read.
                 if answer.get("id") not in (message["id"], None):
                     log.warning("dropping an answer to another request (%s)", answer.get("id"))
+                    continue
+                if protocol.is_holding(answer):
+                    # Progress, not a timeout: the server applies spooled writes that go before
+                    # this one.  Send it again on this socket, signed afresh (a long drain must
+                    # not make it look like a replay), and wait a whole timeout again.
+                    log.debug("the server drains the spool first (%s left); waiting", answer.get("pending"))
+                    message["ts"] = time.time()
+                    frames = protocol.encode(self.secret, message)
+                    sock.send_multipart(frames)
+                    give_up = time.monotonic() + self.settings.client_timeout
                     continue
                 return answer
             now = time.monotonic()

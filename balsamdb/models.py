@@ -11,7 +11,7 @@ import time
 
 import peewee as pw
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class JSONText(pw.TextField):
@@ -120,11 +120,21 @@ class ProjectPermission(BaseModel):
 
 
 class AppliedRequest(BaseModel):
-    """A write that was applied, with its answer: a retry gets this answer."""
+    """A write that was applied, with its answer: a retry gets this answer (a job answer is
+    stored compactly; see :mod:`balsamdb.answers`)."""
 
     request_id = pw.CharField(max_length=64, primary_key=True)
     applied_at = pw.DoubleField(index=True)  # old ones are pruned (applied_retention_days)
     response = pw.TextField()
+
+
+class JobAnswerBase(BaseModel):
+    """The fields of a job as they were before a change, kept for the compact stored
+    answers that refer to them (see :mod:`balsamdb.answers`)."""
+
+    digest = pw.CharField(max_length=32, primary_key=True)
+    applied_at = pw.DoubleField(index=True)  # when the job changed; pruned with the request ids
+    fields = pw.TextField()
 
 
 class SchemaVersion(BaseModel):
@@ -132,7 +142,7 @@ class SchemaVersion(BaseModel):
 
 
 MODELS = [Job, JobStateChange, JobTag, Project, Record, RecordTag, User, ProjectPermission, AppliedRequest,
-          SchemaVersion]
+          JobAnswerBase, SchemaVersion]
 MODELS_V1 = [Job, JobStateChange, JobTag, Project, Record, RecordTag, AppliedRequest, SchemaVersion]
 
 
@@ -171,12 +181,19 @@ def _schema_3(database):
                                  f"ALTER COLUMN {q(column)} TYPE DOUBLE PRECISION")
 
 
+def _schema_compact_answers(database):
+    """The table of job fields that compact stored answers refer to (issue 12, item 8).
+    Answers stored whole by earlier versions stay valid as they are."""
+    database.create_tables([JobAnswerBase], safe=True)
+
+
 #: version -> (function that brings the schema from version-1 to it, what it does)
 MIGRATIONS = {
     1: (_create_v1, "created the tables for jobs, state history, tags, projects, records and request ids"),
     2: (_add_users_v2, "added the tables for users and project permissions (HTTP record store)"),
     3: (_schema_3, "added the admin flag of users (every operation over HTTP) and an index to prune old "
                    "request ids; PostgreSQL floats now 8 bytes"),
+    4: (_schema_compact_answers, "added the table that lets the answers of applied writes be stored compactly"),
 }
 
 

@@ -15,7 +15,9 @@ with ``body`` = ``{"id", "ok": true, "result": ...}`` or
 ``{"id", "ok": false, "error": {"code", "type", "message"}}``; the error
 codes are the ``code`` attributes in :mod:`balsamdb.exceptions`.  Besides the
 operations of :mod:`balsamdb.operations`, the server answers ``ping`` and
-``status`` itself.  See docs/protocol.md.
+``status`` itself.  While the server applies spooled writes that arrived before a
+request, it may answer with a *holding reply* (:func:`holding_reply`): the request
+was not applied; the client sends it again on the same socket.  See docs/protocol.md.
 """
 
 import hmac
@@ -29,6 +31,20 @@ _MAC_END = len(MAGIC) + 32
 #: Bytes of a frame around its body: the largest frame a server reads is ``max_request_bytes`` + this.
 ENVELOPE_BYTES = _MAC_END
 SERVER_OPS = ("ping", "status", "spool_drain")
+
+
+def holding_reply(request_id, pending):
+    """The answer to a request that waits for ``pending`` spooled writes to be applied first:
+    nothing of it was applied yet, and its client sends it again (same id, same socket).
+    ``ok`` is false so that a client that does not know holding replies raises, never
+    takes it for a result."""
+    return {"id": request_id, "ok": False, "holding": True, "pending": pending,
+            "error": {"code": "draining", "type": "Draining",
+                      "message": f"draining the spool, {pending} left: this write goes after them"}}
+
+
+def is_holding(answer):
+    return answer.get("holding") is True and answer.get("ok") is False
 
 
 def sign(secret, body):

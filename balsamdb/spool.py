@@ -72,13 +72,28 @@ class Spool:
                                f"{exc.strerror or exc}") from None
         return final
 
-    def pending(self, limit=None):
-        """Waiting files, oldest first."""
+    def pending(self, limit=None, skip=()):
+        """Waiting files, oldest first (the ``limit`` oldest; none named in ``skip``)."""
         try:
-            names = sorted(n for n in os.listdir(self.new) if n.endswith(".req"))
+            names = sorted(n for n in os.listdir(self.new) if n.endswith(".req") and n not in skip)
         except FileNotFoundError:
             return []
         return [self.new / n for n in (names[:limit] if limit else names)]
+
+    def names(self):
+        """The names of the waiting files, in no particular order."""
+        try:
+            return [n for n in os.listdir(self.new) if n.endswith(".req")]
+        except FileNotFoundError:
+            return []
+
+    def any_waiting(self):
+        """True when any client's write waits in ``new/`` (stops at the first one)."""
+        try:
+            with os.scandir(self.new) as entries:
+                return any(entry.name.endswith(".req") for entry in entries)
+        except FileNotFoundError:
+            return False
 
     def failures(self):
         try:

@@ -130,7 +130,13 @@ class Statements:
         table = q(AppliedRequest._meta.table_name)
         cursor = self.execute(f"DELETE FROM {table} WHERE {q('request_id')} IN (SELECT {q('request_id')} FROM "
                               f"{table} WHERE {q('applied_at')} < {p} LIMIT {int(limit)})", (before,))
-        return cursor.rowcount
+        deleted = cursor.rowcount
+        # The job fields that only answers older than ``before`` needed (imported here: answers
+        # imports operations, which imports this module).
+        from .answers import prune_bases
+
+        prune_bases(self.database, before)
+        return deleted
 
     def applied(self, request_ids):
         """``{request_id: stored answer text}`` for those of ``request_ids`` already applied."""

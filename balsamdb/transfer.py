@@ -707,6 +707,9 @@ def copy_applied_requests(source, destination, chunk=2000):
     while True:
         rows = source.execute_sql(select, (last,)).fetchall()
         if not rows:
+            from .answers import copy_bases  # what compact answers refer to
+
+            copy_bases(source, destination)
             return total
         with destination.atomic():
             if postgres:  # one round trip per chunk, not per row

@@ -42,10 +42,25 @@ def _format_status(info):
             f"spool:    {status['spool_pending']} waiting, {status['spool_failed']} refused, "
             f"{status['spooled_applied']} applied since start (see db spool)",
         ]
+        lines += _spool_drain_lines(status)
     return "\n".join(lines)
 
 
 START_ONLY = ("bind", "port", "encrypt", "force")
+
+
+def _spool_drain_lines(status):
+    """How fast the spool drains and who waits for it, while it does."""
+    rate, pending = status.get("spool_drain_per_s") or 0.0, status.get("spool_pending") or 0
+    lines = []
+    if pending and rate:
+        lines.append(f"draining: {rate:.0f} spooled writes/s over the last 10 s, about {pending / rate:.0f} s "
+                     f"left; {status.get('held_requests', 0)} live requests wait for them")
+    elif status.get("spool_last_drain_per_s"):
+        lines.append(f"drained:  {status['spool_last_drain_per_s']:.0f} spooled writes/s in the last drain")
+    if status.get("spool_refused"):
+        lines.append(f"blocked:  the database refuses the spooled writes: {status['spool_refused']}")
+    return lines
 
 
 @click.command("dbserver")

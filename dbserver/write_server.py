@@ -3,9 +3,11 @@
 Group commit: each turn of the loop takes every request already waiting (up
 to ``MAX_BATCH``, and ``max_batch_bytes``), applies each in its own savepoint inside one
 transaction, commits, and only then answers each.  A bad request fails alone; the rest of
-its batch commits.  Malformed and unauthenticated messages are answered with an error at
-once and never reach the database; a message over ``max_request_bytes`` is dropped unread
-by ZeroMQ, with its connection (see :func:`bound_memory`).
+its batch commits.  Spooled writes go first: a live request that arrives while files wait
+in ``spool/new`` is held until they are applied (see :mod:`balsamdb.server.spool_barrier`).
+Malformed and unauthenticated messages are answered with an error at once and never reach
+the database; a message over ``max_request_bytes`` is dropped unread by ZeroMQ, with its
+connection (see :func:`bound_memory`).
 
 Run by the watchdog as ``python -m balsamdb.server.write_server --path P ...``; it
 prints one JSON line ``{"port": N, "pid": N, "local_address": ..., "max_request_bytes": N}``
@@ -32,9 +34,13 @@ from balsamdb.settings import load_settings
 from balsamdb.spool import Spool, StrayEntry
 from balsamdb.statements import statements
 
+from .spool_barrier import SpoolBarrier, SpoolCleaner
+
 log = logging.getLogger("balsamdb.server.write_server")
 
 MAX_BATCH = 1024
+DRAIN_TURN = 0.2           # seconds a drain turn aims at, so that held clients get their holding reply in time
+DRAIN_BATCH_BYTES = 64 << 20  # and at most this many bytes of them in memory at once
 SPOOL_EVERY = 0.5          # seconds between looks at spool/new while idle
 STARTUP_DB_DEADLINE = 15.0  # seconds a starting server waits for its database
 POLL_MS = 200
@@ -96,7 +102,11 @@ class WriteServer:
         self.pg_port = pg_port
         self.encrypt = encrypt
         self.spool = Spool(dbdir.spool_dir)
+        self.barrier = SpoolBarrier()  # live requests held behind spooled ones
+        self.cleaner = SpoolCleaner()  # removes applied spool files
+        self.spool_refused = None      # why the database refused the last spooled batch (disk full, ...)
         self.next_spool_check = 0.0
+        self.drain_limit = 256         # spooled files per drain turn, adapted to take about DRAIN_TURN
         self.next_prune = 0.0
 
     # -- life cycle ---------------------------------------------------------
@@ -141,22 +151,17 @@ class WriteServer:
     def loop(self):
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
-        self.drain_spool(once=True)  # what waited for us goes first
         while not self.stopping:
-            if poller.poll(POLL_MS):
-                batch = self.receive_batch()
-                # Spooled writes go before live ones, so that a write that went to the spool is
-                # never overtaken by a later write of the same job from any process.
-                if self.spool.count():
-                    self.drain_spool(once=True)
-                self.serve_batch(batch)
+            # Spooled writes go before live ones: a live request that finds files waiting is
+            # held (see spool_barrier) while the spool drains one batch per turn, so that
+            # status, ping and holding replies still go out during a long drain.
+            if poller.poll(0 if time.monotonic() >= self.next_spool_check else POLL_MS):
+                self.serve_batch(self.receive_batch())
             if time.monotonic() >= self.next_prune:
                 self.prune_applied()
             if time.monotonic() >= self.next_spool_check:
-                # One batch per turn, so that live requests wait at most one batch;
-                # when a whole batch was taken more may wait: look again at once.
-                full = self.drain_spool(once=True) >= MAX_BATCH
-                self.next_spool_check = time.monotonic() + (0.0 if full else SPOOL_EVERY)
+                self.drain_turn()
+            self.answer_overdue()
 
     def shutdown(self):
         """Answer everything already received, then close."""
@@ -174,6 +179,16 @@ class WriteServer:
                 if not batch:
                     break
                 self.serve_batch(batch)
+            # Held requests cannot be applied before the spool: their clients resend them to
+            # the next server, or spool them behind the files that wait.
+            error = TryAgain("the server stopped while spooled writes before this one waited; "
+                             "nothing of it was applied").to_dict()
+            held = self.barrier.take_all()
+            for envelope, request_id, _op, _params in held:
+                self.socket.send_multipart(envelope + protocol.encode(
+                    self.secret, {"id": request_id, "ok": False, "error": error}))
+            if held:
+                log.info("%d live requests held behind the spool were not applied (their clients retry)", len(held))
         finally:
             if self.socket is not None:
                 self.socket.close()
@@ -181,6 +196,7 @@ class WriteServer:
                 self.context.term()
             if self.database is not None:
                 self.database.close()
+            self.cleaner.close()
         log.info("stopped after %s requests (%s writes) in %s batches",
                  self.stats.requests, self.stats.writes, self.stats.batches)
 
@@ -200,6 +216,7 @@ class WriteServer:
     def serve_batch(self, batch):
         replies = []   # (envelope, answer)
         work = []      # (envelope, request id, op, params)
+        server_ops = []  # answered after the work is admitted, so that status counts it as held
         for frames in batch:
             envelope, payload = _split_envelope(frames)
             self.stats.requests += 1
@@ -219,18 +236,80 @@ class WriteServer:
                 replies.append((envelope, {"id": known_id, "ok": False, "error": exc.to_dict()}))
                 continue
             if op in protocol.SERVER_OPS:
-                # Queue depth: the requests that arrived with this one and wait to be served.
-                result = self.server_op(op, queue_depth=len(batch) - 1)
-                replies.append((envelope, {"id": request_id, "ok": True, "result": result}))
+                server_ops.append((envelope, request_id, op))
             else:
                 work.append((envelope, request_id, op, params))
         if work:
+            work = self.admit(work, replies)
+        for envelope, request_id, op in server_ops:
+            # Queue depth: the requests that arrived with this one and wait to be served.
+            result = self.server_op(op, queue_depth=len(batch) - 1)
+            replies.append((envelope, {"id": request_id, "ok": True, "result": result}))
+        if work:
             replies.extend(self.apply_batch(work, encoded=True))
+        self.send_replies(replies)
+
+    def send_replies(self, replies):
         for envelope, answer in replies:
             if isinstance(answer, bytes):  # a write's answer, already encoded once when it was recorded
                 self.socket.send_multipart(envelope + protocol.encode_body(self.secret, answer))
             else:
                 self.socket.send_multipart(envelope + protocol.encode(self.secret, answer))
+
+    # -- the order of spooled and live writes -------------------------------------
+    def admit(self, work, replies):
+        """The live ``work`` that may be applied now: none if spooled files wait (it is
+        held until they are applied), else the work released earlier plus ``work``.
+        While the database refuses the spooled writes (a full disk), live ones are
+        refused too (added to ``replies``): applying them would overtake the spool."""
+        waiting = self.barrier.waiting(self.spool.names())
+        if not waiting:
+            return self.barrier.release(waiting) + work
+        if self.spool_refused:
+            replies.extend(self.refusal(work))
+            return []
+        self.barrier.hold(waiting, work)
+        self.next_spool_check = 0.0  # drain now, not at the next idle look
+        return []
+
+    def drain_turn(self):
+        """One batch of the spool; then release the held requests it was holding up."""
+        started = time.monotonic()
+        limit = self.drain_limit
+        taken = self.drain_spool(limit=limit, once=True)
+        full = taken >= limit
+        took = time.monotonic() - started
+        if full and took < DRAIN_TURN:
+            self.drain_limit = min(2 * limit, MAX_BATCH)
+        elif took > 2 * DRAIN_TURN:
+            self.drain_limit = max(limit // 2, 64)
+        waiting = self.barrier.waiting(self.spool.names())
+        if taken:
+            log.info("took %s spooled writes in %.3f s; %s wait", taken, took, len(waiting))
+        if self.spool_refused and waiting:
+            self.send_replies(self.refusal(self.barrier.take_all()))
+            self.next_spool_check = time.monotonic() + SPOOL_EVERY
+            return
+        released = self.barrier.release(waiting)
+        if released:
+            self.send_replies(self.apply_batch(released, encoded=True))
+        # More may wait (a full batch, or files that arrived meanwhile): look again at once.
+        self.next_spool_check = time.monotonic() + (0.0 if full or waiting else SPOOL_EVERY)
+
+    def answer_overdue(self):
+        """Holding replies for requests held too long; their clients send them again."""
+        overdue = self.barrier.overdue()
+        if overdue:
+            pending = len(self.barrier.waiting(self.spool.names()))
+            self.send_replies([(envelope, protocol.holding_reply(request_id, pending))
+                               for envelope, request_id, _op, _params in overdue])
+
+    def refusal(self, work):
+        error = StorageError(f"the database refused the spooled writes that go before this one "
+                             f"({self.spool_refused}); nothing of this write was written").to_dict()
+        self.stats.errors += len(work)
+        return [(envelope, {"id": request_id, "ok": False, "error": error})
+                for envelope, request_id, _op, _params in work]
 
     def apply_batch(self, work, encoded=False):
         """Apply ``work`` in one transaction; returns the replies to send after commit: answer
@@ -290,16 +369,22 @@ class WriteServer:
     def drain_spool(self, limit=MAX_BATCH, once=False):
         """Apply spooled writes, oldest first, exactly once; returns how many files were taken.
 
-        Applied files are removed after the commit; refused ones move to
-        ``spool/failed/`` with the answer; on a storage problem they stay.  A file
-        that cannot be read or moved is logged and left for the next turn."""
+        Applied files are removed after the commit (by ``self.cleaner``, in a thread: until
+        then they are skipped); refused ones move to ``spool/failed/`` with the answer; on
+        a storage problem they stay.  A file that cannot be read or moved is logged and
+        left for the next turn, and holds no live request up (``barrier.stuck``)."""
         taken = 0
         while not self.stopping or once:
+            started = time.monotonic()
             work = []
-            for path in self.spool.pending(limit=limit):
+            size = 0
+            stuck, applied = self.barrier.stuck, self.barrier.applied
+            for path in self.spool.pending(limit=limit, skip=applied):
                 try:
-                    message = protocol.decode(self.secret, [self.spool.read(path)], self.settings.max_request_bytes)
+                    data = self.spool.read(path)
+                    message = protocol.decode(self.secret, [data], self.settings.max_request_bytes)
                     work.append((path,) + protocol.check_request(message))
+                    size += len(data)
                 except FileNotFoundError:
                     continue  # taken by another drain
                 except StrayEntry as exc:
@@ -311,23 +396,33 @@ class WriteServer:
                     taken += 1
                 except OSError as exc:
                     log.error("spooled file %s cannot be read (%s); it waits", path.name, exc)
+                    stuck.add(path.name)  # it holds no live write up
+                if size >= DRAIN_BATCH_BYTES:
+                    break
             if not work:
                 break
             for path, answer in self.apply_batch(work):
                 code = (answer.get("error") or {}).get("code")
                 if answer.get("ok"):
-                    self._spool_move(self.spool.done, path)
+                    applied.add(path.name)
+                    self.cleaner.remove(path)
                     self.stats.spooled += 1
-                elif code in ("retry", "storage"):
+                elif code == "retry":
                     log.warning("spooled writes wait: %s", answer["error"]["message"])
+                    return taken
+                elif code == "storage":
+                    log.warning("spooled writes wait: %s", answer["error"]["message"])
+                    self.spool_refused = answer["error"]["message"]
                     return taken
                 else:
                     self._spool_move(self.spool.fail, path, answer)
                 taken += 1
+            self.spool_refused = None
+            self.barrier.drained(len(work), time.monotonic() - started)
             if once:
                 break
-        if taken:
-            log.info("took %s spooled writes; %s wait", taken, self.spool.count())
+        if taken and not once:
+            log.info("took %s spooled writes", taken)
         return taken
 
     def _spool_stray(self, path, reason):
@@ -335,12 +430,12 @@ class WriteServer:
         log.warning("spool/new/%s is no spooled write (%s); moved to spool/failed/", path.name, reason)
         self._spool_move(self.spool.quarantine, path, str(reason))
 
-    @staticmethod
-    def _spool_move(action, *args):
+    def _spool_move(self, action, path, *args):
         try:
-            action(*args)
+            action(path, *args)
         except OSError as exc:  # a full or read-only disk: an applied file is answered from the record later
             log.error("cannot update the spool (%s); the file stays", exc)
+            self.barrier.stuck.add(path.name)  # applied or refused: it holds no live write up
 
     def storage_hint(self, error):
         """What a refused commit most likely means, for the people who read the error."""
@@ -428,13 +523,18 @@ class WriteServer:
         if op == "ping":
             return {"pong": True, "epoch": self.epoch, "pid": os.getpid()}
         if op == "spool_drain":
-            # One batch per request: a client asks again until its own files are gone.
-            return {"applied": self.drain_spool(once=True), "pending": self.spool.count()}
+            # One batch per request (db spool --drain); the loop drains the spool by itself.
+            return {"applied": self.drain_spool(once=True),
+                    "pending": len(self.barrier.waiting(self.spool.names()))}
         status = self.stats.to_dict()
         status.update(queue_depth=queue_depth, encrypted=self.encrypt,
                       pid=os.getpid(), epoch=self.epoch, port=self.port, db_type=self.db_type,
                       path=str(self.dbdir.path), synchronous=self.settings.sqlite_synchronous,
-                      spool_pending=self.spool.count(), spool_failed=len(self.spool.failures()))
+                      spool_pending=len(self.barrier.waiting(self.spool.names())),
+                      spool_failed=len(self.spool.failures()),
+                      spool_drain_per_s=round(self.barrier.rate(), 1),
+                      spool_last_drain_per_s=round(self.barrier.last_rate(), 1), held_requests=self.barrier.held(),
+                      spool_refused=self.spool_refused)
         return status
 
 
