@@ -10,6 +10,7 @@ from .dbserver import dbserver
 from .init import init
 from .job import job
 from .ls import ls
+from .project import project
 from .record import record
 from .spool import spool
 from .transfer import configure, copy, export, import_
@@ -36,5 +37,5 @@ def main():
     """
 
 
-for command in (init, which, ls, job, record, dbserver, spool, user, serve, copy, configure, export, import_, bench):
+for command in (init, which, ls, job, record, project, dbserver, spool, user, serve, copy, configure, export, import_, bench):
     main.add_command(command)
