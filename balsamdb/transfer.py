@@ -38,14 +38,18 @@ class OperationStore:
 
     kinds = KINDS
     limits = None
+    keeps_versions = True
 
     def __init__(self, name, db):
         self.name, self.db = name, db
+        self.versions = True  # records are read with their versions (off for a copy to a plain Sumatra server)
 
     def counts(self):
         return self.db.call("store_counts")
 
     def export(self, kind, after=None, limit=PAGE, since=None):
+        if kind == "record" and self.versions:
+            return self.db.call("export_items", kind=kind, after=after, limit=limit, since=since, versions=True)
         return self.db.call("export_items", kind=kind, after=after, limit=limit, since=since)
 
     def import_(self, items, dry_run=False):
@@ -174,6 +178,8 @@ class SumatraStore:
 
     kinds = ("project", "record")
     limits = "a Sumatra record store holds projects and records only"
+    keeps_versions = False  # it keeps the current version of each record only
+    versions = False
 
     def __init__(self, base, user, password, name):
         import urllib3
@@ -388,6 +394,12 @@ def copy_store(src, dst, dry_run=False, progress=False, log=None, stop=None):
     ``log(sentence)`` hears about each pass; ``stop`` (a threading.Event) ends it early.
     """
     say = log or (lambda sentence: None)
+    versions_note = None
+    if getattr(src, "versions", False) and not dst.keeps_versions:
+        src.versions = False  # both sides must be read alike, or the digests differ
+        versions_note = (f"{dst.name} keeps no record versions: the current version of each record is copied, "
+                         "its earlier versions are not")
+        say(versions_note)
     kinds = [k for k in KINDS if k in src.kinds and k in dst.kinds]
     skipped = [k for k in KINDS if k in src.kinds and k not in dst.kinds]
     started = time.monotonic()
@@ -396,7 +408,10 @@ def copy_store(src, dst, dry_run=False, progress=False, log=None, stop=None):
     report = {"source": src.name, "destination": dst.name, "dry_run": dry_run, "kinds": kinds,
               "limits": [x for x in (src.limits, dst.limits) if x and skipped],
               "skipped_kinds": {k: counts.get(k, 0) for k in skipped}, "source_counts": counts,
-              "first_pass": {}, "during_copy": {}, "passes": 0}
+              "first_pass": {}, "during_copy": {}, "passes": 0,
+              "record_versions": "current only" if versions_note else "all"}
+    if versions_note:
+        report["limits"].append(versions_note)
     bar = Progress(progress, total, "copy" if not dry_run else "dry run")
     try:
         pass_start, totals = _one_pass(src, dst, kinds, None, dry_run, bar, stop)

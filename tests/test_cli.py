@@ -512,6 +512,7 @@ def test_record_errors(run_db, store, tmp_path):
     refused(run_db("record", "add", "proj", "-", "--path", store, input='{"timestamp": "x"}'),
             "record label must be a non-empty string")
     _save_records(run_db, store, tmp_path)
+    ok(run_db("project", "set", "proj", "--write-once", "--path", store))
     refused(run_db("record", "add", "proj", "-", "--path", store, input=json.dumps(dict(RECORD, version="zzz"))),
             "write-once", "use another label")
 
