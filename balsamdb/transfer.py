@@ -641,6 +641,19 @@ def _smt_items(path, project):
                "created_at": when, "updated_at": when}
 
 
+def _sumatra_store_items(path, project, kind):
+    """The records of Sumatra's own store (each as ``smt`` would send it), as items."""
+    from .operations import _sort_time
+    from .sumatra_store import read_sumatra_store
+
+    items = []
+    for name, document in read_sumatra_store(path, kind):
+        when = _sort_time(document.get("timestamp"))
+        items.append({"kind": "record", "project": project or name, "label": document["label"],
+                      "document": document, "created_at": when, "updated_at": when})
+    return items
+
+
 def _runs(items, kinds, skipped):
     """``(kind, items)`` in runs of one kind, at most a page each; items of a kind not in
     ``kinds`` are counted in ``skipped`` instead."""
@@ -664,14 +677,22 @@ def import_file(path, dst, project=None, dry_run=False, progress=False):
     after the import every item of the file is checked to be present and equal.
     Returns a report dict."""
     from .sumatra_export import is_smt_export
+    from .sumatra_store import store_kind
 
     path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            start = handle.read(4096)
-    except OSError as exc:
-        raise TransferError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if is_smt_export(start):
+    store = store_kind(path)
+    start = b""
+    if store is None:
+        try:
+            with open(path, "rb") as handle:
+                start = handle.read(4096)
+        except OSError as exc:
+            raise TransferError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if store is not None:  # read once: the check below compares with the same records
+        records = _sumatra_store_items(path, project, store)
+        items, footer = records, None
+        kind_of_file = "Sumatra record store (Django, SQLite)" if store == "django" else "Sumatra record store (shelve)"
+    elif is_smt_export(start):
         items, kind_of_file, footer = _smt_items(path, project), "smt export", None
     else:
         footer = read_footer(path)
@@ -691,7 +712,7 @@ def import_file(path, dst, project=None, dry_run=False, progress=False):
     if not dry_run:
         # Check: the same items again, counted only: every one must now be present and equal.
         check = {}
-        again = _export_items(path) if footer is not None else _smt_items(path, project)
+        again = _export_items(path) if footer is not None else records if store else _smt_items(path, project)
         for _kind, batch in _runs(again, dst.kinds, {}):
             _import(dst, batch, True, check)
         if check.get("added") or check.get("updated"):
