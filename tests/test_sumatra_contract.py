@@ -269,6 +269,11 @@ def test_versions_over_http(store, project, served):
     page = served.request("GET", url + "?versions", user="ada", headers={"Accept": "text/html"})
     assert page.status == 200 and "<td>ada</td>" in page.text and "duration, tags" in page.text
     assert served.request("GET", url + "?versions", user="bob").status == 403
+    # balsamdb's own HTTP client (the operation endpoint): who saved is the logged-in user, whatever it sends
+    with balsamdb.connect(served.url("ada"), client_deadline=30) as remote:
+        assert remote.records.tag(project, "v", add=["remote"]) == ["_finished_", "remote"]
+        assert remote.records.versions(project, "v")[-1]["saved_by"] == "ada"
+        assert remote.records.get(project, "v", version=1)["duration"] == 7543.2
     # deleting the record deletes its versions
     store.delete(project, "v")
     store.save(project, make_record("v"))
