@@ -257,6 +257,7 @@ _PROJECTS = """<h1>Projects</h1>
 _PROJECT = """<h1>{{ project }}</h1>
 {% if info.description %}<p>{{ info.description }}</p>{% endif %}
 {% if info.public %}<p class="muted">public: anyone may read it</p>{% endif %}
+{% if info.write_once %}<p class="muted">write-once: a save may not change a record's provenance</p>{% endif %}
 <p class="muted">{{ total }} record{{ "" if total == 1 else "s" }}{% if tags %} tagged {{ tags|join(", ") }}
 (<a href="{{ base }}{{ project|urlpart }}/">all records</a>){% endif %}{% if total > records|length %};
 the newest {{ records|length }} shown{% endif %} &middot; <a href="?format=json{% if tags %}&amp;tags={{ tags|join(",")|urlencode }}{% endif %}">JSON</a></p>
