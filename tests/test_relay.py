@@ -119,3 +119,43 @@ def test_the_relay_wants_its_token(relay):
             urllib.request.urlopen(request, timeout=30)
         assert refused.value.code == 401 and "Basic" in refused.value.headers["WWW-Authenticate"]
     assert url.startswith("http://127.0.0.1:")
+
+
+def test_answered_saves_survive_a_killed_relay(store, relay):
+    import http.client
+    import os
+    import signal
+    from urllib.parse import urlsplit
+
+    from test_http_store import record
+
+    served, restart = store
+    url, user, password, directory = relay
+    served.proc.kill()
+    served.proc.wait(30)
+    token = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    docs = [record(f"r{i}", tags=["_finished_"], stdout_stderr=f"output {i} ✓") for i in range(3)]
+    where = urlsplit(url)
+    for doc in docs:
+        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+        conn.request("PUT", f"/Kept/{doc['label']}/", json.dumps(doc), {"Authorization": token})
+        assert conn.getresponse().status == 201
+        conn.close()
+    assert status(url, user, password)["waiting"] == 3
+    pid = json.loads((directory / "relay.json").read_text())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    end = time.monotonic() + 30
+    while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+        assert time.monotonic() < end, "the killed relay did not go away"
+        time.sleep(0.05)  # wait-ok: polls for the process to end, with the deadline above
+    restart()
+    again = db_cli("relay", "--to", served.url("ada"), "--dir", directory, "--port", "0", "--json")
+    assert again.returncode == 0, again.stderr
+    url = json.loads(again.stdout)["url"]
+    end = time.monotonic() + DRAIN_DEADLINE
+    while (now := status(url, user, password))["waiting"]:
+        assert time.monotonic() < end, now
+        time.sleep(0.1)  # wait-ok: polls the relay's status with the deadline above
+    with balsamdb.connect(served.path) as db:
+        assert [db.records.get("Kept", d["label"]) for d in docs] == docs
+        assert all(len(db.records.versions("Kept", d["label"])) == 1 for d in docs)
