@@ -83,22 +83,39 @@ def snapshot(path, directory):
     return target
 
 
-def read_sumatra_store(path, kind):
+def is_sumatra_postgres(database):
+    """True when the peewee ``database`` (PostgreSQL) holds Sumatra's Django tables."""
+    row = database.execute_sql("SELECT to_regclass('django_store_record') IS NOT NULL AND "
+                               "to_regclass('django_store_project') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+KIND_NAMES = {"django": "Django (SQLite)", "shelve": "shelve", "django-postgres": "Django (PostgreSQL)"}
+
+
+def read_sumatra_store(path, kind, name=None):
     """``[(project, document)]`` of every record of the Sumatra store ``path`` (``kind``
-    "django" or "shelve"), read by Sumatra's own classes in a child process."""
+    "django", "shelve", or "django-postgres" with ``path`` a ``postgresql://`` URL), read by
+    Sumatra's own classes in a child process.  ``name``: how to name the store in errors."""
     import importlib.util
 
-    if importlib.util.find_spec("sumatra") is None or (kind == "django" and importlib.util.find_spec("django") is None):
+    name = name or path
+    if importlib.util.find_spec("sumatra") is None or (kind != "shelve" and importlib.util.find_spec("django") is None):
         needs = "sumatra" if kind == "shelve" else "sumatra and Django below 6 (pip install 'sumatra[web]')"
-        raise TransferError(f"{path} is Sumatra's own {'Django (SQLite)' if kind == 'django' else 'shelve'} record "
-                            f"store; reading it needs {needs} installed here")
+        raise TransferError(f"{name} is Sumatra's own {KIND_NAMES[kind]} record store; reading it needs {needs} "
+                            "installed here")
     with tempfile.TemporaryDirectory(prefix="balsamdb-smt-") as work:
-        source = snapshot(path, work) if kind == "django" else Path(path)
-        proc = subprocess.run([sys.executable, "-m", "balsamdb.sumatra_store", kind, str(Path(source).resolve())],
-                              cwd=work, capture_output=True, text=True, timeout=READ_DEADLINE)
+        env = dict(os.environ)
+        if kind == "django-postgres":  # the URL, with its password, in the environment, not in argv
+            env["BALSAMDB_SUMATRA_STORE"] = str(path).replace("postgresql://", "postgres://", 1)
+            source = "-"
+        else:
+            source = str((snapshot(path, work) if kind == "django" else Path(path)).resolve())
+        proc = subprocess.run([sys.executable, "-m", "balsamdb.sumatra_store", kind, source],
+                              cwd=work, env=env, capture_output=True, text=True, timeout=READ_DEADLINE)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-        raise TransferError(f"cannot read the Sumatra record store {path}: {last}")
+        raise TransferError(f"cannot read the Sumatra record store {name}: {last}")
     pairs = []
     for line in proc.stdout.splitlines():
         entry = json.loads(line)
@@ -110,10 +127,10 @@ def _print_records(kind, path):
     """In the child: print every record of the store as one JSON line."""
     from sumatra.recordstore import serialization
 
-    if kind == "django":
+    if kind in ("django", "django-postgres"):
         from sumatra.recordstore.django_store import DjangoRecordStore
 
-        store = DjangoRecordStore(db_file=path)
+        store = DjangoRecordStore(db_file=os.environ["BALSAMDB_SUMATRA_STORE"] if path == "-" else path)
     elif kind == "shelve":
         from sumatra.recordstore.shelve_store import ShelveRecordStore
 

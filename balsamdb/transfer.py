@@ -100,6 +100,14 @@ def _postgres_store(url, create):
     database = pw.PostgresqlDatabase(params.pop("database"), connect_timeout=5, **params)
     database.connect()
     try:
+        from .sumatra_store import is_sumatra_postgres
+
+        if is_sumatra_postgres(database):
+            database.close()
+            if create:
+                raise ConfigError(f"{redact_url(url)} is Sumatra's own record store (Django): balsamdb reads it, "
+                                  "never writes it")
+            return SumatraDjangoStore(url, redact_url(url))
         version = models.current_version(database)
         if version == 0 and not create:
             raise ConfigError(f"{redact_url(url)} holds no balsamdb store (no schema)")
@@ -291,6 +299,50 @@ class SumatraStore:
         self._http.clear()
 
 
+class SumatraDjangoStore:
+    """Sumatra's own Django record store on PostgreSQL (``smt init --store=postgres://...``), a
+    source of projects and records, read once through Sumatra's classes (see
+    :mod:`balsamdb.sumatra_store`): each record as ``smt`` would send it to an HTTP store."""
+
+    kinds = ("project", "record")
+    limits = "a Sumatra record store holds projects and records only"
+    keeps_versions = False
+    versions = False
+
+    def __init__(self, url, name):
+        from .operations import _sort_time
+        from .sumatra_store import read_sumatra_store
+
+        self.name = name
+        self._records = []
+        for project, document in read_sumatra_store(url, "django-postgres", name=name):
+            when = _sort_time(document.get("timestamp"))
+            self._records.append({"kind": "record", "project": project, "label": document["label"],
+                                  "document": document, "created_at": when, "updated_at": when})
+        self._records.sort(key=item_key)
+        self._projects = [{"kind": "project", "name": name, "description": "", "public": False, "created_at": None}
+                          for name in sorted({r["project"] for r in self._records})]
+
+    def counts(self):
+        return {"project": len(self._projects), "record": len(self._records)}
+
+    def export(self, kind, after=None, limit=PAGE, since=None):
+        items = {"project": self._projects, "record": self._records}.get(kind, [])
+        items = [i for i in items if (after is None or item_key(i) > after)
+                 and (since is None or kind != "record" or i["updated_at"] >= since)]
+        page = items[:limit]
+        return {"items": page, "next": item_key(page[-1]) if len(items) > limit else None, "now": time.time()}
+
+    def import_(self, items, dry_run=False):
+        raise TransferError(f"{self.name} is Sumatra's own record store: balsamdb reads it, never writes it")
+
+    def digest(self, until=None, exclude=None):
+        return digest_pages(self, until, exclude)
+
+    def close(self):
+        pass
+
+
 def digest_pages(store, until=None, exclude=None):
     """What the ``store_digest`` operation computes, from ``export_items`` pages read
     here: no request has to digest a whole large store inside the write server."""
@@ -395,8 +447,10 @@ def copy_store(src, dst, dry_run=False, progress=False, log=None, stop=None):
     """
     say = log or (lambda sentence: None)
     versions_note = None
-    if getattr(src, "versions", False) and not dst.keeps_versions:
-        src.versions = False  # both sides must be read alike, or the digests differ
+    carry = src.keeps_versions and dst.keeps_versions
+    for end in (src, dst):
+        end.versions = carry  # both sides are read alike, or their digests differ
+    if src.keeps_versions and not dst.keeps_versions:
         versions_note = (f"{dst.name} keeps no record versions: the current version of each record is copied, "
                          "its earlier versions are not")
         say(versions_note)

@@ -122,3 +122,25 @@ def test_a_file_that_is_no_store_is_refused_clearly(dst, tmp_path):
     missing = db_import(tmp_path / "nothing-here", "--path", dst)
     _out, err = missing.communicate(timeout=60)
     assert missing.returncode == 1 and "cannot read" in err and "No such file" in err, err
+
+
+def test_copy_from_sumatra_django_store_on_postgresql(project, dst, pg_cluster):
+    from helpers import db_cli, fresh_database_url
+
+    url = fresh_database_url(pg_cluster)
+    project("init", "--store=" + url.replace("postgresql://", "postgres://"), "--main=main.py",
+            "--executable=" + sys.executable, "PgProject")
+    project("run", "--label=one", "default.param", "n=2")
+    project("run", "--label=two", "--tag=t0", "default.param", "n=3")
+    project("tag", "paper", "one")
+    expected = smt_records(project, "PgProject")
+    copied = db_cli("copy", url, dst, "--json", timeout=IMPORT_TIMEOUT)
+    assert copied.returncode == 0, copied.stderr
+    report = json.loads(copied.stdout)
+    assert report["verification"]["verified"] and report["first_pass"]["record"]["added"] == 2
+    assert report["verification"]["projects"]["PgProject"]["records"] == 2
+    with balsamdb.connect(dst) as db:
+        assert {label: db.records.get("PgProject", label) for label in db.records.labels("PgProject")} == expected
+        assert db.records.labels("PgProject", tags=["paper"]) == ["one"]
+    refused = db_cli("copy", dst, url)
+    assert refused.returncode == 1 and "never writes it" in refused.stderr, refused.stderr
