@@ -268,7 +268,7 @@ the newest {{ records|length }} shown{% endif %} &middot; <a href="?format=json{
 </table>{% endif %}"""
 
 _RECORD = """<h1>{{ r.label }}</h1>
-<p class="muted"><a href="?format=json">JSON</a>{% if version %} &middot; version {{ version }}{% endif %}
+<p class="muted"><a href="?{% if version %}version={{ version }}&amp;{% endif %}format=json">JSON</a>{% if version %} &middot; version {{ version }}{% endif %}
 &middot; <a href="?versions">versions</a></p>
 <table>
 {% for name, value in fields %}<tr><th>{{ name }}</th><td>{{ value }}</td></tr>{% endfor %}

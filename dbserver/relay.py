@@ -312,11 +312,9 @@ def create_app(directory, upstream_url):
             projects_seen.add(project)
             try:
                 status, body = upstream.request("PUT", _path(project), request.get_data(), "application/json")
-                if status in (200, 201):
-                    return flask.Response(body, status, content_type="application/json")
-            except StoreDown:
-                pass
-            return reply({"id": project, "name": project}, 201)  # the forwarder makes it in the store
+            except StoreDown:  # the forwarder makes it in the store before its first record
+                return reply({"id": project, "name": project}, 201)
+            return flask.Response(body, status, content_type="application/json")
         tags = [t for t in request.args.get("tags", "").split(",") if t]
         mine = spool.labels(project)
         try:
