@@ -27,12 +27,17 @@ def _info(directory):
 
 
 def _alive(pid):
+    """True while process ``pid`` runs (a zombie, killed and not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
         return True
 
 
