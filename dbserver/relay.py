@@ -198,7 +198,7 @@ class Upstream:
             response = self.http.request(method, self.base + path, body=body, headers=headers)
         except urllib3.exceptions.HTTPError as exc:
             raise StoreDown(str(exc)) from None
-        if response.status in (502, 503, 504):
+        if response.status >= 500 or response.status in (408, 429):  # try again later
             raise StoreDown(f"HTTP {response.status}")
         return response.status, response.data
 
@@ -247,10 +247,10 @@ class Forwarder(threading.Thread):
         body = json.dumps(document, ensure_ascii=False).encode()
         status, answer = self.upstream.request("PUT", _path(project, label), body,
                                                "application/vnd.sumatra.record-v4+json")
-        if status in (200, 201):
+        if status in (200, 201, 202):  # 202: a balsamdb store keeps it in its own spool, durably
             self.cache.put(project, label, document)
             self.forwarded += 1
-        else:  # refused for good (400, 403, 409): kept aside, never retried in a loop
+        else:  # refused for good (400, 401, 403, 409, 413): kept aside, never retried in a loop
             failed = self.spool.new.parent / "failed"
             failed.mkdir(mode=0o700, exist_ok=True)
             (failed / f"{seq:012d}.json").write_text(json.dumps(
