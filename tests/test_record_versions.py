@@ -184,3 +184,35 @@ def test_a_schema_3_store_gains_versions_in_place_idempotently(sqlite_dir):
         db.records.save("P", run("old", 3))
         assert [v["version"] for v in db.records.versions("P", "old")] == [1, 2]
         assert db.records.get("P", "old", version=1) == run("old", 4)
+
+
+def test_a_schema_3_postgresql_store_gains_versions_in_place(pg_cluster):
+    import psycopg2
+
+    url = fresh_database_url(pg_cluster)
+    store = transfer.open_store(url, create=True)  # the schema, and operations run straight on it
+    try:
+        store.db.call("record_save", project="P", record=run("old", 4, "ü" * 5000))
+    finally:
+        store.close()
+    con = psycopg2.connect(url)
+    with con, con.cursor() as cur:
+        cur.execute("drop table record_version")
+        cur.execute("alter table project drop column write_once")
+        cur.execute("update schema_version set version = 3")
+    con.close()
+    database = peewee.PostgresqlDatabase(url.rsplit("/", 1)[1], dsn=url)
+    try:
+        assert any("schema 3 -> 4" in line for line in models.upgrade(database))
+        assert models.upgrade(database) == []
+    finally:
+        database.close()
+    store = transfer.open_store(url)
+    try:
+        assert store.db.call("record_get", project="P", label="old", version=1) == run("old", 4, "ü" * 5000)
+        assert [v["saved_by"] for v in store.db.call("record_versions", project="P", label="old")] == [""]
+        store.db.call("project_save", name="P", write_once=True)
+        with pytest.raises(balsamdb.Conflict):
+            store.db.call("record_save", project="P", record=dict(run("old", 4), main_file="other.py"))
+    finally:
+        store.close()
