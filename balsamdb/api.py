@@ -488,29 +488,62 @@ class Jobs:
         return job_queries.timeline(self.history(job_id), now)
 
 
+_WHO = []
+
+
+def who():
+    """``user@host`` of this process: who saved a record version (an HTTP store puts its
+    logged-in user instead)."""
+    if not _WHO:
+        import getpass
+        import socket
+
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # no passwd entry for this uid (some containers)
+            user = str(os.getuid())
+        _WHO.append(f"{user}@{socket.gethostname()}")
+    return _WHO[0]
+
+
 class Records:
-    """``db.records``: Sumatra-style provenance records, grouped by project."""
+    """``db.records``: Sumatra-style provenance records, grouped by project.
+
+    A save replaces the record and keeps every earlier version (:meth:`versions`)."""
 
     def __init__(self, db):
         self._db = db
 
     def save(self, project, record):
-        """Save a record document (a dict with at least ``label``); returns True when new."""
-        return _field(self._db.call("record_save", project=project, record=record), "created")
+        """Save a record document (a dict with at least ``label``); returns True when new.
 
-    def get(self, project, label):
-        """The record document as it was saved."""
-        return self._db.call("record_get", project=project, label=label)
+        Saving a label again replaces the record and keeps the earlier document as a
+        version (unless the project is write-once: then a changed provenance field
+        raises :class:`Conflict`)."""
+        return _field(self._db.call("record_save", project=project, record=record, saved_by=who()), "created")
 
-    def list(self, project, tags=None, limit=None):
-        """Record documents of ``project`` having all ``tags``, newest first."""
-        return self._db.call("record_list", project=project, tags=list(tags or []), limit=limit)
+    def get(self, project, label, version=None):
+        """The record document as it was saved; ``version=N``: its version N."""
+        if version is None:
+            return self._db.call("record_get", project=project, label=label)
+        return self._db.call("record_get", project=project, label=label, version=version)
 
-    def labels(self, project, tags=None):
-        return self._db.call("record_labels", project=project, tags=list(tags or []))
+    def versions(self, project, label):
+        """The versions of a record, oldest first: dicts of ``version`` (from 1),
+        ``saved_at`` (UNIX seconds), ``saved_by``, ``bytes`` and ``changed`` (the
+        fields that differ from the version before)."""
+        return self._db.call("record_versions", project=project, label=label)
+
+    def list(self, project, tags=None, limit=None, match="all"):
+        """Record documents of ``project``, newest first, having all ``tags``
+        (``match="any"``: any of them)."""
+        return self._db.call("record_list", project=project, tags=list(tags or []), limit=limit, match=match)
+
+    def labels(self, project, tags=None, match="all"):
+        return self._db.call("record_labels", project=project, tags=list(tags or []), match=match)
 
     def delete(self, project, label):
-        """Delete one record; raises :class:`NotFound` when it does not exist."""
+        """Delete one record and its versions; raises :class:`NotFound` when it does not exist."""
         return _field(self._db.call("record_delete", project=project, label=label), "deleted")
 
     def delete_by_tag(self, project, tag):
@@ -520,7 +553,7 @@ class Records:
     def tag(self, project, label, add=(), remove=()):
         """Add and remove tags of a record; returns its new tags."""
         return _field(self._db.call("record_tag", project=project, label=label, add=list(add),
-                                    remove=list(remove)), "tags")
+                                    remove=list(remove), saved_by=who()), "tags")
 
 
 class Projects:
@@ -529,11 +562,18 @@ class Projects:
     def __init__(self, db):
         self._db = db
 
-    def save(self, name, description=None, public=None):
-        return self._db.call("project_save", name=name, description=description, public=public)
+    def save(self, name, description=None, public=None, write_once=None):
+        """Create a project or change its description, public flag or write-once option
+        (None leaves a setting as it is)."""
+        return self._db.call("project_save", name=name, description=description, public=public,
+                             write_once=write_once)
 
     def get(self, name):
+        """The project with its settings and number of ``records``; :class:`NotFound` when absent."""
         return self._db.call("project_get", name=name)
 
-    def list(self):
+    def list(self, count=False):
+        """Every project by name (``count=True``: each with its number of ``records``)."""
+        if count:
+            return self._db.call("project_list", count=True)
         return self._db.call("project_list")

@@ -11,7 +11,7 @@ import time
 
 import peewee as pw
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class JSONText(pw.TextField):
@@ -73,6 +73,7 @@ class Project(BaseModel):
     description = pw.TextField(default="")
     public = pw.BooleanField(default=False)
     created_at = pw.DoubleField()
+    write_once = pw.BooleanField(default=False)  # a changed provenance field is refused (409), not replaced
 
 
 class Record(BaseModel):
@@ -100,6 +101,21 @@ class RecordTag(BaseModel):
 
     class Meta:
         primary_key = pw.CompositeKey("record", "tag")
+
+
+class RecordVersion(BaseModel):
+    """Every saved state of a record, numbered from 1 (the newest is also ``Record.document``):
+    a save that replaces a record loses nothing.  The document is stored whole, zlib-compressed
+    (Sumatra saves a run five times, each with its program output)."""
+
+    record = pw.ForeignKeyField(Record, on_delete="CASCADE")
+    number = pw.IntegerField()
+    saved_at = pw.DoubleField()
+    saved_by = pw.CharField(default="")  # the HTTP user, or user@host of a ZeroMQ/direct client
+    document = pw.BlobField()
+
+    class Meta:
+        indexes = ((("record", "number"), True),)
 
 
 class User(BaseModel):
@@ -141,8 +157,8 @@ class SchemaVersion(BaseModel):
     version = pw.IntegerField()
 
 
-MODELS = [Job, JobStateChange, JobTag, Project, Record, RecordTag, User, ProjectPermission, AppliedRequest,
-          JobAnswerBase, SchemaVersion]
+MODELS = [Job, JobStateChange, JobTag, Project, Record, RecordTag, RecordVersion, User, ProjectPermission,
+          AppliedRequest, JobAnswerBase, SchemaVersion]
 MODELS_V1 = [Job, JobStateChange, JobTag, Project, Record, RecordTag, AppliedRequest, SchemaVersion]
 
 
@@ -187,6 +203,36 @@ def _schema_compact_answers(database):
     database.create_tables([JobAnswerBase], safe=True)
 
 
+def _record_versions(database):
+    """Schema 5: the versions of records and the write-once flag of projects.
+
+    Self-contained and idempotent (whatever number it runs under): the table is made
+    when missing, the column added when missing, and every record that has no version
+    yet gets its current document as version 1 (saved by "" : unknown)."""
+    import zlib
+
+    def q(name):
+        return f"{database.quote[0]}{name}{database.quote[1]}"
+
+    database.create_tables([RecordVersion], safe=True)
+    project_table = Project._meta.table_name
+    if "write_once" not in {c.name for c in database.get_columns(project_table)}:
+        # A plain ADD COLUMN, as for the users' admin flag (no table rebuild on SQLite).
+        database.execute_sql(f"ALTER TABLE {q(project_table)} ADD COLUMN write_once BOOLEAN NOT NULL DEFAULT FALSE")
+    unversioned = (Record.select(Record.id, Record.document, Record.updated_at)
+                   .where(~pw.fn.EXISTS(RecordVersion.select(RecordVersion.id)
+                                        .where(RecordVersion.record == Record.id))))
+    batch = []
+    for row in unversioned.iterator():
+        batch.append({"record": row.id, "number": 1, "saved_at": row.updated_at, "saved_by": "",
+                      "document": zlib.compress(row.document.encode())})
+        if len(batch) >= 200:
+            RecordVersion.insert_many(batch).execute()
+            batch = []
+    if batch:
+        RecordVersion.insert_many(batch).execute()
+
+
 #: version -> (function that brings the schema from version-1 to it, what it does)
 MIGRATIONS = {
     1: (_create_v1, "created the tables for jobs, state history, tags, projects, records and request ids"),
@@ -194,6 +240,8 @@ MIGRATIONS = {
     3: (_schema_3, "added the admin flag of users (every operation over HTTP) and an index to prune old "
                    "request ids; PostgreSQL floats now 8 bytes"),
     4: (_schema_compact_answers, "added the table that lets the answers of applied writes be stored compactly"),
+    5: (_record_versions, "added the versions of records (every save kept; existing records become their "
+                          "version 1) and the write-once option of projects"),
 }
 
 

@@ -12,6 +12,7 @@ function) while the models are bound to a database and a transaction is open.
 import inspect
 import json
 import uuid
+import zlib
 from dataclasses import dataclass
 
 import peewee as pw
@@ -19,7 +20,8 @@ import peewee as pw
 from . import states
 from .dbdir import job_working_directory
 from .exceptions import BadRequest, Conflict, NotFound
-from .models import Job, JobStateChange, JobTag, Project, ProjectPermission, Record, RecordTag, User, now
+from .models import (Job, JobStateChange, JobTag, Project, ProjectPermission, Record, RecordTag, RecordVersion, User,
+                     now)
 from .statements import statements
 
 
@@ -453,10 +455,12 @@ def job_state_counts(filters=None):
 
 # -- projects and records -------------------------------------------------------
 
-# Fields of a Sumatra record that a later save of the same run may fill in or change;
-# every other field is provenance and write-once (see docs/http.md and docs/protocol.md).
+# Fields of a Sumatra record that a later save of the same run may fill in or change; in a
+# project with the write-once option every other field is provenance and may not change
+# (see docs/http.md).  Elsewhere a save replaces the record and its earlier versions are kept.
 RECORD_MUTABLE = frozenset({"duration", "output_data", "platforms", "stdout_stderr", "tags",
                             "user", "outcome", "reason", "repeats"})
+TAG_MATCHES = ("all", "any")
 
 
 def _project_name(name):
@@ -465,24 +469,33 @@ def _project_name(name):
 
 def project_to_dict(project):
     return {"name": project.name, "description": project.description,
-            "public": project.public, "created_at": project.created_at}
+            "public": project.public, "created_at": project.created_at, "write_once": bool(project.write_once)}
+
+
+def _flag(value, what):
+    if value is not None and not isinstance(value, bool):
+        raise BadRequest(f"{what} must be true or false")
+    return value
 
 
 @operation(write=True)
-def project_save(name, description=None, public=None):
-    """Create project ``name`` or update its description and public flag.
-
-    Returns ``{"created": bool, "project": {...}}``.  Creating a project that
-    exists is not an error (two jobs may race to create it).
+def project_save(name, description=None, public=None, write_once=None):
+    """Create project ``name`` or update its description, public flag and
+    write-once option (``write_once``: a save that changes a provenance field of
+    an existing record is refused as a conflict instead of replacing it; off by
+    default).  Returns ``{"created": bool, "project": {...}}``.  Creating a
+    project that exists is not an error (two jobs may race to create it).
     """
     name = _project_name(name)
+    _flag(public, "public")
+    _flag(write_once, "write_once")
     project, created = Project.get_or_create(name=name, defaults={"created_at": now()})
     if description is not None:
         project.description = _text(description, "description", required=False) or ""
     if public is not None:
-        if not isinstance(public, bool):
-            raise BadRequest("public must be true or false")
         project.public = public
+    if write_once is not None:
+        project.write_once = write_once
     project.save()
     return {"created": created, "project": project_to_dict(project)}
 
@@ -506,9 +519,14 @@ def project_get(name, count=True):
 
 
 @operation(write=False)
-def project_list():
-    """All projects, by name."""
-    return [project_to_dict(p) for p in Project.select().order_by(Project.name)]
+def project_list(count=False):
+    """All projects, by name; with ``count``, each with its number of ``records``."""
+    projects = [project_to_dict(p) for p in Project.select().order_by(Project.name)]
+    if count:
+        counts = dict(Record.select(Record.project, pw.fn.COUNT(Record.id)).group_by(Record.project).tuples())
+        for project in projects:
+            project["records"] = counts.get(project["name"], 0)
+    return projects
 
 
 def _sort_time(timestamp):
@@ -541,15 +559,67 @@ def _record_columns(doc):
     }
 
 
+def record_tags(document, what="record tags"):
+    """The tags of a record document: a list of strings; ``""`` and null mean none (as in
+    Sumatra Server's own example record)."""
+    tags = document.get("tags")
+    if tags is None or tags == "":
+        return []
+    return _str_list(tags, what)
+
+
+def record_text(document):
+    """The one JSON text of a record document that the store keeps (and compares)."""
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+
+
+def compress(text):
+    return zlib.compress(text.encode(), 1)  # level 1: half the CPU of 6 on program output, ~10% larger
+
+
+def decompress(data):
+    return zlib.decompress(bytes(data)).decode()
+
+
+def _saved_by(value):
+    return _text(value, "saved_by", required=False, max_len=255) or ""
+
+
+def _check_write_once(fast, project, label, old_text, record):
+    """Refuse (Conflict) a changed provenance field when ``project`` has the write-once option."""
+    row = fast.execute(fast.project_write_once, (project,)).fetchone()
+    if not row or not row[0]:
+        return
+    old = json.loads(old_text)
+    changed = sorted(k for k in set(old) | set(record) if k not in RECORD_MUTABLE and old.get(k) != record.get(k))
+    if changed:
+        raise Conflict(
+            f"record {label!r} in {project!r} exists with different {', '.join(changed)}; project {project!r} "
+            "is write-once, so these provenance fields may not change (use another label)"
+        )
+
+
+def _add_version(fast, record_id, text, when, saved_by, number=None):
+    """Keep ``text`` as the next version of record ``record_id``; returns its number."""
+    if number is None:
+        number = fast.execute(fast.last_version, (record_id,)).fetchone()[0] + 1
+    fast.execute(fast.insert_version, (record_id, number, when, saved_by, compress(text)))
+    return number
+
+
 @operation(write=True)
-def record_save(project, record):
+def record_save(project, record, saved_by=None):
     """Save a Sumatra record document in ``project`` (created if needed).
 
     ``record`` is the JSON object Sumatra sends, stored unchanged; its
-    ``label`` names it.  Saving a label again may change only the run-result
-    fields (duration, output_data, platforms, stdout_stderr, tags, user,
-    outcome, reason, repeats); a different value of any other field is a
-    conflict (two runs that picked one label).  Returns ``{"created": bool}``.
+    ``label`` names it.  Saving a label again replaces the record, as in
+    Sumatra's own stores, and keeps every earlier version: each save that
+    changes the document adds a version (numbered from 1, with the time and
+    ``saved_by``, who saved it); a save identical to the current version adds
+    none.  In a project with the write-once option, a save that changes a
+    field other than the run results (duration, output_data, platforms,
+    stdout_stderr, tags, user, outcome, reason, repeats) is a conflict.
+    ``tags`` "" or null mean no tags.  Returns ``{"created": bool, "version": n}``.
     """
     project = _project_name(project)
     if not isinstance(record, dict):
@@ -557,34 +627,32 @@ def record_save(project, record):
     label = _text(record.get("label"), "record label", max_len=255)
     if any(ord(c) < 32 and c not in "\t" for c in label):
         raise BadRequest("a record label may not hold control characters")
-    tags = _str_list(record.get("tags"), "record tags")
+    tags = record_tags(record)
+    saved_by = _saved_by(saved_by)
     fast = statements()
     when = now()
-    fast.execute(fast.ensure_project, (project, False, when))
-    document = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    fast.execute(fast.ensure_project, (project, False, when, False))
+    document = record_text(record)
     columns = _record_columns(record)
     existing = fast.execute(fast.find_record, (project, label)).fetchone()
     if existing is None:
         record_id = fast.insert_record_row(dict(columns, project_id=project, label=label, document=document,
                                                 created_at=when, updated_at=when))
+        version = _add_version(fast, record_id, document, when, saved_by, number=1)
         created = True
     else:
         record_id, old_document = existing
-        old = json.loads(old_document)
-        changed = sorted(k for k in set(old) | set(record)
-                         if k not in RECORD_MUTABLE and old.get(k) != record.get(k))
-        if changed:
-            raise Conflict(
-                f"record {label!r} in {project!r} exists with different {', '.join(changed)}; "
-                "these provenance fields are write-once (use another label)"
-            )
+        if old_document == document:  # nothing changed: no new version
+            return {"created": False, "version": fast.execute(fast.last_version, (record_id,)).fetchone()[0]}
+        _check_write_once(fast, project, label, old_document, record)
         values = dict(columns, document=document, updated_at=when)
         fast.execute(fast.update_record, [values[c] for c in fast.record_update_columns] + [record_id])
         fast.execute(fast.delete_record_tags, (record_id,))
+        version = _add_version(fast, record_id, document, when, saved_by)
         created = False
     for tag in tags:
         fast.execute(fast.insert_record_tag, (record_id, tag))
-    return {"created": created}
+    return {"created": created, "version": version}
 
 
 def _get_record(project, label):
@@ -595,68 +663,124 @@ def _get_record(project, label):
 
 
 @operation(write=False)
-def record_get(project, label):
-    """The record document labelled ``label`` in ``project``, as it was saved."""
-    return json.loads(_get_record(project, label).document)
+def record_get(project, label, version=None):
+    """The record document labelled ``label`` in ``project``, as it was saved;
+    with ``version`` (a number from ``record_versions``), that version of it."""
+    row = _get_record(project, label)
+    if version is None:
+        return json.loads(row.document)
+    number = _number(version, "version", int, 1)
+    found = RecordVersion.get_or_none((RecordVersion.record == row.id) & (RecordVersion.number == number))
+    if found is None:
+        raise NotFound(f"record {label!r} in project {project!r} has no version {number}")
+    return json.loads(decompress(found.document))
 
 
-def _record_query(project, tags):
+def version_list(record_id):
+    """The versions of record ``record_id``, oldest first: ``{"version", "saved_at", "saved_by",
+    "bytes", "changed"}`` where ``changed`` names the top-level fields that differ from the
+    version before (all of them for version 1)."""
+    out, previous = [], None
+    query = RecordVersion.select().where(RecordVersion.record == record_id).order_by(RecordVersion.number)
+    for row in query:
+        text = decompress(row.document)
+        doc = json.loads(text)
+        changed = sorted(k for k in set(doc) | set(previous or {})
+                         if previous is None or doc.get(k) != previous.get(k))
+        out.append({"version": row.number, "saved_at": row.saved_at, "saved_by": row.saved_by,
+                    "bytes": len(text.encode()), "changed": changed})
+        previous = doc
+    return out
+
+
+@operation(write=False)
+def record_versions(project, label):
+    """The versions of record ``label`` of ``project``, oldest first: a list of
+    ``{"version": n, "saved_at": UNIX seconds, "saved_by": who, "bytes": size of the
+    document, "changed": [top-level fields that differ from the version before]}``.
+    The last one is the current record."""
+    return version_list(_get_record(project, label).id)
+
+
+def _tag_match(match):
+    if match not in TAG_MATCHES:
+        raise BadRequest(f"match must be one of {', '.join(TAG_MATCHES)}, not {match!r}")
+    return match
+
+
+def _record_query(project, tags, match="all"):
     query = Record.select().where(Record.project == _project_name(project))
-    for tag in _str_list(tags, "tags"):
+    tags = _str_list(tags, "tags")
+    if _tag_match(match) == "any" and tags:
+        return query.where(Record.id.in_(RecordTag.select(RecordTag.record).where(RecordTag.tag.in_(tags))))
+    for tag in tags:
         query = query.where(Record.id.in_(RecordTag.select(RecordTag.record).where(RecordTag.tag == tag)))
     return query
 
 
 @operation(write=False)
-def record_list(project, tags=None, limit=None):
-    """Record documents of ``project`` having all ``tags``, newest first."""
-    query = _record_query(project, tags).order_by(Record.sort_time.desc(), Record.id.desc())
+def record_list(project, tags=None, limit=None, match="all"):
+    """Record documents of ``project`` having ``tags``, newest first: all of them
+    (``match`` "all", the default) or any of them (``match`` "any")."""
+    query = _record_query(project, tags, match).order_by(Record.sort_time.desc(), Record.id.desc())
     if limit is not None:
         query = query.limit(_number(limit, "limit", int, 0))
     return [json.loads(r.document) for r in query]
 
 
 @operation(write=False)
-def record_labels(project, tags=None):
-    """Labels of the records of ``project`` having all ``tags``, newest first."""
-    query = _record_query(project, tags).select(Record.label).order_by(Record.sort_time.desc(), Record.id.desc())
+def record_labels(project, tags=None, match="all"):
+    """Labels of the records of ``project`` having ``tags`` (``match`` as for
+    ``record_list``), newest first."""
+    query = (_record_query(project, tags, match).select(Record.label)
+             .order_by(Record.sort_time.desc(), Record.id.desc()))
     return [r.label for r in query]
+
+
+def _delete_records(ids):
+    deleted = 0
+    for start in range(0, len(ids), 500):  # stay below SQLite's limit on parameters
+        chunk = ids[start:start + 500]
+        RecordTag.delete().where(RecordTag.record.in_(chunk)).execute()
+        RecordVersion.delete().where(RecordVersion.record.in_(chunk)).execute()
+        deleted += Record.delete().where(Record.id.in_(chunk)).execute()
+    return deleted
 
 
 @operation(write=True)
 def record_delete(project, label):
-    """Delete record ``label`` of ``project``; not found is an error.  Returns ``{"deleted": 1}``."""
-    row = _get_record(project, label)
-    RecordTag.delete().where(RecordTag.record == row.id).execute()
-    row.delete_instance()
+    """Delete record ``label`` of ``project`` with its versions; not found is an
+    error.  Returns ``{"deleted": 1}``."""
+    _delete_records([_get_record(project, label).id])
     return {"deleted": 1}
 
 
 @operation(write=True)
 def record_delete_by_tag(project, tag):
-    """Delete every record of ``project`` tagged ``tag``; returns ``{"deleted": n}``."""
+    """Delete every record of ``project`` tagged ``tag``, with their versions;
+    returns ``{"deleted": n}``."""
     ids = [r.id for r in _record_query(project, [_text(tag, "tag")]).select(Record.id)]
-    deleted = 0
-    for start in range(0, len(ids), 500):  # stay below SQLite's limit on parameters
-        chunk = ids[start:start + 500]
-        RecordTag.delete().where(RecordTag.record.in_(chunk)).execute()
-        deleted += Record.delete().where(Record.id.in_(chunk)).execute()
-    return {"deleted": deleted}
+    return {"deleted": _delete_records(ids)}
 
 
 @operation(write=True)
-def record_tag(project, label, add=None, remove=None):
-    """Add and remove tags of record ``label``; returns ``{"tags": [...]}``, its new tags."""
+def record_tag(project, label, add=None, remove=None, saved_by=None):
+    """Add and remove tags of record ``label`` (a new version of it when its tags
+    change; ``saved_by`` as for ``record_save``); returns ``{"tags": [...]}``, its new tags."""
     row = _get_record(project, label)
     doc = json.loads(row.document)
     add, remove = _str_list(add, "add"), set(_str_list(remove, "remove"))
-    tags = [t for t in list(dict.fromkeys(list(doc.get("tags") or []) + add)) if t not in remove]
+    tags = [t for t in list(dict.fromkeys(record_tags(doc) + add)) if t not in remove]
     doc["tags"] = tags
-    Record.update(document=json.dumps(doc, ensure_ascii=False, separators=(",", ":")),
-                  updated_at=now()).where(Record.id == row.id).execute()
+    text = record_text(doc)
+    if text == row.document:
+        return {"tags": tags}
+    when = now()
+    Record.update(document=text, updated_at=when).where(Record.id == row.id).execute()
     RecordTag.delete().where(RecordTag.record == row.id).execute()
     if tags:
         RecordTag.insert_many([{"record": row.id, "tag": t} for t in tags]).execute()
+    _add_version(statements(), row.id, text, when, _saved_by(saved_by))
     return {"tags": tags}
 
 

@@ -10,7 +10,7 @@ import weakref
 
 import peewee as pw
 
-from .models import AppliedRequest, Job, JobStateChange, JobTag, Project, Record, RecordTag
+from .models import AppliedRequest, Job, JobStateChange, JobTag, Project, Record, RecordTag, RecordVersion
 
 _CACHE = weakref.WeakKeyDictionary()  # database -> Statements, gone with the database
 
@@ -43,7 +43,8 @@ class Statements:
         # record_save, the write of every Sumatra run (peewee's query building cost ~0.8 ms of it)
         project, record, tag = (q(m._meta.table_name) for m in (Project, Record, RecordTag))
         self.ensure_project = (f"INSERT INTO {project} ({q('name')}, {q('description')}, {q('public')}, "
-                               f"{q('created_at')}) VALUES ({p}, '', {p}, {p}) ON CONFLICT DO NOTHING")
+                               f"{q('created_at')}, {q('write_once')}) VALUES ({p}, '', {p}, {p}, {p}) "
+                               "ON CONFLICT DO NOTHING")
         self.find_record = (f"SELECT {q('id')}, {q('document')} FROM {record} "
                             f"WHERE {q('project_id')} = {p} AND {q('label')} = {p}")
         self.record_columns = ["project_id", "label", "timestamp", "sort_time", "reason", "outcome", "main_file",
@@ -57,6 +58,11 @@ class Statements:
                               f"WHERE {q('id')} = {p}")
         self.delete_record_tags = f"DELETE FROM {tag} WHERE {q('record_id')} = {p}"
         self.insert_record_tag = f"INSERT INTO {tag} ({q('record_id')}, {q('tag')}) VALUES ({p}, {p})"
+        version = q(RecordVersion._meta.table_name)
+        self.last_version = f"SELECT COALESCE(MAX({q('number')}), 0) FROM {version} WHERE {q('record_id')} = {p}"
+        self.insert_version = (f"INSERT INTO {version} ({q('record_id')}, {q('number')}, {q('saved_at')}, "
+                               f"{q('saved_by')}, {q('document')}) VALUES ({p}, {p}, {p}, {p}, {p})")
+        self.project_write_once = f"SELECT {q('write_once')} FROM {project} WHERE {q('name')} = {p}"
 
     deferring = False  # True during the applier's optimistic pass: inserts wait for flush()
 

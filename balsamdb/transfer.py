@@ -39,14 +39,18 @@ class OperationStore:
 
     kinds = KINDS
     limits = None
+    keeps_versions = True
 
     def __init__(self, name, db):
         self.name, self.db = name, db
+        self.versions = True  # records are read with their versions (off for a copy to a plain Sumatra server)
 
     def counts(self):
         return self.db.call("store_counts")
 
     def export(self, kind, after=None, limit=PAGE, since=None):
+        if kind == "record" and self.versions:
+            return self.db.call("export_items", kind=kind, after=after, limit=limit, since=since, versions=True)
         return self.db.call("export_items", kind=kind, after=after, limit=limit, since=since)
 
     def import_(self, items, dry_run=False):
@@ -97,6 +101,14 @@ def _postgres_store(url, create):
     database = pw.PostgresqlDatabase(params.pop("database"), connect_timeout=5, **params)
     database.connect()
     try:
+        from .sumatra_store import is_sumatra_postgres
+
+        if is_sumatra_postgres(database):
+            database.close()
+            if create:
+                raise ConfigError(f"{redact_url(url)} is Sumatra's own record store (Django): balsamdb reads it, "
+                                  "never writes it")
+            return SumatraDjangoStore(url, redact_url(url))
         version = models.current_version(database)
         if version == 0 and not create:
             raise ConfigError(f"{redact_url(url)} holds no balsamdb store (no schema)")
@@ -175,6 +187,8 @@ class SumatraStore:
 
     kinds = ("project", "record")
     limits = "a Sumatra record store holds projects and records only"
+    keeps_versions = False  # it keeps the current version of each record only
+    versions = False
 
     def __init__(self, base, user, password, name):
         import urllib3
@@ -286,6 +300,50 @@ class SumatraStore:
         self._http.clear()
 
 
+class SumatraDjangoStore:
+    """Sumatra's own Django record store on PostgreSQL (``smt init --store=postgres://...``), a
+    source of projects and records, read once through Sumatra's classes (see
+    :mod:`balsamdb.sumatra_store`): each record as ``smt`` would send it to an HTTP store."""
+
+    kinds = ("project", "record")
+    limits = "a Sumatra record store holds projects and records only"
+    keeps_versions = False
+    versions = False
+
+    def __init__(self, url, name):
+        from .operations import _sort_time
+        from .sumatra_store import read_sumatra_store
+
+        self.name = name
+        self._records = []
+        for project, document in read_sumatra_store(url, "django-postgres", name=name):
+            when = _sort_time(document.get("timestamp"))
+            self._records.append({"kind": "record", "project": project, "label": document["label"],
+                                  "document": document, "created_at": when, "updated_at": when})
+        self._records.sort(key=item_key)
+        self._projects = [{"kind": "project", "name": name, "description": "", "public": False, "created_at": None}
+                          for name in sorted({r["project"] for r in self._records})]
+
+    def counts(self):
+        return {"project": len(self._projects), "record": len(self._records)}
+
+    def export(self, kind, after=None, limit=PAGE, since=None):
+        items = {"project": self._projects, "record": self._records}.get(kind, [])
+        items = [i for i in items if (after is None or item_key(i) > after)
+                 and (since is None or kind != "record" or i["updated_at"] >= since)]
+        page = items[:limit]
+        return {"items": page, "next": item_key(page[-1]) if len(items) > limit else None, "now": time.time()}
+
+    def import_(self, items, dry_run=False):
+        raise TransferError(f"{self.name} is Sumatra's own record store: balsamdb reads it, never writes it")
+
+    def digest(self, until=None, exclude=None):
+        return digest_pages(self, until, exclude)
+
+    def close(self):
+        pass
+
+
 def digest_pages(store, until=None, exclude=None):
     """What the ``store_digest`` operation computes, from ``export_items`` pages read
     here: no request has to digest a whole large store inside the write server."""
@@ -389,6 +447,14 @@ def copy_store(src, dst, dry_run=False, progress=False, log=None, stop=None):
     ``log(sentence)`` hears about each pass; ``stop`` (a threading.Event) ends it early.
     """
     say = log or (lambda sentence: None)
+    versions_note = None
+    carry = src.keeps_versions and dst.keeps_versions
+    for end in (src, dst):
+        end.versions = carry  # both sides are read alike, or their digests differ
+    if src.keeps_versions and not dst.keeps_versions:
+        versions_note = (f"{dst.name} keeps no record versions: the current version of each record is copied, "
+                         "its earlier versions are not")
+        say(versions_note)
     kinds = [k for k in KINDS if k in src.kinds and k in dst.kinds]
     skipped = [k for k in KINDS if k in src.kinds and k not in dst.kinds]
     started = time.monotonic()
@@ -397,7 +463,10 @@ def copy_store(src, dst, dry_run=False, progress=False, log=None, stop=None):
     report = {"source": src.name, "destination": dst.name, "dry_run": dry_run, "kinds": kinds,
               "limits": [x for x in (src.limits, dst.limits) if x and skipped],
               "skipped_kinds": {k: counts.get(k, 0) for k in skipped}, "source_counts": counts,
-              "first_pass": {}, "during_copy": {}, "passes": 0}
+              "first_pass": {}, "during_copy": {}, "passes": 0,
+              "record_versions": "current only" if versions_note else "all"}
+    if versions_note:
+        report["limits"].append(versions_note)
     bar = Progress(progress, total, "copy" if not dry_run else "dry run")
     try:
         pass_start, totals = _one_pass(src, dst, kinds, None, dry_run, bar, stop)
@@ -627,6 +696,19 @@ def _smt_items(path, project):
                "created_at": when, "updated_at": when}
 
 
+def _sumatra_store_items(path, project, kind):
+    """The records of Sumatra's own store (each as ``smt`` would send it), as items."""
+    from .operations import _sort_time
+    from .sumatra_store import read_sumatra_store
+
+    items = []
+    for name, document in read_sumatra_store(path, kind):
+        when = _sort_time(document.get("timestamp"))
+        items.append({"kind": "record", "project": project or name, "label": document["label"],
+                      "document": document, "created_at": when, "updated_at": when})
+    return items
+
+
 def _runs(items, kinds, skipped):
     """``(kind, items)`` in runs of one kind, at most a page each; items of a kind not in
     ``kinds`` are counted in ``skipped`` instead."""
@@ -650,14 +732,22 @@ def import_file(path, dst, project=None, dry_run=False, progress=False):
     after the import every item of the file is checked to be present and equal.
     Returns a report dict."""
     from .sumatra_export import is_smt_export
+    from .sumatra_store import store_kind
 
     path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            start = handle.read(4096)
-    except OSError as exc:
-        raise TransferError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if is_smt_export(start):
+    store = store_kind(path)
+    start = b""
+    if store is None:
+        try:
+            with open(path, "rb") as handle:
+                start = handle.read(4096)
+        except OSError as exc:
+            raise TransferError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if store is not None:  # read once: the check below compares with the same records
+        records = _sumatra_store_items(path, project, store)
+        items, footer = records, None
+        kind_of_file = "Sumatra record store (Django, SQLite)" if store == "django" else "Sumatra record store (shelve)"
+    elif is_smt_export(start):
         items, kind_of_file, footer = _smt_items(path, project), "smt export", None
     else:
         footer = read_footer(path)
@@ -677,7 +767,7 @@ def import_file(path, dst, project=None, dry_run=False, progress=False):
     if not dry_run:
         # Check: the same items again, counted only: every one must now be present and equal.
         check = {}
-        again = _export_items(path) if footer is not None else _smt_items(path, project)
+        again = _export_items(path) if footer is not None else records if store else _smt_items(path, project)
         for _kind, batch in _runs(again, dst.kinds, {}):
             _import(dst, batch, True, check)
         if check.get("added") or check.get("updated"):

@@ -9,7 +9,10 @@ An *item* is one JSON object with a ``kind``; items of a store, in this order:
     user        {"kind": "user", "name", "password_hash", "admin", "created_at"}
     project     {"kind": "project", "name", "description", "public", "created_at"}
     permission  {"kind": "permission", "project", "user"}
-    record      {"kind": "record", "project", "label", "document", "created_at", "updated_at"}
+    record      {"kind": "record", "project", "label", "document", "created_at", "updated_at"
+                 [, "versions": [{"version", "saved_at", "saved_by", "document"}, ...], oldest first,
+                 the last one equal to "document"; only when asked for: a plain Sumatra
+                 server keeps no versions]}
     job         {"kind": "job", <every field of job_get>, "history": [{"time", "from_state",
                  "to_state", "message"}, ...]}
 
@@ -26,9 +29,9 @@ import peewee as pw
 
 from . import states
 from .exceptions import BadRequest
-from .models import Job, JobStateChange, JobTag, Project, ProjectPermission, Record, RecordTag, User
+from .models import Job, JobStateChange, JobTag, Project, ProjectPermission, Record, RecordTag, RecordVersion, User
 from .operations import (JOB_FIELDS, JOB_KEYS, MAX_LIST, _number, _object, _record_columns, _str_list, _text,
-                         _user_name, _uuid, job_to_dict, operation)
+                         _user_name, _uuid, compress, decompress, job_to_dict, operation, record_tags, record_text)
 
 KINDS = ("user", "project", "permission", "record", "job")
 PAGE = 1000  # items per page unless the caller asks for another size
@@ -56,10 +59,32 @@ def _permission_item(permission):
     return {"kind": "permission", "project": permission.project_id, "user": permission.user_id}
 
 
-def _record_item(record):
-    return {"kind": "record", "project": record.project_id, "label": record.label,
+def _record_item(record, versions=None):
+    item = {"kind": "record", "project": record.project_id, "label": record.label,
             "document": json.loads(record.document), "created_at": record.created_at,
             "updated_at": record.updated_at}
+    if versions is not None:
+        item["versions"] = versions
+    return item
+
+
+def _versions_of(record_ids):
+    """``{record id: [version items, oldest first]}`` for ``record_ids``."""
+    out = {record_id: [] for record_id in record_ids}
+    for chunk in _chunks(record_ids):
+        query = (RecordVersion.select().where(RecordVersion.record.in_(chunk))
+                 .order_by(RecordVersion.record, RecordVersion.number))
+        for row in query:
+            out[row.record_id].append({"version": row.number, "saved_at": row.saved_at, "saved_by": row.saved_by,
+                                       "document": json.loads(decompress(row.document))})
+    return out
+
+
+def _record_items(rows, versions):
+    if not versions:
+        return [_record_item(row) for row in rows]
+    kept = _versions_of([row.id for row in rows])
+    return [_record_item(row, kept[row.id]) for row in rows]
 
 
 def _job_items(jobs):
@@ -125,9 +150,11 @@ def item_key(item):
     return [item["id"]]
 
 
-def _items(kind, rows):
+def _items(kind, rows, versions=False):
     if kind == "job":
         return _job_items(rows)
+    if kind == "record":
+        return _record_items(rows, versions)
     return [{"user": _user_item, "project": _project_item, "permission": _permission_item,
              "record": _record_item}[kind](row) for row in rows]
 
@@ -147,13 +174,14 @@ def _check_after(after):
 
 
 @operation(write=False)
-def export_items(kind, after=None, limit=PAGE, since=None):
+def export_items(kind, after=None, limit=PAGE, since=None, versions=False):
     """One page of the store's items of ``kind`` (user, project, permission, record, job),
     in key order, starting just after the key ``after`` (the ``next`` of the previous page).
 
     ``since`` (UNIX seconds; records and jobs only) keeps only items changed at or
-    after that time: a catch-up pass of a copy.  Returns ``{"items": [...], "next":
-    key or null when this was the last page, "now": the store's clock}``.
+    after that time: a catch-up pass of a copy.  ``versions``: each record carries
+    its versions.  Returns ``{"items": [...], "next": key or null when this was the
+    last page, "now": the store's clock}``.
     """
     _check_kind(kind)
     after = _check_after(after)
@@ -162,9 +190,11 @@ def export_items(kind, after=None, limit=PAGE, since=None):
         raise BadRequest(f"limit is at most {MAX_PAGE}")
     since = None if since is None else _number(since, "since", float, float("-inf"))
     now = time.time()
+    if not isinstance(versions, bool):
+        raise BadRequest("versions must be true or false")
     rows = list(_page_query(kind, after, since).limit(limit + 1))
     more = len(rows) > limit
-    items = _items(kind, rows[:limit])
+    items = _items(kind, rows[:limit], versions)
     return {"items": items, "next": item_key(items[-1]) if more else None, "now": now}
 
 
@@ -182,7 +212,10 @@ def digest_content(item):
     """What of an item its digest covers: content, not bookkeeping that a plain Sumatra
     server cannot keep (when a record was stored, and updated)."""
     if item["kind"] == "record":
-        return {"label": item["label"], "document": item["document"]}
+        content = {"label": item["label"], "document": item["document"]}
+        if "versions" in item:
+            content["versions"] = item["versions"]
+        return content
     if item["kind"] == "project":
         return {"name": item["name"], "description": item["description"], "public": item["public"]}
     return item
@@ -329,10 +362,13 @@ def _clean_item(item):
         label = _text(item.get("label"), "record label", max_len=255)
         if document.get("label") != label:
             raise BadRequest(f"record {label!r}: the document's label differs")
-        _str_list(document.get("tags"), "record tags")
-        return {"kind": kind, "project": _text(item.get("project"), "project name", max_len=255), "label": label,
-                "document": document, "created_at": _time(item.get("created_at"), "created_at"),
-                "updated_at": _time(item.get("updated_at"), "updated_at")}
+        record_tags(document)
+        clean = {"kind": kind, "project": _text(item.get("project"), "project name", max_len=255), "label": label,
+                 "document": document, "created_at": _time(item.get("created_at"), "created_at"),
+                 "updated_at": _time(item.get("updated_at"), "updated_at")}
+        if "versions" in item:
+            clean["versions"] = _clean_versions(label, item["versions"], document)
+        return clean
     job = {name: check(item[name]) for name, check in JOB_FIELDS.items() if name in item}
     job.update(kind=kind, id=_uuid(item.get("id")), name=_text(item.get("name"), "job name", max_len=255),
                workflow=_text(item.get("workflow"), "workflow", max_len=255),
@@ -359,6 +395,25 @@ def _clean_item(item):
                                "to_state": change["to_state"],
                                "message": _text(change.get("message"), "message", required=False) or ""})
     return job
+
+
+def _clean_versions(label, versions, document):
+    if not isinstance(versions, list) or not versions:
+        raise BadRequest(f"record {label!r}: versions must be a non-empty list")
+    clean, last = [], 0
+    for version in versions:
+        version = _object(version, "a record version")
+        number = _number(version.get("version"), "version", int, 1)
+        if number <= last:
+            raise BadRequest(f"record {label!r}: version numbers must increase")
+        last = number
+        doc = _object(version.get("document"), "a version's document")
+        clean.append({"version": number, "saved_at": _time(version.get("saved_at"), "saved_at"),
+                      "saved_by": _text(version.get("saved_by"), "saved_by", required=False, max_len=255) or "",
+                      "document": doc})
+    if canonical(clean[-1]["document"]) != canonical(document):
+        raise BadRequest(f"record {label!r}: its last version is not its document")
+    return clean
 
 
 def _same(existing, item):
@@ -426,39 +481,64 @@ def _put_records(items, write):
         for chunk in _chunks(labels):
             for row in Record.select().where((Record.project == project) & (Record.label.in_(chunk))):
                 existing[(row.project_id, row.label)] = row
+    with_versions = any("versions" in item for item in items)
+    kept = _versions_of([row.id for row in existing.values()]) if with_versions else {}
     outcomes, new_rows, new_tags, changed = [], [], [], []
     for item in items:
         row = existing.get((item["project"], item["label"]))
-        if row is not None and _same(_record_item(row), item):
+        if row is not None and _same(_record_item(row, kept[row.id] if "versions" in item else None), item):
             outcomes.append("unchanged")
             continue
         outcomes.append("added" if row is None else "updated")
         if write:
             document = item["document"]
             values = dict(_record_columns(document), project=item["project"], label=item["label"],
-                          document=json.dumps(document, ensure_ascii=False, separators=(",", ":")),
+                          document=record_text(document),
                           created_at=item["created_at"], updated_at=item["updated_at"])
-            (new_rows if row is None else changed).append((values, row, _str_list(document.get("tags"), "tags")))
+            (new_rows if row is None else changed).append((values, row, record_tags(document), item))
     if not write:
         return outcomes
-    for project in {values["project"] for values, _row, _tags in new_rows + changed}:
-        first = min(values["created_at"] for values, _row, _tags in new_rows + changed if values["project"] == project)
+    for project in {values["project"] for values, _row, _tags, _item in new_rows + changed}:
+        first = min(values["created_at"] for values, _row, _tags, _item in new_rows + changed
+                    if values["project"] == project)
         Project.get_or_create(name=project, defaults={"created_at": first})
-    for values, row, tags in changed:
+    new_versions = []
+    for values, row, tags, item in changed:
         Record.update(**values).where(Record.id == row.id).execute()
         RecordTag.delete().where(RecordTag.record == row.id).execute()
         new_tags.extend({"record": row.id, "tag": t} for t in tags)
+        new_versions.extend(_version_rows(row.id, item, values["document"]))
     for chunk in _chunks(new_rows, 200):
-        Record.insert_many([values for values, _row, _tags in chunk]).execute()
-        keys = {(values["project"], values["label"]): tags for values, _row, tags in chunk}
+        Record.insert_many([values for values, _row, _tags, _item in chunk]).execute()
+        keys = {(values["project"], values["label"]): (tags, item, values["document"])
+                for values, _row, tags, item in chunk}
         for project in {p for p, _l in keys}:
             labels = [label for p, label in keys if p == project]
             for row in Record.select(Record.id, Record.label).where((Record.project == project) &
                                                                     (Record.label.in_(labels))):
-                new_tags.extend({"record": row.id, "tag": t} for t in keys[(project, row.label)])
+                tags, item, text = keys[(project, row.label)]
+                new_tags.extend({"record": row.id, "tag": t} for t in tags)
+                new_versions.extend(_version_rows(row.id, item, text, new=True))
     for chunk in _chunks(new_tags):
         RecordTag.insert_many(chunk).execute()
+    for chunk in _chunks(new_versions, 100):
+        RecordVersion.insert_many(chunk).execute()
     return outcomes
+
+
+def _version_rows(record_id, item, text, new=False):
+    """The version rows to insert for an imported record: its own versions when the item
+    carries them (replacing the record's), else its document as the next version (nothing
+    is lost when an import replaces a record)."""
+    if "versions" in item:
+        if not new:
+            RecordVersion.delete().where(RecordVersion.record == record_id).execute()
+        return [{"record": record_id, "number": v["version"], "saved_at": v["saved_at"], "saved_by": v["saved_by"],
+                 "document": compress(record_text(v["document"]))} for v in item["versions"]]
+    last = 0 if new else (RecordVersion.select(pw.fn.MAX(RecordVersion.number))
+                          .where(RecordVersion.record == record_id).scalar() or 0)
+    return [{"record": record_id, "number": last + 1, "saved_at": item["updated_at"], "saved_by": "",
+             "document": compress(text)}]
 
 
 def _put_jobs(items, write):

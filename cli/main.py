@@ -10,7 +10,9 @@ from .dbserver import dbserver
 from .init import init
 from .job import job
 from .ls import ls
+from .project import project
 from .record import record
+from .relay import relay
 from .spool import spool
 from .transfer import configure, copy, export, import_
 from .serve import serve
@@ -36,5 +38,5 @@ def main():
     """
 
 
-for command in (init, which, ls, job, record, dbserver, spool, user, serve, copy, configure, export, import_, bench):
+for command in (init, which, ls, job, record, project, dbserver, spool, user, serve, relay, copy, configure, export, import_, bench):
     main.add_command(command)

@@ -2,12 +2,16 @@
 
 import click
 
-from .common import echo_json, echo_table, json_option, open_db, parse_json, path_option, shorten
+from balsamdb.exceptions import NotFound
+
+from .common import echo_json, echo_table, format_time, json_option, open_db, parse_json, path_option, shorten
 
 
 @click.group("record")
 def record():
     """Save, list, show, tag and remove Sumatra provenance records
+
+    A save replaces a record and keeps every earlier version (db record history).
 
     Example:
 
@@ -15,6 +19,7 @@ def record():
         db record add myproject run.json
         db record ls myproject --tag paper
         db record show myproject 20240101-120000
+        db record history myproject 20240101-120000
     """
 
 
@@ -29,9 +34,10 @@ _RECORD_EXAMPLE = '{"label": "run-1", "timestamp": "2024-01-01 12:00:00", ...}'
 def add(project, file, path, as_json):
     """Save a record document (a JSON object with a label) from a file or stdin
 
-    FILE.json is "-" for stdin.  Saving a label again may change only the
-    run-result fields (duration, outcome, tags, ...); its provenance is
-    write-once.
+    FILE.json is "-" for stdin.  Saving a label again replaces the record and
+    keeps the earlier document as a version (db record history); in a
+    write-once project (db project set P --write-once) only the run-result
+    fields (duration, outcome, tags, ...) may change.
 
     Example:
 
@@ -62,9 +68,10 @@ def _duration(value):
 @click.argument("project")
 @path_option
 @click.option("--tag", "-t", "tags", multiple=True, help="Only records with this tag (repeat: all of them)")
+@click.option("--any-tag", is_flag=True, help="Records with any of the --tag tags instead of all of them")
 @click.option("--limit", type=click.IntRange(min=0), help="Show at most this many records")
 @json_option
-def ls(project, path, tags, limit, as_json):
+def ls(project, path, tags, any_tag, limit, as_json):
     """List the records of a project, newest first
 
     Example:
@@ -72,14 +79,24 @@ def ls(project, path, tags, limit, as_json):
     \b
         db record ls myproject
         db record ls myproject --tag paper --json
+        db record ls myproject --tag paper --tag talk --any-tag
     """
+    if any_tag and not tags:
+        raise click.UsageError("--any-tag needs the tags: --tag A --tag B --any-tag")
     with open_db(path) as db:
-        documents = db.records.list(project, tags=list(tags), limit=limit)
+        documents = db.records.list(project, tags=list(tags), limit=limit, match="any" if any_tag else "all")
+        if not documents:
+            try:
+                db.projects.get(project)
+            except NotFound:
+                raise click.ClickException(f"project {project!r} does not exist (db project ls lists them)") \
+                    from None
     if as_json:
         echo_json(documents)
         return
     if not documents:
-        click.echo(f"No records in project {project}" + (f" tagged {', '.join(tags)}." if tags else "."))
+        joined = (" or " if any_tag else ", ").join(tags)
+        click.echo(f"No records in project {project}" + (f" tagged {joined}." if tags else "."))
         return
     echo_table(
         ["label", "timestamp", "tags", "outcome", "duration"],
@@ -92,8 +109,10 @@ def ls(project, path, tags, limit, as_json):
 @click.argument("project")
 @click.argument("label")
 @path_option
+@click.option("--version", "version", type=click.IntRange(min=1), metavar="N",
+              help="Show version N of the record (db record history lists them)")
 @json_option
-def show(project, label, path, as_json):
+def show(project, label, path, version, as_json):
     """Print a record document as it was saved
 
     The output is the JSON document, with or without --json.
@@ -102,10 +121,39 @@ def show(project, label, path, as_json):
 
     \b
         db record show myproject 20240101-120000
+        db record show myproject 20240101-120000 --version 1
     """
     with open_db(path) as db:
-        document = db.records.get(project, label)
+        document = db.records.get(project, label, version=version)
     echo_json(document)
+
+
+@record.command("history")
+@click.argument("project")
+@click.argument("label")
+@path_option
+@json_option
+def history(project, label, path, as_json):
+    """List the versions of a record, oldest first: when, by whom, what changed
+
+    Every save that changed the record made a version; the last is the
+    current record.  "saved by" is the HTTP user, or user@host of the
+    process that saved it.
+
+    Example:
+
+    \b
+        db record history myproject 20240101-120000
+        db record show myproject 20240101-120000 --version 2
+    """
+    with open_db(path) as db:
+        versions = db.records.versions(project, label)
+    if as_json:
+        echo_json(versions)
+        return
+    echo_table(["version", "saved at", "saved by", "bytes", "changed"],
+               [[str(v["version"]), format_time(v["saved_at"]), v["saved_by"] or "(unknown)", str(v["bytes"]),
+                 shorten(", ".join(v["changed"]), 60) if v["version"] > 1 else "(first)"] for v in versions])
 
 
 @record.command("tag")

@@ -164,25 +164,31 @@ def export(file, path, store, as_json):
 
 
 @click.command("import", context_settings=CONTEXT_SETTINGS)
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", type=click.Path(dir_okay=False))  # a shelve store is records.dat/.dir on disk
 @path_option
 @click.option("--store", "store", metavar="STORE", help=f"Import into this store instead of --path: {STORE_HELP}.")
-@click.option("--project", metavar="NAME", help="Project of records from `smt export` that do not name one.")
+@click.option("--project", metavar="NAME", help="Project of records from `smt export` that do not name one; "
+                                                  "for Sumatra's own store, the project of all its records.")
 @click.option("--dry-run", is_flag=True, help="Only count what would be added and updated; write nothing.")
 @json_option
 def import_(file, path, store, project, dry_run, as_json):
-    """Read a file of `db export`, or the JSON of Sumatra's `smt export`, into a store
+    """Read a file of `db export`, the JSON of Sumatra's `smt export`, or the
+    record store that `smt` keeps (.smt/records), into a store
 
     Items already present and equal are left alone, so importing twice changes
     nothing.  A balsamdb export without its end line (truncated) is refused
     before anything is written; after the import, every item of the file is
-    checked to be present and equal.
+    checked to be present and equal.  Sumatra's own store (Django's SQLite
+    file, or a shelve file) is read through Sumatra's classes, so sumatra (and
+    Django, for the SQLite one) must be installed; it may be in use by a
+    running smt.
 
     Example:
 
     \b
         db import backup.jsonl --path ~/runs/newdb
         db import .smt/records_export.json --project MyProject
+        db import .smt/records --path ~/runs/db
     """
     destination = transfer.open_store(store or resolve_db_path(path)[0], create=True)
     try:

@@ -71,7 +71,7 @@ SUMATRA_MEDIA_TYPE = re.compile(r"application/vnd\.sumatra\.[a-z-]+-v\d+\+json")
 PROJECT_PARAMS = {"project_save": "name", "project_get": "name", "record_save": "project", "record_get": "project",
                   "record_list": "project", "record_labels": "project", "record_delete": "project",
                   "record_delete_by_tag": "project", "record_tag": "project", "permission_list": "project",
-                  "permission_grant": "project"}
+                  "permission_grant": "project", "record_versions": "project"}
 CODE_OF_STATUS = {400: "bad_request", 401: "auth", 403: "auth", 404: "not_found", 405: "bad_request",
                   406: "bad_request", 409: "conflict", 413: "too_large", 429: "auth", 500: "internal",
                   503: "unavailable"}
@@ -270,6 +270,7 @@ _PROJECTS = """<h1>Projects</h1>
 _PROJECT = """<h1>{{ project }}</h1>
 {% if info.description %}<p>{{ info.description }}</p>{% endif %}
 {% if info.public %}<p class="muted">public: anyone may read it</p>{% endif %}
+{% if info.write_once %}<p class="muted">write-once: a save may not change a record's provenance</p>{% endif %}
 <p class="muted">{{ total }} record{{ "" if total == 1 else "s" }}{% if tags %} tagged {{ tags|join(", ") }}
 (<a href="{{ base }}{{ project|urlpart }}/">all records</a>){% endif %}{% if total > records|length %};
 the newest {{ records|length }} shown{% endif %} &middot; <a href="?format=json{% if tags %}&amp;tags={{ tags|join(",")|urlencode }}{% endif %}">JSON</a></p>
@@ -280,7 +281,8 @@ the newest {{ records|length }} shown{% endif %} &middot; <a href="?format=json{
 </table>{% endif %}"""
 
 _RECORD = """<h1>{{ r.label }}</h1>
-<p class="muted"><a href="?format=json">JSON</a></p>
+<p class="muted"><a href="?{% if version %}version={{ version }}&amp;{% endif %}format=json">JSON</a>{% if version %} &middot; version {{ version }}{% endif %}
+&middot; <a href="?versions">versions</a></p>
 <table>
 {% for name, value in fields %}<tr><th>{{ name }}</th><td>{{ value }}</td></tr>{% endfor %}
 <tr><th>tags</th><td>{% for t in r.tags or [] %}<a class="tag" href="{{ base }}{{ project|urlpart }}/?tags={{ t|urlencode }}">{{ t }}</a>{% endfor %}</td></tr>
@@ -292,6 +294,14 @@ _RECORD = """<h1>{{ r.label }}</h1>
 <h2>Program output</h2><pre>{{ output }}</pre>
 {% if r.diff %}<h2>Uncommitted changes</h2><pre>{{ r.diff }}</pre>{% endif %}"""
 
+_VERSIONS = """<h1>{{ label }}: versions</h1>
+<p class="muted">every save that changed the record, oldest first; the last is the current record
+&middot; <a href="?versions&amp;format=json">JSON</a></p>
+<table><tr><th>version</th><th>saved at (UTC)</th><th>saved by</th><th>bytes</th><th>changed</th></tr>
+{% for v in versions %}<tr><td><a href="?version={{ v.version }}">{{ v.version }}</a></td><td>{{ v.saved_at|utc }}</td>
+<td>{{ v.saved_by }}</td><td>{{ v.bytes }}</td><td>{{ v.changed|join(", ") }}</td></tr>{% endfor %}
+</table>"""
+
 _ERROR = """<h1>{{ status }}</h1><p>{{ message }}</p>"""
 
 
@@ -299,6 +309,10 @@ def _seconds(value):
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"{value:.2f} s"
     return ""
+
+
+def _utc(seconds):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)) if isinstance(seconds, (int, float)) else ""
 
 
 def _record_fields(doc):
@@ -338,7 +352,7 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
     app = flask.Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_body
     app.url_map.merge_slashes = False  # a label may hold "//": never redirect it to another record
-    app.jinja_env.filters.update(urlpart=_url_part, seconds=_seconds)
+    app.jinja_env.filters.update(urlpart=_url_part, seconds=_seconds, utc=_utc)
     request = flask.request
     g = flask.g
 
@@ -535,42 +549,46 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
         return project_listing(project, tags_param())
 
     def project_listing(name, tags):
+        """The project and its records; with ``tags``, the records having any of them (the
+        Sumatra Server API's meaning of ``?tags=a,b``)."""
         project = readable_project(name)
-        labels = store.read("record_labels", project=name, tags=tags)
+        labels = store.read("record_labels", project=name, tags=tags, match="any")
         data = {"id": name, "name": name, "description": project["description"], "public": project["public"],
-                "created_at": project["created_at"], "tags": tags,
+                "write_once": project["write_once"], "created_at": project["created_at"], "tags": tags,
                 "records": [f"{project_url(name)}{_url_part(label)}/" for label in labels]}
 
         def html():
-            records = store.read("record_list", project=name, tags=tags, limit=HTML_RECORD_LIMIT)
+            records = store.read("record_list", project=name, tags=tags, limit=HTML_RECORD_LIMIT, match="any")
             return name, _PROJECT, {"project": name, "info": project, "records": records, "total": len(labels),
                                     "tags": tags}
         return reply(data, html=html)
 
     def put_project(name):
         body = json_body("project")
-        description, public = body.get("description"), body.get("public")
-        if public is not None and not isinstance(public, bool):
-            raise HTTPError(400, "public must be true or false")
+        description, public, write_once = body.get("description"), body.get("public"), body.get("write_once")
+        for flag, value in (("public", public), ("write_once", write_once)):
+            if value is not None and not isinstance(value, bool):
+                raise HTTPError(400, f"{flag} must be true or false")
         if description is not None and not isinstance(description, str):
             raise HTTPError(400, "description must be a string")
+        settings = {"description": description, "public": public, "write_once": write_once}
         existing = writable_project(name, create=True)
         if existing is None:  # made by this request (or by a racing one a moment ago)
-            if description is not None or public is not None:
-                store.write("project_save", name=name, description=description, public=public)
+            if any(v is not None for v in settings.values()):
+                store.write("project_save", name=name, **settings)
             status = 201
         else:
-            changes = (description is not None and description != existing["description"]) or \
-                      (public is not None and public != existing["public"])
+            changes = any(v is not None and v != existing[k] for k, v in settings.items())
             if changes:
-                store.write("project_save", name=name, description=description, public=public)
+                store.write("project_save", name=name, **settings)
                 status = 200
             else:
                 young = time.time() - existing["created_at"] < create_window
                 status = 201 if young or store.read("project_get", name=name)["records"] == 0 else 200
         project = store.read("project_get", name=name, count=False)
         return reply({"id": name, "name": name, "description": project["description"],
-                      "public": project["public"], "created_at": project["created_at"]}, status)
+                      "public": project["public"], "write_once": project["write_once"],
+                      "created_at": project["created_at"]}, status)
 
     @app.route("/<project>/<path:label>/", methods=["GET", "PUT", "DELETE", "POST"])
     def below_project(project, label):
@@ -593,6 +611,14 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
         allow(method, "GET", "PUT", "DELETE")
         if method == "GET":
             readable_project(project)
+            if "versions" in request.args:
+                return versions_reply(project, label)
+            version = request.args.get("version")
+            if version is not None:
+                if not version.isdigit() or int(version) < 1:
+                    raise HTTPError(400, f"version must be a number from 1, not {version!r} (see ?versions)")
+                doc = store.read("record_get", project=project, label=label, version=int(version))
+                return record_reply(project, doc, int(version))
             return record_reply(project, store.read("record_get", project=project, label=label))
         if method == "PUT":
             return put_record(project, label)
@@ -605,14 +631,20 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
             raise HTTPError(405, f"{method} is not allowed here; use {', '.join(methods)}",
                             {"Allow": ", ".join(methods)})
 
-    def record_reply(project, doc):
+    def versions_reply(project, label):
+        versions = store.read("record_versions", project=project, label=label)
+        return reply({"project": project, "label": label, "versions": versions},
+                     html=lambda: (f"{label}: versions", _VERSIONS, {"project": project, "label": label,
+                                                                      "versions": versions}))
+
+    def record_reply(project, doc, version=None):
         def html():
             output = str(doc.get("stdout_stderr") or "")
             if len(output) > HTML_OUTPUT_CHARS:
                 output = output[:HTML_OUTPUT_CHARS] + f"\n... ({len(output) - HTML_OUTPUT_CHARS} more characters: " \
                                                       "see the JSON)"
             return str(doc.get("label")), _RECORD, {"project": project, "r": doc, "output": output,
-                                                    "fields": _record_fields(doc)}
+                                                    "fields": _record_fields(doc), "version": version}
         return reply(doc, html=html)
 
     def put_record(project, label):
@@ -621,7 +653,7 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
             raise HTTPError(400, f"the record's label {record.get('label')!r} differs from the label in the "
                                  f"URL {label!r}")
         writable_project(project, create=True)
-        created = store.write("record_save", project=project, record=record)["created"]
+        created = store.write("record_save", project=project, record=record, saved_by=g.user["name"])["created"]
         return reply({"project": project, "label": label, "created": created}, 201 if created else 200)
 
     def tagged(project, tag, method):
@@ -686,6 +718,8 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
                 raise HTTPError(403, f"{op} needs an admin user (db user add NAME --admin)")
             return reply({"ok": True, "result": store.db().call(op, **params)})
         operation = lookup(op)  # BadRequest (400) for an unknown one
+        if "saved_by" in operation.signature.parameters:
+            params = dict(params, saved_by=user["name"])  # who saved a record version: the logged-in user
         bind_params(operation, params)  # and for parameters it does not take, before any other answer
         authorize(operation, params)
         # One user's ids never meet another's: the store keys the request by both.

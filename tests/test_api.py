@@ -167,11 +167,16 @@ def test_records_are_stored_unchanged_and_filled_in(db):
     assert db.records.labels("P", tags=["_initialized_"]) == []
 
 
-def test_write_once_fields_conflict(db):
+def test_a_save_replaces_and_write_once_is_a_project_option(db):
     db.records.save("P", _record("run-1"))
+    assert db.records.save("P", _record("run-1", version="def")) is False  # replaced, as in Sumatra's stores
+    assert db.records.get("P", "run-1")["version"] == "def"
+    assert db.records.get("P", "run-1", version=1)["version"] == "abc"
+    db.projects.save("P", write_once=True)
     with pytest.raises(balsamdb.Conflict, match="version"):
-        db.records.save("P", _record("run-1", version="def"))
-    assert db.records.get("P", "run-1")["version"] == "abc"
+        db.records.save("P", _record("run-1", version="ghi"))
+    assert db.records.get("P", "run-1")["version"] == "def"
+    assert [v["version"] for v in db.records.versions("P", "run-1")] == [1, 2]
 
 
 def test_record_listing_tags_and_deletes(db):

@@ -471,7 +471,7 @@ def test_record_add_ls_show(run_db, store, tmp_path):
     assert listed == [second, RECORD]
     assert [d["label"] for d in json.loads(ok(run_db("record", "ls", "proj", "-t", "paper", "--path", store,
                                                      "--json")))] == [RECORD["label"]]
-    assert "No records in project other." in ok(run_db("record", "ls", "other", "--path", store))
+    refused(run_db("record", "ls", "other", "--path", store), "project 'other' does not exist")  # not "No records"
 
     shown = ok(run_db("record", "show", "proj", RECORD["label"], "--path", store))
     assert json.loads(shown) == RECORD
@@ -512,6 +512,7 @@ def test_record_errors(run_db, store, tmp_path):
     refused(run_db("record", "add", "proj", "-", "--path", store, input='{"timestamp": "x"}'),
             "record label must be a non-empty string")
     _save_records(run_db, store, tmp_path)
+    ok(run_db("project", "set", "proj", "--write-once", "--path", store))
     refused(run_db("record", "add", "proj", "-", "--path", store, input=json.dumps(dict(RECORD, version="zzz"))),
             "write-once", "use another label")
 

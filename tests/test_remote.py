@@ -78,7 +78,7 @@ def test_a_retry_of_one_request_id_is_applied_once(remote):
     # Another user's request with the same id is another request.
     ada = balsamdb.connect(_url(served, "ada", USERS["ada"]), client_deadline=5)
     assert ada.request("record_save", {"project": "A", "record": {"label": "x"}},
-                       request_id="retry-me-0123456789") == {"created": True}
+                       request_id="retry-me-0123456789") == {"created": True, "version": 1}
     assert local.records.labels("A") == ["x"]
 
 

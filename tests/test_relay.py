@@ -1,0 +1,161 @@
+"""`db relay`: `smt` keeps working while its record store is down, and nothing is lost or doubled."""
+
+import base64
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from helpers import db_cli, kill_everything, require_smt
+from served import PASSWORDS, Served
+
+import balsamdb
+from balsamdb.passwords import hash_password
+
+RUNS = 16
+DRAIN_DEADLINE = 300.0
+
+
+@pytest.fixture
+def store(tmp_path, request):
+    path = tmp_path / "db"
+    from balsamdb.dbdir import DBDirectory
+
+    DBDirectory(path).init()
+    request.addfinalizer(lambda: kill_everything(path))
+    with balsamdb.connect(path) as db:
+        for name, password in PASSWORDS.items():
+            db.call("user_save", name=name, password_hash=hash_password(password))
+    started = db_cli("dbserver", "--path", path)
+    request.addfinalizer(lambda: db_cli("dbserver", "--stop", "--path", path))
+    assert started.returncode == 0, started.stderr
+    servers = [Served(path, tmp_path)]
+    request.addfinalizer(lambda: [s.stop() for s in servers if s.proc.poll() is None])
+
+    def restart():
+        servers.append(Served(path, tmp_path, port=servers[0].port))
+        return servers[-1]
+
+    return servers[0], restart
+
+
+@pytest.fixture
+def relay(store, tmp_path, request):
+    served, _restart = store
+    directory = tmp_path / "relay"
+    started = db_cli("relay", "--to", served.url("ada"), "--dir", directory, "--port", "0", "--json")
+    request.addfinalizer(lambda: db_cli("relay", "--stop", "--dir", directory))
+    assert started.returncode == 0, started.stderr
+    info = json.loads(started.stdout)
+    assert oct((directory / "token").stat().st_mode & 0o777) == "0o600"
+    assert oct(directory.stat().st_mode & 0o777) == "0o700"
+    user, _, password = (directory / "token").read_text().strip().partition(":")
+    return info["url"], user, password, directory
+
+
+def status(url, user, password):
+    request = urllib.request.Request(url + "_relay/status", headers={
+        "Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def test_smt_runs_through_the_relay_while_the_store_is_down(store, relay, tmp_path):
+    require_smt("httplib2")
+    from test_http_store import SmtSession
+
+    served, restart = store
+    url, user, password, directory = relay
+    smt = SmtSession(tmp_path / "work")
+    relay_url = url.replace("http://", f"http://{user}:{password}@")
+    smt("init", f"--store={relay_url}", "--main=main.py", "--executable=" + sys.executable,
+        "--labelgenerator=uuid", "Offline")
+    smt("run", "--label=before", "0")  # through the relay while the store is up
+    procs = [smt.popen("run", str(i)) for i in range(1, RUNS + 1)]
+    served.proc.kill()  # the store goes away while the runs save
+    served.proc.wait(30)
+    outputs = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out
+        outputs.append(out)
+    labels = {out.split("Record label for this run: '", 1)[1].split("'", 1)[0] for out in outputs}
+    assert len(labels) == RUNS
+    listed = smt("list")  # reads while the store is down: from the relay's spool and copy
+    assert labels | {"before"} <= set(listed.stdout.split())
+    waiting = status(url, user, password)
+    assert waiting["waiting"] > 0 and waiting["store_up"] is False, waiting
+    unrefused = db_cli("relay", "--status", "--dir", directory)
+    assert "store unreachable" in unrefused.stdout, unrefused.stdout
+
+    restart()
+    end = time.monotonic() + DRAIN_DEADLINE
+    while (now := status(url, user, password))["waiting"]:
+        assert time.monotonic() < end, f"the relay did not forward its spool within {DRAIN_DEADLINE} s: {now}"
+        time.sleep(0.2)  # wait-ok: polls the relay's status with the deadline above
+    assert now["refused"] == 0
+    with balsamdb.connect(served.path) as db:
+        assert set(db.records.labels("Offline")) == labels | {"before"}
+        for label in labels:
+            doc = db.records.get("Offline", label)
+            assert doc["duration"] and doc["output_data"] and "_finished_" in doc["tags"], doc
+            versions = [db.records.get("Offline", label, version=v["version"])
+                        for v in db.records.versions("Offline", label)]
+            tags = [v["tags"] for v in versions]
+            assert len(versions) == 5 and tags[0] == ["_initialized_"] and tags[-1] == ["_finished_"], tags
+            assert {v["saved_by"] for v in db.records.versions("Offline", label)} == {"ada"}
+    (tmp_path / "relay-session.txt").write_text("\n".join(smt.transcript))
+    print("\n---- smt through the relay ----\n" + "\n".join(smt.transcript[-3:]))
+
+
+def test_the_relay_wants_its_token(relay):
+    url, user, _password, _directory = relay
+    for auth in (None, f"{user}:wrong"):
+        request = urllib.request.Request(url, headers={} if auth is None else {
+            "Authorization": "Basic " + base64.b64encode(auth.encode()).decode()})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 401 and "Basic" in refused.value.headers["WWW-Authenticate"]
+    assert url.startswith("http://127.0.0.1:")
+
+
+def test_answered_saves_survive_a_killed_relay(store, relay):
+    import http.client
+    import os
+    import signal
+    from urllib.parse import urlsplit
+
+    from test_http_store import record
+
+    served, restart = store
+    url, user, password, directory = relay
+    served.proc.kill()
+    served.proc.wait(30)
+    token = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    docs = [record(f"r{i}", tags=["_finished_"], stdout_stderr=f"output {i} ✓") for i in range(3)]
+    where = urlsplit(url)
+    for doc in docs:
+        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+        conn.request("PUT", f"/Kept/{doc['label']}/", json.dumps(doc), {"Authorization": token})
+        assert conn.getresponse().status == 201
+        conn.close()
+    assert status(url, user, password)["waiting"] == 3
+    pid = json.loads((directory / "relay.json").read_text())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    end = time.monotonic() + 30
+    while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+        assert time.monotonic() < end, "the killed relay did not go away"
+        time.sleep(0.05)  # wait-ok: polls for the process to end, with the deadline above
+    restart()
+    again = db_cli("relay", "--to", served.url("ada"), "--dir", directory, "--port", "0", "--json")
+    assert again.returncode == 0, again.stderr
+    url = json.loads(again.stdout)["url"]
+    end = time.monotonic() + DRAIN_DEADLINE
+    while (now := status(url, user, password))["waiting"]:
+        assert time.monotonic() < end, now
+        time.sleep(0.1)  # wait-ok: polls the relay's status with the deadline above
+    with balsamdb.connect(served.path) as db:
+        assert [db.records.get("Kept", d["label"]) for d in docs] == docs
+        assert all(len(db.records.versions("Kept", d["label"])) == 1 for d in docs)

@@ -1,0 +1,146 @@
+"""`db import .smt/records`: the record store that the real `smt` keeps (Django's SQLite file by
+default, a shelve file without Django), read through Sumatra's own classes, also while locked."""
+
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+
+import pytest
+from helpers import require_smt
+from test_sumatra_export import SmtProject
+
+import balsamdb
+from balsamdb.dbdir import DBDirectory
+
+IMPORT_TIMEOUT = 300
+
+
+def db_import(*args):
+    return subprocess.Popen([sys.executable, "-m", "balsamdb.cli", "import", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finished(proc):
+    out, err = proc.communicate(timeout=IMPORT_TIMEOUT)
+    assert proc.returncode == 0, err
+    return json.loads(out)
+
+
+@pytest.fixture
+def project(tmp_path):
+    require_smt("django")
+    return SmtProject(tmp_path / "work")
+
+
+@pytest.fixture
+def dst(tmp_path):
+    path = tmp_path / "db"
+    DBDirectory(path).init()
+    return path
+
+
+def smt_records(project, name):
+    """What smt itself sends to an HTTP store for each record (its own classes, its own JSON)."""
+    code = ("import json, sys; from sumatra.projects import load_project; "
+            "from sumatra.recordstore import serialization; p = load_project(); "
+            "print(json.dumps({r.label: json.loads(serialization.encode_record(r)) "
+            "for r in p.record_store.list(p.name)}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=project.workdir, env=project.env, capture_output=True,
+                          text=True, timeout=60, check=True)
+    return json.loads(proc.stdout)
+
+
+def test_import_of_the_django_store_that_smt_keeps(project, dst):
+    project("init", "--main=main.py", "--executable=" + sys.executable, "MyProject")
+    project("run", "--reason=first try", "default.param", "n=2")
+    project("run", "--label=second", "--tag=t0", "default.param", "n=3")
+    project("tag", "paper", "second")
+    store = project.workdir / ".smt" / "records"
+    assert store.read_bytes()[:16] == b"SQLite format 3\x00"  # Django's store, smt's default
+    report = finished(db_import(store, "--path", dst, "--json"))
+    assert report["format"] == "Sumatra record store (Django, SQLite)" and report["verified"] is True
+    assert report["items"]["record"]["added"] == 2
+    expected = smt_records(project, "MyProject")
+    with balsamdb.connect(dst) as db:
+        assert {label: db.records.get("MyProject", label) for label in db.records.labels("MyProject")} == expected
+        assert db.records.labels("MyProject", tags=["paper"]) == ["second"]
+        assert [v["version"] for v in db.records.versions("MyProject", "second")] == [1]
+    again = finished(db_import(store, "--path", dst, "--json"))
+    assert again["items"]["record"] == {"added": 0, "updated": 0, "unchanged": 2}
+
+
+def test_import_waits_for_a_store_locked_by_a_writer(project, dst):
+    project("init", "--main=main.py", "--executable=" + sys.executable, "MyProject")
+    project("run", "--label=one", "default.param", "n=2")
+    store = project.workdir / ".smt" / "records"
+    locked, release = threading.Event(), threading.Event()
+
+    def writer():  # what smt does while it saves: a write transaction on the store
+        con = sqlite3.connect(store, isolation_level=None)
+        con.execute("begin exclusive")
+        con.execute("update django_store_record set reason = 'changed while importing'")
+        locked.set()
+        release.wait(60)
+        con.execute("commit")
+        con.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert locked.wait(30), "the writer did not take the lock"
+        proc = db_import(store, "--path", dst, "--json")
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=2.0)  # it waits for the lock; it does not fail, nor read half a write
+    finally:
+        release.set()
+        thread.join(60)
+    report = finished(proc)
+    assert report["verified"] is True
+    with balsamdb.connect(dst) as db:
+        assert db.records.get("MyProject", "one")["reason"] == "changed while importing"
+
+
+def test_import_of_a_shelve_store(project, dst, tmp_path):
+    shelf = tmp_path / "records.shelf"  # what smt makes when Django is absent (or asked for a .shelf)
+    project("init", f"--store={shelf}", "--main=main.py", "--executable=" + sys.executable, "Shelved")
+    project("run", "--label=s1", "default.param", "n=4")
+    report = finished(db_import(shelf, "--path", dst, "--json", "--project", "Renamed"))
+    assert report["format"] == "Sumatra record store (shelve)" and report["items"]["record"]["added"] == 1
+    with balsamdb.connect(dst) as db:
+        doc = db.records.get("Renamed", "s1")
+    assert doc == smt_records(project, "Shelved")["s1"]
+
+
+def test_a_file_that_is_no_store_is_refused_clearly(dst, tmp_path):
+    other = tmp_path / "other.sqlite3"
+    sqlite3.connect(other).execute("create table t (x)").connection.close()
+    proc = db_import(other, "--path", dst)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in err and err.startswith("Error:"), err
+    missing = db_import(tmp_path / "nothing-here", "--path", dst)
+    _out, err = missing.communicate(timeout=60)
+    assert missing.returncode == 1 and "cannot read" in err and "No such file" in err, err
+
+
+def test_copy_from_sumatra_django_store_on_postgresql(project, dst, pg_cluster):
+    from helpers import db_cli, fresh_database_url
+
+    url = fresh_database_url(pg_cluster)
+    project("init", "--store=" + url.replace("postgresql://", "postgres://"), "--main=main.py",
+            "--executable=" + sys.executable, "PgProject")
+    project("run", "--label=one", "default.param", "n=2")
+    project("run", "--label=two", "--tag=t0", "default.param", "n=3")
+    project("tag", "paper", "one")
+    expected = smt_records(project, "PgProject")
+    copied = db_cli("copy", url, dst, "--json", timeout=IMPORT_TIMEOUT)
+    assert copied.returncode == 0, copied.stderr
+    report = json.loads(copied.stdout)
+    assert report["verification"]["verified"] and report["first_pass"]["record"]["added"] == 2
+    assert report["verification"]["projects"]["PgProject"]["records"] == 2
+    with balsamdb.connect(dst) as db:
+        assert {label: db.records.get("PgProject", label) for label in db.records.labels("PgProject")} == expected
+        assert db.records.labels("PgProject", tags=["paper"]) == ["one"]
+    refused = db_cli("copy", dst, url)
+    assert refused.returncode == 1 and "never writes it" in refused.stderr, refused.stderr
