@@ -417,6 +417,13 @@ def job_count(filters=None):
     return _job_query(filters).count()
 
 
+def job_query(filters):
+    """The query of the jobs matching ``filters`` (as for ``job_filter``), bound to no database:
+    run it with ``query.execute(database)``.  For readers outside the write path (the web pages);
+    raises :class:`BadRequest` for a bad filter."""
+    return _job_query(filters)
+
+
 # -- projects and records -------------------------------------------------------
 
 # Fields of a Sumatra record that a later save of the same run may fill in or change;

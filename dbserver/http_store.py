@@ -46,6 +46,9 @@ from balsamdb.operations import bind_params, lookup
 from balsamdb.protocol import SERVER_OPS
 from balsamdb.passwords import verify_password
 
+from . import web_pages, web_records
+from .web_reads import ReadOnlyStore
+
 log = logging.getLogger("balsamdb.server.http_store")
 
 REALM = "balsamdb"
@@ -508,6 +511,8 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
     def project_view(project):
         if request.method == "PUT":
             return put_project(project)
+        if web_records.takes_over(request):  # the HTML page, and ?search, ?sort, ?page, ?compare
+            return web_records.project_page(web, project)
         return project_listing(project, tags_param())
 
     def project_listing(name, tags):
@@ -687,6 +692,11 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
             readable_project(name)
             if operation.name == "permission_list" and not may_use(name):
                 raise HTTPError(403, f"only users of project {name!r} may see who they are")
+
+    # -- the web pages (dbserver/web_*.py, templates/, static/): read on read-only connections -------
+    web = web_pages.WebContext(reader=ReadOnlyStore(path), require_user=require_user,
+                               readable_project=readable_project, error=HTTPError, url_part=_url_part)
+    web_pages.install(app, web, API_PATH)
 
     if prefix.strip("/"):
         mount = "/" + prefix.strip("/")
