@@ -18,6 +18,7 @@ from balsamdb.operations import JOB_KEYS, job_query
 
 JOBS_PER_PAGE = 100
 PLOT_MAX_BARS = 120      # jobs finished per minute: wider campaigns are shown in wider buckets
+PLOT_MIN_MINUTES = 30    # the plot's time axis spans at least this (one bar for all would say nothing)
 REFRESH_SECONDS = 2      # how often an open page asks again (a poll, not a held stream)
 
 # One colour per state, with enough contrast on white; done in green, trouble in red.
@@ -129,14 +130,18 @@ def _stacked_bars(counts):
     return bars
 
 
-def _plot(points, width=720, height=160):
-    """Jobs finished per minute as SVG bars: ``{bars, width, height, ymax, start, end, bucket}`` or None.
+def _plot(points, now=None, width=720, height=160, left=36):
+    """Jobs finished per minute as SVG bars: ``{bars, width, height, ymax, start, end, bucket, total}``,
+    or None before the first finished job.
 
-    Minutes without a finished job are bars of height 0, so that the time axis is even; a
-    campaign longer than :data:`PLOT_MAX_BARS` minutes is shown in buckets of several minutes."""
+    The time axis runs from the first finished job to now (at least :data:`PLOT_MIN_MINUTES`), and
+    minutes without a finished job are bars of height 0, so that the axis is even; a campaign
+    longer than :data:`PLOT_MAX_BARS` minutes is shown in buckets of several minutes."""
     if not points:
         return None
-    first, last = points[0][0], points[-1][0]
+    now = time.time() if now is None else now
+    last = max(points[-1][0], int(now // 60) * 60)
+    first = min(points[0][0], last - (PLOT_MIN_MINUTES - 1) * 60)
     minutes = int((last - first) // 60) + 1
     bucket_minutes = max(1, math.ceil(minutes / PLOT_MAX_BARS))
     n = math.ceil(minutes / bucket_minutes)
@@ -144,12 +149,11 @@ def _plot(points, width=720, height=160):
     for start, count in points:
         totals[int((start - first) // 60) // bucket_minutes] += count
     ymax = max(totals) or 1
-    bar_width = width / n
+    bar_width = (width - left) / n
     bars = []
     for i, count in enumerate(totals):
         h = (height - 4) * count / ymax
-        bars.append({"x": i * bar_width, "y": height - h, "w": max(bar_width - 1, 0.5), "h": h, "count": count,
-                     "start": first + i * bucket_minutes * 60})
-    return {"bars": bars, "width": width, "height": height, "ymax": ymax, "start": first,
-            "end": first + n * bucket_minutes * 60, "bucket": bucket_minutes,
-            "total": sum(totals)}
+        bars.append({"x": left + i * bar_width, "y": height - h, "w": max(bar_width - 1, 0.5), "h": h,
+                     "count": count, "start": first + i * bucket_minutes * 60})
+    return {"bars": bars, "width": width, "height": height, "left": left, "ymax": ymax, "start": first,
+            "end": first + n * bucket_minutes * 60, "bucket": bucket_minutes, "total": sum(totals)}

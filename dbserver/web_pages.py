@@ -58,9 +58,11 @@ def clock(seconds):
 
 
 def span(seconds):
-    """A duration for people: ``0.4 s``, ``12 s``, ``3 min 05 s``, ``2 h 07 min``, ``3 d 4 h``."""
+    """A duration for people: ``40 ms``, ``2.4 s``, ``12 s``, ``3 min 05 s``, ``2 h 07 min``, ``3 d 4 h``."""
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
         return ""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
     if seconds < 10:
         return f"{seconds:.1f} s"
     seconds = int(round(seconds))

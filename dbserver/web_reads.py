@@ -59,14 +59,20 @@ class ReadOnlyStore:
         return database
 
     def run(self, function):
-        """``function(database)`` on this thread's read-only connection; its result."""
+        """``function(database)`` in one read-only transaction on this thread's connection (the
+        queries of one page see one state of the database); its result."""
         try:
-            return function(self._database())
+            return self._in_transaction(self._database(), function)
         except (pw.OperationalError, pw.InterfaceError) as first:
             log.info("read-only connection to %s failed (%s); opening it again", self.dbdir.path, first)
             try:
-                return function(self._database(fresh=True))
+                return self._in_transaction(self._database(fresh=True), function)
             except ConfigError:
                 raise
             except pw.DatabaseError as exc:
                 raise StorageError(f"cannot read {self.dbdir.path}: {exc}") from None
+
+    @staticmethod
+    def _in_transaction(database, function):
+        with database.atomic():
+            return function(database)

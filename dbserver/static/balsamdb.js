@@ -13,7 +13,8 @@ function startRefresh(section) {
     if (busy || document.hidden) return;
     busy = true;
     try {
-      const answer = await fetch(window.location.href, {headers: {"Accept": "text/html"},
+      // A relative URL: a page opened as http://user:pw@host/ must not put credentials in a request.
+      const answer = await fetch(window.location.pathname + window.location.search, {headers: {"Accept": "text/html"},
                                                          credentials: "same-origin", cache: "no-store"});
       if (!answer.ok) throw new Error("HTTP " + answer.status);
       const page = new DOMParser().parseFromString(await answer.text(), "text/html");
@@ -50,8 +51,12 @@ function columnChooser(chooser) {
   const table = document.getElementById(chooser.dataset.table);
   if (!table) return;
   const key = "balsamdb.columns." + chooser.dataset.table;
-  let hidden = [];
-  try { hidden = JSON.parse(window.localStorage.getItem(key) || "[]"); } catch (e) { hidden = []; }
+  // Until a person chooses, the server's choice (the boxes it left unticked).
+  let hidden = Array.from(chooser.querySelectorAll("input[type=checkbox]:not(:checked)")).map((b) => b.value);
+  try {
+    const stored = window.localStorage.getItem(key);
+    if (stored !== null) hidden = JSON.parse(stored);
+  } catch (e) { /* storage unavailable: keep the server's choice */ }
   const apply = () => {
     table.querySelectorAll("[data-column]").forEach((cell) => {
       cell.classList.toggle("hidden-column", hidden.includes(cell.dataset.column));
