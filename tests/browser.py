@@ -66,9 +66,9 @@ def log_in(driver, user, password):
 
 
 def screenshot(driver, name):
-    """Save what ``driver`` shows as ``test-screenshots/NAME.png`` (the whole page's height)."""
+    """Save what ``driver`` shows as ``test-screenshots/NAME.png`` (the page, up to 1600 pixels high)."""
     SCREENSHOTS.mkdir(exist_ok=True)
-    height = driver.execute_script("return Math.min(document.documentElement.scrollHeight, 4000)")
+    height = driver.execute_script("return Math.min(document.documentElement.scrollHeight, 1600)")
     driver.set_window_size(1280, max(600, int(height) + 40))
     path = SCREENSHOTS / f"{name}.png"
     driver.save_screenshot(str(path))
