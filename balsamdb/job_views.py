@@ -58,10 +58,11 @@ def job_filters(workflow=None, states_=None, name_glob=None, tags=None, since=No
 
 def state_counts(database, filters=None):
     """``{workflow: {state: count}}`` of the jobs matching ``filters``, workflows by name."""
-    query = (job_query(filters or {}).select(Job.workflow, Job.state, pw.fn.COUNT(Job.id))
-             .group_by(Job.workflow, Job.state).order_by(Job.workflow))
+    # COUNT(*) and no ORDER BY: an index on (workflow, state) answers it alone, without the table.
+    query = (job_query(filters or {}).select(Job.workflow, Job.state, pw.fn.COUNT(pw.SQL("*")))
+             .group_by(Job.workflow, Job.state))
     counts = {}
-    for workflow, state, count in query.tuples().execute(database):
+    for workflow, state, count in sorted(query.tuples().execute(database)):
         counts.setdefault(workflow, {})[state] = count
     return counts
 
@@ -99,7 +100,7 @@ def finished_per_minute(database, workflow=None, state="JOB_FINISHED"):
     """``[(minute start in UNIX seconds, count)]`` of the moves into ``state`` (by default, jobs
     finished), oldest first, for one workflow or all; minutes without any are left out."""
     bucket = _minute_bucket(database)
-    query = (JobStateChange.select(bucket.alias("minute"), pw.fn.COUNT(JobStateChange.id))
+    query = (JobStateChange.select(bucket.alias("minute"), pw.fn.COUNT(pw.SQL("*")))
              .where(JobStateChange.to_state == state).group_by(bucket).order_by(bucket))
     if workflow:
         query = query.where(JobStateChange.job.in_(Job.select(Job.id).where(Job.workflow == workflow)))

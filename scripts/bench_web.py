@@ -110,9 +110,8 @@ def load(path, records, jobs):
                         t += random.uniform(1, 120)
                     job_rows.append({"id": job_id, "name": f"sim-{i:06d}", "workflow": f"wf-{i % WORKFLOWS}",
                                      "state": path_[-1], "working_directory": f"data/wf/sim-{i}",
-                                     "tags": json.dumps(["gpu"] if i % 3 == 0 else []), "created_at": created,
-                                     "updated_at": history[-1]["time"], "environ": "{}", "parents": "[]",
-                                     "data": "{}"})
+                                     "tags": ["gpu"] if i % 3 == 0 else [], "created_at": created,
+                                     "updated_at": history[-1]["time"], "environ": {}, "parents": [], "data": {}})
                     if i % 3 == 0:
                         tags.append({"job": job_id, "tag": "gpu"})
                 Job.insert_many(job_rows).execute()
