@@ -278,7 +278,9 @@ _RECORD = """<h1>{{ r.label }}</h1>
 {% if r.output_data %}<h2>Output data</h2><table><tr><th>path</th><th>digest</th><th>created</th></tr>
 {% for o in r.output_data %}<tr><td>{{ o.path }}</td><td>{{ o.digest }}</td><td>{{ o.creation }}</td></tr>{% endfor %}
 </table>{% endif %}
-<h2>Program output</h2><pre>{{ output }}</pre>
+<h2>Program output</h2>{% set lines = output.count("\n") + 1 %}{% if lines > 40 or output|length > 4000 %}
+<details class="output"><summary>{{ lines }} lines, {{ (r.stdout_stderr or "")|string|length }} characters (show)</summary><pre>{{ output }}</pre></details>
+{% else %}<pre>{{ output }}</pre>{% endif %}
 {% if r.diff %}<h2>Uncommitted changes</h2><pre>{{ r.diff }}</pre>{% endif %}"""
 
 _ERROR = """<h1>{{ status }}</h1><p>{{ message }}</p>"""

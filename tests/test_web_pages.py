@@ -350,3 +350,27 @@ def test_parameters_compare_line_by_line():
     rows = compare([{"parameters": {"content": "a = 1\nb = 2"}}, {"parameters": {"content": "a = 1\nc = 3"}}])
     keyed = {r["name"]: (r["values"], r["differs"]) for r in rows if r["section"] == "parameters"}
     assert keyed == {"a": (["1", "1"], False), "b": (["2", None], True), "c": ([None, "3"], True)}
+
+
+@sqlite_only
+def test_pages_under_a_prefix_link_their_own_files(served_dbdir, tmp_path, request):
+    with balsamdb.connect(served_dbdir) as db:
+        db.call("user_save", name="ada", password_hash=hash_password(PASSWORDS["ada"]), admin=True)
+    served = Served(served_dbdir, tmp_path, "--prefix", "/lab/")
+    request.addfinalizer(served.stop)
+    page = served.request("GET", "_balsamdb/jobs/", user="ada", headers=HTML)
+    assert page.status == 200 and 'src="http://127.0.0.1:%d/lab/_balsamdb/static/balsamdb.js"' % served.port in page.text
+    script = served.request("GET", "_balsamdb/static/balsamdb.js")
+    assert script.status == 200 and "startRefresh" in script.text
+    style = served.request("GET", "_balsamdb/static/balsamdb.css")
+    assert style.status == 200 and style.headers["Content-Type"].startswith("text/css")
+
+
+@sqlite_only
+def test_long_program_output_is_folded_with_its_size(site):
+    long_output = "".join(f"step {i}: <ok>\n" for i in range(100))
+    save_records(site.path, [record("long", 1, stdout_stderr=long_output), record("short", 2)])
+    page = site.request("GET", "P/long/", user="ada", headers=HTML).text
+    assert f"<summary>101 lines, {len(long_output)} characters (show)</summary>" in page
+    assert "step 99: &lt;ok&gt;" in page, "folded, not cut"
+    assert "<details" not in site.request("GET", "P/short/", user="ada", headers=HTML).text
