@@ -14,6 +14,7 @@ Reads go to the read-only connections of :mod:`.web_reads`, never through the wr
 
 import json
 import math
+from urllib.parse import urlencode
 
 import flask
 import peewee as pw
@@ -59,7 +60,8 @@ def project_page(web, name):
                 page=listing["page"], pages=listing["pages"], per_page=PER_PAGE if paged else None,
                 records=[f"{base}{web.url_part(name)}/{web.url_part(r['label'])}/" for r in listing["rows"]])
     if not paged:
-        data.pop("page"), data.pop("pages"), data.pop("per_page")
+        for key in ("page", "pages", "per_page"):
+            del data[key]
     keep = [(k, v) for k, v in args.items(multi=True) if k not in ("page", "format", "compare")]
     return web.respond(data, "records.html", name, project=name, info=project, listing=listing, search=search,
                        tags=tags, sort=sort, columns=COLUMNS, hidden=HIDDEN_BY_DEFAULT, keep=keep,
@@ -129,8 +131,6 @@ def _with(args, **changes):
     """The query string of ``args`` with ``changes`` (None removes a parameter)."""
     pairs = [(k, v) for k, v in args.items(multi=True) if k not in changes and k != "format"]
     pairs += [(k, str(v)) for k, v in changes.items() if v is not None]
-    from urllib.parse import urlencode
-
     return "?" + urlencode(pairs)
 
 

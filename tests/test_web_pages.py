@@ -6,7 +6,6 @@ test-screenshots/ (git-ignored); docs/img/ holds the committed ones that docs/ht
 """
 
 import re
-import time
 from urllib.parse import quote
 
 import pytest
