@@ -86,3 +86,23 @@ def wait_until(driver, condition, what, timeout=WAIT):
     except TimeoutException:
         text = driver.find_element("tag name", "body").text[:2000]
         raise AssertionError(f"timed out after {timeout} s waiting for {what}; the page shows:\n{text}") from None
+
+
+def texts(driver, selector):
+    """The text of every element matching the CSS ``selector``, read in one step of the page's own
+    script: a section that refreshes itself may swap its elements between two WebDriver calls."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0])).map((e) => e.textContent.trim())", selector)
+
+
+def click(driver, by, value, timeout=WAIT):
+    """Click the element found by ``(by, value)``, finding it again if a refresh replaced it meanwhile."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def attempt(d):
+        try:
+            d.find_element(by, value).click()
+            return True
+        except StaleElementReferenceException:
+            return False
+    return wait_until(driver, attempt, f"a clickable {value!r}", timeout)

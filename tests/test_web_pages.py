@@ -9,7 +9,7 @@ import re
 from urllib.parse import quote
 
 import pytest
-from browser import browser, log_in, screenshot, wait_until  # noqa: F401  (browser is a fixture)
+from browser import browser, click, log_in, screenshot, texts, wait_until  # noqa: F401  (browser is a fixture)
 from served import PASSWORDS, Served
 
 import balsamdb
@@ -214,20 +214,18 @@ def test_jobs_page_shows_a_job_change_state_without_reloading(site, browser):
     browser.get(site.base + "_balsamdb/jobs/")
 
     def state_of(driver, job_id):
-        found = driver.find_elements("css selector", f"tr[data-job='{job_id}'] td.state")
-        return found[0].text if found else None
+        found = texts(driver, f"tr[data-job='{job_id}'] td.state")
+        return found[0] if found else None
 
     assert state_of(browser, watched.id) == "CREATED"
-    counts = browser.find_element("css selector", "table.counts tbody").text
-    assert "sweep" in counts and "setup" in counts
+    assert texts(browser, "table.counts tbody th") == ["setup", "sweep"]
     browser.execute_script("window.notReloaded = true")
     with balsamdb.connect(site.path) as db:
         db.jobs.update_state(watched.id, "RUNNING", "started on node 7")
     wait_until(browser, lambda d: state_of(d, watched.id) == "RUNNING", "the job's new state, shown by polling")
     assert browser.execute_script("return window.notReloaded === true"), "the page was reloaded"
-    running = browser.find_element("css selector", "table.counts tr[data-workflow=sweep] td[data-state=RUNNING]").text
-    assert running == "1"
-    assert browser.find_elements("css selector", "figure.plot svg rect"), "jobs finished per minute"
+    assert texts(browser, "table.counts tr[data-workflow=sweep] td[data-state=RUNNING]") == ["1"]
+    assert texts(browser, "figure.plot svg rect title"), "jobs finished per minute"
     screenshot(browser, "jobs")
 
     # the filters of `db ls`: workflow, state, name glob, tag, since
@@ -236,14 +234,12 @@ def test_jobs_page_shows_a_job_change_state_without_reloading(site, browser):
     browser.find_element("css selector", "input[name=since]").send_keys("1h")
     browser.find_element("css selector", "form.filters button").click()
     wait_until(browser, lambda d: "tag=gpu" in d.current_url, "the filtered list")
-    names = sorted(e.text for e in browser.find_elements("css selector", "table.jobs tbody tr td:first-child"))
-    assert names == ["sim-1", "sim-3", "sim-5"]
+    assert sorted(texts(browser, "table.jobs tbody tr td:first-child")) == ["sim-1", "sim-3", "sim-5"]
 
     # the job's page: its fields and its timeline, kept current too
-    browser.find_element("link text", "sim-1").click()
-    wait_until(browser, lambda d: d.find_elements("css selector", "table.history"), "the job page")
-    history = [r.text.split()[0] for r in browser.find_elements("css selector", "table.history tbody tr")]
-    assert history == ["CREATED", "RUNNING", "RUN_DONE", "JOB_FINISHED"]
+    click(browser, "link text", "sim-1")
+    wait_until(browser, lambda d: texts(d, "table.history tbody td.state"), "the job page")
+    assert texts(browser, "table.history tbody td.state") == ["CREATED", "RUNNING", "RUN_DONE", "JOB_FINISHED"]
     screenshot(browser, "job")
 
 
