@@ -70,7 +70,7 @@ def blueprint(web):
             segments.append(dict(s, x=x, width=width, colour=STATE_COLOURS.get(s["state"], "#999")))
             x += width
         return web.respond(job, "job.html", f"Job {job['name']}", job=job, segments=segments,
-                           colours=STATE_COLOURS, refresh=REFRESH_SECONDS)
+                           colours=STATE_COLOURS, refresh=REFRESH_SECONDS, final=states.FINAL)
 
     return pages
 
