@@ -37,6 +37,16 @@ def _chromium():
 @pytest.fixture
 def browser(tmp_path):
     """A headless Chromium with a fresh profile; quit afterwards."""
+    yield from _browser(tmp_path, javascript=True)
+
+
+@pytest.fixture
+def browser_without_js(tmp_path):
+    """The same with JavaScript switched off: the pages must read and work without it."""
+    yield from _browser(tmp_path, javascript=False)
+
+
+def _browser(tmp_path, javascript):
     binary, driver_path = _chromium()
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
@@ -48,6 +58,8 @@ def browser(tmp_path):
     for flag in FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    if not javascript:
+        options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
     service = Service(executable_path=driver_path, log_output=str(tmp_path / "chromedriver.log"))
     driver = webdriver.Chrome(service=service, options=options)
     try:

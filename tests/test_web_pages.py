@@ -9,7 +9,8 @@ import re
 from urllib.parse import quote
 
 import pytest
-from browser import browser, click, log_in, screenshot, texts, wait_until  # noqa: F401  (browser is a fixture)
+from browser import (browser, browser_without_js, click, log_in, screenshot, texts,  # noqa: F401  (fixtures)
+                     wait_until)
 from served import PASSWORDS, Served
 
 import balsamdb
@@ -369,3 +370,24 @@ def test_long_program_output_is_folded_with_its_size(site):
     assert f"<summary>101 lines, {len(long_output)} characters (show)</summary>" in page
     assert "step 99: &lt;ok&gt;" in page, "folded, not cut"
     assert "<details" not in site.request("GET", "P/short/", user="ada", headers=HTML).text
+
+
+@sqlite_only
+def test_the_pages_work_without_javascript(site, browser_without_js):
+    browser = browser_without_js
+    save_records(site.path, [record(f"run-{i:03d}", i) for i in range(3)])
+    with balsamdb.connect(site.path) as db:
+        db.jobs.create("sim-0", workflow="sweep")
+    log_in(browser, "ada", PASSWORDS["ada"])
+    browser.get(site.base + "P/")
+    assert not browser.find_element("css selector", ".columns").is_displayed(), "the script did not run"
+    assert browser.find_element("css selector", "button.compare").is_enabled()
+    for label in ("run-000", "run-002"):
+        browser.find_element("css selector", f"input[name=compare][value='{label}']").click()
+    browser.find_element("css selector", "button.compare").click()
+    wait_until(browser, lambda d: "compare=run-002&compare=run-000" in d.current_url, "the comparison")
+    heads = [e.text for e in browser.find_elements("css selector", "table.compare thead th a")]
+    assert heads == ["run-002", "run-000"]
+    browser.get(site.base + "_balsamdb/jobs/")
+    assert [e.text for e in browser.find_elements("css selector", "table.jobs tbody td:first-child")] == ["sim-0"]
+    assert browser.find_element("css selector", "tr[data-workflow=sweep] td[data-state=CREATED]").text == "1"
