@@ -1,47 +1,22 @@
-"""What people look at while a campaign runs: state counts, a job's timeline, jobs finished per minute.
-
-Pure functions and read-only queries, shared by the web pages of ``db serve`` and the CLI.
-Queries take a peewee ``database`` and run the (unbound) model queries on it, so they
-work on any connection, including the read-only ones of the web pages.
+"""What the jobs pages of ``db serve`` read while a campaign runs: state counts and jobs finished
+per minute, as queries on any peewee ``database`` (the models' queries unbound, run with
+``execute(database)``), so that they work on the pages' read-only connections.  Time parsing and
+a job's timeline are :mod:`balsamdb.job_queries`', shared with ``db ls`` and ``db job show``.
 """
-
-import re
-import time
-from datetime import datetime, timezone
 
 import peewee as pw
 
-from . import states
-from .exceptions import BadRequest
+from . import job_queries, states
 from .models import Job, JobStateChange
 from .operations import job_query
 
-_SPAN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*", re.IGNORECASE)
-_UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
-
-def parse_since(text, now=None):
-    """UNIX seconds from ``text``: a span back from now (``90s``, ``15m``, ``2h``, ``3d``, ``1w``)
-    or a date and time (``2024-05-01``, ``2024-05-01 12:30``, ISO 8601; UTC unless it says).
-    Raises :class:`BadRequest` with the forms it takes."""
-    text = (text or "").strip()
-    span = _SPAN.fullmatch(text)
-    if span:
-        return (time.time() if now is None else now) - float(span.group(1)) * _UNIT_SECONDS[span.group(2).lower()]
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"since {text!r} is neither a span back from now (30m, 2h, 3d, 1w) nor a date "
-                         "and time (2024-05-01 or 2024-05-01T12:30)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
-
-
-def job_filters(workflow=None, states_=None, name_glob=None, tags=None, since=None, now=None):
-    """The ``filters`` of :func:`balsamdb.operations.job_query` from what a person types: a workflow,
-    states (any of them), a name glob (``sim-*``), tags (all of them) and ``since``: jobs that
-    changed at or after that moment (see :func:`parse_since`)."""
+def job_filters(workflow=None, states_=None, name_glob=None, tags=None, since=None, until=None, changed=False,
+                now=None):
+    """The ``filters`` of :func:`balsamdb.operations.job_query` from what a person types, as ``db ls``
+    takes them: a workflow, states (any of them), a name glob (``sim-*``), tags (all of them), and
+    jobs created (``changed``: last changed) at or after ``since`` and before ``until`` (as
+    :func:`balsamdb.job_queries.parse_time` reads them: ``2h``, ``2024-05-01``, ...)."""
     filters = {}
     if workflow:
         filters["workflow"] = workflow
@@ -51,8 +26,7 @@ def job_filters(workflow=None, states_=None, name_glob=None, tags=None, since=No
         filters["name_like"] = name_glob
     if tags:
         filters["tags"] = list(tags)
-    if since:
-        filters["updated_after"] = parse_since(since, now)
+    filters.update(job_queries.time_filters(since or None, until or None, changed, now))
     return filters
 
 
@@ -71,23 +45,6 @@ def ordered_states(counts):
     """The states that occur in ``counts`` (as made by :func:`state_counts`), in pipeline order."""
     present = {s for per_state in counts.values() for s in per_state}
     return [s for s in states.STATES if s in present]
-
-
-def timeline(history, now=None):
-    """A job's time in each state from its ``history`` (``{time, from_state, to_state, message}``,
-    oldest first, as ``job_get`` returns it): a list of ``{state, start, end, seconds, message,
-    current}``; the last state runs until ``now`` (its ``end`` is None) unless it is final."""
-    now = time.time() if now is None else now
-    spans = []
-    for i, change in enumerate(history):
-        following = history[i + 1] if i + 1 < len(history) else None
-        state = change["to_state"]
-        end = following["time"] if following else None
-        final = following is None and state in states.FINAL
-        seconds = (end if end is not None else (change["time"] if final else now)) - change["time"]
-        spans.append({"state": state, "start": change["time"], "end": end, "seconds": max(0.0, seconds),
-                      "message": change.get("message") or "", "current": following is None})
-    return spans
 
 
 def _minute_bucket(database):

@@ -11,7 +11,7 @@ import time
 
 import flask
 
-from balsamdb import job_views, states
+from balsamdb import job_queries, job_views, states
 from balsamdb.exceptions import BadRequest
 from balsamdb.models import Job, JobStateChange
 from balsamdb.operations import JOB_KEYS, job_query
@@ -40,11 +40,13 @@ def blueprint(web):
         args = flask.request.args
         form = {"workflow": args.get("workflow", "").strip(), "state": [s for s in args.getlist("state") if s],
                 "name": args.get("name", "").strip(), "tag": args.get("tag", "").strip(),
-                "since": args.get("since", "").strip()}
+                "since": args.get("since", "").strip(), "until": args.get("until", "").strip(),
+                "changed": args.get("changed", "") not in ("", "0", "false")}
         page = _page_number(args.get("page"), web)
         try:
             filters = job_views.job_filters(form["workflow"], form["state"], form["name"],
-                                            [form["tag"]] if form["tag"] else None, form["since"])
+                                            [form["tag"]] if form["tag"] else None, form["since"], form["until"],
+                                            form["changed"])
             data = web.reader.run(lambda db: _jobs_data(db, filters, page, form["workflow"]))
         except BadRequest as exc:
             raise web.error(400, exc.message) from None
@@ -60,17 +62,17 @@ def blueprint(web):
         job = web.reader.run(lambda db: _job_data(db, job_id))
         if job is None:
             raise web.error(404, f"no job with id {job_id!r}")
-        spans = job_views.timeline(job["history"])
+        spans = job_queries.timeline(job["history"])  # what `db job show` shows
         job["timeline"] = spans
-        total = sum(s["seconds"] for s in spans) or 1.0
+        total = sum(s["seconds"] or 0.0 for s in spans) or 1.0
         x = 0.0
         segments = []
         for s in spans:
-            width = 100.0 * s["seconds"] / total
+            width = 100.0 * (s["seconds"] or 0.0) / total
             segments.append(dict(s, x=x, width=width, colour=STATE_COLOURS.get(s["state"], "#999")))
             x += width
         return web.respond(job, "job.html", f"Job {job['name']}", job=job, segments=segments,
-                           colours=STATE_COLOURS, refresh=REFRESH_SECONDS, final=states.FINAL)
+                           colours=STATE_COLOURS, refresh=REFRESH_SECONDS)
 
     return pages
 
