@@ -20,6 +20,8 @@ JOBS_PER_PAGE = 100
 PLOT_MAX_BARS = 120      # jobs finished per minute: wider campaigns are shown in wider buckets
 PLOT_MIN_MINUTES = 30    # the plot's time axis spans at least this (one bar for all would say nothing)
 REFRESH_SECONDS = 2      # how often an open page asks again (a poll, not a held stream)
+#: the states whose arrivals over time the burn-up chart draws (started, finished, failed)
+REACHED = ("RUNNING", "JOB_FINISHED", "FAILED")
 
 # One colour per state, with enough contrast on white; done in green, trouble in red.
 STATE_COLOURS = {
@@ -54,6 +56,7 @@ def blueprint(web):
         return web.respond(data, "jobs.html", "Jobs", form=form, data=data, colours=STATE_COLOURS,
                            all_states=states.STATES, refresh=REFRESH_SECONDS,
                            bars=_stacked_bars(data["counts"]), plot=_plot(data["finished_per_minute"]),
+                           burnup=_burnup(data["reached_per_minute"], data["total"]),
                            query=_query_without_page(args))
 
     @pages.get("/<job_id>/")
@@ -99,7 +102,12 @@ def _jobs_data(db, filters, page, workflow):
     jobs = list(query.dicts().execute(db))
     return {"counts": counts, "states": job_views.ordered_states(counts), "total": total, "page": page,
             "pages": pages, "per_page": JOBS_PER_PAGE, "jobs": jobs, "read_at": time.time(),
-            "finished_per_minute": job_views.finished_per_minute(db, workflow or None)}
+            **_moves(job_views.moves_per_minute(db, REACHED, workflow or None))}
+
+
+def _moves(moves):
+    return {"finished_per_minute": moves["JOB_FINISHED"],
+            "reached_per_minute": {state: moves[state] for state in REACHED}}
 
 
 def _job_data(db, job_id):
@@ -159,3 +167,38 @@ def _plot(points, now=None, width=720, height=160, left=36):
                      "count": count, "start": first + i * bucket_minutes * 60})
     return {"bars": bars, "width": width, "height": height, "left": left, "ymax": ymax, "start": first,
             "end": first + n * bucket_minutes * 60, "bucket": bucket_minutes, "total": sum(totals)}
+
+
+def _burnup(reached, total, now=None, width=720, height=160, left=48):
+    """How many jobs had reached each state of :data:`REACHED` over time (cumulative lines), with the
+    number of jobs as the ceiling: ``{lines: [{state, colour, points, last}], width, height, ymax,
+    start, end}``, or None before any job ran.  The time axis is that of :func:`_plot`."""
+    events = [minute for series in reached.values() for minute, _count in series]
+    if not events:
+        return None
+    now = time.time() if now is None else now
+    last = max(max(events), int(now // 60) * 60)
+    first = min(min(events), last - (PLOT_MIN_MINUTES - 1) * 60)
+    span = max(last + 60 - first, 60)
+    ymax = max(total, max(sum(c for _m, c in series) for series in reached.values()), 1)
+
+    def x(t):
+        return left + (width - left) * (t - first) / span
+
+    def y(n):
+        return height - (height - 4) * n / ymax
+
+    lines = []
+    for state, series in reached.items():
+        if not series:
+            continue
+        done, points = 0, [(x(first), y(0))]
+        for minute, count in series:
+            points.append((x(minute), y(done)))
+            done += count
+            points.append((x(minute + 60), y(done)))
+        points.append((x(last + 60), y(done)))
+        lines.append({"state": state, "colour": STATE_COLOURS[state], "last": done,
+                      "points": " ".join(f"{px:.1f},{py:.1f}" for px, py in points)})
+    return {"lines": lines, "width": width, "height": height, "left": left, "ymax": ymax,
+            "start": first, "end": last + 60, "total_y": y(total)}
