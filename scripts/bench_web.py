@@ -6,8 +6,9 @@ On a fresh SQLite DB directory (in /tmp) it loads ``--records`` Sumatra records 
 tags, parameters) into one project and ``--jobs`` jobs in 10 workflows with their state history
 (most finished, some running, some failed; about four history rows a job), straight into the
 database, then starts ``db dbserver`` and ``db serve`` and times each page over HTTP (keep-alive,
-HTTP Basic, the browser's ``Accept``): the median and the 90th percentile of ``--repeat`` requests
-after two to warm up.  Targets (issue 17): the first page of the record list, a search and a
+HTTP Basic, the browser's ``Accept``): the first request (``first``: the jobs page then also reads
+its charts, which it keeps for a few seconds), and the median and the 90th percentile of
+``--repeat`` requests after two to warm up.  Targets (issue 17): the first page of the record list, a search and a
 compare under 200 ms; the jobs page of 100,000 jobs under 300 ms.
 
 Then the write capacity with and without a jobs page open: ``--writers`` processes each create
@@ -147,15 +148,19 @@ class Client:
         return body
 
     def time(self, path, repeat, accept=HTML):
-        for _ in range(2):
-            self.get(path, accept)
+        """(p50, p90, bytes, the first request's ms): the first also reads what the page keeps for a
+        few seconds (the jobs page's charts)."""
+        started = time.perf_counter()
+        self.get(path, accept)
+        first = (time.perf_counter() - started) * 1000
+        self.get(path, accept)
         times = []
         for _ in range(repeat):
             started = time.perf_counter()
             body = self.get(path, accept)
             times.append((time.perf_counter() - started) * 1000)
         times.sort()
-        return statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))], len(body)
+        return statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))], len(body), first
 
 
 WRITER = """
@@ -260,11 +265,11 @@ def main():
             ("jobs page (JSON)", "/_balsamdb/jobs/?format=json", 300),
             ("one job page (HTML)", f"/_balsamdb/jobs/{job_id}/", 300),
         ]
-        print(f"\n{'page':48} {'p50 ms':>8} {'p90 ms':>8} {'KB':>7}  target")
+        print(f"\n{'page':48} {'first':>7} {'p50 ms':>8} {'p90 ms':>8} {'KB':>7}  target")
         for name, url, target in pages:
-            p50, p90, size = client.time(url, args.repeat)
+            p50, p90, size, first = client.time(url, args.repeat)
             verdict = "" if target is None else (f"< {target} ms  {'ok' if p50 < target else 'MISSED'}")
-            print(f"{name:48} {p50:8.1f} {p90:8.1f} {size / 1024:7.1f}  {verdict}", flush=True)
+            print(f"{name:48} {first:7.1f} {p50:8.1f} {p90:8.1f} {size / 1024:7.1f}  {verdict}", flush=True)
 
         if args.writers and args.writes:
             print(f"\nwrite capacity: {args.writers} processes x {args.writes} job creations through the write server")
