@@ -53,7 +53,12 @@ class ReadOnlyStore:
             database.close()
             database = None
         if database is None:
-            database = open_reader(self.dbdir, self.settings)
+            try:
+                database = open_reader(self.dbdir, self.settings)
+            except ConfigError as exc:
+                # A cluster of the DB directory's own that is not running: the pages answer 503
+                # (try again), as reads through the write server do when it is down.
+                raise StorageError(exc.message or str(exc)) from None
             self._local.database = database
         database.connect(reuse_if_open=True)
         return database
@@ -67,8 +72,6 @@ class ReadOnlyStore:
             log.info("read-only connection to %s failed (%s); opening it again", self.dbdir.path, first)
             try:
                 return self._in_transaction(self._database(fresh=True), function)
-            except ConfigError:
-                raise
             except pw.DatabaseError as exc:
                 raise StorageError(f"cannot read {self.dbdir.path}: {exc}") from None
 
