@@ -44,7 +44,8 @@ class WebContext:
             user = flask.g.get("user")
             body = flask.render_template(template, title=title, base=flask.request.url_root,
                                          static=flask.request.url_root + STATIC_PATH + "/",
-                                         user=user["name"] if user else None, **context)
+                                         user=user["name"] if user else None,
+                                         admin=bool(user and user.get("admin")), **context)
             return flask.Response(body, status, content_type="text/html; charset=utf-8")
         return flask.Response(json.dumps(payload, ensure_ascii=False), status,
                               content_type=flask.g.get("content_type") or "application/json")

@@ -262,6 +262,10 @@ def test_jobs_pages_are_for_admins_only(site):
     bad = site.request("GET", "_balsamdb/jobs/?since=yesterday", user="ada")
     assert bad.status == 400 and "is not understood" in bad.json()["error"]
     assert site.request("GET", "_balsamdb/jobs/?state=NOPE", user="ada").status == 400
+    with balsamdb.connect(site.path) as db:
+        db.call("permission_grant", project="Q", user="bob")
+    assert '_balsamdb/jobs/">all jobs</a>' in site.request("GET", "P/", user="ada", headers=HTML).text
+    assert "all jobs" not in site.request("GET", "Q/", user="bob", headers=HTML).text
 
 
 def test_pages_do_not_read_through_the_write_server(site):
