@@ -12,6 +12,7 @@ import pytest
 from browser import (browser, browser_without_js, click, log_in, screenshot, texts,  # noqa: F401  (fixtures)
                      wait_until)
 from served import PASSWORDS, Served
+from test_postgres_backend import pg_dbdir  # noqa: F401  (a fixture: a path for a DB directory with its own cluster)
 
 import balsamdb
 from balsamdb.passwords import hash_password
@@ -391,3 +392,33 @@ def test_the_pages_work_without_javascript(site, browser_without_js):
     browser.get(site.base + "_balsamdb/jobs/")
     assert [e.text for e in browser.find_elements("css selector", "table.jobs tbody td:first-child")] == ["sim-0"]
     assert browser.find_element("css selector", "tr[data-workflow=sweep] td[data-state=CREATED]").text == "1"
+
+
+def test_pages_read_on_after_their_postgres_cluster_restarts(pg_dbdir):
+    """A DB directory with its own PostgreSQL cluster: postgres killed, restarted by the watchdog
+    (perhaps on another port); the pages' read-only connection is opened again, once."""
+    import os
+    import signal
+
+    from helpers import address, db_cli, wait_for
+
+    from balsamdb.server.web_reads import ReadOnlyStore
+
+    db_cli("init", pg_dbdir, "--db-type", "postgres", check=True)
+    db_cli("dbserver", "--path", pg_dbdir, check=True)
+    with balsamdb.connect(pg_dbdir) as db:
+        db.jobs.create("one", workflow="w")
+    reader = ReadOnlyStore(pg_dbdir)
+
+    def jobs(database):
+        return database.execute_sql("select count(*) from job").fetchone()[0]
+
+    assert reader.run(jobs) == 1
+    pid = address(pg_dbdir)["postgres"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: (address(pg_dbdir).get("postgres") or {}).get("pid") not in (None, pid), 60,
+             "postgres restarted by the watchdog")
+    assert reader.run(jobs) == 1, "read on a connection opened again"
+    with balsamdb.connect(pg_dbdir) as db:
+        db.jobs.create("two", workflow="w")
+    wait_for(lambda: reader.run(jobs) == 2, 60, "the job written after the restart, read")
