@@ -46,9 +46,6 @@ from balsamdb.operations import bind_params, lookup
 from balsamdb.protocol import SERVER_OPS
 from balsamdb.passwords import verify_password
 
-from . import web_pages, web_records
-from .web_reads import ReadOnlyStore
-
 log = logging.getLogger("balsamdb.server.http_store")
 
 REALM = "balsamdb"
@@ -696,6 +693,9 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
                 raise HTTPError(403, f"only users of project {name!r} may see who they are")
 
     # -- the web pages (dbserver/web_*.py, templates/, static/): read on read-only connections -------
+    from . import web_pages, web_records  # web_records: project_view above uses it
+    from .web_reads import ReadOnlyStore
+
     web = web_pages.WebContext(reader=ReadOnlyStore(path), require_user=require_user,
                                readable_project=readable_project, error=HTTPError, url_part=_url_part)
     web_pages.install(app, web, API_PATH)
