@@ -347,6 +347,13 @@ def job_get(job_id):
     return out
 
 
+def job_query(filters):
+    """The query of the jobs matching ``filters`` (as for ``job_filter``), bound to no database:
+    run it with ``query.execute(database)``.  For readers outside the write path (the web pages);
+    raises :class:`BadRequest` for a bad filter."""
+    return _job_query(filters)
+
+
 def _glob_to_like(pattern):
     return pattern.replace("*", "%").replace("?", "_")
 

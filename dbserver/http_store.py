@@ -291,7 +291,9 @@ _RECORD = """<h1>{{ r.label }}</h1>
 {% if r.output_data %}<h2>Output data</h2><table><tr><th>path</th><th>digest</th><th>created</th></tr>
 {% for o in r.output_data %}<tr><td>{{ o.path }}</td><td>{{ o.digest }}</td><td>{{ o.creation }}</td></tr>{% endfor %}
 </table>{% endif %}
-<h2>Program output</h2><pre>{{ output }}</pre>
+<h2>Program output</h2>{% set lines = output.count("\n") + 1 %}{% if lines > 40 or output|length > 4000 %}
+<details class="output"><summary>{{ lines }} lines, {{ (r.stdout_stderr or "")|string|length }} characters (show)</summary><pre>{{ output }}</pre></details>
+{% else %}<pre>{{ output }}</pre>{% endif %}
 {% if r.diff %}<h2>Uncommitted changes</h2><pre>{{ r.diff }}</pre>{% endif %}"""
 
 _VERSIONS = """<h1>{{ label }}: versions</h1>
@@ -546,6 +548,8 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
     def project_view(project):
         if request.method == "PUT":
             return put_project(project)
+        if web_records.takes_over(request):  # the HTML page, and ?search, ?sort, ?page, ?compare
+            return web_records.project_page(web, project)
         return project_listing(project, tags_param())
 
     def project_listing(name, tags):
@@ -749,6 +753,14 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
             readable_project(name)
             if operation.name == "permission_list" and not may_use(name):
                 raise HTTPError(403, f"only users of project {name!r} may see who they are")
+
+    # -- the web pages (dbserver/web_*.py, templates/, static/): read on read-only connections -------
+    from . import web_pages, web_records  # web_records: project_view above uses it
+    from .web_reads import ReadOnlyStore
+
+    web = web_pages.WebContext(reader=ReadOnlyStore(path), require_user=require_user,
+                               readable_project=readable_project, error=HTTPError, url_part=_url_part)
+    web_pages.install(app, web, API_PATH)
 
     if prefix.strip("/"):
         mount = "/" + prefix.strip("/")

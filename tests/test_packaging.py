@@ -114,6 +114,8 @@ def test_wheel_holds_only_balsamdb(tmp_path):
     for module in ("balsamdb/server/watchdog.py", "balsamdb/server/write_server.py", "balsamdb/server/dbinit.py",
                    "balsamdb/server/bench/writers.py", "balsamdb/cli/main.py", "balsamdb/cli/__main__.py"):
         assert module in names, module
+    for page_file in ("templates/jobs.html", "templates/records.html", "static/balsamdb.js", "static/balsamdb.css"):
+        assert f"balsamdb/server/{page_file}" in names, f"{page_file}: the web pages' files (package_data)"
     assert "db = balsamdb.cli.main:main" in entry_points and "balsamdb = balsamdb.cli.main:main" in entry_points
 
 
