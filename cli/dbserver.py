@@ -6,6 +6,7 @@ import click
 
 from balsamdb.dbdir import DBDirectory
 from balsamdb.settings import resolve_db_path
+from balsamdb.wording import plural
 
 from .common import echo_json, json_option, path_option
 
@@ -28,7 +29,8 @@ def _format_status(info):
     if info.get("reason"):
         lines.append(f"reason:   {info['reason']}")
     if info.get("spool_pending"):
-        lines.append(f"spool:    {info['spool_pending']} writes wait for a server (see db spool)")
+        lines.append(f"spool:    {plural(info['spool_pending'], 'write waits', 'writes wait')} for a server "
+                     "(see db spool)")
     status = info.get("server_status")
     if status:
         uptime = datetime.timedelta(seconds=int(status["uptime"]))
@@ -55,7 +57,7 @@ def _spool_drain_lines(status):
     lines = []
     if pending and rate:
         lines.append(f"draining: {rate:.0f} spooled writes/s over the last 10 s, about {pending / rate:.0f} s "
-                     f"left; {status.get('held_requests', 0)} live requests wait for them")
+                     f"left; {plural(status.get('held_requests', 0), 'live request waits', 'live requests wait')} for them")
     elif status.get("spool_last_drain_per_s"):
         lines.append(f"drained:  {status['spool_last_drain_per_s']:.0f} spooled writes/s in the last drain")
     if status.get("spool_refused"):

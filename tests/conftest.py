@@ -10,12 +10,6 @@ from balsamdb.server.dbinit import init_db_directory
 CLI_TIMEOUT = 60  # seconds; a CLI call that takes longer is a failure, not a hang
 
 
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "unprivileged: needs root, or runs as an ordinary user inside user namespaces "
-                   "(scripts/test_unprivileged.sh runs these)")
-
-
 @pytest.fixture
 def dbdir(tmp_path):
     """A fresh SQLite DB directory; returns its path."""
@@ -150,6 +144,9 @@ SLOW_MODULES = frozenset({
 
 
 def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "unprivileged: needs root, or runs as an ordinary user inside user namespaces "
+                   "(scripts/test_unprivileged.sh runs these)")
     config.addinivalue_line("markers", "slow: PostgreSQL, fault, multi-host and packaging tests; "
                                        "`-m \"not slow\"` runs the quick layer")
 

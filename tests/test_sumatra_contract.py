@@ -303,8 +303,9 @@ def test_tags_on_the_sumatra_api_match_any(store, project, served):
 
 
 def test_write_once_is_a_project_option(store, project, served):
-    store.save(project, make_record("w", root="/one"))
-    store.save(project, make_record("w", root="/two"))  # default: replaced
+    when = datetime.now(timezone.utc)  # one timestamp: a provenance field, which write-once keeps
+    store.save(project, make_record("w", when, root="/one"))
+    store.save(project, make_record("w", when, root="/two"))  # default: replaced
     assert store.get(project, "w").datastore.root == "/two"
     settings = served.request("PUT", f"{quote(project)}/", {"write_once": True}, user="ada")
     assert settings.status == 200 and settings.json()["write_once"] is True
@@ -312,13 +313,13 @@ def test_write_once_is_a_project_option(store, project, served):
     refused = served.request("PUT", f"{quote(project)}/w/", dict(
         served.request("GET", f"{quote(project)}/w/", user="ada").json(), main_file="other.py"), user="ada")
     assert refused.status == 409 and "write-once" in refused.json()["error"]
-    result = make_record("w", root="/two")
+    result = make_record("w", when, root="/two")
     result.tags, result.outcome = {"_finished_"}, "converged"  # run results may still change
     store.save(project, result)
     assert store.get(project, "w").outcome == "converged"
     assert served.request("PUT", f"{quote(project)}/", {"write_once": "yes"}, user="ada").status == 400
     assert served.request("PUT", f"{quote(project)}/", {"write_once": False}, user="ada").json()["write_once"] is False
-    store.save(project, make_record("w", root="/three"))
+    store.save(project, make_record("w", when, root="/three"))
     assert store.get(project, "w").datastore.root == "/three"
 
 

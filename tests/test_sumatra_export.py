@@ -90,11 +90,16 @@ def test_a_real_smt_export(smt):
     assert "project_id" not in second
 
     # The same dicts that smt's HTTP store PUTs: it sends serialization.encode_record(record).
-    from sumatra.projects import load_project
-    from sumatra.recordstore import serialization
-
-    project = load_project(str(smt.workdir))
-    put_bodies = [json.loads(serialization.encode_record(r)) for r in project.record_store.list(project.name)]
+    # In a child process: smt's default store is Django's when Django is installed, and Django can be
+    # configured once per process (other tests of this run may have done it already).
+    child = subprocess.run([sys.executable, "-c", (
+        "import json, sys; from sumatra.projects import load_project; "
+        "from sumatra.recordstore import serialization; project = load_project(sys.argv[1]); "
+        "print(json.dumps([json.loads(serialization.encode_record(r)) "
+        "for r in project.record_store.list(project.name)]))"), str(smt.workdir)],
+        capture_output=True, text=True, timeout=120, cwd=smt.workdir)
+    assert child.returncode == 0, child.stderr[-3000:]
+    put_bodies = json.loads(child.stdout.strip().splitlines()[-1])
     assert sorted(put_bodies, key=lambda d: d["label"]) == sorted(written, key=lambda d: d["label"])
 
     # An explicit project wins over project_export.json; without either, the error asks for --project.
