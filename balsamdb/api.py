@@ -362,9 +362,9 @@ class Job:
 
 def _spooled_job(spec):
     """The job as the server will store it, for a create that was spooled."""
-    from .operations import JOB_KEYS, _clean_job
+    from .operations import JOB_KEYS, clean_job
 
-    row = _clean_job(dict(spec), time.time())
+    row = clean_job(dict(spec), time.time())
     return {key: row[key] for key in JOB_KEYS}
 
 

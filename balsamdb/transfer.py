@@ -5,7 +5,7 @@ A store is named by a DB directory path, a ``postgresql://`` URL, or an
 Server API).  :func:`open_store` turns the name into an endpoint with four
 methods: ``counts()``, ``export(kind, after, limit, since)``, ``import_(items,
 dry_run)`` and ``digest(until, exclude)``, built on the operations of
-:mod:`balsamdb.transfer_ops` (a plain Sumatra server gets the same methods from
+:mod:`balsamdb.operations.stores` (a plain Sumatra server gets the same methods from
 its HTTP API, for projects and records only).
 
 :func:`copy_store` copies every item (pass 1), then catches up with what
@@ -22,7 +22,8 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 from .exceptions import BadRequest, ConfigError, StorageError, TransferError
-from .transfer_ops import KINDS, Digester, canonical, digest_of, item_key
+from .operations import sort_time
+from .operations.stores import KINDS, Digester, canonical, digest_of, item_key
 from .wording import plural
 
 PAGE = 1000
@@ -255,7 +256,6 @@ class SumatraStore:
             return {"items": items, "next": None, "now": now}
         if kind != "record":
             return {"items": [], "next": None, "now": now}
-        from .operations import _sort_time
 
         if after is None or self._records is None:
             self._records = self._listing()  # listed afresh by every pass: new records are seen
@@ -263,7 +263,7 @@ class SumatraStore:
         items = []
         for project, label in keys[:limit]:
             document = self._get(self._record_url(project, label))
-            when = _sort_time(document.get("timestamp"))
+            when = sort_time(document.get("timestamp"))
             items.append({"kind": "record", "project": project, "label": document.get("label", label),
                           "document": document, "created_at": when, "updated_at": when})
         return {"items": items, "next": list(keys[limit - 1]) if len(keys) > limit else None, "now": now}
@@ -311,13 +311,12 @@ class SumatraDjangoStore:
     versions = False
 
     def __init__(self, url, name):
-        from .operations import _sort_time
         from .sumatra_store import read_sumatra_store
 
         self.name = name
         self._records = []
         for project, document in read_sumatra_store(url, "django-postgres", name=name):
-            when = _sort_time(document.get("timestamp"))
+            when = sort_time(document.get("timestamp"))
             self._records.append({"kind": "record", "project": project, "label": document["label"],
                                   "document": document, "created_at": when, "updated_at": when})
         self._records.sort(key=item_key)
@@ -686,24 +685,22 @@ def _export_items(path):
 
 
 def _smt_items(path, project):
-    from .operations import _sort_time
     from .sumatra_export import read_smt_export
 
     # Records only: their project is made when missing, and an existing one keeps its settings.
     for name, document in read_smt_export(path, project=project):
-        when = _sort_time(document.get("timestamp"))
+        when = sort_time(document.get("timestamp"))
         yield {"kind": "record", "project": name, "label": document["label"], "document": document,
                "created_at": when, "updated_at": when}
 
 
 def _sumatra_store_items(path, project, kind):
     """The records of Sumatra's own store (each as ``smt`` would send it), as items."""
-    from .operations import _sort_time
     from .sumatra_store import read_sumatra_store
 
     items = []
     for name, document in read_sumatra_store(path, kind):
-        when = _sort_time(document.get("timestamp"))
+        when = sort_time(document.get("timestamp"))
         items.append({"kind": "record", "project": project or name, "label": document["label"],
                       "document": document, "created_at": when, "updated_at": when})
     return items
@@ -822,7 +819,7 @@ def configure_store(path, url, progress=False, log=None):
     copy's report with ``old_database`` and ``arrived_after_switch``."""
     from . import address_file
     from .client import server_state
-    from .dbdir import DBDirectory, _read_private, _write_private, redact_url
+    from .dbdir import DBDirectory, read_private, write_private, redact_url
 
     say = log or (lambda sentence: None)
     dbdir = DBDirectory(path)
@@ -846,7 +843,7 @@ def configure_store(path, url, progress=False, log=None):
         old_name = str(dbdir.sqlite_file)
         src = sqlite_file_store(dbdir.sqlite_file)
     else:
-        old_url = _read_private(dbdir.postgres_url_file)
+        old_url = read_private(dbdir.postgres_url_file)
         if old_url == str(url):
             raise ConfigError(f"{dbdir.path} already uses {redact_url(url)}")
         old_name = redact_url(old_url)
@@ -861,7 +858,7 @@ def configure_store(path, url, progress=False, log=None):
         tmp_url = dbdir.postgres_url_file.with_name(dbdir.postgres_url_file.name + ".new")
         if tmp_url.exists():
             tmp_url.unlink()
-        _write_private(tmp_url, str(url).encode())
+        write_private(tmp_url, str(url).encode())
         os.replace(tmp_url, dbdir.postgres_url_file)
         previous = {"db_type": config["db_type"], "database": old_name, "until": time.time()}
         new_config = dict(config, db_type="postgres", external=True,
