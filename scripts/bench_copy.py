@@ -444,10 +444,10 @@ def profile_summary(profile, top=14):
     for (f, _line, name), v in stats.stats.items():
         if (f.endswith(("stores.py", "store_import.py")) and name in ("export_items", "import_items",
                                                                             "store_digest", "store_counts")) \
-                or (f.endswith("transfer.py") and name in ("verify", "_one_pass")):
+                or (f.endswith("copying.py") and name in ("verify", "one_pass")):
             operations[f"{Path(f).stem}.{name}"] = round(v[3], 3)  # cumulative
-    order = ("stores.store_counts", "transfer._one_pass", "stores.export_items",
-             "store_import.import_items", "transfer.verify", "stores.store_digest")
+    order = ("stores.store_counts", "copying.one_pass", "stores.export_items",
+             "store_import.import_items", "copying.verify", "stores.store_digest")
     operations = {k: operations[k] for k in order if k in operations}
     return {"total_tottime": round(total, 3), "operations": operations, "functions": functions,
             "by_place": by_place}
