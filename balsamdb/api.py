@@ -56,7 +56,45 @@ def connect(path=None, **settings):
     return Database(dbdir, resolved)
 
 
-class Database:
+class StoreHandle:
+    """The base of every store handle a caller holds (:class:`Database`, and
+    :class:`balsamdb.remote.RemoteDatabase`): the facades ``jobs``, ``records``,
+    ``projects`` and ``users``, :meth:`call`, and use as a context manager.  A subclass
+    defines ``request(op, params, request_id=None)`` and ``close()``."""
+
+    def attach_facades(self):
+        self.jobs = Jobs(self)
+        self.records = Records(self)
+        self.projects = Projects(self)
+        self.users = Users(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def call(self, op, **params):
+        """Run operation ``op`` (see ``balsamdb.operations``) and return its result.
+
+        Goes to the server while one runs; to SQLite directly when none runs
+        (and ``require_server`` is off); raises :class:`ServerUnavailable` when
+        no server answers within ``client_deadline`` seconds.
+        """
+        return self.request(op, params)
+
+
+def answer_result(request_id, answer):
+    """The result of a request from its answer (see :mod:`balsamdb.protocol`): a
+    :class:`SpooledWrite` when it waits in a spool, else the result, else the error raised."""
+    if answer.get("spooled"):
+        return SpooledWrite(request_id, answer.get("spool_file") or "the store's spool")
+    if answer.get("ok"):
+        return answer.get("result")
+    raise error_from_dict(answer.get("error") or {})
+
+
+class Database(StoreHandle):
     """A connection to one DB directory.  Use :func:`connect` to make one."""
 
     def __init__(self, dbdir, settings):
@@ -65,9 +103,7 @@ class Database:
         self.settings = settings
         self._config_signature = self._config_stat()  # before the type is read: a later change is seen
         self.db_type = dbdir.db_type
-        self.jobs = Jobs(self)
-        self.records = Records(self)
-        self.projects = Projects(self)
+        self.attach_facades()
         self.last_route = None  # "server" or "direct": where the last request went
         self._server = None
         self._direct = None
@@ -81,12 +117,6 @@ class Database:
 
     def __repr__(self):
         return f"<balsamdb.Database {self.dbdir.path} ({self.db_type})>"
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def close(self):
         for backend in (self._server, self._direct):
@@ -110,26 +140,13 @@ class Database:
             self._direct = DirectStore(self.dbdir, self.settings)
         return self._direct
 
-    def call(self, op, **params):
-        """Run operation ``op`` (see ``balsamdb.operations``) and return its result.
-
-        Goes to the server while one runs; to SQLite directly when none runs
-        (and ``require_server`` is off); raises :class:`ServerUnavailable` when
-        no server answers within ``client_deadline`` seconds.
-        """
-        return self.request(op, params)
-
     def request(self, op, params, request_id=None):
         """:meth:`call` with the parameters as a dict, and optionally the request id
         (a retry of an id that was applied gets the first answer, and changes nothing)."""
         request_id = request_id or os.urandom(16).hex()  # as unique as a uuid4, cheaper to make
         write = op in operations.OPERATIONS and operations.OPERATIONS[op].write
         answer = self._route({"id": request_id, "op": op, "params": params, "ts": time.time()}, write)
-        if answer.get("spooled"):
-            return SpooledWrite(request_id, answer["spool_file"])
-        if answer.get("ok"):
-            return answer.get("result")
-        raise error_from_dict(answer.get("error") or {})
+        return answer_result(request_id, answer)
 
     def _address(self, recheck=False):
         """The address record and its health, re-read only when the file changed.
@@ -577,3 +594,35 @@ class Projects:
         if count:
             return self._db.call("project_list", count=True)
         return self._db.call("project_list")
+
+
+class Users:
+    """``db.users``: the users of the HTTP record store and the projects each may use."""
+
+    def __init__(self, db):
+        self._db = db
+
+    def save(self, name, password_hash=None, admin=None):
+        """Create user ``name`` or change their password hash (made by
+        :func:`balsamdb.passwords.hash_password`) or admin flag; True when created."""
+        return _field(self._db.call("user_save", name=name, password_hash=password_hash, admin=admin), "created")
+
+    def get(self, name):
+        """User ``name`` with their password hash and projects; :class:`NotFound` when absent."""
+        return self._db.call("user_get", name=name)
+
+    def list(self):
+        """Every user by name, with the projects each may use (no password hashes)."""
+        return self._db.call("user_list")
+
+    def delete(self, name):
+        """Delete user ``name`` and their permissions; :class:`NotFound` when absent."""
+        return _field(self._db.call("user_delete", name=name), "deleted")
+
+    def grant(self, name, project):
+        """Let user ``name`` read and write ``project`` (made if needed); True when newly granted."""
+        return _field(self._db.call("permission_grant", project=project, user=name), "granted")
+
+    def permissions(self, project):
+        """The names of the users who may use ``project``."""
+        return self._db.call("permission_list", project=project)

@@ -116,6 +116,14 @@ def test_wheel_holds_only_balsamdb(tmp_path):
         assert module in names, module
     for page_file in ("templates/jobs.html", "templates/records.html", "static/balsamdb.js", "static/balsamdb.css"):
         assert f"balsamdb/server/{page_file}" in names, f"{page_file}: the web pages' files (package_data)"
+    # Every module of the source tree is in the wheel (a new subpackage must be listed in setup.cfg).
+    installed = {"balsamdb": "balsamdb", "dbserver": "balsamdb/server", "cli": "balsamdb/cli"}
+    for folder, target in installed.items():
+        for source in (ROOT / folder).rglob("*.py"):
+            module = f"{target}/{source.relative_to(ROOT / folder).as_posix()}"
+            assert module in names, f"{module} is not in the wheel: list its package in setup.cfg"
+    for template in (ROOT / "dbserver" / "templates").glob("*.html"):
+        assert f"balsamdb/server/templates/{template.name}" in names, template.name
     assert "db = balsamdb.cli.main:main" in entry_points and "balsamdb = balsamdb.cli.main:main" in entry_points
 
 

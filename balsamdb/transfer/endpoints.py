@@ -52,9 +52,9 @@ class SQLDatabase:
         self.database = database
 
     def call(self, op, **params):
+        from ..api import answer_result
         from ..applier import DATABASE_ERRORS, StorageFailure, apply_requests, root_cause
         from ..direct import _BIND_LOCK
-        from ..exceptions import error_from_dict
         from ..models import MODELS
 
         try:
@@ -63,9 +63,7 @@ class SQLDatabase:
                 answer = apply_requests(self.database, [(os.urandom(16).hex(), op, params)])[0]
         except (StorageFailure,) + DATABASE_ERRORS as exc:
             raise StorageError(f"the database refused {op}: {root_cause(getattr(exc, 'original', exc))}") from None
-        if answer.get("ok"):
-            return answer["result"]
-        raise error_from_dict(answer["error"])
+        return answer_result(None, answer)
 
     def close(self):
         if not self.database.is_closed():

@@ -18,7 +18,7 @@ from balsamdb.protocol import loads_strict
 from .. import http_auth
 from . import operation_api, sumatra_api
 from .auth import PasswordCache, Store, basic_credentials
-from .errors import CODE_OF_STATUS, STATUS_OF_ERROR, HTTPError, challenge
+from .errors import CODE_OF_STATUS, HTTPError, challenge
 from .html import ERROR, LAYOUT, PROJECTS, seconds, url_part, utc
 from .negotiation import negotiate
 from .urls import API_PATH
@@ -120,7 +120,7 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
     @app.errorhandler(Exception)
     def library_error(exc):
         if isinstance(exc, BalsamDBError):
-            status = next(code for cls, code in STATUS_OF_ERROR if isinstance(exc, cls))
+            status = exc.http_status
             if status >= 500 and status != 503:
                 log.error("%s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)
             headers = {"Retry-After": "10"} if status == 503 else None
