@@ -6,6 +6,7 @@ import statements, so a generic top-level name in site-packages or an import aga
 """
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -101,7 +102,10 @@ def test_wheel_holds_only_balsamdb(tmp_path):
     """A built wheel installs one top-level name: balsamdb/ (with server/ and cli/ inside) and its
     dist-info; the console scripts point into it."""
     pytest.importorskip("wheel", reason="the test extras install wheel")
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+    # From a copy without build/: setuptools would otherwise pack what an earlier build left there.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
                             "-q", "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = tmp_path.glob("balsamdb-*.whl")
