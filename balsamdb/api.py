@@ -16,8 +16,8 @@ from pathlib import Path
 from . import address_file, job_queries, operations, protocol
 from .client import ServerClient, server_state, unavailable
 from .dbdir import DBDirectory, job_working_directory, make_private_directories
-from .exceptions import (NotADBDirectory, RequestTooLarge, ServerUnavailable, StorageError, TryAgain,
-                         error_from_dict)
+from .exceptions import (BadRequest, Conflict, NotADBDirectory, NotFound, RequestTooLarge, ServerUnavailable,
+                         StorageError, TryAgain, error_from_dict)
 from .settings import CHECKOUT_SOURCE, USER_DIR_SOURCE, load_settings, resolve_db_path
 from .spool import Spool, SpoolWriter
 
@@ -412,6 +412,43 @@ class Jobs:
                                    "the job was not created") from None
         return spec
 
+    MIN_PREFIX = 4  # hex characters of a job id prefix
+
+    def resolve_ids(self, texts):
+        """Full job ids for ``texts``: each a full id or a unique prefix of at least
+        ``MIN_PREFIX`` hex characters (as ``db ls`` shows them).  :class:`BadRequest` for a
+        text that is neither, :class:`NotFound` when no job id starts with it,
+        :class:`Conflict` when several do."""
+        out = []
+        for text in texts:
+            text = str(text).strip().lower()
+            try:
+                out.append(str(uuid.UUID(text)))
+                continue
+            except ValueError:
+                pass
+            if len(text.replace("-", "")) < self.MIN_PREFIX or not set(text) <= set("0123456789abcdef-"):
+                raise BadRequest(f"{text!r} is not a job id; give a full id or its first {self.MIN_PREFIX}+ "
+                                 "hex characters (see db ls)")
+            matches = [j.id for j in self.filter(id_prefix=text, limit=6)]
+            if not matches:
+                raise NotFound(f"no job id starts with {text!r}; `db ls` lists the jobs")
+            if len(matches) > 1:
+                shown = ", ".join(m[:13] for m in matches[:5]) + (", ..." if len(matches) > 5 else "")
+                count = f"{len(matches)}" if len(matches) <= 5 else "more than 5"
+                raise Conflict(f"job id prefix {text!r} is ambiguous: it matches {count} jobs ({shown}); "
+                               "give more characters")
+            out.append(matches[0])
+        return out
+
+    def _full_id(self, job_id):
+        """``job_id`` as given when it is a full id; a prefix resolved (see :meth:`resolve_ids`)."""
+        try:
+            uuid.UUID(str(job_id))
+        except ValueError:
+            return self.resolve_ids([job_id])[0]
+        return str(job_id)
+
     def create(self, name, workflow="default", make_workdir=True, **fields):
         """Create a job; returns it.  Its working directory exists on return
         (unless ``make_workdir=False``: then whoever runs the job makes it).
@@ -441,23 +478,24 @@ class Jobs:
 
     def get(self, job_id):
         """The job with id ``job_id`` (a prefix of 8+ characters is not enough: give the id)."""
-        return self._job(self._db.call("job_get", job_id=str(job_id)))
+        return self._job(self._db.call("job_get", job_id=self._full_id(job_id)))
 
     def history(self, job_id):
         """The state history of a job: a list of dicts, oldest first."""
-        return self._db.call("job_get", job_id=str(job_id))["history"]
+        return self._db.call("job_get", job_id=self._full_id(job_id))["history"]
 
     def update_state(self, job_id, state, message=""):
         """Move a job to ``state``; illegal transitions raise :class:`InvalidTransition`."""
-        return self._job(self._db.call("job_update_state", job_id=str(job_id), state=state, message=message))
+        return self._job(self._db.call("job_update_state", job_id=self._full_id(job_id), state=state,
+                                       message=message))
 
     def modify(self, job_id, **changes):
         """Change fields of a job (not its state: use ``update_state``)."""
-        return self._job(self._db.call("job_modify", job_id=str(job_id), changes=changes))
+        return self._job(self._db.call("job_modify", job_id=self._full_id(job_id), changes=changes))
 
     def delete(self, *job_ids):
         """Delete jobs by id; returns how many were deleted."""
-        return _field(self._db.call("job_delete", job_ids=[str(i) for i in job_ids]), "deleted")
+        return _field(self._db.call("job_delete", job_ids=[self._full_id(i) for i in job_ids]), "deleted")
 
     @staticmethod
     def _filters(filters):

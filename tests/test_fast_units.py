@@ -98,3 +98,24 @@ def test_operation_endpoint_answers_each_error_with_its_class_status(store_clien
         answer = call(op, **params)
         assert answer.get_json()["error"]["code"] == code
         assert answer.status_code == ERRORS_BY_CODE[code].http_status, (code, answer.status_code)
+
+
+def test_the_python_api_takes_job_id_prefixes_as_db_job_does(dbdir):
+    from balsamdb.exceptions import BadRequest, Conflict
+
+    with balsamdb.connect(dbdir) as db:
+        a = db.jobs.create("a", id="aaaa1111-0000-4000-8000-000000000001", make_workdir=False)
+        db.jobs.create("b", id="aaaa2222-0000-4000-8000-000000000002", make_workdir=False)
+        assert db.jobs.get("aaaa1").id == a.id and db.jobs.resolve_ids(["AAAA1111"]) == [a.id]
+        assert db.jobs.update_state("aaaa1", "READY").state == "READY"
+        with pytest.raises(Conflict, match="ambiguous: it matches 2 jobs"):
+            db.jobs.get("aaaa")
+        with pytest.raises(NotFound, match="no job id starts with 'bbbb'"):
+            db.jobs.get("bbbb")
+        with pytest.raises(BadRequest, match="is not a job id"):
+            db.jobs.get("aa")
+        assert db.jobs.delete("aaaa2") == 1
+    shown = _db(dbdir, "job", "show", "aaaa")  # one job left: the prefix is unique now
+    assert shown.exit_code == 0 and a.id in shown.output, shown.output
+    bad = _db(dbdir, "job", "show", "zz")
+    assert bad.exit_code == 2 and "'zz' is not a job id" in bad.output

@@ -14,9 +14,9 @@ def copy_applied_requests(source, destination, chunk=2000):
     import peewee as pw
 
     from ..models import AppliedRequest
-    from ..statements import _quoter
+    from ..statements import quoter
 
-    q_src, q_dst = _quoter(source), _quoter(destination)
+    q_src, q_dst = quoter(source), quoter(destination)
     table = AppliedRequest._meta.table_name
     select = (f"SELECT {q_src('request_id')}, {q_src('applied_at')}, {q_src('response')} FROM {q_src(table)} "
               f"WHERE {q_src('request_id')} > {source.param} ORDER BY {q_src('request_id')} LIMIT {int(chunk)}")
