@@ -5,6 +5,7 @@ these run in seconds and say quickly which layer broke."""
 
 import base64
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -119,3 +120,25 @@ def test_the_python_api_takes_job_id_prefixes_as_db_job_does(dbdir):
     assert shown.exit_code == 0 and a.id in shown.output, shown.output
     bad = _db(dbdir, "job", "show", "zz")
     assert bad.exit_code == 2 and "'zz' is not a job id" in bad.output
+
+
+def test_export_file_is_complete_or_absent(dbdir, tmp_path):
+    from balsamdb import transfer
+
+    with balsamdb.connect(dbdir) as db:
+        db.records.save("P", {"label": "r1", "tags": []})
+    store = transfer.open_store(str(dbdir))
+    try:
+        target = tmp_path / "out.jsonl"
+        footer = transfer.export_file(store, target)
+        assert footer["counts"]["record"] == 1 and target.exists() and not (tmp_path / "out.jsonl.partial").exists()
+        assert target.stat().st_mode & 0o777 == 0o600
+        full = tmp_path / "full.jsonl"
+        (tmp_path / "full.jsonl.partial").symlink_to("/dev/full")  # every write fails: ENOSPC, a full disk
+        with pytest.raises(OSError, match="No space left"):
+            transfer.export_file(store, full)
+        assert not full.exists() and not os.path.lexists(tmp_path / "full.jsonl.partial")
+    finally:
+        store.close()
+    written = _db(dbdir, "export", str(tmp_path / "cli.jsonl"))
+    assert written.exit_code == 0 and (tmp_path / "cli.jsonl").read_bytes() == target.read_bytes(), written.output

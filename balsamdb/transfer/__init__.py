@@ -22,9 +22,9 @@ from .configure import configure_store, copy_applied_requests
 from .copying import MAX_PASSES, SLACK, VERIFY_TRIES, Progress, copy_store, verify
 from .endpoints import (MAX_CHUNK_BYTES, PAGE, OperationStore, SQLDatabase, SumatraDjangoStore, SumatraStore,
                         digest_pages, open_store, sqlite_file_store)
-from .files import EXPORT_FORMAT, check_export, export_store, import_file, read_footer
+from .files import EXPORT_FORMAT, check_export, export_file, export_store, import_file, read_footer
 
 __all__ = ["EXPORT_FORMAT", "MAX_CHUNK_BYTES", "MAX_PASSES", "PAGE", "SLACK", "VERIFY_TRIES", "OperationStore",
            "Progress", "SQLDatabase", "SumatraDjangoStore", "SumatraStore", "check_export", "configure_store",
-           "copy_applied_requests", "copy_store", "digest_pages", "export_store", "import_file", "open_store",
+           "copy_applied_requests", "copy_store", "digest_pages", "export_file", "export_store", "import_file", "open_store",
            "read_footer", "sqlite_file_store", "verify"]
