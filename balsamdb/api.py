@@ -601,6 +601,18 @@ class Records:
         """Delete one record and its versions; raises :class:`NotFound` when it does not exist."""
         return _field(self._db.call("record_delete", project=project, label=label), "deleted")
 
+    def delete_labels(self, project, labels):
+        """Delete the records ``labels`` of ``project`` with their versions; returns how many.
+        Every label is checked first, so that a typo removes nothing (:class:`NotFound`
+        naming the missing ones)."""
+        labels = list(dict.fromkeys(labels))
+        existing = set(self.labels(project))
+        missing = [label for label in labels if label not in existing]
+        if missing:
+            raise NotFound(f"no record {', '.join(map(repr, missing))} in project {project!r}; nothing was removed "
+                           f"(`db record ls {project}` lists its records)")
+        return sum(self.delete(project, label) for label in labels)
+
     def delete_by_tag(self, project, tag):
         """Delete every record of ``project`` tagged ``tag``; returns how many."""
         return _field(self._db.call("record_delete_by_tag", project=project, tag=tag), "deleted")

@@ -142,3 +142,16 @@ def test_export_file_is_complete_or_absent(dbdir, tmp_path):
         store.close()
     written = _db(dbdir, "export", str(tmp_path / "cli.jsonl"))
     assert written.exit_code == 0 and (tmp_path / "cli.jsonl").read_bytes() == target.read_bytes(), written.output
+
+
+def test_record_rm_checks_every_label_before_removing_any(dbdir):
+    with balsamdb.connect(dbdir) as db:
+        for label in ("r1", "r2"):
+            db.records.save("P", {"label": label, "tags": []})
+        with pytest.raises(NotFound, match="no record 'typo' in project 'P'; nothing was removed"):
+            db.records.delete_labels("P", ["r1", "typo"])
+        assert sorted(db.records.labels("P")) == ["r1", "r2"]
+    refused = _db(dbdir, "record", "rm", "P", "r2", "typo")
+    assert refused.exit_code == 1 and "nothing was removed" in refused.output
+    removed = _db(dbdir, "record", "rm", "P", "r1", "r2", "r1")
+    assert removed.exit_code == 0 and removed.output.strip() == "removed 2 records", removed.output
