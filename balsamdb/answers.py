@@ -28,6 +28,7 @@ import peewee as pw
 from .exceptions import ServerError
 from .models import AppliedRequest, Job, JobAnswerBase
 from .operations import JOB_KEYS
+from .statements import quoter
 
 #: Fields of a job answer stored in the record itself: what a state change sets.
 OWN_KEYS = ("state", "state_message", "updated_at")
@@ -118,7 +119,7 @@ def preserve(fast, op, params):
     if not isinstance(ids, list):
         return
     ids = [i for i in dict.fromkeys(_job_id(i) for i in ids) if i]
-    database, q = fast.database, _q(fast.database)
+    database, q = fast.database, quoter(fast.database)
     with pw.__exception_wrapper__:
         oldest = database.execute_sql(f"SELECT MIN({q('applied_at')}) FROM "
                                       f"{q(AppliedRequest._meta.table_name)}").fetchone()[0]
@@ -149,17 +150,13 @@ def _job_id(value):
         return None
 
 
-def _q(database):
-    return lambda name: f"{database.quote[0]}{name}{database.quote[1]}"
-
-
 def _select_base(database):
-    q, p = _q(database), database.param
+    q, p = quoter(database), database.param
     return f"SELECT {q('fields')} FROM {q(JobAnswerBase._meta.table_name)} WHERE {q('digest')} = {p}"
 
 
 def _upsert_base(database):
-    q, p = _q(database), database.param
+    q, p = quoter(database), database.param
     return (f"INSERT INTO {q(JobAnswerBase._meta.table_name)} ({q('digest')}, {q('applied_at')}, {q('fields')}) "
             f"VALUES ({p}, {p}, {p}) ON CONFLICT ({q('digest')}) DO UPDATE SET {q('applied_at')} = "
             f"excluded.{q('applied_at')}")
@@ -168,7 +165,7 @@ def _upsert_base(database):
 def prune_bases(database, before):
     """Forget the kept fields of jobs changed before ``before``: every answer that refers
     to them is older still (they were kept when the job changed)."""
-    q, p = _q(database), database.param
+    q, p = quoter(database), database.param
     with pw.__exception_wrapper__:
         cursor = database.cursor()
         cursor.execute(f"DELETE FROM {q(JobAnswerBase._meta.table_name)} WHERE {q('applied_at')} < {p}", (before,))
@@ -179,7 +176,7 @@ def copy_bases(source, destination, chunk=2000):
     """Copy the kept job fields between two peewee databases (with the record of applied
     requests, when a DB directory moves to another store); returns how many were read."""
     table = JobAnswerBase._meta.table_name
-    qs = _q(source)
+    qs = quoter(source)
     select = (f"SELECT {qs('digest')}, {qs('applied_at')}, {qs('fields')} FROM {qs(table)} "
               f"WHERE {qs('digest')} > {source.param} ORDER BY {qs('digest')} LIMIT {int(chunk)}")
     last, total = "", 0

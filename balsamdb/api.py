@@ -16,8 +16,8 @@ from pathlib import Path
 from . import address_file, job_queries, operations, protocol
 from .client import ServerClient, server_state, unavailable
 from .dbdir import DBDirectory, job_working_directory, make_private_directories
-from .exceptions import (NotADBDirectory, RequestTooLarge, ServerUnavailable, StorageError, TryAgain,
-                         error_from_dict)
+from .exceptions import (BadRequest, Conflict, NotADBDirectory, NotFound, RequestTooLarge, ServerUnavailable,
+                         StorageError, TryAgain, error_from_dict)
 from .settings import CHECKOUT_SOURCE, USER_DIR_SOURCE, load_settings, resolve_db_path
 from .spool import Spool, SpoolWriter
 
@@ -56,7 +56,45 @@ def connect(path=None, **settings):
     return Database(dbdir, resolved)
 
 
-class Database:
+class StoreHandle:
+    """The base of every store handle a caller holds (:class:`Database`, and
+    :class:`balsamdb.remote.RemoteDatabase`): the facades ``jobs``, ``records``,
+    ``projects`` and ``users``, :meth:`call`, and use as a context manager.  A subclass
+    defines ``request(op, params, request_id=None)`` and ``close()``."""
+
+    def attach_facades(self):
+        self.jobs = Jobs(self)
+        self.records = Records(self)
+        self.projects = Projects(self)
+        self.users = Users(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def call(self, op, **params):
+        """Run operation ``op`` (see ``balsamdb.operations``) and return its result.
+
+        Goes to the server while one runs; to SQLite directly when none runs
+        (and ``require_server`` is off); raises :class:`ServerUnavailable` when
+        no server answers within ``client_deadline`` seconds.
+        """
+        return self.request(op, params)
+
+
+def answer_result(request_id, answer):
+    """The result of a request from its answer (see :mod:`balsamdb.protocol`): a
+    :class:`SpooledWrite` when it waits in a spool, else the result, else the error raised."""
+    if answer.get("spooled"):
+        return SpooledWrite(request_id, answer.get("spool_file") or "the store's spool")
+    if answer.get("ok"):
+        return answer.get("result")
+    raise error_from_dict(answer.get("error") or {})
+
+
+class Database(StoreHandle):
     """A connection to one DB directory.  Use :func:`connect` to make one."""
 
     def __init__(self, dbdir, settings):
@@ -65,9 +103,7 @@ class Database:
         self.settings = settings
         self._config_signature = self._config_stat()  # before the type is read: a later change is seen
         self.db_type = dbdir.db_type
-        self.jobs = Jobs(self)
-        self.records = Records(self)
-        self.projects = Projects(self)
+        self.attach_facades()
         self.last_route = None  # "server" or "direct": where the last request went
         self._server = None
         self._direct = None
@@ -81,12 +117,6 @@ class Database:
 
     def __repr__(self):
         return f"<balsamdb.Database {self.dbdir.path} ({self.db_type})>"
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def close(self):
         for backend in (self._server, self._direct):
@@ -110,26 +140,13 @@ class Database:
             self._direct = DirectStore(self.dbdir, self.settings)
         return self._direct
 
-    def call(self, op, **params):
-        """Run operation ``op`` (see ``balsamdb.operations``) and return its result.
-
-        Goes to the server while one runs; to SQLite directly when none runs
-        (and ``require_server`` is off); raises :class:`ServerUnavailable` when
-        no server answers within ``client_deadline`` seconds.
-        """
-        return self.request(op, params)
-
     def request(self, op, params, request_id=None):
         """:meth:`call` with the parameters as a dict, and optionally the request id
         (a retry of an id that was applied gets the first answer, and changes nothing)."""
         request_id = request_id or os.urandom(16).hex()  # as unique as a uuid4, cheaper to make
         write = op in operations.OPERATIONS and operations.OPERATIONS[op].write
         answer = self._route({"id": request_id, "op": op, "params": params, "ts": time.time()}, write)
-        if answer.get("spooled"):
-            return SpooledWrite(request_id, answer["spool_file"])
-        if answer.get("ok"):
-            return answer.get("result")
-        raise error_from_dict(answer.get("error") or {})
+        return answer_result(request_id, answer)
 
     def _address(self, recheck=False):
         """The address record and its health, re-read only when the file changed.
@@ -362,9 +379,9 @@ class Job:
 
 def _spooled_job(spec):
     """The job as the server will store it, for a create that was spooled."""
-    from .operations import JOB_KEYS, _clean_job
+    from .operations import JOB_KEYS, clean_job
 
-    row = _clean_job(dict(spec), time.time())
+    row = clean_job(dict(spec), time.time())
     return {key: row[key] for key in JOB_KEYS}
 
 
@@ -395,6 +412,43 @@ class Jobs:
                                    "the job was not created") from None
         return spec
 
+    MIN_PREFIX = 4  # hex characters of a job id prefix
+
+    def resolve_ids(self, texts):
+        """Full job ids for ``texts``: each a full id or a unique prefix of at least
+        ``MIN_PREFIX`` hex characters (as ``db ls`` shows them).  :class:`BadRequest` for a
+        text that is neither, :class:`NotFound` when no job id starts with it,
+        :class:`Conflict` when several do."""
+        out = []
+        for text in texts:
+            text = str(text).strip().lower()
+            try:
+                out.append(str(uuid.UUID(text)))
+                continue
+            except ValueError:
+                pass
+            if len(text.replace("-", "")) < self.MIN_PREFIX or not set(text) <= set("0123456789abcdef-"):
+                raise BadRequest(f"{text!r} is not a job id; give a full id or its first {self.MIN_PREFIX}+ "
+                                 "hex characters (see db ls)")
+            matches = [j.id for j in self.filter(id_prefix=text, limit=6)]
+            if not matches:
+                raise NotFound(f"no job id starts with {text!r}; `db ls` lists the jobs")
+            if len(matches) > 1:
+                shown = ", ".join(m[:13] for m in matches[:5]) + (", ..." if len(matches) > 5 else "")
+                count = f"{len(matches)}" if len(matches) <= 5 else "more than 5"
+                raise Conflict(f"job id prefix {text!r} is ambiguous: it matches {count} jobs ({shown}); "
+                               "give more characters")
+            out.append(matches[0])
+        return out
+
+    def _full_id(self, job_id):
+        """``job_id`` as given when it is a full id; a prefix resolved (see :meth:`resolve_ids`)."""
+        try:
+            uuid.UUID(str(job_id))
+        except ValueError:
+            return self.resolve_ids([job_id])[0]
+        return str(job_id)
+
     def create(self, name, workflow="default", make_workdir=True, **fields):
         """Create a job; returns it.  Its working directory exists on return
         (unless ``make_workdir=False``: then whoever runs the job makes it).
@@ -424,23 +478,24 @@ class Jobs:
 
     def get(self, job_id):
         """The job with id ``job_id`` (a prefix of 8+ characters is not enough: give the id)."""
-        return self._job(self._db.call("job_get", job_id=str(job_id)))
+        return self._job(self._db.call("job_get", job_id=self._full_id(job_id)))
 
     def history(self, job_id):
         """The state history of a job: a list of dicts, oldest first."""
-        return self._db.call("job_get", job_id=str(job_id))["history"]
+        return self._db.call("job_get", job_id=self._full_id(job_id))["history"]
 
     def update_state(self, job_id, state, message=""):
         """Move a job to ``state``; illegal transitions raise :class:`InvalidTransition`."""
-        return self._job(self._db.call("job_update_state", job_id=str(job_id), state=state, message=message))
+        return self._job(self._db.call("job_update_state", job_id=self._full_id(job_id), state=state,
+                                       message=message))
 
     def modify(self, job_id, **changes):
         """Change fields of a job (not its state: use ``update_state``)."""
-        return self._job(self._db.call("job_modify", job_id=str(job_id), changes=changes))
+        return self._job(self._db.call("job_modify", job_id=self._full_id(job_id), changes=changes))
 
     def delete(self, *job_ids):
         """Delete jobs by id; returns how many were deleted."""
-        return _field(self._db.call("job_delete", job_ids=[str(i) for i in job_ids]), "deleted")
+        return _field(self._db.call("job_delete", job_ids=[self._full_id(i) for i in job_ids]), "deleted")
 
     @staticmethod
     def _filters(filters):
@@ -546,6 +601,18 @@ class Records:
         """Delete one record and its versions; raises :class:`NotFound` when it does not exist."""
         return _field(self._db.call("record_delete", project=project, label=label), "deleted")
 
+    def delete_labels(self, project, labels):
+        """Delete the records ``labels`` of ``project`` with their versions; returns how many.
+        Every label is checked first, so that a typo removes nothing (:class:`NotFound`
+        naming the missing ones)."""
+        labels = list(dict.fromkeys(labels))
+        existing = set(self.labels(project))
+        missing = [label for label in labels if label not in existing]
+        if missing:
+            raise NotFound(f"no record {', '.join(map(repr, missing))} in project {project!r}; nothing was removed "
+                           f"(`db record ls {project}` lists its records)")
+        return sum(self.delete(project, label) for label in labels)
+
     def delete_by_tag(self, project, tag):
         """Delete every record of ``project`` tagged ``tag``; returns how many."""
         return _field(self._db.call("record_delete_by_tag", project=project, tag=tag), "deleted")
@@ -577,3 +644,35 @@ class Projects:
         if count:
             return self._db.call("project_list", count=True)
         return self._db.call("project_list")
+
+
+class Users:
+    """``db.users``: the users of the HTTP record store and the projects each may use."""
+
+    def __init__(self, db):
+        self._db = db
+
+    def save(self, name, password_hash=None, admin=None):
+        """Create user ``name`` or change their password hash (made by
+        :func:`balsamdb.passwords.hash_password`) or admin flag; True when created."""
+        return _field(self._db.call("user_save", name=name, password_hash=password_hash, admin=admin), "created")
+
+    def get(self, name):
+        """User ``name`` with their password hash and projects; :class:`NotFound` when absent."""
+        return self._db.call("user_get", name=name)
+
+    def list(self):
+        """Every user by name, with the projects each may use (no password hashes)."""
+        return self._db.call("user_list")
+
+    def delete(self, name):
+        """Delete user ``name`` and their permissions; :class:`NotFound` when absent."""
+        return _field(self._db.call("user_delete", name=name), "deleted")
+
+    def grant(self, name, project):
+        """Let user ``name`` read and write ``project`` (made if needed); True when newly granted."""
+        return _field(self._db.call("permission_grant", project=project, user=name), "granted")
+
+    def permissions(self, project):
+        """The names of the users who may use ``project``."""
+        return self._db.call("permission_list", project=project)

@@ -77,7 +77,7 @@ class DBDirectory:
             if not create:
                 raise ConfigError(f"{self.curve_key_file} is missing: start the server with --encrypt") from None
         public, secret = zmq.curve_keypair()
-        _write_private(self.curve_key_file, json.dumps({"public": public.decode(), "secret": secret.decode()}).encode())
+        write_private(self.curve_key_file, json.dumps({"public": public.decode(), "secret": secret.decode()}).encode())
         return public, secret
 
     @property
@@ -229,7 +229,7 @@ class DBDirectory:
                 },
             )
         if config.get("external"):
-            params = parse_postgres_url(_read_private(self.postgres_url_file))
+            params = parse_postgres_url(read_private(self.postgres_url_file))
         else:
             if postgres_port is None:
                 postgres_port = (self.read_address().get("postgres") or {}).get("port")
@@ -237,7 +237,7 @@ class DBDirectory:
                 raise ConfigError(f"the PostgreSQL cluster of {self.path} is not running; "
                                   f"start it with: db dbserver --path {self.path}")
             params = {"database": "balsamdb", "host": "127.0.0.1", "port": int(postgres_port),
-                      "user": "balsamdb", "password": _read_private(self.postgres_password_file)}
+                      "user": "balsamdb", "password": read_private(self.postgres_password_file)}
         database = params.pop("database")
         return pw.PostgresqlDatabase(database, connect_timeout=5, **params)
 
@@ -301,10 +301,10 @@ class DBDirectory:
             if not sub.is_dir():
                 sub.mkdir(mode=0o700)
         if not self.secret_file.exists():
-            _write_private(self.secret_file, secrets.token_hex(32).encode() + b"\n")
+            write_private(self.secret_file, secrets.token_hex(32).encode() + b"\n")
             done.append(f"wrote a new secret to {self.secret_file} (mode 600)")
         if url and not self.postgres_url_file.exists():
-            _write_private(self.postgres_url_file, url.encode())
+            write_private(self.postgres_url_file, url.encode())
             done.append(f"uses the PostgreSQL server {redact_url(url)} (URL kept in {self.postgres_url_file}, mode 600)")
         if not self.address_file.exists():
             address_file.write_atomic(self.address_file, address_file.stopped_record(db_type))
@@ -398,7 +398,7 @@ def check_postgres_url(url):
         raise ConfigError(f"cannot connect to {redact_url(url)}: {reason}") from None
 
 
-def _read_private(path):
+def read_private(path):
     try:
         return Path(path).read_text().strip()
     except FileNotFoundError:
@@ -407,7 +407,7 @@ def _read_private(path):
         raise ConfigError(f"cannot read {path}: only the owner of the DB directory may use it") from None
 
 
-def _write_private(path, content):
+def write_private(path, content):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(content)

@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import urllib3
 
 from . import operations
-from .api import Jobs, Projects, Records, SpooledWrite
+from .api import SpooledWrite, StoreHandle, answer_result
 from .exceptions import (AuthenticationError, BadRequest, ConfigError, RequestTooLarge, ServerUnavailable,
                          error_from_dict)
 from .protocol import dumps_request
@@ -85,7 +85,7 @@ def default_spool_dir(base, user):
     return Path(root) / "balsamdb" / "remote-spool" / tag
 
 
-class RemoteDatabase:
+class RemoteDatabase(StoreHandle):
     """A balsamdb HTTP store used like a DB directory: ``jobs``, ``records``,
     ``projects`` and :meth:`call` behave as on :class:`balsamdb.api.Database`.
     Job working directories are not made here: they live beside the store."""
@@ -96,9 +96,7 @@ class RemoteDatabase:
     def __init__(self, url, settings, user=None, password=None):
         self.url, self.user, password = split_url(url, user, password)
         self.settings = settings
-        self.jobs = Jobs(self)
-        self.records = Records(self)
-        self.projects = Projects(self)
+        self.attach_facades()
         self.last_route = None
         headers = {"Content-Type": "application/json", "Accept": "application/json",
                    "User-Agent": "balsamdb-remote"}
@@ -118,12 +116,6 @@ class RemoteDatabase:
     def __repr__(self):
         return f"<balsamdb.RemoteDatabase {self.url} as {self.user or 'anonymous'}>"
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     def close(self):
         self._http.clear()
 
@@ -132,10 +124,6 @@ class RemoteDatabase:
         return self.url
 
     # -- calls --------------------------------------------------------------------------------------------
-
-    def call(self, op, **params):
-        """Run operation ``op`` on the store and return its result (see :class:`Database.call`)."""
-        return self.request(op, params)
 
     def request(self, op, params, request_id=None):
         write = op in operations.OPERATIONS and operations.OPERATIONS[op].write
@@ -165,11 +153,7 @@ class RemoteDatabase:
 
     @staticmethod
     def _result(request_id, answer):
-        if answer.get("spooled"):
-            return SpooledWrite(request_id, answer.get("spool_file") or "the store's spool")
-        if answer.get("ok"):
-            return answer.get("result")
-        raise error_from_dict(answer.get("error") or {})
+        return answer_result(request_id, answer)
 
     def _post(self, body, op, spool_on_failure=False, quick=False):
         """The store's answer (a dict), retrying until ``client_deadline`` (one try when

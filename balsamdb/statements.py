@@ -15,7 +15,7 @@ from .models import AppliedRequest, Job, JobStateChange, JobTag, Project, Record
 _CACHE = weakref.WeakKeyDictionary()  # database -> Statements, gone with the database
 
 
-def _quoter(database):
+def quoter(database):
     left, right = database.quote[0], database.quote[1]
     return lambda name: f"{left}{name}{right}"
 
@@ -29,7 +29,7 @@ class Statements:
         self.insert_history = self._insert(JobStateChange, skip=("id",))
         self.insert_tag = self._insert(JobTag)
         self.insert_applied = self._insert(AppliedRequest)
-        q, p = _quoter(database), database.param
+        q, p = quoter(database), database.param
         self.applied_prefix = (f"SELECT {q('request_id')}, {q('response')} FROM {q(AppliedRequest._meta.table_name)} "
                                f"WHERE {q('request_id')} IN ")
         self.param = p
@@ -102,7 +102,7 @@ class Statements:
 
     def _insert(self, model, skip=()):
         fields = [f for f in model._meta.sorted_fields if f.name not in skip]
-        q = _quoter(self.database)
+        q = quoter(self.database)
         columns = ", ".join(q(f.column_name) for f in fields)
         values = ", ".join([self.database.param] * len(fields))
         return f"INSERT INTO {q(model._meta.table_name)} ({columns}) VALUES ({values})", fields
@@ -132,7 +132,7 @@ class Statements:
 
     def prune_applied(self, before, limit):
         """Delete up to ``limit`` applied-request rows older than ``before``; returns how many."""
-        q, p = _quoter(self.database), self.param
+        q, p = quoter(self.database), self.param
         table = q(AppliedRequest._meta.table_name)
         cursor = self.execute(f"DELETE FROM {table} WHERE {q('request_id')} IN (SELECT {q('request_id')} FROM "
                               f"{table} WHERE {q('applied_at')} < {p} LIMIT {int(limit)})", (before,))

@@ -1,11 +1,10 @@
 """`db job`: add, show, modify, list and remove jobs."""
 
 import json
-import string
-import uuid
 
 import click
 
+from balsamdb.exceptions import BadRequest, Conflict, NotFound
 from balsamdb.job_queries import timeline
 from balsamdb.states import INITIAL, PIPELINE
 from balsamdb.wording import duration
@@ -13,7 +12,6 @@ from balsamdb.wording import duration
 from .common import echo_json, format_time, json_option, open_db, parse_json, path_option
 from .ls import STATE_CHOICE, StateChoice, ls
 
-MIN_PREFIX = 4
 _DELETE_CHUNK = 500  # ids per delete request, well under SQLite's limit on bound variables
 
 
@@ -36,30 +34,14 @@ job.add_command(ls, "ls")
 # -- job ids -----------------------------------------------------------------
 
 def resolve_job_ids(db, texts):
-    """Full job ids for ``texts``: each a full id or a unique prefix of at least 4 hex characters."""
-    out = []
-    for text in texts:
-        text = text.strip().lower()
-        try:
-            out.append(str(uuid.UUID(text)))
-            continue
-        except ValueError:
-            pass
-        if len(text.replace("-", "")) < MIN_PREFIX or not set(text) <= set(string.hexdigits.lower() + "-"):
-            raise click.UsageError(
-                f"{text!r} is not a job id; give a full id or its first {MIN_PREFIX}+ hex characters (see db ls)"
-            )
-        matches = [j.id for j in db.jobs.filter(id_prefix=text, limit=6)]
-        if not matches:
-            raise click.ClickException(f"no job id starts with {text!r}; `db ls` lists the jobs")
-        if len(matches) > 1:
-            shown = ", ".join(m[:13] for m in matches[:5]) + (", ..." if len(matches) > 5 else "")
-            count = f"{len(matches)}" if len(matches) <= 5 else "more than 5"
-            raise click.ClickException(
-                f"job id prefix {text!r} is ambiguous: it matches {count} jobs ({shown}); give more characters"
-            )
-        out.append(matches[0])
-    return out
+    """Full job ids for ``texts``: each a full id or a unique prefix of at least 4 hex characters
+    (see :meth:`balsamdb.api.Jobs.resolve_ids`); a malformed one is a usage error."""
+    try:
+        return db.jobs.resolve_ids(texts)
+    except BadRequest as exc:
+        raise click.UsageError(exc.message) from None
+    except (NotFound, Conflict) as exc:
+        raise click.ClickException(exc.message) from None
 
 
 # -- options that set job fields (shared by add and modify) --------------------

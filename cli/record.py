@@ -212,15 +212,10 @@ def rm(project, labels, path, tag, yes, as_json):
                 )
             deleted = db.records.delete_by_tag(project, tag) if matching else 0
         else:
-            # Check every label first, so that a typo removes nothing.
-            existing = set(db.records.labels(project))
-            missing = [label for label in dict.fromkeys(labels) if label not in existing]
-            if missing:
-                raise click.ClickException(
-                    f"no record {', '.join(map(repr, missing))} in project {project!r}; nothing was removed "
-                    f"(`db record ls {project}` lists its records)"
-                )
-            deleted = sum(db.records.delete(project, label) for label in dict.fromkeys(labels))
+            try:
+                deleted = db.records.delete_labels(project, labels)  # every label checked first
+            except NotFound as exc:
+                raise click.ClickException(exc.message) from None
     if as_json:
         echo_json({"deleted": deleted})
         return

@@ -135,24 +135,16 @@ def export(file, path, store, as_json):
     import os
 
     source = transfer.open_store(store or resolve_db_path(path)[0])
-    tmp = f"{file}.partial"
     try:
         if file == "-":
             footer = transfer.export_store(source, sys.stdout.buffer)
             sys.stdout.buffer.flush()
         else:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                footer = transfer.export_store(source, out, progress=_progress(as_json))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, file)  # a file named FILE is always complete
+            footer = transfer.export_file(source, file, progress=_progress(as_json))  # complete, or not there
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the reader went away (| head)
         raise SystemExit(1) from None
     except OSError as exc:
-        if file != "-" and os.path.exists(tmp):
-            os.unlink(tmp)
         raise click.ClickException(f"cannot write {file}: {exc.strerror or exc}") from None
     finally:
         source.close()

@@ -58,9 +58,9 @@ def add(name, path, password_stdin, admin):
     """
     password_hash = hash_password(_password(password_stdin))
     with open_db(path) as db:
-        created = db.call("user_save", name=name, password_hash=password_hash, admin=admin)
-    click.echo(f"{'added' if created['created'] else 'changed the password of'}"
-               f"{' admin' if admin and created['created'] else ''} {'user ' if created['created'] else ''}{name}")
+        created = db.users.save(name, password_hash=password_hash, admin=admin)
+    click.echo(f"{'added' if created else 'changed the password of'}"
+               f"{' admin' if admin and created else ''} {'user ' if created else ''}{name}")
 
 
 @user.command("passwd")
@@ -76,8 +76,8 @@ def passwd(name, path, password_stdin):
         db user passwd ada
     """
     with open_db(path) as db:
-        db.call("user_get", name=name)  # not found: a clear error before asking
-        db.call("user_save", name=name, password_hash=hash_password(_password(password_stdin)))
+        db.users.get(name)  # not found: a clear error before asking
+        db.users.save(name, password_hash=hash_password(_password(password_stdin)))
     click.echo(f"changed the password of {name}")
 
 
@@ -93,7 +93,7 @@ def rm(name, path):
         db user rm ada
     """
     with open_db(path) as db:
-        db.call("user_delete", name=name)
+        db.users.delete(name)
     click.echo(f"removed user {name}")
 
 
@@ -109,7 +109,7 @@ def ls(path, as_json):
         db user ls --json
     """
     with open_db(path) as db:
-        users = db.call("user_list")
+        users = db.users.list()
     if as_json:
         echo_json(users)
         return
@@ -133,5 +133,5 @@ def grant(name, project, path):
         db user grant ada MyProject
     """
     with open_db(path) as db:
-        result = db.call("permission_grant", project=project, user=name)
-    click.echo(f"{name} {'may now use' if result['granted'] else 'could already use'} project {project}")
+        granted = db.users.grant(name, project)
+    click.echo(f"{name} {'may now use' if granted else 'could already use'} project {project}")

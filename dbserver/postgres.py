@@ -29,18 +29,13 @@ Every subprocess runs from an argument list with its output in a log file and a 
 """
 
 import errno
-import glob
 import logging
 import os
 import pwd
 import re
 import secrets
-import shlex
-import shutil
-import signal
 import socket
 import stat
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -52,100 +47,17 @@ import psycopg2.errors
 
 from balsamdb.exceptions import ConfigError
 
+from .postgres_host import (INSTALL_HINT, REQUIRED, SEARCH_GLOBS, SERVICE_USERS, Binaries,  # noqa: F401
+                            ServiceAccount, find_binaries, log_tail, run_as, service_account)
+
 log = logging.getLogger(__name__)
 
 SUPERUSER = "balsamdb"          # the role initdb creates; it owns the database below
 DATABASE = "balsamdb"           # the database the models live in
 CONNECT_HOST = "127.0.0.1"
 INITDB_DEADLINE = 120.0         # seconds
-SEARCH_GLOBS = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin", "/opt/homebrew/opt/postgresql@*/bin")
-SERVICE_USERS = ("postgres", "nobody")
 STOP_MODES = ("smart", "fast", "immediate")     # pg_ctl stop -m: wait for clients / roll back / crash-stop
-INSTALL_HINT = ("install the PostgreSQL server binaries, e.g. `apt-get install postgresql` (Debian/Ubuntu) "
-                "or `conda install -c conda-forge postgresql`, or put the directory holding initdb, pg_ctl "
-                "and postgres on PATH")
-REQUIRED = ("initdb", "pg_ctl", "postgres")
 _LISTEN_RE = re.compile(r"^[A-Za-z0-9.:*%,_-]+$")   # goes through pg_ctl's shell: no quotes, no spaces
-
-
-# -- binaries -------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Binaries:
-    """Absolute paths of the PostgreSQL server programs, all from one directory."""
-
-    initdb: str
-    pg_ctl: str
-    postgres: str
-    pg_isready: str = None     # optional; from the same directory, else from PATH
-
-
-def find_binaries():
-    """The first directory on PATH that holds initdb, pg_ctl and postgres, else the newest
-    ``/usr/lib/postgresql/<version>/bin`` (see ``SEARCH_GLOBS``).  Raises ConfigError naming what to install."""
-    candidates = [os.path.abspath(d) for d in os.environ.get("PATH", "").split(os.pathsep) if d]
-    found = []
-    for pattern in SEARCH_GLOBS:
-        found.extend(glob.glob(pattern))
-    candidates.extend(sorted(found, key=_version_key, reverse=True))
-    for directory in candidates:
-        paths = {name: os.path.join(directory, name) for name in REQUIRED + ("pg_isready",)}
-        if all(_is_executable(paths[name]) for name in REQUIRED):
-            isready = paths["pg_isready"] if _is_executable(paths["pg_isready"]) else shutil.which("pg_isready")
-            return Binaries(paths["initdb"], paths["pg_ctl"], paths["postgres"], isready)
-    where = ", ".join(SEARCH_GLOBS)
-    raise ConfigError(f"PostgreSQL server binaries (initdb, pg_ctl, postgres) were found neither on PATH "
-                      f"nor in {where}; {INSTALL_HINT}")
-
-
-def _version_key(directory):
-    """Sort key for ``.../15/bin``, ``.../9.6/bin``, ``postgresql@16/bin``: the numbers in the path."""
-    return tuple(int(n) for n in re.findall(r"\d+", directory))
-
-
-def _is_executable(path):
-    return os.path.isfile(path) and os.access(path, os.X_OK)
-
-
-# -- the account that runs postgres ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class ServiceAccount:
-    """The unprivileged user that runs the PostgreSQL binaries when balsamdb runs as root."""
-
-    name: str
-    uid: int
-    gid: int
-
-    def popen_kwargs(self):
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
-
-    def may_traverse(self, path):
-        """True when this account has search (x) permission on directory ``path``."""
-        st = os.stat(path)
-        if st.st_uid == self.uid:
-            return bool(st.st_mode & stat.S_IXUSR)
-        if st.st_gid in os.getgrouplist(self.name, self.gid):
-            return bool(st.st_mode & stat.S_IXGRP)
-        return bool(st.st_mode & stat.S_IXOTH)
-
-
-def service_account(pgdata=None):
-    """None when not root (everything runs as the caller).  As root: the owner of an existing ``pgdata``,
-    else the ``postgres`` user, else ``nobody``."""
-    if os.geteuid() != 0:
-        return None
-    if pgdata is not None and Path(pgdata, "PG_VERSION").exists():
-        owner = os.stat(pgdata).st_uid
-        if owner != 0:
-            entry = pwd.getpwuid(owner)
-            return ServiceAccount(entry.pw_name, entry.pw_uid, entry.pw_gid)
-    for name in SERVICE_USERS:
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            continue
-        return ServiceAccount(entry.pw_name, entry.pw_uid, entry.pw_gid)
-    raise ConfigError("PostgreSQL refuses to run as root and neither a 'postgres' nor a 'nobody' user exists; "
-                      "create one (e.g. `useradd --system postgres`) or run balsamdb as an ordinary user")
 
 
 # -- layout ---------------------------------------------------------------------------------------------
@@ -230,12 +142,12 @@ def init_cluster(dbdir_path, deadline=INITDB_DEADLINE):
     try:
         cmd = [binaries.initdb, "-D", str(paths.pgdata), "-U", SUPERUSER, "--auth=scram-sha-256",
                f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C"]
-        code = _run(cmd, paths.initdb_log, deadline, account, "initdb")
+        code = run_as(cmd, paths.initdb_log, deadline, account, "initdb")
     finally:
         os.unlink(pwfile)
     if code != 0:
         raise ConfigError(f"initdb failed (exit {code}) for {paths.pgdata}; last lines of {paths.initdb_log}:\n"
-                          f"{_tail(paths.initdb_log)}\nFix the cause above, remove {paths.pgdata} if it is "
+                          f"{log_tail(paths.initdb_log)}\nFix the cause above, remove {paths.pgdata} if it is "
                           f"left behind, and run db init again")
     _configure(paths, account)
     version = (paths.pgdata / "PG_VERSION").read_text().strip()
@@ -383,12 +295,12 @@ def _pg_ctl_start(binaries, paths, account, port, listen, deadline):
     options = f"-p {port} -c listen_addresses={listen} -c unix_socket_directories=''"
     cmd = [binaries.pg_ctl, "start", "-D", str(paths.pgdata), "-w", "-t", str(max(1, int(deadline))),
            "-l", str(paths.server_log), "-o", options]
-    code = _run(cmd, paths.pg_ctl_log, deadline + 15, account, "pg_ctl start")
+    code = run_as(cmd, paths.pg_ctl_log, deadline + 15, account, "pg_ctl start")
     if code == 0 and cluster_pid(paths.root) is not None:
         return None
     # pg_ctl gives up after -t seconds but leaves a slow postmaster starting: stop what it left.
     _kill_processes(_cluster_processes(paths), deadline)
-    tail = _tail(paths.server_log) or _tail(paths.pg_ctl_log)
+    tail = log_tail(paths.server_log) or log_tail(paths.pg_ctl_log)
     if "already in use" in tail:
         hint = f"port {port} is in use by another program: choose another port, or give none to take a free one"
     else:
@@ -409,7 +321,7 @@ def stop_cluster(dbdir_path, mode="fast", deadline=60):
         try:
             cmd = [find_binaries().pg_ctl, "stop", "-D", str(paths.pgdata), "-m", mode, "-w",
                    "-t", str(max(1, int(deadline)))]
-            code = _run(cmd, paths.pg_ctl_log, deadline + 15, service_account(paths.pgdata), "pg_ctl stop")
+            code = run_as(cmd, paths.pg_ctl_log, deadline + 15, service_account(paths.pgdata), "pg_ctl stop")
             log.info("pg_ctl stop -m %s of %s (pid %s) exited with %s", mode, paths.pgdata, pid, code)
         except ConfigError as exc:     # no binaries any more, or pg_ctl hung: the kill below still works
             log.error("pg_ctl stop failed for %s: %s", paths.pgdata, exc)
@@ -614,36 +526,3 @@ def _free_port(listen):
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
-
-
-# -- subprocesses ---------------------------------------------------------------------------------------
-def _run(cmd, log_path, deadline, account, what):
-    """Run ``cmd`` (as ``account`` when given) with its output appended to ``log_path``; return its exit
-    code.  After ``deadline`` seconds its whole process group is killed and ConfigError raised."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update(LC_ALL="C", LANG="C")
-    kwargs = account.popen_kwargs() if account is not None else {}
-    with open(log_path, "ab") as out:
-        out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n".encode())
-        out.flush()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                cwd="/", env=env, start_new_session=True, **kwargs)
-        try:
-            return proc.wait(timeout=deadline)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-            raise ConfigError(f"{what} did not finish within {deadline:.0f} s and was killed; last lines of "
-                              f"{log_path}:\n{_tail(log_path)}\nCheck that the disk is not full or slow "
-                              f"and try again") from None
-
-
-def _tail(path, lines=15):
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.rstrip().splitlines()[-lines:])

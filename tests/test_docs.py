@@ -63,3 +63,11 @@ def test_every_guarantee_names_tests_that_exist():
                 assert re.search(rf"^def {re.escape(test)}\(", current.read_text(), re.M), \
                     f"{row}: {current.name} has no test {test}"
         assert current is not None, f"a promise without a test: {row}"
+
+
+def test_protocol_tables_are_current():
+    """docs/protocol.md's error and operation tables are generated from the exception classes and
+    the operation registry (scripts/protocol_docs.py); a change to either shows here."""
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "protocol_docs.py"), "--check"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

@@ -453,7 +453,7 @@ def test_password_checks_are_cached_by_user_password_and_hash(monkeypatch):
         calls.append(password)
         return password == "right"
 
-    monkeypatch.setattr(http_store, "verify_password", counting)
+    monkeypatch.setattr(http_store.auth, "verify_password", counting)
     cache = http_store.PasswordCache(seconds=60)
     assert cache.check("ada", "right", "h1") and cache.check("ada", "right", "h1") and calls == ["right"]
     assert not cache.check("ada", "wrong", "h1") and not cache.check("ada", "wrong", "h1")

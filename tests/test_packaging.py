@@ -6,6 +6,7 @@ import statements, so a generic top-level name in site-packages or an import aga
 """
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -101,7 +102,10 @@ def test_wheel_holds_only_balsamdb(tmp_path):
     """A built wheel installs one top-level name: balsamdb/ (with server/ and cli/ inside) and its
     dist-info; the console scripts point into it."""
     pytest.importorskip("wheel", reason="the test extras install wheel")
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+    # From a copy without build/: setuptools would otherwise pack what an earlier build left there.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
                             "-q", "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = tmp_path.glob("balsamdb-*.whl")
@@ -116,6 +120,14 @@ def test_wheel_holds_only_balsamdb(tmp_path):
         assert module in names, module
     for page_file in ("templates/jobs.html", "templates/records.html", "static/balsamdb.js", "static/balsamdb.css"):
         assert f"balsamdb/server/{page_file}" in names, f"{page_file}: the web pages' files (package_data)"
+    # Every module of the source tree is in the wheel (a new subpackage must be listed in setup.cfg).
+    installed = {"balsamdb": "balsamdb", "dbserver": "balsamdb/server", "cli": "balsamdb/cli"}
+    for folder, target in installed.items():
+        for source in (ROOT / folder).rglob("*.py"):
+            module = f"{target}/{source.relative_to(ROOT / folder).as_posix()}"
+            assert module in names, f"{module} is not in the wheel: list its package in setup.cfg"
+    for template in (ROOT / "dbserver" / "templates").glob("*.html"):
+        assert f"balsamdb/server/templates/{template.name}" in names, template.name
     assert "db = balsamdb.cli.main:main" in entry_points and "balsamdb = balsamdb.cli.main:main" in entry_points
 
 

@@ -30,6 +30,7 @@ import pytest
 
 from balsamdb.exceptions import ConfigError
 from balsamdb.server import postgres as pg
+from balsamdb.server import postgres_host as pg_host  # where the binaries are looked for
 
 from helpers import wait_for
 
@@ -128,7 +129,7 @@ def test_missing_binaries_name_what_to_install(tmp_path, monkeypatch):
     empty = tmp_path / "empty"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
-    monkeypatch.setattr(pg, "SEARCH_GLOBS", (str(empty / "*" / "bin"),))
+    monkeypatch.setattr(pg_host, "SEARCH_GLOBS", (str(empty / "*" / "bin"),))
     with pytest.raises(ConfigError) as info:
         pg.find_binaries()
     message = info.value.message
@@ -138,7 +139,7 @@ def test_missing_binaries_name_what_to_install(tmp_path, monkeypatch):
 def test_missing_binaries_refuse_init_before_touching_the_directory(pg_dir, monkeypatch, tmp_path):
     (tmp_path / "empty").mkdir()
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    monkeypatch.setattr(pg, "SEARCH_GLOBS", ())
+    monkeypatch.setattr(pg_host, "SEARCH_GLOBS", ())
     with pytest.raises(ConfigError, match="apt-get install postgresql"):
         pg.init_cluster(pg_dir)
     assert not (pg_dir / "pgdata").exists() and not (pg_dir / "postgres.password").exists()
@@ -152,7 +153,7 @@ def test_newest_complete_version_wins_numerically(tmp_path, monkeypatch):
             (bindir / name).write_text("#!/bin/sh\n")
             (bindir / name).chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
-    monkeypatch.setattr(pg, "SEARCH_GLOBS", (str(tmp_path / "lib" / "*" / "bin"),))
+    monkeypatch.setattr(pg_host, "SEARCH_GLOBS", (str(tmp_path / "lib" / "*" / "bin"),))
     # 16 lacks postgres, and 15 beats 9.6 although "9.6" > "15" as text.
     assert pg.find_binaries().initdb == str(tmp_path / "lib" / "15" / "bin" / "initdb")
 

@@ -205,7 +205,7 @@ def run_bulk(count, workdir):
     import uuid as uuidlib
 
     import balsamdb
-    from balsamdb.operations import JOB_KEYS, _clean_job
+    from balsamdb.operations import JOB_KEYS, clean_job
     from balsamdb.server import control
 
     specs = [{"name": f"bulk-{i}", "workflow": "bulk", "application": "python sim.py", "args": f"--n {i}",
@@ -235,7 +235,7 @@ def run_bulk(count, workdir):
     started = time.perf_counter()
     for start in range(0, count, 1000):
         when = time.time()
-        batch = [_clean_job(spec, when) for spec in specs[start:start + 1000]]
+        batch = [clean_job(spec, when) for spec in specs[start:start + 1000]]
         con.executemany(insert_job, [tuple(json.dumps(r[k]) if isinstance(r[k], (dict, list)) else r[k]
                                            for k in JOB_KEYS) for r in batch])
         con.executemany(insert_history, [(r["id"], when, None, r["state"], "created") for r in batch])

@@ -1,0 +1,92 @@
+"""The closed set of operations that change or read the store.
+
+Each operation is defined once, in one of the modules below, and its docstring
+is its specification: the same function runs inside the write server (in a
+savepoint of a group commit) and in a process writing SQLite directly.
+Parameters arrive as JSON values and are validated (:mod:`.checks`) before
+anything is written; no SQL crosses the wire.
+
+- :mod:`.registry`: :data:`OPERATIONS`, :func:`operation`, :func:`lookup`, :func:`bind_params`
+- :mod:`.checks`: validators of parameters
+- :mod:`.jobs`, :mod:`.records` (and projects), :mod:`.users` (and permissions)
+- :mod:`.stores` (export and digest of a whole store), :mod:`.store_import` (``import_items``)
+
+:mod:`balsamdb.applier` runs them (``lookup``, ``bind_params``, then the
+function) while the models are bound to a database and a transaction is open.
+"""
+
+from ..exceptions import BadRequest
+# The modules that register operations, imported in the order the operations are listed.
+from . import jobs, records, users, stores, store_import
+from .checks import (INT_MAX, MAX_LIST, check_flag, check_number, check_object, check_project_name,
+                     check_saved_by, check_str_list, check_text, check_user_name, check_uuid, chunks)
+from .jobs import (CREATE_ONLY, DEFERRABLE, FILTER_KEYS, JOB_FIELDS, JOB_KEYS, clean_job, job_query,
+                   job_to_dict)
+from .records import (RECORD_MUTABLE, TAG_MATCHES, compress, decompress, project_to_dict, record_columns,
+                      record_tags, record_text, sort_time, version_list)
+from .registry import OPERATIONS, Operation, bind_params, lookup, operation
+from .stores import KINDS, Digester, canonical, digest_of, item_key
+
+
+__all__ = [
+    "CREATE_ONLY",
+    "DEFERRABLE",
+    "Digester",
+    "FILTER_KEYS",
+    "INT_MAX",
+    "JOB_FIELDS",
+    "JOB_KEYS",
+    "KINDS",
+    "MAX_LIST",
+    "OPERATIONS",
+    "Operation",
+    "RECORD_MUTABLE",
+    "TAG_MATCHES",
+    "bind_params",
+    "canonical",
+    "check_flag",
+    "check_number",
+    "check_object",
+    "check_offline",
+    "check_project_name",
+    "check_saved_by",
+    "check_str_list",
+    "check_text",
+    "check_user_name",
+    "check_uuid",
+    "chunks",
+    "clean_job",
+    "compress",
+    "decompress",
+    "digest_of",
+    "item_key",
+    "job_query",
+    "job_to_dict",
+    "jobs",
+    "lookup",
+    "operation",
+    "project_to_dict",
+    "record_columns",
+    "record_tags",
+    "record_text",
+    "records",
+    "sort_time",
+    "store_import",
+    "stores",
+    "users",
+    "version_list",
+]
+
+
+def check_offline(name, params):
+    """The checks of operation ``name`` that need no database, for a write about to be
+    spooled: nothing the server would refuse on sight is left waiting in the spool."""
+    op = lookup(name)
+    bind_params(op, params)
+    if name == "job_create":
+        clean_job(params["job"], 0.0)
+    elif name == "job_bulk_create":
+        if not isinstance(params["jobs"], list):
+            raise BadRequest("jobs must be a non-empty list")
+        for spec in params["jobs"]:
+            clean_job(spec, 0.0)

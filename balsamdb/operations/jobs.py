@@ -1,0 +1,327 @@
+"""The operations on jobs."""
+
+import uuid
+
+import peewee as pw
+
+from .. import states
+from ..dbdir import job_working_directory
+from ..exceptions import BadRequest, Conflict, NotFound
+from ..job_queries import check_sort
+from ..models import Job, JobStateChange, JobTag, now
+from ..statements import statements
+from .checks import check_number, check_object, check_str_list, check_text, check_uuid
+from .registry import operation
+
+
+JOB_FIELDS = {
+    # name: validator(value) -> clean value
+    "application": lambda v: check_text(v, "application", required=False) or "",
+    "args": lambda v: check_text(v, "args", required=False) or "",
+    "description": lambda v: check_text(v, "description", required=False) or "",
+    "num_nodes": lambda v: check_number(v, "num_nodes", int, 1),
+    "ranks_per_node": lambda v: check_number(v, "ranks_per_node", int, 1),
+    "threads_per_rank": lambda v: check_number(v, "threads_per_rank", int, 1),
+    "wall_time_minutes": lambda v: check_number(v, "wall_time_minutes", float, 0),
+    "environ": lambda v: {str(k): str(x) for k, x in check_object(v, "environ").items()},
+    "parents": lambda v: [check_uuid(p, "parent id") for p in check_str_list(v, "parents")],
+    "tags": lambda v: check_str_list(v, "tags"),
+    "data": lambda v: check_object(v, "data"),
+}
+CREATE_ONLY = {"id", "name", "workflow", "state", "working_directory", "state_message"}
+
+
+JOB_KEYS = ("id", "name", "workflow", "application", "args", "description", "state", "state_message",
+            "working_directory", "num_nodes", "ranks_per_node", "threads_per_rank", "wall_time_minutes",
+            "environ", "parents", "tags", "data", "created_at", "updated_at")
+
+
+def job_to_dict(job):
+    return {key: getattr(job, key) for key in JOB_KEYS}
+
+
+def clean_job(spec, when):
+    """Validate a job specification; returns the row to insert."""
+    if not isinstance(spec, dict):
+        raise BadRequest("a job must be an object")
+    unknown = set(spec) - set(JOB_FIELDS) - CREATE_ONLY
+    if unknown:
+        raise BadRequest(f"unknown job fields: {', '.join(sorted(unknown))}")
+    row = {name: check(spec[name]) for name, check in JOB_FIELDS.items() if name in spec}
+    row["id"] = check_uuid(spec["id"]) if spec.get("id") else str(uuid.uuid4())
+    row["name"] = check_text(spec.get("name"), "job name", max_len=255)
+    row["workflow"] = check_text(spec.get("workflow") or "default", "workflow", max_len=255)
+    state = spec.get("state") or ("AWAITING_PARENTS" if row.get("parents") else "CREATED")
+    if state not in states.INITIAL:
+        raise BadRequest(f"a new job starts in one of {sorted(states.INITIAL)}, not {state!r}")
+    row["state"] = state
+    row["state_message"] = check_text(spec.get("state_message"), "state_message", required=False) or ""
+    row["working_directory"] = spec.get("working_directory") or job_working_directory(
+        row["workflow"], row["name"], row["id"]
+    )
+    check_text(row["working_directory"], "working_directory")
+    row["created_at"] = row["updated_at"] = when
+    for name, default in _JOB_DEFAULTS:
+        if name not in row:
+            row[name] = default() if callable(default) else default
+    return row
+
+
+# The model's defaults, looked up once rather than for every job.
+_JOB_DEFAULTS = [(name, field.default) for name, field in Job._meta.fields.items() if field.default is not None]
+
+
+#: Operations that only insert (they read nothing): in a group commit's optimistic pass their
+#: inserts are deferred and made together (see balsamdb.statements.Statements.insert).
+DEFERRABLE = frozenset({"job_create", "job_bulk_create"})
+
+
+def _insert_jobs(rows, when):
+    fast = statements()
+    try:
+        fast.insert(fast.insert_job, rows)
+    except pw.IntegrityError:
+        # No query here: on PostgreSQL the transaction is unusable until the savepoint rolls back.
+        which = f"job id {rows[0]['id']} already exists" if len(rows) == 1 else "a job id already exists"
+        raise Conflict(which) from None
+    fast.insert(fast.insert_history, [
+        {"job": r["id"], "time": when, "from_state": None, "to_state": r["state"], "message": "created"}
+        for r in rows
+    ])
+    tags = [{"job": r["id"], "tag": t} for r in rows for t in r["tags"]]
+    if tags:
+        fast.insert(fast.insert_tag, tags)
+
+
+@operation(write=True)
+def job_create(job):
+    """Create one job.
+
+    ``job`` is an object with ``name`` (required), ``workflow`` (default
+    "default"), ``id`` (a UUID made by the client; made here if absent),
+    ``application``, ``args``, ``description``, ``num_nodes``,
+    ``ranks_per_node``, ``threads_per_rank``, ``wall_time_minutes``,
+    ``environ`` (object of strings), ``parents`` (job ids), ``tags`` (strings),
+    ``data`` (any JSON object), ``state`` (CREATED, AWAITING_PARENTS or READY;
+    AWAITING_PARENTS by default when there are parents).  The working directory
+    is ``data/<workflow>/<name>_<first 8 characters of id>``.
+    Returns the job.  A duplicate id is a conflict.
+    """
+    when = now()
+    row = clean_job(job, when)
+    _insert_jobs([row], when)
+    return {key: row[key] for key in JOB_KEYS}
+
+
+@operation(write=True)
+def job_bulk_create(jobs):
+    """Create many jobs at once, all or none.
+
+    ``jobs`` is a list of job objects as for ``job_create`` (give each its
+    ``id``: the answer does not list them).  Returns ``{"created": n}``.
+    """
+    if not isinstance(jobs, list) or not jobs:
+        raise BadRequest("jobs must be a non-empty list")
+    when = now()
+    rows = [clean_job(spec, when) for spec in jobs]
+    if len({r["id"] for r in rows}) != len(rows):
+        raise Conflict("the same job id appears twice in one bulk_create")
+    _insert_jobs(rows, when)
+    return {"created": len(rows)}
+
+
+def _get_job(job_id):
+    try:
+        return Job.get_by_id(check_uuid(job_id))
+    except Job.DoesNotExist:
+        raise NotFound(f"no job with id {job_id}") from None
+
+
+@operation(write=True)
+def job_update_state(job_id, state, message=""):
+    """Move job ``job_id`` to ``state``, recording ``message`` in its history.
+
+    The state machine (see :mod:`balsamdb.states`) refuses illegal transitions.
+    Returns the job.
+    """
+    fast = statements()
+    job = fast.job(check_uuid(job_id))
+    if job is None:
+        raise NotFound(f"no job with id {job_id}")
+    states.check_transition(job["state"], state)
+    message = check_text(message, "message", required=False) or ""
+    when = now()
+    fast.executemany(fast.insert_history, [
+        {"job": job["id"], "time": when, "from_state": job["state"], "to_state": state, "message": message}])
+    fast.database.execute_sql(fast.update_state, (state, message, when, job["id"]))
+    job.update(state=state, state_message=message, updated_at=when)
+    return job
+
+
+@operation(write=True)
+def job_modify(job_id, changes):
+    """Change fields of job ``job_id``.
+
+    ``changes`` may set ``application``, ``args``, ``description``,
+    ``num_nodes``, ``ranks_per_node``, ``threads_per_rank``,
+    ``wall_time_minutes``, ``environ``, ``parents``, ``tags`` and ``data``
+    (replaced whole).  The state changes only through ``job_update_state``.
+    Returns the job.
+    """
+    changes = check_object(changes, "changes")
+    bad = set(changes) - set(JOB_FIELDS)
+    if bad or not changes:
+        raise BadRequest(
+            f"cannot modify {', '.join(sorted(bad)) or 'nothing'}; modifiable fields: {', '.join(JOB_FIELDS)}"
+        )
+    job = _get_job(job_id)
+    for name, value in changes.items():
+        setattr(job, name, JOB_FIELDS[name](value))
+    job.updated_at = now()
+    job.save()
+    if "tags" in changes:
+        JobTag.delete().where(JobTag.job == job.id).execute()
+        if job.tags:
+            JobTag.insert_many([{"job": job.id, "tag": t} for t in job.tags]).execute()
+    return job_to_dict(job)
+
+
+@operation(write=True)
+def job_delete(job_ids):
+    """Delete the jobs in ``job_ids`` with their history; returns ``{"deleted": n}``.
+
+    Ids that do not exist are not an error; the count says how many went.
+    Working directories are left on disk.
+    """
+    ids = [check_uuid(i) for i in check_str_list(job_ids, "job_ids")]
+    deleted = 0
+    for start in range(0, len(ids), 500):  # stay below SQLite's limit on parameters
+        chunk = ids[start:start + 500]
+        JobTag.delete().where(JobTag.job.in_(chunk)).execute()
+        JobStateChange.delete().where(JobStateChange.job.in_(chunk)).execute()
+        deleted += Job.delete().where(Job.id.in_(chunk)).execute()
+    return {"deleted": deleted}
+
+
+@operation(write=False)
+def job_get(job_id):
+    """Return job ``job_id`` with its ``history``: a list of
+    ``{time, from_state, to_state, message}``, oldest first."""
+    job = _get_job(job_id)
+    out = job_to_dict(job)
+    out["history"] = [
+        {"time": h.time, "from_state": h.from_state, "to_state": h.to_state, "message": h.message}
+        for h in JobStateChange.select().where(JobStateChange.job == job.id).order_by(JobStateChange.id)
+    ]
+    return out
+
+
+def job_query(filters):
+    """The query of the jobs matching ``filters`` (as for ``job_filter``), bound to no database:
+    run it with ``query.execute(database)``.  For readers outside the write path (the web pages);
+    raises :class:`BadRequest` for a bad filter."""
+    return _job_query(filters)
+
+
+def _glob_to_like(pattern):
+    return pattern.replace("*", "%").replace("?", "_")
+
+
+FILTER_KEYS = ("ids", "id_prefix", "workflow", "name", "name_like", "state", "tags",
+               "created_after", "created_before", "updated_after", "updated_before")
+
+
+def _job_query(filters):
+    filters = check_object(filters, "filters")
+    unknown = set(filters) - set(FILTER_KEYS)
+    if unknown:
+        raise BadRequest(f"unknown job filters {sorted(unknown)}; known: {', '.join(FILTER_KEYS)}")
+    query = Job.select()
+    if filters.get("ids") is not None:
+        ids = [check_uuid(i) for i in check_str_list(filters["ids"], "ids")]
+        if len(ids) > 500:  # SQLite allows a limited number of parameters per statement
+            raise BadRequest("filter by at most 500 ids at a time")
+        query = query.where(Job.id.in_(ids))
+    if filters.get("id_prefix") is not None:
+        prefix = check_text(filters["id_prefix"], "id_prefix").lower()
+        if not all(c in "0123456789abcdef-" for c in prefix):
+            raise BadRequest(f"id_prefix {prefix!r} is not part of a UUID")
+        query = query.where(Job.id.startswith(prefix))
+    for key in ("workflow", "name"):
+        if filters.get(key) is not None:
+            query = query.where(getattr(Job, key) == check_text(filters[key], key))
+    if filters.get("name_like") is not None:
+        pattern = check_text(filters["name_like"], "name_like", max_len=255)
+        if "\\" in pattern:
+            raise BadRequest("name_like may not contain a backslash")
+        query = query.where(Job.name ** _glob_to_like(pattern))
+    if filters.get("state") is not None:
+        wanted = filters["state"]
+        wanted = [wanted] if isinstance(wanted, str) else check_str_list(wanted, "state")
+        unknown_states = [s for s in wanted if s not in states.STATES]
+        if unknown_states:
+            raise BadRequest(f"unknown states {unknown_states}; known: {', '.join(states.STATES)}")
+        query = query.where(Job.state.in_(wanted))
+    for tag in check_str_list(filters.get("tags"), "tags"):
+        query = query.where(Job.id.in_(JobTag.select(JobTag.job).where(JobTag.tag == tag)))
+    for key, field, op in (("created_after", Job.created_at, ">="), ("created_before", Job.created_at, "<"),
+                           ("updated_after", Job.updated_at, ">="), ("updated_before", Job.updated_at, "<")):
+        if filters.get(key) is not None:
+            query = query.where(pw.Expression(field, op, check_number(filters[key], key)))
+    return query
+
+
+def _job_order(sort):
+    """The ORDER BY of ``sort`` (see :data:`balsamdb.job_queries.SORT_KEYS`); ties by creation, then id."""
+    sort = check_sort(sort) or "created"
+    key = sort.lstrip("-")
+    if key == "state":  # in the order of the pipeline, not of the alphabet
+        field = pw.Case(Job.state, [(name, rank) for rank, name in enumerate(states.STATES)], len(states.STATES))
+    else:
+        field = {"created": Job.created_at, "updated": Job.updated_at, "name": Job.name,
+                 "workflow": Job.workflow, "id": Job.id}[key]
+    descending = sort.startswith("-")
+    order = [field.desc() if descending else field.asc()]
+    if key != "created":
+        order.append(Job.created_at.desc() if descending else Job.created_at.asc())
+    order.append(Job.id.desc() if descending else Job.id.asc())
+    return order
+
+
+@operation(write=False)
+def job_filter(filters=None, limit=None, offset=0, sort=None):
+    """Jobs matching ``filters``, oldest first (or as ``sort`` says).
+
+    ``filters`` may hold ``ids``, ``id_prefix`` (the start of an id),
+    ``workflow``, ``name``, ``name_like`` (a glob
+    such as ``sim-*``, case-insensitive), ``state`` (one or a list), ``tags``
+    (all of them), ``created_after``/``created_before``/``updated_after``/
+    ``updated_before`` (UNIX seconds).  ``limit`` and ``offset`` page the result.
+    ``sort`` is one of ``created`` (the default), ``updated``, ``name``,
+    ``workflow``, ``state`` (in pipeline order) or ``id``; with a leading ``-``
+    the order is reversed (``-updated``: the last changed first).
+    """
+    query = _job_query(filters).order_by(*_job_order(sort))
+    if limit is not None:
+        query = query.limit(check_number(limit, "limit", int, 0))
+    if offset:
+        query = query.offset(check_number(offset, "offset", int, 0))
+    return [job_to_dict(j) for j in query]
+
+
+@operation(write=False)
+def job_count(filters=None):
+    """Number of jobs matching ``filters`` (as for ``job_filter``)."""
+    return _job_query(filters).count()
+
+
+@operation(write=False)
+def job_state_counts(filters=None):
+    """How many jobs matching ``filters`` (as for ``job_filter``) are in each
+    state, per workflow: a list of ``{workflow, state, count}``, by workflow,
+    then states in pipeline order; states with no job are left out."""
+    query = (_job_query(filters).select(Job.workflow, Job.state, pw.fn.COUNT(Job.id).alias("count"))
+             .group_by(Job.workflow, Job.state))
+    rows = [{"workflow": row.workflow, "state": row.state, "count": row.count} for row in query]
+    rank = {name: index for index, name in enumerate(states.STATES)}
+    return sorted(rows, key=lambda r: (r["workflow"], rank.get(r["state"], len(rank))))

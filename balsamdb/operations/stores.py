@@ -1,0 +1,336 @@
+"""Operations that move a whole store: read it in pages, write items as they are, digest it.
+
+``db copy``, ``db configure --store``, ``db export`` and ``db import`` are built
+on these three operations, so they work the same against a DB directory (through
+its server, or directly), a PostgreSQL URL and an HTTP store of balsamdb.
+
+An *item* is one JSON object with a ``kind``; items of a store, in this order:
+
+    user        {"kind": "user", "name", "password_hash", "admin", "created_at"}
+    project     {"kind": "project", "name", "description", "public", "created_at"}
+    permission  {"kind": "permission", "project", "user"}
+    record      {"kind": "record", "project", "label", "document", "created_at", "updated_at"
+                 [, "versions": [{"version", "saved_at", "saved_by", "document"}, ...], oldest first,
+                 the last one equal to "document"; only when asked for: a plain Sumatra
+                 server keeps no versions]}
+    job         {"kind": "job", <every field of job_get>, "history": [{"time", "from_state",
+                 "to_state", "message"}, ...]}
+
+A record's tags are those of its document.  Within a kind, items sort by their
+key (user: name; project: name; permission: project, user; record: project,
+label; job: id).
+"""
+
+
+import hashlib
+import json
+import time
+
+import peewee as pw
+
+from ..exceptions import BadRequest
+from ..models import Job, JobStateChange, Project, ProjectPermission, Record, RecordVersion, User
+from .checks import MAX_LIST, check_number, chunks
+from .jobs import job_to_dict
+from .records import decompress
+from .registry import operation
+
+KINDS = ("user", "project", "permission", "record", "job")
+PAGE = 1000  # items per page unless the caller asks for another size
+MAX_PAGE = 5000
+
+
+def canonical(value):
+    """The one JSON text of ``value`` that digests and export files use."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+# -- items from rows ----------------------------------------------------------------------------
+
+def user_item(user):
+    return {"kind": "user", "name": user.name, "password_hash": user.password_hash, "admin": bool(user.admin),
+            "created_at": user.created_at}
+
+
+def project_item(project):
+    return {"kind": "project", "name": project.name, "description": project.description,
+            "public": bool(project.public), "created_at": project.created_at}
+
+
+def permission_item(permission):
+    return {"kind": "permission", "project": permission.project_id, "user": permission.user_id}
+
+
+def record_item(record, versions=None):
+    item = {"kind": "record", "project": record.project_id, "label": record.label,
+            "document": json.loads(record.document), "created_at": record.created_at,
+            "updated_at": record.updated_at}
+    if versions is not None:
+        item["versions"] = versions
+    return item
+
+
+def versions_of(record_ids):
+    """``{record id: [version items, oldest first]}`` for ``record_ids``."""
+    out = {record_id: [] for record_id in record_ids}
+    for chunk in chunks(record_ids):
+        query = (RecordVersion.select().where(RecordVersion.record.in_(chunk))
+                 .order_by(RecordVersion.record, RecordVersion.number))
+        for row in query:
+            out[row.record_id].append({"version": row.number, "saved_at": row.saved_at, "saved_by": row.saved_by,
+                                       "document": json.loads(decompress(row.document))})
+    return out
+
+
+def _record_items(rows, versions):
+    if not versions:
+        return [record_item(row) for row in rows]
+    kept = versions_of([row.id for row in rows])
+    return [record_item(row, kept[row.id]) for row in rows]
+
+
+def job_items(jobs):
+    ids = [job.id for job in jobs]
+    history = {job_id: [] for job_id in ids}
+    for start in range(0, len(ids), 500):
+        query = (JobStateChange.select().where(JobStateChange.job.in_(ids[start:start + 500]))
+                 .order_by(JobStateChange.id))
+        for change in query:
+            history[change.job_id].append({"time": change.time, "from_state": change.from_state,
+                                           "to_state": change.to_state, "message": change.message})
+    items = []
+    for job in jobs:
+        item = {"kind": "job", **job_to_dict(job), "history": history[job.id]}
+        items.append(item)
+    return items
+
+
+def _c(field):
+    """``field`` compared and sorted by code point on every database (PostgreSQL's default
+    collation follows the locale), so that pages, keys and export files agree everywhere."""
+    if isinstance(field.model._meta.database, pw.PostgresqlDatabase):
+        return field.collate('"C"')
+    return field
+
+
+def _after(fields, key):
+    """The condition "(fields) > key", in key order."""
+    first, rest = _c(fields[0]), fields[1:]
+    if not rest:
+        return first > key[0]
+    return (first > key[0]) | ((first == key[0]) & _after(rest, key[1:]))
+
+
+def _page_query(kind, after, since):
+    """The query for one kind, ordered by key, from just after key ``after``."""
+    model, fields = {
+        "user": (User, [User.name]),
+        "project": (Project, [Project.name]),
+        "permission": (ProjectPermission, [ProjectPermission.project, ProjectPermission.user]),
+        "record": (Record, [Record.project, Record.label]),
+        "job": (Job, [Job.id]),
+    }[kind]
+    query = model.select().order_by(*[_c(f) for f in fields])
+    if after is not None:
+        if len(after) != len(fields):
+            raise BadRequest(f"after must be a {kind} key of {len(fields)} strings")
+        query = query.where(_after(fields, after))
+    if since is not None and kind in ("record", "job"):
+        query = query.where(model.updated_at >= since)
+    return query
+
+
+def item_key(item):
+    """The sort key of an item, as a list (what ``export_items`` takes as ``after``)."""
+    kind = item["kind"]
+    if kind in ("user", "project"):
+        return [item["name"]]
+    if kind == "permission":
+        return [item["project"], item["user"]]
+    if kind == "record":
+        return [item["project"], item["label"]]
+    return [item["id"]]
+
+
+def _items(kind, rows, versions=False):
+    if kind == "job":
+        return job_items(rows)
+    if kind == "record":
+        return _record_items(rows, versions)
+    return [{"user": user_item, "project": project_item, "permission": permission_item,
+             "record": record_item}[kind](row) for row in rows]
+
+
+def check_kind(kind):
+    if kind not in KINDS:
+        raise BadRequest(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    return kind
+
+
+def _check_after(after):
+    if after is None:
+        return None
+    if not isinstance(after, list) or not after or not all(isinstance(k, str) for k in after):
+        raise BadRequest("after must be the key of the last item read: a list of strings")
+    return after
+
+
+@operation(write=False)
+def export_items(kind, after=None, limit=PAGE, since=None, versions=False):
+    """One page of the store's items of ``kind`` (user, project, permission, record, job),
+    in key order, starting just after the key ``after`` (the ``next`` of the previous page).
+
+    ``since`` (UNIX seconds; records and jobs only) keeps only items changed at or
+    after that time: a catch-up pass of a copy.  ``versions``: each record carries
+    its versions.  Returns ``{"items": [...], "next": key or null when this was the
+    last page, "now": the store's clock}``.
+    """
+    check_kind(kind)
+    after = _check_after(after)
+    limit = check_number(limit, "limit", int, 1)
+    if limit > MAX_PAGE:
+        raise BadRequest(f"limit is at most {MAX_PAGE}")
+    since = None if since is None else check_number(since, "since", float, float("-inf"))
+    now = time.time()
+    if not isinstance(versions, bool):
+        raise BadRequest("versions must be true or false")
+    rows = list(_page_query(kind, after, since).limit(limit + 1))
+    more = len(rows) > limit
+    items = _items(kind, rows[:limit], versions)
+    return {"items": items, "next": item_key(items[-1]) if more else None, "now": now}
+
+
+@operation(write=False)
+def store_counts():
+    """How many items of each kind the store holds: ``{"user": n, "project": n, ...}``."""
+    return {"user": User.select().count(), "project": Project.select().count(),
+            "permission": ProjectPermission.select().count(), "record": Record.select().count(),
+            "job": Job.select().count()}
+
+
+# -- digests ------------------------------------------------------------------------------------------
+
+def digest_content(item):
+    """What of an item its digest covers: content, not bookkeeping that a plain Sumatra
+    server cannot keep (when a record was stored, and updated)."""
+    if item["kind"] == "record":
+        content = {"label": item["label"], "document": item["document"]}
+        if "versions" in item:
+            content["versions"] = item["versions"]
+        return content
+    if item["kind"] == "project":
+        return {"name": item["name"], "description": item["description"], "public": item["public"]}
+    return item
+
+
+class Digester:
+    """Counts and SHA-256 digests of a store, fed its items in any order.
+
+    A group's digest is the sum, modulo 2**256, of the SHA-256 of each item's
+    canonical content: it does not depend on the order in which a database
+    sorts names (collations differ between SQLite and PostgreSQL).
+    ``result()``: ``{"projects": {name: {"records": n, "digest": hex}}, "jobs": {...},
+    "users": {...}, "permissions": {...}}``, where a project's digest covers its own
+    fields and its records."""
+
+    def __init__(self):
+        self._groups = {}
+
+    def _group(self, name):
+        if name not in self._groups:
+            self._groups[name] = [0, 0]
+        return self._groups[name]
+
+    def add(self, item):
+        kind = item["kind"]
+        if kind == "record":
+            group = self._group(("project", item["project"]))
+            group[0] += 1
+        elif kind == "project":
+            group = self._group(("project", item["name"]))
+        else:
+            group = self._group((kind, None))
+            group[0] += 1
+        digest = hashlib.sha256(canonical(digest_content(item)).encode()).digest()
+        group[1] = (group[1] + int.from_bytes(digest, "big")) % (1 << 256)
+
+    def result(self):
+        out = {"projects": {}, "jobs": None, "users": None, "permissions": None}
+        for (kind, name), (count, total) in sorted(self._groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+            digest = f"{total:064x}"
+            if kind == "project":
+                out["projects"][name] = {"records": count, "digest": digest}
+            else:
+                out[kind + "s"] = {"count": count, "digest": digest}
+        for kind in ("jobs", "users", "permissions"):
+            if out[kind] is None:
+                out[kind] = {"count": 0, "digest": "0" * 64}
+        return out
+
+
+def changed_after(item, until):
+    """True when ``item`` was changed after ``until`` (records and jobs know when)."""
+    return until is not None and item["kind"] in ("record", "job") and item["updated_at"] > until
+
+
+def _excluded_keys(exclude):
+    if exclude is None:
+        return set()
+    if not isinstance(exclude, list) or len(exclude) > MAX_LIST:
+        raise BadRequest(f"exclude must be a list of at most {MAX_LIST} item keys")
+    keys = set()
+    for key in exclude:
+        if not isinstance(key, list) or not all(isinstance(k, str) for k in key):
+            raise BadRequest("each key in exclude must be a list of strings, as export_items gives them")
+        keys.add(tuple(key))
+    return keys
+
+
+def digest_of(items, until=None, excluded=(), now=None):
+    """What :func:`store_digest` answers, for ``items`` in any order: the digests of those
+    not changed after ``until`` and not ``excluded`` (record and job keys as tuples),
+    ``changed_after`` (the keys of those left out for ``until``) and ``now``."""
+    digester = Digester()
+    changed = []
+    for item in items:
+        key = item_key(item)
+        if changed_after(item, until):
+            changed.append(key)
+        elif item["kind"] not in ("record", "job") or tuple(key) not in excluded:
+            digester.add(item)
+    result = digester.result()
+    result.update(now=time.time() if now is None else now, changed_after=changed[:MAX_LIST],
+                  too_many_changed=len(changed) > MAX_LIST)
+    return result
+
+
+def _every_item():
+    for kind in KINDS:
+        after = None
+        while True:
+            rows = list(_page_query(kind, after, None).limit(PAGE))
+            if not rows:
+                break
+            items = _items(kind, rows)
+            yield from items
+            after = item_key(items[-1])
+
+
+@operation(write=False)
+def store_digest(until=None, exclude=None):
+    """Counts and content digests of the whole store (see :class:`Digester`), for
+    checking a copy.
+
+    ``until`` (UNIX seconds) leaves out records and jobs changed after it, and
+    ``exclude`` (a list of record and job keys, as ``export_items`` gives them)
+    leaves out those items: so a store that writers keep changing can be compared
+    with a copy made up to that moment.  Returns the digests, ``"now"`` (the
+    store's clock), and ``"changed_after"``: the keys of the items left out for
+    ``until`` (at most 50000; ``"too_many_changed"`` is true beyond).
+    """
+    until = None if until is None else check_number(until, "until", float, float("-inf"))
+    excluded = _excluded_keys(exclude)
+    return digest_of(_every_item(), until, excluded, now=time.time())
+
+
+# -- writing items as they are -------------------------------------------------------------------------

@@ -1,0 +1,157 @@
+"""The fast in-process layer (issue 15 §5): CLI commands through click's CliRunner and the HTTP
+store through Flask's test client, on a SQLite DB directory used directly (no server, no
+subprocess, no socket).  The real-process tests of the same features stay where they are;
+these run in seconds and say quickly which layer broke."""
+
+import base64
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+import balsamdb
+from balsamdb.exceptions import ERRORS_BY_CODE, NotFound
+from balsamdb.passwords import hash_password
+
+flask = pytest.importorskip("flask")
+
+
+def _db(dbdir, *args, input=None):
+    from balsamdb.cli.main import main
+
+    return CliRunner().invoke(main, [*args, "--path", str(dbdir)], input=input, catch_exceptions=False)
+
+
+def test_user_commands_in_process(dbdir):
+    added = _db(dbdir, "user", "add", "ada", "--password-stdin", input="secret\n")
+    assert added.exit_code == 0 and added.output.strip() == "added user ada", added.output
+    again = _db(dbdir, "user", "add", "ada", "--password-stdin", input="other\n")
+    assert again.output.strip() == "changed the password of ada", again.output
+    first = _db(dbdir, "user", "grant", "ada", "P")
+    second = _db(dbdir, "user", "grant", "ada", "P")
+    assert first.output.strip() == "ada may now use project P", first.output
+    assert second.output.strip() == "ada could already use project P", second.output
+    listed = json.loads(_db(dbdir, "user", "ls", "--json").output)
+    assert [(u["name"], u["projects"], u["admin"]) for u in listed] == [("ada", ["P"], False)]
+    assert _db(dbdir, "user", "rm", "ada").output.strip() == "removed user ada"
+    gone = _db(dbdir, "user", "rm", "ada")
+    assert gone.exit_code == 1 and "no user 'ada'" in gone.output and "Traceback" not in gone.output
+
+
+def test_users_facade(dbdir):
+    with balsamdb.connect(dbdir) as db:
+        assert db.users.save("ada", password_hash=hash_password("x")) is True
+        assert db.users.save("ada", admin=True) is False
+        assert db.users.grant("ada", "P") is True and db.users.grant("ada", "P") is False
+        assert db.users.permissions("P") == ["ada"]
+        user = db.users.get("ada")
+        assert user["admin"] is True and user["projects"] == ["P"] and user["password_hash"].startswith("scrypt$")
+        assert [u["name"] for u in db.users.list()] == ["ada"]
+        assert db.users.delete("ada") == 1
+        with pytest.raises(NotFound):
+            db.users.get("ada")
+
+
+def _auth(name, password):
+    return {"Authorization": "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()}
+
+
+@pytest.fixture
+def store_client(dbdir):
+    from balsamdb.server.http_store import create_app
+
+    with balsamdb.connect(dbdir) as db:
+        db.users.save("ada", password_hash=hash_password("pw"))
+        db.users.grant("ada", "P")
+    return create_app(dbdir).test_client()
+
+
+def test_sumatra_api_in_process(store_client):
+    ada = _auth("ada", "pw")
+    assert store_client.get("/P/").status_code == 401  # not public: log in first
+    record = {"label": "run-1", "reason": "a test", "tags": ["t"], "timestamp": "2026-01-02 03:04:05"}
+    put = store_client.put("/P/run-1/", data=json.dumps(record), headers=ada)
+    assert put.status_code == 201, put.data
+    got = store_client.get("/P/run-1/", headers=ada)
+    assert got.status_code == 200 and got.get_json() == record
+    listing = store_client.get("/P/?tags=t", headers=ada).get_json()
+    assert listing["records"] == ["http://localhost/P/run-1/"]
+    page = store_client.get("/P/run-1/?format=html", headers=ada)  # a template from dbserver/templates/
+    assert page.status_code == 200 and page.content_type.startswith("text/html")
+    assert b"<h1>run-1</h1>" in page.data and b"logged in as ada" in page.data
+    missing = store_client.get("/P/none/", headers=ada)
+    assert missing.status_code == 404 and missing.get_json()["status"] == 404
+    assert store_client.get("/P/run-1/", headers=_auth("ada", "wrong")).status_code == 401
+
+
+def test_operation_endpoint_answers_each_error_with_its_class_status(store_client):
+    ada = _auth("ada", "pw")
+
+    def call(op, **params):
+        body = {"id": "0123456789abcdef" + op, "op": op, "params": params}
+        return store_client.post("/_balsamdb/call", data=json.dumps(body), headers=ada)
+
+    answer = call("record_save", project="P", record={"label": "x"})
+    assert answer.status_code == 200 and answer.get_json()["result"]["created"] is True
+    for (op, params), code in ((("no_such_op", {}), "bad_request"), (("record_get", {"project": "P", "label": "y"}),
+                                                                       "not_found")):
+        answer = call(op, **params)
+        assert answer.get_json()["error"]["code"] == code
+        assert answer.status_code == ERRORS_BY_CODE[code].http_status, (code, answer.status_code)
+
+
+def test_the_python_api_takes_job_id_prefixes_as_db_job_does(dbdir):
+    from balsamdb.exceptions import BadRequest, Conflict
+
+    with balsamdb.connect(dbdir) as db:
+        a = db.jobs.create("a", id="aaaa1111-0000-4000-8000-000000000001", make_workdir=False)
+        db.jobs.create("b", id="aaaa2222-0000-4000-8000-000000000002", make_workdir=False)
+        assert db.jobs.get("aaaa1").id == a.id and db.jobs.resolve_ids(["AAAA1111"]) == [a.id]
+        assert db.jobs.update_state("aaaa1", "READY").state == "READY"
+        with pytest.raises(Conflict, match="ambiguous: it matches 2 jobs"):
+            db.jobs.get("aaaa")
+        with pytest.raises(NotFound, match="no job id starts with 'bbbb'"):
+            db.jobs.get("bbbb")
+        with pytest.raises(BadRequest, match="is not a job id"):
+            db.jobs.get("aa")
+        assert db.jobs.delete("aaaa2") == 1
+    shown = _db(dbdir, "job", "show", "aaaa")  # one job left: the prefix is unique now
+    assert shown.exit_code == 0 and a.id in shown.output, shown.output
+    bad = _db(dbdir, "job", "show", "zz")
+    assert bad.exit_code == 2 and "'zz' is not a job id" in bad.output
+
+
+def test_export_file_is_complete_or_absent(dbdir, tmp_path):
+    from balsamdb import transfer
+
+    with balsamdb.connect(dbdir) as db:
+        db.records.save("P", {"label": "r1", "tags": []})
+    store = transfer.open_store(str(dbdir))
+    try:
+        target = tmp_path / "out.jsonl"
+        footer = transfer.export_file(store, target)
+        assert footer["counts"]["record"] == 1 and target.exists() and not (tmp_path / "out.jsonl.partial").exists()
+        assert target.stat().st_mode & 0o777 == 0o600
+        full = tmp_path / "full.jsonl"
+        (tmp_path / "full.jsonl.partial").symlink_to("/dev/full")  # every write fails: ENOSPC, a full disk
+        with pytest.raises(OSError, match="No space left"):
+            transfer.export_file(store, full)
+        assert not full.exists() and not os.path.lexists(tmp_path / "full.jsonl.partial")
+    finally:
+        store.close()
+    written = _db(dbdir, "export", str(tmp_path / "cli.jsonl"))
+    assert written.exit_code == 0 and (tmp_path / "cli.jsonl").read_bytes() == target.read_bytes(), written.output
+
+
+def test_record_rm_checks_every_label_before_removing_any(dbdir):
+    with balsamdb.connect(dbdir) as db:
+        for label in ("r1", "r2"):
+            db.records.save("P", {"label": label, "tags": []})
+        with pytest.raises(NotFound, match="no record 'typo' in project 'P'; nothing was removed"):
+            db.records.delete_labels("P", ["r1", "typo"])
+        assert sorted(db.records.labels("P")) == ["r1", "r2"]
+    refused = _db(dbdir, "record", "rm", "P", "r2", "typo")
+    assert refused.exit_code == 1 and "nothing was removed" in refused.output
+    removed = _db(dbdir, "record", "rm", "P", "r1", "r2", "r1")
+    assert removed.exit_code == 0 and removed.output.strip() == "removed 2 records", removed.output
