@@ -13,6 +13,7 @@ Reads go to the read-only connections of :mod:`.web_reads`, never through the wr
 """
 
 import json
+from urllib.parse import quote
 import math
 from urllib.parse import urlencode
 
@@ -163,10 +164,30 @@ def _compare_page(web, name, labels):
     if missing:
         raise web.error(404, f"no record {', '.join(map(repr, missing))} in project {name!r}")
     docs = [documents[label] for label in labels]
-    rows = compare(docs)
     base = flask.request.url_root
-    data = {"project": name, "labels": labels,
-            "records": [f"{base}{web.url_part(name)}/{web.url_part(label)}/" for label in labels],
+    links = [f"{base}{web.url_part(name)}/{web.url_part(label)}/" for label in labels]
+    return _compared(web, name, docs, labels, links, f"?compare={quote(','.join(labels))}&format=json",
+                     {"labels": labels, "records": links})
+
+
+def compare_versions_page(web, name, label, numbers, read_version):
+    """``GET {p}/{l}/?versions&compare=1,3``: versions of one record side by side, as records are
+    compared (``read_version(n)`` gives version n's document, through the store's checks)."""
+    if not 2 <= len(numbers) <= MAX_COMPARED:
+        raise web.error(400, f"compare 2 to {MAX_COMPARED} versions: ?versions&compare=1,2 (got {len(numbers)})")
+    docs = [read_version(n) for n in numbers]
+    base = flask.request.url_root
+    record = f"{base}{web.url_part(name)}/{web.url_part(label)}/"
+    titles = [f"version {n}" for n in numbers]
+    links = [f"{record}?version={n}" for n in numbers]
+    return _compared(web, name, docs, titles, links,
+                     f"?versions&compare={','.join(map(str, numbers))}&format=json",
+                     {"label": label, "versions": numbers, "records": links})
+
+
+def _compared(web, name, docs, titles, links, json_href, data):
+    rows = compare(docs)
+    data = {"project": name, **data,
             "differences": [{"section": r["section"], "name": r["name"], "values": r["values"]}
                             for r in rows if r["differs"]],
             "identical": [f"{r['section']}: {r['name']}" for r in rows if not r["differs"]]}
@@ -176,7 +197,9 @@ def _compare_page(web, name, labels):
             sections.append({"name": row["section"], "rows": [], "differing": 0})
         sections[-1]["rows"].append(row)
         sections[-1]["differing"] += row["differs"]
-    return web.respond(data, "compare.html", f"{name}: compare", project=name, labels=labels, sections=sections,
+    return web.respond(data, "compare.html", f"{name}: compare", project=name, labels=titles, sections=sections,
+                       columns=[{"title": t, "href": h} for t, h in zip(titles, links)], json_href=json_href,
+                       kind="versions" if "versions" in data else "records",
                        differing=len(data["differences"]))
 
 

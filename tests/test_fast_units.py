@@ -155,3 +155,30 @@ def test_record_rm_checks_every_label_before_removing_any(dbdir):
     assert refused.exit_code == 1 and "nothing was removed" in refused.output
     removed = _db(dbdir, "record", "rm", "P", "r1", "r2", "r1")
     assert removed.exit_code == 0 and removed.output.strip() == "removed 2 records", removed.output
+
+
+def test_two_versions_of_a_record_compare_side_by_side(store_client):
+    """Issue 17: a record's versions page links each version to the one before, and
+    ``?versions&compare=1,2`` shows them side by side with the changed parameter marked (HTML and JSON)."""
+    ada = _auth("ada", "pw")
+    first = {"label": "run-1", "timestamp": "2026-01-02 03:04:05", "outcome": "",
+             "parameters": {"content": "n = 2\nalpha = 1", "type": "SimpleParameterSet"}}
+    second = dict(first, outcome="converged", parameters={"content": "n = 3\nalpha = 1", "type": "SimpleParameterSet"})
+    for doc in (first, second):
+        assert store_client.put("/P/run-1/", data=json.dumps(doc), headers=ada).status_code in (200, 201)
+    listing = store_client.get("/P/run-1/?versions&format=html", headers=ada)
+    assert listing.status_code == 200 and b'href="?versions&amp;compare=1,2"' in listing.data, listing.data[-2000:]
+    assert b'name="compare" value="1"' in listing.data and b"compare the ticked versions" in listing.data
+
+    data = store_client.get("/P/run-1/?versions&compare=1,2&format=json", headers=ada).get_json()
+    assert data["versions"] == [1, 2] and data["records"][1].endswith("/P/run-1/?version=2")
+    changed = {(d["section"], d["name"]) for d in data["differences"]}
+    assert any(section == "parameters" and name == "n" for section, name in changed), data["differences"]
+    assert not any(name == "alpha" for _, name in changed)
+    page = store_client.get("/P/run-1/?versions=&compare=1&compare=2&format=html", headers=ada)  # the form's query
+    assert page.status_code == 200 and b"Compare 2 versions" in page.data
+    row = page.data.split(b'data-name="n"', 1)[1].split(b"</tr>", 1)[0]
+    assert b"&ne;" in row and b"3" in row, row
+    assert store_client.get("/P/run-1/?versions&compare=1,x", headers=ada).status_code == 400
+    assert store_client.get("/P/run-1/?versions&compare=1,9", headers=ada).status_code == 404
+    assert store_client.get("/P/run-1/?versions&compare=1", headers=ada).status_code == 400

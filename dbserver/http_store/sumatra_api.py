@@ -140,6 +140,17 @@ def blueprint(context):
                             {"Allow": ", ".join(methods)})
 
     def versions_reply(project, label):
+        if request.args.get("compare"):  # ?versions&compare=1,3: two or more versions side by side
+            numbers = []
+            for value in request.args.getlist("compare"):
+                for part in value.split(","):
+                    if not part.strip().isdigit() or int(part) < 1:
+                        raise HTTPError(400, f"compare takes version numbers from 1, not {part!r} (see ?versions)")
+                    if int(part) not in numbers:
+                        numbers.append(int(part))
+            return web_records.compare_versions_page(
+                web, project, label, numbers,
+                lambda n: store.read("record_get", project=project, label=label, version=n))
         versions = store.read("record_versions", project=project, label=label)
         return reply({"project": project, "label": label, "versions": versions},
                      html=lambda: (f"{label}: versions", VERSIONS, {"project": project, "label": label,
