@@ -2,9 +2,7 @@
 
 Group commit: each turn of the loop takes every request already waiting (up
 to ``MAX_BATCH``, and ``max_batch_bytes``), applies each in its own savepoint inside one
-transaction, commits, and only then answers each.  Pipelined: the database thread
-(:mod:`balsamdb.server.db_thread`, the only user of the connection) applies and commits
-one batch while this loop, the only user of the sockets, receives and checks the next.  A bad request fails alone; the rest of
+transaction, commits, and only then answers each.  A bad request fails alone; the rest of
 its batch commits.  Spooled writes go first: a live request that arrives while files wait
 in ``spool/new`` is held until they are applied (see :mod:`balsamdb.server.spool_barrier`).
 Malformed and unauthenticated messages are answered with an error at once and never reach
@@ -49,11 +47,9 @@ STARTUP_DB_DEADLINE = 15.0  # seconds a starting server waits for its database
 POLL_MS = 200
 PRUNE_EVERY = 60.0         # seconds between looks for request ids old enough to forget
 PRUNE_CHUNK = 5000
-#: Batches handed to the database thread and not yet answered (pipelined group commit; see
-#: :mod:`balsamdb.server.db_thread`): one applies and commits while the main thread receives and
-#: checks the next, which goes as a whole once that commit is answered.  With 2, a handful of
-#: requests that arrived first went on their own, in more and smaller commits: more CPU per write.
-PIPELINE_DEPTH = 1
+#: Batches handed to the database thread and not yet answered: one applying or committing, one
+#: prepared behind it (pipelined group commit; see :mod:`balsamdb.server.db_thread`).
+PIPELINE_DEPTH = 2
 
 
 class Stats:
