@@ -34,7 +34,6 @@ from balsamdb.settings import load_settings
 from balsamdb.spool import Spool, StrayEntry
 from balsamdb.statements import statements
 
-from .db_thread import DBThread
 from .spool_barrier import SpoolBarrier, SpoolCleaner
 
 log = logging.getLogger("balsamdb.server.write_server")
@@ -47,9 +46,6 @@ STARTUP_DB_DEADLINE = 15.0  # seconds a starting server waits for its database
 POLL_MS = 200
 PRUNE_EVERY = 60.0         # seconds between looks for request ids old enough to forget
 PRUNE_CHUNK = 5000
-#: Batches handed to the database thread and not yet answered: one applying or committing, one
-#: prepared behind it (pipelined group commit; see :mod:`balsamdb.server.db_thread`).
-PIPELINE_DEPTH = 2
 
 
 class Stats:
@@ -112,16 +108,17 @@ class WriteServer:
         self.next_spool_check = 0.0
         self.drain_limit = 256         # spooled files per drain turn, adapted to take about DRAIN_TURN
         self.next_prune = 0.0
-        self.db = None                 # the database thread (initialize)
-        self.prepared = []             # live work admitted and not yet handed to the database thread
-        self.prepared_bytes = 0
 
     # -- life cycle ---------------------------------------------------------
     def initialize(self):
         raise_priority()
         raise_open_files_limit()
-        self.db = DBThread()
-        self.db.call(self.open_database)  # the connection belongs to the database thread
+        self.database = self.dbdir.open_database(self.settings, busy_timeout=60, postgres_port=self.pg_port)
+        self.connect_database(deadline=STARTUP_DB_DEADLINE)
+        self.database.bind(MODELS)
+        done = upgrade(self.database)
+        for line in done:
+            log.info("schema: %s", line)
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 2000)
@@ -151,74 +148,20 @@ class WriteServer:
                  self.settings.sqlite_synchronous, "CURVE-encrypted" if self.encrypt else "not encrypted",
                  self.epoch)
 
-    def open_database(self):
-        self.database = self.dbdir.open_database(self.settings, busy_timeout=60, postgres_port=self.pg_port)
-        self.connect_database(deadline=STARTUP_DB_DEADLINE)
-        self.database.bind(MODELS)
-        done = upgrade(self.database)
-        for line in done:
-            log.info("schema: %s", line)
-
     def loop(self):
         poller = zmq.Poller()
-        poller.register(self.db.wake_fd, zmq.POLLIN)
-        receiving = False
+        poller.register(self.socket, zmq.POLLIN)
         while not self.stopping:
             # Spooled writes go before live ones: a live request that finds files waiting is
             # held (see spool_barrier) while the spool drains one batch per turn, so that
             # status, ping and holding replies still go out during a long drain.
-            # Pipelining: the socket is read while the database thread commits, until the next
-            # batch is full (memory stays bounded: at most PIPELINE_DEPTH batches in the thread).
-            room = self.has_room()
-            if room != receiving:
-                poller.register(self.socket, zmq.POLLIN if room else 0)
-                receiving = room
-            events = dict(poller.poll(0 if time.monotonic() >= self.next_spool_check else POLL_MS))
-            self.send_finished()
-            if events.get(self.socket):
-                self.serve_batch(self.receive_batch(MAX_BATCH - len(self.prepared),
-                                                    self.settings.max_batch_bytes - self.prepared_bytes))
-            self.pump()
+            if poller.poll(0 if time.monotonic() >= self.next_spool_check else POLL_MS):
+                self.serve_batch(self.receive_batch())
             if time.monotonic() >= self.next_prune:
-                self.db.call(self.prune_applied)
+                self.prune_applied()
             if time.monotonic() >= self.next_spool_check:
                 self.drain_turn()
             self.answer_overdue()
-
-    # -- the pipeline -------------------------------------------------------------
-    def has_room(self):
-        return len(self.prepared) < MAX_BATCH and self.prepared_bytes < self.settings.max_batch_bytes
-
-    def enqueue(self, work, size=0):
-        """Admitted live ``work``: applied by the database thread in a later batch."""
-        self.prepared.extend(work)
-        self.prepared_bytes += size
-        self.pump()
-
-    def pump(self):
-        """Hand the prepared batch to the database thread when it has room for one."""
-        if self.prepared and self.db.inflight < PIPELINE_DEPTH:
-            work, self.prepared, self.prepared_bytes = self.prepared, [], 0
-            self.db.submit(work, self.apply_batch, work, True)
-
-    def send_finished(self):
-        """Answer the batches that the database thread has committed (or refused)."""
-        for future, work in self.db.finished():
-            try:
-                replies = future.result()
-            except Exception as exc:  # apply_batch answers every failure; this is a bug, and no input may stop us
-                log.exception("a batch of %d requests failed unexpectedly; each is refused", len(work))
-                error = ServerError(f"the server failed on this batch: {type(exc).__name__}: {exc}").to_dict()
-                replies = [(envelope, {"id": request_id, "ok": False, "error": error})
-                           for envelope, request_id, _op, _params in work]
-            self.send_replies(replies)
-
-    def settle(self):
-        """Hand over what is prepared and answer everything in the database thread."""
-        while self.prepared or self.db.inflight:
-            self.pump()
-            self.db.call(lambda: None)  # everything submitted before has finished
-            self.send_finished()
 
     def shutdown(self):
         """Answer everything already received, then close."""
@@ -231,14 +174,11 @@ class WriteServer:
             except zmq.ZMQError:
                 pass
         try:
-            while self.db is not None:
+            while True:
                 batch = self.receive_batch()
                 if not batch:
                     break
                 self.serve_batch(batch)
-                self.settle()
-            if self.db is not None:
-                self.settle()
             # Held requests cannot be applied before the spool: their clients resend them to
             # the next server, or spool them behind the files that wait.
             error = TryAgain("the server stopped while spooled writes before this one waited; "
@@ -254,20 +194,17 @@ class WriteServer:
                 self.socket.close()
             if self.context is not None:
                 self.context.term()
-            if self.db is not None:
-                if self.database is not None:
-                    self.db.call(self.database.close)
-                self.db.close()
+            if self.database is not None:
+                self.database.close()
             self.cleaner.close()
         log.info("stopped after %s requests (%s writes) in %s batches",
                  self.stats.requests, self.stats.writes, self.stats.batches)
 
     # -- one turn -------------------------------------------------------------
-    def receive_batch(self, room=MAX_BATCH, room_bytes=None):
+    def receive_batch(self):
         batch = []
         size = 0  # bounded in bytes too (max_batch_bytes): memory stays bounded whatever arrives
-        room_bytes = self.settings.max_batch_bytes if room_bytes is None else room_bytes
-        while len(batch) < room and size < room_bytes:
+        while len(batch) < MAX_BATCH and size < self.settings.max_batch_bytes:
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
@@ -280,9 +217,7 @@ class WriteServer:
         replies = []   # (envelope, answer)
         work = []      # (envelope, request id, op, params)
         server_ops = []  # answered after the work is admitted, so that status counts it as held
-        size = 0
         for frames in batch:
-            size += sum(len(frame) for frame in frames)
             envelope, payload = _split_envelope(frames)
             self.stats.requests += 1
             message = None
@@ -308,11 +243,11 @@ class WriteServer:
             work = self.admit(work, replies)
         for envelope, request_id, op in server_ops:
             # Queue depth: the requests that arrived with this one and wait to be served.
-            result = self.server_op(op, queue_depth=len(batch) - 1 + len(self.prepared))
+            result = self.server_op(op, queue_depth=len(batch) - 1)
             replies.append((envelope, {"id": request_id, "ok": True, "result": result}))
-        self.send_replies(replies)
         if work:
-            self.enqueue(work, size)
+            replies.extend(self.apply_batch(work, encoded=True))
+        self.send_replies(replies)
 
     def send_replies(self, replies):
         for envelope, answer in replies:
@@ -341,8 +276,7 @@ class WriteServer:
         """One batch of the spool; then release the held requests it was holding up."""
         started = time.monotonic()
         limit = self.drain_limit
-        # The spool is read and applied in the database thread, after the batches handed to it.
-        taken = self.db.call(self.drain_spool, limit=limit, once=True) if self.spool.any_waiting() else 0
+        taken = self.drain_spool(limit=limit, once=True)
         full = taken >= limit
         took = time.monotonic() - started
         if full and took < DRAIN_TURN:
@@ -358,7 +292,7 @@ class WriteServer:
             return
         released = self.barrier.release(waiting)
         if released:
-            self.enqueue(released)
+            self.send_replies(self.apply_batch(released, encoded=True))
         # More may wait (a full batch, or files that arrived meanwhile): look again at once.
         self.next_spool_check = time.monotonic() + (0.0 if full or waiting else SPOOL_EVERY)
 
@@ -590,7 +524,7 @@ class WriteServer:
             return {"pong": True, "epoch": self.epoch, "pid": os.getpid()}
         if op == "spool_drain":
             # One batch per request (db spool --drain); the loop drains the spool by itself.
-            return {"applied": self.db.call(self.drain_spool, once=True),
+            return {"applied": self.drain_spool(once=True),
                     "pending": len(self.barrier.waiting(self.spool.names()))}
         status = self.stats.to_dict()
         status.update(queue_depth=queue_depth, encrypted=self.encrypt,
