@@ -91,6 +91,8 @@ class ServerClient:
             self.close()
             sock = _Context.get().socket(zmq.REQ)
             sock.setsockopt(zmq.LINGER, 0)
+            # Waiting slices by a receive timeout, not sock.poll (which builds a zmq.Poller per call).
+            sock.setsockopt(zmq.RCVTIMEO, _SLICE_MS)
             if curve_public:
                 # The server encrypts (CURVE): our key pair is made per process, its public key
                 # comes from the address file.
@@ -128,8 +130,11 @@ class ServerClient:
         give_up = time.monotonic() + self.settings.client_timeout
         next_check = time.monotonic() + _LIVENESS_EVERY
         while True:
-            if sock.poll(_SLICE_MS, zmq.POLLIN):
+            try:
                 frames = sock.recv_multipart()
+            except zmq.Again:
+                frames = None
+            if frames is not None:
                 try:
                     answer = protocol.decode(self.secret, frames, strict=False)  # old rows may hold NaN
                 except AuthenticationError:

@@ -206,6 +206,7 @@ def run(inflights, seconds, repeat, targets, json_out=None, workdir=None):
     if workdir is None:
         own_tmp = tempfile.TemporaryDirectory(prefix="balsamdb-capacity-")
         workdir = own_tmp.name
+        os.chmod(workdir, 0o711)  # a PostgreSQL cluster under root runs as another user, who must pass through
     results = []
     try:
         for round_ in range(repeat):
