@@ -29,6 +29,8 @@ import time
 import uuid
 from pathlib import Path
 
+from .writers import cpu_seconds, peak_rss_mb
+
 TARGETS = ("sqlite", "postgres", "null")
 PRESIGN_MAX = 250_000        # requests signed before the clock starts (the rest are signed on the fly)
 DRAIN_DEADLINE = 60.0        # s to wait for the answers still in flight when the window closes
@@ -114,20 +116,6 @@ def generate(address, secret, inflight, seconds):
             "window_seconds": elapsed}
 
 
-def _cpu_seconds(pid):
-    import psutil
-
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
-
-
-def _peak_rss_mb(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return None
-
-
 def _server_counters(path):
     from balsamdb.dbdir import DBDirectory
     from balsamdb.server import control
@@ -160,18 +148,18 @@ def run_one(target, inflight, seconds, workdir):
             server_pid = (dbdir.read_address().get("server") or {}).get("pid")
         info = dbdir.read_address()
         before = None if target == "null" else _server_counters(path)
-        cpu_before = _cpu_seconds(server_pid)
+        cpu_before = cpu_seconds(server_pid)
         gen = subprocess.run([sys.executable, "-m", "balsamdb.server.bench.capacity", "--generate",
                               info["address"], str(path), str(inflight), str(seconds)],
                              capture_output=True, text=True, timeout=seconds + DRAIN_DEADLINE + 300)
         if gen.returncode != 0:
             raise RuntimeError(f"the load generator failed: {gen.stderr[-2000:]}")
         counts = json.loads(gen.stdout.strip().splitlines()[-1])
-        cpu = _cpu_seconds(server_pid) - cpu_before
+        cpu = cpu_seconds(server_pid) - cpu_before
         result = {"target": target, "inflight": inflight, **counts,
                   "writes_per_s": counts["answered_in_window"] / counts["window_seconds"],
                   "server_cpu_us_per_write": 1e6 * cpu / max(1, counts["ok"] + counts["errors"]),
-                  "peak_rss_mb": _peak_rss_mb(server_pid)}
+                  "peak_rss_mb": peak_rss_mb(server_pid)}
         if before is not None:
             after = _server_counters(path)
             batches = after["batches"] - before["batches"]

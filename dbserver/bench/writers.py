@@ -55,7 +55,7 @@ def wait_for(predicate, timeout, what):
     raise SystemExit(f"benchmark: timed out waiting for {what}")
 
 
-def _cpu_seconds(pid):
+def cpu_seconds(pid):
     """CPU time (user + system) of process ``pid`` so far."""
     import psutil
 
@@ -63,7 +63,7 @@ def _cpu_seconds(pid):
     return times.user + times.system
 
 
-def _peak_rss_mb(pid):
+def peak_rss_mb(pid):
     """The peak resident memory of process ``pid`` (VmHWM), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -125,13 +125,13 @@ def run_mode(mode, nwriters, nwrites, workdir):
     server_cpu = peak_mb = None
     try:
         wait_for(lambda: all(Path(str(o) + ".ready").exists() for o in outs), 300, "writers to be ready")
-        cpu_before = _cpu_seconds(server_pid)
+        cpu_before = cpu_seconds(server_pid)
         go.write_text("go")
         for proc in procs:
             proc.wait(timeout=900)
         if server_pid is not None:
-            server_cpu = _cpu_seconds(server_pid) - cpu_before
-            peak_mb = _peak_rss_mb(server_pid)
+            server_cpu = cpu_seconds(server_pid) - cpu_before
+            peak_mb = peak_rss_mb(server_pid)
     finally:
         for proc in procs:
             if proc.poll() is None:
