@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import secrets
-import signal
 import threading
 import time
 from pathlib import Path
@@ -37,6 +36,8 @@ from urllib.parse import quote, unquote, urlsplit
 import flask
 
 from balsamdb.remote import redact, split_url
+
+from .http_store.process import run_until_sigterm
 
 log = logging.getLogger("balsamdb.server.relay")
 
@@ -413,10 +414,6 @@ def create_app(directory, upstream_url):
     return app, forwarder, spool
 
 
-def _stop(signum, frame):
-    raise SystemExit(0)  # waitress ends its loop on SystemExit: requests in progress are answered
-
-
 def serve(directory, upstream_url, host="127.0.0.1", port=0, threads=16, ready=None):
     """Run the relay until SIGTERM; ``ready(url)`` once it listens."""
     import waitress
@@ -432,16 +429,11 @@ def serve(directory, upstream_url, host="127.0.0.1", port=0, threads=16, ready=N
     url = f"http://{server.effective_host}:{server.effective_port}/"
     (directory / "relay.json").write_text(json.dumps({"pid": os.getpid(), "url": url, "store": redact(upstream_url)}))
     log.info("relay at %s to %s, %d saves waiting in the spool", url, redact(upstream_url), spool.count())
-    previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        if ready is not None:
-            ready(url)
-        server.run()
+        run_until_sigterm(server, url, ready)
     finally:
-        signal.signal(signal.SIGTERM, previous)
         forwarder.stopping.set()
         forwarder.join(STORE_TIMEOUT + 5)
-        server.close()
         (directory / "relay.json").unlink(missing_ok=True)
         log.info("relay stopped; %d saves wait in the spool for its next start", spool.count())
 

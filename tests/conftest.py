@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 
@@ -143,7 +144,14 @@ SLOW_MODULES = frozenset({
 })
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config):
+    # A run stopped with SIGTERM (a timeout, CI cancelling) tears down like Ctrl-C: the finalizers
+    # stop every server and PostgreSQL cluster the run started instead of leaving them running.
+    signal.signal(signal.SIGTERM, _interrupt)
     config.addinivalue_line(
         "markers", "unprivileged: needs root, or runs as an ordinary user inside user namespaces "
                    "(scripts/test_unprivileged.sh runs these)")

@@ -104,7 +104,8 @@ def test_wheel_holds_only_balsamdb(tmp_path):
     pytest.importorskip("wheel", reason="the test extras install wheel")
     # From a copy without build/: setuptools would otherwise pack what an earlier build left there.
     source = tmp_path / "source"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__"))
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__",
+                                                             "default_db", "test-screenshots"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
                             "-q", "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-3000:]

@@ -61,6 +61,16 @@ def serve(path, host="127.0.0.1", port=8000, prefix="/", threads=16, max_body=MA
     url = f"http://{shown_host}:{server.effective_port}/{prefix.strip('/')}{'/' if prefix.strip('/') else ''}"
     log.info("serving %s (%s) at %s with %d threads, bodies up to %d bytes%s", dbdir.path, dbdir.db_type, url,
              threads, max_body, f", trusting proxy {trusted_proxy}" if trusted_proxy else "")
+    try:
+        run_until_sigterm(server, url, ready)
+    finally:
+        log.info("stopped serving %s", dbdir.path)
+    return url
+
+
+def run_until_sigterm(server, url, ready=None):
+    """Run the waitress ``server`` until SIGTERM, calling ``ready(url)`` once it listens; then close it
+    (``db serve`` and ``db relay``)."""
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         if ready is not None:
@@ -69,5 +79,3 @@ def serve(path, host="127.0.0.1", port=8000, prefix="/", threads=16, max_body=MA
     finally:
         signal.signal(signal.SIGTERM, previous)
         server.close()
-        log.info("stopped serving %s", dbdir.path)
-    return url
