@@ -2,6 +2,7 @@
 
 import base64
 import json
+import socket
 import sys
 import time
 import urllib.error
@@ -15,6 +16,7 @@ import balsamdb
 from balsamdb.passwords import hash_password
 
 RUNS = 16
+HOST = socket.gethostname()
 DRAIN_DEADLINE = 300.0
 
 
@@ -105,7 +107,8 @@ def test_smt_runs_through_the_relay_while_the_store_is_down(store, relay, tmp_pa
                         for v in db.records.versions("Offline", label)]
             tags = [v["tags"] for v in versions]
             assert len(versions) == 5 and tags[0] == ["_initialized_"] and tags[-1] == ["_finished_"], tags
-            assert {v["saved_by"] for v in db.records.versions("Offline", label)} == {"ada"}
+            # the store's user (ada, not an admin), for the relay's client: see test_relay_saved_at.py
+            assert {v["saved_by"] for v in db.records.versions("Offline", label)} == {f"ada for {user}@{HOST}"}
     (tmp_path / "relay-session.txt").write_text("\n".join(smt.transcript))
     print("\n---- smt through the relay ----\n" + "\n".join(smt.transcript[-3:]))
 
@@ -141,6 +144,7 @@ def test_answered_saves_survive_a_killed_relay(store, relay):
         conn.request("PUT", f"/Kept/{doc['label']}/", json.dumps(doc), {"Authorization": token})
         assert conn.getresponse().status == 201
         conn.close()
+    answered = time.time()
     assert status(url, user, password)["waiting"] == 3
     pid = json.loads((directory / "relay.json").read_text())["pid"]
     os.kill(pid, signal.SIGKILL)
@@ -159,3 +163,8 @@ def test_answered_saves_survive_a_killed_relay(store, relay):
     with balsamdb.connect(served.path) as db:
         assert [db.records.get("Kept", d["label"]) for d in docs] == docs
         assert all(len(db.records.versions("Kept", d["label"])) == 1 for d in docs)
+        # each version has the time the relay answered the save, not the (later) time it was forwarded
+        saved = [db.records.versions("Kept", d["label"])[0] for d in docs]
+        assert all(v["saved_at"] <= answered for v in saved), (answered, saved)
+        assert [v["saved_at"] for v in saved] == sorted(v["saved_at"] for v in saved)
+        assert {v["saved_by"] for v in saved} == {f"ada for {user}@{HOST}"}
