@@ -219,7 +219,10 @@ def create_app(directory, upstream_url):
             if status is None and not mine and project not in projects_seen and not cache.labels(project):
                 return reply({"error": f"the store is unreachable and the relay knows no project {project!r}"}, 503)
             data = {"id": project, "name": project, "description": ""}
-            labels = sorted(cache.labels(project)) if status is None else []
+            known = dict(cache.labels(project), **mine) if status is None else {}
+            labels = [label for label, doc in sorted(known.items(), key=lambda i: str(i[1].get("timestamp")),
+                                                     reverse=True)  # newest first, as the store lists them
+                      if not tags or set(tags) & set(doc.get("tags") or [])]
         projects_seen.add(project)
         extra = [label for label, doc in mine.items() if label not in labels
                  and (not tags or set(tags) & set(doc.get("tags") or []))]

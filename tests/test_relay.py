@@ -134,17 +134,34 @@ def test_answered_saves_survive_a_killed_relay(store, relay):
 
     served, restart = store
     url, user, password, directory = relay
+    token = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    where = urlsplit(url)
+
+    def call(method, path, doc=None):
+        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+        conn.request(method, path, None if doc is None else json.dumps(doc), {"Authorization": token})
+        answer = conn.getresponse()
+        try:
+            return answer.status, answer.read()
+        finally:
+            conn.close()
+
+    assert call("PUT", "/Kept/early/", record("early", tags=["other"]))[0] == 201  # forwarded, then cached
+    end = time.monotonic() + DRAIN_DEADLINE
+    while (now := status(url, user, password))["waiting"]:
+        assert time.monotonic() < end, now
+        time.sleep(0.05)  # wait-ok: polls the relay's status with the deadline above
     served.proc.kill()
     served.proc.wait(30)
-    token = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-    docs = [record(f"r{i}", tags=["_finished_"], stdout_stderr=f"output {i} ✓") for i in range(3)]
-    where = urlsplit(url)
+    docs = [record(f"r{i}", tags=["_finished_"] + (["special"] if i == 0 else []), stdout_stderr=f"output {i} ✓")
+            for i in range(3)]
     for doc in docs:
-        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
-        conn.request("PUT", f"/Kept/{doc['label']}/", json.dumps(doc), {"Authorization": token})
-        assert conn.getresponse().status == 201
-        conn.close()
+        assert call("PUT", f"/Kept/{doc['label']}/", doc)[0] == 201
     answered = time.time()
+    # listed while the store is down: from the spool and the cache, with ?tags= matching as the store does
+    for query, expected in (("", {"early", "r0", "r1", "r2"}), ("?tags=special", {"r0"}), ("?tags=other", {"early"})):
+        code, body = call("GET", f"/Kept/{query}")
+        assert code == 200 and {u.rstrip("/").rsplit("/", 1)[-1] for u in json.loads(body)["records"]} == expected
     assert status(url, user, password)["waiting"] == 3
     pid = json.loads((directory / "relay.json").read_text())["pid"]
     os.kill(pid, signal.SIGKILL)
