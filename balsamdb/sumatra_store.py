@@ -96,7 +96,11 @@ def read_sumatra_store(path, kind, name=None):
         from .dbdir import parse_postgres_url
 
         return read_postgres(parse_postgres_url(str(path)), name)[1]
-    if importlib.util.find_spec("sumatra") is None:
+    try:
+        found = importlib.util.find_spec("sumatra") is not None
+    except ImportError:  # a broken or blocked installation counts as none
+        found = False
+    if not found:
         raise TransferError(f"{name} is Sumatra's own {KIND_NAMES[kind]} record store (pickled Sumatra objects); "
                             "reading it needs sumatra installed here (pip install sumatra)")
     with tempfile.TemporaryDirectory(prefix="balsamdb-smt-") as work:

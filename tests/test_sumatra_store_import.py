@@ -139,6 +139,10 @@ def test_import_of_a_shelve_store(project, dst, tmp_path):
     shelf = tmp_path / "records.shelf"  # what smt makes when Django is absent (or asked for a .shelf)
     project("init", f"--store={shelf}", "--main=main.py", "--executable=" + sys.executable, "Shelved")
     project("run", "--label=s1", "default.param", "n=4")
+    blocked = db_import(shelf, "--path", dst, env=without_django(tmp_path))  # pickled Sumatra objects: needs sumatra
+    _out, err = blocked.communicate(timeout=60)
+    assert blocked.returncode == 1 and "Traceback" not in err, err
+    assert "record store (pickled Sumatra objects); reading it needs sumatra installed here" in err, err
     report = finished(db_import(shelf, "--path", dst, "--json", "--project", "Renamed"))
     assert report["format"] == "Sumatra record store (shelve)" and report["items"]["record"]["added"] == 1
     with balsamdb.connect(dst) as db:
