@@ -84,20 +84,26 @@ def test_import_of_the_django_store_that_smt_keeps_without_django(project, dst, 
     project("run", "--label=third", "--reason=with input data", "default.param", "input.txt")
     project("run", "--label=fourth")  # no parameter file
     project("comment", "fourth", "no parameters: a dict")
+    (project.workdir / "withdep.py").write_text("import sys\nimport peewee\nprint(peewee.__version__, sys.argv)\n")
+    subprocess.run(["git", "add", "withdep.py"], cwd=project.workdir, env=project.env, check=True, timeout=60)
+    subprocess.run(["git", "commit", "-q", "-m", "with a dependency"], cwd=project.workdir, env=project.env,
+                   check=True, timeout=60)
+    project("run", "--main=withdep.py", "--label=fifth", "default.param")  # Sumatra records its dependencies
     store = project.workdir / ".smt" / "records"
     assert store.read_bytes()[:16] == b"SQLite format 3\x00"  # Django's store, smt's default
     no_django = without_django(tmp_path)
     report = finished(db_import(store, "--path", dst, "--json", env=no_django))
     assert report["format"] == "Sumatra record store (Django, SQLite)" and report["verified"] is True
-    assert report["items"]["record"]["added"] == 4
+    assert report["items"]["record"]["added"] == 5
     expected = smt_records(project, "MyProject")
     assert expected["third"]["input_data"] and expected["fourth"]["parameters"]["type"] == "dict"
+    assert expected["fifth"]["dependencies"] and expected["second"]["output_data"]
     with balsamdb.connect(dst) as db:
         assert {label: db.records.get("MyProject", label) for label in db.records.labels("MyProject")} == expected
         assert db.records.labels("MyProject", tags=["paper"]) == ["second"]
         assert [v["version"] for v in db.records.versions("MyProject", "second")] == [1]
     again = finished(db_import(store, "--path", dst, "--json", env=no_django))
-    assert again["items"]["record"] == {"added": 0, "updated": 0, "unchanged": 4}
+    assert again["items"]["record"] == {"added": 0, "updated": 0, "unchanged": 5}
 
 
 def test_import_waits_for_a_store_locked_by_a_writer(project, dst, tmp_path):
