@@ -178,7 +178,15 @@ def test_copy_from_sumatra_django_store_on_postgresql(project, dst, pg_cluster, 
     project("run", "--label=two", "--tag=t0", "default.param", "n=3")
     project("tag", "paper", "one")
     expected = smt_records(project, "PgProject")
-    copied = db_cli("copy", url, dst, "--json", timeout=IMPORT_TIMEOUT, env=without_django(tmp_path))
+    import psycopg2
+
+    writer = psycopg2.connect(url)  # a running smt's write transaction, held during the copy
+    try:
+        writer.cursor().execute("UPDATE django_store_record SET reason = 'not committed'")
+        copied = db_cli("copy", url, dst, "--json", timeout=IMPORT_TIMEOUT, env=without_django(tmp_path))
+    finally:
+        writer.rollback()
+        writer.close()
     assert copied.returncode == 0, copied.stderr
     report = json.loads(copied.stdout)
     assert report["verification"]["verified"] and report["first_pass"]["record"]["added"] == 2
