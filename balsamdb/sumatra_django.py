@@ -101,7 +101,8 @@ def _key(row):
 
 def _tags(tables):
     """{record db_id: sorted tag names} from the tag tables (or, lacking them, the tags column)."""
-    for tag_table, item_table in (("django_store_tag", "django_store_taggeditem"), ("tagging_tag", "tagging_taggeditem")):
+    for tag_table, item_table in (("django_store_tag", "django_store_taggeditem"),
+                                  ("tagging_tag", "tagging_taggeditem")):
         if tag_table in tables.columns and item_table in tables.columns:
             types = [row["id"] for row in tables.rows("django_content_type")
                      if row["app_label"] == "django_store" and row["model"] == "record"]
@@ -213,6 +214,12 @@ def sqlite_tables(con):
     return columns
 
 
+def locked(path, wait):
+    """The error for a SQLite store whose write lock outlasted the wait."""
+    return TransferError(f"cannot read {path}: it stayed locked by a writer (a running smt?) for {wait:g} s; "
+                         "try again when it is done (BALSAMDB_SUMATRA_LOCK_WAIT sets the wait)")
+
+
 def read_sqlite(path, wait=None):
     """``(projects, records)`` of Sumatra's Django store in the SQLite file ``path``.
 
@@ -231,9 +238,7 @@ def read_sqlite(path, wait=None):
         return read_tables(tables)
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
-            raise TransferError(f"cannot read {path}: it stayed locked by a writer (a running smt?) for "
-                                f"{wait:g} s; try again when it is done (BALSAMDB_SUMATRA_LOCK_WAIT sets the wait)") \
-                from None
+            raise locked(path, wait) from None
         raise TransferError(f"cannot read {path}: {exc}") from None
     except sqlite3.Error as exc:
         raise TransferError(f"cannot read {path}: {exc}") from None

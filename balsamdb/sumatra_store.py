@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from .exceptions import BadRequest, TransferError
-from .sumatra_django import LOCK_WAIT, read_postgres, read_sqlite
+from .sumatra_django import LOCK_WAIT, locked, read_sqlite
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 READ_DEADLINE = 600.0  # seconds for the child that reads a store
@@ -48,9 +48,7 @@ def is_sumatra_django_store(path, first_bytes):
         return {"django_store_record", "django_store_project"} <= _django_tables(path)
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc):
-            raise TransferError(f"cannot read {path}: it stayed locked by a writer (a running smt?) for "
-                                f"{LOCK_WAIT:g} s; try again when it is done (BALSAMDB_SUMATRA_LOCK_WAIT sets "
-                                "the wait)") from None
+            raise locked(path, LOCK_WAIT) from None
         return False
     except sqlite3.Error:
         return False
@@ -80,22 +78,18 @@ def is_sumatra_postgres(database):
     return bool(row and row[0])
 
 
-KIND_NAMES = {"django": "Django (SQLite)", "shelve": "shelve", "django-postgres": "Django (PostgreSQL)"}
+KIND_NAMES = {"django": "Django (SQLite)", "shelve": "shelve"}
 
 
 def read_sumatra_store(path, kind, name=None):
     """``[(project, document)]`` of every record of the Sumatra store ``path`` (``kind``
-    "django", "shelve", or "django-postgres" with ``path`` a ``postgresql://`` URL).
-    ``name``: how to name the store in errors."""
+    "django" or "shelve"; a Django store on PostgreSQL is read by
+    :class:`balsamdb.transfer.endpoints.SumatraDjangoStore`).  ``name``: how to name the store in errors."""
     import importlib.util
 
     name = name or path
     if kind == "django":
         return read_sqlite(path)[1]
-    if kind == "django-postgres":
-        from .dbdir import parse_postgres_url
-
-        return read_postgres(parse_postgres_url(str(path)), name)[1]
     try:
         found = importlib.util.find_spec("sumatra") is not None
     except ImportError:  # a broken or blocked installation counts as none
