@@ -92,6 +92,7 @@ def test_smt_runs_through_the_relay_while_the_store_is_down(store, relay, tmp_pa
     unrefused = db_cli("relay", "--status", "--dir", directory)
     assert "store unreachable" in unrefused.stdout, unrefused.stdout
 
+    restarted = time.time()
     restart()
     end = time.monotonic() + DRAIN_DEADLINE
     while (now := status(url, user, password))["waiting"]:
@@ -109,6 +110,8 @@ def test_smt_runs_through_the_relay_while_the_store_is_down(store, relay, tmp_pa
             assert len(versions) == 5 and tags[0] == ["_initialized_"] and tags[-1] == ["_finished_"], tags
             # the store's user (ada, not an admin), for the relay's client: see test_relay_saved_at.py
             assert {v["saved_by"] for v in db.records.versions("Offline", label)} == {f"ada for {user}@{HOST}"}
+            # every save was answered while the store was down: its version keeps that time
+            assert all(v["saved_at"] < restarted for v in db.records.versions("Offline", label))
     (tmp_path / "relay-session.txt").write_text("\n".join(smt.transcript))
     print("\n---- smt through the relay ----\n" + "\n".join(smt.transcript[-3:]))
 
