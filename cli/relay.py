@@ -116,6 +116,13 @@ def relay(store, directory, host, port, stop, status, as_json):
     if running is not None and _alive(running["pid"]):
         raise click.ClickException(f"a relay already runs for {directory} at {running['url']} (db relay --stop)")
     Path(directory).mkdir(mode=0o700, parents=True, exist_ok=True)
+    from balsamdb.exceptions import ConfigError
+    from balsamdb.server.relay_spool import make_token
+
+    try:
+        make_token(directory)  # made here, or refused here when others may read it
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     (Path(directory) / "relay.json").unlink(missing_ok=True)
     env = dict(os.environ, BALSAMDB_RELAY_TO=store)  # not on the command line, where ps shows it
     with open(Path(directory) / "relay.out", "ab") as out:

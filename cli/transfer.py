@@ -170,10 +170,10 @@ def import_(file, path, store, project, dry_run, as_json):
     Items already present and equal are left alone, so importing twice changes
     nothing.  A balsamdb export without its end line (truncated) is refused
     before anything is written; after the import, every item of the file is
-    checked to be present and equal.  Sumatra's own store (Django's SQLite
-    file, or a shelve file) is read through Sumatra's classes, so sumatra (and
-    Django, for the SQLite one) must be installed; it may be in use by a
-    running smt.
+    checked to be present and equal.  Sumatra's own store is read with plain
+    SQL when it is Django's SQLite file (neither Django nor Sumatra needed; a
+    running smt's write is waited for), through Sumatra's classes when it is a
+    shelve file (sumatra must be installed).
 
     Example:
 

@@ -16,18 +16,22 @@ Server API to ``smt``, and:
   reads a record right after saving it: read your writes), or, while the store is down, from the
   records it saved or read before (``DIR/cache/``).
 
+Each forwarded save carries the time the relay answered it and ``user@host`` of its client
+(headers ``Balsamdb-Saved-At`` and ``Balsamdb-Saved-By``): a balsamdb store keeps them as the
+version's time and author, so a save forwarded an hour late still says when it was made.
+
 Its clients log in with HTTP Basic as the user and password of the token file ``DIR/token``
-(``user:password``, mode 0600, made at the first start).  It binds loopback by default.
+(``user:password``, mode 0600, made at the first start; a token file that others may read is
+refused).  It binds loopback by default.  Its files: :mod:`balsamdb.server.relay_spool`.
 Run it with ``db relay --to URL --dir DIR`` (detached; ``--stop``, ``--status``).
 """
 
 import base64
-import hashlib
 import hmac
 import json
 import logging
 import os
-import secrets
+import socket
 import threading
 import time
 from pathlib import Path
@@ -38,136 +42,14 @@ import flask
 from balsamdb.remote import redact, split_url
 
 from .http_store.process import run_until_sigterm
+from .relay_spool import Cache, Spool, make_token
 
 log = logging.getLogger("balsamdb.server.relay")
 
 REALM = "balsamdb relay"
+HOST = socket.gethostname()
 MAX_BACKOFF = 10.0
 STORE_TIMEOUT = 30.0
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def make_token(directory):
-    """``DIR/token`` (``relay:<random>``, 0600), made when missing; returns (user, password)."""
-    path = Path(directory) / "token"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(f"relay:{secrets.token_urlsafe(18)}\n")
-    user, _, password = path.read_text().strip().partition(":")
-    return user, password
-
-
-class Spool:
-    """Saves waiting to be forwarded, in order, on disk (one file each, named by a sequence number)."""
-
-    def __init__(self, directory):
-        self.tmp, self.new = Path(directory) / "tmp", Path(directory) / "new"
-        for path in (Path(directory), self.tmp, self.new):
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self.pending = {}  # (project, label) -> [sequence numbers], oldest first
-        self.documents = {}  # sequence -> (project, label, document)
-        for path in sorted(self.new.iterdir()):
-            entry = json.loads(path.read_text())
-            self._remember(int(path.stem), entry["project"], entry["label"], entry["document"])
-        self._next = max(self.documents, default=0) + 1
-
-    def _remember(self, seq, project, label, document):
-        self.pending.setdefault((project, label), []).append(seq)
-        self.documents[seq] = (project, label, document)
-
-    def put(self, project, label, document):
-        """Keep one save durably (fsync + rename) before it is answered."""
-        with self._lock:
-            seq = self._next
-            self._next += 1
-            name = f"{seq:012d}.json"
-            data = json.dumps({"project": project, "label": label, "document": document}, ensure_ascii=False)
-            fd = os.open(self.tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.rename(self.tmp / name, self.new / name)
-            _fsync_dir(self.new)
-            self._remember(seq, project, label, document)
-        return seq
-
-    def oldest(self):
-        with self._lock:
-            if not self.documents:
-                return None
-            seq = min(self.documents)
-            return (seq, *self.documents[seq])
-
-    def done(self, seq):
-        with self._lock:
-            project, label, _document = self.documents.pop(seq)
-            self.pending[(project, label)].remove(seq)
-            if not self.pending[(project, label)]:
-                del self.pending[(project, label)]
-            (self.new / f"{seq:012d}.json").unlink()
-
-    def latest(self, project, label):
-        """The newest save of (project, label) not forwarded yet, or None."""
-        with self._lock:
-            seqs = self.pending.get((project, label))
-            return self.documents[seqs[-1]][2] if seqs else None
-
-    def labels(self, project):
-        with self._lock:
-            return {label: self.documents[seqs[-1]][2] for (p, label), seqs in self.pending.items() if p == project}
-
-    def count(self):
-        with self._lock:
-            return len(self.documents)
-
-
-class Cache:
-    """The last known document of each record (saved through the relay, or read from the store)."""
-
-    def __init__(self, directory):
-        self.dir = Path(directory)
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-    def _path(self, project, label):
-        return self.dir / hashlib.sha256(f"{project}\0{label}".encode()).hexdigest()
-
-    def put(self, project, label, document):
-        path = self._path(project, label)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"project": project, "label": label, "document": document}, ensure_ascii=False))
-        os.replace(tmp, path)
-
-    def get(self, project, label):
-        try:
-            return json.loads(self._path(project, label).read_text())["document"]
-        except (OSError, ValueError):
-            return None
-
-    def drop(self, project, label):
-        self._path(project, label).unlink(missing_ok=True)
-
-    def labels(self, project):
-        out = {}
-        for path in self.dir.iterdir():
-            if path.suffix:
-                continue
-            try:
-                entry = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if entry["project"] == project:
-                out[entry["label"]] = entry["document"]
-        return out
 
 
 class StoreDown(Exception):
@@ -188,11 +70,11 @@ class Upstream:
         self.http = urllib3.PoolManager(maxsize=8, timeout=urllib3.Timeout(connect=5, read=STORE_TIMEOUT),
                                         retries=False)
 
-    def request(self, method, path, body=None, content_type=None):
+    def request(self, method, path, body=None, content_type=None, extra=None):
         """(status, bytes) of one request to ``{base}{path}``; StoreDown when unreachable."""
         import urllib3
 
-        headers = dict(self.headers)
+        headers = dict(self.headers, **(extra or {}))
         if content_type:
             headers["Content-Type"] = content_type
         try:
@@ -246,8 +128,12 @@ class Forwarder(threading.Thread):
                     log.error("the store refused to create project %r: HTTP %s %s", project, status, body[:200])
             self.known_projects.add(project)
         body = json.dumps(document, ensure_ascii=False).encode()
+        saved_at, saved_by = self.spool.saved_of(seq)
+        extra = {} if saved_at is None else {"Balsamdb-Saved-At": repr(saved_at)}  # the store keeps it as the
+        if saved_by:  # version's time and author (see relayed_save in balsamdb.server.http_store.sumatra_api)
+            extra["Balsamdb-Saved-By"] = saved_by
         status, answer = self.upstream.request("PUT", _path(project, label), body,
-                                               "application/vnd.sumatra.record-v4+json")
+                                               "application/vnd.sumatra.record-v4+json", extra)
         if status in (200, 201, 202):  # 202: a balsamdb store keeps it in its own spool, durably
             self.cache.put(project, label, document)
             self.forwarded += 1
@@ -333,7 +219,10 @@ def create_app(directory, upstream_url):
             if status is None and not mine and project not in projects_seen and not cache.labels(project):
                 return reply({"error": f"the store is unreachable and the relay knows no project {project!r}"}, 503)
             data = {"id": project, "name": project, "description": ""}
-            labels = sorted(cache.labels(project)) if status is None else []
+            known = dict(cache.labels(project), **mine) if status is None else {}
+            labels = [label for label, doc in sorted(known.items(), key=lambda i: str(i[1].get("timestamp")),
+                                                     reverse=True)  # newest first, as the store lists them
+                      if not tags or set(tags) & set(doc.get("tags") or [])]
         projects_seen.add(project)
         extra = [label for label, doc in mine.items() if label not in labels
                  and (not tags or set(tags) & set(doc.get("tags") or []))]
@@ -352,7 +241,7 @@ def create_app(directory, upstream_url):
             if not isinstance(document, dict) or document.get("label") != label:
                 return reply({"error": "the record's label differs from the label in the URL"}, 400)
             new = spool.latest(project, label) is None and cache.get(project, label) is None
-            spool.put(project, label, document)
+            spool.put(project, label, document, saved_by=f"{user}@{HOST}")
             projects_seen.add(project)
             forwarder.wake.set()
             return reply({"project": project, "label": label, "spooled": True}, 201 if new else 200)
@@ -441,4 +330,9 @@ def serve(directory, upstream_url, host="127.0.0.1", port=0, threads=16, ready=N
 if __name__ == "__main__":
     import sys
 
-    serve(sys.argv[1], os.environ["BALSAMDB_RELAY_TO"], host=sys.argv[2], port=int(sys.argv[3]))
+    from balsamdb.exceptions import ConfigError
+
+    try:
+        serve(sys.argv[1], os.environ["BALSAMDB_RELAY_TO"], host=sys.argv[2], port=int(sys.argv[3]))
+    except ConfigError as exc:
+        sys.exit(f"Error: {exc}")

@@ -2,6 +2,7 @@
 
 import base64
 import json
+import socket
 import sys
 import time
 import urllib.error
@@ -15,6 +16,7 @@ import balsamdb
 from balsamdb.passwords import hash_password
 
 RUNS = 16
+HOST = socket.gethostname()
 DRAIN_DEADLINE = 300.0
 
 
@@ -90,6 +92,7 @@ def test_smt_runs_through_the_relay_while_the_store_is_down(store, relay, tmp_pa
     unrefused = db_cli("relay", "--status", "--dir", directory)
     assert "store unreachable" in unrefused.stdout, unrefused.stdout
 
+    restarted = time.time()
     restart()
     end = time.monotonic() + DRAIN_DEADLINE
     while (now := status(url, user, password))["waiting"]:
@@ -105,7 +108,10 @@ def test_smt_runs_through_the_relay_while_the_store_is_down(store, relay, tmp_pa
                         for v in db.records.versions("Offline", label)]
             tags = [v["tags"] for v in versions]
             assert len(versions) == 5 and tags[0] == ["_initialized_"] and tags[-1] == ["_finished_"], tags
-            assert {v["saved_by"] for v in db.records.versions("Offline", label)} == {"ada"}
+            # the store's user (ada, not an admin), for the relay's client: see test_relay_saved_at.py
+            assert {v["saved_by"] for v in db.records.versions("Offline", label)} == {f"ada for {user}@{HOST}"}
+            # every save was answered while the store was down: its version keeps that time
+            assert all(v["saved_at"] < restarted for v in db.records.versions("Offline", label))
     (tmp_path / "relay-session.txt").write_text("\n".join(smt.transcript))
     print("\n---- smt through the relay ----\n" + "\n".join(smt.transcript[-3:]))
 
@@ -131,16 +137,34 @@ def test_answered_saves_survive_a_killed_relay(store, relay):
 
     served, restart = store
     url, user, password, directory = relay
+    token = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    where = urlsplit(url)
+
+    def call(method, path, doc=None):
+        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+        conn.request(method, path, None if doc is None else json.dumps(doc), {"Authorization": token})
+        answer = conn.getresponse()
+        try:
+            return answer.status, answer.read()
+        finally:
+            conn.close()
+
+    assert call("PUT", "/Kept/early/", record("early", tags=["other"]))[0] == 201  # forwarded, then cached
+    end = time.monotonic() + DRAIN_DEADLINE
+    while (now := status(url, user, password))["waiting"]:
+        assert time.monotonic() < end, now
+        time.sleep(0.05)  # wait-ok: polls the relay's status with the deadline above
     served.proc.kill()
     served.proc.wait(30)
-    token = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-    docs = [record(f"r{i}", tags=["_finished_"], stdout_stderr=f"output {i} ✓") for i in range(3)]
-    where = urlsplit(url)
+    docs = [record(f"r{i}", tags=["_finished_"] + (["special"] if i == 0 else []), stdout_stderr=f"output {i} ✓")
+            for i in range(3)]
     for doc in docs:
-        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
-        conn.request("PUT", f"/Kept/{doc['label']}/", json.dumps(doc), {"Authorization": token})
-        assert conn.getresponse().status == 201
-        conn.close()
+        assert call("PUT", f"/Kept/{doc['label']}/", doc)[0] == 201
+    answered = time.time()
+    # listed while the store is down: from the spool and the cache, with ?tags= matching as the store does
+    for query, expected in (("", {"early", "r0", "r1", "r2"}), ("?tags=special", {"r0"}), ("?tags=other", {"early"})):
+        code, body = call("GET", f"/Kept/{query}")
+        assert code == 200 and {u.rstrip("/").rsplit("/", 1)[-1] for u in json.loads(body)["records"]} == expected
     assert status(url, user, password)["waiting"] == 3
     pid = json.loads((directory / "relay.json").read_text())["pid"]
     os.kill(pid, signal.SIGKILL)
@@ -159,3 +183,8 @@ def test_answered_saves_survive_a_killed_relay(store, relay):
     with balsamdb.connect(served.path) as db:
         assert [db.records.get("Kept", d["label"]) for d in docs] == docs
         assert all(len(db.records.versions("Kept", d["label"])) == 1 for d in docs)
+        # each version has the time the relay answered the save, not the (later) time it was forwarded
+        saved = [db.records.versions("Kept", d["label"])[0] for d in docs]
+        assert all(v["saved_at"] <= answered for v in saved), (answered, saved)
+        assert [v["saved_at"] for v in saved] == sorted(v["saved_at"] for v in saved)
+        assert {v["saved_by"] for v in saved} == {f"ada for {user}@{HOST}"}

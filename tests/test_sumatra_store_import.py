@@ -1,7 +1,9 @@
 """`db import .smt/records`: the record store that the real `smt` keeps (Django's SQLite file by
-default, a shelve file without Django), read through Sumatra's own classes, also while locked."""
+default, read with plain SQL, with Django and Sumatra made unimportable; a shelve file without Django,
+read through Sumatra's own classes), also while locked; `db copy` of Sumatra's Django store on PostgreSQL."""
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -17,9 +19,30 @@ from balsamdb.dbdir import DBDirectory
 IMPORT_TIMEOUT = 300
 
 
-def db_import(*args):
+BLOCKER = """import sys
+
+class NoDjango:
+    # Every process started with this sitecustomize (and its children) cannot import these.
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("django", "sumatra"):
+            raise ModuleNotFoundError(f"{name} is made unimportable by the test", name=name)
+        return None
+
+sys.meta_path.insert(0, NoDjango())
+"""
+
+
+def without_django(tmp_path):
+    """An environment in which Python processes cannot import django nor sumatra."""
+    site = tmp_path / "no-django"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    return dict(os.environ, PYTHONPATH=str(site))
+
+
+def db_import(*args, env=None):
     return subprocess.Popen([sys.executable, "-m", "balsamdb.cli", "import", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def finished(proc):
@@ -52,26 +75,38 @@ def smt_records(project, name):
     return json.loads(proc.stdout)
 
 
-def test_import_of_the_django_store_that_smt_keeps(project, dst):
+def test_import_of_the_django_store_that_smt_keeps_without_django(project, dst, tmp_path):
     project("init", "--main=main.py", "--executable=" + sys.executable, "MyProject")
     project("run", "--reason=first try", "default.param", "n=2")
     project("run", "--label=second", "--tag=t0", "default.param", "n=3")
     project("tag", "paper", "second")
+    (project.workdir / "input.txt").write_text("some input\n")
+    project("run", "--label=third", "--reason=with input data", "default.param", "input.txt")
+    project("run", "--label=fourth")  # no parameter file
+    project("comment", "fourth", "no parameters: a dict")
+    (project.workdir / "withdep.py").write_text("import sys\nimport peewee\nprint(peewee.__version__, sys.argv)\n")
+    subprocess.run(["git", "add", "withdep.py"], cwd=project.workdir, env=project.env, check=True, timeout=60)
+    subprocess.run(["git", "commit", "-q", "-m", "with a dependency"], cwd=project.workdir, env=project.env,
+                   check=True, timeout=60)
+    project("run", "--main=withdep.py", "--label=fifth", "default.param")  # Sumatra records its dependencies
     store = project.workdir / ".smt" / "records"
     assert store.read_bytes()[:16] == b"SQLite format 3\x00"  # Django's store, smt's default
-    report = finished(db_import(store, "--path", dst, "--json"))
+    no_django = without_django(tmp_path)
+    report = finished(db_import(store, "--path", dst, "--json", env=no_django))
     assert report["format"] == "Sumatra record store (Django, SQLite)" and report["verified"] is True
-    assert report["items"]["record"]["added"] == 2
+    assert report["items"]["record"]["added"] == 5
     expected = smt_records(project, "MyProject")
+    assert expected["third"]["input_data"] and expected["fourth"]["parameters"]["type"] == "dict"
+    assert expected["fifth"]["dependencies"] and expected["second"]["output_data"]
     with balsamdb.connect(dst) as db:
         assert {label: db.records.get("MyProject", label) for label in db.records.labels("MyProject")} == expected
         assert db.records.labels("MyProject", tags=["paper"]) == ["second"]
         assert [v["version"] for v in db.records.versions("MyProject", "second")] == [1]
-    again = finished(db_import(store, "--path", dst, "--json"))
-    assert again["items"]["record"] == {"added": 0, "updated": 0, "unchanged": 2}
+    again = finished(db_import(store, "--path", dst, "--json", env=no_django))
+    assert again["items"]["record"] == {"added": 0, "updated": 0, "unchanged": 5}
 
 
-def test_import_waits_for_a_store_locked_by_a_writer(project, dst):
+def test_import_waits_for_a_store_locked_by_a_writer(project, dst, tmp_path):
     project("init", "--main=main.py", "--executable=" + sys.executable, "MyProject")
     project("run", "--label=one", "default.param", "n=2")
     store = project.workdir / ".smt" / "records"
@@ -90,7 +125,11 @@ def test_import_waits_for_a_store_locked_by_a_writer(project, dst):
     thread.start()
     try:
         assert locked.wait(30), "the writer did not take the lock"
-        proc = db_import(store, "--path", dst, "--json")
+        impatient = db_import(store, "--path", dst, env=dict(without_django(tmp_path), BALSAMDB_SUMATRA_LOCK_WAIT="1"))
+        _out, err = impatient.communicate(timeout=60)  # a lock held longer than the wait: a clear error
+        assert impatient.returncode == 1 and "Traceback" not in err, err
+        assert "stayed locked by a writer (a running smt?) for 1 s" in err, err
+        proc = db_import(store, "--path", dst, "--json", env=without_django(tmp_path))
         with pytest.raises(subprocess.TimeoutExpired):
             proc.wait(timeout=2.0)  # it waits for the lock; it does not fail, nor read half a write
     finally:
@@ -106,6 +145,10 @@ def test_import_of_a_shelve_store(project, dst, tmp_path):
     shelf = tmp_path / "records.shelf"  # what smt makes when Django is absent (or asked for a .shelf)
     project("init", f"--store={shelf}", "--main=main.py", "--executable=" + sys.executable, "Shelved")
     project("run", "--label=s1", "default.param", "n=4")
+    blocked = db_import(shelf, "--path", dst, env=without_django(tmp_path))  # pickled Sumatra objects: needs sumatra
+    _out, err = blocked.communicate(timeout=60)
+    assert blocked.returncode == 1 and "Traceback" not in err, err
+    assert "record store (pickled Sumatra objects); reading it needs sumatra installed here" in err, err
     report = finished(db_import(shelf, "--path", dst, "--json", "--project", "Renamed"))
     assert report["format"] == "Sumatra record store (shelve)" and report["items"]["record"]["added"] == 1
     with balsamdb.connect(dst) as db:
@@ -124,7 +167,8 @@ def test_a_file_that_is_no_store_is_refused_clearly(dst, tmp_path):
     assert missing.returncode == 1 and "cannot read" in err and "No such file" in err, err
 
 
-def test_copy_from_sumatra_django_store_on_postgresql(project, dst, pg_cluster):
+def test_copy_from_sumatra_django_store_on_postgresql(project, dst, pg_cluster, tmp_path):
+    """The store is made by the real smt with a postgres:// URL; copied with Django unimportable."""
     from helpers import db_cli, fresh_database_url
 
     url = fresh_database_url(pg_cluster)
@@ -134,7 +178,15 @@ def test_copy_from_sumatra_django_store_on_postgresql(project, dst, pg_cluster):
     project("run", "--label=two", "--tag=t0", "default.param", "n=3")
     project("tag", "paper", "one")
     expected = smt_records(project, "PgProject")
-    copied = db_cli("copy", url, dst, "--json", timeout=IMPORT_TIMEOUT)
+    import psycopg2
+
+    writer = psycopg2.connect(url)  # a running smt's write transaction, held during the copy
+    try:
+        writer.cursor().execute("UPDATE django_store_record SET reason = 'not committed'")
+        copied = db_cli("copy", url, dst, "--json", timeout=IMPORT_TIMEOUT, env=without_django(tmp_path))
+    finally:
+        writer.rollback()
+        writer.close()
     assert copied.returncode == 0, copied.stderr
     report = json.loads(copied.stdout)
     assert report["verification"]["verified"] and report["first_pass"]["record"]["added"] == 2

@@ -151,7 +151,7 @@ def _add_version(fast, record_id, text, when, saved_by, number=None):
 
 
 @operation(write=True)
-def record_save(project, record, saved_by=None):
+def record_save(project, record, saved_by=None, saved_at=None):
     """Save a Sumatra record document in ``project`` (created if needed).
 
     ``record`` is the JSON object Sumatra sends, stored unchanged; its
@@ -162,7 +162,10 @@ def record_save(project, record, saved_by=None):
     none.  In a project with the write-once option, a save that changes a
     field other than the run results (duration, output_data, platforms,
     stdout_stderr, tags, user, outcome, reason, repeats) is a conflict.
-    ``tags`` "" or null mean no tags.  Returns ``{"created": bool, "version": n}``.
+    ``tags`` "" or null mean no tags.  ``saved_at`` (UNIX seconds): when the
+    save was made, if earlier than now (``db relay`` forwards a save it answered
+    before); the new version's time, never later than now.  Returns
+    ``{"created": bool, "version": n}``.
     """
     project = check_project_name(project)
     if not isinstance(record, dict):
@@ -174,6 +177,7 @@ def record_save(project, record, saved_by=None):
     saved_by = check_saved_by(saved_by)
     fast = statements()
     when = now()
+    saved = when if saved_at is None else min(check_number(saved_at, "saved_at", float, 0), when)
     fast.execute(fast.ensure_project, (project, False, when, False))
     document = record_text(record)
     columns = record_columns(record)
@@ -181,7 +185,7 @@ def record_save(project, record, saved_by=None):
     if existing is None:
         record_id = fast.insert_record_row(dict(columns, project_id=project, label=label, document=document,
                                                 created_at=when, updated_at=when))
-        version = _add_version(fast, record_id, document, when, saved_by, number=1)
+        version = _add_version(fast, record_id, document, saved, saved_by, number=1)
         created = True
     else:
         record_id, old_document = existing
@@ -191,7 +195,7 @@ def record_save(project, record, saved_by=None):
         values = dict(columns, document=document, updated_at=when)
         fast.execute(fast.update_record, [values[c] for c in fast.record_update_columns] + [record_id])
         fast.execute(fast.delete_record_tags, (record_id,))
-        version = _add_version(fast, record_id, document, when, saved_by)
+        version = _add_version(fast, record_id, document, saved, saved_by)
         created = False
     for tag in tags:
         fast.execute(fast.insert_record_tag, (record_id, tag))

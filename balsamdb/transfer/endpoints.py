@@ -281,8 +281,8 @@ class SumatraStore:
 
 class SumatraDjangoStore:
     """Sumatra's own Django record store on PostgreSQL (``smt init --store=postgres://...``), a
-    source of projects and records, read once through Sumatra's classes (see
-    :mod:`balsamdb.sumatra_store`): each record as ``smt`` would send it to an HTTP store."""
+    source of projects and records, read once with plain SQL (see :mod:`balsamdb.sumatra_django`;
+    no Django needed): each record as ``smt`` would send it to an HTTP store."""
 
     kinds = ("project", "record")
     limits = "a Sumatra record store holds projects and records only"
@@ -290,17 +290,20 @@ class SumatraDjangoStore:
     versions = False
 
     def __init__(self, url, name):
-        from ..sumatra_store import read_sumatra_store
+        from ..dbdir import parse_postgres_url
+        from ..sumatra_django import read_postgres
 
         self.name = name
+        projects, records = read_postgres(parse_postgres_url(url), name)
         self._records = []
-        for project, document in read_sumatra_store(url, "django-postgres", name=name):
+        for project, document in records:
             when = sort_time(document.get("timestamp"))
             self._records.append({"kind": "record", "project": project, "label": document["label"],
                                   "document": document, "created_at": when, "updated_at": when})
         self._records.sort(key=item_key)
-        self._projects = [{"kind": "project", "name": name, "description": "", "public": False, "created_at": None}
-                          for name in sorted({r["project"] for r in self._records})]
+        self._projects = [{"kind": "project", "name": p["name"], "description": p["description"], "public": False,
+                           "created_at": None} for p in projects]
+        self._projects.sort(key=item_key)
 
     def counts(self):
         return {"project": len(self._projects), "record": len(self._records)}

@@ -13,6 +13,8 @@ log = logging.getLogger("balsamdb.server.http_store")
 
 from .urls import RESERVED_LABELS, RESERVED_PREFIXES
 
+SAVED_AT, SAVED_BY = "Balsamdb-Saved-At", "Balsamdb-Saved-By"  # sent by db relay (see relayed_save)
+
 
 def blueprint(context):
     """The blueprint of these views; ``context`` holds the application's shared helpers
@@ -172,8 +174,29 @@ def blueprint(context):
             raise HTTPError(400, f"the record's label {record.get('label')!r} differs from the label in the "
                                  f"URL {label!r}")
         writable_project(project, create=True)
-        created = store.write("record_save", project=project, record=record, saved_by=g.user["name"])["created"]
+        saved_at, saved_by = relayed_save()
+        created = store.write("record_save", project=project, record=record, saved_by=saved_by,
+                              saved_at=saved_at)["created"]
         return reply({"project": project, "label": label, "created": created}, 201 if created else 200)
+
+    def relayed_save():
+        """(saved_at, saved_by) of a save: ``db relay`` sends, with a save it forwards later, when it
+        answered it (``Balsamdb-Saved-At``, UNIX seconds; honoured from every writer, never later
+        than now) and for whom (``Balsamdb-Saved-By``; kept as is from an admin, else after the
+        name of the user who logged in: nobody makes a version look saved by someone else)."""
+        saved_by = g.user["name"]
+        saved_at = request.headers.get(SAVED_AT)
+        if saved_at is not None:
+            try:
+                saved_at = float(saved_at)
+            except ValueError:
+                saved_at = -1.0
+            if not 0 < saved_at < float("inf"):
+                raise HTTPError(400, f"{SAVED_AT} must be a time in UNIX seconds")
+        claimed = request.headers.get(SAVED_BY, "").strip()[:100]
+        if claimed:
+            saved_by = claimed if g.user.get("admin") else f"{saved_by} for {claimed}"
+        return saved_at, saved_by
 
     def tagged(project, tag, method):
         allow(method, "GET", "DELETE")

@@ -1,0 +1,160 @@
+"""The relay's files (see :mod:`balsamdb.server.relay`): its token, its spool of saves not
+forwarded yet, and its cache of the last known document of each record."""
+
+import hashlib
+import json
+import os
+import secrets
+import stat
+import threading
+import time
+from pathlib import Path
+
+from balsamdb.exceptions import ConfigError
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_token(directory):
+    """``DIR/token`` (``relay:<random>``, 0600), made when missing; returns (user, password).
+
+    A token file that others may read or write (any group or other permission bit), that
+    another user owns, or that holds no ``user:password`` is refused (ConfigError), as ssh
+    refuses a private key that others can read."""
+    path = Path(directory) / "token"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f"relay:{secrets.token_urlsafe(18)}\n")
+    info = path.stat()
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise ConfigError(f"{path} is mode {stat.S_IMODE(info.st_mode):04o}: others may read the relay's password; "
+                          f"make it 0600 (chmod 600 {path}) and start again")
+    if info.st_uid != os.getuid():
+        raise ConfigError(f"{path} belongs to user id {info.st_uid}, not to you ({os.getuid()})")
+    user, _, password = path.read_text().strip().partition(":")
+    if not user or not password:
+        raise ConfigError(f"{path} must hold one line user:password")
+    return user, password
+
+
+class Spool:
+    """Saves waiting to be forwarded, in order, on disk (one file each, named by a sequence number)."""
+
+    def __init__(self, directory):
+        self.tmp, self.new = Path(directory) / "tmp", Path(directory) / "new"
+        for path in (Path(directory), self.tmp, self.new):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self.pending = {}  # (project, label) -> [sequence numbers], oldest first
+        self.documents = {}  # sequence -> (project, label, document)
+        self.saved = {}  # sequence -> (UNIX time the save was answered, or None for an old spool file; by whom)
+        for path in sorted(self.new.iterdir()):
+            entry = json.loads(path.read_text())
+            self._remember(int(path.stem), entry["project"], entry["label"], entry["document"])
+            self.saved[int(path.stem)] = (entry.get("saved_at"), entry.get("saved_by", ""))
+        self._next = max(self.documents, default=0) + 1
+
+    def _remember(self, seq, project, label, document):
+        self.pending.setdefault((project, label), []).append(seq)
+        self.documents[seq] = (project, label, document)
+
+    def put(self, project, label, document, saved_by=""):
+        """Keep one save durably (fsync + rename) before it is answered, with the time
+        (forwarded to the store as the version's time) and who saved it."""
+        with self._lock:
+            seq = self._next
+            self._next += 1
+            name = f"{seq:012d}.json"
+            saved_at = time.time()
+            data = json.dumps({"project": project, "label": label, "document": document, "saved_at": saved_at,
+                               "saved_by": saved_by}, ensure_ascii=False)
+            fd = os.open(self.tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.rename(self.tmp / name, self.new / name)
+            _fsync_dir(self.new)
+            self._remember(seq, project, label, document)
+            self.saved[seq] = (saved_at, saved_by)
+        return seq
+
+    def saved_of(self, seq):
+        """(saved_at, saved_by) of the save ``seq``."""
+        with self._lock:
+            return self.saved.get(seq, (None, ""))
+
+    def oldest(self):
+        with self._lock:
+            if not self.documents:
+                return None
+            seq = min(self.documents)
+            return (seq, *self.documents[seq])
+
+    def done(self, seq):
+        with self._lock:
+            project, label, _document = self.documents.pop(seq)
+            self.saved.pop(seq, None)
+            self.pending[(project, label)].remove(seq)
+            if not self.pending[(project, label)]:
+                del self.pending[(project, label)]
+            (self.new / f"{seq:012d}.json").unlink()
+
+    def latest(self, project, label):
+        """The newest save of (project, label) not forwarded yet, or None."""
+        with self._lock:
+            seqs = self.pending.get((project, label))
+            return self.documents[seqs[-1]][2] if seqs else None
+
+    def labels(self, project):
+        with self._lock:
+            return {label: self.documents[seqs[-1]][2] for (p, label), seqs in self.pending.items() if p == project}
+
+    def count(self):
+        with self._lock:
+            return len(self.documents)
+
+
+class Cache:
+    """The last known document of each record (saved through the relay, or read from the store)."""
+
+    def __init__(self, directory):
+        self.dir = Path(directory)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def _path(self, project, label):
+        return self.dir / hashlib.sha256(f"{project}\0{label}".encode()).hexdigest()
+
+    def put(self, project, label, document):
+        path = self._path(project, label)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"project": project, "label": label, "document": document}, ensure_ascii=False))
+        os.replace(tmp, path)
+
+    def get(self, project, label):
+        try:
+            return json.loads(self._path(project, label).read_text())["document"]
+        except (OSError, ValueError):
+            return None
+
+    def drop(self, project, label):
+        self._path(project, label).unlink(missing_ok=True)
+
+    def labels(self, project):
+        out = {}
+        for path in self.dir.iterdir():
+            if path.suffix:
+                continue
+            try:
+                entry = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if entry["project"] == project:
+                out[entry["label"]] = entry["document"]
+        return out
