@@ -37,6 +37,7 @@ import uuid
 import psutil
 
 from balsamdb import address_file
+from balsamdb.backoff import delay_after
 from balsamdb.dbdir import DBDirectory
 
 from . import liveness
@@ -310,7 +311,7 @@ class Watchdog:
     def schedule_restart(self, why, lived=0.0):
         """The server is gone (``why``): start another after the backoff."""
         self.failures = 0 if lived >= HEALTHY_AFTER else self.failures + 1
-        delay = 0.0 if self.failures <= 1 else min(0.25 * 2 ** (self.failures - 2), MAX_BACKOFF)
+        delay = 0.0 if self.failures <= 1 else delay_after(self.failures - 2, 0.25, MAX_BACKOFF)
         log.warning("%s; restarting in %.2f s", why, delay)
         self.server = None
         self.restart_at = time.monotonic() + delay
