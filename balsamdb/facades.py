@@ -204,9 +204,17 @@ class Jobs:
         """Change fields of a job (not its state: use ``update_state``)."""
         return self._job(self._db.call("job_modify", job_id=self._full_id(job_id), changes=changes))
 
+    DELETE_CHUNK = 500  # ids per delete request, well under SQLite's limit on bound variables
+
     def delete(self, *job_ids):
-        """Delete jobs by id; returns how many were deleted."""
-        return _field(self._db.call("job_delete", job_ids=[self._full_id(i) for i in job_ids]), "deleted")
+        """Delete jobs by id (or prefix, see :meth:`resolve_ids`); returns how many were deleted.
+        Many ids go in requests of :attr:`DELETE_CHUNK` ids; a :class:`SpooledWrite` (of the last
+        request) when they wait in the spool."""
+        ids = [self._full_id(i) for i in job_ids]
+        results = [_field(self._db.call("job_delete", job_ids=ids[start:start + self.DELETE_CHUNK]), "deleted")
+                   for start in range(0, max(len(ids), 1), self.DELETE_CHUNK)]
+        spooled = [result for result in results if isinstance(result, SpooledWrite)]
+        return spooled[-1] if spooled else sum(results)
 
     @staticmethod
     def _filters(filters):

@@ -122,6 +122,27 @@ def test_the_python_api_takes_job_id_prefixes_as_db_job_does(dbdir):
     assert bad.exit_code == 2 and "'zz' is not a job id" in bad.output
 
 
+def test_many_ids_are_deleted_in_requests_of_delete_chunk_ids(dbdir):
+    """db.jobs.delete (and so `db job rm`) sends at most DELETE_CHUNK ids per request: a
+    request's size stays bounded whatever the caller passes."""
+    with balsamdb.connect(dbdir) as db:
+        ids = db.jobs.bulk_create([{"name": f"j{i}"} for i in range(1201)], make_workdir=False)
+        sizes = []
+        call = db.call
+
+        def counting_call(op, **params):  # a spy: the real call still runs
+            if op == "job_delete":
+                sizes.append(len(params["job_ids"]))
+            return call(op, **params)
+
+        db.call = counting_call
+        assert db.jobs.delete(*ids[:1200]) == 1200
+        assert sizes == [500, 500, 200]
+        del db.call
+    removed = _db(dbdir, "job", "rm", "--workflow", "default", "--yes")
+    assert removed.exit_code == 0 and removed.output.strip() == "removed 1 job", removed.output
+
+
 def test_export_file_is_complete_or_absent(dbdir, tmp_path):
     from balsamdb import transfer
 
