@@ -77,7 +77,9 @@ class RemoteDatabase(StoreHandle):
     db_type = "http"
     root = None
 
-    def __init__(self, url, settings, user=None, password=None):
+    def __init__(self, url, settings, user=None, password=None, http=None):
+        """``http``: what sends the requests, an object with urllib3's ``request()`` and ``clear()``
+        (default: a urllib3 pool; the in-process tests pass Flask's test client through one)."""
         self.url, self.user, password = split_url(url, user, password)
         self.settings = settings
         self.attach_facades()
@@ -88,7 +90,7 @@ class RemoteDatabase(StoreHandle):
             headers.update(urllib3.make_headers(basic_auth=f"{self.user}:{password or ''}"))
         self._headers = headers
         timeout = urllib3.Timeout(connect=min(5.0, settings.client_deadline), read=max(30.0, settings.client_timeout))
-        self._http = urllib3.PoolManager(maxsize=4, timeout=timeout, retries=False)
+        self._http = http or urllib3.PoolManager(maxsize=4, timeout=timeout, retries=False)
         spool_dir = Path(settings.remote_spool_dir).expanduser() / default_spool_dir(self.url, self.user).name \
             if settings.remote_spool_dir else default_spool_dir(self.url, self.user)
         self.spool = Spool(spool_dir)
