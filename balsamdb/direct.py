@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # bind_ctx() binds the model classes for the whole process, so two threads (or two DB
 # directories) in one process must not run operations at the same time: SQLite
 # serializes the writers anyway.
-_BIND_LOCK = threading.RLock()
+BIND_LOCK = threading.RLock()
 
 _BUSY_WORDS = ("locked", "busy")
 
@@ -65,7 +65,7 @@ class DirectStore:
                     self.database = self.dbdir.open_database(self.settings, busy_timeout=5.0)
                     self.pid = os.getpid()
                 self.database.connect(reuse_if_open=True)
-                with _BIND_LOCK, self.database.bind_ctx(MODELS):
+                with BIND_LOCK, self.database.bind_ctx(MODELS):
                     with self.database.atomic(lock_type="IMMEDIATE" if write else None):
                         return apply_requests(self.database, [(request_id, op, params)])[0]
             except (StorageFailure, pw.OperationalError) as exc:

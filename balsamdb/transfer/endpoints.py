@@ -52,14 +52,14 @@ class SQLDatabase:
         self.database = database
 
     def call(self, op, **params):
-        from ..api import answer_result
         from ..applier import DATABASE_ERRORS, StorageFailure, apply_requests, root_cause
-        from ..direct import _BIND_LOCK
+        from ..direct import BIND_LOCK
+        from ..handle import answer_result
         from ..models import MODELS
 
         try:
             self.database.connect(reuse_if_open=True)
-            with _BIND_LOCK, self.database.bind_ctx(MODELS), self.database.atomic():
+            with BIND_LOCK, self.database.bind_ctx(MODELS), self.database.atomic():
                 answer = apply_requests(self.database, [(os.urandom(16).hex(), op, params)])[0]
         except (StorageFailure,) + DATABASE_ERRORS as exc:
             raise StorageError(f"the database refused {op}: {root_cause(getattr(exc, 'original', exc))}") from None
