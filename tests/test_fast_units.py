@@ -203,3 +203,25 @@ def test_two_versions_of_a_record_compare_side_by_side(store_client):
     assert store_client.get("/P/run-1/?versions&compare=1,x", headers=ada).status_code == 400
     assert store_client.get("/P/run-1/?versions&compare=1,9", headers=ada).status_code == 404
     assert store_client.get("/P/run-1/?versions&compare=1", headers=ada).status_code == 400
+
+
+def test_the_backoff_doubles_up_to_its_cap_and_gives_up_before_the_deadline():
+    """The one retry rule (balsamdb/backoff.py) of the direct SQLite retry, the HTTP client and the
+    watchdog's restarts: doubling delays, capped, and no sleep that would pass the deadline."""
+    import time
+
+    from balsamdb.backoff import Backoff, delay_after
+
+    assert [delay_after(n, 0.25, 30.0) for n in range(9)] == [0.25, 0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert delay_after(10_000, 0.25, 30.0) == 30.0  # no overflow after a very long outage
+    start = time.monotonic()
+    backoff = Backoff(0.01, 0.04, start + 0.3)
+    delays = []
+    while True:
+        delays.append(backoff.delay)
+        if not backoff.sleep():
+            break
+    elapsed = time.monotonic() - start
+    assert delays[:4] == [0.01, 0.02, 0.04, 0.04], delays
+    assert elapsed < 0.3 + 0.04, f"slept past the deadline: {elapsed:.3f} s, delays {delays}"
+    assert not Backoff(1.0, 2.0, time.monotonic() + 0.5).sleep()  # the first delay would pass it: no sleep
