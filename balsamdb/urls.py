@@ -3,8 +3,6 @@ reading of PostgreSQL URLs (``postgresql://user:password@host:port/dbname``)."""
 
 from urllib.parse import unquote, urlparse
 
-from playhouse import db_url
-
 from .exceptions import ConfigError
 
 
@@ -28,6 +26,10 @@ def parse_postgres_url(url):
     """``postgresql://user:password@host:port/dbname`` -> psycopg2 keyword arguments
     (read by ``playhouse.db_url``; user, password and name %-decoded, port 5432 unless given,
     a query string ignored)."""
+    # Imported here: playhouse.db_url loads every playhouse backend, a cost that job processes
+    # importing balsamdb (SQLite or a server's address) should not pay.
+    from playhouse import db_url
+
     form = "write postgresql://user:password@host:port/dbname"
     try:
         parts = urlparse(url.strip())
