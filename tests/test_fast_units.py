@@ -225,3 +225,15 @@ def test_the_backoff_doubles_up_to_its_cap_and_gives_up_before_the_deadline():
     assert delays[:4] == [0.01, 0.02, 0.04, 0.04], delays
     assert elapsed < 0.3 + 0.04, f"slept past the deadline: {elapsed:.3f} s, delays {delays}"
     assert not Backoff(1.0, 2.0, time.monotonic() + 0.5).sleep()  # the first delay would pass it: no sleep
+
+
+def test_dbserver_status_exit_codes_never_mean_a_usage_error(dbdir):
+    """`db dbserver --status` exits 0 running, 1 stopped, 3 unsupervised or unhealthy: never 2, which
+    is click's usage error (test_watchdog.py sees the 3 of a real dead watchdog)."""
+    from balsamdb.server.control import STATUS_RUNNING, STATUS_STOPPED, STATUS_UNHEALTHY
+
+    stopped = _db(dbdir, "dbserver", "--status")
+    assert stopped.exit_code == STATUS_STOPPED == 1 and "stopped" in stopped.output, stopped.output
+    usage = _db(dbdir, "dbserver", "--status", "--stop")
+    assert usage.exit_code == 2 and "cannot be combined" in usage.output, usage.output
+    assert (STATUS_RUNNING, STATUS_STOPPED, STATUS_UNHEALTHY) == (0, 1, 3)
