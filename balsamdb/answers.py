@@ -26,9 +26,8 @@ import uuid
 import peewee as pw
 
 from .exceptions import ServerError
-from .models import AppliedRequest, Job, JobAnswerBase
+from .models import AppliedRequest, Job, JobAnswerBase, quoter
 from .operations import JOB_KEYS
-from .statements import quoter
 
 #: Fields of a job answer stored in the record itself: what a state change sets.
 OWN_KEYS = ("state", "state_message", "updated_at")

@@ -17,12 +17,15 @@ import json
 import os
 import secrets
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import peewee as pw
 
 from . import address_file, models
 from .exceptions import ConfigError, NotADBDirectory, StorageError
+# (read_private, write_private, check_postgres_url, redact_url: once defined here, still importable from here)
+from .private_files import make_private_directories, read_private, write_private
+from .urls import check_postgres_url, parse_postgres_url
+from .urls import redact as redact_url
 
 DB_TYPES = ("sqlite3", "postgres")
 #: The umask of every balsamdb process that creates files in a DB directory (server, watchdog,
@@ -353,80 +356,6 @@ def check_secret(secret, where, path):
             f"{where} holds {'nothing' if not secret else f'only {len(secret)} bytes'}: a secret needs at least "
             f"{MIN_SECRET_BYTES} (anyone could guess a short one). Stop the server if one runs "
             f"(db dbserver --stop --path {path}), delete {where} and run: db init {path}")
-
-
-def parse_postgres_url(url):
-    """``postgresql://user:password@host:port/dbname`` -> psycopg2 keyword arguments."""
-    form = "write postgresql://user:password@host:port/dbname"
-    try:
-        parts = urlparse(url.strip())
-        port = parts.port or 5432
-    except ValueError as exc:  # a port that is not a number, a broken IPv6 address
-        raise ConfigError(f"{redact_url(url)} is not a PostgreSQL URL ({exc}); {form}") from None
-    if parts.scheme not in ("postgres", "postgresql") or not parts.hostname or not parts.path.strip("/"):
-        raise ConfigError(f"{redact_url(url)} is not a PostgreSQL URL; {form}")
-    params = {"database": unquote(parts.path.strip("/")), "host": parts.hostname, "port": port}
-    if parts.username:
-        params["user"] = unquote(parts.username)
-    if parts.password:
-        params["password"] = unquote(parts.password)
-    return params
-
-
-def redact_url(url):
-    """The URL with its password replaced by ``***``, for messages and logs."""
-    try:
-        parts = urlparse(url)
-        password = parts.password
-    except ValueError:
-        return "(an unreadable URL)"
-    if password:
-        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
-
-
-def check_postgres_url(url):
-    """Connect once to the server of ``url``; raise :class:`ConfigError` saying what is wrong."""
-    import psycopg2
-
-    params = parse_postgres_url(url)
-    try:
-        psycopg2.connect(connect_timeout=5, **params).close()
-    except psycopg2.OperationalError as exc:
-        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
-        raise ConfigError(f"cannot connect to {redact_url(url)}: {reason}") from None
-
-
-def read_private(path):
-    try:
-        return Path(path).read_text().strip()
-    except FileNotFoundError:
-        raise ConfigError(f"{path} is missing; the DB directory is incomplete") from None
-    except PermissionError:
-        raise ConfigError(f"cannot read {path}: only the owner of the DB directory may use it") from None
-
-
-def write_private(path, content):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def make_private_directories(root, relative, mode=0o700):
-    """Make ``root/relative`` and any missing directory between, each with ``mode`` whatever the
-    umask (``os.makedirs`` gives the ones between the umask's mode); returns the path."""
-    path = Path(root)
-    for part in Path(relative).parts:
-        path = path / part
-        try:
-            os.mkdir(path, mode)
-        except FileExistsError:
-            continue
-        os.chmod(path, mode)  # the umask may have taken bits that the mode asks for
-    return path
 
 
 def job_working_directory(workflow, name, job_id):

@@ -13,13 +13,13 @@ host.  Jobs on compute nodes go through the server.
 
 import logging
 import os
-import random
 import threading
 import time
 
 import peewee as pw
 
 from .applier import StorageFailure, apply_requests, root_cause
+from .backoff import Backoff
 from .exceptions import DatabaseBusy, StorageError
 from .models import MODELS
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # bind_ctx() binds the model classes for the whole process, so two threads (or two DB
 # directories) in one process must not run operations at the same time: SQLite
 # serializes the writers anyway.
-_BIND_LOCK = threading.RLock()
+BIND_LOCK = threading.RLock()
 
 _BUSY_WORDS = ("locked", "busy")
 
@@ -57,8 +57,7 @@ class DirectStore:
 
     def call(self, request_id, op, params, write):
         """Apply one request; returns the answer dict (see :mod:`balsamdb.applier`)."""
-        deadline = time.monotonic() + self.settings.direct_deadline
-        delay = 0.005
+        backoff = Backoff(0.005, 0.5, time.monotonic() + self.settings.direct_deadline)
         while True:
             try:
                 if self.pid != os.getpid():
@@ -66,7 +65,7 @@ class DirectStore:
                     self.database = self.dbdir.open_database(self.settings, busy_timeout=5.0)
                     self.pid = os.getpid()
                 self.database.connect(reuse_if_open=True)
-                with _BIND_LOCK, self.database.bind_ctx(MODELS):
+                with BIND_LOCK, self.database.bind_ctx(MODELS):
                     with self.database.atomic(lock_type="IMMEDIATE" if write else None):
                         return apply_requests(self.database, [(request_id, op, params)])[0]
             except (StorageFailure, pw.OperationalError) as exc:
@@ -74,14 +73,12 @@ class DirectStore:
                 text = str(original).lower()
                 if not any(word in text for word in _BUSY_WORDS):
                     raise self._storage_error(original) from None
-                if time.monotonic() + delay > deadline:
+                log.debug("database locked; retrying %s in about %.3f s", op, backoff.delay)
+                if not backoff.sleep():
                     raise DatabaseBusy(
                         f"{self.dbdir.sqlite_file} stayed locked for {self.settings.direct_deadline:.0f} s; "
                         "nothing was written. Start a server (db dbserver) for many writers."
                     ) from None
-                log.debug("database locked; retrying %s in %.3f s", op, delay)
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 0.5)
             except (pw.DatabaseError, pw.InterfaceError) as exc:
                 raise self._storage_error(root_cause(exc)) from None
 

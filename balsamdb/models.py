@@ -162,6 +162,14 @@ MODELS = [Job, JobStateChange, JobTag, Project, Record, RecordTag, RecordVersion
 MODELS_V1 = [Job, JobStateChange, JobTag, Project, Record, RecordTag, AppliedRequest, SchemaVersion]
 
 
+def quoter(database):
+    """A function that quotes an SQL identifier (table, column, index name) the way
+    ``database`` does, as peewee's ``Entity`` does: ``q("job")`` -> ``"job"`` on SQLite
+    and PostgreSQL.  For the few statements written by hand."""
+    left, right = database.quote[0], database.quote[1]
+    return lambda name: left + str(name).replace(left, left + left) + right
+
+
 def current_version(database):
     """Schema version of ``database`` (0 for an empty database)."""
     with database.bind_ctx(MODELS):
@@ -183,8 +191,7 @@ def _add_users_v2(database):
 def _schema_3(database):
     """The admin flag of users; an index to prune old request ids by; on PostgreSQL, 8-byte
     floats where schema 2 made 4-byte ones."""
-    def q(name):
-        return f"{database.quote[0]}{name}{database.quote[1]}"
+    q = quoter(database)
 
     if "admin" not in {c.name for c in database.get_columns(User._meta.table_name)}:
         # A plain ADD COLUMN: peewee's migrator rebuilds the table on SQLite, and dropping the old
@@ -211,8 +218,7 @@ def _record_versions(database):
     yet gets its current document as version 1 (saved by "" : unknown)."""
     import zlib
 
-    def q(name):
-        return f"{database.quote[0]}{name}{database.quote[1]}"
+    q = quoter(database)
 
     database.create_tables([RecordVersion], safe=True)
     project_table = Project._meta.table_name
@@ -247,7 +253,7 @@ MIGRATIONS = {
 
 def _ensure_indexes(database):
     """Indexes that a database of this schema version may lack (made idempotently)."""
-    q = lambda name: f"{database.quote[0]}{name}{database.quote[1]}"  # noqa: E731
+    q = quoter(database)
     database.execute_sql(f"CREATE INDEX IF NOT EXISTS {q(AppliedRequest._meta.table_name + '_applied_at')} "
                          f"ON {q(AppliedRequest._meta.table_name)} ({q('applied_at')})")
     # What the jobs page of `db serve` reads while a campaign runs: the count per workflow and state,

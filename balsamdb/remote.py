@@ -22,7 +22,6 @@ operations need an admin (``db user add NAME --admin``).
 import hashlib
 import json
 import os
-import random
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -30,15 +29,16 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import urllib3
 
 from . import operations
-from .api import SpooledWrite, StoreHandle, answer_result
+from .backoff import Backoff
+from .handle import UNREACHABLE_FOR, SpooledWrite, StoreHandle, answer_result
 from .exceptions import (AuthenticationError, BadRequest, ConfigError, RequestTooLarge, ServerUnavailable,
                          error_from_dict)
 from .protocol import dumps_request
 from .spool import Spool, SpoolWriter
+from .urls import redact
 
 RETRY_STATUSES = (502, 503, 504)
 RETRY_CODES = ("unavailable", "retry", "busy")  # answers of the store that a later try may change
-_UNREACHABLE_FOR = 30.0  # seconds during which writes to a store that just failed go straight to the spool
 _PROBE_EVERY = 1.0  # seconds between single tries of such a store (a success ends the spooling at once)
 
 
@@ -63,22 +63,6 @@ def split_url(url, user=None, password=None):
     return base, user, password
 
 
-def redact(url):
-    """The URL with everything between ``scheme://user:`` and the last ``@`` shown as ``***``
-    (also when the password holds characters that confuse URL parsing)."""
-    text = str(url)
-    scheme, sep, rest = text.partition("://")
-    if not sep or "@" not in rest:
-        return text
-    credentials, _, host = rest.rpartition("@")
-    name = credentials.split(":", 1)[0]
-    if ":" not in credentials:
-        return text
-    if "/" in name or "?" in name or "#" in name:
-        return f"{scheme}://***@{host}"
-    return f"{scheme}://{name}:***@{host}"
-
-
 def default_spool_dir(base, user):
     root = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     tag = hashlib.sha256(f"{user or ''}@{base}".encode()).hexdigest()[:16]
@@ -93,7 +77,9 @@ class RemoteDatabase(StoreHandle):
     db_type = "http"
     root = None
 
-    def __init__(self, url, settings, user=None, password=None):
+    def __init__(self, url, settings, user=None, password=None, http=None):
+        """``http``: what sends the requests, an object with urllib3's ``request()`` and ``clear()``
+        (default: a urllib3 pool; the in-process tests pass Flask's test client through one)."""
         self.url, self.user, password = split_url(url, user, password)
         self.settings = settings
         self.attach_facades()
@@ -104,7 +90,7 @@ class RemoteDatabase(StoreHandle):
             headers.update(urllib3.make_headers(basic_auth=f"{self.user}:{password or ''}"))
         self._headers = headers
         timeout = urllib3.Timeout(connect=min(5.0, settings.client_deadline), read=max(30.0, settings.client_timeout))
-        self._http = urllib3.PoolManager(maxsize=4, timeout=timeout, retries=False)
+        self._http = http or urllib3.PoolManager(maxsize=4, timeout=timeout, retries=False)
         spool_dir = Path(settings.remote_spool_dir).expanduser() / default_spool_dir(self.url, self.user).name \
             if settings.remote_spool_dir else default_spool_dir(self.url, self.user)
         self.spool = Spool(spool_dir)
@@ -159,8 +145,8 @@ class RemoteDatabase(StoreHandle):
         """The store's answer (a dict), retrying until ``client_deadline`` (one try when
         ``quick``); None when the store stayed unreachable and ``spool_on_failure``; else
         :class:`ServerUnavailable`."""
-        deadline = time.monotonic() + (0.0 if quick else self.settings.client_deadline)
-        delay, why = 0.05, "no try yet"
+        backoff = Backoff(0.05, 2.0, time.monotonic() + (0.0 if quick else self.settings.client_deadline))
+        why = "no try yet"
         while True:
             try:
                 response = self._http.request("POST", self.url + "_balsamdb/call", body=body,
@@ -173,11 +159,9 @@ class RemoteDatabase(StoreHandle):
                     self._unreachable_until = 0.0
                     return self._answer(response, op)
                 why = f"HTTP {response.status}: {self._message(response)}"
-            if time.monotonic() + delay >= deadline:
+            if not backoff.sleep():
                 break
-            time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 2.0)
-        self._unreachable_until = time.monotonic() + _UNREACHABLE_FOR
+        self._unreachable_until = time.monotonic() + UNREACHABLE_FOR
         if spool_on_failure:
             return None
         raise ServerUnavailable(f"the HTTP store {self.url} did not answer {op} within "

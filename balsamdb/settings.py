@@ -13,7 +13,7 @@ Nothing here runs at import time.
 import json
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import make_dataclass
 from pathlib import Path
 
 from .exceptions import ConfigError
@@ -88,22 +88,11 @@ def _coerce(name, value, kind, source):
         raise ConfigError(f"setting {name}={value!r} from {source} is not a valid {kind.__name__}") from None
 
 
-@dataclass(frozen=True)
-class Settings:
-    default_db_path: object
-    client_timeout: float
-    client_deadline: float
-    require_server: bool
-    spool: bool
-    direct_deadline: float
-    sqlite_synchronous: str
-    max_request_bytes: int
-    max_batch_bytes: int
-    applied_retention_days: float
-    job_dir_mode: str
-    remote_spool_dir: object
-    require_explicit_db: bool
-    heartbeat_stale_after: float
+#: The effective settings (one field per name of :data:`DEFAULTS`, in its order): made from the
+#: table, so that a new setting is listed once.
+Settings = make_dataclass("Settings", [(name, kind) for name, (_default, kind, _doc) in DEFAULTS.items()],
+                          frozen=True)
+Settings.__module__ = __name__
 
 
 def load_settings(**overrides):

@@ -10,14 +10,9 @@ import weakref
 
 import peewee as pw
 
-from .models import AppliedRequest, Job, JobStateChange, JobTag, Project, Record, RecordTag, RecordVersion
+from .models import AppliedRequest, Job, JobStateChange, JobTag, Project, Record, RecordTag, RecordVersion, quoter
 
 _CACHE = weakref.WeakKeyDictionary()  # database -> Statements, gone with the database
-
-
-def quoter(database):
-    left, right = database.quote[0], database.quote[1]
-    return lambda name: f"{left}{name}{right}"
 
 
 class Statements:

@@ -12,6 +12,8 @@ from .common import echo_json, json_option, path_option
 
 
 def _format_status(info):
+    from balsamdb.server.control import STATUS_UNHEALTHY
+
     lines = [f"state:    {info.get('state')} ({info.get('health')})"]
     if info.get("address"):
         lines.append(f"address:  {info['address']}  (db {info.get('db_type')}, host {info.get('host')}, "
@@ -21,7 +23,7 @@ def _format_status(info):
             lines.append(f"watchdog: pid {info['watchdog']['pid']}, restarts {info.get('restarts', 0)}")
         else:
             lines.append(f"watchdog: {info.get('summary')}")
-    elif info.get("exit_code") == 2:
+    elif info.get("exit_code") == STATUS_UNHEALTHY:
         lines.append(f"watchdog: {info.get('summary')}")
     if info.get("postgres"):
         pg = info["postgres"]
@@ -70,7 +72,7 @@ def _spool_drain_lines(status):
 @click.option("--stop", is_flag=True, help="Stop the server gracefully and wait until no process of it is left.")
 @click.option("--status", is_flag=True,
               help="Show pids, address, uptime and counters. Exit status 0: running and supervised; "
-                   "1: stopped; 2: unsupervised, restarting or not answering.")
+                   "1: stopped; 3: unsupervised, restarting or not answering (2: a usage error).")
 @click.option("--bind", default="127.0.0.1", show_default=True,
               help="Interface to listen on; use the login node's address or 0.0.0.0 for compute nodes.")
 @click.option("--port", type=int, default=0, help="TCP port (default: a free one).")

@@ -12,8 +12,6 @@ from balsamdb.wording import duration
 from .common import echo_json, format_time, json_option, open_db, parse_json, path_option
 from .ls import STATE_CHOICE, StateChoice, ls
 
-_DELETE_CHUNK = 500  # ids per delete request, well under SQLite's limit on bound variables
-
 
 @click.group("job")
 def job():
@@ -296,9 +294,7 @@ def rm(job_ids, path, workflow, states, tags, yes, as_json):
                 raise click.ClickException(
                     f"this would remove {len(ids)} job{'s' if len(ids) != 1 else ''}; add --yes to confirm"
                 )
-        deleted = 0
-        for start in range(0, len(ids), _DELETE_CHUNK):
-            deleted += db.jobs.delete(*ids[start:start + _DELETE_CHUNK])
+        deleted = db.jobs.delete(*ids)  # in requests of db.jobs.DELETE_CHUNK ids
     if as_json:
         echo_json({"deleted": deleted})
         return

@@ -1,5 +1,7 @@
 """`db user`: the people who may use the HTTP record store, and their projects."""
 
+import sys
+
 import click
 
 from balsamdb.passwords import hash_password
@@ -22,8 +24,8 @@ def user():
 
 def _password(password_stdin):
     if password_stdin:
-        password = click.get_text_stream("stdin").readline().rstrip("\n")
-    elif not click.get_text_stream("stdin").isatty():
+        password = sys.stdin.readline().rstrip("\n")
+    elif not sys.stdin.isatty():
         # Asking would echo the password, or read it from a pipe meant for something else.
         command = click.get_current_context().info_name
         raise click.UsageError("no terminal to ask for the password: give it on the first line of stdin "

@@ -15,7 +15,8 @@ from .common import echo_json, json_option, path_option, plural
 def _remote(url, source):
     """The report for an HTTP store: whether it answers, and as whom."""
     from balsamdb.exceptions import ServerUnavailable
-    from balsamdb.remote import RemoteDatabase, redact
+    from balsamdb.remote import RemoteDatabase
+    from balsamdb.urls import redact
     from balsamdb.settings import load_settings
 
     report = {"path": redact(url), "source": source, "exists": None, "is_db_directory": False,

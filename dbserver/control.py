@@ -298,8 +298,8 @@ def _stop_orphaned_postgres(dbdir):
             postgres.stop_cluster(dbdir.path, mode="fast")
 
 
-#: exit codes of ``db dbserver --status``
-STATUS_RUNNING, STATUS_STOPPED, STATUS_UNHEALTHY = 0, 1, 2
+#: exit codes of ``db dbserver --status`` (not 2: click's usage errors exit 2)
+STATUS_RUNNING, STATUS_STOPPED, STATUS_UNHEALTHY = 0, 1, 3
 
 
 def status(dbdir):

@@ -18,21 +18,49 @@ Two proofs, for two reaches:
   ``heartbeat_stale_after`` setting.  Its age is the time since the file last
   changed, by this host's clock: the hosts' clocks must agree to within a few
   seconds (NTP), which is far below the limit.
+
+The watchdog holds a lock of its own, ``P/watchdog.lock`` (:func:`acquire_lock`), so that one
+watchdog runs per DB directory, and stops an orphaned server before it starts one
+(:func:`stop_orphan`).
 """
 
 import fcntl
 import json
+import logging
 import os
 import socket
 import threading
 import time
 from pathlib import Path
 
+import psutil
+
 from balsamdb import address_file
+
+log = logging.getLogger(__name__)
 
 SERVER_LOCK = "server.lock"
 HEARTBEAT = "heartbeat"
 HEARTBEAT_EVERY = 2.0   # seconds between two refreshes of the heartbeat by the watchdog
+
+
+class AlreadyRunning(Exception):
+    """Another watchdog holds ``P/watchdog.lock``: one watchdog per DB directory."""
+
+
+def acquire_lock(dbdir):
+    """Open and lock ``watchdog.lock``; the returned file must stay open for the lock to hold."""
+    handle = open(dbdir.lock_file, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise AlreadyRunning(f"another watchdog holds {dbdir.lock_file}") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 class LockHeld(Exception):
@@ -148,6 +176,37 @@ def wait_lock_free(dbdir, deadline):
         time.sleep(0.02)  # wait-ok: the poll interval of a wait with a deadline
         holder = lock_holder(dbdir)
     return holder
+
+
+def stop_orphan(dbdir, stop_deadline):
+    """Stop a server left running by a watchdog that was killed, so that one server at a time owns
+    the database.  The server lock finds it even when the address file was deleted or names another
+    server.  SIGTERM, SIGKILL after ``stop_deadline`` seconds; raises RuntimeError when a server that
+    is not on this host (or not visible here) still holds the lock."""
+    holder = lock_holder(dbdir)
+    info = address_file.read(dbdir.address_file)
+    named = address_file.server_alive(info) and info.get("host") == socket.gethostname()
+    if holder is None and not named:
+        return
+    ident = holder if holder and holder.get("host") == socket.gethostname() else info.get("server")
+    proc = address_file.live_process(ident)
+    if proc is None and named:
+        proc = address_file.live_process(info.get("server"))
+    if proc is not None:
+        log.warning("a server left by a dead watchdog runs as pid %s; stopping it first", proc.pid)
+        try:
+            proc.terminate()
+            proc.wait(timeout=stop_deadline)
+        except psutil.TimeoutExpired:
+            log.error("pid %s ignored SIGTERM for %.0f s; killing it", proc.pid, stop_deadline)
+            proc.kill()
+            proc.wait(timeout=10)
+        except psutil.NoSuchProcess:
+            pass
+    left = wait_lock_free(dbdir, stop_deadline if proc is None else 5.0)
+    if left is not None:
+        raise RuntimeError(f"a write server that is not on this host or not visible here holds "
+                           f"{server_lock_file(dbdir)} ({left or 'no identity written'}); stop it first")
 
 
 def _read_holder(path):

@@ -31,15 +31,9 @@ Every subprocess runs from an argument list with its output in a log file and a 
 import errno
 import logging
 import os
-import pwd
 import re
-import secrets
 import socket
-import stat
-import tempfile
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import psutil
 import psycopg2
@@ -48,198 +42,17 @@ import psycopg2.errors
 from balsamdb.exceptions import ConfigError
 
 from .postgres_host import (INSTALL_HINT, REQUIRED, SEARCH_GLOBS, SERVICE_USERS, Binaries,  # noqa: F401
-                            ServiceAccount, find_binaries, log_tail, run_as, service_account)
+                            ServiceAccount, find_binaries, log_tail, prepare_directories, run_as,
+                            service_account, user_name)
+# creation and layout have modules of their own; their names stay importable from here
+from .postgres_init import INITDB_DEADLINE, init_cluster  # noqa: F401
+from .postgres_layout import (CONNECT_HOST, DATABASE, SUPERUSER, ClusterLayout, connection_params,  # noqa: F401
+                              layout, read_password)
 
 log = logging.getLogger(__name__)
 
-SUPERUSER = "balsamdb"          # the role initdb creates; it owns the database below
-DATABASE = "balsamdb"           # the database the models live in
-CONNECT_HOST = "127.0.0.1"
-INITDB_DEADLINE = 120.0         # seconds
 STOP_MODES = ("smart", "fast", "immediate")     # pg_ctl stop -m: wait for clients / roll back / crash-stop
 _LISTEN_RE = re.compile(r"^[A-Za-z0-9.:*%,_-]+$")   # goes through pg_ctl's shell: no quotes, no spaces
-
-
-# -- layout ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Layout:
-    root: Path
-
-    @property
-    def pgdata(self):
-        return self.root / "pgdata"
-
-    @property
-    def password_file(self):
-        return self.root / "postgres.password"
-
-    @property
-    def log_dir(self):
-        return self.root / "log" / "postgres"
-
-    @property
-    def server_log(self):
-        return self.log_dir / "postgresql.log"
-
-    @property
-    def pg_ctl_log(self):
-        return self.log_dir / "pg_ctl.log"
-
-    @property
-    def initdb_log(self):
-        return self.log_dir / "initdb.log"
-
-    def is_initialized(self):
-        return (self.pgdata / "PG_VERSION").is_file()
-
-
-def _layout(dbdir_path):
-    """Accepts a path or a :class:`balsamdb.dbdir.DBDirectory`."""
-    root = Path(getattr(dbdir_path, "path", dbdir_path)).expanduser().absolute()
-    if not root.is_dir():
-        raise ConfigError(f"{root} is not a DB directory; create it with: db init {root} --db-type postgres")
-    return _Layout(root)
-
-
-def read_password(dbdir_path):
-    """The password of the ``balsamdb`` role, from ``P/postgres.password``."""
-    path = _layout(dbdir_path).password_file
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        raise ConfigError(f"{path} is missing; the cluster cannot be used without it "
-                          f"(a new cluster gets one from: db init {path.parent} --db-type postgres)") from None
-    except PermissionError:
-        raise ConfigError(f"cannot read {path}: only the owner of the DB directory may use its cluster") from None
-
-
-def connection_params(dbdir_path, port):
-    """Keyword arguments for ``peewee.PostgresqlDatabase(DATABASE, **params)`` or
-    ``psycopg2.connect(dbname=DATABASE, **params)``."""
-    return {"host": CONNECT_HOST, "port": int(port), "user": SUPERUSER, "password": read_password(dbdir_path)}
-
-
-# -- init -----------------------------------------------------------------------------------------------
-def init_cluster(dbdir_path, deadline=INITDB_DEADLINE):
-    """Create the cluster in ``P/pgdata`` with initdb; returns sentences saying what was done.
-
-    Idempotent: an existing cluster is left alone.  Raises ConfigError when the binaries are missing,
-    ``pgdata`` holds something else, or initdb fails (with the last lines of ``log/postgres/initdb.log``).
-    """
-    paths = _layout(dbdir_path)
-    if paths.is_initialized():
-        version = (paths.pgdata / "PG_VERSION").read_text().strip()
-        return [f"{paths.pgdata} already holds a PostgreSQL {version} cluster"]
-    binaries = find_binaries()
-    if paths.pgdata.exists() and any(paths.pgdata.iterdir()):
-        raise ConfigError(f"{paths.pgdata} is not empty but holds no PostgreSQL cluster (left by a failed "
-                          f"initdb?); remove it and run db init again")
-    account = service_account()
-    done = _prepare_directories(paths, account)
-    password, sentence = _ensure_password(paths)
-    done += sentence
-    pwfile = _private_copy(paths.root, password, account)
-    try:
-        cmd = [binaries.initdb, "-D", str(paths.pgdata), "-U", SUPERUSER, "--auth=scram-sha-256",
-               f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C"]
-        code = run_as(cmd, paths.initdb_log, deadline, account, "initdb")
-    finally:
-        os.unlink(pwfile)
-    if code != 0:
-        raise ConfigError(f"initdb failed (exit {code}) for {paths.pgdata}; last lines of {paths.initdb_log}:\n"
-                          f"{log_tail(paths.initdb_log)}\nFix the cause above, remove {paths.pgdata} if it is "
-                          f"left behind, and run db init again")
-    _configure(paths, account)
-    version = (paths.pgdata / "PG_VERSION").read_text().strip()
-    runner = f"run as user {account.name}" if account else "run as the current user"
-    done.append(f"created a PostgreSQL {version} cluster in {paths.pgdata} (role {SUPERUSER}, SCRAM password "
-                f"authentication only, TCP on 127.0.0.1 only, {runner})")
-    return done
-
-
-def _prepare_directories(paths, account):
-    """Make ``pgdata`` and ``log/postgres``; as root hand them to ``account`` and open the way to them."""
-    done = []
-    if account is not None:
-        _check_reachable(paths.root, account)
-    paths.log_dir.mkdir(parents=True, exist_ok=True)
-    if not paths.pgdata.exists():
-        paths.pgdata.mkdir(mode=0o700)
-    if account is None:
-        return done
-    for directory in (paths.pgdata, paths.log_dir):
-        os.chown(directory, account.uid, account.gid)
-        os.chmod(directory, 0o700)
-    if paths.server_log.exists():
-        os.chown(paths.server_log, account.uid, account.gid)
-    for directory in (paths.root, paths.log_dir.parent):
-        if not account.may_traverse(directory):
-            mode = stat.S_IMODE(os.stat(directory).st_mode) | 0o011
-            os.chmod(directory, mode)
-            done.append(f"changed the mode of {directory} to {mode:o} so that the PostgreSQL user "
-                        f"{account.name} can pass through it (it still cannot list it)")
-    done.append(f"PostgreSQL refuses to run as root: {paths.pgdata} and {paths.log_dir} belong to user "
-                f"{account.name}, which runs initdb, pg_ctl and postgres")
-    return done
-
-
-def _check_reachable(root, account):
-    """Every directory above ``root`` must let ``account`` pass; we never change directories outside P."""
-    for directory in reversed(root.parents):
-        if not account.may_traverse(directory):
-            st = os.stat(directory)
-            raise ConfigError(
-                f"the PostgreSQL user {account.name} cannot reach {root}: {directory} (mode "
-                f"{stat.S_IMODE(st.st_mode):o}, owner {_user_name(st.st_uid)}) does not let it pass. Run "
-                f"`chmod o+x {directory}` or put the DB directory where {account.name} can reach it")
-
-
-def _ensure_password(paths):
-    """The password of the role, made (and written with mode 0600) on first use."""
-    if paths.password_file.exists():
-        return read_password(paths.root), []
-    password = secrets.token_urlsafe(32)
-    _write_private(paths.password_file, password + "\n")
-    return password, [f"wrote a new PostgreSQL password to {paths.password_file} (mode 600)"]
-
-
-def _write_private(path, text):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _private_copy(root, password, account):
-    """A 0600 copy of the password for initdb's ``--pwfile``, readable by ``account``; caller removes it."""
-    fd, name = tempfile.mkstemp(prefix=".initdb-pw-", dir=root)
-    with os.fdopen(fd, "w") as handle:
-        if account is not None:
-            os.fchown(handle.fileno(), account.uid, account.gid)
-        handle.write(password + "\n")
-    return name
-
-
-def _configure(paths, account):
-    """Write pg_hba.conf (SCRAM everywhere, never trust) and pin TCP-only in postgresql.conf, so that a
-    hand-run ``pg_ctl start -D pgdata`` behaves like ours."""
-    hba = paths.pgdata / "pg_hba.conf"
-    hba.write_text(
-        "# Written by balsamdb: SCRAM password authentication for every connection, no password-less method.\n"
-        "# Who can connect at all is decided by listen_addresses (127.0.0.1 unless asked otherwise).\n"
-        "# TYPE  DATABASE  USER  ADDRESS     METHOD\n"
-        "local   all       all               scram-sha-256\n"
-        "host    all       all   0.0.0.0/0   scram-sha-256\n"
-        "host    all       all   ::/0        scram-sha-256\n")
-    os.chmod(hba, 0o600)
-    with open(paths.pgdata / "postgresql.conf", "a") as conf:
-        conf.write("\n# balsamdb: TCP only (start_cluster passes port and listen_addresses at each start)\n"
-                   "listen_addresses = '127.0.0.1'\n"
-                   "unix_socket_directories = ''\n"
-                   "password_encryption = 'scram-sha-256'\n")
-    if account is not None:
-        os.chown(hba, account.uid, account.gid)
 
 
 # -- start, stop, inspect -------------------------------------------------------------------------------
@@ -251,7 +64,7 @@ def start_cluster(dbdir_path, port=None, listen="127.0.0.1", deadline=60):
     orphaned postgres processes of this ``pgdata`` are cleaned up first.  Raises ConfigError with the last
     lines of the server log and what to do.
     """
-    paths = _layout(dbdir_path)
+    paths = layout(dbdir_path)
     if not paths.is_initialized():
         raise ConfigError(f"{paths.pgdata} holds no PostgreSQL cluster; create it with: "
                           f"db init {paths.root} --db-type postgres")
@@ -269,7 +82,7 @@ def start_cluster(dbdir_path, port=None, listen="127.0.0.1", deadline=60):
     _clear_leftovers(paths, deadline)
     binaries = find_binaries()
     account = service_account(paths.pgdata)
-    for sentence in _prepare_directories(paths, account):
+    for sentence in prepare_directories(paths, account):
         log.info("%s", sentence)
     attempts = 1 if port is not None else 3
     for attempt in range(1, attempts + 1):
@@ -313,7 +126,7 @@ def stop_cluster(dbdir_path, mode="fast", deadline=60):
     the postmaster and its children.  Returns True when something was stopped; safe when nothing runs."""
     if mode not in STOP_MODES:
         raise ConfigError(f"unknown stop mode {mode!r}; choose one of: {', '.join(STOP_MODES)}")
-    paths = _layout(dbdir_path)
+    paths = layout(dbdir_path)
     pid = cluster_pid(paths.root)
     stopped = False
     if pid is not None:
@@ -337,7 +150,7 @@ def stop_cluster(dbdir_path, mode="fast", deadline=60):
 def cluster_pid(dbdir_path):
     """The pid of the postmaster named in ``pgdata/postmaster.pid`` when it is alive and really serves this
     ``pgdata`` (a reused pid does not count), else None."""
-    paths = _layout(dbdir_path)
+    paths = layout(dbdir_path)
     pid = _pidfile_pid(paths)
     return pid if pid is not None and _is_postmaster_of(pid, paths) is not False else None
 
@@ -373,14 +186,7 @@ def _check_owner(paths):
     """A non-root caller can only run a cluster that it owns; say whose it is instead of failing later."""
     owner = paths.pgdata.stat().st_uid
     if os.geteuid() != 0 and owner != os.geteuid():
-        raise ConfigError(f"{paths.pgdata} belongs to user {_user_name(owner)}; start it as that user (or root)")
-
-
-def _user_name(uid):
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
+        raise ConfigError(f"{paths.pgdata} belongs to user {user_name(owner)}; start it as that user (or root)")
 
 
 def is_healthy(dbdir_path, port):
@@ -445,7 +251,7 @@ def _clear_leftovers(paths, deadline):
 
 def cluster_processes(dbdir_path):
     """Live postgres processes of the cluster in ``P/pgdata`` (for tools that check nothing is left)."""
-    return _cluster_processes(_layout(dbdir_path))
+    return _cluster_processes(layout(dbdir_path))
 
 
 def _cluster_processes(paths):

@@ -137,3 +137,48 @@ def log_tail(path, lines=15):
     except OSError:
         return ""
     return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+# -- the account's way to the cluster's directories ------------------------------------------------
+def prepare_directories(paths, account):
+    """Make ``pgdata`` and ``log/postgres``; as root hand them to ``account`` and open the way to them."""
+    done = []
+    if account is not None:
+        check_reachable(paths.root, account)
+    paths.log_dir.mkdir(parents=True, exist_ok=True)
+    if not paths.pgdata.exists():
+        paths.pgdata.mkdir(mode=0o700)
+    if account is None:
+        return done
+    for directory in (paths.pgdata, paths.log_dir):
+        os.chown(directory, account.uid, account.gid)
+        os.chmod(directory, 0o700)
+    if paths.server_log.exists():
+        os.chown(paths.server_log, account.uid, account.gid)
+    for directory in (paths.root, paths.log_dir.parent):
+        if not account.may_traverse(directory):
+            mode = stat.S_IMODE(os.stat(directory).st_mode) | 0o011
+            os.chmod(directory, mode)
+            done.append(f"changed the mode of {directory} to {mode:o} so that the PostgreSQL user "
+                        f"{account.name} can pass through it (it still cannot list it)")
+    done.append(f"PostgreSQL refuses to run as root: {paths.pgdata} and {paths.log_dir} belong to user "
+                f"{account.name}, which runs initdb, pg_ctl and postgres")
+    return done
+
+
+def check_reachable(root, account):
+    """Every directory above ``root`` must let ``account`` pass; we never change directories outside P."""
+    for directory in reversed(root.parents):
+        if not account.may_traverse(directory):
+            st = os.stat(directory)
+            raise ConfigError(
+                f"the PostgreSQL user {account.name} cannot reach {root}: {directory} (mode "
+                f"{stat.S_IMODE(st.st_mode):o}, owner {user_name(st.st_uid)}) does not let it pass. Run "
+                f"`chmod o+x {directory}` or put the DB directory where {account.name} can reach it")
+
+
+def user_name(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

@@ -22,11 +22,9 @@ Run as ``python -m balsamdb.server.watchdog --path P [--bind HOST] [--port N]``.
 """
 
 import argparse
-import fcntl
 import json
 import logging
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -34,12 +32,13 @@ import sys
 import time
 import uuid
 
-import psutil
-
 from balsamdb import address_file
+from balsamdb.backoff import delay_after
 from balsamdb.dbdir import DBDirectory
 
 from . import liveness
+from .children import check_writable, read_line, sleep_unless, stop_process
+from .liveness import AlreadyRunning, acquire_lock  # the watchdog's lock lives with the proofs of life
 
 log = logging.getLogger("balsamdb.server.watchdog")
 
@@ -48,25 +47,6 @@ STARTUP_DEADLINE = 30.0     # seconds for a server to say it listens
 STOP_DEADLINE = 30.0        # seconds for a server to finish its queue on SIGTERM
 HEALTHY_AFTER = 5.0         # a server that lived this long resets the backoff
 MAX_BACKOFF = 30.0
-
-
-class AlreadyRunning(Exception):
-    pass
-
-
-def acquire_lock(dbdir):
-    """Open and lock ``watchdog.lock``; the returned file must stay open for the lock to hold."""
-    handle = open(dbdir.lock_file, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise AlreadyRunning(f"another watchdog holds {dbdir.lock_file}") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
 
 
 class Watchdog:
@@ -142,7 +122,7 @@ class Watchdog:
     def start_server(self):
         epoch = uuid.uuid4().hex
         self.check_log_dir()
-        self.check_writable()
+        check_writable(self.dbdir, self.db_type)
         try:
             err = open(self.dbdir.log_dir / "server.err", "ab")
         except OSError as exc:  # a read-only DB directory: the server's stderr goes where ours goes
@@ -162,9 +142,9 @@ class Watchdog:
                 err.close()
         self.server_started = time.time()
         try:
-            line = _read_line(self.server.stdout, STARTUP_DEADLINE)
+            line = read_line(self.server.stdout, STARTUP_DEADLINE)
         except OSError:
-            _stop_process(self.server, 5.0)
+            stop_process(self.server, 5.0)
             raise
         try:
             ready = json.loads(line)
@@ -174,7 +154,7 @@ class Watchdog:
         except (ValueError, KeyError, TypeError):
             log.error("server pid %s did not start (said %r); see %s", self.server.pid, line,
                       self.dbdir.log_dir / "server.err")
-            _stop_process(self.server, 5.0)
+            stop_process(self.server, 5.0)
             return False
         self.server.stdout.close()
         self.epoch = epoch
@@ -230,34 +210,8 @@ class Watchdog:
             raise RuntimeError("the write server failed to start; see log/server.err and log/server.log")
 
     def stop_orphan(self):
-        """Stop a server left running by a watchdog that was killed, so that one
-        server at a time owns the database.  The server lock finds it even when the
-        address file was deleted or names another server."""
-        holder = liveness.lock_holder(self.dbdir)
-        info = address_file.read(self.dbdir.address_file)
-        named = address_file.server_alive(info) and info.get("host") == socket.gethostname()
-        if holder is None and not named:
-            return
-        ident = holder if holder and holder.get("host") == socket.gethostname() else info.get("server")
-        proc = address_file.live_process(ident)
-        if proc is None and named:
-            proc = address_file.live_process(info.get("server"))
-        if proc is not None:
-            log.warning("a server left by a dead watchdog runs as pid %s; stopping it first", proc.pid)
-            try:
-                proc.terminate()
-                proc.wait(timeout=STOP_DEADLINE)
-            except psutil.TimeoutExpired:
-                log.error("pid %s ignored SIGTERM for %.0f s; killing it", proc.pid, STOP_DEADLINE)
-                proc.kill()
-                proc.wait(timeout=10)
-            except psutil.NoSuchProcess:
-                pass
-        left = liveness.wait_lock_free(self.dbdir, STOP_DEADLINE if proc is None else 5.0)
-        if left is not None:
-            raise RuntimeError(f"a write server that is not on this host or not visible here holds "
-                               f"{liveness.server_lock_file(self.dbdir)} ({left or 'no identity written'}); "
-                               f"stop it first")
+        """Stop a server left running by a watchdog that was killed (see :func:`.liveness.stop_orphan`)."""
+        liveness.stop_orphan(self.dbdir, STOP_DEADLINE)
 
     # -- supervision ------------------------------------------------------------
     def loop(self):
@@ -267,7 +221,7 @@ class Watchdog:
                 self.supervise()
             except Exception:  # a bug in a check must not end supervision: log it, go on
                 log.exception("watchdog error; supervision goes on")
-                _sleep_unless(lambda: self.stopping, 0.5)
+                sleep_unless(lambda: self.stopping, 0.5)
 
     def supervise(self):
         """One turn: wait up to 50 ms on the server (or until its restart is due), start it when due,
@@ -276,7 +230,7 @@ class Watchdog:
             if time.monotonic() >= self.restart_at:
                 self.restart()
             else:
-                _sleep_unless(lambda: self.stopping, min(0.05, self.restart_at - time.monotonic()))
+                sleep_unless(lambda: self.stopping, min(0.05, self.restart_at - time.monotonic()))
         else:
             try:
                 code = self.server.wait(timeout=0.05)
@@ -310,7 +264,7 @@ class Watchdog:
     def schedule_restart(self, why, lived=0.0):
         """The server is gone (``why``): start another after the backoff."""
         self.failures = 0 if lived >= HEALTHY_AFTER else self.failures + 1
-        delay = 0.0 if self.failures <= 1 else min(0.25 * 2 ** (self.failures - 2), MAX_BACKOFF)
+        delay = 0.0 if self.failures <= 1 else delay_after(self.failures - 2, 0.25, MAX_BACKOFF)
         log.warning("%s; restarting in %.2f s", why, delay)
         self.server = None
         self.restart_at = time.monotonic() + delay
@@ -325,29 +279,11 @@ class Watchdog:
         except Exception as exc:  # fork refused, log/ not writable, ...: never the end
             log.error("cannot start the server: %s", exc, exc_info=not isinstance(exc, OSError))
             if self.server is not None and self.server.poll() is None:
-                _stop_process(self.server, 5.0)
+                stop_process(self.server, 5.0)
             self.schedule_restart(f"cannot start the server ({type(exc).__name__}: {exc})")
             return
         if not started:
             self.schedule_restart("the server did not start (see log/server.err)")
-
-    def check_writable(self):
-        """Raise OSError unless the DB directory (and a SQLite database) can be written: a server
-        started on a read-only database would refuse every write until restarted, and one
-        started without a writable spool/ could not take the writes that wait there."""
-        import errno
-
-        targets = [self.dbdir.path, self.dbdir.spool_dir]
-        if self.db_type == "sqlite3":
-            targets.append(self.dbdir.sqlite_file)
-        for target in targets:
-            if not os.access(target, os.W_OK):
-                try:
-                    read_only = bool(os.statvfs(target).f_flag & os.ST_RDONLY)
-                except OSError:
-                    read_only = False
-                code = errno.EROFS if read_only else errno.EACCES
-                raise OSError(code, f"{os.strerror(code)}: {target} cannot be written")
 
     def check_log_dir(self):
         """Recreate ``log/`` when it was removed (the logging handler then reopens its file)."""
@@ -388,7 +324,7 @@ class Watchdog:
     def shutdown(self, reason="stopped by db dbserver --stop"):
         if self.server is not None and self.server.poll() is None:
             log.info("stopping server pid %s", self.server.pid)
-            _stop_process(self.server, STOP_DEADLINE)
+            stop_process(self.server, STOP_DEADLINE)
         if self.managed_postgres:
             from balsamdb.server import postgres
 
@@ -404,42 +340,6 @@ class Watchdog:
         self.write_address("stopped", reason=reason)
         liveness.remove_heartbeat(self.dbdir, self.identity)
         log.info("watchdog pid %s stopped", os.getpid())
-
-
-def _read_line(stream, deadline):
-    """One line from ``stream`` within ``deadline`` seconds, or '' on timeout/EOF."""
-    end = time.monotonic() + deadline
-    chunks = b""
-    fd = stream.fileno()
-    while time.monotonic() < end:
-        ready, _, _ = select.select([fd], [], [], max(0.0, end - time.monotonic()))
-        if not ready:
-            break
-        data = os.read(fd, 4096)
-        if not data:
-            break
-        chunks += data
-        if b"\n" in chunks:
-            break
-    return chunks.split(b"\n", 1)[0].decode(errors="replace")
-
-
-def _sleep_unless(flag, seconds):
-    """Wait ``seconds`` unless ``flag()`` becomes true; returns the flag."""
-    end = time.monotonic() + seconds
-    while not flag() and time.monotonic() < end:
-        time.sleep(min(0.05, end - time.monotonic()))
-    return flag()
-
-
-def _stop_process(proc, deadline):
-    proc.terminate()
-    try:
-        proc.wait(timeout=deadline)
-    except subprocess.TimeoutExpired:
-        log.error("pid %s ignored SIGTERM for %.0f s; killing it", proc.pid, deadline)
-        proc.kill()
-        proc.wait()
 
 
 def main(argv=None):

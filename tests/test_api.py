@@ -1,8 +1,10 @@
 """The Python API and the operations behind it, on real DB directories.
 
-Every test of the store runs on three routes (the ``route`` fixture): SQLite written directly
-(no server), SQLite through a running server, and PostgreSQL through a running server (PostgreSQL
-has no direct mode).  Tests about SQLite itself or the direct mode stay on SQLite.
+Every test of the store runs on four routes (the ``route`` fixture): SQLite written directly
+(no server), SQLite through a running server, PostgreSQL through a running server (PostgreSQL
+has no direct mode), and the HTTP store's operation endpoint in this process (Flask's test client
+behind the HTTP client of ``balsamdb.connect("http://...")``; see tests/in_process.py).  Tests about
+SQLite itself or the direct mode stay on SQLite.
 """
 
 import re
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import make_db_directory
 from helpers import job_ids_in_db
+from in_process import connect_in_process
 
 import balsamdb
 from balsamdb import models, states
@@ -20,12 +23,13 @@ from balsamdb.dbdir import DBDirectory
 from balsamdb.server.dbinit import init_db_directory
 from balsamdb.settings import load_settings
 
-ROUTES = ["sqlite3-direct", "sqlite3-server", "postgres-server"]
+ROUTES = ["sqlite3-direct", "sqlite3-server", "postgres-server", "sqlite3-flask"]
 
 
 @pytest.fixture(params=ROUTES)
 def route(request):
-    """How the store is reached: ``<backend>-direct`` (no server) or ``<backend>-server``."""
+    """How the store is reached: ``<backend>-direct`` (no server), ``<backend>-server``, or
+    ``sqlite3-flask`` (the HTTP store in this process)."""
     return request.param
 
 
@@ -37,10 +41,15 @@ def backend(route):
 
 
 @pytest.fixture
-def db(route, request):
+def db(route, request, tmp_path):
     """``balsamdb.connect()`` on a fresh DB directory of ``route``; its server (if any) is
     started by ``served_dbdir`` and stopped by its finalizer."""
     path = request.getfixturevalue("served_dbdir" if route.endswith("-server") else "any_dbdir")
+    if route.endswith("-flask"):
+        with connect_in_process(path, tmp_path / "remote-spool") as database:
+            yield database
+        assert database.last_route in (None, "http"), f"route {route} went to {database.last_route}"
+        return
     with balsamdb.connect(path) as database:
         yield database
     expected = "server" if route.endswith("-server") else "direct"
@@ -51,8 +60,11 @@ def test_create_gives_client_made_id_and_working_directory(db, route):
     job = db.jobs.create(name="sim-1", workflow="sweep", application="python sim.py", args="--n 10")
     assert uuid.UUID(job.id) and job.state == "CREATED" and job.args == "--n 10"
     assert job.working_directory.endswith(f"data/sweep/sim-1_{job.id[:8]}")
-    assert (db.path / "data" / "sweep" / f"sim-1_{job.id[:8]}").is_dir()
     assert db.jobs.get(job.id) == db.jobs.get(job.id)
+    if route.endswith("-flask"):  # over HTTP the directory is relative and made where the jobs run
+        assert job.working_directory == f"data/sweep/sim-1_{job.id[:8]}" and db.last_route == "http"
+        return
+    assert (db.path / "data" / "sweep" / f"sim-1_{job.id[:8]}").is_dir()
     assert db.last_route == ("server" if route.endswith("-server") else "direct")
 
 
@@ -226,7 +238,9 @@ def test_reinit_keeps_rows_and_upgrades_an_old_schema(tmp_path):
         assert database.call("user_list") == []  # the new tables work
 
 
-def test_init_again_keeps_rows_and_says_it_is_current(db, backend):
+def test_init_again_keeps_rows_and_says_it_is_current(db, backend, route):
+    if route.endswith("-flask"):
+        pytest.skip("about the DB directory itself, which an HTTP client does not see")
     db.jobs.create(name="keep-me")
     assert init_db_directory(db.path, backend) == [
         f"{db.path} is already a current {backend} DB directory (schema {models.SCHEMA_VERSION})"]

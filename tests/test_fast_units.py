@@ -122,6 +122,27 @@ def test_the_python_api_takes_job_id_prefixes_as_db_job_does(dbdir):
     assert bad.exit_code == 2 and "'zz' is not a job id" in bad.output
 
 
+def test_many_ids_are_deleted_in_requests_of_delete_chunk_ids(dbdir):
+    """db.jobs.delete (and so `db job rm`) sends at most DELETE_CHUNK ids per request: a
+    request's size stays bounded whatever the caller passes."""
+    with balsamdb.connect(dbdir) as db:
+        ids = db.jobs.bulk_create([{"name": f"j{i}"} for i in range(1201)], make_workdir=False)
+        sizes = []
+        call = db.call
+
+        def counting_call(op, **params):  # a spy: the real call still runs
+            if op == "job_delete":
+                sizes.append(len(params["job_ids"]))
+            return call(op, **params)
+
+        db.call = counting_call
+        assert db.jobs.delete(*ids[:1200]) == 1200
+        assert sizes == [500, 500, 200]
+        del db.call
+    removed = _db(dbdir, "job", "rm", "--workflow", "default", "--yes")
+    assert removed.exit_code == 0 and removed.output.strip() == "removed 1 job", removed.output
+
+
 def test_export_file_is_complete_or_absent(dbdir, tmp_path):
     from balsamdb import transfer
 
@@ -182,3 +203,37 @@ def test_two_versions_of_a_record_compare_side_by_side(store_client):
     assert store_client.get("/P/run-1/?versions&compare=1,x", headers=ada).status_code == 400
     assert store_client.get("/P/run-1/?versions&compare=1,9", headers=ada).status_code == 404
     assert store_client.get("/P/run-1/?versions&compare=1", headers=ada).status_code == 400
+
+
+def test_the_backoff_doubles_up_to_its_cap_and_gives_up_before_the_deadline():
+    """The one retry rule (balsamdb/backoff.py) of the direct SQLite retry, the HTTP client and the
+    watchdog's restarts: doubling delays, capped, and no sleep that would pass the deadline."""
+    import time
+
+    from balsamdb.backoff import Backoff, delay_after
+
+    assert [delay_after(n, 0.25, 30.0) for n in range(9)] == [0.25, 0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert delay_after(10_000, 0.25, 30.0) == 30.0  # no overflow after a very long outage
+    start = time.monotonic()
+    backoff = Backoff(0.01, 0.04, start + 0.3)
+    delays = []
+    while True:
+        delays.append(backoff.delay)
+        if not backoff.sleep():
+            break
+    elapsed = time.monotonic() - start
+    assert delays[:4] == [0.01, 0.02, 0.04, 0.04], delays
+    assert elapsed < 0.3 + 0.04, f"slept past the deadline: {elapsed:.3f} s, delays {delays}"
+    assert not Backoff(1.0, 2.0, time.monotonic() + 0.5).sleep()  # the first delay would pass it: no sleep
+
+
+def test_dbserver_status_exit_codes_never_mean_a_usage_error(dbdir):
+    """`db dbserver --status` exits 0 running, 1 stopped, 3 unsupervised or unhealthy: never 2, which
+    is click's usage error (test_watchdog.py sees the 3 of a real dead watchdog)."""
+    from balsamdb.server.control import STATUS_RUNNING, STATUS_STOPPED, STATUS_UNHEALTHY
+
+    stopped = _db(dbdir, "dbserver", "--status")
+    assert stopped.exit_code == STATUS_STOPPED == 1 and "stopped" in stopped.output, stopped.output
+    usage = _db(dbdir, "dbserver", "--status", "--stop")
+    assert usage.exit_code == 2 and "cannot be combined" in usage.output, usage.output
+    assert (STATUS_RUNNING, STATUS_STOPPED, STATUS_UNHEALTHY) == (0, 1, 3)

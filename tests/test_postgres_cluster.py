@@ -31,6 +31,7 @@ import pytest
 from balsamdb.exceptions import ConfigError
 from balsamdb.server import postgres as pg
 from balsamdb.server import postgres_host as pg_host  # where the binaries are looked for
+from balsamdb.server import postgres_init as pg_init  # initdb runs the binaries it finds
 
 from helpers import wait_for
 
@@ -213,7 +214,7 @@ def test_init_as_root_names_the_directory_the_postgres_user_cannot_pass(pg_base)
 
 def test_initdb_failure_quotes_its_log(pg_dir, monkeypatch):
     binaries = fake_binaries(pg_dir.parent / "fake", 'echo "initdb: error: the disk is on fire" >&2; exit 1')
-    monkeypatch.setattr(pg, "find_binaries", lambda: binaries)
+    monkeypatch.setattr(pg_init, "find_binaries", lambda: binaries)
     with pytest.raises(ConfigError) as info:
         pg.init_cluster(pg_dir)
     assert "initdb failed (exit 1)" in info.value.message and "the disk is on fire" in info.value.message
@@ -222,7 +223,7 @@ def test_initdb_failure_quotes_its_log(pg_dir, monkeypatch):
 
 def test_initdb_past_its_deadline_is_killed_with_its_children(pg_dir, monkeypatch):
     binaries = fake_binaries(pg_dir.parent / "fake", 'sleep 61 & echo "child $!"; wait')
-    monkeypatch.setattr(pg, "find_binaries", lambda: binaries)
+    monkeypatch.setattr(pg_init, "find_binaries", lambda: binaries)
     with pytest.raises(ConfigError, match="did not finish within 1 s"):
         pg.init_cluster(pg_dir, deadline=1)
     log_text = (pg_dir / "log" / "postgres" / "initdb.log").read_text()
@@ -394,28 +395,75 @@ NON_ROOT_SCRIPT = textwrap.dedent("""
 """)
 
 
-def python_for(user):
-    """An interpreter of this Python version that ``user`` may run (ours may live under /root), or None."""
-    site_packages = Path(psycopg2.__file__).resolve().parent.parent
-    env = {"PYTHONPATH": f"{REPO}{os.pathsep}{site_packages}", "PATH": os.environ.get("PATH", ""),
-           "HOME": "/", "LC_ALL": "C"}
+PROBE = "import psycopg2, psutil, peewee, balsamdb.server.postgres"
+
+
+def importable_copy(dest):
+    """Copy into ``dest`` what ``import balsamdb.server.postgres`` loads, laid out as installed: the package
+    from the source folders (balsamdb/, its server/ from dbserver/) and every third-party module it imports
+    (found by importing it in a fresh interpreter), with the folders of shared libraries that wheels bring
+    (``*.libs``).  Another user's Python of this version can then import it with ``PYTHONPATH=dest``, even
+    when our interpreter and its site-packages lie where that user cannot read (root's, under /root)."""
+    listing = subprocess.run([sys.executable, "-c", PROBE + "; import sys, json; print(json.dumps("
+                              "[getattr(m, '__file__', None) for m in list(sys.modules.values())]))"],
+                             capture_output=True, text=True, timeout=60, check=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(REPO / "balsamdb", dest / "balsamdb", ignore=ignore)
+    shutil.copytree(REPO / "dbserver", dest / "balsamdb" / "server", ignore=ignore)
+    site_dirs = set()
+    for name in json.loads(listing.stdout):
+        path = Path(name or "")
+        parts = path.parts
+        site = next((i for i, part in enumerate(parts) if part in ("site-packages", "dist-packages")), None)
+        if site is None or len(parts) <= site + 1:
+            continue
+        root = Path(*parts[:site + 1])
+        site_dirs.add(root)
+        top = root / parts[site + 1]
+        if top.name == "balsamdb" or (dest / top.name).exists():
+            continue
+        (shutil.copytree(top, dest / top.name, ignore=ignore) if top.is_dir() else shutil.copy2(top, dest))
+    for root in site_dirs:
+        for libs in root.glob("*.libs"):
+            if not (dest / libs.name).exists():
+                shutil.copytree(libs, dest / libs.name)
+
+
+def python_for(user, copy_dir):
+    """An interpreter of this Python version that ``user`` may run and the environment in which it
+    imports balsamdb.server.postgres (from a copy in ``copy_dir``), or ``(None, env)`` when there is
+    none; fails when one runs but cannot import it (the copy misses something)."""
+    importable_copy(copy_dir)
+    env = {"PYTHONPATH": str(copy_dir), "PATH": os.environ.get("PATH", ""), "HOME": "/", "LC_ALL": "C"}
     name = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    failures = []
     for candidate in (sys.executable, f"/usr/bin/{name}", f"/usr/local/bin/{name}"):
         try:
-            probe = subprocess.run([candidate, "-c", "import psycopg2, psutil, peewee, balsamdb.server.postgres"],
-                                   user=user, env=env, cwd="/", capture_output=True, timeout=30)
+            probe = subprocess.run([candidate, "-c", PROBE], user=user, env=env, cwd="/", capture_output=True,
+                                   text=True, timeout=60)
         except OSError:         # missing, or not executable by that user
             continue
         if probe.returncode == 0:
             return candidate, env
+        failures.append(f"{candidate}: {probe.stderr.strip().splitlines()[-1:]}")
+    assert not failures, f"{user} runs Python {name} but cannot import balsamdb from {copy_dir}: {failures}"
     return None, env
+
+
+@pytest.fixture
+def copy_dir():
+    """A directory that every user may read (mode 0755), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="bdb-py-", dir="/tmp"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="needs root to run a process as another user")
 @needs_postgres
-def test_non_root_user_runs_everything_as_itself(pg_dir):
+def test_non_root_user_runs_everything_as_itself(pg_dir, copy_dir):
     user = pwd.getpwnam("nobody")
-    python, env = python_for("nobody")
+    python, env = python_for("nobody", copy_dir)
     if python is None:
         pytest.skip(f"no Python {sys.version_info.major}.{sys.version_info.minor} that user nobody may run")
     own = pg_dir.parent / "own"     # pg_dir is root's 0700 directory; pg_base lets nobody pass

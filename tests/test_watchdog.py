@@ -183,7 +183,7 @@ def test_fork_refused_is_logged_and_retried_until_it_works(server):
         now = address(path)
         assert now["state"] == "restarting" and "stop" not in now.get("reason", ""), now
         code, status, proc = _status(path)
-        assert code == 2, (code, proc.stdout, proc.stderr)
+        assert code == 3, (code, proc.stdout, proc.stderr)
         refused = _log(path).count("cannot start the server")
     detached = time.monotonic()
     back = wait_for(lambda: _running_with_new_epoch(path, info["epoch"]), 30,
@@ -298,7 +298,7 @@ def test_a_failing_first_start_still_fails_and_claims_no_stop(tmp_path):
 # -- 2. status, and the flags of db dbserver ---------------------------------------------------------------
 
 def test_status_exit_codes_and_a_dead_watchdog(server):
-    """--status exits 0 while running and supervised, 2 with a dead watchdog (and says so), 1 after
+    """--status exits 0 while running and supervised, 3 with a dead watchdog (and says so), 1 after
     a stop, which prints no watchdog pid of the dead process."""
     path = server
     info = address(path)
@@ -306,7 +306,7 @@ def test_status_exit_codes_and_a_dead_watchdog(server):
     os.kill(info["watchdog"]["pid"], signal.SIGKILL)
     wait_for(lambda: not _alive(info["watchdog"]), 10, "the watchdog to die")
     text = db_cli("dbserver", "--status", "--path", path)
-    assert text.returncode == 2, text.stdout
+    assert text.returncode == 3, text.stdout
     assert f"server up, unsupervised: watchdog pid {info['watchdog']['pid']} is dead" in text.stdout, text.stdout
     db_cli("dbserver", "--stop", "--path", path, check=True)
     after = db_cli("dbserver", "--status", "--path", path)
@@ -351,7 +351,7 @@ def test_an_orphan_without_address_file_is_stopped_by_a_new_watchdog_and_by_stop
         wait_for(lambda: not _alive(first["watchdog"]), 10, "the watchdog to die")
         (path / "dbwriter_address").unlink()
         code, status, proc = _status(path)
-        assert code == 2 and f"pid {first['server']['pid']}" in status["summary"], proc.stdout
+        assert code == 3 and f"pid {first['server']['pid']}" in status["summary"], proc.stdout
         db_cli("dbserver", "--path", path, check=True)
         second = address(path)
         assert not _alive(first["server"]), "the orphan server still runs beside the new one"
@@ -461,7 +461,7 @@ def test_a_second_host_refuses_while_the_heartbeat_is_fresh(tmp_path):
             assert words in refused.stderr, (words, refused.stderr)
         assert hosts.servers() == [a["server"]["pid"]], hosts.servers()
         status = hosts.run("host-b", "dbserver", "--status", "--path", hosts.db("host-b"), env=env)
-        assert status.returncode == 2 and "running on host host-a" in status.stdout, status.stdout
+        assert status.returncode == 3 and "running on host host-a" in status.stdout, status.stdout
 
         # --force: B starts; A's watchdog sees B's heartbeat and stops its server and itself.
         forced = hosts.run("host-b", "dbserver", "--force", "--path", hosts.db("host-b"), env=env)

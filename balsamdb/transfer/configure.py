@@ -14,7 +14,7 @@ def copy_applied_requests(source, destination, chunk=2000):
     import peewee as pw
 
     from ..models import AppliedRequest
-    from ..statements import quoter
+    from ..models import quoter
 
     q_src, q_dst = quoter(source), quoter(destination)
     table = AppliedRequest._meta.table_name
@@ -51,7 +51,9 @@ def configure_store(path, url, progress=False, log=None):
     copy's report with ``old_database`` and ``arrived_after_switch``."""
     from .. import address_file
     from ..client import server_state
-    from ..dbdir import DBDirectory, read_private, write_private, redact_url
+    from ..dbdir import DBDirectory
+    from ..private_files import read_private, write_private
+    from ..urls import redact
 
     say = log or (lambda sentence: None)
     dbdir = DBDirectory(path)
@@ -77,8 +79,8 @@ def configure_store(path, url, progress=False, log=None):
     else:
         old_url = read_private(dbdir.postgres_url_file)
         if old_url == str(url):
-            raise ConfigError(f"{dbdir.path} already uses {redact_url(url)}")
-        old_name = redact_url(old_url)
+            raise ConfigError(f"{dbdir.path} already uses {redact(url)}")
+        old_name = redact(old_url)
         src = postgres_store(old_url, create=False)
     dst = postgres_store(str(url), create=True)
     try:
@@ -97,7 +99,7 @@ def configure_store(path, url, progress=False, log=None):
                           previous=(config.get("previous") or []) + [previous])
         address_file.write_atomic(dbdir.config_file, new_config)
         address_file.write_atomic(dbdir.address_file, address_file.stopped_record("postgres"))
-        say(f"{dbdir.path} now uses {redact_url(url)}")
+        say(f"{dbdir.path} now uses {redact(url)}")
         # A process that opened the old database before the switch may still have written to it.
         _start, late = one_pass(src, dst, report["kinds"], report["verification"]["until"] - SLACK, False, None,
                                  None)
@@ -108,5 +110,5 @@ def configure_store(path, url, progress=False, log=None):
         src.close()
         dst.close()
     report["old_database"] = old_name
-    report["new_store"] = redact_url(url)
+    report["new_store"] = redact(url)
     return report

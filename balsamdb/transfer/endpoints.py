@@ -52,14 +52,14 @@ class SQLDatabase:
         self.database = database
 
     def call(self, op, **params):
-        from ..api import answer_result
         from ..applier import DATABASE_ERRORS, StorageFailure, apply_requests, root_cause
-        from ..direct import _BIND_LOCK
+        from ..direct import BIND_LOCK
+        from ..handle import answer_result
         from ..models import MODELS
 
         try:
             self.database.connect(reuse_if_open=True)
-            with _BIND_LOCK, self.database.bind_ctx(MODELS), self.database.atomic():
+            with BIND_LOCK, self.database.bind_ctx(MODELS), self.database.atomic():
                 answer = apply_requests(self.database, [(os.urandom(16).hex(), op, params)])[0]
         except (StorageFailure,) + DATABASE_ERRORS as exc:
             raise StorageError(f"the database refused {op}: {root_cause(getattr(exc, 'original', exc))}") from None
@@ -74,7 +74,7 @@ def postgres_store(url, create):
     import peewee as pw
 
     from .. import models
-    from ..dbdir import check_postgres_url, parse_postgres_url, redact_url
+    from ..urls import check_postgres_url, parse_postgres_url, redact
 
     check_postgres_url(url)
     params = parse_postgres_url(url)
@@ -86,21 +86,21 @@ def postgres_store(url, create):
         if is_sumatra_postgres(database):
             database.close()
             if create:
-                raise ConfigError(f"{redact_url(url)} is Sumatra's own record store (Django): balsamdb reads it, "
+                raise ConfigError(f"{redact(url)} is Sumatra's own record store (Django): balsamdb reads it, "
                                   "never writes it")
-            return SumatraDjangoStore(url, redact_url(url))
+            return SumatraDjangoStore(url, redact(url))
         version = models.current_version(database)
         if version == 0 and not create:
-            raise ConfigError(f"{redact_url(url)} holds no balsamdb store (no schema)")
+            raise ConfigError(f"{redact(url)} holds no balsamdb store (no schema)")
         if version < models.SCHEMA_VERSION:
             if not create:
-                raise ConfigError(f"{redact_url(url)} has schema {version}; upgrade it first "
+                raise ConfigError(f"{redact(url)} has schema {version}; upgrade it first "
                                   "(db configure or db init on a DB directory using it)")
             models.upgrade(database)
     except Exception:
         database.close()
         raise
-    return OperationStore(redact_url(url), SQLDatabase(database))
+    return OperationStore(redact(url), SQLDatabase(database))
 
 
 def sqlite_file_store(path):
@@ -137,8 +137,9 @@ def open_store(spec, create=False, **settings):
 
 def _http_store(url, **settings):
     from ..exceptions import ServerUnavailable
-    from ..remote import RemoteDatabase, redact, split_url
+    from ..remote import RemoteDatabase, split_url
     from ..settings import load_settings
+    from ..urls import redact
 
     remote = RemoteDatabase(url, load_settings(spool=False, **settings))
     try:

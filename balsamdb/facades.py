@@ -1,0 +1,397 @@
+"""What a store handle offers (``db.jobs``, ``db.records``, ``db.projects``, ``db.users``),
+and the values they return (:class:`Job`, :class:`SpooledWrite`).
+
+Each facade turns its methods into operations of :mod:`balsamdb.operations` through the
+handle's ``call``, so the same code serves a DB directory and an HTTP store.  Import them
+from :mod:`balsamdb.api`, where they were first defined.
+"""
+
+import os
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+from . import job_queries
+from .dbdir import job_working_directory
+from .exceptions import BadRequest, Conflict, NotFound, StorageError
+from .private_files import make_private_directories
+
+
+class SpooledWrite:
+    """What a write returns when no server could take it: it waits in the spool
+    (``path``) and the server applies it, exactly once, when it can."""
+
+    spooled = True
+
+    def __init__(self, request_id, path):
+        self.request_id = request_id
+        self.path = path
+
+    def __repr__(self):
+        return f"<SpooledWrite {self.request_id} in {self.path}>"
+
+
+def _field(result, key):
+    """``result[key]``, or the :class:`SpooledWrite` itself when the write was spooled."""
+    return result if isinstance(result, SpooledWrite) else result[key]
+
+
+def _timestamp(value):
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return value
+
+
+class Job:
+    """A job as read from the store.  Attributes mirror the job fields;
+    ``working_directory`` is an absolute path."""
+
+    __slots__ = ("_data", "_root", "spool")
+
+    def __init__(self, data, root, spool=None):
+        self._data = data
+        self._root = root
+        self.spool = spool  # the SpooledWrite when the job waits in the spool
+
+    @property
+    def spooled(self):
+        """True when this job waits in the spool for the server to store it."""
+        return self.spool is not None
+
+    def __getattr__(self, name):
+        try:
+            return self._data[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def working_directory(self):
+        """Absolute path; relative to the store's DB directory for a job read over HTTP."""
+        if self._root is None:
+            return self._data["working_directory"]
+        return str(Path(self._root) / self._data["working_directory"])
+
+    @property
+    def created(self):
+        return datetime.fromtimestamp(self._data["created_at"])
+
+    def to_dict(self):
+        out = dict(self._data)
+        out["working_directory"] = self.working_directory
+        return out
+
+    def __eq__(self, other):
+        return isinstance(other, Job) and other._data == self._data
+
+    def __repr__(self):
+        return f"<Job {self._data['name']} {self._data['id'][:8]} {self._data['state']}>"
+
+
+def _spooled_job(spec):
+    """The job as the server will store it, for a create that was spooled."""
+    from .operations import JOB_KEYS, clean_job
+
+    row = clean_job(dict(spec), time.time())
+    return {key: row[key] for key in JOB_KEYS}
+
+
+class Jobs:
+    """``db.jobs``: create, change, find and delete jobs."""
+
+    BULK_CHUNK = 5000
+
+    def __init__(self, db):
+        self._db = db
+
+    def _job(self, data, spooled=None):
+        if isinstance(data, SpooledWrite):
+            return data
+        return Job(data, self._db.root, spooled)
+
+    def _spec(self, name, workflow, fields, make_workdir):
+        spec = dict(fields, name=name, workflow=workflow)
+        spec["id"] = str(spec.get("id") or uuid.uuid4())
+        if make_workdir and self._db.root is not None:  # a remote store's directories are not here
+            relative = job_working_directory(workflow, name, spec["id"])
+            workdir = self._db.root / relative
+            try:
+                # Private unless the job_dir_mode setting says otherwise: job outputs are the owner's.
+                make_private_directories(self._db.root, relative, int(self._db.settings.job_dir_mode, 8))
+            except OSError as exc:
+                raise StorageError(f"cannot make the working directory {workdir}: {exc.strerror or exc}; "
+                                   "the job was not created") from None
+        return spec
+
+    MIN_PREFIX = 4  # hex characters of a job id prefix
+
+    def resolve_ids(self, texts):
+        """Full job ids for ``texts``: each a full id or a unique prefix of at least
+        ``MIN_PREFIX`` hex characters (as ``db ls`` shows them).  :class:`BadRequest` for a
+        text that is neither, :class:`NotFound` when no job id starts with it,
+        :class:`Conflict` when several do."""
+        out = []
+        for text in texts:
+            text = str(text).strip().lower()
+            try:
+                out.append(str(uuid.UUID(text)))
+                continue
+            except ValueError:
+                pass
+            if len(text.replace("-", "")) < self.MIN_PREFIX or not set(text) <= set("0123456789abcdef-"):
+                raise BadRequest(f"{text!r} is not a job id; give a full id or its first {self.MIN_PREFIX}+ "
+                                 "hex characters (see db ls)")
+            matches = [j.id for j in self.filter(id_prefix=text, limit=6)]
+            if not matches:
+                raise NotFound(f"no job id starts with {text!r}; `db ls` lists the jobs")
+            if len(matches) > 1:
+                shown = ", ".join(m[:13] for m in matches[:5]) + (", ..." if len(matches) > 5 else "")
+                count = f"{len(matches)}" if len(matches) <= 5 else "more than 5"
+                raise Conflict(f"job id prefix {text!r} is ambiguous: it matches {count} jobs ({shown}); "
+                               "give more characters")
+            out.append(matches[0])
+        return out
+
+    def _full_id(self, job_id):
+        """``job_id`` as given when it is a full id; a prefix resolved (see :meth:`resolve_ids`)."""
+        try:
+            uuid.UUID(str(job_id))
+        except ValueError:
+            return self.resolve_ids([job_id])[0]
+        return str(job_id)
+
+    def create(self, name, workflow="default", make_workdir=True, **fields):
+        """Create a job; returns it.  Its working directory exists on return
+        (unless ``make_workdir=False``: then whoever runs the job makes it).
+
+        Fields: application, args, description, num_nodes, ranks_per_node,
+        threads_per_rank, wall_time_minutes, environ, parents, tags, data,
+        state (CREATED, AWAITING_PARENTS or READY).
+        """
+        spec = self._spec(name, workflow, fields, make_workdir)
+        result = self._db.call("job_create", job=spec)
+        if isinstance(result, SpooledWrite):
+            return self._job(_spooled_job(spec), spooled=result)
+        return self._job(result)
+
+    def bulk_create(self, jobs, make_workdir=True):
+        """Create many jobs (a list of dicts of ``create``'s arguments); returns their ids.
+
+        Sent in chunks of 5000, each applied all or none.
+        """
+        specs = []
+        for item in jobs:
+            item = dict(item)
+            specs.append(self._spec(item.pop("name", None), item.pop("workflow", "default"), item, make_workdir))
+        for start in range(0, len(specs), self.BULK_CHUNK):
+            self._db.call("job_bulk_create", jobs=specs[start:start + self.BULK_CHUNK])
+        return [s["id"] for s in specs]
+
+    def get(self, job_id):
+        """The job with id ``job_id`` (a prefix of 8+ characters is not enough: give the id)."""
+        return self._job(self._db.call("job_get", job_id=self._full_id(job_id)))
+
+    def history(self, job_id):
+        """The state history of a job: a list of dicts, oldest first."""
+        return self._db.call("job_get", job_id=self._full_id(job_id))["history"]
+
+    def update_state(self, job_id, state, message=""):
+        """Move a job to ``state``; illegal transitions raise :class:`InvalidTransition`."""
+        return self._job(self._db.call("job_update_state", job_id=self._full_id(job_id), state=state,
+                                       message=message))
+
+    def modify(self, job_id, **changes):
+        """Change fields of a job (not its state: use ``update_state``)."""
+        return self._job(self._db.call("job_modify", job_id=self._full_id(job_id), changes=changes))
+
+    DELETE_CHUNK = 500  # ids per delete request, well under SQLite's limit on bound variables
+
+    def delete(self, *job_ids):
+        """Delete jobs by id (or prefix, see :meth:`resolve_ids`); returns how many were deleted.
+        Many ids go in requests of :attr:`DELETE_CHUNK` ids; a :class:`SpooledWrite` (of the last
+        request) when they wait in the spool."""
+        ids = [self._full_id(i) for i in job_ids]
+        results = [_field(self._db.call("job_delete", job_ids=ids[start:start + self.DELETE_CHUNK]), "deleted")
+                   for start in range(0, max(len(ids), 1), self.DELETE_CHUNK)]
+        spooled = [result for result in results if isinstance(result, SpooledWrite)]
+        return spooled[-1] if spooled else sum(results)
+
+    @staticmethod
+    def _filters(filters):
+        return {k: _timestamp(v) for k, v in filters.items() if v is not None}
+
+    @staticmethod
+    def _query(filters, since=None, until=None, changed=False):
+        """``filters`` with ``since``/``until`` made into created_/updated_after/before."""
+        out = Jobs._filters(filters)
+        out.update(job_queries.time_filters(since, until, changed))
+        return out
+
+    def filter(self, limit=None, offset=0, sort=None, since=None, until=None, changed=False, **filters):
+        """Jobs matching all filters, oldest first (or as ``sort`` says).
+
+        Filters: workflow, name, name_like (glob), state (one or a list), tags
+        (all of them), ids, created_after, created_before, updated_after,
+        updated_before (datetime or UNIX seconds).  ``since`` and ``until``:
+        created at or after / before, each a span ago ("1h", "2d"), a date
+        ("2024-05-01"), a date and time, UNIX seconds or a datetime; with
+        ``changed=True`` they compare the time of the last change instead.
+        ``sort``: created (default), updated, name, workflow, state (pipeline
+        order) or id; "-updated" is the last changed first.
+        """
+        params = {"filters": self._query(filters, since, until, changed), "limit": limit, "offset": offset}
+        if sort is not None:  # only when asked: a server of an older release knows no sort
+            params["sort"] = job_queries.check_sort(sort)
+        rows = self._db.call("job_filter", **params)
+        return [self._job(r) for r in rows]
+
+    def all(self):
+        return self.filter()
+
+    def count(self, since=None, until=None, changed=False, **filters):
+        """Number of jobs matching the filters of :meth:`filter`."""
+        return self._db.call("job_count", filters=self._query(filters, since, until, changed))
+
+    def state_counts(self, since=None, until=None, changed=False, **filters):
+        """How many jobs matching the filters of :meth:`filter` are in each state, per workflow:
+        ``[{"workflow", "state", "count"}, ...]`` (see :func:`balsamdb.job_queries.progress`)."""
+        return self._db.call("job_state_counts", filters=self._query(filters, since, until, changed))
+
+    def timeline(self, job_id, now=None):
+        """The time job ``job_id`` spent in each state (see :func:`balsamdb.job_queries.timeline`)."""
+        return job_queries.timeline(self.history(job_id), now)
+
+
+_WHO = []
+
+
+def who():
+    """``user@host`` of this process: who saved a record version (an HTTP store puts its
+    logged-in user instead)."""
+    if not _WHO:
+        import getpass
+        import socket
+
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # no passwd entry for this uid (some containers)
+            user = str(os.getuid())
+        _WHO.append(f"{user}@{socket.gethostname()}")
+    return _WHO[0]
+
+
+class Records:
+    """``db.records``: Sumatra-style provenance records, grouped by project.
+
+    A save replaces the record and keeps every earlier version (:meth:`versions`)."""
+
+    def __init__(self, db):
+        self._db = db
+
+    def save(self, project, record):
+        """Save a record document (a dict with at least ``label``); returns True when new.
+
+        Saving a label again replaces the record and keeps the earlier document as a
+        version (unless the project is write-once: then a changed provenance field
+        raises :class:`Conflict`)."""
+        return _field(self._db.call("record_save", project=project, record=record, saved_by=who()), "created")
+
+    def get(self, project, label, version=None):
+        """The record document as it was saved; ``version=N``: its version N."""
+        if version is None:
+            return self._db.call("record_get", project=project, label=label)
+        return self._db.call("record_get", project=project, label=label, version=version)
+
+    def versions(self, project, label):
+        """The versions of a record, oldest first: dicts of ``version`` (from 1),
+        ``saved_at`` (UNIX seconds), ``saved_by``, ``bytes`` and ``changed`` (the
+        fields that differ from the version before)."""
+        return self._db.call("record_versions", project=project, label=label)
+
+    def list(self, project, tags=None, limit=None, match="all"):
+        """Record documents of ``project``, newest first, having all ``tags``
+        (``match="any"``: any of them)."""
+        return self._db.call("record_list", project=project, tags=list(tags or []), limit=limit, match=match)
+
+    def labels(self, project, tags=None, match="all"):
+        return self._db.call("record_labels", project=project, tags=list(tags or []), match=match)
+
+    def delete(self, project, label):
+        """Delete one record and its versions; raises :class:`NotFound` when it does not exist."""
+        return _field(self._db.call("record_delete", project=project, label=label), "deleted")
+
+    def delete_labels(self, project, labels):
+        """Delete the records ``labels`` of ``project`` with their versions; returns how many.
+        Every label is checked first, so that a typo removes nothing (:class:`NotFound`
+        naming the missing ones)."""
+        labels = list(dict.fromkeys(labels))
+        existing = set(self.labels(project))
+        missing = [label for label in labels if label not in existing]
+        if missing:
+            raise NotFound(f"no record {', '.join(map(repr, missing))} in project {project!r}; nothing was removed "
+                           f"(`db record ls {project}` lists its records)")
+        return sum(self.delete(project, label) for label in labels)
+
+    def delete_by_tag(self, project, tag):
+        """Delete every record of ``project`` tagged ``tag``; returns how many."""
+        return _field(self._db.call("record_delete_by_tag", project=project, tag=tag), "deleted")
+
+    def tag(self, project, label, add=(), remove=()):
+        """Add and remove tags of a record; returns its new tags."""
+        return _field(self._db.call("record_tag", project=project, label=label, add=list(add),
+                                    remove=list(remove), saved_by=who()), "tags")
+
+
+class Projects:
+    """``db.projects``: the projects that group records."""
+
+    def __init__(self, db):
+        self._db = db
+
+    def save(self, name, description=None, public=None, write_once=None):
+        """Create a project or change its description, public flag or write-once option
+        (None leaves a setting as it is)."""
+        return self._db.call("project_save", name=name, description=description, public=public,
+                             write_once=write_once)
+
+    def get(self, name):
+        """The project with its settings and number of ``records``; :class:`NotFound` when absent."""
+        return self._db.call("project_get", name=name)
+
+    def list(self, count=False):
+        """Every project by name (``count=True``: each with its number of ``records``)."""
+        if count:
+            return self._db.call("project_list", count=True)
+        return self._db.call("project_list")
+
+
+class Users:
+    """``db.users``: the users of the HTTP record store and the projects each may use."""
+
+    def __init__(self, db):
+        self._db = db
+
+    def save(self, name, password_hash=None, admin=None):
+        """Create user ``name`` or change their password hash (made by
+        :func:`balsamdb.passwords.hash_password`) or admin flag; True when created."""
+        return _field(self._db.call("user_save", name=name, password_hash=password_hash, admin=admin), "created")
+
+    def get(self, name):
+        """User ``name`` with their password hash and projects; :class:`NotFound` when absent."""
+        return self._db.call("user_get", name=name)
+
+    def list(self):
+        """Every user by name, with the projects each may use (no password hashes)."""
+        return self._db.call("user_list")
+
+    def delete(self, name):
+        """Delete user ``name`` and their permissions; :class:`NotFound` when absent."""
+        return _field(self._db.call("user_delete", name=name), "deleted")
+
+    def grant(self, name, project):
+        """Let user ``name`` read and write ``project`` (made if needed); True when newly granted."""
+        return _field(self._db.call("permission_grant", project=project, user=name), "granted")
+
+    def permissions(self, project):
+        """The names of the users who may use ``project``."""
+        return self._db.call("permission_list", project=project)
