@@ -39,6 +39,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import flask
 
+from balsamdb.backoff import delay_after
 from balsamdb.remote import redact, split_url
 
 from .http_store.process import run_until_sigterm
@@ -102,7 +103,7 @@ class Forwarder(threading.Thread):
         self.known_projects = set()
 
     def run(self):
-        backoff = 0.2
+        failures = 0
         while not self.stopping.is_set():
             item = self.spool.oldest()
             if item is None:
@@ -111,13 +112,13 @@ class Forwarder(threading.Thread):
                 continue
             try:
                 self.forward(*item)
-                backoff, self.store_up = 0.2, True
+                failures, self.store_up = 0, True
             except StoreDown as exc:
                 if self.store_up:
                     log.warning("the store %s is unreachable (%s): saves wait in the spool", self.upstream.name, exc)
                 self.store_up = False
-                self.stopping.wait(backoff)  # wait-ok: retry interval while the store is down
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                self.stopping.wait(delay_after(failures, 0.2, MAX_BACKOFF))  # wait-ok: retry interval while the store is down
+                failures += 1
 
     def forward(self, seq, project, label, document):
         if project not in self.known_projects:
