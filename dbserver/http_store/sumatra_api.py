@@ -35,7 +35,7 @@ def blueprint(context):
 
     @bp.get("/")
     def project_list():
-        projects = store.read("project_list")
+        projects = store.projects()  # a read-only read, as for the permission checks
         mine = set(g.user["projects"]) if g.user else set()
         admin = bool(g.user and g.user.get("admin"))
         visible = [p for p in projects if admin or p["public"] or p["name"] in mine]
@@ -125,9 +125,9 @@ def blueprint(context):
             if version is not None:
                 if not version.isdigit() or int(version) < 1:
                     raise HTTPError(400, f"version must be a number from 1, not {version!r} (see ?versions)")
-                doc = store.read("record_get", project=project, label=label, version=int(version))
+                doc = store.record(project, label, int(version))
                 return record_reply(project, doc, int(version))
-            return record_reply(project, store.read("record_get", project=project, label=label))
+            return record_reply(project, store.record(project, label))
         if method == "PUT":
             return put_record(project, label)
         writable_project(project)
@@ -150,7 +150,7 @@ def blueprint(context):
                         numbers.append(int(part))
             return web_records.compare_versions_page(
                 web, project, label, numbers,
-                lambda n: store.read("record_get", project=project, label=label, version=n))
+                lambda n: store.record(project, label, n))
         versions = store.read("record_versions", project=project, label=label)
         return reply({"project": project, "label": label, "versions": versions},
                      html=lambda: (f"{label}: versions", VERSIONS, {"project": project, "label": label,
