@@ -75,6 +75,13 @@ class ReadOnlyStore:
             except pw.DatabaseError as exc:
                 raise StorageError(f"cannot read {self.dbdir.path}: {exc}") from None
 
+    def close(self):
+        """Close this thread's connection (a thread that ends: its connection would stay open)."""
+        database = getattr(self._local, "database", None)
+        if database is not None:
+            database.close()
+            self._local.database = None
+
     @staticmethod
     def _in_transaction(database, function):
         with database.atomic():

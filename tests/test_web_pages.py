@@ -228,8 +228,9 @@ def test_jobs_page_shows_a_job_change_state_without_reloading(site, browser):
     assert browser.execute_script("return window.notReloaded === true"), "the page was reloaded"
     assert texts(browser, "table.counts tr[data-workflow=sweep] td[data-state=RUNNING]") == ["1"]
     assert texts(browser, "figure.plot svg rect title"), "jobs finished per minute"
-    wait_until(browser, lambda d: texts(d, "figure.plot polyline title") == ["RUNNING: 4", "JOB_FINISHED: 3"],
-               "the burn-up chart with the new start (its data is kept for a few seconds)")
+    wait_until(browser, lambda d: texts(d, "figure.plot polygon.held title") == ["CREATED: 3", "RUNNING: 1",
+                                                                                "JOB_FINISHED: 3"],
+               "the chart of the jobs in each state over time, with the new start")
     screenshot(browser, "jobs")
 
     # the filters of `db ls`: workflow, state, name glob, tag, since
