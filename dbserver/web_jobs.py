@@ -102,38 +102,40 @@ def _query_without_page(args):
 class HistoryCache:
     """The state history's moves per minute (:func:`balsamdb.job_views.history_moves`), per workflow,
     kept up to date by reading only the rows added since: the whole history of 100,000 jobs takes a
-    second to group on a busy machine, the rows of the last refresh a few milliseconds.
+    second to group on a busy machine, the rows of the last refresh a millisecond.
 
-    Each refresh, in the page's read transaction, reads the history's newest id and its row count.
-    When every row the entry has seen is still there (the count of rows up to the entry's newest id
-    is unchanged: no job was deleted), only the newer rows are read and added; otherwise, and every
-    :data:`FULL_SECONDS` whatever happens (SQLite may give a new row the id of a deleted newest one),
-    the whole history is read again."""
+    Each refresh, in the page's read transaction, reads the history's newest id and adds the moves of
+    the rows after the one it has seen.  Every job has one more move into a state than out of one (its
+    creation), so the kept moves count the jobs: when that count no longer matches the number of jobs
+    (less the difference found when the history was read whole), a job was deleted or its history
+    replaced, and the whole history is read again; also every :data:`FULL_SECONDS` whatever happens."""
 
     def __init__(self, full_seconds=None, max_entries=64):
         self.full_seconds = FULL_SECONDS if full_seconds is None else full_seconds
         self.max_entries = max_entries
-        self._entries = {}  # workflow -> (newest id, rows up to it, read in full at, moves)
+        self._entries = {}  # workflow -> (newest id seen, jobs less counted jobs, read whole at, moves)
         self._lock = threading.Lock()
 
-    def get(self, db, workflow):
-        """The moves of ``workflow`` ("" for all) as the database ``db`` holds them now."""
-        newest, rows = (JobStateChange.select(pw.fn.MAX(JobStateChange.id), pw.fn.COUNT(pw.SQL("*")))
-                        .tuples().execute(db))[0]
-        newest, now = newest or 0, time.monotonic()
+    def get(self, db, workflow, jobs=None):
+        """The moves of ``workflow`` ("" for all) as the database ``db`` holds them now; ``jobs``: the
+        number of jobs of the workflow, when the caller has counted them."""
+        newest = (JobStateChange.select(pw.fn.MAX(JobStateChange.id)).tuples().execute(db))[0][0] or 0
+        if jobs is None:
+            query = Job.select(pw.fn.COUNT(pw.SQL("*")))
+            jobs = (query.where(Job.workflow == workflow) if workflow else query).tuples().execute(db)[0][0]
+        now = time.monotonic()
         with self._lock:
             entry = self._entries.get(workflow)
         if entry is not None and entry[0] <= newest and now - entry[2] < self.full_seconds:
-            seen, seen_rows, full_at, moves = entry
-            newer = _rows_after(db, seen) if newest > seen else 0
-            if rows - newer == seen_rows:  # every row seen is still there
-                if newest > seen:
-                    moves = job_views.merge_moves(
-                        moves, job_views.history_moves(db, workflow or None, after_id=seen, upto_id=newest))
-                self._keep(workflow, (newest, rows, full_at, moves))
+            seen, offset, full_at, moves = entry
+            if newest > seen:
+                moves = job_views.merge_moves(
+                    moves, job_views.history_moves(db, workflow or None, after_id=seen, upto_id=newest))
+            if jobs - _jobs_counted(moves) == offset:  # no job deleted, no history replaced
+                self._keep(workflow, (newest, offset, full_at, moves))
                 return moves
         moves = job_views.history_moves(db, workflow or None, upto_id=newest)
-        self._keep(workflow, (newest, rows, now, moves))
+        self._keep(workflow, (newest, jobs - _jobs_counted(moves), now, moves))
         return moves
 
     def _keep(self, workflow, entry):
@@ -141,6 +143,12 @@ class HistoryCache:
             if len(self._entries) >= self.max_entries and workflow not in self._entries:
                 self._entries.clear()
             self._entries[workflow] = entry
+
+
+def _jobs_counted(moves):
+    """Moves into states less moves out of them: one per job whose whole history the moves hold."""
+    return (sum(n for per_minute in moves["entered"].values() for n in per_minute.values())
+            - sum(n for per_minute in moves["left"].values() for n in per_minute.values()))
 
 
 def _read_ahead(reader, history):
@@ -154,11 +162,6 @@ def _read_ahead(reader, history):
         reader.close()
 
 
-def _rows_after(db, seen):
-    return (JobStateChange.select(pw.fn.COUNT(pw.SQL("*"))).where(JobStateChange.id > seen)
-            .tuples().execute(db))[0][0]
-
-
 def _jobs_data(db, filters, page, workflow, history):
     counts = job_views.state_counts(db, filters)
     total = sum(sum(c.values()) for c in counts.values())
@@ -167,7 +170,9 @@ def _jobs_data(db, filters, page, workflow, history):
                                       Job.created_at, Job.updated_at)
              .order_by(Job.updated_at.desc(), Job.id).limit(JOBS_PER_PAGE).offset((page - 1) * JOBS_PER_PAGE))
     jobs = list(query.dicts().execute(db))
-    moves = history.get(db, workflow)
+    # the number of jobs of the charts' workflow, when the counts above are of exactly those
+    jobs = total if set(filters) <= {"workflow"} else None
+    moves = history.get(db, workflow, jobs)
     finished = sorted(moves["entered"].get("JOB_FINISHED", {}).items())
     return {"counts": counts, "states": job_views.ordered_states(counts), "total": total, "page": page,
             "pages": pages, "per_page": JOBS_PER_PAGE, "jobs": jobs, "read_at": time.time(),

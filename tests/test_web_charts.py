@@ -36,11 +36,12 @@ def _write(path, history):
     database.close()
 
 
-def _delete_job(path, job):
+def _delete_job(path, job, history_only=False):
     database = DBDirectory(path).open_database(load_settings())
     with database.bind_ctx(MODELS), database.atomic():
         JobStateChange.delete().where(JobStateChange.job == job).execute()
-        Job.delete().where(Job.id == job).execute()
+        if not history_only:
+            Job.delete().where(Job.id == job).execute()
     database.close()
 
 
@@ -88,3 +89,8 @@ def test_the_page_reads_only_new_moves_and_notices_a_deleted_job(reader, any_dbd
         "a deleted job's moves are gone"
     _write(any_dbdir, {"d": ("w", [(310, None, "CREATED")])})
     assert counts("w") == {"CREATED": [1, 1, 0, 0, 0, 1], "RUNNING": [0, 0, 1, 1, 0, 0], "FAILED": [0, 0, 0, 0, 1, 1]}
+    # a job's history replaced (as an import of the job from another store does): the job count is
+    # the same, and its old moves must go
+    _delete_job(any_dbdir, "b", history_only=True)
+    _write(any_dbdir, {"b": ("w", [(20, None, "CREATED"), (130, "CREATED", "RUNNING")])})
+    assert counts("w") == {"CREATED": [1, 1, 0, 0, 0, 1], "RUNNING": [0, 0, 1, 1, 1, 1]}
