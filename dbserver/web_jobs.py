@@ -171,8 +171,7 @@ def _jobs_data(db, filters, page, workflow, history):
              .order_by(Job.updated_at.desc(), Job.id).limit(JOBS_PER_PAGE).offset((page - 1) * JOBS_PER_PAGE))
     jobs = list(query.dicts().execute(db))
     # the number of jobs of the charts' workflow, when the counts above are of exactly those
-    jobs = total if set(filters) <= {"workflow"} else None
-    moves = history.get(db, workflow, jobs)
+    moves = history.get(db, workflow, total if set(filters) <= {"workflow"} else None)
     finished = sorted(moves["entered"].get("JOB_FINISHED", {}).items())
     return {"counts": counts, "states": job_views.ordered_states(counts), "total": total, "page": page,
             "pages": pages, "per_page": JOBS_PER_PAGE, "jobs": jobs, "read_at": time.time(),
