@@ -127,6 +127,20 @@ def read_projects(database, name=None):
             for p in query.dicts().execute(database)]
 
 
+def read_versions(database, project, label):
+    """The versions of record ``label`` in ``project``, as the operation ``record_versions`` answers
+    them (for the versions page); :class:`~balsamdb.exceptions.NotFound` when there is no such record."""
+    from balsamdb.exceptions import NotFound
+    from balsamdb.models import Record
+    from balsamdb.operations.records import version_list
+
+    rows = list(Record.select(Record.id).where((Record.project == project) & (Record.label == label))
+                .tuples().execute(database))
+    if not rows:
+        raise NotFound(f"no record {label!r} in project {project!r}")
+    return version_list(rows[0][0], database)
+
+
 def read_record(database, project, label, version=None):
     """The document of record ``label`` in ``project`` (or its version ``version``), as the operation
     ``record_get`` answers it: for the record page and ``smt``'s reads of one record.

@@ -52,11 +52,12 @@ def test_logins_and_permission_checks_never_ask_the_write_server(store):
         assert store.request("GET", "P/", user="ada", headers=HTML).status == 200
         assert store.request("GET", "P/first/", user="ada").json()["label"] == "first"
         assert store.request("GET", "P/first/?version=1", user="ada").json()["label"] == "first"
+        assert store.request("GET", "P/first/?versions", user="ada").json()["versions"][0]["version"] == 1
         assert store.request("GET", "P/", user="bob").status == 403
         assert store.request("GET", "_balsamdb/jobs/?format=json", user="ada").status == 200
         assert store.request("GET", "P/", user="nobody").status == 401
     sent = _server_requests(store.path) - before - 1  # less the status request itself
-    assert sent == 0, f"35 log-ins and permission checks sent {sent} requests to the write server"
+    assert sent == 0, f"40 log-ins, permission checks and page reads sent {sent} requests to the write server"
 
 
 def test_logins_and_pages_are_answered_while_the_write_server_is_stopped(store):
@@ -72,6 +73,8 @@ def test_logins_and_pages_are_answered_while_the_write_server_is_stopped(store):
         assert page.status == 200 and "first" in page.text, page
         assert store.request("GET", "P/first/", user="ada").json()["label"] == "first"
         assert store.request("GET", "P/first/", user="ada", headers=HTML).status == 200
+        versions = store.request("GET", "P/first/?versions", user="ada")
+        assert [v["version"] for v in versions.json()["versions"]] == [1], versions
         assert store.request("GET", "_balsamdb/jobs/", user="ada", headers=HTML).status == 200
         assert store.request("GET", "P/", user="bob").status == 403
         wrong = store.request("GET", "P/", headers={"Authorization": "Basic YWRhOm5vcGU="})  # ada:nope

@@ -12,7 +12,7 @@ import balsamdb
 from balsamdb.api import SpooledWrite
 from balsamdb.passwords import verify_password
 
-from ..web_reads import ReadOnlyStore, read_projects, read_record, read_user
+from ..web_reads import ReadOnlyStore, read_projects, read_record, read_user, read_versions
 from .errors import HTTPError, challenge
 
 PASSWORD_CACHE_SECONDS = 60.0   # since the last successful use
@@ -68,6 +68,10 @@ class Store:
     def record(self, project, label, version=None):
         """The document of record ``label`` (or of its ``version``), read on the read-only connection."""
         return self.reader.run(lambda database: read_record(database, project, label, version))
+
+    def versions(self, project, label):
+        """The versions of record ``label`` (see ``record_versions``), read on the read-only connection."""
+        return self.reader.run(lambda database: read_versions(database, project, label))
 
     def user(self, name):
         """User ``name`` (with hash, admin flag and projects) as the database holds it now, or None.

@@ -151,7 +151,7 @@ def blueprint(context):
             return web_records.compare_versions_page(
                 web, project, label, numbers,
                 lambda n: store.record(project, label, n))
-        versions = store.read("record_versions", project=project, label=label)
+        versions = store.versions(project, label)
         return reply({"project": project, "label": label, "versions": versions},
                      html=lambda: (f"{label}: versions", VERSIONS, {"project": project, "label": label,
                                                                       "versions": versions}))
