@@ -163,3 +163,28 @@ def read_record(database, project, label, version=None):
     if not found:
         raise NotFound(f"record {label!r} in project {project!r} has no version {version}")
     return json.loads(decompress(found[0][0]))
+
+
+def read_listing(database, project, tags=None, limit=None, documents=False):
+    """The records of ``project`` having any of ``tags`` (all records without), newest first: their
+    labels, or with ``documents`` their documents (at most ``limit``), as the operations
+    ``record_labels`` and ``record_list`` answer them with ``match="any"`` (the Sumatra API's listings)."""
+    import json
+
+    from balsamdb.models import Record
+    from balsamdb.operations.records import _record_query
+
+    column = Record.document if documents else Record.label
+    query = _record_query(project, tags, "any").select(column).order_by(Record.sort_time.desc(), Record.id.desc())
+    if limit is not None:
+        query = query.limit(limit)
+    values = [value for (value,) in query.tuples().execute(database)]
+    return [json.loads(v) for v in values] if documents else values
+
+
+def read_permissions(database, project):
+    """The users who may use ``project`` (an existing one), by name: the operation ``permission_list``."""
+    from balsamdb.models import ProjectPermission
+
+    query = ProjectPermission.select(ProjectPermission.user).where(ProjectPermission.project == project)
+    return sorted(user for (user,) in query.tuples().execute(database))

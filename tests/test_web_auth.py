@@ -53,16 +53,17 @@ def test_logins_and_permission_checks_never_ask_the_write_server(store):
         assert store.request("GET", "P/first/", user="ada").json()["label"] == "first"
         assert store.request("GET", "P/first/?version=1", user="ada").json()["label"] == "first"
         assert store.request("GET", "P/first/?versions", user="ada").json()["versions"][0]["version"] == 1
+        assert store.request("GET", "P/", user="ada").json()["records"][0].endswith("/P/first/")  # smt's listing
         assert store.request("GET", "P/", user="bob").status == 403
         assert store.request("GET", "_balsamdb/jobs/?format=json", user="ada").status == 200
         assert store.request("GET", "P/", user="nobody").status == 401
     sent = _server_requests(store.path) - before - 1  # less the status request itself
-    assert sent == 0, f"40 log-ins, permission checks and page reads sent {sent} requests to the write server"
+    assert sent == 0, f"45 log-ins, permission checks and reads sent {sent} requests to the write server"
 
 
 def test_logins_and_pages_are_answered_while_the_write_server_is_stopped(store):
     """The write server stopped (SIGSTOP): log-ins, permission checks, the project list, the record
-    list, a record and the jobs page answer; a wrong password is a 401 that says so; a save waits in
+    list, a record, its versions, the jobs page and the Sumatra API's reads answer; a wrong password is a 401 that says so; a save waits in
     the spool (202) and is stored once the server runs again."""
     pid = address(store.path)["server"]["pid"]
     os.kill(pid, signal.SIGSTOP)
@@ -76,6 +77,11 @@ def test_logins_and_pages_are_answered_while_the_write_server_is_stopped(store):
         versions = store.request("GET", "P/first/?versions", user="ada")
         assert [v["version"] for v in versions.json()["versions"]] == [1], versions
         assert store.request("GET", "_balsamdb/jobs/", user="ada", headers=HTML).status == 200
+        # the Sumatra API's reads, as smt sends them
+        assert store.request("GET", "P/", user="ada").json()["records"][0].endswith("/P/first/")
+        assert store.request("GET", "P/last/", user="ada").json()["label"] == "first"
+        assert store.request("GET", "P/tag/odd/", user="ada").json()["records"][0].endswith("/P/first/")
+        assert store.request("GET", "P/permissions/", user="ada").json()["users"] == ["ada"]
         assert store.request("GET", "P/", user="bob").status == 403
         wrong = store.request("GET", "P/", headers={"Authorization": "Basic YWRhOm5vcGU="})  # ada:nope
         assert wrong.status == 401 and "WWW-Authenticate" in wrong.headers, wrong

@@ -12,7 +12,7 @@ import balsamdb
 from balsamdb.api import SpooledWrite
 from balsamdb.passwords import verify_password
 
-from ..web_reads import ReadOnlyStore, read_projects, read_record, read_user, read_versions
+from ..web_reads import ReadOnlyStore, read_listing, read_permissions, read_projects, read_record, read_user, read_versions
 from .errors import HTTPError, challenge
 
 PASSWORD_CACHE_SECONDS = 60.0   # since the last successful use
@@ -72,6 +72,14 @@ class Store:
     def versions(self, project, label):
         """The versions of record ``label`` (see ``record_versions``), read on the read-only connection."""
         return self.reader.run(lambda database: read_versions(database, project, label))
+
+    def listing(self, project, tags=None, limit=None, documents=False):
+        """Labels (or documents) of the records of ``project`` with any of ``tags``, newest first."""
+        return self.reader.run(lambda database: read_listing(database, project, tags, limit, documents))
+
+    def permissions(self, project):
+        """The users of ``project``, by name."""
+        return self.reader.run(lambda database: read_permissions(database, project))
 
     def user(self, name):
         """User ``name`` (with hash, admin flag and projects) as the database holds it now, or None.
