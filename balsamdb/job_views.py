@@ -1,6 +1,6 @@
-"""What the jobs pages of ``db serve`` read while a campaign runs: state counts and jobs finished
-per minute, as queries on any peewee ``database`` (the models' queries unbound, run with
-``execute(database)``), so that they work on the pages' read-only connections.  Time parsing and
+"""What the jobs pages of ``db serve`` read while a campaign runs: state counts and the state
+history's moves per minute (jobs finished per minute, jobs in each state over time), as queries
+on any peewee ``database`` (the models' queries unbound, run with ``execute(database)``), so that they work on the pages' read-only connections.  Time parsing and
 a job's timeline are :mod:`balsamdb.job_queries`', shared with ``db ls`` and ``db job show``.
 """
 
@@ -53,22 +53,62 @@ def _minute_bucket(database):
     return pw.Cast(JobStateChange.time / 60, "INTEGER")  # times are positive: truncation is floor
 
 
-def moves_per_minute(database, to_states=("JOB_FINISHED",), workflow=None):
-    """``{state: [(minute start in UNIX seconds, count)]}``: the moves into each of ``to_states``
-    per minute, oldest first, for one workflow or all; minutes without any are left out.  One
-    query, answered from the index on (to_state, time)."""
+def history_moves(database, workflow=None, after_id=0, upto_id=None):
+    """The moves of the state history per minute, from the rows with ``after_id < id <= upto_id``
+    (all rows by default): ``{"entered": {state: {minute: n}}, "left": {state: {minute: n}}}``, where
+    ``minute`` is the minute's start in UNIX seconds, ``entered`` counts the moves into a state
+    (``to_state``) and ``left`` the moves out of it (``from_state``; a job's creation leaves nothing).
+    Two ``GROUP BY`` queries, for one workflow or all.  :func:`state_counts_over_time` makes the count
+    of jobs in each state at any time from them, and :func:`merge_moves` adds newer rows' moves."""
     bucket = _minute_bucket(database)
-    query = (JobStateChange.select(JobStateChange.to_state, bucket.alias("minute"), pw.fn.COUNT(pw.SQL("*")))
-             .where(JobStateChange.to_state.in_(list(to_states)))
-             .group_by(JobStateChange.to_state, bucket).order_by(JobStateChange.to_state, bucket))
-    if workflow:
-        query = query.where(JobStateChange.job.in_(Job.select(Job.id).where(Job.workflow == workflow)))
-    moves = {state: [] for state in to_states}
-    for state, minute, count in query.tuples().execute(database):
-        moves[state].append((int(minute) * 60, count))
+    moves = {"entered": {}, "left": {}}
+    for kind, column in (("entered", JobStateChange.to_state), ("left", JobStateChange.from_state)):
+        query = (JobStateChange.select(column, bucket.alias("minute"), pw.fn.COUNT(pw.SQL("*")))
+                 .where(column.is_null(False)).group_by(column, bucket))
+        if after_id:
+            query = query.where(JobStateChange.id > after_id)
+        if upto_id is not None:
+            query = query.where(JobStateChange.id <= upto_id)
+        if workflow:
+            # A join, not "job IN (the workflow's jobs)": with the id range, the planner reads the new rows
+            # by id and looks up their jobs, instead of every history row of the workflow's jobs.
+            query = query.join(Job, on=(JobStateChange.job == Job.id)).where(Job.workflow == workflow)
+        for state, minute, count in query.tuples().execute(database):
+            moves[kind].setdefault(state, {})[int(minute) * 60] = count
     return moves
 
 
-def finished_per_minute(database, workflow=None):
-    """``[(minute start in UNIX seconds, count)]`` of the jobs finished (moved to JOB_FINISHED)."""
-    return moves_per_minute(database, ("JOB_FINISHED",), workflow)["JOB_FINISHED"]
+def merge_moves(older, newer):
+    """``older`` plus ``newer`` (both as :func:`history_moves` makes them), as a new value."""
+    merged = {}
+    for kind in ("entered", "left"):
+        merged[kind] = {state: dict(per_minute) for state, per_minute in older[kind].items()}
+        for state, per_minute in newer[kind].items():
+            target = merged[kind].setdefault(state, {})
+            for minute, count in per_minute.items():
+                target[minute] = target.get(minute, 0) + count
+    return merged
+
+
+def state_counts_over_time(moves, start, bucket_seconds, buckets):
+    """``{state: [count, ...]}``: how many jobs were in each state at the end of each of ``buckets``
+    spans of ``bucket_seconds`` from ``start`` (UNIX seconds), from ``moves`` (:func:`history_moves`):
+    the jobs that entered the state until then less those that left it.  States never held by a job at
+    a bucket's end are left out; the states come in pipeline order."""
+    ends = [start + (i + 1) * bucket_seconds for i in range(buckets)]
+    out = {}
+    for state in states.STATES:
+        net = dict(moves["entered"].get(state, {}))
+        for minute, count in moves["left"].get(state, {}).items():
+            net[minute] = net.get(minute, 0) - count
+        if not net:
+            continue
+        counts, held, minutes, k = [], 0, sorted(net), 0
+        for end in ends:
+            while k < len(minutes) and minutes[k] < end:
+                held += net[minutes[k]]
+                k += 1
+            counts.append(held)
+        if any(counts):
+            out[state] = counts
+    return out

@@ -6,24 +6,26 @@ itself by polling while open, and reads fine without JavaScript), JSON for scrip
 (``?format=json`` or ``Accept: application/json``).
 """
 
+import logging
 import math
 import threading
 import time
 
 import flask
+import peewee as pw
 
 from balsamdb import job_queries, job_views, states
 from balsamdb.exceptions import BadRequest
 from balsamdb.models import Job, JobStateChange
 from balsamdb.operations import JOB_KEYS, job_query
 
+log = logging.getLogger(__name__)
+
 JOBS_PER_PAGE = 100
 PLOT_MAX_BARS = 120      # jobs finished per minute: wider campaigns are shown in wider buckets
 PLOT_MIN_MINUTES = 30    # the plot's time axis spans at least this (one bar for all would say nothing)
 REFRESH_SECONDS = 2      # how often an open page asks again (a poll, not a held stream)
-#: the states whose arrivals over time the burn-up chart draws (started, finished, failed)
-REACHED = ("RUNNING", "JOB_FINISHED", "FAILED")
-CHART_SECONDS = 5        # the charts are read again after this; the counts and the list on every request
+FULL_SECONDS = 600       # the charts' history is read whole again after this (else only its new rows)
 
 # One colour per state, with enough contrast on white; done in green, trouble in red.
 STATE_COLOURS = {
@@ -37,7 +39,8 @@ STATE_COLOURS = {
 def blueprint(web):
     """The jobs pages, answering with the hooks of ``web`` (a :class:`.web_pages.WebContext`)."""
     pages = flask.Blueprint("web_jobs", __name__, template_folder="templates")
-    charts = ChartCache()
+    history = HistoryCache()
+    threading.Thread(target=_read_ahead, args=(web.reader, history), name="jobs-history", daemon=True).start()
 
     @pages.get("/")
     def jobs_page():
@@ -52,14 +55,15 @@ def blueprint(web):
             filters = job_views.job_filters(form["workflow"], form["state"], form["name"],
                                             [form["tag"]] if form["tag"] else None, form["since"], form["until"],
                                             form["changed"])
-            data = web.reader.run(lambda db: _jobs_data(db, filters, page, form["workflow"], charts))
+            data = web.reader.run(lambda db: _jobs_data(db, filters, page, form["workflow"], history))
         except BadRequest as exc:
             raise web.error(400, exc.message) from None
         data["filters"] = form
         return web.respond(data, "jobs.html", "Jobs", form=form, data=data, colours=STATE_COLOURS,
                            all_states=states.STATES, refresh=REFRESH_SECONDS,
-                           bars=_stacked_bars(data["counts"]), plot=_plot(data["finished_per_minute"]),
-                           burnup=_burnup(data["reached_per_minute"], data["total"]),
+                           bars=_stacked_bars(data["counts"]), plot=_plot(data["finished_per_minute"],
+                                                                    since=(data["state_counts"] or {}).get("start")),
+                           held=_held_chart(data["state_counts"]),
                            query=_query_without_page(args))
 
     @pages.get("/<job_id>/")
@@ -95,32 +99,70 @@ def _query_without_page(args):
     return [(k, v) for k, v in args.items(multi=True) if k not in ("page", "format")]
 
 
-class ChartCache:
-    """The charts' moves per minute, per workflow, kept for :data:`CHART_SECONDS`: their query reads
-    every move of the campaign (a tenth of a second for 100,000 jobs), and eight tabs left open,
-    each asking every 2 s, then cost one such query per few seconds instead of four a second."""
+class HistoryCache:
+    """The state history's moves per minute (:func:`balsamdb.job_views.history_moves`), per workflow,
+    kept up to date by reading only the rows added since: the whole history of 100,000 jobs takes a
+    second to group on a busy machine, the rows of the last refresh a millisecond.
 
-    def __init__(self, seconds=CHART_SECONDS, max_entries=64):
-        self.seconds, self.max_entries = seconds, max_entries
-        self._entries = {}
+    Each refresh, in the page's read transaction, reads the history's newest id and adds the moves of
+    the rows after the one it has seen.  Every job has one more move into a state than out of one (its
+    creation), so the kept moves count the jobs: when that count no longer matches the number of jobs
+    (less the difference found when the history was read whole), a job was deleted or its history
+    replaced, and the whole history is read again; also every :data:`FULL_SECONDS` whatever happens."""
+
+    def __init__(self, full_seconds=None, max_entries=64):
+        self.full_seconds = FULL_SECONDS if full_seconds is None else full_seconds
+        self.max_entries = max_entries
+        self._entries = {}  # workflow -> (newest id seen, jobs less counted jobs, read whole at, moves)
         self._lock = threading.Lock()
 
-    def get(self, workflow, read):
-        """The cached value for ``workflow``, or ``read()`` (then kept)."""
+    def get(self, db, workflow, jobs=None):
+        """The moves of ``workflow`` ("" for all) as the database ``db`` holds them now; ``jobs``: the
+        number of jobs of the workflow, when the caller has counted them."""
+        newest = (JobStateChange.select(pw.fn.MAX(JobStateChange.id)).tuples().execute(db))[0][0] or 0
+        if jobs is None:
+            query = Job.select(pw.fn.COUNT(pw.SQL("*")))
+            jobs = (query.where(Job.workflow == workflow) if workflow else query).tuples().execute(db)[0][0]
         now = time.monotonic()
         with self._lock:
             entry = self._entries.get(workflow)
-            if entry is not None and entry[0] > now:
-                return entry[1]
-        value = read()
+        if entry is not None and entry[0] <= newest and now - entry[2] < self.full_seconds:
+            seen, offset, full_at, moves = entry
+            if newest > seen:
+                moves = job_views.merge_moves(
+                    moves, job_views.history_moves(db, workflow or None, after_id=seen, upto_id=newest))
+            if jobs - _jobs_counted(moves) == offset:  # no job deleted, no history replaced
+                self._keep(workflow, (newest, offset, full_at, moves))
+                return moves
+        moves = job_views.history_moves(db, workflow or None, upto_id=newest)
+        self._keep(workflow, (newest, jobs - _jobs_counted(moves), now, moves))
+        return moves
+
+    def _keep(self, workflow, entry):
         with self._lock:
-            if len(self._entries) >= self.max_entries:
+            if len(self._entries) >= self.max_entries and workflow not in self._entries:
                 self._entries.clear()
-            self._entries[workflow] = (now + self.seconds, value)
-        return value
+            self._entries[workflow] = entry
 
 
-def _jobs_data(db, filters, page, workflow, charts):
+def _jobs_counted(moves):
+    """Moves into states less moves out of them: one per job whose whole history the moves hold."""
+    return (sum(n for per_minute in moves["entered"].values() for n in per_minute.values())
+            - sum(n for per_minute in moves["left"].values() for n in per_minute.values()))
+
+
+def _read_ahead(reader, history):
+    """Read the whole state history once when `db serve` starts, so that the first jobs page reads only
+    what was added since (the history of 100,000 jobs takes about a second to group)."""
+    try:
+        reader.run(lambda db: history.get(db, ""))
+    except Exception as exc:  # noqa: BLE001 - the page reads it itself then
+        log.info("the jobs history was not read ahead: %s", exc)
+    finally:
+        reader.close()
+
+
+def _jobs_data(db, filters, page, workflow, history):
     counts = job_views.state_counts(db, filters)
     total = sum(sum(c.values()) for c in counts.values())
     pages = max(1, math.ceil(total / JOBS_PER_PAGE))
@@ -128,14 +170,33 @@ def _jobs_data(db, filters, page, workflow, charts):
                                       Job.created_at, Job.updated_at)
              .order_by(Job.updated_at.desc(), Job.id).limit(JOBS_PER_PAGE).offset((page - 1) * JOBS_PER_PAGE))
     jobs = list(query.dicts().execute(db))
+    # the number of jobs of the charts' workflow, when the counts above are of exactly those
+    moves = history.get(db, workflow, total if set(filters) <= {"workflow"} else None)
+    finished = sorted(moves["entered"].get("JOB_FINISHED", {}).items())
     return {"counts": counts, "states": job_views.ordered_states(counts), "total": total, "page": page,
             "pages": pages, "per_page": JOBS_PER_PAGE, "jobs": jobs, "read_at": time.time(),
-            **_moves(charts.get(workflow, lambda: job_views.moves_per_minute(db, REACHED, workflow or None)))}
+            "finished_per_minute": finished, "state_counts": _state_counts(moves)}
 
 
-def _moves(moves):
-    return {"finished_per_minute": moves["JOB_FINISHED"],
-            "reached_per_minute": {state: moves[state] for state in REACHED}}
+def _axis(first_event, now):
+    """The time axis of both charts: ``(start, bucket seconds, buckets)`` from the first event (a
+    minute's start) to now, at least :data:`PLOT_MIN_MINUTES`, at most :data:`PLOT_MAX_BARS` buckets."""
+    last = max(first_event, int(now // 60) * 60)
+    first = min(first_event, last - (PLOT_MIN_MINUTES - 1) * 60)
+    minutes = int((last - first) // 60) + 1
+    bucket_minutes = max(1, math.ceil(minutes / PLOT_MAX_BARS))
+    return first, bucket_minutes * 60, math.ceil(minutes / bucket_minutes)
+
+
+def _state_counts(moves, now=None):
+    """``{"start", "bucket_seconds", "counts": {state: [jobs in it at the end of each bucket]}}`` (see
+    :func:`balsamdb.job_views.state_counts_over_time`), or None before any job was created."""
+    minutes = [m for per_minute in moves["entered"].values() for m in per_minute]
+    if not minutes:
+        return None
+    start, bucket, n = _axis(min(minutes), time.time() if now is None else now)
+    return {"start": start, "bucket_seconds": bucket,
+            "counts": job_views.state_counts_over_time(moves, start, bucket, n)}
 
 
 def _job_data(db, job_id):
@@ -168,7 +229,7 @@ def _stacked_bars(counts):
     return bars
 
 
-def _plot(points, now=None, width=720, height=160, left=36):
+def _plot(points, now=None, width=720, height=160, left=36, since=None):
     """Jobs finished per minute as SVG bars: ``{bars, width, height, ymax, start, end, bucket, total}``,
     or None before the first finished job.
 
@@ -180,6 +241,8 @@ def _plot(points, now=None, width=720, height=160, left=36):
     now = time.time() if now is None else now
     last = max(points[-1][0], int(now // 60) * 60)
     first = min(points[0][0], last - (PLOT_MIN_MINUTES - 1) * 60)
+    if since is not None:  # the axis of the chart beside it (from the first job's creation)
+        first = min(first, since)
     minutes = int((last - first) // 60) + 1
     bucket_minutes = max(1, math.ceil(minutes / PLOT_MAX_BARS))
     n = math.ceil(minutes / bucket_minutes)
@@ -197,36 +260,29 @@ def _plot(points, now=None, width=720, height=160, left=36):
             "end": first + n * bucket_minutes * 60, "bucket": bucket_minutes, "total": sum(totals)}
 
 
-def _burnup(reached, total, now=None, width=720, height=160, left=48):
-    """How many jobs had reached each state of :data:`REACHED` over time (cumulative lines), with the
-    number of jobs as the ceiling: ``{lines: [{state, colour, points, last}], width, height, ymax,
-    start, end}``, or None before any job ran.  The time axis is that of :func:`_plot`."""
-    events = [minute for series in reached.values() for minute, _count in series]
-    if not events:
+def _held_chart(state_counts, width=720, height=160, left=48):
+    """The count of jobs in each state over time as stacked SVG areas, in pipeline order (the top edge
+    is the number of jobs): ``{areas: [{state, colour, points, now, peak}], width, height, left, ymax,
+    start, end}``, or None before any job was created.  Each bucket is a step: the counts at its end."""
+    if not state_counts or not state_counts["counts"]:
         return None
-    now = time.time() if now is None else now
-    last = max(max(events), int(now // 60) * 60)
-    first = min(min(events), last - (PLOT_MIN_MINUTES - 1) * 60)
-    span = max(last + 60 - first, 60)
-    ymax = max(total, max(sum(c for _m, c in series) for series in reached.values()), 1)
+    start, bucket, series = state_counts["start"], state_counts["bucket_seconds"], state_counts["counts"]
+    n = len(next(iter(series.values())))
+    totals = [sum(counts[i] for counts in series.values()) for i in range(n)]
+    ymax = max(max(totals), 1)
+    step = (width - left) / n
 
-    def x(t):
-        return left + (width - left) * (t - first) / span
+    def y(count):
+        return height - (height - 4) * count / ymax
 
-    def y(n):
-        return height - (height - 4) * n / ymax
-
-    lines = []
-    for state, series in reached.items():
-        if not series:
-            continue
-        done, points = 0, [(x(first), y(0))]
-        for minute, count in series:
-            points.append((x(minute), y(done)))
-            done += count
-            points.append((x(minute + 60), y(done)))
-        points.append((x(last + 60), y(done)))
-        lines.append({"state": state, "colour": STATE_COLOURS[state], "last": done,
-                      "points": " ".join(f"{px:.1f},{py:.1f}" for px, py in points)})
-    return {"lines": lines, "width": width, "height": height, "left": left, "ymax": ymax,
-            "start": first, "end": last + 60, "total_y": y(total)}
+    below = [0] * n
+    areas = []
+    for state, counts in series.items():
+        above = [b + c for b, c in zip(below, counts)]
+        top = [(left + i * step + dx, y(above[i])) for i in range(n) for dx in (0, step)]
+        bottom = [(left + i * step + dx, y(below[i])) for i in reversed(range(n)) for dx in (step, 0)]
+        areas.append({"state": state, "colour": STATE_COLOURS.get(state, "#999"), "now": counts[-1],
+                      "peak": max(counts), "points": " ".join(f"{px:.1f},{py:.1f}" for px, py in top + bottom)})
+        below = above
+    return {"areas": areas, "width": width, "height": height, "left": left, "ymax": ymax, "start": start,
+            "end": start + n * bucket}

@@ -68,6 +68,12 @@ def main():
             db.call("user_save", name="ada", password_hash=hash_password("ada-pass"), admin=True)
             db.call("permission_grant", project="P", user="ada")
             db.call("project_save", name="P", description="the convergence study: 300 runs of the solver")
+            # two versions of one record, for the versions pages: saved, then run again with a parameter changed
+            doc = db.call("record_get", project="P", label="run-00007")
+            db.call("record_save", project="P", record=dict(doc, outcome="diverged at step 40"))
+            doc["parameters"]["content"] = doc["parameters"]["content"].replace("p3 = ", "p3 = 1", 1)
+            doc.update(outcome="converged after restart", duration=doc["duration"] + 12.5)
+            db.call("record_save", project="P", record=doc)
         port = bench_web.free_port()
         serve = subprocess.Popen([sys.executable, "-m", "balsamdb.cli", "serve", "--path", str(path),
                                   "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
@@ -90,15 +96,17 @@ def main():
         driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
         pages = {"projects": "", "records": "P/?tags=paper,gpu&sort=-duration",
                  "compare": "P/?compare=run-00007,run-00012", "record": "P/run-00007/",
+                 "versions": "P/run-00007/?versions", "versions-compare": "P/run-00007/?versions&compare=1,2",
                  "jobs": "_balsamdb/jobs/", "job": f"_balsamdb/jobs/{failed}/"}
         args.out.mkdir(parents=True, exist_ok=True)
         for name, url in pages.items():
-            driver.set_window_size(1280, args.max_height)
+            max_height = args.max_height + (500 if name == "jobs" else 0)  # down to its charts
+            driver.set_window_size(1280, max_height)
             driver.get(base + url)
             height = driver.execute_script(
                 "return Math.max(...Array.from(document.body.children).map((e) => e.getBoundingClientRect().bottom))")
-            chrome = args.max_height - driver.execute_script("return window.innerHeight")
-            driver.set_window_size(1280, min(args.max_height, int(height) + 30 + chrome))
+            chrome = max_height - driver.execute_script("return window.innerHeight")
+            driver.set_window_size(1280, min(max_height, int(height) + 30 + chrome))
             target = args.out / f"web-{name}.png"
             driver.save_screenshot(str(target))
             print(f"{target} ({target.stat().st_size // 1024} KB)")

@@ -223,13 +223,13 @@ def record_get(project, label, version=None):
     return json.loads(decompress(found.document))
 
 
-def version_list(record_id):
+def version_list(record_id, database=None):
     """The versions of record ``record_id``, oldest first: ``{"version", "saved_at", "saved_by",
     "bytes", "changed"}`` where ``changed`` names the top-level fields that differ from the
-    version before (all of them for version 1)."""
+    version before (all of them for version 1).  ``database``: read there, models unbound."""
     out, previous = [], None
     query = RecordVersion.select().where(RecordVersion.record == record_id).order_by(RecordVersion.number)
-    for row in query:
+    for row in (query if database is None else query.execute(database)):
         text = decompress(row.document)
         doc = json.loads(text)
         changed = sorted(k for k in set(doc) | set(previous or {})

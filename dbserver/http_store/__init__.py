@@ -1,8 +1,10 @@
 """The HTTP record store: the Sumatra Server API over a DB directory (``db serve``).
 
-A Flask application served by waitress.  Every read and write goes through
+A Flask application served by waitress.  Every write goes through
 ``balsamdb.connect(P)``, so through the write server while one runs, exactly
-like the writes of job processes.  The protocol is the one Sumatra's ``smt``
+like the writes of job processes; every read (log-in and permission checks, the
+Sumatra API's answers, the web pages) is made on read-only connections
+(:mod:`balsamdb.server.web_reads`), never through the write server.  The protocol is the one Sumatra's ``smt``
 client speaks (see docs/http.md for the reference table):
 
     GET          {base}                    projects the caller may read

@@ -39,7 +39,10 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
     ``create_window``: seconds after a project's creation during which a PUT of it
     that changes nothing still answers 201 (see :data:`CREATE_RACE_WINDOW`).
     """
-    store = Store(path)
+    from ..web_reads import ReadOnlyStore
+
+    reader = ReadOnlyStore(path)  # the log-in, permission checks and pages read here, not via the write server
+    store = Store(path, reader)
     passwords = PasswordCache()
     logins = http_auth.LoginGuard(passwords)
     from balsamdb.settings import load_settings
@@ -215,7 +218,7 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
         return [t.strip() for t in (request.args.get("tags") or "").split(",") if t.strip()]
 
     def _error_response_with_projects(exc):
-        public = [p for p in store.read("project_list") if p["public"]]
+        public = [p for p in store.projects() if p["public"]]
         body = _page("Projects", PROJECTS, projects=public,
                      message="Log in to see every project you may use. Public projects:")
         response = flask.Response(body, 401, content_type="text/html; charset=utf-8")
@@ -224,9 +227,8 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
 
     # -- the web pages (dbserver/web_*.py, templates/, static/): read on read-only connections -------
     from .. import web_pages
-    from ..web_reads import ReadOnlyStore
 
-    web = web_pages.WebContext(reader=ReadOnlyStore(path), require_user=require_user,
+    web = web_pages.WebContext(reader=reader, require_user=require_user,
                                readable_project=readable_project, error=HTTPError, url_part=url_part)
 
     # -- the views: the Sumatra Server API, balsamdb's operation endpoint, the web pages ------------

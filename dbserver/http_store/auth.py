@@ -1,5 +1,6 @@
 """Who is asking: HTTP Basic credentials, the cache of verified passwords, and the store
-connection of each thread (with its short cache of users)."""
+connection of each thread (users and projects for the log-in and permission checks are read on
+read-only connections, not through the write server)."""
 
 import hashlib
 import threading
@@ -9,24 +10,26 @@ from binascii import Error as Base64Error
 
 import balsamdb
 from balsamdb.api import SpooledWrite
-from balsamdb.exceptions import BadRequest, NotFound
 from balsamdb.passwords import verify_password
 
+from ..web_reads import ReadOnlyStore, read_listing, read_permissions, read_projects, read_record, read_user, read_versions
 from .errors import HTTPError, challenge
 
 PASSWORD_CACHE_SECONDS = 60.0   # since the last successful use
-USER_CACHE_SECONDS = 1.0         # a user's record (hash, projects) is read again after this
+USER_CACHE_SECONDS = 0.0         # users are not cached: read (read-only) on every request
 
 
 # -- the store, one connection per thread ---------------------------------------------------------------
 
 class Store:
-    """``balsamdb.connect(path)`` once per thread (a Database is not thread-safe)."""
+    """``balsamdb.connect(path)`` once per thread (a Database is not thread-safe) for the writes and the
+    record reads; users and projects from ``reader`` (a :class:`~balsamdb.server.web_reads.ReadOnlyStore`)."""
 
-    def __init__(self, path):
+    def __init__(self, path, reader=None):
         self.path = str(path)
         self._local = threading.local()
-        self._users = {}  # name -> (user, valid until): dict operations are atomic under the GIL
+        # log-in and permission checks: read-only reads, shared with the web pages
+        self.reader = reader if reader is not None else ReadOnlyStore(path)
 
     def db(self, spool=True):
         """This thread's connection; ``spool=False``: one that raises instead of spooling
@@ -51,42 +54,50 @@ class Store:
         return result
 
     def project(self, name):
-        """Project ``name`` with its record count, or None."""
-        try:
-            return self.read("project_get", name=name, count=False)
-        except NotFound:
-            return None
+        """Project ``name`` (without its record count), or None; read on the read-only connection."""
+        from balsamdb.operations.checks import check_project_name
+
+        name = check_project_name(name)  # a name no project can have: 400, as the store answers it
+        found = self.reader.run(lambda database: read_projects(database, name))
+        return found[0] if found else None
+
+    def projects(self):
+        """Every project, by name (read on the read-only connection)."""
+        return self.reader.run(read_projects)
+
+    def record(self, project, label, version=None):
+        """The document of record ``label`` (or of its ``version``), read on the read-only connection."""
+        return self.reader.run(lambda database: read_record(database, project, label, version))
+
+    def versions(self, project, label):
+        """The versions of record ``label`` (see ``record_versions``), read on the read-only connection."""
+        return self.reader.run(lambda database: read_versions(database, project, label))
+
+    def listing(self, project, tags=None, limit=None, documents=False):
+        """Labels (or documents) of the records of ``project`` with any of ``tags``, newest first."""
+        return self.reader.run(lambda database: read_listing(database, project, tags, limit, documents))
+
+    def permissions(self, project):
+        """The users of ``project``, by name."""
+        return self.reader.run(lambda database: read_permissions(database, project))
 
     def user(self, name):
-        """User ``name`` (with hash and projects) as read at most ``USER_CACHE_SECONDS`` ago, or None.
+        """User ``name`` (with hash, admin flag and projects) as the database holds it now, or None.
 
-        Every request of a logged-in user needs it; reading it from the store each time
-        doubled the work of the write server.  A grant or a removal shows within that time."""
-        now = time.monotonic()
-        cached = self._users.get(name)
-        if cached is not None and cached[1] > now:
-            return dict(cached[0], projects=list(cached[0]["projects"]))
-        try:
-            user = self.read("user_get", name=name)
-        except (NotFound, BadRequest):
-            user = None
-        if user is not None:
-            if len(self._users) > 4096:
-                self._users.clear()
-            self._users[name] = (user, now + USER_CACHE_SECONDS)
-        else:
-            self._users.pop(name, None)
-        return None if user is None else dict(user, projects=list(user["projects"]))
+        Read on the read-only connection of :mod:`balsamdb.server.web_reads`, never through the write
+        server (every request of a logged-in user needs it), and never cached: a grant, a removal or a
+        new password shows on the next request."""
+        return self.reader.run(lambda database: read_user(database, name))
 
     def forget_user(self, name):
-        self._users.pop(name, None)
+        """Nothing to forget: users are read afresh on every request (kept for callers)."""
 
 
 class PasswordCache:
     """Remembers successful password checks for a while: scrypt is slow on purpose, and
     each smt command sends about 30 requests.  Keyed by the stored hash too, so that a
-    changed password takes effect as soon as the user's record is read again (within
-    ``USER_CACHE_SECONDS``); failures are never cached."""
+    changed password takes effect on the next request (the user's record is read on every
+    request); failures are never cached."""
 
     def __init__(self, seconds=PASSWORD_CACHE_SECONDS, max_entries=4096):
         self.seconds, self.max_entries = seconds, max_entries

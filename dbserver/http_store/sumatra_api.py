@@ -37,7 +37,7 @@ def blueprint(context):
 
     @bp.get("/")
     def project_list():
-        projects = store.read("project_list")
+        projects = store.projects()  # a read-only read, as for the permission checks
         mine = set(g.user["projects"]) if g.user else set()
         admin = bool(g.user and g.user.get("admin"))
         visible = [p for p in projects if admin or p["public"] or p["name"] in mine]
@@ -62,13 +62,13 @@ def blueprint(context):
         """The project and its records; with ``tags``, the records having any of them (the
         Sumatra Server API's meaning of ``?tags=a,b``)."""
         project = readable_project(name)
-        labels = store.read("record_labels", project=name, tags=tags, match="any")
+        labels = store.listing(name, tags)
         data = {"id": name, "name": name, "description": project["description"], "public": project["public"],
                 "write_once": project["write_once"], "created_at": project["created_at"], "tags": tags,
                 "records": [f"{project_url(name)}{url_part(label)}/" for label in labels]}
 
         def html():
-            records = store.read("record_list", project=name, tags=tags, limit=HTML_RECORD_LIMIT, match="any")
+            records = store.listing(name, tags, limit=HTML_RECORD_LIMIT, documents=True)
             return name, PROJECT, {"project": name, "info": project, "records": records, "total": len(labels),
                                     "tags": tags}
         return reply(data, html=html)
@@ -94,8 +94,8 @@ def blueprint(context):
                 status = 200
             else:
                 young = time.time() - existing["created_at"] < create_window
-                status = 201 if young or store.read("project_get", name=name)["records"] == 0 else 200
-        project = store.read("project_get", name=name, count=False)
+                status = 201 if young or not store.listing(name, limit=1) else 200
+        project = store.project(name)
         return reply({"id": name, "name": name, "description": project["description"],
                       "public": project["public"], "write_once": project["write_once"],
                       "created_at": project["created_at"]}, status)
@@ -112,7 +112,7 @@ def blueprint(context):
         if label == "last":
             allow(method, "GET")
             readable_project(project)
-            newest = store.read("record_list", project=project, limit=1)
+            newest = store.listing(project, limit=1, documents=True)
             if not newest:
                 raise HTTPError(404, f"project {project!r} has no records")
             return record_reply(project, newest[0])
@@ -127,9 +127,9 @@ def blueprint(context):
             if version is not None:
                 if not version.isdigit() or int(version) < 1:
                     raise HTTPError(400, f"version must be a number from 1, not {version!r} (see ?versions)")
-                doc = store.read("record_get", project=project, label=label, version=int(version))
+                doc = store.record(project, label, int(version))
                 return record_reply(project, doc, int(version))
-            return record_reply(project, store.read("record_get", project=project, label=label))
+            return record_reply(project, store.record(project, label))
         if method == "PUT":
             return put_record(project, label)
         writable_project(project)
@@ -152,8 +152,8 @@ def blueprint(context):
                         numbers.append(int(part))
             return web_records.compare_versions_page(
                 web, project, label, numbers,
-                lambda n: store.read("record_get", project=project, label=label, version=n))
-        versions = store.read("record_versions", project=project, label=label)
+                lambda n: store.record(project, label, n))
+        versions = store.versions(project, label)
         return reply({"project": project, "label": label, "versions": versions},
                      html=lambda: (f"{label}: versions", VERSIONS, {"project": project, "label": label,
                                                                       "versions": versions}))
@@ -217,13 +217,13 @@ def blueprint(context):
                 raise HTTPError(400, 'give the user to grant as {"user": "name"}')
             granted = store.write("permission_grant", project=project, user=user)["granted"]
             store.forget_user(user)
-            users = store.read("permission_list", project=project)
+            users = store.permissions(project)
             return reply({"project": project, "users": users, "granted": granted}, 201 if granted else 200)
         readable_project(project)
         if not may_use(project):
             require_user()
             raise HTTPError(403, f"only users of project {project!r} may see who they are")
-        return reply({"project": project, "users": store.read("permission_list", project=project)})
+        return reply({"project": project, "users": store.permissions(project)})
 
 
     return bp
