@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 import tempfile
@@ -50,8 +51,22 @@ def is_sumatra_django_store(path, first_bytes):
         if "locked" in str(exc):
             raise locked(path, LOCK_WAIT) from None
         return False
+    except sqlite3.DatabaseError as exc:  # a truncated or damaged SQLite file: say so, not "no end line"
+        raise TransferError(f"cannot read {path}: a SQLite file that SQLite cannot read ({exc}); "
+                            "nothing was imported") from None
     except sqlite3.Error:
         return False
+
+
+def _refuse_special(path):
+    """TransferError when ``path`` (symlinks followed) is there but is no regular file: a FIFO,
+    a device such as /dev/zero, a socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise TransferError(f"{path} is not a regular file (a FIFO, a device or a socket): nothing was imported")
 
 
 def store_kind(path):
@@ -61,6 +76,8 @@ def store_kind(path):
     import dbm
 
     path = Path(path)
+    for candidate in (path, *(Path(f"{path}{suffix}") for suffix in (".pag", ".dir", ".db", ".dat"))):
+        _refuse_special(candidate)  # what dbm.whichdb and the import open: a FIFO would block them for ever
     if path.is_file():
         with open(path, "rb") as handle:
             if is_sumatra_django_store(path, handle.read(len(SQLITE_MAGIC))):
