@@ -344,3 +344,79 @@ def test_a_full_disk_does_not_stop_the_forwarder(full_disk, store):
     wait_for(lambda: status(client.url(), user, password)["waiting"] == 0, 60, "the next save forwarded")
     with balsamdb.connect(served.path) as db:
         assert sorted(db.records.labels("P")) == ["after", "r0", "r1", "r2"]
+
+
+# -- SIGKILL of the relay at random moments during 16 concurrent saves -----------------------------------
+
+CLIENTS = 16
+SAVE_WINDOW = float(os.environ.get("BALSAMDB_ATTACK_WINDOW", "15"))  # seconds of saving and killing
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_during_16_concurrent_saves(store, relay_dir):
+    """Each of 16 clients saves its record again and again (save n carries reason "save n"),
+    retrying a save until it is answered; meanwhile the relay is SIGKILLed at random moments and
+    started again.  Afterwards every answered save is a version in the store, exactly once, in
+    the order answered: the versions of each record are saves 1..N, N its last answered save."""
+    served, _restart = store
+    seed = int(os.environ.get("BALSAMDB_ATTACK_SEED", str(random.randrange(10**6))))
+    chance = random.Random(seed)
+    assert start_relay(relay_dir, to=served.url("ada")).returncode == 0
+    client = RelayClient(relay_dir)
+    user, _, password = (relay_dir / "token").read_text().strip().partition(":")
+    end = time.monotonic() + SAVE_WINDOW
+    answered = {f"c{i:02d}": [] for i in range(CLIENTS)}
+    odd, failures = [], {"unanswered": 0}
+
+    def saves(label):
+        """Save n, n+1, ... until the window ends; a save not answered is sent again until it is
+        (past the window too: it may be in the spool, and only its answer tells)."""
+        n, deadline = 1, end + 60
+        while time.monotonic() < end:
+            doc = {"label": label, "reason": f"save {n}", "tags": [f"n{n}"], "stdout_stderr": "x" * (n % 7 * 100)}
+            while True:
+                assert time.monotonic() < deadline, f"{label}: save {n} not answered within 60 s after the window"
+                try:
+                    code, body = client.call("PUT", f"/Stress/{label}/", doc, timeout=10)
+                except (OSError, http.client.HTTPException, ValueError):  # killed mid-request; relay.json not there
+                    failures["unanswered"] += 1
+                    time.sleep(0.05)  # wait-ok: a client's retry interval while the relay restarts
+                    continue
+                if code in (200, 201):
+                    answered[label].append(n)
+                    n += 1
+                    break
+                odd.append((label, n, code, body[:200]))
+                time.sleep(0.05)  # wait-ok: a client's retry interval
+
+    threads = [threading.Thread(target=saves, args=(label,), daemon=True) for label in answered]
+    for thread in threads:
+        thread.start()
+    kills = 0
+    while time.monotonic() < end - 1:
+        time.sleep(chance.uniform(0.2, 1.5))  # wait-ok: a random moment for the next SIGKILL
+        kill9(relay_pid(relay_dir))
+        kills += 1
+        started = start_relay(relay_dir, to=served.url("ada"))
+        assert started.returncode == 0, started.stderr
+    for thread in threads:
+        thread.join(120)
+        assert not thread.is_alive(), "a client still saves 120 s after the window"
+    drain = time.monotonic()
+    wait_for(lambda: status(client.url(), user, password)["waiting"] == 0, 120, "the relay to forward its spool")
+    drain = time.monotonic() - drain
+    total = sum(len(v) for v in answered.values())
+    with balsamdb.connect(served.path) as db:
+        stored = 0
+        for label, numbers in answered.items():
+            versions = db.records.versions("Stress", label)
+            reasons = [db.records.get("Stress", label, version=v["version"])["reason"] for v in versions]
+            stored += len(versions)
+            # saves 1..N each once and in order (an unanswered save retried is the same save, not a new version)
+            assert reasons == [f"save {k}" for k in range(1, len(numbers) + 1)], (seed, label, numbers, reasons)
+            assert numbers == list(range(1, len(numbers) + 1)), (seed, label, numbers)
+            assert [v["saved_at"] for v in versions] == sorted(v["saved_at"] for v in versions), (seed, label)
+    print(f"\nseed {seed}: {kills} SIGKILLs in {SAVE_WINDOW:g} s; {total} saves answered by the relay, {stored} "
+          f"versions in the store; {failures['unanswered']} requests cut off and retried; other answers: {odd[:5]}; "
+          f"the spool drained {drain:.1f} s after the window")
+    assert stored == total and not odd, (seed, odd[:5])
