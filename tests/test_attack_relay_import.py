@@ -20,7 +20,9 @@ from urllib.parse import urlsplit
 
 import pytest
 from helpers import db_cli, wait_for
+from test_http_store import record
 from test_relay import status, store  # noqa: F401  (the store fixture: a DB directory served over HTTP)
+from test_relay_saved_at import put, served  # noqa: F401  (served: a store where bob is an admin, ada is not)
 
 import balsamdb
 from balsamdb.dbdir import DBDirectory
@@ -344,6 +346,31 @@ def test_a_full_disk_does_not_stop_the_forwarder(full_disk, store):
     wait_for(lambda: status(client.url(), user, password)["waiting"] == 0, 60, "the next save forwarded")
     with balsamdb.connect(served.path) as db:
         assert sorted(db.records.labels("P")) == ["after", "r0", "r1", "r2"]
+
+
+
+# -- the Balsamdb-Saved-At / -By headers from a writer who is no admin -----------------------------------
+
+def test_a_writer_cannot_date_a_version_before_the_one_it_follows(served):
+    """ada (no admin) sends Balsamdb-Saved-At a year back for a second save: the version would
+    have come before the first in time (versions out of order); it is dated as the first now."""
+    assert put(served, "ada", record("r"), {})[0] == 201
+    assert put(served, "ada", record("r", reason="again"), {"Balsamdb-Saved-At": repr(time.time() - 365 * 86400)})[0] \
+        == 200
+    with balsamdb.connect(served.path) as db:
+        first, second = db.records.versions("P", "r")
+    assert second["saved_at"] >= first["saved_at"], (first, second)
+
+
+def test_huge_or_garbage_saved_headers_are_a_400_or_cut(served):
+    for value in ("nan", "-0", "1" * 5000, "0x10", "inf"):  # 1 * 5000 digits is inf as a float
+        code, body = put(served, "ada", record("g"), {"Balsamdb-Saved-At": value})
+        assert code == 400 and "Balsamdb-Saved-At must be a time in UNIX seconds" in body, (value, code, body)
+    code, body = put(served, "ada", record("g"), {"Balsamdb-Saved-By": "b" * 200_000})
+    assert code == 201, (code, body[:300])
+    with balsamdb.connect(served.path) as db:
+        (version,) = db.records.versions("P", "g")
+    assert version["saved_by"] == "ada for " + "b" * 100  # the claim cut to 100 characters, after ada's name
 
 
 # -- SIGKILL of the relay at random moments during 16 concurrent saves -----------------------------------
