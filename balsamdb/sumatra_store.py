@@ -127,13 +127,41 @@ def read_sumatra_store(path, kind, name=None):
     return pairs
 
 
+# What a shelve store's pickles may name: Sumatra's classes and the plain types they hold.  Any
+# other global (os.system, builtins.eval, ...) is refused: a crafted store must not run code.
+SAFE_GLOBALS = {("datetime", n) for n in ("datetime", "date", "time", "timedelta", "timezone")} | {
+    ("builtins", n) for n in ("set", "frozenset", "object", "dict", "list", "tuple", "str", "int", "float",
+                              "bool", "bytes", "bytearray", "complex")} | {
+    ("copyreg", "_reconstructor"), ("collections", "OrderedDict"), ("_codecs", "encode")}
+
+
+def _restricted_unpickler():
+    import pickle
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) in SAFE_GLOBALS:
+                return super().find_class(module, name)
+            if module == "sumatra" or module.startswith("sumatra."):
+                found = super().find_class(module, name)
+                if isinstance(found, type):  # a class of Sumatra's, never one of its functions
+                    return found
+            raise pickle.UnpicklingError(f"the store names {module}.{name}, which a Sumatra record never holds: "
+                                         "refused (a crafted store?)")
+    return Restricted
+
+
 def _print_records(kind, path):
     """In the child: print every record of the store as one JSON line."""
+    import shelve
+
     from sumatra.recordstore import serialization
 
     if kind != "shelve":
         raise BadRequest(f"unknown kind of Sumatra store {kind!r}")
     from sumatra.recordstore.shelve_store import ShelveRecordStore
+
+    shelve.Unpickler = _restricted_unpickler()  # what shelve.Shelf unpickles each value with
 
     store = ShelveRecordStore(shelf_name=path)
     out = sys.stdout

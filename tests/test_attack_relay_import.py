@@ -150,6 +150,38 @@ def test_a_fifo_or_a_device_is_refused_without_hanging(kind, tmp_path, dst):
     assert "is not a regular file (a FIFO, a device or a socket): nothing was imported" in line, line
 
 
+class Evil:
+    """Unpickled, it runs a command (what a crafted shelve store can hold)."""
+
+    def __init__(self, call, argument):
+        self.call, self.argument = call, argument
+
+    def __reduce__(self):
+        return self.call, (self.argument,)
+
+
+@pytest.mark.parametrize("how", ["os_system", "builtins_exec"])
+def test_a_crafted_shelve_store_does_not_run_its_code(how, tmp_path, dst):
+    """Sumatra's shelve store is pickles: `db import` of a crafted one ran any command as the
+    importing user (os.system in a pickle).  Only Sumatra's classes and plain types are unpickled."""
+    import builtins
+    import shelve
+
+    from helpers import require_smt
+
+    require_smt()
+    ran = tmp_path / "it-ran"
+    evil = Evil(os.system, f"touch {ran}") if how == "os_system" else \
+        Evil(builtins.exec, f"open({str(ran)!r}, 'w').close()")
+    with shelve.open(str(tmp_path / "records")) as store:
+        store["P"] = {"r1": evil}
+    done = db_cli("import", tmp_path / "records", "--path", dst, timeout=CLI_TIMEOUT)
+    assert not ran.exists(), "the crafted store ran its command"
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "which a Sumatra record never holds: refused (a crafted store?)" in done.stderr, done.stderr
+    assert imported(dst) == {}
+
+
 # -- the relay's token file and directory ---------------------------------------------------------------
 
 def start_relay(directory, to=DEAD_STORE, timeout=CLI_TIMEOUT):
