@@ -172,7 +172,7 @@ def test_a_crafted_shelve_store_does_not_run_its_code(how, tmp_path, dst):
     require_smt()
     ran = tmp_path / "it-ran"
     evil = Evil(os.system, f"touch {ran}") if how == "os_system" else \
-        Evil(builtins.exec, f"open({str(ran)!r}, 'w').close()")
+        Evil(builtins.exec, f"import pathlib; pathlib.Path({str(ran)!r}).touch()")
     with shelve.open(str(tmp_path / "records")) as store:
         store["P"] = {"r1": evil}
     done = db_cli("import", tmp_path / "records", "--path", dst, timeout=CLI_TIMEOUT)
