@@ -228,10 +228,30 @@ def test_a_relay_directory_that_others_may_write_is_refused(how, relay_dir):
                "saved_by": "someone"}
     (relay_dir / "spool" / "new" / "000000000001.json").write_text(json.dumps(planted))
     if how == "another_user":
+        if os.getuid() != 0:
+            pytest.skip("gives the directory to user nobody: needs root")
         os.chown(relay_dir, 65534, 65534)  # nobody
     else:
         os.chmod(relay_dir, 0o770)
     refused_start(relay_dir, "others could change the relay's token and spool")
+
+
+def as_nobody(*command):
+    return subprocess.run(["runuser", "-u", "nobody", "--", *map(str, command)], capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_another_unix_user_reads_neither_the_token_nor_the_spool(relay_dir):
+    if os.getuid() != 0 or not Path("/usr/sbin/runuser").exists():
+        pytest.skip("runs commands as user nobody: needs root and runuser")
+    assert start_relay(relay_dir).returncode == 0
+    client = RelayClient(relay_dir)
+    assert client.call("PUT", "/P/secret/", {"label": "secret", "stdout_stderr": "private output"})[0] == 201
+    spooled = next((relay_dir / "spool" / "new").iterdir())
+    for command in (["cat", relay_dir / "token"], ["cat", spooled], ["ls", relay_dir / "spool" / "new"],
+                    ["ls", relay_dir / "cache"]):
+        denied = as_nobody(*command)
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, (command, denied)
 
 
 # -- the relay's spool ---------------------------------------------------------------------------------
