@@ -241,9 +241,18 @@ def as_nobody(*command):
                           timeout=30)
 
 
-def test_another_unix_user_reads_neither_the_token_nor_the_spool(relay_dir):
+def test_another_unix_user_reads_neither_the_token_nor_the_spool(request):
+    import shutil
+    import tempfile
+
     if os.getuid() != 0 or not Path("/usr/sbin/runuser").exists():
         pytest.skip("runs commands as user nobody: needs root and runuser")
+    base = Path(tempfile.mkdtemp(prefix="balsamdb-attack-"))  # not under tmp_path: nobody may not enter that
+    request.addfinalizer(lambda: shutil.rmtree(base, ignore_errors=True))
+    os.chmod(base, 0o755)
+    relay_dir = base / "relay"
+    request.addfinalizer(lambda: db_cli("relay", "--stop", "--dir", relay_dir))
+    assert as_nobody("ls", base).returncode == 0  # nobody gets as far as the relay's directory
     assert start_relay(relay_dir).returncode == 0
     client = RelayClient(relay_dir)
     assert client.call("PUT", "/P/secret/", {"label": "secret", "stdout_stderr": "private output"})[0] == 201
