@@ -3,6 +3,7 @@ forwarded yet, and its cache of the last known document of each record."""
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import stat
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 from balsamdb.exceptions import ConfigError
+
+log = logging.getLogger("balsamdb.server.relay")
 
 def _fsync_dir(path):
     fd = os.open(path, os.O_RDONLY)
@@ -76,11 +79,21 @@ class Spool:
         for path in self.tmp.iterdir():  # a save cut short by a crash: never answered, so never kept
             path.unlink()
         for path in sorted(self.new.iterdir()):
-            entry = json.loads(path.read_text())
-            self._remember(int(path.stem), entry["project"], entry["label"], entry["document"])
-            self.saved[int(path.stem)] = (entry.get("saved_at"), entry.get("saved_by", ""))
-        failed = Path(directory) / "failed"  # refused saves kept aside by the forwarder: never numbered again
-        used = [int(p.stem) for p in failed.iterdir() if p.stem.isdigit()] if failed.is_dir() else []
+            try:  # each was fsynced before its rename: only a damaged disk or a stray file fails here
+                seq = int(path.name.removesuffix(".json")) if path.name.endswith(".json") else int("not a save")
+                entry = json.loads(path.read_text())
+                project, label, document = entry["project"], entry["label"], entry["document"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:  # kept aside: the relay still starts
+                damaged = Path(directory) / "damaged"
+                damaged.mkdir(mode=0o700, exist_ok=True)
+                os.replace(path, damaged / path.name)
+                log.error("%s is no save the relay can read (%s): moved to %s", path, exc, damaged)
+                continue
+            self._remember(seq, project, label, document)
+            self.saved[seq] = (entry.get("saved_at"), entry.get("saved_by", ""))
+        # saves kept aside (refused by the store, or damaged): their numbers are never given again
+        used = [int(p.stem) for aside in ("failed", "damaged") if (Path(directory) / aside).is_dir()
+                for p in (Path(directory) / aside).iterdir() if p.stem.isdigit()]
         self._next = max([*self.documents, *used], default=0) + 1
 
     def _remember(self, seq, project, label, document):

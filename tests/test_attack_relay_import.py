@@ -326,6 +326,26 @@ def test_refused_saves_kept_aside_are_not_overwritten_after_a_restart(tmp_path):
     assert Spool(tmp_path / "spool").put("P", "next", {"label": "next"}) == 3
 
 
+def test_a_damaged_spool_file_does_not_stop_the_relay_from_starting(relay_dir):
+    """An empty save file (a damaged disk) or a stray file in DIR/spool/new stopped every start of
+    the relay with a traceback, and the good saves behind it were never forwarded."""
+    new = relay_dir / "spool" / "new"
+    new.mkdir(parents=True)
+    good = {"project": "P", "label": "good", "document": {"label": "good"}, "saved_at": time.time(), "saved_by": ""}
+    (new / "000000000001.json").write_text(json.dumps(good))
+    (new / "000000000002.json").write_text("")
+    (new / "notes.txt").write_text("a file someone left here\n")
+    started = start_relay(relay_dir)
+    assert started.returncode == 0, started.stderr
+    client = RelayClient(relay_dir)
+    user, _, password = (relay_dir / "token").read_text().strip().partition(":")
+    assert status(client.url(), user, password)["waiting"] == 1
+    assert sorted(p.name for p in (relay_dir / "spool" / "damaged").iterdir()) == ["000000000002.json", "notes.txt"]
+    assert json.loads(client.call("GET", "/P/good/")[1]) == {"label": "good"}  # from the spool
+    assert client.call("PUT", "/P/next/", {"label": "next"})[0] == 201  # numbered after the good one
+    assert sorted(p.name for p in new.iterdir()) == ["000000000001.json", "000000000003.json"]
+
+
 @pytest.fixture
 def full_disk(tmp_path, request):
     """A 2 MB tmpfs for the relay's directory, and a way to fill it and free it."""
