@@ -12,7 +12,6 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -62,7 +61,8 @@ TAGS = """CREATE TABLE django_store_tag (id INTEGER PRIMARY KEY, name);
           INSERT INTO django_store_taggeditem VALUES (1, 1, 2, 1); INSERT INTO django_store_taggeditem VALUES (2, 2, 2, 1);"""
 
 CRAFTED = {  # name: (arguments of sumatra_store, what the one-line error says)
-    "nested_too_deeply": ({"launch_parameters": "-" * 1_000_000 + "1"}, "record 'b' (db_id 2): cannot read the stored"),
+    "nested_too_deeply": ({"launch_parameters": "-" * 1_000_000 + "1"},
+                          "record 'b' (db_id 2): cannot read the stored"),
     "brackets_too_deep": ({"launch_parameters": "[" * 100_000}, "record 'b' (db_id 2): cannot read the stored"),
     "a_number_for_text": ({"launch_parameters": 5}, "record 'b' (db_id 2): cannot read the stored launch mode '5'"),
     "no_time": ({"timestamp": "not a time"}, "record 'b' (db_id 2): Invalid isoformat string"),
@@ -173,8 +173,8 @@ def test_a_crafted_shelve_store_does_not_run_its_code(how, tmp_path, dst):
     ran = tmp_path / "it-ran"
     evil = Evil(os.system, f"touch {ran}") if how == "os_system" else \
         Evil(builtins.exec, f"import pathlib; pathlib.Path({str(ran)!r}).touch()")
-    with shelve.open(str(tmp_path / "records")) as store:
-        store["P"] = {"r1": evil}
+    with shelve.open(str(tmp_path / "records")) as shelf:
+        shelf["P"] = {"r1": evil}
     done = db_cli("import", tmp_path / "records", "--path", dst, timeout=CLI_TIMEOUT)
     assert not ran.exists(), "the crafted store ran its command"
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
@@ -410,10 +410,10 @@ def test_a_full_disk_does_not_stop_the_forwarder(full_disk, store):
     """The store is up again, but the relay's disk is full: the copy it keeps of a forwarded save
     cannot be written. The forwarder thread died of that (OSError), and no save was forwarded again."""
     directory, fill, free = full_disk
-    served, restart = store
-    served.proc.kill()
-    served.proc.wait(30)
-    assert start_relay(directory, to=served.url("ada")).returncode == 0
+    server, restart = store
+    server.proc.kill()
+    server.proc.wait(30)
+    assert start_relay(directory, to=server.url("ada")).returncode == 0
     client = RelayClient(directory)
     docs = [{"label": f"r{i}", "stdout_stderr": "z" * 50000} for i in range(3)]
     for doc in docs:
@@ -425,7 +425,7 @@ def test_a_full_disk_does_not_stop_the_forwarder(full_disk, store):
     free()
     assert client.call("PUT", "/P/after/", {"label": "after"})[0] == 201
     wait_for(lambda: status(client.url(), user, password)["waiting"] == 0, 60, "the next save forwarded")
-    with balsamdb.connect(served.path) as db:
+    with balsamdb.connect(server.path) as db:
         assert sorted(db.records.labels("P")) == ["after", "r0", "r1", "r2"]
 
 
@@ -466,10 +466,10 @@ def test_sigkill_at_random_moments_during_16_concurrent_saves(store, relay_dir):
     retrying a save until it is answered; meanwhile the relay is SIGKILLed at random moments and
     started again.  Afterwards every answered save is a version in the store, exactly once, in
     the order answered: the versions of each record are saves 1..N, N its last answered save."""
-    served, _restart = store
+    server, _restart = store
     seed = int(os.environ.get("BALSAMDB_ATTACK_SEED", str(random.randrange(10**6))))
     chance = random.Random(seed)
-    assert start_relay(relay_dir, to=served.url("ada")).returncode == 0
+    assert start_relay(relay_dir, to=server.url("ada")).returncode == 0
     client = RelayClient(relay_dir)
     user, _, password = (relay_dir / "token").read_text().strip().partition(":")
     end = time.monotonic() + SAVE_WINDOW
@@ -505,7 +505,7 @@ def test_sigkill_at_random_moments_during_16_concurrent_saves(store, relay_dir):
         time.sleep(chance.uniform(0.2, 1.5))  # wait-ok: a random moment for the next SIGKILL
         kill9(relay_pid(relay_dir))
         kills += 1
-        started = start_relay(relay_dir, to=served.url("ada"))
+        started = start_relay(relay_dir, to=server.url("ada"))
         assert started.returncode == 0, started.stderr
     for thread in threads:
         thread.join(120)
@@ -514,7 +514,7 @@ def test_sigkill_at_random_moments_during_16_concurrent_saves(store, relay_dir):
     wait_for(lambda: status(client.url(), user, password)["waiting"] == 0, 120, "the relay to forward its spool")
     drain = time.monotonic() - drain
     total = sum(len(v) for v in answered.values())
-    with balsamdb.connect(served.path) as db:
+    with balsamdb.connect(server.path) as db:
         stored = 0
         for label, numbers in answered.items():
             versions = db.records.versions("Stress", label)
