@@ -357,12 +357,15 @@ def full_disk(tmp_path, request):
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
 
     def unmount():
+        try:  # the relay this test started, by its pid, should --stop fail on the full disk
+            pid = relay_pid(mount / "relay")
+        except (OSError, ValueError):
+            pid = None
         db_cli("relay", "--stop", "--dir", mount / "relay")
-        for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
+        if pid is not None:
             try:
-                if str(mount) in open(f"/proc/{pid}/cmdline").read().replace("\0", " "):
-                    os.kill(int(pid), signal.SIGKILL)
-            except OSError:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
                 pass
         subprocess.run(["umount", "-l", str(mount)], timeout=30)
     request.addfinalizer(unmount)
