@@ -56,6 +56,8 @@ def _utc(value):
         return None
     if isinstance(value, str):
         value = datetime.fromisoformat(value.strip())
+    if not isinstance(value, datetime):
+        raise ValueError(f"the time {value!r} is not a time")
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc).strftime(TIME_FORMAT)
@@ -65,8 +67,8 @@ def _literal(text, what):
     """A dict that Sumatra stored as its repr (``str(obj.__getstate__())``), read without eval."""
     try:
         value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        raise TransferError(f"cannot read the stored {what} {text[:80]!r}") from None
+    except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):  # a crafted store: too deep, not text
+        raise TransferError(f"cannot read the stored {what} {str(text)[:80]!r}") from None
     return value
 
 
@@ -128,9 +130,34 @@ def _links(tables, table, column):
     return links
 
 
-def read_tables(tables):
+# What a damaged or crafted store makes the reading below raise (a missing column, a value of
+# another type, a time that is no time, a value nested too deeply): one line, nothing imported.
+BAD_STORE = (KeyError, TypeError, ValueError, AttributeError, RecursionError, MemoryError)
+
+
+def _what_is_wrong(exc):
+    if isinstance(exc, KeyError):
+        return f"a column {exc.args[0]!r} is missing"
+    if isinstance(exc, (RecursionError, MemoryError)):
+        return "a value is nested too deeply or is too large to read"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def read_tables(tables, name="the store"):
     """``(projects, records)``: ``[{"name", "description"}]`` of every project and
-    ``[(project, document)]`` of every record, from the tables of a Sumatra Django store."""
+    ``[(project, document)]`` of every record, from the tables of a Sumatra Django store.
+    A store that cannot be read so (a damaged or crafted one) is a TransferError naming the
+    table or record: nothing is read from it."""
+    try:
+        return _read_tables(tables)
+    except TransferError as exc:
+        raise TransferError(f"cannot read {name}: {exc}; nothing was imported") from None
+    except BAD_STORE as exc:
+        raise TransferError(f"cannot read {name} as Sumatra's Django record store: {_what_is_wrong(exc)}; "
+                            "nothing was imported") from None
+
+
+def _read_tables(tables):
     for table, needed in NEEDED.items():
         missing = needed - tables.columns.get(table, set())
         if missing:
@@ -155,50 +182,65 @@ def read_tables(tables):
     tags = _tags(tables)
     records = []
     for row in tables.rows("django_store_record", order="project_id, label, db_id"):
-        rid = row["db_id"]
-        executable = executables.get(row.get("executable_id"))
-        repository = repositories.get(row.get("repository_id"))
-        input_keys = sorted((keys_by_id[k] for k in inputs.get(rid, []) if k in keys_by_id),
-                            key=lambda k: (k["path"], k["id"]))
-        document = {
-            "label": row["label"],
-            "timestamp": _utc(row["timestamp"]),
-            "reason": row.get("reason", ""),
-            "duration": row.get("duration"),
-            "executable": None if executable is None else {
-                "path": executable["path"], "version": executable["version"], "name": executable["name"],
-                "options": executable.get("options", "")},
-            "repository": None if repository is None else {
-                "url": repository["url"], "type": repository["type"], "upstream": repository.get("upstream")},
-            "main_file": row.get("main_file", ""),
-            "version": row.get("version", ""),
-            "parameters": _parameters(parameter_sets.get(row.get("parameters_id"))),
-            "input_data": [_key(k) for k in input_keys],
-            "script_arguments": row.get("script_arguments", ""),
-            "launch_mode": _state(launch_modes.get(row.get("launch_mode_id")), "launch mode"),
-            "datastore": _state(datastores.get(row.get("datastore_id")), "data store"),
-            "input_datastore": _state(datastores.get(row.get("input_datastore_id")), "input data store")
-            if "input_datastore_id" in row else {"type": "FileSystemDataStore", "parameters": {"root": "/"}},
-            "outcome": row.get("outcome") or "",
-            "stdout_stderr": row.get("stdout_stderr", ""),
-            "output_data": [_key(k) for k in outputs.get(rid, [])],
-            "tags": tags.get(rid, []),
-            "diff": row.get("diff", ""),
-            "user": row.get("user", ""),
-            "dependencies": [{"path": d["path"], "version": d["version"], "name": d["name"], "module": d["module"],
-                              "diff": d["diff"], "source": d.get("source")}
-                             for d in sorted((dependencies[i] for i in needs.get(rid, []) if i in dependencies),
-                                             key=lambda d: (d["name"], d["id"]))],
-            "platforms": [{"system_name": p["system_name"], "ip_addr": p["ip_addr"],
-                           "architecture_bits": p["architecture_bits"], "machine": p["machine"],
-                           "architecture_linkage": p["architecture_linkage"], "version": p["version"],
-                           "release": p["release"], "network_name": p["network_name"], "processor": p["processor"]}
-                          for p in sorted((platforms[i] for i in runs_on.get(rid, []) if i in platforms),
-                                          key=lambda p: p["id"])],
-            "repeats": row.get("repeats"),
-        }
-        records.append((row["project_id"], document))
+        try:
+            records.append((row["project_id"], _document(row, tags, executables, repositories, parameter_sets,
+                                                         launch_modes, datastores, keys_by_id, inputs, outputs,
+                                                         dependencies, needs, platforms, runs_on)))
+        except BAD_STORE as exc:
+            raise TransferError(f"record {row['label']!r} (db_id {row['db_id']}): {_what_is_wrong(exc)}") from None
+        except TransferError as exc:
+            raise TransferError(f"record {row['label']!r} (db_id {row['db_id']}): {exc}") from None
     return projects, records
+
+
+def _document(row, tags, executables, repositories, parameter_sets, launch_modes, datastores, keys_by_id, inputs,
+              outputs, dependencies, needs, platforms, runs_on):
+    """One record of the store as the document ``smt`` sends for it."""
+    if not isinstance(row["label"], str) or not row["label"]:
+        raise TransferError("its label is not a non-empty text")
+    rid = row["db_id"]
+    executable = executables.get(row.get("executable_id"))
+    repository = repositories.get(row.get("repository_id"))
+    input_keys = sorted((keys_by_id[k] for k in inputs.get(rid, []) if k in keys_by_id),
+                        key=lambda k: (k["path"], k["id"]))
+    document = {
+        "label": row["label"],
+        "timestamp": _utc(row["timestamp"]),
+        "reason": row.get("reason", ""),
+        "duration": row.get("duration"),
+        "executable": None if executable is None else {
+            "path": executable["path"], "version": executable["version"], "name": executable["name"],
+            "options": executable.get("options", "")},
+        "repository": None if repository is None else {
+            "url": repository["url"], "type": repository["type"], "upstream": repository.get("upstream")},
+        "main_file": row.get("main_file", ""),
+        "version": row.get("version", ""),
+        "parameters": _parameters(parameter_sets.get(row.get("parameters_id"))),
+        "input_data": [_key(k) for k in input_keys],
+        "script_arguments": row.get("script_arguments", ""),
+        "launch_mode": _state(launch_modes.get(row.get("launch_mode_id")), "launch mode"),
+        "datastore": _state(datastores.get(row.get("datastore_id")), "data store"),
+        "input_datastore": _state(datastores.get(row.get("input_datastore_id")), "input data store")
+        if "input_datastore_id" in row else {"type": "FileSystemDataStore", "parameters": {"root": "/"}},
+        "outcome": row.get("outcome") or "",
+        "stdout_stderr": row.get("stdout_stderr", ""),
+        "output_data": [_key(k) for k in outputs.get(rid, [])],
+        "tags": tags.get(rid, []),
+        "diff": row.get("diff", ""),
+        "user": row.get("user", ""),
+        "dependencies": [{"path": d["path"], "version": d["version"], "name": d["name"], "module": d["module"],
+                          "diff": d["diff"], "source": d.get("source")}
+                         for d in sorted((dependencies[i] for i in needs.get(rid, []) if i in dependencies),
+                                         key=lambda d: (d["name"], d["id"]))],
+        "platforms": [{"system_name": p["system_name"], "ip_addr": p["ip_addr"],
+                       "architecture_bits": p["architecture_bits"], "machine": p["machine"],
+                       "architecture_linkage": p["architecture_linkage"], "version": p["version"],
+                       "release": p["release"], "network_name": p["network_name"], "processor": p["processor"]}
+                      for p in sorted((platforms[i] for i in runs_on.get(rid, []) if i in platforms),
+                                      key=lambda p: p["id"])],
+        "repeats": row.get("repeats"),
+    }
+    return document
 
 
 def _dict_rows(cursor, sql):
@@ -235,7 +277,7 @@ def read_sqlite(path, wait=None):
         con.execute("BEGIN")
         cursor = con.cursor()
         tables = Tables(sqlite_tables(con), lambda sql: _dict_rows(cursor, sql))
-        return read_tables(tables)
+        return read_tables(tables, path)
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
             raise locked(path, wait) from None
@@ -263,7 +305,7 @@ def read_postgres(params, name):
             columns = {}
             for table, column in cursor.fetchall():
                 columns.setdefault(table, set()).add(column)
-            return read_tables(Tables(columns, lambda sql: _dict_rows(cursor, sql)))
+            return read_tables(Tables(columns, lambda sql: _dict_rows(cursor, sql)), name)
     except psycopg2.Error as exc:
         raise TransferError(f"cannot read {name}: {str(exc).strip()}") from None
     finally:

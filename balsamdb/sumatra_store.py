@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 import tempfile
@@ -50,8 +51,22 @@ def is_sumatra_django_store(path, first_bytes):
         if "locked" in str(exc):
             raise locked(path, LOCK_WAIT) from None
         return False
+    except sqlite3.DatabaseError as exc:  # a truncated or damaged SQLite file: say so, not "no end line"
+        raise TransferError(f"cannot read {path}: a SQLite file that SQLite cannot read ({exc}); "
+                            "nothing was imported") from None
     except sqlite3.Error:
         return False
+
+
+def _refuse_special(path):
+    """TransferError when ``path`` (symlinks followed) is there but is no regular file: a FIFO,
+    a device such as /dev/zero, a socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise TransferError(f"{path} is not a regular file (a FIFO, a device or a socket): nothing was imported")
 
 
 def store_kind(path):
@@ -61,6 +76,8 @@ def store_kind(path):
     import dbm
 
     path = Path(path)
+    for candidate in (path, *(Path(f"{path}{suffix}") for suffix in (".pag", ".dir", ".db", ".dat"))):
+        _refuse_special(candidate)  # what dbm.whichdb and the import open: a FIFO would block them for ever
     if path.is_file():
         with open(path, "rb") as handle:
             if is_sumatra_django_store(path, handle.read(len(SQLITE_MAGIC))):
@@ -110,13 +127,41 @@ def read_sumatra_store(path, kind, name=None):
     return pairs
 
 
+# What a shelve store's pickles may name: Sumatra's classes and the plain types they hold.  Any
+# other global (os.system, builtins.eval, ...) is refused: a crafted store must not run code.
+SAFE_GLOBALS = {("datetime", n) for n in ("datetime", "date", "time", "timedelta", "timezone")} | {
+    ("builtins", n) for n in ("set", "frozenset", "object", "dict", "list", "tuple", "str", "int", "float",
+                              "bool", "bytes", "bytearray", "complex")} | {
+    ("copyreg", "_reconstructor"), ("collections", "OrderedDict"), ("_codecs", "encode")}
+
+
+def _restricted_unpickler():
+    import pickle
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) in SAFE_GLOBALS:
+                return super().find_class(module, name)
+            if module == "sumatra" or module.startswith("sumatra."):
+                found = super().find_class(module, name)
+                if isinstance(found, type):  # a class of Sumatra's, never one of its functions
+                    return found
+            raise pickle.UnpicklingError(f"the store names {module}.{name}, which a Sumatra record never holds: "
+                                         "refused (a crafted store?)")
+    return Restricted
+
+
 def _print_records(kind, path):
     """In the child: print every record of the store as one JSON line."""
+    import shelve
+
     from sumatra.recordstore import serialization
 
     if kind != "shelve":
         raise BadRequest(f"unknown kind of Sumatra store {kind!r}")
     from sumatra.recordstore.shelve_store import ShelveRecordStore
+
+    shelve.Unpickler = _restricted_unpickler()  # what shelve.Shelf unpickles each value with
 
     store = ShelveRecordStore(shelf_name=path)
     out = sys.stdout

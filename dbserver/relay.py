@@ -43,7 +43,7 @@ from balsamdb.backoff import delay_after
 from balsamdb.remote import redact, split_url
 
 from .http_store.process import run_until_sigterm
-from .relay_spool import Cache, Spool, make_token
+from .relay_spool import Cache, Spool, SpoolError, make_token
 
 log = logging.getLogger("balsamdb.server.relay")
 
@@ -119,6 +119,10 @@ class Forwarder(threading.Thread):
                 self.store_up = False
                 self.stopping.wait(delay_after(failures, 0.2, MAX_BACKOFF))  # wait-ok: retry interval while the store is down
                 failures += 1
+            except Exception:  # a full disk, an odd answer: the save stays in the spool, the thread goes on
+                log.exception("forwarding save %s failed; it stays in the spool and is tried again", item[0])
+                self.stopping.wait(delay_after(failures, 0.2, MAX_BACKOFF))  # wait-ok: retry interval after an unexpected failure
+                failures += 1
 
     def forward(self, seq, project, label, document):
         if project not in self.known_projects:
@@ -136,7 +140,10 @@ class Forwarder(threading.Thread):
         status, answer = self.upstream.request("PUT", _path(project, label), body,
                                                "application/vnd.sumatra.record-v4+json", extra)
         if status in (200, 201, 202):  # 202: a balsamdb store keeps it in its own spool, durably
-            self.cache.put(project, label, document)
+            try:
+                self.cache.put(project, label, document)
+            except OSError as exc:  # the copy for reads while the store is down; the save itself is stored
+                log.warning("could not keep a copy of %r in %r in the cache: %s", label, project, exc)
             self.forwarded += 1
         else:  # refused for good (400, 401, 403, 409, 413): kept aside, never retried in a loop
             failed = self.spool.new.parent / "failed"
@@ -242,7 +249,11 @@ def create_app(directory, upstream_url):
             if not isinstance(document, dict) or document.get("label") != label:
                 return reply({"error": "the record's label differs from the label in the URL"}, 400)
             new = spool.latest(project, label) is None and cache.get(project, label) is None
-            spool.put(project, label, document, saved_by=f"{user}@{HOST}")
+            try:
+                spool.put(project, label, document, saved_by=f"{user}@{HOST}")
+            except SpoolError as exc:  # 507 Insufficient Storage: refused, smt says the save failed
+                log.error("%s", exc)
+                return reply({"error": str(exc)}, 507)
             projects_seen.add(project)
             forwarder.wake.set()
             return reply({"project": project, "label": label, "spooled": True}, 201 if new else 200)

@@ -3,6 +3,7 @@ forwarded yet, and its cache of the last known document of each record."""
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import stat
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 from balsamdb.exceptions import ConfigError
+
+log = logging.getLogger("balsamdb.server.relay")
 
 def _fsync_dir(path):
     fd = os.open(path, os.O_RDONLY)
@@ -26,21 +29,40 @@ def make_token(directory):
     A token file that others may read or write (any group or other permission bit), that
     another user owns, or that holds no ``user:password`` is refused (ConfigError), as ssh
     refuses a private key that others can read."""
-    path = Path(directory) / "token"
-    if not path.exists():
+    directory = Path(directory)
+    path = directory / "token"
+    info = directory.stat()
+    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o022:
+        raise ConfigError(f"{directory} belongs to user id {info.st_uid} with mode {stat.S_IMODE(info.st_mode):04o}: "
+                          "others could change the relay's token and spool; give the relay a directory of yours "
+                          "that only you may write")
+    if not os.path.lexists(path):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(f"relay:{secrets.token_urlsafe(18)}\n")
-    info = path.stat()
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        raise ConfigError(f"{path} is mode {stat.S_IMODE(info.st_mode):04o}: others may read the relay's password; "
-                          f"make it 0600 (chmod 600 {path}) and start again")
-    if info.st_uid != os.getuid():
-        raise ConfigError(f"{path} belongs to user id {info.st_uid}, not to you ({os.getuid()})")
-    user, _, password = path.read_text().strip().partition(":")
+    try:  # the file itself, never what a symlink points to; a FIFO must not block the start
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ConfigError(f"{path} cannot be opened ({exc.strerror}): the token must be a plain file, "
+                          "not a symlink") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())  # what is read is what was checked
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path} is not a plain file")
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            raise ConfigError(f"{path} is mode {stat.S_IMODE(info.st_mode):04o}: others may read the relay's "
+                              f"password; make it 0600 (chmod 600 {path}) and start again")
+        if info.st_uid != os.getuid():
+            raise ConfigError(f"{path} belongs to user id {info.st_uid}, not to you ({os.getuid()})")
+        text = handle.read(4096).decode("utf-8", "replace")
+    user, _, password = text.strip().partition(":")
     if not user or not password:
         raise ConfigError(f"{path} must hold one line user:password")
     return user, password
+
+
+class SpoolError(Exception):
+    """A save that could not be kept in the spool (a full disk): refused, never answered."""
 
 
 class Spool:
@@ -54,11 +76,25 @@ class Spool:
         self.pending = {}  # (project, label) -> [sequence numbers], oldest first
         self.documents = {}  # sequence -> (project, label, document)
         self.saved = {}  # sequence -> (UNIX time the save was answered, or None for an old spool file; by whom)
+        for path in self.tmp.iterdir():  # a save cut short by a crash: never answered, so never kept
+            path.unlink()
         for path in sorted(self.new.iterdir()):
-            entry = json.loads(path.read_text())
-            self._remember(int(path.stem), entry["project"], entry["label"], entry["document"])
-            self.saved[int(path.stem)] = (entry.get("saved_at"), entry.get("saved_by", ""))
-        self._next = max(self.documents, default=0) + 1
+            try:  # each was fsynced before its rename: only a damaged disk or a stray file fails here
+                seq = int(path.name.removesuffix(".json")) if path.name.endswith(".json") else int("not a save")
+                entry = json.loads(path.read_text())
+                project, label, document = entry["project"], entry["label"], entry["document"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:  # kept aside: the relay still starts
+                damaged = Path(directory) / "damaged"
+                damaged.mkdir(mode=0o700, exist_ok=True)
+                os.replace(path, damaged / path.name)
+                log.error("%s is no save the relay can read (%s): moved to %s", path, exc, damaged)
+                continue
+            self._remember(seq, project, label, document)
+            self.saved[seq] = (entry.get("saved_at"), entry.get("saved_by", ""))
+        # saves kept aside (refused by the store, or damaged): their numbers are never given again
+        used = [int(p.stem) for aside in ("failed", "damaged") if (Path(directory) / aside).is_dir()
+                for p in (Path(directory) / aside).iterdir() if p.stem.isdigit()]
+        self._next = max([*self.documents, *used], default=0) + 1
 
     def _remember(self, seq, project, label, document):
         self.pending.setdefault((project, label), []).append(seq)
@@ -74,13 +110,19 @@ class Spool:
             saved_at = time.time()
             data = json.dumps({"project": project, "label": label, "document": document, "saved_at": saved_at,
                                "saved_by": saved_by}, ensure_ascii=False)
-            fd = os.open(self.tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.rename(self.tmp / name, self.new / name)
-            _fsync_dir(self.new)
+            try:
+                fd = os.open(self.tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.rename(self.tmp / name, self.new / name)
+                _fsync_dir(self.new)
+            except OSError as exc:  # a full disk: the save is refused (SpoolError), nothing half kept
+                for leftover in (self.tmp / name, self.new / name):
+                    leftover.unlink(missing_ok=True)
+                raise SpoolError(f"the relay could not keep the save in its spool ({exc.strerror or exc}); "
+                                 "it was not saved: try again") from None
             self._remember(seq, project, label, document)
             self.saved[seq] = (saved_at, saved_by)
         return seq

@@ -150,6 +150,12 @@ def _add_version(fast, record_id, text, when, saved_by, number=None):
     return number
 
 
+def _last_saved_at(record_id):
+    """The time of the newest version of record ``record_id`` (0 when it has none)."""
+    return (RecordVersion.select(pw.fn.MAX(RecordVersion.saved_at)).where(RecordVersion.record == record_id)
+            .scalar() or 0)
+
+
 @operation(write=True)
 def record_save(project, record, saved_by=None, saved_at=None):
     """Save a Sumatra record document in ``project`` (created if needed).
@@ -164,7 +170,8 @@ def record_save(project, record, saved_by=None, saved_at=None):
     stdout_stderr, tags, user, outcome, reason, repeats) is a conflict.
     ``tags`` "" or null mean no tags.  ``saved_at`` (UNIX seconds): when the
     save was made, if earlier than now (``db relay`` forwards a save it answered
-    before); the new version's time, never later than now.  Returns
+    before); the new version's time, never later than now and never earlier than
+    the record's version before it (versions stay in time order).  Returns
     ``{"created": bool, "version": n}``.
     """
     project = check_project_name(project)
@@ -195,6 +202,8 @@ def record_save(project, record, saved_by=None, saved_at=None):
         values = dict(columns, document=document, updated_at=when)
         fast.execute(fast.update_record, [values[c] for c in fast.record_update_columns] + [record_id])
         fast.execute(fast.delete_record_tags, (record_id,))
+        if saved_at is not None:  # dated by the writer: never before the version it follows
+            saved = max(saved, _last_saved_at(record_id))
         version = _add_version(fast, record_id, document, saved, saved_by)
         created = False
     for tag in tags:
