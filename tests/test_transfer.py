@@ -164,6 +164,18 @@ def test_items_stamped_in_the_future_are_still_verified(sqlite_dir):
         b.close()
 
 
+def test_an_imported_label_is_checked_like_a_saved_one(sqlite_dir):
+    """An import takes no label that a save would refuse (it had let control characters through)."""
+    dst = sqlite_dir("dst")
+    good = {"kind": "record", "project": "P", "label": "ok", "document": {"label": "ok"},
+            "created_at": 1.0, "updated_at": 1.0}
+    bad = dict(good, label="r2\x01bad", document={"label": "r2\x01bad"})
+    with balsamdb.connect(dst) as db:
+        with pytest.raises(balsamdb.BadRequest, match="control characters"):
+            db.call("import_items", items=[good, bad])
+        assert db.call("store_counts")["record"] == 0  # nothing of the refused batch was written
+
+
 def test_export_import_export_gives_identical_bytes(sqlite_dir, pg_url, tmp_path):
     src = sqlite_dir("src")
     with balsamdb.connect(src) as db:

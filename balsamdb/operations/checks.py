@@ -72,6 +72,14 @@ def check_project_name(name):
     return check_text(name, "project name", max_len=255)
 
 
+def check_record_label(value):
+    """A record label: text of 1 to 255 characters without control characters (a tab is allowed)."""
+    label = check_text(value, "record label", max_len=255)
+    if any(ord(c) < 32 and c != "\t" for c in label):
+        raise BadRequest("a record label may not hold control characters")
+    return label
+
+
 
 def check_flag(value, what):
     if value is not None and not isinstance(value, bool):

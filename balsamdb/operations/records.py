@@ -8,7 +8,8 @@ import peewee as pw
 from ..exceptions import BadRequest, Conflict, NotFound
 from ..models import Project, Record, RecordTag, RecordVersion, now
 from ..statements import statements
-from .checks import check_flag, check_number, check_project_name, check_saved_by, check_str_list, check_text
+from .checks import (check_flag, check_number, check_project_name, check_record_label, check_saved_by, check_str_list,
+                     check_text)
 from .registry import operation
 
 
@@ -177,9 +178,7 @@ def record_save(project, record, saved_by=None, saved_at=None):
     project = check_project_name(project)
     if not isinstance(record, dict):
         raise BadRequest("a record must be a JSON object")
-    label = check_text(record.get("label"), "record label", max_len=255)
-    if any(ord(c) < 32 and c not in "\t" for c in label):
-        raise BadRequest("a record label may not hold control characters")
+    label = check_record_label(record.get("label"))
     tags = record_tags(record)
     saved_by = check_saved_by(saved_by)
     fast = statements()

@@ -8,7 +8,8 @@ import peewee as pw
 from .. import states
 from ..exceptions import BadRequest
 from ..models import Job, JobStateChange, JobTag, Project, ProjectPermission, Record, RecordTag, RecordVersion, User
-from .checks import MAX_LIST, check_number, check_object, check_text, check_user_name, check_uuid, chunks
+from .checks import (MAX_LIST, check_number, check_object, check_record_label, check_text, check_user_name, check_uuid,
+                     chunks)
 from .jobs import JOB_FIELDS, JOB_KEYS
 from .records import compress, record_columns, record_tags, record_text
 from .registry import operation
@@ -42,7 +43,7 @@ def _clean_item(item):
                 "user": check_user_name(item.get("user"))}
     if kind == "record":
         document = check_object(item.get("document"), "document")
-        label = check_text(item.get("label"), "record label", max_len=255)
+        label = check_record_label(item.get("label"))
         if document.get("label") != label:
             raise BadRequest(f"record {label!r}: the document's label differs")
         record_tags(document)
