@@ -13,9 +13,9 @@ same form::
 
 with ``body`` = ``{"id", "ok": true, "result": ...}`` or
 ``{"id", "ok": false, "error": {"code", "type", "message"}}``; the error
-codes are the ``code`` attributes in :mod:`balsamdb.exceptions`.  Besides the
-operations of :mod:`balsamdb.operations`, the server answers ``ping`` and
-``status`` itself.  While the server applies spooled writes that arrived before a
+codes are the ``code`` attributes in :mod:`balsamdb.exceptions`.  The operations
+are those of :mod:`balsamdb.operations`; the server answers ``ping``, ``status`` and
+``spool_drain`` itself (registered with ``server=True``).  While the server applies spooled writes that arrived before a
 request, it may answer with a *holding reply* (:func:`holding_reply`): the request
 was not applied; the client sends it again on the same socket.  See docs/protocol.md.
 """
@@ -30,7 +30,16 @@ MAGIC = b"BDB1"
 _MAC_END = len(MAGIC) + 32
 #: Bytes of a frame around its body: the largest frame a server reads is ``max_request_bytes`` + this.
 ENVELOPE_BYTES = _MAC_END
-SERVER_OPS = ("ping", "status", "spool_drain")
+
+
+def __getattr__(name):
+    # SERVER_OPS: the operations the write server answers itself, from the registry (imported
+    # when first asked for: the registry imports the models, which the wire format does not need).
+    if name == "SERVER_OPS":
+        from .operations import SERVER_OPS
+
+        return SERVER_OPS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def holding_reply(request_id, pending):
@@ -115,6 +124,16 @@ def loads_strict(data, what="the message body"):
 def encode_body(secret, body):
     """The frames of a body that is already JSON text (bytes)."""
     return [MAGIC + sign(secret, body) + body]
+
+
+def reply(secret, request_id, answer, text=None):
+    """The frames of the answer to request ``request_id`` (None when the message was not
+    authentic): ``answer`` (a dict ``{"ok": ...}``), or, when given, ``text``: the JSON text
+    of that answer as it was stored with the write, sent as it is with only the id put in
+    front (no second encoding)."""
+    if text is not None:
+        return encode_body(secret, b'{"id":' + json.dumps(request_id).encode() + b"," + text.encode()[1:])
+    return encode(secret, {"id": request_id, **answer})
 
 
 def decode(secret, frames, max_bytes=None, strict=True):

@@ -23,7 +23,6 @@ def quoter(database):
 class Statements:
     def __init__(self, database):
         self._database = weakref.ref(database)  # the cache must not keep the database alive
-        self._pending = {}
         self.insert_job = self._insert(Job)
         self.job_columns = [f for f in Job._meta.sorted_fields]
         self.insert_history = self._insert(JobStateChange, skip=("id",))
@@ -64,29 +63,14 @@ class Statements:
                                f"{q('saved_by')}, {q('document')}) VALUES ({p}, {p}, {p}, {p}, {p})")
         self.project_write_once = f"SELECT {q('write_once')} FROM {project} WHERE {q('name')} = {p}"
 
-    deferring = False  # True during the applier's optimistic pass: inserts wait for flush()
-
     @property
     def database(self):
         return self._database()
 
-    def insert(self, statement, rows):
-        """Insert ``rows`` now, or, while :attr:`deferring`, at the next :meth:`flush`,
-        together with the same statement's rows of the other requests of the batch: one
-        call per table instead of one per request (on PostgreSQL, one round trip)."""
-        if self.deferring:
-            self._pending.setdefault(statement[0], (statement, []))[1].extend(rows)
-        else:
-            self.executemany(statement, rows)
-
-    def flush(self):
-        """Run the deferred inserts, in the order their statements were first used."""
-        pending, self._pending = self._pending, {}
-        for statement, rows in pending.values():
-            self.executemany(statement, rows)
-
-    def stop_deferring(self):
-        self.deferring, self._pending = False, {}
+    def deferred(self):
+        """A :class:`DeferredInserts` of this database: the ``insert`` that the applier gives
+        insert-only operations in its optimistic pass."""
+        return DeferredInserts(self)
 
     def execute(self, sql, params=()):
         """Run one prepared statement; returns the cursor."""
@@ -153,6 +137,25 @@ class Statements:
             sql = self.applied_prefix + "(" + ", ".join([self.param] * len(chunk)) + ")"
             found.update(self.database.execute_sql(sql, chunk).fetchall())
         return found
+
+
+class DeferredInserts:
+    """An ``insert`` that collects rows until :meth:`flush`: the rows of one statement from
+    every request of a batch go in one call (on PostgreSQL, one round trip) instead of one call
+    per request.  Made by the applier for one pass over a batch (never shared, never cached)."""
+
+    def __init__(self, fast):
+        self.fast = fast
+        self.pending = {}
+
+    def __call__(self, statement, rows):
+        self.pending.setdefault(statement[0], (statement, []))[1].extend(rows)
+
+    def flush(self):
+        """Run the deferred inserts, in the order their statements were first used."""
+        pending, self.pending = self.pending, {}
+        for statement, rows in pending.values():
+            self.fast.executemany(statement, rows)
 
 
 def statements(database=None):

@@ -6,13 +6,20 @@ from dataclasses import dataclass
 
 from ..exceptions import BadRequest
 
+#: Keyword-only parameters that the caller of an operation supplies, never the request:
+#: ``insert`` (how an insert-only operation inserts its rows, see :mod:`balsamdb.statements`)
+#: and ``server`` (the write server, for the operations it answers itself).
+INJECTED = ("insert", "server")
+
 
 @dataclass(frozen=True)
 class Operation:
     name: str
     function: object
     write: bool
-    signature: inspect.Signature
+    signature: inspect.Signature  # of the request's params (without the injected ones)
+    deferrable: bool = False      # insert-only: takes ``insert``; its rows may be inserted with the batch's
+    server: bool = False          # answered by the write server itself, outside any transaction
 
     @property
     def doc(self):
@@ -22,10 +29,12 @@ class Operation:
 OPERATIONS = {}
 
 
-def operation(write):
+def operation(write, deferrable=False, server=False):
     def register(function):
         name = function.__name__
-        OPERATIONS[name] = Operation(name, function, write, inspect.signature(function))
+        signature = inspect.signature(function)
+        signature = signature.replace(parameters=[p for p in signature.parameters.values() if p.name not in INJECTED])
+        OPERATIONS[name] = Operation(name, function, write, signature, deferrable, server)
         return function
 
     return register
