@@ -52,8 +52,8 @@ class StorageFailure(Exception):
         self.original = original
 
 
-def _dumps(answer):
-    return json.dumps(answer, separators=(",", ":"), ensure_ascii=False)
+# json.dumps(answer, separators=(",", ":"), ensure_ascii=False), without making an encoder per call.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def apply_requests(database, requests, savepoints=True):

@@ -65,8 +65,13 @@ def encode(secret, message):
 
     One frame, not three: every frame costs a separate send inside ZeroMQ,
     which measurably slows the round trip."""
-    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    body = _encode_json(message).encode()
     return [MAGIC + sign(secret, body) + body]
+
+
+# Made once: json.dumps with keyword arguments builds a new encoder on every call (same output).
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_encode_request_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 #: What to tell a caller whose data holds NaN or an infinity (JSON has no such values).
@@ -79,7 +84,7 @@ def dumps_request(message):
     before anything is sent or spooled, when it holds NaN or an infinity, which would be
     stored as invalid JSON (a float that cannot be a JSON number)."""
     try:
-        return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        return _encode_request_json(message).encode()
     except ValueError as exc:
         if "JSON compliant" not in str(exc):
             raise
@@ -105,6 +110,7 @@ def _finite_float(text):
 
 # Made once: json.loads with keyword arguments builds a new decoder on every call (as slow as the parse).
 _STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+_PLAIN_JSON = json.JSONDecoder()
 
 
 def loads_strict(data, what="the message body"):
@@ -162,7 +168,8 @@ def decode(secret, frames, max_bytes=None, strict=True):
         message = loads_strict(bytes(body))
     else:
         try:
-            message = json.loads(bytes(body))
+            # As json.loads(bytes) reads UTF-8, without its look for other encodings.
+            message = _PLAIN_JSON.decode(bytes(body).decode("utf-8", "surrogatepass"))
         except (ValueError, RecursionError):
             raise BadRequest("the message body is not valid JSON") from None
     if not isinstance(message, dict):

@@ -6,11 +6,13 @@ database's own quoting and parameter style, so the same code runs on SQLite and
 PostgreSQL.  Everything else uses peewee queries.
 """
 
+import json
+import operator
 import weakref
 
 import peewee as pw
 
-from .models import AppliedRequest, Job, JobStateChange, JobTag, Project, Record, RecordTag, RecordVersion
+from .models import AppliedRequest, Job, JobStateChange, JobTag, JSONText, Project, Record, RecordTag, RecordVersion
 
 _CACHE = weakref.WeakKeyDictionary()  # database -> Statements, gone with the database
 
@@ -89,15 +91,15 @@ class Statements:
         q = quoter(self.database)
         columns = ", ".join(q(f.column_name) for f in fields)
         values = ", ".join([self.database.param] * len(fields))
-        return f"INSERT INTO {q(model._meta.table_name)} ({columns}) VALUES ({values})", fields
+        return f"INSERT INTO {q(model._meta.table_name)} ({columns}) VALUES ({values})", fields, _row_params(fields)
 
     def executemany(self, statement, rows):
         """Insert ``rows`` (dicts keyed by field name) with one prepared statement.
 
         On PostgreSQL several rows go as one multi-row INSERT (one round trip);
         psycopg2's executemany would send one statement per row."""
-        sql, fields = statement
-        params = [tuple(f.db_value(row[f.name]) for f in fields) for row in rows]
+        sql, _fields, row_params = statement
+        params = row_params(rows)
         with pw.__exception_wrapper__:
             cursor = self.database.cursor()
             if self.postgres and len(params) > 1:
@@ -137,6 +139,35 @@ class Statements:
             sql = self.applied_prefix + "(" + ", ".join([self.param] * len(chunk)) + ")"
             found.update(self.database.execute_sql(sql, chunk).fetchall())
         return found
+
+
+# What JSONText.db_value writes (json.dumps with these arguments), without making an encoder per value.
+_json_text = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _row_params(fields):
+    """The function that makes the parameter tuples of ``rows`` (dicts keyed by field name) for
+    ``fields``: the values as they are, and the JSON columns as JSON text.  Peewee's per-value
+    ``db_value`` (a method call per value, ``str(s)`` of a string) cost more than the insert; the
+    rows of the hot path hold clean values already (see ``operations.checks``)."""
+    get = operator.itemgetter(*[f.name for f in fields])
+    encoded = [i for i, f in enumerate(fields) if isinstance(f, JSONText)]
+    if len(fields) == 1:
+        return lambda rows: [(fields[0].db_value(row[fields[0].name]),) for row in rows]
+    if not encoded:
+        return lambda rows: [get(row) for row in rows]
+
+    def row_params(rows):
+        out = []
+        for row in rows:
+            values = list(get(row))
+            for i in encoded:
+                value = values[i]
+                values[i] = None if value is None else _json_text(value)
+            out.append(values)
+        return out
+
+    return row_params
 
 
 class DeferredInserts:
