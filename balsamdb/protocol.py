@@ -23,6 +23,7 @@ was not applied; the client sends it again on the same socket.  See docs/protoco
 import hmac
 import json
 import math
+import re
 
 from .exceptions import AuthenticationError, BadRequest
 
@@ -111,6 +112,12 @@ def _finite_float(text):
 # Made once: json.loads with keyword arguments builds a new decoder on every call (as slow as the parse).
 _STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 _PLAIN_JSON = json.JSONDecoder()
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+try:
+    import orjson as _orjson
+except ImportError:  # an optional speed-up: the same answers without it
+    _orjson = None
 
 
 def loads_strict(data, what="the message body"):
@@ -125,6 +132,20 @@ def loads_strict(data, what="the message body"):
         if "JSON number" in str(exc) or "too large" in str(exc):
             raise BadRequest(f"{what} holds NaN or an infinity ({exc}); {NON_FINITE_ADVICE}") from None
         raise BadRequest(f"{what} is not valid JSON: {exc}") from None
+
+
+def loads_answer(body):
+    """Parse the JSON text (bytes) of an answer as ``json.loads`` does, faster: with orjson (about
+    four times faster on a job answer) where it gives the same value, else with json.  orjson
+    refuses what json reads leniently (NaN, a lone surrogate: json reads them then) and reads an
+    integer of 19 digits or more as a float (a run of 19 digits anywhere sends the text to json)."""
+    if _orjson is not None and _LONG_DIGITS.search(body) is None:
+        try:
+            return _orjson.loads(body)
+        except _orjson.JSONDecodeError:
+            pass
+    # As json.loads(bytes) reads UTF-8, without its look for other encodings.
+    return _PLAIN_JSON.decode(body.decode("utf-8", "surrogatepass"))
 
 
 def encode_body(secret, body):
@@ -168,8 +189,7 @@ def decode(secret, frames, max_bytes=None, strict=True):
         message = loads_strict(bytes(body))
     else:
         try:
-            # As json.loads(bytes) reads UTF-8, without its look for other encodings.
-            message = _PLAIN_JSON.decode(bytes(body).decode("utf-8", "surrogatepass"))
+            message = loads_answer(bytes(body))
         except (ValueError, RecursionError):
             raise BadRequest("the message body is not valid JSON") from None
     if not isinstance(message, dict):
