@@ -103,9 +103,13 @@ class Statements:
         with pw.__exception_wrapper__:
             cursor = self.database.cursor()
             if self.postgres and len(params) > 1:
-                from psycopg2.extras import execute_values
-
-                execute_values(cursor, sql.rsplit(" VALUES ", 1)[0] + " VALUES %s", params, page_size=500)
+                # One INSERT of many rows, its parameters bound by one call into psycopg2 (C) per 500
+                # rows: execute_values bound each row by a call of its own (mogrify).
+                head, row = sql.rsplit(" VALUES ", 1)
+                for start in range(0, len(params), 500):
+                    page = params[start:start + 500]
+                    cursor.execute(f"{head} VALUES {','.join([row] * len(page))}",
+                                   [value for values in page for value in values])
             else:
                 cursor.executemany(sql, params)
 
