@@ -71,3 +71,24 @@ def test_replies_carry_the_id_whether_encoded_now_or_stored():
     refused = Request(None, None, None, envelope=[b"peer"]).refuse(BadRequest("no").to_dict())
     frames = refused.reply(SECRET)
     assert frames[0] == b"peer" and protocol.decode(SECRET, frames[1:])["id"] is None
+
+
+def test_the_quick_parameter_check_agrees_with_the_signature():
+    """bind_params answers most requests without Signature.bind: for every operation it accepts
+    and refuses what the signature does (no parameters, all, the required ones, one unknown)."""
+    from balsamdb.operations import bind_params
+
+    for op in OPERATIONS.values():
+        for params in ({}, {n: 1 for n in op.names}, {n: 1 for n in op.required},
+                       dict({n: 1 for n in op.required}, unknown=1)):
+            try:
+                op.signature.bind(**params)
+                expected = True
+            except TypeError:
+                expected = False
+            try:
+                bind_params(op, params)
+                accepted = True
+            except BadRequest:
+                accepted = False
+            assert accepted == expected, (op.name, params)
