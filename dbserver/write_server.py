@@ -7,7 +7,14 @@ its batch commits.  Spooled writes go first: a live request that arrives while f
 in ``spool/new`` is held until they are applied (see :mod:`balsamdb.server.spool_barrier`).
 Malformed and unauthenticated messages are answered with an error at once and never reach
 the database; a message over ``max_request_bytes`` is dropped unread by ZeroMQ, with its
-connection (see :func:`bound_memory`).
+connection (see :func:`balsamdb.server.server_setup.bound_memory`).
+
+Each message becomes one :class:`balsamdb.request.Request` here (:meth:`WriteServer.check`),
+which the rest fills in and answers: :mod:`.committer` (the database: group commit, failures,
+reconnecting, pruning old ids), :mod:`.spool_order` (spooled writes before live ones),
+:mod:`.server_ops` (ping, status, spool_drain), :mod:`.server_stats`, :mod:`.server_setup`
+(socket bounds, same-host socket, priority).  One thread does it all, the COMMIT included, so
+``strace -p PID`` (no ``-f`` needed) sees the server's fsyncs.
 
 Run by the watchdog as ``python -m balsamdb.server.write_server --path P ...``; it
 prints one JSON line ``{"port": N, "pid": N, "local_address": ..., "max_request_bytes": N}``
@@ -34,9 +41,7 @@ from balsamdb.spool import Spool
 
 from .committer import Committer
 from .server_ops import ServerOperations
-# Re-exported: the ceiling server and the tests import them from here.
-from .server_setup import (LOCAL_SOCKET, RECEIVE_HWM, bind_local, bound_memory, raise_open_files_limit,  # noqa: F401
-                           raise_priority, split_envelope)
+from .server_setup import bind_local, bound_memory, raise_open_files_limit, raise_priority, split_envelope
 from .server_stats import Stats
 from .spool_barrier import SpoolBarrier, SpoolCleaner
 from .spool_order import MAX_BATCH, SpoolOrder
