@@ -223,7 +223,13 @@ class WriteServer(SpoolOrder):
     def send(self, requests):
         """Send the answers of ``requests`` to their clients."""
         for request in requests:
-            self.socket.send_multipart(request.reply(self.secret))
+            try:
+                frames = request.reply(self.secret)
+            except Exception as exc:  # an answer that cannot be encoded (a bug) must not stop the loop
+                log.exception("the answer to %s could not be encoded", request)
+                frames = request.refuse(ServerError(f"the answer could not be encoded: {type(exc).__name__}")
+                                        .to_dict()).reply(self.secret)
+            self.socket.send_multipart(frames)
 
 
 def _handle_term(server):
