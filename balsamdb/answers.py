@@ -20,6 +20,7 @@ JSON text, as before.
 
 import hashlib
 import json
+import math
 import time
 import uuid
 
@@ -43,8 +44,17 @@ _NUMBERS = {name: (float if isinstance(field, pw.FloatField) else int)
             if isinstance(field, (pw.FloatField, pw.IntegerField)) and name in REST_KEYS}
 
 
-def _dumps(value):
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+# json.dumps(value, separators=(",", ":"), ensure_ascii=False), the same text, without making an
+# encoder per call (which cost more than the encoding of these small values).
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _number_text(value):
+    """``_dumps(value)`` of a number: json writes a finite int or float as its repr."""
+    kind = type(value)
+    if kind is int or (kind is float and math.isfinite(value)):
+        return kind.__repr__(value)
+    return _dumps(value)
 
 
 def _digest(rest):
@@ -67,7 +77,7 @@ def pack(op, answer, text):
     compact.update((k, result[k]) for k in OWN_KEYS)
     compact["rest"] = _digest(stored)
     exact = {k: result[k] for k, v in zip(REST_KEYS, stored)
-             if k in _NUMBERS and _dumps(v) != _dumps(result[k])}
+             if k in _NUMBERS and _number_text(v) != _number_text(result[k])}
     if exact:
         compact["exact"] = exact
     return _dumps(compact)

@@ -13,9 +13,9 @@ same form::
 
 with ``body`` = ``{"id", "ok": true, "result": ...}`` or
 ``{"id", "ok": false, "error": {"code", "type", "message"}}``; the error
-codes are the ``code`` attributes in :mod:`balsamdb.exceptions`.  Besides the
-operations of :mod:`balsamdb.operations`, the server answers ``ping`` and
-``status`` itself.  While the server applies spooled writes that arrived before a
+codes are the ``code`` attributes in :mod:`balsamdb.exceptions`.  The operations
+are those of :mod:`balsamdb.operations`; the server answers ``ping``, ``status`` and
+``spool_drain`` itself (registered with ``server=True``).  While the server applies spooled writes that arrived before a
 request, it may answer with a *holding reply* (:func:`holding_reply`): the request
 was not applied; the client sends it again on the same socket.  See docs/protocol.md.
 """
@@ -23,6 +23,7 @@ was not applied; the client sends it again on the same socket.  See docs/protoco
 import hmac
 import json
 import math
+import re
 
 from .exceptions import AuthenticationError, BadRequest
 
@@ -30,7 +31,16 @@ MAGIC = b"BDB1"
 _MAC_END = len(MAGIC) + 32
 #: Bytes of a frame around its body: the largest frame a server reads is ``max_request_bytes`` + this.
 ENVELOPE_BYTES = _MAC_END
-SERVER_OPS = ("ping", "status", "spool_drain")
+
+
+def __getattr__(name):
+    # SERVER_OPS: the operations the write server answers itself, from the registry (imported
+    # when first asked for: the registry imports the models, which the wire format does not need).
+    if name == "SERVER_OPS":
+        from .operations import SERVER_OPS
+
+        return SERVER_OPS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def holding_reply(request_id, pending):
@@ -56,8 +66,13 @@ def encode(secret, message):
 
     One frame, not three: every frame costs a separate send inside ZeroMQ,
     which measurably slows the round trip."""
-    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    body = _encode_json(message).encode()
     return [MAGIC + sign(secret, body) + body]
+
+
+# Made once: json.dumps with keyword arguments builds a new encoder on every call (same output).
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_encode_request_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 #: What to tell a caller whose data holds NaN or an infinity (JSON has no such values).
@@ -70,7 +85,7 @@ def dumps_request(message):
     before anything is sent or spooled, when it holds NaN or an infinity, which would be
     stored as invalid JSON (a float that cannot be a JSON number)."""
     try:
-        return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        return _encode_request_json(message).encode()
     except ValueError as exc:
         if "JSON compliant" not in str(exc):
             raise
@@ -96,6 +111,13 @@ def _finite_float(text):
 
 # Made once: json.loads with keyword arguments builds a new decoder on every call (as slow as the parse).
 _STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+_PLAIN_JSON = json.JSONDecoder()
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+try:
+    import orjson as _orjson
+except ImportError:  # an optional speed-up: the same answers without it
+    _orjson = None
 
 
 def loads_strict(data, what="the message body"):
@@ -112,9 +134,33 @@ def loads_strict(data, what="the message body"):
         raise BadRequest(f"{what} is not valid JSON: {exc}") from None
 
 
+def loads_answer(body):
+    """Parse the JSON text (bytes) of an answer as ``json.loads`` does, faster: with orjson (about
+    four times faster on a job answer) where it gives the same value, else with json.  orjson
+    refuses what json reads leniently (NaN, a lone surrogate: json reads them then) and reads an
+    integer of 19 digits or more as a float (a run of 19 digits anywhere sends the text to json)."""
+    if _orjson is not None and _LONG_DIGITS.search(body) is None:
+        try:
+            return _orjson.loads(body)
+        except _orjson.JSONDecodeError:
+            pass
+    # As json.loads(bytes) reads UTF-8, without its look for other encodings.
+    return _PLAIN_JSON.decode(body.decode("utf-8", "surrogatepass"))
+
+
 def encode_body(secret, body):
     """The frames of a body that is already JSON text (bytes)."""
     return [MAGIC + sign(secret, body) + body]
+
+
+def reply(secret, request_id, answer, text=None):
+    """The frames of the answer to request ``request_id`` (None when the message was not
+    authentic): ``answer`` (a dict ``{"ok": ...}``), or, when given, ``text``: the JSON text
+    of that answer as it was stored with the write, sent as it is with only the id put in
+    front (no second encoding)."""
+    if text is not None:
+        return encode_body(secret, b'{"id":' + json.dumps(request_id).encode() + b"," + text.encode()[1:])
+    return encode(secret, {"id": request_id, **answer})
 
 
 def decode(secret, frames, max_bytes=None, strict=True):
@@ -143,7 +189,7 @@ def decode(secret, frames, max_bytes=None, strict=True):
         message = loads_strict(bytes(body))
     else:
         try:
-            message = json.loads(bytes(body))
+            message = loads_answer(bytes(body))
         except (ValueError, RecursionError):
             raise BadRequest("the message body is not valid JSON") from None
     if not isinstance(message, dict):

@@ -6,11 +6,14 @@ database's own quoting and parameter style, so the same code runs on SQLite and
 PostgreSQL.  Everything else uses peewee queries.
 """
 
+import json
+import operator
 import weakref
 
 import peewee as pw
 
-from .models import AppliedRequest, Job, JobStateChange, JobTag, Project, Record, RecordTag, RecordVersion, quoter
+from .models import (AppliedRequest, Job, JobStateChange, JobTag, JSONText, Project, Record, RecordTag,
+                     RecordVersion, quoter)
 
 _CACHE = weakref.WeakKeyDictionary()  # database -> Statements, gone with the database
 
@@ -18,7 +21,6 @@ _CACHE = weakref.WeakKeyDictionary()  # database -> Statements, gone with the da
 class Statements:
     def __init__(self, database):
         self._database = weakref.ref(database)  # the cache must not keep the database alive
-        self._pending = {}
         self.insert_job = self._insert(Job)
         self.job_columns = [f for f in Job._meta.sorted_fields]
         self.insert_history = self._insert(JobStateChange, skip=("id",))
@@ -59,29 +61,14 @@ class Statements:
                                f"{q('saved_by')}, {q('document')}) VALUES ({p}, {p}, {p}, {p}, {p})")
         self.project_write_once = f"SELECT {q('write_once')} FROM {project} WHERE {q('name')} = {p}"
 
-    deferring = False  # True during the applier's optimistic pass: inserts wait for flush()
-
     @property
     def database(self):
         return self._database()
 
-    def insert(self, statement, rows):
-        """Insert ``rows`` now, or, while :attr:`deferring`, at the next :meth:`flush`,
-        together with the same statement's rows of the other requests of the batch: one
-        call per table instead of one per request (on PostgreSQL, one round trip)."""
-        if self.deferring:
-            self._pending.setdefault(statement[0], (statement, []))[1].extend(rows)
-        else:
-            self.executemany(statement, rows)
-
-    def flush(self):
-        """Run the deferred inserts, in the order their statements were first used."""
-        pending, self._pending = self._pending, {}
-        for statement, rows in pending.values():
-            self.executemany(statement, rows)
-
-    def stop_deferring(self):
-        self.deferring, self._pending = False, {}
+    def deferred(self):
+        """A :class:`DeferredInserts` of this database: the ``insert`` that the applier gives
+        insert-only operations in its optimistic pass."""
+        return DeferredInserts(self)
 
     def execute(self, sql, params=()):
         """Run one prepared statement; returns the cursor."""
@@ -100,21 +87,25 @@ class Statements:
         q = quoter(self.database)
         columns = ", ".join(q(f.column_name) for f in fields)
         values = ", ".join([self.database.param] * len(fields))
-        return f"INSERT INTO {q(model._meta.table_name)} ({columns}) VALUES ({values})", fields
+        return f"INSERT INTO {q(model._meta.table_name)} ({columns}) VALUES ({values})", fields, _row_params(fields)
 
     def executemany(self, statement, rows):
         """Insert ``rows`` (dicts keyed by field name) with one prepared statement.
 
         On PostgreSQL several rows go as one multi-row INSERT (one round trip);
         psycopg2's executemany would send one statement per row."""
-        sql, fields = statement
-        params = [tuple(f.db_value(row[f.name]) for f in fields) for row in rows]
+        sql, _fields, row_params = statement
+        params = row_params(rows)
         with pw.__exception_wrapper__:
             cursor = self.database.cursor()
             if self.postgres and len(params) > 1:
-                from psycopg2.extras import execute_values
-
-                execute_values(cursor, sql.rsplit(" VALUES ", 1)[0] + " VALUES %s", params, page_size=500)
+                # One INSERT of many rows, its parameters bound by one call into psycopg2 (C) per 500
+                # rows: execute_values bound each row by a call of its own (mogrify).
+                head, row = sql.rsplit(" VALUES ", 1)
+                for start in range(0, len(params), 500):
+                    page = params[start:start + 500]
+                    cursor.execute(f"{head} VALUES {','.join([row] * len(page))}",
+                                   [value for values in page for value in values])
             else:
                 cursor.executemany(sql, params)
 
@@ -148,6 +139,54 @@ class Statements:
             sql = self.applied_prefix + "(" + ", ".join([self.param] * len(chunk)) + ")"
             found.update(self.database.execute_sql(sql, chunk).fetchall())
         return found
+
+
+# What JSONText.db_value writes (json.dumps with these arguments), without making an encoder per value.
+_json_text = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _row_params(fields):
+    """The function that makes the parameter tuples of ``rows`` (dicts keyed by field name) for
+    ``fields``: the values as they are, and the JSON columns as JSON text.  Peewee's per-value
+    ``db_value`` (a method call per value, ``str(s)`` of a string) cost more than the insert; the
+    rows of the hot path hold clean values already (see ``operations.checks``)."""
+    get = operator.itemgetter(*[f.name for f in fields])
+    encoded = [i for i, f in enumerate(fields) if isinstance(f, JSONText)]
+    if len(fields) == 1:
+        return lambda rows: [(fields[0].db_value(row[fields[0].name]),) for row in rows]
+    if not encoded:
+        return lambda rows: [get(row) for row in rows]
+
+    def row_params(rows):
+        out = []
+        for row in rows:
+            values = list(get(row))
+            for i in encoded:
+                value = values[i]
+                values[i] = None if value is None else _json_text(value)
+            out.append(values)
+        return out
+
+    return row_params
+
+
+class DeferredInserts:
+    """An ``insert`` that collects rows until :meth:`flush`: the rows of one statement from
+    every request of a batch go in one call (on PostgreSQL, one round trip) instead of one call
+    per request.  Made by the applier for one pass over a batch (never shared, never cached)."""
+
+    def __init__(self, fast):
+        self.fast = fast
+        self.pending = {}
+
+    def __call__(self, statement, rows):
+        self.pending.setdefault(statement[0], (statement, []))[1].extend(rows)
+
+    def flush(self):
+        """Run the deferred inserts, in the order their statements were first used."""
+        pending, self.pending = self.pending, {}
+        for statement, rows in pending.values():
+            self.fast.executemany(statement, rows)
 
 
 def statements(database=None):

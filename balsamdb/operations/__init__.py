@@ -17,20 +17,22 @@ function) while the models are bound to a database and a transaction is open.
 
 from ..exceptions import BadRequest
 # The modules that register operations, imported in the order the operations are listed.
-from . import jobs, records, users, stores, store_import
+from . import jobs, records, users, stores, store_import, server
 from .checks import (INT_MAX, MAX_LIST, check_flag, check_number, check_object, check_project_name,
                      check_saved_by, check_str_list, check_text, check_user_name, check_uuid, chunks)
-from .jobs import (CREATE_ONLY, DEFERRABLE, FILTER_KEYS, JOB_FIELDS, JOB_KEYS, clean_job, job_query,
+from .jobs import (CREATE_ONLY, FILTER_KEYS, JOB_FIELDS, JOB_KEYS, clean_job, job_query,
                    job_to_dict)
 from .records import (RECORD_MUTABLE, TAG_MATCHES, compress, decompress, project_to_dict, record_columns,
                       record_tags, record_text, sort_time, version_list)
 from .registry import OPERATIONS, Operation, bind_params, lookup, operation
+
+#: The operations the write server answers itself (ping, status, spool_drain).
+SERVER_OPS = frozenset(name for name, op in OPERATIONS.items() if op.server)
 from .stores import KINDS, Digester, canonical, digest_of, item_key
 
 
 __all__ = [
     "CREATE_ONLY",
-    "DEFERRABLE",
     "Digester",
     "FILTER_KEYS",
     "INT_MAX",
@@ -41,6 +43,7 @@ __all__ = [
     "OPERATIONS",
     "Operation",
     "RECORD_MUTABLE",
+    "SERVER_OPS",
     "TAG_MATCHES",
     "bind_params",
     "canonical",
@@ -70,6 +73,7 @@ __all__ = [
     "record_tags",
     "record_text",
     "records",
+    "server",
     "sort_time",
     "store_import",
     "stores",

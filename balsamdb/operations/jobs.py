@@ -71,30 +71,29 @@ def clean_job(spec, when):
 _JOB_DEFAULTS = [(name, field.default) for name, field in Job._meta.fields.items() if field.default is not None]
 
 
-#: Operations that only insert (they read nothing): in a group commit's optimistic pass their
-#: inserts are deferred and made together (see balsamdb.statements.Statements.insert).
-DEFERRABLE = frozenset({"job_create", "job_bulk_create"})
-
-
-def _insert_jobs(rows, when):
+def _insert_jobs(rows, when, insert):
+    """Insert job ``rows`` with their first history entries and tags through ``insert`` (given
+    by the applier: now, or deferred to be made with the other requests' rows of the batch)."""
     fast = statements()
     try:
-        fast.insert(fast.insert_job, rows)
+        insert(fast.insert_job, rows)
     except pw.IntegrityError:
         # No query here: on PostgreSQL the transaction is unusable until the savepoint rolls back.
         which = f"job id {rows[0]['id']} already exists" if len(rows) == 1 else "a job id already exists"
         raise Conflict(which) from None
-    fast.insert(fast.insert_history, [
+    insert(fast.insert_history, [
         {"job": r["id"], "time": when, "from_state": None, "to_state": r["state"], "message": "created"}
         for r in rows
     ])
     tags = [{"job": r["id"], "tag": t} for r in rows for t in r["tags"]]
     if tags:
-        fast.insert(fast.insert_tag, tags)
+        insert(fast.insert_tag, tags)
 
 
-@operation(write=True)
-def job_create(job):
+# Insert-only (they read nothing): in a group commit's optimistic pass their inserts may be
+# deferred and made together with the batch's (``insert``, see balsamdb.statements).
+@operation(write=True, deferrable=True)
+def job_create(job, *, insert):
     """Create one job.
 
     ``job`` is an object with ``name`` (required), ``workflow`` (default
@@ -109,12 +108,12 @@ def job_create(job):
     """
     when = now()
     row = clean_job(job, when)
-    _insert_jobs([row], when)
+    _insert_jobs([row], when, insert)
     return {key: row[key] for key in JOB_KEYS}
 
 
-@operation(write=True)
-def job_bulk_create(jobs):
+@operation(write=True, deferrable=True)
+def job_bulk_create(jobs, *, insert):
     """Create many jobs at once, all or none.
 
     ``jobs`` is a list of job objects as for ``job_create`` (give each its
@@ -126,7 +125,7 @@ def job_bulk_create(jobs):
     rows = [clean_job(spec, when) for spec in jobs]
     if len({r["id"] for r in rows}) != len(rows):
         raise Conflict("the same job id appears twice in one bulk_create")
-    _insert_jobs(rows, when)
+    _insert_jobs(rows, when, insert)
     return {"created": len(rows)}
 
 

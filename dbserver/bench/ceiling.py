@@ -21,7 +21,7 @@ import zmq
 
 from balsamdb import address_file, protocol
 from balsamdb.dbdir import DBDirectory
-from balsamdb.server.write_server import raise_priority
+from balsamdb.server.server_setup import raise_priority
 
 
 def main():

@@ -8,7 +8,7 @@ import flask
 
 import balsamdb
 from balsamdb.operations import bind_params, lookup
-from balsamdb.protocol import MAX_AGE, SERVER_OPS
+from balsamdb.protocol import MAX_AGE
 
 from .errors import HTTPError
 from .urls import API_PATH
@@ -66,13 +66,13 @@ def blueprint(context):
             raise HTTPError(400, f"this request is stamped {sent - time.time():.0f} s in the future: the clocks of "
                                  f"client and store differ by more than {MAX_CLOCK_SKEW:.0f} s; set the client's "
                                  "clock right (NTP) and send it again")
+        operation = lookup(op)  # BadRequest (400) for an unknown one
         if op == "ping":  # answered by this HTTP store itself
             return reply({"ok": True, "result": {"pong": True, "store": "http", "balsamdb": balsamdb.__version__}})
-        if op in SERVER_OPS:  # status, spool_drain: of the write server behind this store
+        if operation.server:  # status, spool_drain: of the write server behind this store
             if not user.get("admin"):
                 raise HTTPError(403, f"{op} needs an admin user (db user add NAME --admin)")
             return reply({"ok": True, "result": store.db().call(op, **params)})
-        operation = lookup(op)  # BadRequest (400) for an unknown one
         if "saved_by" in operation.signature.parameters:
             params = dict(params, saved_by=user["name"])  # who saved a record version: the logged-in user
         bind_params(operation, params)  # and for parameters it does not take, before any other answer

@@ -1,0 +1,50 @@
+"""The write server's counters, which ``status`` reports."""
+
+import time
+
+
+class Stats:
+    """Counters that ``status`` reports."""
+
+    def __init__(self):
+        self.started = time.time()
+        self.requests = 0
+        self.writes = 0
+        self.errors = 0
+        self.rejected = 0
+        self.batches = 0
+        self.spooled = 0
+        self.batched_requests = 0
+        self.last_batch = 0
+        self.max_batch = 0
+        self.commit_seconds = 0.0
+        self.pruned = 0
+
+    def committed(self, requests, seconds):
+        """Count a committed batch of ``requests`` (answered) that took ``seconds``."""
+        self.commit_seconds += seconds
+        self.batches += 1
+        self.batched_requests += len(requests)
+        self.last_batch = len(requests)
+        self.max_batch = max(self.max_batch, len(requests))
+        for request in requests:
+            if not request.answer.get("ok"):
+                self.errors += 1
+            elif request.write:
+                self.writes += 1
+
+    def to_dict(self):
+        return {
+            "uptime": time.time() - self.started,
+            "requests": self.requests,
+            "spooled_applied": self.spooled,
+            "writes": self.writes,
+            "errors": self.errors,
+            "rejected": self.rejected,
+            "batches": self.batches,
+            "last_batch": self.last_batch,
+            "max_batch": self.max_batch,
+            "mean_batch": self.batched_requests / self.batches if self.batches else 0.0,
+            "mean_commit_ms": 1000 * self.commit_seconds / self.batches if self.batches else 0.0,
+            "pruned_request_ids": self.pruned,
+        }
