@@ -30,7 +30,8 @@ class StrayEntry(Exception):
     """An entry of ``spool/new`` that is no spooled write (a directory, a FIFO, an unreadable file)."""
 
 
-def _fsync_dir(path):
+def fsync_dir(path):
+    """Make a directory's entries (a rename into it) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -66,7 +67,7 @@ class Spool:
                 os.fsync(handle.fileno())
             final = self.new / name
             os.rename(tmp, final)
-            _fsync_dir(self.new)
+            fsync_dir(self.new)
         except OSError as exc:
             raise StorageError(f"the server is unreachable and the spool {self.path} cannot take the write: "
                                f"{exc.strerror or exc}") from None

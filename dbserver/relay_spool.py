@@ -12,15 +12,9 @@ import time
 from pathlib import Path
 
 from balsamdb.exceptions import ConfigError
+from balsamdb.spool import fsync_dir
 
 log = logging.getLogger("balsamdb.server.relay")
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def make_token(directory):
@@ -117,7 +111,7 @@ class Spool:
                     out.flush()
                     os.fsync(out.fileno())
                 os.rename(self.tmp / name, self.new / name)
-                _fsync_dir(self.new)
+                fsync_dir(self.new)
             except OSError as exc:  # a full disk: the save is refused (SpoolError), nothing half kept
                 for leftover in (self.tmp / name, self.new / name):
                     leftover.unlink(missing_ok=True)

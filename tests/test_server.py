@@ -240,7 +240,12 @@ def test_retry_of_an_applied_write_is_answered_from_the_record(server_db):
 
 
 def test_stop_during_load_loses_no_acknowledged_write(server_db, tmp_path, backend):
-    writers = Writers(server_db, tmp_path, nprocs=16, count=150)
+    # Each writer holds before its 100th write until the server is stopped, so that the
+    # last 50 of each find it gone however fast the first 100 went; the stop comes while
+    # the first ones are still being written.
+    resume = tmp_path / "resume"
+    writers = Writers(server_db, tmp_path, nprocs=16, count=150,
+                      env=dict(os.environ, WRITER_PAUSE_AT="100", WRITER_RESUME_FILE=str(resume)))
     try:
         writers.start()
         wait_for(lambda: writers.acked_so_far() >= 500, 120, "500 acknowledged writes")
@@ -248,6 +253,7 @@ def test_stop_during_load_loses_no_acknowledged_write(server_db, tmp_path, backe
         assert "stopped server" in stopped.stdout
         assert not processes_for(server_db)
         assert address(server_db)["state"] == "stopped"
+        resume.write_text("go on")
         results = writers.wait(timeout=300)
     finally:
         writers.kill()
