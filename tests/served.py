@@ -20,7 +20,8 @@ SERVE_MAIN = ("import sys; from balsamdb.cli.main import main; from balsamdb.cli
 
 # -- the server --------------------------------------------------------------------------------------------
 
-def _free_port():
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -39,7 +40,7 @@ class Served:
 
     def __init__(self, path, workdir, *options, port=None):
         self.path = Path(path)
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.log = open(Path(workdir) / f"serve-{self.port}.out", "w+")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", SERVE_MAIN, "serve", "--path", str(path), "--port", str(self.port), *options],

@@ -16,14 +16,13 @@ while no server answers, and is applied when one is back).  ``record_save`` keep
 (issue 11/14); its exactly-once case comes with that work.
 """
 
-import socket
 
 import pytest
 
 import balsamdb
 from balsamdb.passwords import hash_password
 from helpers import db_cli, kill_everything, wait_for
-from served import Served
+from served import Served, free_port
 
 ADMIN, ADMIN_PW = "lab", "lab admin pw"
 IDS = {"modify": "exactly-once-modify-0001", "state": "exactly-once-state-00001",
@@ -104,18 +103,12 @@ def test_zeromq_retry_waiting_in_the_spool_is_answered_from_the_record(served_db
 
 # -- the HTTP client ------------------------------------------------------------------------------------
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def http_store(served_dbdir, tmp_path, request):
     """``(start, url)``: ``start()`` runs `db serve` on one fixed port (again after a stop)."""
     with balsamdb.connect(served_dbdir) as local:
         local.call("user_save", name=ADMIN, password_hash=hash_password(ADMIN_PW), admin=True)
-    port = _free_port()
+    port = free_port()
 
     def start():
         served = Served(served_dbdir, tmp_path, port=port)

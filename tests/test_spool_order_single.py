@@ -3,14 +3,13 @@ order of its calls.  Only a chain of writes to one job shows order (a set of ind
 not): applied newest first, ``update_state(RUNNING)`` would meet a job that does not exist yet and
 be refused into ``spool/failed``.  (The order across processes is the write server's own test.)"""
 
-import socket
 
 import pytest
 
 import balsamdb
 from balsamdb.passwords import hash_password
 from helpers import db_cli, kill_everything, wait_for
-from served import Served
+from served import Served, free_port
 
 ADMIN, ADMIN_PW = "lab", "lab admin pw"
 
@@ -45,17 +44,11 @@ def test_one_clients_spooled_create_ready_running_apply_in_order(any_dbdir):
         kill_everything(path)
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize("backend", ["sqlite3"])
 def test_the_http_clients_spooled_chain_is_sent_in_order(served_dbdir, tmp_path, request):
     with balsamdb.connect(served_dbdir) as local:
         local.call("user_save", name=ADMIN, password_hash=hash_password(ADMIN_PW), admin=True)
-    port = _free_port()  # nothing listens there yet: every write goes to the local spool
+    port = free_port()  # nothing listens there yet: every write goes to the local spool
     db = balsamdb.connect(f"http://{ADMIN}:{ADMIN_PW}@127.0.0.1:{port}/", client_deadline=0.3,
                           remote_spool_dir=str(tmp_path / "remote-spool"))
     request.addfinalizer(db.close)
@@ -99,7 +92,7 @@ def test_a_spooled_write_goes_before_the_clients_next_live_write(any_dbdir):
 def test_the_http_clients_spooled_write_goes_before_its_next_live_write(served_dbdir, tmp_path, request):
     with balsamdb.connect(served_dbdir) as local:
         local.call("user_save", name=ADMIN, password_hash=hash_password(ADMIN_PW), admin=True)
-    port = _free_port()
+    port = free_port()
     served = Served(served_dbdir, tmp_path, port=port)
     request.addfinalizer(lambda: served.stop())
     db = balsamdb.connect(f"http://{ADMIN}:{ADMIN_PW}@127.0.0.1:{port}/", client_deadline=0.5,

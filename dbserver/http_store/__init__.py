@@ -30,12 +30,12 @@ Modules: :mod:`.app` (the application: request life cycle, errors, shared helper
 """
 
 from .app import CREATE_RACE_WINDOW, MAX_BODY_BYTES, create_app
-from .auth import PASSWORD_CACHE_SECONDS, USER_CACHE_SECONDS, PasswordCache, Store
+from .auth import PASSWORD_CACHE_SECONDS, PasswordCache, Store
 from .errors import REALM, HTTPError
 from .operation_api import MAX_CLOCK_SKEW, PROJECT_PARAMS
 from .process import make_server, serve
 from .urls import API_PATH
 
 __all__ = ["API_PATH", "CREATE_RACE_WINDOW", "MAX_BODY_BYTES", "MAX_CLOCK_SKEW", "PASSWORD_CACHE_SECONDS",
-           "PROJECT_PARAMS", "REALM", "USER_CACHE_SECONDS", "HTTPError", "PasswordCache", "Store", "create_app",
+           "PROJECT_PARAMS", "REALM", "HTTPError", "PasswordCache", "Store", "create_app",
            "make_server", "serve"]

@@ -165,7 +165,6 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
         if name not in g.user["projects"]:
             # Read again: a racing request of this user may have created the project since
             # this one logged in (16 `smt run` of one project start together).
-            store.forget_user(g.user["name"])
             g.user["projects"] = (store.user(g.user["name"]) or {"projects": []})["projects"]
         return name in g.user["projects"]
 
@@ -193,7 +192,6 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
                 raise HTTPError(404, f"no project {name!r}")
             # creates the project; from the operation endpoint never spooled (its client does that)
             store.write("permission_grant", spool=not at_operation_endpoint(), project=name, user=g.user["name"])
-            store.forget_user(g.user["name"])
             g.user["projects"].append(name)
             log.info("user %s created project %r", g.user["name"], name)
             return None

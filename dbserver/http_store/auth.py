@@ -16,7 +16,6 @@ from ..web_reads import ReadOnlyStore, read_listing, read_permissions, read_proj
 from .errors import HTTPError, challenge
 
 PASSWORD_CACHE_SECONDS = 60.0   # since the last successful use
-USER_CACHE_SECONDS = 0.0         # users are not cached: read (read-only) on every request
 
 
 # -- the store, one connection per thread ---------------------------------------------------------------
@@ -88,9 +87,6 @@ class Store:
         server (every request of a logged-in user needs it), and never cached: a grant, a removal or a
         new password shows on the next request."""
         return self.reader.run(lambda database: read_user(database, name))
-
-    def forget_user(self, name):
-        """Nothing to forget: users are read afresh on every request (kept for callers)."""
 
 
 class PasswordCache:

@@ -216,7 +216,6 @@ def blueprint(context):
             if not isinstance(user, str) or not user:
                 raise HTTPError(400, 'give the user to grant as {"user": "name"}')
             granted = store.write("permission_grant", project=project, user=user)["granted"]
-            store.forget_user(user)
             users = store.permissions(project)
             return reply({"project": project, "users": users, "granted": granted}, 201 if granted else 200)
         readable_project(project)
