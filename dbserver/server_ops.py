@@ -43,10 +43,26 @@ class ServerOperations:
         status = server.stats.to_dict()
         status.update(queue_depth=self.queue_depth, encrypted=server.encrypt,
                       pid=os.getpid(), epoch=server.epoch, port=server.port, db_type=server.db_type,
-                      path=str(server.dbdir.path), synchronous=server.settings.sqlite_synchronous,
+                      path=str(server.dbdir.path), synchronous=durability(server.database, server.db_type),
                       spool_pending=len(server.barrier.waiting(server.spool.names())),
                       spool_failed=len(server.spool.failures()),
                       spool_drain_per_s=round(server.barrier.rate(), 1),
                       spool_last_drain_per_s=round(server.barrier.last_rate(), 1),
                       held_requests=server.barrier.held(), spool_refused=server.spool_refused)
         return status
+
+
+_SQLITE_SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+
+
+def durability(database, db_type):
+    """What the server's own connection does at COMMIT, read back from that connection (not from
+    the settings, which a slip in opening it would not change): SQLite's ``synchronous`` (FULL:
+    an answered write survives a power cut), PostgreSQL's ``synchronous_commit``."""
+    try:
+        if db_type == "sqlite3":
+            level = database.execute_sql("PRAGMA synchronous").fetchone()[0]
+            return _SQLITE_SYNCHRONOUS.get(level, str(level))
+        return "synchronous_commit=" + database.execute_sql("SHOW synchronous_commit").fetchone()[0]
+    except Exception as exc:  # a lost connection: status still answers
+        return f"unknown ({type(exc).__name__})"

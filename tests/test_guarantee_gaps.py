@@ -1,0 +1,80 @@
+"""Promises of docs/guarantees.md that the mutation suite (scripts/mutants.py) found unchecked:
+each test here kills a mutant that every earlier test let through (issue 25).
+
+- the server's connection is durable (a weaker ``synchronous`` on it went unnoticed: the
+  strace test holds a WAL write, which NORMAL does as well);
+- the client refuses an answer signed with another key;
+- the watchdog's backoff, and that it never gives up however many starts fail;
+- no direct read or write of a SQLite file on a network file system (the FUSE test reads only
+  after a spooled write of its own, which keeps a read off the file anyway).
+"""
+
+import time
+
+import pytest
+
+import balsamdb
+from balsamdb import address_file, filesystems
+from balsamdb.dbdir import DBDirectory
+from balsamdb.exceptions import AuthenticationError, ServerUnavailable
+
+NFS_MAGIC = 0x6969
+
+
+@pytest.mark.parametrize("backend", ["sqlite3"])
+def test_the_server_reports_the_durability_its_connection_has(served_dbdir):
+    """`db dbserver --status` reads synchronous back from the server's own connection: FULL, as the
+    settings say (broken: the connection opened with NORMAL)."""
+    with balsamdb.connect(served_dbdir) as db:
+        status = db.server_status()
+    assert status["synchronous"] == "FULL", status
+
+
+@pytest.mark.parametrize("backend", ["sqlite3"])
+def test_the_client_refuses_an_answer_signed_with_another_key(served_dbdir):
+    """The running server signs with the secret it read at its start; the client, reading a new
+    secret from the file, must refuse the server's answer as not signed with its key (and never
+    take the server's error for its own)."""
+    secret = served_dbdir / "secret"
+    secret.write_bytes(b"f" * 64 + b"\n")
+    with balsamdb.connect(served_dbdir, spool=False, client_deadline=10) as db:
+        with pytest.raises(AuthenticationError, match="answer is not signed with this DB directory's secret"):
+            db.jobs.create(name="signed-with-another-key")
+
+
+def test_the_watchdog_backs_off_and_never_gives_up(dbdir):
+    """Fifty failed starts in a row: 0, 0.25, 0.5, 1, ... up to 30 s between tries, never more and
+    never the end; a server that lived past HEALTHY_AFTER starts the backoff over (broken: no
+    backoff; a watchdog that stops trying after a few failures)."""
+    from balsamdb.server import watchdog
+
+    dog = watchdog.Watchdog(DBDirectory(dbdir))
+    delays = []
+    for _ in range(50):
+        now = time.monotonic()
+        dog.schedule_restart("test: the server exited at once")
+        delays.append(dog.restart_at - now)
+        assert not dog.stopping and dog.server is None
+    expected = [0.0] + [min(0.25 * 2 ** i, watchdog.MAX_BACKOFF) for i in range(49)]
+    assert delays == pytest.approx(expected, abs=0.05), delays
+    assert address_file.read(DBDirectory(dbdir).address_file)["state"] == "restarting"
+    dog.schedule_restart("test: it ran a while", lived=watchdog.HEALTHY_AFTER + 1)
+    assert dog.restart_at - time.monotonic() <= 0.1  # healthy for a while: restarted at once
+
+
+def test_no_direct_read_or_write_on_a_network_file_system(dbdir, monkeypatch):
+    """A fresh connection to a DB directory whose file system statfs calls NFS (the magic number
+    is the only thing made up here: no NFS server in a test), no server running: its first call, a
+    read, is refused saying why; a write spools; the SQLite file is not opened for either
+    (broken: reads going direct on a network file system)."""
+    monkeypatch.setattr(filesystems, "statfs_magic", lambda path: NFS_MAGIC)
+    with balsamdb.connect(dbdir, client_deadline=2) as db:
+        with pytest.raises(ServerUnavailable, match="nfs .statfs type 0x6969. is not a known local file system"):
+            db.jobs.count()
+        assert db.last_route != "direct"
+        spooled = db.jobs.create(name="on-nfs")
+        assert spooled.spooled and db.last_route == "spool"
+    monkeypatch.undo()
+    with balsamdb.connect(dbdir) as local:
+        assert local.jobs.count() == 0  # nothing went to the file: it waits in the spool
+        assert len(list((dbdir / "spool" / "new").iterdir())) == 1
