@@ -92,6 +92,7 @@ class Writers:
 
     def __init__(self, path, workdir, nprocs, count, env=None, workflow="load", prefix=()):
         self.path, self.workdir = Path(path), Path(workdir)
+        self.workflow = workflow
         self.go = self.workdir / "go"
         self.outs = [self.workdir / f"acked-{i}.txt" for i in range(nprocs)]
         self.procs = [
@@ -127,6 +128,10 @@ class Writers:
             if out.exists():
                 ids.extend(out.read_text().split())
         return ids
+
+    def history_files(self):
+        """The writers' histories (see tests/history.py)."""
+        return [Path(f"{out}.history") for out in self.outs]
 
     def kill(self):
         for proc in self.procs:

@@ -31,7 +31,7 @@ class Mutant:
 M = Mutant
 MUTANTS = [
     # -- Nothing acknowledged is lost, nothing is applied twice ---------------------------------------
-    M("sqlite-synchronous-normal", "an answered write is durable", "balsamdb/dbdir.py",
+    M("sqlite-synchronous-normal", "the server's connection is as durable as the settings say", "balsamdb/dbdir.py",
       '"synchronous": settings.sqlite_synchronous,', '"synchronous": "NORMAL",',
       ("tests/test_guarantee_gaps.py::test_the_server_reports_the_durability_its_connection_has",),
       "a weaker durability setting on the server's connection (issue 25's survivor)"),
@@ -60,16 +60,16 @@ MUTANTS = [
       "direct writers with no busy timeout: 'database is locked'"),
 
     # -- The watchdog never gives up; one server per DB directory ------------------------------------
-    M("watchdog-gives-up", "a restart whose fork is refused", "dbserver/watchdog.py",
+    M("watchdog-gives-up", "the watchdog never gives up: 50 failed starts", "dbserver/watchdog.py",
       "        self.restart_at = time.monotonic() + delay\n",
       "        self.restart_at = time.monotonic() + (delay if self.failures < 6 else 1e9)\n",
       ("tests/test_guarantee_gaps.py::test_the_watchdog_backs_off_and_never_gives_up",),
       "a watchdog that gives up after enough failed starts (issue 25's survivor)"),
-    M("log-dir-not-recreated", "`log/` removed under a running watchdog", "dbserver/watchdog.py",
-      "        if self.dbdir.log_dir.is_dir():\n            return\n",
-      "        if True:\n            return\n",
-      ("tests/test_watchdog.py::test_log_dir_removed_is_recreated_and_the_server_restarted",),
-      "log/ not recreated"),
+    # (log/ removed: not mutated; the watchdog's check and the file handler each recreate it alone.)
+    M("first-start-claims-a-stop", "the very first start failing (a configuration error)", "dbserver/watchdog.py",
+      '            reason = f"the first start failed: {failed}"', '            reason = "stopped by db dbserver --stop"',
+      ("tests/test_watchdog.py::test_a_failing_first_start_still_fails_and_claims_no_stop",),
+      "a failed first start recorded as a stop someone asked for"),
     M("server-lock-shared", "a write server holds `server.lock` for its whole life", "dbserver/liveness.py",
       "            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)\n            break\n",
       "            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)\n            break\n",
@@ -82,13 +82,13 @@ MUTANTS = [
       'names = sorted((n for n in os.listdir(self.new) if n.endswith(".req") and n not in skip), reverse=True)',
       ("tests/test_properties.py::test_spool_order_is_time_order_across_clients",),
       "the spool read newest first"),
-    M("spool-order-by-client", "one client's spooled writes are applied in the order of its calls",
+    M("spool-order-by-client", "the spool's order, for any client ids",
       "balsamdb/spool.py", 'names = sorted(n for n in os.listdir(self.new) if n.endswith(".req") and n not in skip)',
       'names = sorted((n for n in os.listdir(self.new) if n.endswith(".req") and n not in skip), '
       'key=lambda n: n.split("-", 1)[1])',
       ("tests/test_properties.py::test_spool_order_is_time_order_across_clients",),
       "spool order across clients decided by client id, not time (issue 25's survivor)"),
-    M("spool-clock-step-back", "one client's spooled writes are applied in the order of its calls",
+    M("spool-clock-step-back", "the spool's order, for any client ids",
       "balsamdb/spool.py", "stamp = max(time.time_ns(), not_before + 1)", "stamp = time.time_ns()",
       ("tests/test_properties.py::test_spool_order_is_time_order_across_clients",),
       "one client's files out of order when the clock steps back"),
@@ -127,7 +127,7 @@ MUTANTS = [
       "        if method == \"POST\":\n",
       ("tests/test_permissions_table.py::test_sumatra_routes[POST {p}/permissions/-private-non-member]",),
       "no check on POST {p}/permissions/"),
-    M("versions-view-without-check", "every route that reads or changes a project (the Sumatra routes",
+    M("versions-view-without-check", "every read route variant, generated from the app's URL map",
       "dbserver/http_store/sumatra_api.py",
       "            readable_project(project)\n            if \"versions\" in request.args:\n"
       "                return versions_reply(project, label)\n",
@@ -135,7 +135,7 @@ MUTANTS = [
       "            readable_project(project)\n",
       ("tests/test_properties.py::test_every_read_route_variant_checks_the_permission",),
       "a query-parameter read route (?versions) answering without its permission check (issue 25's survivor)"),
-    M("find-page-without-check", "every route that reads or changes a project (the Sumatra routes",
+    M("find-page-without-check", "every read route variant, generated from the app's URL map",
       "dbserver/web_records.py", "    project = web.readable_project(name)\n    args = flask.request.args",
       "    project = web.store.project(name)\n    args = flask.request.args",
       ("tests/test_properties.py::test_every_read_route_variant_checks_the_permission",),
@@ -147,11 +147,12 @@ MUTANTS = [
       "a future stamp accepted"),
 
     # -- Moving stores loses nothing and says so ------------------------------------------------------
-    M("truncated-export-accepted", "a truncated or foreign export file is refused before anything is written",
-      "balsamdb/transfer/files.py", 'if not isinstance(footer, dict) or footer.get("end") is not True:',
-      "if False:",
-      ("tests/test_transfer.py::test_a_truncated_or_foreign_file_is_refused_before_anything_is_written",),
-      "an export without its end line imported"),
+    # (the end line not checked: not mutated alone; a cut file also fails the count of its items.)
+    M("damaged-export-accepted", "a truncated or foreign export file is refused before anything is written",
+      "balsamdb/transfer/files.py", "    if counts != expected:\n        raise TransferError(",
+      "    if False:\n        raise TransferError(",
+      ("tests/test_transfer.py::test_an_export_missing_lines_in_the_middle_is_refused",),
+      "the items of an export not counted against its end line"),
 
     # -- Sumatra's contract ---------------------------------------------------------------------------
     M("saved-at-in-the-future", "the store keeps a relay's `Balsamdb-Saved-At` (never in the future)",
@@ -191,7 +192,7 @@ MUTANTS = [
       "the quick check without the unknown-name test"),
 
     # -- Nobody else gets in --------------------------------------------------------------------------
-    M("client-accepts-foreign-answer", "another user on the machine can neither open the DB directory",
+    M("client-accepts-foreign-answer", "the client refuses an answer not signed with its DB directory's secret",
       "balsamdb/client.py", "answer = protocol.decode(self.secret, frames, strict=False)",
       "answer = protocol.loads_answer(frames[0][protocol.ENVELOPE_BYTES:])",
       ("tests/test_guarantee_gaps.py::test_the_client_refuses_an_answer_signed_with_another_key",),
@@ -237,7 +238,7 @@ MUTANTS = [
       '"local": magic in LOCAL}', '"local": magic not in REMOTE_NAMES}',
       ("tests/test_filesystems.py::test_an_unknown_file_system_counts_as_remote",),
       "an unknown file system taken for local"),
-    M("reads-direct-on-network-fs", "through a FUSE mount (bindfs) with no server", "balsamdb/api.py",
+    M("reads-direct-on-network-fs", "no server, and a file system statfs calls NFS", "balsamdb/api.py",
       "                        and self._direct_allowed():",
       "                        and (not write or self._direct_allowed()):",
       ("tests/test_guarantee_gaps.py::test_no_direct_read_or_write_on_a_network_file_system",),
@@ -275,14 +276,41 @@ MUTANTS = [
       "an ambiguous prefix taken as its first match"),
 
     # -- the job state machine (docs/concepts.md; checked on every write) ----------------------------
-    M("state-moves-to-itself", "the same API over HTTP: jobs, records, projects", "balsamdb/states.py",
+    M("state-moves-to-itself", "the job state machine is the one docs/protocol.md states", "balsamdb/states.py",
       "TRANSITIONS = {state: frozenset(targets) for state, targets in TRANSITIONS.items()}",
       "TRANSITIONS = {state: frozenset(targets | {state}) for state, targets in TRANSITIONS.items()}",
       ("tests/test_properties.py::test_the_state_table_is_the_documented_rules",),
       "a state moving to itself (issue 25's survivor)"),
-    M("finished-job-restartable", "the same API over HTTP: jobs, records, projects", "balsamdb/states.py",
+    M("finished-job-restartable", "the job state machine is the one docs/protocol.md states", "balsamdb/states.py",
       'for _state in ("RUN_ERROR", "RUN_TIMEOUT", "FAILED", "USER_KILLED"):',
       'for _state in ("RUN_ERROR", "RUN_TIMEOUT", "FAILED", "USER_KILLED", "JOB_FINISHED"):',
       ("tests/test_properties.py::test_the_state_table_is_the_documented_rules",),
       "JOB_FINISHED no longer final"),
+
+    M("job-moves-backwards", "the job state machine is the one docs/protocol.md states", "balsamdb/states.py",
+      "    TRANSITIONS[_state].update(_PRE_RUN[_i + 1:])", "    TRANSITIONS[_state].update(_PRE_RUN[_i - 1:])",
+      ("tests/test_properties.py::test_the_state_table_is_the_documented_rules",),
+      "a pre-run state allowed to go one step back"),
+
+    # -- more rows --------------------------------------------------------------------------------------
+    M("envelope-returns-a-list", "the envelope: any bytes (signed or not", "balsamdb/protocol.py",
+      "    if not isinstance(message, dict):\n        raise BadRequest(\"the message body must be a JSON object\")",
+      "    pass",
+      ("tests/test_properties.py::test_the_envelope_refuses_or_reads_any_bytes",),
+      "a signed JSON array or number taken for a message"),
+    M("checker-ignores-order", "every fault and load test with writer processes checks their history", "tests/history.py",
+      "if later.invoked > first.completed and positions[later.value] < positions[first.value]:",
+      "if False:",
+      ("tests/test_history_checker.py::test_a_bad_history_is_named",),
+      "the history checker blind to reordered writes"),
+    M("write-once-not-enforced", "write-once is a per-project option", "balsamdb/operations/records.py",
+      "    if not row or not row[0]:\n        return\n    old = json.loads(old_text)",
+      "    if True:\n        return\n    old = json.loads(old_text)",
+      ("tests/test_api.py::test_a_save_replaces_and_write_once_is_a_project_option[sqlite3-direct]",),
+      "a write-once project's provenance fields changed by a save"),
+    M("dead-watchdog-status-ok", "`--status` exits 0 running and supervised, 3 with a dead watchdog", "dbserver/control.py",
+      '        return STATUS_UNHEALTHY, f"server up, unsupervised: watchdog pid',
+      '        return STATUS_RUNNING, f"server up, unsupervised: watchdog pid',
+      ("tests/test_watchdog.py::test_status_exit_codes_and_a_dead_watchdog",),
+      "a dead watchdog reported as healthy"),
 ]
