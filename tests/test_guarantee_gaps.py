@@ -46,7 +46,7 @@ def test_the_watchdog_backs_off_and_never_gives_up(dbdir):
     """Fifty failed starts in a row: 0, 0.25, 0.5, 1, ... up to 30 s between tries, never more and
     never the end; a server that lived past HEALTHY_AFTER starts the backoff over (broken: no
     backoff; a watchdog that stops trying after a few failures)."""
-    from balsamdb.server import watchdog
+    from balsamdb.server.supervisor import watchdog
 
     dog = watchdog.Watchdog(DBDirectory(dbdir))
     delays = []

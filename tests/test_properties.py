@@ -225,7 +225,7 @@ def test_a_signed_message_round_trips_and_another_key_is_refused(message, other_
 # -- every read route's permission check ------------------------------------------------------------------
 MARKER = "private-marker-7f3a"
 USERS = {"ada": "ada-s3cret!", "bob": "bob's pass phrase", "lab": "lab admin pw"}
-SOURCES = ["dbserver/http_store", "dbserver/web_records.py", "dbserver/web_jobs.py", "dbserver/web_pages.py"]
+SOURCES = ["dbserver/http"]
 # A value that makes each parameter do something (records r1, r2 with versions 1, 2 and tag t).
 VALUES = {"version": ["1", "2", "x"], "compare": ["r1,r2", "1,2", "1"], "sort": ["label", "-label"],
           "page": ["1", "2"], "tags": ["t"], "tag": ["t"], "format": ["json", "html", "csv"], "search": ["marker", "r"]}
@@ -242,16 +242,16 @@ def query_parameters():
             text = path.read_text()
             names.update(re.findall(r"args\.(?:get|getlist)\(\s*[\"']([a-z_]+)[\"']", text))
             names.update(re.findall(r"[\"']([a-z_]+)[\"']\s+in\s+(?:flask\.)?(?:request\.)?args\b", text))
-    from balsamdb.server import web_records
+    from balsamdb.server.http import record_pages
 
-    names.update(web_records.LIST_PARAMS)
+    names.update(record_pages.LIST_PARAMS)
     return sorted(names)
 
 
 def route_variants(app):
     """(path, needs) for every GET rule of the app that reads a project or a job: the path on the
     private project with each reserved label; ``needs``: "member" or "admin"."""
-    from balsamdb.server.http_store.urls import RESERVED_LABELS, RESERVED_PREFIXES
+    from balsamdb.server.http.urls import RESERVED_LABELS, RESERVED_PREFIXES
 
     variants = []
     for rule in app.url_map.iter_rules():
@@ -273,7 +273,7 @@ def route_variants(app):
 def read_app(tmp_path_factory):
     """The app of `db serve` (in-process) on a DB directory with a private project Priv (member: ada;
     bob is no member, lab an admin), records r1 (saved twice) and r2 tagged t, all holding MARKER."""
-    from balsamdb.server.http_store import create_app
+    from balsamdb.server.http import create_app
 
     path = tmp_path_factory.mktemp("read-routes") / "db"
     DBDirectory(path).init()
