@@ -12,6 +12,7 @@ import logging
 import peewee as pw
 
 from . import answers as stored_answers
+from . import crash_points
 from . import jsonio
 from . import operations
 from .exceptions import BadRequest, BalsamDBError, Conflict, ServerError
@@ -134,11 +135,13 @@ def apply(database, requests, savepoints=True):
         request.answer = answer
     if deferred is not None:
         _flush(deferred)
+    crash_points.reach(crash_points.AFTER_WRITES)
     if new_rows:
         try:
             fast.executemany(fast.insert_applied, new_rows)
         except DATABASE_ERRORS as exc:
             raise StorageFailure(exc) from exc
+        crash_points.reach(crash_points.AFTER_APPLIED_INSERT)
     return requests
 
 

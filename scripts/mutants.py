@@ -114,7 +114,7 @@ def make_worker_copy(base, index):
     if not (venv / "bin" / "python").exists():
         subprocess.run([sys.executable, str(ROOT / "scripts" / "dev.py"), "test", "--version"], check=True,
                        stdout=subprocess.DEVNULL)
-    shutil.copytree(venv, copy / ".venv", symlinks=True)
+    subprocess.run(["cp", "-a", str(venv), str(copy / ".venv")], check=True)  # cp: faster than copytree
     python = copy / ".venv" / "bin" / "python"
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", str(copy)],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
