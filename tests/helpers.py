@@ -187,3 +187,27 @@ def require_smt(*modules):
     if missing:
         skip_or_fail(f"the smt client needs {', '.join(missing)}: pip install -e .[test] (and git)")
 
+
+# -- shared by conftest's fixtures and the tests that make DB directories themselves ----------------
+
+def postgres_available():
+    """Whether PostgreSQL's server binaries are installed (the PostgreSQL tests need them)."""
+    from balsamdb.exceptions import ConfigError
+    from balsamdb.server.postgres import cluster as postgres
+
+    try:
+        postgres.find_binaries()
+        return True
+    except ConfigError:
+        return False
+
+
+def make_db_directory(backend, path, pg_url=None):
+    """A fresh DB directory at ``path`` on ``backend``; returns the path."""
+    from balsamdb.dbdir import DBDirectory
+
+    if backend == "sqlite3":
+        DBDirectory(path).init()
+    else:
+        DBDirectory(path).init("postgres", url=fresh_database_url(pg_url))
+    return path
