@@ -165,10 +165,10 @@ MUTANTS = [
       'saved = when if saved_at is None else check_number(saved_at, "saved_at", float, 0)',
       ("tests/test_relay_saved_at.py::test_the_store_keeps_the_time_and_author_a_relay_sends",),
       "a version dated in the future"),
-    M("relay-forwards-newest-first", "`db relay`: 16 `smt run` while the store is killed",
+    M("relay-forwards-newest-first", "the relay's spool read again at a start",
       "dbserver/relay/spool.py", "for path in sorted(self.new.iterdir()):",
       "for path in sorted(self.new.iterdir(), reverse=True):",
-      ("tests/test_relay.py::test_smt_runs_through_the_relay_while_the_store_is_down",),
+      ("tests/test_guarantee_gaps.py::test_the_relays_spool_reopened_keeps_each_records_saves_in_order",),
       "the relay forwarding saves newest first"),
 
     # -- Bad input and bad conditions -----------------------------------------------------------------
