@@ -195,7 +195,7 @@ def score_table(mutants, results, rows):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-j", "--workers", type=int, default=2, help="mutants run at once (default 2)")
-    parser.add_argument("-k", dest="select", help="only mutants whose name or row contains this text")
+    parser.add_argument("-k", dest="select", help="only mutants whose name or row contains this text (or one of several, comma-separated)")
     parser.add_argument("--check", action="store_true", help="only check that every mutant applies")
     parser.add_argument("--list", action="store_true", help="list the mutants")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per mutant")
@@ -216,7 +216,8 @@ def main(argv=None):
         print(f"[mutants] {len(bad)} mutant(s) no longer apply: fix them (never skip them)")
         return 2
     if args.select:
-        mutants = [m for m in mutants if args.select in m.name or args.select in m.row]
+        wanted = [w.strip() for w in args.select.split(",") if w.strip()]
+        mutants = [m for m in mutants if any(w in m.name or w in m.row for w in wanted)]
     covered = {row_of(m, rows) for m in load_mutants(args.mutants)}
     print(f"[mutants] {len(mutants)} mutants apply; they cover {len(covered)} of {len(rows)} rows of docs/guarantees.md")
     if args.check or args.list:

@@ -94,3 +94,25 @@ def test_the_relays_spool_reopened_keeps_each_records_saves_in_order(tmp_path):
     for label in ("r0", "r1"):
         numbers = [again.documents[seq][2]["n"] for seq in again.pending[("P", label)]]
         assert numbers == sorted(numbers), f"{label}: forwarded in the order {numbers}"
+
+
+def test_the_server_lock_refuses_a_second_process_while_held(dbdir):
+    """While one process holds `server.lock`, another process's hold_server_lock is refused naming
+    the holder, and succeeds once it is released (the quick form of test_watchdog's two-server
+    test; broken: the lock taken shared)."""
+    import subprocess
+    import sys
+
+    from balsamdb.server.supervisor import liveness
+
+    probe = ("import sys; from balsamdb.dbdir import DBDirectory; from balsamdb.server.supervisor import liveness\n"
+             "try:\n    liveness.hold_server_lock(DBDirectory(sys.argv[1]), deadline=0.2).close()\n"
+             "except liveness.LockHeld as exc:\n    sys.exit(f'held: {exc}')\n")
+    held = liveness.hold_server_lock(DBDirectory(dbdir))
+    try:
+        second = subprocess.run([sys.executable, "-c", probe, str(dbdir)], capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1 and "another write server holds" in second.stderr, second.stderr
+    finally:
+        held.close()
+    third = subprocess.run([sys.executable, "-c", probe, str(dbdir)], capture_output=True, text=True, timeout=60)
+    assert third.returncode == 0, third.stderr

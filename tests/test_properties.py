@@ -16,6 +16,7 @@ new ones, as tests/test_fuzz.py does.
 """
 
 import base64
+import json
 import os
 import re
 import tempfile
@@ -196,19 +197,25 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 53, 2 ** 53) |
                     max_leaves=12)
 
 
+BODIES = st.one_of(st.binary(max_size=300), JSON.map(lambda v: json.dumps(v).encode()),
+                   st.text(max_size=50).map(str.encode))
+
+
 @PROPERTY
-@given(st.binary(max_size=300), st.booleans(), st.booleans())
-def test_the_envelope_refuses_or_reads_any_bytes(data, signed, with_magic):
-    """Any bytes, also correctly signed and behind the magic: decode raises BadRequest or
-    AuthenticationError, or returns a dict; nothing else escapes."""
-    body = data
-    frame = (protocol.MAGIC if with_magic else b"") + (protocol.sign(SECRET, body) if signed else b"") + body
-    for strict in (True, False):
-        try:
-            message = protocol.decode(SECRET, [frame], max_bytes=1 << 20, strict=strict)
-        except (BadRequest, AuthenticationError):
-            continue
-        assert isinstance(message, dict)
+@given(BODIES)
+def test_the_envelope_refuses_or_reads_any_bytes(body):
+    """Any bytes (random, or any JSON text: arrays, numbers, strings), signed or not, behind the magic
+    or not: decode raises BadRequest or AuthenticationError, or returns a dict; nothing else escapes
+    (broken: a signed JSON array returned as a message)."""
+    for signed in (True, False):
+        for with_magic in (True, False):
+            frame = (protocol.MAGIC if with_magic else b"") + (protocol.sign(SECRET, body) if signed else b"") + body
+            for strict in (True, False):
+                try:
+                    message = protocol.decode(SECRET, [frame], max_bytes=1 << 20, strict=strict)
+                except (BadRequest, AuthenticationError):
+                    continue
+                assert isinstance(message, dict), (frame, message)
 
 
 @PROPERTY

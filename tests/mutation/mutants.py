@@ -78,7 +78,7 @@ MUTANTS = [
     M("server-lock-shared", "a write server holds `server.lock` for its whole life", "dbserver/supervisor/liveness.py",
       "            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)\n            break\n",
       "            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)\n            break\n",
-      ("tests/test_watchdog.py::test_a_second_server_refuses_while_the_first_holds_its_lock",),
+      ("tests/test_guarantee_gaps.py::test_the_server_lock_refuses_a_second_process_while_held",),
       "the server's lock taken shared"),
 
     # -- When no server can be reached, writes wait in the spool -------------------------------------
