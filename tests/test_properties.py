@@ -24,7 +24,7 @@ import types
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import balsamdb
@@ -36,7 +36,9 @@ from balsamdb.passwords import hash_password
 
 PROPERTY = settings(max_examples=int(os.environ.get("BALSAMDB_PROPERTY_EXAMPLES", "60")), deadline=None,
                     derandomize=not os.environ.get("BALSAMDB_FUZZ_RANDOM"),
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+                    # scripts/mutants.py needs the failure, not the smallest example: no shrinking there.
+                    phases=[p for p in Phase if not (p == Phase.shrink and os.environ.get("BALSAMDB_NO_SHRINK"))])
 
 # -- the job state machine --------------------------------------------------------------------------
 # docs/protocol.md, "Job states", rule by rule (the states.py docstring says the same).

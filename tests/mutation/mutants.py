@@ -26,6 +26,7 @@ class Mutant:
     tests: tuple
     why: str
     timeout: float = 0.0  # seconds; 0: the runner's default
+    slow: bool = False  # its tests take a minute or so: the runner starts it early
 
 
 M = Mutant
@@ -62,7 +63,7 @@ MUTANTS = [
       "timeout = settings.direct_deadline if busy_timeout is None else busy_timeout",
       "timeout = 0 if busy_timeout is None else busy_timeout",
       ("tests/test_direct_concurrency.py::test_32_processes_writing_at_once_lose_no_job",),
-      "direct writers with no busy timeout: 'database is locked'"),
+      "direct writers with no busy timeout: 'database is locked'", slow=True),
 
     # -- The watchdog never gives up; one server per DB directory ------------------------------------
     M("watchdog-gives-up", "the watchdog never gives up: 50 failed starts", "dbserver/supervisor/watchdog.py",
@@ -101,7 +102,7 @@ MUTANTS = [
       "        waiting = self.barrier.waiting(self.spool.names())\n        if not waiting:",
       "        waiting = set()\n        if not waiting:",
       ("tests/test_spool_order.py::test_a_live_write_waits_for_every_spooled_write[sqlite3]",),
-      "live requests not held behind the spool"),
+      "live requests not held behind the spool", slow=True),
     M("direct-overtakes-spool", "no server: a process that may write SQLite directly spools its write behind",
       "balsamdb/api.py", "            return self._spool_writer.spool.any_waiting()",
       "            return self._spool_writer.waiting()",
@@ -189,7 +190,7 @@ MUTANTS = [
     M("stray-spool-entry-blocks", "a stray entry in `spool/new`", "balsamdb/spool.py",
       "        if not stat.S_ISREG(mode):", "        if False:",
       ("tests/test_hardening.py::test_stray_entries_in_spool_new_move_to_failed_with_the_reason",),
-      "a directory in spool/new not recognised as stray"),
+      "a directory in spool/new not recognised as stray", slow=True),
     M("unknown-param-accepted", "a request with parameters its operation does not take",
       "balsamdb/operations/registry.py", "if op.required <= keys and (op.any_names or keys <= op.names):",
       "if op.required <= keys:",
@@ -236,7 +237,7 @@ MUTANTS = [
       "balsamdb/api.py", "    if isinstance(limit, int) and not isinstance(limit, bool) and size > limit:",
       "    if False:",
       ("tests/test_bounded_memory.py::test_the_client_refuses_a_write_larger_than_the_server_reads",),
-      "the client ignoring the server's published limit"),
+      "the client ignoring the server's published limit", slow=True),
 
     # -- Direct SQLite only on a local file system ---------------------------------------------------
     M("unknown-fs-is-local", "statfs types ext2/3/4, xfs", "balsamdb/filesystems.py",
