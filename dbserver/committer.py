@@ -1,9 +1,11 @@
 """The write server's database side: the one connection, the group commit of a batch of
 requests, what a failed commit means, reconnecting, and forgetting old request ids.
 
-The commit runs in the server's one thread (no database thread: the pipelined variant was
-measured slower on this kind of machine, see docs/benchmarks.md), so ``strace -p`` of the
-server process sees its fsyncs."""
+The commit runs in the server's one thread (no database thread: the pipelined variant, which
+moved the COMMIT and with it the connection, was measured slower, see docs/benchmarks.md).
+Under the default ``sqlite_synchronous`` FULL the connection commits with NORMAL and only the
+WAL's fdatasync leaves the loop: each COMMIT that returned is reported to the
+:class:`~balsamdb.server.flusher.Flusher`, whose flush its answers wait for."""
 
 import logging
 import os
@@ -30,6 +32,7 @@ class Committer:
         self.settings = settings
         self.stats = stats
         self.stopping = stopping  # a callable: True once the server stops (ends reconnecting)
+        self.flusher = None       # the WAL flusher, told of each COMMIT (SQLite under FULL)
 
     def begin(self):
         """The transaction of one group commit."""
@@ -60,6 +63,8 @@ class Committer:
             error = ServerError(f"the server failed on this batch: {type(exc).__name__}: {exc}").to_dict()
             self.stats.errors += len(requests)
             return [r.refuse(error) for r in requests]
+        if self.flusher is not None:
+            self.flusher.committed()
         self.stats.committed(requests, time.monotonic() - started)
         return requests
 
