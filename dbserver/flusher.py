@@ -59,7 +59,7 @@ class Flusher:
     # -- the loop's side ----------------------------------------------------
     def start(self):
         """Flush once now (what was committed before, e.g. a schema upgrade), then start the thread."""
-        self._flush_once()
+        self._flush_once(hold=False)
         if self.failed is not None:
             raise self.failed
         self._thread = threading.Thread(target=self._run, name="wal-flusher", daemon=True)
@@ -127,9 +127,10 @@ class Flusher:
             if not self._flush_once():
                 return
 
-    def _flush_once(self):
+    def _flush_once(self, hold=True):
         """One flush of every COMMIT reported before it began; False once a flush failed."""
-        self._hold()
+        if hold:
+            self._hold()
         with self._cond:
             target = self.commits  # read before the fdatasync begins: only these are covered
         started = time.monotonic()
