@@ -88,13 +88,14 @@ def test_a_held_flush_holds_every_answer_and_spool_effect(tmp_path, dealer):
         request_id, job_id, frames = _job_message(secret, "live")
         dealer.send_multipart([b""] + frames)
         # Committed (the spool's batch and the live one), none flushed: the flush is held.
-        status = wait_for(lambda: (lambda s: s if s.get("writes", 0) >= 3 and s.get("durable_after_flush", 0) >= 2
-                                   else None)(_status(path)), 60, "the spooled and live writes to be committed")
-        assert status["flusher"] is True and status["commits"] > status["flushed_commits"], status
+        status = wait_for(lambda: (lambda s: s if s.get("writes", 0) >= 3 else None)(_status(path)), 60,
+                          "the spooled and live writes to be committed")
         assert job_id in job_ids_in_db(path), "the live write is not committed"  # readers see it already
         assert dealer.poll(0) == 0, "a write was answered before the flush of its COMMIT"
         assert sorted(p.name for p in new.iterdir()) == spooled, "a spool file left spool/new before the flush"
         assert list(failed.iterdir()) == [], "a refused spool file moved to spool/failed before the flush"
+        assert status["flusher"] is True and status["commits"] > status["flushed_commits"], status
+        assert status["durable_after_flush"] >= 2, status  # the spool's batch and the live one
         # One more status round trip (answered at once): still nothing.
         assert _status(path)["flushed_commits"] < _status(path)["commits"]
         assert dealer.poll(0) == 0 and sorted(p.name for p in new.iterdir()) == spooled
@@ -156,7 +157,9 @@ def test_strace_shows_commit_then_wal_fdatasync_then_answer(tmp_path, dealer):
         pid = address(path)["server"]["pid"]
         tracer = subprocess.Popen(
             ["strace", "-f", "-qq", "-y", "-s", "512", "-o", str(trace), "-p", str(pid),
-             "-e", "trace=fdatasync,fsync,pwrite64,write,sendto,sendmsg"],
+             "-e", "trace=fdatasync,fsync,pwrite64,write,sendto,sendmsg",
+             # Each fdatasync is held 0.2 s, so that an answer sent without waiting for it is seen.
+             "-e", "inject=fdatasync:delay_enter=200000"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wait_for(lambda: tracer.poll() is not None or _traced(pid), 10, "strace to attach")
         if tracer.poll() is not None:
