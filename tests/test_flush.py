@@ -1,4 +1,4 @@
-"""The WAL flush off the write server's loop (dbserver/flusher.py), on SQLite under the default
+"""The WAL flush off the write server's loop (dbserver/writer/flusher.py), on SQLite under the default
 ``sqlite_synchronous`` FULL: the server's connection commits with NORMAL and a flusher thread
 fdatasyncs the ``-wal`` file; a batch's answers and its spool-file effects wait for a flush that
 began after its COMMIT returned.
@@ -234,9 +234,9 @@ def test_the_flusher_follows_the_wal_when_sqlite_makes_it_anew(tmp_path):
     -wal file, and makes a new one at the next write; the flusher must flush the new file."""
     from balsamdb.models import MODELS, upgrade
     from balsamdb.request import Request
-    from balsamdb.server.committer import Committer
-    from balsamdb.server.flusher import Flusher
-    from balsamdb.server.server_stats import Stats
+    from balsamdb.server.writer.committer import Committer
+    from balsamdb.server.writer.flusher import Flusher
+    from balsamdb.server.writer.stats import Stats
 
     path = tmp_path / "db"
     dbdir = DBDirectory(path)
