@@ -34,7 +34,7 @@ from helpers import address, db_cli, job_ids_in_db, kill_everything, skip_or_fai
 
 
 def _status(path):
-    from balsamdb.server import control
+    from balsamdb.server.supervisor import control
 
     return control.status(DBDirectory(path)).get("server_status") or {}
 
