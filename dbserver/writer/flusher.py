@@ -23,7 +23,7 @@ nothing more and stops (fail-stop; its clients resend to the next server, which 
 write once from the record of applied requests).
 
 Tests only: while the file named by ``BALSAMDB_TEST_FLUSH_HOLD`` (an environment variable read
-once, at start) exists, each flush waits before it begins.
+once, at start) exists, each flush waits before its ``fdatasync`` (as a slow disk would).
 """
 
 import logging
@@ -48,6 +48,7 @@ class Flusher:
         self._identity = None          # (st_dev, st_ino) of the open file
         self.commits = 0               # COMMITs reported by the loop (their numbers: 1, 2, ...)
         self.flushed = 0               # every COMMIT numbered up to this one is on disk
+        self.covering = 0              # the COMMITs up to this one are in a flush begun (or done)
         self.flushes = 0
         self.flush_seconds = 0.0
         self.reopens = 0               # times the -wal file was (re)opened
@@ -71,6 +72,12 @@ class Flusher:
             self.commits += 1
             self._cond.notify()
             return self.commits
+
+    def waiting(self):
+        """True while a COMMIT waits for a flush to begin (one is running): the loop gathers the
+        work that arrives meanwhile into one batch, committed once that flush begins (one COMMIT
+        per flush, large batches)."""
+        return self.commits > self.covering
 
     def woken(self):
         """Empty the wake pipe (the loop saw it readable)."""
@@ -129,10 +136,12 @@ class Flusher:
 
     def _flush_once(self, hold=True):
         """One flush of every COMMIT reported before it began; False once a flush failed."""
-        if hold:
-            self._hold()
         with self._cond:
             target = self.commits  # read before the fdatasync begins: only these are covered
+            self.covering = target
+        self._wake()  # the loop may commit the work it gathered meanwhile
+        if hold:
+            self._hold()
         started = time.monotonic()
         try:
             fd = self._live_fd()

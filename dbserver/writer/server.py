@@ -80,6 +80,7 @@ class WriteServer(SpoolOrder):
         self.committer = None
         self.flusher = None        # SQLite under FULL/EXTRA: the WAL flush off the loop
         self.outbox = collections.deque()  # (COMMIT number, answers, effects) waiting for their flush
+        self.gathered = []         # checked work waiting for the running flush to end (see serve_batch)
         self.local_address = None
         self.endpoints = []
         self.pg_port = pg_port
@@ -140,17 +141,23 @@ class WriteServer(SpoolOrder):
     def loop(self):
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
+        woken = zmq.Poller()  # the flusher's wake pipe alone: while MAX_BATCH requests are gathered
         if self.flusher is not None:
             poller.register(self.flusher.wake_fd, zmq.POLLIN)
+            woken.register(self.flusher.wake_fd, zmq.POLLIN)
         while not self.stopping:
             # Spooled writes go before live ones (see spool_order): status, ping and holding
             # replies still go out during a long drain.
-            events = dict(poller.poll(0 if time.monotonic() >= self.next_spool_check else POLL_MS))
+            timeout = 0 if time.monotonic() >= self.next_spool_check else POLL_MS
+            full = len(self.gathered) >= MAX_BATCH
+            events = dict((woken if full else poller).poll(timeout))
             if self.flusher is not None and self.flusher.wake_fd in events:
                 self.flusher.woken()
                 self.release_flushed()
             if self.socket in events:
                 self.serve_batch(self.receive_batch())
+            elif self.gathered and not self.flusher.waiting():
+                self.serve_batch([])
             if time.monotonic() >= self.next_prune:
                 self.next_prune = time.monotonic() + self.committer.prune_applied(spool_waits=self.spool.count())
             if time.monotonic() >= self.next_spool_check:
@@ -170,9 +177,9 @@ class WriteServer(SpoolOrder):
         try:
             while True:
                 batch = self.receive_batch()
-                if not batch:
+                if not batch and not self.gathered:
                     break
-                self.serve_batch(batch)
+                self.serve_batch(batch, gather=False)
             if self.flusher is not None:
                 self.flusher.wait_flushed(self.flusher.commits, deadline=60.0)
                 self.release_flushed()
@@ -210,7 +217,7 @@ class WriteServer(SpoolOrder):
             size += sum(len(frame) for frame in frames)
         return batch
 
-    def serve_batch(self, batch):
+    def serve_batch(self, batch, gather=True):
         replies = []     # answered on sight: refused messages
         work = []        # for the database
         server_ops = []  # answered after the work is admitted, so that status counts it as held
@@ -227,7 +234,14 @@ class WriteServer(SpoolOrder):
         # Queue depth: the requests that arrived with this one and wait to be served.
         replies.extend(self.server_ops.answer(server_ops, queue_depth=len(batch) - 1))
         self.send(replies)
-        if work:
+        # While a COMMIT waits for the running flush (the flusher's next), checked work is
+        # gathered, not committed: it goes in one batch once that flush ends (one COMMIT per
+        # flush, large batches), and is applied while the next flush runs.
+        work = self.gathered + work
+        self.gathered = []
+        if gather and work and self.flusher is not None and self.flusher.waiting():
+            self.gathered = work
+        elif work:
             self.after_flush(self.committer.commit(work))
 
     # -- answers after the flush --------------------------------------------
