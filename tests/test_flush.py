@@ -277,3 +277,60 @@ def test_the_flusher_follows_the_wal_when_sqlite_makes_it_anew(tmp_path):
     finally:
         flusher.close()
         database.close()
+
+
+def test_a_failed_flush_stops_the_server_without_answering(tmp_path, dealer):
+    """fail-stop: the flusher's fdatasync fails (EIO injected by strace): the write it covers is
+    not answered, the server ends at once (logged), the watchdog starts another, and the same
+    write sent again is answered (exactly once: from the record if the first COMMIT stayed)."""
+    if shutil.which("strace") is None:
+        skip_or_fail("strace is not installed (apt-get install strace)")
+    import psutil
+
+    path = tmp_path / "db"
+    DBDirectory(path).init()
+    secret = DBDirectory(path).secret()
+    tracer = None
+    try:
+        db_cli("dbserver", "--path", path, check=True)
+        with balsamdb.connect(path) as db:  # the WAL's header is written (and synced by SQLite) now
+            db.jobs.create(name="warm-up", workflow="w", make_workdir=False)
+        info = address(path)
+        pid = info["server"]["pid"]
+        tracer = subprocess.Popen(
+            ["strace", "-f", "-qq", "-o", "/dev/null", "-p", str(pid), "-e", "trace=fdatasync",
+             "-e", "inject=fdatasync:error=EIO"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: tracer.poll() is not None or _traced(pid), 10, "strace to attach")
+        if tracer.poll() is not None:
+            skip_or_fail(f"strace cannot attach to pid {pid}: {tracer.stderr.read().strip()}")
+        dealer.connect(info["address"])
+        request_id, job_id, frames = _job_message(secret, "unflushed")
+        dealer.send_multipart([b""] + frames)
+        wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                 30, "the server to stop after its failed flush")
+        assert dealer.poll(0) == 0, "a write was answered although its flush failed"
+        log = (path / "log" / "server.log").read_text()
+        assert "stopping after a failed flush of the WAL" in log, log[-2000:]
+        tracer.wait(10)
+        wait_for(lambda: address(path).get("state") == "running" and address(path).get("epoch") != info["epoch"],
+                 30, "the watchdog to start another server")
+        # The client's retry: the same id and job, signed afresh, to the next server.
+        retry = zmq.Context.instance().socket(zmq.DEALER)
+        retry.setsockopt(zmq.LINGER, 0)
+        try:
+            retry.connect(address(path)["address"])
+            retry.send_multipart([b""] + protocol.encode(secret, {
+                "id": request_id, "op": "job_create", "ts": time.time(),
+                "params": {"job": {"id": job_id, "name": "unflushed", "workflow": "flush"}}}))
+            answer = _answer_id(secret, _answer(retry, 30))
+        finally:
+            retry.close()
+        assert answer["id"] == request_id and answer["ok"], answer
+        assert job_ids_in_db(path).count(job_id) == 1
+    finally:
+        if tracer is not None and tracer.poll() is None:
+            tracer.kill()
+            tracer.wait(5)
+        db_cli("dbserver", "--stop", "--path", path)
+        kill_everything(path)

@@ -28,6 +28,7 @@ once, at start) exists, each flush waits before its ``fdatasync`` (as a slow dis
 
 import logging
 import os
+import sys
 import threading
 import time
 
@@ -35,6 +36,9 @@ log = logging.getLogger("balsamdb.server.writer.server")
 
 HOLD_ENV = "BALSAMDB_TEST_FLUSH_HOLD"
 HOLD_POLL = 0.01  # seconds between looks at the hold file (tests only)
+#: The GIL switch interval while a flusher runs: a flusher whose fdatasync returned waits at most
+#: this long for the loop's thread to let it answer (Python's default, 5 ms, is longer than the flush).
+SWITCH_INTERVAL = 0.0005
 
 
 class Flusher:
@@ -63,6 +67,7 @@ class Flusher:
         self._flush_once(hold=False)
         if self.failed is not None:
             raise self.failed
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self._thread = threading.Thread(target=self._run, name="wal-flusher", daemon=True)
         self._thread.start()
 
