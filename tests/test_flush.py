@@ -108,6 +108,8 @@ def test_a_held_flush_holds_every_answer_and_spool_effect(tmp_path, dealer):
         assert moved == [spooled[-1]], (moved, spooled)
         status = _status(path)
         assert status["flushed_commits"] == status["commits"] and status["durable_after_flush"] == 0, status
+        shown = db_cli("dbserver", "--status", "--path", path).stdout
+        assert "commits per flush" in shown and "0 batches waiting" in shown, shown
     finally:
         if hold.exists():
             hold.unlink()

@@ -7,6 +7,7 @@ Under the default ``sqlite_synchronous`` FULL the connection commits with NORMAL
 WAL's fdatasync leaves the loop: each COMMIT that returned is reported to the
 :class:`~balsamdb.server.writer.flusher.Flusher`, whose flush its answers wait for."""
 
+import contextlib
 import logging
 import os
 import time
@@ -33,6 +34,7 @@ class Committer:
         self.stats = stats
         self.stopping = stopping  # a callable: True once the server stops (ends reconnecting)
         self.flusher = None       # the WAL flusher, told of each COMMIT (SQLite under FULL)
+        self.tick = None          # called now and then during a batch: answers what was flushed meanwhile
 
     def begin(self):
         """The transaction of one group commit."""
@@ -45,7 +47,7 @@ class Committer:
         the commit), or an error answer when the batch was rolled back."""
         started = time.monotonic()
         try:
-            run_batch(self.database, requests, self.begin)
+            run_batch(self.database, requests, self._begin_then_tick if self.tick else self.begin, self.tick)
         except (StorageFailure,) + DATABASE_ERRORS as exc:
             original = root_cause(getattr(exc, "original", exc))
             transient = self.lost_database(original)
@@ -67,6 +69,13 @@ class Committer:
             self.flusher.committed()
         self.stats.committed(requests, time.monotonic() - started)
         return requests
+
+    @contextlib.contextmanager
+    def _begin_then_tick(self):
+        """:meth:`begin`, with a ``tick`` just before the COMMIT (which writes the WAL)."""
+        with self.begin():
+            yield
+            self.tick()
 
     def storage_hint(self, error):
         """What a refused commit most likely means, for the people who read the error."""

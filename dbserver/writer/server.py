@@ -109,6 +109,7 @@ class WriteServer(SpoolOrder):
             self.flusher = Flusher(f"{self.dbdir.sqlite_file}-wal")
             self.flusher.start()  # flushes the upgrade's commits first
             self.committer.flusher = self.flusher
+            self.committer.tick = self.release_if_flushed
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 2000)
@@ -255,6 +256,12 @@ class WriteServer(SpoolOrder):
                 effect()
             return
         self.outbox.append((flusher.commits, requests, effects))
+
+    def release_if_flushed(self):
+        """During a batch's apply: answer the earlier batches whose flush ended meanwhile."""
+        flusher = self.flusher
+        if flusher.failed is not None or (self.outbox and self.outbox[0][0] <= flusher.flushed):
+            self.release_flushed()
 
     def release_flushed(self):
         """Answer (and clean up after) the batches whose COMMIT is flushed; fail-stop after a
