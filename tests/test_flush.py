@@ -231,6 +231,26 @@ def test_direct_mode_writes_with_synchronous_full(tmp_path):
         store.close()
 
 
+def test_normal_is_the_opt_out_without_a_flusher(tmp_path):
+    """``sqlite_synchronous`` NORMAL (the documented opt-out): the server has no flusher, its
+    connection commits with NORMAL, and a write is answered after its COMMIT alone."""
+    path = tmp_path / "db"
+    DBDirectory(path).init()
+    env = dict(os.environ, BALSAMDB_SQLITE_SYNCHRONOUS="NORMAL")
+    try:
+        started = db_cli("dbserver", "--path", path, env=env)
+        assert started.returncode == 0, started.stderr
+        with balsamdb.connect(path) as db:
+            db.jobs.create(name="not-flushed", workflow="w", make_workdir=False)
+            assert db.last_route == "server"
+        status = _status(path)
+        assert status["synchronous"] == "NORMAL" and status["connection_synchronous"] == "NORMAL", status
+        assert status["flusher"] is False and "flushes" not in status, status
+    finally:
+        db_cli("dbserver", "--stop", "--path", path)
+        kill_everything(path)
+
+
 def test_the_flusher_follows_the_wal_when_sqlite_makes_it_anew(tmp_path):
     """The committer's reconnect closes the last connection: SQLite checkpoints and deletes the
     -wal file, and makes a new one at the next write; the flusher must flush the new file."""
