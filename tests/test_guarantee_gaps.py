@@ -2,7 +2,7 @@
 each test here kills a mutant that every earlier test let through (issue 25).
 
 - the server's connection is durable (a weaker ``synchronous`` on it went unnoticed: the
-  strace test holds a WAL write, which NORMAL does as well);
+  strace test of COMMIT before the answer holds a WAL write, which NORMAL makes as well);
 - the client refuses an answer signed with another key;
 - the watchdog's backoff, and that it never gives up however many starts fail;
 - no direct read or write of a SQLite file on a network file system (the FUSE test reads only
@@ -23,11 +23,16 @@ NFS_MAGIC = 0x6969
 
 @pytest.mark.parametrize("backend", ["sqlite3"])
 def test_the_server_reports_the_durability_its_connection_has(served_dbdir):
-    """`db dbserver --status` reads synchronous back from the server's own connection: FULL, as the
-    settings say (broken: the connection opened with NORMAL)."""
+    """Under the default `sqlite_synchronous` FULL, `db dbserver --status` reads synchronous back from
+    the server's own connection: FULL, or NORMAL with the WAL flusher running, which has flushed the
+    commits it answered (broken: the connection NORMAL and no flusher)."""
     with balsamdb.connect(served_dbdir) as db:
+        db.jobs.create(name="answered", make_workdir=False)
         status = db.server_status()
     assert status["synchronous"] == "FULL", status
+    if status["connection_synchronous"] != "FULL":
+        assert status["connection_synchronous"] == "NORMAL" and status["flusher"] is True, status
+        assert status["flushes"] >= 1 and status["flushed_commits"] >= 1, status
 
 
 @pytest.mark.parametrize("backend", ["sqlite3"])

@@ -9,6 +9,8 @@ from balsamdb.exceptions import BalsamDBError, ServerError
 
 log = logging.getLogger("balsamdb.server.writer.server")
 
+SYNCHRONOUS_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+
 
 class ServerOperations:
     def __init__(self, server):
@@ -43,26 +45,24 @@ class ServerOperations:
         status = server.stats.to_dict()
         status.update(queue_depth=self.queue_depth, encrypted=server.encrypt,
                       pid=os.getpid(), epoch=server.epoch, port=server.port, db_type=server.db_type,
-                      path=str(server.dbdir.path), synchronous=durability(server.database, server.db_type),
+                      path=str(server.dbdir.path), synchronous=server.settings.sqlite_synchronous,
                       spool_pending=len(server.barrier.waiting(server.spool.names())),
                       spool_failed=len(server.spool.failures()),
                       spool_drain_per_s=round(server.barrier.rate(), 1),
                       spool_last_drain_per_s=round(server.barrier.last_rate(), 1),
-                      held_requests=server.barrier.held(), spool_refused=server.spool_refused)
+                      held_requests=server.barrier.held(), spool_refused=server.spool_refused,
+                      connection_synchronous=self.connection_synchronous(),
+                      durable_after_flush=len(server.outbox))
+        status.update(server.flusher.counters() if server.flusher is not None else {"flusher": False})
         return status
 
-
-_SQLITE_SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
-
-
-def durability(database, db_type):
-    """What the server's own connection does at COMMIT, read back from that connection (not from
-    the settings, which a slip in opening it would not change): SQLite's ``synchronous`` (FULL:
-    an answered write survives a power cut), PostgreSQL's ``synchronous_commit``."""
-    try:
-        if db_type == "sqlite3":
-            level = database.execute_sql("PRAGMA synchronous").fetchone()[0]
-            return _SQLITE_SYNCHRONOUS.get(level, str(level))
-        return "synchronous_commit=" + database.execute_sql("SHOW synchronous_commit").fetchone()[0]
-    except Exception as exc:  # a lost connection: status still answers
-        return f"unknown ({type(exc).__name__})"
+    def connection_synchronous(self):
+        """PRAGMA synchronous of the server's own SQLite connection (NORMAL with the flusher), or None."""
+        if self.server.db_type != "sqlite3":
+            return None
+        try:
+            level = self.server.database.execute_sql("PRAGMA synchronous").fetchone()[0]
+        except Exception as exc:  # a status must answer even when the connection is broken
+            log.warning("could not read PRAGMA synchronous: %s", exc)
+            return None
+        return SYNCHRONOUS_NAMES.get(level, str(level))

@@ -32,10 +32,16 @@ class Mutant:
 M = Mutant
 MUTANTS = [
     # -- Nothing acknowledged is lost, nothing is applied twice ---------------------------------------
-    M("sqlite-synchronous-normal", "the server's connection is as durable as the settings say", "balsamdb/dbdir.py",
-      '"synchronous": settings.sqlite_synchronous,', '"synchronous": "NORMAL",',
+    M("sqlite-normal-without-flusher", "the server's connection under the default `sqlite_synchronous` FULL",
+      "dbserver/writer/server.py", "        if flush:\n            self.flusher = Flusher(",
+      "        if False:\n            self.flusher = Flusher(",
       ("tests/test_guarantee_gaps.py::test_the_server_reports_the_durability_its_connection_has",),
-      "a weaker durability setting on the server's connection (issue 25's survivor)"),
+      "a weaker durability on the server's connection: NORMAL with no flusher (issue 25's survivor, "
+      "in the flusher's form)"),
+    M("direct-mode-normal", "every connection that writes is durable under the default setting",
+      "balsamdb/dbdir.py", '"synchronous": synchronous or settings.sqlite_synchronous,', '"synchronous": "NORMAL",',
+      ("tests/test_flush.py::test_direct_mode_writes_with_synchronous_full",),
+      "direct mode committing with NORMAL"),
     M("retry-not-answered-from-record", "a retry of an applied write is answered from the record of applied",
       "balsamdb/applier.py", "if record and request.id in applied:", "if False and record and request.id in applied:",
       ("tests/test_server.py::test_retry_of_an_applied_write_is_answered_from_the_record[sqlite3]",),
