@@ -222,13 +222,15 @@ class DBDirectory:
                 raise ConfigError(f"this Python's SQLite is {sqlite3.sqlite_version}; balsamdb needs 3.24 or newer "
                                   "(use a newer Python, or pysqlite3)")
             timeout = settings.direct_deadline if busy_timeout is None else busy_timeout
-            return pw.SqliteDatabase(
+            return OptimizingSqlite(
                 str(self.sqlite_file),
                 timeout=timeout,
                 pragmas={
                     "journal_mode": "wal",
                     "synchronous": settings.sqlite_synchronous,
                     "foreign_keys": 1,
+                    "cache_size": -1024 * max(2, int(settings.sqlite_cache_mb)),  # KiB when negative
+                    "journal_size_limit": JOURNAL_SIZE_LIMIT,  # the WAL is truncated to this after a checkpoint
                 },
             )
         if config.get("external"):
@@ -330,6 +332,22 @@ class DBDirectory:
         if not upgraded and not done:
             done.append(f"{self.path} is already a current {db_type} DB directory (schema {models.SCHEMA_VERSION})")
         return done
+
+
+#: bytes a checkpointed WAL is truncated to (SQLite otherwise keeps the largest it ever grew to)
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
+class OptimizingSqlite(pw.SqliteDatabase):
+    """A SQLite database that runs ``PRAGMA optimize`` as each connection closes (SQLite's advice
+    for long-lived connections: it analyzes the tables whose queries would gain from it)."""
+
+    def _close(self, conn):
+        try:
+            conn.execute("PRAGMA optimize")
+        except Exception:  # noqa: BLE001 - a read-only or broken connection still closes
+            pass
+        super()._close(conn)
 
 
 def _nearest_existing_parent(path):
