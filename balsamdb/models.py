@@ -272,6 +272,28 @@ def _ensure_indexes(database):
                              f"ON {q(table)} ({', '.join(q(c) for c in columns)})")
 
 
+def check_schema_not_newer(database, where):
+    """Refuse (:class:`ConfigError`, one line naming both versions) a database whose schema is newer
+    than this balsamdb's: an older client must not write tables it does not know the rules of."""
+    version = current_version(database)
+    if version > SCHEMA_VERSION:
+        from .exceptions import ConfigError
+
+        raise ConfigError(f"{where} has schema version {version}, newer than this balsamdb's ({SCHEMA_VERSION}): "
+                          "upgrade balsamdb on this host")
+    return version
+
+
+def row_counts(database):
+    """``{table: rows}`` of the tables an upgrade rebuilds indexes of (what ``db init`` says first)."""
+    out = {}
+    with database.bind_ctx(MODELS):
+        for model in (Job, JobStateChange, JobTag, Record, RecordTag, RecordVersion):
+            if model.table_exists():
+                out[model._meta.table_name] = model.select().count()
+    return out
+
+
 def upgrade(database, progress=None):
     """Bring ``database`` to :data:`SCHEMA_VERSION`, keeping every row.
 

@@ -12,13 +12,11 @@ best of three, in milliseconds.  Sizes grow one DB directory: 100k is the 10k DB
 
 import argparse
 import json
-import os
 import random
 import shutil
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import balsamdb
