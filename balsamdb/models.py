@@ -249,7 +249,7 @@ MIGRATIONS = {
     5: (_record_versions, "added the versions of records (every save kept; existing records become their "
                           "version 1) and the write-once option of projects"),
     # 6 (jobs: parent table, leases) and 7 (provenance: job<->record link) are other branches' numbers.
-    8: (lambda database: schema_scale.migrate(database), "indexes for a million jobs (no duplicates; records by "
+    8: (schema_scale.migrate, "indexes for a million jobs (no duplicates; records by "
         "project and time, tags from the tag side, state and last change, name globs), job counts per workflow "
         "and state kept in the same transaction, and a full-text index of records"),
 }
@@ -315,7 +315,10 @@ def upgrade(database, progress=None):
                 migrate, what = MIGRATIONS[target]
                 if progress is not None:
                     progress(f"schema {previous} -> {target}")
-                migrate(database)
+                if getattr(migrate, "takes_progress", False):
+                    migrate(database, progress=progress)
+                else:
+                    migrate(database)
                 done.append(f"schema {previous} -> {target}: {what}")
                 previous = target
             if done:

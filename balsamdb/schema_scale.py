@@ -90,6 +90,9 @@ def migrate(database, progress=None):
         _sqlite_fts(database)
 
 
+migrate.takes_progress = True
+
+
 def _sqlite_counts(database):
     run = database.execute_sql
     run(f'CREATE TABLE IF NOT EXISTS "{COUNTS}" (workflow TEXT NOT NULL, state TEXT NOT NULL, '
