@@ -226,6 +226,8 @@ class DBDirectory:
                 str(self.sqlite_file),
                 timeout=timeout,
                 pragmas={
+                    # First: only a new, empty file takes it; `db vacuum` converts an older one.
+                    "auto_vacuum": "incremental",
                     "journal_mode": "wal",
                     "synchronous": settings.sqlite_synchronous,
                     "foreign_keys": 1,

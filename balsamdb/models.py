@@ -74,6 +74,7 @@ class Project(BaseModel):
     public = pw.BooleanField(default=False)
     created_at = pw.DoubleField()
     write_once = pw.BooleanField(default=False)  # a changed provenance field is refused (409), not replaced
+    keep_versions = pw.IntegerField(null=True)  # db prune keeps the newest N versions of a record; None: all
 
 
 class Record(BaseModel):

@@ -68,6 +68,9 @@ def migrate(database, progress=None):
     """Bring the indexes, counts and search index to schema 8; ``progress(step_text)`` is called
     before each step (the ``db init`` progress bar)."""
     step = progress or (lambda text: None)
+    step("project keep_versions")
+    if "keep_versions" not in {c.name for c in database.get_columns("project")}:
+        database.execute_sql('ALTER TABLE "project" ADD COLUMN "keep_versions" INTEGER')
     for name in DROPPED:
         step(f"drop index {name}")
         database.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
