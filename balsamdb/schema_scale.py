@@ -150,3 +150,23 @@ def _postgres_search(database):
 def postgres_search_ready(database):
     row = database.execute_sql("SELECT 1 FROM pg_indexes WHERE indexname = 'record_search_trgm'").fetchone()
     return row is not None
+
+
+def kept_counts(database, filters):
+    """``[(workflow, state, count)]`` from the counts the job triggers keep (SQLite, schema 8) when
+    ``filters`` hold at most a workflow and states (already checked); else None: count the jobs."""
+    filters = {k: v for k, v in (filters or {}).items() if v is not None}
+    if set(filters) - {"workflow", "state"} or is_postgres(database):
+        return None
+    p = database.param
+    sql, params = f'SELECT workflow, state, n FROM "{COUNTS}" WHERE n > 0', []
+    if "workflow" in filters:
+        sql, params = sql + f" AND workflow = {p}", params + [filters["workflow"]]
+    if "state" in filters:
+        wanted = [filters["state"]] if isinstance(filters["state"], str) else list(filters["state"])
+        sql += f" AND state IN ({', '.join([p] * len(wanted))})" if wanted else " AND 0"
+        params += wanted
+    try:
+        return [tuple(row) for row in database.execute_sql(sql, params).fetchall()]
+    except pw.OperationalError:  # no such table: a schema older than 8 (a read-only reader)
+        return None

@@ -363,21 +363,6 @@ def _kept_counts(filters):
     """The counts per workflow and state from the table the job triggers keep (SQLite, schema 8),
     when ``filters`` hold at most a workflow and states; else None (counted from the jobs)."""
     filters = check_object(filters or {}, "filters")
-    database = Job._meta.database
-    if set(k for k, v in filters.items() if v is not None) - {"workflow", "state"} \
-            or isinstance(database, pw.PostgresqlDatabase):
-        return None
     _job_query(filters)  # the same checks of the filters
-    sql, params = f'SELECT workflow, state, n FROM "{schema_scale.COUNTS}" WHERE n > 0', []
-    if filters.get("workflow") is not None:
-        sql, params = sql + " AND workflow = ?", params + [filters["workflow"]]
-    wanted = filters.get("state")
-    if wanted is not None:
-        wanted = [wanted] if isinstance(wanted, str) else list(wanted)
-        sql += f" AND state IN ({', '.join('?' * len(wanted))})"
-        params += wanted
-    try:
-        found = database.execute_sql(sql, params).fetchall()
-    except pw.OperationalError:  # no such table: a schema older than 8 (read-only readers)
-        return None
-    return [{"workflow": w, "state": s, "count": n} for w, s, n in found]
+    rows = schema_scale.kept_counts(Job._meta.database, filters)
+    return None if rows is None else [{"workflow": w, "state": s, "count": n} for w, s, n in rows]
