@@ -15,11 +15,13 @@ JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 class OptimizingSqlite(pw.SqliteDatabase):
     """A SQLite database that runs ``PRAGMA optimize`` as each connection closes (SQLite's advice
-    for long-lived connections: it analyzes the tables whose queries would gain from it)."""
+    for long-lived connections: it analyzes the tables whose queries would gain from it), when the
+    connection wrote something."""
 
     def _close(self, conn):
         try:
-            conn.execute("PRAGMA optimize")
+            if conn.total_changes:  # a connection that only read leaves the file as it found it
+                conn.execute("PRAGMA optimize")
         except Exception:  # noqa: BLE001 - a read-only or broken connection still closes
             pass
         super()._close(conn)
