@@ -226,8 +226,6 @@ class DBDirectory:
                 str(self.sqlite_file),
                 timeout=timeout,
                 pragmas={
-                    # First: only a new, empty file takes it; `db vacuum` converts an older one.
-                    "auto_vacuum": "incremental",
                     "journal_mode": "wal",
                     "synchronous": settings.sqlite_synchronous,
                     "foreign_keys": 1,
@@ -329,6 +327,15 @@ class DBDirectory:
             done.extend(make_cluster(self.path))
             done.append("the schema is created when `db dbserver` first starts the cluster")
             return done
+        if db_type == "sqlite3" and not self.sqlite_file.exists():
+            # Once, before anything is written (WAL mode writes the header): later vacuums can then
+            # run with the server up (db vacuum); an older file is converted by an offline db vacuum.
+            import sqlite3
+
+            con = sqlite3.connect(str(self.sqlite_file))
+            con.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            con.execute("PRAGMA journal_mode = wal")
+            con.close()
         database = self.open_database(settings, busy_timeout=60)
         try:
             database.connect()
