@@ -84,8 +84,9 @@ def bench(writers, writes, modes, repeat, bulk, capacity, inflight, seconds, tar
     With --capacity, the clients are taken out of the picture: one load
     generator keeps C pre-signed job creates in flight against the write server
     on SQLite and on PostgreSQL and against a null server that answers at once;
-    it shows writes/s, server CPU per write, mean batch and commit time, peak
-    memory and the ratio to the null server, and reads every answered write back.
+    it shows writes/s, server CPU per write, mean batch and commit time, the
+    WAL flusher's commits per flush and flush time (SQLite), peak memory and
+    the ratio to the null server, and reads every answered write back.
 
     Example:
 
