@@ -103,7 +103,8 @@ def measure(path, db, fresh, n_jobs, n_records, rng, fresh_first):
     from balsamdb.server.http.record_pages import PER_PAGE, find_records
 
     out = {}
-    out["bulk_rate"], out["bulk_jobs_per_s"], out["fresh_jobs_per_s"] = _bulk_ratio(db, fresh, n_jobs, fresh_first)
+    ratio, grown, small = _bulk_ratio(db, fresh, n_jobs, fresh_first)
+    out["bulk_rate"], out["bulk_jobs_per_s"], out["fresh_jobs_per_s"] = ratio, round(grown), round(small)
     out["state_counts"] = _best(lambda: db.jobs.state_counts())
     out["jobs_counted"] = sum(row["count"] for row in db.jobs.state_counts())  # read back: every job made
     out["tag_limit20"] = _best(lambda: db.jobs.filter(tags=["gpu"], limit=20))
