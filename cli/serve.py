@@ -32,7 +32,15 @@ def _prefix(ctx, param, value):
               metavar="SECONDS",
               help="For this long after a project is made, a PUT of it that changes nothing answers 201 "
                    "(smt's create), so that jobs racing to create it all succeed.")
-def serve(path, host, port, prefix, threads, max_body_mb, trusted_proxy, create_race_window):
+@click.option("--timeout", type=click.FloatRange(min=1), default=30.0, show_default=True, metavar="SECONDS",
+              help="An idle connection is closed after this long, and so is one whose request does not arrive "
+                   "whole (head and body) within it; raise it for large records over slow links.")
+@click.option("--max-connections", type=click.IntRange(2, 100000), default=512, show_default=True,
+              help="Open connections in all; at the bound, idle and slow ones make room for a new one.")
+@click.option("--max-connections-per-address", type=click.IntRange(1, 100000), default=64, show_default=True,
+              help="Open connections of one client address (not of --trusted-proxy).")
+def serve(path, host, port, prefix, threads, max_body_mb, trusted_proxy, create_race_window, timeout,
+          max_connections, max_connections_per_address):
     """Serve the records over HTTP as Sumatra Server does, for smt and browsers
 
     Runs in the foreground until Ctrl-C or SIGTERM; logs go to P/log/http.log.
@@ -59,4 +67,6 @@ def serve(path, host, port, prefix, threads, max_body_mb, trusted_proxy, create_
 
     http_store.serve(db_path, host=host, port=port, prefix=prefix, threads=threads,
                      max_body=max_body_mb * 1024 * 1024, trusted_proxy=trusted_proxy,
-                     create_window=create_race_window, ready=ready)
+                     create_window=create_race_window, ready=ready,
+                     limits={"timeout": timeout, "total": max_connections,
+                             "per_address": min(max_connections_per_address, max_connections)})

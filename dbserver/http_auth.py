@@ -69,6 +69,14 @@ class _Failures:
     def clear(self, key):
         self._times.pop(key, None)
 
+    def discard(self, key, when):
+        """Forget one failure of ``key`` counted at ``when`` (an attempt that succeeded)."""
+        times = self._times.get(key)
+        if times is not None and when in times:
+            times.remove(when)
+            if not times:
+                del self._times[key]
+
 
 class LoginGuard:
     """``check(address, name, password, user)`` -> ``(OK, user)``, ``(DENIED, None)`` or
@@ -89,33 +97,41 @@ class LoginGuard:
             self._dummy = hash_password("balsamdb: no such user")
         return self._dummy
 
+    def _throttled(self, address, name, now):
+        """Seconds the pair must wait, or 0 (the caller holds the lock)."""
+        pair_wait = self._pairs.retry_after((address, name), now)
+        if pair_wait:
+            return pair_wait
+        if self._pairs.count((address, name), now):
+            return self._users.retry_after(name, now)
+        return 0
+
     def throttled(self, address, name):
         """Seconds the pair must wait, or 0."""
-        now = self.clock()
         with self._lock:
-            pair_wait = self._pairs.retry_after((address, name), now)
-            if pair_wait:
-                return pair_wait
-            if self._pairs.count((address, name), now):
-                return self._users.retry_after(name, now)
-        return 0
+            return self._throttled(address, name, self.clock())
 
     def check(self, address, name, password, user):
         if user is not None and self.passwords.known(name, password, user["password_hash"]):
             return OK, user  # verified a moment ago: never throttled
-        wait = self.throttled(address, name)
-        if wait:
-            return THROTTLED, wait
+        # The attempt is counted as a failure before its password check, in the same locked step
+        # as the throttle's look: 64 concurrent guesses get at most PAIR_LIMIT checks, not one
+        # each for every request that looked before any had failed.  A success takes it back.
+        now = self.clock()
+        with self._lock:
+            wait = self._throttled(address, name, now)
+            if wait:
+                return THROTTLED, wait
+            self._pairs.add((address, name), now)
+            self._users.add(name, now)
         if user is None:
             verify_password(password, self.dummy_hash())  # the same cost as a known user's check
             good = False
         else:
             good = self.passwords.check(name, password, user["password_hash"])
-        now = self.clock()
-        with self._lock:
-            if good:
+        if good:
+            with self._lock:
                 self._pairs.clear((address, name))
-                return OK, user
-            self._pairs.add((address, name), now)
-            self._users.add(name, now)
+                self._users.discard(name, now)
+            return OK, user
         return DENIED, None

@@ -157,6 +157,18 @@ def _last_saved_at(record_id):
             .scalar() or 0)
 
 
+def check_record_save(project, record):
+    """What :func:`record_save` checks before it reads the database (raises
+    :class:`~balsamdb.exceptions.BadRequest` saying why): ``(project, label, tags, columns)``.
+    ``db relay`` checks each save with it before it answers, so that it never says 201 to a
+    save the store will refuse."""
+    project = check_project_name(project)
+    if not isinstance(record, dict):
+        raise BadRequest("a record must be a JSON object")
+    label = check_record_label(record.get("label"))
+    return project, label, record_tags(record), record_columns(record)
+
+
 @operation(write=True)
 def record_save(project, record, saved_by=None, saved_at=None):
     """Save a Sumatra record document in ``project`` (created if needed).
@@ -175,18 +187,13 @@ def record_save(project, record, saved_by=None, saved_at=None):
     the record's version before it (versions stay in time order).  Returns
     ``{"created": bool, "version": n}``.
     """
-    project = check_project_name(project)
-    if not isinstance(record, dict):
-        raise BadRequest("a record must be a JSON object")
-    label = check_record_label(record.get("label"))
-    tags = record_tags(record)
+    project, label, tags, columns = check_record_save(project, record)
     saved_by = check_saved_by(saved_by)
     fast = statements()
     when = now()
     saved = when if saved_at is None else min(check_number(saved_at, "saved_at", float, 0), when)
     fast.execute(fast.ensure_project, (project, False, when, False))
     document = record_text(record)
-    columns = record_columns(record)
     existing = fast.execute(fast.find_record, (project, label)).fetchone()
     if existing is None:
         record_id = fast.insert_record_row(dict(columns, project_id=project, label=label, document=document,
