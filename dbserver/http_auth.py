@@ -69,14 +69,6 @@ class _Failures:
     def clear(self, key):
         self._times.pop(key, None)
 
-    def discard(self, key, when):
-        """Forget one failure of ``key`` counted at ``when`` (an attempt that succeeded)."""
-        times = self._times.get(key)
-        if times is not None and when in times:
-            times.remove(when)
-            if not times:
-                del self._times[key]
-
 
 class LoginGuard:
     """``check(address, name, password, user)`` -> ``(OK, user)``, ``(DENIED, None)`` or
@@ -88,6 +80,7 @@ class LoginGuard:
         self.clock = clock
         self._pairs = _Failures(PAIR_LIMIT)
         self._users = _Failures(USER_LIMIT)
+        self._checking = collections.Counter()  # checks in flight, per (address, user) and per user
         self._lock = threading.Lock()
         self._dummy = None
 
@@ -98,12 +91,14 @@ class LoginGuard:
         return self._dummy
 
     def _throttled(self, address, name, now):
-        """Seconds the pair must wait, or 0 (the caller holds the lock)."""
-        pair_wait = self._pairs.retry_after((address, name), now)
-        if pair_wait:
-            return pair_wait
-        if self._pairs.count((address, name), now):
-            return self._users.retry_after(name, now)
+        """Seconds the pair must wait, or 0 (the caller holds the lock).  Checks in flight count
+        as failures until they are known."""
+        pair = (address, name)
+        failed = self._pairs.count(pair, now) + self._checking[pair]
+        if failed >= PAIR_LIMIT:
+            return self._pairs.retry_after(pair, now) or 1
+        if failed and self._users.count(name, now) + self._checking[name] >= USER_LIMIT:
+            return self._users.retry_after(name, now) or 1
         return 0
 
     def throttled(self, address, name):
@@ -114,24 +109,32 @@ class LoginGuard:
     def check(self, address, name, password, user):
         if user is not None and self.passwords.known(name, password, user["password_hash"]):
             return OK, user  # verified a moment ago: never throttled
-        # The attempt is counted as a failure before its password check, in the same locked step
-        # as the throttle's look: 64 concurrent guesses get at most PAIR_LIMIT checks, not one
-        # each for every request that looked before any had failed.  A success takes it back.
-        now = self.clock()
+        # The attempt is counted before its password check, in the same locked step as the look at
+        # the throttle: 64 concurrent guesses get at most PAIR_LIMIT checks, not one for every
+        # request that looked before any had failed.
+        pair = (address, name)
         with self._lock:
-            wait = self._throttled(address, name, now)
+            wait = self._throttled(address, name, self.clock())
             if wait:
                 return THROTTLED, wait
-            self._pairs.add((address, name), now)
-            self._users.add(name, now)
-        if user is None:
-            verify_password(password, self.dummy_hash())  # the same cost as a known user's check
-            good = False
-        else:
-            good = self.passwords.check(name, password, user["password_hash"])
-        if good:
+            self._checking[pair] += 1
+            self._checking[name] += 1
+        good = False
+        try:
+            if user is None:
+                verify_password(password, self.dummy_hash())  # the same cost as a known user's check
+            else:
+                good = self.passwords.check(name, password, user["password_hash"])
+        finally:
+            now = self.clock()
             with self._lock:
-                self._pairs.clear((address, name))
-                self._users.discard(name, now)
-            return OK, user
-        return DENIED, None
+                for key in (pair, name):
+                    self._checking[key] -= 1
+                    if not self._checking[key]:
+                        del self._checking[key]
+                if good:
+                    self._pairs.clear(pair)
+                else:
+                    self._pairs.add(pair, now)
+                    self._users.add(name, now)
+        return (OK, user) if good else (DENIED, None)
