@@ -4,7 +4,7 @@ import click
 
 from balsamdb.settings import resolve_db_path
 
-from .common import CONTEXT_SETTINGS, path_option
+from .common import CONTEXT_SETTINGS, PORT, path_option
 
 
 def _prefix(ctx, param, value):
@@ -17,7 +17,7 @@ def _prefix(ctx, param, value):
 @path_option
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to listen on; keep loopback behind a reverse proxy (see docs/http.md).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+@click.option("--port", type=PORT, default=8000, show_default=True,
               help="TCP port (0: a free one, printed at start).")
 @click.option("--prefix", default="/", show_default=True, callback=_prefix,
               help="URL path the store is served under, e.g. /records/.")

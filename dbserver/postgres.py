@@ -40,6 +40,7 @@ import psycopg2
 import psycopg2.errors
 
 from balsamdb.exceptions import ConfigError
+from balsamdb.wording import shell_path
 
 from .postgres_host import (INSTALL_HINT, REQUIRED, SEARCH_GLOBS, SERVICE_USERS, Binaries,  # noqa: F401
                             ServiceAccount, find_binaries, log_tail, prepare_directories, run_as,
@@ -67,7 +68,7 @@ def start_cluster(dbdir_path, port=None, listen="127.0.0.1", deadline=60):
     paths = layout(dbdir_path)
     if not paths.is_initialized():
         raise ConfigError(f"{paths.pgdata} holds no PostgreSQL cluster; create it with: "
-                          f"db init {paths.root} --db-type postgres")
+                          f"db init {shell_path(paths.root)} --db-type postgres")
     read_password(paths.root)       # a missing password file fails here, before anything starts
     _check_owner(paths)
     listen = _listen_addresses(listen)
@@ -76,7 +77,7 @@ def start_cluster(dbdir_path, port=None, listen="127.0.0.1", deadline=60):
         current = _postmaster_port(paths)
         if port is not None and int(port) != current:
             raise ConfigError(f"the cluster in {paths.pgdata} already runs (pid {running}) on port {current}, "
-                              f"not {port}; stop it first (db dbserver --stop --path {paths.root})")
+                              f"not {port}; stop it first (db dbserver --stop --path {shell_path(paths.root)})")
         _ensure_database(paths.root, current, deadline)
         return current
     _clear_leftovers(paths, deadline)

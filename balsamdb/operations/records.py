@@ -283,7 +283,9 @@ def _record_query(project, tags, match="all"):
 @operation(write=False)
 def record_list(project, tags=None, limit=None, match="all"):
     """Record documents of ``project`` having ``tags``, newest first: all of them
-    (``match`` "all", the default) or any of them (``match`` "any")."""
+    (``match`` "all", the default) or any of them (``match`` "any").  A project that
+    does not exist is :class:`NotFound` (as ``db record ls`` says), never an empty list."""
+    get_project(project)
     query = _record_query(project, tags, match).order_by(Record.sort_time.desc(), Record.id.desc())
     if limit is not None:
         query = query.limit(check_number(limit, "limit", int, 0))
@@ -293,7 +295,8 @@ def record_list(project, tags=None, limit=None, match="all"):
 @operation(write=False)
 def record_labels(project, tags=None, match="all"):
     """Labels of the records of ``project`` having ``tags`` (``match`` as for
-    ``record_list``), newest first."""
+    ``record_list``), newest first; :class:`NotFound` for a project that does not exist."""
+    get_project(project)
     query = (_record_query(project, tags, match).select(Record.label)
              .order_by(Record.sort_time.desc(), Record.id.desc()))
     return [r.label for r in query]
