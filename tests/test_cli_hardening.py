@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 from helpers import kill_everything, processes_for, skip_or_fail
@@ -105,10 +106,19 @@ def _as_user(uid, gid, args):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make and be a second user (CI runs as root)")
-def test_a_second_user_gets_the_librarys_line_not_clicks(dbdir):
+def test_a_second_user_gets_the_librarys_line_not_clicks(request):
     """`db ls --path P` of another user's DB directory said click's "Path ... is not readable"."""
+    import tempfile
+
+    from balsamdb.dbdir import DBDirectory
+
     if shutil.which("useradd") is None:
         skip_or_fail("useradd is missing (package passwd)")
+    base = Path(tempfile.mkdtemp(prefix="bdb-second-", dir="/tmp"))  # pytest's tmp_path is 700 all the way up
+    request.addfinalizer(lambda: shutil.rmtree(base, ignore_errors=True))
+    os.chmod(base, 0o711)  # as a home directory would be: others may pass, not list
+    dbdir = base / "db"
+    DBDirectory(dbdir).init()
     name = f"bdbt{uuid.uuid4().hex[:8]}"
     made = subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name],
                           capture_output=True, text=True, timeout=30)
@@ -117,7 +127,6 @@ def test_a_second_user_gets_the_librarys_line_not_clicks(dbdir):
         import pwd
 
         entry = pwd.getpwnam(name)
-        os.chmod(dbdir.parent, 0o711)  # as a home directory would be: others may pass, not list
         code, output = _as_user(entry.pw_uid, entry.pw_gid, ["ls", "--path", str(dbdir)])
     finally:
         subprocess.run(["userdel", name], capture_output=True, timeout=30)
