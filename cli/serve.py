@@ -50,12 +50,12 @@ def serve(path, host, port, prefix, threads, max_body_mb, trusted_proxy, create_
     Example:
 
     \b
-        db user add ada && db user grant ada MyProject
+        db user add ada && db user grant ada MyProject --create
         db serve --path ~/runs/db --port 8000
         smt init --store=http://ada:PASSWORD@127.0.0.1:8000/ MyProject
     """
     try:
-        from balsamdb.server import http_store
+        from balsamdb.server import http as http_store
     except ImportError as exc:
         raise click.ClickException(f"db serve needs Flask and waitress ({exc}); "
                                    "install them with: pip install 'balsamdb[http]'") from None

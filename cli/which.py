@@ -10,7 +10,8 @@ from balsamdb.exceptions import NotADBDirectory
 from balsamdb.settings import resolve_db_path
 from balsamdb.wording import shell_path
 
-from .common import echo_json, json_option, path_option, plural
+from balsamdb.wording import plural
+from .common import echo_json, json_option, path_option
 
 
 def _remote(url, source):

@@ -25,7 +25,7 @@ def test_out_of_range_ports_are_refused_by_every_command(run_db, dbdir, tmp_path
     assert not processes_for(dbdir), "a server was started for a refused port"
     from balsamdb.dbdir import DBDirectory
     from balsamdb.exceptions import ConfigError
-    from balsamdb.server import control
+    from balsamdb.server.supervisor import control
 
     with pytest.raises(ConfigError, match="not a TCP port"):
         control.start(DBDirectory(dbdir), port=80000)

@@ -84,7 +84,7 @@ def test_idle_sockets_big_anonymous_bodies_and_guessing_leave_a_user_served(serv
     server's peak RSS growing (it grew by GBs: the body was read and parsed before the login);
     item 7: 64 concurrent wrong passwords for one user get at most 10 password checks (401s),
     the rest 429 (25 checks before)."""
-    from balsamdb.server import http_auth
+    from balsamdb.server.http import login_guard as http_auth
 
     _prepare(served_dbdir)
     served = Served(served_dbdir, tmp_path)
