@@ -48,6 +48,10 @@ from balsamdb.server.postgres.layout import CONNECT_HOST, DATABASE, SUPERUSER, c
 
 log = logging.getLogger(__name__)
 
+# The server log keeps an error's message, not the statement that failed nor its DETAIL: both
+# carry the values of the row (a password hash, a record), which a log must not.  Passed at
+# every start, so that clusters made before this setting have it too (docs/postgres.md).
+QUIET_ERRORS = "-c log_min_error_statement=panic -c log_error_verbosity=terse"
 STOP_MODES = ("smart", "fast", "immediate")     # pg_ctl stop -m: wait for clients / roll back / crash-stop
 _LISTEN_RE = re.compile(r"^[A-Za-z0-9.:*%,_-]+$")   # goes through pg_ctl's shell: no quotes, no spaces
 
@@ -102,7 +106,7 @@ def start_cluster(dbdir_path, port=None, listen="127.0.0.1", deadline=60):
 
 def _pg_ctl_start(binaries, paths, account, port, listen, deadline):
     """Run ``pg_ctl start -w``; None on success, else a message with the log tail (nothing left running)."""
-    options = f"-p {port} -c listen_addresses={listen} -c unix_socket_directories=''"
+    options = f"-p {port} -c listen_addresses={listen} -c unix_socket_directories='' {QUIET_ERRORS}"
     cmd = [binaries.pg_ctl, "start", "-D", str(paths.pgdata), "-w", "-t", str(max(1, int(deadline))),
            "-l", str(paths.server_log), "-o", options]
     code = run_as(cmd, paths.pg_ctl_log, deadline + 15, account, "pg_ctl start")
