@@ -230,3 +230,35 @@ def test_the_relay_refuses_what_the_store_would_refuse(tmp_path, request):
         f"{user}:{password}é".encode()).decode()})[0] == 401
     log = (directory / "relay.log").read_text()
     assert "Traceback" not in log and "TypeError" not in log, log[-2000:]
+
+
+@pytest.mark.parametrize("backend", ["sqlite3"])
+def test_answers_nobody_reads_do_not_hold_the_worker_threads(served_dbdir, tmp_path, request):
+    """The attack on the fix, slow-reader variant: two clients ask for a 24 MB record and read
+    nothing.  waitress keeps such an answer (in a temporary file) and its connection for ever: it
+    never sees the socket writable again, so its own will_close never acts (broken: the guard
+    only marking it will_close, as for idle ones: the sockets stayed).  They are dropped after
+    --timeout, and a logged-in user is served meanwhile."""
+    _prepare(served_dbdir)
+    with balsamdb.connect(served_dbdir) as db:
+        db.records.save("P", {"label": "big", "stdout_stderr": "z" * (24 * MB)})
+    served = Served(served_dbdir, tmp_path, "--timeout", "2", "--threads", "2")
+    request.addfinalizer(served.stop)
+    port = served.port
+    readers = []
+    request.addfinalizer(lambda: [s.close() for s in readers])
+    for n in range(2):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(f"127.0.0.{40 + n}", 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /P/big/ HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\n"
+                     + b"Authorization: " + _auth("ada")["Authorization"].encode() + b"\r\n\r\n")
+        readers.append(sock)
+    status, answer = _ask(served.port, "GET", "/P/r1/", headers=_auth("ada"), source="127.0.0.2", timeout=20)
+    assert status == 200 and json.loads(answer)["label"] == "r1"
+
+    # the server holds no socket of theirs any more (what its kernel buffers still hold drains by itself)
+    import psutil
+
+    server = psutil.Process(served.proc.pid)
+    wait_for(lambda: not [c for c in server.net_connections("tcp") if c.raddr and c.raddr.ip in
+                          ("127.0.0.40", "127.0.0.41")], 10, "the server to close the unread answers' sockets")

@@ -20,6 +20,7 @@ So idle and slow connections cost a newcomer nothing, and a busy one is never cu
 """
 
 import logging
+import socket
 import time
 
 from waitress.adjustments import Adjustments
@@ -122,13 +123,19 @@ class Guard:
         return True
 
     def _close(self, channel, why):
-        # Closed by the loop right after (waitress's handle_write sees will_close), not here: this
-        # runs while the loop builds its select() lists or handles its results, where a closed
-        # descriptor (or a new connection given its number) would be served by mistake.
+        # Shut down here, closed by the loop right after (waitress's handle_write sees will_close),
+        # not closed here: this runs while the loop builds its select() lists or handles their
+        # results, where a closed descriptor (or a new connection given its number) would be served
+        # by mistake.  The shutdown makes a socket whose peer reads nothing (a full send window:
+        # never writable, so never handled) ready at once, and tells the peer now.
         state = channel.state()
         self.closed[state] += 1
         log.debug("closing a connection of %s (%s) %s", channel.addr[0], state, why)
         channel.will_close = True
+        try:
+            channel.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already gone
 
     def _refuse(self, address, why):
         self.refused += 1
