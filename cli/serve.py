@@ -35,9 +35,9 @@ def _prefix(ctx, param, value):
 @click.option("--timeout", type=click.FloatRange(min=1), default=30.0, show_default=True, metavar="SECONDS",
               help="An idle connection is closed after this long, and so is one whose request does not arrive "
                    "whole (head and body) within it; raise it for large records over slow links.")
-@click.option("--max-connections", type=click.IntRange(2, 100000), default=512, show_default=True,
+@click.option("--max-connections", type=click.IntRange(2, 100000), default=1024, show_default=True,
               help="Open connections in all; at the bound, idle and slow ones make room for a new one.")
-@click.option("--max-connections-per-address", type=click.IntRange(1, 100000), default=64, show_default=True,
+@click.option("--max-connections-per-address", type=click.IntRange(1, 100000), default=256, show_default=True,
               help="Open connections of one client address (not of --trusted-proxy).")
 def serve(path, host, port, prefix, threads, max_body_mb, trusted_proxy, create_race_window, timeout,
           max_connections, max_connections_per_address):

@@ -31,8 +31,8 @@ from waitress.task import ThreadedTaskDispatcher
 log = logging.getLogger("balsamdb.server.http")
 
 TIMEOUT = 30.0         # seconds: idle connections, a request's arrival, an unread answer
-PER_ADDRESS = 64       # connections of one client address (64 jobs of one node saving at once)
-TOTAL = 512            # connections in all (each takes a file descriptor, two while a body is buffered)
+PER_ADDRESS = 256      # connections of one client address: a node's jobs saving at once stay well below
+TOTAL = 1024           # connections in all (each takes a file descriptor, two while a body is buffered)
 
 IDLE, RECEIVING, BUSY, CLOSING = "idle", "receiving", "busy", "closing"
 
