@@ -33,8 +33,8 @@ def _prefix(ctx, param, value):
               help="For this long after a project is made, a PUT of it that changes nothing answers 201 "
                    "(smt's create), so that jobs racing to create it all succeed.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=30.0, show_default=True, metavar="SECONDS",
-              help="An idle connection is closed after this long, and so is one whose request does not arrive "
-                   "whole (head and body) within it; raise it for large records over slow links.")
+              help="An idle connection is closed after this long, and so is one whose request is still "
+                   "arriving after it at less than 64 KiB/s (a slowloris); and an answer left unread this long.")
 @click.option("--max-connections", type=click.IntRange(2, 100000), default=1024, show_default=True,
               help="Open connections in all; at the bound, idle and slow ones make room for a new one.")
 @click.option("--max-connections-per-address", type=click.IntRange(1, 100000), default=256, show_default=True,

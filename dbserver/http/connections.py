@@ -6,9 +6,10 @@ after 120 s; a slow request (a header sent a byte at a time) is never closed whi
 (docs/http.md, "Connections"):
 
 - **idle** connections (no request in progress, no answer waiting to be sent) are closed after
-  ``timeout`` seconds; a **request** must arrive whole (head and body) within ``timeout`` seconds of its
-  first byte, else its connection is closed; an answer that the client does not read for ``timeout``
-  seconds is dropped with its connection;
+  ``timeout`` seconds; a **request** still arriving ``timeout`` seconds after its first byte is cut
+  (its connection closed) unless it came at :data:`MIN_RATE` (64 KiB/s) on average: a large record
+  on a busy link goes on, a header sent a byte at a time does not; an answer that the client does
+  not read for ``timeout`` seconds is dropped with its connection;
 - one client address holds at most ``per_address`` connections, and all together at most ``total``.  A
   connection over a bound makes room rather than being refused: the oldest idle connection goes first
   (of the same address for the per-address bound, of the address holding the most connections for the
@@ -31,6 +32,7 @@ from waitress.task import ThreadedTaskDispatcher
 log = logging.getLogger("balsamdb.server.http")
 
 TIMEOUT = 30.0         # seconds: idle connections, a request's arrival, an unread answer
+MIN_RATE = 64 * 1024   # bytes/s: a request still arriving after TIMEOUT must have come at least this fast
 PER_ADDRESS = 256      # connections of one client address: a node's jobs saving at once stay well below
 TOTAL = 1024           # connections in all (each takes a file descriptor, two while a body is buffered)
 
@@ -41,15 +43,23 @@ class GuardedChannel(HTTPChannel):
     """waitress's channel, knowing when the request it is receiving began."""
 
     request_started = None  # time.monotonic() of the first byte of the request being received
+    request_bytes = 0       # bytes of it received so far
 
     def received(self, data):
         before = self.request
         result = super().received(data)
         if self.request is None:
-            self.request_started = None
+            self.request_started, self.request_bytes = None, 0
         elif self.request is not before or self.request_started is None:
-            self.request_started = time.monotonic()
+            self.request_started, self.request_bytes = time.monotonic(), len(data)
+        else:
+            self.request_bytes += len(data)
         return result
+
+    def too_slow(self, now, timeout):
+        """True for a request older than ``timeout`` that arrives slower than :data:`MIN_RATE`."""
+        age = now - (self.request_started or now)
+        return age > timeout and self.request_bytes < MIN_RATE * age
 
     def state(self):
         if not self.connected or self.will_close:
@@ -150,8 +160,9 @@ class Guard:
             state = channel.state()
             if state == IDLE and channel.last_activity < wall - self.timeout:
                 self._close(channel, f"after {self.timeout:g} s idle")
-            elif state == RECEIVING and (channel.request_started or mono) < mono - self.timeout:
-                self._close(channel, f"after {self.timeout:g} s without the whole request")
+            elif state == RECEIVING and channel.too_slow(mono, self.timeout):
+                self._close(channel, f"after {self.timeout:g} s without the whole request, slower than "
+                                     f"{MIN_RATE // 1024} KiB/s")
             elif state == BUSY and channel.total_outbufs_len and channel.last_activity < wall - self.timeout:
                 # An answer the client does not read: waitress would keep it (and a worker thread
                 # waiting to write more of it) for ever.  Closing wakes that thread.

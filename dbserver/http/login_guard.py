@@ -14,6 +14,7 @@ logins throttled.
 """
 
 import collections
+import hashlib
 import math
 import threading
 import time
@@ -23,6 +24,7 @@ from balsamdb.passwords import hash_password, verify_password
 WINDOW = 60.0     # seconds during which a failure counts
 PAIR_LIMIT = 10   # failures of one address for one user within WINDOW
 USER_LIMIT = 50   # failures for one user, from any address, within WINDOW
+SHARED_CHECK_WAIT = 30.0  # seconds a request waits for the check of the same credentials
 MAX_KEYS = 10_000  # remembered (address, user) pairs and users; beyond, the oldest are forgotten
 
 OK, DENIED, THROTTLED = "ok", "denied", "throttled"
@@ -81,6 +83,7 @@ class LoginGuard:
         self._pairs = _Failures(PAIR_LIMIT)
         self._users = _Failures(USER_LIMIT)
         self._checking = collections.Counter()  # checks in flight, per (address, user) and per user
+        self._running = {}  # (name, SHA-256 of the password, stored hash) -> its _Check in flight
         self._lock = threading.Lock()
         self._dummy = None
 
@@ -111,30 +114,51 @@ class LoginGuard:
             return OK, user  # verified a moment ago: never throttled
         # The attempt is counted before its password check, in the same locked step as the look at
         # the throttle: 64 concurrent guesses get at most PAIR_LIMIT checks, not one for every
-        # request that looked before any had failed.
+        # request that looked before any had failed.  The same credentials sent at once (16 `smt
+        # run` starting together) share one check: they are one attempt, and one scrypt.
         pair = (address, name)
+        same = (name, hashlib.sha256(password.encode()).hexdigest(), user and user["password_hash"])
         with self._lock:
-            wait = self._throttled(address, name, self.clock())
-            if wait:
-                return THROTTLED, wait
-            self._checking[pair] += 1
-            self._checking[name] += 1
-        good = False
+            running = self._running.get(same)
+            if running is None:
+                wait = self._throttled(address, name, self.clock())
+                if wait:
+                    return THROTTLED, wait
+                self._checking[pair] += 1
+                self._checking[name] += 1
+                running = self._running[same] = _Check()
+                mine = True
+            else:
+                mine = False
+        if not mine:
+            if not running.done.wait(SHARED_CHECK_WAIT):
+                return THROTTLED, 1
+            return (OK, user) if running.good else (DENIED, None)
         try:
             if user is None:
                 verify_password(password, self.dummy_hash())  # the same cost as a known user's check
             else:
-                good = self.passwords.check(name, password, user["password_hash"])
+                running.good = self.passwords.check(name, password, user["password_hash"])
         finally:
             now = self.clock()
             with self._lock:
+                del self._running[same]
                 for key in (pair, name):
                     self._checking[key] -= 1
                     if not self._checking[key]:
                         del self._checking[key]
-                if good:
+                if running.good:
                     self._pairs.clear(pair)
                 else:
                     self._pairs.add(pair, now)
                     self._users.add(name, now)
-        return (OK, user) if good else (DENIED, None)
+            running.done.set()
+        return (OK, user) if running.good else (DENIED, None)
+
+
+class _Check:
+    """A password check in flight, which requests with the same credentials wait for."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.good = False
