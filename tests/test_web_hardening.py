@@ -204,6 +204,13 @@ def test_slow_requests_from_many_addresses_and_chunked_bodies_are_bounded(served
         assert conn.recv(200).split(b"\r\n")[0] in (b"HTTP/1.1 413 Request Entity Too Large",)
     finally:
         conn.close()
+    # a Content-Length over the cap is refused before a byte of the body is sent
+    conn = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.5", 0))
+    try:
+        conn.sendall(b"PUT /P/huge/ HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (2 * MB))
+        assert conn.recv(200).split(b"\r\n")[0] == b"HTTP/1.1 413 Request Entity Too Large"
+    finally:
+        conn.close()
 
 
 def test_the_relay_refuses_what_the_store_would_refuse(tmp_path, request):
