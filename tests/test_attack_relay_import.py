@@ -182,6 +182,76 @@ def test_a_crafted_shelve_store_does_not_run_its_code(how, tmp_path, dst):
     assert imported(dst) == {}
 
 
+class Reconstructed:
+    """Unpickled, it is ``cls`` rebuilt from ``state`` by its ``__setstate__``, as pickle rebuilds an
+    object (what Sumatra's own records are made of)."""
+
+    def __init__(self, cls, state):
+        self.cls, self.state = cls, state
+
+    def __reduce__(self):
+        import copyreg
+
+        return copyreg._reconstructor, (self.cls, object, None), self.state
+
+
+def sumatra_payload(kind, marker, repository):
+    """A Sumatra object whose constructor or ``__setstate__`` does something, and the record field
+    it sits in: each leaves ``marker`` (or a git trace) when built."""
+    from sumatra import datastore, parameters, programs
+    from sumatra.datastore.archivingfs import ArchivingFileSystemDataStore
+    from sumatra.recordstore.shelve_store import ShelveRecordStore
+    from sumatra.versioncontrol._git import GitRepository
+
+    command = f"touch {marker}"
+    return {  # Executable(path) runs "<path> --version" in a shell; SimpleParameterSet evals its values
+        "executable_call": ("executable", Evil(programs.Executable, f"{command};")),
+        "python_executable_call": ("executable", Evil(programs.PythonExecutable, f"{command};")),
+        "parameter_set_eval": ("parameters", Evil(parameters.SimpleParameterSet,
+                                                  f"x = __import__('os').system({command!r})")),
+        "archiving_store_call": ("datastore", Evil(ArchivingFileSystemDataStore, str(marker))),  # mkdir
+        "filesystem_store_setstate": ("datastore", Reconstructed(datastore.FileSystemDataStore,
+                                                                 {"root": str(marker)})),  # mkdir
+        "shelve_store_setstate": ("datastore", Reconstructed(ShelveRecordStore,
+                                                             {"shelf_name": str(marker)})),  # shelve.open
+        "git_repository_setstate": ("repository", Reconstructed(GitRepository,
+                                                                {"url": str(repository), "upstream": None})),
+    }[kind]
+
+
+@pytest.mark.parametrize("kind", ["executable_call", "python_executable_call", "parameter_set_eval",
+                                  "archiving_store_call", "filesystem_store_setstate", "shelve_store_setstate",
+                                  "git_repository_setstate"])
+def test_a_shelve_store_cannot_run_code_through_sumatras_own_classes(kind, tmp_path, dst):
+    """Sumatra's classes were allowed in a shelve store's pickles, and several do things when built:
+    `db import` of a record whose executable was `Executable("touch X;")` ran `touch X; --version` in a
+    shell (as root, `id`).  No Sumatra object is built now: the pickles are read into inert stand-ins,
+    and an object made by calling a class (never what smt stores) is refused with one line."""
+    import shelve
+
+    from sumatra.records import Record
+
+    from helpers import require_smt
+
+    require_smt()
+    marker, repository = tmp_path / "it-ran", tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repository)], check=True, timeout=CLI_TIMEOUT)
+    field, payload = sumatra_payload(kind, marker, repository)
+    with shelve.open(str(tmp_path / "records")) as shelf:
+        shelf["P"] = {"r1": Reconstructed(Record, {"label": "r1", field: payload})}
+    trace = tmp_path / "git-trace"  # any git command the import runs (GitRepository's) writes here
+    done = db_cli("import", tmp_path / "records", "--path", dst, timeout=CLI_TIMEOUT,
+                  env=dict(os.environ, GIT_TRACE=str(trace)))
+    made = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("it-ran", "git-trace")))
+    assert made == [], f"the crafted store ran Sumatra's code: it made {made}"
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and "Traceback" not in done.stderr and len(lines) == 1, done.stderr
+    assert lines[0].startswith("Error: cannot read the Sumatra record store") and "nothing was imported" in lines[0]
+    if kind.endswith("_call"):
+        assert "which smt never stores: refused (a crafted store?)" in lines[0], lines[0]
+    assert imported(dst) == {}
+
+
 # -- the relay's token file and directory ---------------------------------------------------------------
 
 def start_relay(directory, to=DEAD_STORE, timeout=CLI_TIMEOUT):
