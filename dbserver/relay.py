@@ -40,6 +40,7 @@ from urllib.parse import quote, unquote, urlsplit
 import flask
 
 from balsamdb.backoff import delay_after
+from balsamdb.dbdir import PRIVATE_UMASK
 from balsamdb.remote import redact, split_url
 
 from .http_store.process import run_until_sigterm
@@ -322,6 +323,7 @@ def serve(directory, upstream_url, host="127.0.0.1", port=0, threads=16, ready=N
     from .logs import setup_logging
 
     directory = Path(directory)
+    os.umask(PRIVATE_UMASK)  # relay.log, relay.json, the spool (failed/ too) and the cache: its owner's only
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     setup_logging(directory / "relay.log")
     app, forwarder, spool = create_app(directory, upstream_url)

@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import sqlite3
+import stat
 import subprocess
 import threading
 import time
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from helpers import db_cli, wait_for
+from served import PASSWORDS
 from test_http_store import record
 from test_relay import status, store  # noqa: F401  (the store fixture: a DB directory served over HTTP)
 from test_relay_saved_at import put, served  # noqa: F401  (served: a store where bob is an admin, ada is not)
@@ -331,6 +333,41 @@ def test_another_unix_user_reads_neither_the_token_nor_the_spool(request):
                     ["ls", relay_dir / "cache"]):
         denied = as_nobody(*command)
         assert denied.returncode != 0 and "Permission denied" in denied.stderr, (command, denied)
+
+
+def test_the_relays_files_are_private_even_in_a_directory_others_may_read(served, request):
+    """The relay refuses a directory that others may write, but one they may read (755) was fine,
+    and relay.log, relay.out and the saves the store refused (spool/failed/N.json, whole documents)
+    were 644 under umask 022: another user read them.  Every file the relay makes is 600 now."""
+    import shutil
+    import tempfile
+
+    if os.getuid() != 0 or not Path("/usr/sbin/runuser").exists():
+        pytest.skip("runs commands as user nobody: needs root and runuser")
+    base = Path(tempfile.mkdtemp(prefix="balsamdb-attack-"))
+    request.addfinalizer(lambda: shutil.rmtree(base, ignore_errors=True))
+    os.chmod(base, 0o755)
+    relay_dir = base / "relay"
+    relay_dir.mkdir(mode=0o755)
+    os.chmod(relay_dir, 0o755)
+    request.addfinalizer(lambda: db_cli("relay", "--stop", "--dir", relay_dir))
+    wrong = served.url("ada").replace(PASSWORDS["ada"], "not-the-password")  # every save is refused: 401
+    old_umask = os.umask(0o022)
+    try:
+        started = start_relay(relay_dir, to=wrong)
+    finally:
+        os.umask(old_umask)
+    assert started.returncode == 0, started.stderr
+    client = RelayClient(relay_dir)
+    assert client.call("PUT", "/P/private/", {"label": "private", "stdout_stderr": "private output"})[0] == 201
+    failed = relay_dir / "spool" / "failed"
+    wait_for(lambda: failed.is_dir() and list(failed.iterdir()), 60, "the refused save kept in spool/failed")
+    made = {str(p.relative_to(relay_dir)): stat.S_IMODE(p.lstat().st_mode) for p in relay_dir.rglob("*")}
+    assert {"relay.log", "relay.out", "relay.json", "token"} <= set(made), made
+    assert {name: f"{mode:o}" for name, mode in made.items() if mode & 0o077} == {}, made
+    for name in ("relay.log", "relay.out", "relay.json", "spool/failed/000000000001.json"):
+        denied = as_nobody("cat", relay_dir / name)
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, (name, denied)
 
 
 # -- the relay's spool ---------------------------------------------------------------------------------

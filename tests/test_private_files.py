@@ -183,3 +183,62 @@ def test_job_directories_follow_the_job_dir_mode_setting(reachable_tmp):
     assert stat.S_IMODE(os.stat(private.working_directory).st_mode) == 0o700
     with pytest.raises(balsamdb.BalsamDBError, match="job_dir_mode='644' must be an octal mode"):
         balsamdb.connect(path, job_dir_mode="644")
+
+
+def as_user(user, action):
+    """Run ``action()`` in a child that became ``user``; fails when it raised."""
+    _name, uid, gid = user
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            action()
+            code = 0
+        finally:
+            os._exit(code)
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, f"the action as {user[0]} failed"
+
+
+def test_an_export_into_a_shared_directory_cannot_be_captured_by_another_user(second_user, tmp_path):
+    """`db export FILE` wrote FILE.partial with O_CREAT|O_TRUNC: another user who made that file
+    first in a shared directory (/tmp, a project folder) kept it as its owner, mode 666, and read the
+    export (users' password hashes).  Now the temporary file has a random name made with O_EXCL
+    and O_NOFOLLOW, mode 600, and is renamed over FILE: what the other user made is never written."""
+    from balsamdb.passwords import hash_password
+
+    shared = Path(tempfile.mkdtemp(prefix="bdb-shared-", dir="/tmp"))
+    try:
+        os.chmod(shared, 0o1777)  # like /tmp: everyone may create, only owners may remove
+        target, planted = shared / "backup.jsonl", shared / "backup.jsonl.partial"
+
+        def plant():
+            for path in (planted, target):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                os.fchmod(fd, 0o666)
+                os.close(fd)
+            os.symlink(target, shared / f".{target.name}.link.partial")
+
+        as_user(second_user, plant)
+        db = tmp_path / "db"
+        init_db_directory(db)
+        with balsamdb.connect(db) as handle:
+            handle.call("user_save", name="ada", password_hash=hash_password("a secret"))
+        old_umask = os.umask(0o022)
+        try:
+            done = db_cli("export", target, "--path", db)
+        finally:
+            os.umask(old_umask)
+        assert done.returncode == 0, done.stderr
+        info = os.lstat(target)
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o600), (info.st_uid, oct(info.st_mode))
+        assert "password_hash" in target.read_text()
+        assert os.stat(planted).st_size == 0 and os.stat(planted).st_uid == second_user[1]  # never written
+        assert attempts_as(second_user, [target]) == [f"DENIED {target}"]
+        assert sorted(p.name for p in shared.iterdir()) == [f".{target.name}.link.partial", target.name,
+                                                             planted.name]  # no temporary file left
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

@@ -43,22 +43,16 @@ def export_store(src, out, progress=False):
 
 
 def export_file(src, path, progress=False):
-    """Write the export of store ``src`` into file ``path``, atomically: into ``path.partial``
-    (mode 600), flushed to disk, then renamed, so that a file named ``path`` is always complete
-    (an OSError removes the partial file).  Returns the footer, as :func:`export_store`."""
-    tmp = f"{path}.partial"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            footer = export_store(src, out, progress=progress)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return footer
+    """Write the export of store ``src`` into file ``path``, atomically and privately: into a
+    temporary file beside it that only this process can have made (mode 600, see
+    :func:`balsamdb.private_files.private_replacement`), flushed to disk, then renamed, so that a
+    file named ``path`` is always complete and no other user can read or capture it (an OSError
+    removes the temporary file).  Returns the footer, as :func:`export_store`."""
+    from ..private_files import private_replacement
+
+    with private_replacement(path) as out:
+        return export_store(src, out, progress=progress)
+
 
 def _last_line(path):
     """The last non-empty line of a file, however long, read from the end."""

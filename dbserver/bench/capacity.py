@@ -29,6 +29,8 @@ import time
 import uuid
 from pathlib import Path
 
+from balsamdb.private_files import private_replacement
+
 from .writers import cpu_seconds, peak_rss_mb
 
 TARGETS = ("sqlite", "postgres", "null")
@@ -225,8 +227,9 @@ def run(inflights, seconds, repeat, targets, json_out=None, workdir=None):
                 "lost": sum(r.get("lost", 0) for r in rows), "errors": sum(r["errors"] for r in rows),
             })
     if json_out:
-        Path(json_out).write_text(json.dumps({"summary": summary, "runs": results, "seconds": seconds,
-                                              "repeat": repeat, "cpus": os.cpu_count()}, indent=1))
+        with private_replacement(json_out) as out:  # never through a file or symlink someone else made
+            out.write(json.dumps({"summary": summary, "runs": results, "seconds": seconds,
+                                  "repeat": repeat, "cpus": os.cpu_count()}, indent=1).encode())
     return summary
 
 
