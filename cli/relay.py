@@ -117,7 +117,7 @@ def relay(store, directory, host, port, stop, status, as_json):
         raise click.ClickException(f"a relay already runs for {directory} at {running['url']} (db relay --stop)")
     Path(directory).mkdir(mode=0o700, parents=True, exist_ok=True)
     from balsamdb.exceptions import ConfigError
-    from balsamdb.server.relay_spool import make_token
+    from balsamdb.server.relay.spool import make_token
 
     try:
         make_token(directory)  # made here, or refused here when others may read it
@@ -128,7 +128,7 @@ def relay(store, directory, host, port, stop, status, as_json):
     # 0600: the relay's files are its owner's only, whatever the umask (the directory may be 755)
     with os.fdopen(os.open(Path(directory) / "relay.out", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
                            0o600), "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "balsamdb.server.relay", str(directory), host, str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "balsamdb.server.relay.app", str(directory), host, str(port)],
                                 env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     end = time.monotonic() + START_DEADLINE
