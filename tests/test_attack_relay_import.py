@@ -152,6 +152,26 @@ def test_a_fifo_or_a_device_is_refused_without_hanging(kind, tmp_path, dst):
     assert "is not a regular file (a FIFO, a device or a socket): nothing was imported" in line, line
 
 
+@pytest.mark.parametrize("where", ["an_item", "the_end_line"])
+def test_an_export_line_nested_100000_deep_is_one_line_and_nothing_imported(where, tmp_path, dst):
+    """A line of `[[[...]]]` 100,000 deep in an export file: `db import` printed a RecursionError
+    traceback (json's decoder recurses).  Now one line that names the line, and nothing imported."""
+    source = tmp_path / "src"
+    DBDirectory(source).init()
+    with balsamdb.connect(source) as db:
+        db.records.save("P", {"label": "r1"})
+    export = tmp_path / "export.jsonl"
+    assert db_cli("export", export, "--path", source).returncode == 0
+    lines = export.read_text().splitlines()
+    deep = "[" * 100_000 + "]" * 100_000
+    lines = [lines[0], deep, *lines[1:]] if where == "an_item" else [*lines[:-1], deep]
+    export.write_text("\n".join(lines) + "\n")
+    line = refused_import(export, dst)
+    assert "nested too deeply to read (more than 900 levels); nothing was imported" in line, line
+    assert ("line 2:" in line) if where == "an_item" else ("its last line" in line), line
+    assert imported(dst) == {}
+
+
 class Evil:
     """Unpickled, it runs a command (what a crafted shelve store can hold)."""
 

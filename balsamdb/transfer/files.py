@@ -71,10 +71,16 @@ def _last_line(path):
         return data.rstrip(b"\n")
 
 
+DEEPEST = 900  # about the nesting Python's json reads within its recursion limit (1000)
+
+
 def read_footer(path):
     """The footer of an export file; :class:`TransferError` when it has none (a truncated file)."""
     try:
         footer = json.loads(_last_line(path))
+    except RecursionError:
+        raise TransferError(f"{path}: its last line is nested too deeply to read (more than "
+                            f"{DEEPEST} levels); nothing was imported") from None
     except ValueError:
         footer = None
     if not isinstance(footer, dict) or footer.get("end") is not True:
@@ -98,7 +104,7 @@ def _export_items(path):
         header = handle.readline()
         try:
             head = json.loads(header)
-        except ValueError:
+        except (ValueError, RecursionError):
             head = None
         if not isinstance(head, dict) or "balsamdb_export" not in head:
             raise BadRequest(f"{path} is not a balsamdb export (its first line is not the header)")
@@ -108,6 +114,9 @@ def _export_items(path):
         for number, line in enumerate(handle, start=2):
             try:
                 item = json.loads(line)
+            except RecursionError:  # json's decoder recurses: a line 100,000 levels deep is a RecursionError
+                raise BadRequest(f"{path}, line {number}: nested too deeply to read (more than {DEEPEST} "
+                                 "levels); nothing was imported") from None
             except ValueError:
                 raise BadRequest(f"{path}, line {number}: not JSON") from None
             if isinstance(item, dict) and item.get("end") is True:
