@@ -5,6 +5,7 @@ traversal (0711, no listing) that a PostgreSQL cluster run by another account ne
 and log/postgres.  A second Unix user, made by the test, can neither list nor read any of it.
 """
 
+import json
 import os
 import shutil
 import stat
@@ -195,8 +196,13 @@ def as_user(user, action):
             os.setgroups([])
             os.setgid(gid)
             os.setuid(uid)
+            os.environ["HOME"] = "/nonexistent"  # root's settings file is not theirs to read
             action()
             code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
         finally:
             os._exit(code)
     _pid, status = os.waitpid(pid, 0)
@@ -242,3 +248,50 @@ def test_an_export_into_a_shared_directory_cannot_be_captured_by_another_user(se
                                                              planted.name]  # no temporary file left
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_root_makes_job_folders_that_belong_to_the_db_directorys_owner(second_user, reachable_tmp, tmp_path):
+    """As root, `db job add ... --path /home/alice/db` made data/ and the job's folder owned by root,
+    mode 700: alice's job could not use its own working directory.  Root now gives what it makes
+    to the DB directory's owner, and only inside directories of that owner: a symlink alice puts
+    in data/ leads root nowhere else (a root-owned directory: refused, nothing made there), while one
+    to a scratch directory of hers is followed."""
+    name, uid, gid = second_user
+    home = reachable_tmp / name
+    home.mkdir(mode=0o700)
+    os.chown(home, uid, gid)
+    db, scratch = home / "db", home / "scratch"
+
+    def alice_makes_her_db():
+        init_db_directory(db)
+        shutil.rmtree(db / "data")  # as in a DB directory made before data/ was: root makes data/ too
+        os.mkdir(scratch, 0o700)
+
+    def alice_plants_symlinks():
+        os.symlink(scratch, db / "data" / "on-scratch")
+        os.symlink(rootonly, db / "data" / "elsewhere")
+
+    as_user(second_user, alice_makes_her_db)
+    rootonly = Path(tempfile.mkdtemp(prefix="bdb-root-only-"))
+    try:
+        made = db_cli("job", "add", "sim", "--workflow", "sweep", "--path", db, "--json")
+        assert made.returncode == 0, made.stderr
+        workdir = Path(json.loads(made.stdout)["working_directory"])
+        for path in (db / "data", db / "data" / "sweep", workdir):
+            info = os.lstat(path)
+            assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (uid, gid, 0o700), (path, info)
+        as_user(second_user, lambda: (workdir / "out.txt").write_text("the job's output"))
+        as_user(second_user, alice_plants_symlinks)
+        scratched = db_cli("job", "add", "big", "--workflow", "on-scratch", "--path", db, "--json")
+        assert scratched.returncode == 0, scratched.stderr
+        there = list(scratch.iterdir())
+        assert len(there) == 1 and os.stat(there[0]).st_uid == uid, there
+        refused = db_cli("job", "add", "evil", "--workflow", "elsewhere", "--path", db)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert "does not belong to user id" in refused.stderr and "the job was not created" in refused.stderr, \
+            refused.stderr
+        assert list(rootonly.iterdir()) == []
+        with balsamdb.connect(db) as handle:
+            assert sorted(job.name for job in handle.jobs.all()) == ["big", "sim"]
+    finally:
+        shutil.rmtree(rootonly, ignore_errors=True)
