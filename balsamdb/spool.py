@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from .exceptions import StorageError
+from .private_files import make_private_directories
 
 
 class StrayEntry(Exception):
@@ -75,8 +76,19 @@ class Spool:
         self.seq = self.path / "seq"
 
     def ensure(self):
+        if all(sub.is_dir() for sub in (self.tmp, self.new, self.failed, self.seq)):
+            return
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         for sub in (self.tmp, self.new, self.failed, self.seq):
-            sub.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # as root in someone else's DB directory: theirs, so that their server and writes can use them
+            make_private_directories(self.path, sub.name)
+
+    def _owner(self):
+        """``(uid, gid)`` to give the files root makes here (the spool's owner), or None."""
+        if os.geteuid() != 0:
+            return None
+        info = os.stat(self.path)
+        return None if info.st_uid == 0 else (info.st_uid, info.st_gid)
 
     # -- positions -------------------------------------------------------------------------
     def _read_number(self, name):
@@ -104,6 +116,9 @@ class Spool:
             except FileExistsError:
                 n += 1
                 continue
+            owner = self._owner()
+            if owner is not None:
+                os.fchown(fd, *owner)
             os.close(fd)
             floor = self._read_number("floor")
             if n <= floor:  # a position the server had removed: not ours to take
@@ -118,6 +133,9 @@ class Spool:
         tmp = self.seq / f".hint.{os.getpid()}.{os.urandom(4).hex()}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            owner = self._owner()
+            if owner is not None:
+                os.fchown(fd, *owner)
             with os.fdopen(fd, "w") as handle:
                 handle.write(str(n))
             os.replace(tmp, self.seq / "hint")
@@ -166,7 +184,10 @@ class Spool:
             name = f"p{position:020d}-{time.time_ns():020d}-{client}-{seq:08d}.req"
             tmp = self.tmp / name
             # Private like the DB directory: a spooled write may hold a record nobody else may read.
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb") as handle:
+                owner = self._owner()
+                if owner is not None:  # root's write must be readable by the owner's server
+                    os.fchown(handle.fileno(), *owner)
                 handle.write(frame)
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -295,3 +295,30 @@ def test_root_makes_job_folders_that_belong_to_the_db_directorys_owner(second_us
             assert sorted(job.name for job in handle.jobs.all()) == ["big", "sim"]
     finally:
         shutil.rmtree(rootonly, ignore_errors=True)
+
+
+def test_a_write_root_spools_into_someone_elses_db_directory_stays_usable_by_them(second_user, reachable_tmp):
+    """Root's spooled write made spool/ and (since spool positions) spool/seq/ as root, mode 700:
+    the owner's own spooled writes then failed, and their server could not read root's file.
+    What root makes in the spool now belongs to the DB directory's owner."""
+    name, uid, gid = second_user
+    home = reachable_tmp / name
+    home.mkdir(mode=0o700)
+    os.chown(home, uid, gid)
+    db = home / "db"
+    as_user(second_user, lambda: init_db_directory(db))
+    shutil.rmtree(db / "spool", ignore_errors=True)
+    os.mkdir(db / "spool", 0o700)
+    os.chown(db / "spool", uid, gid)
+    with balsamdb.connect(db, require_server=True) as handle:
+        assert handle.records.save("P", {"label": "by-root"}).spooled
+    made = {str(p.relative_to(db / "spool")): (p.lstat().st_uid, p.lstat().st_gid) for p in (db / "spool").rglob("*")}
+    assert made and {k: v for k, v in made.items() if v != (uid, gid)} == {}, made
+
+    def owner_spools_too():
+        with balsamdb.connect(db, require_server=True) as handle:
+            assert handle.records.save("P", {"label": "by-owner"}).spooled
+        for path in (db / "spool" / "new").iterdir():
+            path.read_bytes()  # what their server will read
+
+    as_user(second_user, owner_spools_too)
