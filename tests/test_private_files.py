@@ -10,6 +10,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -322,3 +323,34 @@ def test_a_write_root_spools_into_someone_elses_db_directory_stays_usable_by_the
             path.read_bytes()  # what their server will read
 
     as_user(second_user, owner_spools_too)
+
+
+def test_an_export_onto_another_users_file_in_a_sticky_directory_is_refused_in_one_line(second_user, reachable_tmp):
+    """The other way round: alice exports to /tmp-like F that root made first (mode 666).  The
+    sticky directory lets her neither replace nor (now) write into it: one line says whose it is,
+    root's file keeps its content, and no temporary file is left."""
+    name, uid, gid = second_user
+    shared = Path(tempfile.mkdtemp(prefix="bdb-shared-", dir="/tmp"))
+    try:
+        os.chmod(shared, 0o1777)
+        target = shared / "backup.jsonl"
+        target.write_text("root's own file\n")
+        os.chmod(target, 0o666)
+        home = reachable_tmp / name
+        home.mkdir(mode=0o700)
+        os.chown(home, uid, gid)
+
+        def alice_exports():
+            init_db_directory(home / "db")
+            done = subprocess.run([sys.executable, "-m", "balsamdb.cli", "export", str(target), "--path",
+                                   str(home / "db")], capture_output=True, text=True, timeout=60)
+            (home / "result").write_text(f"{done.returncode}\n{done.stderr}")
+
+        as_user(second_user, alice_exports)
+        code, _, err = (home / "result").read_text().partition("\n")
+        assert code == "1" and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert "backup.jsonl there belongs to user id 0" in err and "choose another name" in err, err
+        assert target.read_text() == "root's own file\n"
+        assert sorted(p.name for p in shared.iterdir()) == ["backup.jsonl"]
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
