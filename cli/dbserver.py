@@ -135,11 +135,15 @@ def dbserver(ctx, path, stop, status, bind, port, encrypt, force, timeout, as_js
         result = control.status(dbdir)
         text = _format_status(result)
     else:
-        started = control.start(dbdir, bind=bind, port=port, deadline=timeout, encrypt=encrypt, force=force)
+        started = control.start(dbdir, bind=bind, port=port, deadline=timeout, encrypt=encrypt, force=force,
+                                say=lambda line: click.echo(line, err=True))
         result = {"already_running": started.already_running, **started.address}
         text = (f"a server already runs for {dbdir.path} at {started.address.get('address')}"
                 if started.already_running
                 else f"server for {dbdir.path} listening at {started.address.get('address')}")
+        if not started.already_running and started.address.get("replaced_orphan"):
+            text += (f" (it first stopped pid {started.address['replaced_orphan']}, a server left running by a "
+                     "killed watchdog)")
         if started.already_running:
             explicit = {name: value for name, value in (("bind", bind), ("port", port), ("encrypt", encrypt))
                         if name in given}

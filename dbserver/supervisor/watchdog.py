@@ -63,6 +63,8 @@ class Watchdog:
         self.failures = 0
         self.started_at = time.time()
         self.identity = address_file.process_identity(os.getpid())
+        self.orphan = None            # the server left by a killed watchdog, while it is being stopped
+        self.replaced_orphan = None   # its pid, once stopped
         self.local_address = None
         self.max_request_bytes = None
         self.epoch = None
@@ -108,6 +110,10 @@ class Watchdog:
                                   "pid": postgres.cluster_pid(self.dbdir.path)}
         if reason:
             record["reason"] = reason
+        if state == "restarting" and self.orphan:
+            record["orphan"] = self.orphan
+        if state == "running" and self.replaced_orphan:
+            record["replaced_orphan"] = self.replaced_orphan  # db dbserver says what it took the start
         try:
             address_file.write_atomic(self.dbdir.address_file, record)
         except OSError as exc:  # a full or read-only disk: keep supervising; the next check retries
@@ -210,8 +216,15 @@ class Watchdog:
             raise RuntimeError("the write server failed to start; see log/server.err and log/server.log")
 
     def stop_orphan(self):
-        """Stop a server left running by a watchdog that was killed (see :func:`.liveness.stop_orphan`)."""
-        liveness.stop_orphan(self.dbdir, STOP_DEADLINE)
+        """Stop a server left running by a watchdog that was killed (see :func:`.liveness.stop_orphan`).
+        While it waits, the address file says so (state "restarting" with ``orphan``: its pid and
+        until when), so that ``db dbserver`` and ``--status`` tell the user instead of timing out."""
+        def announce(proc, deadline):
+            self.orphan = {"pid": proc.pid, "since": time.time(), "until": time.time() + deadline + 5.0}
+            self.write_address("restarting", reason=f"stopping pid {proc.pid}, a server left by a killed watchdog")
+
+        self.replaced_orphan = liveness.stop_orphan(self.dbdir, STOP_DEADLINE, announce)
+        self.orphan = None
 
     # -- supervision ------------------------------------------------------------
     def loop(self):
