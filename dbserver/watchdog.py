@@ -37,7 +37,7 @@ from balsamdb.backoff import delay_after
 from balsamdb.dbdir import DBDirectory
 
 from . import liveness
-from .children import check_writable, read_line, sleep_unless, stop_process
+from .children import ReaderChild, check_writable, read_line, sleep_unless, stop_process
 from .liveness import AlreadyRunning, acquire_lock  # the watchdog's lock lives with the proofs of life
 
 log = logging.getLogger("balsamdb.server.watchdog")
@@ -77,6 +77,7 @@ class Watchdog:
         self.restarts = 0
         self.taken_over_by = None
         self.unwritable = {}  # what could not be written ("address", "heartbeat") -> the last error
+        self.reader = ReaderChild(self)  # the read service, supervised beside the server
 
     # -- address file ---------------------------------------------------------
     def _public_host(self):
@@ -101,6 +102,7 @@ class Watchdog:
                 record["netns"] = address_file.network_namespace()
             if self.curve_public:
                 record["curve_public"] = self.curve_public
+            record.update(self.reader.address_fields())
         if self.managed_postgres and self.pg_port and state != "stopped":
             from balsamdb.server import postgres
 
@@ -208,6 +210,8 @@ class Watchdog:
             self.start_postgres()
         if not self.start_server():
             raise RuntimeError("the write server failed to start; see log/server.err and log/server.log")
+        if not self.reader.start():
+            raise RuntimeError("the read service failed to start; see log/reader.err and log/reader.log")
 
     def stop_orphan(self):
         """Stop a server left running by a watchdog that was killed (see :func:`.liveness.stop_orphan`)."""
@@ -242,6 +246,8 @@ class Watchdog:
                 lived = time.time() - self.server_started
                 self.schedule_restart(f"server pid {self.server.pid} exited with {code} after {lived:.1f} s",
                                       lived)
+        if not self.stopping:
+            self.reader.supervise()
         self.periodic_checks()
 
     def periodic_checks(self):
@@ -322,6 +328,7 @@ class Watchdog:
             log.info("the heartbeat can be written again")
 
     def shutdown(self, reason="stopped by db dbserver --stop"):
+        self.reader.stop()
         if self.server is not None and self.server.poll() is None:
             log.info("stopping server pid %s", self.server.pid)
             stop_process(self.server, STOP_DEADLINE)
