@@ -157,7 +157,7 @@ ERRORS_BY_CODE = {
     for cls in (
         BalsamDBError, ConfigError, NotADBDirectory, BadRequest, RequestTooLarge,
         AuthenticationError, NotFound, InvalidTransition, Conflict, DatabaseBusy,
-        StorageError, ServerUnavailable, ServerError, TryAgain, TransferError,
+        StorageError, ServerUnavailable, ServerError, TryAgain, ReadTimeout, TransferError,
     )
 }
 

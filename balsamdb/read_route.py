@@ -16,6 +16,7 @@ waits until the spool file is gone (up to ``client_deadline``, then :class:`Serv
 says why); with no server it is refused at once, as the read could not see it.
 """
 
+import os
 import socket
 import time
 
@@ -84,6 +85,21 @@ class ReadRoute:
             recheck = True
             if time.monotonic() >= deadline:
                 raise unavailable(self._address_path, time.monotonic() - started)
+
+    def read_service_status(self):
+        """The counters of the read service (``status`` sent to it): reads started, done, joined by a
+        resend, timed out; None when no read service is named or it does not answer in time."""
+        info, state = self._address(recheck=True)
+        if state != "up" or not info.get("read_address") or not reader_alive(info):
+            return None
+        message = {"id": os.urandom(16).hex(), "op": "status", "params": {}, "ts": time.time()}
+        deadline = time.monotonic() + self.settings.client_deadline
+        while time.monotonic() < deadline:
+            answer = self._reader_client().try_once(reader_info(info), message, self._address_path,
+                                                    self._encoded(message, info))
+            if answer is not None:
+                return answer.get("result") if answer.get("ok") else None
+        return None
 
     def _wait_own_spool(self, state, deadline):
         """A read sees this client's writes: wait while one of them waits in the spool for a running
