@@ -19,15 +19,16 @@ import peewee as pw
 from .. import states
 from ..exceptions import BadRequest
 from ..job_queries import check_sort
-from ..models import Record
+from ..models import Job, Record
 from .checks import check_number
-from .jobs import job_order, job_query, job_to_dict
+from .jobs import JOB_KEYS, job_order, job_query
 from .records import record_query
 from .registry import operation
 
 PAGE = 1000       # rows per page unless the caller asks for another size
 MAX_PAGE = 5000
 
+_JOB_COLUMNS = [getattr(Job, key) for key in JOB_KEYS]
 _RANK = {name: rank for rank, name in enumerate(states.STATES)}
 #: job_to_dict key of the first sort column of each sort key ("state" sorts by pipeline rank)
 _SORT_COLUMN = {"created": "created_at", "updated": "updated_at", "name": "name", "workflow": "workflow",
@@ -74,7 +75,9 @@ def job_page(filters=None, sort=None, after=None, limit=PAGE):
         columns = pw.Tuple(*[o.node for o in order])
         values = pw.Tuple(*after)
         query = query.where(columns < values if sort.startswith("-") else columns > values)
-    jobs = [job_to_dict(j) for j in query.limit(limit + 1)]
+    # Rows as tuples of the columns of JOB_KEYS, not model instances: a third of the time of a page.
+    query = query.select(*_JOB_COLUMNS)
+    jobs = [dict(zip(JOB_KEYS, row)) for row in query.limit(limit + 1).tuples()]
     more = len(jobs) > limit
     jobs = jobs[:limit]
     return {"jobs": jobs, "next": _job_key(jobs[-1], key) if more else None}
