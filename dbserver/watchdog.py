@@ -121,7 +121,9 @@ class Watchdog:
             log.info("the address file can be written again")
 
     # -- the server -------------------------------------------------------------
-    def start_server(self):
+    def start_server(self, publish=True):
+        """Start the write server; True once it listens.  ``publish``: name it in the address file
+        now (the first start publishes once the read service listens too)."""
         epoch = uuid.uuid4().hex
         self.check_log_dir()
         check_writable(self.dbdir, self.db_type)
@@ -160,7 +162,8 @@ class Watchdog:
             return False
         self.server.stdout.close()
         self.epoch = epoch
-        self.write_address("running", epoch=epoch)
+        if publish:
+            self.write_address("running", epoch=epoch)
         log.info("server pid %s up on port %s, epoch %s", self.server.pid, self.port, epoch)
         return True
 
@@ -208,9 +211,9 @@ class Watchdog:
         self.beat()
         if self.managed_postgres:
             self.start_postgres()
-        if not self.start_server():
+        if not self.start_server(publish=False):
             raise RuntimeError("the write server failed to start; see log/server.err and log/server.log")
-        if not self.reader.start():
+        if not self.reader.start():  # names both in the address file
             raise RuntimeError("the read service failed to start; see log/reader.err and log/reader.log")
 
     def stop_orphan(self):

@@ -47,23 +47,27 @@ def test_a_big_listing_streams_from_the_read_service_while_writes_go_through(ser
     assert info["read_address"].startswith("tcp://127.0.0.1:") and info["reader_state"] == "running"
     before, reader_before = _statuses(path)
 
-    ls = subprocess.Popen([sys.executable, "-m", "balsamdb.cli", "ls", "--path", str(path), "--workflow", "big"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=_env(BALSAMDB_LOCAL_READS="0"))
+    listing = path.parent / "listing.txt"
+    with open(listing, "w") as out_file:
+        ls = subprocess.Popen([sys.executable, "-m", "balsamdb.cli", "ls", "--path", str(path), "--workflow", "big"],
+                              stdout=out_file, stderr=subprocess.PIPE, text=True,
+                              env=_env(BALSAMDB_LOCAL_READS="0"))
     try:
-        first_line = ls.stdout.readline()  # the listing has begun: rows are printed as pages arrive
-        assert first_line.split() == ["id", "name", "workflow", "application", "state", "created"], first_line
+        # The listing has begun: rows are printed as pages arrive, before the last page is read.
+        wait_for(lambda: listing.stat().st_size > 0 or ls.poll() is not None, 60, "the first rows of db ls")
         written_during = 0
         while ls.poll() is None:
             db.jobs.create(name=f"during-{written_during}", workflow="writes", make_workdir=False)
             written_during += 1
-        out, err = ls.communicate(timeout=120)
+        err = ls.communicate(timeout=120)[1]
     finally:
         if ls.poll() is None:
             ls.kill()
             ls.wait()
     assert ls.returncode == 0, err
-    rows = out.splitlines()[1:]  # after the dashes
+    out = listing.read_text()
+    assert out.splitlines()[0].split() == ["id", "name", "workflow", "application", "state", "created"]
+    rows = out.splitlines()[2:]  # after the header and the dashes
     assert len(rows) == LISTED and len({r.split()[0] for r in rows}) == LISTED
     assert written_during >= 1, "no write was answered while the listing ran"
     after, reader_after = _statuses(path)
