@@ -6,10 +6,11 @@ columns are plain text: the same schema runs on SQLite and PostgreSQL.
 Times are UNIX seconds (float, UTC).
 """
 
-import json
 import time
 
 import peewee as pw
+
+from . import jsonio
 
 SCHEMA_VERSION = 5
 
@@ -18,10 +19,10 @@ class JSONText(pw.TextField):
     """A JSON document stored as text; ``None`` stays NULL."""
 
     def db_value(self, value):
-        return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return None if value is None else jsonio.dumps(value)
 
     def python_value(self, value):
-        return None if value is None else json.loads(value)
+        return None if value is None else jsonio.loads(value)
 
 
 class BaseModel(pw.Model):

@@ -1,0 +1,288 @@
+"""The jobs pages of ``db serve``: ``{base}_balsamdb/jobs/`` and ``{base}_balsamdb/jobs/{id}/``.
+
+For admin users only (as jobs over the operation endpoint).  Read on read-only connections
+(:mod:`.reads`), never through the write server.  HTML for people (a page that refreshes
+itself by polling while open, and reads fine without JavaScript), JSON for scripts
+(``?format=json`` or ``Accept: application/json``).
+"""
+
+import logging
+import math
+import threading
+import time
+
+import flask
+import peewee as pw
+
+from balsamdb import job_queries, job_views, states
+from balsamdb.exceptions import BadRequest
+from balsamdb.models import Job, JobStateChange
+from balsamdb.operations import JOB_KEYS, job_query
+
+log = logging.getLogger(__name__)
+
+JOBS_PER_PAGE = 100
+PLOT_MAX_BARS = 120      # jobs finished per minute: wider campaigns are shown in wider buckets
+PLOT_MIN_MINUTES = 30    # the plot's time axis spans at least this (one bar for all would say nothing)
+REFRESH_SECONDS = 2      # how often an open page asks again (a poll, not a held stream)
+FULL_SECONDS = 600       # the charts' history is read whole again after this (else only its new rows)
+
+# One colour per state, with enough contrast on white; done in green, trouble in red.
+STATE_COLOURS = {
+    "CREATED": "#9aa5b1", "AWAITING_PARENTS": "#b39ddb", "READY": "#64b5f6", "STAGED_IN": "#4dd0e1",
+    "PREPROCESSED": "#4db6ac", "RUNNING": "#ffb300", "RUN_DONE": "#aed581", "POSTPROCESSED": "#7cb342",
+    "JOB_FINISHED": "#2e7d32", "RUN_ERROR": "#e57373", "RUN_TIMEOUT": "#ff7043", "RESTART_READY": "#ba68c8",
+    "FAILED": "#c62828", "USER_KILLED": "#6d4c41",
+}
+
+
+def blueprint(web):
+    """The jobs pages, answering with the hooks of ``web`` (a :class:`.pages.WebContext`)."""
+    pages = flask.Blueprint("web_jobs", __name__, template_folder="templates")
+    history = HistoryCache()
+    threading.Thread(target=_read_ahead, args=(web.reader, history), name="jobs-history", daemon=True).start()
+
+    @pages.get("/")
+    def jobs_page():
+        web.require_admin()
+        args = flask.request.args
+        form = {"workflow": args.get("workflow", "").strip(), "state": [s for s in args.getlist("state") if s],
+                "name": args.get("name", "").strip(), "tag": args.get("tag", "").strip(),
+                "since": args.get("since", "").strip(), "until": args.get("until", "").strip(),
+                "changed": args.get("changed", "") not in ("", "0", "false")}
+        page = _page_number(args.get("page"), web)
+        try:
+            filters = job_views.job_filters(form["workflow"], form["state"], form["name"],
+                                            [form["tag"]] if form["tag"] else None, form["since"], form["until"],
+                                            form["changed"])
+            data = web.reader.run(lambda db: _jobs_data(db, filters, page, form["workflow"], history))
+        except BadRequest as exc:
+            raise web.error(400, exc.message) from None
+        data["filters"] = form
+        return web.respond(data, "jobs.html", "Jobs", form=form, data=data, colours=STATE_COLOURS,
+                           all_states=states.STATES, refresh=REFRESH_SECONDS,
+                           bars=_stacked_bars(data["counts"]), plot=_plot(data["finished_per_minute"],
+                                                                    since=(data["state_counts"] or {}).get("start")),
+                           held=_held_chart(data["state_counts"]),
+                           query=_query_without_page(args))
+
+    @pages.get("/<job_id>/")
+    def job_page(job_id):
+        web.require_admin()
+        job = web.reader.run(lambda db: _job_data(db, job_id))
+        if job is None:
+            raise web.error(404, f"no job with id {job_id!r}")
+        spans = job_queries.timeline(job["history"])  # what `db job show` shows
+        job["timeline"] = spans
+        total = sum(s["seconds"] or 0.0 for s in spans) or 1.0
+        x = 0.0
+        segments = []
+        for s in spans:
+            width = 100.0 * (s["seconds"] or 0.0) / total
+            segments.append(dict(s, x=x, width=width, colour=STATE_COLOURS.get(s["state"], "#999")))
+            x += width
+        return web.respond(job, "job.html", f"Job {job['name']}", job=job, segments=segments,
+                           colours=STATE_COLOURS, refresh=REFRESH_SECONDS)
+
+    return pages
+
+
+def _page_number(text, web):
+    if text is None or text == "":
+        return 1
+    if not text.isdigit() or int(text) < 1:
+        raise web.error(400, f"page must be a number from 1, not {text!r}")
+    return int(text)
+
+
+def _query_without_page(args):
+    return [(k, v) for k, v in args.items(multi=True) if k not in ("page", "format")]
+
+
+class HistoryCache:
+    """The state history's moves per minute (:func:`balsamdb.job_views.history_moves`), per workflow,
+    kept up to date by reading only the rows added since: the whole history of 100,000 jobs takes a
+    second to group on a busy machine, the rows of the last refresh a millisecond.
+
+    Each refresh, in the page's read transaction, reads the history's newest id and adds the moves of
+    the rows after the one it has seen.  Every job has one more move into a state than out of one (its
+    creation), so the kept moves count the jobs: when that count no longer matches the number of jobs
+    (less the difference found when the history was read whole), a job was deleted or its history
+    replaced, and the whole history is read again; also every :data:`FULL_SECONDS` whatever happens."""
+
+    def __init__(self, full_seconds=None, max_entries=64):
+        self.full_seconds = FULL_SECONDS if full_seconds is None else full_seconds
+        self.max_entries = max_entries
+        self._entries = {}  # workflow -> (newest id seen, jobs less counted jobs, read whole at, moves)
+        self._lock = threading.Lock()
+
+    def get(self, db, workflow, jobs=None):
+        """The moves of ``workflow`` ("" for all) as the database ``db`` holds them now; ``jobs``: the
+        number of jobs of the workflow, when the caller has counted them."""
+        newest = (JobStateChange.select(pw.fn.MAX(JobStateChange.id)).tuples().execute(db))[0][0] or 0
+        if jobs is None:
+            query = Job.select(pw.fn.COUNT(pw.SQL("*")))
+            jobs = (query.where(Job.workflow == workflow) if workflow else query).tuples().execute(db)[0][0]
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(workflow)
+        if entry is not None and entry[0] <= newest and now - entry[2] < self.full_seconds:
+            seen, offset, full_at, moves = entry
+            if newest > seen:
+                moves = job_views.merge_moves(
+                    moves, job_views.history_moves(db, workflow or None, after_id=seen, upto_id=newest))
+            if jobs - _jobs_counted(moves) == offset:  # no job deleted, no history replaced
+                self._keep(workflow, (newest, offset, full_at, moves))
+                return moves
+        moves = job_views.history_moves(db, workflow or None, upto_id=newest)
+        self._keep(workflow, (newest, jobs - _jobs_counted(moves), now, moves))
+        return moves
+
+    def _keep(self, workflow, entry):
+        with self._lock:
+            if len(self._entries) >= self.max_entries and workflow not in self._entries:
+                self._entries.clear()
+            self._entries[workflow] = entry
+
+
+def _jobs_counted(moves):
+    """Moves into states less moves out of them: one per job whose whole history the moves hold."""
+    return (sum(n for per_minute in moves["entered"].values() for n in per_minute.values())
+            - sum(n for per_minute in moves["left"].values() for n in per_minute.values()))
+
+
+def _read_ahead(reader, history):
+    """Read the whole state history once when `db serve` starts, so that the first jobs page reads only
+    what was added since (the history of 100,000 jobs takes about a second to group)."""
+    try:
+        reader.run(lambda db: history.get(db, ""))
+    except Exception as exc:  # noqa: BLE001 - the page reads it itself then
+        log.info("the jobs history was not read ahead: %s", exc)
+    finally:
+        reader.close()
+
+
+def _jobs_data(db, filters, page, workflow, history):
+    counts = job_views.state_counts(db, filters)
+    total = sum(sum(c.values()) for c in counts.values())
+    pages = max(1, math.ceil(total / JOBS_PER_PAGE))
+    query = (job_query(filters).select(Job.id, Job.name, Job.workflow, Job.state, Job.state_message, Job.tags,
+                                      Job.created_at, Job.updated_at)
+             .order_by(Job.updated_at.desc(), Job.id).limit(JOBS_PER_PAGE).offset((page - 1) * JOBS_PER_PAGE))
+    jobs = list(query.dicts().execute(db))
+    # the number of jobs of the charts' workflow, when the counts above are of exactly those
+    moves = history.get(db, workflow, total if set(filters) <= {"workflow"} else None)
+    finished = sorted(moves["entered"].get("JOB_FINISHED", {}).items())
+    return {"counts": counts, "states": job_views.ordered_states(counts), "total": total, "page": page,
+            "pages": pages, "per_page": JOBS_PER_PAGE, "jobs": jobs, "read_at": time.time(),
+            "finished_per_minute": finished, "state_counts": _state_counts(moves)}
+
+
+def _axis(first_event, now):
+    """The time axis of both charts: ``(start, bucket seconds, buckets)`` from the first event (a
+    minute's start) to now, at least :data:`PLOT_MIN_MINUTES`, at most :data:`PLOT_MAX_BARS` buckets."""
+    last = max(first_event, int(now // 60) * 60)
+    first = min(first_event, last - (PLOT_MIN_MINUTES - 1) * 60)
+    minutes = int((last - first) // 60) + 1
+    bucket_minutes = max(1, math.ceil(minutes / PLOT_MAX_BARS))
+    return first, bucket_minutes * 60, math.ceil(minutes / bucket_minutes)
+
+
+def _state_counts(moves, now=None):
+    """``{"start", "bucket_seconds", "counts": {state: [jobs in it at the end of each bucket]}}`` (see
+    :func:`balsamdb.job_views.state_counts_over_time`), or None before any job was created."""
+    minutes = [m for per_minute in moves["entered"].values() for m in per_minute]
+    if not minutes:
+        return None
+    start, bucket, n = _axis(min(minutes), time.time() if now is None else now)
+    return {"start": start, "bucket_seconds": bucket,
+            "counts": job_views.state_counts_over_time(moves, start, bucket, n)}
+
+
+def _job_data(db, job_id):
+    rows = list(Job.select().where(Job.id == job_id).dicts().execute(db))
+    if not rows:
+        return None
+    job = {key: rows[0][key] for key in JOB_KEYS}
+    history = (JobStateChange.select(JobStateChange.time, JobStateChange.from_state, JobStateChange.to_state,
+                                     JobStateChange.message)
+               .where(JobStateChange.job == job_id).order_by(JobStateChange.id))
+    job["history"] = list(history.dicts().execute(db))
+    return job
+
+
+def _stacked_bars(counts):
+    """Per workflow, the segments of its stacked bar: ``{workflow, total, segments: [{state, count, x,
+    width}]}`` (x and width in percent of the bar)."""
+    bars = []
+    for workflow, per_state in counts.items():
+        total = sum(per_state.values())
+        x, segments = 0.0, []
+        for state in states.STATES:
+            count = per_state.get(state, 0)
+            if count:
+                width = 100.0 * count / total
+                segments.append({"state": state, "count": count, "x": x, "width": width,
+                                 "colour": STATE_COLOURS[state]})
+                x += width
+        bars.append({"workflow": workflow, "total": total, "segments": segments, "counts": per_state})
+    return bars
+
+
+def _plot(points, now=None, width=720, height=160, left=36, since=None):
+    """Jobs finished per minute as SVG bars: ``{bars, width, height, ymax, start, end, bucket, total}``,
+    or None before the first finished job.
+
+    The time axis runs from the first finished job to now (at least :data:`PLOT_MIN_MINUTES`), and
+    minutes without a finished job are bars of height 0, so that the axis is even; a campaign
+    longer than :data:`PLOT_MAX_BARS` minutes is shown in buckets of several minutes."""
+    if not points:
+        return None
+    now = time.time() if now is None else now
+    last = max(points[-1][0], int(now // 60) * 60)
+    first = min(points[0][0], last - (PLOT_MIN_MINUTES - 1) * 60)
+    if since is not None:  # the axis of the chart beside it (from the first job's creation)
+        first = min(first, since)
+    minutes = int((last - first) // 60) + 1
+    bucket_minutes = max(1, math.ceil(minutes / PLOT_MAX_BARS))
+    n = math.ceil(minutes / bucket_minutes)
+    totals = [0] * n
+    for start, count in points:
+        totals[int((start - first) // 60) // bucket_minutes] += count
+    ymax = max(totals) or 1
+    bar_width = (width - left) / n
+    bars = []
+    for i, count in enumerate(totals):
+        h = (height - 4) * count / ymax
+        bars.append({"x": left + i * bar_width, "y": height - h, "w": max(bar_width - 1, 0.5), "h": h,
+                     "count": count, "start": first + i * bucket_minutes * 60})
+    return {"bars": bars, "width": width, "height": height, "left": left, "ymax": ymax, "start": first,
+            "end": first + n * bucket_minutes * 60, "bucket": bucket_minutes, "total": sum(totals)}
+
+
+def _held_chart(state_counts, width=720, height=160, left=48):
+    """The count of jobs in each state over time as stacked SVG areas, in pipeline order (the top edge
+    is the number of jobs): ``{areas: [{state, colour, points, now, peak}], width, height, left, ymax,
+    start, end}``, or None before any job was created.  Each bucket is a step: the counts at its end."""
+    if not state_counts or not state_counts["counts"]:
+        return None
+    start, bucket, series = state_counts["start"], state_counts["bucket_seconds"], state_counts["counts"]
+    n = len(next(iter(series.values())))
+    totals = [sum(counts[i] for counts in series.values()) for i in range(n)]
+    ymax = max(max(totals), 1)
+    step = (width - left) / n
+
+    def y(count):
+        return height - (height - 4) * count / ymax
+
+    below = [0] * n
+    areas = []
+    for state, counts in series.items():
+        above = [b + c for b, c in zip(below, counts)]
+        top = [(left + i * step + dx, y(above[i])) for i in range(n) for dx in (0, step)]
+        bottom = [(left + i * step + dx, y(below[i])) for i in reversed(range(n)) for dx in (step, 0)]
+        areas.append({"state": state, "colour": STATE_COLOURS.get(state, "#999"), "now": counts[-1],
+                      "peak": max(counts), "points": " ".join(f"{px:.1f},{py:.1f}" for px, py in top + bottom)})
+        below = above
+    return {"areas": areas, "width": width, "height": height, "left": left, "ymax": ymax, "start": start,
+            "end": start + n * bucket}
