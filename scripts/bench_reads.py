@@ -119,8 +119,12 @@ def main():
         stop.touch()
         result["writer_during_ls"] = percentiles(json.loads(writer.communicate()[0]))
         result["peak_rss_mb"] = {name: round(value / 2 ** 20) for name, value in peak.items()}
-        status = db.server_status()
-        result["write_server_reads_refused"] = status.get("reads_refused")
+        try:
+            status = db.server_status()
+            result["write_server_reads_refused"] = status.get("reads_refused")
+            result["write_server_requests"] = status.get("requests")
+        except Exception as exc:  # an older release's server may still be busy with the read
+            result["write_server_status"] = f"{type(exc).__name__}: {exc}"
     finally:
         if not args.keep:
             subprocess.run(db_cmd + ["dbserver", "--stop", "--path", str(path)], env=env, capture_output=True)
