@@ -19,7 +19,8 @@ import peewee as pw
 from .. import states
 from ..exceptions import BadRequest
 from ..job_queries import check_sort
-from ..models import Job, Record
+from ..jsonio import loads
+from ..models import Job, JSONText, Record
 from .checks import check_number
 from .jobs import JOB_KEYS, job_order, job_query
 from .records import record_query
@@ -29,6 +30,7 @@ PAGE = 1000       # rows per page unless the caller asks for another size
 MAX_PAGE = 5000
 
 _JOB_COLUMNS = [getattr(Job, key) for key in JOB_KEYS]
+_JSON_KEYS = [key for key in JOB_KEYS if isinstance(getattr(Job, key), JSONText)]
 _RANK = {name: rank for rank, name in enumerate(states.STATES)}
 #: job_to_dict key of the first sort column of each sort key ("state" sorts by pipeline rank)
 _SORT_COLUMN = {"created": "created_at", "updated": "updated_at", "name": "name", "workflow": "workflow",
@@ -75,9 +77,16 @@ def job_page(filters=None, sort=None, after=None, limit=PAGE):
         columns = pw.Tuple(*[o.node for o in order])
         values = pw.Tuple(*after)
         query = query.where(columns < values if sort.startswith("-") else columns > values)
-    # Rows as tuples of the columns of JOB_KEYS, not model instances: a third of the time of a page.
-    query = query.select(*_JOB_COLUMNS)
-    jobs = [dict(zip(JOB_KEYS, row)) for row in query.limit(limit + 1).tuples()]
+    # The cursor's own rows, not model instances nor peewee's converters (two thirds of the time of a
+    # page): only the JSON columns need decoding; numbers and text come as they are.
+    cursor = Job._meta.database.execute(query.select(*_JOB_COLUMNS).limit(limit + 1))
+    jobs = []
+    for row in cursor.fetchall():
+        job = dict(zip(JOB_KEYS, row))
+        for column in _JSON_KEYS:
+            if job[column] is not None:
+                job[column] = loads(job[column])
+        jobs.append(job)
     more = len(jobs) > limit
     jobs = jobs[:limit]
     return {"jobs": jobs, "next": _job_key(jobs[-1], key) if more else None}
