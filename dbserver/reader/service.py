@@ -161,7 +161,10 @@ class ReadService:
                     time.sleep(self.delay)  # test-only (TEST_DELAY_ENV): a slow read on purpose
                 log.debug("read %s %s started", request_id, op)
                 answer = self.reader.run(op, params)
-                push.send_pyobj((request_id, answer, (time.monotonic() - started) * 1000))
+                # Encoded here, in the worker, not by the loop thread: the loop only forwards bytes.
+                push.send_multipart([request_id.encode(), ((answer.get("error") or {}).get("code") or "").encode(),
+                                     b"%.1f" % ((time.monotonic() - started) * 1000)]
+                                    + self.encoded(request_id, answer))
         finally:
             self.reader.close()
             push.close(linger=0)
@@ -200,7 +203,7 @@ class ReadService:
             self.send(envelope, request_id, {"ok": True, "result": self.status()})
             return
         if request_id in self.finished:  # a resend of a read done while its client was between tries
-            self.send(envelope, request_id, self.finished.pop(request_id)[0])
+            self.socket.send_multipart(envelope + self.finished.pop(request_id)[0])
             return
         running = self.running.get(request_id)
         if running is not None:  # a resend (fresh socket or after a working reply): join the read
@@ -224,21 +227,21 @@ class ReadService:
     def take_answers(self):
         while True:
             try:
-                request_id, answer, ms = self.results.recv_pyobj(zmq.NOBLOCK)
+                request_id, code, ms, *frames = self.results.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            request_id, code = request_id.decode(), code.decode()
             self.counts["reads_done"] += 1
-            self.max_read_ms = max(self.max_read_ms, ms)
-            code = (answer.get("error") or {}).get("code")
+            self.max_read_ms = max(self.max_read_ms, float(ms))
             if code == "read_timeout":
                 self.counts["reads_timed_out"] += 1
             elif code:
                 self.counts["reads_failed"] += 1
             read = self.running.pop(request_id, None)
             if read is not None and read.envelope is not None:
-                self.send(read.envelope, request_id, answer)
+                self.socket.send_multipart(read.envelope + frames)
             else:
-                self.finished[request_id] = (answer, time.monotonic())
+                self.finished[request_id] = (frames, time.monotonic())
 
     def hold_waiting(self):
         """Working replies to the clients of long reads; forget answers nobody came back for."""
@@ -251,14 +254,17 @@ class ReadService:
         for request_id in [i for i, (_, done) in self.finished.items() if now - done > KEEP_ANSWERS]:
             del self.finished[request_id]
 
-    def send(self, envelope, request_id, answer):
+    def encoded(self, request_id, answer):
+        """The signed frames of ``answer``."""
         try:
-            frames = protocol.reply(self.secret, request_id, answer)
-        except Exception as exc:  # an answer that cannot be encoded (a bug) must not stop the loop
+            return protocol.reply(self.secret, request_id, answer)
+        except Exception as exc:  # an answer that cannot be encoded (a bug) must not stop the service
             log.exception("the answer to %s could not be encoded", request_id)
-            frames = protocol.reply(self.secret, request_id, {"ok": False, "error": ServerError(
+            return protocol.reply(self.secret, request_id, {"ok": False, "error": ServerError(
                 f"the answer could not be encoded: {type(exc).__name__}").to_dict()})
-        self.socket.send_multipart(envelope + frames)
+
+    def send(self, envelope, request_id, answer):
+        self.socket.send_multipart(envelope + self.encoded(request_id, answer))
 
     def status(self):
         return dict(self.counts, role="reader", pid=os.getpid(), epoch=self.epoch, port=self.port,
