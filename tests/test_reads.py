@@ -140,17 +140,20 @@ def test_a_slow_read_runs_once_and_the_read_service_is_restarted(tmp_path):
         kill_everything(path)
 
 
-def test_a_read_over_its_time_limit_is_stopped_with_a_clear_error(dbdir):
-    """SQLite's progress handler stops a read over read_time_limit: ReadTimeout, nothing else
-    changes, and the next read on the same connection works."""
-    db = balsamdb.connect(dbdir)
+def test_a_read_over_its_time_limit_is_stopped_with_a_clear_error(served_dbdir, backend):
+    """SQLite's progress handler (PostgreSQL: statement_timeout) stops a read over read_time_limit:
+    ReadTimeout, nothing else changes, and the next read on a connection with a longer limit works."""
+    db = balsamdb.connect(served_dbdir, require_server=True)
     db.jobs.bulk_create([{"name": f"n{i}", "description": "x" * 200} for i in range(20000)], make_workdir=False)
-    reader = Reader(DBDirectory(dbdir), load_settings(read_time_limit=0.001))
+    reader = Reader(DBDirectory(served_dbdir), load_settings(read_time_limit=0.001))
     try:
         answer = reader.run("job_count", {"filters": {"name_like": "*zz*"}})
         assert answer["ok"] is False and answer["error"]["code"] == ReadTimeout.code, answer
         assert "read_time_limit" in answer["error"]["message"]
-        reader.time_limit = 60.0
+    finally:
+        reader.close()
+    reader = Reader(DBDirectory(served_dbdir), load_settings(read_time_limit=60.0))
+    try:
         assert reader.run("job_count", {}) == {"ok": True, "result": 20000}
         assert reader.run("job_create", {"job": {"name": "x"}})["error"]["code"] == "bad_request"
     finally:
