@@ -46,6 +46,17 @@ def stopped_record(db_type, reason="no server has run yet"):
     return {"state": "stopped", "db_type": db_type, "reason": reason, "protocol": PROTOCOL_VERSION}
 
 
+def check_protocol(info, where):
+    """Refuse, with one line naming both versions, the address of a server that speaks a newer
+    protocol than this balsamdb (an older client would send what it no longer reads)."""
+    theirs = info.get("protocol", PROTOCOL_VERSION)
+    if isinstance(theirs, int) and theirs > PROTOCOL_VERSION:
+        from .exceptions import ConfigError
+
+        raise ConfigError(f"the server of {where} speaks protocol {theirs}, newer than this balsamdb's "
+                          f"({PROTOCOL_VERSION}): upgrade balsamdb on this host")
+
+
 def read(path):
     """Return the address record, or ``{"state": "stopped", "reason": ...}`` when unusable."""
     try:

@@ -131,6 +131,7 @@ class Database(ReadRoute, StoreHandle):
             signature = None
         if signature != self._address_signature or recheck or self._address_cache is None:
             info = address_file.read(path)
+            address_file.check_protocol(info, self.dbdir.path)
             self._address_cache = (info, server_state(info))
             self._address_signature = signature
         return self._address_cache

@@ -12,6 +12,7 @@ import logging
 import peewee as pw
 
 from . import answers as stored_answers
+from . import crash_points
 from . import jsonio
 from . import operations
 from .exceptions import BadRequest, BalsamDBError, Conflict, ServerError
@@ -146,6 +147,7 @@ def apply(database, requests, savepoints=True, tick=None):
         tick()
     if deferred is not None:
         _flush(deferred)
+    crash_points.reach(crash_points.AFTER_WRITES)
     if new_rows:
         if tick is not None:
             tick()
@@ -153,6 +155,7 @@ def apply(database, requests, savepoints=True, tick=None):
             fast.executemany(fast.insert_applied, new_rows)
         except DATABASE_ERRORS as exc:
             raise StorageFailure(exc) from exc
+        crash_points.reach(crash_points.AFTER_APPLIED_INSERT)
     return requests
 
 

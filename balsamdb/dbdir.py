@@ -20,7 +20,7 @@ from pathlib import Path
 
 import peewee as pw
 
-from . import address_file, models
+from . import address_file, models, schema_upgrade
 from .exceptions import ConfigError, NotADBDirectory, StorageError
 # (read_private, write_private, check_postgres_url, redact_url: once defined here, still importable from here)
 from .private_files import make_private_directories, read_private, write_private
@@ -226,13 +226,15 @@ class DBDirectory:
                 raise ConfigError(f"this Python's SQLite is {sqlite3.sqlite_version}; balsamdb needs 3.24 or newer "
                                   "(use a newer Python, or pysqlite3)")
             timeout = settings.direct_deadline if busy_timeout is None else busy_timeout
-            return pw.SqliteDatabase(
+            return schema_upgrade.OptimizingSqlite(
                 str(self.sqlite_file),
                 timeout=timeout,
                 pragmas={
                     "journal_mode": "wal",
                     "synchronous": synchronous or settings.sqlite_synchronous,
                     "foreign_keys": 1,
+                    "cache_size": -1024 * max(2, int(settings.sqlite_cache_mb)),  # KiB when negative
+                    "journal_size_limit": schema_upgrade.JOURNAL_SIZE_LIMIT,  # the WAL is truncated to this after a checkpoint
                 },
             )
         if config.get("external"):
@@ -249,9 +251,16 @@ class DBDirectory:
         return pw.PostgresqlDatabase(database, connect_timeout=5, **params)
 
     # -- creation and upgrade -----------------------------------------------
-    def init(self, db_type="sqlite3", mode=0o700, settings=None, url=None, make_cluster=None):
-        """See :meth:`_init`; everything it creates is private to its owner (umask 077 meanwhile)."""
+    def init(self, db_type="sqlite3", mode=0o700, settings=None, url=None, make_cluster=None, backup=True,
+             say=None, progress=None):
+        """See :meth:`_init`; everything it creates is private to its owner (umask 077 meanwhile).
+
+        An upgrade of an existing schema first calls ``say(sentence)`` with its row counts and an
+        estimate of its time, then (``backup``, SQLite) copies the database to
+        ``backup-schema-<N>-<time>.sqlite3`` in the DB directory; ``progress(step)`` is called
+        before each step of the upgrade."""
         previous = os.umask(PRIVATE_UMASK)
+        self._upgrade_options = {"backup": backup, "say": say or (lambda text: None), "progress": progress}
         try:
             return self._init(db_type, mode, settings, url, make_cluster)
         finally:
@@ -322,10 +331,20 @@ class DBDirectory:
             done.extend(make_cluster(self.path))
             done.append("the schema is created when `db dbserver` first starts the cluster")
             return done
+        if db_type == "sqlite3" and not self.sqlite_file.exists():
+            # Once, before anything is written (WAL mode writes the header): later vacuums can then
+            # run with the server up (db vacuum); an older file is converted by an offline db vacuum.
+            import sqlite3
+
+            con = sqlite3.connect(str(self.sqlite_file))
+            con.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            con.execute("PRAGMA journal_mode = wal")
+            con.close()
         database = self.open_database(settings, busy_timeout=60)
         try:
             database.connect()
-            upgraded = models.upgrade(database)
+            done.extend(schema_upgrade.before_upgrade(self, database))
+            upgraded = models.upgrade(database, progress=self._upgrade_options["progress"])
         except pw.OperationalError as exc:
             raise StorageError(f"cannot create or upgrade the database of {self.path}: {exc}") from None
         finally:

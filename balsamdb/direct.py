@@ -21,7 +21,7 @@ import peewee as pw
 from .applier import StorageFailure, apply_requests, root_cause
 from .backoff import Backoff
 from .exceptions import DatabaseBusy, StorageError
-from .models import MODELS
+from .models import MODELS, check_schema_not_newer
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ class DirectStore:
                     # A forked child must never use its parent's SQLite connection: open its own.
                     self.database = self.dbdir.open_database(self.settings, busy_timeout=5.0)
                     self.pid = os.getpid()
-                self.database.connect(reuse_if_open=True)
+                if self.database.connect(reuse_if_open=True):
+                    check_schema_not_newer(self.database, self.dbdir.path)
                 with BIND_LOCK, self.database.bind_ctx(MODELS):
                     with self.database.atomic(lock_type="IMMEDIATE" if write else None):
                         return apply_requests(self.database, [(request_id, op, params)])[0]

@@ -392,11 +392,13 @@ class Projects:
     def __init__(self, db):
         self._db = db
 
-    def save(self, name, description=None, public=None, write_once=None):
-        """Create a project or change its description, public flag or write-once option
+    def save(self, name, description=None, public=None, write_once=None, keep_versions=None):
+        """Create a project or change its description, public flag, write-once option or
+        ``keep_versions`` (``db prune`` keeps the newest N versions of each record; 0: all)
         (None leaves a setting as it is)."""
+        extra = {} if keep_versions is None else {"keep_versions": keep_versions}  # older servers know none
         return self._db.call("project_save", name=name, description=description, public=public,
-                             write_once=write_once)
+                             write_once=write_once, **extra)
 
     def get(self, name):
         """The project with its settings and number of ``records``; :class:`NotFound` when absent."""

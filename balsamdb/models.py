@@ -10,9 +10,8 @@ import time
 
 import peewee as pw
 
-from . import jsonio
+from . import jsonio, schema_scale
 
-SCHEMA_VERSION = 5
 
 
 class JSONText(pw.TextField):
@@ -34,11 +33,11 @@ class BaseModel(pw.Model):
 class Job(BaseModel):
     id = pw.CharField(max_length=36, primary_key=True)
     name = pw.CharField(index=True)
-    workflow = pw.CharField(index=True)
+    workflow = pw.CharField()  # indexed with state: job_workflow_state
     application = pw.TextField(default="")
     args = pw.TextField(default="")
     description = pw.TextField(default="")
-    state = pw.CharField(max_length=32, index=True)
+    state = pw.CharField(max_length=32)  # indexed with updated_at (schema 8)
     state_message = pw.TextField(default="")
     working_directory = pw.TextField()
     num_nodes = pw.IntegerField(default=1)
@@ -62,8 +61,8 @@ class JobStateChange(BaseModel):
 
 
 class JobTag(BaseModel):
-    job = pw.ForeignKeyField(Job, on_delete="CASCADE")
-    tag = pw.CharField(index=True)
+    job = pw.ForeignKeyField(Job, on_delete="CASCADE", index=False)  # the key's prefix
+    tag = pw.CharField()  # indexed with job: job_tag_tag_job_id (schema 8)
 
     class Meta:
         primary_key = pw.CompositeKey("job", "tag")
@@ -75,10 +74,11 @@ class Project(BaseModel):
     public = pw.BooleanField(default=False)
     created_at = pw.DoubleField()
     write_once = pw.BooleanField(default=False)  # a changed provenance field is refused (409), not replaced
+    keep_versions = pw.IntegerField(null=True)  # db prune keeps the newest N versions of a record; None: all
 
 
 class Record(BaseModel):
-    project = pw.ForeignKeyField(Project, on_delete="CASCADE")
+    project = pw.ForeignKeyField(Project, on_delete="CASCADE", index=False)  # (project, label) is unique
     label = pw.CharField()
     timestamp = pw.CharField(default="")
     sort_time = pw.DoubleField(index=True)
@@ -97,8 +97,8 @@ class Record(BaseModel):
 
 
 class RecordTag(BaseModel):
-    record = pw.ForeignKeyField(Record, on_delete="CASCADE")
-    tag = pw.CharField(index=True)
+    record = pw.ForeignKeyField(Record, on_delete="CASCADE", index=False)  # the key's prefix
+    tag = pw.CharField()  # indexed with record: record_tag_tag_record_id (schema 8)
 
     class Meta:
         primary_key = pw.CompositeKey("record", "tag")
@@ -109,7 +109,7 @@ class RecordVersion(BaseModel):
     a save that replaces a record loses nothing.  The document is stored whole, zlib-compressed
     (Sumatra saves a run five times, each with its program output)."""
 
-    record = pw.ForeignKeyField(Record, on_delete="CASCADE")
+    record = pw.ForeignKeyField(Record, on_delete="CASCADE", index=False)  # (record, number) is unique
     number = pw.IntegerField()
     saved_at = pw.DoubleField()
     saved_by = pw.CharField(default="")  # the HTTP user, or user@host of a ZeroMQ/direct client
@@ -129,7 +129,7 @@ class User(BaseModel):
 
 
 class ProjectPermission(BaseModel):
-    project = pw.ForeignKeyField(Project, on_delete="CASCADE")
+    project = pw.ForeignKeyField(Project, on_delete="CASCADE", index=False)  # the key's prefix
     user = pw.ForeignKeyField(User, on_delete="CASCADE")
 
     class Meta:
@@ -249,7 +249,14 @@ MIGRATIONS = {
     4: (_schema_compact_answers, "added the table that lets the answers of applied writes be stored compactly"),
     5: (_record_versions, "added the versions of records (every save kept; existing records become their "
                           "version 1) and the write-once option of projects"),
+    # 6 (jobs: parent table, leases) and 7 (provenance: job<->record link) are other branches' numbers.
+    8: (schema_scale.migrate, "indexes for a million jobs (no duplicates; records by "
+        "project and time, tags from the tag side, state and last change, name globs), job counts per workflow "
+        "and state kept in the same transaction, and a full-text index of records"),
 }
+
+#: the schema this balsamdb makes and reads (the highest migration; numbers may skip)
+SCHEMA_VERSION = max(MIGRATIONS)
 
 
 def _ensure_indexes(database):
@@ -269,7 +276,29 @@ def _ensure_indexes(database):
                              f"ON {q(table)} ({', '.join(q(c) for c in columns)})")
 
 
-def upgrade(database):
+def check_schema_not_newer(database, where):
+    """Refuse (:class:`ConfigError`, one line naming both versions) a database whose schema is newer
+    than this balsamdb's: an older client must not write tables it does not know the rules of."""
+    version = current_version(database)
+    if version > SCHEMA_VERSION:
+        from .exceptions import ConfigError
+
+        raise ConfigError(f"{where} has schema version {version}, newer than this balsamdb's ({SCHEMA_VERSION}): "
+                          "upgrade balsamdb on this host")
+    return version
+
+
+def row_counts(database):
+    """``{table: rows}`` of the tables an upgrade rebuilds indexes of (what ``db init`` says first)."""
+    out = {}
+    with database.bind_ctx(MODELS):
+        for model in (Job, JobStateChange, JobTag, Record, RecordTag, RecordVersion):
+            if model.table_exists():
+                out[model._meta.table_name] = model.select().count()
+    return out
+
+
+def upgrade(database, progress=None):
     """Bring ``database`` to :data:`SCHEMA_VERSION`, keeping every row.
 
     Idempotent.  Returns the list of sentences saying what was done (empty when
@@ -286,10 +315,17 @@ def upgrade(database):
                     f"the database has schema version {version}, newer than this balsamdb "
                     f"({SCHEMA_VERSION}); upgrade balsamdb"
                 )
-            for target in range(version + 1, SCHEMA_VERSION + 1):
+            previous = version
+            for target in sorted(t for t in MIGRATIONS if t > version):
                 migrate, what = MIGRATIONS[target]
-                migrate(database)
-                done.append(f"schema {target - 1} -> {target}: {what}")
+                if progress is not None:
+                    progress(f"schema {previous} -> {target}")
+                if getattr(migrate, "takes_progress", False):
+                    migrate(database, progress=progress)
+                else:
+                    migrate(database)
+                done.append(f"schema {previous} -> {target}: {what}")
+                previous = target
             if done:
                 SchemaVersion.delete().execute()
                 SchemaVersion.create(version=SCHEMA_VERSION)

@@ -27,6 +27,8 @@ DEFAULTS = {
     "spool": (True, bool, "when no server can be reached, keep writes in P/spool for the server (off: raise)"),
     "direct_deadline": (120.0, float, "seconds a direct SQLite write keeps retrying a locked database"),
     "sqlite_synchronous": ("FULL", str, "SQLite synchronous pragma: FULL (durable) or NORMAL (faster, may lose the last commits on power loss)"),
+    "sqlite_cache_mb": (64, int, "SQLite page cache of each connection in MB (SQLite's own default is 2 MB: "
+                                 "too small for the indexes of a DB of 10^5 jobs and more)"),
     "max_request_bytes": (64 * 1024 * 1024, int, "largest request the server accepts (a larger message is "
                                                  "dropped, with its connection, before it is read)"),
     "max_batch_bytes": (32 * 1024 * 1024, int, "the write server takes requests into one group commit until they "

@@ -56,9 +56,16 @@ def _targets(ctx, param, value):
               help="With --capacity: length of each measurement.")
 @click.option("--targets", default="sqlite,postgres,null", show_default=True, callback=_targets,
               help="With --capacity: servers to measure (null: the messaging ceiling, no database).")
+@click.option("--scale", is_flag=True,
+              help="Measure the everyday reads and the bulk rate as one DB directory grows to --sizes jobs.")
+@click.option("--sizes", default="10000,100000,1000000", show_default=True, callback=_counts,
+              help="With --scale: comma-separated numbers of jobs.")
+@click.option("--records", default=100_000, show_default=True, type=click.IntRange(min=0),
+              help="With --scale: records in the DB (at most one per job).")
 @click.option("--json", "json_out", metavar="FILE", help="Write every result to FILE.")
 @click.option("--plot", metavar="PNG", help="Draw throughput and p99 latency (needs matplotlib: pip install .[bench]).")
-def bench(writers, writes, modes, repeat, bulk, capacity, inflight, seconds, targets, json_out, plot):
+def bench(writers, writes, modes, repeat, bulk, capacity, inflight, seconds, targets, scale, sizes, records, json_out,
+          plot):
     """Measure concurrent writers: the daemon against direct SQLite, a file lock,
     direct PostgreSQL and the messaging ceiling
 
@@ -67,6 +74,12 @@ def bench(writers, writes, modes, repeat, bulk, capacity, inflight, seconds, tar
     (read back), server and client CPU per write and the server's peak memory,
     with each mode's throughput relative to the daemon.  PostgreSQL modes need
     the server binaries (initdb, pg_ctl).  Takes minutes; shows progress.
+
+    With --scale, one SQLite DB directory grows to each of --sizes jobs (and
+    --records records) and, at each size, the everyday reads (state counts,
+    a tag with limit 20, an 8-character id prefix, a name glob, changed
+    since, the records pages and search) and the bulk_create rate against a
+    fresh DB are measured: a table, and a plot with --plot.
 
     With --capacity, the clients are taken out of the picture: one load
     generator keeps C pre-signed job creates in flight against the write server
@@ -81,7 +94,21 @@ def bench(writers, writes, modes, repeat, bulk, capacity, inflight, seconds, tar
         db bench --writers 8,64 --writes 100 --repeat 3 --json r.json --plot writers.png
         db bench --modes daemon,sqlite-wal,ceiling --bulk 0
         db bench --capacity --inflight 16,256,1024 --repeat 3
+        db bench --scale --sizes 10000,100000 --records 10000 --plot scale.png
     """
+    if scale:
+        import json
+
+        from ..bench import scale as grow
+
+        table = grow.run([int(n) for n in sizes.split(",")], records)
+        click.echo(grow.format_table(table))
+        if json_out:
+            with open(json_out, "w") as out:
+                json.dump(table, out, indent=2)
+        if plot:
+            grow.plot(table, plot)
+        return
     if capacity:
         from ..bench import capacity as cap
 

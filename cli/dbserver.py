@@ -30,6 +30,9 @@ def _format_status(info):
         lines.append(f"postgres: pid {pg.get('pid')}, port {pg.get('port')}, listening on {pg.get('listen')}")
     if info.get("reason"):
         lines.append(f"reason:   {info['reason']}")
+    if info.get("files"):
+        lines.append(f"files:    database {info['files']['db.sqlite3'] / 1e6:,.1f} MB, "
+                     f"WAL {info['files']['db.sqlite3-wal'] / 1e6:,.1f} MB (db vacuum, db prune)")
     if info.get("spool_pending"):
         lines.append(f"spool:    {plural(info['spool_pending'], 'write waits', 'writes wait')} for a server "
                      "(see db spool)")

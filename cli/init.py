@@ -1,5 +1,7 @@
 """`db init`: create a DB directory, or upgrade an existing one in place."""
 
+import sys
+
 import click
 
 from balsamdb.dbdir import DB_TYPES, DBDirectory
@@ -29,8 +31,11 @@ def _octal_mode(ctx, param, value):
               help="With --db-type postgres: use this existing server, postgresql://user:pw@host:port/dbname")
 @click.option("--mode", default="700", show_default=True, callback=_octal_mode,
               help="Permissions of a new DB directory, in octal")
+@click.option("--no-backup", is_flag=True,
+              help="Upgrade an existing SQLite database without first copying it to backup-schema-N-TIME.sqlite3 "
+                   "in the DB directory")
 @json_option
-def init(db_path, path, db_type, url, mode, as_json):
+def init(db_path, path, db_type, url, mode, no_backup, as_json):
     """Create a DB directory, or bring an existing one's schema up to date
 
     PATH (or --path) defaults to the DB directory that `db which` shows.
@@ -50,7 +55,31 @@ def init(db_path, path, db_type, url, mode, as_json):
         raise click.UsageError("give the DB directory either as PATH or with --path, not both")
     target, _source = resolve_db_path(db_path or path)
     dbdir = DBDirectory(target)
-    actions = init_db_directory(dbdir.path, db_type, mode=mode, url=url)
+    bar = []
+
+    said = []
+
+    def progress(step):  # one tick per step of an upgrade of an existing schema, on stderr
+        if not said:
+            return
+        if not bar:
+            from tqdm import tqdm
+
+            bar.append(tqdm(desc="upgrading", unit=" step", file=sys.stderr, disable=as_json))
+        bar[0].set_postfix_str(step)
+        bar[0].update(1)
+
+    def say(text):
+        said.append(text)
+        if not as_json:
+            click.echo(text, err=True)
+
+    try:
+        actions = init_db_directory(dbdir.path, db_type, mode=mode, url=url, backup=not no_backup,
+                                    say=say, progress=progress)
+    finally:
+        if bar:
+            bar[0].close()
     if as_json:
         echo_json({"path": str(dbdir.path), "db_type": db_type, "actions": actions})
         return

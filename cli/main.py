@@ -15,6 +15,7 @@ from .record import record
 from .relay import relay
 from .spool import spool
 from .transfer import configure, copy, export, import_
+from .upkeep import prune, vacuum
 from .serve import serve
 from .user import user
 from .which import which
@@ -38,5 +39,6 @@ def main():
     """
 
 
-for command in (init, which, ls, job, record, project, dbserver, spool, user, serve, relay, copy, configure, export, import_, bench):
+for command in (init, which, ls, job, record, project, dbserver, spool, user, serve, relay, copy, configure, export,
+                import_, prune, vacuum, bench):
     main.add_command(command)

@@ -87,9 +87,12 @@ def show(name, path, as_json):
 @click.option("--write-once/--no-write-once", "write_once", default=None,
               help="Write-once: a save that changes a record's provenance is refused (409) instead of "
                    "replacing it (default: off)")
+@click.option("--keep-versions", type=click.IntRange(min=0), default=None, metavar="N",
+              help="db prune removes the versions of each record beyond its newest N (0: keep every version, "
+                   "the default)")
 @click.option("--create", is_flag=True, help="Make the project when it does not exist")
 @json_option
-def set_(name, path, public, description, write_once, create, as_json):
+def set_(name, path, public, description, write_once, keep_versions, create, as_json):
     """Change a project's settings (those not given stay as they are)
 
     Example:
@@ -99,8 +102,9 @@ def set_(name, path, public, description, write_once, create, as_json):
         db project set MyProject --write-once
         db project set NewProject --create --description "made before its first run"
     """
-    if public is None and description is None and write_once is None and not create:
-        raise click.UsageError("give a setting: --public/--private, --description TEXT, --write-once/--no-write-once")
+    if public is None and description is None and write_once is None and keep_versions is None and not create:
+        raise click.UsageError("give a setting: --public/--private, --description TEXT, --write-once/--no-write-once, "
+                               "--keep-versions N")
     with open_db(path) as db:
         if not create:
             try:
@@ -108,5 +112,6 @@ def set_(name, path, public, description, write_once, create, as_json):
             except NotFound:
                 raise click.ClickException(f"project {name!r} does not exist (db project ls lists them); "
                                            "add --create to make it") from None
-        db.projects.save(name, description=description, public=public, write_once=write_once)
+        db.projects.save(name, description=description, public=public, write_once=write_once,
+                         keep_versions=keep_versions)
         _show(db.projects.get(name), as_json)

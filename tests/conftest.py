@@ -7,6 +7,7 @@ import pytest
 
 from balsamdb.dbdir import DBDirectory
 from balsamdb.server.dbinit import init_db_directory
+from helpers import make_db_directory, postgres_available
 
 CLI_TIMEOUT = 60  # seconds; a CLI call that takes longer is a failure, not a hang
 
@@ -55,17 +56,6 @@ def run_db(tmp_path):
 # PostgreSQL DB directories here use `--url` on one cluster started for the whole session (a fresh
 # database per test); tests/test_postgres_backend.py covers DB directories with their own cluster.
 
-def _postgres_available():
-    from balsamdb.exceptions import ConfigError
-    from balsamdb.server.postgres import cluster as postgres
-
-    try:
-        postgres.find_binaries()
-        return True
-    except ConfigError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def pg_cluster():
     """One PostgreSQL cluster for the session: yields the URL of its superuser, without a database name."""
@@ -75,7 +65,7 @@ def pg_cluster():
 
     from balsamdb.server.postgres import cluster as postgres
 
-    if not _postgres_available():
+    if not postgres_available():
         from helpers import skip_or_fail
 
         skip_or_fail("PostgreSQL server binaries are not installed (apt-get install postgresql)")
@@ -94,17 +84,6 @@ def pg_cluster():
             postgres.stop_cluster(path, mode="immediate", deadline=20)
         finally:
             shutil.rmtree(base, ignore_errors=True)
-
-
-def make_db_directory(backend, path, pg_url=None):
-    """A fresh DB directory at ``path`` on ``backend``; returns the path."""
-    from helpers import fresh_database_url
-
-    if backend == "sqlite3":
-        DBDirectory(path).init()
-    else:
-        DBDirectory(path).init("postgres", url=fresh_database_url(pg_url))
-    return path
 
 
 @pytest.fixture(params=["sqlite3", "postgres"])
@@ -141,6 +120,7 @@ def served_dbdir(any_dbdir):
 SLOW_MODULES = frozenset({
     "test_faults", "test_netns", "test_fuzz", "test_postgres_cluster", "test_postgres_backend",
     "test_transfer", "test_packaging", "test_direct_concurrency", "test_security", "test_sumatra_export",
+    "test_crash_points",
 })
 
 

@@ -92,6 +92,7 @@ class Writers:
 
     def __init__(self, path, workdir, nprocs, count, env=None, workflow="load", prefix=()):
         self.path, self.workdir = Path(path), Path(workdir)
+        self.workflow = workflow
         self.go = self.workdir / "go"
         self.outs = [self.workdir / f"acked-{i}.txt" for i in range(nprocs)]
         self.procs = [
@@ -127,6 +128,10 @@ class Writers:
             if out.exists():
                 ids.extend(out.read_text().split())
         return ids
+
+    def history_files(self):
+        """The writers' histories (see tests/history.py)."""
+        return [Path(f"{out}.history") for out in self.outs]
 
     def kill(self):
         for proc in self.procs:
@@ -182,3 +187,27 @@ def require_smt(*modules):
     if missing:
         skip_or_fail(f"the smt client needs {', '.join(missing)}: pip install -e .[test] (and git)")
 
+
+# -- shared by conftest's fixtures and the tests that make DB directories themselves ----------------
+
+def postgres_available():
+    """Whether PostgreSQL's server binaries are installed (the PostgreSQL tests need them)."""
+    from balsamdb.exceptions import ConfigError
+    from balsamdb.server.postgres import cluster as postgres
+
+    try:
+        postgres.find_binaries()
+        return True
+    except ConfigError:
+        return False
+
+
+def make_db_directory(backend, path, pg_url=None):
+    """A fresh DB directory at ``path`` on ``backend``; returns the path."""
+    from balsamdb.dbdir import DBDirectory
+
+    if backend == "sqlite3":
+        DBDirectory(path).init()
+    else:
+        DBDirectory(path).init("postgres", url=fresh_database_url(pg_url))
+    return path

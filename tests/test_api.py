@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import make_db_directory
+from helpers import make_db_directory
 from helpers import job_ids_in_db
 from in_process import connect_in_process
 

@@ -40,3 +40,19 @@ def test_capacity_run_counts_every_answered_write(tmp_path):
     # every answered create is in the database, once; the generator stopped sending when the window closed
     assert sqlite_run["ok"] > 0 and sqlite_run["errors"] == 0 and sqlite_run["unanswered"] == 0
     assert sqlite_run["stored"] == sqlite_run["ok"], sqlite_run
+
+
+def test_scale_smoke_at_10k_jobs(tmp_path):
+    """`db bench --scale` at its smallest size: every row of its table is measured (a number), and
+    the read-back is right (the state counts hold every job the benchmark made)."""
+    out = tmp_path / "scale.json"
+    run = subprocess.run([sys.executable, "-m", "balsamdb.cli", "bench", "--scale", "--sizes", "10000",
+                          "--records", "300", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    row = json.loads(out.read_text())["10000"]
+    from balsamdb.bench.scale import ROWS
+
+    missing = [key for key, _what in ROWS if not isinstance(row.get(key), (int, float))]
+    assert not missing, (missing, row)
+    assert row["jobs_counted"] == 10000 + 10000 and row["records"] == 300, row
+    assert "| jobs.state_counts() ms |" in run.stdout

@@ -45,6 +45,7 @@ from balsamdb.dbdir import DBDirectory
 from balsamdb.spool import Spool
 from balsamdb.server.supervisor.watchdog import HEALTHY_AFTER
 
+from history import REGISTER_LABELS, check_writers
 from helpers import (Writers, address, db_cli, job_ids_in_db, kill_everything, processes_for, skip_or_fail,
                      stop_processes, wait_for)
 
@@ -245,7 +246,7 @@ def test_server_sigkill_10_times_during_64_writers(served_dbdir, tmp_path, backe
     batch scheduler suspends jobs) until the server has lived that long, so that the backoff
     stays at most 0.5 s and the 10 restarts take seconds, not minutes."""
     path = served_dbdir
-    writers = Writers(path, tmp_path, nprocs=64, count=50)
+    writers = Writers(path, tmp_path, nprocs=64, count=50, env=_env(WRITER_REGISTERS=REGISTER_LABELS))
     restarts, epochs = [], [address(path)["epoch"]]
 
     def healthy():
@@ -288,6 +289,7 @@ def test_server_sigkill_10_times_during_64_writers(served_dbdir, tmp_path, backe
              f"{', '.join(f'{b:g}' for b in announced)}; at most {max(beyond):.2f} s beyond it; "
              f"routes {dict(routes)}")
     _assert_exactly_once(rows, expected=64 * 50)
+    check_writers(path, writers, registers=REGISTER_LABELS)
     assert len(set(epochs)) == 11, "every restart must have a new epoch"
     assert max(beyond) < RESTART_BOUND, f"restarts took {restarts} s (backoff {announced})"
     assert address(path)["restarts"] == 10
@@ -300,7 +302,7 @@ def test_watchdog_sigkill_leaves_its_server_serving(served_dbdir, tmp_path, back
     (route server only), nothing is lost or doubled."""
     path = served_dbdir
     info = address(path)
-    writers = Writers(path, tmp_path, nprocs=16, count=60)
+    writers = Writers(path, tmp_path, nprocs=16, count=60, env=_env(WRITER_REGISTERS=REGISTER_LABELS))
     try:
         writers.start()
         wait_for(lambda: writers.acked_so_far() >= 200, 120, "200 acknowledged writes")
@@ -320,6 +322,7 @@ def test_watchdog_sigkill_leaves_its_server_serving(served_dbdir, tmp_path, back
     _summary("watchdog-sigkill", backend, rows, routes["spool"], 0.0,
              f"no interruption: 200 writes acknowledged within {served:.2f} s after the kill; routes {dict(routes)}")
     _assert_exactly_once(rows, expected=16 * 60)
+    check_writers(path, writers, registers=REGISTER_LABELS)
     assert set(routes) == {"server"}, f"every write should have gone to the orphaned server: {routes}"
     assert _alive(info["server"]) and address(path)["epoch"] == info["epoch"]
 
@@ -329,7 +332,7 @@ def test_dbserver_after_a_killed_watchdog_starts_a_fresh_watchdog_and_server(ser
     a fresh watchdog and server (new epoch), while writers go on; exactly one of each afterwards."""
     path = served_dbdir
     info = address(path)
-    writers = Writers(path, tmp_path, nprocs=8, count=60)
+    writers = Writers(path, tmp_path, nprocs=8, count=60, env=_env(WRITER_REGISTERS=REGISTER_LABELS))
     try:
         writers.start()
         wait_for(lambda: writers.acked_so_far() >= 100, 120, "100 acknowledged writes")
@@ -357,6 +360,7 @@ def test_dbserver_after_a_killed_watchdog_starts_a_fresh_watchdog_and_server(ser
     _summary("watchdog-sigkill-then-dbserver", backend, rows, routes["spool"], recover,
              f"`db dbserver` took {recover:.2f} s; {8 * 60 - mark} writes after it; routes {dict(routes)}")
     _assert_exactly_once(rows, expected=8 * 60)
+    check_writers(path, writers, registers=REGISTER_LABELS)
     with balsamdb.connect(path) as db:
         db.jobs.create(name="after-recovery", make_workdir=False)
         assert db.last_route == "server"
@@ -371,7 +375,8 @@ def test_server_started_in_the_middle_of_a_spooling_run(any_dbdir, tmp_path, bac
     goes through the server."""
     path = any_dbdir
     total = 16 * 100
-    writers = Writers(path, tmp_path, nprocs=16, count=100, env=_env(BALSAMDB_REQUIRE_SERVER=1))
+    writers = Writers(path, tmp_path, nprocs=16, count=100,
+                      env=_env(BALSAMDB_REQUIRE_SERVER=1, WRITER_REGISTERS=REGISTER_LABELS))
     try:
         writers.start()
         wait_for(lambda: writers.acked_so_far() >= total // 2, 120, "half of the writes to be spooled")
@@ -398,6 +403,7 @@ def test_server_started_in_the_middle_of_a_spooling_run(any_dbdir, tmp_path, bac
              f"{spooled_before} spooled before the start; server up {server_up:.2f} s after "
              f"`db dbserver`, spool empty {drained:.2f} s after it; routes {dict(routes)}")
     _assert_exactly_once(rows, expected=total)
+    check_writers(path, writers, registers=REGISTER_LABELS)
     assert "direct" not in routes, f"require_server was set: {routes}"
     assert routes["spool"] >= total // 2 and routes["server"] > 0, routes
     assert not list((path / "spool" / "failed").iterdir())
@@ -415,7 +421,7 @@ def test_server_sigstop_longer_than_the_client_timeout(served_dbdir, tmp_path, b
     pid = info["server"]["pid"]
     total = 16 * 100
     writers = Writers(path, tmp_path, nprocs=16, count=100,
-                      env=_env(BALSAMDB_CLIENT_TIMEOUT=0.5, BALSAMDB_CLIENT_DEADLINE=2))
+                      env=_env(BALSAMDB_CLIENT_TIMEOUT=0.5, BALSAMDB_CLIENT_DEADLINE=2, WRITER_REGISTERS=REGISTER_LABELS))
     try:
         writers.start()
         wait_for(lambda: writers.acked_so_far() >= 300, 120, "300 acknowledged writes")
@@ -444,6 +450,7 @@ def test_server_sigstop_longer_than_the_client_timeout(served_dbdir, tmp_path, b
              f"stopped {held:.2f} s, {spooled_while_stopped} spooled meanwhile; spool empty "
              f"{recover:.2f} s after SIGCONT; routes {dict(routes)}")
     _assert_exactly_once(rows, expected=total)
+    check_writers(path, writers, registers=REGISTER_LABELS)
     assert held > 2 * 0.5, "the pause must outlast the client timeout"
     assert routes["spool"] >= 20 and routes["server"] > 0, routes
     after = address(path)
@@ -578,7 +585,7 @@ def test_corrupt_address_file_is_rewritten_and_clients_keep_working(served_dbdir
     path = served_dbdir
     info = address(path)
     total = 16 * 100
-    writers = Writers(path, tmp_path, nprocs=16, count=100)
+    writers = Writers(path, tmp_path, nprocs=16, count=100, env=_env(WRITER_REGISTERS=REGISTER_LABELS))
     rewrites = []
     try:
         writers.start()
@@ -600,6 +607,7 @@ def test_corrupt_address_file_is_rewritten_and_clients_keep_working(served_dbdir
     _summary("corrupt-address-file", backend, rows, routes["spool"], max(rewrites),
              f"rewritten after {', '.join(f'{r:.2f}' for r in rewrites)} s; routes {dict(routes)}")
     _assert_exactly_once(rows, expected=total)
+    check_writers(path, writers, registers=REGISTER_LABELS)
     assert max(rewrites) < REWRITE_BOUND, f"the watchdog took {rewrites} s to rewrite the address file"
     assert set(routes) <= {"server", fallback}, f"unexpected routes {routes}"
     assert routes[fallback] > 0, f"no client noticed the corrupt file (expected {fallback} writes): {routes}"

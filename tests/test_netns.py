@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 
+from history import REGISTER_LABELS, check_writers
 from helpers import Writers, address, db_cli, job_ids_in_db, kill_everything, skip_or_fail, wait_for
 
 HOST_IP, CLIENT_IP = "10.254.77.1", "10.254.77.2"
@@ -67,7 +68,7 @@ def test_clients_on_another_host_survive_a_cut_link(any_dbdir, client_host, tmp_
         info = address(path)
         assert info["address"].startswith(f"tcp://{HOST_IP}:") and info["curve_public"], info
         env = dict(os.environ, BALSAMDB_CLIENT_TIMEOUT="0.5", BALSAMDB_CLIENT_DEADLINE="1.5",
-                   BALSAMDB_REQUIRE_SERVER="1")
+                   BALSAMDB_REQUIRE_SERVER="1", WRITER_REGISTERS=str(REGISTER_LABELS))
         writers = Writers(path, tmp_path, nprocs=8, count=150, env=env,
                           prefix=["ip", "netns", "exec", namespace])
         try:
@@ -92,6 +93,7 @@ def test_clients_on_another_host_survive_a_cut_link(any_dbdir, client_host, tmp_
                  60, "the spooled writes to be applied")
         stored = job_ids_in_db(path)
         assert sorted(stored) == sorted(acked), "every write exactly once"
+        check_writers(path, writers, registers=REGISTER_LABELS)
         print(f"\nnetns[{backend}]: {routes}")
     finally:
         db_cli("dbserver", "--stop", "--path", path)

@@ -155,7 +155,7 @@ def test_a_sqlite_db_directory_in_use_is_private(second_user, reachable_tmp):
 
 
 def test_a_postgres_db_directory_run_as_root_is_private_but_for_the_traversal(second_user, reachable_tmp):
-    from conftest import _postgres_available
+    from helpers import postgres_available as _postgres_available
 
     if not _postgres_available():
         skip_or_fail("PostgreSQL server binaries are not installed (apt-get install postgresql)")

@@ -18,6 +18,7 @@ import balsamdb
 from balsamdb import protocol
 from balsamdb.dbdir import DBDirectory
 
+from history import REGISTER_LABELS, check_writers
 from helpers import Writers, address, db_cli, job_ids_in_db, kill_everything, processes_for, wait_for
 
 
@@ -48,6 +49,7 @@ def test_64_writers_all_land_exactly_once(server_db, tmp_path):
         writers.kill()
     acked, stored = _check_acked(server_db, writers, results)
     assert len(acked) == 6400 and len(stored) == 6400
+    check_writers(server_db, writers)
     assert all(out.strip() == "server=100" for _code, out, _err in results), \
         "every write should have gone through the server"
     status = json.loads(db_cli("dbserver", "--status", "--json", "--path", server_db, check=True).stdout)
@@ -56,7 +58,8 @@ def test_64_writers_all_land_exactly_once(server_db, tmp_path):
 
 
 def test_server_killed_three_times_during_load(server_db, tmp_path):
-    writers = Writers(server_db, tmp_path, nprocs=32, count=100)
+    writers = Writers(server_db, tmp_path, nprocs=32, count=100,
+                      env=dict(os.environ, WRITER_REGISTERS=str(REGISTER_LABELS)))
     kills = []
     torn = []
     reading = threading.Event()
@@ -92,6 +95,7 @@ def test_server_killed_three_times_during_load(server_db, tmp_path):
         reader.join(10)
     acked, stored = _check_acked(server_db, writers, results)
     assert len(acked) == 3200 and len(stored) == 3200
+    check_writers(server_db, writers, registers=REGISTER_LABELS)
     assert max(kills) < 3.0, f"restart took {kills}"
     assert not torn, f"a reader saw a torn address file: {torn[:1]}"
 
@@ -248,7 +252,8 @@ def test_stop_during_load_loses_no_acknowledged_write(server_db, tmp_path, backe
     # the first ones are still being written.
     resume = tmp_path / "resume"
     writers = Writers(server_db, tmp_path, nprocs=16, count=150,
-                      env=dict(os.environ, WRITER_PAUSE_AT="100", WRITER_RESUME_FILE=str(resume)))
+                      env=dict(os.environ, WRITER_PAUSE_AT="100", WRITER_RESUME_FILE=str(resume),
+                               WRITER_REGISTERS=str(REGISTER_LABELS)))
     try:
         writers.start()
         wait_for(lambda: writers.acked_so_far() >= 500, 120, "500 acknowledged writes")
@@ -280,6 +285,7 @@ def test_stop_during_load_loses_no_acknowledged_write(server_db, tmp_path, backe
         wait_for(lambda: len(job_ids_in_db(server_db)) >= 2400, 60, "the spool to be applied")
         stored = job_ids_in_db(server_db)
         assert sorted(stored) == sorted(acked)
+    check_writers(server_db, writers, registers=REGISTER_LABELS)
 
 
 def test_status_and_stop_when_nothing_runs(any_dbdir):

@@ -34,7 +34,7 @@ _names = itertools.count()
 def served(request, tmp_path_factory):
     """One `db serve` (users ada and bob) in front of a running write server, per backend,
     for the whole module: each test uses a project of its own."""
-    from conftest import make_db_directory
+    from helpers import make_db_directory
 
     pg_url = request.getfixturevalue("pg_cluster") if request.param == "postgres" else None
     base = tmp_path_factory.mktemp(f"contract-{request.param}")

@@ -8,6 +8,7 @@ from .. import states
 from ..dbdir import job_working_directory
 from ..exceptions import BadRequest, Conflict, NotFound
 from ..job_queries import check_sort
+from .. import schema_scale
 from ..models import Job, JobStateChange, JobTag, now
 from ..statements import statements
 from .checks import check_number, check_object, check_str_list, check_text, check_uuid
@@ -226,6 +227,36 @@ def _glob_to_like(pattern):
     return pattern.replace("*", "%").replace("?", "_")
 
 
+def _next_prefix(prefix):
+    """The smallest string greater than every string that starts with ``prefix`` (byte order)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def _prefix_range(column, prefix):
+    """``column`` starts with ``prefix`` (case-sensitive), as a range an index answers."""
+    if not prefix:
+        return pw.SQL("1 = 1")
+    condition = (column >= prefix) & (column < _next_prefix(prefix))
+    if isinstance(Job._meta.database, pw.PostgresqlDatabase):  # exact whatever the collation
+        condition &= pw.Expression(column, "LIKE", prefix + "%")  # hex digits and dashes: nothing to escape
+    return condition
+
+
+def _name_glob(pattern):
+    """``name_like``: the glob in any case (ASCII), using the ``lower(name)`` index for the literal
+    part before the first wildcard."""
+    condition = Job.name ** _glob_to_like(pattern)
+    literal = pattern.lower()
+    for wildcard in "*?[":
+        literal = literal.split(wildcard, 1)[0]
+    if isinstance(Job._meta.database, pw.PostgresqlDatabase):
+        return condition & pw.Expression(pw.fn.LOWER(Job.name), "LIKE", _glob_to_like(pattern.lower()))
+    if literal:
+        lowered = pw.fn.LOWER(Job.name)
+        condition &= (lowered >= literal) & (lowered < _next_prefix(literal))
+    return condition
+
+
 FILTER_KEYS = ("ids", "id_prefix", "workflow", "name", "name_like", "state", "tags",
                "created_after", "created_before", "updated_after", "updated_before")
 
@@ -245,7 +276,7 @@ def _job_query(filters):
         prefix = check_text(filters["id_prefix"], "id_prefix").lower()
         if not all(c in "0123456789abcdef-" for c in prefix):
             raise BadRequest(f"id_prefix {prefix!r} is not part of a UUID")
-        query = query.where(Job.id.startswith(prefix))
+        query = query.where(_prefix_range(Job.id, prefix))
     for key in ("workflow", "name"):
         if filters.get(key) is not None:
             query = query.where(getattr(Job, key) == check_text(filters[key], key))
@@ -253,7 +284,7 @@ def _job_query(filters):
         pattern = check_text(filters["name_like"], "name_like", max_len=255)
         if "\\" in pattern:
             raise BadRequest("name_like may not contain a backslash")
-        query = query.where(Job.name ** _glob_to_like(pattern))
+        query = query.where(_name_glob(pattern))
     if filters.get("state") is not None:
         wanted = filters["state"]
         wanted = [wanted] if isinstance(wanted, str) else check_str_list(wanted, "state")
@@ -324,8 +355,19 @@ def job_state_counts(filters=None):
     """How many jobs matching ``filters`` (as for ``job_filter``) are in each
     state, per workflow: a list of ``{workflow, state, count}``, by workflow,
     then states in pipeline order; states with no job are left out."""
-    query = (_job_query(filters).select(Job.workflow, Job.state, pw.fn.COUNT(Job.id).alias("count"))
-             .group_by(Job.workflow, Job.state))
-    rows = [{"workflow": row.workflow, "state": row.state, "count": row.count} for row in query]
+    rows = _kept_counts(filters)
+    if rows is None:
+        query = (_job_query(filters).select(Job.workflow, Job.state, pw.fn.COUNT(Job.id).alias("count"))
+                 .group_by(Job.workflow, Job.state))
+        rows = [{"workflow": row.workflow, "state": row.state, "count": row.count} for row in query]
     rank = {name: index for index, name in enumerate(states.STATES)}
     return sorted(rows, key=lambda r: (r["workflow"], rank.get(r["state"], len(rank))))
+
+
+def _kept_counts(filters):
+    """The counts per workflow and state from the table the job triggers keep (SQLite, schema 8),
+    when ``filters`` hold at most a workflow and states; else None (counted from the jobs)."""
+    filters = check_object(filters or {}, "filters")
+    _job_query(filters)  # the same checks of the filters
+    rows = schema_scale.kept_counts(Job._meta.database, filters)
+    return None if rows is None else [{"workflow": w, "state": s, "count": n} for w, s, n in rows]

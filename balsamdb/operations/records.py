@@ -24,15 +24,17 @@ TAG_MATCHES = ("all", "any")
 
 def project_to_dict(project):
     return {"name": project.name, "description": project.description,
-            "public": project.public, "created_at": project.created_at, "write_once": bool(project.write_once)}
+            "public": project.public, "created_at": project.created_at, "write_once": bool(project.write_once),
+            "keep_versions": project.keep_versions}
 
 
 @operation(write=True)
-def project_save(name, description=None, public=None, write_once=None):
+def project_save(name, description=None, public=None, write_once=None, keep_versions=None):
     """Create project ``name`` or update its description, public flag and
     write-once option (``write_once``: a save that changes a provenance field of
     an existing record is refused as a conflict instead of replacing it; off by
-    default).  Returns ``{"created": bool, "project": {...}}``.  Creating a
+    default) and ``keep_versions`` (N: ``db prune`` removes the versions of a record beyond
+    its newest N; 0: every version is kept, the default).  Returns ``{"created": bool, "project": {...}}``.  Creating a
     project that exists is not an error (two jobs may race to create it).
     """
     name = check_project_name(name)
@@ -45,6 +47,8 @@ def project_save(name, description=None, public=None, write_once=None):
         project.public = public
     if write_once is not None:
         project.write_once = write_once
+    if keep_versions is not None:
+        project.keep_versions = check_number(keep_versions, "keep_versions", int, 0) or None
     project.save()
     return {"created": created, "project": project_to_dict(project)}
 

@@ -12,6 +12,7 @@ from .checks import (MAX_LIST, check_number, check_object, check_record_label, c
                      chunks)
 from .jobs import JOB_FIELDS, JOB_KEYS
 from .records import compress, record_columns, record_tags, record_text
+from ..statements import statements
 from .registry import operation
 from .stores import (canonical, check_kind, item_key, job_items, project_item, record_item, user_item,
                      versions_of)
@@ -244,12 +245,15 @@ def _put_jobs(items, write):
             JobTag.delete().where(JobTag.job == item["id"]).execute()
         history.extend(dict(change, job=item["id"]) for change in item["history"])
         tags.extend({"job": item["id"], "tag": t} for t in item["tags"])
-    for chunk in chunks(new_rows, 200):
-        Job.insert_many(chunk).execute()
-    for chunk in chunks(history):
-        JobStateChange.insert_many(chunk).execute()
-    for chunk in chunks(tags):
-        JobTag.insert_many(chunk).execute()
+    # The prepared statements of the create path: peewee's insert_many built each row's SQL in
+    # Python and cost more than the insert itself (a copy of 1M jobs: issue 22, item 7).
+    fast = statements()
+    if new_rows:
+        fast.executemany(fast.insert_job, new_rows)
+    if history:
+        fast.executemany(fast.insert_history, history)
+    if tags:
+        fast.executemany(fast.insert_tag, tags)
     return outcomes
 
 

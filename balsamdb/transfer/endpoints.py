@@ -12,6 +12,7 @@ from ..operations.stores import KINDS, canonical, digest_of, item_key
 
 
 PAGE = 1000
+READER_PAGE = 5000  # items per page read on a read-only connection of this process (the most export_items gives)
 
 
 # -- endpoints -----------------------------------------------------------------------------------------
@@ -23,17 +24,23 @@ class OperationStore:
     limits = None
     keeps_versions = True
 
-    def __init__(self, name, db):
+    def __init__(self, name, db, reader=None):
         self.name, self.db = name, db
+        # Reads (counts, pages, the digest of a verification) go to ``reader`` when there is one: a
+        # read-only connection of this process, never the write server (issue 22, item 7).
+        self.reader = reader
         self.versions = True  # records are read with their versions (off for a copy to a plain Sumatra server)
 
     def counts(self):
-        return self.db.call("store_counts")
+        return (self.reader or self.db).call("store_counts")
 
     def export(self, kind, after=None, limit=PAGE, since=None):
+        source = self.reader or self.db
+        if self.reader is not None and limit == PAGE:
+            limit = READER_PAGE
         if kind == "record" and self.versions:
-            return self.db.call("export_items", kind=kind, after=after, limit=limit, since=since, versions=True)
-        return self.db.call("export_items", kind=kind, after=after, limit=limit, since=since)
+            return source.call("export_items", kind=kind, after=after, limit=limit, since=since, versions=True)
+        return source.call("export_items", kind=kind, after=after, limit=limit, since=since)
 
     def import_(self, items, dry_run=False):
         return self.db.call("import_items", items=items, dry_run=dry_run)
@@ -42,6 +49,8 @@ class OperationStore:
         return digest_pages(self, until, exclude)
 
     def close(self):
+        if self.reader is not None:
+            self.reader.close()
         self.db.close()
 
 
@@ -132,7 +141,30 @@ def open_store(spec, create=False, **settings):
     import balsamdb
 
     db = balsamdb.connect(spec, spool=False, **settings)  # a copy never leaves writes in a spool
-    return OperationStore(str(db.path), db)
+    return OperationStore(str(db.path), db, reader=_reader(db))
+
+
+def _reader(db):
+    """A read-only connection to the database of DB directory ``db`` for the reads of a copy, an
+    export and a verification: SQLite as a WAL reader (never blocks the writer, never is blocked);
+    PostgreSQL on its own connection with read-only transactions.  None when it cannot be opened
+    here (a PostgreSQL cluster that is not running: reads then go through the server)."""
+    import peewee as pw
+
+    dbdir = db.dbdir
+    try:
+        if dbdir.db_type == "sqlite3":
+            if not dbdir.sqlite_file.exists():
+                return None
+            database = pw.SqliteDatabase(f"file:{quote(str(dbdir.sqlite_file))}?mode=ro", uri=True, timeout=30,
+                                         pragmas={"query_only": 1, "cache_size": -65536})
+        else:
+            database = dbdir.open_database(db.settings)
+            database.connect_params["options"] = "-c default_transaction_read_only=on"
+        database.connect()
+    except (ConfigError, pw.OperationalError):
+        return None
+    return SQLDatabase(database)
 
 
 def _http_store(url, **settings):

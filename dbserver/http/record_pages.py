@@ -20,6 +20,8 @@ from urllib.parse import urlencode
 import flask
 import peewee as pw
 
+from balsamdb import schema_scale
+
 from balsamdb.models import Record, RecordTag
 
 PER_PAGE = 50
@@ -94,15 +96,40 @@ def _page(web, text):
     return int(text)
 
 
+def search_index(db, search):
+    """A condition on ``Record.id`` that the search index answers (a superset of the records
+    holding ``search``), or None when there is no index or ``search`` is too short (3 characters)."""
+    if len(search) < 3:
+        return None
+    if isinstance(db, pw.PostgresqlDatabase):
+        if not schema_scale.postgres_search_ready(db):
+            return None
+        escaped = search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return pw.SQL(schema_scale.search_text_sql() + " LIKE %s", [f"%{escaped}%"])
+    if not schema_scale.has_table(db, schema_scale.FTS):
+        return None
+    phrase = '"' + search.replace('"', '""') + '"'
+    return Record.id.in_(pw.SQL(f'(SELECT rowid FROM "{schema_scale.FTS}" WHERE "{schema_scale.FTS}" MATCH ?)',
+                                [phrase]))
+
+
 def find_records(db, project, search="", tags=(), sort="", page=None):
     """The records of ``project`` matching ``search`` (a substring of label, reason, outcome, main
     file, version or user; any case) having any of ``tags``, sorted by ``sort`` (a column of
     :data:`SORTABLE`, ``-`` for descending; newest first by default), page ``page`` of
     :data:`PER_PAGE` (all when None).  Returns ``{count, page, pages, first, rows}``; each row holds
     the columns and the tags (documents are not read)."""
-    query = Record.select().where(Record.project == project)
+    indexed = search_index(db, search) if search else None
+    project_column = Record.project
+    if indexed is not None and not isinstance(db, pw.PostgresqlDatabase):
+        # SQLite: "+project" keeps the planner from walking every record of the project; the few
+        # candidates of the search index are looked up by id instead.
+        project_column = pw.NodeList((pw.SQL("+"), Record.project), glue="")
+    query = Record.select().where(project_column == project)
     if search:
         query = query.where(pw.reduce(lambda a, b: a | b, [column.contains(search) for column in SEARCHED]))
+        if indexed is not None:  # the candidates from the search index; the condition above stays exact
+            query = query.where(indexed)
     if tags:
         query = query.where(Record.id.in_(RecordTag.select(RecordTag.record).where(RecordTag.tag.in_(list(tags)))))
     count = query.count(db)

@@ -312,6 +312,9 @@ def status(dbdir):
     info = dict(dbdir.read_address())
     info["health"] = server_state(info)
     info["spool_pending"] = Spool(dbdir.spool_dir).count()
+    if dbdir.db_type == "sqlite3":  # what db vacuum and the WAL's journal_size_limit act on
+        info["files"] = {name: (dbdir.path / name).stat().st_size if (dbdir.path / name).exists() else 0
+                         for name in ("db.sqlite3", "db.sqlite3-wal")}
     if info["health"] == "up":
         from balsamdb.api import Database
         from balsamdb.settings import load_settings

@@ -1,0 +1,230 @@
+"""Schema 8 (issue 22): an old DB upgrades in place keeping every row; the kept job counts and the
+records' search index stay right through every write path; each everyday read uses an index
+(EXPLAIN QUERY PLAN fails the test when a plan scans the table); an older balsamdb refuses a newer
+schema with one line naming both versions."""
+
+import time
+import uuid
+
+import peewee as pw
+import pytest
+
+from balsamdb import models, schema_scale
+from balsamdb.applier import apply_batch
+from balsamdb.dbdir import DBDirectory
+from balsamdb.exceptions import ConfigError
+from balsamdb.models import MODELS, Job, Record
+from balsamdb.operations import jobs as job_ops
+from balsamdb.settings import load_settings
+
+#: the indexes of schema 5 that schema 8 drops, as main made them
+OLD_INDEXES = {"job_workflow": ("job", "workflow"), "job_state": ("job", "state"),
+               "job_tag_job_id": ("job_tag", "job_id"), "job_tag_tag": ("job_tag", "tag"),
+               "record_project_id": ("record", "project_id"), "record_tag_record_id": ("record_tag", "record_id"),
+               "record_tag_tag": ("record_tag", "tag"), "record_version_record_id": ("record_version", "record_id"),
+               "project_permission_project_id": ("project_permission", "project_id")}
+
+
+def _open(path):
+    database = DBDirectory(path).open_database(load_settings(), busy_timeout=30)
+    database.connect()
+    return database
+
+
+def _apply(database, requests):
+    with database.bind_ctx(MODELS):
+        answers = apply_batch(database, [(uuid.uuid4().hex, op, params) for op, params in requests], database.atomic)
+    for answer in answers:
+        assert answer["ok"], answer
+    return [answer["result"] for answer in answers]
+
+
+def _to_schema_5(database):
+    """What a DB directory made by the previous release holds: schema 5's indexes, no counts, no
+    search index, version 5."""
+    postgres = isinstance(database, pw.PostgresqlDatabase)
+    for name in [*schema_scale.CREATED, "job_name_lower", "record_search_trgm"]:
+        database.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
+    if not postgres:
+        for trigger in ("job_count_insert", "job_count_delete", "job_count_update", "record_fts_insert",
+                        "record_fts_delete", "record_fts_update"):
+            database.execute_sql(f'DROP TRIGGER IF EXISTS "{trigger}"')
+        database.execute_sql(f'DROP TABLE IF EXISTS "{schema_scale.COUNTS}"')
+        database.execute_sql(f'DROP TABLE IF EXISTS "{schema_scale.FTS}"')
+    for name, (table, column) in OLD_INDEXES.items():
+        database.execute_sql(f'CREATE INDEX "{name}" ON "{table}" ("{column}")')
+    database.execute_sql('UPDATE "schema_version" SET "version" = 5')
+
+
+def _indexes(database):
+    if isinstance(database, pw.PostgresqlDatabase):
+        return {r[0] for r in database.execute_sql("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")}
+    return {r[0] for r in database.execute_sql("SELECT name FROM sqlite_master WHERE type = 'index'")}
+
+
+def _counts_match(database):
+    """The kept counts equal a GROUP BY of the jobs (SQLite); the answer of job_state_counts does too."""
+    grouped = {(w, s): n for w, s, n in database.execute_sql(
+        "SELECT workflow, state, COUNT(*) FROM job GROUP BY workflow, state")}
+    answer = _apply(database, [("job_state_counts", {})])[0]
+    assert {(r["workflow"], r["state"]): r["count"] for r in answer} == grouped
+    if not isinstance(database, pw.PostgresqlDatabase):
+        kept = {(w, s): n for w, s, n in database.execute_sql(
+            f'SELECT workflow, state, n FROM "{schema_scale.COUNTS}" WHERE n <> 0')}
+        assert kept == grouped
+    return grouped
+
+
+def _load(database, n=300):
+    """Jobs in two workflows with tags and history, some deleted; records with tags and versions."""
+    specs = [{"id": str(uuid.uuid4()), "name": f"sim-{i:04d}", "workflow": f"w{i % 2}", "state": "READY",
+              "tags": ["gpu"] if i % 10 == 0 else ["cpu"], "working_directory": f"data/w/sim-{i:04d}"}
+             for i in range(n)]
+    _apply(database, [("job_bulk_create", {"jobs": specs})])
+    _apply(database, [("job_update_state", {"job_id": s["id"], "state": "STAGED_IN"}) for s in specs[:40]])
+    _apply(database, [("job_delete", {"job_ids": [s["id"] for s in specs[-20:]]})])
+    for i in range(30):
+        record = {"label": f"run-{i}", "reason": f"why {i}" + (" needle here" if i % 10 == 3 else ""),
+                  "tags": [f"t{i % 3}"], "timestamp": f"2024-05-01 10:{i:02d}:00"}
+        _apply(database, [("record_save", {"project": "p", "record": record})])
+        if i % 5 == 0:
+            _apply(database, [("record_save", {"project": "p", "record": dict(record, outcome="again")})])
+    return specs
+
+
+def _rows(database):
+    return {table: database.execute_sql(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0]
+            for table in ("job", "job_state_change", "job_tag", "project", "record", "record_tag", "record_version")}
+
+
+def _digest(database):
+    result = _apply(database, [("store_digest", {})])[0]
+    result.pop("now", None)
+    return result
+
+
+def test_an_old_db_upgrades_in_place_keeping_every_row(any_dbdir, backend, tmp_path, run_db):
+    database = _open(any_dbdir)
+    try:
+        if backend == "postgres":
+            models.upgrade(database)
+        _to_schema_5(database)
+        specs = _load(database)
+        rows, digest = _rows(database), _digest(database)
+        assert models.current_version(database) == 5
+    finally:
+        database.close()
+
+    upgraded = run_db("init", any_dbdir, "--db-type", backend)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "from version 5 to 8" in upgraded.stderr and "280 job" in upgraded.stderr, upgraded.stderr
+    backups = sorted(any_dbdir.glob("backup-schema-5-*.sqlite3"))
+    if backend == "sqlite3":
+        assert "backed the schema 5 database up" in upgraded.stdout and len(backups) == 1
+        backup = pw.SqliteDatabase(str(backups[0]))
+        assert _rows(backup) == rows and models.current_version(backup) == 5
+        backup.close()
+    else:
+        assert "pg_dump" in upgraded.stdout and not backups
+
+    database = _open(any_dbdir)
+    try:
+        assert models.current_version(database) == 8
+        assert _rows(database) == rows and _digest(database) == digest
+        indexes = _indexes(database)
+        assert not indexes & set(OLD_INDEXES), indexes & set(OLD_INDEXES)
+        assert set(schema_scale.CREATED) | {"job_name_lower"} <= indexes
+        grouped = _counts_match(database)
+        assert grouped[("w0", "STAGED_IN")] == 20 and sum(grouped.values()) == 280
+        # Every write path keeps the counts: create, state change, modify, delete, import (and any UPDATE).
+        more = [{"id": str(uuid.uuid4()), "name": f"new-{i}", "workflow": "w9", "working_directory": "d"}
+                for i in range(5)]
+        _apply(database, [("job_bulk_create", {"jobs": more}),
+                          ("job_update_state", {"job_id": specs[50]["id"], "state": "STAGED_IN"}),
+                          ("job_modify", {"job_id": specs[51]["id"], "changes": {"description": "x"}}),
+                          ("job_delete", {"job_ids": [specs[0]["id"], more[0]["id"]]})])
+        database.execute_sql("UPDATE job SET workflow = 'w9' WHERE id = " + database.param, (specs[52]["id"],))
+        exported = _apply(database, [("export_items", {"kind": "job", "limit": 3})])[0]
+        _apply(database, [("job_delete", {"job_ids": [item["id"] for item in exported["items"]]})])
+        _apply(database, [("import_items", {"items": exported["items"]})])
+        _counts_match(database)
+        # The record search finds through the index what it found before, in any case.
+        from balsamdb.server.http.record_pages import find_records
+
+        found = find_records(database, "p", search="NEEDLE")
+        assert sorted(r["label"] for r in found["rows"]) == ["run-13", "run-23", "run-3"]
+        assert find_records(database, "p", search="why 1")["count"] == 11  # 1, 10..19
+    finally:
+        database.close()
+    again = run_db("init", any_dbdir, "--db-type", backend)
+    assert again.returncode == 0 and "already a current" in again.stdout, again.stdout + again.stderr
+
+
+def _plan(database, query):
+    sql, params = query if isinstance(query, tuple) else query.sql()
+    if isinstance(database, pw.PostgresqlDatabase):
+        database.execute_sql("SET enable_seqscan = off")  # tiny tables: ask whether an index CAN answer
+        return [r[0] for r in database.execute_sql("EXPLAIN " + sql, params)]
+    return [r[-1] for r in database.execute_sql("EXPLAIN QUERY PLAN " + sql, params)]
+
+
+def _scans(database, plan):
+    if isinstance(database, pw.PostgresqlDatabase):
+        return [line for line in plan if "Seq Scan" in line]
+    return [line for line in plan if line.startswith("SCAN") and "VIRTUAL TABLE" not in line
+            and schema_scale.COUNTS not in line]
+
+
+def test_every_everyday_read_uses_an_index(any_dbdir, backend):
+    database = _open(any_dbdir)
+    try:
+        if backend == "postgres":
+            models.upgrade(database)
+        _load(database, 100)
+        since = time.time() - 600
+        with database.bind_ctx(MODELS):
+            queries = {
+                "tags, limit 20": job_ops._job_query({"tags": ["gpu"]}).order_by(*job_ops._job_order(None)).limit(20),
+                "8-character id prefix": job_ops._job_query({"id_prefix": "0123abcd"}),
+                "name glob": job_ops._job_query({"name_like": "SIM-001*"}),
+                "name": job_ops._job_query({"name": "sim-0001"}),
+                "state, changed since": job_ops._job_query({"state": ["READY", "RUNNING"], "updated_after": since}),
+                "workflow": job_ops._job_query({"workflow": "w1"}),
+                "records by project and time": Record.select().where(Record.project == "p")
+                .order_by(Record.sort_time.desc(), Record.id.desc()).limit(50),
+                "job history": job_ops.JobStateChange.select().where(job_ops.JobStateChange.job == "x"),
+            }
+            if backend == "sqlite3":
+                queries["state counts"] = (f'SELECT workflow, state, n FROM "{schema_scale.COUNTS}" WHERE n > 0', [])
+            else:
+                queries["state counts"] = Job.select(Job.workflow, Job.state, pw.fn.COUNT(Job.id)).group_by(
+                    Job.workflow, Job.state)
+            from balsamdb.server.http import record_pages
+
+            indexed = record_pages.search_index(database, "needle")
+            assert indexed is not None, "no search index"
+            project = Record.project if backend == "postgres" else pw.NodeList((pw.SQL("+"), Record.project), glue="")
+            queries["records search"] = Record.select().where((project == "p") & indexed)
+            scanning = {what: _scans(database, _plan(database, query)) for what, query in queries.items()}
+        assert not any(scanning.values()), {what: lines for what, lines in scanning.items() if lines}
+        # The plans above answer what the unindexed queries answered.
+        answered = _apply(database, [("job_filter", {"filters": {"name_like": "SIM-001*"}}),
+                                     ("job_count", {"filters": {"id_prefix": "0"}})])
+        assert sorted(j["name"] for j in answered[0]) == [f"sim-001{i}" for i in range(10)]
+        everyone = [r[0] for r in database.execute_sql("SELECT id FROM job")]
+        assert answered[1] == sum(1 for i in everyone if i.startswith("0"))
+    finally:
+        database.close()
+
+
+def test_an_older_balsamdb_refuses_a_newer_schema(dbdir, run_db):
+    database = _open(dbdir)
+    database.execute_sql('UPDATE "schema_version" SET "version" = 99')
+    database.close()
+    refused = run_db("ls", "--path", dbdir)
+    assert refused.returncode != 0
+    assert "schema version 99, newer than this balsamdb's (8)" in refused.stderr, refused.stderr
+    init = run_db("init", dbdir)
+    assert init.returncode != 0 and "99" in init.stderr and "(8)" in init.stderr, init.stderr
+    with pytest.raises(ConfigError, match="newer than this balsamdb"):
+        models.check_schema_not_newer(_open(dbdir), dbdir)
