@@ -310,6 +310,11 @@ def _job_query(filters):
     return query
 
 
+def job_order(sort):
+    """The ORDER BY of ``sort`` for readers outside this module (the paged listing)."""
+    return _job_order(sort)
+
+
 def _job_order(sort):
     """The ORDER BY of ``sort`` (see :data:`balsamdb.job_queries.SORT_KEYS`); ties by creation, then id."""
     sort = check_sort(sort) or "created"

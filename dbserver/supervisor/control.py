@@ -336,6 +336,8 @@ def status(dbdir):
             with Database(dbdir, load_settings(client_timeout=2.0, client_deadline=5.0,
                                                require_server=True)) as db:
                 info["server_status"] = db.call("status")
+                if info.get("read_address"):
+                    info["reader_status"] = db.read_service_status()
         except BalsamDBError as exc:
             info["health"] = f"not answering: {exc}"
     info["exit_code"], info["summary"] = _verdict(dbdir, info)
