@@ -6,10 +6,11 @@ columns are plain text: the same schema runs on SQLite and PostgreSQL.
 Times are UNIX seconds (float, UTC).
 """
 
-import json
 import time
 
 import peewee as pw
+
+from . import jsonio
 
 SCHEMA_VERSION = 6
 
@@ -18,10 +19,10 @@ class JSONText(pw.TextField):
     """A JSON document stored as text; ``None`` stays NULL."""
 
     def db_value(self, value):
-        return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return None if value is None else jsonio.dumps(value)
 
     def python_value(self, value):
-        return None if value is None else json.loads(value)
+        return None if value is None else jsonio.loads(value)
 
 
 class BaseModel(pw.Model):
@@ -289,7 +290,7 @@ def _schema_jobs(database):
     rows = database.execute_sql(f"SELECT {q('id')}, {q('parents')} FROM {q(table)} "
                                 f"WHERE {q('parents')} IS NOT NULL AND {q('parents')} <> '[]'")
     for job_id, parents in rows.fetchall():
-        links.extend((job_id, parent) for parent in json.loads(parents))
+        links.extend((job_id, parent) for parent in jsonio.loads(parents))
     for start in range(0, len(links), 400):
         chunk = links[start:start + 400]
         known.update(i for (i,) in Job.select(Job.id).where(Job.id.in_({p for _, p in chunk})).tuples())
