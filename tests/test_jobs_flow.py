@@ -154,13 +154,13 @@ def test_lost_runs_found_within_a_lease(served_dbdir, tmp_path, backend):
 
     # A claim never started: released when its lease expires, state kept.
     claimed = db.jobs.create("claimed", workflow="runs", state="READY")
-    (held,) = db.jobs.acquire(1, owner="idle-launcher", lease=2, ids=[claimed.id])
+    (held,) = db.jobs.acquire(1, owner="idle-launcher", lease=4, ids=[claimed.id])
     assert held.owner == "idle-launcher"
     assert db.jobs.acquire(1, owner="other", ids=[claimed.id]) == [], "a held job was handed to a second owner"
     # A RUNNING job of a workflow whose policy is stop.
     db.jobs.set_lost_run_policy("keep", "stop")
     kept = db.jobs.create("kept", workflow="keep", state="READY")
-    db.jobs.acquire(1, owner="dying-launcher", lease=2, ids=[kept.id])
+    db.jobs.acquire(1, owner="dying-launcher", lease=4, ids=[kept.id])
     db.jobs.update_state(kept.id, "RUNNING", owner="dying-launcher")
 
     # db run, SIGKILLed while its command runs.
