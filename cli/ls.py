@@ -137,9 +137,11 @@ def _bars(counts, width):
     name_width = max([len(name) for name in per_workflow] + [8])
     for name, item in per_workflow.items():
         failed = f", {item['failed']} failed" if item["failed"] else ""
+        # Rounded down: 1500 of 1501 is 99%, never 100% before the last job finished.
+        done = 100 * item["finished"] // item["total"] if item["total"] else 0
         lines.append(tqdm.format_meter(
             item["finished"], item["total"], 0, ncols=width, prefix=name.ljust(name_width), ascii=plain,
-            bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} finished" + failed))
+            bar_format="{desc} {done:3d}%|{bar}| {n_fmt}/{total_fmt} finished" + failed, done=done))
     return lines
 
 
