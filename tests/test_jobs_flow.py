@@ -241,3 +241,46 @@ def test_launcher_page_example_runs_as_written(served_dbdir, tmp_path, backend):
     # The children started only after their parents finished.
     finished = max(h["time"] for i in firsts for h in db.jobs.history(i) if h["to_state"] == "JOB_FINISHED")
     assert all(h["time"] >= finished for i in thens for h in db.jobs.history(i) if h["to_state"] == "RUNNING")
+
+
+def test_schema_6_upgrade_from_schema_5_in_place(served_dbdir, backend):
+    """A schema-5 database (no claim columns, no job_parent table) is upgraded in place and
+    idempotently: the claim columns and indexes are made, and the parents of existing jobs are
+    linked (a parent that does not exist is left out), so a waiting child is released when its
+    parent finishes."""
+    from balsamdb import models
+    from balsamdb.dbdir import DBDirectory
+    from balsamdb.settings import load_settings
+
+    path = served_dbdir
+    with balsamdb.connect(path) as db:
+        parent = db.jobs.create("parent", state="READY")
+        child = db.jobs.create("child", parents=[parent.id])
+        stray = db.jobs.create("stray", state="READY")
+    assert db_cli("dbserver", "--stop", "--path", path).returncode == 0
+    ghost = str(uuid.uuid4())
+    database = DBDirectory(path).open_database(load_settings(), busy_timeout=30)
+    database.connect()
+    with database.atomic():  # back to schema 5, as the release before issue 26 left it
+        for index in ("job_lease_expires", "job_free_state_workflow"):
+            database.execute_sql(f'DROP INDEX IF EXISTS "{index}"')
+        for column in ("owner", "lease_expires", "renewed_at"):
+            database.execute_sql(f'ALTER TABLE "job" DROP COLUMN "{column}"')
+        database.execute_sql('DROP TABLE "job_parent"')
+        database.execute_sql('DROP TABLE "workflow_policy"')
+        # An old job whose parent never existed (nothing checked parents before schema 6).
+        database.execute_sql('UPDATE "job" SET "parents" = %s WHERE "id" = %s'.replace("%s", database.param),
+                             (json.dumps([ghost]), stray.id))
+        database.execute_sql('UPDATE "schema_version" SET "version" = 5')
+    database.close()
+    done = DBDirectory(path).init(backend)
+    assert any("schema 5 -> 6" in line for line in done), done
+    assert DBDirectory(path).init(backend) == [
+        f"{path} is already a current {backend} DB directory (schema {models.SCHEMA_VERSION})"]
+    assert db_cli("dbserver", "--path", path).returncode == 0
+    with balsamdb.connect(path) as db:
+        assert db.call("job_get", job_id=child.id)["waiting_on"][0]["id"] == parent.id
+        assert sorted(j.name for j in db.jobs.acquire(5, owner="after-upgrade")) == ["parent", "stray"]
+        for state in ("RUNNING", "RUN_DONE", "JOB_FINISHED"):
+            db.jobs.update_state(parent.id, state, owner="after-upgrade")
+        assert db.jobs.get(child.id).state == "READY"
