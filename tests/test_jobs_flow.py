@@ -16,7 +16,6 @@ import time
 import uuid
 from pathlib import Path
 
-import psutil
 import pytest
 
 import balsamdb
@@ -123,10 +122,6 @@ def test_dependencies_released_in_the_commit(served_dbdir, backend):
     wait_for(lambda: not list((Path(path) / "spool" / "new").iterdir()), 60, "the spool to be applied")
     db = balsamdb.connect(path)
     assert db.jobs.get(s_child.id).state == "READY" and len(_releases(db, s_child.id)) == 1
-
-
-def _history_times(db, job_id):
-    return [(h["from_state"], h["to_state"], h["message"]) for h in db.jobs.history(job_id)]
 
 
 def test_lost_runs_found_within_a_lease(served_dbdir, tmp_path, backend):
