@@ -204,8 +204,19 @@ def test_lost_runs_found_within_a_lease(served_dbdir, tmp_path, backend):
 
     status = json.loads(db_cli("dbserver", "--status", "--json", "--path", path, check=True).stdout)["server_status"]
     assert status["lost_runs"] == 2 and status["lost_runs_restarted"] == 1 and status["claims_expired"] >= 1, status
-    # Nothing else was ever touched: no job other than these three changed by the server.
-    assert db.jobs.get(ok.id).state == "RUN_DONE"
+    assert db.jobs.get(ok.id).state == "RUN_DONE"  # a job that ended is never touched by the look
+
+    # The CLI of claims: the lost run restarted and the released claim are free again.
+    taken = json.loads(db_cli("job", "acquire", "5", "--owner", "cli-launcher", "--lease", "600", "-w", "runs",
+                              "--json", "--path", path, check=True).stdout)
+    assert sorted(j["id"] for j in taken) == sorted([job.id, claimed.id])
+    assert {j["owner"] for j in taken} == {"cli-launcher"}
+    listed = db_cli("ls", "--owner", "cli-launcher", "--path", path, check=True).stdout
+    assert "cli-launcher" in listed and job.id[:8] in listed, listed
+    out = db_cli("job", "release", "--owner", "cli-launcher", job.id[:8], "--path", path, check=True).stdout
+    assert out.strip() == "released 1 job"
+    assert json.loads(db_cli("job", "policy", "keep", "--json", "--path", path, check=True).stdout)[0]["lost_runs"] \
+        == "stop"
 
 
 def test_launcher_page_example_runs_as_written(served_dbdir, tmp_path, backend):
