@@ -17,7 +17,7 @@ function) while the models are bound to a database and a transaction is open.
 
 from ..exceptions import BadRequest
 # The modules that register operations, imported in the order the operations are listed.
-from . import jobs, records, users, stores, store_import, server
+from . import jobs, records, record_links, users, stores, store_import, server
 from .checks import (INT_MAX, MAX_LIST, check_flag, check_number, check_object, check_project_name,
                      check_saved_by, check_str_list, check_text, check_user_name, check_uuid, chunks)
 from .jobs import (CREATE_ONLY, FILTER_KEYS, JOB_FIELDS, JOB_KEYS, clean_job, job_query,
@@ -72,6 +72,7 @@ __all__ = [
     "record_columns",
     "record_tags",
     "record_text",
+    "record_links",
     "records",
     "server",
     "sort_time",
