@@ -14,6 +14,8 @@ Every save of a record replaces its link rows (:func:`relink`), in the same tran
 
 import json
 
+from peewee import JOIN
+
 from ..exceptions import BadRequest
 from ..models import Record, RecordFile, RecordJob
 from .checks import check_number, check_project_name, check_text, check_uuid
@@ -77,12 +79,12 @@ def unlink(ids):
     RecordFile.delete().where(RecordFile.record.in_(ids)).execute()
 
 
-def _summary(record, run=None):
-    doc = json.loads(record.document)
-    job = job_of(doc) or {}
-    return {"project": record.project_id, "label": record.label, "timestamp": record.timestamp,
-            "outcome": record.outcome, "duration": record.duration, "run": run if run is not None else job.get("run"),
-            "job": job.get("id"), "exit_status": (doc.get("balsamdb") or {}).get("exit_status")}
+def _summary(row):
+    doc = json.loads(row["document"])
+    extra = doc.get("balsamdb") if isinstance(doc.get("balsamdb"), dict) else {}
+    return {"project": row["project"], "label": row["label"], "timestamp": row["timestamp"],
+            "outcome": row["outcome"], "duration": row["duration"], "run": row["run"],
+            "job": (job_of(doc) or {}).get("id"), "exit_status": extra.get("exit_status")}
 
 
 @operation(write=False)
@@ -91,9 +93,11 @@ def record_by_job(job_id):
     first: a list of ``{"project", "label", "timestamp", "outcome", "duration",
     "run", "job", "exit_status"}`` (a restarted job has one per run)."""
     job_id = check_uuid(job_id, "job_id")
-    query = (Record.select(Record, RecordJob.run).join(RecordJob, on=(RecordJob.record == Record.id))
+    query = (Record.select(Record.project, Record.label, Record.timestamp, Record.outcome, Record.duration,
+                           Record.document, RecordJob.run.alias("run"))
+             .join(RecordJob, on=(RecordJob.record == Record.id))
              .where(RecordJob.job_id == job_id).order_by(Record.sort_time, Record.id).limit(MAX_FIND))
-    return [_summary(row, row.recordjob.run) for row in query]
+    return [_summary(row) for row in query.dicts()]
 
 
 @operation(write=False)
@@ -107,9 +111,10 @@ def record_files_find(sha256=None, path=None, role=None, project=None, limit=100
     where ``job`` is the id of the record's job (or null)."""
     if sha256 is None and path is None:
         raise BadRequest("give sha256 or path (or both)")
-    query = (RecordFile.select(RecordFile, Record.project, Record.label, Record.timestamp, RecordJob.job_id)
+    query = (RecordFile.select(Record.project, Record.label, Record.timestamp, RecordFile.role, RecordFile.path,
+                               RecordFile.sha256, RecordFile.size, RecordJob.job_id.alias("job"))
              .join(Record, on=(RecordFile.record == Record.id))
-             .join(RecordJob, join_type="LEFT OUTER", on=(RecordJob.record == Record.id)))
+             .join(RecordJob, join_type=JOIN.LEFT_OUTER, on=(RecordJob.record == Record.id)))
     if sha256 is not None:
         sha256 = check_text(sha256, "sha256").lower()
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
@@ -125,13 +130,7 @@ def record_files_find(sha256=None, path=None, role=None, project=None, limit=100
         query = query.where(Record.project == check_project_name(project))
     limit = min(check_number(limit, "limit", int, 1), MAX_FIND)
     query = query.order_by(Record.sort_time.desc(), RecordFile.id).limit(limit)
-    out = []
-    for row in query:
-        job = getattr(row.record, "recordjob", None)
-        out.append({"project": row.record.project_id, "label": row.record.label, "timestamp": row.record.timestamp,
-                    "role": row.role, "path": row.path, "sha256": row.sha256, "size": row.size,
-                    "job": job.job_id if job is not None and job.job_id else None})
-    return out
+    return list(query.dicts())
 
 
 def job_record_counts(job_ids):
