@@ -288,3 +288,4 @@ def rm(project, labels, path, tag, yes, as_json):
         echo_json({"deleted": deleted})
         return
     click.echo(f"removed {deleted} record{'s' if deleted != 1 else ''}")
+

@@ -5,6 +5,7 @@ Sumatra record, in the shape ``smt`` writes."""
 import ast
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -83,8 +84,8 @@ def executable_info(program):
     elif name != base or base in INTERPRETERS:
         try:
             out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=5, errors="replace")
-            words = (out.stdout or out.stderr).strip().splitlines()
-            version = next((w for w in (words[0].split() if words else []) if w[:1].isdigit()), "")
+            found = re.search(r"\d+\.\d+(\.\d+)*", (out.stdout or out.stderr or "").split("\n", 1)[0])
+            version = found.group(0) if found else ""
         except (OSError, subprocess.TimeoutExpired):
             version = ""
     return {"path": path, "version": version, "name": name, "options": ""}
