@@ -99,8 +99,19 @@ def _version_of(name, module=None):
         return version
     try:
         return metadata.version(name)
-    except Exception:  # noqa: BLE001 - not a distribution by that name
-        return "unknown"
+    except Exception:  # noqa: BLE001 - not a distribution by that name (yaml is PyYAML's)
+        pass
+    if not _DISTRIBUTIONS and hasattr(metadata, "packages_distributions"):
+        _DISTRIBUTIONS.update(metadata.packages_distributions())  # read once, only for such names
+    for distribution in _DISTRIBUTIONS.get(name, ()):
+        try:
+            return metadata.version(distribution)
+        except Exception:  # noqa: BLE001
+            continue
+    return "unknown"
+
+
+_DISTRIBUTIONS = {}
 
 
 def _third_party(names):
