@@ -8,7 +8,8 @@
 
 __version__ = "0.1.0"
 
-from .api import Database, Job, connect  # noqa: E402
+from .api import Database, connect  # noqa: E402
+from .facades import Job  # noqa: E402
 from .exceptions import (  # noqa: E402
     BadRequest, BalsamDBError, ConfigError, Conflict, DatabaseBusy, InvalidTransition,
     NotADBDirectory, NotFound, ServerUnavailable, StorageError,

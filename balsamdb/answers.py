@@ -19,13 +19,13 @@ JSON text, as before.
 """
 
 import hashlib
-import json
 import math
 import time
 import uuid
 
 import peewee as pw
 
+from . import jsonio
 from .exceptions import ServerError
 from .models import AppliedRequest, Job, JobAnswerBase, quoter
 from .operations import JOB_KEYS
@@ -44,21 +44,18 @@ _NUMBERS = {name: (float if isinstance(field, pw.FloatField) else int)
             if isinstance(field, (pw.FloatField, pw.IntegerField)) and name in REST_KEYS}
 
 
-# json.dumps(value, separators=(",", ":"), ensure_ascii=False), the same text, without making an
-# encoder per call (which cost more than the encoding of these small values).
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _number_text(value):
-    """``_dumps(value)`` of a number: json writes a finite int or float as its repr."""
+    """``jsonio.dumps(value)`` of a number: json writes a finite int or float as its repr."""
     kind = type(value)
     if kind is int or (kind is float and math.isfinite(value)):
         return kind.__repr__(value)
-    return _dumps(value)
+    return jsonio.dumps(value)
 
 
 def _digest(rest):
-    return hashlib.sha256(_dumps(rest).encode()).hexdigest()[:32]
+    return hashlib.sha256(jsonio.dumps(rest).encode()).hexdigest()[:32]
 
 
 def _as_stored(job):
@@ -80,15 +77,15 @@ def pack(op, answer, text):
              if k in _NUMBERS and _number_text(v) != _number_text(result[k])}
     if exact:
         compact["exact"] = exact
-    return _dumps(compact)
+    return jsonio.dumps(compact)
 
 
 def unpack(fast, stored):
     """The original answer (a dict) of the stored text ``stored``; ``fast``: the
     :class:`~balsamdb.statements.Statements` of the database, inside the transaction."""
     if not stored.startswith(_MARK):
-        return json.loads(stored)
-    compact = json.loads(stored)
+        return jsonio.loads(stored)
+    compact = jsonio.loads(stored)
     rest = _rest(fast, compact["job"], compact["rest"])
     if rest is None:  # never expected: the fields are kept before any change
         return {"ok": False, "error": ServerError(
@@ -108,7 +105,7 @@ def _rest(fast, job_id, digest):
             return rest
     with pw.__exception_wrapper__:
         row = fast.database.execute_sql(_select_base(fast.database), (digest,)).fetchone()
-    return json.loads(row[0]) if row else None
+    return jsonio.loads(row[0]) if row else None
 
 
 def preserve(fast, op, params):
@@ -146,7 +143,7 @@ def preserve(fast, op, params):
                 if job["updated_at"] is not None and job["updated_at"] < oldest - 3600:
                     continue
                 rest = _as_stored(job)
-                rows.append((_digest(rest), time.time(), _dumps(rest)))
+                rows.append((_digest(rest), time.time(), jsonio.dumps(rest)))
         if rows:
             database.cursor().executemany(_upsert_base(database), rows)
 

@@ -14,9 +14,7 @@ from . import address_file, operations, protocol
 from .client import ServerClient, server_state, unavailable
 from .dbdir import DBDirectory
 from .exceptions import NotADBDirectory, RequestTooLarge, ServerUnavailable, TryAgain
-# The facades and the base of store handles have modules of their own; callers import them from here.
-from .facades import Job, Jobs, Projects, Records, SpooledWrite, Users, who  # noqa: F401
-from .handle import UNREACHABLE_FOR, StoreHandle, answer_result  # noqa: F401
+from .handle import UNREACHABLE_FOR, StoreHandle, answer_result
 from .settings import CHECKOUT_SOURCE, USER_DIR_SOURCE, load_settings, resolve_db_path
 from .spool import Spool, SpoolWriter
 

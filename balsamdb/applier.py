@@ -7,12 +7,12 @@ stored in the same transaction as the write, so a retry of an applied request
 gets the stored answer and changes nothing.
 """
 
-import json
 import logging
 
 import peewee as pw
 
 from . import answers as stored_answers
+from . import jsonio
 from . import operations
 from .exceptions import BadRequest, BalsamDBError, Conflict, ServerError
 from .models import now
@@ -50,28 +50,6 @@ class StorageFailure(Exception):
     def __init__(self, original):
         super().__init__(str(original))
         self.original = original
-
-
-# json.dumps(answer, separators=(",", ":"), ensure_ascii=False), without making an encoder per call.
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-try:
-    import orjson as _orjson
-except ImportError:  # an optional speed-up
-    _orjson = None
-
-
-def _dumps_checked(answer):
-    """The JSON text of the answer of an insert-only operation, whose values all come from its
-    checked request (no NaN or infinity: orjson would write null where json writes NaN): with
-    orjson, about four times faster than json here, else (an integer beyond 64 bits, a lone
-    surrogate: orjson refuses them) with json."""
-    if _orjson is not None:
-        try:
-            return _orjson.dumps(answer).decode()
-        except TypeError:
-            pass
-    return _dumps(answer)
 
 
 def apply_requests(database, requests, savepoints=True):
@@ -147,7 +125,7 @@ def apply(database, requests, savepoints=True):
             _preserve(fast, op.name, request.params)
         answer = _run(database, op, request.params, insert) if savepoints else _run_bare(op, request.params, insert)
         if record:
-            text = request.text = _dumps_checked(answer) if op.deferrable else _dumps(answer)
+            text = request.text = jsonio.dumps_fast(answer) if op.deferrable else jsonio.dumps(answer)
             # A retry later in this batch gets the whole text: a compact one may refer to a
             # job row whose insert is still deferred.
             applied[request.id] = text

@@ -2,7 +2,7 @@
 change, how many are in each state, how long one spent in each state.
 
 The CLI (``db ls``, ``db job show``) and the web pages use these same functions through
-:class:`balsamdb.api.Jobs`, so that both answer alike.
+:class:`balsamdb.facades.Jobs`, so that both answer alike.
 """
 
 import re
@@ -12,7 +12,7 @@ from datetime import datetime
 from . import states
 from .exceptions import BadRequest
 
-#: ``sort`` keys of :meth:`balsamdb.api.Jobs.filter` (``-key``: newest / last first).
+#: ``sort`` keys of :meth:`balsamdb.facades.Jobs.filter` (``-key``: newest / last first).
 SORT_KEYS = ("created", "updated", "name", "workflow", "state", "id")
 
 _UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -96,7 +96,7 @@ def timeline(history, now=None):
 
 
 def progress(counts):
-    """Per workflow, from :meth:`balsamdb.api.Jobs.state_counts` rows: ``{workflow: {"total",
+    """Per workflow, from :meth:`balsamdb.facades.Jobs.state_counts` rows: ``{workflow: {"total",
     "finished" (JOB_FINISHED), "ended" (any final state), "failed" (FAILED or USER_KILLED),
     "states": {state: count}}}``, workflows in name order."""
     out = {}

@@ -6,10 +6,11 @@ columns are plain text: the same schema runs on SQLite and PostgreSQL.
 Times are UNIX seconds (float, UTC).
 """
 
-import json
 import time
 
 import peewee as pw
+
+from . import jsonio
 
 SCHEMA_VERSION = 7
 
@@ -18,10 +19,10 @@ class JSONText(pw.TextField):
     """A JSON document stored as text; ``None`` stays NULL."""
 
     def db_value(self, value):
-        return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return None if value is None else jsonio.dumps(value)
 
     def python_value(self, value):
-        return None if value is None else json.loads(value)
+        return None if value is None else jsonio.loads(value)
 
 
 class BaseModel(pw.Model):
@@ -280,7 +281,7 @@ def _record_links(database):
              .where(Record.id.not_in(linked) & Record.id.not_in(with_files)))
     jobs, files = [], []
     for row in query.iterator():
-        job, found = link_rows(row.id, json.loads(row.document))
+        job, found = link_rows(row.id, jsonio.loads(row.document))
         if job:
             jobs.append(job)
         files.extend(found)

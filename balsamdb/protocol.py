@@ -21,10 +21,9 @@ was not applied; the client sends it again on the same socket.  See docs/protoco
 """
 
 import hmac
-import json
 import math
-import re
 
+from . import jsonio
 from .exceptions import AuthenticationError, BadRequest
 
 MAGIC = b"BDB1"
@@ -66,13 +65,8 @@ def encode(secret, message):
 
     One frame, not three: every frame costs a separate send inside ZeroMQ,
     which measurably slows the round trip."""
-    body = _encode_json(message).encode()
+    body = jsonio.dumps(message).encode()
     return [MAGIC + sign(secret, body) + body]
-
-
-# Made once: json.dumps with keyword arguments builds a new encoder on every call (same output).
-_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_encode_request_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 #: What to tell a caller whose data holds NaN or an infinity (JSON has no such values).
@@ -85,7 +79,7 @@ def dumps_request(message):
     before anything is sent or spooled, when it holds NaN or an infinity, which would be
     stored as invalid JSON (a float that cannot be a JSON number)."""
     try:
-        return _encode_request_json(message).encode()
+        return jsonio.dumps_finite(message).encode()
     except ValueError as exc:
         if "JSON compliant" not in str(exc):
             raise
@@ -98,40 +92,16 @@ def encode_request(secret, message):
     return encode_body(secret, dumps_request(message))
 
 
-def _refuse_constant(name):
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text):
-    value = float(text)
-    if not math.isfinite(value):  # 1e999: valid JSON that Python reads as an infinity
-        raise ValueError(f"{text} is too large for a number")
-    return value
-
-
-# Made once: json.loads with keyword arguments builds a new decoder on every call (as slow as the parse).
-_STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
-_PLAIN_JSON = json.JSONDecoder()
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
-
-try:
-    import orjson as _orjson
-except ImportError:  # an optional speed-up: the same answers without it
-    _orjson = None
-
-
 def loads_strict(data, what="the message body"):
     """Parse JSON text as the servers accept it: no NaN, Infinity or overflowing number (which
     Python's json reads but cannot write back as JSON), and no nesting too deep to parse.
     Raises :class:`BadRequest` saying why, never anything else."""
     try:
-        return _STRICT_JSON.decode(data.decode() if isinstance(data, (bytes, bytearray)) else data)
-    except RecursionError:
-        raise BadRequest(f"{what} is nested too deeply") from None
-    except ValueError as exc:  # UnicodeDecodeError included
-        if "JSON number" in str(exc) or "too large" in str(exc):
-            raise BadRequest(f"{what} holds NaN or an infinity ({exc}); {NON_FINITE_ADVICE}") from None
-        raise BadRequest(f"{what} is not valid JSON: {exc}") from None
+        return jsonio.loads_strict(data, what)
+    except jsonio.JSONError as exc:
+        if exc.non_finite:
+            raise BadRequest(f"{exc}; {NON_FINITE_ADVICE}") from None
+        raise BadRequest(str(exc)) from None
 
 
 def loads_answer(body):
@@ -139,13 +109,7 @@ def loads_answer(body):
     four times faster on a job answer) where it gives the same value, else with json.  orjson
     refuses what json reads leniently (NaN, a lone surrogate: json reads them then) and reads an
     integer of 19 digits or more as a float (a run of 19 digits anywhere sends the text to json)."""
-    if _orjson is not None and _LONG_DIGITS.search(body) is None:
-        try:
-            return _orjson.loads(body)
-        except _orjson.JSONDecodeError:
-            pass
-    # As json.loads(bytes) reads UTF-8, without its look for other encodings.
-    return _PLAIN_JSON.decode(body.decode("utf-8", "surrogatepass"))
+    return jsonio.loads(body)
 
 
 def encode_body(secret, body):
@@ -159,7 +123,7 @@ def reply(secret, request_id, answer, text=None):
     of that answer as it was stored with the write, sent as it is with only the id put in
     front (no second encoding)."""
     if text is not None:
-        return encode_body(secret, b'{"id":' + json.dumps(request_id).encode() + b"," + text.encode()[1:])
+        return encode_body(secret, b'{"id":' + jsonio.dumps(request_id).encode() + b"," + text.encode()[1:])
     return encode(secret, {"id": request_id, **answer})
 
 

@@ -9,7 +9,7 @@ nothing.  See docs/http.md, "The operation endpoint".
 When the store cannot be reached (connection refused or reset, a timeout, or an
 answer 502/503/504) the call is retried with backoff until ``client_deadline``;
 then a write waits in a local spool (``remote_spool_dir``, one subdirectory per
-store) and the call returns a :class:`~balsamdb.api.SpooledWrite`.  Spooled
+store) and the call returns a :class:`~balsamdb.facades.SpooledWrite`.  Spooled
 writes are sent, oldest first and before any newer write, as soon as the store
 answers again (or by ``db spool --drain --url URL``); nothing is lost, and
 nothing is applied twice.

@@ -6,12 +6,12 @@ database's own quoting and parameter style, so the same code runs on SQLite and
 PostgreSQL.  Everything else uses peewee queries.
 """
 
-import json
 import operator
 import weakref
 
 import peewee as pw
 
+from . import jsonio
 from .models import (AppliedRequest, Job, JobStateChange, JobTag, JSONText, Project, Record, RecordTag,
                      RecordVersion, quoter)
 
@@ -141,8 +141,6 @@ class Statements:
         return found
 
 
-# What JSONText.db_value writes (json.dumps with these arguments), without making an encoder per value.
-_json_text = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _row_params(fields):
@@ -163,7 +161,7 @@ def _row_params(fields):
             values = list(get(row))
             for i in encoded:
                 value = values[i]
-                values[i] = None if value is None else _json_text(value)
+                values[i] = None if value is None else jsonio.dumps(value)
             out.append(values)
         return out
 

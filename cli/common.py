@@ -11,7 +11,6 @@ import click
 import balsamdb
 from balsamdb.exceptions import NotFound
 from balsamdb.settings import DefaultDBWarning
-from balsamdb.wording import plural  # noqa: F401  (commands import it from here)
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 

@@ -12,7 +12,7 @@ from .common import echo_json, json_option, path_option
 
 
 def _format_status(info):
-    from balsamdb.server.control import STATUS_UNHEALTHY
+    from balsamdb.server.supervisor.control import STATUS_UNHEALTHY
 
     lines = [f"state:    {info.get('state')} ({info.get('health')})"]
     if info.get("address"):
@@ -99,7 +99,7 @@ def dbserver(ctx, path, stop, status, bind, port, encrypt, force, timeout, as_js
         db dbserver --status --path ~/mydb
         db dbserver --stop --path ~/mydb
     """
-    from balsamdb.server import control
+    from balsamdb.server.supervisor import control
 
     given = [name for name in START_ONLY
              if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]

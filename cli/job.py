@@ -33,7 +33,7 @@ job.add_command(ls, "ls")
 
 def resolve_job_ids(db, texts):
     """Full job ids for ``texts``: each a full id or a unique prefix of at least 4 hex characters
-    (see :meth:`balsamdb.api.Jobs.resolve_ids`); a malformed one is a usage error."""
+    (see :meth:`balsamdb.facades.Jobs.resolve_ids`); a malformed one is a usage error."""
     try:
         return db.jobs.resolve_ids(texts)
     except BadRequest as exc:

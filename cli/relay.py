@@ -117,7 +117,7 @@ def relay(store, directory, host, port, stop, status, as_json):
         raise click.ClickException(f"a relay already runs for {directory} at {running['url']} (db relay --stop)")
     Path(directory).mkdir(mode=0o700, parents=True, exist_ok=True)
     from balsamdb.exceptions import ConfigError
-    from balsamdb.server.relay_spool import make_token
+    from balsamdb.server.relay.spool import make_token
 
     try:
         make_token(directory)  # made here, or refused here when others may read it
@@ -126,7 +126,7 @@ def relay(store, directory, host, port, stop, status, as_json):
     (Path(directory) / "relay.json").unlink(missing_ok=True)
     env = dict(os.environ, BALSAMDB_RELAY_TO=store)  # not on the command line, where ps shows it
     with open(Path(directory) / "relay.out", "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "balsamdb.server.relay", str(directory), host, str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "balsamdb.server.relay.app", str(directory), host, str(port)],
                                 env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     end = time.monotonic() + START_DEADLINE

@@ -47,7 +47,7 @@ def serve(path, host, port, prefix, threads, max_body_mb, trusted_proxy, create_
         smt init --store=http://ada:PASSWORD@127.0.0.1:8000/ MyProject
     """
     try:
-        from balsamdb.server import http_store
+        from balsamdb.server import http as http_store
     except ImportError as exc:
         raise click.ClickException(f"db serve needs Flask and waitress ({exc}); "
                                    "install them with: pip install 'balsamdb[http]'") from None

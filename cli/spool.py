@@ -6,7 +6,8 @@ from balsamdb.dbdir import DBDirectory
 from balsamdb.settings import resolve_db_path
 from balsamdb.spool import Spool
 
-from .common import echo_json, json_option, path_option, plural
+from balsamdb.wording import plural
+from .common import echo_json, json_option, path_option
 
 
 @click.command("spool")

@@ -7,7 +7,8 @@ import click
 from balsamdb import transfer
 from balsamdb.settings import resolve_db_path
 
-from .common import CONTEXT_SETTINGS, echo_json, json_option, path_option, plural
+from balsamdb.wording import plural
+from .common import CONTEXT_SETTINGS, echo_json, json_option, path_option
 from .provenance import FORMATS, export_provenance, scope_of
 
 STORE_HELP = ("a DB directory, a postgresql://user:pw@host:port/db URL, or an http(s)://user:pw@host:port/prefix/ "

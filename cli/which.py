@@ -9,7 +9,8 @@ from balsamdb.dbdir import DBDirectory
 from balsamdb.exceptions import NotADBDirectory
 from balsamdb.settings import resolve_db_path
 
-from .common import echo_json, json_option, path_option, plural
+from balsamdb.wording import plural
+from .common import echo_json, json_option, path_option
 
 
 def _remote(url, source):

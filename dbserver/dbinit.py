@@ -7,7 +7,7 @@ makes DB directories, such as tests and benchmarks) calls :func:`init_db_directo
 
 from balsamdb.dbdir import DBDirectory
 
-from . import postgres
+from balsamdb.server.postgres.initdb import init_cluster
 
 
 def init_db_directory(path, db_type="sqlite3", **options):
@@ -15,4 +15,4 @@ def init_db_directory(path, db_type="sqlite3", **options):
 
     Returns the list of sentences saying what was done, as ``DBDirectory.init`` does.
     """
-    return DBDirectory(path).init(db_type, make_cluster=postgres.init_cluster, **options)
+    return DBDirectory(path).init(db_type, make_cluster=init_cluster, **options)

@@ -201,13 +201,13 @@ class Serve:
 
 
 class Cluster:
-    """One PostgreSQL cluster (dbserver/postgres.py), on 127.0.0.1; a fresh database per store."""
+    """One PostgreSQL cluster (dbserver/postgres/cluster.py), on 127.0.0.1; a fresh database per store."""
 
     def __init__(self, path):
         self.path, self.url = Path(path), None
 
     def start(self):
-        from balsamdb.server import postgres
+        from balsamdb.server.postgres import cluster as postgres
         from balsamdb.server.dbinit import init_db_directory
 
         init_db_directory(self.path, "postgres")
@@ -227,7 +227,7 @@ class Cluster:
         return self.url + name
 
     def processes(self):
-        from balsamdb.server import postgres
+        from balsamdb.server.postgres import cluster as postgres
 
         try:
             return postgres.cluster_processes(self.path)
@@ -246,7 +246,7 @@ class Cluster:
             con.close()
 
     def stop(self):
-        from balsamdb.server import postgres
+        from balsamdb.server.postgres import cluster as postgres
 
         if (self.path / "balsamdb.json").exists():  # nothing to stop before `init` made the directory
             postgres.stop_cluster(self.path, mode="immediate", deadline=20)

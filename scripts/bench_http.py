@@ -62,7 +62,7 @@ REFERENCE = {"zmq-save": "zmq-save", "http-put": "zmq-save", "zmq-get": "zmq-get
 READY_DEADLINE = 120.0   # s for all clients to start, import and warm up
 START_DEADLINE = 60.0    # s for a server to start
 STOP_DEADLINE = 20.0     # s for a server to stop gracefully before it is killed
-PASSWORD_CACHE_SECONDS = 60.0  # balsamdb.server.http_store.PASSWORD_CACHE_SECONDS
+PASSWORD_CACHE_SECONDS = 60.0  # balsamdb.server.http.PASSWORD_CACHE_SECONDS
 
 
 # -- the record ---------------------------------------------------------------------------------------------
@@ -101,7 +101,7 @@ def make_client(mode, target, project, client):
     if mode.startswith("zmq"):
         sys.path.insert(0, str(ROOT))
         import balsamdb
-        from balsamdb.api import SpooledWrite
+        from balsamdb.facades import SpooledWrite
 
         db = balsamdb.connect(target)
         db.call("ping")  # connected and warm before the start

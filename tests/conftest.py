@@ -57,7 +57,7 @@ def run_db(tmp_path):
 
 def _postgres_available():
     from balsamdb.exceptions import ConfigError
-    from balsamdb.server import postgres
+    from balsamdb.server.postgres import cluster as postgres
 
     try:
         postgres.find_binaries()
@@ -73,7 +73,7 @@ def pg_cluster():
     import tempfile
     from pathlib import Path
 
-    from balsamdb.server import postgres
+    from balsamdb.server.postgres import cluster as postgres
 
     if not _postgres_available():
         from helpers import skip_or_fail

@@ -32,7 +32,7 @@ def connect_in_process(dbdir, spool_dir):
     import balsamdb
     from balsamdb.passwords import hash_password
     from balsamdb.remote import RemoteDatabase
-    from balsamdb.server.http_store import create_app
+    from balsamdb.server.http import create_app
     from balsamdb.settings import load_settings
 
     with balsamdb.connect(dbdir) as local:

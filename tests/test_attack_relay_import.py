@@ -317,7 +317,7 @@ def test_a_save_cut_short_by_a_crash_does_not_block_the_next_start(relay_dir):
 def test_refused_saves_kept_aside_are_not_overwritten_after_a_restart(tmp_path):
     """The forwarder keeps a save the store refused in DIR/spool/failed/N.json; a restarted relay
     numbers from 1 again once its spool is empty, and its next refusal overwrote an earlier one."""
-    from balsamdb.server.relay_spool import Spool
+    from balsamdb.server.relay.spool import RelaySpool as Spool
 
     failed = tmp_path / "spool" / "failed"
     failed.mkdir(parents=True)

@@ -97,7 +97,7 @@ def test_a_batch_is_bounded_in_bytes(dbdir):
     """With max_batch_bytes 4 MB, twenty 1 MB requests that wait together are taken at most five
     at a time (four of them reach the bound), not all twenty into one group commit.  The server's
     own receive_batch on a real socket (inproc: every message is queued once its send returns)."""
-    from balsamdb.server.write_server import WriteServer
+    from balsamdb.server.writer.server import WriteServer
     from balsamdb.settings import load_settings
 
     server = WriteServer(DBDirectory(dbdir), settings=load_settings(max_batch_bytes=4 * MB))

@@ -18,7 +18,7 @@ import balsamdb
 from balsamdb import protocol
 from balsamdb.dbdir import DBDirectory
 from balsamdb.passwords import hash_password
-from balsamdb.server.http_store import MAX_CLOCK_SKEW, create_app
+from balsamdb.server.http import MAX_CLOCK_SKEW, create_app
 from balsamdb.settings import load_settings
 from helpers import address, job_ids_in_db
 

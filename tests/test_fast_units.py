@@ -59,7 +59,7 @@ def _auth(name, password):
 
 @pytest.fixture
 def store_client(dbdir):
-    from balsamdb.server.http_store import create_app
+    from balsamdb.server.http import create_app
 
     with balsamdb.connect(dbdir) as db:
         db.users.save("ada", password_hash=hash_password("pw"))
@@ -77,7 +77,7 @@ def test_sumatra_api_in_process(store_client):
     assert got.status_code == 200 and got.get_json() == record
     listing = store_client.get("/P/?tags=t", headers=ada).get_json()
     assert listing["records"] == ["http://localhost/P/run-1/"]
-    page = store_client.get("/P/run-1/?format=html", headers=ada)  # a template from dbserver/templates/
+    page = store_client.get("/P/run-1/?format=html", headers=ada)  # a template from dbserver/http/templates/
     assert page.status_code == 200 and page.content_type.startswith("text/html")
     assert b"<h1>run-1</h1>" in page.data and b"logged in as ada" in page.data
     missing = store_client.get("/P/none/", headers=ada)
@@ -230,7 +230,7 @@ def test_the_backoff_doubles_up_to_its_cap_and_gives_up_before_the_deadline():
 def test_dbserver_status_exit_codes_never_mean_a_usage_error(dbdir):
     """`db dbserver --status` exits 0 running, 1 stopped, 3 unsupervised or unhealthy: never 2, which
     is click's usage error (test_watchdog.py sees the 3 of a real dead watchdog)."""
-    from balsamdb.server.control import STATUS_RUNNING, STATUS_STOPPED, STATUS_UNHEALTHY
+    from balsamdb.server.supervisor.control import STATUS_RUNNING, STATUS_STOPPED, STATUS_UNHEALTHY
 
     stopped = _db(dbdir, "dbserver", "--status")
     assert stopped.exit_code == STATUS_STOPPED == 1 and "stopped" in stopped.output, stopped.output

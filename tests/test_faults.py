@@ -43,7 +43,7 @@ import pytest
 import balsamdb
 from balsamdb.dbdir import DBDirectory
 from balsamdb.spool import Spool
-from balsamdb.server.watchdog import HEALTHY_AFTER
+from balsamdb.server.supervisor.watchdog import HEALTHY_AFTER
 
 from helpers import (Writers, address, db_cli, job_ids_in_db, kill_everything, processes_for, skip_or_fail,
                      stop_processes, wait_for)
@@ -164,9 +164,9 @@ def _dbserver_processes(path):
             cmd = proc.cmdline()
         except psutil.Error:
             continue
-        if "balsamdb.server.watchdog" in cmd:
+        if "balsamdb.server.supervisor.watchdog" in cmd:
             found["watchdog"].append(proc.pid)
-        elif "balsamdb.server.write_server" in cmd:
+        elif "balsamdb.server.writer.server" in cmd:
             found["server"].append(proc.pid)
     return found
 

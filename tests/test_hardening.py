@@ -222,7 +222,7 @@ def test_deep_bodies_and_nan_get_400_and_the_store_keeps_serving(http_store):
 @pytest.mark.parametrize("backend", ["sqlite3"])
 def test_control_characters_in_a_request_cannot_forge_a_log_line(http_store):
     store = http_store
-    forged = "2030-01-01 00:00:00,000 1 balsamdb.server.http_store INFO GET /admin 200 root 1.0 ms"
+    forged = "2030-01-01 00:00:00,000 1 balsamdb.server.http INFO GET /admin 200 root 1.0 ms"
     path = "P%0a" + forged.replace(" ", "%20") + "%0d%1b[31m/"
     store.request("GET", path, user="ada")
     store.request("GET", "", headers={"Authorization": "Basic " + __import__("base64").b64encode(
@@ -234,7 +234,7 @@ def test_control_characters_in_a_request_cannot_forge_a_log_line(http_store):
 
 def _login_app(path):
     """The real WSGI application of `db serve` on ``path``, driven in this process (to count hashes)."""
-    from balsamdb.server.http_store import create_app
+    from balsamdb.server.http import create_app
 
     return create_app(path).test_client()
 
@@ -275,7 +275,7 @@ def test_unknown_user_and_wrong_password_cost_one_hash_each(served_dbdir, monkey
 @pytest.mark.parametrize("backend", ["sqlite3"])
 def test_failed_logins_are_throttled_and_a_legitimate_user_is_still_served(served_dbdir):
     from balsamdb.passwords import hash_password
-    from balsamdb.server import http_auth
+    from balsamdb.server.http import login_guard as http_auth
 
     balsamdb.connect(served_dbdir).call("user_save", name="ada", password_hash=hash_password("right-one"))
     client = _login_app(served_dbdir)

@@ -23,7 +23,7 @@ from helpers import require_smt
 from served import PASSWORDS, SERVE_MAIN, START_DEADLINE, STOP_DEADLINE, Served  # noqa: F401
 
 import balsamdb
-from balsamdb.server.http_store.app import CREATE_RACE_WINDOW
+from balsamdb.server.http.app import CREATE_RACE_WINDOW
 from balsamdb.passwords import hash_password
 
 SMT_TIMEOUT = 120.0
@@ -458,7 +458,7 @@ def test_a_busy_port_is_a_clear_error(store):
 # -- unit tests of the pure parts ---------------------------------------------------------------------------------
 
 def test_password_checks_are_cached_by_user_password_and_hash(monkeypatch):
-    from balsamdb.server import http_store
+    from balsamdb.server import http as http_store
 
     calls = []
 
@@ -481,7 +481,7 @@ def test_password_checks_are_cached_by_user_password_and_hash(monkeypatch):
 
 
 def test_threads_each_get_their_own_database(dbdir):
-    from balsamdb.server.http_store import Store
+    from balsamdb.server.http import Store
 
     store = Store(dbdir)
     seen = []

@@ -1,7 +1,8 @@
-"""The package installs under one name, and its layers import one way: cli -> server -> core.
+"""The package installs under one name, and its layers import one way: cli -> bench -> server -> core.
 
-The source tree keeps the design card's top-level folders (balsamdb/, dbserver/, cli/); setup.cfg maps
-them to balsamdb, balsamdb.server and balsamdb.cli.  These tests read the real wheel and the real
+The source tree keeps the design card's top-level folders (balsamdb/, dbserver/, cli/, bench/); setup.cfg maps
+them to balsamdb, balsamdb.server, balsamdb.cli and balsamdb.bench.  Inside the server, the role folders
+point one way too (ROLES below).  These tests read the real wheel and the real
 import statements, so a generic top-level name in site-packages or an import against the layering fails.
 """
 
@@ -15,10 +16,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = {"balsamdb": ROOT / "balsamdb", "balsamdb.server": ROOT / "dbserver", "balsamdb.cli": ROOT / "cli"}
-# what each layer may not import: the core neither the server nor the CLI, the server not the CLI
-FORBIDDEN = {"balsamdb": ("balsamdb.server", "balsamdb.cli"), "balsamdb.server": ("balsamdb.cli",),
+LAYERS = {"balsamdb": ROOT / "balsamdb", "balsamdb.server": ROOT / "dbserver", "balsamdb.bench": ROOT / "bench",
+          "balsamdb.cli": ROOT / "cli"}
+# what each layer may not import: the core none of the others, the server neither the benchmarks nor the CLI
+FORBIDDEN = {"balsamdb": ("balsamdb.server", "balsamdb.bench", "balsamdb.cli"),
+             "balsamdb.server": ("balsamdb.bench", "balsamdb.cli"), "balsamdb.bench": ("balsamdb.cli",),
              "balsamdb.cli": ()}
+# the server's role folders: what each may not import (the write server knows nothing of HTTP or the
+# relay; the HTTP store and the relay never reach into the write server; PostgreSQL control is a leaf)
+ROLES = {
+    "balsamdb.server.writer": ("balsamdb.server.http", "balsamdb.server.relay"),
+    "balsamdb.server.http": ("balsamdb.server.writer", "balsamdb.server.relay", "balsamdb.server.supervisor"),
+    "balsamdb.server.relay": ("balsamdb.server.writer", "balsamdb.server.supervisor", "balsamdb.server.postgres"),
+    "balsamdb.server.postgres": ("balsamdb.server.writer", "balsamdb.server.http", "balsamdb.server.relay",
+                                 "balsamdb.server.supervisor"),
+}
 
 
 def module_name(layer, path):
@@ -52,7 +64,7 @@ def imported_names(layer, path):
 def layer_of(name):
     if name.startswith(("dbserver", "cli")) and name.split(".")[0] in ("dbserver", "cli"):
         return "generic"  # the source folder names must never be imported as packages
-    for layer in ("balsamdb.cli", "balsamdb.server"):
+    for layer in ("balsamdb.cli", "balsamdb.bench", "balsamdb.server"):
         if name == layer or name.startswith(layer + "."):
             return layer
     return "balsamdb" if name == "balsamdb" or name.startswith("balsamdb.") else None
@@ -70,7 +82,14 @@ def violations():
                     found.append(f"{where}: the source folder's name, not balsamdb.server / balsamdb.cli")
                 elif target in FORBIDDEN[layer]:
                     found.append(f"{where}: layer {layer} may not import {target}")
+                role = role_of(module_name(layer, path))
+                if role and any(name == r or name.startswith(r + ".") for r in ROLES[role]):
+                    found.append(f"{where}: role {role} may not import {name}")
     return found
+
+
+def role_of(module):
+    return next((r for r in ROLES if module == r or module.startswith(r + ".")), None)
 
 
 def test_layers_import_one_way_core_server_cli():
@@ -98,6 +117,20 @@ def test_the_layering_check_sees_a_violation(tmp_path, monkeypatch):
     assert not any("ok.py" in v for v in found), found
 
 
+def test_the_role_check_sees_a_violation(tmp_path, monkeypatch):
+    """The write server importing the HTTP store is reported, a relay importing core is not."""
+    server = tmp_path / "server"
+    (server / "writer").mkdir(parents=True)
+    (server / "relay").mkdir()
+    (server / "writer" / "loop.py").write_text("def f():\n    from balsamdb.server.http import app\n")
+    (server / "relay" / "fine.py").write_text("from balsamdb import spool\nfrom ..http import process\n")
+    monkeypatch.setitem(LAYERS, "balsamdb.server", server)
+    found = violations()
+    assert any("loop.py:2 imports balsamdb.server.http" in v and "role balsamdb.server.writer" in v
+               for v in found), found
+    assert not any("fine.py" in v for v in found), found
+
+
 def test_wheel_holds_only_balsamdb(tmp_path):
     """A built wheel installs one top-level name: balsamdb/ (with server/ and cli/ inside) and its
     dist-info; the console scripts point into it."""
@@ -116,25 +149,26 @@ def test_wheel_holds_only_balsamdb(tmp_path):
         entry_points = next(zf.read(n).decode() for n in names if n.endswith("entry_points.txt"))
     dist_info = {t for t in tops if t.endswith(".dist-info")}
     assert tops - dist_info == {"balsamdb"}, sorted(tops)
-    for module in ("balsamdb/server/watchdog.py", "balsamdb/server/write_server.py", "balsamdb/server/dbinit.py",
-                   "balsamdb/server/bench/writers.py", "balsamdb/cli/main.py", "balsamdb/cli/__main__.py"):
+    for module in ("balsamdb/server/supervisor/watchdog.py", "balsamdb/server/writer/server.py",
+                   "balsamdb/server/dbinit.py", "balsamdb/bench/writers.py", "balsamdb/cli/main.py",
+                   "balsamdb/cli/__main__.py"):
         assert module in names, module
     for page_file in ("templates/jobs.html", "templates/records.html", "static/balsamdb.js", "static/balsamdb.css"):
-        assert f"balsamdb/server/{page_file}" in names, f"{page_file}: the web pages' files (package_data)"
+        assert f"balsamdb/server/http/{page_file}" in names, f"{page_file}: the web pages' files (package_data)"
     # Every module of the source tree is in the wheel (a new subpackage must be listed in setup.cfg).
-    installed = {"balsamdb": "balsamdb", "dbserver": "balsamdb/server", "cli": "balsamdb/cli"}
+    installed = {"balsamdb": "balsamdb", "dbserver": "balsamdb/server", "cli": "balsamdb/cli", "bench": "balsamdb/bench"}
     for folder, target in installed.items():
         for source in (ROOT / folder).rglob("*.py"):
             module = f"{target}/{source.relative_to(ROOT / folder).as_posix()}"
             assert module in names, f"{module} is not in the wheel: list its package in setup.cfg"
-    for template in (ROOT / "dbserver" / "templates").glob("*.html"):
-        assert f"balsamdb/server/templates/{template.name}" in names, template.name
+    for template in (ROOT / "dbserver" / "http" / "templates").glob("*.html"):
+        assert f"balsamdb/server/http/templates/{template.name}" in names, template.name
     assert "db = balsamdb.cli.main:main" in entry_points and "balsamdb = balsamdb.cli.main:main" in entry_points
 
 
 def test_server_modules_run_under_the_installed_name():
     """The watchdog and the write server are started as ``python -m balsamdb.server.<role>``."""
-    for module in ("balsamdb.server.watchdog", "balsamdb.server.write_server", "balsamdb.cli"):
+    for module in ("balsamdb.server.supervisor.watchdog", "balsamdb.server.writer.server", "balsamdb.cli"):
         shown = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60,
                                cwd="/")
         assert shown.returncode == 0, (module, shown.stderr[-2000:])

@@ -25,7 +25,7 @@ import pytest
 import balsamdb
 from balsamdb.dbdir import DBDirectory
 from balsamdb.passwords import hash_password
-from balsamdb.server.http_store import create_app
+from balsamdb.server.http import create_app
 from served import Served
 
 PASSWORDS = {"ada": "ada-s3cret!", "bob": "bob's pass phrase", "lab": "lab admin pw"}

@@ -1,4 +1,4 @@
-"""PostgreSQL cluster control (dbserver/postgres.py) with real initdb, pg_ctl and postgres.
+"""PostgreSQL cluster control (dbserver/postgres/cluster.py) with real initdb, pg_ctl and postgres.
 
 Every cluster a test starts is stopped by the ``pg_base`` finalizer, which also kills any postgres process
 still running in or naming a directory of the test.
@@ -29,9 +29,9 @@ import psycopg2
 import pytest
 
 from balsamdb.exceptions import ConfigError
-from balsamdb.server import postgres as pg
-from balsamdb.server import postgres_host as pg_host  # where the binaries are looked for
-from balsamdb.server import postgres_init as pg_init  # initdb runs the binaries it finds
+from balsamdb.server.postgres import cluster as pg
+from balsamdb.server.postgres import host as pg_host  # where the binaries are looked for
+from balsamdb.server.postgres import initdb as pg_init  # initdb runs the binaries it finds
 
 from helpers import wait_for
 
@@ -103,7 +103,7 @@ def pg_dir(pg_base):
 
 @pytest.fixture
 def initialized(pg_dir):
-    pg.init_cluster(pg_dir)
+    pg_init.init_cluster(pg_dir)
     return pg_dir
 
 
@@ -114,7 +114,7 @@ def fake_binaries(directory, initdb_script):
         script = directory / name
         script.write_text("#!/bin/sh\n" + body + "\n")
         script.chmod(0o755)
-    return pg.Binaries(str(directory / "initdb"), str(directory / "pg_ctl"), str(directory / "postgres"))
+    return pg_host.Binaries(str(directory / "initdb"), str(directory / "pg_ctl"), str(directory / "postgres"))
 
 
 # -- finding the binaries ---------------------------------------------------------------------------------
@@ -142,12 +142,12 @@ def test_missing_binaries_refuse_init_before_touching_the_directory(pg_dir, monk
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.setattr(pg_host, "SEARCH_GLOBS", ())
     with pytest.raises(ConfigError, match="apt-get install postgresql"):
-        pg.init_cluster(pg_dir)
+        pg_init.init_cluster(pg_dir)
     assert not (pg_dir / "pgdata").exists() and not (pg_dir / "postgres.password").exists()
 
 
 def test_newest_complete_version_wins_numerically(tmp_path, monkeypatch):
-    for version, names in (("9.6", pg.REQUIRED), ("15", pg.REQUIRED), ("16", ("initdb", "pg_ctl"))):
+    for version, names in (("9.6", pg_host.REQUIRED), ("15", pg_host.REQUIRED), ("16", ("initdb", "pg_ctl"))):
         bindir = tmp_path / "lib" / version / "bin"
         bindir.mkdir(parents=True)
         for name in names:
@@ -172,7 +172,7 @@ def test_listen_addresses_always_cover_loopback_and_refuse_shell_text():
 # -- init -------------------------------------------------------------------------------------------------
 @needs_postgres
 def test_init_writes_private_password_and_no_trust(pg_dir):
-    done = pg.init_cluster(pg_dir)
+    done = pg_init.init_cluster(pg_dir)
     assert any("created a PostgreSQL" in line for line in done)
     password_file = pg_dir / "postgres.password"
     st = os.stat(password_file)
@@ -183,13 +183,13 @@ def test_init_writes_private_password_and_no_trust(pg_dir):
     rules = [line.split() for line in hba.splitlines() if line.strip() and not line.startswith("#")]
     assert rules and all(rule[-1] == "scram-sha-256" for rule in rules)
     assert not list(pg_dir.glob(".initdb-pw-*")), "the temporary password copy for initdb was left behind"
-    assert "already holds a PostgreSQL" in pg.init_cluster(pg_dir)[0]
+    assert "already holds a PostgreSQL" in pg_init.init_cluster(pg_dir)[0]
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="only root hands the cluster to another user")
 @needs_postgres
 def test_init_as_root_hands_pgdata_to_an_unprivileged_user(pg_dir):
-    done = pg.init_cluster(pg_dir)
+    done = pg_init.init_cluster(pg_dir)
     account = pg.service_account()
     assert account.name in ("postgres", "nobody")
     assert os.stat(pg_dir / "pgdata").st_uid == account.uid
@@ -207,7 +207,7 @@ def test_init_as_root_names_the_directory_the_postgres_user_cannot_pass(pg_base)
     target = private / "db"
     target.mkdir()
     with pytest.raises(ConfigError) as info:
-        pg.init_cluster(target)
+        pg_init.init_cluster(target)
     assert f"{private} (mode 700" in info.value.message and f"chmod o+x {private}" in info.value.message
     assert not (target / "pgdata").exists() and stat.S_IMODE(os.stat(private).st_mode) == 0o700
 
@@ -216,7 +216,7 @@ def test_initdb_failure_quotes_its_log(pg_dir, monkeypatch):
     binaries = fake_binaries(pg_dir.parent / "fake", 'echo "initdb: error: the disk is on fire" >&2; exit 1')
     monkeypatch.setattr(pg_init, "find_binaries", lambda: binaries)
     with pytest.raises(ConfigError) as info:
-        pg.init_cluster(pg_dir)
+        pg_init.init_cluster(pg_dir)
     assert "initdb failed (exit 1)" in info.value.message and "the disk is on fire" in info.value.message
     assert not list(pg_dir.glob(".initdb-pw-*"))
 
@@ -225,7 +225,7 @@ def test_initdb_past_its_deadline_is_killed_with_its_children(pg_dir, monkeypatc
     binaries = fake_binaries(pg_dir.parent / "fake", 'sleep 61 & echo "child $!"; wait')
     monkeypatch.setattr(pg_init, "find_binaries", lambda: binaries)
     with pytest.raises(ConfigError, match="did not finish within 1 s"):
-        pg.init_cluster(pg_dir, deadline=1)
+        pg_init.init_cluster(pg_dir, deadline=1)
     log_text = (pg_dir / "log" / "postgres" / "initdb.log").read_text()
     child = int(log_text.split("child ")[1].split()[0])
     wait_for(lambda: dead(child), 5, f"the initdb child {child} to be killed")
@@ -234,7 +234,7 @@ def test_initdb_past_its_deadline_is_killed_with_its_children(pg_dir, monkeypatc
 # -- start, connect, stop ----------------------------------------------------------------------------------
 @needs_postgres
 def test_init_start_connect_write_stop_restart(pg_dir):
-    pg.init_cluster(pg_dir)
+    pg_init.init_cluster(pg_dir)
     port = pg.start_cluster(pg_dir)
     pid = pg.cluster_pid(pg_dir)
     assert pid is not None and pg.is_healthy(pg_dir, port)
@@ -377,9 +377,9 @@ def test_start_and_stop_without_a_cluster(pg_dir):
 NON_ROOT_SCRIPT = textwrap.dedent("""
     import json, os, sys
     import peewee as pw
-    from balsamdb.server import postgres as pg
+    from balsamdb.server.postgres import cluster as pg, initdb as pg_init
     path = sys.argv[1]
-    result = {"done": pg.init_cluster(path)}
+    result = {"done": pg_init.init_cluster(path)}
     port = pg.start_cluster(path)
     try:
         import psutil
@@ -395,11 +395,11 @@ NON_ROOT_SCRIPT = textwrap.dedent("""
 """)
 
 
-PROBE = "import psycopg2, psutil, peewee, balsamdb.server.postgres"
+PROBE = "import psycopg2, psutil, peewee, balsamdb.server.postgres.cluster"
 
 
 def importable_copy(dest):
-    """Copy into ``dest`` what ``import balsamdb.server.postgres`` loads, laid out as installed: the package
+    """Copy into ``dest`` what ``import balsamdb.server.postgres.cluster`` loads, laid out as installed: the package
     from the source folders (balsamdb/, its server/ from dbserver/) and every third-party module it imports
     (found by importing it in a fresh interpreter), with the folders of shared libraries that wheels bring
     (``*.libs``).  Another user's Python of this version can then import it with ``PYTHONPATH=dest``, even
@@ -431,7 +431,7 @@ def importable_copy(dest):
 
 def python_for(user, copy_dir):
     """An interpreter of this Python version that ``user`` may run and the environment in which it
-    imports balsamdb.server.postgres (from a copy in ``copy_dir``), or ``(None, env)`` when there is
+    imports balsamdb.server.postgres.cluster (from a copy in ``copy_dir``), or ``(None, env)`` when there is
     none; fails when one runs but cannot import it (the copy misses something)."""
     importable_copy(copy_dir)
     env = {"PYTHONPATH": str(copy_dir), "PATH": os.environ.get("PATH", ""), "HOME": "/", "LC_ALL": "C"}

@@ -122,8 +122,8 @@ def test_two_starts_at_once_give_one_server(any_dbdir):
         assert [p.returncode for p in procs] == [0, 0], outs
         texts = sorted(o[0] for o in outs)
         assert any("already runs" in t for t in texts) and any("listening at" in t for t in texts), texts
-        servers = [p for p in processes_for(path) if "balsamdb.server.write_server" in p.cmdline()]
-        watchdogs = [p for p in processes_for(path) if "balsamdb.server.watchdog" in p.cmdline()]
+        servers = [p for p in processes_for(path) if "balsamdb.server.writer.server" in p.cmdline()]
+        watchdogs = [p for p in processes_for(path) if "balsamdb.server.supervisor.watchdog" in p.cmdline()]
         assert len(servers) == 1 and len(watchdogs) == 1, (servers, watchdogs)
     finally:
         db_cli("dbserver", "--stop", "--path", path)

@@ -54,9 +54,9 @@ def _roles(path):
             cmd = proc.cmdline()
         except psutil.Error:
             continue
-        if "balsamdb.server.watchdog" in cmd:
+        if "balsamdb.server.supervisor.watchdog" in cmd:
             found["watchdog"].append(proc.pid)
-        elif "balsamdb.server.write_server" in cmd:
+        elif "balsamdb.server.writer.server" in cmd:
             found["server"].append(proc.pid)
     return found
 
@@ -373,7 +373,7 @@ def test_a_second_server_refuses_while_the_first_holds_its_lock(server):
     """Started by hand beside a running one, a write server exits at once: the lock is the proof."""
     path = server
     info = address(path)
-    second = subprocess.run([sys.executable, "-m", "balsamdb.server.write_server", "--path", str(path)],
+    second = subprocess.run([sys.executable, "-m", "balsamdb.server.writer.server", "--path", str(path)],
                             capture_output=True, text=True, timeout=60)
     assert second.returncode == 3 and not second.stdout, (second.returncode, second.stdout, second.stderr)
     assert f"another write server holds {path / 'server.lock'} (pid {info['server']['pid']}" in \
@@ -484,7 +484,7 @@ def test_a_second_host_refuses_while_the_heartbeat_is_fresh(tmp_path):
         # Host B's watchdog is killed: its server stays and keeps touching server.lock, so host A
         # still refuses after the watchdog's heartbeat turned stale; once the server is killed too
         # (host B is down) and its lock is stale as well, host A starts.
-        from balsamdb.server import liveness
+        from balsamdb.server.supervisor import liveness
 
         shared = DBDirectory(hosts.shared / "db")
         os.kill(b["watchdog"]["pid"], signal.SIGKILL)

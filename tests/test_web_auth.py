@@ -2,7 +2,7 @@
 
 Every request of a logged-in user needs the user (password hash, admin flag, projects) and the
 project it names; `db serve` reads them on the read-only connections of its pages
-(dbserver/web_reads.py).  So log-ins and page reads are answered while the write server is stopped
+(dbserver/http/reads.py).  So log-ins and page reads are answered while the write server is stopped
 (SIGSTOP: it looks alive, and answers nothing), and a change made through the write server (a grant,
 an admin flag, a new password, a removed user) is seen by the very next request: nothing is cached.
 Writes still go through the write server: while it is stopped a save is spooled and answered 202.

@@ -47,7 +47,7 @@ def _delete_job(path, job, history_only=False):
 
 @pytest.fixture
 def reader(any_dbdir):
-    from balsamdb.server.web_reads import ReadOnlyStore
+    from balsamdb.server.http.reads import ReadOnlyStore
 
     _write(any_dbdir, HISTORY)
     return ReadOnlyStore(any_dbdir)
@@ -71,7 +71,7 @@ def test_state_counts_over_time_of_a_known_history(reader):
 
 
 def test_the_page_reads_only_new_moves_and_notices_a_deleted_job(reader, any_dbdir):
-    from balsamdb.server.web_jobs import HistoryCache
+    from balsamdb.server.http.job_pages import HistoryCache
 
     cache = HistoryCache()
 

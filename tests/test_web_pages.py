@@ -297,7 +297,7 @@ def test_pages_do_not_read_through_the_write_server(site):
 
 
 def test_read_only_connection_refuses_writes(any_dbdir):
-    from balsamdb.server.web_reads import ReadOnlyStore
+    from balsamdb.server.http.reads import ReadOnlyStore
 
     reader = ReadOnlyStore(any_dbdir)
     assert reader.run(lambda db: db.execute_sql("select count(*) from job").fetchone()[0]) == 0
@@ -327,7 +327,7 @@ def test_the_column_chooser_remembers_its_choice(site, browser):
 
 def test_job_filters_read_what_db_ls_takes():
     from balsamdb.exceptions import BadRequest
-    from balsamdb.server.web_jobs import job_views
+    from balsamdb.server.http.job_pages import job_views
 
     assert job_views.job_filters("w", ["running"], "sim-*", ["gpu"], "2h", None, False, now=10_000.0) == {
         "workflow": "w", "state": ["RUNNING"], "name_like": "sim-*", "tags": ["gpu"], "created_after": 2800.0}
@@ -339,7 +339,7 @@ def test_job_filters_read_what_db_ls_takes():
 
 
 def test_parameters_compare_line_by_line():
-    from balsamdb.server.web_records import compare, parameter_lines
+    from balsamdb.server.http.record_pages import compare, parameter_lines
 
     assert parameter_lines({"content": "a = 1\n# note\n[solver]\ntol: 1e-6\nfree text"}) == {
         "a": "1", "solver.tol": "1e-6", "line 5": "free text"}
@@ -402,7 +402,7 @@ def test_pages_read_on_after_their_postgres_cluster_restarts(pg_dbdir):
 
     from helpers import address, db_cli, wait_for
 
-    from balsamdb.server.web_reads import ReadOnlyStore
+    from balsamdb.server.http.reads import ReadOnlyStore
 
     db_cli("init", pg_dbdir, "--db-type", "postgres", check=True)
     db_cli("dbserver", "--path", pg_dbdir, check=True)

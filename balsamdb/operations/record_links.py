@@ -12,7 +12,7 @@ The links are derived from the record document, which stays the one truth:
 Every save of a record replaces its link rows (:func:`relink`), in the same transaction.
 """
 
-import json
+from .. import jsonio
 
 from peewee import JOIN
 
@@ -80,7 +80,7 @@ def unlink(ids):
 
 
 def _summary(row):
-    doc = json.loads(row["document"])
+    doc = jsonio.loads(row["document"])
     extra = doc.get("balsamdb") if isinstance(doc.get("balsamdb"), dict) else {}
     return {"project": row["project"], "label": row["label"], "timestamp": row["timestamp"],
             "outcome": row["outcome"], "duration": row["duration"], "run": row["run"],

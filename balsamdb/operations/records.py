@@ -1,9 +1,10 @@
 """The operations on projects and Sumatra records."""
 
-import json
 import zlib
 
 import peewee as pw
+
+from .. import jsonio
 
 from ..exceptions import BadRequest, Conflict, NotFound
 from ..models import Project, Record, RecordTag, RecordVersion, now
@@ -119,7 +120,7 @@ def record_tags(document, what="record tags"):
 
 def record_text(document):
     """The one JSON text of a record document that the store keeps (and compares)."""
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    return jsonio.dumps(document)
 
 
 def compress(text):
@@ -135,7 +136,7 @@ def _check_write_once(fast, project, label, old_text, record):
     row = fast.execute(fast.project_write_once, (project,)).fetchone()
     if not row or not row[0]:
         return
-    old = json.loads(old_text)
+    old = jsonio.loads(old_text)
     changed = sorted(k for k in set(old) | set(record) if k not in RECORD_MUTABLE and old.get(k) != record.get(k))
     if changed:
         raise Conflict(
@@ -226,12 +227,12 @@ def record_get(project, label, version=None):
     with ``version`` (a number from ``record_versions``), that version of it."""
     row = _get_record(project, label)
     if version is None:
-        return json.loads(row.document)
+        return jsonio.loads(row.document)
     number = check_number(version, "version", int, 1)
     found = RecordVersion.get_or_none((RecordVersion.record == row.id) & (RecordVersion.number == number))
     if found is None:
         raise NotFound(f"record {label!r} in project {project!r} has no version {number}")
-    return json.loads(decompress(found.document))
+    return jsonio.loads(decompress(found.document))
 
 
 def version_list(record_id, database=None):
@@ -242,7 +243,7 @@ def version_list(record_id, database=None):
     query = RecordVersion.select().where(RecordVersion.record == record_id).order_by(RecordVersion.number)
     for row in (query if database is None else query.execute(database)):
         text = decompress(row.document)
-        doc = json.loads(text)
+        doc = jsonio.loads(text)
         changed = sorted(k for k in set(doc) | set(previous or {})
                          if previous is None or doc.get(k) != previous.get(k))
         out.append({"version": row.number, "saved_at": row.saved_at, "saved_by": row.saved_by,
@@ -283,7 +284,7 @@ def record_list(project, tags=None, limit=None, match="all"):
     query = _record_query(project, tags, match).order_by(Record.sort_time.desc(), Record.id.desc())
     if limit is not None:
         query = query.limit(check_number(limit, "limit", int, 0))
-    return [json.loads(r.document) for r in query]
+    return [jsonio.loads(r.document) for r in query]
 
 
 @operation(write=False)
@@ -327,7 +328,7 @@ def record_tag(project, label, add=None, remove=None, saved_by=None):
     """Add and remove tags of record ``label`` (a new version of it when its tags
     change; ``saved_by`` as for ``record_save``); returns ``{"tags": [...]}``, its new tags."""
     row = _get_record(project, label)
-    doc = json.loads(row.document)
+    doc = jsonio.loads(row.document)
     add, remove = check_str_list(add, "add"), set(check_str_list(remove, "remove"))
     tags = [t for t in list(dict.fromkeys(record_tags(doc) + add)) if t not in remove]
     doc["tags"] = tags

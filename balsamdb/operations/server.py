@@ -1,7 +1,7 @@
 """The operations that the write server answers itself, outside any transaction: registered
 like every other operation (their docstrings are their specification, ``kind`` server in
 docs/protocol.md), run by the write server with ``server=`` itself (see
-``balsamdb.server.server_ops``).  A process writing directly (no server) refuses them."""
+``balsamdb.server.writer.ops``).  A process writing directly (no server) refuses them."""
 
 from .registry import operation
 

@@ -23,10 +23,11 @@ label; job: id).
 
 
 import hashlib
-import json
 import time
 
 import peewee as pw
+
+from .. import jsonio
 
 from ..exceptions import BadRequest
 from ..models import Job, JobStateChange, Project, ProjectPermission, Record, RecordVersion, User
@@ -42,7 +43,7 @@ MAX_PAGE = 5000
 
 def canonical(value):
     """The one JSON text of ``value`` that digests and export files use."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return jsonio.dumps_canonical(value)
 
 
 # -- items from rows ----------------------------------------------------------------------------
@@ -63,7 +64,7 @@ def permission_item(permission):
 
 def record_item(record, versions=None):
     item = {"kind": "record", "project": record.project_id, "label": record.label,
-            "document": json.loads(record.document), "created_at": record.created_at,
+            "document": jsonio.loads(record.document), "created_at": record.created_at,
             "updated_at": record.updated_at}
     if versions is not None:
         item["versions"] = versions
@@ -78,7 +79,7 @@ def versions_of(record_ids):
                  .order_by(RecordVersion.record, RecordVersion.number))
         for row in query:
             out[row.record_id].append({"version": row.number, "saved_at": row.saved_at, "saved_by": row.saved_by,
-                                       "document": json.loads(decompress(row.document))})
+                                       "document": jsonio.loads(decompress(row.document))})
     return out
 
 

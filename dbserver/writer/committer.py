@@ -1,0 +1,147 @@
+"""The write server's database side: the one connection, the group commit of a batch of
+requests, what a failed commit means, reconnecting, and forgetting old request ids.
+
+The commit runs in the server's one thread (no database thread: the pipelined variant was
+measured slower on this kind of machine, see docs/benchmarks.md), so ``strace -p`` of the
+server process sees its fsyncs."""
+
+import logging
+import os
+import time
+
+from balsamdb.applier import DATABASE_ERRORS, StorageFailure, root_cause, run_batch
+from balsamdb.backoff import delay_after
+from balsamdb.exceptions import ServerError, StorageError, TryAgain
+from balsamdb.statements import statements
+
+log = logging.getLogger("balsamdb.server.writer.server")
+
+PRUNE_EVERY = 60.0         # seconds between looks for request ids old enough to forget
+PRUNE_CHUNK = 5000
+
+
+class Committer:
+    """Applies batches of :class:`~balsamdb.request.Request` in one transaction each."""
+
+    def __init__(self, database, db_type, dbdir, settings, stats, stopping):
+        self.database = database
+        self.db_type = db_type
+        self.dbdir = dbdir
+        self.settings = settings
+        self.stats = stats
+        self.stopping = stopping  # a callable: True once the server stops (ends reconnecting)
+
+    def begin(self):
+        """The transaction of one group commit."""
+        if self.db_type == "sqlite3":
+            return self.database.atomic(lock_type="IMMEDIATE")
+        return self.database.atomic()
+
+    def commit(self, requests):
+        """Apply ``requests`` in one transaction; each has its answer when this returns (after
+        the commit), or an error answer when the batch was rolled back."""
+        started = time.monotonic()
+        try:
+            run_batch(self.database, requests, self.begin)
+        except (StorageFailure,) + DATABASE_ERRORS as exc:
+            original = root_cause(getattr(exc, "original", exc))
+            transient = self.lost_database(original)
+            log.error("batch of %s requests rolled back (%s): %s", len(requests),
+                      "will retry" if transient else "refused", original)
+            if transient:
+                error = TryAgain(f"the database is out of reach for a moment: {original}").to_dict()
+            else:
+                error = StorageError(f"the database refused the write: {original}{self.storage_hint(original)}; "
+                                     "nothing of it was written").to_dict()
+                self.stats.errors += len(requests)
+            return [r.refuse(error) for r in requests]
+        except Exception as exc:  # no input may stop the server: a batch that fails unexpectedly is refused
+            log.exception("a batch of %d requests failed unexpectedly; each is refused", len(requests))
+            error = ServerError(f"the server failed on this batch: {type(exc).__name__}: {exc}").to_dict()
+            self.stats.errors += len(requests)
+            return [r.refuse(error) for r in requests]
+        self.stats.committed(requests, time.monotonic() - started)
+        return requests
+
+    def storage_hint(self, error):
+        """What a refused commit most likely means, for the people who read the error."""
+        text = str(error).lower()
+        if self.db_type == "sqlite3" and not os.access(self.dbdir.path, os.W_OK):
+            return " (the DB directory is read-only)"
+        if "full" in text or "no space" in text:
+            return " (the disk is full: free some space and the same writes will succeed)"
+        if "i/o error" in text:
+            return " (the disk is failing, full or read-only)"
+        if "readonly" in text or "read-only" in text:
+            return " (the database is read-only)"
+        return ""
+
+    def lost_database(self, error):
+        """After a failed batch: True (and reconnected) when the failure was the
+        connection or a lock, not the data: the clients will resend as is."""
+        text = str(error).lower()
+        if "locked" in text or "busy" in text:
+            return True
+        try:
+            self.database.execute_sql("SELECT 1")
+            return False
+        except Exception:  # any failure of the probe means the connection is gone
+            pass
+        self.reconnect()
+        return True
+
+    def connect(self, deadline):
+        """Connect, retrying for ``deadline`` seconds (a database that restarts)."""
+        end = time.monotonic() + deadline
+        failures = 0
+        while True:
+            try:
+                self.database.connect(reuse_if_open=True)
+                return
+            except DATABASE_ERRORS as exc:
+                delay = delay_after(failures, 0.05, 1.0)
+                if time.monotonic() + delay > end:
+                    raise
+                log.warning("database not reachable yet (%s); retrying in %.2f s", exc, delay)
+                time.sleep(delay)  # wait-ok: the retry interval of a connect with a deadline
+                failures += 1
+
+    def reconnect(self):
+        """Reconnect to the database, backing off, until it answers or the server stops."""
+        try:
+            self.database.close()
+        except Exception:  # a broken connection may fail to close; it is gone either way
+            pass
+        failures = 0
+        while not self.stopping():
+            try:
+                self.database.connect()
+                self.database.execute_sql("SELECT 1")
+                log.info("reconnected to the database")
+                return
+            except DATABASE_ERRORS as exc:
+                delay = delay_after(failures, 0.05, 1.0)
+                log.warning("database unreachable (%s); retrying in %.2f s", exc, delay)
+                time.sleep(delay)  # wait-ok: the retry interval while the database is down
+                failures += 1
+
+    def prune_applied(self, spool_waits):
+        """Forget the ids of writes applied more than ``applied_retention_days`` ago, a few
+        thousand per turn so that live requests never wait long; returns the seconds until
+        the next look: at once while there is more, else PRUNE_EVERY (or half the retention,
+        if shorter).  Nothing is forgotten while ``spool_waits``: a spooled write may be one
+        whose answer was lost, and its id must be there when it comes."""
+        keep = self.settings.applied_retention_days * 86400.0
+        every = min(PRUNE_EVERY, keep / 2)
+        if spool_waits:
+            return every
+        try:
+            with self.begin():
+                deleted = statements(self.database).prune_applied(time.time() - keep, PRUNE_CHUNK)
+        except DATABASE_ERRORS as exc:
+            log.warning("could not prune old request ids: %s", root_cause(exc))
+            return every
+        self.stats.pruned += deleted
+        if deleted:
+            log.info("forgot %d request ids applied more than %.1f days ago", deleted, keep / 86400)
+        return 0.0 if deleted >= PRUNE_CHUNK else every
