@@ -12,10 +12,9 @@ The links are derived from the record document, which stays the one truth:
 Every save of a record replaces its link rows (:func:`relink`), in the same transaction.
 """
 
-from .. import jsonio
-
 from peewee import JOIN
 
+from .. import jsonio
 from ..exceptions import BadRequest
 from ..models import Record, RecordFile, RecordJob
 from .checks import check_number, check_project_name, check_text, check_uuid
