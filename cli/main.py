@@ -14,6 +14,7 @@ from .project import project
 from .provenance import record_run
 from .record import record
 from .relay import relay
+from .run import run
 from .spool import spool
 from .transfer import configure, copy, export, import_
 from .serve import serve
@@ -40,5 +41,5 @@ def main():
 
 
 record.add_command(record_run)  # `db record run`: lives with the exports of provenance
-for command in (init, which, ls, job, record, project, dbserver, spool, user, serve, relay, copy, configure, export, import_, bench):
+for command in (init, which, ls, job, run, record, project, dbserver, spool, user, serve, relay, copy, configure, export, import_, bench):
     main.add_command(command)
