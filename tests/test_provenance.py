@@ -233,3 +233,31 @@ def test_schema_7_links_the_records_an_older_store_holds(tmp_path):
         assert models.upgrade(database) == []  # idempotent
     finally:
         database.close()
+
+
+def test_db_run_record_links_the_job_and_its_restart(dbdir, tmp_path):
+    """`db run --record` (no server: SQLite directly) records each run of a job under its own label,
+    names the record in the job's data, and `db job show` lists both runs."""
+    env = dict(os.environ, BALSAM_DB_PATH=str(dbdir))
+    with balsamdb.connect(dbdir) as db:
+        job = db.jobs.create("solver", workflow="wf", state="READY")
+    script = "import sys; open('out.dat', 'w').write('x' * 10); print('step'); sys.exit(int(sys.argv[1]))"
+    failed = db_cli("run", job.id, "--record", "proj", "--", sys.executable, "-c", script, "3", env=env)
+    assert failed.returncode == 3, failed.stderr
+    with balsamdb.connect(dbdir) as db:
+        db.jobs.update_state(job.id, "RESTART_READY")
+    done = db_cli("run", job.id[:8], "--record", "proj", "--max-digest-bytes", "4", "--", sys.executable, "-c",
+                  script, "0", env=env)
+    assert done.returncode == 0, done.stderr
+    with balsamdb.connect(dbdir) as db:
+        runs = db.records.of_job(job.id)
+        data = db.jobs.get(job.id).data
+        last = db.records.get("proj", runs[1]["label"])
+    assert [(r["run"], r["exit_status"]) for r in runs] == [(1, 3), (2, 0)]
+    assert [r["label"][-3:] for r in runs] == ["_r1", "_r2"]
+    assert data["run"]["record"] == {"project": "proj", "label": runs[1]["label"]}
+    (out,) = last["output_data"]
+    assert out["path"] == "out.dat" and out["metadata"]["size"] == 10 and "sha256" not in out["metadata"]
+    assert out["metadata"]["digest_skipped"] == "larger than 4 bytes" and "step" in last["stdout_stderr"]
+    shown = db_cli("job", "show", job.id, env=env, check=True).stdout
+    assert "records (2):" in shown and "exit 3" in shown

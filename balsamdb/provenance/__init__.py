@@ -11,6 +11,6 @@
 """
 
 from .capture import JOB_ENV, Capture, capture
-from .command import run_command
+from .command import RecordAround, run_command
 
-__all__ = ["JOB_ENV", "Capture", "capture", "run_command"]
+__all__ = ["JOB_ENV", "Capture", "RecordAround", "capture", "run_command"]

@@ -25,8 +25,9 @@ from datetime import datetime, timezone
 
 from . import facts, files, record_doc
 
-#: The environment variable that names the job a process runs for (set by `db run`).
-JOB_ENV = "BALSAMDB_JOB_ID"
+#: The environment variables that name the job a process runs for (`db run` sets the first).
+JOB_ENV = "BALSAM_JOB_ID"
+JOB_ENV_ALSO = "BALSAMDB_JOB_ID"
 DEFAULT_TAIL = 64 * 1024
 DEFAULT_DIFF = 1024 * 1024
 
@@ -141,7 +142,7 @@ class Capture:
     (relative to the working directory) of the input files and of outputs besides the files
     found changed under the working directory; ``parameters``: a parameter file (YAML, JSON,
     INI/cfg, or Sumatra's simple format); ``reason``, ``tags``, ``label`` (else the rule of
-    docs/provenance.md); ``job``: the job id (default ``$BALSAMDB_JOB_ID``); ``db`` (a
+    docs/provenance.md); ``job``: the job id (default ``$BALSAM_JOB_ID``, which `db run` sets, or ``$BALSAMDB_JOB_ID``); ``db`` (a
     :class:`balsamdb.Database`) or ``path`` (its DB directory); ``max_digest_bytes``: files
     larger than this are listed without digests; ``tail_chars``: how much program output is
     kept; ``working_directory`` (default: the current one); ``find_outputs`` (walk it)."""
@@ -191,7 +192,7 @@ class Capture:
 
             self._db = connect(opts["path"])
             self._own_db = True
-        job_id = opts["job"] or os.environ.get(JOB_ENV)
+        job_id = opts["job"] or os.environ.get(JOB_ENV) or os.environ.get(JOB_ENV_ALSO)
         if job_id:
             run.job = job_facts(self._db, job_id)
             run.notes.append(run.job.pop("note", ""))

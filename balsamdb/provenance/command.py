@@ -36,6 +36,57 @@ def _pump(stream, out, keeper):
             pass
 
 
+def _start(cap, argv, cwd):
+    """Begin ``cap``'s run of command ``argv`` in ``cwd``: its main file, executable, arguments."""
+    main = main_file_of(argv, cwd)
+    executable = facts.executable_info(argv[0])
+    arguments = argv[1:]
+    for index, arg in enumerate(argv[1:], 1):
+        if main and os.path.join(cwd, arg) == main:  # what follows the script is its arguments
+            arguments = argv[index + 1:]
+            break
+    cap.start("command", command=list(argv), main_file=main, executable=executable, arguments=arguments)
+    if main and main.endswith(".py"):
+        cap.run.dependencies = facts.imported_by(main)
+
+
+class RecordAround:
+    """``db run --record PROJECT``: the runner's ``around`` hook (balsamdb.job_run) that records
+    the job's run.  ``RecordAround(project, command, **options)(running)`` is the context manager;
+    the record's project and label go into the job's data (``run.record``)."""
+
+    def __init__(self, project, command, **options):
+        self.project, self.command, self.options = project, list(command), options
+        self.capture = None
+
+    def __call__(self, running):
+        self.running = running
+        return self
+
+    def __enter__(self):
+        running = self.running
+        cwd = running.job.working_directory
+        self.capture = Capture(self.project, db=running.db, job=running.job_id, working_directory=cwd,
+                               **self.options)
+        _start(self.capture, self.command, cwd)
+        return self.capture
+
+    def __exit__(self, kind, error, _tb):
+        running = self.running
+        status = running.returncode
+        if status is None:
+            status, outcome = 1, f"failed: {kind.__name__ if kind else 'no exit status'}"
+        else:
+            status = 128 - status if status < 0 else status
+            outcome = "" if status == 0 else f"failed: exit status {status}"
+        tail = running.stdout_tail or ""
+        if running.stderr_tail:
+            tail += ("\n" if tail and not tail.endswith("\n") else "") + "[stderr]\n" + running.stderr_tail
+        self.capture.finish(status, outcome, output_tail=tail)
+        running.data["record"] = {"project": self.project, "label": self.capture.run.label}
+        return False
+
+
 def run_command(argv, project, env=None, **options):
     """Run ``argv`` (a list) in the working directory, record it in ``project``; returns
     ``(exit status, Capture)``.  ``options``: those of :class:`Capture`.  The exit status is the
@@ -44,16 +95,7 @@ def run_command(argv, project, env=None, **options):
         raise ValueError("no command to run")
     cap = Capture(project, **options)
     cwd = os.path.abspath(options.get("working_directory") or os.getcwd())
-    main = main_file_of(argv, cwd)
-    arguments = argv[1:]
-    for index, arg in enumerate(argv[1:], 1):
-        if main and os.path.join(cwd, arg) == main:  # what follows the script is its arguments
-            arguments = argv[index + 1:]
-            break
-    cap.start("command", command=list(argv), main_file=main, executable=facts.executable_info(argv[0]),
-              arguments=arguments)
-    if main and main.endswith(".py"):
-        cap.run.dependencies = facts.imported_by(main)
+    _start(cap, argv, cwd)
     keeper = cap._tail
     try:
         child = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
