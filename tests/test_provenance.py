@@ -261,3 +261,41 @@ def test_db_run_record_links_the_job_and_its_restart(dbdir, tmp_path):
     assert out["metadata"]["digest_skipped"] == "larger than 4 bytes" and "step" in last["stdout_stderr"]
     shown = db_cli("job", "show", job.id, env=env, check=True).stdout
     assert "records (2):" in shown and "exit 3" in shown
+
+
+def test_the_pages_show_files_digests_and_the_job_both_ways(dbdir):
+    """The record page lists inputs and outputs with SHA-256 and links its job; the job page lists
+    its records; the jobs page counts finished jobs with a record; no literal "None"; the list's
+    compare button sits in the column of the tick boxes."""
+    import base64
+
+    from balsamdb.passwords import hash_password
+    from balsamdb.server.http import create_app
+
+    with balsamdb.connect(dbdir) as db:
+        db.users.save("ada", password_hash=hash_password("pw"), admin=True)
+        db.users.grant("ada", "P")
+        job = db.jobs.create("sim-1", workflow="sweep", state="READY")
+        for state in ("RUNNING", "RUN_DONE"):
+            db.jobs.update_state(job.id, state)
+        db.jobs.create("sim-2", workflow="sweep")
+        db.records.save("P", {"label": "r1", "timestamp": "2026-01-02 03:04:05", "repository": None,
+                              "script_arguments": None, "balsamdb": {"job": {"id": job.id, "name": "sim-1",
+                                                                             "workflow": "sweep", "run": 1}},
+                              "input_data": [{"path": "in.csv", "digest": "x",
+                                              "metadata": {"sha256": "ab" * 32, "size": 7}}],
+                              "output_data": [{"path": "out.h5", "digest": "y",
+                                               "metadata": {"sha256": "cd" * 32, "size": 9}}]})
+        db.records.save("P", {"label": "r0", "timestamp": "2026-01-01 00:00:00"})
+    client = create_app(dbdir).test_client()
+    auth = {"Authorization": "Basic " + base64.b64encode(b"ada:pw").decode()}
+    page = client.get("/P/r1/?format=html", headers=auth).get_data(as_text=True)
+    assert f"_balsamdb/jobs/{job.id}/\"" in page and "run 1" in page
+    assert "ab" * 32 in page and "cd" * 32 in page and "<td>in.csv</td>" in page
+    assert ">None<" not in page
+    job_page = client.get(f"/_balsamdb/jobs/{job.id}/?format=html", headers=auth).get_data(as_text=True)
+    assert '/P/r1/"' in job_page and 'id="job-records"' in job_page
+    listing = client.get("/_balsamdb/jobs/?format=json", headers=auth).get_json()
+    assert (listing["finished"], listing["finished_with_record"]) == (1, 1)
+    records = client.get("/P/?format=html", headers=auth).get_data(as_text=True)
+    assert records.index('class="compare"') < records.index('name="compare"')
