@@ -1,6 +1,7 @@
 """`db run [JOB_ID] -- CMD`: run a command as a job (claimed, RUNNING, lease renewed, end recorded)."""
 
 import json
+import os
 import sys
 
 import click
@@ -79,8 +80,11 @@ def run(job_id, path, name, workflow, owner, lease, tail_bytes, record_project, 
         if record_project:
             from balsamdb.provenance import RecordAround
 
-            around = RecordAround(record_project, command, inputs=inputs, outputs=outputs, parameters=parameters,
-                                  max_digest_bytes=max_digest_bytes)
+            # the command runs in the job's working directory: paths given here are of the caller's
+            here = [os.path.abspath(p) for p in (parameters,) if p]
+            around = RecordAround(record_project, command, inputs=[os.path.abspath(p) for p in inputs],
+                                  outputs=[os.path.abspath(p) for p in outputs],
+                                  parameters=here[0] if here else None, max_digest_bytes=max_digest_bytes)
         elif inputs or outputs or parameters or max_digest_bytes is not None:
             raise click.UsageError("--input, --output, --parameters and --max-digest-bytes go with --record PROJECT")
         running = run_command(db, command, job_id=job_id, owner=owner, lease=lease, tail_bytes=tail_bytes,
