@@ -207,28 +207,40 @@ def test_a_big_record_is_cut_to_fit_with_markers():
     assert any(c.startswith("diff:") for c in doc["balsamdb"]["cut"])
 
 
-def test_schema_7_links_the_records_an_older_store_holds(tmp_path):
-    """An upgrade to schema 7 makes the links of records saved before it."""
-    import peewee
-
+def test_schema_7_links_records_on_both_backends_and_upgrades_an_older_store(served_dbdir):
+    """Saves, replaces and deletes keep the link rows in step (through the write server, SQLite and
+    PostgreSQL); an upgrade to schema 7 makes the links of records saved before it, idempotently."""
     from balsamdb import models
+    from balsamdb.dbdir import DBDirectory
+    from balsamdb.settings import load_settings
 
-    path = tmp_path / "db"
-    assert db_cli("init", path).returncode == 0
-    record = {"label": "old", "timestamp": "2026-01-01 00:00:00", "balsamdb": {"job": {"id": "j-1", "run": 3}},
-              "input_data": [{"path": "a.csv", "digest": "x", "metadata": {"sha256": "ab" * 32, "size": 4}}]}
-    with balsamdb.connect(path) as db:
+    job_id = "0f0e0d0c-0b0a-4009-8807-060504030201"
+    record = {"label": "old", "timestamp": "2026-01-01 00:00:00", "balsamdb": {"job": {"id": job_id, "run": 3}},
+              "input_data": [{"path": "a.csv", "digest": "x", "metadata": {"sha256": "AB" * 32, "size": 4}},
+                             {"path": "p" * 2000, "digest": "x", "metadata": {}}],  # too long to index: not linked
+              "output_data": [{"path": "b.h5", "digest": "y", "metadata": {"size": 9}}]}
+    with balsamdb.connect(served_dbdir) as db:
+        db.records.save("p", dict(record, label="gone"))
         db.records.save("p", record)
-    database = peewee.SqliteDatabase(str(path / "db.sqlite3"))
+        db.records.save("p", dict(record, output_data=[]))  # a replace relinks
+        db.records.delete("p", "gone")
+        assert [(r["label"], r["run"]) for r in db.records.of_job(job_id)] == [("old", 3)]
+        assert [(f["label"], f["role"], f["size"]) for f in db.records.find_files(sha256="ab" * 32)] == [
+            ("old", "input", 4)]
+        assert db.records.find_files(path="b.h5") == []
+        with pytest.raises(balsamdb.BadRequest, match="give sha256 or path"):
+            db.records.find_files()
+    database = DBDirectory(served_dbdir).open_database(load_settings(), busy_timeout=30)
+    database.connect()
     try:
         with database.bind_ctx(models.MODELS):
             models.RecordJob.delete().execute()
             models.RecordFile.delete().execute()
-            models.SchemaVersion.update(version=5).execute()
+            models.SchemaVersion.update(version=6).execute()
         done = models.upgrade(database)
         assert any("schema 6 -> 7" in line for line in done)
         with database.bind_ctx(models.MODELS):
-            assert [(r.job_id, r.run) for r in models.RecordJob.select()] == [("j-1", 3)]
+            assert [(r.job_id, r.run) for r in models.RecordJob.select()] == [(job_id, 3)]
             assert [(f.role, f.path, f.sha256) for f in models.RecordFile.select()] == [("input", "a.csv", "ab" * 32)]
         assert models.upgrade(database) == []  # idempotent
     finally:

@@ -22,6 +22,7 @@ from .registry import operation
 
 ROLES = ("input", "output")
 MAX_FIND = 10000
+MAX_PATH = 1024  # longer paths are not linked (a PostgreSQL index entry holds at most ~2.7 KB)
 
 
 def job_of(document):
@@ -39,7 +40,8 @@ def _files(document):
         if not isinstance(keys, list):
             continue
         for data_key in keys:
-            if not isinstance(data_key, dict) or not isinstance(data_key.get("path"), str):
+            if not isinstance(data_key, dict) or not isinstance(data_key.get("path"), str) \
+                    or len(data_key["path"]) > MAX_PATH or "\x00" in data_key["path"]:
                 continue
             meta = data_key.get("metadata") if isinstance(data_key.get("metadata"), dict) else {}
             sha = meta.get("sha256")
