@@ -44,3 +44,9 @@ def test_the_provenance_walkthrough_runs_as_written(tmp_path, request):
     assert [e for e in ROCrate(tmp_path / "demo-crate").get_entities() if e.type == "CreateAction"]
     listed = out.split(">>> 17")[1]                                     # db record ls demo: both records
     assert len([line for line in listed.splitlines() if line[:8].isdigit()]) == 2, listed
+    import balsamdb
+
+    with balsamdb.connect(tmp_path / "db") as db:
+        main = next(d for d in db.records.list("demo") if d["balsamdb"]["capture"] == "python")
+    # the DB directory under the working directory is not an output (its files change with each write)
+    assert [k["path"] for k in main["output_data"]] == ["summary.txt"], main["output_data"]

@@ -29,7 +29,8 @@ def job_of(document):
     """The ``{"id", "workflow", "name", "run"}`` a record document names, or None."""
     extra = document.get("balsamdb")
     job = extra.get("job") if isinstance(extra, dict) else None
-    if not isinstance(job, dict) or not isinstance(job.get("id"), str) or not job["id"]:
+    if not isinstance(job, dict) or not isinstance(job.get("id"), str) or not 0 < len(job["id"]) <= 36 \
+            or "\x00" in job["id"]:
         return None
     return job
 
@@ -57,7 +58,7 @@ def link_rows(record_id, document):
     job_row = None
     if job is not None:
         run = job.get("run")
-        job_row = {"record": record_id, "job_id": job["id"][:36],
+        job_row = {"record": record_id, "job_id": job["id"],
                    "run": run if isinstance(run, int) and not isinstance(run, bool) else None}
     return job_row, [dict(row, record=record_id) for row in _files(document)]
 

@@ -203,7 +203,8 @@ class Capture:
         run.inputs = [files.data_key(p, wd, opts["max_digest_bytes"]) for p in dict.fromkeys(declared + named)]
         if run.parameter_file and os.path.isfile(run.parameter_file) and run.parameter_file not in declared + named:
             run.inputs.append(files.data_key(run.parameter_file, wd, opts["max_digest_bytes"]))
-        self._snapshot = files.Snapshot(wd) if opts["find_outputs"] else None
+        db_dir = getattr(self._db, "path", None)
+        self._snapshot = files.Snapshot(wd, skip=[db_dir]) if opts["find_outputs"] else None
         self._tail = TailKeeper(opts["tail_chars"])
         return run
 

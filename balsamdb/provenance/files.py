@@ -69,18 +69,22 @@ def data_key(path, root, max_bytes=None):
 
 class Snapshot:
     """The files under ``root`` with their (size, mtime): taken before a run, compared after it
-    (:meth:`changed`).  The walk stops after :data:`MAX_WALK` files (``truncated``)."""
+    (:meth:`changed`).  The walk stops after :data:`MAX_WALK` files (``truncated``).  ``skip``:
+    directories not walked (the DB directory when it lies inside ``root``: its own files change
+    with every write)."""
 
-    def __init__(self, root, limit=MAX_WALK):
+    def __init__(self, root, limit=MAX_WALK, skip=()):
         self.root = root
         self.limit = limit
+        self.skip = {os.path.realpath(d) for d in skip if d}
         self.truncated = False
         self.files = self._walk()
 
     def _walk(self):
         found = {}
         for directory, dirs, names in os.walk(self.root):
-            dirs[:] = [d for d in dirs if d not in SKIP_DIRS]
+            dirs[:] = [d for d in dirs if d not in SKIP_DIRS
+                       and (not self.skip or os.path.realpath(os.path.join(directory, d)) not in self.skip)]
             for name in names:
                 path = os.path.join(directory, name)
                 try:
@@ -95,6 +99,6 @@ class Snapshot:
 
     def changed(self):
         """The files that appeared or changed since the snapshot, in path order."""
-        after = Snapshot(self.root, self.limit)
+        after = Snapshot(self.root, self.limit, self.skip)
         self.truncated = self.truncated or after.truncated
         return sorted(path for path, state in after.files.items() if self.files.get(path) != state)
