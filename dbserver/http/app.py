@@ -15,7 +15,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from balsamdb.exceptions import BadRequest, BalsamDBError
 from balsamdb.protocol import loads_strict
 
-from balsamdb.server.http import login_guard as http_auth
+from balsamdb.server.http import login_guard
 from balsamdb.server.http import operation_api, sumatra_api
 from balsamdb.server.http.auth import PasswordCache, Store, basic_credentials
 from balsamdb.server.http.errors import CODE_OF_STATUS, HTTPError, challenge
@@ -44,7 +44,7 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
     reader = ReadOnlyStore(path)  # the log-in, permission checks and pages read here, not via the write server
     store = Store(path, reader)
     passwords = PasswordCache()
-    logins = http_auth.LoginGuard(passwords)
+    logins = login_guard.LoginGuard(passwords)
     from balsamdb.settings import load_settings
 
     keep = load_settings().applied_retention_days * 86400.0
@@ -68,13 +68,13 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
             g.user = _authenticate(*basic_credentials(header))
 
     def _authenticate(name, password):
-        # One scrypt per attempt, known user or not; failed logins throttled (see http_auth.py).
+        # One scrypt per attempt, known user or not; failed logins throttled (see login_guard.py).
         outcome, detail = logins.check(request.remote_addr, name, password, store.user(name))
-        if outcome == http_auth.THROTTLED:
+        if outcome == login_guard.THROTTLED:
             log.warning("throttled login as %r from %s (%s s)", name, request.remote_addr, detail)
             raise HTTPError(429, f"too many failed logins as {name!r}: try again in {detail} s",
                             {"Retry-After": str(detail)})
-        if outcome != http_auth.OK:
+        if outcome != login_guard.OK:
             log.warning("failed login as %r from %s", name, request.remote_addr)
             raise challenge("wrong user name or password")
         return detail
@@ -223,10 +223,10 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
         response.headers.update(exc.headers)
         return response
 
-    # -- the web pages (dbserver/web_*.py, templates/, static/): read on read-only connections -------
-    from balsamdb.server.http import pages as web_pages
+    # -- the web pages (pages.py, job_pages.py, record_pages.py): read on read-only connections ---------
+    from balsamdb.server.http import pages
 
-    web = web_pages.WebContext(reader=reader, require_user=require_user,
+    web = pages.WebContext(reader=reader, require_user=require_user,
                                readable_project=readable_project, error=HTTPError, url_part=url_part)
 
     # -- the views: the Sumatra Server API, balsamdb's operation endpoint, the web pages ------------
@@ -248,7 +248,7 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
     )
     app.register_blueprint(sumatra_api.blueprint(context))
     app.register_blueprint(operation_api.blueprint(context))
-    web_pages.install(app, web, API_PATH)
+    pages.install(app, web, API_PATH)
     if prefix.strip("/"):
         mount = "/" + prefix.strip("/")
         return DispatcherMiddleware(_outside_prefix(mount), {mount: app})

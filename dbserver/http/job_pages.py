@@ -1,7 +1,7 @@
 """The jobs pages of ``db serve``: ``{base}_balsamdb/jobs/`` and ``{base}_balsamdb/jobs/{id}/``.
 
 For admin users only (as jobs over the operation endpoint).  Read on read-only connections
-(:mod:`.web_reads`), never through the write server.  HTML for people (a page that refreshes
+(:mod:`.reads`), never through the write server.  HTML for people (a page that refreshes
 itself by polling while open, and reads fine without JavaScript), JSON for scripts
 (``?format=json`` or ``Accept: application/json``).
 """
@@ -37,7 +37,7 @@ STATE_COLOURS = {
 
 
 def blueprint(web):
-    """The jobs pages, answering with the hooks of ``web`` (a :class:`.web_pages.WebContext`)."""
+    """The jobs pages, answering with the hooks of ``web`` (a :class:`.pages.WebContext`)."""
     pages = flask.Blueprint("web_jobs", __name__, template_folder="templates")
     history = HistoryCache()
     threading.Thread(target=_read_ahead, args=(web.reader, history), name="jobs-history", daemon=True).start()

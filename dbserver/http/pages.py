@@ -1,6 +1,6 @@
 """What the web pages of ``db serve`` share: the hooks into the application, rendering, formats.
 
-The pages live in blueprints (:mod:`.web_jobs`) and page modules (:mod:`.web_records`) with
+The pages live in blueprints (:mod:`.job_pages`) and page modules (:mod:`.record_pages`) with
 their Jinja templates as files under ``templates/`` and their script and style under
 ``static/`` (served at ``{base}_balsamdb/static/``).  :func:`install` wires them into the
 application that :func:`balsamdb.server.http.create_app` makes; the application passes
@@ -79,10 +79,10 @@ def span(seconds):
 def install(app, context, api_path):
     """Register the pages on ``app``: the jobs blueprint under ``/{api_path}/jobs/``, the static
     files under ``/{api_path}/static/``, the template filters."""
-    from balsamdb.server.http import job_pages as web_jobs
+    from balsamdb.server.http import job_pages
 
     app.jinja_env.filters.update(clock=clock, span=span)
-    app.register_blueprint(web_jobs.blueprint(context), url_prefix=f"/{api_path}/jobs")
+    app.register_blueprint(job_pages.blueprint(context), url_prefix=f"/{api_path}/jobs")
     static = flask.Blueprint("web_static", __name__, static_folder="static",
                              static_url_path=f"/{api_path}/static")
     app.register_blueprint(static)

@@ -9,7 +9,7 @@ it always saw: :func:`takes_over` leaves every other request to the Sumatra API'
 ``?compare=l1,l2[,...]`` shows records side by side with their differences (parameters line by
 line, code version and diff, dependencies, platform, arguments, inputs and outputs, duration and
 outcome); its JSON gives the differences as data.  A query parameter, so that no label collides.
-Reads go to the read-only connections of :mod:`.web_reads`, never through the write server.
+Reads go to the read-only connections of :mod:`.reads`, never through the write server.
 """
 
 import json

@@ -5,7 +5,7 @@ import time
 
 import flask
 
-from balsamdb.server.http import record_pages as web_records
+from balsamdb.server.http import record_pages
 from balsamdb.server.http.errors import HTTPError, challenge
 from balsamdb.server.http.html import HTML_OUTPUT_CHARS, HTML_RECORD_LIMIT, PROJECT, PROJECTS, RECORD, VERSIONS, record_fields, record_files, record_job, url_part
 
@@ -54,8 +54,8 @@ def blueprint(context):
     def project_view(project):
         if request.method == "PUT":
             return put_project(project)
-        if web_records.takes_over(request):  # the HTML page, and ?search, ?sort, ?page, ?compare
-            return web_records.project_page(web, project)
+        if record_pages.takes_over(request):  # the HTML page, and ?search, ?sort, ?page, ?compare
+            return record_pages.project_page(web, project)
         return project_listing(project, tags_param())
 
     def project_listing(name, tags):
@@ -150,7 +150,7 @@ def blueprint(context):
                         raise HTTPError(400, f"compare takes version numbers from 1, not {part!r} (see ?versions)")
                     if int(part) not in numbers:
                         numbers.append(int(part))
-            return web_records.compare_versions_page(
+            return record_pages.compare_versions_page(
                 web, project, label, numbers,
                 lambda n: store.record(project, label, n))
         versions = store.versions(project, label)

@@ -12,7 +12,7 @@ connection (see :func:`balsamdb.server.writer.setup.bound_memory`).
 Each message becomes one :class:`balsamdb.request.Request` here (:meth:`WriteServer.check`),
 which the rest fills in and answers: :mod:`.committer` (the database: group commit, failures,
 reconnecting, pruning old ids), :mod:`.spool_order` (spooled writes before live ones),
-:mod:`.server_ops` (ping, status, spool_drain), :mod:`.server_stats`, :mod:`.server_setup`
+:mod:`.ops` (ping, status, spool_drain), :mod:`.stats`, :mod:`.setup`
 (socket bounds, same-host socket, priority).  One thread does it all, the COMMIT included, so
 ``strace -p PID`` (no ``-f`` needed) sees the server's fsyncs.
 
