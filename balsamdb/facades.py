@@ -210,7 +210,9 @@ class Jobs:
         """Claim up to ``n`` free jobs for ``owner`` (default ``user@host:pid``) for ``lease``
         seconds, on the server's clock; returns them (a list of :class:`Job`, each with
         ``owner`` and ``lease_expires``).  Never spooled: raises :class:`ServerUnavailable`
-        when no server can answer."""
+        when no server can answer.  ``n`` of 0 (every slot busy) asks nothing and returns ``[]``."""
+        if n <= 0:
+            return []
         params = {"n": n, "owner": owner or default_owner(), "lease": lease, "states": list(states)}
         if workflow is not None:
             params["workflow"] = workflow

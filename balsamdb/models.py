@@ -305,6 +305,10 @@ def _schema_jobs(database):
             database.execute_sql(f"ALTER TABLE {q(table)} ADD COLUMN {q(name)} {kind}")
     database.execute_sql(f"CREATE INDEX IF NOT EXISTS {q(table + '_lease_expires')} ON {q(table)} "
                          f"({q('lease_expires')})")
+    # The free jobs that job_acquire picks from: only jobs no one holds, so that claimed jobs still
+    # READY are never read again (a launcher that keeps them READY must not slow the others down).
+    database.execute_sql(f"CREATE INDEX IF NOT EXISTS {q(table + '_free_state_workflow')} ON {q(table)} "
+                         f"({q('state')}, {q('workflow')}) WHERE {q('owner')} IS NULL")
     database.create_tables([JobParent, WorkflowPolicy], safe=True)
     links = []
     known = set()

@@ -45,6 +45,8 @@ def _format_status(info):
             f"mean commit {status['mean_commit_ms']:.2f} ms",
             f"spool:    {status['spool_pending']} waiting, {status['spool_failed']} refused, "
             f"{status['spooled_applied']} applied since start (see db spool)",
+            f"leases:   {status.get('lost_runs', 0)} lost runs found ({status.get('lost_runs_restarted', 0)} "
+            f"made RESTART_READY), {status.get('claims_expired', 0)} expired claims released, since start",
         ]
         lines += _spool_drain_lines(status)
     return "\n".join(lines)

@@ -141,6 +141,7 @@ def served_dbdir(any_dbdir):
 SLOW_MODULES = frozenset({
     "test_faults", "test_netns", "test_fuzz", "test_postgres_cluster", "test_postgres_backend",
     "test_transfer", "test_packaging", "test_direct_concurrency", "test_security", "test_sumatra_export",
+    "test_claims",
 })
 
 

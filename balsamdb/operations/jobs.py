@@ -287,7 +287,9 @@ def _job_query(filters):
         query = query.where(Job.state.in_(wanted))
     if filters.get("waiting_on") is not None:  # the children of a job that still wait
         parent = check_uuid(filters["waiting_on"], "waiting_on")
-        query = query.where(Job.id.in_(dependencies.children_query(parent)) & (Job.state == dependencies.WAITING))
+        unfinished = Job.select(Job.id).where((Job.id == parent) & (Job.state != dependencies.FINISHED))
+        query = query.where(Job.id.in_(dependencies.children_query(parent)) & (Job.state == dependencies.WAITING)
+                            & pw.fn.EXISTS(unfinished))
     if filters.get("owner") is not None:
         query = query.where(Job.owner == check_text(filters["owner"], "owner", max_len=255))
     for tag in check_str_list(filters.get("tags"), "tags"):
