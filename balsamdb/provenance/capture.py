@@ -176,7 +176,6 @@ class Capture:
             main_file = main_file or getattr(sys.modules.get("__main__"), "__file__", None) or sys.argv[0]
             executable = executable or facts.executable_info(sys.executable)
             arguments = sys.argv[1:] if arguments is None else arguments
-        run.main_file = os.path.relpath(os.path.abspath(main_file), wd) if main_file else ""
         run.executable = executable or {}
         run.script_arguments = " ".join(_quote(a) for a in (arguments or ()))
         if opts["parameters"]:
@@ -186,6 +185,7 @@ class Capture:
                                                                    if main_file else wd)
         run.diff = diff
         run.notes.append(note)
+        run.main_file = _main_file_name(main_file, run.repository.get("url"), wd)
         self._db = opts["db"]
         if self._db is None:
             from ..api import connect
@@ -302,6 +302,18 @@ class Capture:
                 return function(*args, **kwargs)
 
         return captured
+
+
+def _main_file_name(main_file, repository_root, wd):
+    """As Sumatra names the main file: relative to the repository's root; outside a repository,
+    relative to the working directory when inside it, else absolute."""
+    if not main_file:
+        return ""
+    path = os.path.abspath(main_file)
+    for root in (repository_root, wd):
+        if root and path.startswith(os.path.abspath(root) + os.sep):
+            return os.path.relpath(path, root)
+    return path
 
 
 def _quote(arg):
