@@ -64,7 +64,11 @@ def _as_requests(requests):
     return [r if isinstance(r, Request) else Request(*r) for r in requests]
 
 
-def apply(database, requests, savepoints=True):
+#: Requests applied between two calls of ``tick`` (see :func:`apply`).
+TICK_EVERY = 32
+
+
+def apply(database, requests, savepoints=True, tick=None):
     """Apply ``requests`` (:class:`~balsamdb.request.Request`), in order, filling in the
     ``answer`` of each and, for a write applied now, its ``text``.
 
@@ -87,6 +91,10 @@ def apply(database, requests, savepoints=True):
     ``text`` is the JSON text of the answer of a write applied now (the server sends it as
     the reply); what is stored is that text, or for a job answer a compact form of it (see
     :mod:`balsamdb.answers`).
+
+    ``tick`` (the write server's): called every :data:`TICK_EVERY` requests and before the
+    batch's big statements, so that the server answers earlier batches whose flush ended
+    meanwhile instead of after this whole batch; it must not touch the database.
     """
     fast = statements(database)
     for request in requests:
@@ -98,7 +106,9 @@ def apply(database, requests, savepoints=True):
         raise StorageFailure(exc) from exc
     new_rows = []
     deferred = None if savepoints else fast.deferred()
-    for request in requests:
+    for index, request in enumerate(requests):
+        if tick is not None and not index % TICK_EVERY:
+            tick()
         op = request.operation
         try:
             if op is None:
@@ -132,9 +142,13 @@ def apply(database, requests, savepoints=True):
             new_rows.append({"request_id": request.id, "applied_at": now(),
                              "response": stored_answers.pack(op.name, answer, text)})
         request.answer = answer
+    if tick is not None:
+        tick()
     if deferred is not None:
         _flush(deferred)
     if new_rows:
+        if tick is not None:
+            tick()
         try:
             fast.executemany(fast.insert_applied, new_rows)
         except DATABASE_ERRORS as exc:
@@ -197,17 +211,17 @@ def apply_batch(database, requests, begin):
     return [r.answer for r in requests]
 
 
-def run_batch(database, requests, begin):
+def run_batch(database, requests, begin, tick=None):
     """Apply ``requests`` (:class:`~balsamdb.request.Request`) in one transaction opened by
     ``begin()`` (a context manager), optimistically without savepoints and, if any request
     fails, again with one savepoint per request; each is filled in (see :func:`apply`) when
-    this returns, after the commit."""
+    this returns, after the commit.  ``tick``: see :func:`apply`."""
     try:
         with begin():
-            apply(database, requests, savepoints=False)
+            apply(database, requests, savepoints=False, tick=tick)
     except NeedsIsolation:
         with begin():
-            apply(database, requests, savepoints=True)
+            apply(database, requests, savepoints=True, tick=tick)
     return requests
 
 

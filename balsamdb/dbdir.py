@@ -208,8 +208,12 @@ class DBDirectory:
         return [f"{self.path} is already a current {db_type} DB directory (schema {models.SCHEMA_VERSION})"]
 
     # -- database -----------------------------------------------------------
-    def open_database(self, settings, busy_timeout=None, postgres_port=None):
+    def open_database(self, settings, busy_timeout=None, postgres_port=None, synchronous=None):
         """A new peewee database for this directory (not yet connected).
+
+        ``synchronous`` (SQLite) replaces the ``sqlite_synchronous`` setting for this connection:
+        the write server commits with NORMAL and flushes the WAL itself (see
+        :mod:`balsamdb.server.flusher`).
 
         For a postgres directory with its own cluster, ``postgres_port`` is the
         port the cluster runs on (the address file says, while a server runs).
@@ -227,7 +231,7 @@ class DBDirectory:
                 timeout=timeout,
                 pragmas={
                     "journal_mode": "wal",
-                    "synchronous": settings.sqlite_synchronous,
+                    "synchronous": synchronous or settings.sqlite_synchronous,
                     "foreign_keys": 1,
                 },
             )

@@ -10,8 +10,9 @@ process keeps C pre-signed ``job_create`` requests in flight over DEALER sockets
   request like the write server (signature, JSON, time stamp) and answers a job-shaped result at once,
 
 interleaved in one run, medians of ``--repeat`` rounds.  It reports writes/s, the server's CPU per write,
-the mean batch and commit time (from the server's own counters), the server's peak memory, the ratio to
-the null server, and reads the database back: every answered create must be there once.
+the mean batch and commit time (from the server's own counters), on SQLite the WAL flusher's commits per
+flush and mean flush time, the server's peak memory, the ratio to the null server, and reads the database
+back: every answered create must be there once.
 
     db bench --capacity [--inflight 16,256,1024] [--seconds 5] [--repeat 3] [--targets sqlite,postgres,null]
     python -m balsamdb.bench.capacity --help
@@ -123,7 +124,10 @@ def _server_counters(path):
     stats = control.status(DBDirectory(path)).get("server_status", {}) or {}
     batches = stats.get("batches", 0)
     return {"batches": batches, "batched": stats.get("mean_batch", 0.0) * batches,
-            "commit_s": stats.get("mean_commit_ms", 0.0) * batches / 1000}
+            "commit_s": stats.get("mean_commit_ms", 0.0) * batches / 1000,
+            # The WAL flusher (SQLite under FULL): COMMITs flushed, flushes and their time.
+            "flushed_commits": stats.get("flushed_commits", 0), "flushes": stats.get("flushes", 0),
+            "flush_s": stats.get("flush_seconds", 0.0)}
 
 
 def run_one(target, inflight, seconds, workdir):
@@ -165,6 +169,10 @@ def run_one(target, inflight, seconds, workdir):
             batches = after["batches"] - before["batches"]
             result["mean_batch"] = (after["batched"] - before["batched"]) / batches if batches else 0.0
             result["mean_commit_ms"] = 1000 * (after["commit_s"] - before["commit_s"]) / batches if batches else 0.0
+            flushes = after["flushes"] - before["flushes"]
+            result["commits_per_flush"] = (after["flushed_commits"] - before["flushed_commits"]) / flushes \
+                if flushes else None
+            result["mean_flush_ms"] = 1000 * (after["flush_s"] - before["flush_s"]) / flushes if flushes else None
             import balsamdb
 
             with balsamdb.connect(path) as db:
@@ -220,6 +228,8 @@ def run(inflights, seconds, repeat, targets, json_out=None, workdir=None):
                 "target": target, "inflight": inflight, "writes_per_s": rate,
                 "server_cpu_us_per_write": _median(rows, "server_cpu_us_per_write"),
                 "mean_batch": _median(rows, "mean_batch"), "mean_commit_ms": _median(rows, "mean_commit_ms"),
+                "commits_per_flush": _median(rows, "commits_per_flush"),
+                "mean_flush_ms": _median(rows, "mean_flush_ms"),
                 "peak_rss_mb": max((r["peak_rss_mb"] or 0) for r in rows),
                 "vs_null": rate / null_rate if null_rate and rate else None,
                 "lost": sum(r.get("lost", 0) for r in rows), "errors": sum(r["errors"] for r in rows),
@@ -232,7 +242,7 @@ def run(inflights, seconds, repeat, targets, json_out=None, workdir=None):
 
 def format_table(summary):
     head = f"{'server':<9} {'C':>5} {'writes/s':>10} {'vs null':>8} {'us/write':>9} {'batch':>7} " \
-           f"{'commit ms':>10} {'peak MB':>8} {'lost':>5} {'errors':>6}"
+           f"{'commit ms':>10} {'c/flush':>8} {'flush ms':>9} {'peak MB':>8} {'lost':>5} {'errors':>6}"
     lines = [head, "-" * len(head)]
     for r in summary:
         def num(value, fmt):
@@ -240,6 +250,7 @@ def format_table(summary):
         lines.append(f"{r['target']:<9} {r['inflight']:>5} {num(r['writes_per_s'], ',.0f'):>10} "
                      f"{num(r['vs_null'], '.2f'):>8} {num(r['server_cpu_us_per_write'], '.1f'):>9} "
                      f"{num(r['mean_batch'], '.1f'):>7} {num(r['mean_commit_ms'], '.2f'):>10} "
+                     f"{num(r.get('commits_per_flush'), '.2f'):>8} {num(r.get('mean_flush_ms'), '.2f'):>9} "
                      f"{num(r['peak_rss_mb'], '.0f'):>8} {r['lost']:>5} {r['errors']:>6}")
     return "\n".join(lines)
 

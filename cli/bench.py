@@ -8,7 +8,7 @@ MODES = "daemon,daemon-pg,sqlite-default,sqlite-wal,filelock,postgres,ceiling"
 
 
 def _counts(ctx, param, value):
-    from ..server.bench.writers import positive_ints
+    from ..bench.writers import positive_ints
 
     try:
         positive_ints(value, f"--{param.name}")
@@ -18,7 +18,7 @@ def _counts(ctx, param, value):
 
 
 def _modes(ctx, param, value):
-    from ..server.bench.writers import known_modes
+    from ..bench.writers import known_modes
 
     try:
         known_modes(value)
@@ -28,7 +28,7 @@ def _modes(ctx, param, value):
 
 
 def _targets(ctx, param, value):
-    from ..server.bench.capacity import TARGETS
+    from ..bench.capacity import TARGETS
 
     chosen = [t.strip() for t in value.split(",") if t.strip()]
     unknown = [t for t in chosen if t not in TARGETS]
@@ -71,8 +71,9 @@ def bench(writers, writes, modes, repeat, bulk, capacity, inflight, seconds, tar
     With --capacity, the clients are taken out of the picture: one load
     generator keeps C pre-signed job creates in flight against the write server
     on SQLite and on PostgreSQL and against a null server that answers at once;
-    it shows writes/s, server CPU per write, mean batch and commit time, peak
-    memory and the ratio to the null server, and reads every answered write back.
+    it shows writes/s, server CPU per write, mean batch and commit time, the
+    WAL flusher's commits per flush and flush time (SQLite), peak memory and
+    the ratio to the null server, and reads every answered write back.
 
     Example:
 
@@ -82,12 +83,12 @@ def bench(writers, writes, modes, repeat, bulk, capacity, inflight, seconds, tar
         db bench --capacity --inflight 16,256,1024 --repeat 3
     """
     if capacity:
-        from ..server.bench import capacity as cap
+        from ..bench import capacity as cap
 
         summary = cap.run(cap.positive_ints(inflight), seconds, repeat or 3, targets, json_out)
         click.echo(cap.format_table(summary))
         return
-    from ..server.bench.writers import main
+    from ..bench.writers import main
 
     argv = ["--writers", writers, "--writes", str(writes), "--modes", modes, "--repeat", str(repeat or 1),
             "--bulk", str(bulk)]

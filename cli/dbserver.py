@@ -43,6 +43,7 @@ def _format_status(info):
             f"batches:  {status['batches']}, mean size {status['mean_batch']:.1f}, "
             f"last {status['last_batch']}, max {status['max_batch']}, queue depth {status['queue_depth']}, "
             f"mean commit {status['mean_commit_ms']:.2f} ms",
+            *_flush_lines(status),
             f"spool:    {status['spool_pending']} waiting, {status['spool_failed']} refused, "
             f"{status['spooled_applied']} applied since start (see db spool)",
             f"leases:   {status.get('lost_runs', 0)} lost runs found ({status.get('lost_runs_restarted', 0)} "
@@ -53,6 +54,15 @@ def _format_status(info):
 
 
 START_ONLY = ("bind", "port", "encrypt", "force")
+
+
+def _flush_lines(status):
+    """The WAL flusher's line (SQLite under sqlite_synchronous FULL), or none."""
+    if not status.get("flusher"):
+        return []
+    return [f"flushes:  {status['flushes']}, {status['commits_per_flush']:.2f} commits per flush, "
+            f"mean {status['mean_flush_ms']:.2f} ms, {status['durable_after_flush']} batches waiting "
+            f"(connection synchronous={status.get('connection_synchronous')}, answers after the WAL's fdatasync)"]
 
 
 def _spool_drain_lines(status):

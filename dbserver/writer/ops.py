@@ -9,6 +9,8 @@ from balsamdb.exceptions import BalsamDBError, ServerError
 
 log = logging.getLogger("balsamdb.server.writer.server")
 
+SYNCHRONOUS_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+
 
 class ServerOperations:
     def __init__(self, server):
@@ -48,5 +50,19 @@ class ServerOperations:
                       spool_failed=len(server.spool.failures()),
                       spool_drain_per_s=round(server.barrier.rate(), 1),
                       spool_last_drain_per_s=round(server.barrier.last_rate(), 1),
-                      held_requests=server.barrier.held(), spool_refused=server.spool_refused)
+                      held_requests=server.barrier.held(), spool_refused=server.spool_refused,
+                      connection_synchronous=self.connection_synchronous(),
+                      durable_after_flush=len(server.outbox))
+        status.update(server.flusher.counters() if server.flusher is not None else {"flusher": False})
         return status
+
+    def connection_synchronous(self):
+        """PRAGMA synchronous of the server's own SQLite connection (NORMAL with the flusher), or None."""
+        if self.server.db_type != "sqlite3":
+            return None
+        try:
+            level = self.server.database.execute_sql("PRAGMA synchronous").fetchone()[0]
+        except Exception as exc:  # a status must answer even when the connection is broken
+            log.warning("could not read PRAGMA synchronous: %s", exc)
+            return None
+        return SYNCHRONOUS_NAMES.get(level, str(level))

@@ -9,12 +9,19 @@ Malformed and unauthenticated messages are answered with an error at once and ne
 the database; a message over ``max_request_bytes`` is dropped unread by ZeroMQ, with its
 connection (see :func:`balsamdb.server.writer.setup.bound_memory`).
 
+Durable answers (SQLite, ``sqlite_synchronous`` FULL, the default): the COMMIT only writes the
+WAL, and the answers of a batch, with the removal of its applied spool files and the moves of
+its refused ones to ``spool/failed``, wait in :attr:`WriteServer.outbox` until the
+:mod:`.flusher` thread has fdatasync'd the WAL in a flush that began after that COMMIT returned;
+meanwhile the loop receives, checks and applies the next batches.  With NORMAL (the opt-out)
+nothing waits.  On PostgreSQL the COMMIT's round trip is the flush.
+
 Each message becomes one :class:`balsamdb.request.Request` here (:meth:`WriteServer.check`),
 which the rest fills in and answers: :mod:`.committer` (the database: group commit, failures,
 reconnecting, pruning old ids), :mod:`.spool_order` (spooled writes before live ones),
 :mod:`.ops` (ping, status, spool_drain), :mod:`.stats`, :mod:`.setup`
-(socket bounds, same-host socket, priority).  One thread does it all, the COMMIT included, so
-``strace -p PID`` (no ``-f`` needed) sees the server's fsyncs.
+(socket bounds, same-host socket, priority).  One thread does it all, the COMMIT included, but
+the WAL's fdatasync (in the flusher thread: ``strace -f -p PID`` sees it).
 
 Run by the watchdog as ``python -m balsamdb.server.writer.server --path P ...``; it
 prints one JSON line ``{"port": N, "pid": N, "local_address": ..., "max_request_bytes": N}``
@@ -22,6 +29,7 @@ on stdout once it listens.
 """
 
 import argparse
+import collections
 import json
 import logging
 import os
@@ -40,6 +48,7 @@ from balsamdb.settings import load_settings
 from balsamdb.spool import Spool
 
 from balsamdb.server.writer.committer import Committer
+from balsamdb.server.writer.flusher import Flusher
 from balsamdb.server.writer.ops import ServerOperations
 from balsamdb.server.writer.setup import bind_local, bound_memory, raise_open_files_limit, raise_priority, split_envelope
 from balsamdb.server.writer.stats import Stats
@@ -50,6 +59,7 @@ log = logging.getLogger("balsamdb.server.writer.server")
 
 STARTUP_DB_DEADLINE = 15.0  # seconds a starting server waits for its database
 POLL_MS = 200
+FLUSH_FAILED_EXIT = 75      # the exit status of a server stopped by a failed flush
 
 
 class WriteServer(SpoolOrder):
@@ -68,6 +78,9 @@ class WriteServer(SpoolOrder):
         self.socket = None
         self.database = None
         self.committer = None
+        self.flusher = None        # SQLite under FULL/EXTRA: the WAL flush off the loop
+        self.outbox = collections.deque()  # (COMMIT number, answers, effects) waiting for their flush
+        self.gathered = []         # checked work waiting for the running flush to end (see serve_batch)
         self.local_address = None
         self.endpoints = []
         self.pg_port = pg_port
@@ -83,7 +96,9 @@ class WriteServer(SpoolOrder):
     def initialize(self):
         raise_priority()
         raise_open_files_limit()
-        self.database = self.dbdir.open_database(self.settings, busy_timeout=60, postgres_port=self.pg_port)
+        flush = self.db_type == "sqlite3" and self.settings.sqlite_synchronous != "NORMAL"
+        self.database = self.dbdir.open_database(self.settings, busy_timeout=60, postgres_port=self.pg_port,
+                                                 synchronous="NORMAL" if flush else None)
         self.committer = Committer(self.database, self.db_type, self.dbdir, self.settings, self.stats,
                                    stopping=lambda: self.stopping)
         self.committer.connect(deadline=STARTUP_DB_DEADLINE)
@@ -91,6 +106,11 @@ class WriteServer(SpoolOrder):
         done = upgrade(self.database)
         for line in done:
             log.info("schema: %s", line)
+        if flush:
+            self.flusher = Flusher(f"{self.dbdir.sqlite_file}-wal")
+            self.flusher.start()  # flushes the upgrade's commits first
+            self.committer.flusher = self.flusher
+            self.committer.tick = self.release_if_flushed
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 2000)
@@ -123,11 +143,23 @@ class WriteServer(SpoolOrder):
     def loop(self):
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
+        woken = zmq.Poller()  # the flusher's wake pipe alone: while MAX_BATCH requests are gathered
+        if self.flusher is not None:
+            poller.register(self.flusher.wake_fd, zmq.POLLIN)
+            woken.register(self.flusher.wake_fd, zmq.POLLIN)
         while not self.stopping:
             # Spooled writes go before live ones (see spool_order): status, ping and holding
             # replies still go out during a long drain.
-            if poller.poll(0 if time.monotonic() >= self.next_spool_check else POLL_MS):
+            timeout = 0 if time.monotonic() >= self.next_spool_check else POLL_MS
+            full = len(self.gathered) >= MAX_BATCH
+            events = dict((woken if full else poller).poll(timeout))
+            if self.flusher is not None and self.flusher.wake_fd in events:
+                self.flusher.woken()
+                self.release_flushed()
+            if self.socket in events:
                 self.serve_batch(self.receive_batch())
+            elif self.gathered and not self.flusher.waiting():
+                self.serve_batch([])
             if time.monotonic() >= self.next_prune:
                 self.next_prune = time.monotonic() + self.committer.prune_applied(spool_waits=self.spool.count())
             if time.monotonic() >= self.next_lost_runs and not self.spool.count():
@@ -150,9 +182,12 @@ class WriteServer(SpoolOrder):
         try:
             while True:
                 batch = self.receive_batch()
-                if not batch:
+                if not batch and not self.gathered:
                     break
-                self.serve_batch(batch)
+                self.serve_batch(batch, gather=False)
+            if self.flusher is not None:
+                self.flusher.wait_flushed(self.flusher.commits, deadline=60.0)
+                self.release_flushed()
             # Held requests cannot be applied before the spool: their clients resend them to
             # the next server, or spool them behind the files that wait.
             error = TryAgain("the server stopped while spooled writes before this one waited; "
@@ -166,6 +201,8 @@ class WriteServer(SpoolOrder):
                 self.socket.close()
             if self.context is not None:
                 self.context.term()
+            if self.flusher is not None:
+                self.flusher.close()
             if self.database is not None:
                 self.database.close()
             self.cleaner.close()
@@ -185,7 +222,7 @@ class WriteServer(SpoolOrder):
             size += sum(len(frame) for frame in frames)
         return batch
 
-    def serve_batch(self, batch):
+    def serve_batch(self, batch, gather=True):
         replies = []     # answered on sight: refused messages
         work = []        # for the database
         server_ops = []  # answered after the work is admitted, so that status counts it as held
@@ -201,9 +238,51 @@ class WriteServer(SpoolOrder):
             work = self.admit(work, replies)
         # Queue depth: the requests that arrived with this one and wait to be served.
         replies.extend(self.server_ops.answer(server_ops, queue_depth=len(batch) - 1))
-        if work:
-            replies.extend(self.committer.commit(work))
         self.send(replies)
+        # While a COMMIT waits for the running flush (the flusher's next), checked work is
+        # gathered, not committed: it goes in one batch once that flush ends (one COMMIT per
+        # flush, large batches), and is applied while the next flush runs.
+        work = self.gathered + work
+        self.gathered = []
+        if gather and work and self.flusher is not None and self.flusher.waiting():
+            self.gathered = work
+        elif work:
+            self.after_flush(self.committer.commit(work))
+
+    # -- answers after the flush --------------------------------------------
+    def after_flush(self, requests=(), effects=()):
+        """Send the answers of ``requests`` and run ``effects`` (callables: spool files removed or
+        moved) once every COMMIT made so far is flushed: now, without a flusher or when it is."""
+        flusher = self.flusher
+        if flusher is None or (not self.outbox and flusher.flushed >= flusher.commits):
+            self.send(requests)
+            for effect in effects:
+                effect()
+            return
+        self.outbox.append((flusher.commits, requests, effects))
+
+    def release_if_flushed(self):
+        """During a batch's apply: answer the earlier batches whose flush ended meanwhile."""
+        flusher = self.flusher
+        if flusher.failed is not None or (self.outbox and self.outbox[0][0] <= flusher.flushed):
+            self.release_flushed()
+
+    def release_flushed(self):
+        """Answer (and clean up after) the batches whose COMMIT is flushed; fail-stop after a
+        failed flush: nothing more is answered, and the process ends at once."""
+        flusher = self.flusher
+        if flusher.failed is not None:
+            log.critical("stopping after a failed flush of the WAL (%s): %d batches committed since the last "
+                         "flush are not answered; their clients send them again to the next server",
+                         flusher.failed, len(self.outbox))
+            logging.shutdown()
+            os._exit(FLUSH_FAILED_EXIT)
+        flushed = flusher.flushed
+        while self.outbox and self.outbox[0][0] <= flushed:
+            _number, requests, effects = self.outbox.popleft()
+            self.send(requests)
+            for effect in effects:
+                effect()
 
     def check(self, envelope, payload):
         """The :class:`Request` of one message: checked (signature, JSON, time stamp, fields),

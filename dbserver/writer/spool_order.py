@@ -64,7 +64,7 @@ class SpoolOrder:
             return
         released = self.barrier.release(waiting)
         if released:
-            self.send(self.committer.commit(released))
+            self.after_flush(self.committer.commit(released))
         # More may wait (a full batch, or files that arrived meanwhile): look again at once.
         self.next_spool_check = time.monotonic() + (0.0 if full or waiting else SPOOL_EVERY)
 
@@ -86,9 +86,9 @@ class SpoolOrder:
     def drain_spool(self, limit=MAX_BATCH, once=False):
         """Apply spooled writes, oldest first, exactly once; returns how many files were taken.
 
-        Applied files are removed after the commit (by ``self.cleaner``, in a thread: until
-        then they are skipped); refused ones move to ``spool/failed/`` with the answer; on
-        a storage problem they stay.  A file that cannot be read or moved is logged and
+        Applied files are removed after the commit is flushed (by ``self.cleaner``, in a
+        thread: until then they are skipped); refused ones move to ``spool/failed/`` with the
+        answer, also after the flush; on a storage problem they stay.  A file that cannot be read or moved is logged and
         left for the next turn, and holds no live request up (``barrier.stuck``)."""
         taken = 0
         while not self.stopping or once:
@@ -118,23 +118,30 @@ class SpoolOrder:
                     break
             if not work:
                 break
-            for request in self.committer.commit(work):
-                path, answer = request.envelope, request.answer
-                code = (answer.get("error") or {}).get("code")
-                if answer.get("ok"):
-                    applied.add(path.name)
-                    self.cleaner.remove(path)
-                    self.stats.spooled += 1
-                elif code == "retry":
-                    log.warning("spooled writes wait: %s", answer["error"]["message"])
-                    return taken
-                elif code == "storage":
-                    log.warning("spooled writes wait: %s", answer["error"]["message"])
-                    self.spool_refused = answer["error"]["message"]
-                    return taken
-                else:
-                    self._spool_move(self.spool.fail, path, dict(answer, id=request.id))
-                taken += 1
+            effects = []  # what leaves spool/new once this batch's COMMIT is flushed
+            try:
+                for request in self.committer.commit(work):
+                    path, answer = request.envelope, request.answer
+                    code = (answer.get("error") or {}).get("code")
+                    if answer.get("ok"):
+                        applied.add(path.name)  # skipped until removed
+                        effects.append(lambda path=path: self.cleaner.remove(path))
+                        self.stats.spooled += 1
+                    elif code == "retry":
+                        log.warning("spooled writes wait: %s", answer["error"]["message"])
+                        return taken
+                    elif code == "storage":
+                        log.warning("spooled writes wait: %s", answer["error"]["message"])
+                        self.spool_refused = answer["error"]["message"]
+                        return taken
+                    else:
+                        applied.add(path.name)  # skipped until moved
+                        effects.append(lambda path=path, answer=dict(answer, id=request.id):
+                                       self._spool_fail_applied(path, answer))
+                    taken += 1
+            finally:
+                if effects:
+                    self.after_flush((), effects)
             self.spool_refused = None
             self.barrier.drained(len(work), time.monotonic() - started)
             if once:
@@ -142,6 +149,12 @@ class SpoolOrder:
         if taken and not once:
             log.info("took %s spooled writes", taken)
         return taken
+
+    def _spool_fail_applied(self, path, answer):
+        """A refused spooled write (its COMMIT flushed) goes to spool/failed/ with its answer;
+        one that cannot be moved is read again next turn (and refused again)."""
+        self._spool_move(self.spool.fail, path, answer)
+        self.barrier.applied.discard(path.name)
 
     def _spool_stray(self, path, reason):
         """A directory or unreadable file in spool/new goes to spool/failed/ with the reason, once."""
