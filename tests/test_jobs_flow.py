@@ -16,7 +16,6 @@ import time
 import uuid
 from pathlib import Path
 
-import psutil
 import pytest
 
 import balsamdb
@@ -125,10 +124,6 @@ def test_dependencies_released_in_the_commit(served_dbdir, backend):
     assert db.jobs.get(s_child.id).state == "READY" and len(_releases(db, s_child.id)) == 1
 
 
-def _history_times(db, job_id):
-    return [(h["from_state"], h["to_state"], h["message"]) for h in db.jobs.history(job_id)]
-
-
 def test_lost_runs_found_within_a_lease(served_dbdir, tmp_path, backend):
     """A SIGKILLed `db run` stops renewing: the server makes its job RUN_TIMEOUT then RESTART_READY
     within one lease of the last renewal (on the server's clock), with a history row naming the
@@ -209,8 +204,19 @@ def test_lost_runs_found_within_a_lease(served_dbdir, tmp_path, backend):
 
     status = json.loads(db_cli("dbserver", "--status", "--json", "--path", path, check=True).stdout)["server_status"]
     assert status["lost_runs"] == 2 and status["lost_runs_restarted"] == 1 and status["claims_expired"] >= 1, status
-    # Nothing else was ever touched: no job other than these three changed by the server.
-    assert db.jobs.get(ok.id).state == "RUN_DONE"
+    assert db.jobs.get(ok.id).state == "RUN_DONE"  # a job that ended is never touched by the look
+
+    # The CLI of claims: the lost run restarted and the released claim are free again.
+    taken = json.loads(db_cli("job", "acquire", "5", "--owner", "cli-launcher", "--lease", "600", "-w", "runs",
+                              "--json", "--path", path, check=True).stdout)
+    assert sorted(j["id"] for j in taken) == sorted([job.id, claimed.id])
+    assert {j["owner"] for j in taken} == {"cli-launcher"}
+    listed = db_cli("ls", "--owner", "cli-launcher", "--path", path, check=True).stdout
+    assert "cli-launcher" in listed and job.id[:8] in listed, listed
+    out = db_cli("job", "release", "--owner", "cli-launcher", job.id[:8], "--path", path, check=True).stdout
+    assert out.strip() == "released 1 job"
+    assert json.loads(db_cli("job", "policy", "keep", "--json", "--path", path, check=True).stdout)[0]["lost_runs"] \
+        == "stop"
 
 
 def test_launcher_page_example_runs_as_written(served_dbdir, tmp_path, backend):

@@ -244,22 +244,22 @@ def find_lost_runs(database, limit=500):
         changes = {Job.owner: None, Job.lease_expires: None, Job.renewed_at: None}
         if state == "RUNNING":
             message = f"lost run: {why}"
-            history.append({"job": job_id, "time": when, "from_state": state, "to_state": "RUN_TIMEOUT",
-                            "message": message})
-            final, counts["timed_out"] = "RUN_TIMEOUT", counts["timed_out"] + 1
+            rows = [{"job": job_id, "time": when, "from_state": state, "to_state": "RUN_TIMEOUT", "message": message}]
+            final, outcome = "RUN_TIMEOUT", ("timed_out",)
             if workflow not in stopping:
-                history.append({"job": job_id, "time": when, "from_state": "RUN_TIMEOUT",
-                                "to_state": "RESTART_READY",
-                                "message": f"restarted: the lost-run policy of workflow {workflow} is restart"})
-                final, message, counts["restarted"] = "RESTART_READY", f"{message}; restarted", counts["restarted"] + 1
+                rows.append({"job": job_id, "time": when, "from_state": "RUN_TIMEOUT", "to_state": "RESTART_READY",
+                             "message": f"restarted: the lost-run policy of workflow {workflow} is restart"})
+                final, message, outcome = "RESTART_READY", f"{message}; restarted", ("timed_out", "restarted")
             changes.update({Job.state: final, Job.state_message: message, Job.updated_at: when})
         else:
-            history.append({"job": job_id, "time": when, "from_state": state, "to_state": state,
-                            "message": f"claim released: {why}"})
-            counts["released"] += 1
+            rows = [{"job": job_id, "time": when, "from_state": state, "to_state": state,
+                     "message": f"claim released: {why}"}]
+            outcome = ("released",)
         # Guarded: a renewal that committed meanwhile (another daemon) keeps the job.
-        if Job.update(changes).where((Job.id == job_id) & (Job.lease_expires < when)).execute() == 0:
-            history = [h for h in history if h["job"] != job_id]
+        if Job.update(changes).where((Job.id == job_id) & (Job.lease_expires < when)).execute():
+            history.extend(rows)
+            for key in outcome:
+                counts[key] += 1
     if history:
         JobStateChange.insert_many(history).execute()
     return counts
