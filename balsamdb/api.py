@@ -17,6 +17,7 @@ from .exceptions import NotADBDirectory, RequestTooLarge, ServerUnavailable, Try
 from .handle import UNREACHABLE_FOR, StoreHandle, answer_result
 from .settings import CHECKOUT_SOURCE, USER_DIR_SOURCE, load_settings, resolve_db_path
 from .spool import Spool, SpoolWriter
+from .wording import shell_path
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ def connect(path=None, **settings):
             dbdir.init("sqlite3", settings=resolved)
         else:
             dbdir.config()  # raises the precise reason
-            raise NotADBDirectory(f"{db_path} is not a DB directory; create it with: db init {db_path}")
+            raise NotADBDirectory(f"{shell_path(db_path)} is not a DB directory; "
+                                  f"create it with: db init {shell_path(db_path)}")
     return Database(dbdir, resolved)
 
 
@@ -159,7 +161,7 @@ class Database(StoreHandle):
                     return self._spool(message)
                 raise ServerUnavailable(
                     f"no balsamdb server runs for {self.dbdir.path} ({info.get('reason') or info.get('state')}"
-                    f"{self._direct_refusal()}); start one with: db dbserver --path {self.dbdir.path}"
+                    f"{self._direct_refusal()}); start one with: db dbserver --path {shell_path(self.dbdir.path)}"
                 )
             else:
                 time.sleep(_COMING_POLL)

@@ -26,6 +26,7 @@ from .exceptions import ConfigError, NotADBDirectory, StorageError
 from .private_files import make_private_directories, read_private, write_private
 from .urls import check_postgres_url, parse_postgres_url
 from .urls import redact as redact_url
+from .wording import shell_path
 
 DB_TYPES = ("sqlite3", "postgres")
 #: The umask of every balsamdb process that creates files in a DB directory (server, watchdog,
@@ -128,7 +129,8 @@ class DBDirectory:
             raise ConfigError(f"{self.path} belongs to another user: only its owner's processes may use it")
         if not exists:
             also = f", nor does {missing}" if missing is not None else ""
-            raise NotADBDirectory(f"{self.path} does not exist{also}; create it with: db init {self.path}")
+            raise NotADBDirectory(f"{shell_path(self.path)} does not exist{also}; "
+                                  f"create it with: db init {shell_path(self.path)}")
         if not is_dir:
             raise NotADBDirectory(f"{self.path} is a file, not a DB directory")
         try:
@@ -155,8 +157,9 @@ class DBDirectory:
         try:
             secret = self.secret_file.read_bytes().strip()
         except FileNotFoundError:
-            raise ConfigError(f"{self.secret_file} is missing; run: db init {self.path} "
-                              f"(after stopping its server, if one runs: db dbserver --stop --path {self.path})"
+            raise ConfigError(f"{self.secret_file} is missing; run: db init {shell_path(self.path)} "
+                              "(after stopping its server, if one runs: "
+                              f"db dbserver --stop --path {shell_path(self.path)})"
                               ) from None
         except PermissionError:
             raise ConfigError(
@@ -202,7 +205,7 @@ class DBDirectory:
         where = f"pid {server.get('pid', '?')} on {info.get('host', '?')}"
         if changes:
             raise ConfigError(f"the server of {self.path} runs ({where}): db init would {'; '.join(changes)} "
-                              f"under it. Stop it first (db dbserver --stop --path {self.path}), then run "
+                              f"under it. Stop it first (db dbserver --stop --path {shell_path(self.path)}), then run "
                               "db init again")
         # The same sentence as without a server: nothing was changed (job scripts may read it).
         return [f"{self.path} is already a current {db_type} DB directory (schema {models.SCHEMA_VERSION})"]
@@ -244,7 +247,7 @@ class DBDirectory:
                 postgres_port = (self.read_address().get("postgres") or {}).get("port")
             if not postgres_port:
                 raise ConfigError(f"the PostgreSQL cluster of {self.path} is not running; "
-                                  f"start it with: db dbserver --path {self.path}")
+                                  f"start it with: db dbserver --path {shell_path(self.path)}")
             params = {"database": "balsamdb", "host": "127.0.0.1", "port": int(postgres_port),
                       "user": "balsamdb", "password": read_private(self.postgres_password_file)}
         database = params.pop("database")
@@ -378,7 +381,7 @@ def check_secret(secret, where, path):
         raise ConfigError(
             f"{where} holds {'nothing' if not secret else f'only {len(secret)} bytes'}: a secret needs at least "
             f"{MIN_SECRET_BYTES} (anyone could guess a short one). Stop the server if one runs "
-            f"(db dbserver --stop --path {path}), delete {where} and run: db init {path}")
+            f"(db dbserver --stop --path {shell_path(path)}), delete {where} and run: db init {shell_path(path)}")
 
 
 def job_working_directory(workflow, name, job_id):

@@ -22,6 +22,7 @@ from .applier import StorageFailure, apply_requests, root_cause
 from .backoff import Backoff
 from .exceptions import DatabaseBusy, StorageError
 from .models import MODELS, check_schema_not_newer
+from .wording import shell_path
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class DirectStore:
             from .exceptions import ConfigError
 
             raise ConfigError(f"{dbdir.path} is a {dbdir.db_type} DB directory: it has no direct mode; "
-                              f"start its server (db dbserver --path {dbdir.path})")
+                              f"start its server (db dbserver --path {shell_path(dbdir.path)})")
         # The busy timeout is short so that our own backoff, with jitter, spreads
         # out many waiting processes instead of all retrying inside SQLite.
         self.database = dbdir.open_database(settings, busy_timeout=5.0)

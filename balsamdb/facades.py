@@ -221,8 +221,16 @@ class Jobs:
         return {k: _timestamp(v) for k, v in filters.items() if v is not None}
 
     @staticmethod
-    def _query(filters, since=None, until=None, changed=False):
-        """``filters`` with ``since``/``until`` made into created_/updated_after/before."""
+    def _query(filters, since=None, until=None, changed=False, also=("since", "until", "changed")):
+        """``filters`` with ``since``/``until`` made into created_/updated_after/before.  An unknown
+        filter is refused here, naming every keyword the calling method takes (``also``)."""
+        from .operations.jobs import FILTER_KEYS
+
+        unknown = sorted(set(filters) - set(FILTER_KEYS))
+        if unknown:
+            known = ", ".join(FILTER_KEYS + tuple(also))
+            raise BadRequest(f"unknown job filter{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                             f"known: {known}")
         out = Jobs._filters(filters)
         out.update(job_queries.time_filters(since, until, changed))
         return out
@@ -239,7 +247,9 @@ class Jobs:
         ``sort``: created (default), updated, name, workflow, state (pipeline
         order) or id; "-updated" is the last changed first.
         """
-        params = {"filters": self._query(filters, since, until, changed), "limit": limit, "offset": offset}
+        params = {"filters": self._query(filters, since, until, changed,
+                                         ("since", "until", "changed", "sort", "limit", "offset")),
+                  "limit": limit, "offset": offset}
         if sort is not None:  # only when asked: a server of an older release knows no sort
             params["sort"] = job_queries.check_sort(sort)
         rows = self._db.call("job_filter", **params)

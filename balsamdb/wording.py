@@ -1,5 +1,14 @@
 """Numbers put into words for people, the same in the CLI, the web pages and the library's messages."""
 
+import shlex
+
+
+def shell_path(path):
+    """``path`` as a shell word (``shlex.quote``): unchanged when plain, quoted when it holds a space,
+    a quote or anything the shell reads, so that a command a message suggests can be pasted as shown
+    (a trailing space included)."""
+    return shlex.quote(str(path))
+
 
 def plural(count, noun, nouns=None):
     """``"1 write"``, ``"2 writes"``: ``count`` with ``noun``, made plural (``nouns``, or

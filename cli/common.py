@@ -64,10 +64,15 @@ class BalsamGroup(click.Group):
                 raise click.ClickException(hint_for(exc, message)) from None
 
 
+# Every TCP port option of the CLI: 0 (a free one) to 65535; 80000 is refused, never wrapped around.
+PORT = click.IntRange(0, 65535)
+
+
 def path_option(function):
-    """``--path P``: the DB directory to use (None lets the library choose)."""
+    """``--path P``: the DB directory to use (None lets the library choose).  click checks nothing
+    (readable=False): the library says what is wrong with a path, e.g. that it belongs to another user."""
     return click.option(
-        "--path", "path", type=click.Path(file_okay=True, dir_okay=True), default=None,
+        "--path", "path", type=click.Path(file_okay=True, dir_okay=True, readable=False), default=None,
         metavar="DIR", help=PATH_HELP,
     )(function)
 

@@ -8,7 +8,7 @@ from balsamdb.dbdir import DBDirectory
 from balsamdb.settings import resolve_db_path
 from balsamdb.wording import plural
 
-from .common import echo_json, json_option, path_option
+from .common import PORT, echo_json, json_option, path_option
 
 
 def _format_status(info):
@@ -88,7 +88,7 @@ def _spool_drain_lines(status):
                    "1: stopped; 3: unsupervised, restarting or not answering (2: a usage error).")
 @click.option("--bind", default="127.0.0.1", show_default=True,
               help="Interface to listen on; use the login node's address or 0.0.0.0 for compute nodes.")
-@click.option("--port", type=int, default=0, help="TCP port (default: a free one).")
+@click.option("--port", type=PORT, default=0, help="TCP port (default: a free one).")
 @click.option("--encrypt/--no-encrypt", default=None,
               help="Encrypt traffic with ZeroMQ CURVE (default: on when --bind is not loopback).")
 @click.option("--force", is_flag=True,

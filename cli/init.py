@@ -23,7 +23,7 @@ def _octal_mode(ctx, param, value):
 
 
 @click.command("init")
-@click.argument("db_path", metavar="[PATH]", required=False, type=click.Path())
+@click.argument("db_path", metavar="[PATH]", required=False, type=click.Path(readable=False))
 @path_option
 @click.option("--db-type", type=click.Choice(DB_TYPES), default="sqlite3", show_default=True,
               help="Database behind the directory")

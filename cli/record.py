@@ -84,13 +84,10 @@ def ls(project, path, tags, any_tag, limit, as_json):
     if any_tag and not tags:
         raise click.UsageError("--any-tag needs the tags: --tag A --tag B --any-tag")
     with open_db(path) as db:
-        documents = db.records.list(project, tags=list(tags), limit=limit, match="any" if any_tag else "all")
-        if not documents:
-            try:
-                db.projects.get(project)
-            except NotFound:
-                raise click.ClickException(f"project {project!r} does not exist (db project ls lists them)") \
-                    from None
+        try:  # the library says NotFound for a project that does not exist, as this line does
+            documents = db.records.list(project, tags=list(tags), limit=limit, match="any" if any_tag else "all")
+        except NotFound:
+            raise click.ClickException(f"project {project!r} does not exist (db project ls lists them)") from None
     if as_json:
         echo_json(documents)
         return

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from .common import CONTEXT_SETTINGS, echo_json, json_option
+from .common import CONTEXT_SETTINGS, PORT, echo_json, json_option
 
 START_DEADLINE = 30.0
 STOP_DEADLINE = 60.0
@@ -54,10 +54,11 @@ def _status(directory):
 
 @click.command("relay", context_settings=CONTEXT_SETTINGS)
 @click.option("--to", "store", metavar="URL", help="The record store: http(s)://user:password@host:port/prefix/")
-@click.option("--dir", "directory", type=click.Path(file_okay=False), default=".balsamdb-relay", show_default=True,
+@click.option("--dir", "directory", type=click.Path(file_okay=False, readable=False), default=".balsamdb-relay",
+              show_default=True,
               help="The relay's directory: spool, cache, token file, log (made 0700)")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on")
-@click.option("--port", type=click.IntRange(0, 65535), default=8100, show_default=True,
+@click.option("--port", type=PORT, default=8100, show_default=True,
               help="TCP port (0: a free one)")
 @click.option("--stop", is_flag=True, help="Stop the relay of --dir (saves still waiting stay in its spool)")
 @click.option("--status", is_flag=True, help="Say whether it runs, and how many saves wait")

@@ -4,7 +4,7 @@ import click
 
 from balsamdb.settings import resolve_db_path
 
-from .common import CONTEXT_SETTINGS, path_option
+from .common import CONTEXT_SETTINGS, PORT, path_option
 
 
 def _prefix(ctx, param, value):
@@ -17,7 +17,7 @@ def _prefix(ctx, param, value):
 @path_option
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to listen on; keep loopback behind a reverse proxy (see docs/http.md).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+@click.option("--port", type=PORT, default=8000, show_default=True,
               help="TCP port (0: a free one, printed at start).")
 @click.option("--prefix", default="/", show_default=True, callback=_prefix,
               help="URL path the store is served under, e.g. /records/.")
@@ -32,7 +32,15 @@ def _prefix(ctx, param, value):
               metavar="SECONDS",
               help="For this long after a project is made, a PUT of it that changes nothing answers 201 "
                    "(smt's create), so that jobs racing to create it all succeed.")
-def serve(path, host, port, prefix, threads, max_body_mb, trusted_proxy, create_race_window):
+@click.option("--timeout", type=click.FloatRange(min=1), default=30.0, show_default=True, metavar="SECONDS",
+              help="An idle connection is closed after this long, and so is one whose request is still "
+                   "arriving after it at less than 64 KiB/s (a slowloris); and an answer left unread this long.")
+@click.option("--max-connections", type=click.IntRange(2, 100000), default=1024, show_default=True,
+              help="Open connections in all; at the bound, idle and slow ones make room for a new one.")
+@click.option("--max-connections-per-address", type=click.IntRange(1, 100000), default=256, show_default=True,
+              help="Open connections of one client address (not of --trusted-proxy).")
+def serve(path, host, port, prefix, threads, max_body_mb, trusted_proxy, create_race_window, timeout,
+          max_connections, max_connections_per_address):
     """Serve the records over HTTP as Sumatra Server does, for smt and browsers
 
     Runs in the foreground until Ctrl-C or SIGTERM; logs go to P/log/http.log.
@@ -42,7 +50,7 @@ def serve(path, host, port, prefix, threads, max_body_mb, trusted_proxy, create_
     Example:
 
     \b
-        db user add ada && db user grant ada MyProject
+        db user add ada && db user grant ada MyProject --create
         db serve --path ~/runs/db --port 8000
         smt init --store=http://ada:PASSWORD@127.0.0.1:8000/ MyProject
     """
@@ -59,4 +67,6 @@ def serve(path, host, port, prefix, threads, max_body_mb, trusted_proxy, create_
 
     http_store.serve(db_path, host=host, port=port, prefix=prefix, threads=threads,
                      max_body=max_body_mb * 1024 * 1024, trusted_proxy=trusted_proxy,
-                     create_window=create_race_window, ready=ready)
+                     create_window=create_race_window, ready=ready,
+                     limits={"timeout": timeout, "total": max_connections,
+                             "per_address": min(max_connections_per_address, max_connections)})

@@ -116,7 +116,7 @@ def configure(path, store, as_json):
 
 
 @click.command("export", context_settings=CONTEXT_SETTINGS)
-@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, readable=False))
 @path_option
 @click.option("--store", "store", metavar="STORE", help=f"Export this store instead of --path: {STORE_HELP}.")
 @json_option
@@ -157,7 +157,7 @@ def export(file, path, store, as_json):
 
 
 @click.command("import", context_settings=CONTEXT_SETTINGS)
-@click.argument("file", type=click.Path(dir_okay=False))  # a shelve store is records.dat/.dir on disk
+@click.argument("file", type=click.Path(dir_okay=False, readable=False))  # a shelve store is records.dat/.dir on disk
 @path_option
 @click.option("--store", "store", metavar="STORE", help=f"Import into this store instead of --path: {STORE_HELP}.")
 @click.option("--project", metavar="NAME", help="Project of records from `smt export` that do not name one; "

@@ -4,6 +4,7 @@ import sys
 
 import click
 
+from balsamdb.exceptions import NotFound
 from balsamdb.passwords import hash_password
 
 from .common import CONTEXT_SETTINGS, echo_json, json_option, open_db, path_option
@@ -125,15 +126,23 @@ def ls(path, as_json):
 @user.command("grant")
 @click.argument("name")
 @click.argument("project")
+@click.option("--create", is_flag=True, help="Make the project when it does not exist (else a typo is refused)")
 @path_option
-def grant(name, project, path):
+def grant(name, project, create, path):
     """Let a user read and write a project of the HTTP record store
 
     Example:
 
     \b
         db user grant ada MyProject
+        db user grant ada NewProject --create
     """
     with open_db(path) as db:
+        if not create:
+            try:
+                db.projects.get(project)
+            except NotFound:
+                raise click.ClickException(f"project {project!r} does not exist (db project ls lists them); "
+                                           "add --create to make it") from None
         granted = db.users.grant(name, project)
     click.echo(f"{name} {'may now use' if granted else 'could already use'} project {project}")

@@ -8,6 +8,7 @@ from balsamdb.client import server_state
 from balsamdb.dbdir import DBDirectory
 from balsamdb.exceptions import NotADBDirectory
 from balsamdb.settings import resolve_db_path
+from balsamdb.wording import shell_path
 
 from balsamdb.wording import plural
 from .common import echo_json, json_option, path_option
@@ -123,9 +124,9 @@ def which(path, as_json):
     if report["is_db_directory"]:
         kind = f"yes ({report['db_type']})" if report["db_type"] else f"broken: {report['problem']}"
     elif report["exists"]:
-        kind = f"no (run: db init {report['path']})"
+        kind = f"no (run: db init {shell_path(report['path'])})"
     else:
-        kind = f"no, it does not exist (run: db init {report['path']})"
+        kind = f"no, it does not exist (run: db init {shell_path(report['path'])})"
     click.echo(report["path"])
     click.echo(f"  chosen by:     {report['source']}")
     click.echo(f"  DB directory:  {kind}")

@@ -92,7 +92,7 @@ def main():
         stored = store.jobs.filter(workflow=workflow)
         ids = [j.id for j in stored]
         finished = store.jobs.count(workflow=workflow, state="JOB_FINISHED")
-        records = store.records.labels(workflow)
+        records = store.records.labels(workflow) if workflow in [p["name"] for p in store.projects.list()] else []
         missing = set(acked) - set(ids)
         print(f"acknowledged jobs: {len(acked)}   stored: {len(ids)}   distinct: {len(set(ids))}   "
               f"missing: {len(missing)}   JOB_FINISHED: {finished}")

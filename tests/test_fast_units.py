@@ -28,7 +28,7 @@ def test_user_commands_in_process(dbdir):
     assert added.exit_code == 0 and added.output.strip() == "added user ada", added.output
     again = _db(dbdir, "user", "add", "ada", "--password-stdin", input="other\n")
     assert again.output.strip() == "changed the password of ada", again.output
-    first = _db(dbdir, "user", "grant", "ada", "P")
+    first = _db(dbdir, "user", "grant", "ada", "P", "--create")  # P does not exist yet
     second = _db(dbdir, "user", "grant", "ada", "P")
     assert first.output.strip() == "ada may now use project P", first.output
     assert second.output.strip() == "ada could already use project P", second.output

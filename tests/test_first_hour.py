@@ -164,7 +164,7 @@ def test_user_add_without_a_terminal_says_to_use_password_stdin(run_db, dbdir, s
 # -- 6. hints that fit the error -----------------------------------------------------------------------------
 
 def test_hints_fit_the_error(run_db, dbdir):
-    stderr = refused(run_db("user", "grant", "nobodyuser", "P", "--path", dbdir),
+    stderr = refused(run_db("user", "grant", "nobodyuser", "P", "--create", "--path", dbdir),
                      "no user 'nobodyuser'; add one with: db user add nobodyuser", absent=("db ls", "db record ls"))
     assert stderr.strip() == "Error: no user 'nobodyuser'; add one with: db user add nobodyuser"
     refused(run_db("job", "show", "abcd0001-0000-4000-8000-000000000001", "--path", dbdir),

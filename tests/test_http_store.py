@@ -155,8 +155,11 @@ def test_a_write_once_field_that_changes_is_a_409(store):
 
 def test_users_permissions_and_public_projects(store):
     assert put_record(store, "Secret", record("s1")).status == 201  # ada made it: hers
-    assert store.request("GET", "Secret/", user="bob").status == 403
-    assert store.request("GET", "Secret/s1/", user="bob").status == 403
+    # a read answers a non-member as for a project that does not exist: reads tell nobody which exist
+    assert store.request("GET", "Secret/", user="bob").status == 404
+    assert store.request("GET", "Secret/s1/", user="bob").status == 404
+    hidden, missing = (store.request("GET", f"{p}/", user="bob").json()["error"] for p in ("Secret", "NoSuch"))
+    assert hidden.replace("Secret", "NoSuch") == missing and "no project 'NoSuch' that user 'bob' may use" in missing
     assert store.request("PUT", "Secret/s2/", record("s2"), user="bob").status == 403
     assert store.request("DELETE", "Secret/s1/", user="bob").status == 403
     wrong = store.request("GET", "Secret/", headers={"Authorization": "Basic " + base64.b64encode(

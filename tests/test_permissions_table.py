@@ -8,6 +8,8 @@ The policy (docs/http.md, "Authentication and permissions"):
   which needs a login for every call);
 - members may read, write and grant their projects;
 - a logged-in non-member may read public projects, and gets 403 for every write, public or not;
+  a read of a private project answers them 404, as for a project that does not exist (reads do
+  not tell which projects exist: docs/http.md);
 - admins may do everything;
 - who the members are is shown to members and admins only, also for a public project.
 
@@ -33,10 +35,11 @@ ROLES = {"anonymous": None, "non-member": "bob", "member": "ada", "admin": "lab"
 PROJECTS = {"private": "Priv", "public": "Pub"}
 
 # What each kind of access gives each role: on a private and on a public project.
-READ = {"private": {"anonymous": 401, "non-member": 403, "member": "ok", "admin": "ok"},
+READ = {"private": {"anonymous": 401, "non-member": 404, "member": "ok", "admin": "ok"},
         "public": {"anonymous": "ok", "non-member": "ok", "member": "ok", "admin": "ok"}}
-MEMBERS_ONLY = {kind: {"anonymous": 401, "non-member": 403, "member": "ok", "admin": "ok"} for kind in PROJECTS}
-WRITE = MEMBERS_ONLY  # writes and grants: members and admins, public or not
+MEMBERS_ONLY = {kind: {"anonymous": 401, "non-member": 404 if kind == "private" else 403, "member": "ok", "admin": "ok"}
+                for kind in PROJECTS}
+WRITE = {kind: {"anonymous": 401, "non-member": 403, "member": "ok", "admin": "ok"} for kind in PROJECTS}  # and grants
 LOGIN_READ = {"private": READ["private"], "public": dict(READ["public"], anonymous=401)}  # operation endpoint
 
 # (name, method, path below {p}, body, access, status of a success)
@@ -201,7 +204,7 @@ def test_the_same_answers_from_a_real_db_serve(served_dbdir, template, tmp_path,
 
     assert ask("POST", "Priv/permissions/", {"user": "bob"}, "non-member") == 403
     assert ask("POST", "Priv/permissions/", {"user": "bob"}) == 401
-    assert ask("GET", "Priv/r1/", role="non-member") == 403
+    assert ask("GET", "Priv/r1/", role="non-member") == 404
     assert ask("DELETE", "Priv/tag/t/", role="non-member") == 403
     assert ask("POST", "_balsamdb/call", {"id": "real-serve-grant-0001", "op": "permission_grant",
                                           "params": {"project": "Priv", "user": "bob"}}, "non-member") == 403

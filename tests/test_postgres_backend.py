@@ -91,10 +91,36 @@ def test_own_cluster_life_cycle_and_postgres_killed_under_load(pg_dbdir, tmp_pat
     assert balsamdb.connect(pg_dbdir).jobs.count(workflow="load") == 1600
 
 
+def _failed_statements_leave_their_values_out_of_the_log(pg_dbdir, port):
+    """The cluster's log keeps an error's message, not the statement nor its DETAIL (issue 24: both
+    held the row's values) (broken: PostgreSQL's defaults, STATEMENT and DETAIL lines)."""
+    import psycopg2
+
+    from balsamdb.server.postgres.layout import DATABASE, connection_params, layout
+
+    conn = psycopg2.connect(dbname=DATABASE, **connection_params(pg_dbdir, port))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE TEMP TABLE t (k text PRIMARY KEY)")
+            cur.execute("INSERT INTO t VALUES ('kept-out-of-the-log-detail')")
+            for statement in ("INSERT INTO t VALUES ('kept-out-of-the-log-detail')",
+                              "SELECT 1 / 0 WHERE 'kept-out-of-the-log-statement' <> ''"):
+                with pytest.raises(psycopg2.Error):
+                    cur.execute(statement)
+    finally:
+        conn.close()
+    server_log = layout(pg_dbdir).server_log
+    wait_for(lambda: "division by zero" in server_log.read_text(errors="replace"), 10, "the error in the log")
+    logged = server_log.read_text(errors="replace")
+    assert "duplicate key" in logged and "kept-out-of-the-log" not in logged, logged[-2000:]
+
+
 def test_killed_watchdog_leaves_nothing_after_stop(pg_dbdir):
     db_cli("init", pg_dbdir, "--db-type", "postgres", check=True)
     db_cli("dbserver", "--path", pg_dbdir, check=True)
     info = address(pg_dbdir)
+    _failed_statements_leave_their_values_out_of_the_log(pg_dbdir, info["postgres"]["port"])
     os.kill(info["watchdog"]["pid"], signal.SIGKILL)
     db = balsamdb.connect(pg_dbdir)
     db.jobs.create(name="still-served")  # the server outlives its watchdog

@@ -36,7 +36,7 @@ def test_user_life_cycle(store):
     assert "s3cret" not in stored and verify_password("s3cret pass", stored)
     assert not verify_password("wrong", stored)
 
-    granted = _db("user", "grant", "ada", "MyProject", "--path", store, check=True)
+    granted = _db("user", "grant", "ada", "MyProject", "--create", "--path", store, check=True)
     assert "may now use project MyProject" in granted.stdout
     listed = json.loads(_db("user", "ls", "--json", "--path", store, check=True).stdout)
     assert [(u["name"], u["projects"]) for u in listed] == [("ada", ["MyProject"])]
@@ -55,7 +55,7 @@ def test_user_life_cycle(store):
 def test_user_errors_are_clear(store):
     missing = _db("user", "rm", "nobody-here", "--path", store)
     assert missing.returncode == 1 and "no user 'nobody-here'" in missing.stderr and "Traceback" not in missing.stderr
-    grant = _db("user", "grant", "ghost", "P", "--path", store)
+    grant = _db("user", "grant", "ghost", "P", "--create", "--path", store)
     assert grant.returncode == 1 and "db user add ghost" in grant.stderr
     bad = _run_with_stdin(["user", "add", "bad name!", "--path", store, "--password-stdin"], "x\n")
     assert bad.returncode == 1 and "letters, digits" in bad.stderr

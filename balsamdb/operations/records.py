@@ -162,6 +162,18 @@ def _last_saved_at(record_id):
             .scalar() or 0)
 
 
+def check_record_save(project, record):
+    """What :func:`record_save` checks before it reads the database (raises
+    :class:`~balsamdb.exceptions.BadRequest` saying why): ``(project, label, tags, columns)``.
+    ``db relay`` checks each save with it before it answers, so that it never says 201 to a
+    save the store will refuse."""
+    project = check_project_name(project)
+    if not isinstance(record, dict):
+        raise BadRequest("a record must be a JSON object")
+    label = check_record_label(record.get("label"))
+    return project, label, record_tags(record), record_columns(record)
+
+
 @operation(write=True)
 def record_save(project, record, saved_by=None, saved_at=None):
     """Save a Sumatra record document in ``project`` (created if needed).
@@ -180,18 +192,13 @@ def record_save(project, record, saved_by=None, saved_at=None):
     the record's version before it (versions stay in time order).  Returns
     ``{"created": bool, "version": n}``.
     """
-    project = check_project_name(project)
-    if not isinstance(record, dict):
-        raise BadRequest("a record must be a JSON object")
-    label = check_record_label(record.get("label"))
-    tags = record_tags(record)
+    project, label, tags, columns = check_record_save(project, record)
     saved_by = check_saved_by(saved_by)
     fast = statements()
     when = now()
     saved = when if saved_at is None else min(check_number(saved_at, "saved_at", float, 0), when)
     fast.execute(fast.ensure_project, (project, False, when, False))
     document = record_text(record)
-    columns = record_columns(record)
     existing = fast.execute(fast.find_record, (project, label)).fetchone()
     if existing is None:
         record_id = fast.insert_record_row(dict(columns, project_id=project, label=label, document=document,
@@ -281,7 +288,9 @@ def _record_query(project, tags, match="all"):
 @operation(write=False)
 def record_list(project, tags=None, limit=None, match="all"):
     """Record documents of ``project`` having ``tags``, newest first: all of them
-    (``match`` "all", the default) or any of them (``match`` "any")."""
+    (``match`` "all", the default) or any of them (``match`` "any").  A project that
+    does not exist is :class:`NotFound` (as ``db record ls`` says), never an empty list."""
+    get_project(project)
     query = _record_query(project, tags, match).order_by(Record.sort_time.desc(), Record.id.desc())
     if limit is not None:
         query = query.limit(check_number(limit, "limit", int, 0))
@@ -291,7 +300,8 @@ def record_list(project, tags=None, limit=None, match="all"):
 @operation(write=False)
 def record_labels(project, tags=None, match="all"):
     """Labels of the records of ``project`` having ``tags`` (``match`` as for
-    ``record_list``), newest first."""
+    ``record_list``), newest first; :class:`NotFound` for a project that does not exist."""
+    get_project(project)
     query = (_record_query(project, tags, match).select(Record.label)
              .order_by(Record.sort_time.desc(), Record.id.desc()))
     return [r.label for r in query]

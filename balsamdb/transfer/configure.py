@@ -7,6 +7,7 @@ from ..exceptions import ConfigError
 from ..wording import plural
 from .copying import SLACK, copy_store, one_pass
 from .endpoints import postgres_store, sqlite_file_store
+from ..wording import shell_path
 
 def copy_applied_requests(source, destination, chunk=2000):
     """Copy the record of applied request ids (id, time, answer) between two peewee
@@ -62,7 +63,8 @@ def configure_store(path, url, progress=False, log=None):
         raise ConfigError("--store takes a postgresql://user:password@host:port/dbname URL; to move to another "
                           "DB directory, use db copy and point BALSAM_DB_PATH at the new one")
     if server_state(dbdir.read_address()) != "down":
-        raise ConfigError(f"a server runs for {dbdir.path}: stop it first (db dbserver --stop --path {dbdir.path}), "
+        raise ConfigError(f"a server runs for {dbdir.path}: stop it first "
+                          f"(db dbserver --stop --path {shell_path(dbdir.path)}), "
                           "so that no write lands in the old database during the switch")
     from ..spool import Spool
 
@@ -71,7 +73,8 @@ def configure_store(path, url, progress=False, log=None):
         raise ConfigError(f"{plural(waiting, 'write waits', 'writes wait')} in {dbdir.spool_dir}: start the server once (db dbserver --path "
                           f"{dbdir.path}) so that it applies them, stop it, then run db configure again")
     if config["db_type"] == "postgres" and not config.get("external"):
-        raise ConfigError(f"{dbdir.path} has its own PostgreSQL cluster; copy it with db copy {dbdir.path} URL "
+        raise ConfigError(f"{dbdir.path} has its own PostgreSQL cluster; "
+                          f"copy it with db copy {shell_path(dbdir.path)} URL "
                           "while its server runs, then use the URL with db init --db-type postgres --url")
     if config["db_type"] == "sqlite3":
         old_name = str(dbdir.sqlite_file)

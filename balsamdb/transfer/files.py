@@ -8,6 +8,7 @@ from pathlib import Path
 from ..exceptions import BadRequest, TransferError
 from ..operations import sort_time
 from ..operations.stores import KINDS, Digester, canonical
+from ..wording import shell_path
 from .copying import Progress
 from .endpoints import PAGE, import_batch, pages
 
@@ -161,6 +162,25 @@ def _runs(items, kinds, skipped):
         yield batch[0]["kind"], batch
 
 
+SINGLE_RECORD_BYTES = 64 * 1024 * 1024  # a file this small that is one JSON object may be one record
+
+
+def _refuse_a_single_record(path, start):
+    """A file holding one Sumatra record (a JSON object with a label) is not an export: say which
+    command takes it (``db record add``) instead of "no end line"."""
+    if not start.lstrip().startswith(b"{") or b"balsamdb_export" in start.split(b"\n", 1)[0]:
+        return
+    try:
+        if path.stat().st_size > SINGLE_RECORD_BYTES:
+            return
+        document = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return
+    if isinstance(document, dict) and "label" in document:
+        raise BadRequest(f"{shell_path(path)} holds one record, not an export: add it with "
+                         f"db record add PROJECT {shell_path(path)}")
+
+
 def import_file(path, dst, project=None, dry_run=False, progress=False):
     """Import an export file (balsamdb's, or the JSON of Sumatra's ``smt export``) into ``dst``.
 
@@ -186,6 +206,7 @@ def import_file(path, dst, project=None, dry_run=False, progress=False):
     elif is_smt_export(start):
         items, kind_of_file, footer = _smt_items(path, project), "smt export", None
     else:
+        _refuse_a_single_record(path, start)
         footer = read_footer(path)
         check_export(path, footer)
         items, kind_of_file = _export_items(path), "balsamdb export"

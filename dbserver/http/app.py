@@ -169,17 +169,25 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
         return name in g.user["projects"]
 
     def readable_project(name):
-        """The project, when the caller may read it; else 401, 403 or 404."""
+        """The project, when the caller may read it; else 401 (anonymous) or 404.
+
+        A logged-in user who may not use a project gets the same 404 as for one that does not
+        exist, so that reads do not tell who has which projects (see docs/http.md)."""
         project = store.project(name)
         if project is not None and project["public"]:
             return project
         require_user()
-        if project is None:
-            raise HTTPError(404, f"no project {name!r}")
-        if not may_use(name):
-            raise HTTPError(403, f"user {g.user['name']!r} may not use project {name!r} "
-                                 f"(grant it with: db user grant {g.user['name']} {name})")
+        if project is None or not may_use(name):
+            raise HTTPError(404, f"no project {name!r} that user {g.user['name']!r} may use (an admin "
+                                 f"grants one with: db user grant {g.user['name']} {name})")
         return project
+
+    def may_write_before_body(name):
+        """401 for an anonymous caller, 403 for an existing project the caller may not write: checked
+        before a request's body is read, so that nobody else makes the store read and parse it."""
+        require_user()
+        if store.project(name) is not None and not may_use(name):
+            raise HTTPError(403, f"user {g.user['name']!r} may not write project {name!r}")
 
     def writable_project(name, create=False):
         """The project, when the caller may write it (None when ``create`` made it now)."""
@@ -237,6 +245,7 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
         may_use=may_use,
         readable_project=readable_project,
         writable_project=writable_project,
+        may_write_before_body=may_write_before_body,
         json_body=json_body,
         tags_param=tags_param,
         project_url=project_url,

@@ -14,6 +14,7 @@ logins throttled.
 """
 
 import collections
+import hashlib
 import math
 import threading
 import time
@@ -23,6 +24,7 @@ from balsamdb.passwords import hash_password, verify_password
 WINDOW = 60.0     # seconds during which a failure counts
 PAIR_LIMIT = 10   # failures of one address for one user within WINDOW
 USER_LIMIT = 50   # failures for one user, from any address, within WINDOW
+SHARED_CHECK_WAIT = 30.0  # seconds a request waits for the check of the same credentials
 MAX_KEYS = 10_000  # remembered (address, user) pairs and users; beyond, the oldest are forgotten
 
 OK, DENIED, THROTTLED = "ok", "denied", "throttled"
@@ -80,6 +82,8 @@ class LoginGuard:
         self.clock = clock
         self._pairs = _Failures(PAIR_LIMIT)
         self._users = _Failures(USER_LIMIT)
+        self._checking = collections.Counter()  # checks in flight, per (address, user) and per user
+        self._running = {}  # (name, SHA-256 of the password, stored hash) -> its _Check in flight
         self._lock = threading.Lock()
         self._dummy = None
 
@@ -89,33 +93,72 @@ class LoginGuard:
             self._dummy = hash_password("balsamdb: no such user")
         return self._dummy
 
+    def _throttled(self, address, name, now):
+        """Seconds the pair must wait, or 0 (the caller holds the lock).  Checks in flight count
+        as failures until they are known."""
+        pair = (address, name)
+        failed = self._pairs.count(pair, now) + self._checking[pair]
+        if failed >= PAIR_LIMIT:
+            return self._pairs.retry_after(pair, now) or 1
+        if failed and self._users.count(name, now) + self._checking[name] >= USER_LIMIT:
+            return self._users.retry_after(name, now) or 1
+        return 0
+
     def throttled(self, address, name):
         """Seconds the pair must wait, or 0."""
-        now = self.clock()
         with self._lock:
-            pair_wait = self._pairs.retry_after((address, name), now)
-            if pair_wait:
-                return pair_wait
-            if self._pairs.count((address, name), now):
-                return self._users.retry_after(name, now)
-        return 0
+            return self._throttled(address, name, self.clock())
 
     def check(self, address, name, password, user):
         if user is not None and self.passwords.known(name, password, user["password_hash"]):
             return OK, user  # verified a moment ago: never throttled
-        wait = self.throttled(address, name)
-        if wait:
-            return THROTTLED, wait
-        if user is None:
-            verify_password(password, self.dummy_hash())  # the same cost as a known user's check
-            good = False
-        else:
-            good = self.passwords.check(name, password, user["password_hash"])
-        now = self.clock()
+        # The attempt is counted before its password check, in the same locked step as the look at
+        # the throttle: 64 concurrent guesses get at most PAIR_LIMIT checks, not one for every
+        # request that looked before any had failed.  The same credentials sent at once (16 `smt
+        # run` starting together) share one check: they are one attempt, and one scrypt.
+        pair = (address, name)
+        same = (name, hashlib.sha256(password.encode()).hexdigest(), user and user["password_hash"])
         with self._lock:
-            if good:
-                self._pairs.clear((address, name))
-                return OK, user
-            self._pairs.add((address, name), now)
-            self._users.add(name, now)
-        return DENIED, None
+            running = self._running.get(same)
+            if running is None:
+                wait = self._throttled(address, name, self.clock())
+                if wait:
+                    return THROTTLED, wait
+                self._checking[pair] += 1
+                self._checking[name] += 1
+                running = self._running[same] = _Check()
+                mine = True
+            else:
+                mine = False
+        if not mine:
+            if not running.done.wait(SHARED_CHECK_WAIT):
+                return THROTTLED, 1
+            return (OK, user) if running.good else (DENIED, None)
+        try:
+            if user is None:
+                verify_password(password, self.dummy_hash())  # the same cost as a known user's check
+            else:
+                running.good = self.passwords.check(name, password, user["password_hash"])
+        finally:
+            now = self.clock()
+            with self._lock:
+                del self._running[same]
+                for key in (pair, name):
+                    self._checking[key] -= 1
+                    if not self._checking[key]:
+                        del self._checking[key]
+                if running.good:
+                    self._pairs.clear(pair)
+                else:
+                    self._pairs.add(pair, now)
+                    self._users.add(name, now)
+            running.done.set()
+        return (OK, user) if running.good else (DENIED, None)
+
+
+class _Check:
+    """A password check in flight, which requests with the same credentials wait for."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.good = False

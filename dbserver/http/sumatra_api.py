@@ -28,6 +28,7 @@ def blueprint(context):
     may_use = context.may_use
     readable_project = context.readable_project
     writable_project = context.writable_project
+    may_write_before_body = context.may_write_before_body
     json_body = context.json_body
     tags_param = context.tags_param
     project_url = context.project_url
@@ -74,6 +75,7 @@ def blueprint(context):
         return reply(data, html=html)
 
     def put_project(name):
+        may_write_before_body(name)  # the login and the permission before the body is read
         body = json_body("project")
         description, public, write_once = body.get("description"), body.get("public"), body.get("write_once")
         for flag, value in (("public", public), ("write_once", write_once)):
@@ -169,6 +171,7 @@ def blueprint(context):
         return reply(doc, html=html)
 
     def put_record(project, label):
+        may_write_before_body(project)  # the login and the permission before the body is read
         record = json_body("record")
         if record.get("label") != label:
             raise HTTPError(400, f"the record's label {record.get('label')!r} differs from the label in the "
@@ -211,7 +214,7 @@ def blueprint(context):
     def permissions(project, method):
         allow(method, "GET", "POST")
         if method == "POST":
-            writable_project(project)
+            writable_project(project)  # before the body is read
             user = json_body("permission").get("user")
             if not isinstance(user, str) or not user:
                 raise HTTPError(400, 'give the user to grant as {"user": "name"}')

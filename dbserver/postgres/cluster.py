@@ -40,6 +40,7 @@ import psycopg2
 import psycopg2.errors
 
 from balsamdb.exceptions import ConfigError
+from balsamdb.wording import shell_path
 
 from balsamdb.server.postgres.host import (find_binaries, log_tail, prepare_directories, run_as, service_account,
                                            user_name)
@@ -47,6 +48,10 @@ from balsamdb.server.postgres.layout import CONNECT_HOST, DATABASE, SUPERUSER, c
 
 log = logging.getLogger(__name__)
 
+# The server log keeps an error's message, not the statement that failed nor its DETAIL: both
+# carry the values of the row (a password hash, a record), which a log must not.  Passed at
+# every start, so that clusters made before this setting have it too (docs/postgres.md).
+QUIET_ERRORS = "-c log_min_error_statement=panic -c log_error_verbosity=terse"
 STOP_MODES = ("smart", "fast", "immediate")     # pg_ctl stop -m: wait for clients / roll back / crash-stop
 _LISTEN_RE = re.compile(r"^[A-Za-z0-9.:*%,_-]+$")   # goes through pg_ctl's shell: no quotes, no spaces
 
@@ -63,7 +68,7 @@ def start_cluster(dbdir_path, port=None, listen="127.0.0.1", deadline=60):
     paths = layout(dbdir_path)
     if not paths.is_initialized():
         raise ConfigError(f"{paths.pgdata} holds no PostgreSQL cluster; create it with: "
-                          f"db init {paths.root} --db-type postgres")
+                          f"db init {shell_path(paths.root)} --db-type postgres")
     read_password(paths.root)       # a missing password file fails here, before anything starts
     _check_owner(paths)
     listen = _listen_addresses(listen)
@@ -72,7 +77,7 @@ def start_cluster(dbdir_path, port=None, listen="127.0.0.1", deadline=60):
         current = _postmaster_port(paths)
         if port is not None and int(port) != current:
             raise ConfigError(f"the cluster in {paths.pgdata} already runs (pid {running}) on port {current}, "
-                              f"not {port}; stop it first (db dbserver --stop --path {paths.root})")
+                              f"not {port}; stop it first (db dbserver --stop --path {shell_path(paths.root)})")
         _ensure_database(paths.root, current, deadline)
         return current
     _clear_leftovers(paths, deadline)
@@ -101,7 +106,7 @@ def start_cluster(dbdir_path, port=None, listen="127.0.0.1", deadline=60):
 
 def _pg_ctl_start(binaries, paths, account, port, listen, deadline):
     """Run ``pg_ctl start -w``; None on success, else a message with the log tail (nothing left running)."""
-    options = f"-p {port} -c listen_addresses={listen} -c unix_socket_directories=''"
+    options = f"-p {port} -c listen_addresses={listen} -c unix_socket_directories='' {QUIET_ERRORS}"
     cmd = [binaries.pg_ctl, "start", "-D", str(paths.pgdata), "-w", "-t", str(max(1, int(deadline))),
            "-l", str(paths.server_log), "-o", options]
     code = run_as(cmd, paths.pg_ctl_log, deadline + 15, account, "pg_ctl start")

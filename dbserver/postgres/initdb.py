@@ -87,6 +87,9 @@ def _configure(paths, account):
         conf.write("\n# balsamdb: TCP only (start_cluster passes port and listen_addresses at each start)\n"
                    "listen_addresses = '127.0.0.1'\n"
                    "unix_socket_directories = ''\n"
-                   "password_encryption = 'scram-sha-256'\n")
+                   "password_encryption = 'scram-sha-256'\n"
+                   "# balsamdb: errors are logged without the failed statement and its DETAIL (row values)\n"
+                   "log_min_error_statement = panic\n"
+                   "log_error_verbosity = terse\n")
     if account is not None:
         os.chown(hba, account.uid, account.gid)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from balsamdb.exceptions import ConfigError
+from balsamdb.wording import shell_path
 
 SUPERUSER = "balsamdb"          # the role initdb creates; it owns the database below
 DATABASE = "balsamdb"           # the database the models live in
@@ -47,7 +48,8 @@ def layout(dbdir_path):
     """Accepts a path or a :class:`balsamdb.dbdir.DBDirectory`."""
     root = Path(getattr(dbdir_path, "path", dbdir_path)).expanduser().absolute()
     if not root.is_dir():
-        raise ConfigError(f"{root} is not a DB directory; create it with: db init {root} --db-type postgres")
+        raise ConfigError(f"{shell_path(root)} is not a DB directory; "
+                          f"create it with: db init {shell_path(root)} --db-type postgres")
     return ClusterLayout(root)
 
 
@@ -58,7 +60,8 @@ def read_password(dbdir_path):
         return path.read_text().strip()
     except FileNotFoundError:
         raise ConfigError(f"{path} is missing; the cluster cannot be used without it "
-                          f"(a new cluster gets one from: db init {path.parent} --db-type postgres)") from None
+                          f"(a new cluster gets one from: db init {shell_path(path.parent)} "
+                          "--db-type postgres)") from None
     except PermissionError:
         raise ConfigError(f"cannot read {path}: only the owner of the DB directory may use its cluster") from None
 

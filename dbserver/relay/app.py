@@ -38,11 +38,19 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 import flask
+from werkzeug.exceptions import HTTPException
 
 from balsamdb.backoff import delay_after
+from balsamdb.exceptions import BadRequest
+from balsamdb.operations.checks import check_project_name
+from balsamdb.operations.records import check_record_save
+from balsamdb.protocol import loads_strict
 from balsamdb.remote import redact, split_url
 
+from balsamdb.server.http import connections
+from balsamdb.server.http.app import MAX_BODY_BYTES
 from balsamdb.server.http.process import run_until_sigterm
+from balsamdb.server.http.urls import API_PATH
 from balsamdb.server.relay.spool import Cache, RelaySpool, SpoolError, make_token
 
 log = logging.getLogger("balsamdb.server.relay.app")
@@ -168,6 +176,7 @@ def create_relay_app(directory, upstream_url):
     upstream = Upstream(upstream_url)
     forwarder = Forwarder(spool, cache, upstream)
     app = flask.Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     request = flask.request
     projects_seen = set()
 
@@ -177,16 +186,41 @@ def create_relay_app(directory, upstream_url):
 
     @app.before_request
     def login():
+        # Before anything reads the body.  Compared as bytes: compare_digest refuses str with
+        # characters beyond ASCII (a TypeError, which was a 500), and any byte may be sent.
         header = request.headers.get("Authorization", "")
         scheme, _, data = header.partition(" ")
         try:
-            name, _, given = base64.b64decode(data.strip()).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            name, given = "", ""
-        if scheme.lower() != "basic" or not (hmac.compare_digest(name, user) and
-                                             hmac.compare_digest(given, password)):
+            name, _, given = base64.b64decode(data.strip(), validate=True).partition(b":")
+        except ValueError:
+            name, given = b"", b""
+        if scheme.lower() != "basic" or not (hmac.compare_digest(name, user.encode()) &
+                                             hmac.compare_digest(given, password.encode())):
             return flask.Response("log in with the user and password of the relay's token file\n", 401,
                                   {"WWW-Authenticate": f'Basic realm="{REALM}"'})
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc):  # 404, 405, 413 ...: JSON, as every other answer of the relay
+        return reply({"error": exc.description or exc.name}, exc.code or 400)
+
+    @app.errorhandler(Exception)
+    def internal_error(exc):
+        log.exception("%s %s failed", request.method, request.path)
+        return reply({"error": "internal error of the relay (its log has the details)"}, 500)
+
+    def checked_save(project, label):
+        """The record of a ``PUT {p}/{l}/`` as the store would check it (strict JSON, then the
+        store's own checks of a save), or the 400 answer that says why not."""
+        try:
+            if project == API_PATH:
+                raise BadRequest(f"{API_PATH!r} names the store's operation endpoint; choose another project name")
+            document = loads_strict(request.get_data(), "the record")
+            if not isinstance(document, dict) or document.get("label") != label:
+                raise BadRequest("the record's label differs from the label in the URL")
+            check_record_save(project, document)
+        except BadRequest as exc:
+            return None, reply({"error": exc.message}, 400)
+        return document, None
 
     def relay_url(project, label):
         return f"{request.url_root}{_path(project, label)}"
@@ -204,6 +238,12 @@ def create_relay_app(directory, upstream_url):
     @app.route("/<project>/", methods=["GET", "PUT"])
     def project_view(project):
         if request.method == "PUT":
+            try:
+                if project == API_PATH:
+                    raise BadRequest(f"{API_PATH!r} names the store's operation endpoint; choose another project name")
+                check_project_name(project)
+            except BadRequest as exc:
+                return reply({"error": exc.message}, 400)
             projects_seen.add(project)
             try:
                 status, body = upstream.request("PUT", _path(project), request.get_data(), "application/json")
@@ -242,12 +282,9 @@ def create_relay_app(directory, upstream_url):
         if label.startswith(("tag/", "tagged/")) or label in ("last", "permissions"):
             return special(project, label)
         if request.method == "PUT":
-            try:
-                document = json.loads(request.get_data())
-            except ValueError:
-                return reply({"error": "the record is not valid JSON"}, 400)
-            if not isinstance(document, dict) or document.get("label") != label:
-                return reply({"error": "the record's label differs from the label in the URL"}, 400)
+            document, refused = checked_save(project, label)
+            if refused is not None:  # answered now: smt says the save failed, nothing waits in the spool
+                return refused
             new = spool.latest(project, label) is None and cache.get(project, label) is None
             try:
                 spool.put(project, label, document, saved_by=f"{user}@{HOST}")
@@ -317,15 +354,14 @@ def create_relay_app(directory, upstream_url):
 
 def serve(directory, upstream_url, host="127.0.0.1", port=0, threads=16, ready=None):
     """Run the relay until SIGTERM; ``ready(url)`` once it listens."""
-    import waitress
-
     from balsamdb.server.logs import setup_logging
 
     directory = Path(directory)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     setup_logging(directory / "relay.log")
     app, forwarder, spool = create_relay_app(directory, upstream_url)
-    server = waitress.create_server(app, host=host, port=port, threads=threads, ident="balsamdb-relay")
+    # The bounds of `db serve` on connections and bodies (see balsamdb.server.http.connections)
+    server = connections.create_server(app, host, port, threads, MAX_BODY_BYTES, ident="balsamdb-relay")
     forwarder.start()
     url = f"http://{server.effective_host}:{server.effective_port}/"
     (directory / "relay.json").write_text(json.dumps({"pid": os.getpid(), "url": url, "store": redact(upstream_url)}))

@@ -18,7 +18,8 @@ import psutil
 from balsamdb import address_file
 from balsamdb.client import server_state
 from balsamdb.dbdir import PRIVATE_UMASK
-from balsamdb.exceptions import BalsamDBError, ServerUnavailable
+from balsamdb.exceptions import BalsamDBError, ConfigError, ServerUnavailable
+from balsamdb.wording import shell_path
 
 from balsamdb.server.supervisor import liveness
 from balsamdb.server.supervisor.watchdog import EXIT_ALREADY_RUNNING
@@ -58,7 +59,7 @@ def check_other_host(dbdir, stale_after=None):
     where = f", address {info['address']}" if info.get("host") == host and info.get("address") else ""
     raise RunsElsewhere(
         f"a server for {dbdir.path} runs on host {host} ({_whose(record)}, heartbeat {record['age']:.1f} s ago"
-        f"{where}). Stop it there with `db dbserver --stop --path {dbdir.path}` "
+        f"{where}). Stop it there with `db dbserver --stop --path {shell_path(dbdir.path)}` "
         f"on {host}. If host {host} is down, a start here is allowed once its heartbeat is older than "
         f"{stale_after:.0f} s (setting heartbeat_stale_after), or at once with `db dbserver --force`")
 
@@ -131,6 +132,8 @@ def start(dbdir, bind="127.0.0.1", port=0, deadline=30.0, encrypt=None, force=Fa
     server listens on an interface other than loopback.  Refuses
     (:class:`RunsElsewhere`) while a watchdog on another host keeps the heartbeat
     fresh, unless ``force``: the other host's watchdog then yields."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"port {port!r} is not a TCP port: give 1 to 65535, or 0 for a free one")
     if encrypt is None:
         encrypt = not is_loopback(bind)
     dbdir.config()
@@ -210,7 +213,7 @@ def stop(dbdir, deadline=60.0):
                   f"`db dbserver` here takes over once it is stale" if beat and beat.get("host") == info["host"]
                   else "")
         raise ControlError(f"the server runs on host {info['host']}; stop it there with "
-                           f"`db dbserver --stop --path {dbdir.path}` on {info['host']}{silent}")
+                           f"`db dbserver --stop --path {shell_path(dbdir.path)}` on {info['host']}{silent}")
     watchdogs = _unique([address_file.live_process(info.get("watchdog")), _watchdog_lock_process(dbdir)])
     servers = _unique([address_file.live_process(info.get("server")), _server_lock_process(dbdir)])
     servers = [p for p in servers if p.pid not in {w.pid for w in watchdogs}]
