@@ -176,7 +176,7 @@ MUTANTS = [
       "the HTTP client's spool sent newest first"),
     M("grant-without-check", "every route that reads or changes a project (the Sumatra routes",
       "dbserver/http/sumatra_api.py",
-      "        if method == \"POST\":\n            writable_project(project)\n",
+      "        if method == \"POST\":\n            writable_project(project)  # before the body is read\n",
       "        if method == \"POST\":\n",
       ("tests/test_permissions_table.py::test_sumatra_routes[POST {p}/permissions/-private-non-member]",),
       "no check on POST {p}/permissions/"),
@@ -331,9 +331,20 @@ MUTANTS = [
       ("tests/test_hardening.py::test_unknown_user_and_wrong_password_cost_one_hash_each",),
       "an unknown user answered faster than a wrong password"),
     M("login-not-throttled", "failed HTTP logins are throttled", "dbserver/http/login_guard.py",
-      "        wait = self.throttled(address, name)\n", "        wait = 0\n",
+      "                wait = self._throttled(address, name, self.clock())\n", "                wait = 0\n",
       ("tests/test_hardening.py::test_failed_logins_are_throttled_and_a_legitimate_user_is_still_served",),
       "no throttling of guesses"),
+
+    M("throttle-counted-after-check", "64 concurrent wrong passwords for one user from one address",
+      "dbserver/http/login_guard.py", "        failed = self._pairs.count(pair, now) + self._checking[pair]\n",
+      "        failed = self._pairs.count(pair, now)\n",
+      ("tests/test_web_hardening.py::test_idle_sockets_big_anonymous_bodies_and_guessing_leave_a_user_served[sqlite3]",),
+      "an attempt counted only once its check failed: concurrent guesses all checked"),
+    M("same-login-not-shared", "64 concurrent wrong passwords for one user from one address",
+      "dbserver/http/login_guard.py", "            running = self._running.get(same)\n",
+      "            running = None\n",
+      ("tests/test_web_hardening.py::test_idle_sockets_big_anonymous_bodies_and_guessing_leave_a_user_served[sqlite3]",),
+      "16 first logins with the same right password each counted apart: some answered 429"),
 
     # -- Memory stays bounded -------------------------------------------------------------------------
     M("batch-bytes-unbounded", "one group commit takes at most `max_batch_bytes`", "dbserver/writer/server.py",
@@ -346,6 +357,15 @@ MUTANTS = [
       "    if False:",
       ("tests/test_bounded_memory.py::test_the_client_refuses_a_write_larger_than_the_server_reads",),
       "the client ignoring the server's published limit", slow=True),
+
+    M("record-body-read-before-login", "`db serve` reads a body only after the login and the permission",
+      "dbserver/http/sumatra_api.py",
+      "        may_write_before_body(project)  # the login and the permission before the body is read\n"
+      "        record = json_body(\"record\")\n",
+      "        record = json_body(\"record\")\n"
+      "        may_write_before_body(project)  # the login and the permission before the body is read\n",
+      ("tests/test_web_hardening.py::test_idle_sockets_big_anonymous_bodies_and_guessing_leave_a_user_served[sqlite3]",),
+      "a record's body read and parsed before the login and the permission check"),
 
     # -- Direct SQLite only on a local file system ---------------------------------------------------
     M("unknown-fs-is-local", "statfs types ext2/3/4, xfs", "balsamdb/filesystems.py",
