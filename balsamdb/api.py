@@ -1,9 +1,12 @@
 """The public Python API: ``balsamdb.connect()`` and what it returns.
 
 Every call becomes one request of :mod:`balsamdb.operations` with a fresh id.
-While a server runs for the DB directory, the request goes through it (reads
-too); when none runs and the database is SQLite, it is applied directly
-(unless ``require_server``); see :meth:`Database.call`.
+While a server runs for the DB directory, a write goes through it; when none runs
+and the database is SQLite, it is applied directly (unless ``require_server``);
+see :meth:`Database.call`.  Reads never go to the write server: on its host, with
+the SQLite file on a local file system, the client reads the file itself on a
+read-only connection; otherwise the read service beside the write server answers
+them (see :mod:`balsamdb.reads` and ``Database._read``).
 """
 
 import logging
@@ -15,6 +18,7 @@ from .client import ServerClient, server_state, unavailable
 from .dbdir import DBDirectory
 from .exceptions import NotADBDirectory, RequestTooLarge, ServerUnavailable, TryAgain
 from .handle import UNREACHABLE_FOR, StoreHandle, answer_result
+from .read_route import ReadRoute
 from .settings import CHECKOUT_SOURCE, USER_DIR_SOURCE, load_settings, resolve_db_path
 from .spool import Spool, SpoolWriter
 from .wording import shell_path
@@ -54,7 +58,7 @@ def connect(path=None, **settings):
     return Database(dbdir, resolved)
 
 
-class Database(StoreHandle):
+class Database(ReadRoute, StoreHandle):
     """A connection to one DB directory.  Use :func:`connect` to make one."""
 
     def __init__(self, dbdir, settings):
@@ -64,9 +68,12 @@ class Database(StoreHandle):
         self._config_signature = self._config_stat()  # before the type is read: a later change is seen
         self.db_type = dbdir.db_type
         self.attach_facades()
-        self.last_route = None  # "server" or "direct": where the last request went
+        self.last_route = None  # "server", "direct" or "spool": where the last write (or server op) went
+        self.last_read_route = None  # "local" (this process read SQLite) or "reader" (the read service)
         self._server = None
         self._direct = None
+        self._read_client = None  # ServerClient of the read service
+        self._local_store = None  # balsamdb.reads.Reader on this host's SQLite file
         self._address_cache = None
         self._address_signature = None
         self._address_path = str(dbdir.address_file)
@@ -79,10 +86,10 @@ class Database(StoreHandle):
         return f"<balsamdb.Database {self.dbdir.path} ({self.db_type})>"
 
     def close(self):
-        for backend in (self._server, self._direct):
+        for backend in (self._server, self._direct, self._read_client, self._local_store):
             if backend is not None:
                 backend.close()
-        self._server = self._direct = None
+        self._server = self._direct = self._read_client = self._local_store = None
 
     @property
     def path(self):
@@ -105,7 +112,11 @@ class Database(StoreHandle):
         (a retry of an id that was applied gets the first answer, and changes nothing)."""
         request_id = request_id or os.urandom(16).hex()  # as unique as a uuid4, cheaper to make
         write = op in operations.OPERATIONS and operations.OPERATIONS[op].write
-        answer = self._route({"id": request_id, "op": op, "params": params, "ts": time.time()}, write)
+        message = {"id": request_id, "op": op, "params": params, "ts": time.time()}
+        if write or op not in operations.OPERATIONS or op in protocol.SERVER_OPS:
+            answer = self._route(message, write)
+        else:
+            answer = self._read(message)
         return answer_result(request_id, answer)
 
     def _address(self, recheck=False):

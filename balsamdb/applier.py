@@ -153,6 +153,10 @@ def apply(database, requests, savepoints=True, tick=None):
             tick()
         try:
             fast.executemany(fast.insert_applied, new_rows)
+        except pw.IntegrityError as exc:
+            # Only the request ids are unique here: another daemon on the same PostgreSQL database
+            # applied one of these ids at the same time (its insert held ours until it committed).
+            raise AppliedElsewhere(exc) from exc
         except DATABASE_ERRORS as exc:
             raise StorageFailure(exc) from exc
         crash_points.reach(crash_points.AFTER_APPLIED_INSERT)
@@ -206,6 +210,20 @@ def _run_bare(op, params, insert):
         raise NeedsIsolation(op.name) from exc
 
 
+class AppliedElsewhere(Exception):
+    """A request id of the batch was recorded by another daemon on the same database while this
+    batch ran: the batch is rolled back and run again, and that request is then answered from the
+    record (its writer's answer), never applied twice nor refused with a duplicate key."""
+
+    def __init__(self, original):
+        super().__init__(str(original))
+        self.original = original
+
+
+#: times a batch is run again because another daemon applied one of its ids meanwhile
+APPLIED_ELSEWHERE_RETRIES = 5
+
+
 def apply_batch(database, requests, begin):
     """:func:`run_batch` of ``requests``: :class:`~balsamdb.request.Request` objects or
     ``(request_id, op, params)`` tuples; returns the answers."""
@@ -219,12 +237,19 @@ def run_batch(database, requests, begin, tick=None):
     ``begin()`` (a context manager), optimistically without savepoints and, if any request
     fails, again with one savepoint per request; each is filled in (see :func:`apply`) when
     this returns, after the commit.  ``tick``: see :func:`apply`."""
-    try:
-        with begin():
-            apply(database, requests, savepoints=False, tick=tick)
-    except NeedsIsolation:
-        with begin():
-            apply(database, requests, savepoints=True, tick=tick)
+    for attempt in range(APPLIED_ELSEWHERE_RETRIES + 1):
+        try:
+            try:
+                with begin():
+                    apply(database, requests, savepoints=False, tick=tick)
+            except NeedsIsolation:
+                with begin():
+                    apply(database, requests, savepoints=True, tick=tick)
+            return requests
+        except AppliedElsewhere as exc:
+            if attempt == APPLIED_ELSEWHERE_RETRIES:
+                raise StorageFailure(exc.original) from exc
+            log.info("another daemon applied a request of this batch meanwhile; running it again (%s)", exc)
     return requests
 
 

@@ -134,6 +134,15 @@ class TryAgain(BalsamDBError):
     advice = "the client resends the same request by itself"
 
 
+class ReadTimeout(BalsamDBError):
+    """A read ran longer than its time limit (the ``read_time_limit`` setting) and was stopped by
+    the database; nothing was changed."""
+
+    code = "read_timeout"
+    http_status = 503
+    advice = "narrow the read (filters, --limit) or page it (db.jobs.iter); raise read_time_limit if needed"
+
+
 class TransferError(BalsamDBError):
     """A copy, export or import that could not be completed or verified (the message
     says how far it got; running it again finishes it)."""
@@ -148,7 +157,7 @@ ERRORS_BY_CODE = {
     for cls in (
         BalsamDBError, ConfigError, NotADBDirectory, BadRequest, RequestTooLarge,
         AuthenticationError, NotFound, InvalidTransition, Conflict, DatabaseBusy,
-        StorageError, ServerUnavailable, ServerError, TryAgain, TransferError,
+        StorageError, ServerUnavailable, ServerError, TryAgain, ReadTimeout, TransferError,
     )
 }
 

@@ -247,6 +247,9 @@ class Jobs:
         ``sort``: created (default), updated, name, workflow, state (pipeline
         order) or id; "-updated" is the last changed first.
         """
+        if not offset:
+            # Read page by page (no answer holds a whole listing); the list is the caller's.
+            return list(self.iter(limit=limit, sort=sort, since=since, until=until, changed=changed, **filters))
         params = {"filters": self._query(filters, since, until, changed,
                                          ("since", "until", "changed", "sort", "limit", "offset")),
                   "limit": limit, "offset": offset}
@@ -254,6 +257,32 @@ class Jobs:
             params["sort"] = job_queries.check_sort(sort)
         rows = self._db.call("job_filter", **params)
         return [self._job(r) for r in rows]
+
+    def iter(self, limit=None, sort=None, since=None, until=None, changed=False, page_size=1000, **filters):
+        """The jobs of :meth:`filter` (same filters and ``sort``), as an iterator that reads them a
+        page at a time (``page_size`` jobs, a keyset cursor: no OFFSET), so that neither this process
+        nor the server ever holds the whole listing: ``for job in db.jobs.iter(state="READY"): ...``.
+
+        Each page is one read, consistent in itself; jobs written between pages are seen when they
+        sort after the last page read (see ``balsamdb.operations.pages``).  ``limit``: at most this many."""
+        params = {"filters": self._query(filters, since, until, changed,
+                                         ("since", "until", "changed", "sort", "limit", "page_size"))}
+        if sort is not None:
+            params["sort"] = job_queries.check_sort(sort)
+        left = limit
+        after = None
+        while left is None or left > 0:
+            size = page_size if left is None else min(page_size, left)
+            if size <= 0:
+                return
+            page = self._db.call("job_page", after=after, limit=size, **params)
+            for row in page["jobs"]:
+                yield self._job(row)
+            if left is not None:
+                left -= len(page["jobs"])
+            after = page["next"]
+            if after is None:
+                return
 
     def all(self):
         return self.filter()
@@ -320,8 +349,24 @@ class Records:
 
     def list(self, project, tags=None, limit=None, match="all"):
         """Record documents of ``project``, newest first, having all ``tags``
-        (``match="any"``: any of them)."""
-        return self._db.call("record_list", project=project, tags=list(tags or []), limit=limit, match=match)
+        (``match="any"``: any of them); read page by page (see :meth:`iter`)."""
+        return list(self.iter(project, tags=tags, limit=limit, match=match))
+
+    def iter(self, project, tags=None, limit=None, match="all", page_size=500):
+        """The documents of :meth:`list` as an iterator that reads them ``page_size`` at a time (a
+        keyset cursor), so that no process holds the whole listing."""
+        left = limit
+        after = None
+        while left is None or left > 0:
+            size = page_size if left is None else min(page_size, left)
+            page = self._db.call("record_page", project=project, tags=list(tags or []), match=match,
+                                 after=after, limit=size)
+            yield from page["records"]
+            if left is not None:
+                left -= len(page["records"])
+            after = page["next"]
+            if after is None:
+                return
 
     def labels(self, project, tags=None, match="all"):
         return self._db.call("record_labels", project=project, tags=list(tags or []), match=match)

@@ -267,7 +267,11 @@ def _ensure_indexes(database):
     # What the jobs page of `db serve` reads while a campaign runs: the count per workflow and state,
     # the most recently changed jobs and the jobs finished per minute, each from an index alone.
     for table, columns in ((Job._meta.table_name, ("workflow", "state")), (Job._meta.table_name, ("updated_at",)),
-                           (JobStateChange._meta.table_name, ("to_state", "time"))):
+                           (JobStateChange._meta.table_name, ("to_state", "time")),
+                           # The keyset cursors of the paged listings (balsamdb.operations.pages): the next
+                           # page starts from the index, even inside one bulk_create (one created_at for all).
+                           (Job._meta.table_name, ("created_at", "id")),
+                           (Record._meta.table_name, ("project_id", "sort_time", "id"))):
         database.execute_sql(f"CREATE INDEX IF NOT EXISTS {q(table + '_' + '_'.join(columns))} "
                              f"ON {q(table)} ({', '.join(q(c) for c in columns)})")
 

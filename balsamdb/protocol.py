@@ -17,7 +17,8 @@ codes are the ``code`` attributes in :mod:`balsamdb.exceptions`.  The operations
 are those of :mod:`balsamdb.operations`; the server answers ``ping``, ``status`` and
 ``spool_drain`` itself (registered with ``server=True``).  While the server applies spooled writes that arrived before a
 request, it may answer with a *holding reply* (:func:`holding_reply`): the request
-was not applied; the client sends it again on the same socket.  See docs/protocol.md.
+was not applied; the client sends it again on the same socket.  The read service sends the same
+kind of reply (:func:`working_reply`) while it works on a long read.  See docs/protocol.md.
 """
 
 import hmac
@@ -50,6 +51,16 @@ def holding_reply(request_id, pending):
     return {"id": request_id, "ok": False, "holding": True, "pending": pending,
             "error": {"code": "draining", "type": "Draining",
                       "message": f"draining the spool, {pending} left: this write goes after them"}}
+
+
+def working_reply(request_id, seconds):
+    """The read service's answer to a read it has worked on for ``seconds`` and goes on with: a
+    holding reply (the client sends the same request again, same id, same socket, and waits a
+    whole ``client_timeout`` again), so that a long read is never sent again on a fresh socket
+    and run twice while the service is alive and working on it."""
+    return {"id": request_id, "ok": False, "holding": True, "working": round(seconds, 1),
+            "error": {"code": "working", "type": "Working",
+                      "message": f"the read service has worked on this read for {seconds:.1f} s; wait"}}
 
 
 def is_holding(answer):

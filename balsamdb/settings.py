@@ -42,6 +42,10 @@ DEFAULTS = {
     "require_explicit_db": (False, bool, "refuse the last fallback (default_db/ of a source checkout, or the per-user "
                                          "directory): a DB directory must be named by --path, BALSAM_DB_PATH or "
                                          "default_db_path"),
+    "local_reads": (True, bool, "on the server's host, with the SQLite file on a local file system, read it on "
+                                "read-only connections in this process (off: every read goes to the read service)"),
+    "read_time_limit": (120.0, float, "seconds one read (one page of a listing) may run before the database stops "
+                                      "it with an error (read_timeout); pages of a streamed listing are each timed"),
     "heartbeat_stale_after": (30.0, float, "seconds after which the heartbeat of a watchdog on another host counts "
                                            "as dead, so that db dbserver may start here (at least 6)"),
 }

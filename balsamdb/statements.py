@@ -34,8 +34,10 @@ class Statements:
         job_table = q(Job._meta.table_name)
         self.select_job = (f"SELECT {', '.join(q(f.column_name) for f in self.job_columns)} FROM {job_table} "
                            f"WHERE {q('id')} = {p}")
+        # compare-and-set: only from the state that was read, so that two daemons on one PostgreSQL
+        # database cannot both move a job out of one state (the second finds 0 rows, reads again)
         self.update_state = (f"UPDATE {job_table} SET {q('state')} = {p}, {q('state_message')} = {p}, "
-                             f"{q('updated_at')} = {p} WHERE {q('id')} = {p}")
+                             f"{q('updated_at')} = {p} WHERE {q('id')} = {p} AND {q('state')} = {p}")
 
         # record_save, the write of every Sumatra run (peewee's query building cost ~0.8 ms of it)
         project, record, tag = (q(m._meta.table_name) for m in (Project, Record, RecordTag))

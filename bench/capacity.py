@@ -31,6 +31,7 @@ import uuid
 from pathlib import Path
 
 from balsamdb.bench.writers import cpu_seconds, peak_rss_mb
+from balsamdb.private_files import private_replacement
 
 TARGETS = ("sqlite", "postgres", "null")
 PRESIGN_MAX = 250_000        # requests signed before the clock starts (the rest are signed on the fly)
@@ -235,8 +236,9 @@ def run(inflights, seconds, repeat, targets, json_out=None, workdir=None):
                 "lost": sum(r.get("lost", 0) for r in rows), "errors": sum(r["errors"] for r in rows),
             })
     if json_out:
-        Path(json_out).write_text(json.dumps({"summary": summary, "runs": results, "seconds": seconds,
-                                              "repeat": repeat, "cpus": os.cpu_count()}, indent=1))
+        with private_replacement(json_out) as out:  # never through a file or symlink someone else made
+            out.write(json.dumps({"summary": summary, "runs": results, "seconds": seconds,
+                                  "repeat": repeat, "cpus": os.cpu_count()}, indent=1).encode())
     return summary
 
 

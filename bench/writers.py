@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from balsamdb.dbdir import DBDirectory
+from balsamdb.private_files import private_replacement
 
 from balsamdb.server.dbinit import init_db_directory
 
@@ -309,7 +310,8 @@ def plot(rows, path):
     handles, labels = left.get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), frameon=False)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    fig.savefig(path, dpi=110)
+    with private_replacement(path) as out:
+        fig.savefig(out, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
 
 
 def positive_ints(text, option):
@@ -385,8 +387,8 @@ def main(argv=None):
     if bulk:
         print_bulk(bulk)
     if args.json_out:  # before the plot: a plot that fails never loses the run
-        Path(args.json_out).write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "rows": rows, "bulk": bulk},
-                                                  indent=1))
+        with private_replacement(args.json_out) as out:  # never through a file or symlink someone else made
+            out.write(json.dumps({"machine": {"cpus": os.cpu_count()}, "rows": rows, "bulk": bulk}, indent=1).encode())
     if args.plot:
         try:
             plot(rows, args.plot)

@@ -112,6 +112,45 @@ def shorten(text, width):
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
+def echo_json_stream(items):
+    """Print ``items`` (an iterator) as one JSON list, each item as it comes (the same text as
+    :func:`echo_json` of the whole list, never holding it)."""
+    first = True
+    for item in items:
+        text = json.dumps(item, indent=2, ensure_ascii=False).replace("\n", "\n  ")
+        click.echo(("[\n  " if first else ",\n  ") + text, nl=False)
+        first = False
+    click.echo("[]" if first else "\n]")
+
+
+def echo_table_stream(headers, rows, measure=200):
+    """Print ``rows`` (an iterator of lists of strings) under ``headers`` as they come: the column
+    widths are those of the first ``measure`` rows (a later, longer cell widens only its line).
+    Returns the number of rows printed."""
+    head = []
+    for row in rows:
+        head.append(row)
+        if len(head) >= measure:
+            break
+    widths = [max([len(h)] + [len(r[i]) for r in head]) for i, h in enumerate(headers)]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    if not head:
+        return 0
+    click.echo(line(headers))
+    click.echo(line(["-" * w for w in widths]))
+    count = 0
+    for row in head:
+        click.echo(line(row))
+        count += 1
+    for row in rows:
+        click.echo(line(row))
+        count += 1
+    return count
+
+
 def echo_table(headers, rows):
     """Print ``rows`` (lists of strings) under ``headers`` in aligned columns."""
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]

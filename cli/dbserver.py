@@ -51,7 +51,27 @@ def _format_status(info):
             f"{status['spooled_applied']} applied since start (see db spool)",
         ]
         lines += _spool_drain_lines(status)
+        if status.get("reads_refused"):
+            lines.append(f"reads:    {status['reads_refused']} refused (reads go to the read service)")
+    lines += _reader_lines(info)
     return "\n".join(lines)
+
+
+def _reader_lines(info):
+    """The read service's lines of --status: where it listens, its pid and counters."""
+    if not info.get("read_address") and info.get("reader_state") != "restarting":
+        return []
+    reader = info.get("reader_status")
+    if info.get("reader_state") == "restarting":
+        return ["reader:   restarting (the watchdog starts it again)"]
+    if not reader:
+        return [f"reader:   {info['read_address']}, not answering"]
+    uptime = datetime.timedelta(seconds=int(reader["uptime"]))
+    return [f"reader:   pid {reader['pid']}, {info['read_address']}, up {uptime}, {reader['workers']} workers, "
+            f"{info.get('reader_restarts', 0)} restarts",
+            f"reads:    {reader['reads']} run, {reader['reads_running']} running, {reader['reads_joined']} resends "
+            f"joined a running read, {reader['reads_timed_out']} over the time limit "
+            f"({reader['read_time_limit']:g} s), longest {reader['max_read_ms']:.0f} ms"]
 
 
 START_ONLY = ("bind", "port", "encrypt", "force")
@@ -135,11 +155,15 @@ def dbserver(ctx, path, stop, status, bind, port, encrypt, force, timeout, as_js
         result = control.status(dbdir)
         text = _format_status(result)
     else:
-        started = control.start(dbdir, bind=bind, port=port, deadline=timeout, encrypt=encrypt, force=force)
+        started = control.start(dbdir, bind=bind, port=port, deadline=timeout, encrypt=encrypt, force=force,
+                                say=lambda line: click.echo(line, err=True))
         result = {"already_running": started.already_running, **started.address}
         text = (f"a server already runs for {dbdir.path} at {started.address.get('address')}"
                 if started.already_running
                 else f"server for {dbdir.path} listening at {started.address.get('address')}")
+        if not started.already_running and started.address.get("replaced_orphan"):
+            text += (f" (it first stopped pid {started.address['replaced_orphan']}, a server left running by a "
+                     "killed watchdog)")
         if started.already_running:
             explicit = {name: value for name, value in (("bind", bind), ("port", port), ("encrypt", encrypt))
                         if name in given}

@@ -12,7 +12,8 @@ from balsamdb import job_queries
 from balsamdb.exceptions import BadRequest
 from balsamdb.states import STATES
 
-from .common import echo_json, echo_table, format_time, json_option, open_db, path_option, shorten
+from .common import (echo_json, echo_json_stream, echo_table, echo_table_stream, format_time, json_option, open_db,
+                     path_option, shorten)
 
 
 class StateChoice(click.Choice):
@@ -88,22 +89,22 @@ def ls(path, workflow, states, name_glob, tags, since, until, changed, sort, lim
             counts = db.jobs.state_counts(**filters)
             echo_json(counts) if as_json else _echo_counts(counts, filtered)
             return
-        jobs = db.jobs.filter(limit=limit, sort=sort, **filters)
-    if as_json:
-        echo_json([job.to_dict() for job in jobs])
-        return
-    _echo_jobs(jobs, filtered)
+        # Streamed: rows are printed as their pages arrive; no process holds the whole listing.
+        jobs = db.jobs.iter(limit=limit, sort=sort, **filters)
+        if as_json:
+            echo_json_stream(job.to_dict() for job in jobs)
+            return
+        _echo_jobs(jobs, filtered)
 
 
 def _echo_jobs(jobs, filtered):
-    if not jobs:
-        click.echo("No jobs match." if filtered else "No jobs yet.")
-        return
-    echo_table(
+    shown = echo_table_stream(
         ["id", "name", "workflow", "application", "state", "created"],
-        [[j.id[:8], j.name, j.workflow, shorten(j.application, 40), j.state, format_time(j.created_at)]
-         for j in jobs],
+        ([j.id[:8], j.name, j.workflow, shorten(j.application, 40), j.state, format_time(j.created_at)]
+         for j in jobs),
     )
+    if not shown:
+        click.echo("No jobs match." if filtered else "No jobs yet.")
 
 
 def _echo_counts(counts, filtered):

@@ -1,10 +1,13 @@
 """`db record`: Sumatra provenance records, grouped by project."""
 
+import itertools
+
 import click
 
 from balsamdb.exceptions import NotFound
 
-from .common import echo_json, echo_table, format_time, json_option, open_db, parse_json, path_option, shorten
+from .common import (echo_json, echo_json_stream, echo_table, echo_table_stream, format_time, json_option, open_db,
+                     parse_json, path_option, shorten)
 
 
 @click.group("record")
@@ -84,22 +87,28 @@ def ls(project, path, tags, any_tag, limit, as_json):
     if any_tag and not tags:
         raise click.UsageError("--any-tag needs the tags: --tag A --tag B --any-tag")
     with open_db(path) as db:
-        try:  # the library says NotFound for a project that does not exist, as this line does
-            documents = db.records.list(project, tags=list(tags), limit=limit, match="any" if any_tag else "all")
-        except NotFound:
-            raise click.ClickException(f"project {project!r} does not exist (db project ls lists them)") from None
-    if as_json:
-        echo_json(documents)
-        return
-    if not documents:
-        joined = (" or " if any_tag else ", ").join(tags)
-        click.echo(f"No records in project {project}" + (f" tagged {joined}." if tags else "."))
-        return
-    echo_table(
-        ["label", "timestamp", "tags", "outcome", "duration"],
-        [[str(d.get("label", "")), str(d.get("timestamp") or ""), ", ".join(d.get("tags") or []),
-          shorten(d.get("outcome") or "", 40), _duration(d.get("duration"))] for d in documents],
-    )
+        # Streamed: printed page by page as they arrive (db.records.iter); nothing holds the whole listing.
+        documents = db.records.iter(project, tags=list(tags), limit=limit, match="any" if any_tag else "all")
+        first = next(documents, None)
+        if first is None:
+            try:
+                db.projects.get(project)
+            except NotFound:
+                raise click.ClickException(f"project {project!r} does not exist (db project ls lists them)") \
+                    from None
+        documents = itertools.chain([first], documents) if first is not None else iter(())
+        if as_json:
+            echo_json_stream(documents)
+            return
+        if first is None:
+            joined = (" or " if any_tag else ", ").join(tags)
+            click.echo(f"No records in project {project}" + (f" tagged {joined}." if tags else "."))
+            return
+        echo_table_stream(
+            ["label", "timestamp", "tags", "outcome", "duration"],
+            ([str(d.get("label", "")), str(d.get("timestamp") or ""), ", ".join(d.get("tags") or []),
+              shorten(d.get("outcome") or "", 40), _duration(d.get("duration"))] for d in documents),
+        )
 
 
 @record.command("show")

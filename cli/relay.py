@@ -126,7 +126,9 @@ def relay(store, directory, host, port, stop, status, as_json):
         raise click.ClickException(str(exc)) from None
     (Path(directory) / "relay.json").unlink(missing_ok=True)
     env = dict(os.environ, BALSAMDB_RELAY_TO=store)  # not on the command line, where ps shows it
-    with open(Path(directory) / "relay.out", "ab") as out:
+    # 0600: the relay's files are its owner's only, whatever the umask (the directory may be 755)
+    with os.fdopen(os.open(Path(directory) / "relay.out", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
+                           0o600), "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "balsamdb.server.relay.app", str(directory), host, str(port)],
                                 env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)

@@ -172,9 +172,10 @@ def import_(file, path, store, project, dry_run, as_json):
     nothing.  A balsamdb export without its end line (truncated) is refused
     before anything is written; after the import, every item of the file is
     checked to be present and equal.  Sumatra's own store is read with plain
-    SQL when it is Django's SQLite file (neither Django nor Sumatra needed; a
-    running smt's write is waited for), through Sumatra's classes when it is a
-    shelve file (sumatra must be installed).
+    SQL when it is Django's SQLite file (a running smt's write is waited for),
+    and as inert data when it is a shelve file (its pickles never build one of
+    Sumatra's objects, so a crafted store runs nothing): neither Django nor
+    Sumatra is needed.
 
     Example:
 

@@ -103,8 +103,8 @@ def served_dbdir(any_dbdir):
     """``any_dbdir`` with its server running; everything of it stopped afterwards."""
     from helpers import db_cli, kill_everything
 
-    started = db_cli("dbserver", "--path", any_dbdir)
-    try:
+    try:  # also when the start itself fails or times out
+        started = db_cli("dbserver", "--path", any_dbdir)
         assert started.returncode == 0, started.stderr
         yield any_dbdir
     finally:
@@ -145,3 +145,26 @@ def pytest_collection_modifyitems(config, items):
         on_postgres = any(isinstance(v, str) and v.startswith("postgres") for v in params.values())
         if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or on_postgres or "pg_cluster" in item.fixturenames:
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The last net: a server process of this run (its command line names a path under the run's
+    temporary directory) that a finalizer missed is stopped, and named on stderr so the leak is seen."""
+    import sys
+
+    import psutil
+    from helpers import stop_processes
+
+    try:
+        base = str(session.config._tmp_path_factory.getbasetemp())
+    except (AttributeError, ValueError):
+        return
+    left = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if any("balsamdb.server." in part for part in cmd) and any(part.startswith(base) for part in cmd):
+            left.append(proc)
+    if left:
+        sys.stderr.write(f"\nconftest: stopping {len(left)} server process(es) that this run left: "
+                         f"{[p.pid for p in left]}\n")
+        stop_processes(left)

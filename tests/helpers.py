@@ -19,9 +19,19 @@ WRITER = HERE / "writer.py"
 
 
 def db_cli(*args, timeout=60, env=None, check=False):
-    """Run `db ARGS...` as a real process; returns the CompletedProcess."""
-    proc = subprocess.run([sys.executable, "-m", "balsamdb.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    """Run `db ARGS...` as a real process; returns the CompletedProcess.
+
+    A `db dbserver` or `db relay` start that runs out of ``timeout`` has started detached processes
+    (the watchdog and its server, the relay) that outlive it: they are stopped before the
+    TimeoutExpired goes on, so that no fixture or test leaves them running, whatever happens."""
+    try:
+        proc = subprocess.run([sys.executable, "-m", "balsamdb.cli", *map(str, args)], capture_output=True,
+                              text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        started = started_directory(args, env)
+        if started is not None:
+            kill_everything(started)
+        raise
     if check and proc.returncode != 0:
         raise AssertionError(f"db {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -56,13 +66,25 @@ def server_pids(path):
 
 def processes_for(path):
     """Every live process whose command line names this DB directory (watchdogs, servers)."""
-    path = str(path)
+    paths = {str(path), str(Path(path).absolute())}
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if path in cmd and any("balsamdb.server." in part for part in cmd):
+        if paths & set(cmd) and any("balsamdb.server." in part for part in cmd):
             found.append(proc)
     return found
+
+
+def started_directory(args, env=None):
+    """The directory whose detached processes ``db ARGS`` starts (`db dbserver`, `db relay`), or None."""
+    args = [str(a) for a in args]
+    if not args or args[0] not in ("dbserver", "relay") or {"--stop", "--status", "-h", "--help"} & set(args):
+        return None
+    option = "--path" if args[0] == "dbserver" else "--dir"
+    if option in args[:-1]:
+        return Path(args[args.index(option) + 1]).absolute()
+    named = (env if env is not None else os.environ).get("BALSAM_DB_PATH")
+    return Path(named).absolute() if named and args[0] == "dbserver" else None
 
 
 def kill_everything(path):

@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import sqlite3
+import stat
 import subprocess
 import threading
 import time
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from helpers import db_cli, wait_for
+from served import PASSWORDS
 from test_http_store import record
 from test_relay import status, store  # noqa: F401  (the store fixture: a DB directory served over HTTP)
 from test_relay_saved_at import put, served  # noqa: F401  (served: a store where bob is an admin, ada is not)
@@ -150,6 +152,26 @@ def test_a_fifo_or_a_device_is_refused_without_hanging(kind, tmp_path, dst):
     assert "is not a regular file (a FIFO, a device or a socket): nothing was imported" in line, line
 
 
+@pytest.mark.parametrize("where", ["an_item", "the_end_line"])
+def test_an_export_line_nested_100000_deep_is_one_line_and_nothing_imported(where, tmp_path, dst):
+    """A line of `[[[...]]]` 100,000 deep in an export file: `db import` printed a RecursionError
+    traceback (json's decoder recurses).  Now one line that names the line, and nothing imported."""
+    source = tmp_path / "src"
+    DBDirectory(source).init()
+    with balsamdb.connect(source) as db:
+        db.records.save("P", {"label": "r1"})
+    export = tmp_path / "export.jsonl"
+    assert db_cli("export", export, "--path", source).returncode == 0
+    lines = export.read_text().splitlines()
+    deep = "[" * 100_000 + "]" * 100_000
+    lines = [lines[0], deep, *lines[1:]] if where == "an_item" else [*lines[:-1], deep]
+    export.write_text("\n".join(lines) + "\n")
+    line = refused_import(export, dst)
+    assert "nested too deeply to read (more than 900 levels); nothing was imported" in line, line
+    assert ("line 2:" in line) if where == "an_item" else ("its last line" in line), line
+    assert imported(dst) == {}
+
+
 class Evil:
     """Unpickled, it runs a command (what a crafted shelve store can hold)."""
 
@@ -179,6 +201,76 @@ def test_a_crafted_shelve_store_does_not_run_its_code(how, tmp_path, dst):
     assert not ran.exists(), "the crafted store ran its command"
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "which a Sumatra record never holds: refused (a crafted store?)" in done.stderr, done.stderr
+    assert imported(dst) == {}
+
+
+class Reconstructed:
+    """Unpickled, it is ``cls`` rebuilt from ``state`` by its ``__setstate__``, as pickle rebuilds an
+    object (what Sumatra's own records are made of)."""
+
+    def __init__(self, cls, state):
+        self.cls, self.state = cls, state
+
+    def __reduce__(self):
+        import copyreg
+
+        return copyreg._reconstructor, (self.cls, object, None), self.state
+
+
+def sumatra_payload(kind, marker, repository):
+    """A Sumatra object whose constructor or ``__setstate__`` does something, and the record field
+    it sits in: each leaves ``marker`` (or a git trace) when built."""
+    from sumatra import datastore, parameters, programs
+    from sumatra.datastore.archivingfs import ArchivingFileSystemDataStore
+    from sumatra.recordstore.shelve_store import ShelveRecordStore
+    from sumatra.versioncontrol._git import GitRepository
+
+    command = f"touch {marker}"
+    return {  # Executable(path) runs "<path> --version" in a shell; SimpleParameterSet evals its values
+        "executable_call": ("executable", Evil(programs.Executable, f"{command};")),
+        "python_executable_call": ("executable", Evil(programs.PythonExecutable, f"{command};")),
+        "parameter_set_eval": ("parameters", Evil(parameters.SimpleParameterSet,
+                                                  f"x = __import__('os').system({command!r})")),
+        "archiving_store_call": ("datastore", Evil(ArchivingFileSystemDataStore, str(marker))),  # mkdir
+        "filesystem_store_setstate": ("datastore", Reconstructed(datastore.FileSystemDataStore,
+                                                                 {"root": str(marker)})),  # mkdir
+        "shelve_store_setstate": ("datastore", Reconstructed(ShelveRecordStore,
+                                                             {"shelf_name": str(marker)})),  # shelve.open
+        "git_repository_setstate": ("repository", Reconstructed(GitRepository,
+                                                                {"url": str(repository), "upstream": None})),
+    }[kind]
+
+
+@pytest.mark.parametrize("kind", ["executable_call", "python_executable_call", "parameter_set_eval",
+                                  "archiving_store_call", "filesystem_store_setstate", "shelve_store_setstate",
+                                  "git_repository_setstate"])
+def test_a_shelve_store_cannot_run_code_through_sumatras_own_classes(kind, tmp_path, dst):
+    """Sumatra's classes were allowed in a shelve store's pickles, and several do things when built:
+    `db import` of a record whose executable was `Executable("touch X;")` ran `touch X; --version` in a
+    shell (as root, `id`).  No Sumatra object is built now: the pickles are read into inert stand-ins,
+    and an object made by calling a class (never what smt stores) is refused with one line."""
+    import shelve
+
+    from sumatra.records import Record
+
+    from helpers import require_smt
+
+    require_smt()
+    marker, repository = tmp_path / "it-ran", tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repository)], check=True, timeout=CLI_TIMEOUT)
+    field, payload = sumatra_payload(kind, marker, repository)
+    with shelve.open(str(tmp_path / "records")) as shelf:
+        shelf["P"] = {"r1": Reconstructed(Record, {"label": "r1", field: payload})}
+    trace = tmp_path / "git-trace"  # any git command the import runs (GitRepository's) writes here
+    done = db_cli("import", tmp_path / "records", "--path", dst, timeout=CLI_TIMEOUT,
+                  env=dict(os.environ, GIT_TRACE=str(trace)))
+    made = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("it-ran", "git-trace")))
+    assert made == [], f"the crafted store ran Sumatra's code: it made {made}"
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and "Traceback" not in done.stderr and len(lines) == 1, done.stderr
+    assert lines[0].startswith("Error: cannot read the Sumatra record store") and "nothing was imported" in lines[0]
+    if kind.endswith("_call"):
+        assert "which smt never stores: refused (a crafted store?)" in lines[0], lines[0]
     assert imported(dst) == {}
 
 
@@ -261,6 +353,41 @@ def test_another_unix_user_reads_neither_the_token_nor_the_spool(request):
                     ["ls", relay_dir / "cache"]):
         denied = as_nobody(*command)
         assert denied.returncode != 0 and "Permission denied" in denied.stderr, (command, denied)
+
+
+def test_the_relays_files_are_private_even_in_a_directory_others_may_read(served, request):
+    """The relay refuses a directory that others may write, but one they may read (755) was fine,
+    and relay.log, relay.out and the saves the store refused (spool/failed/N.json, whole documents)
+    were 644 under umask 022: another user read them.  Every file the relay makes is 600 now."""
+    import shutil
+    import tempfile
+
+    if os.getuid() != 0 or not Path("/usr/sbin/runuser").exists():
+        pytest.skip("runs commands as user nobody: needs root and runuser")
+    base = Path(tempfile.mkdtemp(prefix="balsamdb-attack-"))
+    request.addfinalizer(lambda: shutil.rmtree(base, ignore_errors=True))
+    os.chmod(base, 0o755)
+    relay_dir = base / "relay"
+    relay_dir.mkdir(mode=0o755)
+    os.chmod(relay_dir, 0o755)
+    request.addfinalizer(lambda: db_cli("relay", "--stop", "--dir", relay_dir))
+    wrong = served.url("ada").replace(PASSWORDS["ada"], "not-the-password")  # every save is refused: 401
+    old_umask = os.umask(0o022)
+    try:
+        started = start_relay(relay_dir, to=wrong)
+    finally:
+        os.umask(old_umask)
+    assert started.returncode == 0, started.stderr
+    client = RelayClient(relay_dir)
+    assert client.call("PUT", "/P/private/", {"label": "private", "stdout_stderr": "private output"})[0] == 201
+    failed = relay_dir / "spool" / "failed"
+    wait_for(lambda: failed.is_dir() and list(failed.iterdir()), 60, "the refused save kept in spool/failed")
+    made = {str(p.relative_to(relay_dir)): stat.S_IMODE(p.lstat().st_mode) for p in relay_dir.rglob("*")}
+    assert {"relay.log", "relay.out", "relay.json", "token"} <= set(made), made
+    assert {name: f"{mode:o}" for name, mode in made.items() if mode & 0o077} == {}, made
+    for name in ("relay.log", "relay.out", "relay.json", "spool/failed/000000000001.json"):
+        denied = as_nobody("cat", relay_dir / name)
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, (name, denied)
 
 
 # -- the relay's spool ---------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ these run in seconds and say quickly which layer broke."""
 
 import base64
 import json
-import os
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -143,6 +144,14 @@ def test_many_ids_are_deleted_in_requests_of_delete_chunk_ids(dbdir):
     assert removed.exit_code == 0 and removed.output.strip() == "removed 1 job", removed.output
 
 
+def _file_size_limit():
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+
+
 def test_export_file_is_complete_or_absent(dbdir, tmp_path):
     from balsamdb import transfer
 
@@ -154,15 +163,20 @@ def test_export_file_is_complete_or_absent(dbdir, tmp_path):
         footer = transfer.export_file(store, target)
         assert footer["counts"]["record"] == 1 and target.exists() and not (tmp_path / "out.jsonl.partial").exists()
         assert target.stat().st_mode & 0o777 == 0o600
-        full = tmp_path / "full.jsonl"
-        (tmp_path / "full.jsonl.partial").symlink_to("/dev/full")  # every write fails: ENOSPC, a full disk
-        with pytest.raises(OSError, match="No space left"):
-            transfer.export_file(store, full)
-        assert not full.exists() and not os.path.lexists(tmp_path / "full.jsonl.partial")
+        (tmp_path / "full.jsonl.partial").symlink_to("/dev/full")  # a symlink where the old name was: not followed
+        transfer.export_file(store, tmp_path / "full.jsonl")
+        assert (tmp_path / "full.jsonl").read_bytes() == target.read_bytes()
     finally:
         store.close()
     written = _db(dbdir, "export", str(tmp_path / "cli.jsonl"))
     assert written.exit_code == 0 and (tmp_path / "cli.jsonl").read_bytes() == target.read_bytes(), written.output
+    with balsamdb.connect(dbdir) as db:
+        db.records.save("P", {"label": "big", "tags": [], "reason": "x" * 200_000})
+    failing = subprocess.run([sys.executable, "-m", "balsamdb.cli", "export", str(tmp_path / "big.jsonl"), "--path",
+                              str(dbdir)], capture_output=True, text=True, timeout=60, preexec_fn=_file_size_limit)
+    assert failing.returncode == 1 and "cannot write" in failing.stderr and "File too large" in failing.stderr, \
+        failing.stderr  # a write that fails (here: a 64 KB file size limit, as a full disk would)
+    assert sorted(p.name for p in tmp_path.iterdir() if "big" in p.name) == []  # neither the file nor a temporary
 
 
 def test_record_rm_checks_every_label_before_removing_any(dbdir):

@@ -30,6 +30,9 @@ ROLES = {
     "balsamdb.server.relay": ("balsamdb.server.writer", "balsamdb.server.supervisor", "balsamdb.server.postgres"),
     "balsamdb.server.postgres": ("balsamdb.server.writer", "balsamdb.server.http", "balsamdb.server.relay",
                                  "balsamdb.server.supervisor"),
+    # the read service reads through the core's read layer (balsamdb.reads), never the writer's code
+    "balsamdb.server.reader": ("balsamdb.server.writer", "balsamdb.server.http", "balsamdb.server.relay",
+                               "balsamdb.server.supervisor", "balsamdb.server.postgres"),
 }
 
 
@@ -168,7 +171,8 @@ def test_wheel_holds_only_balsamdb(tmp_path):
 
 def test_server_modules_run_under_the_installed_name():
     """The watchdog and the write server are started as ``python -m balsamdb.server.<role>``."""
-    for module in ("balsamdb.server.supervisor.watchdog", "balsamdb.server.writer.server", "balsamdb.cli"):
+    for module in ("balsamdb.server.supervisor.watchdog", "balsamdb.server.writer.server",
+                   "balsamdb.server.reader.service", "balsamdb.cli"):
         shown = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60,
                                cwd="/")
         assert shown.returncode == 0, (module, shown.stderr[-2000:])

@@ -5,10 +5,12 @@ traversal (0711, no listing) that a PostgreSQL cluster run by another account ne
 and log/postgres.  A second Unix user, made by the test, can neither list nor read any of it.
 """
 
+import json
 import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -183,3 +185,172 @@ def test_job_directories_follow_the_job_dir_mode_setting(reachable_tmp):
     assert stat.S_IMODE(os.stat(private.working_directory).st_mode) == 0o700
     with pytest.raises(balsamdb.BalsamDBError, match="job_dir_mode='644' must be an octal mode"):
         balsamdb.connect(path, job_dir_mode="644")
+
+
+def as_user(user, action):
+    """Run ``action()`` in a child that became ``user``; fails when it raised."""
+    _name, uid, gid = user
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            os.environ["HOME"] = "/nonexistent"  # root's settings file is not theirs to read
+            action()
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, f"the action as {user[0]} failed"
+
+
+def test_an_export_into_a_shared_directory_cannot_be_captured_by_another_user(second_user, tmp_path):
+    """`db export FILE` wrote FILE.partial with O_CREAT|O_TRUNC: another user who made that file
+    first in a shared directory (/tmp, a project folder) kept it as its owner, mode 666, and read the
+    export (users' password hashes).  Now the temporary file has a random name made with O_EXCL
+    and O_NOFOLLOW, mode 600, and is renamed over FILE: what the other user made is never written."""
+    from balsamdb.passwords import hash_password
+
+    shared = Path(tempfile.mkdtemp(prefix="bdb-shared-", dir="/tmp"))
+    try:
+        os.chmod(shared, 0o1777)  # like /tmp: everyone may create, only owners may remove
+        target, planted = shared / "backup.jsonl", shared / "backup.jsonl.partial"
+
+        def plant():
+            for path in (planted, target):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                os.fchmod(fd, 0o666)
+                os.close(fd)
+            os.symlink(target, shared / f".{target.name}.link.partial")
+
+        as_user(second_user, plant)
+        db = tmp_path / "db"
+        init_db_directory(db)
+        with balsamdb.connect(db) as handle:
+            handle.call("user_save", name="ada", password_hash=hash_password("a secret"))
+        old_umask = os.umask(0o022)
+        try:
+            done = db_cli("export", target, "--path", db)
+        finally:
+            os.umask(old_umask)
+        assert done.returncode == 0, done.stderr
+        info = os.lstat(target)
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o600), (info.st_uid, oct(info.st_mode))
+        assert "password_hash" in target.read_text()
+        assert os.stat(planted).st_size == 0 and os.stat(planted).st_uid == second_user[1]  # never written
+        assert attempts_as(second_user, [target]) == [f"DENIED {target}"]
+        assert sorted(p.name for p in shared.iterdir()) == [f".{target.name}.link.partial", target.name,
+                                                             planted.name]  # no temporary file left
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_root_makes_job_folders_that_belong_to_the_db_directorys_owner(second_user, reachable_tmp, tmp_path):
+    """As root, `db job add ... --path /home/alice/db` made data/ and the job's folder owned by root,
+    mode 700: alice's job could not use its own working directory.  Root now gives what it makes
+    to the DB directory's owner, and only inside directories of that owner: a symlink alice puts
+    in data/ leads root nowhere else (a root-owned directory: refused, nothing made there), while one
+    to a scratch directory of hers is followed."""
+    name, uid, gid = second_user
+    home = reachable_tmp / name
+    home.mkdir(mode=0o700)
+    os.chown(home, uid, gid)
+    db, scratch = home / "db", home / "scratch"
+
+    def alice_makes_her_db():
+        init_db_directory(db)
+        shutil.rmtree(db / "data")  # as in a DB directory made before data/ was: root makes data/ too
+        os.mkdir(scratch, 0o700)
+
+    def alice_plants_symlinks():
+        os.symlink(scratch, db / "data" / "on-scratch")
+        os.symlink(rootonly, db / "data" / "elsewhere")
+
+    as_user(second_user, alice_makes_her_db)
+    rootonly = Path(tempfile.mkdtemp(prefix="bdb-root-only-"))
+    try:
+        made = db_cli("job", "add", "sim", "--workflow", "sweep", "--path", db, "--json")
+        assert made.returncode == 0, made.stderr
+        workdir = Path(json.loads(made.stdout)["working_directory"])
+        for path in (db / "data", db / "data" / "sweep", workdir):
+            info = os.lstat(path)
+            assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (uid, gid, 0o700), (path, info)
+        as_user(second_user, lambda: (workdir / "out.txt").write_text("the job's output"))
+        as_user(second_user, alice_plants_symlinks)
+        scratched = db_cli("job", "add", "big", "--workflow", "on-scratch", "--path", db, "--json")
+        assert scratched.returncode == 0, scratched.stderr
+        there = list(scratch.iterdir())
+        assert len(there) == 1 and os.stat(there[0]).st_uid == uid, there
+        refused = db_cli("job", "add", "evil", "--workflow", "elsewhere", "--path", db)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert "does not belong to user id" in refused.stderr and "the job was not created" in refused.stderr, \
+            refused.stderr
+        assert list(rootonly.iterdir()) == []
+        with balsamdb.connect(db) as handle:
+            assert sorted(job.name for job in handle.jobs.all()) == ["big", "sim"]
+    finally:
+        shutil.rmtree(rootonly, ignore_errors=True)
+
+
+def test_a_write_root_spools_into_someone_elses_db_directory_stays_usable_by_them(second_user, reachable_tmp):
+    """Root's spooled write made spool/ and (since spool positions) spool/seq/ as root, mode 700:
+    the owner's own spooled writes then failed, and their server could not read root's file.
+    What root makes in the spool now belongs to the DB directory's owner."""
+    name, uid, gid = second_user
+    home = reachable_tmp / name
+    home.mkdir(mode=0o700)
+    os.chown(home, uid, gid)
+    db = home / "db"
+    as_user(second_user, lambda: init_db_directory(db))
+    shutil.rmtree(db / "spool", ignore_errors=True)
+    os.mkdir(db / "spool", 0o700)
+    os.chown(db / "spool", uid, gid)
+    with balsamdb.connect(db, require_server=True) as handle:
+        assert handle.records.save("P", {"label": "by-root"}).spooled
+    made = {str(p.relative_to(db / "spool")): (p.lstat().st_uid, p.lstat().st_gid) for p in (db / "spool").rglob("*")}
+    assert made and {k: v for k, v in made.items() if v != (uid, gid)} == {}, made
+
+    def owner_spools_too():
+        with balsamdb.connect(db, require_server=True) as handle:
+            assert handle.records.save("P", {"label": "by-owner"}).spooled
+        for path in (db / "spool" / "new").iterdir():
+            path.read_bytes()  # what their server will read
+
+    as_user(second_user, owner_spools_too)
+
+
+def test_an_export_onto_another_users_file_in_a_sticky_directory_is_refused_in_one_line(second_user, reachable_tmp):
+    """The other way round: alice exports to /tmp-like F that root made first (mode 666).  The
+    sticky directory lets her neither replace nor (now) write into it: one line says whose it is,
+    root's file keeps its content, and no temporary file is left."""
+    name, uid, gid = second_user
+    shared = Path(tempfile.mkdtemp(prefix="bdb-shared-", dir="/tmp"))
+    try:
+        os.chmod(shared, 0o1777)
+        target = shared / "backup.jsonl"
+        target.write_text("root's own file\n")
+        os.chmod(target, 0o666)
+        home = reachable_tmp / name
+        home.mkdir(mode=0o700)
+        os.chown(home, uid, gid)
+
+        def alice_exports():
+            init_db_directory(home / "db")
+            done = subprocess.run([sys.executable, "-m", "balsamdb.cli", "export", str(target), "--path",
+                                   str(home / "db")], capture_output=True, text=True, timeout=60)
+            (home / "result").write_text(f"{done.returncode}\n{done.stderr}")
+
+        as_user(second_user, alice_exports)
+        code, _, err = (home / "result").read_text().partition("\n")
+        assert code == "1" and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert "backup.jsonl there belongs to user id 0" in err and "choose another name" in err, err
+        assert target.read_text() == "root's own file\n"
+        assert sorted(p.name for p in shared.iterdir()) == ["backup.jsonl"]
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

@@ -219,8 +219,11 @@ def test_bad_messages_get_error_answers_and_the_server_keeps_serving(server_db):
     # Larger than max_request_bytes: dropped unread with its connection (tests/test_bounded_memory.py).
     with pytest.raises(AssertionError, match="did not answer"):
         _raw_request(server_db, [protocol.MAGIC + b"0" * 32 + b"x" * (100 * 1024 * 1024)], timeout_ms=2000)
+    # A read is refused by the write server: reads go to the read service (tests/test_reads.py).
     reply = protocol.decode(secret, _raw_request(server_db, good))
-    assert reply == {"id": "x1", "ok": True, "result": 1}
+    assert reply["id"] == "x1" and reply["error"]["code"] == "bad_request" and "read service" in reply["error"]["message"]
+    ping = protocol.encode(secret, {"id": "x10", "op": "ping", "params": {}, "ts": time.time()})
+    assert protocol.decode(secret, _raw_request(server_db, ping))["result"]["pong"] is True
     db = balsamdb.connect(server_db)
     db.jobs.create(name="still-serving")
     assert db.last_route == "server" and db.jobs.count() == 2

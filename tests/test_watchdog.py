@@ -85,8 +85,8 @@ def server(tmp_path):
     """A SQLite DB directory with its server running; everything of it stopped afterwards."""
     path = tmp_path / "db"
     DBDirectory(path).init()
-    db_cli("dbserver", "--path", path, check=True)
-    try:
+    try:  # also when the start fails or times out
+        db_cli("dbserver", "--path", path, check=True)
         yield path
     finally:
         db_cli("dbserver", "--stop", "--path", path)
@@ -512,3 +512,47 @@ def test_a_second_host_refuses_while_the_heartbeat_is_fresh(tmp_path):
         assert hosts.servers() == []
         # A clean stop removes the heartbeat: B may start at once.
         assert liveness.read_heartbeat(DBDirectory(hosts.shared / "db")) is None
+
+
+def test_a_start_that_must_first_stop_a_stopped_orphan_says_so_and_waits(server, tmp_path):
+    """The watchdog was SIGKILLed and its server SIGSTOPped; a new `db dbserver` started a watchdog
+    that sent the orphan SIGTERM, which a stopped process cannot act on, and waited 30 s for it:
+    `db dbserver` said "no server answered within 30 s" and `--status` said "stopped" while the
+    server came up seconds later.  Now the orphan gets SIGCONT with its SIGTERM, and while it is
+    being stopped (here its exit is held 6 s by strace) the address file says so: `--status` names
+    it, and `db dbserver` says what it waits for and waits, even past its own --timeout."""
+    if shutil.which("strace") is None:
+        skip_or_fail("strace is needed to hold the orphan's exit (apt-get install strace)")
+    info = address(server)
+    os.kill(info["watchdog"]["pid"], signal.SIGKILL)
+    wait_for(lambda: not _alive(info["watchdog"]), 10, "the watchdog to die")
+    orphan = info["server"]["pid"]
+    holder = subprocess.Popen(["strace", "-qq", "-o", "/dev/null", "-p", str(orphan), "-e", "trace=exit_group",
+                               "-e", "inject=exit_group:delay_enter=6000000"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: holder.poll() is not None or "TracerPid:\t0\n" not in open(f"/proc/{orphan}/status").read(),
+                 10, "strace to attach to the orphan")
+        if holder.poll() is not None:
+            skip_or_fail(f"strace cannot attach: {holder.stderr.read().strip()}")
+        os.kill(orphan, signal.SIGSTOP)
+        start = subprocess.Popen([sys.executable, "-m", "balsamdb.cli", "dbserver", "--path", str(server),
+                                  "--timeout", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            said = wait_for(lambda: (lambda s: s[1].get("summary") if "stopping pid" in s[1].get("summary", "")
+                                     else None)(_status(server)), 20, "--status to say the orphan is being stopped")
+            out, err = start.communicate(timeout=60)
+        finally:
+            if start.poll() is None:
+                start.kill()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait(10)
+    assert f"stopping pid {orphan}, a server left by a killed watchdog" in said, said
+    assert start.returncode == 0, err
+    assert f"first stops pid {orphan}, a server left running by a killed watchdog" in err, err
+    assert f"(it first stopped pid {orphan}, a server left running by a killed watchdog)" in out, out
+    assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
+    code, status, _proc = _status(server)
+    assert code == 0 and status["summary"] == "running, supervised", status

@@ -17,7 +17,7 @@ function) while the models are bound to a database and a transaction is open.
 
 from ..exceptions import BadRequest
 # The modules that register operations, imported in the order the operations are listed.
-from . import jobs, records, users, stores, store_import, upkeep, server
+from . import jobs, records, pages, users, stores, store_import, upkeep, server
 from .checks import (INT_MAX, MAX_LIST, check_flag, check_number, check_object, check_project_name,
                      check_saved_by, check_str_list, check_text, check_user_name, check_uuid, chunks)
 from .jobs import (CREATE_ONLY, FILTER_KEYS, JOB_FIELDS, JOB_KEYS, clean_job, job_query,
@@ -68,6 +68,7 @@ __all__ = [
     "jobs",
     "lookup",
     "operation",
+    "pages",
     "project_to_dict",
     "record_columns",
     "record_tags",

@@ -29,6 +29,7 @@ JOB_FIELDS = {
     "tags": lambda v: check_str_list(v, "tags"),
     "data": lambda v: check_object(v, "data"),
 }
+STATE_CHANGE_ATTEMPTS = 3  # reads of a job whose state another daemon changes meanwhile
 CREATE_ONLY = {"id", "name", "workflow", "state", "working_directory", "state_message"}
 
 
@@ -145,15 +146,23 @@ def job_update_state(job_id, state, message=""):
     Returns the job.
     """
     fast = statements()
-    job = fast.job(check_uuid(job_id))
-    if job is None:
-        raise NotFound(f"no job with id {job_id}")
-    states.check_transition(job["state"], state)
+    job_id = check_uuid(job_id)
     message = check_text(message, "message", required=False) or ""
-    when = now()
+    for _attempt in range(STATE_CHANGE_ATTEMPTS):
+        job = fast.job(job_id)
+        if job is None:
+            raise NotFound(f"no job with id {job_id}")
+        states.check_transition(job["state"], state)
+        when = now()
+        # Compare-and-set on the state read: another daemon on the same PostgreSQL database may have
+        # moved the job since (its UPDATE holds ours until it commits; ours then matches no row).
+        changed = fast.database.execute_sql(fast.update_state, (state, message, when, job["id"], job["state"]))
+        if changed.rowcount == 1:
+            break
+    else:
+        raise Conflict(f"job {job_id} kept changing state while it was moved to {state}; try again")
     fast.executemany(fast.insert_history, [
         {"job": job["id"], "time": when, "from_state": job["state"], "to_state": state, "message": message}])
-    fast.database.execute_sql(fast.update_state, (state, message, when, job["id"]))
     job.update(state=state, state_message=message, updated_at=when)
     return job
 
@@ -299,6 +308,11 @@ def _job_query(filters):
         if filters.get(key) is not None:
             query = query.where(pw.Expression(field, op, check_number(filters[key], key)))
     return query
+
+
+def job_order(sort):
+    """The ORDER BY of ``sort`` for readers outside this module (the paged listing)."""
+    return _job_order(sort)
 
 
 def _job_order(sort):

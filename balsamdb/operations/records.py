@@ -275,6 +275,12 @@ def _tag_match(match):
     return match
 
 
+def record_query(project, tags, match="all"):
+    """The query of the records of ``project`` having ``tags`` (``match`` as for ``record_list``),
+    bound to no order: for the paged listing."""
+    return _record_query(project, tags, match)
+
+
 def _record_query(project, tags, match="all"):
     query = Record.select().where(Record.project == check_project_name(project))
     tags = check_str_list(tags, "tags")

@@ -44,22 +44,16 @@ def export_store(src, out, progress=False):
 
 
 def export_file(src, path, progress=False):
-    """Write the export of store ``src`` into file ``path``, atomically: into ``path.partial``
-    (mode 600), flushed to disk, then renamed, so that a file named ``path`` is always complete
-    (an OSError removes the partial file).  Returns the footer, as :func:`export_store`."""
-    tmp = f"{path}.partial"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            footer = export_store(src, out, progress=progress)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return footer
+    """Write the export of store ``src`` into file ``path``, atomically and privately: into a
+    temporary file beside it that only this process can have made (mode 600, see
+    :func:`balsamdb.private_files.private_replacement`), flushed to disk, then renamed, so that a
+    file named ``path`` is always complete and no other user can read or capture it (an OSError
+    removes the temporary file).  Returns the footer, as :func:`export_store`."""
+    from ..private_files import private_replacement
+
+    with private_replacement(path) as out:
+        return export_store(src, out, progress=progress)
+
 
 def _last_line(path):
     """The last non-empty line of a file, however long, read from the end."""
@@ -78,10 +72,16 @@ def _last_line(path):
         return data.rstrip(b"\n")
 
 
+DEEPEST = 900  # about the nesting Python's json reads within its recursion limit (1000)
+
+
 def read_footer(path):
     """The footer of an export file; :class:`TransferError` when it has none (a truncated file)."""
     try:
         footer = json.loads(_last_line(path))
+    except RecursionError:
+        raise TransferError(f"{path}: its last line is nested too deeply to read (more than "
+                            f"{DEEPEST} levels); nothing was imported") from None
     except ValueError:
         footer = None
     if not isinstance(footer, dict) or footer.get("end") is not True:
@@ -105,7 +105,7 @@ def _export_items(path):
         header = handle.readline()
         try:
             head = json.loads(header)
-        except ValueError:
+        except (ValueError, RecursionError):
             head = None
         if not isinstance(head, dict) or "balsamdb_export" not in head:
             raise BadRequest(f"{path} is not a balsamdb export (its first line is not the header)")
@@ -115,6 +115,9 @@ def _export_items(path):
         for number, line in enumerate(handle, start=2):
             try:
                 item = json.loads(line)
+            except RecursionError:  # json's decoder recurses: a line 100,000 levels deep is a RecursionError
+                raise BadRequest(f"{path}, line {number}: nested too deeply to read (more than {DEEPEST} "
+                                 "levels); nothing was imported") from None
             except ValueError:
                 raise BadRequest(f"{path}, line {number}: not JSON") from None
             if isinstance(item, dict) and item.get("end") is True:

@@ -17,7 +17,7 @@ from balsamdb.server.http.urls import API_PATH
 PROJECT_PARAMS = {"project_save": "name", "project_get": "name", "record_save": "project", "record_get": "project",
                   "record_list": "project", "record_labels": "project", "record_delete": "project",
                   "record_delete_by_tag": "project", "record_tag": "project", "permission_list": "project",
-                  "permission_grant": "project", "record_versions": "project"}
+                  "permission_grant": "project", "record_versions": "project", "record_page": "project"}
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 # A request stamped (``sent``) further in the future than this is refused: the client's clock is
 # wrong, and the retention check (which refuses writes too old to be applied only once) cannot work.

@@ -4,7 +4,8 @@ The pages read the database directly, never through the write server: a page tha
 a lab keeps open and refreshes every few seconds must not take the single writer's
 time from the jobs that write.  SQLite is opened read-only (``mode=ro``, a WAL
 reader: it never blocks the writer, and the writer never blocks it); PostgreSQL with
-``default_transaction_read_only``, on the cluster the address file names.
+``default_transaction_read_only``, on the cluster the address file names (see
+:mod:`balsamdb.reads`, the read layer that the client and the read service use too).
 
 Queries are built from the models without binding them (``query.execute(database)``),
 so that reading threads never touch the process-wide model binding of direct mode.
@@ -12,25 +13,14 @@ so that reading threads never touch the process-wide model binding of direct mod
 
 import logging
 import threading
-from urllib.parse import quote
 
 import peewee as pw
 
 from balsamdb.dbdir import DBDirectory
 from balsamdb.exceptions import ConfigError, StorageError
+from balsamdb.reads import open_reader  # the one read layer (balsamdb.reads); the pages' threads use it too
 
 log = logging.getLogger(__name__)
-
-
-def open_reader(dbdir, settings):
-    """A new, unconnected peewee database reading DB directory ``dbdir`` and refusing writes."""
-    if dbdir.db_type == "sqlite3":
-        # A read-only WAL reader; query_only as a second lock on the door.
-        return pw.SqliteDatabase(f"file:{quote(str(dbdir.sqlite_file))}?mode=ro", uri=True, timeout=5.0,
-                                 pragmas={"query_only": 1})
-    database = dbdir.open_database(settings)
-    database.connect_params["options"] = "-c default_transaction_read_only=on -c statement_timeout=10000"
-    return database
 
 
 class ReadOnlyStore:
@@ -54,7 +44,7 @@ class ReadOnlyStore:
             database = None
         if database is None:
             try:
-                database = open_reader(self.dbdir, self.settings)
+                database = open_reader(self.dbdir, self.settings, time_limit=10.0)  # a page, not a report
             except ConfigError as exc:
                 # A cluster of the DB directory's own that is not running: the pages answer 503
                 # (try again), as reads through the write server do when it is down.

@@ -41,6 +41,7 @@ import flask
 from werkzeug.exceptions import HTTPException
 
 from balsamdb.backoff import delay_after
+from balsamdb.dbdir import PRIVATE_UMASK
 from balsamdb.exceptions import BadRequest
 from balsamdb.operations.checks import check_project_name
 from balsamdb.operations.records import check_record_save
@@ -357,6 +358,7 @@ def serve(directory, upstream_url, host="127.0.0.1", port=0, threads=16, ready=N
     from balsamdb.server.logs import setup_logging
 
     directory = Path(directory)
+    os.umask(PRIVATE_UMASK)  # relay.log, relay.json, the spool (failed/ too) and the cache: its owner's only
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     setup_logging(directory / "relay.log")
     app, forwarder, spool = create_relay_app(directory, upstream_url)

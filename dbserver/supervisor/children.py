@@ -62,3 +62,99 @@ def check_writable(dbdir, db_type):
                 read_only = False
             code = errno.EROFS if read_only else errno.EACCES
             raise OSError(code, f"{os.strerror(code)}: {target} cannot be written")
+
+
+class ReaderChild:
+    """The read service (:mod:`balsamdb.server.reader.service`) as a child of the watchdog: started
+    after the write server, restarted within about a second when it dies (backing off when it keeps
+    dying), named in the address file (``read_address``, ``reader``, ``reader_state``)."""
+
+    def __init__(self, watchdog):
+        self.watchdog = watchdog
+        self.process = None
+        self.port = 0
+        self.started = 0.0
+        self.failures = 0
+        self.restart_at = 0.0
+        self.restarts = 0
+
+    def address_fields(self):
+        if self.process is None:
+            return {"reader_state": "restarting"}
+        from balsamdb import address_file
+
+        return {"read_address": f"tcp://{self.watchdog._public_host()}:{self.port}", "reader_state": "running",
+                "reader": address_file.process_identity(self.process.pid), "reader_restarts": self.restarts}
+
+    def start(self):
+        """Start the read service; True once it listens (the address file then names it)."""
+        import json
+        import sys
+
+        watchdog = self.watchdog
+        dbdir = watchdog.dbdir
+        cmd = [sys.executable, "-m", "balsamdb.server.reader.service", "--path", str(dbdir.path),
+               "--bind", watchdog.bind_host, "--port", str(self.port), "--epoch", watchdog.epoch or ""]
+        if watchdog.managed_postgres:
+            cmd += ["--pg-port", str(watchdog.pg_port)]
+        if watchdog.encrypt:
+            cmd += ["--encrypt"]
+        try:
+            err = open(dbdir.log_dir / "reader.err", "ab")
+        except OSError:
+            err = None
+        try:
+            self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+        finally:
+            if err is not None:
+                err.close()
+        self.started = time.time()
+        line = read_line(self.process.stdout, 30.0)
+        try:
+            self.port = int(json.loads(line)["port"])
+        except (ValueError, KeyError, TypeError):
+            log.error("read service pid %s did not start (said %r); see %s", self.process.pid, line,
+                      dbdir.log_dir / "reader.err")
+            stop_process(self.process, 5.0)
+            self.process = None
+            return False
+        self.process.stdout.close()
+        log.info("read service pid %s up on port %s", self.process.pid, self.port)
+        watchdog.write_address("running", epoch=watchdog.epoch)
+        return True
+
+    def supervise(self):
+        """One look: restart the read service when it died and its restart is due."""
+        if self.process is not None:
+            code = self.process.poll()
+            if code is None:
+                return
+            lived = time.time() - self.started
+            self.failures = 0 if lived >= 5.0 else self.failures + 1
+            delay = 0.0 if self.failures <= 1 else min(30.0, 0.25 * 2 ** (self.failures - 2))
+            log.warning("read service pid %s exited with %s after %.1f s; restarting in %.2f s",
+                        self.process.pid, code, lived, delay)
+            self.process = None
+            self.restart_at = time.monotonic() + delay
+            if self.watchdog.server is not None:
+                self.watchdog.write_address("running", epoch=self.watchdog.epoch)  # reader_state: restarting
+            return
+        if time.monotonic() < self.restart_at or self.watchdog.server is None:
+            return
+        self.restarts += 1
+        try:
+            started = self.start()
+        except Exception as exc:  # fork refused, log/ not writable, ...: tried again later
+            log.error("cannot start the read service: %s", exc)
+            if self.process is not None and self.process.poll() is None:
+                stop_process(self.process, 5.0)
+            started, self.process = False, None
+        if not started:
+            self.failures += 1
+            self.restart_at = time.monotonic() + min(30.0, 0.25 * 2 ** self.failures)
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            log.info("stopping read service pid %s", self.process.pid)
+            stop_process(self.process, 10.0)
+        self.process = None

@@ -125,13 +125,15 @@ def is_loopback(host):
         return False
 
 
-def start(dbdir, bind="127.0.0.1", port=0, deadline=30.0, encrypt=None, force=False):
+def start(dbdir, bind="127.0.0.1", port=0, deadline=30.0, encrypt=None, force=False, say=None):
     """Start a watchdog and server for ``dbdir``; returns a :class:`StartResult`.
 
     ``encrypt`` None (the default) encrypts (ZeroMQ CURVE) exactly when the
     server listens on an interface other than loopback.  Refuses
     (:class:`RunsElsewhere`) while a watchdog on another host keeps the heartbeat
-    fresh, unless ``force``: the other host's watchdog then yields."""
+    fresh, unless ``force``: the other host's watchdog then yields.  While the new watchdog first
+    stops a server left by a killed one (up to its stop deadline), ``say(line)`` is told once and
+    the wait is extended by that time."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigError(f"port {port!r} is not a TCP port: give 1 to 65535, or 0 for a free one")
     if encrypt is None:
@@ -163,10 +165,18 @@ def start(dbdir, bind="127.0.0.1", port=0, deadline=30.0, encrypt=None, force=Fa
                             start_new_session=True, close_fds=True, umask=PRIVATE_UMASK)
     out.close()
     end = time.monotonic() + deadline
+    told = False
     while time.monotonic() < end:
         code = proc.poll()
         info = dbdir.read_address()
         ours = (info.get("watchdog") or {}).get("pid") == proc.pid
+        orphan = info.get("orphan") if ours and info.get("state") == "restarting" else None
+        if isinstance(orphan, dict) and isinstance(orphan.get("until"), (int, float)):
+            end = max(end, time.monotonic() + max(0.0, orphan["until"] - time.time()) + deadline)
+            if not told and say is not None:
+                say(f"the new watchdog (pid {proc.pid}) first stops pid {orphan.get('pid')}, a server left "
+                    f"running by a killed watchdog (up to {max(0.0, orphan['until'] - time.time()):.0f} s); waiting")
+            told = True
         if code == EXIT_ALREADY_RUNNING or (ours or code is not None) and server_state(info) == "up":
             try:
                 _ping(dbdir, max(0.5, end - time.monotonic()))
@@ -326,6 +336,8 @@ def status(dbdir):
             with Database(dbdir, load_settings(client_timeout=2.0, client_deadline=5.0,
                                                require_server=True)) as db:
                 info["server_status"] = db.call("status")
+                if info.get("read_address"):
+                    info["reader_status"] = db.read_service_status()
         except BalsamDBError as exc:
             info["health"] = f"not answering: {exc}"
     info["exit_code"], info["summary"] = _verdict(dbdir, info)
@@ -357,6 +369,12 @@ def _verdict(dbdir, info):
                                       f"from this host (it listens on {info.get('bind')})")
         return STATUS_RUNNING, f"running on host {host}, supervised (heartbeat {beat['age']:.1f} s ago)"
     if info["health"] == "coming":
+        orphan = info.get("orphan")
+        if isinstance(orphan, dict) and info.get("state") == "restarting":
+            until = orphan.get("until")
+            left = f", up to {max(0.0, until - time.time()):.0f} s more" if isinstance(until, (int, float)) else ""
+            return STATUS_UNHEALTHY, (f"starting: watchdog pid {watchdog.get('pid')} is stopping pid {orphan.get('pid')}, "
+                                      f"a server left by a killed watchdog{left}; then it starts its own")
         return STATUS_UNHEALTHY, f"no server answers; watchdog pid {watchdog.get('pid')} is (re)starting it"
     if not address_file.watchdog_alive(info):
         return STATUS_UNHEALTHY, f"server up, unsupervised: watchdog pid {watchdog.get('pid')} is dead"

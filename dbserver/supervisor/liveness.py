@@ -28,6 +28,7 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -178,23 +179,28 @@ def wait_lock_free(dbdir, deadline):
     return holder
 
 
-def stop_orphan(dbdir, stop_deadline):
+def stop_orphan(dbdir, stop_deadline, announce=None):
     """Stop a server left running by a watchdog that was killed, so that one server at a time owns
     the database.  The server lock finds it even when the address file was deleted or names another
-    server.  SIGTERM, SIGKILL after ``stop_deadline`` seconds; raises RuntimeError when a server that
-    is not on this host (or not visible here) still holds the lock."""
+    server.  SIGCONT (a stopped orphan could not act on SIGTERM) and SIGTERM, SIGKILL after
+    ``stop_deadline`` seconds; ``announce(proc, stop_deadline)`` is called first, so that the watchdog
+    can say what it waits for.  Returns the pid it stopped (or None); raises RuntimeError when a
+    server that is not on this host (or not visible here) still holds the lock."""
     holder = lock_holder(dbdir)
     info = address_file.read(dbdir.address_file)
     named = address_file.server_alive(info) and info.get("host") == socket.gethostname()
     if holder is None and not named:
-        return
+        return None
     ident = holder if holder and holder.get("host") == socket.gethostname() else info.get("server")
     proc = address_file.live_process(ident)
     if proc is None and named:
         proc = address_file.live_process(info.get("server"))
     if proc is not None:
         log.warning("a server left by a dead watchdog runs as pid %s; stopping it first", proc.pid)
+        if announce is not None:
+            announce(proc, stop_deadline)
         try:
+            proc.send_signal(signal.SIGCONT)
             proc.terminate()
             proc.wait(timeout=stop_deadline)
         except psutil.TimeoutExpired:
@@ -207,6 +213,7 @@ def stop_orphan(dbdir, stop_deadline):
     if left is not None:
         raise RuntimeError(f"a write server that is not on this host or not visible here holds "
                            f"{server_lock_file(dbdir)} ({left or 'no identity written'}); stop it first")
+    return None if proc is None else proc.pid
 
 
 def _read_holder(path):

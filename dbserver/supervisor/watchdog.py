@@ -37,7 +37,7 @@ from balsamdb.backoff import delay_after
 from balsamdb.dbdir import DBDirectory
 
 from balsamdb.server.supervisor import liveness
-from balsamdb.server.supervisor.children import check_writable, read_line, sleep_unless, stop_process
+from balsamdb.server.supervisor.children import ReaderChild, check_writable, read_line, sleep_unless, stop_process
 from balsamdb.server.supervisor.liveness import AlreadyRunning, acquire_lock  # the watchdog's lock lives with the proofs of life
 
 log = logging.getLogger("balsamdb.server.supervisor.watchdog")
@@ -63,6 +63,8 @@ class Watchdog:
         self.failures = 0
         self.started_at = time.time()
         self.identity = address_file.process_identity(os.getpid())
+        self.orphan = None            # the server left by a killed watchdog, while it is being stopped
+        self.replaced_orphan = None   # its pid, once stopped
         self.local_address = None
         self.max_request_bytes = None
         self.epoch = None
@@ -77,6 +79,7 @@ class Watchdog:
         self.restarts = 0
         self.taken_over_by = None
         self.unwritable = {}  # what could not be written ("address", "heartbeat") -> the last error
+        self.reader = ReaderChild(self)  # the read service, supervised beside the server
 
     # -- address file ---------------------------------------------------------
     def _public_host(self):
@@ -101,6 +104,7 @@ class Watchdog:
                 record["netns"] = address_file.network_namespace()
             if self.curve_public:
                 record["curve_public"] = self.curve_public
+            record.update(self.reader.address_fields())
         if self.managed_postgres and self.pg_port and state != "stopped":
             from balsamdb.server.postgres import cluster as postgres
 
@@ -108,6 +112,10 @@ class Watchdog:
                                   "pid": postgres.cluster_pid(self.dbdir.path)}
         if reason:
             record["reason"] = reason
+        if state == "restarting" and self.orphan:
+            record["orphan"] = self.orphan
+        if state == "running" and self.replaced_orphan:
+            record["replaced_orphan"] = self.replaced_orphan  # db dbserver says what it took the start
         try:
             address_file.write_atomic(self.dbdir.address_file, record)
         except OSError as exc:  # a full or read-only disk: keep supervising; the next check retries
@@ -119,7 +127,9 @@ class Watchdog:
             log.info("the address file can be written again")
 
     # -- the server -------------------------------------------------------------
-    def start_server(self):
+    def start_server(self, publish=True):
+        """Start the write server; True once it listens.  ``publish``: name it in the address file
+        now (the first start publishes once the read service listens too)."""
         epoch = uuid.uuid4().hex
         self.check_log_dir()
         check_writable(self.dbdir, self.db_type)
@@ -158,7 +168,8 @@ class Watchdog:
             return False
         self.server.stdout.close()
         self.epoch = epoch
-        self.write_address("running", epoch=epoch)
+        if publish:
+            self.write_address("running", epoch=epoch)
         log.info("server pid %s up on port %s, epoch %s", self.server.pid, self.port, epoch)
         return True
 
@@ -206,12 +217,21 @@ class Watchdog:
         self.beat()
         if self.managed_postgres:
             self.start_postgres()
-        if not self.start_server():
+        if not self.start_server(publish=False):
             raise RuntimeError("the write server failed to start; see log/server.err and log/server.log")
+        if not self.reader.start():  # names both in the address file
+            raise RuntimeError("the read service failed to start; see log/reader.err and log/reader.log")
 
     def stop_orphan(self):
-        """Stop a server left running by a watchdog that was killed (see :func:`.liveness.stop_orphan`)."""
-        liveness.stop_orphan(self.dbdir, STOP_DEADLINE)
+        """Stop a server left running by a watchdog that was killed (see :func:`.liveness.stop_orphan`).
+        While it waits, the address file says so (state "restarting" with ``orphan``: its pid and
+        until when), so that ``db dbserver`` and ``--status`` tell the user instead of timing out."""
+        def announce(proc, deadline):
+            self.orphan = {"pid": proc.pid, "since": time.time(), "until": time.time() + deadline + 5.0}
+            self.write_address("restarting", reason=f"stopping pid {proc.pid}, a server left by a killed watchdog")
+
+        self.replaced_orphan = liveness.stop_orphan(self.dbdir, STOP_DEADLINE, announce)
+        self.orphan = None
 
     # -- supervision ------------------------------------------------------------
     def loop(self):
@@ -242,6 +262,8 @@ class Watchdog:
                 lived = time.time() - self.server_started
                 self.schedule_restart(f"server pid {self.server.pid} exited with {code} after {lived:.1f} s",
                                       lived)
+        if not self.stopping:
+            self.reader.supervise()
         self.periodic_checks()
 
     def periodic_checks(self):
@@ -322,6 +344,7 @@ class Watchdog:
             log.info("the heartbeat can be written again")
 
     def shutdown(self, reason="stopped by db dbserver --stop"):
+        self.reader.stop()
         if self.server is not None and self.server.poll() is None:
             log.info("stopping server pid %s", self.server.pid)
             stop_process(self.server, STOP_DEADLINE)

@@ -1,5 +1,9 @@
 """The write server: one process, one ROUTER socket, one writer that owns the DB connection.
 
+It answers writes, and ping, status and spool_drain; a read is refused (``reads_refused`` in
+``status``): reads go to the read service beside it, or clients read SQLite themselves
+(see :mod:`balsamdb.reads`), so that no read ever takes the writer's time.
+
 Group commit: each turn of the loop takes every request already waiting (up
 to ``MAX_BATCH``, and ``max_batch_bytes``), applies each in its own savepoint inside one
 transaction, commits, and only then answers each.  A bad request fails alone; the rest of
@@ -41,7 +45,7 @@ import zmq
 
 from balsamdb import protocol
 from balsamdb.dbdir import PRIVATE_UMASK, DBDirectory
-from balsamdb.exceptions import BalsamDBError, ServerError, TryAgain
+from balsamdb.exceptions import BadRequest, BalsamDBError, ServerError, TryAgain
 from balsamdb.models import MODELS, upgrade
 from balsamdb.request import Request
 from balsamdb.settings import load_settings
@@ -228,6 +232,11 @@ class WriteServer(SpoolOrder):
                 replies.append(request)
             elif request.server:
                 server_ops.append(request)
+            elif request.operation is not None and not request.write:
+                self.stats.reads_refused += 1  # reads never take the writer's time
+                replies.append(request.refuse(BadRequest(
+                    f"{request.op} is a read: the write server answers writes only; reads go to the read "
+                    "service ('read_address' in the address file), as a client of this release does").to_dict()))
             else:
                 work.append(request)
         if work:

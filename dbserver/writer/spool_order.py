@@ -65,6 +65,8 @@ class SpoolOrder:
         released = self.barrier.release(waiting)
         if released:
             self.after_flush(self.committer.commit(released))
+        if taken and not waiting:
+            self.trim_positions()
         # More may wait (a full batch, or files that arrived meanwhile): look again at once.
         self.next_spool_check = time.monotonic() + (0.0 if full or waiting else SPOOL_EVERY)
 
@@ -149,6 +151,16 @@ class SpoolOrder:
         if taken and not once:
             log.info("took %s spooled writes", taken)
         return taken
+
+    def trim_positions(self):
+        """Keep spool/seq/ small once the spool is empty (see :meth:`balsamdb.spool.Spool.trim_positions`)."""
+        try:
+            removed = self.spool.trim_positions()
+        except OSError as exc:  # a full or read-only disk: the positions stay, which is safe
+            log.error("cannot trim spool/seq (%s)", exc)
+            return
+        if removed:
+            log.info("removed %s old positions from spool/seq", removed)
 
     def _spool_fail_applied(self, path, answer):
         """A refused spooled write (its COMMIT flushed) goes to spool/failed/ with its answer;

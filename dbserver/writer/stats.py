@@ -19,6 +19,7 @@ class Stats:
         self.max_batch = 0
         self.commit_seconds = 0.0
         self.pruned = 0
+        self.reads_refused = 0  # reads sent here: they go to the read service (or the client reads itself)
 
     def committed(self, requests, seconds):
         """Count a committed batch of ``requests`` (answered) that took ``seconds``."""
@@ -47,4 +48,5 @@ class Stats:
             "mean_batch": self.batched_requests / self.batches if self.batches else 0.0,
             "mean_commit_ms": 1000 * self.commit_seconds / self.batches if self.batches else 0.0,
             "pruned_request_ids": self.pruned,
+            "reads_refused": self.reads_refused,
         }
