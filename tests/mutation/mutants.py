@@ -112,6 +112,21 @@ MUTANTS = [
       ("tests/test_direct_concurrency.py::test_32_processes_writing_at_once_lose_no_job",),
       "direct writers with no busy timeout: 'database is locked'", slow=True),
 
+    # -- Reads never stall writers (issue 22) --------------------------------------------------------
+    M("read-sent-to-the-write-server", "a full `db ls` of 20k jobs streams from the read service",
+      "balsamdb/read_route.py",
+      "                answer = self._reader_client().try_once(reader_info(info), message, self._address_path,\n"
+      "                                                        self._encoded(message, info))\n",
+      "                answer = self._send(info, message, self._address_path)\n",
+      ("tests/test_reads.py::test_a_slow_read_runs_once_and_the_read_service_is_restarted",),
+      "a read meant for the read service sent to the write server"),
+    M("read-without-working-replies", "a read longer than `client_timeout`",
+      "dbserver/reader/service.py",
+      "            if read.envelope is not None and now - read.last_reply >= HOLD_EVERY:\n",
+      "            if False:\n",
+      ("tests/test_reads.py::test_a_slow_read_runs_once_and_the_read_service_is_restarted",),
+      "no working replies: a long read resent on a fresh socket each client_timeout"),
+
     # -- The watchdog never gives up; one server per DB directory ------------------------------------
     M("watchdog-gives-up", "the watchdog never gives up: 50 failed starts", "dbserver/supervisor/watchdog.py",
       "        self.restart_at = time.monotonic() + delay\n",
@@ -131,20 +146,29 @@ MUTANTS = [
 
     # -- When no server can be reached, writes wait in the spool -------------------------------------
     M("spool-newest-first", "one client's spooled writes are applied in the order of its calls",
-      "balsamdb/spool.py", 'names = sorted(n for n in os.listdir(self.new) if n.endswith(".req") and n not in skip)',
-      'names = sorted((n for n in os.listdir(self.new) if n.endswith(".req") and n not in skip), reverse=True)',
+      "balsamdb/spool.py", 'names = sorted((n for n in os.listdir(self.new) if n.endswith(".req") and n not in skip), key=order_key)',
+      'names = sorted((n for n in os.listdir(self.new) if n.endswith(".req") and n not in skip), key=order_key, reverse=True)',
       ("tests/test_properties.py::test_spool_order_is_time_order_across_clients",),
       "the spool read newest first"),
     M("spool-order-by-client", "the spool's order, for any client ids",
-      "balsamdb/spool.py", 'names = sorted(n for n in os.listdir(self.new) if n.endswith(".req") and n not in skip)',
+      "balsamdb/spool.py", 'names = sorted((n for n in os.listdir(self.new) if n.endswith(".req") and n not in skip), key=order_key)',
       'names = sorted((n for n in os.listdir(self.new) if n.endswith(".req") and n not in skip), '
-      'key=lambda n: n.split("-", 1)[1])',
+      'key=lambda n: n.split("-")[2])',
       ("tests/test_properties.py::test_spool_order_is_time_order_across_clients",),
       "spool order across clients decided by client id, not time (issue 25's survivor)"),
-    M("spool-clock-step-back", "the spool's order, for any client ids",
-      "balsamdb/spool.py", "stamp = max(time.time_ns(), not_before + 1)", "stamp = time.time_ns()",
+    # (spool-clock-step-back, the time floor of one client's names, is gone with the clock in the names
+    # (issue 24): its successor is spool-position-by-clock.)
+    M("spool-position-by-clock", "order across hosts whatever the clocks",
+      "balsamdb/spool.py", 'name = f"p{position:020d}-{time.time_ns():020d}-{client}-{seq:08d}.req"',
+      'name = f"p{time.time_ns():020d}-{position:020d}-{client}-{seq:08d}.req"',
       ("tests/test_properties.py::test_one_clients_spool_order_survives_a_clock_that_steps_back",),
-      "one client's files out of order when the clock steps back"),
+      "spool files ordered by the wall clock again, the position second"),
+    M("spool-claim-not-exclusive", "four processes claiming spool positions at once get 1..200",
+      "balsamdb/spool.py",
+      'fd = os.open(self.seq / f"{n:020d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)',
+      'fd = os.open(self.seq / f"{n:020d}", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)',
+      ("tests/test_spool_clocks.py::test_positions_leave_no_gaps_and_a_stale_start_never_goes_below_the_floor",),
+      "a position claimed without O_EXCL: two writes take one position"),
     M("live-write-not-held", "a live write never overtakes a spooled one", "dbserver/writer/spool_order.py",
       "        waiting = self.barrier.waiting(self.spool.names())\n        if not waiting:",
       "        waiting = set()\n        if not waiting:",
@@ -305,6 +329,15 @@ MUTANTS = [
       "the quick check without the unknown-name test"),
 
     # -- Nobody else gets in --------------------------------------------------------------------------
+    M("shelve-builds-sumatra-objects", "a shelve store cannot run code through Sumatra's own classes",
+      "balsamdb/sumatra_shelve.py",
+      '        if (module, name) in INERT_GLOBALS or module.split(".")[0] in INERT_MODULES:\n',
+      '        if module.startswith("sumatra."):  # Sumatra\'s own classes, when installed, read records best\n'
+      '            return super().find_class(module, name)\n'
+      '        if (module, name) in INERT_GLOBALS or module.split(".")[0] in INERT_MODULES:\n',
+      ("tests/test_attack_relay_import.py::test_a_shelve_store_cannot_run_code_through_sumatras_own_classes"
+       "[filesystem_store_setstate]",),
+      "a shelve store's Sumatra objects built as themselves (their __setstate__ runs)"),
     M("client-accepts-foreign-answer", "the client refuses an answer not signed with its DB directory's secret",
       "balsamdb/client.py", "answer = protocol.decode(self.secret, frames, strict=False)",
       "answer = protocol.loads_answer(frames[0][protocol.ENVELOPE_BYTES:])",
@@ -377,23 +410,35 @@ MUTANTS = [
       ("tests/test_guarantee_gaps.py::test_no_direct_read_or_write_on_a_network_file_system",),
       "reads going direct on a network file system (issue 25's survivor)"),
 
+    # -- The suite stops what it starts (issue 24) ----------------------------------------------------
+    M("timed-out-start-left-running", "a `db dbserver` (or `db relay`) start that runs out of its timeout",
+      "tests/helpers.py", "        if started is not None:\n            kill_everything(started)\n", "        pass\n",
+      ("tests/test_fixture_cleanup.py::test_a_dbserver_start_that_times_out_leaves_nothing_running",),
+      "db_cli letting the TimeoutExpired go on without stopping the watchdog and server it started"),
+
     # -- The web pages --------------------------------------------------------------------------------
     M("jobs-pages-not-admin-only", "the jobs pages are for admins only", "dbserver/http/pages.py",
       "        if not user.get(\"admin\"):\n            raise self.error(403",
       "        if False:\n            raise self.error(403",
       ("tests/test_web_pages.py::test_jobs_pages_are_for_admins_only",),
       "the admin check dropped"),
-    M("reader-not-read-only", "the pages read on read-only connections", "dbserver/http/reads.py",
+    M("reader-not-read-only", "the pages read on read-only connections", "balsamdb/reads.py",
       '?mode=ro", uri=True, timeout=5.0,\n                                 pragmas={"query_only": 1})',
       '", uri=True, timeout=5.0)',
       ("tests/test_web_pages.py::test_read_only_connection_refuses_writes[sqlite3]",),
       "SQLite opened for writing by the pages"),
 
     # -- The code keeps its shape ---------------------------------------------------------------------
-    M("export-partial-left", "an export file is complete or absent", "balsamdb/transfer/files.py",
-      "        if os.path.exists(tmp):\n            os.unlink(tmp)\n", "        pass\n",
+    M("export-partial-left", "an export file is complete or absent", "balsamdb/private_files.py",
+      "        try:\n            os.unlink(tmp)\n        except FileNotFoundError:\n            pass\n        raise\n",
+      "        raise\n",
       ("tests/test_fast_units.py::test_export_file_is_complete_or_absent",),
       "the partial file not removed"),
+    M("export-temp-not-exclusive", "an export file is complete or absent", "balsamdb/private_files.py",
+      '    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)\n',
+      '    tmp = f"{path}.partial"\n    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)\n',
+      ("tests/test_fast_units.py::test_export_file_is_complete_or_absent",),
+      "the export's temporary file at a fixed name opened without O_EXCL (a symlink there followed)"),
     M("record-rm-no-check", "`db record rm` (and `records.delete_labels`) checks every label",
       "balsamdb/facades.py", "        if missing:\n            raise NotFound(f\"no record",
       "        if False:\n            raise NotFound(f\"no record",
