@@ -247,6 +247,7 @@ class Jobs:
         ``sort``: created (default), updated, name, workflow, state (pipeline
         order) or id; "-updated" is the last changed first.
         """
+        self._query(filters, since, until, changed, ("since", "until", "changed", "sort", "limit", "offset"))
         if not offset:
             # Read page by page (no answer holds a whole listing); the list is the caller's.
             return list(self.iter(limit=limit, sort=sort, since=since, until=until, changed=changed, **filters))

@@ -89,13 +89,10 @@ def ls(project, path, tags, any_tag, limit, as_json):
     with open_db(path) as db:
         # Streamed: printed page by page as they arrive (db.records.iter); nothing holds the whole listing.
         documents = db.records.iter(project, tags=list(tags), limit=limit, match="any" if any_tag else "all")
-        first = next(documents, None)
-        if first is None:
-            try:
-                db.projects.get(project)
-            except NotFound:
-                raise click.ClickException(f"project {project!r} does not exist (db project ls lists them)") \
-                    from None
+        try:  # the first page says NotFound for a project that does not exist, as this line does
+            first = next(documents, None)
+        except NotFound:
+            raise click.ClickException(f"project {project!r} does not exist (db project ls lists them)") from None
         documents = itertools.chain([first], documents) if first is not None else iter(())
         if as_json:
             echo_json_stream(documents)
