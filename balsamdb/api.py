@@ -114,7 +114,8 @@ class Database(ReadRoute, StoreHandle):
         write = op in operations.OPERATIONS and operations.OPERATIONS[op].write
         message = {"id": request_id, "op": op, "params": params, "ts": time.time()}
         if write or op not in operations.OPERATIONS or op in protocol.SERVER_OPS:
-            answer = self._route(message, write)
+            spool = self.settings.spool and operations.spoolable(op)  # never for a claim (job_acquire)
+            answer = self._route(message, write, spool)
         else:
             answer = self._read(message)
         return answer_result(request_id, answer)
@@ -138,15 +139,17 @@ class Database(ReadRoute, StoreHandle):
             self._address_signature = signature
         return self._address_cache
 
-    def _route(self, message, write):
+    def _route(self, message, write, spool):
         started = time.monotonic()
         deadline = started + self.settings.client_deadline
         path = self._address_path
         recheck = False
         while True:
             info, state = self._address(recheck)
-            if state == "up" and write and self.settings.spool and self._known_unreachable(info):
-                return self._spool(message)  # this server did not answer a whole deadline just now
+            if state == "up" and write and self._known_unreachable(info):
+                if spool:
+                    return self._spool(message)  # this server did not answer a whole deadline just now
+                raise self._never_spooled(message, "it did not answer a whole deadline just now")
             if state == "up":
                 message["ts"] = time.time()  # signed afresh on every try: never refused as a replay
                 answer = self._send(info, message, path)
@@ -164,12 +167,14 @@ class Database(ReadRoute, StoreHandle):
                     protocol.dumps_request(message)  # NaN refused as on the other routes, never stored
                     self.last_route = "direct"
                     return self._direct_store().call(message["id"], message["op"], message["params"], write)
-                if write and self.settings.spool:
+                if spool:
                     if self.db_type == "sqlite3" and not self.settings.require_server and not self._warned:
                         self._warned = True
                         log.warning("spooled writes wait in %s (no server runs): this write waits behind them; "
                                     "db dbserver --path %s applies them", self._spool_writer.spool.new, self.dbdir.path)
                     return self._spool(message)
+                if write and not operations.spoolable(message["op"]):
+                    raise self._never_spooled(message, info.get("reason") or info.get("state"))
                 raise ServerUnavailable(
                     f"no balsamdb server runs for {self.dbdir.path} ({info.get('reason') or info.get('state')}"
                     f"{self._direct_refusal()}); start one with: db dbserver --path {shell_path(self.dbdir.path)}"
@@ -182,9 +187,14 @@ class Database(ReadRoute, StoreHandle):
                     # Remember it: the next writes to this same server spool at once for a while,
                     # instead of each waiting a whole deadline (a login node that went away).
                     self._unreachable = (info.get("epoch"), time.monotonic() + UNREACHABLE_FOR)
-                if write and self.settings.spool:
+                if spool:
                     return self._spool(message)
                 raise unavailable(path, time.monotonic() - started)
+
+    def _never_spooled(self, message, why):
+        return ServerUnavailable(
+            f"{message['op']} needs an answer now and is never spooled, and the server of {self.dbdir.path} cannot "
+            f"answer ({why}{self._direct_refusal()}); start one with: db dbserver --path {self.dbdir.path}")
 
     def _config_stat(self):
         try:

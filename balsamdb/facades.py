@@ -195,10 +195,55 @@ class Jobs:
         """The state history of a job: a list of dicts, oldest first."""
         return self._db.call("job_get", job_id=self._full_id(job_id))["history"]
 
-    def update_state(self, job_id, state, message=""):
-        """Move a job to ``state``; illegal transitions raise :class:`InvalidTransition`."""
-        return self._job(self._db.call("job_update_state", job_id=self._full_id(job_id), state=state,
-                                       message=message))
+    def update_state(self, job_id, state, message="", owner=None):
+        """Move a job to ``state``; illegal transitions raise :class:`InvalidTransition`.
+        ``owner``: the launcher that holds the job (refused with :class:`Conflict` when it
+        does not; renews its lease)."""
+        params = {"job_id": self._full_id(job_id), "state": state, "message": message}
+        if owner is not None:  # only when given: a server of an older release knows no owner
+            params["owner"] = owner
+        return self._job(self._db.call("job_update_state", **params))
+
+    # -- claims of launchers (see balsamdb.operations.leases and docs/launchers.md) ----------
+
+    def acquire(self, n, owner=None, lease=60.0, workflow=None, states=("READY", "RESTART_READY"), ids=None):
+        """Claim up to ``n`` free jobs for ``owner`` (default ``user@host:pid``) for ``lease``
+        seconds, on the server's clock; returns them (a list of :class:`Job`, each with
+        ``owner`` and ``lease_expires``).  Never spooled: raises :class:`ServerUnavailable`
+        when no server can answer.  ``n`` of 0 (every slot busy) asks nothing and returns ``[]``."""
+        if n <= 0:
+            return []
+        params = {"n": n, "owner": owner or default_owner(), "lease": lease, "states": list(states)}
+        if workflow is not None:
+            params["workflow"] = workflow
+        if ids is not None:
+            params["ids"] = [self._full_id(i) for i in ids]
+        return [self._job(row) for row in self._db.call("job_acquire", **params)]
+
+    def renew(self, job_ids, owner=None, lease=None):
+        """Extend the leases ``owner`` holds on ``job_ids``; returns ``{"renewed": n, "lost": [ids]}``."""
+        params = {"job_ids": [self._full_id(i) for i in job_ids], "owner": owner or default_owner()}
+        if lease is not None:
+            params["lease"] = lease
+        return self._db.call("job_renew", **params)
+
+    def release(self, job_ids, owner=None):
+        """End the claims ``owner`` holds on ``job_ids`` (states unchanged); returns how many."""
+        return _field(self._db.call("job_release", job_ids=[self._full_id(i) for i in job_ids],
+                                    owner=owner or default_owner()), "released")
+
+    def running(self, job_id=None, owner=None, lease=60.0, **create):
+        """``with db.jobs.running(job_id) as run:``: claim the job, mark it RUNNING, renew
+        its lease while the block runs, and end it RUN_DONE (or RUN_ERROR when the block
+        raises); see :class:`balsamdb.job_run.Running`.  Without ``job_id`` a job is
+        created from ``create`` (``name=`` and the fields of :meth:`create`)."""
+        from .job_run import Running
+
+        return Running(self._db, job_id, owner=owner, lease=lease, create=create)
+
+    def set_lost_run_policy(self, workflow, lost_runs):
+        """What a lost run of ``workflow`` becomes: ``"restart"`` (default) or ``"stop"``."""
+        return self._db.call("workflow_policy_set", workflow=workflow, lost_runs=lost_runs)
 
     def modify(self, job_id, **changes):
         """Change fields of a job (not its state: use ``update_state``)."""
@@ -303,6 +348,11 @@ class Jobs:
 
 
 _WHO = []
+
+
+def default_owner():
+    """The owner name of this process's claims: ``user@host:pid``."""
+    return f"{who()}:{os.getpid()}"
 
 
 def who():

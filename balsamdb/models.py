@@ -50,6 +50,36 @@ class Job(BaseModel):
     data = JSONText(default=dict)
     created_at = pw.DoubleField(index=True)
     updated_at = pw.DoubleField()
+    # The claim of a launcher (schema 6, see balsamdb.operations.leases): who holds the job and
+    # until when, on the clock of the process that applies the writes (the server's).
+    owner = pw.CharField(max_length=255, null=True)
+    lease_expires = pw.DoubleField(null=True, index=True)  # lost runs are found from this index alone
+    renewed_at = pw.DoubleField(null=True)
+
+
+#: The columns of a job's claim: kept out of job answers (their stored compact form, see
+#: balsamdb.answers, covers the fields a state change keeps).
+LEASE_FIELDS = ("owner", "lease_expires", "renewed_at")
+
+
+class JobParent(BaseModel):
+    """A dependency: ``child`` waits for ``parent`` to reach JOB_FINISHED (schema 6).  The job's
+    ``parents`` JSON column says the same for readers; this table is what the server queries.
+    No foreign keys: rows are checked by the operations, and deleted with either job."""
+
+    child = pw.CharField(max_length=36)
+    parent = pw.CharField(max_length=36, index=True)
+
+    class Meta:
+        primary_key = pw.CompositeKey("child", "parent")
+
+
+class WorkflowPolicy(BaseModel):
+    """Per-workflow policy of the server (schema 6): what a lost run becomes."""
+
+    workflow = pw.CharField(primary_key=True)
+    lost_runs = pw.CharField(max_length=16, default="restart")  # restart: RUN_TIMEOUT -> RESTART_READY; stop
+    updated_at = pw.DoubleField()
 
 
 class JobStateChange(BaseModel):
@@ -159,7 +189,7 @@ class SchemaVersion(BaseModel):
 
 
 MODELS = [Job, JobStateChange, JobTag, Project, Record, RecordTag, RecordVersion, User, ProjectPermission,
-          AppliedRequest, JobAnswerBase, SchemaVersion]
+          AppliedRequest, JobAnswerBase, JobParent, WorkflowPolicy, SchemaVersion]
 MODELS_V1 = [Job, JobStateChange, JobTag, Project, Record, RecordTag, AppliedRequest, SchemaVersion]
 
 
@@ -240,6 +270,38 @@ def _record_versions(database):
         RecordVersion.insert_many(batch).execute()
 
 
+def _schema_jobs(database):
+    """Schema 6: the claims of launchers (owner, lease expiry, last renewal; an index on the
+    expiry), the parent->child table (filled from the ``parents`` column of existing jobs, for
+    parents that exist) and the per-workflow policies.  Idempotent, on a fresh database (whose
+    job table today's model made) and on an old one."""
+    q = quoter(database)
+    table = Job._meta.table_name
+    columns = {c.name for c in database.get_columns(table)}
+    for name, kind in (("owner", "VARCHAR(255)"), ("lease_expires", "DOUBLE PRECISION"),
+                       ("renewed_at", "DOUBLE PRECISION")):
+        if name not in columns:
+            database.execute_sql(f"ALTER TABLE {q(table)} ADD COLUMN {q(name)} {kind}")
+    database.execute_sql(f"CREATE INDEX IF NOT EXISTS {q(table + '_lease_expires')} ON {q(table)} "
+                         f"({q('lease_expires')})")
+    # The free jobs that job_acquire picks from: only jobs no one holds, so that claimed jobs still
+    # READY are never read again (a launcher that keeps them READY must not slow the others down).
+    database.execute_sql(f"CREATE INDEX IF NOT EXISTS {q(table + '_free_state_workflow')} ON {q(table)} "
+                         f"({q('state')}, {q('workflow')}) WHERE {q('owner')} IS NULL")
+    database.create_tables([JobParent, WorkflowPolicy], safe=True)
+    links = []
+    known = set()
+    rows = database.execute_sql(f"SELECT {q('id')}, {q('parents')} FROM {q(table)} "
+                                f"WHERE {q('parents')} IS NOT NULL AND {q('parents')} <> '[]'")
+    for job_id, parents in rows.fetchall():
+        links.extend((job_id, parent) for parent in jsonio.loads(parents))
+    for start in range(0, len(links), 400):
+        chunk = links[start:start + 400]
+        known.update(i for (i,) in Job.select(Job.id).where(Job.id.in_({p for _, p in chunk})).tuples())
+        JobParent.insert_many([{"child": c, "parent": p} for c, p in chunk if p in known]) \
+            .on_conflict_ignore().execute()
+
+
 #: version -> (function that brings the schema from version-1 to it, what it does)
 MIGRATIONS = {
     1: (_create_v1, "created the tables for jobs, state history, tags, projects, records and request ids"),
@@ -249,7 +311,9 @@ MIGRATIONS = {
     4: (_schema_compact_answers, "added the table that lets the answers of applied writes be stored compactly"),
     5: (_record_versions, "added the versions of records (every save kept; existing records become their "
                           "version 1) and the write-once option of projects"),
-    # 6 (jobs: parent table, leases) and 7 (provenance: job<->record link) are other branches' numbers.
+    6: (_schema_jobs, "added the claims of launchers (owner, lease expiry), the parent->child table of job "
+                      "dependencies and per-workflow policies for lost runs"),
+    # 7 (provenance: job<->record link) is another branch's number.
     8: (schema_scale.migrate, "indexes for a million jobs (no duplicates; records by "
         "project and time, tags from the tag side, state and last change, name globs), job counts per workflow "
         "and state kept in the same transaction, and a full-text index of records"),

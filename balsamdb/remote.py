@@ -120,7 +120,8 @@ class RemoteDatabase(StoreHandle):
         if len(body) > self.settings.max_request_bytes:
             raise RequestTooLarge(f"the request is {len(body)} bytes, more than max_request_bytes "
                                   f"({self.settings.max_request_bytes}); send less at a time")
-        if write and self.settings.spool:
+        spool = write and self.settings.spool and operations.spoolable(op)  # never a claim (job_acquire)
+        if spool:
             if time.monotonic() < self._unreachable_until:
                 # The store failed a moment ago: spool at once, and look once a second whether it is back.
                 if time.monotonic() < self._next_probe:
@@ -132,7 +133,10 @@ class RemoteDatabase(StoreHandle):
                 return self._spool(message, body) if answer is None else self._result(message["id"], answer)
             elif not self.drain_spool():
                 return self._spool(message, body)
-        answer = self._post(body, op, spool_on_failure=write and self.settings.spool)
+        elif write and time.monotonic() < self._unreachable_until:
+            raise ServerUnavailable(f"{op} needs an answer now and is never spooled, and the HTTP store {self.url} "
+                                    "did not answer a whole deadline just now")
+        answer = self._post(body, op, spool_on_failure=spool)
         if answer is None:
             return self._spool(message, body)
         return self._result(message["id"], answer)

@@ -12,8 +12,8 @@ import weakref
 import peewee as pw
 
 from . import jsonio
-from .models import (AppliedRequest, Job, JobStateChange, JobTag, JSONText, Project, Record, RecordTag,
-                     RecordVersion, quoter)
+from .models import (LEASE_FIELDS, AppliedRequest, Job, JobParent, JobStateChange, JobTag, JSONText, Project,
+                     Record, RecordTag, RecordVersion, quoter)
 
 _CACHE = weakref.WeakKeyDictionary()  # database -> Statements, gone with the database
 
@@ -21,8 +21,10 @@ _CACHE = weakref.WeakKeyDictionary()  # database -> Statements, gone with the da
 class Statements:
     def __init__(self, database):
         self._database = weakref.ref(database)  # the cache must not keep the database alive
-        self.insert_job = self._insert(Job)
-        self.job_columns = [f for f in Job._meta.sorted_fields]
+        # A new job holds no claim: the lease columns stay NULL (see balsamdb.operations.leases).
+        self.insert_job = self._insert(Job, skip=LEASE_FIELDS)
+        self.job_columns = [f for f in Job._meta.sorted_fields if f.name not in LEASE_FIELDS]
+        self.insert_parent = self._insert(JobParent)
         self.insert_history = self._insert(JobStateChange, skip=("id",))
         self.insert_tag = self._insert(JobTag)
         self.insert_applied = self._insert(AppliedRequest)
@@ -38,6 +40,19 @@ class Statements:
         # database cannot both move a job out of one state (the second finds 0 rows, reads again)
         self.update_state = (f"UPDATE {job_table} SET {q('state')} = {p}, {q('state_message')} = {p}, "
                              f"{q('updated_at')} = {p} WHERE {q('id')} = {p} AND {q('state')} = {p}")
+        self.select_lease = (f"SELECT {', '.join(q(c) for c in LEASE_FIELDS)} FROM {job_table} WHERE {q('id')} = {p}")
+        # The children of a finished parent that wait for no other parent (see operations.parents).
+        link = q(JobParent._meta.table_name)
+        self.releasable_children = (
+            f"SELECT c.{q('child')} FROM {link} c JOIN {job_table} j ON j.{q('id')} = c.{q('child')} "
+            f"WHERE c.{q('parent')} = {p} AND j.{q('state')} = 'AWAITING_PARENTS' AND NOT EXISTS ("
+            f"SELECT 1 FROM {link} o JOIN {job_table} pj ON pj.{q('id')} = o.{q('parent')} "
+            f"WHERE o.{q('child')} = c.{q('child')} AND pj.{q('state')} <> 'JOB_FINISHED')")
+        # On PostgreSQL the waiting children are locked first (in id order): two parents of one child
+        # finishing in two daemons' transactions then decide one after the other, on committed states.
+        self.lock_children = (
+            f"SELECT {q('id')} FROM {job_table} WHERE {q('id')} IN (SELECT {q('child')} FROM {link} "
+            f"WHERE {q('parent')} = {p}) AND {q('state')} = 'AWAITING_PARENTS' ORDER BY {q('id')} FOR UPDATE")
 
         # record_save, the write of every Sumatra run (peewee's query building cost ~0.8 ms of it)
         project, record, tag = (q(m._meta.table_name) for m in (Project, Record, RecordTag))

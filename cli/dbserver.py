@@ -49,6 +49,8 @@ def _format_status(info):
             *_flush_lines(status),
             f"spool:    {status['spool_pending']} waiting, {status['spool_failed']} refused, "
             f"{status['spooled_applied']} applied since start (see db spool)",
+            f"leases:   {status.get('lost_runs', 0)} lost runs found ({status.get('lost_runs_restarted', 0)} "
+            f"made RESTART_READY), {status.get('claims_expired', 0)} expired claims released, since start",
         ]
         lines += _spool_drain_lines(status)
         if status.get("reads_refused"):

@@ -10,6 +10,7 @@ from balsamdb.states import INITIAL, PIPELINE
 from balsamdb.wording import duration
 
 from .common import echo_json, format_time, json_option, open_db, parse_json, path_option
+from .job_claims import acquire, policy, release
 from .ls import STATE_CHOICE, StateChoice, ls
 
 
@@ -27,6 +28,8 @@ def job():
 
 
 job.add_command(ls, "ls")
+for _command in (acquire, release, policy):
+    job.add_command(_command)
 
 
 # -- job ids -----------------------------------------------------------------
@@ -163,6 +166,13 @@ def _echo_job(data):
         ("created", format_time(data["created_at"])),
         ("updated", format_time(data["updated_at"])),
     ]
+    if data.get("owner"):
+        rows.append(("held by", f"{data['owner']} (lease until {format_time(data['lease_expires'])}, last renewed "
+                                f"{format_time(data['renewed_at'])})"))
+    if data.get("waiting_on") and data["state"] == "AWAITING_PARENTS":
+        rows.append(("waiting on", "; ".join(
+            f"{p['id'][:8]} {p['name']} ({p['state']}{': blocked until it is restarted and finishes' if p['blocked'] else ''})"
+            for p in data["waiting_on"])))
     width = max(len(label) for label, _ in rows) + 2
     for label, value in rows:
         click.echo(f"{label + ':':<{width}}{value}".rstrip())

@@ -1,6 +1,7 @@
 """`db ls` (also `db job ls`): list jobs as a table or as JSON, count them per state,
 or watch a campaign with a progress bar per workflow."""
 
+import itertools
 import shutil
 import sys
 import time
@@ -53,6 +54,8 @@ def _when(ctx, param, value):
 @click.option("--sort", type=SORT_CHOICE, metavar="KEY",
               help=f"Order by {', '.join(job_queries.SORT_KEYS)} (state: pipeline order); "
                    "-KEY reverses it (-updated: last changed first)  [default: created]")
+@click.option("--waiting-on", metavar="ID", help="Only the jobs that still wait for this job (its children)")
+@click.option("--owner", help="Only the jobs this launcher holds (see db job acquire)")
 @click.option("--limit", type=click.IntRange(min=0), help="Show at most this many jobs")
 @click.option("--by-state", is_flag=True, help="Count the jobs in each state, per workflow, instead of listing them")
 @click.option("--watch", is_flag=True,
@@ -60,8 +63,8 @@ def _when(ctx, param, value):
 @click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True, metavar="SECONDS",
               help="Seconds between refreshes of --watch")
 @json_option
-def ls(path, workflow, states, name_glob, tags, since, until, changed, sort, limit, by_state, watch, interval,
-       as_json):
+def ls(path, workflow, states, name_glob, tags, since, until, changed, sort, waiting_on, owner, limit, by_state,
+       watch, interval, as_json):
     """List jobs, oldest first
 
     Example:
@@ -72,6 +75,7 @@ def ls(path, workflow, states, name_glob, tags, since, until, changed, sort, lim
         db ls --since 1h --sort -updated --limit 20
         db ls --state JOB_FINISHED --since 30m --changed    # finished in the last 30 min
         db ls --by-state
+        db ls --waiting-on 3f2a                             # the children that wait for it
         db ls --workflow sweep --watch --by-state           # Ctrl-C to stop
     """
     if watch and as_json:
@@ -79,9 +83,13 @@ def ls(path, workflow, states, name_glob, tags, since, until, changed, sort, lim
     if changed and since is None and until is None:
         raise click.UsageError("--changed goes with --since or --until: it says which time they compare")
     filters = dict(workflow=workflow, state=list(states) or None, name_like=name_glob, tags=list(tags) or None,
-                   since=since, until=until, changed=changed)
-    filtered = bool(workflow or states or name_glob or tags or since or until)
+                   since=since, until=until, changed=changed, owner=owner)
+    filtered = bool(workflow or states or name_glob or tags or since or until or waiting_on or owner)
     with open_db(path) as db:
+        if waiting_on:
+            from .job import resolve_job_ids
+
+            (filters["waiting_on"],) = resolve_job_ids(db, [waiting_on])
         if watch:
             _watch(db, filters, filtered, sort, limit, by_state, interval)
             return
@@ -98,10 +106,14 @@ def ls(path, workflow, states, name_glob, tags, since, until, changed, sort, lim
 
 
 def _echo_jobs(jobs, filtered):
+    jobs = iter(jobs)
+    head = list(itertools.islice(jobs, 200))  # the rows that set the widths, as echo_table_stream measures
+    held = any(getattr(j, "owner", None) for j in head)  # the claim columns only when a launcher holds one
     shown = echo_table_stream(
-        ["id", "name", "workflow", "application", "state", "created"],
+        ["id", "name", "workflow", "application", "state", "created"] + (["owner", "lease until"] if held else []),
         ([j.id[:8], j.name, j.workflow, shorten(j.application, 40), j.state, format_time(j.created_at)]
-         for j in jobs),
+         + ([shorten(j.owner or "", 30), format_time(j.lease_expires)[11:]] if held else [])
+         for j in itertools.chain(head, jobs)),
     )
     if not shown:
         click.echo("No jobs match." if filtered else "No jobs yet.")
@@ -129,9 +141,11 @@ def _bars(counts, width):
     name_width = max([len(name) for name in per_workflow] + [8])
     for name, item in per_workflow.items():
         failed = f", {item['failed']} failed" if item["failed"] else ""
+        # Rounded down: 1500 of 1501 is 99%, never 100% before the last job finished.
+        done = 100 * item["finished"] // item["total"] if item["total"] else 0
         lines.append(tqdm.format_meter(
             item["finished"], item["total"], 0, ncols=width, prefix=name.ljust(name_width), ascii=plain,
-            bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} finished" + failed))
+            bar_format="{desc} {done:3d}%|{bar}| {n_fmt}/{total_fmt} finished" + failed, done=done))
     return lines
 
 

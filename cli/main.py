@@ -13,6 +13,7 @@ from .ls import ls
 from .project import project
 from .record import record
 from .relay import relay
+from .run import run
 from .spool import spool
 from .transfer import configure, copy, export, import_
 from .upkeep import prune, vacuum
@@ -39,6 +40,6 @@ def main():
     """
 
 
-for command in (init, which, ls, job, record, project, dbserver, spool, user, serve, relay, copy, configure, export,
-                import_, prune, vacuum, bench):
+for command in (init, which, ls, job, run, record, project, dbserver, spool, user, serve, relay, copy, configure,
+                export, import_, prune, vacuum, bench):
     main.add_command(command)

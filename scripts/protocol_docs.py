@@ -48,7 +48,7 @@ def _parameters(op):
 def operations_table():
     rows = ["| operation | kind | parameters | specification (its docstring) |", "|---|---|---|---|"]
     for name, op in OPERATIONS.items():
-        rows.append(f"| `{name}` | {'write' if op.write else 'server' if op.server else 'read'} | {_parameters(op)} | {_cell(op.doc)} |")
+        rows.append(f"| `{name}` | {('write' if op.spool else 'write, never spooled') if op.write else 'server' if op.server else 'read'} | {_parameters(op)} | {_cell(op.doc)} |")
     return "\n".join(rows)
 
 

@@ -121,6 +121,7 @@ SLOW_MODULES = frozenset({
     "test_faults", "test_netns", "test_fuzz", "test_postgres_cluster", "test_postgres_backend",
     "test_transfer", "test_packaging", "test_direct_concurrency", "test_security", "test_sumatra_export",
     "test_crash_points",
+    "test_claims",
 })
 
 

@@ -389,3 +389,39 @@ def test_the_retention_of_request_ids_must_be_positive():
         with pytest.raises(ConfigError, match="applied_retention_days"):
             load_settings(applied_retention_days=value)
 
+
+
+def test_claims_acquire_renew_release_on_every_route(db, route):
+    """``job_acquire`` / ``job_renew`` / ``job_release`` and the owner's state changes, the same on
+    every route (direct SQLite, the write server on both backends, the HTTP operation endpoint
+    behind the remote client)."""
+    from balsamdb.exceptions import Conflict
+
+    ids = [db.jobs.create(name=f"j{i}", workflow="claims", state="READY").id for i in range(3)]
+    db.jobs.create(name="other", workflow="elsewhere", state="READY")
+    first = db.jobs.acquire(2, owner="A", lease=300, workflow="claims")
+    assert len(first) == 2 and {j.owner for j in first} == {"A"}
+    assert all(abs(j.lease_expires - j.renewed_at - 300) < 1e-6 for j in first)
+    second = db.jobs.acquire(5, owner="B", lease=300, workflow="claims")
+    assert {j.id for j in second} == set(ids) - {j.id for j in first}
+    assert db.jobs.acquire(5, owner="C", workflow="claims") == []
+    assert db.jobs.acquire(0, owner="C") == []
+    mine = first[0].id
+    renewed = db.jobs.renew([mine, second[0].id], owner="A", lease=600)
+    assert renewed == {"renewed": 1, "lost": [second[0].id]}
+    with pytest.raises(Conflict, match="not held by B"):
+        db.jobs.update_state(mine, "RUNNING", owner="B")
+    before = db.call("job_get", job_id=mine)
+    db.jobs.update_state(mine, "RUNNING", "started", owner="A")  # the owner's change renews the lease
+    after = db.call("job_get", job_id=mine)
+    assert after["owner"] == "A" and after["renewed_at"] >= before["renewed_at"]
+    assert abs(after["lease_expires"] - after["renewed_at"] - 600) < 1e-6
+    assert {j.id for j in db.jobs.filter(owner="A", workflow="claims")} == {j.id for j in first}
+    assert db.jobs.release([first[1].id, second[0].id], owner="A") == 1  # B's job is not A's to release
+    assert [j.id for j in db.jobs.acquire(1, owner="C", workflow="claims")] == [first[1].id]
+    db.jobs.update_state(mine, "FAILED", owner="A")  # a final state ends the claim
+    assert db.call("job_get", job_id=mine)["owner"] is None
+    with pytest.raises(balsamdb.BadRequest, match="lease"):
+        db.jobs.acquire(1, owner="A", lease=0.5)
+    with pytest.raises(balsamdb.BadRequest, match="non-final"):
+        db.jobs.acquire(1, owner="A", states=["JOB_FINISHED"])

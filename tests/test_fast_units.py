@@ -251,3 +251,14 @@ def test_dbserver_status_exit_codes_never_mean_a_usage_error(dbdir):
     usage = _db(dbdir, "dbserver", "--status", "--stop")
     assert usage.exit_code == 2 and "cannot be combined" in usage.output, usage.output
     assert (STATUS_RUNNING, STATUS_STOPPED, STATUS_UNHEALTHY) == (0, 1, 3)
+
+
+def test_watch_bar_says_100_percent_only_when_every_job_finished():
+    """`db ls --watch`: 1500 of 1501 finished is 99%, not 100% (tqdm's rounding said 100%)."""
+    from balsamdb.cli.ls import _bars
+
+    (almost,) = _bars([{"workflow": "w", "state": "JOB_FINISHED", "count": 1500},
+                       {"workflow": "w", "state": "RUNNING", "count": 1}], 80)
+    (done,) = _bars([{"workflow": "w", "state": "JOB_FINISHED", "count": 1501}], 80)
+    assert " 99%|" in almost and "1500/1501" in almost, almost
+    assert "100%|" in done, done

@@ -94,3 +94,17 @@ def test_the_page_reads_only_new_moves_and_notices_a_deleted_job(reader, any_dbd
     _delete_job(any_dbdir, "b", history_only=True)
     _write(any_dbdir, {"b": ("w", [(20, None, "CREATED"), (130, "CREATED", "RUNNING")])})
     assert counts("w") == {"CREATED": [1, 1, 0, 0, 0, 1], "RUNNING": [0, 0, 1, 1, 1, 1]}
+
+
+def test_the_time_axis_fits_a_short_campaign():
+    """A campaign of 6 minutes fills the axis (it was put in the right fifth of a fixed 30-minute
+    axis, with a label at each end only)."""
+    from balsamdb.server.http.job_pages import _plot
+
+    start = 1_700_000_000 // 60 * 60
+    points = [(start + 60 * m, 10) for m in range(6)]
+    plot = _plot(points, now=start + 6 * 60 - 1)
+    assert plot["start"] == start and plot["end"] - plot["start"] == 6 * 60
+    assert len(plot["bars"]) == 6 and all(b["count"] == 10 for b in plot["bars"])
+    times = [t["time"] for t in plot["ticks"]]
+    assert len(times) >= 4 and times[0] == plot["start"] and times[-1] == plot["end"] and times == sorted(times)

@@ -422,3 +422,40 @@ def test_pages_read_on_after_their_postgres_cluster_restarts(pg_dbdir):
     with balsamdb.connect(pg_dbdir) as db:
         db.jobs.create("two", workflow="w")
     wait_for(lambda: reader.run(jobs) == 2, 60, "the job written after the restart, read")
+
+
+@sqlite_only
+def test_claims_dependencies_and_lost_runs_are_shown(site):
+    """Issue 26 on the pages: the job page says who holds a job and until when, what a waiting job
+    waits for (a FAILED parent blocks it) and its lost runs; the dashboard lists the holder and
+    counts lost runs; the projects page links to the dashboard (for admins) and counts records;
+    the finished-per-minute chart's axis fits a short campaign, with labels along it."""
+    with balsamdb.connect(site.path) as db:
+        parent = db.jobs.create("parent", workflow="w", state="READY")
+        child = db.jobs.create("child", workflow="w", parents=[parent.id])
+        db.jobs.update_state(parent.id, "FAILED", "node lost")
+        held = db.jobs.create("held", workflow="w", state="READY")
+        db.jobs.acquire(1, owner="launcher-7", lease=600, ids=[held.id])
+        done = db.jobs.create("done", workflow="w", state="READY")
+        for state in ("RUNNING", "RUN_DONE", "JOB_FINISHED"):
+            db.jobs.update_state(done.id, state)
+        db.records.save("P", record("r1", 1))
+        db.records.save("P", record("r2", 2))
+    page = site.request("GET", f"_balsamdb/jobs/{child.id}/", user="ada").json()
+    assert page["owner"] is None and page["lost_runs"] == 0
+    assert [(w["id"], w["blocked"]) for w in page["waiting_on"]] == [(parent.id, True)]
+    html = site.request("GET", f"_balsamdb/jobs/{child.id}/", user="ada", headers=HTML).text
+    assert "waiting on" in html and "blocked until it is restarted" in html
+    page = site.request("GET", f"_balsamdb/jobs/{held.id}/", user="ada").json()
+    assert page["owner"] == "launcher-7" and page["lease_expires"] > page["renewed_at"]
+    dashboard = site.request("GET", "_balsamdb/jobs/", user="ada").json()
+    assert dashboard["lost_runs"] == 0
+    assert {j["name"]: j["owner"] for j in dashboard["jobs"]}["held"] == "launcher-7"
+    html = site.request("GET", "_balsamdb/jobs/", user="ada", headers=HTML).text
+    assert "launcher-7 (until" in html and "0 lost runs found" in html
+    ticks = re.findall(r'<text class="tick"[^>]*>([^<]+)</text>', html)
+    assert len(ticks) >= 3, ticks  # a campaign of a minute: the axis spans 3 minutes, a label a minute
+    projects = site.request("GET", "", user="ada", headers=HTML).text
+    assert '_balsamdb/jobs/">Jobs dashboard</a>' in projects
+    assert re.search(r'>P</a></td>\s*<td>[^<]*</td><td>[^<]*</td><td class="num">2</td>', projects), projects
+    assert "Jobs dashboard" not in site.request("GET", "", user="bob", headers=HTML).text

@@ -8,7 +8,8 @@ anything is written; no SQL crosses the wire.
 
 - :mod:`.registry`: :data:`OPERATIONS`, :func:`operation`, :func:`lookup`, :func:`bind_params`
 - :mod:`.checks`: validators of parameters
-- :mod:`.jobs`, :mod:`.records` (and projects), :mod:`.users` (and permissions)
+- :mod:`.jobs` (with :mod:`.parents`: dependencies), :mod:`.leases` (claims of launchers, lost runs),
+  :mod:`.records` (and projects), :mod:`.users` (and permissions)
 - :mod:`.stores` (export and digest of a whole store), :mod:`.store_import` (``import_items``)
 
 :mod:`balsamdb.applier` runs them (``lookup``, ``bind_params``, then the
@@ -17,14 +18,14 @@ function) while the models are bound to a database and a transaction is open.
 
 from ..exceptions import BadRequest
 # The modules that register operations, imported in the order the operations are listed.
-from . import jobs, records, pages, users, stores, store_import, upkeep, server
+from . import jobs, leases, records, pages, users, stores, store_import, upkeep, server
 from .checks import (INT_MAX, MAX_LIST, check_flag, check_number, check_object, check_project_name,
                      check_saved_by, check_str_list, check_text, check_user_name, check_uuid, chunks)
 from .jobs import (CREATE_ONLY, FILTER_KEYS, JOB_FIELDS, JOB_KEYS, clean_job, job_query,
                    job_to_dict)
 from .records import (RECORD_MUTABLE, TAG_MATCHES, compress, decompress, project_to_dict, record_columns,
                       record_tags, record_text, sort_time, version_list)
-from .registry import OPERATIONS, Operation, bind_params, lookup, operation
+from .registry import OPERATIONS, Operation, bind_params, lookup, operation, spoolable
 
 #: The operations the write server answers itself (ping, status, spool_drain).
 SERVER_OPS = frozenset(name for name, op in OPERATIONS.items() if op.server)
@@ -66,6 +67,7 @@ __all__ = [
     "job_query",
     "job_to_dict",
     "jobs",
+    "leases",
     "lookup",
     "operation",
     "pages",
@@ -76,6 +78,7 @@ __all__ = [
     "records",
     "server",
     "sort_time",
+    "spoolable",
     "store_import",
     "stores",
     "users",

@@ -9,8 +9,10 @@ from ..dbdir import job_working_directory
 from ..exceptions import BadRequest, Conflict, NotFound
 from ..job_queries import check_sort
 from .. import schema_scale
-from ..models import Job, JobStateChange, JobTag, now
+from ..models import LEASE_FIELDS, Job, JobStateChange, JobTag, now
 from ..statements import statements
+from . import leases
+from . import parents as dependencies
 from .checks import check_number, check_object, check_str_list, check_text, check_uuid
 from .registry import operation
 
@@ -77,6 +79,7 @@ def _insert_jobs(rows, when, insert):
     """Insert job ``rows`` with their first history entries and tags through ``insert`` (given
     by the applier: now, or deferred to be made with the other requests' rows of the batch)."""
     fast = statements()
+    links = dependencies.link_new_jobs(rows, when, insert)  # nothing to do (no read) without parents
     try:
         insert(fast.insert_job, rows)
     except pw.IntegrityError:
@@ -90,6 +93,8 @@ def _insert_jobs(rows, when, insert):
     tags = [{"job": r["id"], "tag": t} for r in rows for t in r["tags"]]
     if tags:
         insert(fast.insert_tag, tags)
+    if links:
+        insert(fast.insert_parent, links)
 
 
 # Insert-only (they read nothing): in a group commit's optimistic pass their inserts may be
@@ -104,7 +109,9 @@ def job_create(job, *, insert):
     ``ranks_per_node``, ``threads_per_rank``, ``wall_time_minutes``,
     ``environ`` (object of strings), ``parents`` (job ids), ``tags`` (strings),
     ``data`` (any JSON object), ``state`` (CREATED, AWAITING_PARENTS or READY;
-    AWAITING_PARENTS by default when there are parents).  The working directory
+    AWAITING_PARENTS by default when there are parents, READY when they have all
+    finished).  Parents must exist; a job waiting for them moves to READY when
+    the last one reaches JOB_FINISHED.  The working directory
     is ``data/<workflow>/<name>_<first 8 characters of id>``.
     Returns the job.  A duplicate id is a conflict.
     """
@@ -119,7 +126,8 @@ def job_bulk_create(jobs, *, insert):
     """Create many jobs at once, all or none.
 
     ``jobs`` is a list of job objects as for ``job_create`` (give each its
-    ``id``: the answer does not list them).  Returns ``{"created": n}``.
+    ``id``: the answer does not list them).  A job's parents may be jobs of the
+    same list (no cycles).  Returns ``{"created": n}``.
     """
     if not isinstance(jobs, list) or not jobs:
         raise BadRequest("jobs must be a non-empty list")
@@ -139,11 +147,15 @@ def _get_job(job_id):
 
 
 @operation(write=True)
-def job_update_state(job_id, state, message=""):
+def job_update_state(job_id, state, message="", owner=None):
     """Move job ``job_id`` to ``state``, recording ``message`` in its history.
 
     The state machine (see :mod:`balsamdb.states`) refuses illegal transitions.
-    Returns the job.
+    With ``owner`` (a launcher that holds the job, see ``job_acquire``) the change
+    is refused unless that owner holds it, and renews its lease; a final state
+    ends the claim.  When the job reaches JOB_FINISHED, each child whose parents
+    have now all finished moves from AWAITING_PARENTS to READY in the same
+    transaction.  Returns the job.
     """
     fast = statements()
     job_id = check_uuid(job_id)
@@ -161,9 +173,13 @@ def job_update_state(job_id, state, message=""):
             break
     else:
         raise Conflict(f"job {job_id} kept changing state while it was moved to {state}; try again")
+    if owner is not None or state in states.FINAL:
+        leases.on_state_change(fast, job["id"], owner, state, when)
     fast.executemany(fast.insert_history, [
         {"job": job["id"], "time": when, "from_state": job["state"], "to_state": state, "message": message}])
     job.update(state=state, state_message=message, updated_at=when)
+    if state == dependencies.FINISHED:
+        dependencies.release_children(fast, job["id"], when)
     return job
 
 
@@ -187,7 +203,9 @@ def job_modify(job_id, changes):
     for name, value in changes.items():
         setattr(job, name, JOB_FIELDS[name](value))
     job.updated_at = now()
-    job.save()
+    if "parents" in changes:
+        job.parents = dependencies.set_parents(job, job.parents, job.updated_at, statements())
+    job.save(only=[Job._meta.fields[name] for name in list(changes) + ["updated_at", "state", "state_message"]])
     if "tags" in changes:
         JobTag.delete().where(JobTag.job == job.id).execute()
         if job.tags:
@@ -207,6 +225,7 @@ def job_delete(job_ids):
     for start in range(0, len(ids), 500):  # stay below SQLite's limit on parameters
         chunk = ids[start:start + 500]
         JobTag.delete().where(JobTag.job.in_(chunk)).execute()
+        dependencies.forget(chunk)
         JobStateChange.delete().where(JobStateChange.job.in_(chunk)).execute()
         deleted += Job.delete().where(Job.id.in_(chunk)).execute()
     return {"deleted": deleted}
@@ -215,9 +234,14 @@ def job_delete(job_ids):
 @operation(write=False)
 def job_get(job_id):
     """Return job ``job_id`` with its ``history``: a list of
-    ``{time, from_state, to_state, message}``, oldest first."""
+    ``{time, from_state, to_state, message}``, oldest first; its claim (``owner``,
+    ``lease_expires``, ``renewed_at``: None when no launcher holds it) and
+    ``waiting_on``: its parents that have not finished (``{id, name, state,
+    blocked}``; ``blocked`` when the parent ended FAILED or USER_KILLED)."""
     job = _get_job(job_id)
     out = job_to_dict(job)
+    out.update((name, getattr(job, name)) for name in LEASE_FIELDS)
+    out["waiting_on"] = dependencies.waiting_on(job.id) if job.parents else []
     out["history"] = [
         {"time": h.time, "from_state": h.from_state, "to_state": h.to_state, "message": h.message}
         for h in JobStateChange.select().where(JobStateChange.job == job.id).order_by(JobStateChange.id)
@@ -267,7 +291,7 @@ def _name_glob(pattern):
 
 
 FILTER_KEYS = ("ids", "id_prefix", "workflow", "name", "name_like", "state", "tags",
-               "created_after", "created_before", "updated_after", "updated_before")
+               "created_after", "created_before", "updated_after", "updated_before", "waiting_on", "owner")
 
 
 def _job_query(filters):
@@ -301,6 +325,13 @@ def _job_query(filters):
         if unknown_states:
             raise BadRequest(f"unknown states {unknown_states}; known: {', '.join(states.STATES)}")
         query = query.where(Job.state.in_(wanted))
+    if filters.get("waiting_on") is not None:  # the children of a job that still wait
+        parent = check_uuid(filters["waiting_on"], "waiting_on")
+        unfinished = Job.select(Job.id).where((Job.id == parent) & (Job.state != dependencies.FINISHED))
+        query = query.where(Job.id.in_(dependencies.children_query(parent)) & (Job.state == dependencies.WAITING)
+                            & pw.fn.EXISTS(unfinished))
+    if filters.get("owner") is not None:
+        query = query.where(Job.owner == check_text(filters["owner"], "owner", max_len=255))
     for tag in check_str_list(filters.get("tags"), "tags"):
         query = query.where(Job.id.in_(JobTag.select(JobTag.job).where(JobTag.tag == tag)))
     for key, field, op in (("created_after", Job.created_at, ">="), ("created_before", Job.created_at, "<"),
@@ -340,7 +371,10 @@ def job_filter(filters=None, limit=None, offset=0, sort=None):
     ``workflow``, ``name``, ``name_like`` (a glob
     such as ``sim-*``, case-insensitive), ``state`` (one or a list), ``tags``
     (all of them), ``created_after``/``created_before``/``updated_after``/
-    ``updated_before`` (UNIX seconds).  ``limit`` and ``offset`` page the result.
+    ``updated_before`` (UNIX seconds), ``waiting_on`` (a job id: its children
+    that still wait), ``owner`` (the jobs a launcher holds).  ``limit`` and
+    ``offset`` page the result.  Each job comes with its claim (``owner``,
+    ``lease_expires``, ``renewed_at``).
     ``sort`` is one of ``created`` (the default), ``updated``, ``name``,
     ``workflow``, ``state`` (in pipeline order) or ``id``; with a leading ``-``
     the order is reversed (``-updated``: the last changed first).
@@ -350,7 +384,14 @@ def job_filter(filters=None, limit=None, offset=0, sort=None):
         query = query.limit(check_number(limit, "limit", int, 0))
     if offset:
         query = query.offset(check_number(offset, "offset", int, 0))
-    return [job_to_dict(j) for j in query]
+    return [job_lease_dict(j) for j in query]
+
+
+def job_lease_dict(job):
+    """:func:`job_to_dict` with the claim (not part of the answers of writes, see balsamdb.answers)."""
+    out = job_to_dict(job)
+    out.update((name, getattr(job, name)) for name in LEASE_FIELDS)
+    return out
 
 
 @operation(write=False)

@@ -23,6 +23,7 @@ class Operation:
     names: frozenset = frozenset()     # of its parameters (a request may give these) ...
     required: frozenset = frozenset()  # ... and those without a default (it must give these)
     any_names: bool = False            # it takes **kwargs
+    spool: bool = True  # a write that may wait in a spool; False: it needs an answer now (job_acquire)
 
     @property
     def doc(self):
@@ -32,7 +33,10 @@ class Operation:
 OPERATIONS = {}
 
 
-def operation(write, deferrable=False, server=False):
+def operation(write, deferrable=False, server=False, spool=True):
+    """Register the function as an operation.  ``spool=False``: a write that is never spooled
+    (a claim or a renewal means nothing late): with no server to answer, the caller gets an error
+    at once."""
     def register(function):
         name = function.__name__
         signature = inspect.signature(function)
@@ -43,10 +47,17 @@ def operation(write, deferrable=False, server=False):
             names=frozenset(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)),
             required=frozenset(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
                                and p.default is p.empty),
-            any_names=any(p.kind is p.VAR_KEYWORD for p in parameters))
+            any_names=any(p.kind is p.VAR_KEYWORD for p in parameters), spool=spool)
         return function
 
     return register
+
+
+def spoolable(name):
+    """Whether a request of operation ``name`` may wait in a spool: a write that is not marked
+    never-spooled (an unknown name is not a write)."""
+    op = OPERATIONS.get(name) if isinstance(name, str) else None
+    return op is not None and op.write and op.spool
 
 
 def lookup(name):

@@ -12,7 +12,7 @@ import balsamdb
 from balsamdb.facades import SpooledWrite
 from balsamdb.passwords import verify_password
 
-from balsamdb.server.http.reads import ReadOnlyStore, read_listing, read_permissions, read_projects, read_record, read_user, read_versions
+from balsamdb.server.http.reads import ReadOnlyStore, read_listing, read_permissions, read_projects, read_record, read_record_counts, read_user, read_versions
 from balsamdb.server.http.errors import HTTPError, challenge
 
 PASSWORD_CACHE_SECONDS = 60.0   # since the last successful use
@@ -63,6 +63,10 @@ class Store:
     def projects(self):
         """Every project, by name (read on the read-only connection)."""
         return self.reader.run(read_projects)
+
+    def record_counts(self):
+        """``{project: number of records}`` (read on the read-only connection), for the projects page."""
+        return self.reader.run(read_record_counts)
 
     def record(self, project, label, version=None):
         """The document of record ``label`` (or of its ``version``), read on the read-only connection."""

@@ -16,14 +16,15 @@ import peewee as pw
 
 from balsamdb import job_queries, job_views, states
 from balsamdb.exceptions import BadRequest
-from balsamdb.models import Job, JobStateChange
+from balsamdb.models import LEASE_FIELDS, Job, JobParent, JobStateChange
 from balsamdb.operations import JOB_KEYS, job_query
 
 log = logging.getLogger(__name__)
 
 JOBS_PER_PAGE = 100
 PLOT_MAX_BARS = 120      # jobs finished per minute: wider campaigns are shown in wider buckets
-PLOT_MIN_MINUTES = 30    # the plot's time axis spans at least this (one bar for all would say nothing)
+PLOT_MIN_MINUTES = 3     # the time axis fits the data, but spans at least this (one bar would say nothing)
+AXIS_TICKS = 6           # time labels on each chart's axis (its two ends included)
 REFRESH_SECONDS = 2      # how often an open page asks again (a poll, not a held stream)
 FULL_SECONDS = 600       # the charts' history is read whole again after this (else only its new rows)
 
@@ -167,7 +168,7 @@ def _jobs_data(db, filters, page, workflow, history):
     total = sum(sum(c.values()) for c in counts.values())
     pages = max(1, math.ceil(total / JOBS_PER_PAGE))
     query = (job_query(filters).select(Job.id, Job.name, Job.workflow, Job.state, Job.state_message, Job.tags,
-                                      Job.created_at, Job.updated_at)
+                                      Job.created_at, Job.updated_at, Job.owner, Job.lease_expires)
              .order_by(Job.updated_at.desc(), Job.id).limit(JOBS_PER_PAGE).offset((page - 1) * JOBS_PER_PAGE))
     jobs = list(query.dicts().execute(db))
     # the number of jobs of the charts' workflow, when the counts above are of exactly those
@@ -175,7 +176,18 @@ def _jobs_data(db, filters, page, workflow, history):
     finished = sorted(moves["entered"].get("JOB_FINISHED", {}).items())
     return {"counts": counts, "states": job_views.ordered_states(counts), "total": total, "page": page,
             "pages": pages, "per_page": JOBS_PER_PAGE, "jobs": jobs, "read_at": time.time(),
-            "finished_per_minute": finished, "state_counts": _state_counts(moves)}
+            "finished_per_minute": finished, "state_counts": _state_counts(moves),
+            "lost_runs": _lost_runs(db, workflow)}
+
+
+def _lost_runs(db, workflow):
+    """How many runs the write server found lost (their lease expired while RUNNING), from the index
+    on the history's (to_state, time): RUN_TIMEOUT rows are few."""
+    query = (JobStateChange.select(pw.fn.COUNT(JobStateChange.id))
+             .where((JobStateChange.to_state == "RUN_TIMEOUT") & JobStateChange.message.startswith("lost run")))
+    if workflow:
+        query = query.join(Job, on=(JobStateChange.job == Job.id)).where(Job.workflow == workflow)
+    return query.tuples().execute(db)[0][0]
 
 
 def _axis(first_event, now):
@@ -203,11 +215,17 @@ def _job_data(db, job_id):
     rows = list(Job.select().where(Job.id == job_id).dicts().execute(db))
     if not rows:
         return None
-    job = {key: rows[0][key] for key in JOB_KEYS}
+    job = {key: rows[0][key] for key in JOB_KEYS + LEASE_FIELDS}
     history = (JobStateChange.select(JobStateChange.time, JobStateChange.from_state, JobStateChange.to_state,
                                      JobStateChange.message)
                .where(JobStateChange.job == job_id).order_by(JobStateChange.id))
     job["history"] = list(history.dicts().execute(db))
+    job["lost_runs"] = sum(1 for h in job["history"]
+                           if h["to_state"] == "RUN_TIMEOUT" and h["message"].startswith("lost run"))
+    waiting = (Job.select(Job.id, Job.name, Job.state).join(JobParent, on=(JobParent.parent == Job.id))
+               .where((JobParent.child == job_id) & (Job.state != "JOB_FINISHED")).order_by(Job.created_at))
+    job["waiting_on"] = [{"id": i, "name": n, "state": s, "blocked": s in states.FINAL}
+                         for i, n, s in waiting.tuples().execute(db)] if job["parents"] else []
     return job
 
 
@@ -256,8 +274,25 @@ def _plot(points, now=None, width=720, height=160, left=36, since=None):
         h = (height - 4) * count / ymax
         bars.append({"x": left + i * bar_width, "y": height - h, "w": max(bar_width - 1, 0.5), "h": h,
                      "count": count, "start": first + i * bucket_minutes * 60})
+    end = first + n * bucket_minutes * 60
     return {"bars": bars, "width": width, "height": height, "left": left, "ymax": ymax, "start": first,
-            "end": first + n * bucket_minutes * 60, "bucket": bucket_minutes, "total": sum(totals)}
+            "end": end, "bucket": bucket_minutes, "total": sum(totals), "ticks": _ticks(first, end, left, width)}
+
+
+def _ticks(start, end, left, width):
+    """Labels of the time axis: ``[{x, time, anchor}]``, about :data:`AXIS_TICKS` of them on whole
+    minutes, the first and last at the chart's ends."""
+    minutes = max(1, int((end - start) // 60))
+    step = max(1, math.ceil(minutes / (AXIS_TICKS - 1)))
+    ticks = []
+    for m in range(0, minutes + 1, step):
+        x = left + (width - left) * m * 60 / (end - start)
+        ticks.append({"x": x, "time": start + m * 60, "anchor": "start" if m == 0 else "middle"})
+    if ticks[-1]["time"] < end:
+        if (end - ticks[-1]["time"]) < step * 30:  # too close to the end label: give way to it
+            ticks.pop()
+        ticks.append({"x": width, "time": end, "anchor": "end"})
+    return ticks
 
 
 def _held_chart(state_counts, width=720, height=160, left=48):
@@ -285,4 +320,4 @@ def _held_chart(state_counts, width=720, height=160, left=48):
                       "peak": max(counts), "points": " ".join(f"{px:.1f},{py:.1f}" for px, py in top + bottom)})
         below = above
     return {"areas": areas, "width": width, "height": height, "left": left, "ymax": ymax, "start": start,
-            "end": start + n * bucket}
+            "end": start + n * bucket, "ticks": _ticks(start, start + n * bucket, left, width)}

@@ -117,6 +117,16 @@ def read_projects(database, name=None):
             for p in query.dicts().execute(database)]
 
 
+def read_record_counts(database):
+    """``{project: number of records}`` (one count per project from the (project, label) index)."""
+    import peewee as pw
+
+    from balsamdb.models import Record
+
+    query = Record.select(Record.project, pw.fn.COUNT(Record.id)).group_by(Record.project)
+    return dict(query.tuples().execute(database))
+
+
 def read_versions(database, project, label):
     """The versions of record ``label`` in ``project``, as the operation ``record_versions`` answers
     them (for the versions page); :class:`~balsamdb.exceptions.NotFound` when there is no such record."""

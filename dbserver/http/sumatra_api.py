@@ -45,7 +45,8 @@ def blueprint(context):
         if g.user is None and len(visible) < len(projects):
             raise challenge("log in to see every project you may use")
         return reply(_project_entries(visible),
-                     html=lambda: ("Projects", PROJECTS, {"projects": visible, "message": None}))
+                     html=lambda: ("Projects", PROJECTS, {"projects": visible, "message": None,
+                                                          "record_counts": store.record_counts(), "admin": admin}))
 
     def _project_entries(projects):
         return [{"id": p["name"], "name": p["name"], "description": p["description"], "public": p["public"],

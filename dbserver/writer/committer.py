@@ -15,12 +15,15 @@ import time
 from balsamdb.applier import DATABASE_ERRORS, StorageFailure, root_cause, run_batch
 from balsamdb.backoff import delay_after
 from balsamdb.exceptions import ServerError, StorageError, TryAgain
+from balsamdb.operations.leases import find_lost_runs
 from balsamdb.statements import statements
 
 log = logging.getLogger("balsamdb.server.writer.server")
 
 PRUNE_EVERY = 60.0         # seconds between looks for request ids old enough to forget
 PRUNE_CHUNK = 5000
+LOST_RUNS_EVERY = 1.0      # seconds between looks for expired leases (an index range read: cheap)
+LOST_RUNS_CHUNK = 500
 
 
 class Committer:
@@ -159,3 +162,22 @@ class Committer:
         if deleted:
             log.info("forgot %d request ids applied more than %.1f days ago", deleted, keep / 86400)
         return 0.0 if deleted >= PRUNE_CHUNK else every
+
+    def find_lost_runs(self):
+        """Release the claims and time out the runs whose lease expired on this server's clock
+        (see :func:`balsamdb.operations.leases.find_lost_runs`), in a write transaction of their
+        own; returns the seconds until the next look: at once while there is more."""
+        try:
+            with self.begin():
+                counts = find_lost_runs(self.database, LOST_RUNS_CHUNK)
+        except DATABASE_ERRORS as exc:
+            log.warning("could not look for lost runs: %s", root_cause(exc))
+            return LOST_RUNS_EVERY
+        found = sum(counts[k] for k in ("released", "timed_out"))
+        if found:
+            self.stats.lost_runs += counts["timed_out"]
+            self.stats.lost_runs_restarted += counts["restarted"]
+            self.stats.claims_expired += counts["released"]
+            log.info("expired leases: %d runs lost (%d restarted), %d claims released",
+                     counts["timed_out"], counts["restarted"], counts["released"])
+        return 0.0 if found >= LOST_RUNS_CHUNK else LOST_RUNS_EVERY

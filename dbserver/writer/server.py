@@ -94,6 +94,7 @@ class WriteServer(SpoolOrder):
         self.cleaner = SpoolCleaner()  # removes applied spool files
         self.server_ops = ServerOperations(self)
         self.next_prune = 0.0
+        self.next_lost_runs = 0.0
 
     # -- life cycle ---------------------------------------------------------
     def initialize(self):
@@ -165,6 +166,9 @@ class WriteServer(SpoolOrder):
                 self.serve_batch([])
             if time.monotonic() >= self.next_prune:
                 self.next_prune = time.monotonic() + self.committer.prune_applied(spool_waits=self.spool.count())
+            if time.monotonic() >= self.next_lost_runs and not self.spool.count():
+                # After the spool: a spooled renewal or state change by the owner goes first.
+                self.next_lost_runs = time.monotonic() + self.committer.find_lost_runs()
             if time.monotonic() >= self.next_spool_check:
                 self.drain_turn()
             self.answer_overdue()

@@ -20,6 +20,9 @@ class Stats:
         self.commit_seconds = 0.0
         self.pruned = 0
         self.reads_refused = 0  # reads sent here: they go to the read service (or the client reads itself)
+        self.lost_runs = 0            # RUNNING jobs whose lease expired: RUN_TIMEOUT
+        self.lost_runs_restarted = 0  # ... and on to RESTART_READY by their workflow's policy
+        self.claims_expired = 0       # claimed jobs not yet RUNNING whose lease expired: released
 
     def committed(self, requests, seconds):
         """Count a committed batch of ``requests`` (answered) that took ``seconds``."""
@@ -49,4 +52,7 @@ class Stats:
             "mean_commit_ms": 1000 * self.commit_seconds / self.batches if self.batches else 0.0,
             "pruned_request_ids": self.pruned,
             "reads_refused": self.reads_refused,
+            "lost_runs": self.lost_runs,
+            "lost_runs_restarted": self.lost_runs_restarted,
+            "claims_expired": self.claims_expired,
         }
