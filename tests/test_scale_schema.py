@@ -15,6 +15,7 @@ from balsamdb.dbdir import DBDirectory
 from balsamdb.exceptions import ConfigError
 from balsamdb.models import MODELS, Job, Record
 from balsamdb.operations import jobs as job_ops
+from balsamdb.operations import leases
 from balsamdb.settings import load_settings
 
 #: the indexes of schema 5 that schema 8 drops, as main made them
@@ -195,6 +196,7 @@ def test_every_everyday_read_uses_an_index(any_dbdir, backend):
                 "records by project and time": Record.select().where(Record.project == "p")
                 .order_by(Record.sort_time.desc(), Record.id.desc()).limit(50),
                 "job history": job_ops.JobStateChange.select().where(job_ops.JobStateChange.job == "x"),
+                "expired leases (the lost-runs look)": leases.expired_leases(time.time(), 500),
             }
             if backend == "sqlite3":
                 queries["state counts"] = (f'SELECT workflow, state, n FROM "{schema_scale.COUNTS}" WHERE n > 0', [])
