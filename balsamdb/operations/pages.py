@@ -19,7 +19,7 @@ from .. import states
 from ..exceptions import BadRequest
 from ..job_queries import check_sort
 from ..jsonio import loads
-from ..models import Job, JSONText, Record
+from ..models import LEASE_FIELDS, Job, JSONText, Record
 from .checks import check_number
 from .jobs import JOB_KEYS, job_order, job_query
 from .records import get_project, record_query
@@ -28,7 +28,8 @@ from .registry import operation
 PAGE = 1000       # rows per page unless the caller asks for another size
 MAX_PAGE = 5000
 
-_JOB_COLUMNS = [getattr(Job, key) for key in JOB_KEYS]
+_PAGE_KEYS = tuple(JOB_KEYS) + tuple(LEASE_FIELDS)  # each job with its claim, as job_filter answers
+_JOB_COLUMNS = [getattr(Job, key) for key in _PAGE_KEYS]
 _JSON_KEYS = [key for key in JOB_KEYS if isinstance(getattr(Job, key), JSONText)]
 _RANK = {name: rank for rank, name in enumerate(states.STATES)}
 #: job_to_dict key of the first sort column of each sort key ("state" sorts by pipeline rank)
@@ -81,7 +82,7 @@ def job_page(filters=None, sort=None, after=None, limit=PAGE):
     cursor = Job._meta.database.execute(query.select(*_JOB_COLUMNS).limit(limit + 1))
     jobs = []
     for row in cursor.fetchall():
-        job = dict(zip(JOB_KEYS, row))
+        job = dict(zip(_PAGE_KEYS, row))
         for column in _JSON_KEYS:
             if job[column] is not None:
                 job[column] = loads(job[column])
