@@ -15,8 +15,18 @@ from .exceptions import (  # noqa: E402
     NotADBDirectory, NotFound, ServerUnavailable, StorageError,
 )
 
+
+
+def capture(project, **options):
+    """Record this run's provenance as a Sumatra record linked to its job: a context manager
+    and a decorator (``@balsamdb.capture(project="p")``); see :class:`balsamdb.provenance.Capture`."""
+    from .provenance.capture import Capture
+
+    return Capture(project, **options)
+
+
 __all__ = [
-    "connect", "Database", "Job", "BalsamDBError", "BadRequest", "ConfigError", "Conflict",
+    "capture", "connect", "Database", "Job", "BalsamDBError", "BadRequest", "ConfigError", "Conflict",
     "DatabaseBusy", "InvalidTransition", "NotADBDirectory", "NotFound", "ServerUnavailable",
     "StorageError",
 ]

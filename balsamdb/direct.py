@@ -66,7 +66,8 @@ class DirectStore:
                     self.database = self.dbdir.open_database(self.settings, busy_timeout=5.0)
                     self.pid = os.getpid()
                 if self.database.connect(reuse_if_open=True):
-                    check_schema_not_newer(self.database, self.dbdir.path)
+                    with BIND_LOCK:  # it binds the models too (bind_ctx is process-wide: see BIND_LOCK)
+                        check_schema_not_newer(self.database, self.dbdir.path)
                 with BIND_LOCK, self.database.bind_ctx(MODELS):
                     with self.database.atomic(lock_type="IMMEDIATE" if write else None):
                         return apply_requests(self.database, [(request_id, op, params)])[0]

@@ -447,6 +447,19 @@ class Records:
         return _field(self._db.call("record_tag", project=project, label=label, add=list(add),
                                     remove=list(remove), saved_by=who()), "tags")
 
+    def of_job(self, job_id):
+        """The records of the runs of job ``job_id`` (a full id or a unique prefix), oldest
+        first: dicts of ``project``, ``label``, ``timestamp``, ``outcome``, ``duration``,
+        ``run``, ``job`` and ``exit_status``."""
+        return self._db.call("record_by_job", job_id=self._db.jobs._full_id(job_id))
+
+    def find_files(self, sha256=None, path=None, role=None, project=None, limit=1000):
+        """Records by their files: whose input or output (``role`` "input"/"output", both when
+        None) has SHA-256 ``sha256`` and/or the path ``path``; newest first, dicts of
+        ``project``, ``label``, ``timestamp``, ``role``, ``path``, ``sha256``, ``size``, ``job``."""
+        return self._db.call("record_files_find", sha256=sha256, path=path, role=role, project=project,
+                             limit=limit)
+
 
 class Projects:
     """``db.projects``: the projects that group records."""

@@ -149,6 +149,27 @@ class RecordVersion(BaseModel):
         indexes = ((("record", "number"), True),)
 
 
+class RecordJob(BaseModel):
+    """The job whose run a record describes (``balsamdb.job`` of the document): "the records of
+    job X" is one index lookup.  Kept in step with ``Record.document`` by every save."""
+
+    record = pw.ForeignKeyField(Record, primary_key=True, on_delete="CASCADE")
+    job_id = pw.CharField(max_length=36, index=True)
+    run = pw.IntegerField(null=True)  # the job's run number (1 for its first run), when known
+
+
+class RecordFile(BaseModel):
+    """An input or output file of a record (``input_data`` / ``output_data`` of the document),
+    with its SHA-256 digest when it was taken: "which records used the file with digest X",
+    "which records produced F" are index lookups."""
+
+    record = pw.ForeignKeyField(Record, on_delete="CASCADE", index=True)
+    role = pw.CharField(max_length=8)  # input | output
+    path = pw.TextField(index=True)
+    sha256 = pw.CharField(max_length=64, null=True, index=True)
+    size = pw.BigIntegerField(null=True)
+
+
 class User(BaseModel):
     """A person who may use the HTTP record store; the password is kept as a scrypt hash."""
 
@@ -189,7 +210,7 @@ class SchemaVersion(BaseModel):
 
 
 MODELS = [Job, JobStateChange, JobTag, Project, Record, RecordTag, RecordVersion, User, ProjectPermission,
-          AppliedRequest, JobAnswerBase, JobParent, WorkflowPolicy, SchemaVersion]
+          AppliedRequest, JobAnswerBase, JobParent, WorkflowPolicy, SchemaVersion, RecordJob, RecordFile]
 MODELS_V1 = [Job, JobStateChange, JobTag, Project, Record, RecordTag, AppliedRequest, SchemaVersion]
 
 
@@ -302,6 +323,38 @@ def _schema_jobs(database):
             .on_conflict_ignore().execute()
 
 
+def _record_links(database):
+    """Schema 7: the job of each record and its input and output files with their digests.
+
+    Self-contained and idempotent: the tables are made when missing, and every record whose
+    links are not there yet gets them from its document (records saved before capture
+    existed name no job and hold no SHA-256, so most make no row)."""
+    from .operations.record_links import link_rows
+
+    database.create_tables([RecordJob, RecordFile], safe=True)
+    linked = RecordJob.select(RecordJob.record)
+    with_files = RecordFile.select(RecordFile.record)
+    query = (Record.select(Record.id, Record.document)
+             .where(Record.id.not_in(linked) & Record.id.not_in(with_files)))
+    jobs, files = [], []
+    for row in query.iterator():
+        job, found = link_rows(row.id, jsonio.loads(row.document))
+        if job:
+            jobs.append(job)
+        files.extend(found)
+        if len(jobs) + len(files) >= 200:
+            _insert_links(jobs, files)
+            jobs, files = [], []
+    _insert_links(jobs, files)
+
+
+def _insert_links(jobs, files):
+    if jobs:
+        RecordJob.insert_many(jobs).execute()
+    for start in range(0, len(files), 100):
+        RecordFile.insert_many(files[start:start + 100]).execute()
+
+
 #: version -> (function that brings the schema from version-1 to it, what it does)
 MIGRATIONS = {
     1: (_create_v1, "created the tables for jobs, state history, tags, projects, records and request ids"),
@@ -313,7 +366,8 @@ MIGRATIONS = {
                           "version 1) and the write-once option of projects"),
     6: (_schema_jobs, "added the claims of launchers (owner, lease expiry), the parent->child table of job "
                       "dependencies and per-workflow policies for lost runs"),
-    # 7 (provenance: job<->record link) is another branch's number.
+    7: (_record_links, "added the job of each record and its input and output files with their SHA-256 "
+                       "digests (indexed: the records of a job, the records that used or produced a file)"),
     8: (schema_scale.migrate, "indexes for a million jobs (no duplicates; records by "
         "project and time, tags from the tag side, state and last change, name globs), job counts per workflow "
         "and state kept in the same transaction, and a full-text index of records"),

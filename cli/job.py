@@ -191,6 +191,13 @@ def _echo_job(data):
         click.echo(f"{line}  {entry['message']}".rstrip())
     if total is not None:
         click.echo(f"  {'total':<{19 + 2 + state_width}}  {total:>{span_width}}")
+    records = data.get("records") or []
+    click.echo(f"records ({len(records)}):" if records else "records: none (db run --record PROJECT records a run)")
+    for rec in records:
+        run = f"run {rec['run']}" if rec.get("run") else "run ?"
+        status = "" if rec.get("exit_status") is None else f"exit {rec['exit_status']}"
+        click.echo(f"  {run:<7} {rec['project']}/{rec['label']}  {rec.get('timestamp') or ''}  {status}  "
+                   f"{rec.get('outcome') or ''}".rstrip())
 
 
 def _time_in_state(entry):
@@ -208,7 +215,8 @@ def show(job_id, path, as_json):
 
     ID is the full id or its first 4 or more characters.  The history says when
     the job entered each state and how long it stayed ("so far" for the state it
-    is in); --json gives it as "timeline".
+    is in); --json gives it as "timeline".  Then the provenance records of its
+    runs (db run --record; a restarted job has one per run), as "records".
 
     Example:
 
@@ -219,7 +227,8 @@ def show(job_id, path, as_json):
     with open_db(path) as db:
         (full_id,) = resolve_job_ids(db, [job_id])
         found = db.jobs.get(full_id)
-    data = dict(found.to_dict(), timeline=timeline(found.history))
+        records = db.records.of_job(full_id)
+    data = dict(found.to_dict(), timeline=timeline(found.history), records=records)
     if as_json:
         echo_json(data)
     else:

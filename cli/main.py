@@ -11,6 +11,7 @@ from .init import init
 from .job import job
 from .ls import ls
 from .project import project
+from .provenance import record_run
 from .record import record
 from .relay import relay
 from .run import run
@@ -40,6 +41,7 @@ def main():
     """
 
 
+record.add_command(record_run)  # `db record run`: lives with the exports of provenance
 for command in (init, which, ls, job, run, record, project, dbserver, spool, user, serve, relay, copy, configure,
                 export, import_, prune, vacuum, bench):
     main.add_command(command)

@@ -68,14 +68,15 @@ def _duration(value):
 
 
 @record.command("ls")
-@click.argument("project")
+@click.argument("project", required=False)
 @path_option
 @click.option("--tag", "-t", "tags", multiple=True, help="Only records with this tag (repeat: all of them)")
 @click.option("--any-tag", is_flag=True, help="Records with any of the --tag tags instead of all of them")
 @click.option("--limit", type=click.IntRange(min=0), help="Show at most this many records")
+@click.option("--job", "job_id", metavar="ID", help="The records of the runs of this job (any project), oldest first")
 @json_option
-def ls(project, path, tags, any_tag, limit, as_json):
-    """List the records of a project, newest first
+def ls(project, path, tags, any_tag, limit, job_id, as_json):
+    """List the records of a project, newest first, or those of a job
 
     Example:
 
@@ -83,9 +84,17 @@ def ls(project, path, tags, any_tag, limit, as_json):
         db record ls myproject
         db record ls myproject --tag paper --json
         db record ls myproject --tag paper --tag talk --any-tag
+        db record ls --job 3f2a1b2c
     """
     if any_tag and not tags:
         raise click.UsageError("--any-tag needs the tags: --tag A --tag B --any-tag")
+    if job_id is not None:
+        if tags or project:
+            raise click.UsageError("--job lists the records of a job in every project: give no PROJECT or --tag")
+        _ls_job(job_id, path, limit, as_json)
+        return
+    if project is None:
+        raise click.UsageError("give a PROJECT (db project ls lists them) or --job ID")
     with open_db(path) as db:
         # Streamed: printed page by page as they arrive (db.records.iter); nothing holds the whole listing.
         documents = db.records.iter(project, tags=list(tags), limit=limit, match="any" if any_tag else "all")
@@ -106,6 +115,65 @@ def ls(project, path, tags, any_tag, limit, as_json):
             ([str(d.get("label", "")), str(d.get("timestamp") or ""), ", ".join(d.get("tags") or []),
               shorten(d.get("outcome") or "", 40), _duration(d.get("duration"))] for d in documents),
         )
+
+
+def _ls_job(job_id, path, limit, as_json):
+    from .job import resolve_job_ids
+
+    with open_db(path) as db:
+        (full_id,) = resolve_job_ids(db, [job_id])
+        found = db.records.of_job(full_id)
+    found = found[:limit] if limit is not None else found
+    if as_json:
+        echo_json(found)
+        return
+    if not found:
+        click.echo(f"No records of job {full_id}.")
+        return
+    echo_table(["run", "project", "label", "timestamp", "exit", "outcome", "duration"],
+               [[str(r.get("run") or "?"), r["project"], r["label"], r.get("timestamp") or "",
+                 "" if r.get("exit_status") is None else str(r["exit_status"]), shorten(r.get("outcome") or "", 40),
+                 _duration(r.get("duration"))] for r in found])
+
+
+@record.command("find")
+@click.option("--sha256", "sha256", metavar="HEX", help="Records whose input or output file has this SHA-256")
+@click.option("--file", "file_path", metavar="PATH",
+              help="Records whose input or output has this path (as the record names it: relative to its "
+                   "working directory, or absolute)")
+@click.option("--role", type=click.Choice(["input", "output"]), help="Only inputs (used) or outputs (produced)")
+@click.option("--project", metavar="NAME", help="Only records of this project")
+@click.option("--limit", type=click.IntRange(min=1, max=10000), default=1000, show_default=True,
+              help="Show at most this many files")
+@path_option
+@json_option
+def find(sha256, file_path, role, project, limit, path, as_json):
+    """Find records by their files: which runs used or produced a file
+
+    Looks up the input and output files of records made by db run --record and
+    balsamdb.capture (and any record whose files carry a "sha256" in their
+    metadata), newest first, with the job of each run.
+
+    Example:
+
+    \b
+        db record find --sha256 6667b2d1...5e8f6e5f --role input    # which jobs used this input
+        db record find --file results/out.h5 --role output            # which runs produced it
+        db record find --sha256 "$(sha256sum data.csv | cut -d' ' -f1)"
+    """
+    if sha256 is None and file_path is None:
+        raise click.UsageError("give --sha256 HEX or --file PATH (or both)")
+    with open_db(path) as db:
+        found = db.records.find_files(sha256=sha256, path=file_path, role=role, project=project, limit=limit)
+    if as_json:
+        echo_json(found)
+        return
+    if not found:
+        click.echo("No record has such a file.")
+        return
+    echo_table(["role", "project", "label", "job", "path", "sha256", "size"],
+               [[r["role"], r["project"], r["label"], (r["job"] or "")[:8], r["path"], (r["sha256"] or "")[:16],
+                 "" if r["size"] is None else str(r["size"])] for r in found])
 
 
 @record.command("show")
@@ -223,3 +291,4 @@ def rm(project, labels, path, tag, yes, as_json):
         echo_json({"deleted": deleted})
         return
     click.echo(f"removed {deleted} record{'s' if deleted != 1 else ''}")
+

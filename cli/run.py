@@ -1,6 +1,7 @@
 """`db run [JOB_ID] -- CMD`: run a command as a job (claimed, RUNNING, lease renewed, end recorded)."""
 
 import json
+import os
 import sys
 
 import click
@@ -34,8 +35,18 @@ class _RunCommand(click.Command):
                    "within one lease")
 @click.option("--tail", "tail_bytes", type=click.IntRange(min=0, max=1 << 20), default=TAIL_BYTES,
               show_default=True, metavar="BYTES", help="Bytes of stdout and of stderr kept in the job's data")
+@click.option("--record", "record_project", metavar="PROJECT",
+              help="Save the run's provenance as a Sumatra record in PROJECT, linked to the job (docs/provenance.md)")
+@click.option("--input", "inputs", multiple=True, metavar="PATH|GLOB",
+              help="With --record: an input file (repeat; globs; relative to the job's working directory)")
+@click.option("--output", "outputs", multiple=True, metavar="PATH|GLOB",
+              help="With --record: an output besides the files found changed in the working directory (repeat)")
+@click.option("--parameters", metavar="FILE", help="With --record: the parameter file (YAML, JSON, INI, Sumatra's)")
+@click.option("--max-digest-bytes", type=click.IntRange(min=0), metavar="N",
+              help="With --record: do not hash files larger than N bytes (their size is still recorded)")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON at the end (on stderr)")
-def run(job_id, path, name, workflow, owner, lease, tail_bytes, as_json):
+def run(job_id, path, name, workflow, owner, lease, tail_bytes, record_project, inputs, outputs, parameters,
+        max_digest_bytes, as_json):
     """Run a command as a job: claim it, mark it RUNNING, record how it ended
 
     Without JOB_ID a job is created (READY) and run.  While the command runs
@@ -44,6 +55,8 @@ def run(job_id, path, name, workflow, owner, lease, tail_bytes, as_json):
     ("run").  If this process dies, the server finds the run lost within one
     lease.  The command runs in the job's working directory with
     BALSAM_JOB_ID and BALSAM_DB_PATH set; `db run` exits with its status.
+    --record PROJECT also saves a Sumatra record of the run (code version,
+    parameters, platform, inputs and outputs with SHA-256), linked to the job.
 
     Example:
 
@@ -51,6 +64,7 @@ def run(job_id, path, name, workflow, owner, lease, tail_bytes, as_json):
         db run -- python sim.py --temperature 300
         db run 3f2a -- ./simulate input.nml
         db run --name sim-7 --workflow sweep --lease 120 -- ./sim
+        db run 3f2a --record sweep --parameters params.yaml -- python sim.py params.yaml
     """
     command = click.get_current_context().meta.get("run_command") or []
     if not command:
@@ -62,8 +76,19 @@ def run(job_id, path, name, workflow, owner, lease, tail_bytes, as_json):
             from .job import resolve_job_ids
 
             (job_id,) = resolve_job_ids(db, [job_id])
+        around = None
+        if record_project:
+            from balsamdb.provenance import RecordAround
+
+            # the command runs in the job's working directory: paths given here are of the caller's
+            here = [os.path.abspath(p) for p in (parameters,) if p]
+            around = RecordAround(record_project, command, inputs=[os.path.abspath(p) for p in inputs],
+                                  outputs=[os.path.abspath(p) for p in outputs],
+                                  parameters=here[0] if here else None, max_digest_bytes=max_digest_bytes)
+        elif inputs or outputs or parameters or max_digest_bytes is not None:
+            raise click.UsageError("--input, --output, --parameters and --max-digest-bytes go with --record PROJECT")
         running = run_command(db, command, job_id=job_id, owner=owner, lease=lease, tail_bytes=tail_bytes,
-                              create=create)
+                              create=create, around=around)
         if as_json:
             click.echo(json.dumps(db.jobs.get(running.job_id).to_dict()), err=True)
     sys.exit(running.returncode if running.returncode is not None else 1)

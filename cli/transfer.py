@@ -9,6 +9,7 @@ from balsamdb.settings import resolve_db_path
 
 from balsamdb.wording import plural
 from .common import CONTEXT_SETTINGS, echo_json, json_option, path_option
+from .provenance import FORMATS, export_provenance, scope_of
 
 STORE_HELP = ("a DB directory, a postgresql://user:pw@host:port/db URL, or an http(s)://user:pw@host:port/prefix/ "
               "store (balsamdb's own or any Sumatra record store)")
@@ -116,24 +117,48 @@ def configure(path, store, as_json):
 
 
 @click.command("export", context_settings=CONTEXT_SETTINGS)
-@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, readable=False))
+@click.argument("file", type=click.Path(allow_dash=True, readable=False))
 @path_option
 @click.option("--store", "store", metavar="STORE", help=f"Export this store instead of --path: {STORE_HELP}.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True,
+              help="jsonl: every item of the store; prov-json (W3C PROV) or ro-crate (a directory, Process Run "
+                   "Crate): the provenance of --record, --job, --workflow or --project")
+@click.option("--record", "record", metavar="PROJECT/LABEL", help="prov-json/ro-crate: this record")
+@click.option("--job", "job", metavar="ID", help="prov-json/ro-crate: the records of this job's runs")
+@click.option("--workflow", "workflow", metavar="NAME", help="prov-json/ro-crate: the records of this workflow's jobs")
+@click.option("--project", "project", metavar="NAME", help="prov-json/ro-crate: the records of this project")
+@click.option("--with-files", is_flag=True, help="ro-crate: copy the files into the crate (else referenced by URL)")
 @json_option
-def export(file, path, store, as_json):
-    """Write every item of a store to FILE ('-': stdout), one JSON object per line
+def export(file, path, store, fmt, record, job, workflow, project, with_files, as_json):
+    """Write every item of a store to FILE ('-': stdout), one JSON object per line; or provenance
 
     The format (docs/transfer.md) is versioned and exact: export, import into
     an empty store, export again, and the files are identical.  The file holds
     users' password hashes: it is made readable by you only.
+
+    --format prov-json writes W3C PROV-JSON, --format ro-crate an RO-Crate
+    directory (Process Run Crate profile) of the records of one record, job,
+    workflow or project (docs/provenance.md).
 
     Example:
 
     \b
         db export backup.jsonl --path ~/runs/db
         db export - --store postgresql://lab:pw@dbhost/balsam | gzip > backup.jsonl.gz
+        db export run.prov.json --format prov-json --job 3f2a1b2c
+        db export crate/ --format ro-crate --workflow sweep --with-files
     """
     import os
+
+    if fmt != "jsonl":
+        if store:
+            raise click.UsageError("--store is for --format jsonl; provenance is exported from --path")
+        scope, name = scope_of(record, job, workflow, project)
+        export_provenance(file, path, fmt, scope, name, with_files, as_json)
+        return
+    if record or job or workflow or project or with_files:
+        raise click.UsageError("--record, --job, --workflow, --project and --with-files go with --format prov-json "
+                               "or ro-crate; --format jsonl exports the whole store")
 
     source = transfer.open_store(store or resolve_db_path(path)[0])
     try:

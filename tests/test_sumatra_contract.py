@@ -422,3 +422,22 @@ def test_cli_projects_and_records(served, project, store):
     assert absent.returncode == 1 and "has no version 9" in absent.stderr
     history = db_cli("record", "history", project, "r1", *path, check=True).stdout.splitlines()
     assert [line.split()[0] for line in history[2:]] == ["1", "2"] and history[3].endswith("tags")
+
+
+@on_sqlite
+def test_smt_lists_a_record_captured_by_balsamdb_as_its_own(smt_session, served, project):
+    """A record that `db record run` captured (no smt in the run) is listed by the real `smt`
+    client, in its long form too (each field read back by Sumatra's own classes)."""
+    from balsamdb.provenance import run_command
+
+    smt = smt_session
+    smt("init", f"--store={served.url('ada')}", "--main=main.py", "--executable=" + sys.executable, project)
+    status, captured = run_command([sys.executable, "main.py", "1"], project, path=served.path,
+                                   working_directory=str(smt.workdir), reason="captured, not smt run")
+    assert status == 0 and captured.saved is True
+    with balsamdb.connect(served.path) as db:
+        db.users.grant("ada", project)  # the project was made by the capture, not over HTTP
+    label = captured.run.label
+    assert smt("list").stdout.split() == [label]
+    long = smt("list", "--long").stdout
+    assert "captured, not smt run" in long and captured.document["version"] in long, long

@@ -18,7 +18,7 @@ function) while the models are bound to a database and a transaction is open.
 
 from ..exceptions import BadRequest
 # The modules that register operations, imported in the order the operations are listed.
-from . import jobs, leases, records, pages, users, stores, store_import, upkeep, server
+from . import jobs, leases, records, record_links, pages, users, stores, store_import, upkeep, server
 from .checks import (INT_MAX, MAX_LIST, check_flag, check_number, check_object, check_project_name,
                      check_saved_by, check_str_list, check_text, check_user_name, check_uuid, chunks)
 from .jobs import (CREATE_ONLY, FILTER_KEYS, JOB_FIELDS, JOB_KEYS, clean_job, job_query,
@@ -75,6 +75,7 @@ __all__ = [
     "record_columns",
     "record_tags",
     "record_text",
+    "record_links",
     "records",
     "server",
     "sort_time",

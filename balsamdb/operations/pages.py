@@ -28,7 +28,8 @@ from .registry import operation
 PAGE = 1000       # rows per page unless the caller asks for another size
 MAX_PAGE = 5000
 
-_PAGE_KEYS = tuple(JOB_KEYS) + tuple(LEASE_FIELDS)  # each job with its claim, as job_filter answers
+#: the columns of a listed job: job_filter's answer (job_lease_dict), the claim included
+_PAGE_KEYS = tuple(JOB_KEYS) + tuple(LEASE_FIELDS)
 _JOB_COLUMNS = [getattr(Job, key) for key in _PAGE_KEYS]
 _JSON_KEYS = [key for key in JOB_KEYS if isinstance(getattr(Job, key), JSONText)]
 _RANK = {name: rank for rank, name in enumerate(states.STATES)}

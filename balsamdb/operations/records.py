@@ -11,6 +11,7 @@ from ..models import Project, Record, RecordTag, RecordVersion, now
 from ..statements import statements
 from .checks import (check_flag, check_number, check_project_name, check_record_label, check_saved_by, check_str_list,
                      check_text)
+from .record_links import relink, unlink
 from .registry import operation
 
 
@@ -204,6 +205,7 @@ def record_save(project, record, saved_by=None, saved_at=None):
         record_id = fast.insert_record_row(dict(columns, project_id=project, label=label, document=document,
                                                 created_at=when, updated_at=when))
         version = _add_version(fast, record_id, document, saved, saved_by, number=1)
+        relink(record_id, record, new=True)
         created = True
     else:
         record_id, old_document = existing
@@ -216,6 +218,7 @@ def record_save(project, record, saved_by=None, saved_at=None):
         if saved_at is not None:  # dated by the writer: never before the version it follows
             saved = max(saved, _last_saved_at(record_id))
         version = _add_version(fast, record_id, document, saved, saved_by)
+        relink(record_id, record)
         created = False
     for tag in tags:
         fast.execute(fast.insert_record_tag, (record_id, tag))
@@ -319,6 +322,7 @@ def _delete_records(ids):
         chunk = ids[start:start + 500]
         RecordTag.delete().where(RecordTag.record.in_(chunk)).execute()
         RecordVersion.delete().where(RecordVersion.record.in_(chunk)).execute()
+        unlink(chunk)
         deleted += Record.delete().where(Record.id.in_(chunk)).execute()
     return deleted
 

@@ -11,6 +11,7 @@ from ..models import Job, JobStateChange, JobTag, Project, ProjectPermission, Re
 from .checks import (MAX_LIST, check_number, check_object, check_record_label, check_text, check_user_name, check_uuid,
                      chunks)
 from .jobs import JOB_FIELDS, JOB_KEYS
+from .record_links import relink
 from .records import compress, record_columns, record_tags, record_text
 from ..statements import statements
 from .registry import operation
@@ -185,6 +186,7 @@ def _put_records(items, write):
     for values, row, tags, item in changed:
         Record.update(**values).where(Record.id == row.id).execute()
         RecordTag.delete().where(RecordTag.record == row.id).execute()
+        relink(row.id, item["document"])
         new_tags.extend({"record": row.id, "tag": t} for t in tags)
         new_versions.extend(_version_rows(row.id, item, values["document"]))
     for chunk in chunks(new_rows, 200):
@@ -196,6 +198,7 @@ def _put_records(items, write):
             for row in Record.select(Record.id, Record.label).where((Record.project == project) &
                                                                     (Record.label.in_(labels))):
                 tags, item, text = keys[(project, row.label)]
+                relink(row.id, item["document"], new=True)
                 new_tags.extend({"record": row.id, "tag": t} for t in tags)
                 new_versions.extend(_version_rows(row.id, item, text, new=True))
     for chunk in chunks(new_tags):

@@ -34,9 +34,10 @@ def utc(seconds):
 
 
 def record_fields(doc):
+    """The rows of a record's page: (name, text); a missing value (None) is blank, not "None"."""
     executable = doc.get("executable") or {}
     repository = doc.get("repository") or {}
-    return [
+    rows = [
         ("timestamp", doc.get("timestamp")), ("reason", doc.get("reason")), ("outcome", doc.get("outcome")),
         ("duration", seconds(doc.get("duration"))), ("user", doc.get("user")),
         ("main file", doc.get("main_file")), ("version", doc.get("version")),
@@ -45,6 +46,26 @@ def record_fields(doc):
          if isinstance(executable, dict) else executable),
         ("arguments", doc.get("script_arguments")),
     ]
+    return [(name, "" if value is None else value) for name, value in rows]
+
+
+def record_job(doc):
+    """The job a record names (``balsamdb.job``: id, workflow, name, run), or None."""
+    extra = doc.get("balsamdb") if isinstance(doc.get("balsamdb"), dict) else {}
+    job = extra.get("job")
+    return job if isinstance(job, dict) and isinstance(job.get("id"), str) else None
+
+
+def record_files(doc):
+    """The input and output files of a record: ``[(role, path, sha256 or "", size or "")]``."""
+    rows = []
+    for role, key in (("input", "input_data"), ("output", "output_data")):
+        for item in doc.get(key) or []:
+            if isinstance(item, dict) and item.get("path"):
+                meta = item.get("metadata") if isinstance(item.get("metadata"), dict) else {}
+                rows.append((role, item["path"], meta.get("sha256") or "", "" if meta.get("size") is None
+                             else meta["size"]))
+    return rows
 
 
 # -- the application ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import peewee as pw
 
 from balsamdb import job_queries, job_views, states
 from balsamdb.exceptions import BadRequest
-from balsamdb.models import LEASE_FIELDS, Job, JobParent, JobStateChange
+from balsamdb.models import LEASE_FIELDS, Job, JobParent, JobStateChange, Record, RecordJob
 from balsamdb.operations import JOB_KEYS, job_query
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,10 @@ def _read_ahead(reader, history):
         reader.close()
 
 
+#: The states of a job whose run ended well, for the count of those with a provenance record.
+FINISHED = ("RUN_DONE", "POSTPROCESSED", "JOB_FINISHED")
+
+
 def _jobs_data(db, filters, page, workflow, history):
     counts = job_views.state_counts(db, filters)
     total = sum(sum(c.values()) for c in counts.values())
@@ -174,7 +178,13 @@ def _jobs_data(db, filters, page, workflow, history):
     # the number of jobs of the charts' workflow, when the counts above are of exactly those
     moves = history.get(db, workflow, total if set(filters) <= {"workflow"} else None)
     finished = sorted(moves["entered"].get("JOB_FINISHED", {}).items())
-    return {"counts": counts, "states": job_views.ordered_states(counts), "total": total, "page": page,
+    done = sum(c.get(state, 0) for c in counts.values() for state in FINISHED)
+    recorded = (job_query(filters).select(pw.fn.COUNT(Job.id))
+                .where(Job.state.in_(FINISHED) & pw.fn.EXISTS(RecordJob.select(RecordJob.record)
+                                                              .where(RecordJob.job_id == Job.id)))
+                .scalar(db) if done else 0)
+    return {"finished": done, "finished_with_record": recorded,
+            "counts": counts, "states": job_views.ordered_states(counts), "total": total, "page": page,
             "pages": pages, "per_page": JOBS_PER_PAGE, "jobs": jobs, "read_at": time.time(),
             "finished_per_minute": finished, "state_counts": _state_counts(moves),
             "lost_runs": _lost_runs(db, workflow)}
@@ -220,6 +230,10 @@ def _job_data(db, job_id):
                                      JobStateChange.message)
                .where(JobStateChange.job == job_id).order_by(JobStateChange.id))
     job["history"] = list(history.dicts().execute(db))
+    runs = (Record.select(Record.project, Record.label, Record.timestamp, Record.outcome, RecordJob.run)
+            .join(RecordJob, on=(RecordJob.record == Record.id)).where(RecordJob.job_id == job_id)
+            .order_by(Record.sort_time, Record.id).limit(1000))
+    job["records"] = list(runs.dicts().execute(db))  # the provenance of its runs (db run --record)
     job["lost_runs"] = sum(1 for h in job["history"]
                            if h["to_state"] == "RUN_TIMEOUT" and h["message"].startswith("lost run"))
     waiting = (Job.select(Job.id, Job.name, Job.state).join(JobParent, on=(JobParent.parent == Job.id))

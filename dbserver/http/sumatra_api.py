@@ -7,7 +7,7 @@ import flask
 
 from balsamdb.server.http import record_pages
 from balsamdb.server.http.errors import HTTPError, challenge
-from balsamdb.server.http.html import HTML_OUTPUT_CHARS, HTML_RECORD_LIMIT, PROJECT, PROJECTS, RECORD, VERSIONS, record_fields, url_part
+from balsamdb.server.http.html import HTML_OUTPUT_CHARS, HTML_RECORD_LIMIT, PROJECT, PROJECTS, RECORD, VERSIONS, record_fields, record_files, record_job, url_part
 
 log = logging.getLogger("balsamdb.server.http")
 
@@ -168,7 +168,8 @@ def blueprint(context):
                 output = output[:HTML_OUTPUT_CHARS] + f"\n... ({len(output) - HTML_OUTPUT_CHARS} more characters: " \
                                                       "see the JSON)"
             return str(doc.get("label")), RECORD, {"project": project, "r": doc, "output": output,
-                                                    "fields": record_fields(doc), "version": version}
+                                                    "fields": record_fields(doc), "version": version,
+                                                    "files": record_files(doc), "job": record_job(doc)}
         return reply(doc, html=html)
 
     def put_record(project, label):
