@@ -235,6 +235,19 @@ MUTANTS = [
       ("tests/test_scale_schema.py::test_every_everyday_read_uses_an_index[sqlite3]",),
       "the lost-runs look as arithmetic on the indexed column: a scan of every job each second"),
 
+    # -- Provenance from inside the run (issue 27) -----------------------------------------------------
+    M("restarted-run-label-collides", "`db run --record` records each run of a restarted job as `_r1`, `_r2`",
+      "balsamdb/provenance/capture.py",
+      '    runs = sum(1 for change in history if change.get("to_state") == "RUNNING")\n',
+      '    runs = 1 if any(change.get("to_state") == "RUNNING" for change in history) else 0\n',
+      ("tests/test_provenance.py::test_db_run_record_links_the_job_and_its_restart",),
+      "a run number that does not count restarts: the second run's record replaces the first (same label)"),
+    M("digest-of-another-file", "a command under `db record run` while the server is restarted mid-run",
+      "balsamdb/provenance/files.py", "    sha256, sha1, size = digests(path, max_bytes)\n",
+      "    sha256, sha1, size = digests(os.path.join(root, os.path.basename(path)), max_bytes)\n",
+      ("tests/test_provenance.py::test_capture_links_and_exports_with_real_processes",),
+      "a file's digest read from another path (its name flattened into the working directory)"),
+
     # -- Over HTTP ------------------------------------------------------------------------------------
     M("http-id-not-scoped-stable", "a retry of one request id is applied once; another user's",
       "dbserver/http/operation_api.py",
