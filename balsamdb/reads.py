@@ -130,7 +130,13 @@ class Reader:
             self.database = open_reader(self.dbdir, self.settings, postgres_port=self.postgres_port)
             self.pid = os.getpid()
         database = self.database
-        database.connect(reuse_if_open=True)
+        if database.connect(reuse_if_open=True) and not self.bound:
+            # A client reading the file itself meets the schema as direct mode does: a newer one is
+            # refused with both versions named (the read service's server checked it at its start).
+            from .models import check_schema_not_newer
+
+            with self._binding():
+                check_schema_not_newer(database, self.dbdir.path)
         with self._binding(), self._time_limit(database):
             with database.atomic():  # one read transaction: the read sees one state of the database
                 return operation.function(**params)

@@ -81,8 +81,10 @@ def test_a_client_on_a_fuse_mount_spools_instead_of_writing_sqlite(fuse_mount, r
     spooled = remote.jobs.create(name="through-fuse")
     assert spooled.spooled and remote.last_route == "spool"
     assert len(os.listdir(local_path / "spool" / "new")) == 1
+    with pytest.raises(ServerUnavailable, match="a write of this process waits in .* no server runs"):
+        remote.jobs.count()  # its own write waits in the spool: a read would not see it (guarantees.md)
     with pytest.raises(ServerUnavailable, match="fuse .statfs type 0x65735546. is not a known local file system"):
-        remote.jobs.count()  # a read cannot spool: it says why it does not read directly
+        balsamdb.connect(fuse_path).jobs.count()  # a read cannot spool: it says why it does not read directly
     which = run_db("which", "--path", fuse_path, "--json")
     report = json.loads(which.stdout)
     assert report["direct_writes"]["allowed"] is False and report["direct_writes"]["type"] == "fuse", report

@@ -324,7 +324,7 @@ def test_rows_stored_with_nan_before_it_was_refused_can_still_be_read(dbdir):
     db_cli("dbserver", "--path", dbdir, check=True)
     try:
         served = balsamdb.connect(dbdir, require_server=True)
-        assert math.isnan(served.jobs.get(job.id).data["x"]) and served.last_route == "server"
+        assert math.isnan(served.jobs.get(job.id).data["x"]) and served.last_read_route in ("local", "reader")
         # ...and it can be mended: a finite value replaces it.
         served.jobs.modify(job.id, data={"x": None})
         assert served.jobs.get(job.id).data == {"x": None}

@@ -36,7 +36,7 @@ from balsamdb.server.postgres import initdb as pg_init  # initdb runs the binari
 from helpers import wait_for
 
 IS_ROOT = os.geteuid() == 0
-REPO = Path(pg.__file__).resolve().parent.parent
+REPO = Path(pg.__file__).resolve().parent.parent.parent  # the checkout: dbserver/postgres/cluster.py
 
 try:
     pg.find_binaries()

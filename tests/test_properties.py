@@ -325,7 +325,8 @@ def test_the_route_variants_come_from_the_app(read_app):
 
 
 def test_every_read_route_variant_checks_the_permission(read_app):
-    """Anonymous callers get 401, a non-member (or a non-admin, for the jobs pages) 403 (or 406 for an
+    """Anonymous callers get 401, a non-member 404 (as for a project that does not exist, so that a
+    non-member cannot tell which projects exist), a non-admin on the jobs pages 403 (or 406 for an
     unknown ?format, refused before anything is read), and the
     answer holds nothing of the private records; whatever the route variant, query parameters and
     Accept header (broken: `?versions` answering before the permission check; the find page reading
@@ -335,7 +336,7 @@ def test_every_read_route_variant_checks_the_permission(read_app):
     outsider = {"member": "bob", "admin": "ada"}
 
     def refused(path, needs, query, accept):
-        for user, expected in ((None, 401), (outsider[needs], 403)):
+        for user, expected in ((None, 401), (outsider[needs], 404 if needs == "member" else 403)):
             answer = client.get(path, query_string=query, headers={"Accept": accept, **_auth(user)})
             what = f"GET {path}?{query} Accept {accept} as {user or 'anonymous'}"
             # 406: a ?format no page speaks, refused before anything is read.

@@ -139,8 +139,9 @@ def test_capture_links_and_exports_with_real_processes(dbdir, work, tmp_path, re
                         "the spooled record of the second run")
         second = db.records.get("sweep", runs[1]["label"])
     assert runs[0]["label"] != runs[1]["label"]  # a restarted job's records have distinct labels
-    # no server, yet the store was read (SQLite directly: local reads, issue 22): the run number is known
-    assert second["balsamdb"]["job"]["run"] == 2 and second["label"].endswith(f"_{job.id[:8]}_r2"), second["label"]
+    # with no server the job process read the store itself (a local read-only connection): the run
+    # number is known, and the label says it
+    assert second["balsamdb"]["job"]["run"] == 2 and second["label"].endswith(f"_{job.id[:8]}_r2")
     assert second["outcome"] == "failed: exit status 2" and second["balsamdb"]["exit_status"] == 2
     assert second["script_arguments"] == "--fast" and second["main_file"] == "main.py"
     assert "python main ran" in second["stdout_stderr"]

@@ -88,8 +88,8 @@ def test_users_reach_only_their_projects(remote):
     bob = balsamdb.connect(_url(served, "bob", USERS["bob"]), client_deadline=5)
     assert ada.records.save("Ada", {"label": "mine"}) is True  # a new project is hers
     assert ada.records.labels("Ada") == ["mine"]
-    with pytest.raises(AuthenticationError, match="may not"):
-        bob.records.labels("Ada")
+    with pytest.raises(NotFound, match="no project 'Ada' that user 'bob' may use"):
+        bob.records.labels("Ada")  # a non-member is told what a missing project tells (docs/http.md)
     with pytest.raises(AuthenticationError, match="needs an admin"):
         ada.jobs.create(name="nope")
     with pytest.raises(AuthenticationError, match="needs an admin"):

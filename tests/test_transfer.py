@@ -370,7 +370,7 @@ def test_configure_moves_a_sqlite_directory_to_postgres_and_keeps_the_old_file(s
     assert db_cli("dbserver", "--stop", "--path", path).returncode == 0
     old = Path(path) / "db.sqlite3"
     early = balsamdb.connect(path)  # open before the switch, writing SQLite directly
-    assert early.jobs.count() == 201 and early.last_route == "direct"
+    assert early.jobs.count() == 201 and early.last_read_route == "local"
     before = old.read_bytes()
     moved = db_cli("configure", "--path", path, "--store", pg_url)
     assert moved.returncode == 0, moved.stderr
