@@ -70,3 +70,36 @@ def test_32_processes_writing_at_once_lose_no_job(tmp_path, monkeypatch):
         stored = {job.id for job in db.jobs.filter(workflow="storm")}
         assert db.jobs.count() == PROCESSES * JOBS_EACH
     assert stored == set(created)
+
+
+def test_a_lock_held_longer_than_the_busy_timeout_is_waited_out(tmp_path):
+    """A direct write meets a write lock that another connection holds for 6 s, longer than the 5 s
+    busy timeout of the writer's own connection: it retries with backoff (up to ``direct_deadline``)
+    and lands once the lock is gone, never "database is locked" (broken: a lock that outlasts the
+    busy timeout raised at once; the 32 writers above never hold one that long)."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "db"
+    DBDirectory(path).init()
+    holder = sqlite3.connect(path / "db.sqlite3", check_same_thread=False, isolation_level=None, timeout=30)
+    holder.execute("BEGIN IMMEDIATE")
+    released = threading.Event()
+
+    def release():
+        holder.execute("COMMIT")
+        released.set()
+
+    timer = threading.Timer(6.0, release)  # the hold itself: a lock kept longer than the busy timeout
+    timer.start()
+    try:
+        with balsamdb.connect(path) as db:
+            job = db.jobs.create("after-the-lock", make_workdir=False)
+            assert db.last_route == "direct", db.last_route
+            assert released.is_set(), "the write landed while the lock was held: the test held nothing"
+            assert db.jobs.get(job.id).name == "after-the-lock"
+    finally:
+        timer.cancel()
+        if not released.is_set():
+            holder.execute("ROLLBACK")
+        holder.close()

@@ -117,6 +117,46 @@ def test_a_held_flush_holds_every_answer_and_spool_effect(tmp_path, dealer):
         kill_everything(path)
 
 
+def test_a_write_committed_during_a_flush_waits_for_the_next_flush(tmp_path, dealer):
+    """A flush covers the COMMITs reported before it began, never one made while it ran: A's flush
+    is held (before its fdatasync), B arrives and is committed meanwhile; once the hold is gone A is
+    answered, and B only after a second flush, which began after B's COMMIT (broken: the flush's
+    covered COMMITs read after its fdatasync: B answered by A's flush, and no second flush made)."""
+    path = tmp_path / "db"
+    DBDirectory(path).init()
+    secret = DBDirectory(path).secret()
+    hold = tmp_path / "hold-the-flush"
+    hold.touch()
+    env = dict(os.environ, BALSAMDB_TEST_FLUSH_HOLD=str(hold))
+    try:
+        started = db_cli("dbserver", "--path", path, env=env)
+        assert started.returncode == 0, started.stderr
+        before = _status(path)
+        assert before["flusher"] is True and before["flushed_commits"] == before["commits"], before
+        dealer.connect(address(path)["address"])
+        first, _job, frames = _job_message(secret, "first")
+        dealer.send_multipart([b""] + frames)
+        wait_for(lambda: _status(path)["commits"] > before["commits"], 60, "the first write's COMMIT")
+        second, _job, frames = _job_message(secret, "second")
+        dealer.send_multipart([b""] + frames)
+        held = wait_for(lambda: (lambda s: s if s["commits"] >= before["commits"] + 2 else None)(_status(path)),
+                        60, "the second write's COMMIT while the first one's flush is held")
+        assert held["flushes"] == before["flushes"] and dealer.poll(0) == 0, held
+        hold.unlink()
+        answered = [_answer_id(secret, _answer(dealer, 30)) for _ in range(2)]
+        assert [(a["id"], a["ok"]) for a in answered] == [(first, True), (second, True)], answered
+        after = _status(path)
+        assert after["flushes"] - before["flushes"] >= 2, (
+            f"{after['flushes'] - before['flushes']} flush(es) for a COMMIT made before the first flush "
+            f"began and one made while it ran: the second was answered by a flush that began before it")
+        assert after["flushed_commits"] == after["commits"], after
+    finally:
+        if hold.exists():
+            hold.unlink()
+        db_cli("dbserver", "--stop", "--path", path)
+        kill_everything(path)
+
+
 _LINE = re.compile(r"^(\d+)\s+(?:<\.\.\. (\w+) resumed>|(\w+)\()(.*)$")
 
 

@@ -86,6 +86,18 @@ def test_dependencies_released_in_the_commit(served_dbdir, backend):
     assert [(w["id"], w["state"], w["blocked"]) for w in waiting] == [(p2, "FAILED", True)]
     shown = db_cli("job", "show", c1, "--path", path, check=True).stdout
     assert re.search(rf"waiting on:\s+{p2[:8]} p2 \(FAILED: blocked", shown), shown
+    # A new child of the FAILED parent waits, also once its other parent finishes (broken: a
+    # final parent taken for a finished one).
+    q = db.jobs.create("q", workflow="deps", state="READY").id
+    e = db.jobs.create("e", workflow="deps", parents=[p2]).id
+    f = db.jobs.create("f", workflow="deps", parents=[p2, q]).id
+    assert db.jobs.get(e).state == "AWAITING_PARENTS" and db.jobs.get(f).state == "AWAITING_PARENTS"
+    # d, released, gets q as a parent: q's end releases f's other wait only, never d again
+    # (broken: the children of a finished parent read whatever their state).
+    db.jobs.modify(d, parents=[p1, q])
+    _finish(db, q)
+    assert db.jobs.get(f).state == "AWAITING_PARENTS" and _releases(db, f) == []
+    assert db.jobs.get(d).state == "READY" and len(_releases(db, d)) == 1
     listed = db_cli("ls", "--waiting-on", p2[:8], "--path", path, check=True).stdout
     assert c1[:8] in listed and d[:8] not in listed, listed
     listed = json.loads(db_cli("ls", "--waiting-on", p1, "--json", "--path", path, check=True).stdout)

@@ -15,6 +15,7 @@ from balsamdb.dbdir import DBDirectory
 from balsamdb.exceptions import ConfigError
 from balsamdb.models import MODELS, Job, Record
 from balsamdb.operations import jobs as job_ops
+from balsamdb.operations import leases
 from balsamdb.settings import load_settings
 
 #: the indexes of schema 5 that schema 8 drops, as main made them
@@ -139,10 +140,12 @@ def test_an_old_db_upgrades_in_place_keeping_every_row(any_dbdir, backend, tmp_p
         # Every write path keeps the counts: create, state change, modify, delete, import (and any UPDATE).
         more = [{"id": str(uuid.uuid4()), "name": f"new-{i}", "workflow": "w9", "working_directory": "d"}
                 for i in range(5)]
-        _apply(database, [("job_bulk_create", {"jobs": more}),
+        # (a workflow whose only job is deleted: its count is 0, and left out of the answer)
+        gone = {"id": str(uuid.uuid4()), "name": "gone", "workflow": "w-gone", "working_directory": "d"}
+        _apply(database, [("job_bulk_create", {"jobs": more + [gone]}),
                           ("job_update_state", {"job_id": specs[50]["id"], "state": "STAGED_IN"}),
                           ("job_modify", {"job_id": specs[51]["id"], "changes": {"description": "x"}}),
-                          ("job_delete", {"job_ids": [specs[0]["id"], more[0]["id"]]})])
+                          ("job_delete", {"job_ids": [specs[0]["id"], more[0]["id"], gone["id"]]})])
         database.execute_sql("UPDATE job SET workflow = 'w9' WHERE id = " + database.param, (specs[52]["id"],))
         exported = _apply(database, [("export_items", {"kind": "job", "limit": 3})])[0]
         _apply(database, [("job_delete", {"job_ids": [item["id"] for item in exported["items"]]})])
@@ -193,6 +196,7 @@ def test_every_everyday_read_uses_an_index(any_dbdir, backend):
                 "records by project and time": Record.select().where(Record.project == "p")
                 .order_by(Record.sort_time.desc(), Record.id.desc()).limit(50),
                 "job history": job_ops.JobStateChange.select().where(job_ops.JobStateChange.job == "x"),
+                "expired leases (the lost-runs look)": leases.expired_leases(time.time(), 500),
             }
             if backend == "sqlite3":
                 queries["state counts"] = (f'SELECT workflow, state, n FROM "{schema_scale.COUNTS}" WHERE n > 0', [])

@@ -221,14 +221,20 @@ def workflow_policy_list():
             .order_by(WorkflowPolicy.workflow).tuples()]
 
 
+def expired_leases(when, limit):
+    """The query of the jobs whose lease expired before ``when`` (the oldest ``limit``): answered
+    from the index on ``lease_expires`` (test_scale_schema.py plans it)."""
+    return (Job.select(Job.id, Job.state, Job.owner, Job.renewed_at, Job.lease_expires, Job.workflow)
+            .where(Job.lease_expires < when).order_by(Job.lease_expires).limit(limit))
+
+
 def find_lost_runs(database, limit=500):
     """Handle up to ``limit`` expired leases (inside the caller's write transaction, on this
     process's clock); returns ``{"released": n, "timed_out": n, "restarted": n}``.  Reads the
     index on ``lease_expires`` only: the cost does not grow with the number of RUNNING jobs."""
     when = now()
     counts = {"released": 0, "timed_out": 0, "restarted": 0}
-    query = (Job.select(Job.id, Job.state, Job.owner, Job.renewed_at, Job.lease_expires, Job.workflow)
-             .where(Job.lease_expires < when).order_by(Job.lease_expires).limit(limit))
+    query = expired_leases(when, limit)
     if _postgres(database):
         query = query.for_update("FOR UPDATE SKIP LOCKED")  # another daemon handles the ones it holds
     expired = list(query.tuples())
