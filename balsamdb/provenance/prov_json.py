@@ -15,19 +15,12 @@ The mapping (docs/provenance.md):
   run, software with the job as plan), ``wasDerivedFrom`` (each output from each input of its run).
 """
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from urllib.parse import quote
 
+from .selection import record_time
+
 NAMESPACE = "urn:balsamdb:ns:"
-
-
-def _time(text):
-    for fmt in ("%Y-%m-%d %H:%M:%S%z", "%Y-%m-%d %H:%M:%S"):
-        try:
-            return datetime.strptime(text or "", fmt)
-        except ValueError:
-            continue
-    return None
 
 
 def _q(text):
@@ -75,7 +68,7 @@ def _add_run(doc, made, project, record):
 
     label = record["label"]
     extra = record.get("balsamdb") if isinstance(record.get("balsamdb"), dict) else {}
-    start = _time(record.get("timestamp"))
+    start = record_time(record.get("timestamp"))
     duration = record.get("duration")
     end = start + timedelta(seconds=duration) if start and isinstance(duration, (int, float)) else None
     attributes = {"prov:label": f"{project}/{label}", "balsamdb:project": project,

@@ -12,20 +12,13 @@ entities (``balsamdb:Job``) named in each action's ``description``.
 
 import hashlib
 import os
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
+
+from .selection import record_time
 
 PROFILE = "https://w3id.org/ro/wfrun/process/0.5"
 PROFILE_NAME = "Process Run Crate"
-
-
-def _time(text):
-    for fmt in ("%Y-%m-%d %H:%M:%S%z", "%Y-%m-%d %H:%M:%S"):
-        try:
-            return datetime.strptime(text or "", fmt)
-        except ValueError:
-            continue
-    return None
 
 
 def _sha256(path):
@@ -95,7 +88,7 @@ def _add_action(crate, make, project, record, with_files, notes, jobs):
                                                "identifier": exe.get("path") or ""})
     who = record.get("user") or "unknown"
     agent = _entity(crate, make, f"#person-{who}", {"@type": "Person", "name": who})
-    start = _time(record.get("timestamp"))
+    start = record_time(record.get("timestamp"))
     duration = record.get("duration")
     end = start + timedelta(seconds=duration) if start and isinstance(duration, (int, float)) else None
     status = extra.get("exit_status")

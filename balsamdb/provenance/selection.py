@@ -2,11 +2,22 @@
 or of one project; with the jobs they name."""
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from ..exceptions import BadRequest, NotFound
 from ..operations.record_links import job_of
 
 SCOPES = ("record", "job", "workflow", "project")
+
+
+def record_time(text):
+    """A record's timestamp as Sumatra writes it (with or without its UTC offset), or None."""
+    for fmt in ("%Y-%m-%d %H:%M:%S%z", "%Y-%m-%d %H:%M:%S"):
+        try:
+            return datetime.strptime(text or "", fmt)
+        except ValueError:
+            continue
+    return None
 
 
 @dataclass

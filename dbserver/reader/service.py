@@ -41,6 +41,7 @@ from balsamdb.dbdir import PRIVATE_UMASK, DBDirectory
 from balsamdb.exceptions import BadRequest, BalsamDBError, ServerError
 from balsamdb.reads import Reader, check_read
 from balsamdb.settings import load_settings
+from balsamdb.server.sockets import listen_tcp
 
 log = logging.getLogger("balsamdb.server.reader")
 
@@ -94,19 +95,7 @@ class ReadService:
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 1000)
         self.socket.setsockopt(zmq.MAXMSGSIZE, self.settings.max_request_bytes + protocol.ENVELOPE_BYTES)
-        if self.encrypt:
-            public, secret = self.dbdir.curve_keys()
-            self.socket.curve_secretkey = secret
-            self.socket.curve_publickey = public
-            self.socket.curve_server = True
-        if self.port:
-            try:
-                self.socket.bind(f"tcp://{self.bind_host}:{self.port}")
-            except zmq.ZMQError as exc:
-                log.warning("port %s is taken (%s); choosing another", self.port, exc)
-                self.port = self.socket.bind_to_random_port(f"tcp://{self.bind_host}")
-        else:
-            self.port = self.socket.bind_to_random_port(f"tcp://{self.bind_host}")
+        self.port = listen_tcp(self.socket, self.dbdir, self.bind_host, self.port, self.encrypt)
         self.results = self.context.socket(zmq.PULL)
         self.results.bind("inproc://answers")
         for number in range(self.workers):

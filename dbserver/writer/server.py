@@ -58,6 +58,7 @@ from balsamdb.server.writer.setup import bind_local, bound_memory, raise_open_fi
 from balsamdb.server.writer.stats import Stats
 from balsamdb.server.writer.spool_barrier import SpoolBarrier, SpoolCleaner
 from balsamdb.server.writer.spool_order import MAX_BATCH, SpoolOrder
+from balsamdb.server.sockets import listen_tcp
 
 log = logging.getLogger("balsamdb.server.writer.server")
 
@@ -120,27 +121,13 @@ class WriteServer(SpoolOrder):
         self.socket.setsockopt(zmq.LINGER, 2000)
         bound_memory(self.socket, self.settings.max_request_bytes)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        if self.encrypt:
-            # CURVE encrypts every connection; authentication stays with the HMAC of each request.
-            public, secret = self.dbdir.curve_keys()
-            self.socket.curve_secretkey = secret
-            self.socket.curve_publickey = public
-            self.socket.curve_server = True
-        host = self.bind_host
-        if self.port:
-            try:
-                self.socket.bind(f"tcp://{host}:{self.port}")
-            except zmq.ZMQError as exc:
-                log.warning("port %s is taken (%s); choosing another", self.port, exc)
-                self.port = self.socket.bind_to_random_port(f"tcp://{host}")
-        else:
-            self.port = self.socket.bind_to_random_port(f"tcp://{host}")
+        self.port = listen_tcp(self.socket, self.dbdir, self.bind_host, self.port, self.encrypt)
         self.endpoints = [self.socket.getsockopt_string(zmq.LAST_ENDPOINT)]
         self.local_address = bind_local(self.socket, self.dbdir)
         if self.local_address:
             self.endpoints.append(self.local_address)
         log.info("write server pid %s listening on tcp://%s:%s (db %s, %s, synchronous=%s, %s, epoch %s)",
-                 os.getpid(), host, self.port, self.dbdir.path, self.db_type,
+                 os.getpid(), self.bind_host, self.port, self.dbdir.path, self.db_type,
                  self.settings.sqlite_synchronous, "CURVE-encrypted" if self.encrypt else "not encrypted",
                  self.epoch)
 
