@@ -158,8 +158,24 @@ def run_mutant(mutant, copy, timeout):
             verdict = "timeout"
     finally:
         path.write_text(original)
+        stop_leftovers(copy)
     tail = "\n".join(out.strip().splitlines()[-6:])
     return verdict, time.monotonic() - started, tail
+
+
+def stop_leftovers(copy):
+    """SIGKILL every process that runs from the worker's copy (its venv's python): the daemons a test
+    started detach into sessions of their own, so a test killed at its timeout (or a mutant that breaks
+    a fixture's stop) would leave its watchdog, server and relay running after the run."""
+    marker = str(copy / ".venv" / "bin" / "python").encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), 9)
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or not ours to read
 
 
 def score_table(mutants, results, rows):

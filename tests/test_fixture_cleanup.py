@@ -15,7 +15,7 @@ try:
 except OSError:
     command = []
 if b"balsamdb.server.writer.server" in command:
-    time.sleep(600)  # a server that never comes up: `db dbserver` waits for it
+    time.sleep(600)  # wait-ok: a server that never comes up: `db dbserver` waits for it
 """
 
 

@@ -175,7 +175,7 @@ def test_lost_runs_found_within_a_lease(served_dbdir, tmp_path, backend):
     victim = subprocess.Popen([sys.executable, "-m", "balsamdb.cli", "run", "--path", str(path), "--name", "victim",
                                "--workflow", "runs", "--lease", str(lease), "--", sys.executable, "-c",
                                f"import pathlib, time; pathlib.Path({str(marker)!r}).write_text('x'); "
-                               "time.sleep(300)"],
+                               "time.sleep(300)"],  # wait-ok: the job itself, killed by the test
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         wait_for(marker.exists, 60, "the command of db run to start")
