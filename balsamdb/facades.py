@@ -1,12 +1,11 @@
-"""What a store handle offers (``db.jobs``, ``db.records``, ``db.projects``, ``db.users``),
-and the values they return (:class:`Job`, :class:`SpooledWrite`).
+"""What a store handle offers for jobs (``db.jobs``), and the values its writes return
+(:class:`Job`, :class:`SpooledWrite`); ``db.records``, ``db.projects`` and ``db.users`` are in
+:mod:`balsamdb.record_facades`.
 
 Each facade turns its methods into operations of :mod:`balsamdb.operations` through the
-handle's ``call``, so the same code serves a DB directory and an HTTP store.  Import them
-from :mod:`balsamdb.api`, where they were first defined.
+handle's ``call``, so the same code serves a DB directory and an HTTP store.
 """
 
-import os
 import time
 import uuid
 from datetime import datetime
@@ -15,6 +14,7 @@ from pathlib import Path
 from . import job_queries
 from .dbdir import job_working_directory
 from .exceptions import BadRequest, Conflict, NotFound, StorageError
+from .identity import default_owner
 from .private_files import make_private_directories
 
 
@@ -32,7 +32,7 @@ class SpooledWrite:
         return f"<SpooledWrite {self.request_id} in {self.path}>"
 
 
-def _field(result, key):
+def result_field(result, key):
     """``result[key]``, or the :class:`SpooledWrite` itself when the write was spooled."""
     return result if isinstance(result, SpooledWrite) else result[key]
 
@@ -229,7 +229,7 @@ class Jobs:
 
     def release(self, job_ids, owner=None):
         """End the claims ``owner`` holds on ``job_ids`` (states unchanged); returns how many."""
-        return _field(self._db.call("job_release", job_ids=[self._full_id(i) for i in job_ids],
+        return result_field(self._db.call("job_release", job_ids=[self._full_id(i) for i in job_ids],
                                     owner=owner or default_owner()), "released")
 
     def running(self, job_id=None, owner=None, lease=60.0, **create):
@@ -256,7 +256,7 @@ class Jobs:
         Many ids go in requests of :attr:`DELETE_CHUNK` ids; a :class:`SpooledWrite` (of the last
         request) when they wait in the spool."""
         ids = [self._full_id(i) for i in job_ids]
-        results = [_field(self._db.call("job_delete", job_ids=ids[start:start + self.DELETE_CHUNK]), "deleted")
+        results = [result_field(self._db.call("job_delete", job_ids=ids[start:start + self.DELETE_CHUNK]), "deleted")
                    for start in range(0, max(len(ids), 1), self.DELETE_CHUNK)]
         spooled = [result for result in results if isinstance(result, SpooledWrite)]
         return spooled[-1] if spooled else sum(results)
@@ -345,174 +345,3 @@ class Jobs:
     def timeline(self, job_id, now=None):
         """The time job ``job_id`` spent in each state (see :func:`balsamdb.job_queries.timeline`)."""
         return job_queries.timeline(self.history(job_id), now)
-
-
-_WHO = []
-
-
-def default_owner():
-    """The owner name of this process's claims: ``user@host:pid``."""
-    return f"{who()}:{os.getpid()}"
-
-
-def who():
-    """``user@host`` of this process: who saved a record version (an HTTP store puts its
-    logged-in user instead)."""
-    if not _WHO:
-        import getpass
-        import socket
-
-        try:
-            user = getpass.getuser()
-        except (KeyError, OSError):  # no passwd entry for this uid (some containers)
-            user = str(os.getuid())
-        _WHO.append(f"{user}@{socket.gethostname()}")
-    return _WHO[0]
-
-
-class Records:
-    """``db.records``: Sumatra-style provenance records, grouped by project.
-
-    A save replaces the record and keeps every earlier version (:meth:`versions`)."""
-
-    def __init__(self, db):
-        self._db = db
-
-    def save(self, project, record):
-        """Save a record document (a dict with at least ``label``); returns True when new.
-
-        Saving a label again replaces the record and keeps the earlier document as a
-        version (unless the project is write-once: then a changed provenance field
-        raises :class:`Conflict`)."""
-        return _field(self._db.call("record_save", project=project, record=record, saved_by=who()), "created")
-
-    def get(self, project, label, version=None):
-        """The record document as it was saved; ``version=N``: its version N."""
-        if version is None:
-            return self._db.call("record_get", project=project, label=label)
-        return self._db.call("record_get", project=project, label=label, version=version)
-
-    def versions(self, project, label):
-        """The versions of a record, oldest first: dicts of ``version`` (from 1),
-        ``saved_at`` (UNIX seconds), ``saved_by``, ``bytes`` and ``changed`` (the
-        fields that differ from the version before)."""
-        return self._db.call("record_versions", project=project, label=label)
-
-    def list(self, project, tags=None, limit=None, match="all"):
-        """Record documents of ``project``, newest first, having all ``tags``
-        (``match="any"``: any of them); read page by page (see :meth:`iter`)."""
-        return list(self.iter(project, tags=tags, limit=limit, match=match))
-
-    def iter(self, project, tags=None, limit=None, match="all", page_size=500):
-        """The documents of :meth:`list` as an iterator that reads them ``page_size`` at a time (a
-        keyset cursor), so that no process holds the whole listing."""
-        left = limit
-        after = None
-        while left is None or left > 0:
-            size = page_size if left is None else min(page_size, left)
-            page = self._db.call("record_page", project=project, tags=list(tags or []), match=match,
-                                 after=after, limit=size)
-            yield from page["records"]
-            if left is not None:
-                left -= len(page["records"])
-            after = page["next"]
-            if after is None:
-                return
-
-    def labels(self, project, tags=None, match="all"):
-        return self._db.call("record_labels", project=project, tags=list(tags or []), match=match)
-
-    def delete(self, project, label):
-        """Delete one record and its versions; raises :class:`NotFound` when it does not exist."""
-        return _field(self._db.call("record_delete", project=project, label=label), "deleted")
-
-    def delete_labels(self, project, labels):
-        """Delete the records ``labels`` of ``project`` with their versions; returns how many.
-        Every label is checked first, so that a typo removes nothing (:class:`NotFound`
-        naming the missing ones)."""
-        labels = list(dict.fromkeys(labels))
-        existing = set(self.labels(project))
-        missing = [label for label in labels if label not in existing]
-        if missing:
-            raise NotFound(f"no record {', '.join(map(repr, missing))} in project {project!r}; nothing was removed "
-                           f"(`db record ls {project}` lists its records)")
-        return sum(self.delete(project, label) for label in labels)
-
-    def delete_by_tag(self, project, tag):
-        """Delete every record of ``project`` tagged ``tag``; returns how many."""
-        return _field(self._db.call("record_delete_by_tag", project=project, tag=tag), "deleted")
-
-    def tag(self, project, label, add=(), remove=()):
-        """Add and remove tags of a record; returns its new tags."""
-        return _field(self._db.call("record_tag", project=project, label=label, add=list(add),
-                                    remove=list(remove), saved_by=who()), "tags")
-
-    def of_job(self, job_id):
-        """The records of the runs of job ``job_id`` (a full id or a unique prefix), oldest
-        first: dicts of ``project``, ``label``, ``timestamp``, ``outcome``, ``duration``,
-        ``run``, ``job`` and ``exit_status``."""
-        return self._db.call("record_by_job", job_id=self._db.jobs._full_id(job_id))
-
-    def find_files(self, sha256=None, path=None, role=None, project=None, limit=1000):
-        """Records by their files: whose input or output (``role`` "input"/"output", both when
-        None) has SHA-256 ``sha256`` and/or the path ``path``; newest first, dicts of
-        ``project``, ``label``, ``timestamp``, ``role``, ``path``, ``sha256``, ``size``, ``job``."""
-        return self._db.call("record_files_find", sha256=sha256, path=path, role=role, project=project,
-                             limit=limit)
-
-
-class Projects:
-    """``db.projects``: the projects that group records."""
-
-    def __init__(self, db):
-        self._db = db
-
-    def save(self, name, description=None, public=None, write_once=None, keep_versions=None):
-        """Create a project or change its description, public flag, write-once option or
-        ``keep_versions`` (``db prune`` keeps the newest N versions of each record; 0: all)
-        (None leaves a setting as it is)."""
-        extra = {} if keep_versions is None else {"keep_versions": keep_versions}  # older servers know none
-        return self._db.call("project_save", name=name, description=description, public=public,
-                             write_once=write_once, **extra)
-
-    def get(self, name):
-        """The project with its settings and number of ``records``; :class:`NotFound` when absent."""
-        return self._db.call("project_get", name=name)
-
-    def list(self, count=False):
-        """Every project by name (``count=True``: each with its number of ``records``)."""
-        if count:
-            return self._db.call("project_list", count=True)
-        return self._db.call("project_list")
-
-
-class Users:
-    """``db.users``: the users of the HTTP record store and the projects each may use."""
-
-    def __init__(self, db):
-        self._db = db
-
-    def save(self, name, password_hash=None, admin=None):
-        """Create user ``name`` or change their password hash (made by
-        :func:`balsamdb.passwords.hash_password`) or admin flag; True when created."""
-        return _field(self._db.call("user_save", name=name, password_hash=password_hash, admin=admin), "created")
-
-    def get(self, name):
-        """User ``name`` with their password hash and projects; :class:`NotFound` when absent."""
-        return self._db.call("user_get", name=name)
-
-    def list(self):
-        """Every user by name, with the projects each may use (no password hashes)."""
-        return self._db.call("user_list")
-
-    def delete(self, name):
-        """Delete user ``name`` and their permissions; :class:`NotFound` when absent."""
-        return _field(self._db.call("user_delete", name=name), "deleted")
-
-    def grant(self, name, project):
-        """Let user ``name`` read and write ``project`` (made if needed); True when newly granted."""
-        return _field(self._db.call("permission_grant", project=project, user=name), "granted")
-
-    def permissions(self, project):
-        """The names of the users who may use ``project``."""
-        return self._db.call("permission_list", project=project)

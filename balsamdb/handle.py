@@ -1,7 +1,8 @@
 """The base of every store handle, and how an answer becomes a result or an error."""
 
 from .exceptions import error_from_dict
-from .facades import Jobs, Projects, Records, SpooledWrite, Users
+from .facades import Jobs, SpooledWrite
+from .record_facades import Projects, Records, Users
 
 #: seconds during which writes to a store that did not answer a whole deadline go straight to its spool
 UNREACHABLE_FOR = 30.0

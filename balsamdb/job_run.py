@@ -88,7 +88,7 @@ class Running:
     into the job's data under ``"run"``, and the claim released.  ``job``: the job."""
 
     def __init__(self, db, job_id=None, owner=None, lease=60.0, create=None):
-        from .facades import default_owner
+        from .identity import default_owner
 
         self.db = db
         self.job_id = job_id

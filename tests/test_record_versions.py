@@ -14,7 +14,7 @@ from served import Served
 
 import balsamdb
 from balsamdb import models, transfer
-from balsamdb.facades import who
+from balsamdb.identity import who
 from balsamdb.dbdir import DBDirectory
 from balsamdb.passwords import hash_password
 

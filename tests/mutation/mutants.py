@@ -506,7 +506,7 @@ MUTANTS = [
       ("tests/test_fast_units.py::test_export_file_is_complete_or_absent",),
       "the export's temporary file at a fixed name opened without O_EXCL (a symlink there followed)"),
     M("record-rm-no-check", "`db record rm` (and `records.delete_labels`) checks every label",
-      "balsamdb/facades.py", "        if missing:\n            raise NotFound(f\"no record",
+      "balsamdb/record_facades.py", "        if missing:\n            raise NotFound(f\"no record",
       "        if False:\n            raise NotFound(f\"no record",
       ("tests/test_fast_units.py::test_record_rm_checks_every_label_before_removing_any",),
       "labels removed before all were checked"),
