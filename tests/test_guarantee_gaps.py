@@ -101,6 +101,58 @@ def test_the_relays_spool_reopened_keeps_each_records_saves_in_order(tmp_path):
         assert numbers == sorted(numbers), f"{label}: forwarded in the order {numbers}"
 
 
+def test_the_relay_forwards_oldest_first_and_numbers_after_the_waiting_saves(tmp_path):
+    """The forwarder takes the oldest waiting save (broken: the newest); a relay started again
+    (after a SIGKILL) numbers its next save after every waiting one (broken: by their count, so a
+    new save took the number of a waiting one and replaced it), so each record's saves reach the
+    store once each and in order."""
+    from balsamdb.server.relay.spool import RelaySpool
+
+    directory = tmp_path / "relay"
+    spool = RelaySpool(directory)
+    for n in range(12):
+        spool.put("P", f"r{n % 2}", {"label": f"r{n % 2}", "n": n})
+
+    def forward(spool, count=None):
+        sent = []
+        while (item := spool.oldest()) is not None and (count is None or len(sent) < count):
+            seq, _project, _label, document = item
+            sent.append(document["n"])
+            spool.done(seq)
+        return sent
+
+    assert forward(spool, 3) == [0, 1, 2]
+    again = RelaySpool(directory)
+    waiting = sorted(again.documents)
+    assert again.put("P", "r0", {"label": "r0", "n": 12}) > waiting[-1], waiting
+    assert forward(again) == list(range(3, 13))
+    assert sorted(p.name for p in (directory / "new").iterdir()) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite3"])
+def test_the_watchdog_rewrites_a_corrupt_address_file_within_a_second(served_dbdir):
+    """The quick form of test_faults' corrupt-address test: garbage in the address file is replaced
+    by the watchdog, for the same server, within about a second (it looks every 0.5 s; broken:
+    every 5 s), and clients find the server again."""
+    from helpers import address, wait_for
+
+    before = address(served_dbdir)
+    (served_dbdir / "dbwriter_address").write_text('garbage {"state": ')
+    corrupted = time.monotonic()
+
+    def rewritten():
+        info = address_file.read(served_dbdir / "dbwriter_address")
+        return info.get("state") == "running" and info.get("epoch") == before["epoch"] and info
+
+    info = wait_for(rewritten, 10, "the watchdog to rewrite the corrupt address file")
+    took = time.monotonic() - corrupted
+    assert took < 1.5, f"the watchdog took {took:.2f} s to rewrite the address file (it looks every 0.5 s)"
+    assert info["server"]["pid"] == before["server"]["pid"], "a corrupt address file must not restart the server"
+    with balsamdb.connect(served_dbdir) as db:
+        db.jobs.create(name="after-the-rewrite", make_workdir=False)
+        assert db.last_route == "server"
+
+
 def test_the_server_lock_refuses_a_second_process_while_held(dbdir):
     """While one process holds `server.lock`, another process's hold_server_lock is refused naming
     the holder, and succeeds once it is released (the quick form of test_watchdog's two-server
