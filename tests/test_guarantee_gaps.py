@@ -6,7 +6,10 @@ each test here kills a mutant that every earlier test let through (issue 25).
 - the client refuses an answer signed with another key;
 - the watchdog's backoff, and that it never gives up however many starts fail;
 - no direct read or write of a SQLite file on a network file system (the FUSE test reads only
-  after a spooled write of its own, which keeps a read off the file anyway).
+  after a spooled write of its own, which keeps a read off the file anyway);
+- the relay forwards its oldest waiting save first, and a restarted relay numbers new saves after
+  the waiting ones (the end-to-end relay tests only time out, in minutes);
+- the watchdog rewrites a corrupt address file within a second (quick form of the fault test).
 """
 
 import time

@@ -205,3 +205,36 @@ def test_copy_from_sumatra_django_store_on_postgresql(project, dst, pg_cluster, 
         assert db.records.labels("PgProject", tags=["paper"]) == ["one"]
     refused = db_cli("copy", dst, url)
     assert refused.returncode == 1 and "never writes it" in refused.stderr, refused.stderr
+
+
+def test_a_hand_made_django_store_is_read_with_plain_sql_without_django(dst, tmp_path):
+    """The quick form of the two smt tests above (no smt run): a Django store's tables, made here,
+    are imported by a process that cannot import django nor sumatra (broken: importing django on
+    that path), each record the document smt sends for it: its keys in smt's order, times in UTC
+    with +0000, tags from Sumatra's tagging tables (broken: the time without its zone)."""
+    store = tmp_path / "records"
+    con = sqlite3.connect(store)
+    con.executescript("""
+        CREATE TABLE django_store_project (id TEXT PRIMARY KEY, description TEXT);
+        CREATE TABLE django_store_record (db_id INTEGER PRIMARY KEY, label TEXT, project_id TEXT, timestamp,
+                                          reason TEXT, outcome TEXT, launch_mode_id INTEGER);
+        CREATE TABLE django_store_launchmode (id INTEGER PRIMARY KEY, type TEXT, parameters);
+        CREATE TABLE django_store_tag (id INTEGER PRIMARY KEY, name);
+        CREATE TABLE django_store_taggeditem (id INTEGER PRIMARY KEY, tag_id, object_id, content_type_id);
+        CREATE TABLE django_content_type (id INTEGER PRIMARY KEY, app_label, model);
+        INSERT INTO django_store_project VALUES ('P', 'made by hand');
+        INSERT INTO django_store_launchmode VALUES (1, 'SerialLaunchMode', '{}');
+        INSERT INTO django_store_record VALUES (1, 'a', 'P', '2024-01-01 10:00:00', 'why', 'fine', 1);
+        INSERT INTO django_content_type VALUES (1, 'django_store', 'record');
+        INSERT INTO django_store_tag VALUES (1, 'paper');
+        INSERT INTO django_store_taggeditem VALUES (1, 1, 1, 1);
+    """)
+    con.commit()
+    con.close()
+    report = finished(db_import(store, "--path", dst, "--json", env=without_django(tmp_path)))
+    assert report["format"] == "Sumatra record store (Django, SQLite)" and report["items"]["record"]["added"] == 1
+    with balsamdb.connect(dst) as db:
+        doc = db.records.get("P", "a")
+    assert list(doc)[:6] == ["label", "timestamp", "reason", "duration", "executable", "repository"], list(doc)
+    assert doc["timestamp"] == "2024-01-01 10:00:00+0000" and doc["reason"] == "why" and doc["outcome"] == "fine"
+    assert doc["tags"] == ["paper"] and doc["launch_mode"] == {"type": "SerialLaunchMode", "parameters": {}}, doc
