@@ -207,13 +207,9 @@ def test_copy_from_sumatra_django_store_on_postgresql(project, dst, pg_cluster, 
     assert refused.returncode == 1 and "never writes it" in refused.stderr, refused.stderr
 
 
-def test_a_hand_made_django_store_is_read_with_plain_sql_without_django(dst, tmp_path):
-    """The quick form of the two smt tests above (no smt run): a Django store's tables, made here,
-    are imported by a process that cannot import django nor sumatra (broken: importing django on
-    that path), each record the document smt sends for it: its keys in smt's order, times in UTC
-    with +0000, tags from Sumatra's tagging tables (broken: the time without its zone)."""
-    store = tmp_path / "records"
-    con = sqlite3.connect(store)
+def hand_made_django_store(path):
+    """A small Sumatra Django store made here (no smt run): project P, record "a" tagged "paper"."""
+    con = sqlite3.connect(path)
     con.executescript("""
         CREATE TABLE django_store_project (id TEXT PRIMARY KEY, description TEXT);
         CREATE TABLE django_store_record (db_id INTEGER PRIMARY KEY, label TEXT, project_id TEXT, timestamp,
@@ -231,6 +227,15 @@ def test_a_hand_made_django_store_is_read_with_plain_sql_without_django(dst, tmp
     """)
     con.commit()
     con.close()
+    return path
+
+
+def test_a_hand_made_django_store_is_read_with_plain_sql_without_django(dst, tmp_path):
+    """The quick form of the two smt tests above (no smt run): a Django store's tables, made here,
+    are imported by a process that cannot import django nor sumatra (broken: importing django on
+    that path), each record the document smt sends for it: its keys in smt's order, times in UTC
+    with +0000, tags from Sumatra's tagging tables (broken: the time without its zone)."""
+    store = hand_made_django_store(tmp_path / "records")
     report = finished(db_import(store, "--path", dst, "--json", env=without_django(tmp_path)))
     assert report["format"] == "Sumatra record store (Django, SQLite)" and report["items"]["record"]["added"] == 1
     with balsamdb.connect(dst) as db:
@@ -238,3 +243,22 @@ def test_a_hand_made_django_store_is_read_with_plain_sql_without_django(dst, tmp
     assert list(doc)[:6] == ["label", "timestamp", "reason", "duration", "executable", "repository"], list(doc)
     assert doc["timestamp"] == "2024-01-01 10:00:00+0000" and doc["reason"] == "why" and doc["outcome"] == "fine"
     assert doc["tags"] == ["paper"] and doc["launch_mode"] == {"type": "SerialLaunchMode", "parameters": {}}, doc
+
+
+def test_a_hand_made_store_locked_longer_than_the_wait_is_one_line(dst, tmp_path):
+    """The quick form of the locked-store test (no smt run): a writer holds the store's lock
+    longer than BALSAMDB_SUMATRA_LOCK_WAIT: one line that says so, no traceback, nothing imported
+    (broken: "database is locked" not recognised, the store taken for no Sumatra store)."""
+    store = hand_made_django_store(tmp_path / "records")
+    con = sqlite3.connect(store, isolation_level=None)
+    con.execute("begin exclusive")  # what smt holds while it saves
+    try:
+        proc = db_import(store, "--path", dst, env=dict(without_django(tmp_path), BALSAMDB_SUMATRA_LOCK_WAIT="0.5"))
+        _out, err = proc.communicate(timeout=IMPORT_TIMEOUT)
+    finally:
+        con.execute("rollback")
+        con.close()
+    assert proc.returncode == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "stayed locked by a writer (a running smt?) for 0.5 s" in err, err
+    with balsamdb.connect(dst) as db:
+        assert db.projects.list() == []

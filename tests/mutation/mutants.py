@@ -349,7 +349,7 @@ MUTANTS = [
     M("locked-store-not-recognised", "a Sumatra SQLite store locked longer than `BALSAMDB_SUMATRA_LOCK_WAIT`",
       "balsamdb/sumatra_store.py", '        if "locked" in str(exc):\n            raise locked(path, LOCK_WAIT)',
       '        if "busy" in str(exc):\n            raise locked(path, LOCK_WAIT)',
-      ("tests/test_sumatra_store_import.py::test_import_waits_for_a_store_locked_by_a_writer",),
+      ("tests/test_sumatra_store_import.py::test_a_hand_made_store_locked_longer_than_the_wait_is_one_line",),
       "SQLITE_BUSY looked for by its code name: \"database is locked\" read as no store at all"),
     M("relay-forwards-newest-waiting-save", "`db relay`: 16 `smt run` while the store is killed and restarted",
       "dbserver/relay/spool.py", "            seq = min(self.documents)", "            seq = max(self.documents)",
