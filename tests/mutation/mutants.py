@@ -391,7 +391,7 @@ MUTANTS = [
     M("shelve-configparser-refused", "a shelve store made by the real `smt` (simple, JSON and ConfigParser",
       "balsamdb/inert_pickle.py", 'INERT_MODULES = ("sumatra", "parameters", "configparser")',
       'INERT_MODULES = ("sumatra", "parameters")',
-      ("tests/test_sumatra_store_import.py::test_import_of_a_shelve_store",),
+      ("tests/test_sumatra_store_import.py::test_a_shelve_store_with_each_kind_of_parameter_set_is_read_without_sumatra",),
       "what a ConfigParser pickles left out of the stand-ins: its parameter sets refused"),
     M("relay-token-symlink-followed", "the relay refuses a token that is a symlink or a FIFO",
       "dbserver/relay/spool.py", "os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)",
