@@ -113,7 +113,7 @@ class Database(ReadRoute, StoreHandle):
         request_id = request_id or os.urandom(16).hex()  # as unique as a uuid4, cheaper to make
         write = op in operations.OPERATIONS and operations.OPERATIONS[op].write
         message = {"id": request_id, "op": op, "params": params, "ts": time.time()}
-        if write or op not in operations.OPERATIONS or op in protocol.SERVER_OPS:
+        if write or op not in operations.OPERATIONS or op in operations.SERVER_OPS:
             spool = self.settings.spool and operations.spoolable(op)  # never for a claim (job_acquire)
             answer = self._route(message, write, spool)
         else:
@@ -162,7 +162,7 @@ class Database(ReadRoute, StoreHandle):
             elif state == "down":
                 self._check_config()
                 if self.db_type == "sqlite3" and not self.settings.require_server \
-                        and message["op"] not in protocol.SERVER_OPS and not self._spool_waits(write) \
+                        and message["op"] not in operations.SERVER_OPS and not self._spool_waits(write) \
                         and self._direct_allowed():
                     protocol.dumps_request(message)  # NaN refused as on the other routes, never stored
                     self.last_route = "direct"

@@ -132,8 +132,8 @@ def apply(database, requests, savepoints=True, tick=None):
                 insert = deferred
             else:
                 _flush(deferred)
-        if op.name in stored_answers.CHANGES_JOBS:
-            _preserve(fast, op.name, request.params)
+        if op.changes_jobs is not None:
+            _preserve(fast, op, request.params)
         answer = _run(database, op, request.params, insert) if savepoints else _run_bare(op, request.params, insert)
         if record:
             text = request.text = jsonio.dumps_fast(answer) if op.deferrable else jsonio.dumps(answer)
@@ -141,7 +141,7 @@ def apply(database, requests, savepoints=True, tick=None):
             # job row whose insert is still deferred.
             applied[request.id] = text
             new_rows.append({"request_id": request.id, "applied_at": now(),
-                             "response": stored_answers.pack(op.name, answer, text)})
+                             "response": stored_answers.pack(op, answer, text)})
         request.answer = answer
     if tick is not None:
         tick()
@@ -163,9 +163,9 @@ def apply(database, requests, savepoints=True, tick=None):
     return requests
 
 
-def _preserve(fast, name, params):
+def _preserve(fast, op, params):
     try:
-        stored_answers.preserve(fast, name, params)
+        stored_answers.preserve(fast, op, params)
     except DATABASE_ERRORS as exc:
         raise StorageFailure(exc) from exc
 

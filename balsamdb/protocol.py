@@ -33,16 +33,6 @@ _MAC_END = len(MAGIC) + 32
 ENVELOPE_BYTES = _MAC_END
 
 
-def __getattr__(name):
-    # SERVER_OPS: the operations the write server answers itself, from the registry (imported
-    # when first asked for: the registry imports the models, which the wire format does not need).
-    if name == "SERVER_OPS":
-        from .operations import SERVER_OPS
-
-        return SERVER_OPS
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def holding_reply(request_id, pending):
     """The answer to a request that waits for ``pending`` spooled writes to be applied first:
     nothing of it was applied yet, and its client sends it again (same id, same socket).

@@ -29,7 +29,7 @@ def database(dbdir):
 
 
 def test_the_servers_own_operations_are_in_the_registry():
-    assert SERVER_OPS == {"ping", "status", "spool_drain"} == set(protocol.SERVER_OPS)
+    assert SERVER_OPS == {"ping", "status", "spool_drain"}
     for name in SERVER_OPS:
         op = lookup(name)
         assert op.server and not op.write and op.doc

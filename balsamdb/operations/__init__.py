@@ -16,7 +16,6 @@ anything is written; no SQL crosses the wire.
 function) while the models are bound to a database and a transaction is open.
 """
 
-from ..exceptions import BadRequest
 # The modules that register operations, imported in the order the operations are listed.
 from . import jobs, leases, records, record_links, pages, users, stores, store_import, upkeep, server
 from .checks import (INT_MAX, MAX_LIST, check_flag, check_number, check_object, check_project_name,
@@ -89,13 +88,6 @@ __all__ = [
 
 def check_offline(name, params):
     """The checks of operation ``name`` that need no database, for a write about to be
-    spooled: nothing the server would refuse on sight is left waiting in the spool."""
-    op = lookup(name)
-    bind_params(op, params)
-    if name == "job_create":
-        clean_job(params["job"], 0.0)
-    elif name == "job_bulk_create":
-        if not isinstance(params["jobs"], list):
-            raise BadRequest("jobs must be a non-empty list")
-        for spec in params["jobs"]:
-            clean_job(spec, 0.0)
+    spooled: nothing the server would refuse on sight is left waiting in the spool
+    (:meth:`Operation.check_offline`)."""
+    lookup(name).check_offline(params)

@@ -7,9 +7,10 @@ import peewee as pw
 from .. import states
 from ..dbdir import job_working_directory
 from ..exceptions import BadRequest, Conflict, NotFound
+from ..job_fields import CREATE_ONLY, JOB_KEYS, LEASE_FIELDS, SETTABLE
 from ..job_queries import check_sort
 from .. import schema_scale
-from ..models import LEASE_FIELDS, Job, JobStateChange, JobTag, now
+from ..models import Job, JobStateChange, JobTag, now
 from ..statements import statements
 from . import leases
 from . import parents as dependencies
@@ -17,8 +18,8 @@ from .checks import check_number, check_object, check_str_list, check_text, chec
 from .registry import operation
 
 
-JOB_FIELDS = {
-    # name: validator(value) -> clean value
+_CHECKS = {
+    # name: validator(value) -> clean value, for each field a caller may set (job_fields.SETTABLE)
     "application": lambda v: check_text(v, "application", required=False) or "",
     "args": lambda v: check_text(v, "args", required=False) or "",
     "description": lambda v: check_text(v, "description", required=False) or "",
@@ -31,13 +32,11 @@ JOB_FIELDS = {
     "tags": lambda v: check_str_list(v, "tags"),
     "data": lambda v: check_object(v, "data"),
 }
+#: The check of each field a caller may set, in the order of the table of job fields.
+JOB_FIELDS = {name: _CHECKS[name] for name in SETTABLE}
+if set(_CHECKS) != set(SETTABLE):
+    raise ImportError("a settable job field (balsamdb.job_fields) without its check, or a check of no such field")
 STATE_CHANGE_ATTEMPTS = 3  # reads of a job whose state another daemon changes meanwhile
-CREATE_ONLY = {"id", "name", "workflow", "state", "working_directory", "state_message"}
-
-
-JOB_KEYS = ("id", "name", "workflow", "application", "args", "description", "state", "state_message",
-            "working_directory", "num_nodes", "ranks_per_node", "threads_per_rank", "wall_time_minutes",
-            "environ", "parents", "tags", "data", "created_at", "updated_at")
 
 
 def job_to_dict(job):
@@ -99,7 +98,7 @@ def _insert_jobs(rows, when, insert):
 
 # Insert-only (they read nothing): in a group commit's optimistic pass their inserts may be
 # deferred and made together with the batch's (``insert``, see balsamdb.statements).
-@operation(write=True, deferrable=True)
+@operation(write=True, deferrable=True, answer="job", offline=lambda job: clean_job(job, 0.0))
 def job_create(job, *, insert):
     """Create one job.
 
@@ -121,7 +120,7 @@ def job_create(job, *, insert):
     return {key: row[key] for key in JOB_KEYS}
 
 
-@operation(write=True, deferrable=True)
+@operation(write=True, deferrable=True, offline=lambda jobs: _check_jobs(jobs, 0.0))
 def job_bulk_create(jobs, *, insert):
     """Create many jobs at once, all or none.
 
@@ -129,14 +128,18 @@ def job_bulk_create(jobs, *, insert):
     ``id``: the answer does not list them).  A job's parents may be jobs of the
     same list (no cycles).  Returns ``{"created": n}``.
     """
-    if not isinstance(jobs, list) or not jobs:
-        raise BadRequest("jobs must be a non-empty list")
     when = now()
-    rows = [clean_job(spec, when) for spec in jobs]
+    rows = _check_jobs(jobs, when)
     if len({r["id"] for r in rows}) != len(rows):
         raise Conflict("the same job id appears twice in one bulk_create")
     _insert_jobs(rows, when, insert)
     return {"created": len(rows)}
+
+
+def _check_jobs(jobs, when):
+    if not isinstance(jobs, list) or not jobs:
+        raise BadRequest("jobs must be a non-empty list")
+    return [clean_job(spec, when) for spec in jobs]
 
 
 def _get_job(job_id):
@@ -146,7 +149,7 @@ def _get_job(job_id):
         raise NotFound(f"no job with id {job_id}") from None
 
 
-@operation(write=True)
+@operation(write=True, answer="job")
 def job_update_state(job_id, state, message="", owner=None):
     """Move job ``job_id`` to ``state``, recording ``message`` in its history.
 
@@ -183,7 +186,7 @@ def job_update_state(job_id, state, message="", owner=None):
     return job
 
 
-@operation(write=True)
+@operation(write=True, answer="job", changes_jobs=lambda params: [params.get("job_id")])
 def job_modify(job_id, changes):
     """Change fields of job ``job_id``.
 
@@ -213,7 +216,7 @@ def job_modify(job_id, changes):
     return job_to_dict(job)
 
 
-@operation(write=True)
+@operation(write=True, changes_jobs=lambda params: params.get("job_ids"))
 def job_delete(job_ids):
     """Delete the jobs in ``job_ids`` with their history; returns ``{"deleted": n}``.
 

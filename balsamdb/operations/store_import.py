@@ -268,7 +268,15 @@ _PUT = {"user": _one_by_one(_put_user), "project": _one_by_one(_put_project),
         "permission": _one_by_one(_put_permission), "record": _put_records, "job": _put_jobs}
 
 
-@operation(write=True)
+def _jobs_replaced(params):
+    """The ids of the jobs an ``import_items`` may replace (none in a dry run)."""
+    items = params.get("items")
+    if params.get("dry_run") is True or not isinstance(items, list):
+        return None
+    return [item.get("id") for item in items if isinstance(item, dict) and item.get("kind") == "job"]
+
+
+@operation(write=True, changes_jobs=_jobs_replaced)
 def import_items(items, dry_run=False):
     """Make the store hold ``items`` (see the module docs) exactly as given: an item
     that is absent is added, one that differs is replaced, one that is equal is left.
