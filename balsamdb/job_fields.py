@@ -5,7 +5,7 @@ the job operations (:mod:`balsamdb.operations.jobs`) and the stored answers
 Each field is given by one of:
 
 - ``"set"``: the caller may give it when the job is made and change it later (``job_modify``);
-  its check is in ``balsamdb.operations.jobs.JOB_FIELDS``, keyed by these names;
+  its check is in ``balsamdb.operations.job_specs.JOB_FIELDS``, keyed by these names;
 - ``"create"``: given when the job is made only (``id``, ``name``, ... and the state it starts in);
 - ``"store"``: made by the store (the time stamps);
 - ``"lease"``: the claim of a launcher (see :mod:`balsamdb.operations.leases`): a column of the

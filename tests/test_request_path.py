@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from balsamdb import protocol
-from balsamdb.applier import apply_batch, run_batch
+from balsamdb.applier import apply
 from balsamdb.dbdir import DBDirectory
 from balsamdb.exceptions import BadRequest
 from balsamdb.models import MODELS
@@ -39,7 +39,7 @@ def test_the_servers_own_operations_are_in_the_registry():
 
 def test_a_process_without_server_refuses_the_servers_operations(database):
     with database.bind_ctx(MODELS):
-        answer, = apply_batch(database, [(uuid.uuid4().hex, "status", {})], database.atomic)
+        answer, = (r.answer for r in apply(database, [Request(uuid.uuid4().hex, "status", {})], database.atomic))
     assert answer["ok"] is False and answer["error"]["code"] == BadRequest.code
     assert "answered by the write server only" in answer["error"]["message"]
 
@@ -51,7 +51,7 @@ def test_the_applier_fills_in_each_request(database):
                 Request(uuid.uuid4().hex, "no_such_op", {})]
     assert [r.write for r in requests] == [True, False, False]
     with database.bind_ctx(MODELS):
-        run_batch(database, requests, database.atomic)
+        apply(database, requests, database.atomic)
     create, get, unknown = requests
     assert create.answer["ok"] and create.answer["result"]["id"] == job_id
     # The stored text of a write applied now is its answer; reads and refusals store none.

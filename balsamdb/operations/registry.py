@@ -75,13 +75,6 @@ def operation(write, deferrable=False, server=False, spool=True, answer="value",
     return register
 
 
-def spoolable(name):
-    """Whether a request of operation ``name`` may wait in a spool: a write that is not marked
-    never-spooled (an unknown name is not a write)."""
-    op = OPERATIONS.get(name) if isinstance(name, str) else None
-    return op is not None and op.spooled
-
-
 def lookup(name):
     """The :class:`Operation` called ``name``, or :class:`BadRequest`."""
     if not isinstance(name, str) or name not in OPERATIONS:

@@ -10,7 +10,8 @@ from ..exceptions import BadRequest
 from ..models import Job, JobStateChange, JobTag, Project, ProjectPermission, Record, RecordTag, RecordVersion, User
 from .checks import (MAX_LIST, check_number, check_object, check_record_label, check_text, check_user_name, check_uuid,
                      chunks)
-from .jobs import JOB_FIELDS, JOB_KEYS
+from ..job_fields import JOB_KEYS
+from .job_specs import JOB_FIELDS
 from .record_links import relink
 from .records import compress, record_columns, record_tags, record_text
 from ..statements import statements
