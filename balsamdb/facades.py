@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from . import job_queries
-from .dbdir import job_working_directory
+from .job_fields import job_working_directory
 from .exceptions import BadRequest, Conflict, NotFound, StorageError
 from .identity import default_owner
 from .private_files import make_private_directories

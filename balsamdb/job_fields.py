@@ -48,3 +48,15 @@ CREATE_ONLY = frozenset(name for name, given in JOB_TABLE if given == "create")
 #: The columns of a job's claim: kept out of job answers (their stored compact form, see
 #: :mod:`balsamdb.answers`, covers the fields a state change keeps).
 LEASE_FIELDS = tuple(name for name, given in JOB_TABLE if given == "lease")
+
+
+def job_working_directory(workflow, name, job_id):
+    """Working directory of a job, relative to its DB directory:
+    ``data/<workflow>/<name>_<first 8 characters of the id>``."""
+    return f"data/{_safe_part(workflow)}/{_safe_part(name)}_{job_id[:8]}"
+
+
+def _safe_part(text):
+    """A file-name-safe rendering of a workflow or job name."""
+    cleaned = "".join(c if (c.isalnum() or c in "-_.") else "_" for c in str(text)).strip(".")
+    return cleaned or "_"

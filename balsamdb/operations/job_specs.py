@@ -4,9 +4,8 @@ job fields, :mod:`balsamdb.job_fields`), and the row a new job becomes (:func:`c
 import uuid
 
 from .. import states
-from ..dbdir import job_working_directory
 from ..exceptions import BadRequest
-from ..job_fields import CREATE_ONLY, JOB_KEYS, SETTABLE
+from ..job_fields import CREATE_ONLY, JOB_KEYS, SETTABLE, job_working_directory
 from ..models import Job
 from .checks import check_number, check_object, check_str_list, check_text, check_uuid
 
