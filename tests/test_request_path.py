@@ -92,3 +92,38 @@ def test_the_quick_parameter_check_agrees_with_the_signature():
             except BadRequest:
                 accepted = False
             assert accepted == expected, (op.name, params)
+
+
+def test_an_operations_policy_is_a_field_of_its_registration():
+    """Issue 28 §2: what used to be name lists and ``if name == ...`` beside the registry (the
+    answers that are a job, the writes that change jobs, the checks before a spool) are fields of
+    each Operation; these are the sets the lists held."""
+    assert {n for n, op in OPERATIONS.items() if op.answer == "job"} == {"job_create", "job_update_state", "job_modify"}
+    assert {n for n, op in OPERATIONS.items() if op.changes_jobs} == {"job_modify", "job_delete", "import_items"}
+    assert OPERATIONS["job_delete"].changes_jobs({"job_ids": ["a"]}) == ["a"]
+    assert OPERATIONS["import_items"].changes_jobs({"items": [{"kind": "job", "id": "a"}], "dry_run": True}) is None
+    assert OPERATIONS["job_acquire"].write and not OPERATIONS["job_acquire"].spooled
+    assert OPERATIONS["job_create"].spooled and not OPERATIONS["job_get"].spooled
+    for name, params in (("job_create", {"job": {"name": "a", "no_such_field": 1}}), ("job_bulk_create", {"jobs": []}),
+                         ("job_create", {"job": {"name": "a"}, "extra": 1})):
+        with pytest.raises(BadRequest):
+            OPERATIONS[name].check_offline(params)
+    OPERATIONS["job_create"].check_offline({"job": {"name": "a"}})
+
+
+def test_one_request_from_the_client_to_the_server():
+    """Issue 28 §3: the Request a client makes is what the server reads back: same id, time stamp
+    and operation (looked up once on each side); the HTTP wire names the stamp ``sent``."""
+    import time
+
+    made = Request.make("job_create", {"job": {"name": "a"}})
+    assert len(made.id) == 32 and made.write and made.spooled and made.for_writer
+    read = Request.from_message(protocol.decode(SECRET, protocol.encode_request(SECRET, made.message())),
+                                now=time.time(), envelope=[b"peer"])
+    assert (read.id, read.op, read.params, read.ts) == (made.id, made.op, made.params, made.ts)
+    assert read.operation is made.operation is OPERATIONS["job_create"]
+    assert made.message(stamp="sent")["sent"] == made.ts and "ts" not in made.message(stamp="sent")
+    assert not Request.make("job_get", {"job_id": "x"}).for_writer and Request.make("status", {}).for_writer
+    assert Request.make("no_such_op", {}).for_writer  # the write server names the known ones
+    with pytest.raises(BadRequest):
+        Request.from_message({"id": "x", "op": "ping", "params": []})
