@@ -11,7 +11,7 @@ from ..models import Job, JobStateChange, JobTag, now
 from ..statements import statements
 from . import leases
 from . import parents as dependencies
-from .checks import check_object, check_str_list, check_text, check_uuid
+from .checks import check_number, check_object, check_str_list, check_text, check_uuid
 from .job_specs import JOB_FIELDS, check_jobs, clean_job, job_to_dict
 from .registry import operation
 
