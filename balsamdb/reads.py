@@ -4,7 +4,9 @@ Three readers use it: a client on the write server's host whose SQLite file is o
 system reads the file itself (:class:`Reader`, models bound per call); the read service beside
 the write server (``balsamdb.server.reader.service``, models bound for its process, one
 connection per worker thread) answers every other client, for PostgreSQL too; and the HTTP
-store's pages open their connections with :func:`open_reader`.
+store (``db serve``) reads its log-ins, permissions, records and pages with :meth:`Reader.query`
+(queries built from the models and run on the reader's database, never bound: its threads read
+at once).  One connection per thread (peewee keeps connection state per thread).
 
 SQLite is opened read-only (``mode=ro``, ``query_only``): a WAL reader never blocks the writer
 and the writer never blocks it.  PostgreSQL with ``default_transaction_read_only``.  Every read
@@ -23,7 +25,7 @@ from urllib.parse import quote
 import peewee as pw
 
 from . import operations
-from .exceptions import BadRequest, BalsamDBError, ReadTimeout, ServerError, StorageError, TryAgain
+from .exceptions import BadRequest, BalsamDBError, ConfigError, ReadTimeout, ServerError, StorageError, TryAgain
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +70,13 @@ class Reader:
     otherwise each read binds them for its duration, under the process-wide lock of direct mode.
     """
 
-    def __init__(self, dbdir, settings, bound=False, postgres_port=None):
+    def __init__(self, dbdir, settings, bound=False, postgres_port=None, time_limit=None, lazy=False):
         self.dbdir = dbdir
         self.settings = settings
-        self.time_limit = settings.read_time_limit
+        self.time_limit = settings.read_time_limit if time_limit is None else time_limit
         self.postgres_port = postgres_port
-        self.database = open_reader(dbdir, settings, postgres_port=postgres_port)
+        # lazy: opened at the first read (a PostgreSQL cluster not running yet answers that read 503)
+        self.database = None if lazy else self._open()
         self.pid = os.getpid()
         self.bound = bound
         if bound:
@@ -81,8 +84,12 @@ class Reader:
 
             self.database.bind(MODELS)
 
+    def _open(self):
+        return open_reader(self.dbdir, self.settings, postgres_port=self.postgres_port, time_limit=self.time_limit)
+
     def close(self):
-        if not self.database.is_closed():
+        """Close this thread's connection."""
+        if self.database is not None and not self.database.is_closed():
             self.database.close()
 
     def _binding(self):
@@ -101,33 +108,47 @@ class Reader:
         (a bad request, a read over its time limit, a database that cannot be read)."""
         try:
             operation = check_read(op, params)
+            return {"ok": True, "result": self._read(lambda database: operation.function(**params), op, bind=True)}
+        except BalsamDBError as exc:
+            return {"ok": False, "error": exc.to_dict()}
+        except Exception as exc:  # a bug in a read must not stop the reader: an error answer
+            log.exception("read %s failed", op)
+            return {"ok": False, "error": ServerError(f"the read failed: {type(exc).__name__}").to_dict()}
+
+    def query(self, function, what="the read"):
+        """``function(database)`` in one read transaction on this thread's connection, with the time
+        limit (the queries of one page see one state of the database), for queries that name the
+        database themselves (``query.execute(database)``): nothing is bound, threads read at once.
+        Its result; :class:`ReadTimeout`, :class:`TryAgain` or :class:`StorageError` when it fails."""
+        return self._read(function, what, bind=False)
+
+    def _read(self, function, what, bind):
+        try:
             try:
-                return {"ok": True, "result": self._run(operation, params)}
+                return self._run(function, bind)
             except (pw.OperationalError, pw.InterfaceError) as first:
                 if _timed_out(first):
                     raise
                 log.info("read-only connection to %s failed (%s); opening it again", self.dbdir.path, first)
                 self.close()
-                return {"ok": True, "result": self._run(operation, params)}
-        except BalsamDBError as exc:
-            return {"ok": False, "error": exc.to_dict()}
+                return self._run(function, bind)
         except pw.DatabaseError as exc:
             if _timed_out(exc):
-                error = ReadTimeout(f"{op} ran longer than read_time_limit ({self.time_limit:g} s) and was "
-                                    "stopped; nothing was changed. Narrow it or page it")
-            elif "no such table" in str(exc) or "does not exist" in str(exc):
-                error = TryAgain(f"cannot read {self.dbdir.path} yet: {exc}")
-            else:
-                error = StorageError(f"cannot read {self.dbdir.path}: {exc}")
-            return {"ok": False, "error": error.to_dict()}
-        except Exception as exc:  # a bug in a read must not stop the reader: an error answer
-            log.exception("read %s failed", op)
-            return {"ok": False, "error": ServerError(f"the read failed: {type(exc).__name__}").to_dict()}
+                raise ReadTimeout(f"{what} ran longer than read_time_limit ({self.time_limit:g} s) and was "
+                                  "stopped; nothing was changed. Narrow it or page it") from None
+            if "no such table" in str(exc) or "does not exist" in str(exc):
+                raise TryAgain(f"cannot read {self.dbdir.path} yet: {exc}") from None
+            raise StorageError(f"cannot read {self.dbdir.path}: {exc}") from None
 
-    def _run(self, operation, params):
-        if self.pid != os.getpid():
+    def _run(self, function, bind):
+        if self.database is None or self.pid != os.getpid():
             # Forked: never use the parent's connection; open our own.
-            self.database = open_reader(self.dbdir, self.settings, postgres_port=self.postgres_port)
+            try:
+                self.database = self._open()
+            except ConfigError as exc:
+                # A cluster of the DB directory's own that is not running: 503 (try again), as
+                # reads through the write server answer while it is down.
+                raise StorageError(exc.message or str(exc)) from None
             self.pid = os.getpid()
         database = self.database
         if database.connect(reuse_if_open=True) and not self.bound:
@@ -137,9 +158,10 @@ class Reader:
 
             with self._binding():
                 check_schema_not_newer(database, self.dbdir.path)
-        with self._binding(), self._time_limit(database):
+        binding = self._binding() if bind else contextlib.nullcontext()
+        with binding, self._time_limit(database):
             with database.atomic():  # one read transaction: the read sees one state of the database
-                return operation.function(**params)
+                return function(database)
 
     @contextlib.contextmanager
     def _time_limit(self, database):

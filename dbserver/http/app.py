@@ -44,10 +44,10 @@ def create_app(path, prefix="/", max_body=MAX_BODY_BYTES, create_window=CREATE_R
     that changes nothing still answers 201 (see :data:`CREATE_RACE_WINDOW`).
     """
     from balsamdb.server.http import job_pages, operation_api, pages, sumatra_api
-    from balsamdb.server.http.reads import ReadOnlyStore
+    from balsamdb.server.http.reads import page_reader
     from balsamdb.settings import load_settings
 
-    reader = ReadOnlyStore(path)  # the log-in, permission checks and pages read here, not via the write server
+    reader = page_reader(path)  # the log-in, permission checks and pages read here, not via the write server
     keep = load_settings().applied_retention_days * 86400.0
     retention = max(keep - 3600.0, keep / 2)  # a margin for clocks and for the server's own delay
     app = flask.Flask("balsamdb.server.http", root_path=str(ROOT))

@@ -64,7 +64,7 @@ def jobs_page():
         filters = job_views.job_filters(form["workflow"], form["state"], form["name"],
                                         [form["tag"]] if form["tag"] else None, form["since"], form["until"],
                                         form["changed"])
-        data = web.reader.run(lambda db: _jobs_data(db, filters, page, form["workflow"], state().history))
+        data = web.reader.query(lambda db: _jobs_data(db, filters, page, form["workflow"], state().history))
     except BadRequest as exc:
         raise web.error(400, exc.message) from None
     data["filters"] = form
@@ -80,7 +80,7 @@ def jobs_page():
 def job_page(job_id):
     web = pages.web()
     web.require_admin()
-    job = web.reader.run(lambda db: _job_data(db, job_id))
+    job = web.reader.query(lambda db: _job_data(db, job_id))
     if job is None:
         raise web.error(404, f"no job with id {job_id!r}")
     spans = job_queries.timeline(job["history"])  # what `db job show` shows
@@ -164,7 +164,7 @@ def _read_ahead(reader, history):
     """Read the whole state history once when `db serve` starts, so that the first jobs page reads only
     what was added since (the history of 100,000 jobs takes about a second to group)."""
     try:
-        reader.run(lambda db: history.get(db, ""))
+        reader.query(lambda db: history.get(db, ""))
     except Exception as exc:  # noqa: BLE001 - the page reads it itself then
         log.info("the jobs history was not read ahead: %s", exc)
     finally:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import flask
 
-from balsamdb.server.http.reads import ReadOnlyStore
+from balsamdb.reads import Reader
 
 STATIC_PATH = "_balsamdb/static"
 
@@ -24,7 +24,7 @@ STATIC_PATH = "_balsamdb/static"
 class WebContext:
     """The application's hooks, as the pages use them."""
 
-    reader: ReadOnlyStore              # read-only connections: pages never read through the write server
+    reader: Reader                     # read-only connections (query()): pages never read through the write server
     require_user: Callable             # () -> the logged-in user, else raises the 401 challenge
     readable_project: Callable         # (name) -> the project, when the caller may read it; else raises
     error: Callable                    # (status, message) -> an exception the application answers with

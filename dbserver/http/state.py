@@ -25,7 +25,7 @@ class HTTPState:
 
     @property
     def reader(self):
-        """The read-only connections (:class:`~balsamdb.server.http.reads.ReadOnlyStore`)."""
+        """The read-only connections (:class:`~balsamdb.reads.Reader`, read with its query())."""
         return self.store.reader
 
 
