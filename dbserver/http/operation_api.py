@@ -12,9 +12,9 @@ from balsamdb.operations import bind_params, lookup
 from balsamdb.protocol import MAX_AGE
 
 from balsamdb.server.http.access import may_use, readable_project, require_user, writable_project
+from balsamdb.server.http.errors import HTTPError
 from balsamdb.server.http.replies import base_url, json_body, reply
 from balsamdb.server.http.state import state
-from balsamdb.server.http.errors import HTTPError
 from balsamdb.server.http.urls import API_PATH
 
 # Operations a user who is not an admin may call on the projects they may use: op -> parameter naming it.
@@ -29,9 +29,6 @@ MAX_CLOCK_SKEW = MAX_AGE
 
 
 bp = flask.Blueprint("operation", __name__)
-
-
-# -- balsamdb's operation endpoint: the same API as balsamdb.connect(), over HTTP --------------
 
 
 @bp.get(f"/{API_PATH}/")

@@ -7,23 +7,21 @@ import flask
 from flask import g, request
 
 from balsamdb.server.http import pages, record_pages
-from balsamdb.server.http.access import may_use, may_write_before_body, readable_project, require_user, writable_project
+from balsamdb.server.http.access import (may_use, may_write_before_body, readable_project, require_user,
+                                         writable_project)
+from balsamdb.server.http.errors import HTTPError, challenge
+from balsamdb.server.http.html import (HTML_OUTPUT_CHARS, HTML_RECORD_LIMIT, PROJECT, PROJECTS, RECORD, VERSIONS,
+                                       record_fields, record_files, record_job, url_part)
 from balsamdb.server.http.replies import json_body, project_url, reply, tags_param
 from balsamdb.server.http.state import state
-from balsamdb.server.http.errors import HTTPError, challenge
-from balsamdb.server.http.html import HTML_OUTPUT_CHARS, HTML_RECORD_LIMIT, PROJECT, PROJECTS, RECORD, VERSIONS, record_fields, record_files, record_job, url_part
+from balsamdb.server.http.urls import RESERVED_LABELS, RESERVED_PREFIXES
 
 log = logging.getLogger("balsamdb.server.http")
-
-from balsamdb.server.http.urls import RESERVED_LABELS, RESERVED_PREFIXES
 
 SAVED_AT, SAVED_BY = "Balsamdb-Saved-At", "Balsamdb-Saved-By"  # sent by db relay (see relayed_save)
 
 
 bp = flask.Blueprint("sumatra", __name__)
-
-
-# -- views ----------------------------------------------------------------------------------------
 
 
 @bp.get("/")
@@ -35,8 +33,8 @@ def project_list():
     if g.user is None and len(visible) < len(projects):
         raise challenge("log in to see every project you may use")
     return reply(_project_entries(visible),
-                 html=lambda: ("Projects", PROJECTS, {"projects": visible, "message": None,
-                                                      "record_counts": state().store.record_counts(), "admin": admin}))
+                 html=lambda: ("Projects", PROJECTS, {"projects": visible, "message": None, "admin": admin,
+                                                      "record_counts": state().store.record_counts()}))
 
 
 def _project_entries(projects):
