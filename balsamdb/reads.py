@@ -19,6 +19,7 @@ holds a snapshot that would stop a checkpoint, and every read has a time limit
 import contextlib
 import logging
 import os
+import threading
 import time
 from urllib.parse import quote
 
@@ -63,11 +64,14 @@ def _timed_out(exc):
 
 
 class Reader:
-    """Runs read operations on one read-only database (one connection per thread: peewee keeps
-    connection state per thread).
+    """Runs read operations on read-only connections, one per thread.
 
-    ``bound``: the models are bound to this database for the whole process (the read service);
-    otherwise each read binds them for its duration, under the process-wide lock of direct mode.
+    ``bound``: one database for all threads (peewee keeps a connection per thread), its models
+    bound to it for the whole process (the read service).  Otherwise each thread has a database of
+    its own, opened again after a failed read (a PostgreSQL cluster restarted on another port: the
+    address file is read again), and a read operation binds the models for its duration, under the
+    process-wide lock of direct mode; :meth:`query` binds nothing.  ``lazy``: opened at the first
+    read (a cluster not running then: that read is :class:`StorageError`, 503 over HTTP).
     """
 
     def __init__(self, dbdir, settings, bound=False, postgres_port=None, time_limit=None, lazy=False):
@@ -75,24 +79,47 @@ class Reader:
         self.settings = settings
         self.time_limit = settings.read_time_limit if time_limit is None else time_limit
         self.postgres_port = postgres_port
-        # lazy: opened at the first read (a PostgreSQL cluster not running yet answers that read 503)
-        self.database = None if lazy else self._open()
-        self.pid = os.getpid()
         self.bound = bound
+        self.pid = os.getpid()
+        self._local = threading.local()
+        self.database = None  # the database of a bound reader
         if bound:
             from .models import MODELS
 
+            self.database = self._open()
             self.database.bind(MODELS)
+        elif not lazy:
+            self._local.database, self._local.pid = self._open(), self.pid
 
     def _open(self):
         return open_reader(self.dbdir, self.settings, postgres_port=self.postgres_port, time_limit=self.time_limit)
 
-    def close(self):
-        """Close this thread's connection."""
-        if self.database is not None and not self.database.is_closed():
-            self.database.close()
+    def _database(self):
+        """This thread's database (a new one in a forked child: never the parent's connection)."""
+        if self.bound:
+            if self.pid != os.getpid():
+                self.database, self.pid = self._open(), os.getpid()
+            return self.database
+        database = getattr(self._local, "database", None)
+        if database is None or self._local.pid != os.getpid():
+            try:
+                database = self._open()
+            except ConfigError as exc:
+                # A cluster of the DB directory's own that is not running: 503 (try again), as
+                # reads through the write server answer while it is down.
+                raise StorageError(exc.message or str(exc)) from None
+            self._local.database, self._local.pid = database, os.getpid()
+        return database
 
-    def _binding(self):
+    def close(self):
+        """Close this thread's connection (an unbound reader opens its database again at the next read)."""
+        database = self.database if self.bound else getattr(self._local, "database", None)
+        if database is not None and not database.is_closed():
+            database.close()
+        if not self.bound:
+            self._local.database = None
+
+    def _binding(self, database):
         if self.bound:
             return contextlib.nullcontext()
         from .direct import BIND_LOCK
@@ -100,7 +127,7 @@ class Reader:
 
         stack = contextlib.ExitStack()
         stack.enter_context(BIND_LOCK)
-        stack.enter_context(self.database.bind_ctx(MODELS))
+        stack.enter_context(database.bind_ctx(MODELS))
         return stack
 
     def run(self, op, params):
@@ -141,24 +168,15 @@ class Reader:
             raise StorageError(f"cannot read {self.dbdir.path}: {exc}") from None
 
     def _run(self, function, bind):
-        if self.database is None or self.pid != os.getpid():
-            # Forked: never use the parent's connection; open our own.
-            try:
-                self.database = self._open()
-            except ConfigError as exc:
-                # A cluster of the DB directory's own that is not running: 503 (try again), as
-                # reads through the write server answer while it is down.
-                raise StorageError(exc.message or str(exc)) from None
-            self.pid = os.getpid()
-        database = self.database
+        database = self._database()
         if database.connect(reuse_if_open=True) and not self.bound:
             # A client reading the file itself meets the schema as direct mode does: a newer one is
             # refused with both versions named (the read service's server checked it at its start).
             from .models import check_schema_not_newer
 
-            with self._binding():
+            with self._binding(database):
                 check_schema_not_newer(database, self.dbdir.path)
-        binding = self._binding() if bind else contextlib.nullcontext()
+        binding = self._binding(database) if bind else contextlib.nullcontext()
         with binding, self._time_limit(database):
             with database.atomic():  # one read transaction: the read sees one state of the database
                 return function(database)
