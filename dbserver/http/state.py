@@ -23,11 +23,6 @@ class HTTPState:
     create_window: float  # seconds a PUT {p}/ that changes nothing still answers 201 (see app.py)
     retention: float      # seconds a request's id is kept as applied: older requests are refused (409)
 
-    @property
-    def reader(self):
-        """The read-only connections (:class:`~balsamdb.reads.Reader`, read with its query())."""
-        return self.store.reader
-
 
 def state():
     """The :class:`HTTPState` of the application handling this request."""
