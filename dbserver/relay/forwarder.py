@@ -5,6 +5,7 @@ and :class:`Forwarder`, the thread that sends the spooled saves to it in their o
 import json
 import logging
 import threading
+from urllib.parse import quote
 
 from balsamdb.backoff import delay_after
 from balsamdb.remote import redact, split_url
