@@ -84,6 +84,10 @@ def test_sumatra_api_in_process(store_client):
     missing = store_client.get("/P/none/", headers=ada)
     assert missing.status_code == 404 and missing.get_json()["status"] == 404
     assert store_client.get("/P/run-1/", headers=_auth("ada", "wrong")).status_code == 401
+    # a password beyond ASCII, or not UTF-8 at all, is a wrong password (401), never a 500
+    assert store_client.get("/P/run-1/", headers=_auth("ada", "pässwort")).status_code == 401
+    not_utf8 = {"Authorization": "Basic " + base64.b64encode(b"ada:\xff\xfe").decode()}
+    assert store_client.get("/P/run-1/", headers=not_utf8).status_code == 401
 
 
 def test_operation_endpoint_answers_each_error_with_its_class_status(store_client):
