@@ -90,6 +90,15 @@ def test_sumatra_api_in_process(store_client):
     assert store_client.get("/P/run-1/", headers=not_utf8).status_code == 401
 
 
+def test_a_save_that_waits_in_the_spool_is_answered_202(store_client, monkeypatch):
+    """No server and direct writes off: the store's save is spooled, and the Sumatra client is told
+    so (202 with Retry-After), not told it is stored (broken: a spooled save answered 201)."""
+    monkeypatch.setenv("BALSAMDB_REQUIRE_SERVER", "1")
+    saved = store_client.put("/P/later/", data=json.dumps({"label": "later"}), headers=_auth("ada", "pw"))
+    assert saved.status_code == 202 and "waits in the spool" in saved.get_json()["error"], saved.data
+    assert saved.headers["Retry-After"] == "10"
+
+
 def test_operation_endpoint_answers_each_error_with_its_class_status(store_client):
     ada = _auth("ada", "pw")
 

@@ -690,7 +690,7 @@ MUTANTS = [
       "the client's reads go to SQLite or the read service)"),
     M("spooled-save-answered-201", "with the write server stopped (SIGSTOP), log-ins, permission checks",
       "dbserver/http/auth.py", "        if isinstance(result, SpooledWrite):\n", "        if False:\n",
-      ("tests/test_web_auth.py::test_logins_and_pages_are_answered_while_the_write_server_is_stopped[sqlite3]",),
+      ("tests/test_fast_units.py::test_a_save_that_waits_in_the_spool_is_answered_202",),
       "a save that waits in the spool answered as stored"),
     M("password-cache-ignores-new-hash", "a grant, an admin flag, a new password and a removed user",
       "dbserver/http/auth.py",
