@@ -84,6 +84,12 @@ def test_sumatra_api_in_process(store_client):
     missing = store_client.get("/P/none/", headers=ada)
     assert missing.status_code == 404 and missing.get_json()["status"] == 404
     assert store_client.get("/P/run-1/", headers=_auth("ada", "wrong")).status_code == 401
+    # what a record holds is escaped on the pages (the list and the record)
+    evil = {"label": "<b>x</b>", "reason": "<i>why</i>"}
+    assert store_client.put("/P/%3Cb%3Ex%3C%2Fb%3E/", data=json.dumps(evil), headers=ada).status_code == 201
+    for url in ("/P/?format=html", "/P/%3Cb%3Ex%3C%2Fb%3E/?format=html"):
+        shown = store_client.get(url, headers=ada).get_data(as_text=True)
+        assert "&lt;b&gt;x&lt;/b&gt;" in shown and "<b>x" not in shown and "<i>why" not in shown, url
     # a password beyond ASCII, or not UTF-8 at all, is a wrong password (401), never a 500
     assert store_client.get("/P/run-1/", headers=_auth("ada", "pässwort")).status_code == 401
     not_utf8 = {"Authorization": "Basic " + base64.b64encode(b"ada:\xff\xfe").decode()}
@@ -227,6 +233,7 @@ def test_two_versions_of_a_record_compare_side_by_side(store_client):
     assert page.status_code == 200 and b"Compare 2 versions" in page.data
     row = page.data.split(b'data-name="n"', 1)[1].split(b"</tr>", 1)[0]
     assert b"&ne;" in row and b"3" in row, row
+    assert b'<tr class="differs" data-name="n">' in page.data and b'<tr data-name="alpha">' in page.data
     assert store_client.get("/P/run-1/?versions&compare=1,x", headers=ada).status_code == 400
     assert store_client.get("/P/run-1/?versions&compare=1,9", headers=ada).status_code == 404
     assert store_client.get("/P/run-1/?versions&compare=1", headers=ada).status_code == 400
