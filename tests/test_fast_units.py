@@ -90,6 +90,12 @@ def test_sumatra_api_in_process(store_client):
     for url in ("/P/?format=html", "/P/%3Cb%3Ex%3C%2Fb%3E/?format=html"):
         shown = store_client.get(url, headers=ada).get_data(as_text=True)
         assert "&lt;b&gt;x&lt;/b&gt;" in shown and "<b>x" not in shown and "<i>why" not in shown, url
+    # smt's listing stays whole and unpaged; ?sort= sorts, -COLUMN descending
+    plain = store_client.get("/P/", headers=ada).get_json()
+    assert len(plain["records"]) == 2 and "count" not in plain and "page" not in plain, plain
+    for sort, first in (("label", "/P/%3Cb%3Ex%3C/b%3E/"), ("-label", "/P/run-1/")):
+        found = store_client.get(f"/P/?sort={sort}", headers=ada).get_json()["records"]
+        assert found[0].endswith(first), (sort, found)
     # a password beyond ASCII, or not UTF-8 at all, is a wrong password (401), never a 500
     assert store_client.get("/P/run-1/", headers=_auth("ada", "pässwort")).status_code == 401
     not_utf8 = {"Authorization": "Basic " + base64.b64encode(b"ada:\xff\xfe").decode()}
