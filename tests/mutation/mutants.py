@@ -231,6 +231,12 @@ MUTANTS = [
       "    updated = Job.update(owner=owner, lease_expires=when + lease + 3600, renewed_at=when) \\\n",
       ("tests/test_jobs_flow.py::test_lost_runs_found_within_a_lease[sqlite3]",),
       "a lease expiry that is not the server's now + lease (as from a client's clock an hour ahead)", slow=True),
+    M("lost-runs-scan", "every everyday read uses an index, not a scan", "balsamdb/operations/leases.py",
+      "            .where(Job.lease_expires < when).order_by(Job.lease_expires).limit(limit))",
+      "            .where(Job.lease_expires - when < 0).order_by(Job.lease_expires).limit(limit))",
+      ("tests/test_scale_schema.py::test_every_everyday_read_uses_an_index[sqlite3]",),
+      "the lost-runs look as arithmetic on the indexed column: a scan of every job each second"),
+
     M("claim-lock-not-applied", "never claimed twice across two write servers on one PostgreSQL database",
       "balsamdb/operations/leases.py",
       '    if _postgres(Job._meta.database):\n        query = query.for_update("FOR UPDATE SKIP LOCKED")',
@@ -248,12 +254,6 @@ MUTANTS = [
       "    if state in _states.FINAL:\n        if holder is None:\n",
       ("tests/test_jobs_flow.py::test_launcher_page_example_runs_as_written[sqlite3]",),
       "a job that reaches a final state keeps its owner's claim (the test inverted)"),
-    M("lost-runs-scan", "every everyday read uses an index, not a scan", "balsamdb/operations/leases.py",
-      "            .where(Job.lease_expires < when).order_by(Job.lease_expires).limit(limit))",
-      "            .where(Job.lease_expires - when < 0).order_by(Job.lease_expires).limit(limit))",
-      ("tests/test_scale_schema.py::test_every_everyday_read_uses_an_index[sqlite3]",),
-      "the lost-runs look as arithmetic on the indexed column: a scan of every job each second"),
-
     # -- Provenance from inside the run (issue 27) -----------------------------------------------------
     M("restarted-run-label-collides", "`db run --record` records each run of a restarted job as `_r1`, `_r2`",
       "balsamdb/provenance/capture.py",
