@@ -254,6 +254,7 @@ MUTANTS = [
       "    if state in _states.FINAL:\n        if holder is None:\n",
       ("tests/test_jobs_flow.py::test_launcher_page_example_runs_as_written[sqlite3]",),
       "a job that reaches a final state keeps its owner's claim (the test inverted)"),
+
     # -- Provenance from inside the run (issue 27) -----------------------------------------------------
     M("restarted-run-label-collides", "`db run --record` records each run of a restarted job as `_r1`, `_r2`",
       "balsamdb/provenance/capture.py",
