@@ -96,6 +96,12 @@ def test_sumatra_api_in_process(store_client):
     for sort, first in (("label", "/P/%3Cb%3Ex%3C/b%3E/"), ("-label", "/P/run-1/")):
         found = store_client.get(f"/P/?sort={sort}", headers=ada).get_json()["records"]
         assert found[0].endswith(first), (sort, found)
+    # long program output is folded with its size, not cut
+    output = "".join(f"step {i}\n" for i in range(100))
+    assert store_client.put("/P/long/", data=json.dumps({"label": "long", "stdout_stderr": output}),
+                            headers=ada).status_code == 201
+    page = store_client.get("/P/long/?format=html", headers=ada).get_data(as_text=True)
+    assert f"<summary>101 lines, {len(output)} characters (show)</summary>" in page and "step 99" in page
     # a password beyond ASCII, or not UTF-8 at all, is a wrong password (401), never a 500
     assert store_client.get("/P/run-1/", headers=_auth("ada", "pässwort")).status_code == 401
     not_utf8 = {"Authorization": "Basic " + base64.b64encode(b"ada:\xff\xfe").decode()}
