@@ -117,6 +117,21 @@ def test_a_save_that_waits_in_the_spool_is_answered_202(store_client, monkeypatc
     assert saved.headers["Retry-After"] == "10"
 
 
+def test_pages_under_a_prefix_link_their_own_files_in_process(dbdir):
+    from balsamdb.server.http import create_app
+
+    with balsamdb.connect(dbdir) as db:
+        db.users.save("ada", password_hash=hash_password("pw"))
+        db.users.grant("ada", "P")
+    from werkzeug.test import Client
+
+    client = Client(create_app(dbdir, prefix="/lab/"))  # behind the prefix's dispatcher, as `db serve --prefix`
+    page = client.get("/lab/P/?format=html", headers=_auth("ada", "pw"))
+    assert page.status_code == 200, page.data[-500:]
+    assert b'src="http://localhost/lab/_balsamdb/static/balsamdb.js"' in page.data, page.data[:1500]
+    assert b"startRefresh" in client.get("/lab/_balsamdb/static/balsamdb.js").data
+
+
 def test_operation_endpoint_answers_each_error_with_its_class_status(store_client):
     ada = _auth("ada", "pw")
 

@@ -298,8 +298,8 @@ MUTANTS = [
       "the DB directory under the working directory not skipped: its files listed as the run's outputs"),
     M("job-show-misses-its-records", "docs/provenance.md's walk-through runs as written",
       "cli/job.py", '    records = data.get("records") or []\n', '    records = data.get("record") or []\n',
-      ("tests/test_provenance_docs.py::test_the_provenance_walkthrough_runs_as_written",),
-      "`db job show` reading its records under another key: the walk-through's job shows none", slow=True),
+      ("tests/test_provenance.py::test_db_run_record_links_the_job_and_its_restart",),
+      "`db job show` reading its records under another key: the walk-through's job shows none"),
 
     # -- Over HTTP ------------------------------------------------------------------------------------
     M("http-id-not-scoped-stable", "a retry of one request id is applied once; another user's",
@@ -714,7 +714,7 @@ MUTANTS = [
     M("static-urls-without-prefix", "under `--prefix`, the pages link their own script and style",
       "dbserver/http/pages.py", 'static=flask.request.url_root + STATIC_PATH + "/",',
       'static="/" + STATIC_PATH + "/",',
-      ("tests/test_web_pages.py::test_pages_under_a_prefix_link_their_own_files",),
+      ("tests/test_fast_units.py::test_pages_under_a_prefix_link_their_own_files_in_process",),
       "static URLs without the prefix"),
     M("reader-not-opened-again", "the pages' read-only connection survives a restart",
       "dbserver/http/reads.py", "return self._in_transaction(self._database(fresh=True), function)",
