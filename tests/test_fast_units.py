@@ -90,6 +90,11 @@ def test_sumatra_api_in_process(store_client):
     for url in ("/P/?format=html", "/P/%3Cb%3Ex%3C%2Fb%3E/?format=html"):
         shown = store_client.get(url, headers=ada).get_data(as_text=True)
         assert "&lt;b&gt;x&lt;/b&gt;" in shown and "<b>x" not in shown and "<i>why" not in shown, url
+    # without JavaScript the list's compare button works: the page does not disable it for a script to enable
+    listing_page = store_client.get("/P/?format=html", headers=ada).get_data(as_text=True)
+    button = listing_page.split('class="compare"', 1)[0].rsplit("<button", 1)[1] + listing_page.split(
+        'class="compare"', 1)[1].split(">", 1)[0]
+    assert "disabled" not in button, button
     # smt's listing stays whole and unpaged; ?sort= sorts, -COLUMN descending
     plain = store_client.get("/P/", headers=ada).get_json()
     assert len(plain["records"]) == 2 and "count" not in plain and "page" not in plain, plain

@@ -704,7 +704,7 @@ MUTANTS = [
     M("compare-button-needs-script", "the pages read and work with JavaScript off",
       "dbserver/http/templates/records.html", '<button type="submit" class="compare" title=',
       '<button type="submit" class="compare" disabled title=',
-      ("tests/test_web_pages.py::test_the_pages_work_without_javascript",),
+      ("tests/test_fast_units.py::test_sumatra_api_in_process",),
       "a compare button disabled until a script enables it"),
     M("long-output-never-folded", "long program output is folded with its size",
       "dbserver/http/templates/store_record.html", "{% if lines > 40 or output|length > 4000 %}",
