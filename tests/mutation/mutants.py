@@ -556,8 +556,8 @@ MUTANTS = [
       "a request's age taken from its last byte, not its first: a trickled header is never too slow"),
     M("non-member-gets-403-on-read", "a logged-in non-member reading a private project gets the same 404",
       "dbserver/http/app.py",
-      '            raise HTTPError(404, f"no project {name!r} that user',
-      '            raise HTTPError(404 if project is None else 403, f"no project {name!r} that user',
+      'raise HTTPError(404, f"no project {name!r} that user',
+      'raise HTTPError(404 if project is None else 403, f"no project {name!r} that user',
       ("tests/test_permissions_table.py::test_sumatra_routes[GET {p}/-private-non-member]",),
       "a read of another's private project answered 403: it tells that the project exists"),
     M("basic-auth-non-utf8-500", "a password beyond ASCII (or not UTF-8) in HTTP Basic is a 401",
@@ -566,7 +566,7 @@ MUTANTS = [
       ("tests/test_fast_units.py::test_sumatra_api_in_process",),
       "the except narrowed to base64 errors: a password not UTF-8 is a 500"),
     M("relay-skips-store-checks", "`db relay` answers 400 (JSON), and spools nothing, for a save the store",
-      "dbserver/relay/app.py", "            check_record_save(project, document)\n", "",
+      "dbserver/relay/app.py", "check_record_save(project, document)", "None",
       ("tests/test_web_hardening.py::test_the_relay_refuses_what_the_store_would_refuse",),
       "the relay accepting (201, spooled) a save the store will refuse"),
     M("pg-logs-failed-statements", "the PostgreSQL cluster balsamdb makes logs an error without the failed",
@@ -682,8 +682,8 @@ MUTANTS = [
       ("tests/test_web_pages.py::test_the_column_chooser_remembers_its_choice",),
       "the choice not stored"),
     M("jobs-page-asks-the-write-server", "`db serve` checks log-ins and permissions on its read-only connection",
-      "dbserver/http/job_pages.py", '        data["filters"] = form\n',
-      '        data["filters"] = form\n        data["lost_runs"] = __import__("balsamdb").connect(web.reader.dbdir.path)'
+      "dbserver/http/job_pages.py", 'data["filters"] = form\n',
+      'data["filters"] = form; data["lost_runs"] = __import__("balsamdb").connect(web.reader.dbdir.path)'
       '.call("status")["lost_runs"]\n',
       ("tests/test_web_auth.py::test_logins_and_permission_checks_never_ask_the_write_server[sqlite3]",),
       "the jobs page's count of lost runs taken from the write server's status, as `db dbserver --status` "
