@@ -613,8 +613,8 @@ MUTANTS = [
       ("tests/test_guarantee_gaps.py::test_no_direct_read_or_write_on_a_network_file_system",),
       "reads going direct on a network file system (issue 25's survivor)"),
     M("writes-direct-on-fuse", "through a FUSE mount (bindfs) with no server, a write is spooled",
-      "balsamdb/api.py", "                        and self._direct_allowed():\n",
-      "                        and True:\n",
+      "balsamdb/api.py", "and not self._spool_waits(write) and self._direct_allowed():\n",
+      "and not self._spool_waits(write) and True:\n",
       ("tests/test_filesystems.py::test_a_client_on_a_fuse_mount_spools_instead_of_writing_sqlite",),
       "writes going direct to SQLite whatever file system holds it (statfs not asked)"),
 
