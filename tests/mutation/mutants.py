@@ -555,7 +555,7 @@ MUTANTS = [
       ("tests/test_web_hardening.py::test_slow_requests_from_many_addresses_and_chunked_bodies_are_bounded[sqlite3]",),
       "a request's age taken from its last byte, not its first: a trickled header is never too slow"),
     M("non-member-gets-403-on-read", "a logged-in non-member reading a private project gets the same 404",
-      "dbserver/http/app.py",
+      "dbserver/http/access.py",
       'raise HTTPError(404, f"no project {name!r} that user',
       'raise HTTPError(404 if project is None else 403, f"no project {name!r} that user',
       ("tests/test_permissions_table.py::test_sumatra_routes[GET {p}/-private-non-member]",),
@@ -717,10 +717,10 @@ MUTANTS = [
       ("tests/test_fast_units.py::test_pages_under_a_prefix_link_their_own_files_in_process",),
       "static URLs without the prefix"),
     M("reader-not-opened-again", "the pages' read-only connection survives a restart",
-      "dbserver/http/reads.py", "return self._in_transaction(self._database(fresh=True), function)",
-      "return self._in_transaction(self._database(), function)",
+      "balsamdb/reads.py", "                self.close()\n                return self._run(function, bind)\n",
+      "                return self._run(function, bind)\n",
       ("tests/test_web_pages.py::test_pages_read_on_after_their_postgres_cluster_restarts",),
-      "the second attempt on the broken connection, not a fresh one", slow=True),
+      "the second attempt on the broken connection, not closed and opened again", slow=True),
 
     # -- The code keeps its shape ---------------------------------------------------------------------
     M("export-partial-left", "an export file is complete or absent", "balsamdb/private_files.py",
