@@ -59,6 +59,7 @@ class Flusher:
         self.failed = None             # the OSError of a failed flush: nothing more may be answered
         self._closing = False
         self._thread = None
+        self.thread_id = None          # the flusher thread's native id (strace -f names it)
         self.wake_fd, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # -- the loop's side ----------------------------------------------------
@@ -125,11 +126,13 @@ class Flusher:
         with self._cond:
             return {"flusher": True, "commits": self.commits, "flushed_commits": self.flushed,
                     "flushes": self.flushes, "flush_seconds": self.flush_seconds, "wal_opens": self.reopens,
+                    "flusher_thread": self.thread_id,
                     "mean_flush_ms": 1000 * self.flush_seconds / self.flushes if self.flushes else 0.0,
                     "commits_per_flush": self.flushed / self.flushes if self.flushes else 0.0}
 
     # -- the thread ---------------------------------------------------------
     def _run(self):
+        self.thread_id = threading.get_native_id()
         while True:
             with self._cond:
                 while self.commits == self.flushed and not self._closing:
