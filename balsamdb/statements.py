@@ -196,13 +196,18 @@ def _row_params(fields):
     if not encoded:
         return lambda rows: [get(row) for row in rows]
 
+    dumps = jsonio.dumps
+
     def row_params(rows):
         out = []
         for row in rows:
             values = list(get(row))
             for i in encoded:
                 value = values[i]
-                values[i] = None if value is None else jsonio.dumps(value)
+                # An empty object or list (most of a job's environ, parents, tags, data): json's
+                # text without calling it.
+                values[i] = None if value is None else ("{}" if value == {} and type(value) is dict else
+                                                        "[]" if value == [] and type(value) is list else dumps(value))
             out.append(values)
         return out
 
