@@ -15,6 +15,10 @@ flush and mean flush time, the server's peak memory, the ratio to the null serve
 back: every answered create must be there once.
 
     db bench --capacity [--inflight 16,256,1024] [--seconds 5] [--repeat 3] [--targets sqlite,postgres,null]
+                        [--prefill N]
+
+``--prefill N``: each database first holds N jobs (workflow ``prefill``, made through the server with
+``bulk_create``, not timed), to measure the capacity on a grown database.
     python -m balsamdb.bench.capacity --help
 """
 
@@ -131,8 +135,23 @@ def _server_counters(path):
             "flush_s": stats.get("flush_seconds", 0.0)}
 
 
-def run_one(target, inflight, seconds, workdir):
-    """One measurement: a fresh DB directory and server for ``target``, one generator process."""
+PREFILL_CHUNK = 5000
+
+
+def prefill(path, jobs):
+    """Put ``jobs`` jobs into the DB directory ``path`` through its running server."""
+    import balsamdb
+
+    with balsamdb.connect(path, require_server=True) as db:
+        for start in range(0, jobs, PREFILL_CHUNK):
+            count = min(PREFILL_CHUNK, jobs - start)
+            db.jobs.bulk_create([{"name": f"pre-{start + i}", "workflow": "prefill", "application": "python sim.py",
+                                  "args": f"--n {start + i}"} for i in range(count)], make_workdir=False)
+
+
+def run_one(target, inflight, seconds, workdir, prefill_jobs=0):
+    """One measurement: a fresh DB directory and server for ``target`` (holding ``prefill_jobs``
+    jobs first), one generator process."""
     from balsamdb.dbdir import DBDirectory
     from balsamdb.server.supervisor import control
     from balsamdb.server.dbinit import init_db_directory
@@ -150,6 +169,11 @@ def run_one(target, inflight, seconds, workdir):
             server_pid = ceiling.pid
         else:
             control.start(dbdir)
+            if prefill_jobs:
+                started = time.monotonic()
+                prefill(path, prefill_jobs)
+                print(f"  {target}: {prefill_jobs:,} jobs put in first, in {time.monotonic() - started:.0f} s",
+                      file=sys.stderr, flush=True)
             server_pid = (dbdir.read_address().get("server") or {}).get("pid")
         info = dbdir.read_address()
         before = None if target == "null" else _server_counters(path)
@@ -178,6 +202,7 @@ def run_one(target, inflight, seconds, workdir):
 
             with balsamdb.connect(path) as db:
                 stored = db.jobs.count(workflow="capacity")
+                result["prefilled"] = db.jobs.count(workflow="prefill")
             result["stored"] = stored
             result["lost"] = max(0, counts["ok"] - stored)
             result["extra"] = max(0, stored - counts["ok"])  # unanswered at the end may still have landed
@@ -198,7 +223,7 @@ def _median(rows, key):
     return statistics.median(values) if values else None
 
 
-def run(inflights, seconds, repeat, targets, json_out=None, workdir=None):
+def run(inflights, seconds, repeat, targets, json_out=None, workdir=None, prefill_jobs=0):
     own_tmp = None
     if workdir is None:
         own_tmp = tempfile.TemporaryDirectory(prefix="balsamdb-capacity-")
@@ -209,7 +234,7 @@ def run(inflights, seconds, repeat, targets, json_out=None, workdir=None):
         for round_ in range(repeat):
             for inflight in inflights:
                 for target in targets:  # interleaved: a drift of the machine touches every target alike
-                    row = run_one(target, inflight, seconds, workdir)
+                    row = run_one(target, inflight, seconds, workdir, prefill_jobs)
                     row["round"] = round_
                     results.append(row)
                     print(f"  round {round_ + 1}/{repeat}  C={inflight:<5} {target:<8} "
@@ -238,7 +263,8 @@ def run(inflights, seconds, repeat, targets, json_out=None, workdir=None):
     if json_out:
         with private_replacement(json_out) as out:  # never through a file or symlink someone else made
             out.write(json.dumps({"summary": summary, "runs": results, "seconds": seconds,
-                                  "repeat": repeat, "cpus": os.cpu_count()}, indent=1).encode())
+                                  "repeat": repeat, "cpus": os.cpu_count(), "prefill": prefill_jobs},
+                                 indent=1).encode())
     return summary
 
 
@@ -282,7 +308,10 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--json", dest="json_out")
+    parser.add_argument("--prefill", type=int, default=0, help="jobs each database holds before the measurement")
     args = parser.parse_args(argv)
+    if args.prefill < 0:
+        parser.error("--prefill takes a number of jobs, 0 or more")
     try:
         inflights = positive_ints(args.inflight)
     except ValueError as exc:
@@ -290,7 +319,7 @@ def main(argv=None):
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if not targets or any(t not in TARGETS for t in targets):
         parser.error(f"--targets takes some of {','.join(TARGETS)}")
-    summary = run(inflights, args.seconds, args.repeat, targets, args.json_out)
+    summary = run(inflights, args.seconds, args.repeat, targets, args.json_out, prefill_jobs=args.prefill)
     print(format_table(summary))
 
 
