@@ -8,6 +8,8 @@ process keeps C pre-signed ``job_create`` requests in flight over DEALER sockets
 - ``postgres``: ``db dbserver`` on a fresh PostgreSQL DB directory (needs initdb and pg_ctl),
 - ``null``: the messaging ceiling (:mod:`balsamdb.bench.ceiling`), a ROUTER that checks each
   request like the write server (signature, JSON, time stamp) and answers a job-shaped result at once,
+- ``sqlite-serial``, ``postgres-serial``: the same servers with the batch thread off
+  (``BALSAMDB_BATCH_THREAD=0``: the loop applies and commits each batch itself),
 
 interleaved in one run, medians of ``--repeat`` rounds.  It reports writes/s, the server's CPU per write,
 the mean batch and commit time (from the server's own counters), on SQLite the WAL flusher's commits per
@@ -37,7 +39,10 @@ from pathlib import Path
 from balsamdb.bench.writers import cpu_seconds, peak_rss_mb
 from balsamdb.private_files import private_replacement
 
-TARGETS = ("sqlite", "postgres", "null")
+TARGETS = ("sqlite", "postgres", "null", "sqlite-serial", "postgres-serial")
+#: The ``-serial`` targets: the same server with its batch thread off (``BALSAMDB_BATCH_THREAD=0``:
+#: the loop applies and commits each batch itself), to compare in one run.
+SERIAL = "-serial"
 PRESIGN_MAX = 250_000        # requests signed before the clock starts (the rest are signed on the fly)
 DRAIN_DEADLINE = 60.0        # s to wait for the answers still in flight when the window closes
 START_DEADLINE = 120.0       # s for a server to answer after it starts
@@ -157,7 +162,7 @@ def run_one(target, inflight, seconds, workdir, prefill_jobs=0):
     from balsamdb.server.dbinit import init_db_directory
 
     path = Path(workdir) / f"{target}-{inflight}-{uuid.uuid4().hex[:6]}"
-    init_db_directory(path, "postgres" if target == "postgres" else "sqlite3")
+    init_db_directory(path, "postgres" if target.startswith("postgres") else "sqlite3")
     dbdir = DBDirectory(path)
     ceiling = None
     try:
@@ -168,7 +173,15 @@ def run_one(target, inflight, seconds, workdir, prefill_jobs=0):
                 raise RuntimeError("the null server did not start")
             server_pid = ceiling.pid
         else:
-            control.start(dbdir)
+            serial = os.environ.get("BALSAMDB_BATCH_THREAD")
+            os.environ["BALSAMDB_BATCH_THREAD"] = "0" if target.endswith(SERIAL) else (serial or "1")
+            try:
+                control.start(dbdir)  # the watchdog and its server take the environment
+            finally:
+                if serial is None:
+                    del os.environ["BALSAMDB_BATCH_THREAD"]
+                else:
+                    os.environ["BALSAMDB_BATCH_THREAD"] = serial
             if prefill_jobs:
                 started = time.monotonic()
                 prefill(path, prefill_jobs)
@@ -269,13 +282,13 @@ def run(inflights, seconds, repeat, targets, json_out=None, workdir=None, prefil
 
 
 def format_table(summary):
-    head = f"{'server':<9} {'C':>5} {'writes/s':>10} {'vs null':>8} {'us/write':>9} {'batch':>7} " \
+    head = f"{'server':<15} {'C':>5} {'writes/s':>10} {'vs null':>8} {'us/write':>9} {'batch':>7} " \
            f"{'commit ms':>10} {'c/flush':>8} {'flush ms':>9} {'peak MB':>8} {'lost':>5} {'errors':>6}"
     lines = [head, "-" * len(head)]
     for r in summary:
         def num(value, fmt):
             return format(value, fmt) if value is not None else "-"
-        lines.append(f"{r['target']:<9} {r['inflight']:>5} {num(r['writes_per_s'], ',.0f'):>10} "
+        lines.append(f"{r['target']:<15} {r['inflight']:>5} {num(r['writes_per_s'], ',.0f'):>10} "
                      f"{num(r['vs_null'], '.2f'):>8} {num(r['server_cpu_us_per_write'], '.1f'):>9} "
                      f"{num(r['mean_batch'], '.1f'):>7} {num(r['mean_commit_ms'], '.2f'):>10} "
                      f"{num(r.get('commits_per_flush'), '.2f'):>8} {num(r.get('mean_flush_ms'), '.2f'):>9} "
