@@ -1,11 +1,14 @@
 """The write server's database side: the one connection, the group commit of a batch of
 requests, what a failed commit means, reconnecting, and forgetting old request ids.
 
-The commit runs in the server's one thread (no database thread: the pipelined variant, which
-moved the COMMIT and with it the connection, was measured slower, see docs/benchmarks.md).
-Under the default ``sqlite_synchronous`` FULL the connection commits with NORMAL and only the
-WAL's fdatasync leaves the loop: each COMMIT that returned is reported to the
-:class:`~balsamdb.server.writer.flusher.Flusher`, whose flush its answers wait for."""
+Each batch of live requests is applied and committed by the batch thread
+(:mod:`.batch_thread`, :meth:`Committer.commit_later`) while the loop receives, checks and
+answers; the connection is not moved (the pipelined variant of issue 13 moved the COMMIT and with
+it the connection, and was measured slower, see docs/benchmarks.md): one thread at a time uses it,
+and every other use (:meth:`Committer.commit` of the spool drain, pruning, lost runs) first
+settles the running batch.  Under the default ``sqlite_synchronous`` FULL the connection commits
+with NORMAL and only the WAL's fdatasync leaves the committing thread: each COMMIT that returned is
+reported to the :class:`~balsamdb.server.writer.flusher.Flusher`, whose flush its answers wait for."""
 
 import contextlib
 import logging

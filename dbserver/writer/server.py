@@ -24,8 +24,10 @@ Each message becomes one :class:`balsamdb.request.Request` here (:meth:`WriteSer
 which the rest fills in and answers: :mod:`.committer` (the database: group commit, failures,
 reconnecting, pruning old ids), :mod:`.spool_order` (spooled writes before live ones),
 :mod:`.ops` (ping, status, spool_drain), :mod:`.stats`, :mod:`.setup`
-(socket bounds, same-host socket, priority).  One thread does it all, the COMMIT included, but
-the WAL's fdatasync (in the flusher thread: ``strace -f -p PID`` sees it).
+(socket bounds, same-host socket, priority).  The loop's thread receives, checks and answers;
+the batch thread (:mod:`.batch_thread`) applies and commits one batch at a time meanwhile, on the
+one connection, which it hands back with the batch; the WAL's fdatasync runs in the flusher thread
+(``strace -f -p PID`` sees the three).
 
 Run by the watchdog as ``python -m balsamdb.server.writer.server --path P ...``; it
 prints one JSON line ``{"port": N, "pid": N, "local_address": ..., "max_request_bytes": N}``
