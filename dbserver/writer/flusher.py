@@ -3,8 +3,9 @@
 Under the default ``sqlite_synchronous`` FULL, the write server's one SQLite connection commits
 with ``synchronous=NORMAL`` (in WAL mode the COMMIT then only ``write()``s its frames to the
 ``-wal`` file), and the :class:`Flusher` thread makes them durable: it ``fdatasync``s the live
-``-wal`` file, opened by path (Python's sqlite3 gives no file descriptor).  The loop numbers each
-COMMIT (:meth:`Flusher.committed`, after the COMMIT returned) and holds the batch's answers and
+``-wal`` file, opened by path (Python's sqlite3 gives no file descriptor).  The committing thread
+(the batch thread, or the loop) numbers each COMMIT (:meth:`Flusher.committed`, after the COMMIT
+returned) and the loop holds the batch's answers and
 its spool-file effects until :attr:`Flusher.flushed` reaches that number: a flush covers every
 COMMIT numbered before it *began*, so one flush serves every batch committed meanwhile, while
 the loop already receives, checks and applies the next one.  The thread wakes the loop through
