@@ -233,3 +233,32 @@ def make_db_directory(backend, path, pg_url=None):
     else:
         DBDirectory(path).init("postgres", url=fresh_database_url(pg_url))
     return path
+
+
+# -- results of `db` commands (the ``run_db`` fixture's CompletedProcess) ----------------------------
+
+def ok(result):
+    """stdout of a call that must succeed."""
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stdout
+
+
+def refused(result, *phrases, code=None, absent=()):
+    """stderr of a call that must fail with one clean error (exit ``code`` when given) saying each of
+    ``phrases`` and none of ``absent``."""
+    assert result.returncode != 0, f"expected a failure, got exit 0 and:\n{result.stdout}"
+    if code is not None:
+        assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("Error:"), result.stderr
+    for phrase in phrases:
+        assert phrase in result.stderr, f"{phrase!r} not in stderr:\n{result.stderr}"
+    for phrase in absent:
+        assert phrase not in result.stderr, f"{phrase!r} in stderr:\n{result.stderr}"
+    return result.stderr
+
+
+def add_job(run_db, path, *args):
+    """Create a job with the CLI (`db job add ARGS --json`); returns its dict."""
+    return json.loads(ok(run_db("job", "add", *args, "--path", path, "--json")))

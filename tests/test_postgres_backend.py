@@ -2,51 +2,16 @@
 
 import json
 import os
-import shutil
 import signal
-import tempfile
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 
 import balsamdb
 
-from helpers import Writers, address, db_cli, job_ids_in_db, kill_everything, wait_for
-
-
-def postgres_processes(under):
-    under = os.path.realpath(under)
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status", "name"]):
-        if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.info["name"] not in ("postgres", "postmaster"):
-            continue
-        try:
-            cwd = proc.cwd()
-        except psutil.Error:
-            cwd = ""
-        if cwd.startswith(under) or any(under in part for part in proc.info["cmdline"] or []):
-            found.append(proc)
-    return found
-
-
-@pytest.fixture
-def pg_dbdir(pg_cluster):  # pg_cluster: skips (or fails on CI) without PostgreSQL binaries
-    """A path for a postgres DB directory that the PostgreSQL user can reach; all stopped afterwards."""
-    base = Path(tempfile.mkdtemp(prefix="bdb-own-pg-", dir="/tmp"))
-    os.chmod(base, 0o711)
-    path = base / "db"
-    try:
-        yield path
-    finally:
-        db_cli("dbserver", "--stop", "--path", path)
-        kill_everything(path)
-        leftovers = postgres_processes(base)
-        for proc in leftovers:
-            proc.kill()
-        psutil.wait_procs(leftovers, timeout=10)
-        shutil.rmtree(base, ignore_errors=True)
+from fixtures import pg_dbdir, postgres_processes  # noqa: F401  (pg_dbdir: a fixture)
+from helpers import Writers, address, db_cli, job_ids_in_db, wait_for
 
 
 def test_own_cluster_life_cycle_and_postgres_killed_under_load(pg_dbdir, tmp_path):

@@ -15,20 +15,12 @@ from balsamdb import transfer
 from balsamdb.dbdir import DBDirectory
 from balsamdb.passwords import hash_password
 from helpers import Writers, db_cli, fresh_database_url, kill_everything, wait_for
+from records import UNICODE, numbered_record as _record
 from served import Served
-from test_sumatra_export import smt  # noqa: F401  (the fixture: a real Sumatra project)
+from fixtures import smt_project as smt  # noqa: F401  (the fixture: a real Sumatra project)
 
 ADMIN, ADMIN_PW = "lab", "lab admin pw"
 COPY_TIMEOUT = 300
-UNICODE = "Ünïcødé ✓ 数据"
-
-
-def _record(i, project):
-    return {"label": f"run-{i:05d}", "timestamp": f"2025-01-{1 + i % 28:02d} 12:{i % 60:02d}:00+0000",
-            "reason": f"sweep {i} {UNICODE if i % 7 == 0 else ''}", "duration": i / 10, "outcome": None,
-            "parameters": {"content": f"n = {i}", "type": "SimpleParameterSet"}, "main_file": "main.py",
-            "tags": sorted({f"t{i % 5}", "paper"} if i % 3 == 0 else {f"t{i % 5}"}), "project": project,
-            "output_data": [{"path": f"out-{i}.txt", "digest": f"{i:040x}"}]}
 
 
 def seed(db, records, jobs):
