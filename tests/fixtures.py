@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import db_cli, kill_everything, require_smt
+from helpers import kill_everything, require_smt, start_server, stop_server
 from served import PASSWORDS, Served
 
 
@@ -49,9 +49,8 @@ def relay_store(tmp_path, request):
     DBDirectory(path).init()
     request.addfinalizer(lambda: kill_everything(path))
     _add_users(path)
-    started = db_cli("dbserver", "--path", path)
-    request.addfinalizer(lambda: db_cli("dbserver", "--stop", "--path", path))
-    assert started.returncode == 0, started.stderr
+    request.addfinalizer(lambda: stop_server(path))
+    start_server(path)
     servers = [Served(path, tmp_path)]
     request.addfinalizer(lambda: [s.stop() for s in servers if s.proc.poll() is None])
 
@@ -125,8 +124,7 @@ def pg_dbdir(pg_cluster):  # pg_cluster: skips (or fails on CI) without PostgreS
     try:
         yield path
     finally:
-        db_cli("dbserver", "--stop", "--path", path)
-        kill_everything(path)
+        stop_server(path)
         leftovers = postgres_processes(base)
         for proc in leftovers:
             proc.kill()

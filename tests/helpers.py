@@ -37,6 +37,35 @@ def db_cli(*args, timeout=60, env=None, check=False):
     return proc
 
 
+def start_server(path, timeout=60):
+    """Start the write server of DB directory ``path`` (its watchdog and server, as `db dbserver --path`
+    does) from this process: what `db dbserver` runs, without starting a Python for the CLI (1 to
+    5 s a fixture under load).  For fixtures: a test of `db dbserver` itself runs the command."""
+    from balsamdb.dbdir import DBDirectory
+    from balsamdb.server.supervisor import control
+
+    try:
+        return control.start(DBDirectory(path), deadline=timeout).address
+    except BaseException:
+        kill_everything(path)  # a start that failed or ran out of time may have left its watchdog
+        raise
+
+
+def stop_server(path, timeout=30):
+    """Finalizer: stop the server of ``path`` as `db dbserver --stop` does, from this process; whatever
+    is left of it (a stop that failed, a server of a test that broke it on purpose) is then killed."""
+    from balsamdb.dbdir import DBDirectory
+    from balsamdb.server.supervisor import control
+
+    try:
+        if Path(path).exists():
+            control.stop(DBDirectory(path), deadline=timeout)
+    except Exception as exc:  # noqa: BLE001  (a finalizer: what is left is killed below)
+        sys.stderr.write(f"stop_server({path}): {exc}\n")
+    finally:
+        kill_everything(path)
+
+
 def wait_for(predicate, timeout, what, interval=0.01):
     """Call ``predicate`` until it returns something true; fail after ``timeout`` s."""
     end = time.monotonic() + timeout

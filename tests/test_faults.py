@@ -556,6 +556,8 @@ def test_full_disk_refuses_writes_cleanly_and_recovers(tmpfs, tmp_path):
     _assert_exactly_once(rows)
     assert created == [], f"jobs without exactly one CREATED history row: {created[:3]}"
     assert integrity == [("ok",)], integrity
+    # The writer processes' creates, also those that met the full disk (an error: applied or not, never twice).
+    check_writers(path, phase_a, phase_b, phase_c)
     # Whether the small writes of phase B still fit in pages SQLite had already allocated depends
     # on the run; each writer either finished or stopped with a StorageError (checked above). The
     # 16 kB writes of this process are what surely meets the full disk (asserted above).

@@ -10,6 +10,7 @@ import pytest
 
 import balsamdb
 
+from history import REGISTER_LABELS, check_writers
 from fixtures import pg_dbdir, postgres_processes  # noqa: F401  (pg_dbdir: a fixture)
 from helpers import Writers, address, db_cli, job_ids_in_db, wait_for
 
@@ -28,7 +29,8 @@ def test_own_cluster_life_cycle_and_postgres_killed_under_load(pg_dbdir, tmp_pat
     assert status["postgres"]["managed"] is True and status["postgres"]["pid"]
     assert status["server_status"]["db_type"] == "postgres"
 
-    writers = Writers(pg_dbdir, tmp_path, nprocs=16, count=100)
+    writers = Writers(pg_dbdir, tmp_path, nprocs=16, count=100,
+                      env=dict(os.environ, WRITER_REGISTERS=str(REGISTER_LABELS)))
     try:
         writers.start()
         wait_for(lambda: writers.acked_so_far() >= 300, 120, "300 acknowledged writes")
@@ -54,6 +56,7 @@ def test_own_cluster_life_cycle_and_postgres_killed_under_load(pg_dbdir, tmp_pat
     # The data outlives the cluster: start again and read it back through a new server.
     db_cli("dbserver", "--path", pg_dbdir, check=True)
     assert balsamdb.connect(pg_dbdir).jobs.count(workflow="load") == 1600
+    check_writers(pg_dbdir, writers, registers=REGISTER_LABELS)  # the registers' order across the kill, too
 
 
 def _failed_statements_leave_their_values_out_of_the_log(pg_dbdir, port):
