@@ -36,6 +36,25 @@ def _add_users(path, admins=()):
             db.call("user_save", name=name, password_hash=hash_password(password), admin=name in admins)
 
 
+@pytest.fixture
+def sqlite_dir(tmp_path):
+    """``sqlite_dir(name)`` makes a fresh SQLite DB directory ``tmp_path/name``; whatever runs for one
+    afterwards is stopped (test_record_versions.py, test_transfer.py)."""
+    from balsamdb.dbdir import DBDirectory
+
+    made = []
+
+    def make(name):
+        path = tmp_path / name
+        DBDirectory(path).init()
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        kill_everything(path)
+
+
 # -- a store behind `db serve`, for the relay -----------------------------------------------------------------
 
 @pytest.fixture

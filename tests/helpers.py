@@ -82,6 +82,16 @@ def address(path):
     return json.loads((Path(path) / "dbwriter_address").read_text())
 
 
+def alive(ident):
+    """Whether the process an address record names (``{"pid", "started"}``) still runs: the same pid
+    started at the same time, not a zombie."""
+    try:
+        proc = psutil.Process(ident["pid"])
+        return abs(proc.create_time() - ident["started"]) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def server_pids(path):
     """Pids of the watchdog and server named in the address file, when alive."""
     info = address(path)

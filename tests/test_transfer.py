@@ -12,10 +12,10 @@ import pytest
 
 import balsamdb
 from balsamdb import transfer
-from balsamdb.dbdir import DBDirectory
 from balsamdb.passwords import hash_password
 from history import check_writers
-from helpers import Writers, db_cli, fresh_database_url, kill_everything, wait_for
+from fixtures import sqlite_dir  # noqa: F401  (a fixture)
+from helpers import Writers, db_cli, fresh_database_url, wait_for
 from records import UNICODE, numbered_record as _record
 from served import Served
 from fixtures import smt_project as smt  # noqa: F401  (the fixture: a real Sumatra project)
@@ -71,20 +71,6 @@ def digests(store):
 def pg_url(pg_cluster):
     return fresh_database_url(pg_cluster)
 
-
-@pytest.fixture
-def sqlite_dir(tmp_path):
-    made = []
-
-    def make(name):
-        path = tmp_path / name
-        DBDirectory(path).init()
-        made.append(path)
-        return path
-
-    yield make
-    for path in made:
-        kill_everything(path)
 
 
 @pytest.fixture

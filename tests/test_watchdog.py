@@ -33,18 +33,11 @@ import pytest
 import balsamdb
 from balsamdb.dbdir import DBDirectory
 
+from helpers import alive as _alive
 from helpers import address, db_cli, kill_everything, processes_for, skip_or_fail, stop_processes, wait_for
 
 
 # -- helpers -------------------------------------------------------------------------------------------
-
-def _alive(ident):
-    try:
-        proc = psutil.Process(ident["pid"])
-        return abs(proc.create_time() - ident["started"]) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
 
 def _roles(path):
     """Pids of the watchdogs and write servers whose command line names ``path``."""
