@@ -45,10 +45,39 @@ def start_server(path, timeout=60):
     from balsamdb.server.supervisor import control
 
     try:
-        return control.start(DBDirectory(path), deadline=timeout).address
+        info = control.start(DBDirectory(path), deadline=timeout).address
     except BaseException:
         kill_everything(path)  # a start that failed or ran out of time may have left its watchdog
         raise
+    _reap_when_it_exits((info.get("watchdog") or {}).get("pid"))
+    return info
+
+
+_to_reap = set()
+
+
+def _reap_when_it_exits(pid):
+    """The watchdog that start_server started is a child of this process (`db dbserver` leaves it
+    to init): once it exits, reap it at once, so that no test sees it as a zombie for long."""
+    import threading
+
+    if pid is None:
+        return
+    _to_reap.add(pid)
+    if not any(t.name == "test-reaper" for t in threading.enumerate()):
+        threading.Thread(target=_reaper, name="test-reaper", daemon=True).start()
+
+
+def _reaper():
+    while True:
+        for pid in list(_to_reap):
+            try:
+                done, _status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not our child, or reaped already (by subprocess)
+                done = pid
+            if done:
+                _to_reap.discard(pid)
+        time.sleep(0.05)  # wait-ok: the reaper's poll interval
 
 
 def stop_server(path, timeout=30):
