@@ -15,7 +15,8 @@ import signal
 import pytest
 from helpers import address, wait_for
 from served import PASSWORDS, Served
-from test_web_pages import HTML, record
+from records import sweep_record as record
+from served import HTML
 
 import balsamdb
 from balsamdb.passwords import hash_password
