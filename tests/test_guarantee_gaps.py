@@ -141,16 +141,20 @@ def test_the_watchdog_rewrites_a_corrupt_address_file_within_a_second(served_dbd
     from helpers import address, wait_for
 
     before = address(served_dbdir)
-    (served_dbdir / "dbwriter_address").write_text('garbage {"state": ')
-    corrupted = time.monotonic()
 
     def rewritten():
         info = address_file.read(served_dbdir / "dbwriter_address")
         return info.get("state") == "running" and info.get("epoch") == before["epoch"] and info
 
-    info = wait_for(rewritten, 10, "the watchdog to rewrite the corrupt address file")
-    took = time.monotonic() - corrupted
-    assert took < 1.5, f"the watchdog took {took:.2f} s to rewrite the address file (it looks every 0.5 s)"
+    # Twice: the second garbage comes right after the watchdog's rewrite, so a full interval to
+    # its next look follows (the first one's wait depends on where in its interval it fell).
+    for attempt in ("first", "second"):
+        (served_dbdir / "dbwriter_address").write_text('garbage {"state": ')
+        corrupted = time.monotonic()
+        info = wait_for(rewritten, 10, f"the watchdog to rewrite the corrupt address file ({attempt} time)")
+        took = time.monotonic() - corrupted
+        assert took < 1.5, f"the watchdog took {took:.2f} s to rewrite the address file the {attempt} time " \
+                           "(it looks every 0.5 s)"
     assert info["server"]["pid"] == before["server"]["pid"], "a corrupt address file must not restart the server"
     with balsamdb.connect(served_dbdir) as db:
         db.jobs.create(name="after-the-rewrite", make_workdir=False)
