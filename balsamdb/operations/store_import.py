@@ -15,7 +15,7 @@ from .record_links import relink
 from .records import compress, record_columns, record_tags, record_text
 from ..statements import statements
 from .registry import operation
-from .stores import (canonical, check_kind, item_key, job_items, project_item, record_item, user_item,
+from .stores import (canonical, check_kind, item_key, job_dicts, job_items, project_item, record_item, user_item,
                      versions_of)
 
 
@@ -227,8 +227,7 @@ def _put_jobs(items, write):
     """Jobs in batches: one query finds the existing ones, a few insert the new ones."""
     existing = {}
     for chunk in chunks([item["id"] for item in items]):
-        rows = list(Job.select().where(Job.id.in_(chunk)))
-        for item in job_items(rows):
+        for item in job_items(job_dicts(Job.select().where(Job.id.in_(chunk)))):
             existing[item["id"]] = item
     outcomes, history, tags, new_rows = [], [], [], []
     for item in items:
