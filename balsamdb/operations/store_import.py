@@ -246,7 +246,7 @@ def _put_jobs(items, write):
             JobStateChange.delete().where(JobStateChange.job == item["id"]).execute()
             JobTag.delete().where(JobTag.job == item["id"]).execute()
         history.extend(dict(change, job=item["id"]) for change in item["history"])
-        tags.extend({"job": item["id"], "tag": t} for t in item["tags"])
+        tags.extend({"job": item["id"], "tag": t, "created_at": item["created_at"]} for t in item["tags"])
     # The prepared statements of the create path: peewee's insert_many built each row's SQL in
     # Python and cost more than the insert itself (a copy of 1M jobs: issue 22, item 7).
     fast = statements()
