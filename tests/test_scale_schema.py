@@ -140,8 +140,8 @@ def test_an_old_db_upgrades_in_place_keeping_every_row(any_dbdir, backend, tmp_p
         grouped = _counts_match(database)
         assert grouped[("w0", "STAGED_IN")] == 20 and sum(grouped.values()) == 280
         # Every write path keeps the counts: create, state change, modify, delete, import (and any UPDATE).
-        more = [{"id": str(uuid.uuid4()), "name": f"new-{i}", "workflow": "w9", "working_directory": "d"}
-                for i in range(5)]
+        more = [{"id": str(uuid.uuid4()), "name": f"new-{i}", "workflow": "w9", "working_directory": "d",
+                 "tags": ["gpu"]} for i in range(5)]
         # (a workflow whose only job is deleted: its count is 0, and left out of the answer)
         gone = {"id": str(uuid.uuid4()), "name": "gone", "workflow": "w-gone", "working_directory": "d"}
         _apply(database, [("job_bulk_create", {"jobs": more + [gone]}),
@@ -157,7 +157,7 @@ def test_an_old_db_upgrades_in_place_keeping_every_row(any_dbdir, backend, tmp_p
         # Every path that writes tag rows carries the job's created_at (create, modify, import).
         assert _tag_times_differ(database) == 0
         tagged = database.execute_sql("SELECT COUNT(*) FROM job_tag").fetchone()[0]
-        assert tagged == rows["job_tag"] - 1 + 1, (tagged, rows["job_tag"])  # specs[0] deleted; a tag added
+        assert tagged == rows["job_tag"] - 1 + 4 + 1, (tagged, rows["job_tag"])  # specs[0] and more[0] deleted
         # From the tag side, in creation order (either way), the same jobs as the job side gives.
         everyone = _apply(database, [("job_filter", {"filters": {"workflow": "w0"}}),
                                      ("job_filter", {"filters": {"tags": ["gpu"]}, "limit": 7}),
