@@ -238,11 +238,6 @@ class DBDirectory:
                     "foreign_keys": 1,
                     "cache_size": -1024 * max(2, int(settings.sqlite_cache_mb)),  # KiB when negative
                     "journal_size_limit": schema_upgrade.JOURNAL_SIZE_LIMIT,  # the WAL is truncated to this after a checkpoint
-                    # Statement journals in memory: each insert into the job table (its triggers and
-                    # foreign keys make SQLite keep one per statement) cost 43 µs of CPU with them in a
-                    # temporary file and 21 µs in memory (issue 22, item 5; docs/benchmarks.md).  A
-                    # statement journal holds the pages that one statement changed.
-                    "temp_store": 2,
                 },
             )
         if config.get("external"):

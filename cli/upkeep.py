@@ -76,7 +76,6 @@ def _offline_vacuum(dbdir, dry_run):
             raise click.ClickException(f"VACUUM needs about {_mb(size)} of free disk and {dbdir.path} has {_mb(disk)}; "
                                        "nothing was changed")
         database.execute_sql("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect with this VACUUM
-        database.execute_sql("PRAGMA temp_store = FILE")  # its copy of the database on disk, not in memory
         database.execute_sql("VACUUM")
         database.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         after = sqlite_space(database)
