@@ -294,7 +294,8 @@ def test_normal_is_the_opt_out_without_a_flusher(tmp_path):
 def test_the_flusher_follows_the_wal_when_sqlite_makes_it_anew(tmp_path):
     """The committer's reconnect closes the last connection: SQLite checkpoints and deletes the
     -wal file, and makes a new one at the next write; the flusher must flush the new file."""
-    from balsamdb.models import MODELS, upgrade
+    from balsamdb.migrations import upgrade
+    from balsamdb.models import MODELS
     from balsamdb.request import Request
     from balsamdb.server.writer.committer import Committer
     from balsamdb.server.writer.flusher import Flusher
@@ -317,7 +318,7 @@ def test_the_flusher_follows_the_wal_when_sqlite_makes_it_anew(tmp_path):
     def write(name):
         message = {"id": uuid.uuid4().hex, "op": "job_create", "ts": time.time(),
                    "params": {"job": {"id": str(uuid.uuid4()), "name": name, "workflow": "flush"}}}
-        request = Request(*protocol.check_request(message), envelope=None)
+        request = Request.from_message(message)
         assert committer.commit([request])[0].answer["ok"]
         assert flusher.wait_flushed(flusher.commits, 30), "the commit was not flushed"
 

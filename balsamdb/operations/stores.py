@@ -32,7 +32,8 @@ from .. import jsonio
 from ..exceptions import BadRequest
 from ..models import Job, JobStateChange, JSONText, Project, ProjectPermission, Record, RecordVersion, User
 from .checks import MAX_LIST, check_number, chunks
-from .jobs import JOB_KEYS, job_to_dict
+from ..job_fields import JOB_KEYS
+from .job_specs import job_to_dict
 from .records import decompress
 from .registry import operation
 

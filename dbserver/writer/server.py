@@ -46,7 +46,8 @@ import zmq
 from balsamdb import protocol
 from balsamdb.dbdir import PRIVATE_UMASK, DBDirectory
 from balsamdb.exceptions import BadRequest, BalsamDBError, ServerError, TryAgain
-from balsamdb.models import MODELS, upgrade
+from balsamdb.migrations import upgrade
+from balsamdb.models import MODELS
 from balsamdb.request import Request
 from balsamdb.settings import load_settings
 from balsamdb.spool import Spool
@@ -287,7 +288,7 @@ class WriteServer(SpoolOrder):
         message = None
         try:
             message = protocol.decode(self.secret, payload, self.settings.max_request_bytes)
-            return Request(*protocol.check_request(message, now=time.time()), envelope=envelope)
+            return Request.from_message(message, now=time.time(), envelope=envelope)
         except Exception as exc:  # no input may stop the loop
             if not isinstance(exc, BalsamDBError):
                 log.exception("unexpected failure while checking a message")
