@@ -104,6 +104,21 @@ _DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x78 for b in range(256))
 _NINETEEN = b"0" * 19
 
 
+_SHALLOW = 800  # levels of nesting that json reads whatever the caller's stack
+
+
+def _depth_at_most(value, limit):
+    """True when ``value`` nests lists and objects at most ``limit`` deep (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return False
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return True
+
+
 def _long_digits(raw):
     """True when ``raw`` (bytes) holds a run of 19 digits (orjson may read it as a float)."""
     return len(raw) >= 19 and _NINETEEN in raw.translate(_DIGITS_ONLY)
@@ -118,9 +133,14 @@ def loads_strict(data, what="the text"):
         # does (and it is four times faster on a large import): whatever it refuses goes to json,
         # which says why.  A run of 19 digits goes to json (orjson reads it as a float).
         try:
-            return orjson.loads(raw)
+            value = orjson.loads(raw)
         except orjson.JSONDecodeError:
             pass
+        else:
+            # orjson reads 1,024 levels; json stops near 1,000 (a RecursionError, "nested too deeply"),
+            # and what is that deep fails later: a deep text goes to json, which decides as before.
+            if raw.count(b"[") + raw.count(b"{") < _SHALLOW or _depth_at_most(value, _SHALLOW):
+                return value
     try:
         return _STRICT.decode(data.decode() if isinstance(data, (bytes, bytearray)) else data)
     except RecursionError:
