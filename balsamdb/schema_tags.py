@@ -8,6 +8,7 @@ path that inserts tags: the create path, ``job_modify`` of tags, ``import_items`
 ``(tag, created_at, job_id)``: the first 20 jobs of a tag are 20 index entries.  The index also
 answers "the ids of the jobs with tag X" (the ``IN`` of the other filters) as the schema-8
 ``(tag, job_id)`` index did, so that one is dropped: the tag table keeps two indexes, as before.
+The job table's ``(created_at)`` index, a prefix of ``(created_at, id)``, is dropped too.
 
 Idempotent on SQLite and PostgreSQL: the column is added when missing, the rows without a time
 get their job's, the index is made IF NOT EXISTS.
@@ -15,6 +16,7 @@ get their job's, the index is made IF NOT EXISTS.
 
 INDEX = "job_tag_tag_created_at"
 REPLACED = "job_tag_tag_job_id"
+PREFIX = "job_created_at"
 
 
 def migrate(database, progress=None):
@@ -33,6 +35,9 @@ def migrate(database, progress=None):
     step(f"index {INDEX}")
     database.execute_sql(f'CREATE INDEX IF NOT EXISTS "{INDEX}" ON "job_tag" ("tag", "created_at", "job_id")')
     database.execute_sql(f'DROP INDEX IF EXISTS "{REPLACED}"')
+    # (created_at) is a prefix of (created_at, id), which every read by creation uses: one index
+    # fewer for each job insert (the capacity issue measured 2.8 µs a job at 100k).
+    database.execute_sql(f'DROP INDEX IF EXISTS "{PREFIX}"')
 
 
 migrate.takes_progress = True
