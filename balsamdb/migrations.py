@@ -9,7 +9,7 @@ import zlib
 
 import peewee as pw
 
-from . import jsonio, schema_scale
+from . import jsonio, schema_scale, schema_tags
 from .exceptions import ConfigError
 from .models import (MODELS, MODELS_V1, AppliedRequest, Job, JobAnswerBase, JobParent, JobStateChange, JobTag,
                      Project, ProjectPermission, Record, RecordFile, RecordJob, RecordTag, RecordVersion,
@@ -162,6 +162,8 @@ MIGRATIONS = {
     8: (schema_scale.migrate, "indexes for a million jobs (no duplicates; records by "
         "project and time, tags from the tag side, state and last change, name globs), job counts per workflow "
         "and state kept in the same transaction, and a full-text index of records"),
+    9: (schema_tags.migrate, "the creation time of each job carried in its tag rows, indexed with the tag: the "
+        "newest or oldest jobs of a tag read from the tag side"),
 }
 
 #: the schema this balsamdb makes and reads (the highest migration; numbers may skip)

@@ -92,7 +92,10 @@ class JobStateChange(BaseModel):
 
 class JobTag(BaseModel):
     job = pw.ForeignKeyField(Job, on_delete="CASCADE", index=False)  # the key's prefix
-    tag = pw.CharField()  # indexed with job: job_tag_tag_job_id (schema 8)
+    tag = pw.CharField()  # indexed with created_at and job: job_tag_tag_created_at (schema 9)
+    # The job's created_at, carried here (schema 9) so that the jobs of a tag are read from the tag
+    # side in creation order: filter(tags=[X], limit=20) reads 20 index entries, not every tagged job.
+    created_at = pw.DoubleField(null=True)
 
     class Meta:
         primary_key = pw.CompositeKey("job", "tag")

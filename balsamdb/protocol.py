@@ -82,7 +82,7 @@ def dumps_request(message):
     before anything is sent or spooled, when it holds NaN or an infinity, which would be
     stored as invalid JSON (a float that cannot be a JSON number)."""
     try:
-        return jsonio.dumps_finite(message).encode()
+        return jsonio.dumps_finite_bytes(message)
     except ValueError as exc:
         if "JSON compliant" not in str(exc):
             raise

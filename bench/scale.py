@@ -80,7 +80,7 @@ def _load_records(db, start, count, rng):
 
 
 def _reader(path):
-    from balsamdb.server.http.reads import open_reader
+    from balsamdb.reads import open_reader
     from balsamdb.settings import load_settings
 
     database = open_reader(DBDirectory(path), load_settings())

@@ -156,7 +156,7 @@ def _watch(db, filters, filtered, sort, limit, by_state, interval):
     try:
         while True:
             counts = db.jobs.state_counts(**filters)
-            jobs = None if by_state else db.jobs.filter(limit=limit, sort=sort, **filters)
+            jobs = None if by_state else db.jobs.iter(limit=limit, sort=sort, **filters)  # streamed, as db ls
             if in_place:
                 click.clear()
             click.echo(f"{datetime.now():%Y-%m-%d %H:%M:%S}  every {interval:g} s, Ctrl-C to stop")

@@ -363,3 +363,43 @@ def test_every_read_route_variant_checks_the_permission(read_app):
                                                                               **_auth(user)})
         assert answer.status_code == 200, (user, answer.status_code, answer.get_data()[:200])
         assert len(answer.json["versions"]) == 2, answer.json
+
+
+# -- the fast JSON paths give json's text and value (issue 22, item 7) ------------------------------------
+
+_JSON_REFERENCE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode
+_ANY_FLOAT = st.floats(allow_nan=True, allow_infinity=True) | st.floats(min_value=-1e-3, max_value=1e-3)
+_SCALARS = (st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70) | _ANY_FLOAT
+            | st.text() | st.sampled_from(["1e-7,", "0.00001", "3e-4]", "x" * 3]))
+_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4)
+                       | st.dictionaries(st.text(), inner, max_size=4), max_leaves=20)
+
+
+@PROPERTY
+@given(_VALUES)
+def test_the_canonical_text_is_jsons_whatever_the_value(value):
+    """orjson makes the canonical text of digests and export files only where its text is json's: small
+    floats (1e-07), NaN, integers beyond 64 bits and lone surrogates all come out as json writes them;
+    the request encoder refuses NaN and infinities as before and reads back to the same value."""
+    from balsamdb import jsonio
+    from balsamdb.exceptions import BadRequest
+    from balsamdb.protocol import dumps_request
+
+    assert jsonio.dumps_canonical(value) == _JSON_REFERENCE(value)
+    try:
+        expected = jsonio.dumps_finite({"v": value})
+    except ValueError:
+        with pytest.raises(BadRequest):
+            dumps_request({"op": "x", "v": value})
+        return
+    assert json.loads(dumps_request({"v": value})) == json.loads(expected)
+    assert jsonio.loads_strict(expected) == json.loads(expected)
+
+
+def test_the_canonical_text_spells_every_code_point_as_json():
+    from balsamdb import jsonio
+
+    for code in range(0, 0x110000, 17):
+        char = chr(code)
+        value = {char: char + "e-5,", "a" + char: [char, 1e-05]}
+        assert jsonio.dumps_canonical(value) == _JSON_REFERENCE(value), hex(code)

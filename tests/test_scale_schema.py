@@ -9,7 +9,7 @@ import uuid
 import peewee as pw
 import pytest
 
-from balsamdb import migrations, schema_scale
+from balsamdb import migrations, schema_scale, schema_tags
 from balsamdb.applier import apply
 from balsamdb.request import Request
 from balsamdb.dbdir import DBDirectory
@@ -120,7 +120,7 @@ def test_an_old_db_upgrades_in_place_keeping_every_row(any_dbdir, backend, tmp_p
 
     upgraded = run_db("init", any_dbdir, "--db-type", backend)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "from version 5 to 8" in upgraded.stderr and "280 job" in upgraded.stderr, upgraded.stderr
+    assert "from version 5 to 9" in upgraded.stderr and "280 job" in upgraded.stderr, upgraded.stderr
     backups = sorted(any_dbdir.glob("backup-schema-5-*.sqlite3"))
     if backend == "sqlite3":
         assert "backed the schema 5 database up" in upgraded.stdout and len(backups) == 1
@@ -132,16 +132,18 @@ def test_an_old_db_upgrades_in_place_keeping_every_row(any_dbdir, backend, tmp_p
 
     database = _open(any_dbdir)
     try:
-        assert migrations.current_version(database) == 8
+        assert migrations.current_version(database) == 9
         assert _rows(database) == rows and _digest(database) == digest
         indexes = _indexes(database)
         assert not indexes & set(OLD_INDEXES), indexes & set(OLD_INDEXES)
-        assert set(schema_scale.CREATED) | {"job_name_lower"} <= indexes
+        assert (set(schema_scale.CREATED) - {schema_tags.REPLACED}) | {"job_name_lower", schema_tags.INDEX} <= indexes
+        assert schema_tags.REPLACED not in indexes and schema_tags.PREFIX not in indexes  # covered by others
+        assert _tag_times_differ(database) == 0  # every tag row got its job's created_at
         grouped = _counts_match(database)
         assert grouped[("w0", "STAGED_IN")] == 20 and sum(grouped.values()) == 280
         # Every write path keeps the counts: create, state change, modify, delete, import (and any UPDATE).
-        more = [{"id": str(uuid.uuid4()), "name": f"new-{i}", "workflow": "w9", "working_directory": "d"}
-                for i in range(5)]
+        more = [{"id": str(uuid.uuid4()), "name": f"new-{i}", "workflow": "w9", "working_directory": "d",
+                 "tags": ["gpu"]} for i in range(5)]
         # (a workflow whose only job is deleted: its count is 0, and left out of the answer)
         gone = {"id": str(uuid.uuid4()), "name": "gone", "workflow": "w-gone", "working_directory": "d"}
         _apply(database, [("job_bulk_create", {"jobs": more + [gone]}),
@@ -151,8 +153,26 @@ def test_an_old_db_upgrades_in_place_keeping_every_row(any_dbdir, backend, tmp_p
         database.execute_sql("UPDATE job SET workflow = 'w9' WHERE id = " + database.param, (specs[52]["id"],))
         exported = _apply(database, [("export_items", {"kind": "job", "limit": 3})])[0]
         _apply(database, [("job_delete", {"job_ids": [item["id"] for item in exported["items"]]})])
-        _apply(database, [("import_items", {"items": exported["items"]})])
+        _apply(database, [("import_items", {"items": exported["items"]}),
+                          ("job_modify", {"job_id": specs[53]["id"], "changes": {"tags": ["gpu", "x"]}})])
         _counts_match(database)
+        # Every path that writes tag rows carries the job's created_at (create, modify, import).
+        assert _tag_times_differ(database) == 0
+        tagged = database.execute_sql("SELECT COUNT(*) FROM job_tag").fetchone()[0]
+        assert tagged == rows["job_tag"] - 1 + 4 + 1, (tagged, rows["job_tag"])  # specs[0] and more[0] deleted
+        # From the tag side, in creation order (either way), the same jobs as the job side gives.
+        everyone = _apply(database, [("job_filter", {"filters": {"workflow": "w0"}}),
+                                     ("job_filter", {"filters": {"tags": ["gpu"]}, "limit": 7}),
+                                     ("job_filter", {"filters": {"tags": ["gpu"]}, "limit": 7, "sort": "-created"}),
+                                     ("job_page", {"filters": {"tags": ["gpu"]}, "limit": 5})])
+        with_gpu = sorted((j for j in _apply(database, [("job_filter", {"filters": {}})])[0] if "gpu" in j["tags"]),
+                          key=lambda j: (j["created_at"], j["id"]))
+        assert [j["id"] for j in everyone[1]] == [j["id"] for j in with_gpu[:7]]
+        assert [j["id"] for j in everyone[2]] == [j["id"] for j in with_gpu[::-1][:7]]
+        page = everyone[3]
+        assert [j["id"] for j in page["jobs"]] == [j["id"] for j in with_gpu[:5]]
+        second = _apply(database, [("job_page", {"filters": {"tags": ["gpu"]}, "limit": 5, "after": page["next"]})])
+        assert [j["id"] for j in second[0]["jobs"]] == [j["id"] for j in with_gpu[5:10]]
         # The record search finds through the index what it found before, in any case.
         from balsamdb.server.http.record_pages import find_records
 
@@ -163,6 +183,11 @@ def test_an_old_db_upgrades_in_place_keeping_every_row(any_dbdir, backend, tmp_p
         database.close()
     again = run_db("init", any_dbdir, "--db-type", backend)
     assert again.returncode == 0 and "already a current" in again.stdout, again.stdout + again.stderr
+
+
+def _tag_times_differ(database):
+    return database.execute_sql('SELECT COUNT(*) FROM "job_tag" t JOIN "job" j ON j.id = t.job_id '
+                                "WHERE t.created_at IS NULL OR t.created_at <> j.created_at").fetchone()[0]
 
 
 def _plan(database, query):
@@ -189,7 +214,7 @@ def test_every_everyday_read_uses_an_index(any_dbdir, backend):
         since = time.time() - 600
         with database.bind_ctx(MODELS):
             queries = {
-                "tags, limit 20": job_ops._job_query({"tags": ["gpu"]}).order_by(*job_ops._job_order(None)).limit(20),
+                "tags, limit 20": job_ops.ordered_job_query({"tags": ["gpu"]}, None)[0].limit(20),
                 "8-character id prefix": job_ops._job_query({"id_prefix": "0123abcd"}),
                 "name glob": job_ops._job_query({"name_like": "SIM-001*"}),
                 "name": job_ops._job_query({"name": "sim-0001"}),
@@ -229,8 +254,8 @@ def test_an_older_balsamdb_refuses_a_newer_schema(dbdir, run_db):
     database.close()
     refused = run_db("ls", "--path", dbdir)
     assert refused.returncode != 0
-    assert "schema version 99, newer than this balsamdb's (8)" in refused.stderr, refused.stderr
+    assert "schema version 99, newer than this balsamdb's (9)" in refused.stderr, refused.stderr
     init = run_db("init", dbdir)
-    assert init.returncode != 0 and "99" in init.stderr and "(8)" in init.stderr, init.stderr
+    assert init.returncode != 0 and "99" in init.stderr and "(9)" in init.stderr, init.stderr
     with pytest.raises(ConfigError, match="newer than this balsamdb"):
         migrations.check_schema_not_newer(_open(dbdir), dbdir)

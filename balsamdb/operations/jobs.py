@@ -34,7 +34,7 @@ def _insert_jobs(rows, when, insert):
         {"job": r["id"], "time": when, "from_state": None, "to_state": r["state"], "message": "created"}
         for r in rows
     ])
-    tags = [{"job": r["id"], "tag": t} for r in rows for t in r["tags"]]
+    tags = [{"job": r["id"], "tag": t, "created_at": r["created_at"]} for r in rows for t in r["tags"]]
     if tags:
         insert(fast.insert_tag, tags)
     if links:
@@ -151,7 +151,7 @@ def job_modify(job_id, changes):
     if "tags" in changes:
         JobTag.delete().where(JobTag.job == job.id).execute()
         if job.tags:
-            JobTag.insert_many([{"job": job.id, "tag": t} for t in job.tags]).execute()
+            JobTag.insert_many([{"job": job.id, "tag": t, "created_at": job.created_at} for t in job.tags]).execute()
     return job_to_dict(job)
 
 
@@ -288,6 +288,24 @@ def job_order(sort):
     return _job_order(sort)
 
 
+def ordered_job_query(filters, sort):
+    """``(query, order)``: the jobs matching ``filters`` in the order of ``sort``.  Jobs with tags
+    listed by creation (either way) are read from the tag side (schema 9): the tag's index entries
+    in ``(created_at, job_id)`` order, the other filters tested on each job, so that the first 20
+    cost 20 entries rather than a sort of every job of the tag.  The same order as
+    :func:`job_order`'s (``job_tag.created_at`` is its job's)."""
+    sort = check_sort(sort) or "created"
+    tags = check_str_list(filters.get("tags"), "tags") if isinstance(filters, dict) else []
+    if sort.lstrip("-") != "created" or not tags:
+        order = _job_order(sort)
+        return _job_query(filters).order_by(*order), order
+    order = [JobTag.created_at, JobTag.job]
+    order = [field.desc() if sort.startswith("-") else field.asc() for field in order]
+    query = (_job_query(dict(filters, tags=tags[1:])).join(JobTag, on=(JobTag.job == Job.id))
+             .where(JobTag.tag == tags[0]).order_by(*order))
+    return query, order
+
+
 def _job_order(sort):
     """The ORDER BY of ``sort`` (see :data:`balsamdb.job_queries.SORT_KEYS`); ties by creation, then id."""
     sort = check_sort(sort) or "created"
@@ -321,7 +339,7 @@ def job_filter(filters=None, limit=None, offset=0, sort=None):
     ``workflow``, ``state`` (in pipeline order) or ``id``; with a leading ``-``
     the order is reversed (``-updated``: the last changed first).
     """
-    query = _job_query(filters).order_by(*_job_order(sort))
+    query, _order = ordered_job_query(filters, sort)
     if limit is not None:
         query = query.limit(check_number(limit, "limit", int, 0))
     if offset:

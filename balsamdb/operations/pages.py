@@ -22,7 +22,7 @@ from ..jsonio import loads
 from ..job_fields import LEASE_FIELDS
 from ..models import Job, JSONText, Record
 from .checks import check_number
-from .jobs import JOB_KEYS, job_order, job_query
+from .jobs import JOB_KEYS, ordered_job_query
 from .records import get_project, record_query
 from .registry import operation
 
@@ -71,10 +71,9 @@ def job_page(filters=None, sort=None, after=None, limit=PAGE):
     page}``.  ``limit``: jobs per page (at most 5000)."""
     sort = check_sort(sort) or "created"
     key = sort.lstrip("-")
-    order = job_order(sort)
+    query, order = ordered_job_query(filters, sort)
     after = _after(after, len(order))
     limit = _limit(limit)
-    query = job_query(filters).order_by(*order)
     if after is not None:
         columns = pw.Tuple(*[o.node for o in order])
         values = pw.Tuple(*after)

@@ -16,7 +16,7 @@ from .record_links import relink
 from .records import compress, record_columns, record_tags, record_text
 from ..statements import statements
 from .registry import operation
-from .stores import (canonical, check_kind, item_key, job_items, project_item, record_item, user_item,
+from .stores import (canonical, check_kind, item_key, job_dicts, job_items, project_item, record_item, user_item,
                      versions_of)
 
 
@@ -228,8 +228,7 @@ def _put_jobs(items, write):
     """Jobs in batches: one query finds the existing ones, a few insert the new ones."""
     existing = {}
     for chunk in chunks([item["id"] for item in items]):
-        rows = list(Job.select().where(Job.id.in_(chunk)))
-        for item in job_items(rows):
+        for item in job_items(job_dicts(Job.select().where(Job.id.in_(chunk)))):
             existing[item["id"]] = item
     outcomes, history, tags, new_rows = [], [], [], []
     for item in items:
@@ -248,7 +247,7 @@ def _put_jobs(items, write):
             JobStateChange.delete().where(JobStateChange.job == item["id"]).execute()
             JobTag.delete().where(JobTag.job == item["id"]).execute()
         history.extend(dict(change, job=item["id"]) for change in item["history"])
-        tags.extend({"job": item["id"], "tag": t} for t in item["tags"])
+        tags.extend({"job": item["id"], "tag": t, "created_at": item["created_at"]} for t in item["tags"])
     # The prepared statements of the create path: peewee's insert_many built each row's SQL in
     # Python and cost more than the insert itself (a copy of 1M jobs: issue 22, item 7).
     fast = statements()
