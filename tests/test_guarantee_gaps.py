@@ -121,3 +121,42 @@ def test_the_server_lock_refuses_a_second_process_while_held(dbdir):
         held.close()
     third = subprocess.run([sys.executable, "-c", probe, str(dbdir)], capture_output=True, text=True, timeout=60)
     assert third.returncode == 0, third.stderr
+
+
+def test_a_start_refuses_while_another_hosts_heartbeat_or_server_lock_is_fresh(dbdir):
+    """The quick form of test_watchdog's two-host test (FUSE mounts in namespaces): the files another
+    host's watchdog and server keep fresh, written here by hand with that host's name.  A fresh
+    heartbeat refuses a start (`db dbserver` says where it runs and how to stop it, and starts
+    nothing); a stale one, or one of a stopped watchdog, does not; a fresh `server.lock` of the other
+    host (its orphan server, whose watchdog was killed) refuses as well (broken: a heartbeat that
+    never turns stale; the server's lock not counted)."""
+    import json
+    import os
+    import socket
+
+    from balsamdb.server.supervisor import control, liveness
+    from helpers import db_cli, processes_for
+
+    path = DBDirectory(dbdir)
+    other = "host-a-" + socket.gethostname()
+    heartbeat = liveness.heartbeat_file(path)
+    heartbeat.write_text(json.dumps({"host": other, "watchdog": {"pid": 4242, "started": 1.0},
+                                     "beat": time.time(), "every": 2.0, "state": "running"}) + "\n")
+    refused = db_cli("dbserver", "--path", dbdir, "--timeout", "10")
+    assert refused.returncode == 1, (refused.stdout, refused.stderr)
+    assert f"runs on host {other}" in refused.stderr and "db dbserver --stop" in refused.stderr \
+        and "--force" in refused.stderr, refused.stderr
+    assert not processes_for(dbdir), "a start refused for another host still started something"
+    with pytest.raises(control.RunsElsewhere):
+        control.check_other_host(path, stale_after=30.0)
+    old = time.time() - 31.0
+    os.utime(heartbeat, (old, old))
+    control.check_other_host(path, stale_after=30.0)  # stale: a start is allowed
+    heartbeat.write_text(json.dumps({"host": other, "state": "stopped"}) + "\n")
+    control.check_other_host(path, stale_after=30.0)  # that watchdog stopped cleanly
+    heartbeat.unlink()
+    liveness.server_lock_file(path).write_text(json.dumps({"host": other, "pid": 4343}))
+    with pytest.raises(control.RunsElsewhere, match=other):
+        control.check_other_host(path, stale_after=30.0)
+    os.utime(liveness.server_lock_file(path), (old, old))
+    control.check_other_host(path, stale_after=30.0)

@@ -249,6 +249,19 @@ MUTANTS = [
       "    if not named:\n        return None\n",
       ("tests/test_watchdog.py::test_an_orphan_without_address_file_is_stopped_by_a_new_watchdog_and_by_stop[sqlite3]",),
       "an orphan server looked for in the address file only, not by its lock"),
+    M("heartbeat-never-stale", "two hosts (network + UTS namespaces) on two FUSE mounts of one directory",
+      "dbserver/supervisor/liveness.py",
+      '    if record and record.get("state") != "stopped" and record.get("host") not in (None, here) \\\n'
+      '            and record["age"] < stale_after:\n',
+      '    if record and record.get("state") != "stopped" and record.get("host") not in (None, here):\n',
+      ("tests/test_guarantee_gaps.py::test_a_start_refuses_while_another_hosts_heartbeat_or_server_lock_is_fresh",),
+      "another host's heartbeat never turning stale: a host that died blocks every start elsewhere"),
+    M("foreign-server-lock-ignored", "two hosts (network + UTS namespaces) on two FUSE mounts of one directory",
+      "dbserver/supervisor/liveness.py",
+      '    if server and server.get("host") not in (None, here) and server["age"] < stale_after:\n',
+      '    if False:\n',
+      ("tests/test_guarantee_gaps.py::test_a_start_refuses_while_another_hosts_heartbeat_or_server_lock_is_fresh",),
+      "the orphan server of another host (its watchdog killed) not counted: a second server starts here"),
 
     # -- When no server can be reached, writes wait in the spool -------------------------------------
     M("spool-newest-first", "one client's spooled writes are applied in the order of its calls",
@@ -306,6 +319,27 @@ MUTANTS = [
       "work.append(Request(None, *protocol.check_request(message)[1:], envelope=path))",
       ("tests/test_exactly_once.py::test_zeromq_retry_waiting_in_the_spool_is_answered_from_the_record[sqlite3]",),
       "a spooled request read without its id: its copy already applied live is applied again"),
+    M("unanswered-write-raised-not-spooled", "clients on another host (a network namespace) and the link cut mid-run",
+      "balsamdb/api.py",
+      "                if spool:\n                    return self._spool(message)\n"
+      "                raise unavailable(path, time.monotonic() - started)",
+      "                if spool and state != \"up\":\n                    return self._spool(message)\n"
+      "                raise unavailable(path, time.monotonic() - started)",
+      ("tests/test_faults.py::test_server_sigstop_longer_than_the_client_timeout[sqlite3]",),
+      "a write to a server that runs but does not answer (a cut link) raised instead of spooled"),
+    M("holding-reply-not-extending-the-wait", "the loud variant: J's create and RUNNING spooled behind 6,000 writes",
+      "balsamdb/client.py",
+      "                    give_up = time.monotonic() + self.settings.client_timeout\n                    continue\n",
+      "                    continue\n",
+      ("tests/test_spool_order.py::test_a_live_state_change_after_spooled_create_and_running_succeeds[sqlite3]",),
+      "a holding reply not renewing the client's timeout: a live write held behind the drain is spooled",
+      slow=True),
+    M("held-writes-applied-at-stop", "the server stopped while it holds a live write behind 12,000 spooled ones",
+      "dbserver/writer/server.py",
+      "            self.send([request.refuse(error) for request in held])\n",
+      "            self.after_flush(self.committer.commit(held))\n",
+      ("tests/test_spool_order.py::test_a_write_held_when_the_server_stops_goes_to_the_spool_behind_the_files[sqlite3]",),
+      "the live writes held behind the spool applied at the stop, before the spooled ones", slow=True),
 
     # -- Jobs that move themselves (issue 26) ----------------------------------------------------------
     M("child-of-failed-parent-ready", "released exactly once: when a job's last parent reaches JOB_FINISHED",
@@ -425,11 +459,13 @@ MUTANTS = [
       'if False:',
       ("tests/test_remote.py::test_users_reach_only_their_projects[sqlite3]",),
       "project_list answering a non-admin every project, private ones of others too"),
-    M("http-params-not-checked", "bad bodies, ids, operations and parameters at the operation endpoint get 400",
-      "dbserver/http/operation_api.py", "        if not isinstance(params, dict):\n            raise HTTPError(400,",
-      "        if params is None:\n            raise HTTPError(400,",
+    # (params of the wrong type: not mutated alone; bind_params refuses them too, with the same words.)
+    M("http-request-id-not-checked", "bad bodies, ids, operations and parameters at the operation endpoint get 400",
+      "dbserver/http/operation_api.py",
+      "        if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):\n",
+      "        if not isinstance(request_id, str):\n",
       ("tests/test_remote.py::test_bad_requests_to_the_operation_endpoint[sqlite3]",),
-      "params of the wrong type passed on: a 500 instead of a 400 with the reason"),
+      "any string taken as a request id: a short or shared one, whose retries may meet another request's"),
 
     # -- Moving stores loses nothing and says so ------------------------------------------------------
     # (the end line not checked: not mutated alone; a cut file also fails the count of its items.)
@@ -483,11 +519,9 @@ MUTANTS = [
       ("tests/test_record_versions.py::test_copy_and_export_import_carry_versions",),
       "a copy reading records without their versions: only the current one arrives"),
     M("plain-sumatra-copy-says-all-versions", "a copy to a plain Sumatra server carries the current versions only",
-      "balsamdb/transfer/copying.py",
-      '              "record_versions": "current only" if versions_note else "all"}',
-      '              "record_versions": "all"}',
+      "balsamdb/transfer/copying.py", "        say(versions_note)\n", "",
       ("tests/test_record_versions.py::test_a_copy_to_a_plain_sumatra_server_carries_current_versions_only",),
-      "a copy to a plain Sumatra server reporting that it carried every version"),
+      "a copy to a plain Sumatra server not saying that earlier versions stay behind"),
 
     # -- Sumatra's contract ---------------------------------------------------------------------------
     M("saved-at-in-the-future", "the store keeps a relay's `Balsamdb-Saved-At` (never in the future)",
