@@ -7,6 +7,8 @@ each test here kills a mutant that every earlier test let through (issue 25).
 - the watchdog's backoff, and that it never gives up however many starts fail;
 - no direct read or write of a SQLite file on a network file system (the FUSE test reads only
   after a spooled write of its own, which keeps a read off the file anyway).
+- a start refused while another host's heartbeat or server lock is fresh (the two-host test needs
+  FUSE mounts in namespaces; this one writes those files by hand).
 """
 
 import time
