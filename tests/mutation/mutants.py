@@ -168,6 +168,12 @@ MUTANTS = [
       "dbserver/supervisor/liveness.py", "            proc.send_signal(signal.SIGCONT)\n", "",
       ("tests/test_watchdog.py::test_a_start_that_must_first_stop_a_stopped_orphan_says_so_and_waits",),
       "a stopped orphan sent SIGTERM alone: it cannot act on it"),
+    M("stop-unbinds-first", "`db dbserver --stop` during a run: queued requests are answered",
+      "dbserver/writer/server.py", "        drain_until = time.monotonic() + STOP_DRAIN\n",
+      "        for endpoint in self.endpoints:\n            self.socket.unbind(endpoint)\n"
+      "        drain_until = time.monotonic() + STOP_DRAIN\n",
+      ("tests/test_durability.py::test_a_stop_answers_the_write_it_is_committing_and_applies_nothing_unanswered[sqlite3]",),
+      "the endpoints unbound at the stop (no new connections): ZeroMQ closes the open ones, answers are dropped"),
 
     # -- Reads never stall writers (issue 22) --------------------------------------------------------
     M("read-sent-to-the-write-server", "a full `db ls` of 20k jobs streams from the read service",
