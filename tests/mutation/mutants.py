@@ -197,7 +197,7 @@ MUTANTS = [
     M("read-not-waiting-for-own-spool", "a read waits for this client's spooled write",
       "balsamdb/read_route.py", "        if not self._spool_writer.waiting():\n            return\n        if state == \"down\":",
       "        if not self._spool_writer.waiting() or state != \"down\":\n            return\n        if state == \"down\":",
-      ("tests/test_reads.py::test_what_a_read_sees_its_own_spooled_writes_pages_and_checkpoints",),
+      ("tests/test_reads.py::test_a_read_waits_while_its_own_spooled_write_waits_for_a_running_server",),
       "a read with a server running not waiting for this client's spooled write"),
     M("listing-read-whole", "`db ls --json` of",
       "cli/ls.py", "        jobs = db.jobs.iter(limit=limit, sort=sort, **filters)\n",
