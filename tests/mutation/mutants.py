@@ -181,6 +181,11 @@ MUTANTS = [
       ("tests/test_durability.py::test_no_answer_before_commit_and_an_answered_write_survives_sigkill[postgres]",),
       "the PostgreSQL connection tuned with synchronous_commit off: COMMIT returns, and the answer goes, before "
       "the WAL is written", slow=True),
+    M("dead-postgres-not-restarted", "postgres killed (SIGKILL) under load: the watchdog restarts it",
+      "dbserver/supervisor/watchdog.py", "        if self.managed_postgres and now >= self.next_pg_check:\n",
+      "        if False and self.managed_postgres and now >= self.next_pg_check:\n",
+      ("tests/test_postgres_backend.py::test_own_cluster_life_cycle_and_postgres_killed_under_load",),
+      "the periodic look at the cluster dropped: a postgres that died stays dead", slow=True),
 
     # -- Reads never stall writers (issue 22) --------------------------------------------------------
     M("read-sent-to-the-write-server", "a full `db ls` of 20k jobs streams from the read service",
