@@ -20,7 +20,7 @@ from pathlib import Path
 
 import peewee as pw
 
-from . import address_file, models, schema_upgrade
+from . import address_file, migrations, schema_upgrade
 from .exceptions import ConfigError, NotADBDirectory, StorageError
 # (read_private, write_private, check_postgres_url, redact_url: once defined here, still importable from here)
 from .private_files import make_private_directories, read_private, write_private
@@ -194,13 +194,13 @@ class DBDirectory:
             database = self.open_database(settings, busy_timeout=10)
             try:
                 database.connect()
-                version = models.current_version(database)
+                version = migrations.current_version(database)
             except pw.OperationalError as exc:
                 raise StorageError(f"cannot read the schema version of {self.path}: {exc}") from None
             finally:
                 database.close()
-            if version < models.SCHEMA_VERSION:
-                changes.append(f"upgrade the schema from version {version} to {models.SCHEMA_VERSION}")
+            if version < migrations.SCHEMA_VERSION:
+                changes.append(f"upgrade the schema from version {version} to {migrations.SCHEMA_VERSION}")
         server = info.get("server") or info.get("watchdog") or {}
         where = f"pid {server.get('pid', '?')} on {info.get('host', '?')}"
         if changes:
@@ -208,7 +208,7 @@ class DBDirectory:
                               f"under it. Stop it first (db dbserver --stop --path {shell_path(self.path)}), then run "
                               "db init again")
         # The same sentence as without a server: nothing was changed (job scripts may read it).
-        return [f"{self.path} is already a current {db_type} DB directory (schema {models.SCHEMA_VERSION})"]
+        return [f"{self.path} is already a current {db_type} DB directory (schema {migrations.SCHEMA_VERSION})"]
 
     # -- database -----------------------------------------------------------
     def open_database(self, settings, busy_timeout=None, postgres_port=None, synchronous=None):
@@ -347,14 +347,14 @@ class DBDirectory:
         try:
             database.connect()
             done.extend(schema_upgrade.before_upgrade(self, database))
-            upgraded = models.upgrade(database, progress=self._upgrade_options["progress"])
+            upgraded = migrations.upgrade(database, progress=self._upgrade_options["progress"])
         except pw.OperationalError as exc:
             raise StorageError(f"cannot create or upgrade the database of {self.path}: {exc}") from None
         finally:
             database.close()
         done.extend(upgraded)
         if not upgraded and not done:
-            done.append(f"{self.path} is already a current {db_type} DB directory (schema {models.SCHEMA_VERSION})")
+            done.append(f"{self.path} is already a current {db_type} DB directory (schema {migrations.SCHEMA_VERSION})")
         return done
 
 

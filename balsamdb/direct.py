@@ -21,7 +21,8 @@ import peewee as pw
 from .applier import StorageFailure, apply_requests, root_cause
 from .backoff import Backoff
 from .exceptions import DatabaseBusy, StorageError
-from .models import MODELS, check_schema_not_newer
+from .migrations import check_schema_not_newer
+from .models import MODELS
 from .wording import shell_path
 
 log = logging.getLogger(__name__)

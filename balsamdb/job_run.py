@@ -37,9 +37,7 @@ def _handle_for_thread(db):
     dbdir = getattr(db, "dbdir", None)
     if dbdir is None:
         return db
-    from .api import Database
-
-    return Database(dbdir, db.settings)
+    return type(db)(dbdir, db.settings)
 
 
 class LeaseRenewer(threading.Thread):

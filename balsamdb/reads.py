@@ -133,7 +133,7 @@ class Reader:
         if database.connect(reuse_if_open=True) and not self.bound:
             # A client reading the file itself meets the schema as direct mode does: a newer one is
             # refused with both versions named (the read service's server checked it at its start).
-            from .models import check_schema_not_newer
+            from .migrations import check_schema_not_newer
 
             with self._binding():
                 check_schema_not_newer(database, self.dbdir.path)

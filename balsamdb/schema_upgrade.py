@@ -6,7 +6,7 @@ import time
 
 import peewee as pw
 
-from . import models
+from . import migrations
 from .exceptions import StorageError
 
 #: bytes a checkpointed WAL is truncated to (SQLite otherwise keeps the largest it ever grew to)
@@ -35,13 +35,13 @@ def before_upgrade(self, database):
     """Say what an upgrade of an existing schema will touch and how long it may take; back the
     SQLite database up first (``VACUUM INTO`` a file in the DB directory).  Returns sentences."""
     options = getattr(self, "_upgrade_options", {"backup": True, "say": lambda text: None})
-    version = models.check_schema_not_newer(database, self.path)
-    if version == 0 or version >= models.SCHEMA_VERSION:
+    version = migrations.check_schema_not_newer(database, self.path)
+    if version == 0 or version >= migrations.SCHEMA_VERSION:
         return []
-    counts = models.row_counts(database)
+    counts = migrations.row_counts(database)
     rows = sum(counts.values())
     seconds = max(1, round(rows / UPGRADE_ROWS_PER_S))
-    options["say"](f"upgrading the schema of {self.path} from version {version} to {models.SCHEMA_VERSION}: "
+    options["say"](f"upgrading the schema of {self.path} from version {version} to {migrations.SCHEMA_VERSION}: "
                    + ", ".join(f"{n:,} {table}" for table, n in counts.items())
                    + f" rows; about {seconds} s")
     if not options["backup"] or not isinstance(database, pw.SqliteDatabase):

@@ -4,12 +4,12 @@ import json
 
 import click
 
-from balsamdb.exceptions import BadRequest, Conflict, NotFound
 from balsamdb.job_queries import timeline
 from balsamdb.states import INITIAL, PIPELINE
 from balsamdb.wording import duration
 
 from .common import echo_json, format_time, json_option, open_db, parse_json, path_option
+from .job_ids import resolve_job_ids
 from .job_claims import acquire, policy, release
 from .ls import STATE_CHOICE, StateChoice, ls
 
@@ -30,19 +30,6 @@ def job():
 job.add_command(ls, "ls")
 for _command in (acquire, release, policy):
     job.add_command(_command)
-
-
-# -- job ids -----------------------------------------------------------------
-
-def resolve_job_ids(db, texts):
-    """Full job ids for ``texts``: each a full id or a unique prefix of at least 4 hex characters
-    (see :meth:`balsamdb.facades.Jobs.resolve_ids`); a malformed one is a usage error."""
-    try:
-        return db.jobs.resolve_ids(texts)
-    except BadRequest as exc:
-        raise click.UsageError(exc.message) from None
-    except (NotFound, Conflict) as exc:
-        raise click.ClickException(exc.message) from None
 
 
 # -- options that set job fields (shared by add and modify) --------------------

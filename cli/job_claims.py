@@ -5,6 +5,7 @@ import click
 from balsamdb.operations.leases import DEFAULT_STATES, LOST_POLICIES
 
 from .common import echo_json, echo_table, format_time, json_option, open_db, path_option
+from .job_ids import resolve_job_ids
 from .ls import STATE_CHOICE
 
 
@@ -55,8 +56,6 @@ def release(job_ids, path, owner, as_json):
     \b
         db job release --owner launcher-1 3f2a 9e8d
     """
-    from .job import resolve_job_ids
-
     with open_db(path) as db:
         released = db.jobs.release(resolve_job_ids(db, job_ids), owner=owner)
     if as_json:

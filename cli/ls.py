@@ -15,6 +15,7 @@ from balsamdb.states import STATES
 
 from .common import (echo_json, echo_json_stream, echo_table, echo_table_stream, format_time, json_option, open_db,
                      path_option, shorten)
+from .job_ids import resolve_job_ids
 
 
 class StateChoice(click.Choice):
@@ -87,8 +88,6 @@ def ls(path, workflow, states, name_glob, tags, since, until, changed, sort, wai
     filtered = bool(workflow or states or name_glob or tags or since or until or waiting_on or owner)
     with open_db(path) as db:
         if waiting_on:
-            from .job import resolve_job_ids
-
             (filters["waiting_on"],) = resolve_job_ids(db, [waiting_on])
         if watch:
             _watch(db, filters, filtered, sort, limit, by_state, interval)

@@ -18,7 +18,7 @@ from helpers import job_ids_in_db
 from in_process import connect_in_process
 
 import balsamdb
-from balsamdb import models, states
+from balsamdb import migrations, states
 from balsamdb.dbdir import DBDirectory
 from balsamdb.server.dbinit import init_db_directory
 from balsamdb.settings import load_settings
@@ -232,7 +232,7 @@ def test_reinit_keeps_rows_and_upgrades_an_old_schema(tmp_path):
     done = DBDirectory(path).init()
     assert any("schema 1 -> 2" in line for line in done) and not any("0 -> 1" in line for line in done)
     assert DBDirectory(path).init() == [
-        f"{path} is already a current sqlite3 DB directory (schema {models.SCHEMA_VERSION})"]
+        f"{path} is already a current sqlite3 DB directory (schema {migrations.SCHEMA_VERSION})"]
     with balsamdb.connect(path) as database:
         assert [j.name for j in database.jobs.filter()] == ["keep-me"]
         assert database.records.labels("P") == ["keep-me-too"]
@@ -244,7 +244,7 @@ def test_init_again_keeps_rows_and_says_it_is_current(db, backend, route):
         pytest.skip("about the DB directory itself, which an HTTP client does not see")
     db.jobs.create(name="keep-me")
     assert init_db_directory(db.path, backend) == [
-        f"{db.path} is already a current {backend} DB directory (schema {models.SCHEMA_VERSION})"]
+        f"{db.path} is already a current {backend} DB directory (schema {migrations.SCHEMA_VERSION})"]
     assert [j.name for j in db.jobs.filter()] == ["keep-me"]
 
 

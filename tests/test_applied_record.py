@@ -11,7 +11,6 @@ from pathlib import Path
 
 import balsamdb
 from balsamdb.dbdir import DBDirectory
-from balsamdb.models import SCHEMA_VERSION
 from balsamdb.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,7 +139,8 @@ def test_a_retry_in_the_same_group_commit_gets_the_original_answer(any_dbdir):
     """A write and its retry in one batch (a client that resent after a server restart): in the
     optimistic pass the job's insert is deferred, and the retry still gets the first answer."""
     from balsamdb.applier import apply_batch
-    from balsamdb.models import MODELS, upgrade
+    from balsamdb.migrations import upgrade
+    from balsamdb.models import MODELS
 
     database = DBDirectory(any_dbdir).open_database(load_settings(), busy_timeout=30)
     database.connect()

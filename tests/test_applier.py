@@ -15,10 +15,10 @@ from balsamdb.settings import load_settings
 def database(any_dbdir):
     db = DBDirectory(any_dbdir).open_database(load_settings(), busy_timeout=30)
     if DBDirectory(any_dbdir).db_type == "postgres":
-        from balsamdb import models
+        from balsamdb import migrations
 
         db.connect()
-        models.upgrade(db)
+        migrations.upgrade(db)
     db.connect(reuse_if_open=True)
     yield db
     db.close()

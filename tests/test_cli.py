@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import click
 import pytest
 
-from balsamdb.models import SCHEMA_VERSION
+from balsamdb.migrations import SCHEMA_VERSION
 
 import balsamdb
 from balsamdb.cli.main import main

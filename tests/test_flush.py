@@ -294,7 +294,8 @@ def test_normal_is_the_opt_out_without_a_flusher(tmp_path):
 def test_the_flusher_follows_the_wal_when_sqlite_makes_it_anew(tmp_path):
     """The committer's reconnect closes the last connection: SQLite checkpoints and deletes the
     -wal file, and makes a new one at the next write; the flusher must flush the new file."""
-    from balsamdb.models import MODELS, upgrade
+    from balsamdb.migrations import upgrade
+    from balsamdb.models import MODELS
     from balsamdb.request import Request
     from balsamdb.server.writer.committer import Committer
     from balsamdb.server.writer.flusher import Flusher

@@ -59,17 +59,17 @@ def test_db_init_under_a_running_server_changes_nothing_and_refuses_changes(serv
 @pytest.mark.parametrize("backend", ["sqlite3"])
 def test_db_init_under_a_running_server_refuses_a_schema_upgrade(served_dbdir, run_db):
     path = served_dbdir
-    from balsamdb import models
+    from balsamdb import migrations, models
 
     table = models.SchemaVersion._meta.table_name
 
     with sqlite3.connect(path / "db.sqlite3") as con:
-        con.execute(f"UPDATE {table} SET version = ?", (models.SCHEMA_VERSION - 1,))
+        con.execute(f"UPDATE {table} SET version = ?", (migrations.SCHEMA_VERSION - 1,))
     refused = run_db("init", path)
     assert refused.returncode != 0, refused.stdout
     assert "upgrade the schema" in refused.stderr and "Stop it first" in refused.stderr, refused.stderr
     with sqlite3.connect(path / "db.sqlite3") as con:
-        assert con.execute(f"SELECT version FROM {table}").fetchone()[0] == models.SCHEMA_VERSION - 1
+        assert con.execute(f"SELECT version FROM {table}").fetchone()[0] == migrations.SCHEMA_VERSION - 1
 
 
 # -- NaN and infinities ---------------------------------------------------------------------------------------

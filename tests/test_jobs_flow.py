@@ -266,7 +266,7 @@ def test_schema_6_upgrade_from_schema_5_in_place(served_dbdir, backend):
     idempotently: the claim columns and indexes are made, and the parents of existing jobs are
     linked (a parent that does not exist is left out), so a waiting child is released when its
     parent finishes."""
-    from balsamdb import models
+    from balsamdb import migrations
     from balsamdb.dbdir import DBDirectory
     from balsamdb.settings import load_settings
 
@@ -294,7 +294,7 @@ def test_schema_6_upgrade_from_schema_5_in_place(served_dbdir, backend):
     done = DBDirectory(path).init(backend)
     assert any("schema 5 -> 6" in line for line in done), done
     assert DBDirectory(path).init(backend) == [
-        f"{path} is already a current {backend} DB directory (schema {models.SCHEMA_VERSION})"]
+        f"{path} is already a current {backend} DB directory (schema {migrations.SCHEMA_VERSION})"]
     assert db_cli("dbserver", "--path", path).returncode == 0
     with balsamdb.connect(path) as db:
         assert db.call("job_get", job_id=child.id)["waiting_on"][0]["id"] == parent.id

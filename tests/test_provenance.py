@@ -212,7 +212,7 @@ def test_a_big_record_is_cut_to_fit_with_markers():
 def test_schema_7_links_records_on_both_backends_and_upgrades_an_older_store(served_dbdir):
     """Saves, replaces and deletes keep the link rows in step (through the write server, SQLite and
     PostgreSQL); an upgrade to schema 7 makes the links of records saved before it, idempotently."""
-    from balsamdb import models
+    from balsamdb import migrations, models
     from balsamdb.dbdir import DBDirectory
     from balsamdb.settings import load_settings
 
@@ -239,12 +239,12 @@ def test_schema_7_links_records_on_both_backends_and_upgrades_an_older_store(ser
             models.RecordJob.delete().execute()
             models.RecordFile.delete().execute()
             models.SchemaVersion.update(version=6).execute()
-        done = models.upgrade(database)
+        done = migrations.upgrade(database)
         assert any("schema 6 -> 7" in line for line in done)
         with database.bind_ctx(models.MODELS):
             assert [(r.job_id, r.run) for r in models.RecordJob.select()] == [(job_id, 3)]
             assert [(f.role, f.path, f.sha256) for f in models.RecordFile.select()] == [("input", "a.csv", "ab" * 32)]
-        assert models.upgrade(database) == []  # idempotent
+        assert migrations.upgrade(database) == []  # idempotent
     finally:
         database.close()
 

@@ -13,7 +13,7 @@ from helpers import db_cli, fresh_database_url, kill_everything
 from served import Served
 
 import balsamdb
-from balsamdb import models, transfer
+from balsamdb import migrations, models, transfer
 from balsamdb.identity import who
 from balsamdb.dbdir import DBDirectory
 from balsamdb.passwords import hash_password
@@ -170,11 +170,11 @@ def test_a_schema_3_store_gains_versions_in_place_idempotently(sqlite_dir):
     done = DBDirectory(path).init()
     assert any("schema 4 -> 5" in line for line in done), done
     assert DBDirectory(path).init() == [
-        f"{path} is already a current sqlite3 DB directory (schema {models.SCHEMA_VERSION})"]
+        f"{path} is already a current sqlite3 DB directory (schema {migrations.SCHEMA_VERSION})"]
     database = peewee.SqliteDatabase(str(path / "db.sqlite3"))
     try:
         with database.bind_ctx(models.MODELS):
-            models._record_versions(database)  # the step alone, run again (as under another number): no change
+            migrations._record_versions(database)  # the step alone, run again (as under another number): no change
             assert models.RecordVersion.select().count() == 1
     finally:
         database.close()
@@ -203,8 +203,8 @@ def test_a_schema_3_postgresql_store_gains_versions_in_place(pg_cluster):
     con.close()
     database = peewee.PostgresqlDatabase(url.rsplit("/", 1)[1], dsn=url)
     try:
-        assert any("schema 4 -> 5" in line for line in models.upgrade(database))
-        assert models.upgrade(database) == []
+        assert any("schema 4 -> 5" in line for line in migrations.upgrade(database))
+        assert migrations.upgrade(database) == []
     finally:
         database.close()
     store = transfer.open_store(url)

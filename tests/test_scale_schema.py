@@ -9,7 +9,7 @@ import uuid
 import peewee as pw
 import pytest
 
-from balsamdb import models, schema_scale
+from balsamdb import migrations, schema_scale
 from balsamdb.applier import apply_batch
 from balsamdb.dbdir import DBDirectory
 from balsamdb.exceptions import ConfigError
@@ -108,11 +108,11 @@ def test_an_old_db_upgrades_in_place_keeping_every_row(any_dbdir, backend, tmp_p
     database = _open(any_dbdir)
     try:
         if backend == "postgres":
-            models.upgrade(database)
+            migrations.upgrade(database)
         _to_schema_5(database)
         specs = _load(database)
         rows, digest = _rows(database), _digest(database)
-        assert models.current_version(database) == 5
+        assert migrations.current_version(database) == 5
     finally:
         database.close()
 
@@ -123,14 +123,14 @@ def test_an_old_db_upgrades_in_place_keeping_every_row(any_dbdir, backend, tmp_p
     if backend == "sqlite3":
         assert "backed the schema 5 database up" in upgraded.stdout and len(backups) == 1
         backup = pw.SqliteDatabase(str(backups[0]))
-        assert _rows(backup) == rows and models.current_version(backup) == 5
+        assert _rows(backup) == rows and migrations.current_version(backup) == 5
         backup.close()
     else:
         assert "pg_dump" in upgraded.stdout and not backups
 
     database = _open(any_dbdir)
     try:
-        assert models.current_version(database) == 8
+        assert migrations.current_version(database) == 8
         assert _rows(database) == rows and _digest(database) == digest
         indexes = _indexes(database)
         assert not indexes & set(OLD_INDEXES), indexes & set(OLD_INDEXES)
@@ -182,7 +182,7 @@ def test_every_everyday_read_uses_an_index(any_dbdir, backend):
     database = _open(any_dbdir)
     try:
         if backend == "postgres":
-            models.upgrade(database)
+            migrations.upgrade(database)
         _load(database, 100)
         since = time.time() - 600
         with database.bind_ctx(MODELS):
@@ -231,4 +231,4 @@ def test_an_older_balsamdb_refuses_a_newer_schema(dbdir, run_db):
     init = run_db("init", dbdir)
     assert init.returncode != 0 and "99" in init.stderr and "(8)" in init.stderr, init.stderr
     with pytest.raises(ConfigError, match="newer than this balsamdb"):
-        models.check_schema_not_newer(_open(dbdir), dbdir)
+        migrations.check_schema_not_newer(_open(dbdir), dbdir)

@@ -82,7 +82,7 @@ class SQLDatabase:
 def postgres_store(url, create):
     import peewee as pw
 
-    from .. import models
+    from .. import migrations
     from ..urls import check_postgres_url, parse_postgres_url, redact
 
     check_postgres_url(url)
@@ -98,14 +98,14 @@ def postgres_store(url, create):
                 raise ConfigError(f"{redact(url)} is Sumatra's own record store (Django): balsamdb reads it, "
                                   "never writes it")
             return SumatraDjangoStore(url, redact(url))
-        version = models.current_version(database)
+        version = migrations.current_version(database)
         if version == 0 and not create:
             raise ConfigError(f"{redact(url)} holds no balsamdb store (no schema)")
-        if version < models.SCHEMA_VERSION:
+        if version < migrations.SCHEMA_VERSION:
             if not create:
                 raise ConfigError(f"{redact(url)} has schema {version}; upgrade it first "
                                   "(db configure or db init on a DB directory using it)")
-            models.upgrade(database)
+            migrations.upgrade(database)
     except Exception:
         database.close()
         raise
@@ -116,13 +116,13 @@ def sqlite_file_store(path):
     """The store in one SQLite file (a DB directory's old database after ``db configure``)."""
     import peewee as pw
 
-    from .. import models
+    from .. import migrations
 
     database = pw.SqliteDatabase(str(path), timeout=60, pragmas={"journal_mode": "wal", "foreign_keys": 1})
-    version = models.current_version(database)
-    if version != models.SCHEMA_VERSION:
+    version = migrations.current_version(database)
+    if version != migrations.SCHEMA_VERSION:
         database.close()
-        raise ConfigError(f"{path} has schema {version}, not {models.SCHEMA_VERSION}: upgrade its DB directory "
+        raise ConfigError(f"{path} has schema {version}, not {migrations.SCHEMA_VERSION}: upgrade its DB directory "
                           "first (db init PATH upgrades in place)")
     return OperationStore(str(path), SQLDatabase(database))
 

@@ -46,7 +46,8 @@ import zmq
 from balsamdb import protocol
 from balsamdb.dbdir import PRIVATE_UMASK, DBDirectory
 from balsamdb.exceptions import BadRequest, BalsamDBError, ServerError, TryAgain
-from balsamdb.models import MODELS, upgrade
+from balsamdb.migrations import upgrade
+from balsamdb.models import MODELS
 from balsamdb.request import Request
 from balsamdb.settings import load_settings
 from balsamdb.spool import Spool

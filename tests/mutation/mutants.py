@@ -641,7 +641,7 @@ MUTANTS = [
 
     # -- Nobody else gets in --------------------------------------------------------------------------
     M("shelve-builds-sumatra-objects", "a shelve store cannot run code through Sumatra's own classes",
-      "balsamdb/sumatra_shelve.py",
+      "balsamdb/inert_pickle.py",
       '        if (module, name) in INERT_GLOBALS or module.split(".")[0] in INERT_MODULES:\n',
       '        if module.startswith("sumatra."):  # Sumatra\'s own classes, when installed, read records best\n'
       '            return super().find_class(module, name)\n'
