@@ -135,7 +135,7 @@ MUTANTS = [
       ("tests/test_applied_record.py::test_a_retry_after_an_import_changed_the_job_gets_the_original_answer",),
       "an import's replaced jobs not kept: a retry of an earlier write gets another answer"),
     M("upgrade-drops-whole-answers", "`db init` upgrades a schema 3 database in place",
-      "balsamdb/models.py",
+      "balsamdb/migrations.py",
       "    Answers stored whole by earlier versions stay valid as they are.\"\"\"\n"
       "    database.create_tables([JobAnswerBase], safe=True)\n",
       "    Answers stored whole by earlier versions stay valid as they are.\"\"\"\n"
