@@ -7,6 +7,7 @@ each test here kills a mutant that every earlier test let through (issue 25).
 - the watchdog's backoff, and that it never gives up however many starts fail;
 - no direct read or write of a SQLite file on a network file system (the FUSE test reads only
   after a spooled write of its own, which keeps a read off the file anyway).
+- group commits (the 64-process test checks them too, in two minutes);
 - a start refused while another host's heartbeat or server lock is fresh (the two-host test needs
   FUSE mounts in namespaces; this one writes those files by hand).
 """
@@ -162,3 +163,42 @@ def test_a_start_refuses_while_another_hosts_heartbeat_or_server_lock_is_fresh(d
         control.check_other_host(path, stale_after=30.0)
     os.utime(liveness.server_lock_file(path), (old, old))
     control.check_other_host(path, stale_after=30.0)
+
+
+@pytest.mark.parametrize("backend", ["sqlite3"])
+def test_writes_that_arrive_together_are_committed_together(served_dbdir):
+    """200 writes sent at once on one connection (without waiting for answers) are each answered
+    once, and some are committed in one batch (a group commit: `max_batch` over 1); the quick form
+    of the 64-process test's last check (broken: a batch limit of one)."""
+    import uuid
+
+    import zmq
+
+    from balsamdb import protocol
+    from helpers import address
+
+    secret = DBDirectory(served_dbdir).secret()
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(address(served_dbdir)["address"])
+        sent = {}
+        for i in range(200):
+            job_id = str(uuid.uuid4())
+            sent[f"together-{job_id[:16]}"] = job_id
+        for request_id, job_id in sent.items():
+            sock.send_multipart([b""] + protocol.encode(secret, {
+                "id": request_id, "op": "job_create", "ts": time.time(),
+                "params": {"job": {"id": job_id, "name": "together", "workflow": "w"}}}))
+        answers = {}
+        deadline = time.monotonic() + 60
+        while len(answers) < len(sent) and time.monotonic() < deadline:
+            if sock.poll(200):
+                answer = protocol.decode(secret, sock.recv_multipart()[1:])
+                answers[answer["id"]] = answer
+    finally:
+        sock.close()
+    assert sorted(answers) == sorted(sent) and all(a["ok"] for a in answers.values()), len(answers)
+    with balsamdb.connect(served_dbdir) as db:
+        assert db.jobs.count(workflow="w") == 200
+        assert db.server_status()["max_batch"] > 1, "no group commit: each write was a transaction of its own"

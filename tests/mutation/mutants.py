@@ -145,7 +145,7 @@ MUTANTS = [
       "the upgrade clears the record of applied requests: a retry of an earlier write applied again"),
     M("no-group-commit", "64 processes x 100 writes at once: 6400 rows, no error, group commits happen",
       "dbserver/writer/spool_order.py", "MAX_BATCH = 1024\n", "MAX_BATCH = 1\n",
-      ("tests/test_server.py::test_64_writers_all_land_exactly_once[sqlite3]",),
+      ("tests/test_guarantee_gaps.py::test_writes_that_arrive_together_are_committed_together[sqlite3]",),
       "a batch limit of one: every write its own transaction, no group commit"),
     M("applied-elsewhere-refused", "two daemons on one PostgreSQL database: the same request id through both",
       "balsamdb/applier.py", "            raise AppliedElsewhere(exc) from exc\n",
