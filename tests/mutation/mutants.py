@@ -157,7 +157,7 @@ MUTANTS = [
       "balsamdb/api.py", '                message["ts"] = time.time()  # signed afresh on every try: never refused as a replay\n',
       '                message["ts"] = time.time()  # signed afresh on every try: never refused as a replay\n'
       '                message["id"] = os.urandom(16).hex()\n',
-      ("tests/test_faults.py::test_server_sigstop_longer_than_the_client_timeout[sqlite3]",),
+      ("tests/test_reads.py::test_a_read_waits_while_its_own_spooled_write_waits_for_a_running_server",),
       "a resend after a timeout or a server restart made as a new request: a write applied twice"),
     M("new-watchdog-keeps-the-orphan", "the watchdog killed: its server keeps serving; the next `db dbserver` replaces",
       "dbserver/supervisor/watchdog.py", "        self.restarts = 0\n        self.stop_orphan()\n",
@@ -343,7 +343,7 @@ MUTANTS = [
       "                raise unavailable(path, time.monotonic() - started)",
       "                if spool and state != \"up\":\n                    return self._spool(message)\n"
       "                raise unavailable(path, time.monotonic() - started)",
-      ("tests/test_faults.py::test_server_sigstop_longer_than_the_client_timeout[sqlite3]",),
+      ("tests/test_reads.py::test_a_read_waits_while_its_own_spooled_write_waits_for_a_running_server",),
       "a write to a server that runs but does not answer (a cut link) raised instead of spooled"),
     M("holding-reply-not-extending-the-wait", "the loud variant: J's create and RUNNING spooled behind 6,000 writes",
       "balsamdb/client.py",
