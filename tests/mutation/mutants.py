@@ -162,7 +162,7 @@ MUTANTS = [
     M("new-watchdog-keeps-the-orphan", "the watchdog killed: its server keeps serving; the next `db dbserver` replaces",
       "dbserver/supervisor/watchdog.py", "        self.restarts = 0\n        self.stop_orphan()\n",
       "        self.restarts = 0\n",
-      ("tests/test_faults.py::test_dbserver_after_a_killed_watchdog_starts_a_fresh_watchdog_and_server[sqlite3]",),
+      ("tests/test_watchdog.py::test_an_orphan_without_address_file_is_stopped_by_a_new_watchdog_and_by_stop[sqlite3]",),
       "a new watchdog not stopping the server left by a killed one"),
     M("orphan-not-sent-sigcont", "the watchdog killed and its server SIGSTOPped: the next `db dbserver` sends",
       "dbserver/supervisor/liveness.py", "            proc.send_signal(signal.SIGCONT)\n", "",
