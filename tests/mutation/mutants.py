@@ -358,6 +358,12 @@ MUTANTS = [
       "            self.after_flush(self.committer.commit(held))\n",
       ("tests/test_spool_order.py::test_a_write_held_when_the_server_stops_goes_to_the_spool_behind_the_files[sqlite3]",),
       "the live writes held behind the spool applied at the stop, before the spooled ones", slow=True),
+    # (per-client order: each of the four mechanisms the row names keeps it alone, so no slip in one
+    # of them breaks it; what they share is that the server sees the spooled file.)
+    M("spooled-file-never-published", "a client's own spooled write is applied before its next live write",
+      "balsamdb/spool.py", "            os.rename(tmp, final)\n", "            final = tmp\n",
+      ("tests/test_spool_order_single.py::test_a_spooled_write_goes_before_the_clients_next_live_write[sqlite3]",),
+      "a spooled write left in spool/tmp (the rename into spool/new dropped): the live write goes first"),
 
     # -- Jobs that move themselves (issue 26) ----------------------------------------------------------
     M("child-of-failed-parent-ready", "released exactly once: when a job's last parent reaches JOB_FINISHED",
