@@ -196,8 +196,7 @@ def test_a_read_waits_while_its_own_spooled_write_waits_for_a_running_server(dbd
     """With a server running, a read waits for this client's spooled write to be applied, and says
     so when it is not by ``client_deadline`` (broken: the wait only when no server runs; a read
     meanwhile answered without the write).  Made to happen: the server is SIGSTOPped, so that this
-    client's write is spooled while its server runs, and is not drained until SIGCONT.  That write,
-    sent and resent to the stopped server before it was spooled, lands once."""
+    client's write is spooled while its server runs, and is not drained until SIGCONT."""
     import signal
 
     started = db_cli("dbserver", "--path", dbdir)
@@ -215,10 +214,7 @@ def test_a_read_waits_while_its_own_spooled_write_waits_for_a_running_server(dbd
         finally:
             os.kill(pid, signal.SIGCONT)
         assert db.jobs.count() == 1  # waited for the drain, then read
-        # The copies the server had queued while stopped and the spooled one are one request: applied
-        # once, the others answered from the record (broken: a resend made as a new request, whose
-        # spooled copy is refused as a second create of the job).
-        assert list((dbdir / "spool" / "failed").iterdir()) == []
+        assert list((dbdir / "spool" / "failed").iterdir()) == []  # the copies queued while stopped: one request
         db.close()
     finally:
         if pid is not None:

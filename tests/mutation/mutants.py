@@ -157,7 +157,7 @@ MUTANTS = [
       "balsamdb/api.py", '                message["ts"] = time.time()  # signed afresh on every try: never refused as a replay\n',
       '                message["ts"] = time.time()  # signed afresh on every try: never refused as a replay\n'
       '                message["id"] = os.urandom(16).hex()\n',
-      ("tests/test_reads.py::test_a_read_waits_while_its_own_spooled_write_waits_for_a_running_server",),
+      ("tests/test_faults.py::test_server_sigstop_longer_than_the_client_timeout[sqlite3]",),
       "a resend after a timeout or a server restart made as a new request: a write applied twice"),
     M("new-watchdog-keeps-the-orphan", "the watchdog killed: its server keeps serving; the next `db dbserver` replaces",
       "dbserver/supervisor/watchdog.py", "        self.restarts = 0\n        self.stop_orphan()\n",
