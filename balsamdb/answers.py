@@ -27,16 +27,15 @@ import peewee as pw
 
 from . import jsonio
 from .exceptions import ServerError
+from .job_fields import JOB_KEYS
 from .models import AppliedRequest, Job, JobAnswerBase, quoter
-from .operations import JOB_KEYS
+
+# Which operations answer with a job, and which change the jobs such answers refer to, are fields
+# of each registered operation (``answer="job"``, ``changes_jobs``: see balsamdb.operations.registry).
 
 #: Fields of a job answer stored in the record itself: what a state change sets.
 OWN_KEYS = ("state", "state_message", "updated_at")
 REST_KEYS = tuple(k for k in JOB_KEYS if k not in OWN_KEYS)
-#: Operations whose answer is a job.
-JOB_ANSWERS = frozenset({"job_create", "job_update_state", "job_modify"})
-#: Operations that change or delete job rows that compact answers may refer to.
-CHANGES_JOBS = frozenset({"job_modify", "job_delete", "import_items"})
 
 _MARK = '{"job":'  # a compact text starts so; a whole answer starts with '{"ok":'
 _NUMBERS = {name: (float if isinstance(field, pw.FloatField) else int)
@@ -64,9 +63,10 @@ def _as_stored(job):
 
 
 def pack(op, answer, text):
-    """The text to store for ``answer`` (whose JSON is ``text``) of a write ``op`` applied now."""
+    """The text to store for ``answer`` (whose JSON is ``text``) of a write ``op`` (its
+    :class:`~balsamdb.operations.Operation`) applied now."""
     result = answer.get("result")
-    if op not in JOB_ANSWERS or not answer.get("ok") or not isinstance(result, dict) \
+    if op.answer != "job" or not answer.get("ok") or not isinstance(result, dict) \
             or tuple(result) != JOB_KEYS or len(answer) != 2:
         return text
     stored = _as_stored(result)
@@ -109,19 +109,11 @@ def _rest(fast, job_id, digest):
 
 
 def preserve(fast, op, params):
-    """Before ``op`` changes or deletes jobs: keep their current fields for the compact
-    answers that refer to them (see the module docs)."""
-    if op not in CHANGES_JOBS or not isinstance(params, dict):
+    """Before ``op`` (an :class:`~balsamdb.operations.Operation`) changes or deletes jobs: keep
+    their current fields for the compact answers that refer to them (see the module docs)."""
+    if op.changes_jobs is None or not isinstance(params, dict):
         return
-    if op == "job_modify":
-        ids = [params.get("job_id")]
-    elif op == "job_delete":
-        ids = params.get("job_ids")
-    else:
-        items = params.get("items")
-        if params.get("dry_run") is True or not isinstance(items, list):
-            return
-        ids = [item.get("id") for item in items if isinstance(item, dict) and item.get("kind") == "job"]
+    ids = op.changes_jobs(params)
     if not isinstance(ids, list):
         return
     ids = [i for i in dict.fromkeys(_job_id(i) for i in ids) if i]

@@ -1,9 +1,11 @@
 """The public Python API: ``balsamdb.connect()`` and what it returns.
 
-Every call becomes one request of :mod:`balsamdb.operations` with a fresh id.
+Every call becomes one :class:`~balsamdb.request.Request` of :mod:`balsamdb.operations` with a
+fresh id, made once (:meth:`balsamdb.handle.StoreHandle.request`, the route skeleton it shares
+with :class:`balsamdb.remote.RemoteDatabase`).
 While a server runs for the DB directory, a write goes through it; when none runs
 and the database is SQLite, it is applied directly (unless ``require_server``);
-see :meth:`Database.call`.  Reads never go to the write server: on its host, with
+see :meth:`Database._route`.  Reads never go to the write server: on its host, with
 the SQLite file on a local file system, the client reads the file itself on a
 read-only connection; otherwise the read service beside the write server answers
 them (see :mod:`balsamdb.reads` and ``Database._read``).
@@ -13,11 +15,11 @@ import logging
 import os
 import time
 
-from . import address_file, operations, protocol
+from . import address_file, protocol
 from .client import ServerClient, server_state, unavailable
 from .dbdir import DBDirectory
 from .exceptions import NotADBDirectory, RequestTooLarge, ServerUnavailable, TryAgain
-from .handle import UNREACHABLE_FOR, StoreHandle, answer_result
+from .handle import UNREACHABLE_FOR, StoreHandle
 from .read_route import ReadRoute
 from .settings import CHECKOUT_SOURCE, USER_DIR_SOURCE, load_settings, resolve_db_path
 from .spool import Spool, SpoolWriter
@@ -107,19 +109,6 @@ class Database(ReadRoute, StoreHandle):
             self._direct = DirectStore(self.dbdir, self.settings)
         return self._direct
 
-    def request(self, op, params, request_id=None):
-        """:meth:`call` with the parameters as a dict, and optionally the request id
-        (a retry of an id that was applied gets the first answer, and changes nothing)."""
-        request_id = request_id or os.urandom(16).hex()  # as unique as a uuid4, cheaper to make
-        write = op in operations.OPERATIONS and operations.OPERATIONS[op].write
-        message = {"id": request_id, "op": op, "params": params, "ts": time.time()}
-        if write or op not in operations.OPERATIONS or op in protocol.SERVER_OPS:
-            spool = self.settings.spool and operations.spoolable(op)  # never for a claim (job_acquire)
-            answer = self._route(message, write, spool)
-        else:
-            answer = self._read(message)
-        return answer_result(request_id, answer)
-
     def _address(self, recheck=False):
         """The address record and its health, re-read only when the file changed.
 
@@ -139,7 +128,11 @@ class Database(ReadRoute, StoreHandle):
             self._address_signature = signature
         return self._address_cache
 
-    def _route(self, message, write, spool):
+    def _route(self, request):
+        """The answer to a write (or an operation of the write server): from the server while one
+        runs, else from SQLite written directly, else the spool's (or the reason none can answer)."""
+        write = request.write
+        spool = self.settings.spool and request.spooled  # never for a claim (job_acquire)
         started = time.monotonic()
         deadline = started + self.settings.client_deadline
         path = self._address_path
@@ -148,11 +141,11 @@ class Database(ReadRoute, StoreHandle):
             info, state = self._address(recheck)
             if state == "up" and write and self._known_unreachable(info):
                 if spool:
-                    return self._spool(message)  # this server did not answer a whole deadline just now
-                raise self._never_spooled(message, "it did not answer a whole deadline just now")
+                    return self._spool_request(request)  # this server did not answer a whole deadline just now
+                raise self._never_spooled(request, "it did not answer a whole deadline just now")
             if state == "up":
-                message["ts"] = time.time()  # signed afresh on every try: never refused as a replay
-                answer = self._send(info, message, path)
+                request.stamp()  # signed afresh on every try: never refused as a replay
+                answer = self._send(info, request, path)
                 if answer is not None and (answer.get("error") or {}).get("code") == TryAgain.code:
                     time.sleep(_COMING_POLL)  # the server lost its database for a moment: resend
                 elif answer is not None:
@@ -162,19 +155,18 @@ class Database(ReadRoute, StoreHandle):
             elif state == "down":
                 self._check_config()
                 if self.db_type == "sqlite3" and not self.settings.require_server \
-                        and message["op"] not in protocol.SERVER_OPS and not self._spool_waits(write) \
-                        and self._direct_allowed():
-                    protocol.dumps_request(message)  # NaN refused as on the other routes, never stored
+                        and not request.server and not self._spool_waits(write) and self._direct_allowed():
+                    protocol.dumps_request(request.message())  # NaN refused as on the other routes, never stored
                     self.last_route = "direct"
-                    return self._direct_store().call(message["id"], message["op"], message["params"], write)
+                    return self._direct_store().call(request)
                 if spool:
                     if self.db_type == "sqlite3" and not self.settings.require_server and not self._warned:
                         self._warned = True
                         log.warning("spooled writes wait in %s (no server runs): this write waits behind them; "
                                     "db dbserver --path %s applies them", self._spool_writer.spool.new, self.dbdir.path)
-                    return self._spool(message)
-                if write and not operations.spoolable(message["op"]):
-                    raise self._never_spooled(message, info.get("reason") or info.get("state"))
+                    return self._spool_request(request)
+                if write and not request.spooled:
+                    raise self._never_spooled(request, info.get("reason") or info.get("state"))
                 raise ServerUnavailable(
                     f"no balsamdb server runs for {self.dbdir.path} ({info.get('reason') or info.get('state')}"
                     f"{self._direct_refusal()}); start one with: db dbserver --path {shell_path(self.dbdir.path)}"
@@ -188,12 +180,12 @@ class Database(ReadRoute, StoreHandle):
                     # instead of each waiting a whole deadline (a login node that went away).
                     self._unreachable = (info.get("epoch"), time.monotonic() + UNREACHABLE_FOR)
                 if spool:
-                    return self._spool(message)
+                    return self._spool_request(request)
                 raise unavailable(path, time.monotonic() - started)
 
-    def _never_spooled(self, message, why):
+    def _never_spooled(self, request, why):
         return ServerUnavailable(
-            f"{message['op']} needs an answer now and is never spooled, and the server of {self.dbdir.path} cannot "
+            f"{request.op} needs an answer now and is never spooled, and the server of {self.dbdir.path} cannot "
             f"answer ({why}{self._direct_refusal()}); start one with: db dbserver --path {self.dbdir.path}")
 
     def _config_stat(self):
@@ -240,12 +232,12 @@ class Database(ReadRoute, StoreHandle):
             return False
         return True
 
-    def _encoded(self, message, info=None):
-        """The signed frames of ``message``; refused here, at once, when too large to send (for
+    def _encoded(self, request, info=None):
+        """The signed frames of ``request``; refused here, at once, when too large to send (for
         this client, or for the server of ``info``, which drops a larger message unread)."""
         # encode_request: NaN and infinities are refused here, before sending or spooling.
         frames = protocol.encode_request(self.dbdir.secret() if self._server is None else self._server.secret,
-                                         message)
+                                         request.message())
         size = len(frames[0]) - protocol.ENVELOPE_BYTES
         if size > self.settings.max_request_bytes:
             raise RequestTooLarge(f"the request is {size} bytes, more than max_request_bytes "
@@ -260,16 +252,13 @@ class Database(ReadRoute, StoreHandle):
             return self._spool_writer.spool.any_waiting()
         return self._spool_writer.waiting()
 
-    def _send(self, info, message, path):
+    def _send(self, info, request, path):
         """One try at the server.  The server applies every spooled write that waits when a
         request arrives before that request (holding it meanwhile), so none is overtaken."""
-        return self._server_client().try_once(info, message, path, self._encoded(message, info))
+        return self._server_client().try_once(info, request, path, self._encoded(request, info))
 
-    def _spool(self, message):
-        operations.check_offline(message["op"], message["params"])  # refused now, not after waiting
-        spooled = self._spool_writer.put(self._encoded(message)[0])
-        self.last_route = "spool"
-        return {"ok": True, "spooled": True, "spool_file": spooled}
+    def _spool_request(self, request):
+        return self._spool(request, self._encoded(request)[0])  # the signed frame, as sent to a server
 
     def ping(self):
         """The server's ping answer (raises :class:`ServerUnavailable` when none runs)."""

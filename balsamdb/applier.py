@@ -1,10 +1,10 @@
-"""Apply requests exactly once, inside a transaction that the caller holds.
+"""Apply requests exactly once, in a transaction: :func:`apply`, the one entry point.
 
-Both the write server (a whole batch per transaction: group commit) and a
-process writing SQLite directly (one request per transaction) call
-:func:`apply_requests`.  The request id and the answer of every write are
-stored in the same transaction as the write, so a retry of an applied request
-gets the stored answer and changes nothing.
+Both the write server (a whole batch per transaction: group commit), a process writing
+SQLite directly and a copy into a store (one request per transaction) call :func:`apply`
+with :class:`~balsamdb.request.Request` objects and the way to open a transaction.  The
+request id and the answer of every write are stored in the same transaction as the write,
+so a retry of an applied request gets the stored answer and changes nothing.
 """
 
 import logging
@@ -17,7 +17,6 @@ from . import jsonio
 from . import operations
 from .exceptions import BadRequest, BalsamDBError, Conflict, ServerError
 from .models import now
-from .request import Request
 from .statements import statements
 
 log = logging.getLogger(__name__)
@@ -53,24 +52,13 @@ class StorageFailure(Exception):
         self.original = original
 
 
-def apply_requests(database, requests, savepoints=True):
-    """Apply ``requests``, a list of ``(request_id, op, params)``, in order; returns one
-    answer per request (see :func:`apply`)."""
-    requests = _as_requests(requests)
-    apply(database, requests, savepoints)
-    return [r.answer for r in requests]
-
-
-def _as_requests(requests):
-    return [r if isinstance(r, Request) else Request(*r) for r in requests]
-
-
 #: Requests applied between two calls of ``tick`` (see :func:`apply`).
 TICK_EVERY = 32
 
 
-def apply(database, requests, savepoints=True, tick=None):
-    """Apply ``requests`` (:class:`~balsamdb.request.Request`), in order, filling in the
+def _pass(database, requests, savepoints=True, tick=None):
+    """One pass of :func:`apply`, in the transaction it opened: apply ``requests``
+    (:class:`~balsamdb.request.Request`), in order, filling in the
     ``answer`` of each and, for a write applied now, its ``text``.
 
     Each runs in its own savepoint, so a refused request changes nothing and
@@ -93,9 +81,7 @@ def apply(database, requests, savepoints=True, tick=None):
     the reply); what is stored is that text, or for a job answer a compact form of it (see
     :mod:`balsamdb.answers`).
 
-    ``tick`` (the write server's): called every :data:`TICK_EVERY` requests and before the
-    batch's big statements, so that the server answers earlier batches whose flush ended
-    meanwhile instead of after this whole batch; it must not touch the database.
+    ``tick``: see :func:`apply`.
     """
     fast = statements(database)
     for request in requests:
@@ -132,8 +118,8 @@ def apply(database, requests, savepoints=True, tick=None):
                 insert = deferred
             else:
                 _flush(deferred)
-        if op.name in stored_answers.CHANGES_JOBS:
-            _preserve(fast, op.name, request.params)
+        if op.changes_jobs is not None:
+            _preserve(fast, op, request.params)
         answer = _run(database, op, request.params, insert) if savepoints else _run_bare(op, request.params, insert)
         if record:
             text = request.text = jsonio.dumps_fast(answer) if op.deferrable else jsonio.dumps(answer)
@@ -141,7 +127,7 @@ def apply(database, requests, savepoints=True, tick=None):
             # job row whose insert is still deferred.
             applied[request.id] = text
             new_rows.append({"request_id": request.id, "applied_at": now(),
-                             "response": stored_answers.pack(op.name, answer, text)})
+                             "response": stored_answers.pack(op, answer, text)})
         request.answer = answer
     if tick is not None:
         tick()
@@ -163,9 +149,9 @@ def apply(database, requests, savepoints=True, tick=None):
     return requests
 
 
-def _preserve(fast, name, params):
+def _preserve(fast, op, params):
     try:
-        stored_answers.preserve(fast, name, params)
+        stored_answers.preserve(fast, op, params)
     except DATABASE_ERRORS as exc:
         raise StorageFailure(exc) from exc
 
@@ -224,27 +210,29 @@ class AppliedElsewhere(Exception):
 APPLIED_ELSEWHERE_RETRIES = 5
 
 
-def apply_batch(database, requests, begin):
-    """:func:`run_batch` of ``requests``: :class:`~balsamdb.request.Request` objects or
-    ``(request_id, op, params)`` tuples; returns the answers."""
-    requests = _as_requests(requests)
-    run_batch(database, requests, begin)
-    return [r.answer for r in requests]
+def apply(database, requests, begin, tick=None, optimistic=True):
+    """Apply ``requests`` (:class:`~balsamdb.request.Request`), in order, in one transaction
+    opened by ``begin()`` (a context manager); each is filled in (its ``answer``, and for a write
+    applied now its ``text``: see :func:`_pass`) when this returns, after the commit.
 
+    ``optimistic`` (the write server's batches): first without savepoints and, if any request
+    fails, again with one savepoint per request; else (one request written directly) with its
+    savepoint at once.  A batch of which another daemon on the same PostgreSQL database applied
+    an id meanwhile is run again (:class:`AppliedElsewhere`).  Raises :class:`StorageFailure`
+    when the database fails as a whole: nothing of the transaction was kept.
 
-def run_batch(database, requests, begin, tick=None):
-    """Apply ``requests`` (:class:`~balsamdb.request.Request`) in one transaction opened by
-    ``begin()`` (a context manager), optimistically without savepoints and, if any request
-    fails, again with one savepoint per request; each is filled in (see :func:`apply`) when
-    this returns, after the commit.  ``tick``: see :func:`apply`."""
+    ``tick`` (the write server's): called every :data:`TICK_EVERY` requests and before the
+    batch's big statements, so that the server answers earlier batches whose flush ended
+    meanwhile instead of after this whole batch; it must not touch the database.
+    """
     for attempt in range(APPLIED_ELSEWHERE_RETRIES + 1):
         try:
             try:
                 with begin():
-                    apply(database, requests, savepoints=False, tick=tick)
+                    _pass(database, requests, savepoints=not optimistic, tick=tick)
             except NeedsIsolation:
                 with begin():
-                    apply(database, requests, savepoints=True, tick=tick)
+                    _pass(database, requests, savepoints=True, tick=tick)
             return requests
         except AppliedElsewhere as exc:
             if attempt == APPLIED_ELSEWHERE_RETRIES:

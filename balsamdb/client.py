@@ -104,9 +104,9 @@ class ServerClient:
             self._socket, self._address = sock, (address, curve_public)
         return self._socket
 
-    def try_once(self, info, message, address_path, frames=None):
-        """Send ``message`` (already encoded as ``frames``, if given) to the server of
-        ``info`` and wait for the answer.
+    def try_once(self, info, request, address_path, frames=None):
+        """Send ``request`` (a :class:`~balsamdb.request.Request`, already encoded as ``frames``, if
+        given) to the server of ``info`` and wait for the answer.
 
         Returns the answer body, or None when this try should be abandoned (no
         reply in time, or the server died or was replaced meanwhile).
@@ -118,15 +118,15 @@ class ServerClient:
             target = local
         sock = self._connect(target, info.get("curve_public"))
         try:
-            return self._exchange(sock, info, message, address_path, frames, target, local)
+            return self._exchange(sock, info, request, address_path, frames, target, local)
         except BaseException:
             # Interrupted between send and receive (KeyboardInterrupt, an alarm, a bad answer):
             # a REQ socket still waiting for its reply is useless, so never keep it.
             self.close()
             raise
 
-    def _exchange(self, sock, info, message, address_path, frames, target, local):
-        frames = frames or protocol.encode(self.secret, message)
+    def _exchange(self, sock, info, request, address_path, frames, target, local):
+        frames = frames or protocol.encode(self.secret, request.message())
         sock.send(frames[0]) if len(frames) == 1 else sock.send_multipart(frames)  # one frame: send is cheaper
         give_up = time.monotonic() + self.settings.client_timeout
         next_check = time.monotonic() + _LIVENESS_EVERY
@@ -147,7 +147,7 @@ class ServerClient:
                     ) from None
                 # A REQ socket gets exactly one reply per request, so this is ours: a reply
                 # without an id is the server refusing a message whose id it could not read.
-                if answer.get("id") not in (message["id"], None):
+                if answer.get("id") not in (request.id, None):
                     log.warning("dropping an answer to another request (%s)", answer.get("id"))
                     continue
                 if protocol.is_holding(answer):
@@ -155,8 +155,7 @@ class ServerClient:
                     # this one.  Send it again on this socket, signed afresh (a long drain must
                     # not make it look like a replay), and wait a whole timeout again.
                     log.debug("the server drains the spool first (%s left); waiting", answer.get("pending"))
-                    message["ts"] = time.time()
-                    frames = protocol.encode(self.secret, message)
+                    frames = protocol.encode(self.secret, request.stamp().message())
                     sock.send_multipart(frames)
                     give_up = time.monotonic() + self.settings.client_timeout
                     continue

@@ -382,15 +382,3 @@ def check_secret(secret, where, path):
             f"{where} holds {'nothing' if not secret else f'only {len(secret)} bytes'}: a secret needs at least "
             f"{MIN_SECRET_BYTES} (anyone could guess a short one). Stop the server if one runs "
             f"(db dbserver --stop --path {shell_path(path)}), delete {where} and run: db init {shell_path(path)}")
-
-
-def job_working_directory(workflow, name, job_id):
-    """Working directory of a job, relative to its DB directory:
-    ``data/<workflow>/<name>_<first 8 characters of the id>``."""
-    return f"data/{_safe_part(workflow)}/{_safe_part(name)}_{job_id[:8]}"
-
-
-def _safe_part(text):
-    """A file-name-safe rendering of a workflow or job name."""
-    cleaned = "".join(c if (c.isalnum() or c in "-_.") else "_" for c in str(text)).strip(".")
-    return cleaned or "_"

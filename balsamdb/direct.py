@@ -18,9 +18,9 @@ import time
 
 import peewee as pw
 
-from .applier import StorageFailure, apply_requests, root_cause
+from .applier import StorageFailure, apply, root_cause
 from .backoff import Backoff
-from .exceptions import DatabaseBusy, StorageError
+from .exceptions import DatabaseBusy, StorageError, database_busy
 from .migrations import check_schema_not_newer
 from .models import MODELS
 from .wording import shell_path
@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 # directories) in one process must not run operations at the same time: SQLite
 # serializes the writers anyway.
 BIND_LOCK = threading.RLock()
-
-_BUSY_WORDS = ("locked", "busy")
 
 
 class DirectStore:
@@ -57,8 +55,9 @@ class DirectStore:
         if not self.database.is_closed():
             self.database.close()
 
-    def call(self, request_id, op, params, write):
-        """Apply one request; returns the answer dict (see :mod:`balsamdb.applier`)."""
+    def call(self, request):
+        """Apply one :class:`~balsamdb.request.Request`; returns its answer dict (see :mod:`balsamdb.applier`)."""
+        lock_type = "IMMEDIATE" if request.write else None
         backoff = Backoff(0.005, 0.5, time.monotonic() + self.settings.direct_deadline)
         while True:
             try:
@@ -70,14 +69,13 @@ class DirectStore:
                     with BIND_LOCK:  # it binds the models too (bind_ctx is process-wide: see BIND_LOCK)
                         check_schema_not_newer(self.database, self.dbdir.path)
                 with BIND_LOCK, self.database.bind_ctx(MODELS):
-                    with self.database.atomic(lock_type="IMMEDIATE" if write else None):
-                        return apply_requests(self.database, [(request_id, op, params)])[0]
+                    apply(self.database, [request], lambda: self.database.atomic(lock_type=lock_type), optimistic=False)
+                    return request.answer
             except (StorageFailure, pw.OperationalError) as exc:
                 original = root_cause(getattr(exc, "original", exc))
-                text = str(original).lower()
-                if not any(word in text for word in _BUSY_WORDS):
+                if not database_busy(original):
                     raise self._storage_error(original) from None
-                log.debug("database locked; retrying %s in about %.3f s", op, backoff.delay)
+                log.debug("database locked; retrying %s in about %.3f s", request.op, backoff.delay)
                 if not backoff.sleep():
                     raise DatabaseBusy(
                         f"{self.dbdir.sqlite_file} stayed locked for {self.settings.direct_deadline:.0f} s; "

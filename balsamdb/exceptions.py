@@ -99,6 +99,15 @@ class DatabaseBusy(BalsamDBError):
     advice = "retry later or start a server"
 
 
+def database_busy(error):
+    """Whether a database error (peewee's, sqlite3's, or one of its root causes, see
+    ``balsamdb.applier.root_cause``) says another connection held a lock: SQLite's "database
+    is locked", "database table is locked", SQLITE_BUSY's "database is busy".  The one place
+    where balsamdb recognises a lock by its message (SQLite reports it only so)."""
+    text = str(error).lower()
+    return "locked" in text or "busy" in text
+
+
 class StorageError(BalsamDBError):
     """The database refused the write (disk full, read-only, I/O error, corrupt); the whole batch
     was rolled back."""

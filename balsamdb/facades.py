@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from . import job_queries
-from .dbdir import job_working_directory
+from .job_fields import job_working_directory
 from .exceptions import BadRequest, Conflict, NotFound, StorageError
 from .identity import default_owner
 from .private_files import make_private_directories
@@ -188,7 +188,8 @@ class Jobs:
         return [s["id"] for s in specs]
 
     def get(self, job_id):
-        """The job with id ``job_id`` (a prefix of 8+ characters is not enough: give the id)."""
+        """The job with id ``job_id``: a full id, or a unique prefix of at least ``MIN_PREFIX`` hex
+        characters (resolved first, see :meth:`resolve_ids`)."""
         return self._job(self._db.call("job_get", job_id=self._full_id(job_id)))
 
     def history(self, job_id):

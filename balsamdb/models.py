@@ -11,6 +11,7 @@ import time
 import peewee as pw
 
 from . import jsonio
+from .job_fields import JOB_TABLE, LEASE_FIELDS  # LEASE_FIELDS: also read from here
 
 
 
@@ -57,9 +58,8 @@ class Job(BaseModel):
     renewed_at = pw.DoubleField(null=True)
 
 
-#: The columns of a job's claim: kept out of job answers (their stored compact form, see
-#: balsamdb.answers, covers the fields a state change keeps).
-LEASE_FIELDS = ("owner", "lease_expires", "renewed_at")
+if tuple(Job._meta.sorted_field_names) != tuple(name for name, _ in JOB_TABLE):  # one table of the job's fields
+    raise ImportError("balsamdb.models.Job and balsamdb.job_fields.JOB_TABLE name different fields")
 
 
 class JobParent(BaseModel):

@@ -4,8 +4,10 @@ A request is one ZeroMQ frame after the routing envelope::
 
     MAGIC (4 bytes) + HMAC-SHA256(secret, body) (32 bytes) + body
 
-and ``body`` is a JSON object ``{"id": str, "op": str, "params": {...}}``.
-``id`` is made by the client (a UUID) and is the same for every retry of one
+and ``body`` is a JSON object ``{"id": str, "op": str, "params": {...}, "ts": float}`` (see
+:class:`balsamdb.request.Request`, which makes it).
+``id`` is made by the client (32 hexadecimal characters: 16 random bytes; any string of 1 to 64
+characters is accepted) and is the same for every retry of one
 request: it is what makes a write happen exactly once.  The answer has the
 same form::
 
@@ -31,16 +33,6 @@ MAGIC = b"BDB1"
 _MAC_END = len(MAGIC) + 32
 #: Bytes of a frame around its body: the largest frame a server reads is ``max_request_bytes`` + this.
 ENVELOPE_BYTES = _MAC_END
-
-
-def __getattr__(name):
-    # SERVER_OPS: the operations the write server answers itself, from the registry (imported
-    # when first asked for: the registry imports the models, which the wire format does not need).
-    if name == "SERVER_OPS":
-        from .operations import SERVER_OPS
-
-        return SERVER_OPS
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def holding_reply(request_id, pending):
@@ -178,7 +170,8 @@ MAX_AGE = 300.0
 
 
 def check_request(message, now=None):
-    """Validate the fields of a request body; returns ``(id, op, params)``.
+    """Validate the fields of a request body (see :meth:`balsamdb.request.Request.from_message`,
+    which makes the request of it); raises :class:`BadRequest` or :class:`AuthenticationError`.
 
     With ``now`` (the server's clock), a request whose ``ts`` is more than
     :data:`MAX_AGE` seconds away is refused: a captured message cannot be
@@ -186,13 +179,13 @@ def check_request(message, now=None):
     """
     request_id, op, params = message.get("id"), message.get("op"), message.get("params", {})
     if now is not None:
-        sent = message.get("ts")
-        if isinstance(sent, bool) or not isinstance(sent, (int, float)) or not math.isfinite(sent):
+        ts = message.get("ts")
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
             # NaN would pass the age test below (every comparison with NaN is false): never expire.
             raise AuthenticationError("the request carries no finite time stamp (ts)")
-        if abs(now - sent) > MAX_AGE:
+        if abs(now - ts) > MAX_AGE:
             raise AuthenticationError(
-                f"the request was signed {now - sent:.0f} s ago: refused as a replay "
+                f"the request was signed {now - ts:.0f} s ago: refused as a replay "
                 f"(or the clocks of client and server differ by more than {MAX_AGE:.0f} s)")
     if not isinstance(request_id, str) or not 0 < len(request_id) <= 64:
         raise BadRequest("request id must be a string of 1 to 64 characters")
@@ -200,4 +193,3 @@ def check_request(message, now=None):
         raise BadRequest("op must be a string")
     if not isinstance(params, dict):
         raise BadRequest("params must be an object")
-    return request_id, op, params

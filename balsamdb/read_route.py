@@ -16,13 +16,13 @@ waits until the spool file is gone (up to ``client_deadline``, then :class:`Serv
 says why); with no server it is refused at once, as the read could not see it.
 """
 
-import os
 import socket
 import time
 
 from . import address_file
 from .client import ServerClient, unavailable
 from .exceptions import ServerUnavailable, TryAgain
+from .request import Request
 
 _POLL = 0.02  # seconds between looks at the address file or the spool while waiting
 
@@ -50,7 +50,7 @@ class ReadRoute:
             return False
         return self._direct_allowed()
 
-    def _read(self, message):
+    def _read(self, request):
         started = time.monotonic()
         deadline = started + self.settings.client_deadline
         recheck = False
@@ -61,19 +61,19 @@ class ReadRoute:
             if state != "coming":
                 self._wait_own_spool(state, deadline)
             if state != "coming" and self._local_reads(info, state):
-                answer = self._local_reader().run(message["op"], message["params"])
+                answer = self._local_reader().run(request.op, request.params)
                 if (answer.get("error") or {}).get("code") != TryAgain.code:
                     self.last_read_route = "local"
                     return answer
             elif state == "up" and info.get("read_address") and reader_alive(info):
-                message["ts"] = time.time()  # signed afresh on every try: never refused as a replay
-                answer = self._reader_client().try_once(reader_info(info), message, self._address_path,
-                                                        self._encoded(message, info))
+                request.stamp()  # signed afresh on every try: never refused as a replay
+                answer = self._reader_client().try_once(reader_info(info), request, self._address_path,
+                                                        self._encoded(request, info))
                 if answer is not None and (answer.get("error") or {}).get("code") != TryAgain.code:
                     self.last_read_route = "reader"
                     return answer
             elif state == "up" and "reader_state" not in info:
-                answer = self._send(info, message, self._address_path)  # a server without a read service
+                answer = self._send(info, request, self._address_path)  # a server without a read service
                 if answer is not None and (answer.get("error") or {}).get("code") != TryAgain.code:
                     self.last_read_route = "server"
                     return answer
@@ -92,11 +92,11 @@ class ReadRoute:
         info, state = self._address(recheck=True)
         if state != "up" or not info.get("read_address") or not reader_alive(info):
             return None
-        message = {"id": os.urandom(16).hex(), "op": "status", "params": {}, "ts": time.time()}
+        request = Request.make("status", {})
         deadline = time.monotonic() + self.settings.client_deadline
         while time.monotonic() < deadline:
-            answer = self._reader_client().try_once(reader_info(info), message, self._address_path,
-                                                    self._encoded(message, info))
+            answer = self._reader_client().try_once(reader_info(info), request, self._address_path,
+                                                    self._encoded(request, info))
             if answer is not None:
                 return answer.get("result") if answer.get("ok") else None
         return None

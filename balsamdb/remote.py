@@ -28,17 +28,16 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import urllib3
 
-from . import operations
 from .backoff import Backoff
-from .handle import UNREACHABLE_FOR, SpooledWrite, StoreHandle, answer_result
-from .exceptions import (AuthenticationError, BadRequest, ConfigError, RequestTooLarge, ServerUnavailable,
-                         error_from_dict)
+from .handle import UNREACHABLE_FOR, StoreHandle
+from .exceptions import (AuthenticationError, BadRequest, ConfigError, DatabaseBusy, RequestTooLarge, ServerUnavailable,
+                         TryAgain, error_from_dict)
 from .protocol import dumps_request
 from .spool import Spool, SpoolWriter
 from .urls import redact
 
 RETRY_STATUSES = (502, 503, 504)
-RETRY_CODES = ("unavailable", "retry", "busy")  # answers of the store that a later try may change
+RETRY_CODES = (ServerUnavailable.code, TryAgain.code, DatabaseBusy.code)  # answers of the store that a later try may change
 _PROBE_EVERY = 1.0  # seconds between single tries of such a store (a success ends the spooling at once)
 
 
@@ -111,39 +110,43 @@ class RemoteDatabase(StoreHandle):
 
     # -- calls --------------------------------------------------------------------------------------------
 
-    def request(self, op, params, request_id=None):
-        write = op in operations.OPERATIONS and operations.OPERATIONS[op].write
-        # "sent": when the write was first made; the store refuses one that waited longer than it
-        # keeps the ids of applied writes, which could otherwise be applied a second time.
-        message = {"id": request_id or os.urandom(16).hex(), "op": op, "params": params, "sent": time.time()}
-        body = dumps_request(message)  # NaN and infinities refused here, before sending or spooling
+    def _body(self, request):
+        """The JSON text sent (and spooled) for ``request``: NaN and infinities refused here, before
+        sending or spooling.  Its time stamp is made once, when the call was made (never renewed): the
+        store refuses a write that waited longer than it keeps the ids of applied writes, which could
+        otherwise be applied a second time.  The store reads it as ``sent``."""
+        body = dumps_request(request.message(stamp="sent"))
         if len(body) > self.settings.max_request_bytes:
             raise RequestTooLarge(f"the request is {len(body)} bytes, more than max_request_bytes "
                                   f"({self.settings.max_request_bytes}); send less at a time")
-        spool = write and self.settings.spool and operations.spoolable(op)  # never a claim (job_acquire)
+        return body
+
+    def _read(self, request):
+        return self._post(self._body(request), request.op)
+
+    def _route(self, request):
+        """A write's (or the store's own operation's) answer: the store's, or the local spool's."""
+        body, op, write = self._body(request), request.op, request.write
+        spool = self.settings.spool and request.spooled  # never a claim (job_acquire)
         if spool:
             if time.monotonic() < self._unreachable_until:
                 # The store failed a moment ago: spool at once, and look once a second whether it is back.
                 if time.monotonic() < self._next_probe:
-                    return self._spool(message, body)
+                    return self._spool(request, body)
                 self._next_probe = time.monotonic() + _PROBE_EVERY
                 if not self.drain_spool(quick=True):
-                    return self._spool(message, body)
+                    return self._spool(request, body)
                 answer = self._post(body, op, spool_on_failure=True, quick=True)  # one try, not a deadline
-                return self._spool(message, body) if answer is None else self._result(message["id"], answer)
+                return self._spool(request, body) if answer is None else answer
             elif not self.drain_spool():
-                return self._spool(message, body)
+                return self._spool(request, body)
         elif write and time.monotonic() < self._unreachable_until:
             raise ServerUnavailable(f"{op} needs an answer now and is never spooled, and the HTTP store {self.url} "
                                     "did not answer a whole deadline just now")
         answer = self._post(body, op, spool_on_failure=spool)
         if answer is None:
-            return self._spool(message, body)
-        return self._result(message["id"], answer)
-
-    @staticmethod
-    def _result(request_id, answer):
-        return answer_result(request_id, answer)
+            return self._spool(request, body)
+        return answer
 
     def _post(self, body, op, spool_on_failure=False, quick=False):
         """The store's answer (a dict), retrying until ``client_deadline`` (one try when
@@ -214,12 +217,6 @@ class RemoteDatabase(StoreHandle):
 
     # -- the local spool ----------------------------------------------------------------------------------
 
-    def _spool(self, message, body):
-        operations.check_offline(message["op"], message["params"])  # refused now, not after waiting
-        spooled = self._spool_writer.put(body)
-        self.last_route = "spool"
-        return SpooledWrite(message["id"], spooled)
-
     def drain_spool(self, quick=False):
         """Send the writes waiting in the local spool, oldest first.  Returns True when
         none waits any more (a refused one is moved to ``failed/`` with its answer).
@@ -232,7 +229,7 @@ class RemoteDatabase(StoreHandle):
             except FileNotFoundError:
                 continue  # another process of ours sent it
             except (OSError, ValueError) as exc:
-                self._fail(path, {"ok": False, "error": {"code": "bad_request",
+                self._fail(path, {"ok": False, "error": {"code": BadRequest.code,
                                                          "message": f"unreadable spool file: {exc}"}})
                 continue
             try:
@@ -246,7 +243,7 @@ class RemoteDatabase(StoreHandle):
             if answer.get("ok"):
                 self.spool.done(path)
                 self.drained += 1
-            elif (answer.get("error") or {}).get("code") == "auth":
+            elif (answer.get("error") or {}).get("code") == AuthenticationError.code:
                 raise error_from_dict(answer["error"])  # a refused login, or a right taken away: keep them
             else:
                 self._fail(path, answer)

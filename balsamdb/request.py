@@ -1,34 +1,85 @@
-"""One request through the write path.
+"""One request, from the client that makes it to the reply.
 
-The write server makes one :class:`Request` per message it reads (or spooled file it
-takes), once: its routing envelope, id, operation and parameters, and whether it is a
-write.  The applier (:mod:`balsamdb.applier`) fills in its ``answer`` and, for a write
-applied now, ``text``: the JSON text of the answer as it was stored with the write, which
-the server sends as the reply instead of encoding the answer a second time
-(:func:`balsamdb.protocol.reply`)."""
+A client makes one :class:`Request` per call (:meth:`Request.make`: a fresh id and time
+stamp; the operation looked up once in the registry), whatever its route: the write server,
+SQLite written directly, or an HTTP store.  Its wire form (:meth:`Request.message`) is what
+is signed and sent, or stored in a spool file.  The server side makes the same type from a
+message it reads or a spooled file it takes (:meth:`Request.from_message`), once: its routing
+envelope, id, operation and parameters.  The applier (:mod:`balsamdb.applier`) fills in its
+``answer`` and, for a write applied now, ``text``: the JSON text of the answer as it was
+stored with the write, which the server sends as the reply instead of encoding the answer a
+second time (:func:`balsamdb.protocol.reply`).
+
+Whether it is a write, answered by the write server itself, or may wait in a spool is the
+registered operation's (:class:`balsamdb.operations.Operation`): asked here, nowhere else.
+"""
+
+import os
+import time
 
 from . import protocol
 from .operations import OPERATIONS
 
 
 class Request:
-    __slots__ = ("envelope", "id", "op", "params", "operation", "write", "answer", "text")
+    __slots__ = ("envelope", "id", "op", "params", "ts", "operation", "answer", "text")
 
-    def __init__(self, request_id, op, params, envelope=None, answer=None):
+    def __init__(self, request_id, op, params, envelope=None, answer=None, ts=None):
         self.envelope = envelope  # the routing frames of a live request; the file of a spooled one
         self.id = request_id
         self.op = op
         self.params = params
+        #: When it was signed (seconds since the epoch): the write server refuses a request stamped
+        #: more than protocol.MAX_AGE away as a replay; an HTTP store one older than its record of
+        #: applied ids.  On the wire ``ts`` (ZeroMQ, spool files), ``sent`` for an HTTP store.
+        self.ts = ts
         #: The registered operation (None for an unknown one: the applier answers it).
         self.operation = OPERATIONS.get(op) if isinstance(op, str) else None
-        self.write = self.operation is not None and self.operation.write
         self.answer = answer  # {"ok": ...} without the id; set on sight for a refused message
         self.text = None      # the stored JSON text of ``answer``, for a write applied now
+
+    @classmethod
+    def make(cls, op, params, request_id=None):
+        """A client's new request: a fresh id (unless ``request_id``: a retry of an id that was
+        applied gets the first answer, and changes nothing), stamped now."""
+        return cls(request_id or os.urandom(16).hex(), op, params, ts=time.time())  # as unique as a uuid4
+
+    @classmethod
+    def from_message(cls, message, now=None, envelope=None):
+        """The request of a message body (a dict) read by a server, checked
+        (:func:`balsamdb.protocol.check_request`: with ``now``, its time stamp too)."""
+        protocol.check_request(message, now)
+        return cls(message["id"], message["op"], message.get("params", {}), envelope=envelope, ts=message.get("ts"))
+
+    def message(self, stamp="ts"):
+        """The wire form: ``{"id", "op", "params", "ts"}`` (``stamp``: the time stamp's key)."""
+        return {"id": self.id, "op": self.op, "params": self.params, stamp: self.ts}
+
+    def stamp(self):
+        """Sign afresh (every try at the write server: a retry is never refused as a replay)."""
+        self.ts = time.time()
+        return self
+
+    @property
+    def write(self):
+        """A registered write (an unknown operation is not one)."""
+        return self.operation is not None and self.operation.write
 
     @property
     def server(self):
         """Answered by the write server itself (ping, status, spool_drain)."""
         return self.operation is not None and self.operation.server
+
+    @property
+    def spooled(self):
+        """May wait in a spool: a write not marked never-spooled (a claim is not)."""
+        return self.operation is not None and self.operation.spooled
+
+    @property
+    def for_writer(self):
+        """Goes to the write server (or its stand-ins: SQLite directly, the spool), not to a reader:
+        a write, an operation the write server answers, or an unknown one (the server says so)."""
+        return self.operation is None or self.operation.write or self.operation.server
 
     def refuse(self, error):
         """Answer with ``error`` (a :class:`~balsamdb.exceptions.BalsamDBError`'s ``to_dict()``)."""

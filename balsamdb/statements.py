@@ -12,7 +12,9 @@ import weakref
 import peewee as pw
 
 from . import jsonio
-from .models import (LEASE_FIELDS, AppliedRequest, Job, JobParent, JobStateChange, JobTag, JSONText, Project,
+from .answers import prune_bases
+from .job_fields import LEASE_FIELDS
+from .models import (AppliedRequest, Job, JobParent, JobStateChange, JobTag, JSONText, Project,
                      Record, RecordTag, RecordVersion, quoter)
 
 _CACHE = weakref.WeakKeyDictionary()  # database -> Statements, gone with the database
@@ -140,10 +142,7 @@ class Statements:
         cursor = self.execute(f"DELETE FROM {table} WHERE {q('request_id')} IN (SELECT {q('request_id')} FROM "
                               f"{table} WHERE {q('applied_at')} < {p} LIMIT {int(limit)})", (before,))
         deleted = cursor.rowcount
-        # The job fields that only answers older than ``before`` needed (imported here: answers
-        # imports operations, which imports this module).
-        from .answers import prune_bases
-
+        # The job fields that only answers older than ``before`` needed.
         prune_bases(self.database, before)
         return deleted
 

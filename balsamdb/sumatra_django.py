@@ -24,7 +24,7 @@ import os
 import sqlite3
 from datetime import datetime, timezone
 
-from .exceptions import TransferError
+from .exceptions import TransferError, database_busy
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S%z"
 LOCK_WAIT = float(os.environ.get("BALSAMDB_SUMATRA_LOCK_WAIT", "60"))  # seconds a locked SQLite store is waited for
@@ -279,7 +279,7 @@ def read_sqlite(path, wait=None):
         tables = Tables(sqlite_tables(con), lambda sql: _dict_rows(cursor, sql))
         return read_tables(tables, path)
     except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
+        if database_busy(exc):
             raise locked(path, wait) from None
         raise TransferError(f"cannot read {path}: {exc}") from None
     except sqlite3.Error as exc:

@@ -16,7 +16,7 @@ import sqlite3
 import stat
 from pathlib import Path
 
-from .exceptions import BadRequest, TransferError
+from .exceptions import BadRequest, TransferError, database_busy
 from .sumatra_django import LOCK_WAIT, locked, read_sqlite
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -41,7 +41,7 @@ def is_sumatra_django_store(path, first_bytes):
     try:
         return {"django_store_record", "django_store_project"} <= _django_tables(path)
     except sqlite3.OperationalError as exc:
-        if "locked" in str(exc):
+        if database_busy(exc):
             raise locked(path, LOCK_WAIT) from None
         return False
     except sqlite3.DatabaseError as exc:  # a truncated or damaged SQLite file: say so, not "no end line"

@@ -1,5 +1,5 @@
 """CPU per request of the applier in process (issue 13 item 4): batches of 256 ``job_create``
-applied by ``run_batch`` into a fresh SQLite DB directory (durable commits), the thread CPU of
+applied by ``apply`` into a fresh SQLite DB directory (durable commits), the thread CPU of
 each batch per request, min and median of ``--rounds``.  No sockets, no other process: what the
 write server spends in the database part of a group commit, steady enough on a busy machine to
 compare one change with the next.
@@ -16,7 +16,7 @@ import uuid
 
 
 def measure(rounds, size):
-    from balsamdb.applier import run_batch
+    from balsamdb.applier import apply
     from balsamdb.dbdir import DBDirectory
     from balsamdb.models import MODELS
     from balsamdb.request import Request
@@ -35,7 +35,7 @@ def measure(rounds, size):
                                       "application": "python sim.py", "args": f"--n {i}"}})
                      for i in range(size)]
             started = time.thread_time()
-            run_batch(database, batch, lambda: database.atomic(lock_type="IMMEDIATE"))
+            apply(database, batch, lambda: database.atomic(lock_type="IMMEDIATE"))
             per_request.append(1e6 * (time.thread_time() - started) / size)
             assert all(r.answer["ok"] for r in batch)
         database.close()

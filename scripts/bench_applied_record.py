@@ -106,7 +106,7 @@ def main(argv=None):
     if args.whole:
         from balsamdb import answers
 
-        answers.pack = lambda op, answer, text: text  # what apply_requests stored before
+        answers.pack = lambda op, answer, text: text  # what the applier stored before
     if args.jobs < 1 or args.data_bytes < 0:
         parser.error("--jobs must be at least 1 and --data-bytes at least 0")
     from balsamdb.dbdir import DBDirectory

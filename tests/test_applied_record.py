@@ -138,19 +138,22 @@ def test_a_retry_after_an_import_changed_the_job_gets_the_original_answer(dbdir)
 def test_a_retry_in_the_same_group_commit_gets_the_original_answer(any_dbdir):
     """A write and its retry in one batch (a client that resent after a server restart): in the
     optimistic pass the job's insert is deferred, and the retry still gets the first answer."""
-    from balsamdb.applier import apply_batch
+    from balsamdb.applier import apply
     from balsamdb.migrations import upgrade
     from balsamdb.models import MODELS
+    from balsamdb.request import Request
 
     database = DBDirectory(any_dbdir).open_database(load_settings(), busy_timeout=30)
     database.connect()
     try:
         upgrade(database)
         job_id = str(uuid.uuid4())
-        create = ("r-1", "job_create", {"job": {"id": job_id, "name": "a", "data": {"v": 1}}})
+        def create():
+            return Request("r-1", "job_create", {"job": {"id": job_id, "name": "a", "data": {"v": 1}}})
+
         with database.bind_ctx(MODELS):
-            first, again = apply_batch(database, [create, create], database.atomic)
-            later, = apply_batch(database, [create], database.atomic)
+            first, again = (r.answer for r in apply(database, [create(), create()], database.atomic))
+            later, = (r.answer for r in apply(database, [create()], database.atomic))
     finally:
         database.close()
     assert first["ok"] and again.pop("replayed") and later.pop("replayed")

@@ -5,7 +5,8 @@ import uuid
 
 import pytest
 
-from balsamdb.applier import apply_batch
+from balsamdb.applier import apply
+from balsamdb.request import Request
 from balsamdb.dbdir import DBDirectory
 from balsamdb.models import MODELS
 from balsamdb.settings import load_settings
@@ -26,8 +27,8 @@ def database(any_dbdir):
 
 def _apply(database, requests):
     with database.bind_ctx(MODELS):
-        return apply_batch(database, [(uuid.uuid4().hex, op, params) for op, params in requests],
-                           database.atomic)
+        batch = apply(database, [Request(uuid.uuid4().hex, op, params) for op, params in requests], database.atomic)
+    return [r.answer for r in batch]
 
 
 def test_a_batch_mixing_creates_reads_and_a_duplicate(database):

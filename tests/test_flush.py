@@ -318,7 +318,7 @@ def test_the_flusher_follows_the_wal_when_sqlite_makes_it_anew(tmp_path):
     def write(name):
         message = {"id": uuid.uuid4().hex, "op": "job_create", "ts": time.time(),
                    "params": {"job": {"id": str(uuid.uuid4()), "name": name, "workflow": "flush"}}}
-        request = Request(*protocol.check_request(message), envelope=None)
+        request = Request.from_message(message)
         assert committer.commit([request])[0].answer["ok"]
         assert flusher.wait_flushed(flusher.commits, 30), "the commit was not flushed"
 

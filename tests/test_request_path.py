@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from balsamdb import protocol
-from balsamdb.applier import apply_batch, run_batch
+from balsamdb.applier import apply
 from balsamdb.dbdir import DBDirectory
 from balsamdb.exceptions import BadRequest
 from balsamdb.models import MODELS
@@ -29,7 +29,7 @@ def database(dbdir):
 
 
 def test_the_servers_own_operations_are_in_the_registry():
-    assert SERVER_OPS == {"ping", "status", "spool_drain"} == set(protocol.SERVER_OPS)
+    assert SERVER_OPS == {"ping", "status", "spool_drain"}
     for name in SERVER_OPS:
         op = lookup(name)
         assert op.server and not op.write and op.doc
@@ -39,7 +39,7 @@ def test_the_servers_own_operations_are_in_the_registry():
 
 def test_a_process_without_server_refuses_the_servers_operations(database):
     with database.bind_ctx(MODELS):
-        answer, = apply_batch(database, [(uuid.uuid4().hex, "status", {})], database.atomic)
+        answer, = (r.answer for r in apply(database, [Request(uuid.uuid4().hex, "status", {})], database.atomic))
     assert answer["ok"] is False and answer["error"]["code"] == BadRequest.code
     assert "answered by the write server only" in answer["error"]["message"]
 
@@ -51,7 +51,7 @@ def test_the_applier_fills_in_each_request(database):
                 Request(uuid.uuid4().hex, "no_such_op", {})]
     assert [r.write for r in requests] == [True, False, False]
     with database.bind_ctx(MODELS):
-        run_batch(database, requests, database.atomic)
+        apply(database, requests, database.atomic)
     create, get, unknown = requests
     assert create.answer["ok"] and create.answer["result"]["id"] == job_id
     # The stored text of a write applied now is its answer; reads and refusals store none.
@@ -92,3 +92,38 @@ def test_the_quick_parameter_check_agrees_with_the_signature():
             except BadRequest:
                 accepted = False
             assert accepted == expected, (op.name, params)
+
+
+def test_an_operations_policy_is_a_field_of_its_registration():
+    """Issue 28 §2: what used to be name lists and ``if name == ...`` beside the registry (the
+    answers that are a job, the writes that change jobs, the checks before a spool) are fields of
+    each Operation; these are the sets the lists held."""
+    assert {n for n, op in OPERATIONS.items() if op.answer == "job"} == {"job_create", "job_update_state", "job_modify"}
+    assert {n for n, op in OPERATIONS.items() if op.changes_jobs} == {"job_modify", "job_delete", "import_items"}
+    assert OPERATIONS["job_delete"].changes_jobs({"job_ids": ["a"]}) == ["a"]
+    assert OPERATIONS["import_items"].changes_jobs({"items": [{"kind": "job", "id": "a"}], "dry_run": True}) is None
+    assert OPERATIONS["job_acquire"].write and not OPERATIONS["job_acquire"].spooled
+    assert OPERATIONS["job_create"].spooled and not OPERATIONS["job_get"].spooled
+    for name, params in (("job_create", {"job": {"name": "a", "no_such_field": 1}}), ("job_bulk_create", {"jobs": []}),
+                         ("job_create", {"job": {"name": "a"}, "extra": 1})):
+        with pytest.raises(BadRequest):
+            OPERATIONS[name].check_offline(params)
+    OPERATIONS["job_create"].check_offline({"job": {"name": "a"}})
+
+
+def test_one_request_from_the_client_to_the_server():
+    """Issue 28 §3: the Request a client makes is what the server reads back: same id, time stamp
+    and operation (looked up once on each side); the HTTP wire names the stamp ``sent``."""
+    import time
+
+    made = Request.make("job_create", {"job": {"name": "a"}})
+    assert len(made.id) == 32 and made.write and made.spooled and made.for_writer
+    read = Request.from_message(protocol.decode(SECRET, protocol.encode_request(SECRET, made.message())),
+                                now=time.time(), envelope=[b"peer"])
+    assert (read.id, read.op, read.params, read.ts) == (made.id, made.op, made.params, made.ts)
+    assert read.operation is made.operation is OPERATIONS["job_create"]
+    assert made.message(stamp="sent")["sent"] == made.ts and "ts" not in made.message(stamp="sent")
+    assert not Request.make("job_get", {"job_id": "x"}).for_writer and Request.make("status", {}).for_writer
+    assert Request.make("no_such_op", {}).for_writer  # the write server names the known ones
+    with pytest.raises(BadRequest):
+        Request.from_message({"id": "x", "op": "ping", "params": []})

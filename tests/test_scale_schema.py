@@ -10,7 +10,8 @@ import peewee as pw
 import pytest
 
 from balsamdb import migrations, schema_scale
-from balsamdb.applier import apply_batch
+from balsamdb.applier import apply
+from balsamdb.request import Request
 from balsamdb.dbdir import DBDirectory
 from balsamdb.exceptions import ConfigError
 from balsamdb.models import MODELS, Job, Record
@@ -34,7 +35,8 @@ def _open(path):
 
 def _apply(database, requests):
     with database.bind_ctx(MODELS):
-        answers = apply_batch(database, [(uuid.uuid4().hex, op, params) for op, params in requests], database.atomic)
+        answers = [r.answer for r in apply(database, [Request(uuid.uuid4().hex, op, params) for op, params in requests],
+                                           database.atomic)]
     for answer in answers:
         assert answer["ok"], answer
     return [answer["result"] for answer in answers]

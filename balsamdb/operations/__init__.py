@@ -16,16 +16,16 @@ anything is written; no SQL crosses the wire.
 function) while the models are bound to a database and a transaction is open.
 """
 
-from ..exceptions import BadRequest
 # The modules that register operations, imported in the order the operations are listed.
 from . import jobs, leases, records, record_links, pages, users, stores, store_import, upkeep, server
 from .checks import (INT_MAX, MAX_LIST, check_flag, check_number, check_object, check_project_name,
                      check_saved_by, check_str_list, check_text, check_user_name, check_uuid, chunks)
-from .jobs import (CREATE_ONLY, FILTER_KEYS, JOB_FIELDS, JOB_KEYS, clean_job, job_query,
-                   job_to_dict)
+from ..job_fields import CREATE_ONLY, JOB_KEYS
+from .job_specs import JOB_FIELDS, clean_job, job_to_dict
+from .jobs import FILTER_KEYS, job_query
 from .records import (RECORD_MUTABLE, TAG_MATCHES, compress, decompress, project_to_dict, record_columns,
                       record_tags, record_text, sort_time, version_list)
-from .registry import OPERATIONS, Operation, bind_params, lookup, operation, spoolable
+from .registry import OPERATIONS, Operation, bind_params, lookup, operation
 
 #: The operations the write server answers itself (ping, status, spool_drain).
 SERVER_OPS = frozenset(name for name, op in OPERATIONS.items() if op.server)
@@ -51,7 +51,6 @@ __all__ = [
     "check_flag",
     "check_number",
     "check_object",
-    "check_offline",
     "check_project_name",
     "check_saved_by",
     "check_str_list",
@@ -79,23 +78,9 @@ __all__ = [
     "records",
     "server",
     "sort_time",
-    "spoolable",
     "store_import",
     "stores",
     "users",
     "version_list",
 ]
 
-
-def check_offline(name, params):
-    """The checks of operation ``name`` that need no database, for a write about to be
-    spooled: nothing the server would refuse on sight is left waiting in the spool."""
-    op = lookup(name)
-    bind_params(op, params)
-    if name == "job_create":
-        clean_job(params["job"], 0.0)
-    elif name == "job_bulk_create":
-        if not isinstance(params["jobs"], list):
-            raise BadRequest("jobs must be a non-empty list")
-        for spec in params["jobs"]:
-            clean_job(spec, 0.0)

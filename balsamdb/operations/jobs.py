@@ -1,78 +1,22 @@
 """The operations on jobs."""
 
-import uuid
-
 import peewee as pw
 
 from .. import states
-from ..dbdir import job_working_directory
 from ..exceptions import BadRequest, Conflict, NotFound
+from ..job_fields import JOB_KEYS, LEASE_FIELDS
 from ..job_queries import check_sort
 from .. import schema_scale
-from ..models import LEASE_FIELDS, Job, JobStateChange, JobTag, now
+from ..models import Job, JobStateChange, JobTag, now
 from ..statements import statements
 from . import leases
 from . import parents as dependencies
 from .checks import check_number, check_object, check_str_list, check_text, check_uuid
+from .job_specs import JOB_FIELDS, check_jobs, clean_job, job_to_dict
 from .registry import operation
 
 
-JOB_FIELDS = {
-    # name: validator(value) -> clean value
-    "application": lambda v: check_text(v, "application", required=False) or "",
-    "args": lambda v: check_text(v, "args", required=False) or "",
-    "description": lambda v: check_text(v, "description", required=False) or "",
-    "num_nodes": lambda v: check_number(v, "num_nodes", int, 1),
-    "ranks_per_node": lambda v: check_number(v, "ranks_per_node", int, 1),
-    "threads_per_rank": lambda v: check_number(v, "threads_per_rank", int, 1),
-    "wall_time_minutes": lambda v: check_number(v, "wall_time_minutes", float, 0),
-    "environ": lambda v: {str(k): str(x) for k, x in check_object(v, "environ").items()},
-    "parents": lambda v: [check_uuid(p, "parent id") for p in check_str_list(v, "parents")],
-    "tags": lambda v: check_str_list(v, "tags"),
-    "data": lambda v: check_object(v, "data"),
-}
 STATE_CHANGE_ATTEMPTS = 3  # reads of a job whose state another daemon changes meanwhile
-CREATE_ONLY = {"id", "name", "workflow", "state", "working_directory", "state_message"}
-
-
-JOB_KEYS = ("id", "name", "workflow", "application", "args", "description", "state", "state_message",
-            "working_directory", "num_nodes", "ranks_per_node", "threads_per_rank", "wall_time_minutes",
-            "environ", "parents", "tags", "data", "created_at", "updated_at")
-
-
-def job_to_dict(job):
-    return {key: getattr(job, key) for key in JOB_KEYS}
-
-
-def clean_job(spec, when):
-    """Validate a job specification; returns the row to insert."""
-    if not isinstance(spec, dict):
-        raise BadRequest("a job must be an object")
-    unknown = set(spec) - set(JOB_FIELDS) - CREATE_ONLY
-    if unknown:
-        raise BadRequest(f"unknown job fields: {', '.join(sorted(unknown))}")
-    row = {name: check(spec[name]) for name, check in JOB_FIELDS.items() if name in spec}
-    row["id"] = check_uuid(spec["id"]) if spec.get("id") else str(uuid.uuid4())
-    row["name"] = check_text(spec.get("name"), "job name", max_len=255)
-    row["workflow"] = check_text(spec.get("workflow") or "default", "workflow", max_len=255)
-    state = spec.get("state") or ("AWAITING_PARENTS" if row.get("parents") else "CREATED")
-    if state not in states.INITIAL:
-        raise BadRequest(f"a new job starts in one of {sorted(states.INITIAL)}, not {state!r}")
-    row["state"] = state
-    row["state_message"] = check_text(spec.get("state_message"), "state_message", required=False) or ""
-    row["working_directory"] = spec.get("working_directory") or job_working_directory(
-        row["workflow"], row["name"], row["id"]
-    )
-    check_text(row["working_directory"], "working_directory")
-    row["created_at"] = row["updated_at"] = when
-    for name, default in _JOB_DEFAULTS:
-        if name not in row:
-            row[name] = default() if callable(default) else default
-    return row
-
-
-# The model's defaults, looked up once rather than for every job.
-_JOB_DEFAULTS = [(name, field.default) for name, field in Job._meta.fields.items() if field.default is not None]
 
 
 def _insert_jobs(rows, when, insert):
@@ -99,7 +43,7 @@ def _insert_jobs(rows, when, insert):
 
 # Insert-only (they read nothing): in a group commit's optimistic pass their inserts may be
 # deferred and made together with the batch's (``insert``, see balsamdb.statements).
-@operation(write=True, deferrable=True)
+@operation(write=True, deferrable=True, answer="job", offline=lambda job: clean_job(job, 0.0))
 def job_create(job, *, insert):
     """Create one job.
 
@@ -121,7 +65,7 @@ def job_create(job, *, insert):
     return {key: row[key] for key in JOB_KEYS}
 
 
-@operation(write=True, deferrable=True)
+@operation(write=True, deferrable=True, offline=lambda jobs: check_jobs(jobs, 0.0))
 def job_bulk_create(jobs, *, insert):
     """Create many jobs at once, all or none.
 
@@ -129,10 +73,8 @@ def job_bulk_create(jobs, *, insert):
     ``id``: the answer does not list them).  A job's parents may be jobs of the
     same list (no cycles).  Returns ``{"created": n}``.
     """
-    if not isinstance(jobs, list) or not jobs:
-        raise BadRequest("jobs must be a non-empty list")
     when = now()
-    rows = [clean_job(spec, when) for spec in jobs]
+    rows = check_jobs(jobs, when)
     if len({r["id"] for r in rows}) != len(rows):
         raise Conflict("the same job id appears twice in one bulk_create")
     _insert_jobs(rows, when, insert)
@@ -146,7 +88,7 @@ def _get_job(job_id):
         raise NotFound(f"no job with id {job_id}") from None
 
 
-@operation(write=True)
+@operation(write=True, answer="job")
 def job_update_state(job_id, state, message="", owner=None):
     """Move job ``job_id`` to ``state``, recording ``message`` in its history.
 
@@ -183,7 +125,7 @@ def job_update_state(job_id, state, message="", owner=None):
     return job
 
 
-@operation(write=True)
+@operation(write=True, answer="job", changes_jobs=lambda params: [params.get("job_id")])
 def job_modify(job_id, changes):
     """Change fields of job ``job_id``.
 
@@ -213,7 +155,7 @@ def job_modify(job_id, changes):
     return job_to_dict(job)
 
 
-@operation(write=True)
+@operation(write=True, changes_jobs=lambda params: params.get("job_ids"))
 def job_delete(job_ids):
     """Delete the jobs in ``job_ids`` with their history; returns ``{"deleted": n}``.
 

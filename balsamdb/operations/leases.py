@@ -19,7 +19,8 @@ import peewee as pw
 from .. import states as _states
 from ..exceptions import BadRequest, Conflict
 from .. import jsonio
-from ..models import LEASE_FIELDS, Job, JobStateChange, JSONText, WorkflowPolicy, now, quoter
+from ..job_fields import JOB_KEYS, LEASE_FIELDS
+from ..models import Job, JobStateChange, JSONText, WorkflowPolicy, now, quoter
 from .checks import check_number, check_str_list, check_text, check_uuid
 from .registry import operation
 
@@ -117,8 +118,6 @@ def job_acquire(n, owner, lease=60.0, workflow=None, states=None, ids=None):
 def _read_jobs(ids):
     """The jobs ``ids`` as dicts (the job fields and the claim), read with one statement and
     decoded here: making a model instance per row cost more than the claim itself."""
-    from .jobs import JOB_KEYS  # jobs imports this module
-
     fields = [Job._meta.fields[name] for name in JOB_KEYS + LEASE_FIELDS]
     json_columns = [i for i, f in enumerate(fields) if isinstance(f, JSONText)]
     database = Job._meta.database

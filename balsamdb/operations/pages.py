@@ -19,7 +19,8 @@ from .. import states
 from ..exceptions import BadRequest
 from ..job_queries import check_sort
 from ..jsonio import loads
-from ..models import LEASE_FIELDS, Job, JSONText, Record
+from ..job_fields import LEASE_FIELDS
+from ..models import Job, JSONText, Record
 from .checks import check_number
 from .jobs import JOB_KEYS, job_order, job_query
 from .records import get_project, record_query

@@ -24,19 +24,40 @@ class Operation:
     required: frozenset = frozenset()  # ... and those without a default (it must give these)
     any_names: bool = False            # it takes **kwargs
     spool: bool = True  # a write that may wait in a spool; False: it needs an answer now (job_acquire)
+    #: "job": its answer is a whole job (stored in a compact form, see balsamdb.answers); "value": any other
+    answer: str = "value"
+    #: ``params -> ids`` of the jobs a write changes or deletes (their fields are kept before, for the
+    #: stored answers that refer to them: see balsamdb.answers), or None when it changes none
+    changes_jobs: object = None
+    #: ``(**params) -> None``: its checks that need no database, run before a write is spooled
+    #: (nothing the server would refuse on sight waits in a spool); raises BadRequest
+    offline: object = None
 
     @property
     def doc(self):
         return inspect.cleandoc(self.function.__doc__ or "")
 
+    @property
+    def spooled(self):
+        """Whether a request of it may wait in a spool: a write not marked never-spooled."""
+        return self.write and self.spool
+
+    def check_offline(self, params):
+        """The checks of this operation that need no database (see ``offline``)."""
+        bind_params(self, params)
+        if self.offline is not None:
+            self.offline(**params)
+
 
 OPERATIONS = {}
 
 
-def operation(write, deferrable=False, server=False, spool=True):
-    """Register the function as an operation.  ``spool=False``: a write that is never spooled
-    (a claim or a renewal means nothing late): with no server to answer, the caller gets an error
-    at once."""
+def operation(write, deferrable=False, server=False, spool=True, answer="value", changes_jobs=None, offline=None):
+    """Register the function as an operation (the fields are those of :class:`Operation`).
+    ``spool=False``: a write that is never spooled (a claim or a renewal means nothing late):
+    with no server to answer, the caller gets an error at once."""
+    if answer not in ("value", "job"):
+        raise ValueError(f"answer is 'value' or 'job', not {answer!r}")
     def register(function):
         name = function.__name__
         signature = inspect.signature(function)
@@ -47,17 +68,11 @@ def operation(write, deferrable=False, server=False, spool=True):
             names=frozenset(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)),
             required=frozenset(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
                                and p.default is p.empty),
-            any_names=any(p.kind is p.VAR_KEYWORD for p in parameters), spool=spool)
+            any_names=any(p.kind is p.VAR_KEYWORD for p in parameters), spool=spool,
+            answer=answer, changes_jobs=changes_jobs, offline=offline)
         return function
 
     return register
-
-
-def spoolable(name):
-    """Whether a request of operation ``name`` may wait in a spool: a write that is not marked
-    never-spooled (an unknown name is not a write)."""
-    op = OPERATIONS.get(name) if isinstance(name, str) else None
-    return op is not None and op.write and op.spool
 
 
 def lookup(name):

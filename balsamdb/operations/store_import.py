@@ -10,7 +10,8 @@ from ..exceptions import BadRequest
 from ..models import Job, JobStateChange, JobTag, Project, ProjectPermission, Record, RecordTag, RecordVersion, User
 from .checks import (MAX_LIST, check_number, check_object, check_record_label, check_text, check_user_name, check_uuid,
                      chunks)
-from .jobs import JOB_FIELDS, JOB_KEYS
+from ..job_fields import JOB_KEYS
+from .job_specs import JOB_FIELDS
 from .record_links import relink
 from .records import compress, record_columns, record_tags, record_text
 from ..statements import statements
@@ -268,7 +269,15 @@ _PUT = {"user": _one_by_one(_put_user), "project": _one_by_one(_put_project),
         "permission": _one_by_one(_put_permission), "record": _put_records, "job": _put_jobs}
 
 
-@operation(write=True)
+def _jobs_replaced(params):
+    """The ids of the jobs an ``import_items`` may replace (none in a dry run)."""
+    items = params.get("items")
+    if params.get("dry_run") is True or not isinstance(items, list):
+        return None
+    return [item.get("id") for item in items if isinstance(item, dict) and item.get("kind") == "job"]
+
+
+@operation(write=True, changes_jobs=_jobs_replaced)
 def import_items(items, dry_run=False):
     """Make the store hold ``items`` (see the module docs) exactly as given: an item
     that is absent is added, one that differs is replaced, one that is equal is left.

@@ -32,7 +32,7 @@ from .. import jsonio
 from ..exceptions import BadRequest
 from ..models import Job, JobStateChange, Project, ProjectPermission, Record, RecordVersion, User
 from .checks import MAX_LIST, check_number, chunks
-from .jobs import job_to_dict
+from .job_specs import job_to_dict
 from .records import decompress
 from .registry import operation
 

@@ -2,7 +2,6 @@
 ``export()``, ``import_()`` and ``digest()`` (see :mod:`balsamdb.transfer`)."""
 
 import json
-import os
 import time
 from urllib.parse import quote, unquote, urlsplit
 
@@ -61,18 +60,20 @@ class SQLDatabase:
         self.database = database
 
     def call(self, op, **params):
-        from ..applier import DATABASE_ERRORS, StorageFailure, apply_requests, root_cause
+        from ..applier import DATABASE_ERRORS, StorageFailure, apply, root_cause
         from ..direct import BIND_LOCK
         from ..handle import answer_result
         from ..models import MODELS
+        from ..request import Request
 
+        request = Request.make(op, params)
         try:
             self.database.connect(reuse_if_open=True)
-            with BIND_LOCK, self.database.bind_ctx(MODELS), self.database.atomic():
-                answer = apply_requests(self.database, [(os.urandom(16).hex(), op, params)])[0]
+            with BIND_LOCK, self.database.bind_ctx(MODELS):
+                apply(self.database, [request], self.database.atomic, optimistic=False)
         except (StorageFailure,) + DATABASE_ERRORS as exc:
             raise StorageError(f"the database refused {op}: {root_cause(getattr(exc, 'original', exc))}") from None
-        return answer_result(None, answer)
+        return answer_result(None, request.answer)
 
     def close(self):
         if not self.database.is_closed():

@@ -37,6 +37,7 @@ import time
 import zmq
 
 from balsamdb import protocol
+from balsamdb.request import Request
 from balsamdb.dbdir import PRIVATE_UMASK, DBDirectory
 from balsamdb.exceptions import BadRequest, BalsamDBError, ServerError
 from balsamdb.reads import Reader, check_read
@@ -144,7 +145,7 @@ class ReadService:
                 item = self.queue.get()
                 if item is None:
                     return
-                request_id, op, params = item
+                request_id, op, params = item.id, item.op, item.params
                 started = time.monotonic()
                 if self.delay:
                     time.sleep(self.delay)  # test-only (TEST_DELAY_ENV): a slow read on purpose
@@ -173,7 +174,7 @@ class ReadService:
         message = None
         try:
             message = protocol.decode(self.secret, payload, self.settings.max_request_bytes)
-            request_id, op, params = protocol.check_request(message, now=time.time())
+            request = Request.from_message(message, now=time.time(), envelope=envelope)
         except Exception as exc:  # no input may stop the loop
             if not isinstance(exc, BalsamDBError):
                 log.exception("unexpected failure while checking a message")
@@ -184,6 +185,7 @@ class ReadService:
             self.send(envelope, known if isinstance(known, str) and len(known) <= 64 else None,
                       {"ok": False, "error": exc.to_dict()})
             return
+        request_id, op, params = request.id, request.op, request.params
         if op == "ping":
             self.send(envelope, request_id, {"ok": True, "result": {"pong": True, "epoch": self.epoch,
                                                                    "pid": os.getpid(), "role": "reader"}})
@@ -211,7 +213,7 @@ class ReadService:
             return
         self.running[request_id] = _Read(request_id, envelope)
         self.counts["reads"] += 1
-        self.queue.put((request_id, op, params))
+        self.queue.put(request)
 
     def take_answers(self):
         while True:

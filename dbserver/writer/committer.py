@@ -12,9 +12,9 @@ import logging
 import os
 import time
 
-from balsamdb.applier import DATABASE_ERRORS, StorageFailure, root_cause, run_batch
+from balsamdb.applier import DATABASE_ERRORS, StorageFailure, apply, root_cause
 from balsamdb.backoff import delay_after
-from balsamdb.exceptions import ServerError, StorageError, TryAgain
+from balsamdb.exceptions import ServerError, StorageError, TryAgain, database_busy
 from balsamdb.operations.leases import find_lost_runs
 from balsamdb.statements import statements
 
@@ -50,7 +50,7 @@ class Committer:
         the commit), or an error answer when the batch was rolled back."""
         started = time.monotonic()
         try:
-            run_batch(self.database, requests, self._begin_then_tick if self.tick else self.begin, self.tick)
+            apply(self.database, requests, self._begin_then_tick if self.tick else self.begin, self.tick)
         except (StorageFailure,) + DATABASE_ERRORS as exc:
             original = root_cause(getattr(exc, "original", exc))
             transient = self.lost_database(original)
@@ -96,8 +96,7 @@ class Committer:
     def lost_database(self, error):
         """After a failed batch: True (and reconnected) when the failure was the
         connection or a lock, not the data: the clients will resend as is."""
-        text = str(error).lower()
-        if "locked" in text or "busy" in text:
+        if database_busy(error):
             return True
         try:
             self.database.execute_sql("SELECT 1")

@@ -289,7 +289,7 @@ class WriteServer(SpoolOrder):
         message = None
         try:
             message = protocol.decode(self.secret, payload, self.settings.max_request_bytes)
-            return Request(*protocol.check_request(message, now=time.time()), envelope=envelope)
+            return Request.from_message(message, now=time.time(), envelope=envelope)
         except Exception as exc:  # no input may stop the loop
             if not isinstance(exc, BalsamDBError):
                 log.exception("unexpected failure while checking a message")

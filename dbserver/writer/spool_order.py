@@ -9,7 +9,7 @@ import logging
 import time
 
 from balsamdb import protocol
-from balsamdb.exceptions import BalsamDBError, StorageError
+from balsamdb.exceptions import BalsamDBError, StorageError, TryAgain
 from balsamdb.request import Request
 from balsamdb.spool import StrayEntry
 
@@ -102,7 +102,7 @@ class SpoolOrder:
                 try:
                     data = self.spool.read(path)
                     message = protocol.decode(self.secret, [data], self.settings.max_request_bytes)
-                    work.append(Request(*protocol.check_request(message), envelope=path))
+                    work.append(Request.from_message(message, envelope=path))
                     size += len(data)
                 except FileNotFoundError:
                     continue  # taken by another drain
@@ -129,10 +129,10 @@ class SpoolOrder:
                         applied.add(path.name)  # skipped until removed
                         effects.append(lambda path=path: self.cleaner.remove(path))
                         self.stats.spooled += 1
-                    elif code == "retry":
+                    elif code == TryAgain.code:
                         log.warning("spooled writes wait: %s", answer["error"]["message"])
                         return taken
-                    elif code == "storage":
+                    elif code == StorageError.code:
                         log.warning("spooled writes wait: %s", answer["error"]["message"])
                         self.spool_refused = answer["error"]["message"]
                         return taken
