@@ -150,9 +150,8 @@ def test_a_stop_answers_the_write_it_is_committing_and_applies_nothing_unanswere
     commits a write answers that write before it ends, and applies no request it leaves unanswered
     (broken: its endpoints unbound first, which in ZeroMQ closes the connections accepted through
     them: the committed write's answer was dropped, its client only timed out).  Made to happen: the
-    write's COMMIT is held by strace, five more writes are sent meanwhile, and the SIGTERM comes
-    during the hold; those five are answered if the server read them before it stopped, and then
-    only are they applied."""
+    write's COMMIT is held by strace and the SIGTERM comes during the hold; five more writes sent
+    then are answered if the server read them before it stopped, and then only are they applied."""
     path = served_dbdir
     secret = DBDirectory(path).secret()
     info = address(path)
@@ -173,8 +172,8 @@ def test_a_stop_answers_the_write_it_is_committing_and_applies_nothing_unanswere
                 "params": {"job": {"id": job_id, "name": "queued", "workflow": "w"}}}))
             if n == 0:
                 wait_for(lambda: _held_wal_write(pid), 30, "the first write's COMMIT held in its pwrite64")
-        held = _held_wal_write(pid)
-        os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGTERM)
+                held = _held_wal_write(pid)
         delayed.stop()  # the rest of the stop runs at full speed
         assert held, "the COMMIT was no longer held when the stop came: the test proves nothing"
         psutil.Process(pid).wait(60)
