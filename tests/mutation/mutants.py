@@ -532,9 +532,9 @@ MUTANTS = [
       '            answer = self._http.request("GET", self.url + "_balsamdb/", headers=self._headers)\n'
       "        except urllib3.exceptions.HTTPError as exc:\n",
       '            answer = self._http.request("GET", self.url + "_balsamdb/", headers=self._headers)\n'
-      "        except urllib3.exceptions.TimeoutError as exc:\n",
+      "        except urllib3.exceptions.ProtocolError as exc:\n",
       ("tests/test_transfer.py::test_clear_errors_for_unreachable_and_read_only_destinations",),
-      "only a timeout of an HTTP store taken as unreachable: a refused connection is a traceback"),
+      "only a dropped connection of an HTTP store taken as unreachable: a refused one is a traceback"),
     M("configure-while-a-server-runs", "`db configure --store`: refuses while a server runs",
       "balsamdb/transfer/configure.py", '    if server_state(dbdir.read_address()) != "down":\n',
       '    if server_state(dbdir.read_address()) == "coming":\n',
