@@ -262,3 +262,32 @@ def test_watch_bar_says_100_percent_only_when_every_job_finished():
     (done,) = _bars([{"workflow": "w", "state": "JOB_FINISHED", "count": 1501}], 80)
     assert " 99%|" in almost and "1500/1501" in almost, almost
     assert "100%|" in done, done
+
+
+def test_a_view_runs_alone_against_a_real_store(dbdir):
+    """The views are module-level functions reading ``app.extensions["balsamdb"]`` (issue 28 §5):
+    one is called alone, in a request context of an application on a real DB directory, with no
+    test client, no request hooks and no other view in the way."""
+    from flask import g
+
+    from balsamdb.server.http import create_app, operation_api, sumatra_api
+    from balsamdb.server.http.errors import HTTPError
+    from balsamdb.server.http.state import HTTPState, state
+
+    with balsamdb.connect(dbdir) as db:
+        db.projects.save("P", public=True)
+        db.projects.save("Q")  # private
+        db.records.save("P", {"label": "run-1", "reason": "alone", "timestamp": "2026-01-02 03:04:05"})
+    app = create_app(dbdir)
+    with app.test_request_context("/P/"):
+        assert isinstance(state(), HTTPState)
+        g.user, g.format, g.content_type = None, "json", "application/json"  # what the hook `begin` sets
+        answer = sumatra_api.project_view("P")
+        assert answer.status_code == 200 and answer.get_json()["records"] == ["http://localhost/P/run-1/"]
+        with pytest.raises(HTTPError) as refused:
+            sumatra_api.project_view("Q")  # anonymous, private project: the view itself refuses
+        assert refused.value.status == 401
+    with app.test_request_context("/_balsamdb/"):
+        g.user, g.format, g.content_type = None, "json", "application/json"
+        assert operation_api.api_info().get_json() == {"balsamdb": balsamdb.__version__, "api": 1, "user": None,
+                                                      "admin": False, "call": "http://localhost/_balsamdb/call"}

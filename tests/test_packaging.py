@@ -239,3 +239,29 @@ def test_the_cycle_check_sees_a_lazy_cycle(tmp_path, monkeypatch):
     monkeypatch.setitem(LAYERS, "balsamdb", core)
     assert sorted(map(sorted, import_cycles())) == [["balsamdb.a", "balsamdb.b"],
                                                      ["balsamdb.d", "balsamdb.e", "balsamdb.pkg"]]
+
+
+# The HTTP stack and the progress bar are imported only by what uses them (issue 28 §6): the
+# everyday commands start without them.
+HEAVY = ("flask", "werkzeug", "jinja2", "waitress", "tqdm", "matplotlib")
+_IMPORTED = """
+import sys
+from balsamdb.cli.main import main
+try:
+    main(sys.argv[1:], prog_name="db")
+except SystemExit as exc:
+    if exc.code:
+        raise
+print(sorted({m.split(".")[0] for m in sys.modules} & set(%r)))
+"""
+
+
+def test_everyday_commands_import_no_http_stack_and_no_progress_bar(tmp_path):
+    """``db init --db-type sqlite3``, ``db ls`` and ``db --help`` in a fresh interpreter each: none
+    imports flask, werkzeug, jinja2, waitress, tqdm or matplotlib (each costs start-up time)."""
+    path = tmp_path / "db"
+    for args in (["init", str(path), "--db-type", "sqlite3"], ["ls", "--path", str(path)], ["--help"]):
+        ran = subprocess.run([sys.executable, "-c", _IMPORTED % (HEAVY,), *args], capture_output=True, text=True,
+                             timeout=120, cwd=tmp_path)
+        assert ran.returncode == 0, (args, ran.stderr[-2000:])
+        assert ran.stdout.strip().splitlines()[-1] == "[]", (args, ran.stdout[-500:])

@@ -47,14 +47,14 @@ def _delete_job(path, job, history_only=False):
 
 @pytest.fixture
 def reader(any_dbdir):
-    from balsamdb.server.http.reads import ReadOnlyStore
+    from balsamdb.server.http.reads import page_reader
 
     _write(any_dbdir, HISTORY)
-    return ReadOnlyStore(any_dbdir)
+    return page_reader(any_dbdir)
 
 
 def test_state_counts_over_time_of_a_known_history(reader):
-    moves = reader.run(lambda db: job_views.history_moves(db))
+    moves = reader.query(lambda db: job_views.history_moves(db))
     assert moves["entered"]["RUNNING"] == {T0 + 60: 1, T0 + 120: 1}
     assert moves["left"]["RUNNING"] == {T0 + 180: 1, T0 + 240: 1}
     # a bucket's count is the jobs in the state at its end: T0+60, +120, +180, +240, +300
@@ -66,7 +66,7 @@ def test_state_counts_over_time_of_a_known_history(reader):
     }
     assert job_views.state_counts_over_time(moves, T0, 120, 3) == {
         "CREATED": [1, 1, 1], "RUNNING": [1, 1, 0], "JOB_FINISHED": [0, 1, 1], "FAILED": [0, 0, 1]}
-    one_workflow = reader.run(lambda db: job_views.history_moves(db, workflow="w"))
+    one_workflow = reader.query(lambda db: job_views.history_moves(db, workflow="w"))
     assert job_views.state_counts_over_time(one_workflow, T0, 60, 5)["CREATED"] == [2, 1, 0, 0, 0]
 
 
@@ -76,7 +76,7 @@ def test_the_page_reads_only_new_moves_and_notices_a_deleted_job(reader, any_dbd
     cache = HistoryCache()
 
     def counts(workflow=""):
-        moves = reader.run(lambda db: cache.get(db, workflow))
+        moves = reader.query(lambda db: cache.get(db, workflow))
         return job_views.state_counts_over_time(moves, T0, 60, 6)
 
     assert counts()["RUNNING"] == [0, 1, 2, 1, 0, 0]

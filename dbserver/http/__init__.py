@@ -4,7 +4,8 @@ A Flask application served by waitress.  Every write goes through
 ``balsamdb.connect(P)``, so through the write server while one runs, exactly
 like the writes of job processes; every read (log-in and permission checks, the
 Sumatra API's answers, the web pages) is made on read-only connections
-(:mod:`balsamdb.server.http.reads`), never through the write server.  The protocol is the one Sumatra's ``smt``
+(:mod:`balsamdb.server.http.reads`: a :class:`balsamdb.reads.Reader`, the read layer of
+clients and the read service), never through the write server.  The protocol is the one Sumatra's ``smt``
 client speaks (see docs/http.md for the reference table):
 
     GET          {base}                    projects the caller may read
@@ -22,8 +23,9 @@ challenge, because httplib2 (smt's HTTP library) sends credentials only then.
 
 Use :func:`create_app` for any WSGI server, or :func:`serve` to run waitress.
 
-Modules: :mod:`.app` (the application: request life cycle, errors, shared helpers),
-:mod:`.sumatra_api` and :mod:`.operation_api` (the views, as blueprints), :mod:`.auth`
+Modules: :mod:`.app` (the application: request life cycle, errors), :mod:`.state` (what the views
+share, in ``app.extensions["balsamdb"]``), :mod:`.access` and :mod:`.replies` (the views' helpers),
+:mod:`.sumatra_api` and :mod:`.operation_api` (module-level views on blueprints), :mod:`.auth`
 (credentials, password cache, the store connection of each thread), :mod:`.negotiation`
 (JSON or HTML), :mod:`.html` (the pages; templates in ``dbserver/http/templates/store_*.html``),
 :mod:`.errors` (HTTP statuses), :mod:`.urls`, :mod:`.process` (waitress).

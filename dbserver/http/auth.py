@@ -12,7 +12,8 @@ import balsamdb
 from balsamdb.facades import SpooledWrite
 from balsamdb.passwords import verify_password
 
-from balsamdb.server.http.reads import ReadOnlyStore, read_listing, read_permissions, read_projects, read_record, read_record_counts, read_user, read_versions
+from balsamdb.server.http.reads import (page_reader, read_listing, read_permissions, read_projects, read_record,
+                                        read_record_counts, read_user, read_versions)
 from balsamdb.server.http.errors import HTTPError, challenge
 
 PASSWORD_CACHE_SECONDS = 60.0   # since the last successful use
@@ -22,13 +23,14 @@ PASSWORD_CACHE_SECONDS = 60.0   # since the last successful use
 
 class Store:
     """``balsamdb.connect(path)`` once per thread (a Database is not thread-safe) for the writes and the
-    record reads; users and projects from ``reader`` (a :class:`~balsamdb.server.http.reads.ReadOnlyStore`)."""
+    record reads; users, projects and records from ``reader`` (a :class:`~balsamdb.reads.Reader`, see
+    :func:`~balsamdb.server.http.reads.page_reader`)."""
 
     def __init__(self, path, reader=None):
         self.path = str(path)
         self._local = threading.local()
         # log-in and permission checks: read-only reads, shared with the web pages
-        self.reader = reader if reader is not None else ReadOnlyStore(path)
+        self.reader = reader if reader is not None else page_reader(path)
 
     def db(self, spool=True):
         """This thread's connection; ``spool=False``: one that raises instead of spooling
@@ -57,32 +59,32 @@ class Store:
         from balsamdb.operations.checks import check_project_name
 
         name = check_project_name(name)  # a name no project can have: 400, as the store answers it
-        found = self.reader.run(lambda database: read_projects(database, name))
+        found = self.reader.query(lambda database: read_projects(database, name))
         return found[0] if found else None
 
     def projects(self):
         """Every project, by name (read on the read-only connection)."""
-        return self.reader.run(read_projects)
+        return self.reader.query(read_projects)
 
     def record_counts(self):
         """``{project: number of records}`` (read on the read-only connection), for the projects page."""
-        return self.reader.run(read_record_counts)
+        return self.reader.query(read_record_counts)
 
     def record(self, project, label, version=None):
         """The document of record ``label`` (or of its ``version``), read on the read-only connection."""
-        return self.reader.run(lambda database: read_record(database, project, label, version))
+        return self.reader.query(lambda database: read_record(database, project, label, version))
 
     def versions(self, project, label):
         """The versions of record ``label`` (see ``record_versions``), read on the read-only connection."""
-        return self.reader.run(lambda database: read_versions(database, project, label))
+        return self.reader.query(lambda database: read_versions(database, project, label))
 
     def listing(self, project, tags=None, limit=None, documents=False):
         """Labels (or documents) of the records of ``project`` with any of ``tags``, newest first."""
-        return self.reader.run(lambda database: read_listing(database, project, tags, limit, documents))
+        return self.reader.query(lambda database: read_listing(database, project, tags, limit, documents))
 
     def permissions(self, project):
         """The users of ``project``, by name."""
-        return self.reader.run(lambda database: read_permissions(database, project))
+        return self.reader.query(lambda database: read_permissions(database, project))
 
     def user(self, name):
         """User ``name`` (with hash, admin flag and projects) as the database holds it now, or None.
@@ -90,7 +92,7 @@ class Store:
         Read on the read-only connection of :mod:`balsamdb.server.http.reads`, never through the write
         server (every request of a logged-in user needs it), and never cached: a grant, a removal or a
         new password shows on the next request."""
-        return self.reader.run(lambda database: read_user(database, name))
+        return self.reader.query(lambda database: read_user(database, name))
 
 
 class PasswordCache:

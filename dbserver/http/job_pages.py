@@ -19,6 +19,9 @@ from balsamdb.exceptions import BadRequest
 from balsamdb.models import LEASE_FIELDS, Job, JobParent, JobStateChange, Record, RecordJob
 from balsamdb.operations import JOB_KEYS, job_query
 
+from balsamdb.server.http import pages
+from balsamdb.server.http.state import state
+
 log = logging.getLogger(__name__)
 
 JOBS_PER_PAGE = 100
@@ -37,55 +40,60 @@ STATE_COLOURS = {
 }
 
 
-def blueprint(web):
-    """The jobs pages, answering with the hooks of ``web`` (a :class:`.pages.WebContext`)."""
-    pages = flask.Blueprint("web_jobs", __name__, template_folder="templates")
+bp = flask.Blueprint("web_jobs", __name__, template_folder="templates")
+
+
+def start_history(reader):
+    """The dashboard's :class:`HistoryCache`, its first read started ahead on a thread."""
     history = HistoryCache()
-    threading.Thread(target=_read_ahead, args=(web.reader, history), name="jobs-history", daemon=True).start()
+    threading.Thread(target=_read_ahead, args=(reader, history), name="jobs-history", daemon=True).start()
+    return history
 
-    @pages.get("/")
-    def jobs_page():
-        web.require_admin()
-        args = flask.request.args
-        form = {"workflow": args.get("workflow", "").strip(), "state": [s for s in args.getlist("state") if s],
-                "name": args.get("name", "").strip(), "tag": args.get("tag", "").strip(),
-                "since": args.get("since", "").strip(), "until": args.get("until", "").strip(),
-                "changed": args.get("changed", "") not in ("", "0", "false")}
-        page = _page_number(args.get("page"), web)
-        try:
-            filters = job_views.job_filters(form["workflow"], form["state"], form["name"],
-                                            [form["tag"]] if form["tag"] else None, form["since"], form["until"],
-                                            form["changed"])
-            data = web.reader.run(lambda db: _jobs_data(db, filters, page, form["workflow"], history))
-        except BadRequest as exc:
-            raise web.error(400, exc.message) from None
-        data["filters"] = form
-        return web.respond(data, "jobs.html", "Jobs", form=form, data=data, colours=STATE_COLOURS,
-                           all_states=states.STATES, refresh=REFRESH_SECONDS,
-                           bars=_stacked_bars(data["counts"]), plot=_plot(data["finished_per_minute"],
-                                                                    since=(data["state_counts"] or {}).get("start")),
-                           held=_held_chart(data["state_counts"]),
-                           query=_query_without_page(args))
 
-    @pages.get("/<job_id>/")
-    def job_page(job_id):
-        web.require_admin()
-        job = web.reader.run(lambda db: _job_data(db, job_id))
-        if job is None:
-            raise web.error(404, f"no job with id {job_id!r}")
-        spans = job_queries.timeline(job["history"])  # what `db job show` shows
-        job["timeline"] = spans
-        total = sum(s["seconds"] or 0.0 for s in spans) or 1.0
-        x = 0.0
-        segments = []
-        for s in spans:
-            width = 100.0 * (s["seconds"] or 0.0) / total
-            segments.append(dict(s, x=x, width=width, colour=STATE_COLOURS.get(s["state"], "#999")))
-            x += width
-        return web.respond(job, "job.html", f"Job {job['name']}", job=job, segments=segments,
-                           colours=STATE_COLOURS, refresh=REFRESH_SECONDS)
+@bp.get("/")
+def jobs_page():
+    web = pages.web()
+    web.require_admin()
+    args = flask.request.args
+    form = {"workflow": args.get("workflow", "").strip(), "state": [s for s in args.getlist("state") if s],
+            "name": args.get("name", "").strip(), "tag": args.get("tag", "").strip(),
+            "since": args.get("since", "").strip(), "until": args.get("until", "").strip(),
+            "changed": args.get("changed", "") not in ("", "0", "false")}
+    page = _page_number(args.get("page"), web)
+    try:
+        filters = job_views.job_filters(form["workflow"], form["state"], form["name"],
+                                        [form["tag"]] if form["tag"] else None, form["since"], form["until"],
+                                        form["changed"])
+        data = web.reader.query(lambda db: _jobs_data(db, filters, page, form["workflow"], state().history))
+    except BadRequest as exc:
+        raise web.error(400, exc.message) from None
+    data["filters"] = form
+    return web.respond(data, "jobs.html", "Jobs", form=form, data=data, colours=STATE_COLOURS,
+                       all_states=states.STATES, refresh=REFRESH_SECONDS,
+                       bars=_stacked_bars(data["counts"]), plot=_plot(data["finished_per_minute"],
+                                                                since=(data["state_counts"] or {}).get("start")),
+                       held=_held_chart(data["state_counts"]),
+                       query=_query_without_page(args))
 
-    return pages
+
+@bp.get("/<job_id>/")
+def job_page(job_id):
+    web = pages.web()
+    web.require_admin()
+    job = web.reader.query(lambda db: _job_data(db, job_id))
+    if job is None:
+        raise web.error(404, f"no job with id {job_id!r}")
+    spans = job_queries.timeline(job["history"])  # what `db job show` shows
+    job["timeline"] = spans
+    total = sum(s["seconds"] or 0.0 for s in spans) or 1.0
+    x = 0.0
+    segments = []
+    for s in spans:
+        width = 100.0 * (s["seconds"] or 0.0) / total
+        segments.append(dict(s, x=x, width=width, colour=STATE_COLOURS.get(s["state"], "#999")))
+        x += width
+    return web.respond(job, "job.html", f"Job {job['name']}", job=job, segments=segments,
+                       colours=STATE_COLOURS, refresh=REFRESH_SECONDS)
 
 
 def _page_number(text, web):
@@ -156,7 +164,7 @@ def _read_ahead(reader, history):
     """Read the whole state history once when `db serve` starts, so that the first jobs page reads only
     what was added since (the history of 100,000 jobs takes about a second to group)."""
     try:
-        reader.run(lambda db: history.get(db, ""))
+        reader.query(lambda db: history.get(db, ""))
     except Exception as exc:  # noqa: BLE001 - the page reads it itself then
         log.info("the jobs history was not read ahead: %s", exc)
     finally:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import flask
 
-from balsamdb.server.http.reads import ReadOnlyStore
+from balsamdb.reads import Reader
 
 STATIC_PATH = "_balsamdb/static"
 
@@ -24,7 +24,7 @@ STATIC_PATH = "_balsamdb/static"
 class WebContext:
     """The application's hooks, as the pages use them."""
 
-    reader: ReadOnlyStore              # read-only connections: pages never read through the write server
+    reader: Reader                     # read-only connections (query()): pages never read through the write server
     require_user: Callable             # () -> the logged-in user, else raises the 401 challenge
     readable_project: Callable         # (name) -> the project, when the caller may read it; else raises
     error: Callable                    # (status, message) -> an exception the application answers with
@@ -76,13 +76,31 @@ def span(seconds):
     return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
 
 
-def install(app, context, api_path):
+def web_context(reader):
+    """The pages' hooks into the application (kept in its state: ``state().web``)."""
+    from balsamdb.server.http.access import readable_project, require_user
+    from balsamdb.server.http.errors import HTTPError
+    from balsamdb.server.http.html import url_part
+
+    return WebContext(reader=reader, require_user=require_user, readable_project=readable_project,
+                      error=HTTPError, url_part=url_part)
+
+
+def web():
+    """The :class:`WebContext` of the application handling this request."""
+    from balsamdb.server.http.state import state
+
+    return state().web
+
+
+def install(app, api_path):
     """Register the pages on ``app``: the jobs blueprint under ``/{api_path}/jobs/``, the static
     files under ``/{api_path}/static/``, the template filters."""
     from balsamdb.server.http import job_pages
 
     app.jinja_env.filters.update(clock=clock, span=span)
-    app.register_blueprint(job_pages.blueprint(context), url_prefix=f"/{api_path}/jobs")
-    static = flask.Blueprint("web_static", __name__, static_folder="static",
-                             static_url_path=f"/{api_path}/static")
-    app.register_blueprint(static)
+    app.register_blueprint(job_pages.bp, url_prefix=f"/{api_path}/jobs")
+    app.register_blueprint(STATIC)
+
+
+STATIC = flask.Blueprint("web_static", __name__, static_folder="static", static_url_path="/" + STATIC_PATH)

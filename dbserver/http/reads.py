@@ -2,80 +2,32 @@
 
 The pages read the database directly, never through the write server: a page that
 a lab keeps open and refreshes every few seconds must not take the single writer's
-time from the jobs that write.  SQLite is opened read-only (``mode=ro``, a WAL
-reader: it never blocks the writer, and the writer never blocks it); PostgreSQL with
-``default_transaction_read_only``, on the cluster the address file names (see
-:mod:`balsamdb.reads`, the read layer that the client and the read service use too).
+time from the jobs that write.  They read through :class:`balsamdb.reads.Reader`, the read
+layer that the client and the read service use too: SQLite opened read-only (``mode=ro``, a WAL
+reader: it never blocks the writer, and the writer never blocks it), PostgreSQL with
+``default_transaction_read_only`` on the cluster the address file names, every read in one
+transaction with a time limit.
 
 Queries are built from the models without binding them (``query.execute(database)``),
 so that reading threads never touch the process-wide model binding of direct mode.
 """
 
-import logging
-import threading
-
-import peewee as pw
-
 from balsamdb.dbdir import DBDirectory
-from balsamdb.exceptions import ConfigError, StorageError
-from balsamdb.reads import open_reader  # the one read layer (balsamdb.reads); the pages' threads use it too
+from balsamdb.reads import Reader
 
-log = logging.getLogger(__name__)
+#: seconds a page's read may run (a page, not a report: shorter than ``read_time_limit``)
+PAGE_TIME_LIMIT = 10.0
 
 
-class ReadOnlyStore:
-    """One read-only connection per thread (waitress runs each request on one thread).
+def page_reader(path):
+    """The HTTP store's :class:`~balsamdb.reads.Reader` of DB directory ``path`` (the one read
+    layer: the reader of clients and of the read service): read-only connections, one per waitress
+    thread, opened at the first read; its :meth:`~balsamdb.reads.Reader.query` runs a page's
+    queries in one read transaction with a time limit."""
+    from balsamdb.settings import load_settings
 
-    :meth:`run` calls ``function(database)``; a connection that broke (a PostgreSQL
-    cluster that restarted on another port) is opened again once.
-    """
-
-    def __init__(self, path):
-        from balsamdb.settings import load_settings
-
-        self.dbdir = DBDirectory(path)
-        self.settings = load_settings()
-        self._local = threading.local()
-
-    def _database(self, fresh=False):
-        database = getattr(self._local, "database", None)
-        if database is not None and fresh:
-            database.close()
-            database = None
-        if database is None:
-            try:
-                database = open_reader(self.dbdir, self.settings, time_limit=10.0)  # a page, not a report
-            except ConfigError as exc:
-                # A cluster of the DB directory's own that is not running: the pages answer 503
-                # (try again), as reads through the write server do when it is down.
-                raise StorageError(exc.message or str(exc)) from None
-            self._local.database = database
-        database.connect(reuse_if_open=True)
-        return database
-
-    def run(self, function):
-        """``function(database)`` in one read-only transaction on this thread's connection (the
-        queries of one page see one state of the database); its result."""
-        try:
-            return self._in_transaction(self._database(), function)
-        except (pw.OperationalError, pw.InterfaceError) as first:
-            log.info("read-only connection to %s failed (%s); opening it again", self.dbdir.path, first)
-            try:
-                return self._in_transaction(self._database(fresh=True), function)
-            except pw.DatabaseError as exc:
-                raise StorageError(f"cannot read {self.dbdir.path}: {exc}") from None
-
-    def close(self):
-        """Close this thread's connection (a thread that ends: its connection would stay open)."""
-        database = getattr(self._local, "database", None)
-        if database is not None:
-            database.close()
-            self._local.database = None
-
-    @staticmethod
-    def _in_transaction(database, function):
-        with database.atomic():
-            return function(database)
+    settings = load_settings()
+    return Reader(DBDirectory(path), settings, time_limit=min(PAGE_TIME_LIMIT, settings.read_time_limit), lazy=True)
 
 
 # -- who may read what: the log-in and permission checks of every request ---------------------------------

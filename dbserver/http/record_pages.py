@@ -56,7 +56,7 @@ def project_page(web, name):
     sort = _sort(web, args.get("sort"))
     page = _page(web, args.get("page"))
     paged = html or "page" in args
-    listing = web.reader.run(lambda db: find_records(db, name, search, tags, sort, page if paged else None))
+    listing = web.reader.query(lambda db: find_records(db, name, search, tags, sort, page if paged else None))
     base = flask.request.url_root
     info = {k: v for k, v in project.items() if k not in ("records", "name")}
     data = dict({"id": name, "name": name}, **info, tags=tags, search=search, sort=sort, count=listing["count"],
@@ -186,7 +186,7 @@ def _compare_page(web, name, labels):
             (Record.project == name) & Record.label.in_(labels))
         return {label: json.loads(document) for label, document in query.tuples().execute(db)}
 
-    documents = web.reader.run(read)
+    documents = web.reader.query(read)
     missing = [label for label in labels if label not in documents]
     if missing:
         raise web.error(404, f"no record {', '.join(map(repr, missing))} in project {name!r}")

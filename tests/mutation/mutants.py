@@ -445,16 +445,16 @@ MUTANTS = [
       "the HTTP client's spool sent newest first"),
     M("grant-without-check", "every route that reads or changes a project (the Sumatra routes",
       "dbserver/http/sumatra_api.py",
-      "        if method == \"POST\":\n            writable_project(project)  # before the body is read\n",
-      "        if method == \"POST\":\n",
+      "    if method == \"POST\":\n        writable_project(project)  # before the body is read\n",
+      "    if method == \"POST\":\n",
       ("tests/test_permissions_table.py::test_sumatra_routes[POST {p}/permissions/-private-non-member]",),
       "no check on POST {p}/permissions/"),
     M("versions-view-without-check", "every read route variant, generated from the app's URL map",
       "dbserver/http/sumatra_api.py",
-      "            readable_project(project)\n            if \"versions\" in request.args:\n"
-      "                return versions_reply(project, label)\n",
-      "            if \"versions\" in request.args:\n                return versions_reply(project, label)\n"
-      "            readable_project(project)\n",
+      "        readable_project(project)\n        if \"versions\" in request.args:\n"
+      "            return versions_reply(project, label)\n",
+      "        if \"versions\" in request.args:\n            return versions_reply(project, label)\n"
+      "        readable_project(project)\n",
       ("tests/test_properties.py::test_every_read_route_variant_checks_the_permission",),
       "a query-parameter read route (?versions) answering without its permission check (issue 25's survivor)"),
     M("find-page-without-check", "every read route variant, generated from the app's URL map",
@@ -717,10 +717,10 @@ MUTANTS = [
 
     M("record-body-read-before-login", "`db serve` reads a body only after the login and the permission",
       "dbserver/http/sumatra_api.py",
-      "        may_write_before_body(project)  # the login and the permission before the body is read\n"
-      "        record = json_body(\"record\")\n",
-      "        record = json_body(\"record\")\n"
-      "        may_write_before_body(project)  # the login and the permission before the body is read\n",
+      "    may_write_before_body(project)  # the login and the permission before the body is read\n"
+      "    record = json_body(\"record\")\n",
+      "    record = json_body(\"record\")\n"
+      "    may_write_before_body(project)  # the login and the permission before the body is read\n",
       ("tests/test_web_hardening.py::test_idle_sockets_big_anonymous_bodies_and_guessing_leave_a_user_served[sqlite3]",),
       "a record's body read and parsed before the login and the permission check"),
 
@@ -828,7 +828,7 @@ MUTANTS = [
       ("tests/test_hardening.py::test_control_characters_in_a_request_cannot_forge_a_log_line",),
       "request text logged unescaped"),
     M("error-status-flattened", "the HTTP store answers a library error with the status its class carries",
-      "dbserver/http/app.py", "            status = exc.http_status\n", "            status = 500\n",
+      "dbserver/http/app.py", "        status = exc.http_status\n", "        status = 500\n",
       ("tests/test_fast_units.py::test_operation_endpoint_answers_each_error_with_its_class_status",),
       "every library error answered 500"),
     M("jobs-filter-changed-ignored", "the jobs page reads its filters as `db ls` does", "balsamdb/job_queries.py",
