@@ -490,8 +490,8 @@ MUTANTS = [
     # (params of the wrong type: not mutated alone; bind_params refuses them too, with the same words.)
     M("http-request-id-not-checked", "bad bodies, ids, operations and parameters at the operation endpoint get 400",
       "dbserver/http/operation_api.py",
-      "        if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):\n",
-      "        if not isinstance(request_id, str):\n",
+      "    if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):\n",
+      "    if not isinstance(request_id, str):\n",
       ("tests/test_remote.py::test_bad_requests_to_the_operation_endpoint[sqlite3]",),
       "any string taken as a request id: a short or shared one, whose retries may meet another request's"),
 
