@@ -73,11 +73,14 @@ def pack(op, answer, text):
     compact = {"job": result["id"]}
     compact.update((k, result[k]) for k in OWN_KEYS)
     compact["rest"] = _digest(stored)
+    # A number whose type the column keeps (an int in an INTEGER, a float in a REAL) reads back
+    # as the same text: only the others are compared.
     exact = {k: result[k] for k, v in zip(REST_KEYS, stored)
-             if k in _NUMBERS and _number_text(v) != _number_text(result[k])}
+             if k in _NUMBERS and type(v) is not type(result[k]) and _number_text(v) != _number_text(result[k])}
     if exact:
         compact["exact"] = exact
-    return jsonio.dumps(compact)
+    # Parsed back (unpack), never compared as text: orjson's text.
+    return jsonio.dumps_fast(compact)
 
 
 def unpack(fast, stored):

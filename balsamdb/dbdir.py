@@ -211,8 +211,11 @@ class DBDirectory:
         return [f"{self.path} is already a current {db_type} DB directory (schema {migrations.SCHEMA_VERSION})"]
 
     # -- database -----------------------------------------------------------
-    def open_database(self, settings, busy_timeout=None, postgres_port=None, synchronous=None):
+    def open_database(self, settings, busy_timeout=None, postgres_port=None, synchronous=None, shared=False):
         """A new peewee database for this directory (not yet connected).
+
+        ``shared``: one connection that threads use in turn (the write server's loop and its batch
+        thread, which hand it over with each batch), not one per thread.
 
         ``synchronous`` (SQLite) replaces the ``sqlite_synchronous`` setting for this connection:
         the write server commits with NORMAL and flushes the WAL itself (see
@@ -239,6 +242,7 @@ class DBDirectory:
                     "cache_size": -1024 * max(2, int(settings.sqlite_cache_mb)),  # KiB when negative
                     "journal_size_limit": schema_upgrade.JOURNAL_SIZE_LIMIT,  # the WAL is truncated to this after a checkpoint
                 },
+                **({"thread_safe": False, "check_same_thread": False} if shared else {}),
             )
         if config.get("external"):
             params = parse_postgres_url(read_private(self.postgres_url_file))
@@ -251,7 +255,7 @@ class DBDirectory:
             params = {"database": "balsamdb", "host": "127.0.0.1", "port": int(postgres_port),
                       "user": "balsamdb", "password": read_private(self.postgres_password_file)}
         database = params.pop("database")
-        return pw.PostgresqlDatabase(database, connect_timeout=5, **params)
+        return pw.PostgresqlDatabase(database, connect_timeout=5, **params, **({"thread_safe": False} if shared else {}))
 
     # -- creation and upgrade -----------------------------------------------
     def init(self, db_type="sqlite3", mode=0o700, settings=None, url=None, make_cluster=None, backup=True,

@@ -18,11 +18,15 @@ from .models import (AppliedRequest, Job, JobParent, JobStateChange, JobTag, JSO
                      Record, RecordTag, RecordVersion, quoter)
 
 _CACHE = weakref.WeakKeyDictionary()  # database -> Statements, gone with the database
+#: Rows per multi-row INSERT on SQLite, largest first (the rest, fewer than the last, row by row):
+#: at most 256 x the columns of a job (19) parameters, well under SQLite's 32,766.
+SQLITE_ROWS = (256, 64, 16, 4)
 
 
 class Statements:
     def __init__(self, database):
         self._database = weakref.ref(database)  # the cache must not keep the database alive
+        self._many = {}  # (statement, rows) -> the text of a multi-row INSERT
         # A new job holds no claim: the lease columns stay NULL (see balsamdb.operations.leases).
         self.insert_job = self._insert(Job, skip=LEASE_FIELDS)
         self.job_columns = [f for f in Job._meta.sorted_fields if f.name not in LEASE_FIELDS]
@@ -111,8 +115,13 @@ class Statements:
     def executemany(self, statement, rows):
         """Insert ``rows`` (dicts keyed by field name) with one prepared statement.
 
-        On PostgreSQL several rows go as one multi-row INSERT (one round trip);
-        psycopg2's executemany would send one statement per row."""
+        Several rows go as multi-row INSERTs.  On PostgreSQL: one round trip (psycopg2's
+        executemany would send one statement per row).  On SQLite: one statement journal for
+        many rows; with the job table's count trigger every row's statement (executemany) copied
+        each page it touched (a dozen indexes: ~12 pages) into a journal of its own, which cost
+        more than the insert (53 -> 23 us of CPU per job, see docs/benchmarks.md).  SQLite's rows
+        go in statements of :data:`SQLITE_ROWS` sizes, so that each size is prepared once (the
+        sqlite3 module caches prepared statements by their text)."""
         sql, _fields, row_params = statement
         params = row_params(rows)
         with pw.__exception_wrapper__:
@@ -125,8 +134,23 @@ class Statements:
                     page = params[start:start + 500]
                     cursor.execute(f"{head} VALUES {','.join([row] * len(page))}",
                                    [value for values in page for value in values])
-            else:
-                cursor.executemany(sql, params)
+                return
+            start = 0
+            for size in SQLITE_ROWS:
+                while len(params) - start >= size:
+                    page = params[start:start + size]
+                    cursor.execute(self._many_rows(sql, size), [value for values in page for value in values])
+                    start += size
+            if start < len(params):
+                cursor.executemany(sql, params[start:])
+
+    def _many_rows(self, sql, size):
+        key = (sql, size)
+        text = self._many.get(key)
+        if text is None:
+            head, row = sql.rsplit(" VALUES ", 1)
+            text = self._many[key] = f"{head} VALUES {','.join([row] * size)}"
+        return text
 
     def job(self, job_id):
         """The job row ``job_id`` as a dict of Python values, or None."""
@@ -171,13 +195,18 @@ def _row_params(fields):
     if not encoded:
         return lambda rows: [get(row) for row in rows]
 
+    dumps = jsonio.dumps
+
     def row_params(rows):
         out = []
         for row in rows:
             values = list(get(row))
             for i in encoded:
                 value = values[i]
-                values[i] = None if value is None else jsonio.dumps(value)
+                # An empty object or list (most of a job's environ, parents, tags, data): json's
+                # text without calling it.
+                values[i] = None if value is None else ("{}" if value == {} and type(value) is dict else
+                                                        "[]" if value == [] and type(value) is list else dumps(value))
             out.append(values)
         return out
 

@@ -8,6 +8,8 @@ process keeps C pre-signed ``job_create`` requests in flight over DEALER sockets
 - ``postgres``: ``db dbserver`` on a fresh PostgreSQL DB directory (needs initdb and pg_ctl),
 - ``null``: the messaging ceiling (:mod:`balsamdb.bench.ceiling`), a ROUTER that checks each
   request like the write server (signature, JSON, time stamp) and answers a job-shaped result at once,
+- ``sqlite-serial``, ``postgres-serial``: the same servers with the batch thread off
+  (``BALSAMDB_BATCH_THREAD=0``: the loop applies and commits each batch itself),
 
 interleaved in one run, medians of ``--repeat`` rounds.  It reports writes/s, the server's CPU per write,
 the mean batch and commit time (from the server's own counters), on SQLite the WAL flusher's commits per
@@ -15,6 +17,10 @@ flush and mean flush time, the server's peak memory, the ratio to the null serve
 back: every answered create must be there once.
 
     db bench --capacity [--inflight 16,256,1024] [--seconds 5] [--repeat 3] [--targets sqlite,postgres,null]
+                        [--prefill N]
+
+``--prefill N``: each database first holds N jobs (workflow ``prefill``, made through the server with
+``bulk_create``, not timed), to measure the capacity on a grown database.
     python -m balsamdb.bench.capacity --help
 """
 
@@ -33,7 +39,10 @@ from pathlib import Path
 from balsamdb.bench.writers import cpu_seconds, peak_rss_mb
 from balsamdb.private_files import private_replacement
 
-TARGETS = ("sqlite", "postgres", "null")
+TARGETS = ("sqlite", "postgres", "null", "sqlite-serial", "postgres-serial")
+#: The ``-serial`` targets: the same server with its batch thread off (``BALSAMDB_BATCH_THREAD=0``:
+#: the loop applies and commits each batch itself), to compare in one run.
+SERIAL = "-serial"
 PRESIGN_MAX = 250_000        # requests signed before the clock starts (the rest are signed on the fly)
 DRAIN_DEADLINE = 60.0        # s to wait for the answers still in flight when the window closes
 START_DEADLINE = 120.0       # s for a server to answer after it starts
@@ -131,14 +140,29 @@ def _server_counters(path):
             "flush_s": stats.get("flush_seconds", 0.0)}
 
 
-def run_one(target, inflight, seconds, workdir):
-    """One measurement: a fresh DB directory and server for ``target``, one generator process."""
+PREFILL_CHUNK = 5000
+
+
+def prefill(path, jobs):
+    """Put ``jobs`` jobs into the DB directory ``path`` through its running server."""
+    import balsamdb
+
+    with balsamdb.connect(path, require_server=True) as db:
+        for start in range(0, jobs, PREFILL_CHUNK):
+            count = min(PREFILL_CHUNK, jobs - start)
+            db.jobs.bulk_create([{"name": f"pre-{start + i}", "workflow": "prefill", "application": "python sim.py",
+                                  "args": f"--n {start + i}"} for i in range(count)], make_workdir=False)
+
+
+def run_one(target, inflight, seconds, workdir, prefill_jobs=0):
+    """One measurement: a fresh DB directory and server for ``target`` (holding ``prefill_jobs``
+    jobs first), one generator process."""
     from balsamdb.dbdir import DBDirectory
     from balsamdb.server.supervisor import control
     from balsamdb.server.dbinit import init_db_directory
 
     path = Path(workdir) / f"{target}-{inflight}-{uuid.uuid4().hex[:6]}"
-    init_db_directory(path, "postgres" if target == "postgres" else "sqlite3")
+    init_db_directory(path, "postgres" if target.startswith("postgres") else "sqlite3")
     dbdir = DBDirectory(path)
     ceiling = None
     try:
@@ -149,7 +173,20 @@ def run_one(target, inflight, seconds, workdir):
                 raise RuntimeError("the null server did not start")
             server_pid = ceiling.pid
         else:
-            control.start(dbdir)
+            serial = os.environ.get("BALSAMDB_BATCH_THREAD")
+            os.environ["BALSAMDB_BATCH_THREAD"] = "0" if target.endswith(SERIAL) else (serial or "1")
+            try:
+                control.start(dbdir)  # the watchdog and its server take the environment
+            finally:
+                if serial is None:
+                    del os.environ["BALSAMDB_BATCH_THREAD"]
+                else:
+                    os.environ["BALSAMDB_BATCH_THREAD"] = serial
+            if prefill_jobs:
+                started = time.monotonic()
+                prefill(path, prefill_jobs)
+                print(f"  {target}: {prefill_jobs:,} jobs put in first, in {time.monotonic() - started:.0f} s",
+                      file=sys.stderr, flush=True)
             server_pid = (dbdir.read_address().get("server") or {}).get("pid")
         info = dbdir.read_address()
         before = None if target == "null" else _server_counters(path)
@@ -178,6 +215,7 @@ def run_one(target, inflight, seconds, workdir):
 
             with balsamdb.connect(path) as db:
                 stored = db.jobs.count(workflow="capacity")
+                result["prefilled"] = db.jobs.count(workflow="prefill")
             result["stored"] = stored
             result["lost"] = max(0, counts["ok"] - stored)
             result["extra"] = max(0, stored - counts["ok"])  # unanswered at the end may still have landed
@@ -198,7 +236,7 @@ def _median(rows, key):
     return statistics.median(values) if values else None
 
 
-def run(inflights, seconds, repeat, targets, json_out=None, workdir=None):
+def run(inflights, seconds, repeat, targets, json_out=None, workdir=None, prefill_jobs=0):
     own_tmp = None
     if workdir is None:
         own_tmp = tempfile.TemporaryDirectory(prefix="balsamdb-capacity-")
@@ -209,7 +247,7 @@ def run(inflights, seconds, repeat, targets, json_out=None, workdir=None):
         for round_ in range(repeat):
             for inflight in inflights:
                 for target in targets:  # interleaved: a drift of the machine touches every target alike
-                    row = run_one(target, inflight, seconds, workdir)
+                    row = run_one(target, inflight, seconds, workdir, prefill_jobs)
                     row["round"] = round_
                     results.append(row)
                     print(f"  round {round_ + 1}/{repeat}  C={inflight:<5} {target:<8} "
@@ -238,18 +276,19 @@ def run(inflights, seconds, repeat, targets, json_out=None, workdir=None):
     if json_out:
         with private_replacement(json_out) as out:  # never through a file or symlink someone else made
             out.write(json.dumps({"summary": summary, "runs": results, "seconds": seconds,
-                                  "repeat": repeat, "cpus": os.cpu_count()}, indent=1).encode())
+                                  "repeat": repeat, "cpus": os.cpu_count(), "prefill": prefill_jobs},
+                                 indent=1).encode())
     return summary
 
 
 def format_table(summary):
-    head = f"{'server':<9} {'C':>5} {'writes/s':>10} {'vs null':>8} {'us/write':>9} {'batch':>7} " \
+    head = f"{'server':<15} {'C':>5} {'writes/s':>10} {'vs null':>8} {'us/write':>9} {'batch':>7} " \
            f"{'commit ms':>10} {'c/flush':>8} {'flush ms':>9} {'peak MB':>8} {'lost':>5} {'errors':>6}"
     lines = [head, "-" * len(head)]
     for r in summary:
         def num(value, fmt):
             return format(value, fmt) if value is not None else "-"
-        lines.append(f"{r['target']:<9} {r['inflight']:>5} {num(r['writes_per_s'], ',.0f'):>10} "
+        lines.append(f"{r['target']:<15} {r['inflight']:>5} {num(r['writes_per_s'], ',.0f'):>10} "
                      f"{num(r['vs_null'], '.2f'):>8} {num(r['server_cpu_us_per_write'], '.1f'):>9} "
                      f"{num(r['mean_batch'], '.1f'):>7} {num(r['mean_commit_ms'], '.2f'):>10} "
                      f"{num(r.get('commits_per_flush'), '.2f'):>8} {num(r.get('mean_flush_ms'), '.2f'):>9} "
@@ -282,7 +321,10 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--json", dest="json_out")
+    parser.add_argument("--prefill", type=int, default=0, help="jobs each database holds before the measurement")
     args = parser.parse_args(argv)
+    if args.prefill < 0:
+        parser.error("--prefill takes a number of jobs, 0 or more")
     try:
         inflights = positive_ints(args.inflight)
     except ValueError as exc:
@@ -290,7 +332,7 @@ def main(argv=None):
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if not targets or any(t not in TARGETS for t in targets):
         parser.error(f"--targets takes some of {','.join(TARGETS)}")
-    summary = run(inflights, args.seconds, args.repeat, targets, args.json_out)
+    summary = run(inflights, args.seconds, args.repeat, targets, args.json_out, prefill_jobs=args.prefill)
     print(format_table(summary))
 
 

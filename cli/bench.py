@@ -56,6 +56,8 @@ def _targets(ctx, param, value):
               help="With --capacity: length of each measurement.")
 @click.option("--targets", default="sqlite,postgres,null", show_default=True, callback=_targets,
               help="With --capacity: servers to measure (null: the messaging ceiling, no database).")
+@click.option("--prefill", default=0, show_default=True, metavar="N", type=click.IntRange(min=0),
+              help="With --capacity: jobs each database holds before the measurement (made, not timed).")
 @click.option("--scale", is_flag=True,
               help="Measure the everyday reads and the bulk rate as one DB directory grows to --sizes jobs.")
 @click.option("--sizes", default="10000,100000,1000000", show_default=True, callback=_counts,
@@ -64,8 +66,8 @@ def _targets(ctx, param, value):
               help="With --scale: records in the DB (at most one per job).")
 @click.option("--json", "json_out", metavar="FILE", help="Write every result to FILE.")
 @click.option("--plot", metavar="PNG", help="Draw throughput and p99 latency (needs matplotlib: pip install .[bench]).")
-def bench(writers, writes, modes, repeat, bulk, capacity, inflight, seconds, targets, scale, sizes, records, json_out,
-          plot):
+def bench(writers, writes, modes, repeat, bulk, capacity, inflight, seconds, targets, prefill, scale, sizes, records,
+          json_out, plot):
     """Measure concurrent writers: the daemon against direct SQLite, a file lock,
     direct PostgreSQL and the messaging ceiling
 
@@ -94,6 +96,7 @@ def bench(writers, writes, modes, repeat, bulk, capacity, inflight, seconds, tar
         db bench --writers 8,64 --writes 100 --repeat 3 --json r.json --plot writers.png
         db bench --modes daemon,sqlite-wal,ceiling --bulk 0
         db bench --capacity --inflight 16,256,1024 --repeat 3
+        db bench --capacity --inflight 256 --targets sqlite,null --prefill 1000000
         db bench --scale --sizes 10000,100000 --records 10000 --plot scale.png
     """
     if scale:
@@ -112,7 +115,7 @@ def bench(writers, writes, modes, repeat, bulk, capacity, inflight, seconds, tar
     if capacity:
         from ..bench import capacity as cap
 
-        summary = cap.run(cap.positive_ints(inflight), seconds, repeat or 3, targets, json_out)
+        summary = cap.run(cap.positive_ints(inflight), seconds, repeat or 3, targets, json_out, prefill_jobs=prefill)
         click.echo(cap.format_table(summary))
         return
     from ..bench.writers import main

@@ -18,6 +18,7 @@ from balsamdb.cli.main import main
     (["--writes", "0"], "--writes"),
     (["--capacity", "--inflight", "0"], "at least 1"),
     (["--capacity", "--targets", "sqlite,mysql"], "unknown mysql"),
+    (["--capacity", "--prefill", "-1"], "--prefill"),
 ])
 def test_bad_options_are_one_line_errors(args, says):
     result = CliRunner().invoke(main, ["bench", *args])
@@ -28,7 +29,8 @@ def test_bad_options_are_one_line_errors(args, says):
 def test_capacity_run_counts_every_answered_write(tmp_path):
     out = tmp_path / "capacity.json"
     run = subprocess.run([sys.executable, "-m", "balsamdb.cli", "bench", "--capacity", "--inflight", "8",
-                          "--seconds", "1", "--repeat", "1", "--targets", "sqlite,null", "--json", str(out)],
+                          "--seconds", "1", "--repeat", "1", "--targets", "sqlite,null", "--prefill", "7000",
+                          "--json", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "vs null" in run.stdout, run.stdout
@@ -40,6 +42,7 @@ def test_capacity_run_counts_every_answered_write(tmp_path):
     # every answered create is in the database, once; the generator stopped sending when the window closed
     assert sqlite_run["ok"] > 0 and sqlite_run["errors"] == 0 and sqlite_run["unanswered"] == 0
     assert sqlite_run["stored"] == sqlite_run["ok"], sqlite_run
+    assert sqlite_run["prefilled"] == 7000, sqlite_run  # --prefill: two bulk_create chunks, the last one short
 
 
 def test_scale_smoke_at_10k_jobs(tmp_path):

@@ -227,8 +227,10 @@ def test_strace_shows_commit_then_wal_fdatasync_then_answer(tmp_path, dealer):
     events = _events(trace.read_text())
     wal = [e for e in events if e[4].endswith("-wal")]
     writes = [e for e in wal if e[2] == "pwrite64" and e[3] in ("exit", "both")]
-    # The flusher's: SQLite's own fdatasync of a new WAL's header runs in the loop (thread id = pid).
-    syncs = [e for e in wal if e[2] in ("fdatasync", "fsync") and e[1] != str(pid)]
+    # The flusher thread's (its id in status): SQLite's own fdatasync of a new WAL's header runs in the
+    # thread that commits (the batch thread, or the loop).
+    assert after["flusher_thread"] not in (None, pid), after
+    syncs = [e for e in wal if e[2] in ("fdatasync", "fsync") and e[1] == str(after["flusher_thread"])]
     sync_entries = [e[0] for e in syncs if e[3] in ("entry", "both")]
     sync_exits = [e[0] for e in syncs if e[3] in ("exit", "both")]
     previous_send = -1

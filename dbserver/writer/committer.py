@@ -1,11 +1,14 @@
 """The write server's database side: the one connection, the group commit of a batch of
 requests, what a failed commit means, reconnecting, and forgetting old request ids.
 
-The commit runs in the server's one thread (no database thread: the pipelined variant, which
-moved the COMMIT and with it the connection, was measured slower, see docs/benchmarks.md).
-Under the default ``sqlite_synchronous`` FULL the connection commits with NORMAL and only the
-WAL's fdatasync leaves the loop: each COMMIT that returned is reported to the
-:class:`~balsamdb.server.writer.flusher.Flusher`, whose flush its answers wait for."""
+Each batch of live requests is applied and committed by the batch thread
+(:mod:`.batch_thread`, :meth:`Committer.commit_later`) while the loop receives, checks and
+answers; the connection is not moved (the pipelined variant of issue 13 moved the COMMIT and with
+it the connection, and was measured slower, see docs/benchmarks.md): one thread at a time uses it,
+and every other use (:meth:`Committer.commit` of the spool drain, pruning, lost runs) first
+settles the running batch.  Under the default ``sqlite_synchronous`` FULL the connection commits
+with NORMAL and only the WAL's fdatasync leaves the committing thread: each COMMIT that returned is
+reported to the :class:`~balsamdb.server.writer.flusher.Flusher`, whose flush its answers wait for."""
 
 import contextlib
 import logging
@@ -38,6 +41,8 @@ class Committer:
         self.stopping = stopping  # a callable: True once the server stops (ends reconnecting)
         self.flusher = None       # the WAL flusher, told of each COMMIT (SQLite under FULL)
         self.tick = None          # called now and then during a batch: answers what was flushed meanwhile
+        self.batches = None       # the BatchThread that applies and commits beside the loop (commit_later)
+        self.on_done = None       # called in the loop with each batch the batch thread finished, in order
 
     def begin(self):
         """The transaction of one group commit."""
@@ -46,8 +51,42 @@ class Committer:
         return self.database.atomic()
 
     def commit(self, requests):
-        """Apply ``requests`` in one transaction; each has its answer when this returns (after
-        the commit), or an error answer when the batch was rolled back."""
+        """Apply ``requests`` in one transaction, in the caller's thread, after the batch the batch
+        thread may run (settled first); each has its answer when this returns (after the commit),
+        or an error answer when the batch was rolled back."""
+        self.settle()
+        return self._account(self._apply(requests))
+
+    def commit_later(self, requests):
+        """Hand ``requests`` to the batch thread (:mod:`.batch_thread`); they come back answered,
+        in order, through ``on_done`` (see :meth:`take` and :meth:`settle`)."""
+        self.batches.submit(requests)
+
+    def take(self):
+        """The loop's side, when the batch thread woke it: hand a finished batch to ``on_done``."""
+        done = self.batches.take()
+        if done is not None:
+            self.on_done(self._account(done))
+
+    def settle(self):
+        """Wait for the batch the batch thread runs, and hand it to ``on_done``: before any other
+        use of the connection, which one thread uses at a time."""
+        if self.batches is not None:
+            done = self.batches.settle()
+            if done is not None:
+                self.on_done(self._account(done))
+
+    def _account(self, done):
+        requests, seconds, refused = done
+        if seconds is None:
+            self.stats.errors += refused
+        else:
+            self.stats.committed(requests, seconds)
+        return requests
+
+    def _apply(self, requests):
+        """The database's part of :meth:`commit` (run by the batch thread too): ``(requests,
+        seconds, refused)``, ``seconds`` None when the batch was rolled back."""
         started = time.monotonic()
         try:
             apply(self.database, requests, self._begin_then_tick if self.tick else self.begin, self.tick)
@@ -61,17 +100,14 @@ class Committer:
             else:
                 error = StorageError(f"the database refused the write: {original}{self.storage_hint(original)}; "
                                      "nothing of it was written").to_dict()
-                self.stats.errors += len(requests)
-            return [r.refuse(error) for r in requests]
+            return [r.refuse(error) for r in requests], None, 0 if transient else len(requests)
         except Exception as exc:  # no input may stop the server: a batch that fails unexpectedly is refused
             log.exception("a batch of %d requests failed unexpectedly; each is refused", len(requests))
             error = ServerError(f"the server failed on this batch: {type(exc).__name__}: {exc}").to_dict()
-            self.stats.errors += len(requests)
-            return [r.refuse(error) for r in requests]
+            return [r.refuse(error) for r in requests], None, len(requests)
         if self.flusher is not None:
             self.flusher.committed()
-        self.stats.committed(requests, time.monotonic() - started)
-        return requests
+        return requests, time.monotonic() - started, 0
 
     @contextlib.contextmanager
     def _begin_then_tick(self):
@@ -147,6 +183,7 @@ class Committer:
         the next look: at once while there is more, else PRUNE_EVERY (or half the retention,
         if shorter).  Nothing is forgotten while ``spool_waits``: a spooled write may be one
         whose answer was lost, and its id must be there when it comes."""
+        self.settle()
         keep = self.settings.applied_retention_days * 86400.0
         every = min(PRUNE_EVERY, keep / 2)
         if spool_waits:
@@ -166,6 +203,7 @@ class Committer:
         """Release the claims and time out the runs whose lease expired on this server's clock
         (see :func:`balsamdb.operations.leases.find_lost_runs`), in a write transaction of their
         own; returns the seconds until the next look: at once while there is more."""
+        self.settle()
         try:
             with self.begin():
                 counts = find_lost_runs(self.database, LOST_RUNS_CHUNK)

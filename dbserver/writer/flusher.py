@@ -3,8 +3,9 @@
 Under the default ``sqlite_synchronous`` FULL, the write server's one SQLite connection commits
 with ``synchronous=NORMAL`` (in WAL mode the COMMIT then only ``write()``s its frames to the
 ``-wal`` file), and the :class:`Flusher` thread makes them durable: it ``fdatasync``s the live
-``-wal`` file, opened by path (Python's sqlite3 gives no file descriptor).  The loop numbers each
-COMMIT (:meth:`Flusher.committed`, after the COMMIT returned) and holds the batch's answers and
+``-wal`` file, opened by path (Python's sqlite3 gives no file descriptor).  The committing thread
+(the batch thread, or the loop) numbers each COMMIT (:meth:`Flusher.committed`, after the COMMIT
+returned) and the loop holds the batch's answers and
 its spool-file effects until :attr:`Flusher.flushed` reaches that number: a flush covers every
 COMMIT numbered before it *began*, so one flush serves every batch committed meanwhile, while
 the loop already receives, checks and applies the next one.  The thread wakes the loop through
@@ -59,6 +60,7 @@ class Flusher:
         self.failed = None             # the OSError of a failed flush: nothing more may be answered
         self._closing = False
         self._thread = None
+        self.thread_id = None          # the flusher thread's native id (strace -f names it)
         self.wake_fd, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # -- the loop's side ----------------------------------------------------
@@ -125,11 +127,13 @@ class Flusher:
         with self._cond:
             return {"flusher": True, "commits": self.commits, "flushed_commits": self.flushed,
                     "flushes": self.flushes, "flush_seconds": self.flush_seconds, "wal_opens": self.reopens,
+                    "flusher_thread": self.thread_id,
                     "mean_flush_ms": 1000 * self.flush_seconds / self.flushes if self.flushes else 0.0,
                     "commits_per_flush": self.flushed / self.flushes if self.flushes else 0.0}
 
     # -- the thread ---------------------------------------------------------
     def _run(self):
+        self.thread_id = threading.get_native_id()
         while True:
             with self._cond:
                 while self.commits == self.flushed and not self._closing:

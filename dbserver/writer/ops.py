@@ -61,6 +61,7 @@ class ServerOperations:
         if self.server.db_type != "sqlite3":
             return None
         try:
+            self.server.committer.settle()  # the connection is the batch thread's while it runs a batch
             level = self.server.database.execute_sql("PRAGMA synchronous").fetchone()[0]
         except Exception as exc:  # a status must answer even when the connection is broken
             log.warning("could not read PRAGMA synchronous: %s", exc)

@@ -24,8 +24,10 @@ Each message becomes one :class:`balsamdb.request.Request` here (:meth:`WriteSer
 which the rest fills in and answers: :mod:`.committer` (the database: group commit, failures,
 reconnecting, pruning old ids), :mod:`.spool_order` (spooled writes before live ones),
 :mod:`.ops` (ping, status, spool_drain), :mod:`.stats`, :mod:`.setup`
-(socket bounds, same-host socket, priority).  One thread does it all, the COMMIT included, but
-the WAL's fdatasync (in the flusher thread: ``strace -f -p PID`` sees it).
+(socket bounds, same-host socket, priority).  The loop's thread receives, checks and answers;
+the batch thread (:mod:`.batch_thread`) applies and commits one batch at a time meanwhile, on the
+one connection, which it hands back with the batch; the WAL's fdatasync runs in the flusher thread
+(``strace -f -p PID`` sees the three).
 
 Run by the watchdog as ``python -m balsamdb.server.writer.server --path P ...``; it
 prints one JSON line ``{"port": N, "pid": N, "local_address": ..., "max_request_bytes": N}``
@@ -52,6 +54,7 @@ from balsamdb.request import Request
 from balsamdb.settings import load_settings
 from balsamdb.spool import Spool
 
+from balsamdb.server.writer.batch_thread import BatchThread
 from balsamdb.server.writer.committer import Committer
 from balsamdb.server.writer.flusher import Flusher
 from balsamdb.server.writer.ops import ServerOperations
@@ -67,6 +70,9 @@ STARTUP_DB_DEADLINE = 15.0  # seconds a starting server waits for its database
 POLL_MS = 200
 FLUSH_FAILED_EXIT = 75      # the exit status of a server stopped by a failed flush
 STOP_DRAIN = 5.0            # seconds a stopping server goes on reading requests that keep arriving
+#: Apply and commit each batch in the batch thread while the loop receives, checks and answers
+#: (see :mod:`.batch_thread`); ``BALSAMDB_BATCH_THREAD=0`` keeps it all in the loop (benchmarks).
+BATCH_THREAD = os.environ.get("BALSAMDB_BATCH_THREAD", "1") != "0"
 
 
 class WriteServer(SpoolOrder):
@@ -105,7 +111,7 @@ class WriteServer(SpoolOrder):
         raise_open_files_limit()
         flush = self.db_type == "sqlite3" and self.settings.sqlite_synchronous != "NORMAL"
         self.database = self.dbdir.open_database(self.settings, busy_timeout=60, postgres_port=self.pg_port,
-                                                 synchronous="NORMAL" if flush else None)
+                                                 synchronous="NORMAL" if flush else None, shared=BATCH_THREAD)
         self.committer = Committer(self.database, self.db_type, self.dbdir, self.settings, self.stats,
                                    stopping=lambda: self.stopping)
         self.committer.connect(deadline=STARTUP_DB_DEADLINE)
@@ -117,7 +123,11 @@ class WriteServer(SpoolOrder):
             self.flusher = Flusher(f"{self.dbdir.sqlite_file}-wal")
             self.flusher.start()  # flushes the upgrade's commits first
             self.committer.flusher = self.flusher
-            self.committer.tick = self.release_if_flushed
+            if not BATCH_THREAD:  # the batch thread must not send: the loop answers meanwhile
+                self.committer.tick = self.release_if_flushed
+        if BATCH_THREAD:
+            self.committer.batches = BatchThread(self.committer._apply)
+            self.committer.on_done = self.after_flush
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 2000)
@@ -136,10 +146,12 @@ class WriteServer(SpoolOrder):
     def loop(self):
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
-        woken = zmq.Poller()  # the flusher's wake pipe alone: while MAX_BATCH requests are gathered
-        if self.flusher is not None:
-            poller.register(self.flusher.wake_fd, zmq.POLLIN)
-            woken.register(self.flusher.wake_fd, zmq.POLLIN)
+        woken = zmq.Poller()  # the wake pipes alone: while MAX_BATCH requests are gathered
+        batches = self.committer.batches
+        for wake in (self.flusher, batches):
+            if wake is not None:
+                poller.register(wake.wake_fd, zmq.POLLIN)
+                woken.register(wake.wake_fd, zmq.POLLIN)
         while not self.stopping:
             # Spooled writes go before live ones (see spool_order): status, ping and holding
             # replies still go out during a long drain.
@@ -149,9 +161,11 @@ class WriteServer(SpoolOrder):
             if self.flusher is not None and self.flusher.wake_fd in events:
                 self.flusher.woken()
                 self.release_flushed()
+            if batches is not None and batches.wake_fd in events:
+                self.committer.take()
             if self.socket in events:
                 self.serve_batch(self.receive_batch())
-            elif self.gathered and not self.flusher.waiting():
+            elif self.gathered and self.ready_to_commit():
                 self.serve_batch([])
             if time.monotonic() >= self.next_prune:
                 self.next_prune = time.monotonic() + self.committer.prune_applied(spool_waits=self.spool.count())
@@ -173,6 +187,7 @@ class WriteServer(SpoolOrder):
         # arriving are read for at most STOP_DRAIN seconds; later ones are resent by their clients.
         drain_until = time.monotonic() + STOP_DRAIN
         try:
+            self.committer.settle()
             while True:
                 batch = self.receive_batch() if time.monotonic() < drain_until else []
                 if not batch and not self.gathered:
@@ -194,6 +209,8 @@ class WriteServer(SpoolOrder):
                 self.socket.close()
             if self.context is not None:
                 self.context.term()
+            if self.committer is not None and self.committer.batches is not None:
+                self.committer.batches.close()
             if self.flusher is not None:
                 self.flusher.close()
             if self.database is not None:
@@ -237,15 +254,23 @@ class WriteServer(SpoolOrder):
         # Queue depth: the requests that arrived with this one and wait to be served.
         replies.extend(self.server_ops.answer(server_ops, queue_depth=len(batch) - 1))
         self.send(replies)
-        # While a COMMIT waits for the running flush (the flusher's next), checked work is
-        # gathered, not committed: it goes in one batch once that flush ends (one COMMIT per
-        # flush, large batches), and is applied while the next flush runs.
+        # While a COMMIT waits for the running flush (the flusher's next), or the batch thread
+        # applies the previous batch, checked work is gathered, not committed: it goes in one
+        # batch once that flush begins (one COMMIT per flush, large batches).
         work = self.gathered + work
         self.gathered = []
-        if gather and work and self.flusher is not None and self.flusher.waiting():
+        if gather and work and not self.ready_to_commit():
             self.gathered = work
+        elif work and gather and self.committer.batches is not None:
+            self.committer.commit_later(work)  # answered through after_flush, in the loop
         elif work:
             self.after_flush(self.committer.commit(work))
+
+    def ready_to_commit(self):
+        """False while the batch thread has a batch, or a COMMIT waits for a flush to begin."""
+        if self.committer.batches is not None and self.committer.batches.busy():
+            return False
+        return self.flusher is None or not self.flusher.waiting()
 
     # -- answers after the flush --------------------------------------------
     def after_flush(self, requests=(), effects=()):

@@ -175,9 +175,9 @@ MUTANTS = [
       ("tests/test_durability.py::test_a_stop_answers_the_write_it_is_committing_and_applies_nothing_unanswered[sqlite3]",),
       "the endpoints unbound at the stop (no new connections): ZeroMQ closes the open ones, answers are dropped"),
     M("postgres-asynchronous-commit", "an answered write is durable: the answer is sent after COMMIT",
-      "balsamdb/dbdir.py", "        return pw.PostgresqlDatabase(database, connect_timeout=5, **params)\n",
+      "balsamdb/dbdir.py", "        return pw.PostgresqlDatabase(database, connect_timeout=5, **params,",
       "        return pw.PostgresqlDatabase(database, connect_timeout=5, options=\"-c synchronous_commit=off\", "
-      "**params)\n",
+      "**params,",
       ("tests/test_durability.py::test_no_answer_before_commit_and_an_answered_write_survives_sigkill[postgres]",),
       "the PostgreSQL connection tuned with synchronous_commit off: COMMIT returns, and the answer goes, before "
       "the WAL is written", slow=True),
