@@ -101,15 +101,13 @@ def any_dbdir(backend, tmp_path, request):
 @pytest.fixture
 def served_dbdir(any_dbdir):
     """``any_dbdir`` with its server running; everything of it stopped afterwards."""
-    from helpers import db_cli, kill_everything
+    from helpers import start_server, stop_server
 
     try:  # also when the start itself fails or times out
-        started = db_cli("dbserver", "--path", any_dbdir)
-        assert started.returncode == 0, started.stderr
+        start_server(any_dbdir)
         yield any_dbdir
     finally:
-        db_cli("dbserver", "--stop", "--path", any_dbdir)
-        kill_everything(any_dbdir)
+        stop_server(any_dbdir)
 
 
 # -- the quick layer -------------------------------------------------------------------------------------

@@ -37,6 +37,64 @@ def db_cli(*args, timeout=60, env=None, check=False):
     return proc
 
 
+def start_server(path, timeout=60):
+    """Start the write server of DB directory ``path`` (its watchdog and server, as `db dbserver --path`
+    does) from this process: what `db dbserver` runs, without starting a Python for the CLI (1 to
+    5 s a fixture under load).  For fixtures: a test of `db dbserver` itself runs the command."""
+    from balsamdb.dbdir import DBDirectory
+    from balsamdb.server.supervisor import control
+
+    try:
+        info = control.start(DBDirectory(path), deadline=timeout).address
+    except BaseException:
+        kill_everything(path)  # a start that failed or ran out of time may have left its watchdog
+        raise
+    _reap_when_it_exits((info.get("watchdog") or {}).get("pid"))
+    return info
+
+
+_to_reap = set()
+
+
+def _reap_when_it_exits(pid):
+    """The watchdog that start_server started is a child of this process (`db dbserver` leaves it
+    to init): once it exits, reap it at once, so that no test sees it as a zombie for long."""
+    import threading
+
+    if pid is None:
+        return
+    _to_reap.add(pid)
+    if not any(t.name == "test-reaper" for t in threading.enumerate()):
+        threading.Thread(target=_reaper, name="test-reaper", daemon=True).start()
+
+
+def _reaper():
+    while True:
+        for pid in list(_to_reap):
+            try:
+                done, _status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not our child, or reaped already (by subprocess)
+                done = pid
+            if done:
+                _to_reap.discard(pid)
+        time.sleep(0.05)  # wait-ok: the reaper's poll interval
+
+
+def stop_server(path, timeout=30):
+    """Finalizer: stop the server of ``path`` as `db dbserver --stop` does, from this process; whatever
+    is left of it (a stop that failed, a server of a test that broke it on purpose) is then killed."""
+    from balsamdb.dbdir import DBDirectory
+    from balsamdb.server.supervisor import control
+
+    try:
+        if Path(path).exists():
+            control.stop(DBDirectory(path), deadline=timeout)
+    except Exception as exc:  # noqa: BLE001  (a finalizer: what is left is killed below)
+        sys.stderr.write(f"stop_server({path}): {exc}\n")
+    finally:
+        kill_everything(path)
+
+
 def wait_for(predicate, timeout, what, interval=0.01):
     """Call ``predicate`` until it returns something true; fail after ``timeout`` s."""
     end = time.monotonic() + timeout
@@ -51,6 +109,16 @@ def wait_for(predicate, timeout, what, interval=0.01):
 
 def address(path):
     return json.loads((Path(path) / "dbwriter_address").read_text())
+
+
+def alive(ident):
+    """Whether the process an address record names (``{"pid", "started"}``) still runs: the same pid
+    started at the same time, not a zombie."""
+    try:
+        proc = psutil.Process(ident["pid"])
+        return abs(proc.create_time() - ident["started"]) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def server_pids(path):
@@ -233,3 +301,32 @@ def make_db_directory(backend, path, pg_url=None):
     else:
         DBDirectory(path).init("postgres", url=fresh_database_url(pg_url))
     return path
+
+
+# -- results of `db` commands (the ``run_db`` fixture's CompletedProcess) ----------------------------
+
+def ok(result):
+    """stdout of a call that must succeed."""
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stdout
+
+
+def refused(result, *phrases, code=None, absent=()):
+    """stderr of a call that must fail with one clean error (exit ``code`` when given) saying each of
+    ``phrases`` and none of ``absent``."""
+    assert result.returncode != 0, f"expected a failure, got exit 0 and:\n{result.stdout}"
+    if code is not None:
+        assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("Error:"), result.stderr
+    for phrase in phrases:
+        assert phrase in result.stderr, f"{phrase!r} not in stderr:\n{result.stderr}"
+    for phrase in absent:
+        assert phrase not in result.stderr, f"{phrase!r} in stderr:\n{result.stderr}"
+    return result.stderr
+
+
+def add_job(run_db, path, *args):
+    """Create a job with the CLI (`db job add ARGS --json`); returns its dict."""
+    return json.loads(ok(run_db("job", "add", *args, "--path", path, "--json")))

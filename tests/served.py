@@ -13,6 +13,7 @@ from pathlib import Path
 START_DEADLINE = 30.0   # seconds for `db serve` to listen
 STOP_DEADLINE = 15.0
 PASSWORDS = {"ada": "ada-s3cret!", "bob": "bob's pass phrase"}
+HTML = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}  # what a browser asks for
 # `db serve` whether or not cli/main.py registers it yet.
 SERVE_MAIN = ("import sys; from balsamdb.cli.main import main; from balsamdb.cli.serve import serve; "
               "main.add_command(serve); sys.argv[0] = 'db'; main()")

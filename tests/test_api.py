@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import make_db_directory
 from helpers import job_ids_in_db
+from records import small_record as _record
 from in_process import connect_in_process
 
 import balsamdb
@@ -159,14 +160,6 @@ def test_parents_start_awaiting(db):
     parent = db.jobs.create(name="p")
     child = db.jobs.create(name="c", parents=[parent.id])
     assert child.state == "AWAITING_PARENTS" and child.parents == [parent.id]
-
-
-def _record(label, **fields):
-    doc = {"label": label, "timestamp": "2026-01-02 03:04:05+0000", "reason": "r", "main_file": "m.py",
-           "version": "abc", "duration": None, "tags": [], "outcome": "", "stdout_stderr": "Not launched.",
-           "parameters": {"content": "a = 1", "type": "SimpleParameterSet"}}
-    doc.update(fields)
-    return doc
 
 
 def test_records_are_stored_unchanged_and_filled_in(db):

@@ -21,9 +21,11 @@ from urllib.parse import urlsplit
 import pytest
 from helpers import db_cli, wait_for
 from served import PASSWORDS
-from test_http_store import record
-from test_relay import status, store  # noqa: F401  (the store fixture: a DB directory served over HTTP)
-from test_relay_saved_at import put, served  # noqa: F401  (served: a store where bob is an admin, ada is not)
+from fixtures import admin_served as served  # noqa: F401  (the fixture: a store where bob is an admin, ada is not)
+from fixtures import put_as as put
+from fixtures import relay_status as status
+from fixtures import relay_store as store  # noqa: F401  (the fixture: a DB directory served over HTTP)
+from records import sumatra_record as record
 
 import balsamdb
 from balsamdb.dbdir import DBDirectory

@@ -20,6 +20,8 @@ from balsamdb.migrations import SCHEMA_VERSION
 
 import balsamdb
 from balsamdb.cli.main import main
+from fixtures import cli_store as store  # noqa: F401  (the fixture: SQLite direct, PostgreSQL served)
+from helpers import add_job, ok, refused
 
 JOB_A = "abcd0001-0000-4000-8000-000000000001"
 JOB_B = "abcd0002-0000-4000-8000-000000000002"
@@ -30,37 +32,6 @@ RECORD = {
     "version": "abc123", "user": "Ada <ada@example.org>",
     "parameters": {"content": "T = 300", "type": "SimpleParameterSet"},
 }
-
-
-def ok(result):
-    """stdout of a call that must succeed."""
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert "Traceback" not in result.stderr, result.stderr
-    return result.stdout
-
-
-def refused(result, *phrases, code=None):
-    """stderr of a call that must fail cleanly and say each of ``phrases``."""
-    assert result.returncode != 0, f"expected a failure, got exit 0 and:\n{result.stdout}"
-    if code is not None:
-        assert result.returncode == code, result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("Error:"), result.stderr
-    for phrase in phrases:
-        assert phrase in result.stderr, f"{phrase!r} not in stderr:\n{result.stderr}"
-    return result.stderr
-
-
-@pytest.fixture
-def store(backend, request):
-    """A fresh DB directory on each backend, as job scripts meet it: sqlite3 with no server
-    (the CLI writes directly), postgres with its server running (stopped by ``served_dbdir``)."""
-    return request.getfixturevalue("served_dbdir" if backend == "postgres" else "any_dbdir")
-
-
-def add_job(run_db, dbdir, *args):
-    """Create a job with the CLI; returns its dict."""
-    return json.loads(ok(run_db("job", "add", *args, "--path", dbdir, "--json")))
 
 
 def table_rows(stdout):

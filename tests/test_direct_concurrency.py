@@ -4,11 +4,14 @@ import multiprocessing
 import queue
 import time
 import traceback
+import uuid
 
 import pytest
 
 import balsamdb
 from balsamdb.dbdir import DBDirectory
+from history import HistoryLog, applied_jobs, check, load
+from writer import logged
 
 PROCESSES = 32
 JOBS_EACH = 100
@@ -16,11 +19,18 @@ DEADLINE = 50  # seconds for the whole run; the test fails, not hangs, past it
 
 
 def _create_jobs(path, index, barrier, results):
-    """One writer: wait until every writer is ready, then create JOBS_EACH jobs."""
+    """One writer: wait until every writer is ready, then create JOBS_EACH jobs, each call logged in
+    the history ``PATH-h{index}.history`` (tests/history.py)."""
     try:
         db = balsamdb.connect(path)
+        log = HistoryLog(f"{path}-h{index}.history", f"w{index}")
         barrier.wait(timeout=DEADLINE)
-        ids = [db.jobs.create(f"w{index}-{n}", workflow="storm").id for n in range(JOBS_EACH)]
+        ids = []
+        for n in range(JOBS_EACH):
+            job_id = str(uuid.uuid4())
+            ids.append(logged(log, db, job_id, "create", job_id,
+                              lambda: db.jobs.create(f"w{index}-{n}", workflow="storm", id=job_id)).id)
+        log.close()
         routes = {db.last_route}
         db.close()
         results.put((index, ids, routes, None))
@@ -70,6 +80,9 @@ def test_32_processes_writing_at_once_lose_no_job(tmp_path, monkeypatch):
         stored = {job.id for job in db.jobs.filter(workflow="storm")}
         assert db.jobs.count() == PROCESSES * JOBS_EACH
     assert stored == set(created)
+    verdict = check(load(sorted(tmp_path.glob("db-h*.history"))), applied_jobs(path, "storm"))
+    print(f"[history] {verdict}")
+    assert verdict.ok and verdict.ops == PROCESSES * JOBS_EACH, str(verdict)
 
 
 def test_a_lock_held_longer_than_the_busy_timeout_is_waited_out(tmp_path):

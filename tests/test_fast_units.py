@@ -84,6 +84,57 @@ def test_sumatra_api_in_process(store_client):
     missing = store_client.get("/P/none/", headers=ada)
     assert missing.status_code == 404 and missing.get_json()["status"] == 404
     assert store_client.get("/P/run-1/", headers=_auth("ada", "wrong")).status_code == 401
+    # what a record holds is escaped on the pages (the list and the record)
+    evil = {"label": "<b>x</b>", "reason": "<i>why</i>"}
+    assert store_client.put("/P/%3Cb%3Ex%3C%2Fb%3E/", data=json.dumps(evil), headers=ada).status_code == 201
+    for url in ("/P/?format=html", "/P/%3Cb%3Ex%3C%2Fb%3E/?format=html"):
+        shown = store_client.get(url, headers=ada).get_data(as_text=True)
+        assert "&lt;b&gt;x&lt;/b&gt;" in shown and "<b>x" not in shown and "<i>why" not in shown, url
+    # without JavaScript the list's compare button works: the page does not disable it for a script to enable
+    listing_page = store_client.get("/P/?format=html", headers=ada).get_data(as_text=True)
+    button = listing_page.split('class="compare"', 1)[0].rsplit("<button", 1)[1] + listing_page.split(
+        'class="compare"', 1)[1].split(">", 1)[0]
+    assert "disabled" not in button, button
+    # smt's listing stays whole and unpaged; ?sort= sorts, -COLUMN descending
+    plain = store_client.get("/P/", headers=ada).get_json()
+    assert len(plain["records"]) == 2 and "count" not in plain and "page" not in plain, plain
+    for sort, first in (("label", "/P/%3Cb%3Ex%3C/b%3E/"), ("-label", "/P/run-1/")):
+        found = store_client.get(f"/P/?sort={sort}", headers=ada).get_json()["records"]
+        assert found[0].endswith(first), (sort, found)
+    # long program output is folded with its size, not cut
+    output = "".join(f"step {i}\n" for i in range(100))
+    assert store_client.put("/P/long/", data=json.dumps({"label": "long", "stdout_stderr": output}),
+                            headers=ada).status_code == 201
+    page = store_client.get("/P/long/?format=html", headers=ada).get_data(as_text=True)
+    assert f"<summary>101 lines, {len(output)} characters (show)</summary>" in page and "step 99" in page
+    # a password beyond ASCII, or not UTF-8 at all, is a wrong password (401), never a 500
+    assert store_client.get("/P/run-1/", headers=_auth("ada", "pässwort")).status_code == 401
+    not_utf8 = {"Authorization": "Basic " + base64.b64encode(b"ada:\xff\xfe").decode()}
+    assert store_client.get("/P/run-1/", headers=not_utf8).status_code == 401
+
+
+def test_a_save_that_waits_in_the_spool_is_answered_202(store_client, monkeypatch):
+    """No server and direct writes off: the store's save is spooled, and the Sumatra client is told
+    so (202 with Retry-After), not told it is stored (broken: a spooled save answered 201)."""
+    monkeypatch.setenv("BALSAMDB_REQUIRE_SERVER", "1")
+    saved = store_client.put("/P/later/", data=json.dumps({"label": "later"}), headers=_auth("ada", "pw"))
+    assert saved.status_code == 202 and "waits in the spool" in saved.get_json()["error"], saved.data
+    assert saved.headers["Retry-After"] == "10"
+
+
+def test_pages_under_a_prefix_link_their_own_files_in_process(dbdir):
+    from balsamdb.server.http import create_app
+
+    with balsamdb.connect(dbdir) as db:
+        db.users.save("ada", password_hash=hash_password("pw"))
+        db.users.grant("ada", "P")
+    from werkzeug.test import Client
+
+    client = Client(create_app(dbdir, prefix="/lab/"))  # behind the prefix's dispatcher, as `db serve --prefix`
+    page = client.get("/lab/P/?format=html", headers=_auth("ada", "pw"))
+    assert page.status_code == 200, page.data[-500:]
+    assert b'src="http://localhost/lab/_balsamdb/static/balsamdb.js"' in page.data, page.data[:1500]
+    assert b"startRefresh" in client.get("/lab/_balsamdb/static/balsamdb.js").data
 
 
 def test_operation_endpoint_answers_each_error_with_its_class_status(store_client):
@@ -214,6 +265,7 @@ def test_two_versions_of_a_record_compare_side_by_side(store_client):
     assert page.status_code == 200 and b"Compare 2 versions" in page.data
     row = page.data.split(b'data-name="n"', 1)[1].split(b"</tr>", 1)[0]
     assert b"&ne;" in row and b"3" in row, row
+    assert b'<tr class="differs" data-name="n">' in page.data and b'<tr data-name="alpha">' in page.data
     assert store_client.get("/P/run-1/?versions&compare=1,x", headers=ada).status_code == 400
     assert store_client.get("/P/run-1/?versions&compare=1,9", headers=ada).status_code == 404
     assert store_client.get("/P/run-1/?versions&compare=1", headers=ada).status_code == 400

@@ -47,6 +47,7 @@ from balsamdb.spool import Spool
 from balsamdb.server.supervisor.watchdog import HEALTHY_AFTER
 
 from history import REGISTER_LABELS, check_writers
+from helpers import alive as _alive
 from helpers import (Writers, address, db_cli, job_ids_in_db, kill_everything, processes_for, skip_or_fail,
                      stop_processes, wait_for)
 
@@ -149,14 +150,6 @@ def _assert_exactly_once(rows, expected=None):
     assert not rows["no_history"], f"jobs without a CREATED history row: {rows['no_history'][:3]}"
     assert rows["spool_pending"] == 0, f"{rows['spool_pending']} writes still wait in spool/new"
     assert not rows["spool_failed"], f"spooled writes were refused: {rows['spool_failed'][:3]}"
-
-
-def _alive(ident):
-    try:
-        proc = psutil.Process(ident["pid"])
-        return abs(proc.create_time() - ident["started"]) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def _dbserver_processes(path):
@@ -562,6 +555,8 @@ def test_full_disk_refuses_writes_cleanly_and_recovers(tmpfs, tmp_path):
     _assert_exactly_once(rows)
     assert created == [], f"jobs without exactly one CREATED history row: {created[:3]}"
     assert integrity == [("ok",)], integrity
+    # The writer processes' creates, also those that met the full disk (an error: applied or not, never twice).
+    check_writers(path, phase_a, phase_b, phase_c)
     # Whether the small writes of phase B still fit in pages SQLite had already allocated depends
     # on the run; each writer either finished or stopped with a StorageError (checked above). The
     # 16 kB writes of this process are what surely meets the full disk (asserted above).

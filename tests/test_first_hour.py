@@ -22,36 +22,10 @@ import balsamdb
 from balsamdb import job_queries
 from balsamdb.exceptions import BadRequest, ConfigError, NotADBDirectory
 from balsamdb.settings import DefaultDBWarning, source_checkout_default
+from fixtures import cli_store as store  # noqa: F401  (the fixture: SQLite direct, PostgreSQL served)
+from helpers import add_job, ok, refused
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def ok(result):
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert "Traceback" not in result.stderr, result.stderr
-    return result.stdout
-
-
-def refused(result, *phrases, absent=()):
-    """stderr of a call that must fail with one clean error saying ``phrases`` and none of ``absent``."""
-    assert result.returncode != 0, f"expected a failure, got exit 0 and:\n{result.stdout}"
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("Error:"), result.stderr
-    for phrase in phrases:
-        assert phrase in result.stderr, f"{phrase!r} not in stderr:\n{result.stderr}"
-    for phrase in absent:
-        assert phrase not in result.stderr, f"{phrase!r} in stderr:\n{result.stderr}"
-    return result.stderr
-
-
-@pytest.fixture
-def store(backend, request):
-    """A fresh DB directory: sqlite3 written directly, postgres through its running server."""
-    return request.getfixturevalue("served_dbdir" if backend == "postgres" else "any_dbdir")
-
-
-def add_job(run_db, path, *args):
-    return json.loads(ok(run_db("job", "add", *args, "--path", path, "--json")))
 
 
 def listed(run_db, path, *args):

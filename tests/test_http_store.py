@@ -7,7 +7,6 @@ whose write server runs (``served_dbdir``), and stops it in a finalizer.
 import base64
 import hashlib
 import http.client
-import os
 import re
 import socket
 import subprocess
@@ -15,11 +14,12 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from helpers import require_smt
+from records import sumatra_record as record
+from smt_client import SmtSession
 from served import PASSWORDS, SERVE_MAIN, START_DEADLINE, STOP_DEADLINE, Served  # noqa: F401
 
 import balsamdb
@@ -62,24 +62,6 @@ def store(start_store):
 
 
 sqlite_only = pytest.mark.parametrize("backend", ["sqlite3"])
-
-
-def record(label, **changes):
-    """A record document with the 23 keys that Sumatra 0.8 sends."""
-    doc = {
-        "label": label, "timestamp": "2024-05-01 12:00:00+0000", "reason": "", "duration": None,
-        "executable": {"path": "/usr/bin/python3", "version": "3.11.7", "name": "Python", "options": ""},
-        "repository": {"url": "/home/ada/proj", "type": "GitRepository", "upstream": None},
-        "main_file": "main.py", "version": "f4f0cc958cc8b712ce8bd61c112cd00dc3da0c42",
-        "parameters": {"content": "", "type": "NoneType"}, "input_data": [], "script_arguments": "1 2",
-        "launch_mode": {"type": "SerialLaunchMode", "parameters": "{'working_directory': '/home/ada/proj'}"},
-        "datastore": {"type": "FileSystemDataStore", "parameters": "{'root': '/home/ada/proj/Data'}"},
-        "input_datastore": {"type": "FileSystemDataStore", "parameters": "{'root': '/'}"},
-        "outcome": None, "stdout_stderr": "Not launched.", "output_data": [], "tags": ["_initialized_"],
-        "diff": "", "user": "", "dependencies": [], "platforms": [], "repeats": None,
-    }
-    doc.update(changes)
-    return doc
 
 
 def put_record(store, project, doc, user="ada"):
@@ -194,47 +176,6 @@ def test_users_permissions_and_public_projects(store):
 
 
 # -- SQLite only: the real smt client, load, malformed input, pages ------------------------------------------
-
-def _smt_env(home):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "BALSAMDB_"))}
-    env.update(HOME=str(home), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-               GIT_AUTHOR_NAME="Ada", GIT_AUTHOR_EMAIL="ada@lab.example", GIT_COMMITTER_NAME="Ada",
-               GIT_COMMITTER_EMAIL="ada@lab.example")
-    return env
-
-
-MAIN_PY = """import os, sys
-os.makedirs("Data", exist_ok=True)
-with open(os.path.join("Data", "out-%s.txt" % "-".join(sys.argv[1:])), "w") as out:
-    out.write("result for %s\\n" % sys.argv[1:])
-print("computed", *sys.argv[1:])
-"""
-
-
-class SmtSession:
-    """`smt` commands in a git working copy, with a transcript of what they printed."""
-
-    def __init__(self, workdir):
-        self.workdir = Path(workdir)
-        self.workdir.mkdir()
-        self.env = _smt_env(self.workdir.parent)
-        self.transcript = []
-        (self.workdir / "main.py").write_text(MAIN_PY)
-        for args in (["init", "-q"], ["add", "main.py"], ["commit", "-q", "-m", "the model"]):
-            subprocess.run(["git", *args], cwd=self.workdir, env=self.env, check=True, timeout=60)
-
-    def popen(self, *args):
-        return subprocess.Popen(["smt", *args], cwd=self.workdir, env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-
-    def __call__(self, *args, check=True):
-        proc = subprocess.run(["smt", *args], cwd=self.workdir, env=self.env, capture_output=True, text=True,
-                              timeout=SMT_TIMEOUT)
-        self.transcript.append(f"$ smt {' '.join(args)}\n{proc.stdout}{proc.stderr}")
-        if check:
-            assert proc.returncode == 0, self.transcript[-1]
-        return proc
-
 
 @pytest.fixture
 def smt(tmp_path):

@@ -2,51 +2,17 @@
 
 import json
 import os
-import shutil
 import signal
-import tempfile
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 
 import balsamdb
 
-from helpers import Writers, address, db_cli, job_ids_in_db, kill_everything, wait_for
-
-
-def postgres_processes(under):
-    under = os.path.realpath(under)
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status", "name"]):
-        if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.info["name"] not in ("postgres", "postmaster"):
-            continue
-        try:
-            cwd = proc.cwd()
-        except psutil.Error:
-            cwd = ""
-        if cwd.startswith(under) or any(under in part for part in proc.info["cmdline"] or []):
-            found.append(proc)
-    return found
-
-
-@pytest.fixture
-def pg_dbdir(pg_cluster):  # pg_cluster: skips (or fails on CI) without PostgreSQL binaries
-    """A path for a postgres DB directory that the PostgreSQL user can reach; all stopped afterwards."""
-    base = Path(tempfile.mkdtemp(prefix="bdb-own-pg-", dir="/tmp"))
-    os.chmod(base, 0o711)
-    path = base / "db"
-    try:
-        yield path
-    finally:
-        db_cli("dbserver", "--stop", "--path", path)
-        kill_everything(path)
-        leftovers = postgres_processes(base)
-        for proc in leftovers:
-            proc.kill()
-        psutil.wait_procs(leftovers, timeout=10)
-        shutil.rmtree(base, ignore_errors=True)
+from history import REGISTER_LABELS, check_writers
+from fixtures import pg_dbdir, postgres_processes  # noqa: F401  (pg_dbdir: a fixture)
+from helpers import Writers, address, db_cli, job_ids_in_db, wait_for
 
 
 def test_own_cluster_life_cycle_and_postgres_killed_under_load(pg_dbdir, tmp_path):
@@ -63,7 +29,8 @@ def test_own_cluster_life_cycle_and_postgres_killed_under_load(pg_dbdir, tmp_pat
     assert status["postgres"]["managed"] is True and status["postgres"]["pid"]
     assert status["server_status"]["db_type"] == "postgres"
 
-    writers = Writers(pg_dbdir, tmp_path, nprocs=16, count=100)
+    writers = Writers(pg_dbdir, tmp_path, nprocs=16, count=100,
+                      env=dict(os.environ, WRITER_REGISTERS=str(REGISTER_LABELS)))
     try:
         writers.start()
         wait_for(lambda: writers.acked_so_far() >= 300, 120, "300 acknowledged writes")
@@ -89,6 +56,7 @@ def test_own_cluster_life_cycle_and_postgres_killed_under_load(pg_dbdir, tmp_pat
     # The data outlives the cluster: start again and read it back through a new server.
     db_cli("dbserver", "--path", pg_dbdir, check=True)
     assert balsamdb.connect(pg_dbdir).jobs.count(workflow="load") == 1600
+    check_writers(pg_dbdir, writers, registers=REGISTER_LABELS)  # the registers' order across the kill, too
 
 
 def _failed_statements_leave_their_values_out_of_the_log(pg_dbdir, port):

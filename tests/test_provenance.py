@@ -230,6 +230,8 @@ def test_schema_7_links_records_on_both_backends_and_upgrades_an_older_store(ser
         assert [(f["label"], f["role"], f["size"]) for f in db.records.find_files(sha256="ab" * 32)] == [
             ("old", "input", 4)]
         assert db.records.find_files(path="b.h5") == []
+        assert db.records.find_files(sha256="ab" * 32, role="output") == []  # an input only
+        assert [f["role"] for f in db.records.find_files(path="a.csv", role="input")] == ["input"]
         with pytest.raises(balsamdb.BadRequest, match="give sha256 or path"):
             db.records.find_files()
     database = DBDirectory(served_dbdir).open_database(load_settings(), busy_timeout=30)
@@ -247,6 +249,27 @@ def test_schema_7_links_records_on_both_backends_and_upgrades_an_older_store(ser
         assert migrations.upgrade(database) == []  # idempotent
     finally:
         database.close()
+
+
+def test_capture_never_lists_the_db_directory_as_an_output(tmp_path, monkeypatch):
+    """A Python main that writes to the store while it runs, in a working directory that holds the
+    DB directory: the record's outputs are the files the run made, not the database's (its SQLite
+    file and WAL change with every write) (broken: the DB directory not skipped by the walk)."""
+    from balsamdb.dbdir import DBDirectory
+
+    DBDirectory(tmp_path / "db").init()
+    monkeypatch.chdir(tmp_path)
+
+    @balsamdb.capture(project="p", path=tmp_path / "db")
+    def main():
+        with balsamdb.connect(tmp_path / "db") as db:  # no server: SQLite directly, under the working directory
+            db.jobs.create("made-during-the-run", workflow="w")
+        (tmp_path / "summary.txt").write_text("ok")
+
+    main()
+    with balsamdb.connect(tmp_path / "db") as db:
+        (record,) = db.records.list("p")
+    assert [k["path"] for k in record["output_data"]] == ["summary.txt"], record["output_data"]
 
 
 def test_db_run_record_links_the_job_and_its_restart(dbdir, tmp_path):

@@ -9,7 +9,8 @@ import zlib
 
 import peewee
 import pytest
-from helpers import db_cli, fresh_database_url, kill_everything
+from fixtures import sqlite_dir  # noqa: F401  (a fixture)
+from helpers import db_cli, fresh_database_url
 from served import Served
 
 import balsamdb
@@ -29,20 +30,6 @@ def run(label, step, output=""):
             "duration": None if step < 3 else 12.5, "stdout_stderr": output if step >= 3 else "Not launched.",
             "outcome": "ok ✓" if step == 4 else None}
 
-
-@pytest.fixture
-def sqlite_dir(tmp_path):
-    made = []
-
-    def make(name):
-        path = tmp_path / name
-        DBDirectory(path).init()
-        made.append(path)
-        return path
-
-    yield make
-    for path in made:
-        kill_everything(path)
 
 
 def five_saves(db, project, label, output="computed\n" * 1000):

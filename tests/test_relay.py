@@ -9,38 +9,15 @@ import urllib.error
 import urllib.request
 
 import pytest
-from helpers import db_cli, kill_everything, require_smt
-from served import PASSWORDS, Served
+from helpers import db_cli, require_smt
+from fixtures import relay_status as status
+from fixtures import relay_store as store  # noqa: F401  (the fixture: a DB directory served over HTTP)
 
 import balsamdb
-from balsamdb.passwords import hash_password
 
 RUNS = 16
 HOST = socket.gethostname()
 DRAIN_DEADLINE = 300.0
-
-
-@pytest.fixture
-def store(tmp_path, request):
-    path = tmp_path / "db"
-    from balsamdb.dbdir import DBDirectory
-
-    DBDirectory(path).init()
-    request.addfinalizer(lambda: kill_everything(path))
-    with balsamdb.connect(path) as db:
-        for name, password in PASSWORDS.items():
-            db.call("user_save", name=name, password_hash=hash_password(password))
-    started = db_cli("dbserver", "--path", path)
-    request.addfinalizer(lambda: db_cli("dbserver", "--stop", "--path", path))
-    assert started.returncode == 0, started.stderr
-    servers = [Served(path, tmp_path)]
-    request.addfinalizer(lambda: [s.stop() for s in servers if s.proc.poll() is None])
-
-    def restart():
-        servers.append(Served(path, tmp_path, port=servers[0].port))
-        return servers[-1]
-
-    return servers[0], restart
 
 
 @pytest.fixture
@@ -57,16 +34,9 @@ def relay(store, tmp_path, request):
     return info["url"], user, password, directory
 
 
-def status(url, user, password):
-    request = urllib.request.Request(url + "_relay/status", headers={
-        "Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()})
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        return json.loads(answer.read())
-
-
 def test_smt_runs_through_the_relay_while_the_store_is_down(store, relay, tmp_path):
     require_smt("httplib2")
-    from test_http_store import SmtSession
+    from smt_client import SmtSession
 
     served, restart = store
     url, user, password, directory = relay
@@ -133,7 +103,7 @@ def test_answered_saves_survive_a_killed_relay(store, relay):
     import signal
     from urllib.parse import urlsplit
 
-    from test_http_store import record
+    from records import sumatra_record as record
 
     served, restart = store
     url, user, password, directory = relay

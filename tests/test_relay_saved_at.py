@@ -1,47 +1,16 @@
 """The headers with which `db relay` tells the store when a save it forwards was made and for whom
 (``Balsamdb-Saved-At``, ``Balsamdb-Saved-By``), and the relay's token file (0600 or refused)."""
 
-import base64
-import json
 import os
 import time
-import urllib.error
-import urllib.request
 
 import pytest
-from helpers import db_cli, kill_everything
-from served import PASSWORDS, Served
-from test_http_store import record
+from helpers import db_cli
+from records import sumatra_record as record
+from fixtures import admin_served as served  # noqa: F401  (the fixture: bob is an admin, ada is not)
+from fixtures import put_as as put
 
 import balsamdb
-from balsamdb.passwords import hash_password
-
-
-@pytest.fixture
-def served(tmp_path, request):
-    from balsamdb.dbdir import DBDirectory
-
-    path = tmp_path / "db"
-    DBDirectory(path).init()
-    request.addfinalizer(lambda: kill_everything(path))
-    with balsamdb.connect(path) as db:
-        for name, password in PASSWORDS.items():
-            db.call("user_save", name=name, password_hash=hash_password(password), admin=name == "bob")
-    server = Served(path, tmp_path)
-    request.addfinalizer(server.stop)
-    return server
-
-
-def put(served, user, doc, headers):
-    auth = base64.b64encode(f"{user}:{PASSWORDS[user]}".encode()).decode()
-    request = urllib.request.Request(f"{served.url()}P/{doc['label']}/", data=json.dumps(doc).encode(), method="PUT",
-                                     headers=dict(headers, Authorization=f"Basic {auth}",
-                                                  **{"Content-Type": "application/json"}))
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def test_the_store_keeps_the_time_and_author_a_relay_sends(served):

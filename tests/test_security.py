@@ -111,10 +111,8 @@ def test_encrypted_server_talks_only_curve(any_dbdir):
         assert "listening at" in started.stdout
         info = address(path)
         assert info["curve_public"] and stat.S_IMODE(os.stat(path / "curve.key").st_mode) == 0o600
-        db = balsamdb.connect(path)
-        db.jobs.create(name="over-curve")
-        assert db.last_route == "server" and db.jobs.count() == 1
-        # A client that does not speak CURVE gets no answer at all, even with the right secret.
+        # A client that does not speak CURVE gets no answer at all, even with the right secret
+        # (checked first: a server that talks plain text fails here at once, not after a deadline).
         ctx = zmq.Context.instance()
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -124,6 +122,9 @@ def test_encrypted_server_talks_only_curve(any_dbdir):
                                                              "ts": time.time()}))
         assert not sock.poll(1500), "a plain-text client was answered by an encrypted server"
         sock.close()
+        db = balsamdb.connect(path)
+        db.jobs.create(name="over-curve")
+        assert db.last_route == "server" and db.jobs.count() == 1
         status = db_cli("dbserver", "--status", "--path", path, check=True)
         assert "CURVE-encrypted" in status.stdout
     finally:

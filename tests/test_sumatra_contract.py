@@ -332,7 +332,7 @@ on_sqlite = pytest.mark.parametrize("served", ["sqlite3"], indirect=True)
 @pytest.fixture
 def smt_session(tmp_path, served):
     require_smt("httplib2")
-    from test_http_store import SmtSession
+    from smt_client import SmtSession
 
     return SmtSession(tmp_path / "work")
 

@@ -1,59 +1,17 @@
 """Reading `smt export` files (balsamdb.sumatra_export): a real Sumatra project, and malformed files."""
 
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from helpers import require_smt
+from records import bare_record as _record
+from fixtures import smt_project as smt  # noqa: F401  (the fixture: a real Sumatra project)
 
 from balsamdb.exceptions import BadRequest
 from balsamdb.sumatra_export import is_smt_export, read_smt_export
-
-SMT = Path(sys.executable).with_name("smt")
-SMT_TIMEOUT = 60.0  # seconds for one smt or git command; each takes well under one
-
-MAIN_PY = """import os, sys
-params = dict((k.strip(), v.strip()) for k, v in (line.split("=", 1) for line in open(sys.argv[1]) if "=" in line))
-os.makedirs("Data", exist_ok=True)
-with open(os.path.join("Data", "out-%s.txt" % params["n"]), "w") as out:
-    out.write("result for %s\\n" % params)
-print("computed", params)
-"""
-
-
-class SmtProject:
-    """A git working copy with main.py and default.param in which `smt` commands run."""
-
-    def __init__(self, workdir):
-        self.workdir = Path(workdir)
-        self.workdir.mkdir()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "BALSAMDB_"))}
-        env.update(HOME=str(self.workdir.parent), PATH=f"{SMT.parent}{os.pathsep}{env.get('PATH', '')}",
-                   GIT_AUTHOR_NAME="Ada", GIT_AUTHOR_EMAIL="ada@lab.example", GIT_COMMITTER_NAME="Ada",
-                   GIT_COMMITTER_EMAIL="ada@lab.example")
-        self.env = env
-        (self.workdir / "main.py").write_text(MAIN_PY)
-        (self.workdir / "default.param").write_text("n = 1\nalpha = 0.5\n")
-        for args in (["init", "-q"], ["add", "main.py", "default.param"], ["commit", "-q", "-m", "the model"]):
-            subprocess.run(["git", *args], cwd=self.workdir, env=self.env, check=True, timeout=SMT_TIMEOUT)
-
-    def __call__(self, *args):
-        proc = subprocess.run([str(SMT), *args], cwd=self.workdir, env=self.env, capture_output=True, text=True,
-                              timeout=SMT_TIMEOUT, check=False)
-        assert proc.returncode == 0, f"$ smt {' '.join(args)}\n{proc.stdout}{proc.stderr}"
-        return proc
-
-
-@pytest.fixture
-def smt(tmp_path):
-    require_smt()
-    return SmtProject(tmp_path / "work")
-
 
 def test_a_real_smt_export(smt):
     smt("init", "--main=main.py", "--executable=" + sys.executable, "MyProject")
@@ -112,10 +70,6 @@ def test_a_real_smt_export(smt):
 
 
 # -- without smt -------------------------------------------------------------------------------------------------
-
-def _record(label, **fields):
-    return {"label": label, "timestamp": "2024-01-01 12:00:00+0000", "tags": [], **fields}
-
 
 def _write(tmp_path, content, name="records_export.json"):
     path = tmp_path / name

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 from helpers import require_smt
-from test_sumatra_export import SmtProject
+from smt_client import SmtProject
 
 import balsamdb
 from balsamdb.dbdir import DBDirectory

@@ -12,24 +12,17 @@ import pytest
 
 import balsamdb
 from balsamdb import transfer
-from balsamdb.dbdir import DBDirectory
 from balsamdb.operations.stores import item_key
 from balsamdb.passwords import hash_password
-from helpers import Writers, db_cli, fresh_database_url, kill_everything, wait_for
+from history import check_writers
+from fixtures import sqlite_dir  # noqa: F401  (a fixture)
+from helpers import Writers, db_cli, fresh_database_url, wait_for
+from records import UNICODE, numbered_record as _record
 from served import Served
-from test_sumatra_export import smt  # noqa: F401  (the fixture: a real Sumatra project)
+from fixtures import smt_project as smt  # noqa: F401  (the fixture: a real Sumatra project)
 
 ADMIN, ADMIN_PW = "lab", "lab admin pw"
 COPY_TIMEOUT = 300
-UNICODE = "Ünïcødé ✓ 数据"
-
-
-def _record(i, project):
-    return {"label": f"run-{i:05d}", "timestamp": f"2025-01-{1 + i % 28:02d} 12:{i % 60:02d}:00+0000",
-            "reason": f"sweep {i} {UNICODE if i % 7 == 0 else ''}", "duration": i / 10, "outcome": None,
-            "parameters": {"content": f"n = {i}", "type": "SimpleParameterSet"}, "main_file": "main.py",
-            "tags": sorted({f"t{i % 5}", "paper"} if i % 3 == 0 else {f"t{i % 5}"}), "project": project,
-            "output_data": [{"path": f"out-{i}.txt", "digest": f"{i:040x}"}]}
 
 
 def seed(db, records, jobs):
@@ -80,20 +73,6 @@ def pg_url(pg_cluster):
     return fresh_database_url(pg_cluster)
 
 
-@pytest.fixture
-def sqlite_dir(tmp_path):
-    made = []
-
-    def make(name):
-        path = tmp_path / name
-        DBDirectory(path).init()
-        made.append(path)
-        return path
-
-    yield make
-    for path in made:
-        kill_everything(path)
-
 
 @pytest.fixture
 def http_store(sqlite_dir, tmp_path, request):
@@ -113,10 +92,16 @@ def http_store(sqlite_dir, tmp_path, request):
     return make
 
 
+# Records and jobs in the round trip: more than one page of every reader (transfer.READER_PAGE 5000 on a
+# local SQLite file, transfer.PAGE 1000 elsewhere) and a part-filled last page; 10,000 (two full pages) took
+# about twice as long through the same pager.
+ROUND_TRIP = 5_500
+
+
 def test_round_trip_sqlite_postgres_http_sqlite_keeps_every_digest(sqlite_dir, pg_url, http_store):
     first = sqlite_dir("first")
     with balsamdb.connect(first) as db:
-        seed(db, records=10_000, jobs=10_000)
+        seed(db, records=ROUND_TRIP, jobs=ROUND_TRIP)
     _c_path, c_url, _served = http_store("third")
     last = sqlite_dir("last")
     chain = [str(first), pg_url, c_url, str(last)]
@@ -135,8 +120,8 @@ def test_round_trip_sqlite_postgres_http_sqlite_keeps_every_digest(sqlite_dir, p
         assert got_src == got_dst
         expected = expected or got_src
         assert got_dst == expected  # identical at every step
-    assert expected["jobs"]["count"] == 10_000
-    assert sum(p["records"] for p in expected["projects"].values()) == 10_000
+    assert expected["jobs"]["count"] == ROUND_TRIP
+    assert sum(p["records"] for p in expected["projects"].values()) == ROUND_TRIP
     print("digests", json.dumps(expected["jobs"]), json.dumps(expected["projects"]))
     print("rates", rates)
     # The end store is usable: the records and jobs read back as they were written.
@@ -281,6 +266,7 @@ def test_a_copy_under_concurrent_writers_catches_up_and_says_what_arrived(sqlite
     again = db_cli("copy", src, pg_url, "--json", timeout=COPY_TIMEOUT)
     assert again.returncode == 0, again.stderr
     assert_same_content(str(src), pg_url, jobs=20_000 + 8 * 150)
+    check_writers(src, writers)  # the source, read after its server stopped: each create applied once
 
 
 def _rows(url, table):

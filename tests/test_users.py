@@ -7,17 +7,12 @@ import pytest
 import balsamdb
 from balsamdb.passwords import hash_password, verify_password
 
+from fixtures import cli_store as store  # noqa: F401  (the fixture: SQLite direct, PostgreSQL served)
 from helpers import db_cli
 
 
 def _db(*args, **kw):
     return db_cli(*args, **kw)
-
-
-@pytest.fixture
-def store(backend, request):
-    """SQLite written directly, PostgreSQL through its server (see conftest.py)."""
-    return request.getfixturevalue("any_dbdir" if backend == "sqlite3" else "served_dbdir")
 
 
 def _run_with_stdin(args, text):

@@ -15,7 +15,8 @@ import signal
 import pytest
 from helpers import address, wait_for
 from served import PASSWORDS, Served
-from test_web_pages import HTML, record
+from records import sweep_record as record
+from served import HTML
 
 import balsamdb
 from balsamdb.passwords import hash_password
@@ -106,6 +107,7 @@ def test_a_change_made_through_the_write_server_is_seen_by_the_next_request(stor
         db.call("user_save", name="bob", admin=True)
     assert store.request("GET", "_balsamdb/jobs/", user="bob").status == 200
     assert store.request("GET", "P/", user="bob").status == 200  # an admin may use every project
+    assert store.request("GET", "P/", user="ada").status == 200  # her password, now among the verified ones
     with balsamdb.connect(store.path) as db:
         db.call("user_save", name="ada", password_hash=hash_password("a new one"))
     assert store.request("GET", "P/", user="ada").status == 401, "the old password, refused at once"

@@ -11,35 +11,14 @@ from urllib.parse import quote
 import pytest
 from browser import (browser, browser_without_js, click, log_in, screenshot, texts,  # noqa: F401  (fixtures)
                      wait_until)
-from served import PASSWORDS, Served
-from test_postgres_backend import pg_dbdir  # noqa: F401  (a fixture: a path for a DB directory with its own cluster)
+from served import HTML, PASSWORDS, Served
+from fixtures import pg_dbdir  # noqa: F401  (a fixture: a path for a DB directory with its own cluster)
+from records import sweep_record as record
 
 import balsamdb
 from balsamdb.passwords import hash_password
 
-HTML = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 sqlite_only = pytest.mark.parametrize("backend", ["sqlite3"])
-
-
-def record(label, i, **changes):
-    doc = {
-        "label": label, "timestamp": f"2024-05-01 12:{i // 60:02d}:{i % 60:02d}+0000", "reason": f"sweep point {i}",
-        "duration": float(i) + 0.5, "outcome": "converged" if i % 3 else "diverged",
-        "executable": {"path": "/usr/bin/python3", "version": "3.11.7", "name": "Python", "options": ""},
-        "repository": {"url": "/home/ada/proj", "type": "GitRepository", "upstream": None},
-        "main_file": "main.py", "version": "f4f0cc958cc8", "diff": "",
-        "parameters": {"content": f"alpha = {i}\nbeta = 2\n", "type": "SimpleParameterSet"},
-        "input_data": [], "script_arguments": "params.txt",
-        "launch_mode": {"type": "SerialLaunchMode", "parameters": "{}"},
-        "datastore": {"type": "FileSystemDataStore", "parameters": "{}"},
-        "input_datastore": {"type": "FileSystemDataStore", "parameters": "{}"},
-        "stdout_stderr": "ok", "output_data": [{"path": f"out-{i}.dat", "digest": f"d{i}", "creation": ""}],
-        "tags": ["even" if i % 2 == 0 else "odd"] + (["tens"] if i % 10 == 0 else []),
-        "user": "ada", "dependencies": [{"name": "numpy", "version": "1.26.4", "path": "", "module": "python"}],
-        "platforms": [{"system_name": "Linux", "machine": "x86_64"}], "repeats": None,
-    }
-    doc.update(changes)
-    return doc
 
 
 @pytest.fixture
