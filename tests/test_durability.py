@@ -142,3 +142,53 @@ def test_no_answer_before_commit_and_an_answered_write_survives_sigkill(served_d
         assert job_id in stored, "an answered write is not in the database after SIGKILL of the server"
     assert first == "commit" and not answered_during_commit, \
         "the server answered before its COMMIT had reached the disk"
+
+
+@pytest.mark.parametrize("backend", ["sqlite3"])
+def test_a_stop_answers_the_write_it_is_committing_and_applies_nothing_unanswered(served_dbdir):
+    """A server told to stop (SIGTERM: what `db dbserver --stop` has the watchdog send) while it
+    commits a write answers that write before it ends, and applies no request it leaves unanswered
+    (broken: its endpoints unbound first, which in ZeroMQ closes the connections accepted through
+    them: the committed write's answer was dropped, its client only timed out).  Made to happen: the
+    write's COMMIT is held by strace and the SIGTERM comes during the hold; five more writes sent
+    then are answered if the server read them before it stopped, and then only are they applied."""
+    path = served_dbdir
+    secret = DBDirectory(path).secret()
+    info = address(path)
+    pid = info["server"]["pid"]
+    with balsamdb.connect(path) as db:
+        db.jobs.create(name="warm-up", workflow="w", make_workdir=False)
+    ids = [str(uuid.uuid4()) for _ in range(6)]
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    delayed = DelayedCommits(pid)
+    answers = {}
+    try:
+        sock.connect(info["address"])
+        for n, job_id in enumerate(ids):
+            sock.send_multipart([b""] + protocol.encode(secret, {
+                "id": "queued-" + job_id[:12], "op": "job_create", "ts": time.time(),
+                "params": {"job": {"id": job_id, "name": "queued", "workflow": "w"}}}))
+            if n == 0:
+                wait_for(lambda: _held_wal_write(pid), 30, "the first write's COMMIT held in its pwrite64")
+                os.kill(pid, signal.SIGTERM)
+                held = _held_wal_write(pid)
+        delayed.stop()  # the rest of the stop runs at full speed
+        assert held, "the COMMIT was no longer held when the stop came: the test proves nothing"
+        psutil.Process(pid).wait(60)
+        while sock.poll(1000):  # what the server sent before it ended is here by now
+            answer = protocol.decode(secret, sock.recv_multipart()[1:])
+            answers[answer["id"]] = answer
+    finally:
+        sock.close()
+        delayed.stop()
+    first = "queued-" + ids[0][:12]
+    assert first in answers, f"the write committed at the stop was not answered: answers {sorted(answers)}"
+    assert all(a["ok"] for a in answers.values()), answers
+    wait_for(lambda: address(path).get("state") == "running" and address(path).get("epoch") != info["epoch"],
+             30, "the watchdog to start another server")
+    applied = set(ids) & set(job_ids_in_db(path))
+    unanswered = {i for i in ids if "queued-" + i[:12] not in answers}
+    assert not applied & unanswered, f"applied without an answer: {sorted(applied & unanswered)}"
+    assert applied == set(ids) - unanswered

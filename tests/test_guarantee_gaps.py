@@ -10,7 +10,10 @@ each test here kills a mutant that every earlier test let through (issue 25).
 - the relay forwards its oldest waiting save first, and a restarted relay numbers new saves after
   the waiting ones (the end-to-end relay tests only time out, in minutes);
 - the watchdog rewrites a corrupt address file within a second (quick form of the fault test);
-- a list parameter of numbers (or lists, or "") is a bad request, never an internal error.
+- a list parameter of numbers (or lists, or "") is a bad request, never an internal error;
+- group commits (the 64-process test checks them too, in two minutes);
+- a start refused while another host's heartbeat or server lock is fresh (the two-host test needs
+  FUSE mounts in namespaces; this one writes those files by hand).
 """
 
 import time
@@ -194,3 +197,81 @@ def test_a_list_parameter_of_other_items_is_a_bad_request(dbdir):
             with pytest.raises(balsamdb.BadRequest, match="record tags must be a list of non-empty strings"):
                 db.call("record_save", project="P", record={"label": "r", "tags": tags})
         assert db.jobs.count() == 0 and db.projects.list() == []
+
+
+def test_a_start_refuses_while_another_hosts_heartbeat_or_server_lock_is_fresh(dbdir):
+    """The quick form of test_watchdog's two-host test (FUSE mounts in namespaces): the files another
+    host's watchdog and server keep fresh, written here by hand with that host's name.  A fresh
+    heartbeat refuses a start (`db dbserver` says where it runs and how to stop it, and starts
+    nothing); a stale one, or one of a stopped watchdog, does not; a fresh `server.lock` of the other
+    host (its orphan server, whose watchdog was killed) refuses as well (broken: a heartbeat that
+    never turns stale; the server's lock not counted)."""
+    import json
+    import os
+    import socket
+
+    from balsamdb.server.supervisor import control, liveness
+    from helpers import db_cli, processes_for
+
+    path = DBDirectory(dbdir)
+    other = "host-a-" + socket.gethostname()
+    heartbeat = liveness.heartbeat_file(path)
+    heartbeat.write_text(json.dumps({"host": other, "watchdog": {"pid": 4242, "started": 1.0},
+                                     "beat": time.time(), "every": 2.0, "state": "running"}) + "\n")
+    refused = db_cli("dbserver", "--path", dbdir, "--timeout", "10")
+    assert refused.returncode == 1, (refused.stdout, refused.stderr)
+    assert f"runs on host {other}" in refused.stderr and "db dbserver --stop" in refused.stderr \
+        and "--force" in refused.stderr, refused.stderr
+    assert not processes_for(dbdir), "a start refused for another host still started something"
+    with pytest.raises(control.RunsElsewhere):
+        control.check_other_host(path, stale_after=30.0)
+    old = time.time() - 31.0
+    os.utime(heartbeat, (old, old))
+    control.check_other_host(path, stale_after=30.0)  # stale: a start is allowed
+    heartbeat.write_text(json.dumps({"host": other, "state": "stopped"}) + "\n")
+    control.check_other_host(path, stale_after=30.0)  # that watchdog stopped cleanly
+    heartbeat.unlink()
+    liveness.server_lock_file(path).write_text(json.dumps({"host": other, "pid": 4343}))
+    with pytest.raises(control.RunsElsewhere, match=other):
+        control.check_other_host(path, stale_after=30.0)
+    os.utime(liveness.server_lock_file(path), (old, old))
+    control.check_other_host(path, stale_after=30.0)
+
+
+@pytest.mark.parametrize("backend", ["sqlite3"])
+def test_writes_that_arrive_together_are_committed_together(served_dbdir):
+    """200 writes sent at once on one connection (without waiting for answers) are each answered
+    once, and some are committed in one batch (a group commit: `max_batch` over 1); the quick form
+    of the 64-process test's last check (broken: a batch limit of one)."""
+    import uuid
+
+    import zmq
+
+    from balsamdb import protocol
+    from helpers import address
+
+    secret = DBDirectory(served_dbdir).secret()
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(address(served_dbdir)["address"])
+        sent = {}
+        for i in range(200):
+            job_id = str(uuid.uuid4())
+            sent[f"together-{job_id[:16]}"] = job_id
+        for request_id, job_id in sent.items():
+            sock.send_multipart([b""] + protocol.encode(secret, {
+                "id": request_id, "op": "job_create", "ts": time.time(),
+                "params": {"job": {"id": job_id, "name": "together", "workflow": "w"}}}))
+        answers = {}
+        deadline = time.monotonic() + 60
+        while len(answers) < len(sent) and time.monotonic() < deadline:
+            if sock.poll(200):
+                answer = protocol.decode(secret, sock.recv_multipart()[1:])
+                answers[answer["id"]] = answer
+    finally:
+        sock.close()
+    assert sorted(answers) == sorted(sent) and all(a["ok"] for a in answers.values()), len(answers)
+    with balsamdb.connect(served_dbdir) as db:
+        assert db.jobs.count(workflow="w") == 200
+        assert db.server_status()["max_batch"] > 1, "no group commit: each write was a transaction of its own"

@@ -192,6 +192,37 @@ def test_what_a_read_sees_its_own_spooled_writes_pages_and_checkpoints(dbdir):
         kill_everything(dbdir)
 
 
+def test_a_read_waits_while_its_own_spooled_write_waits_for_a_running_server(dbdir):
+    """With a server running, a read waits for this client's spooled write to be applied, and says
+    so when it is not by ``client_deadline`` (broken: the wait only when no server runs; a read
+    meanwhile answered without the write).  Made to happen: the server is SIGSTOPped, so that this
+    client's write is spooled while its server runs, and is not drained until SIGCONT."""
+    import signal
+
+    started = db_cli("dbserver", "--path", dbdir)
+    pid = None
+    try:
+        assert started.returncode == 0, started.stderr
+        pid = address(dbdir)["server"]["pid"]
+        db = balsamdb.connect(dbdir, require_server=True, client_timeout=0.5, client_deadline=3)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            job = db.jobs.create(name="spooled-while-stopped", make_workdir=False)
+            assert job.spooled and db.last_route == "spool"
+            with pytest.raises(ServerUnavailable, match="still waits in .* after 3 s"):
+                db.jobs.count()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert db.jobs.count() == 1  # waited for the drain, then read
+        assert list((dbdir / "spool" / "failed").iterdir()) == []  # the copies queued while stopped: one request
+        db.close()
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)
+        db_cli("dbserver", "--stop", "--path", dbdir)
+        kill_everything(dbdir)
+
+
 def _peak_rss_of(cmd, env):
     """Run ``cmd`` to its end, sampling its RSS; returns (peak RSS, lines printed, bytes printed)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)

@@ -12,6 +12,7 @@ import pytest
 
 import balsamdb
 from balsamdb import transfer
+from balsamdb.operations.stores import item_key
 from balsamdb.passwords import hash_password
 from history import check_writers
 from fixtures import sqlite_dir  # noqa: F401  (a fixture)
@@ -440,3 +441,28 @@ def test_an_export_missing_lines_in_the_middle_is_refused(sqlite_dir, tmp_path):
     assert refused.returncode == 1 and "damaged" in refused.stderr, refused.stderr
     with balsamdb.connect(dst) as db:
         assert db.call("store_counts")["record"] == 0
+
+
+def test_export_pages_list_every_item_once_across_page_boundaries(sqlite_dir):
+    """The pages of ``export_items`` (what db copy, export and verification read), two items at a
+    time: every record (a two-part key: project, label), permission and job comes once, in key
+    order, also where a page ends inside a project (broken: a page started after the project alone,
+    which skipped the rest of its records)."""
+    src = sqlite_dir("src")
+    with balsamdb.connect(src) as db:
+        for project, count in (("A", 7), ("B", 5)):
+            for i in range(count):
+                db.records.save(project, {"label": f"r{i:02d}"})
+        db.call("user_save", name="ada", password_hash=hash_password("pw"))
+        for project in ("A", "B"):
+            db.call("permission_grant", project=project, user="ada")
+        db.jobs.bulk_create([{"name": f"j{i}"} for i in range(5)], make_workdir=False)
+        for kind, count in (("record", 12), ("permission", 2), ("job", 5)):
+            keys, after = [], None
+            while True:
+                page = db.call("export_items", kind=kind, after=after, limit=2)
+                keys += [item_key(item) for item in page["items"]]
+                after = page["next"]
+                if after is None:
+                    break
+            assert len(keys) == count and keys == sorted(keys) and len({tuple(k) for k in keys}) == count, (kind, keys)

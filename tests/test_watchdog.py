@@ -557,5 +557,8 @@ def test_a_start_that_must_first_stop_a_stopped_orphan_says_so_and_waits(server,
     assert f"first stops pid {orphan}, a server left running by a killed watchdog" in err, err
     assert f"(it first stopped pid {orphan}, a server left running by a killed watchdog)" in out, out
     assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
+    # It acted on its SIGTERM (answering what it had queued), not killed after the stop deadline.
+    assert f" {orphan} balsamdb.server.writer.server INFO stopping: " in _log(server, "server.log"), \
+        _log(server)[-2000:]
     code, status, _proc = _status(server)
     assert code == 0 and status["summary"] == "running, supervised", status

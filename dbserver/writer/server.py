@@ -69,6 +69,7 @@ log = logging.getLogger("balsamdb.server.writer.server")
 STARTUP_DB_DEADLINE = 15.0  # seconds a starting server waits for its database
 POLL_MS = 200
 FLUSH_FAILED_EXIT = 75      # the exit status of a server stopped by a failed flush
+STOP_DRAIN = 5.0            # seconds a stopping server goes on reading requests that keep arriving
 #: Apply and commit each batch in the batch thread while the loop receives, checks and answers
 #: (see :mod:`.batch_thread`); ``BALSAMDB_BATCH_THREAD=0`` keeps it all in the loop (benchmarks).
 BATCH_THREAD = os.environ.get("BALSAMDB_BATCH_THREAD", "1") != "0"
@@ -179,16 +180,16 @@ class WriteServer(SpoolOrder):
         """Answer everything already received, then close."""
         if self.socket is None:
             return
-        log.info("stopping: no new connections; answering requests already queued")
-        for endpoint in self.endpoints:
-            try:
-                self.socket.unbind(endpoint)
-            except zmq.ZMQError:
-                pass
+        log.info("stopping: answering requests already queued")
+        # Never unbind first: ZeroMQ closes the connections accepted through an endpoint with it, and
+        # the answers to the requests still queued (and to the batches committed but not yet
+        # flushed) would be dropped: their clients would only time out.  Requests that keep
+        # arriving are read for at most STOP_DRAIN seconds; later ones are resent by their clients.
+        drain_until = time.monotonic() + STOP_DRAIN
         try:
             self.committer.settle()
             while True:
-                batch = self.receive_batch()
+                batch = self.receive_batch() if time.monotonic() < drain_until else []
                 if not batch and not self.gathered:
                     break
                 self.serve_batch(batch, gather=False)
