@@ -186,7 +186,7 @@ def score_table(mutants, results, rows):
         verdict = results.get(m.name, ("not run",))[0]
         entry = per_row.setdefault((section, promise), [0, 0, []])
         entry[1] += 1
-        if verdict in ("killed", "timeout"):
+        if verdict.split(" ")[0] in ("killed", "timeout"):
             entry[0] += 1
         else:
             entry[2].append(f"{m.name} ({verdict})")
@@ -257,15 +257,24 @@ def main(argv=None):
             with free_lock:
                 copy = free.pop()
             try:
-                verdict, seconds, tail = run_mutant(mutant, copy, mutant.timeout or args.timeout)
+                # A mutant whose test catches it only when a race goes one way (``attempts`` > 1, each
+                # saying why in the mutant) is run again until killed, at most ``attempts`` times.
+                seconds = 0.0
+                for attempt in range(max(1, mutant.attempts)):
+                    verdict, took, tail = run_mutant(mutant, copy, mutant.timeout or args.timeout)
+                    seconds += took
+                    if verdict in ("killed", "timeout", "not applied"):
+                        break
+                if attempt:
+                    verdict = f"{verdict} ({attempt + 1} runs)" if verdict != "survived" else verdict
             finally:
                 with free_lock:
                     free.append(copy)
             with lock:
                 results[mutant.name] = (verdict, seconds)
-                mark = "ok " if verdict in ("killed", "timeout") else "!! "
+                mark = "ok " if verdict.split(" ")[0] in ("killed", "timeout") else "!! "
                 print(f"[mutants] {mark}{verdict:11s} {seconds:6.1f} s  {mutant.name}", flush=True)
-                if verdict not in ("killed", "timeout"):
+                if verdict.split(" ")[0] not in ("killed", "timeout"):
                     print("           " + tail.replace("\n", "\n           "), flush=True)
 
         # The slow ones first, so that the two workers end together.
@@ -280,8 +289,8 @@ def main(argv=None):
     print()
     for line in score_table(mutants, results, rows):
         print(line)
-    killed = sum(1 for v, _ in results.values() if v in ("killed", "timeout"))
-    survivors = [n for n, (v, _) in results.items() if v not in ("killed", "timeout")]
+    killed = sum(1 for v, _ in results.values() if v.split(" ")[0] in ("killed", "timeout"))
+    survivors = [n for n, (v, _) in results.items() if v.split(" ")[0] not in ("killed", "timeout")]
     print(f"\n[mutants] {killed}/{len(mutants)} killed in {time.monotonic() - started:.0f} s "
           f"(test time {sum(s for _, s in results.values()):.0f} s, {workers} workers)")
     if survivors:
