@@ -13,9 +13,10 @@ Nothing of the ZeroMQ socket is touched here (a socket is not thread-safe): the 
 runs ``run(requests)`` and wakes the loop through a pipe (:attr:`BatchThread.wake_fd`).
 """
 
-import os
 import sys
 import threading
+
+from balsamdb.server.writer.wake_pipe import WakePipe
 
 #: The GIL switch interval while the batch thread runs (as the flusher's): a thread back from
 #: SQLite's C code waits at most this long for the other to let it go on.
@@ -32,7 +33,8 @@ class BatchThread:
         self._running = False   # the thread works on a batch
         self._result = None     # (result, exception) of the last batch, not yet taken
         self._closing = False
-        self.wake_fd, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._pipe = WakePipe()
+        self.wake_fd = self._pipe.fd
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self._thread = threading.Thread(target=self._loop, name="batch-commit", daemon=True)
         self._thread.start()
@@ -70,22 +72,14 @@ class BatchThread:
         return self.take()
 
     def woken(self):
-        try:
-            while os.read(self.wake_fd, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        self._pipe.drain()
 
     def close(self):
         with self._cond:
             self._closing = True
             self._cond.notify_all()
         self._thread.join(60)
-        for fd in (self.wake_fd, self._wake_write):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._pipe.close()
 
     def _loop(self):
         while True:
@@ -105,7 +99,4 @@ class BatchThread:
                 self._result = (result, error)
                 self._running = False
                 self._cond.notify_all()
-            try:
-                os.write(self._wake_write, b"x")
-            except OSError:  # a full pipe wakes the loop already
-                pass
+            self._pipe.wake()

@@ -33,6 +33,8 @@ import sys
 import threading
 import time
 
+from balsamdb.server.writer.wake_pipe import WakePipe
+
 log = logging.getLogger("balsamdb.server.writer.server")
 
 HOLD_ENV = "BALSAMDB_TEST_FLUSH_HOLD"
@@ -61,7 +63,8 @@ class Flusher:
         self._closing = False
         self._thread = None
         self.thread_id = None          # the flusher thread's native id (strace -f names it)
-        self.wake_fd, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._pipe = WakePipe()
+        self.wake_fd = self._pipe.fd
 
     # -- the loop's side ----------------------------------------------------
     def start(self):
@@ -88,11 +91,7 @@ class Flusher:
 
     def woken(self):
         """Empty the wake pipe (the loop saw it readable)."""
-        try:
-            while os.read(self.wake_fd, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        self._pipe.drain()
 
     def wait_flushed(self, number, deadline):
         """Wait (at most ``deadline`` s) until COMMIT ``number`` is flushed or a flush failed;
@@ -115,13 +114,13 @@ class Flusher:
                 self._cond.notify()
             self._thread.join(deadline)
             self._thread = None
-        for fd in (self._fd, self.wake_fd, self._wake_write):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self._fd = self.wake_fd = self._wake_write = None
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+        self._pipe.close()
+        self._fd = self.wake_fd = None
 
     def counters(self):
         with self._cond:
@@ -195,10 +194,7 @@ class Flusher:
         return self._fd
 
     def _wake(self):
-        try:
-            os.write(self._wake_write, b"x")
-        except (BlockingIOError, OSError):  # a full pipe wakes the loop already
-            pass
+        self._pipe.wake()
 
     def _hold(self):
         if self.hold_file is None:
