@@ -369,7 +369,7 @@ MUTANTS = [
       ("tests/test_spool_order.py::test_a_write_held_when_the_server_stops_goes_to_the_spool_behind_the_files[sqlite3]",),
       "the live writes held behind the spool applied at the stop, before the spooled ones (the test sees it "
       "only when the live write is in the barrier at the stop's instant: killed in 4 of 7 single runs)",
-      slow=True, attempts=4),
+      slow=True, attempts=6),
     # (per-client order: each of the four mechanisms the row names keeps it alone, so no slip in one
     # of them breaks it; what they share is that the server sees the spooled file.)
     M("spooled-file-never-published", "a client's own spooled write is applied before its next live write",
