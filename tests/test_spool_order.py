@@ -154,22 +154,27 @@ def test_a_live_write_waits_for_every_spooled_write(any_dbdir, stopped_after):
 
 
 def test_a_live_state_change_after_spooled_create_and_running_succeeds(any_dbdir, stopped_after):
-    """The loud variant: J's create and its move to RUNNING are spooled behind 6,000 other
+    """The loud variant: J's create and its move to RUNNING are spooled behind 12,000 other
     writes; a live RUN_DONE sent once the server starts succeeds (if it overtook them, it
-    would refer to a job that does not exist yet, or make an illegal CREATED -> RUN_DONE)."""
+    would refer to a job that does not exist yet, or make an illegal CREATED -> RUN_DONE), on
+    the socket it was sent on: the holding replies renew its wait."""
     path = any_dbdir
     stopped_after(path)
     job_id = str(uuid.uuid4())
-    fillers = [_client(path, "fill", 3000) for _ in range(2)]
-    assert sum(_finish(proc)["spooled"] for proc in fillers) == 6000
+    fillers = [_client(path, "fill", 3000) for _ in range(4)]
+    assert sum(_finish(proc)["spooled"] for proc in fillers) == 12000
     assert _run(path, "create", job_id)["spooled"] == 1
     assert _run(path, "state", job_id, "RUNNING")["spooled"] == 1
     go = Path(path).parent / "go"
-    outcome = _client(path, "state", job_id, "RUN_DONE", env={"ORDER_GO": str(go)})
+    # A reply timeout shorter than the drain of 12,000 writes, even on an idle machine: only the
+    # holding replies (due every 0.3 s, sent between the drain's turns) keep the live write waiting on its socket.
+    outcome = _client(path, "state", job_id, "RUN_DONE",
+                      env={"ORDER_GO": str(go), "BALSAMDB_CLIENT_TIMEOUT": "1.5"})
     _started(_start_server(path, go))
     outcome = _finish(outcome)
-    assert outcome["route"] == "server"
     assert outcome["holding"] >= 1, f"the live write came after the drain: the test proves nothing: {outcome}"
+    assert outcome["route"] == "server" and outcome["fresh_sockets"] == 0, \
+        f"the held write was resent or spooled: its holding replies did not renew its wait: {outcome}"
     job = _job(path, job_id)
     assert job["state"] == "RUN_DONE"
     assert [h["to_state"] for h in job["history"]] == ["CREATED", "RUNNING", "RUN_DONE"]
