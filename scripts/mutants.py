@@ -106,6 +106,8 @@ def make_worker_copy(base, index):
     """A copy of the tree with its own venv (a copy of .venv) holding an editable install of the copy."""
     copy = base / f"w{index}"
     copy.mkdir()
+    shared_tmp(copy).mkdir(mode=0o711)
+    os.chmod(shared_tmp(copy), 0o711)  # (mkdir's mode is masked by the umask)
     for rel in tree_files():
         target = copy / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +141,7 @@ def run_mutant(mutant, copy, timeout):
            if k not in ("BALSAM_DB_PATH", "CI") and not k.startswith("BALSAMDB_")}
     env["PATH"] = f"{copy / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env["BALSAMDB_NO_SHRINK"] = "1"  # a failing property is a kill: no time spent shrinking its example
+    env["BALSAMDB_TEST_SHARED_TMP"] = str(shared_tmp(copy))  # tests/helpers.passable_dir: clusters, servers
     env.pop("PYTHONPATH", None)
     cmd = [str(copy / ".venv" / "bin" / "python"), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
            f"--basetemp={copy.parent / (copy.name + '-tmp')}", *mutant.tests]
@@ -163,16 +166,24 @@ def run_mutant(mutant, copy, timeout):
     return verdict, time.monotonic() - started, tail
 
 
+def shared_tmp(copy):
+    """Where the worker's tests make the directories another user must pass through (their PostgreSQL
+    clusters' among them: tests/helpers.passable_dir), beside the copy."""
+    return copy.parent / (copy.name + "-shared")
+
+
 def stop_leftovers(copy):
-    """SIGKILL every process that runs from the worker's copy (its venv's python): the daemons a test
-    started detach into sessions of their own, so a test killed at its timeout (or a mutant that breaks
-    a fixture's stop) would leave its watchdog, server and relay running after the run."""
-    marker = str(copy / ".venv" / "bin" / "python").encode()
+    """SIGKILL every process that runs from the worker's copy (its venv's python) or in its shared tmp
+    directory: the daemons a test started detach into sessions of their own (pg_ctl's postmaster too),
+    so a test killed at its timeout (or a mutant that breaks a fixture's stop) would leave its
+    watchdog, server, relay or cluster running after the run."""
+    markers = (str(copy / ".venv" / "bin" / "python").encode(), str(shared_tmp(copy)).encode())
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if marker in (entry / "cmdline").read_bytes():
+            cmdline = (entry / "cmdline").read_bytes()
+            if any(marker in cmdline for marker in markers):
                 os.kill(int(entry.name), 9)
         except (OSError, ValueError):
             continue  # gone meanwhile, or not ours to read
@@ -241,6 +252,7 @@ def main(argv=None):
         return 0
 
     base = Path(tempfile.mkdtemp(prefix="balsamdb-mutants-"))
+    os.chmod(base, 0o711)  # passable by the (non-root) user of the tests' PostgreSQL cluster under root
     results = {}
     lock = threading.Lock()
     try:

@@ -60,8 +60,6 @@ def run_db(tmp_path):
 def pg_cluster():
     """One PostgreSQL cluster for the session: yields the URL of its superuser, without a database name."""
     import shutil
-    import tempfile
-    from pathlib import Path
 
     from balsamdb.server.postgres import cluster as postgres
 
@@ -69,10 +67,10 @@ def pg_cluster():
         from helpers import skip_or_fail
 
         skip_or_fail("PostgreSQL server binaries are not installed (apt-get install postgresql)")
-    # Under root the cluster runs as another user, who must be able to pass through the path:
-    # pytest's own tmp directories are 0700, so use a directory of our own.
-    base = Path(tempfile.mkdtemp(prefix="bdb-session-pg-", dir="/tmp"))
-    os.chmod(base, 0o711)
+    from helpers import passable_dir
+
+    # Under root the cluster runs as another user, who must be able to pass through the path.
+    base = passable_dir("bdb-session-pg-")
     path = base / "cluster"
     try:
         init_db_directory(path, "postgres")

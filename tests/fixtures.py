@@ -7,15 +7,13 @@ import base64
 import json
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import psutil
 import pytest
 
-from helpers import kill_everything, require_smt, start_server, stop_server
+from helpers import kill_everything, passable_dir, require_smt, start_server, stop_server
 from served import PASSWORDS, Served
 
 
@@ -137,8 +135,7 @@ def postgres_processes(under):
 @pytest.fixture
 def pg_dbdir(pg_cluster):  # pg_cluster: skips (or fails on CI) without PostgreSQL binaries
     """A path for a postgres DB directory that the PostgreSQL user can reach; all stopped afterwards."""
-    base = Path(tempfile.mkdtemp(prefix="bdb-own-pg-", dir="/tmp"))
-    os.chmod(base, 0o711)
+    base = passable_dir("bdb-own-pg-")
     path = base / "db"
     try:
         yield path

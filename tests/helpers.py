@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -330,3 +331,18 @@ def refused(result, *phrases, code=None, absent=()):
 def add_job(run_db, path, *args):
     """Create a job with the CLI (`db job add ARGS --json`); returns its dict."""
     return json.loads(ok(run_db("job", "add", *args, "--path", path, "--json")))
+
+
+#: Where :func:`passable_dir` makes its directories: /tmp, or the directory scripts/mutants.py names
+#: per worker (it stops every process whose command line names it after each mutant: a test killed at
+#: its timeout leaves no PostgreSQL cluster or server running there).
+PASSABLE_PARENT_ENV = "BALSAMDB_TEST_SHARED_TMP"
+
+
+def passable_dir(prefix):
+    """A new directory that another user may pass through but not list (mode 0711), as a home
+    directory would be: for what a PostgreSQL cluster run by another account, or another user,
+    must reach (pytest's own tmp directories are 0700 all the way up).  The caller removes it."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get(PASSABLE_PARENT_ENV, "/tmp")))
+    os.chmod(base, 0o711)
+    return base

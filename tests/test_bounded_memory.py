@@ -15,7 +15,7 @@ from balsamdb import protocol
 from balsamdb.dbdir import DBDirectory
 from balsamdb.exceptions import RequestTooLarge
 
-from helpers import address, db_cli, kill_everything, wait_for
+from helpers import address, db_cli, kill_everything, passable_dir, wait_for
 
 MB = 1024 * 1024
 FRAME_MB = 200
@@ -179,13 +179,10 @@ def test_a_db_directory_path_too_long_for_a_socket_uses_tcp(tmp_path):
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second user (CI runs as root)")
 def test_another_user_cannot_connect_to_the_same_host_socket():
     import shutil
-    import tempfile
-    from pathlib import Path
 
     # A DB directory that another user can reach (pytest's own tmp directories are 0700), opened for
     # traversal as for a PostgreSQL cluster run by another account: only the socket's mode protects it.
-    base = Path(tempfile.mkdtemp(prefix="bdb-ipc-", dir="/tmp"))
-    os.chmod(base, 0o711)
+    base = passable_dir("bdb-ipc-")
     path = base / "db"
     DBDirectory(path).init()
     os.chmod(path, 0o711)

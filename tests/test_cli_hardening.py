@@ -4,10 +4,9 @@ import os
 import shutil
 import subprocess
 import uuid
-from pathlib import Path
 
 import pytest
-from helpers import kill_everything, processes_for, skip_or_fail
+from helpers import kill_everything, passable_dir, processes_for, skip_or_fail
 
 import balsamdb
 from balsamdb.exceptions import BadRequest, NotFound
@@ -108,15 +107,12 @@ def _as_user(uid, gid, args):
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make and be a second user (CI runs as root)")
 def test_a_second_user_gets_the_librarys_line_not_clicks(request):
     """`db ls --path P` of another user's DB directory said click's "Path ... is not readable"."""
-    import tempfile
-
     from balsamdb.dbdir import DBDirectory
 
     if shutil.which("useradd") is None:
         skip_or_fail("useradd is missing (package passwd)")
-    base = Path(tempfile.mkdtemp(prefix="bdb-second-", dir="/tmp"))  # pytest's tmp_path is 700 all the way up
+    base = passable_dir("bdb-second-")  # pytest's tmp_path is 700 all the way up
     request.addfinalizer(lambda: shutil.rmtree(base, ignore_errors=True))
-    os.chmod(base, 0o711)  # as a home directory would be: others may pass, not list
     dbdir = base / "db"
     DBDirectory(dbdir).init()
     name = f"bdbt{uuid.uuid4().hex[:8]}"

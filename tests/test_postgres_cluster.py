@@ -33,7 +33,7 @@ from balsamdb.server.postgres import cluster as pg
 from balsamdb.server.postgres import host as pg_host  # where the binaries are looked for
 from balsamdb.server.postgres import initdb as pg_init  # initdb runs the binaries it finds
 
-from helpers import wait_for
+from helpers import passable_dir, wait_for
 
 IS_ROOT = os.geteuid() == 0
 REPO = Path(pg.__file__).resolve().parent.parent.parent  # the checkout: dbserver/postgres/cluster.py
@@ -72,8 +72,7 @@ def dead(pid):
 def pg_base(tmp_path):
     """A directory the PostgreSQL user can pass through; its finalizer stops every cluster under it."""
     if IS_ROOT:
-        base = Path(tempfile.mkdtemp(prefix="bdb-pg-", dir="/tmp"))
-        os.chmod(base, 0o711)
+        base = passable_dir("bdb-pg-")
     else:
         base = tmp_path
     yield base
