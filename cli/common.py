@@ -142,8 +142,10 @@ def echo_table_stream(headers, rows, measure=200):
             break
     widths = [max([len(h)] + [len(r[i]) for r in head]) for i, h in enumerate(headers)]
 
+    template = "  ".join(f"%-{w}s" for w in widths)  # "%-8s" is c.ljust(8): one format per line
+
     def line(cells):
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+        return (template % tuple(cells)).rstrip()
 
     if not head:
         return 0
@@ -166,8 +168,10 @@ def echo_table(headers, rows):
     """Print ``rows`` (lists of strings) under ``headers`` in aligned columns."""
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
 
+    template = "  ".join(f"%-{w}s" for w in widths)  # "%-8s" is c.ljust(8): one format per line
+
     def line(cells):
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+        return (template % tuple(cells)).rstrip()
 
     click.echo(line(headers))
     click.echo(line(["-" * w for w in widths]))

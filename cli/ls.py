@@ -97,22 +97,27 @@ def ls(path, workflow, states, name_glob, tags, since, until, changed, sort, wai
             echo_json(counts) if as_json else _echo_counts(counts, filtered)
             return
         # Streamed: rows are printed as their pages arrive; no process holds the whole listing.
-        jobs = db.jobs.iter(limit=limit, sort=sort, **filters)
         if as_json:
-            echo_json_stream(job.to_dict() for job in jobs)
+            echo_json_stream(job.to_dict() for job in db.jobs.iter(limit=limit, sort=sort, **filters))
             return
-        _echo_jobs(jobs, filtered)
+        _echo_jobs(db.jobs.iter_rows(_LISTED, limit=limit, sort=sort, **filters), filtered)
 
 
-def _echo_jobs(jobs, filtered):
-    jobs = iter(jobs)
-    head = list(itertools.islice(jobs, 200))  # the rows that set the widths, as echo_table_stream measures
-    held = any(getattr(j, "owner", None) for j in head)  # the claim columns only when a launcher holds one
+#: the fields a listing prints (the last two only when a launcher holds one of its first jobs)
+_LISTED = ("id", "name", "workflow", "application", "state", "created_at", "owner", "lease_expires")
+
+
+def _echo_jobs(rows, filtered):
+    """Print ``rows`` (tuples of the :data:`_LISTED` fields) as a table, as they come."""
+    rows = iter(rows)
+    head = list(itertools.islice(rows, 200))  # the rows that set the widths, as echo_table_stream measures
+    held = any(row[6] for row in head)  # the claim columns only when a launcher holds one
     shown = echo_table_stream(
         ["id", "name", "workflow", "application", "state", "created"] + (["owner", "lease until"] if held else []),
-        ([j.id[:8], j.name, j.workflow, shorten(j.application, 40), j.state, format_time(j.created_at)]
-         + ([shorten(j.owner or "", 30), format_time(j.lease_expires)[11:]] if held else [])
-         for j in itertools.chain(head, jobs)),
+        ([job_id[:8], name, workflow, shorten(application, 40), state, format_time(created_at)]
+         + ([shorten(owner or "", 30), format_time(lease_expires)[11:]] if held else [])
+         for job_id, name, workflow, application, state, created_at, owner, lease_expires
+         in itertools.chain(head, rows)),
     )
     if not shown:
         click.echo("No jobs match." if filtered else "No jobs yet.")
@@ -156,7 +161,7 @@ def _watch(db, filters, filtered, sort, limit, by_state, interval):
     try:
         while True:
             counts = db.jobs.state_counts(**filters)
-            jobs = None if by_state else db.jobs.iter(limit=limit, sort=sort, **filters)  # streamed, as db ls
+            jobs = None if by_state else db.jobs.iter_rows(_LISTED, limit=limit, sort=sort, **filters)  # as db ls
             if in_place:
                 click.clear()
             click.echo(f"{datetime.now():%Y-%m-%d %H:%M:%S}  every {interval:g} s, Ctrl-C to stop")

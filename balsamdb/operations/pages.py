@@ -1,4 +1,5 @@
-"""Listings paged by a keyset cursor: ``job_page`` and ``record_page``.
+"""Listings paged by a keyset cursor: ``job_page`` (``job_rows``: a few of its fields) and
+``record_page``.
 
 A page is read in one short read transaction and carries ``next``, the sort key of its last
 row; the next page starts just after that key (``WHERE (k1, k2, id) > (?, ?, ?)``), never
@@ -33,6 +34,8 @@ MAX_PAGE = 5000
 _PAGE_KEYS = tuple(JOB_KEYS) + tuple(LEASE_FIELDS)
 _JOB_COLUMNS = [getattr(Job, key) for key in _PAGE_KEYS]
 _JSON_KEYS = [key for key in JOB_KEYS if isinstance(getattr(Job, key), JSONText)]
+#: the fields ``job_rows`` reads: a listed job's plain (not JSON) columns
+ROW_COLUMNS = tuple(key for key in _PAGE_KEYS if key not in _JSON_KEYS)
 _RANK = {name: rank for rank, name in enumerate(states.STATES)}
 #: job_to_dict key of the first sort column of each sort key ("state" sorts by pipeline rank)
 _SORT_COLUMN = {"created": "created_at", "updated": "updated_at", "name": "name", "workflow": "workflow",
@@ -63,21 +66,27 @@ def _job_key(job, key):
     return [first, job["id"]] if key == "created" else [first, job["created_at"], job["id"]]
 
 
+def _keyset(filters, sort, after):
+    """``(query, order, sort)``: the jobs matching ``filters`` in the order of ``sort``, those
+    just after the cursor ``after`` (none: from the first)."""
+    sort = check_sort(sort) or "created"
+    query, order = ordered_job_query(filters, sort)
+    after = _after(after, len(order))
+    if after is not None:
+        columns = pw.Tuple(*[o.node for o in order])
+        values = pw.Tuple(*after)
+        query = query.where(columns < values if sort.startswith("-") else columns > values)
+    return query, order, sort
+
+
 @operation(write=False)
 def job_page(filters=None, sort=None, after=None, limit=PAGE):
     """One page of the jobs matching ``filters`` (as for ``job_filter``), in the order of ``sort``
     (as for ``job_filter``), starting just after ``after`` (the ``next`` of the previous page;
     none for the first page).  Returns ``{"jobs": [...], "next": cursor, or null after the last
     page}``.  ``limit``: jobs per page (at most 5000)."""
-    sort = check_sort(sort) or "created"
-    key = sort.lstrip("-")
-    query, order = ordered_job_query(filters, sort)
-    after = _after(after, len(order))
+    query, _order, sort = _keyset(filters, sort, after)
     limit = _limit(limit)
-    if after is not None:
-        columns = pw.Tuple(*[o.node for o in order])
-        values = pw.Tuple(*after)
-        query = query.where(columns < values if sort.startswith("-") else columns > values)
     # The cursor's own rows, not model instances nor peewee's converters (two thirds of the time of a
     # page): only the JSON columns need decoding; numbers and text come as they are.
     cursor = Job._meta.database.execute(query.select(*_JOB_COLUMNS).limit(limit + 1))
@@ -90,7 +99,26 @@ def job_page(filters=None, sort=None, after=None, limit=PAGE):
         jobs.append(job)
     more = len(jobs) > limit
     jobs = jobs[:limit]
-    return {"jobs": jobs, "next": _job_key(jobs[-1], key) if more else None}
+    return {"jobs": jobs, "next": _job_key(jobs[-1], sort.lstrip("-")) if more else None}
+
+
+@operation(write=False)
+def job_rows(columns, filters=None, sort=None, after=None, limit=PAGE):
+    """One page of ``job_page``'s listing (same ``filters``, ``sort``, ``after`` and ``limit``), each
+    job a list: the values of ``columns`` (names of job fields that are not JSON: id, name,
+    workflow, application, state, created_at, owner, lease_expires, ...), then its sort key.
+    Returns ``{"rows": [[...], ...], "next": cursor, or null after the last page}``.  For listings
+    that print a few fields (``db ls``): the rows are the database cursor's own."""
+    if not isinstance(columns, list) or not columns or not all(c in ROW_COLUMNS for c in columns):
+        raise BadRequest(f"columns must be a list of job fields among {', '.join(ROW_COLUMNS)}")
+    query, order, _sort = _keyset(filters, sort, after)
+    limit = _limit(limit)
+    selected = [getattr(Job, c) for c in columns] + [o.node for o in order]
+    rows = Job._meta.database.execute(query.select(*selected).limit(limit + 1)).fetchall()
+    more = len(rows) > limit
+    if more:
+        del rows[limit:]
+    return {"rows": rows, "next": list(rows[-1][len(columns):]) if more else None}
 
 
 @operation(write=False)
