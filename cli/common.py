@@ -156,7 +156,7 @@ def echo_table_stream(headers, rows, measure=200):
     for row in itertools.chain(head, rows):
         lines.append(line(row))
         count += 1
-        if len(lines) >= 256:  # one write per 256 rows: click.echo per line cost a third of `db ls`
+        if len(lines) >= 2000:  # one write per 2000 rows: click.echo per line cost a third of `db ls`
             click.echo("\n".join(lines))
             lines = []
     if lines:

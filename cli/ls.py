@@ -114,13 +114,17 @@ def _echo_jobs(rows, filtered):
     held = any(row[6] for row in head)  # the claim columns only when a launcher holds one
     shown = echo_table_stream(
         ["id", "name", "workflow", "application", "state", "created"] + (["owner", "lease until"] if held else []),
-        ([job_id[:8], name, workflow, shorten(application, 40), state, format_time(created_at)]
-         + ([shorten(owner or "", 30), format_time(lease_expires)[11:]] if held else [])
-         for job_id, name, workflow, application, state, created_at, owner, lease_expires
-         in itertools.chain(head, rows)),
-    )
+        _cells(itertools.chain(head, rows), held))
     if not shown:
         click.echo("No jobs match." if filtered else "No jobs yet.")
+
+
+def _cells(rows, held):
+    """The cells of each listed job, a tuple of strings (a tuple: echo_table_stream formats it as it is)."""
+    for job_id, name, workflow, application, state, created_at, owner, lease_expires in rows:
+        cells = (job_id[:8], name, workflow, application if len(application) <= 40 else shorten(application, 40),
+                 state, format_time(created_at))
+        yield cells + (shorten(owner or "", 30), format_time(lease_expires)[11:]) if held else cells
 
 
 def _echo_counts(counts, filtered):

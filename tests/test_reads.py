@@ -15,6 +15,7 @@ import balsamdb
 from balsamdb import protocol
 from balsamdb.dbdir import DBDirectory
 from balsamdb.exceptions import ReadTimeout, ServerUnavailable
+from balsamdb.facades import Jobs
 from balsamdb.reads import Reader
 from balsamdb.settings import load_settings
 
@@ -76,7 +77,7 @@ def test_a_big_listing_streams_from_the_read_service_while_writes_go_through(ser
     assert after["requests"] - before["requests"] <= written_during + 2
     assert after["writes"] - before["writes"] == written_during
     pages = reader_after["reads"] - reader_before["reads"]
-    assert pages >= LISTED // 1000, reader_after
+    assert pages >= LISTED // Jobs.LISTING_PAGE, reader_after
     # Read your acknowledged writes, from the service and from the file itself.
     remote = balsamdb.connect(path, local_reads=False)
     assert remote.jobs.count(workflow="writes") == written_during and remote.last_read_route == "reader"

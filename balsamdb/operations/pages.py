@@ -106,19 +106,27 @@ def job_page(filters=None, sort=None, after=None, limit=PAGE):
 def job_rows(columns, filters=None, sort=None, after=None, limit=PAGE):
     """One page of ``job_page``'s listing (same ``filters``, ``sort``, ``after`` and ``limit``), each
     job a list: the values of ``columns`` (names of job fields that are not JSON: id, name,
-    workflow, application, state, created_at, owner, lease_expires, ...), then its sort key.
-    Returns ``{"rows": [[...], ...], "next": cursor, or null after the last page}``.  For listings
-    that print a few fields (``db ls``): the rows are the database cursor's own."""
+    workflow, application, state, created_at, owner, lease_expires, ...), then those of its sort
+    key that ``columns`` lack.  Returns ``{"rows": [[...], ...], "next": cursor, or null after the
+    last page}``.  For listings that print a few fields (``db ls``): the rows are the database
+    cursor's own."""
     if not isinstance(columns, list) or not columns or not all(c in ROW_COLUMNS for c in columns):
         raise BadRequest(f"columns must be a list of job fields among {', '.join(ROW_COLUMNS)}")
     query, order, _sort = _keyset(filters, sort, after)
     limit = _limit(limit)
-    selected = [getattr(Job, c) for c in columns] + [o.node for o in order]
+    selected = [getattr(Job, c) for c in columns]
+    key = []  # where each value of the cursor is in a row
+    for node in (o.node for o in order):
+        if isinstance(node, pw.Field) and node.model is Job and node.name in columns:
+            key.append(columns.index(node.name))
+        else:  # the state's rank, the tag side's columns
+            key.append(len(selected))
+            selected.append(node)
     rows = Job._meta.database.execute(query.select(*selected).limit(limit + 1)).fetchall()
     more = len(rows) > limit
     if more:
         del rows[limit:]
-    return {"rows": rows, "next": list(rows[-1][len(columns):]) if more else None}
+    return {"rows": rows, "next": [rows[-1][i] for i in key] if more else None}
 
 
 @operation(write=False)
