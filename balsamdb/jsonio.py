@@ -10,6 +10,7 @@ Which function for which text:
 - :func:`dumps_finite`: like :func:`dumps`, but NaN and infinities raise ``ValueError`` (what a
   client sends must be valid JSON).
 - :func:`dumps_canonical`: sorted keys, for digests that must not change between releases.
+- :func:`dumps_indented`: ``json.dumps(value, indent=2, ensure_ascii=False)``, what ``--json`` prints.
 - :func:`loads_strict`: what the servers accept (no NaN, Infinity or overflowing number; the caller
   says what it reads, for the error); :func:`loads`: ``json.loads`` semantics, faster with orjson
   where it gives the same value.
@@ -51,6 +52,26 @@ def dumps_canonical(value):
     if (("e-" in out or "0.0000" in out) and _FLOAT_SPELLING.search(out) is not None) \
             or orjson.loads(text) != value:
         return _dumps_canonical_json(value)
+    return out
+
+
+#: as :data:`_FLOAT_SPELLING`, in indented text (a line may end after the float)
+_FLOAT_SPELLING_INDENTED = re.compile(r"e-[0-9](?:[,\]}\n]|$)|0\.0000")
+_dumps_indented_json = json.JSONEncoder(indent=2, ensure_ascii=False).encode
+
+
+def dumps_indented(value):
+    """Exactly ``json.dumps(value, indent=2, ensure_ascii=False)`` (what ``--json`` prints), made by
+    orjson where its text is provably the same, as for :func:`dumps_canonical` (json's indented
+    encoder is its pure-Python one: ten times slower)."""
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_INDENT_2)
+    except TypeError:
+        return _dumps_indented_json(value)
+    out = text.decode()
+    if (("e-" in out or "0.0000" in out) and _FLOAT_SPELLING_INDENTED.search(out) is not None) \
+            or orjson.loads(text) != value:
+        return _dumps_indented_json(value)
     return out
 
 

@@ -12,6 +12,7 @@ import click
 
 import balsamdb
 from balsamdb.exceptions import NotFound
+from balsamdb.jsonio import dumps_indented
 from balsamdb.settings import DefaultDBWarning
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -124,10 +125,15 @@ def echo_json_stream(items):
     """Print ``items`` (an iterator) as one JSON list, each item as it comes (the same text as
     :func:`echo_json` of the whole list, never holding it)."""
     first = True
+    parts = []
     for item in items:
-        text = json.dumps(item, indent=2, ensure_ascii=False).replace("\n", "\n  ")
-        click.echo(("[\n  " if first else ",\n  ") + text, nl=False)
+        parts.append(("[\n  " if first else ",\n  ") + dumps_indented(item).replace("\n", "\n  "))
         first = False
+        if len(parts) >= 100:  # one write per 100 items
+            click.echo("".join(parts), nl=False)
+            parts = []
+    if parts:
+        click.echo("".join(parts), nl=False)
     click.echo("[]" if first else "\n]")
 
 
