@@ -14,7 +14,7 @@ import zmq
 import balsamdb
 from balsamdb import protocol
 from balsamdb.dbdir import DBDirectory
-from balsamdb.exceptions import ReadTimeout, ServerUnavailable
+from balsamdb.exceptions import BadRequest, ReadTimeout, ServerUnavailable
 from balsamdb.facades import Jobs
 from balsamdb.reads import Reader
 from balsamdb.settings import load_settings
@@ -263,3 +263,25 @@ def test_a_full_listing_streams_in_bounded_memory(tmp_path):
     assert lines > total * 20, lines  # every job was printed (about 22 lines each)
     assert size > 100 * 2 ** 20
     assert 0 < peak < 90 * 2 ** 20, f"peak RSS {peak / 2 ** 20:.0f} MB for a listing of {size / 2 ** 20:.0f} MB"
+
+
+def test_db_ls_rows_are_the_listings_jobs_in_its_order_across_pages(dbdir):
+    """`db ls` reads tuples of a few fields (`iter_rows`, `job_rows`): the jobs `iter` lists, in its
+    order, for each sort and from the tag side, across pages of 7: the cursor comes from the columns,
+    or from the sort key's values they lack (the state's rank, the tag rows' columns), never sent back."""
+    db = balsamdb.connect(dbdir)
+    for batch in range(3):  # three creation times; ties within each are broken by id
+        db.jobs.bulk_create([{"name": f"j{i % 5}", "workflow": f"w{i % 2}", "tags": ["gpu"] if i % 3 else []}
+                             for i in range(batch * 20, batch * 20 + 20)], make_workdir=False)
+    for i, job in enumerate(db.jobs.iter(limit=20)):
+        db.jobs.update_state(job.id, "READY" if i % 2 else "USER_KILLED")
+    columns = ("id", "name", "state", "created_at")
+    for sort in ("created", "-created", "state", "-state", "name", "-updated"):
+        for tags in (None, ["gpu"]):
+            expected = [(j.id, j.name, j.state, j.created_at) for j in db.jobs.iter(sort=sort, tags=tags)]
+            rows = [tuple(row) for row in db.jobs.iter_rows(columns, sort=sort, tags=tags, page_size=7)]
+            assert rows == expected and len(expected) == (40 if tags else 60), (sort, tags)
+    assert len(list(db.jobs.iter_rows(["id"], sort="state", limit=10, page_size=3))) == 10
+    with pytest.raises(BadRequest, match="columns must be"):
+        next(db.jobs.iter_rows(["data"]))
+    db.close()
