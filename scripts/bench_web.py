@@ -114,7 +114,7 @@ def load(path, records, jobs):
                                      "tags": ["gpu"] if i % 3 == 0 else [], "created_at": created,
                                      "updated_at": history[-1]["time"], "environ": {}, "parents": [], "data": {}})
                     if i % 3 == 0:
-                        tags.append({"job": job_id, "tag": "gpu"})
+                        tags.append({"job": job_id, "tag": "gpu", "created_at": created})  # schema 9: the job's
                 Job.insert_many(job_rows).execute()
                 JobStateChange.insert_many(history).execute()
                 if tags:
