@@ -55,7 +55,7 @@ def bulk(db, chunk, server_pid=None):
 
 
 def capacity(path, inflight, seconds, server_pid):
-    """The capacity generator against the running server; returns (writes/s, server CPU us/write)."""
+    """The capacity generator against the running server; returns (writes/s, server CPU us/write, errors)."""
     from balsamdb.bench.writers import cpu_seconds
     from balsamdb.dbdir import DBDirectory
 
@@ -67,7 +67,8 @@ def capacity(path, inflight, seconds, server_pid):
         raise RuntimeError(gen.stderr[-2000:])
     counts = json.loads(gen.stdout.strip().splitlines()[-1])
     cpu = cpu_seconds(server_pid) - s0
-    return counts["answered_in_window"] / counts["window_seconds"], 1e6 * cpu / max(1, counts["ok"] + counts["errors"])
+    return (counts["answered_in_window"] / counts["window_seconds"], 1e6 * cpu / max(1, counts["ok"] + counts["errors"]),
+            counts["errors"])
 
 
 def main(argv=None):
@@ -132,7 +133,7 @@ def main(argv=None):
             db.close()
         for name in pids:
             control.stop(dirs[name])
-    print("\npart                      grown/s   fresh/s  ratio   CPU us/job grown / fresh (client; server)")
+    print("\npart                      grown/s   fresh/s  ratio   CPU us/job grown / fresh (client; server), capacity: (server; errors)")
     for part in dict.fromkeys(p for p, _ in rows):
         med = {n: [statistics.median(col) for col in zip(*rows[(part, n)])] for n in dirs}
         ratio = med["grown"][0] / med["fresh"][0]
