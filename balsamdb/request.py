@@ -21,6 +21,14 @@ from . import protocol
 from .operations import OPERATIONS
 
 
+def new_request_id():
+    """A fresh request id: 12 hex digits of the time in milliseconds, then 20 random ones (32
+    characters, 80 random bits within a millisecond: as unique as a uuid4's 122).  In time order,
+    so that the record of applied ids (keyed by the id) grows at the end of its B-tree: random ids
+    put each write's row on a random leaf of an index of up to a week's writes (issue 22)."""
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+
+
 class Request:
     __slots__ = ("envelope", "id", "op", "params", "ts", "operation", "answer", "text")
 
@@ -42,7 +50,7 @@ class Request:
     def make(cls, op, params, request_id=None):
         """A client's new request: a fresh id (unless ``request_id``: a retry of an id that was
         applied gets the first answer, and changes nothing), stamped now."""
-        return cls(request_id or os.urandom(16).hex(), op, params, ts=time.time())  # as unique as a uuid4
+        return cls(request_id or new_request_id(), op, params, ts=time.time())
 
     @classmethod
     def from_message(cls, message, now=None, envelope=None):

@@ -50,9 +50,10 @@ START_DEADLINE = 120.0       # s for a server to answer after it starts
 
 def _job_request(secret, i):
     from balsamdb import protocol
+    from balsamdb.request import new_request_id
 
     job_id = str(uuid.uuid4())
-    message = {"id": uuid.uuid4().hex, "op": "job_create", "ts": time.time(),
+    message = {"id": new_request_id(), "op": "job_create", "ts": time.time(),
                "params": {"job": {"id": job_id, "name": f"cap-{i}", "workflow": "capacity",
                                   "application": "python sim.py", "args": f"--n {i}"}}}
     return protocol.encode(secret, message)[0]

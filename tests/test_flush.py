@@ -399,3 +399,23 @@ def test_a_failed_flush_stops_the_server_without_answering(tmp_path, dealer):
             tracer.wait(5)
         db_cli("dbserver", "--stop", "--path", path)
         kill_everything(path)
+
+
+def test_a_wake_after_its_batch_was_settled_does_not_keep_the_loop_awake():
+    """The batch thread wakes the loop's pipe after it hands a result over; when ``settle`` took the
+    result first, the wake comes later and ``take`` finds nothing: it must still empty the pipe, or
+    the loop's poll returns at once, again and again (a spin of the write server's loop)."""
+    import select
+
+    from balsamdb.server.writer.batch_thread import BatchThread
+
+    batches = BatchThread(lambda requests: len(requests))
+    try:
+        batches.submit(["a", "b"])
+        assert batches.settle() == 2
+        batches._pipe.wake()  # the thread's wake as it comes after settle() took the result (order forced)
+        assert select.select([batches.wake_fd], [], [], 0)[0] == [batches.wake_fd]
+        assert batches.take() is None
+        assert select.select([batches.wake_fd], [], [], 0)[0] == [], "a wake with nothing to take stays in the pipe"
+    finally:
+        batches.close()

@@ -13,7 +13,7 @@ from balsamdb.dbdir import DBDirectory
 from balsamdb.exceptions import BadRequest
 from balsamdb.models import MODELS
 from balsamdb.operations import OPERATIONS, SERVER_OPS, lookup
-from balsamdb.request import Request
+from balsamdb.request import Request, new_request_id
 from balsamdb.settings import load_settings
 from balsamdb.statements import statements
 
@@ -127,3 +127,18 @@ def test_one_request_from_the_client_to_the_server():
     assert Request.make("no_such_op", {}).for_writer  # the write server names the known ones
     with pytest.raises(BadRequest):
         Request.from_message({"id": "x", "op": "ping", "params": []})
+
+
+def test_request_ids_are_in_time_order():
+    """Issue 22: a request id starts with the time in milliseconds (the record of applied ids, keyed
+    by it, grows at its end) and is otherwise random: 32 hex characters, no two alike."""
+    import time
+
+    before = time.time_ns() // 1_000_000
+    ids = [new_request_id() for _ in range(2000)]
+    after = time.time_ns() // 1_000_000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids) and len(set(ids)) == len(ids)
+    assert before <= int(ids[0][:12], 16) <= int(ids[-1][:12], 16) <= after
+    assert [i[:12] for i in ids] == sorted(i[:12] for i in ids)
+    assert len({i[12:] for i in ids}) == len(ids)
+    assert Request.make("status", {}).id[:12] >= ids[-1][:12]

@@ -19,11 +19,21 @@ from .registry import operation
 STATE_CHANGE_ATTEMPTS = 3  # reads of a job whose state another daemon changes meanwhile
 
 
+def _by_id(row):
+    return row["id"]
+
+
 def _insert_jobs(rows, when, insert):
     """Insert job ``rows`` with their first history entries and tags through ``insert`` (given
     by the applier: now, or deferred to be made with the other requests' rows of the batch)."""
     fast = statements()
     links = dependencies.link_new_jobs(rows, when, insert)  # nothing to do (no read) without parents
+    if len(rows) > 1:
+        # In id order, so are their history and tag rows: each B-tree keyed by the random job id
+        # (the job's, the history's job index, the tag table's key) is then walked from left to
+        # right once per statement (13% less CPU a job inserting 5,000 into a 1M-job database:
+        # scripts/key_order_cost.py, "-sorted").  Nothing reads the order rows were inserted in.
+        rows = sorted(rows, key=_by_id)
     try:
         insert(fast.insert_job, rows)
     except pw.IntegrityError:

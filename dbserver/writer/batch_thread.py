@@ -53,13 +53,17 @@ class BatchThread:
 
     def take(self):
         """The result of the batch, once done (and no longer running); else None.  An exception of
-        ``run`` is raised here, in the loop."""
+        ``run`` is raised here, in the loop, which calls this when :attr:`wake_fd` is readable."""
+        # The pipe is emptied first, whatever is found: the thread wakes it after it hands the
+        # result over, so a :meth:`settle` in between takes the result and the wake comes later.
+        # Left in the pipe, that wake made the loop poll without waiting, and spin at 100% CPU
+        # (the GIL taken from the batch thread) until the next batch was done.
+        self.woken()
         with self._cond:
             if self._result is None:
                 return None
             result, error = self._result
             self._result = None
-        self.woken()
         if error is not None:
             raise error
         return result
