@@ -27,22 +27,26 @@ from ..models import Job
 from .checks import check_number, check_text
 from .registry import operation
 
-#: table -> (key columns in keyset order, the parent table and the column that names its row)
-#: in the order they are copied: parents first (the destination's foreign keys hold at every chunk).
+#: table -> its parent table and the column that names the parent row (None: no parent), in the
+#: order they are copied: parents first (the destination's foreign keys hold at every chunk).
+#: Every table is read in rowid order, and each row keeps its rowid: the copy is laid out as the
+#: source is (the indexes on creation times fill at their end), and ids stay as they are.
 TABLES = {
-    "user": (("name",), None),
-    "project": (("name",), None),
-    "project_permission": (("project_id", "user_id"), None),
-    "record": (("id",), None),
-    "record_version": (("id",), ("record", "record_id")),
-    "record_tag": (("record_id", "tag"), ("record", "record_id")),
-    "record_job": (("record_id",), ("record", "record_id")),
-    "record_file": (("id",), ("record", "record_id")),
-    "job": (("id",), None),
-    "job_state_change": (("id",), ("job", "job_id")),
-    "job_tag": (("job_id", "tag"), ("job", "job_id")),
-    "job_parent": (("child", "parent"), ("job", "child")),
+    "user": None,
+    "project": None,
+    "project_permission": None,
+    "record": None,
+    "record_version": ("record", "record_id"),
+    "record_tag": ("record", "record_id"),
+    "record_job": ("record", "record_id"),
+    "record_file": ("record", "record_id"),
+    "job": None,
+    "job_state_change": ("job", "job_id"),
+    "job_tag": ("job", "job_id"),
+    "job_parent": ("job", "child"),
 }
+#: the column that names a row of each parent table
+PARENT_KEY = {"record": "id", "job": "id"}
 #: columns copied as NULL: a launcher's claim on a job of the source means nothing in the copy
 #: (the general path leaves them out too)
 BLANK = {"job": frozenset(LEASE_FIELDS)}
@@ -93,37 +97,36 @@ def _columns(database, schema, table):
 
 
 def _check_schema(database, table):
+    """The columns of ``table`` to copy, ``rowid`` first unless a column is the rowid already."""
     main_version = database.execute_sql("SELECT max(version) FROM main.schema_version").fetchone()[0]
     source_version = database.execute_sql(f"SELECT max(version) FROM {ALIAS}.schema_version").fetchone()[0]
     if main_version != source_version:
         raise BadRequest(f"the source has schema {source_version}, this store {main_version}: "
                          "the rows cannot be copied as they are")
-    columns = _columns(database, "main", table)
+    info = database.execute_sql(f"PRAGMA main.table_info({_q(table)})").fetchall()
+    columns = [row[1] for row in info]
     if columns != _columns(database, ALIAS, table):
         raise BadRequest(f"the table {table} differs between the source and this store")
-    return columns
+    keys = [row for row in info if row[5]]
+    if len(keys) == 1 and keys[0][2].upper() == "INTEGER":
+        return columns  # an INTEGER PRIMARY KEY is the rowid
+    return ["rowid"] + columns
 
 
 def _select(table, column):
     return "NULL" if column in BLANK.get(table, ()) else f"s.{_q(column)}"
 
 
-def _after_condition(keys, prefix):
-    """``(k1, k2) > (?, ?)`` of the keyset."""
-    left = ", ".join(f"{prefix}.{_q(k)}" for k in keys)
-    return f"({left}) > ({', '.join('?' for _ in keys)})"
-
-
 @operation(write=True)
 def bulk_copy(source, identity, host, table, after=None, limit=5000):
     """Copy one chunk of SQLite table ``table`` (one of :data:`TABLES`) from the SQLite file
     ``source`` (an absolute path on this server's host ``host``, whose ``os.stat`` gives
-    ``identity`` = ``[st_dev, st_ino]``) into this store, as they are: the rows whose key is
-    after ``after`` (a list, or null for the first chunk), at most ``limit`` of them, in key
-    order.  Same schema version on both sides; SQLite only.  A child row whose parent row
-    is not here is left out.  Returns ``{"copied": rows inserted, "next": the last key
-    read, or null when the table is done}``.  A row already here is refused (the copy is
-    made into an empty store; a rerun of ``db copy`` takes the general path).
+    ``identity`` = ``[st_dev, st_ino]``) into this store, as they are, with their rowids: the
+    rows whose rowid is above ``after`` (null for the first chunk), at most ``limit`` of them.
+    Same schema version on both sides; SQLite only.  A child row whose parent row is not here
+    is left out.  Returns ``{"copied": rows inserted, "next": the last rowid read, or null when
+    the table is done}``.  A row already here is refused (the copy is made into an empty
+    store; a rerun of ``db copy`` takes the general path).
     """
     import peewee as pw
 
@@ -140,30 +143,24 @@ def bulk_copy(source, identity, host, table, after=None, limit=5000):
     limit = check_number(limit, "limit", int, 1)
     if limit > MAX_ROWS:
         raise BadRequest(f"limit is at most {MAX_ROWS}")
-    keys, parent = TABLES[table]
-    if after is not None and not (isinstance(after, list) and len(after) == len(keys)
-                                  and all(isinstance(k, (str, int)) for k in after)):
-        raise BadRequest(f"after must be the key of {table}: a list of {len(keys)} values, or null")
+    after = -(1 << 63) if after is None else check_number(after, "after", int, -(1 << 63))
     _attach(database, source, identity, check_text(host, "host", max_len=255))
     columns = _check_schema(database, table)
-    order = ", ".join(f"s.{_q(k)}" for k in keys)
-    where = _after_condition(keys, "s") if after is not None else "1"
-    params = list(after or [])
-    last = database.execute_sql(f"SELECT {order} FROM {ALIAS}.{_q(table)} s WHERE {where} ORDER BY {order} "
-                                f"LIMIT 1 OFFSET ?", params + [limit - 1]).fetchone()
-    upto = ""
+    last = database.execute_sql(f"SELECT rowid FROM {ALIAS}.{_q(table)} WHERE rowid > ? ORDER BY rowid "
+                                "LIMIT 1 OFFSET ?", (after, limit - 1)).fetchone()
+    where, params = "s.rowid > ?", [after]
     if last is not None:
-        upto = f" AND ({order}) <= ({', '.join('?' for _ in keys)})"
-        params += list(last)
+        where, params = where + " AND s.rowid <= ?", params + [last[0]]
+    parent = TABLES[table]
     if parent is not None:
         parent_table, column = parent
-        parent_key = TABLES[parent_table][0][0]
-        upto += f" AND EXISTS (SELECT 1 FROM main.{_q(parent_table)} p WHERE p.{_q(parent_key)} = s.{_q(column)})"
+        where += (f" AND EXISTS (SELECT 1 FROM main.{_q(parent_table)} p "
+                  f"WHERE p.{_q(PARENT_KEY[parent_table])} = s.{_q(column)})")
     names = ", ".join(_q(c) for c in columns)
     try:
         cursor = database.execute_sql(
             f"INSERT INTO main.{_q(table)} ({names}) SELECT {', '.join(_select(table, c) for c in columns)} "
-            f"FROM {ALIAS}.{_q(table)} s WHERE {where}{upto} ORDER BY {order}", params)
+            f"FROM {ALIAS}.{_q(table)} s WHERE {where} ORDER BY s.rowid", params)
     except pw.IntegrityError as exc:
         raise BadRequest(f"{table}: rows clash with this store's own ({exc}); copy into an empty store") from None
-    return {"copied": cursor.rowcount, "next": list(last) if last is not None else None}
+    return {"copied": cursor.rowcount, "next": last[0] if last is not None else None}
