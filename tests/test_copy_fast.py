@@ -2,16 +2,18 @@
 destination's write server, balsamdb/transfer/bulk.py), its fallback, and its exactly-once chunks."""
 
 import json
-from contextlib import closing
+import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import uuid
+from contextlib import closing
+
+import pytest
 
 import balsamdb
 from balsamdb import transfer
-from balsamdb.operations.store_bulk import source_identity
+from balsamdb.exceptions import BadRequest
+from balsamdb.operations.store_bulk import source_identity, source_proof
 from balsamdb.passwords import hash_password
 from fixtures import sqlite_dir  # noqa: F401  (a fixture)
 from helpers import db_cli, wait_for
@@ -163,14 +165,17 @@ def test_a_retried_chunk_is_applied_once_and_a_non_empty_destination_takes_the_g
     with balsamdb.connect(src) as db:
         seed(db, jobs=50)
     path = str((src / "db.sqlite3").resolve())
-    params = {"source": path, "identity": source_identity(path), "host": __import__("socket").gethostname(),
-              "table": "user", "after": None, "limit": 5000}
+    params = {"source": path, "identity": source_identity(path), "host": socket.gethostname(),
+              "proof": source_proof(path), "table": "user", "after": None, "limit": 5000}
     with balsamdb.connect(dst) as db:  # no server: this process writes directly, the same operation
         request_id = uuid.uuid4().hex
         first = db.request("bulk_copy", params, request_id=request_id)
         again = db.request("bulk_copy", params, request_id=request_id)
         assert first == again == {"copied": 2, "next": None}
         assert db.call("store_counts")["user"] == 2  # applied once
+        # A caller that cannot read the source's DB directory (its secret) cannot make the store copy it.
+        with pytest.raises(BadRequest, match="proof"):
+            db.call("bulk_copy", **dict(params, table="project", proof="0" * 64))
         source, destination = transfer.open_store(src), transfer.open_store(dst)
         try:
             fast, why = transfer.bulk.fast_path(source, destination)

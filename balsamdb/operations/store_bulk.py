@@ -17,6 +17,8 @@ the records' keep the full-text index, as for every other insert.  A launcher's 
 lease) is not copied, as on the general path.
 """
 
+import hashlib
+import hmac
 import os
 import socket
 from urllib.parse import quote
@@ -58,6 +60,16 @@ def _q(name):
     return '"' + name.replace('"', '""') + '"'
 
 
+def source_proof(path):
+    """What shows that the caller may read the source DB directory of the SQLite file ``path``:
+    an HMAC of the path under the directory's own secret (mode 0600, its owner's).  A caller who
+    may write to this store (an admin of its HTTP store, say) but not read that directory cannot
+    make the server copy it, nor learn from the server whether a file is there."""
+    with open(os.path.join(os.path.dirname(path), "secret"), "rb") as handle:
+        key = handle.read()
+    return hmac.new(key, b"bulk_copy\0" + os.fsencode(path), hashlib.sha256).hexdigest()
+
+
 def source_identity(path):
     """``[st_dev, st_ino]`` of the file at ``path``: the caller and the server agree on which
     file they mean (a path names another file on another host, or after a rename)."""
@@ -73,7 +85,14 @@ def attached(database, alias=ALIAS):
     return None
 
 
-def _attach(database, path, identity, host):
+def _attach(database, path, identity, host, proof):
+    try:
+        proven = isinstance(proof, str) and hmac.compare_digest(source_proof(path), proof)
+    except OSError:
+        proven = False
+    if not proven:
+        raise BadRequest(f"the server may not read {path} for this copy: the proof of its DB directory's "
+                         "secret is missing or wrong")
     if host != socket.gethostname():
         raise BadRequest(f"the source {path} is on host {host}; this server runs on {socket.gethostname()} "
                          "(SQLite's WAL is read safely only on the host that writes it)")
@@ -118,10 +137,11 @@ def _select(table, column):
 
 
 @operation(write=True)
-def bulk_copy(source, identity, host, table, after=None, limit=5000):
+def bulk_copy(source, identity, host, proof, table, after=None, limit=5000):
     """Copy one chunk of SQLite table ``table`` (one of :data:`TABLES`) from the SQLite file
     ``source`` (an absolute path on this server's host ``host``, whose ``os.stat`` gives
-    ``identity`` = ``[st_dev, st_ino]``) into this store, as they are, with their rowids: the
+    ``identity`` = ``[st_dev, st_ino]``; ``proof``: :func:`source_proof`, made by a caller who
+    can read the source's DB directory) into this store, as they are, with their rowids: the
     rows whose rowid is above ``after`` (null for the first chunk), at most ``limit`` of them.
     Same schema version on both sides; SQLite only.  A child row whose parent row is not here
     is left out.  Returns ``{"copied": rows inserted, "next": the last rowid read, or null when
@@ -144,7 +164,7 @@ def bulk_copy(source, identity, host, table, after=None, limit=5000):
     if limit > MAX_ROWS:
         raise BadRequest(f"limit is at most {MAX_ROWS}")
     after = -(1 << 63) if after is None else check_number(after, "after", int, -(1 << 63))
-    _attach(database, source, identity, check_text(host, "host", max_len=255))
+    _attach(database, source, identity, check_text(host, "host", max_len=255), proof)
     columns = _check_schema(database, table)
     last = database.execute_sql(f"SELECT rowid FROM {ALIAS}.{_q(table)} WHERE rowid > ? ORDER BY rowid "
                                 "LIMIT 1 OFFSET ?", (after, limit - 1)).fetchone()

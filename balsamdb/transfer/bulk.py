@@ -21,7 +21,7 @@ import sqlite3
 from urllib.parse import quote
 
 from ..exceptions import BalsamDBError, TransferError
-from ..operations.store_bulk import TABLES, source_identity
+from ..operations.store_bulk import TABLES, source_identity, source_proof
 from ..wording import plural
 
 #: rows per bulk_copy request: one chunk holds the destination's writer about 0.1-0.2 s (measured at
@@ -96,7 +96,7 @@ def bulk_pass(src, dst, bar=None, stop=None):
     server; returns ``{table: rows copied}``.  Raises :class:`BalsamDBError` when the server
     refuses (the caller falls back to the general path, which completes any partial copy)."""
     path = str(_sqlite_dbdir(src).sqlite_file.resolve())
-    identity, host = source_identity(path), socket.gethostname()
+    identity, host, proof = source_identity(path), socket.gethostname(), source_proof(path)
     copied = {}
     try:
         for table in TABLES:
@@ -104,7 +104,8 @@ def bulk_pass(src, dst, bar=None, stop=None):
             while True:
                 if stop is not None and stop.is_set():
                     raise TransferError("the copy was interrupted; run it again to finish (nothing is copied twice)")
-                answer = dst.db.call("bulk_copy", source=path, identity=identity, host=host, table=table,
+                answer = dst.db.call("bulk_copy", source=path, identity=identity, host=host, proof=proof,
+                                     table=table,
                                      after=after, limit=CHUNK_ROWS.get(table, DEFAULT_CHUNK_ROWS))
                 copied[table] += answer["copied"]
                 if bar is not None and table in ITEM_TABLES.values():
