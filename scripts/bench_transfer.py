@@ -91,6 +91,7 @@ def main(argv=None):
             items = sum(v["added"] + v["updated"] + v["unchanged"] for v in report["first_pass"].values())
             out["copy"] = {"path": report.get("path", "items"), "items": items, "wall_s": round(wall, 2),
                            "first_pass_s": report.get("first_pass_seconds"), "passes": report["passes"],
+                           "longest_chunk_s": report.get("bulk_longest_chunk_seconds"),
                            "items_per_s": round(items / wall),
                            "reported_items_per_s": report["items_per_second"],
                            "verified": report["verification"]["verified"], "cli_cpu_s": round(cpu, 2),

@@ -18,6 +18,7 @@ would read the source's WAL from a host that does not write it, which SQLite doe
 
 import socket
 import sqlite3
+import time
 from urllib.parse import quote
 
 from ..exceptions import BalsamDBError, TransferError
@@ -93,20 +94,23 @@ def fast_path(src, dst, dry_run=False):
 
 def bulk_pass(src, dst, bar=None, stop=None):
     """Copy every table of ``src`` into ``dst`` with ``bulk_copy`` requests to ``dst``'s write
-    server; returns ``{table: rows copied}``.  Raises :class:`BalsamDBError` when the server
+    server; returns ``({table: rows copied}, the longest round trip of one chunk in seconds)``: how long
+    the destination's other writers may have waited behind one.  Raises :class:`BalsamDBError` when the server
     refuses (the caller falls back to the general path, which completes any partial copy)."""
     path = str(_sqlite_dbdir(src).sqlite_file.resolve())
     identity, host, proof = source_identity(path), socket.gethostname(), source_proof(path)
-    copied = {}
+    copied, longest = {}, 0.0
     try:
         for table in TABLES:
             after, copied[table] = None, 0
             while True:
                 if stop is not None and stop.is_set():
                     raise TransferError("the copy was interrupted; run it again to finish (nothing is copied twice)")
+                began = time.monotonic()
                 answer = dst.db.call("bulk_copy", source=path, identity=identity, host=host, proof=proof,
                                      table=table,
                                      after=after, limit=CHUNK_ROWS.get(table, DEFAULT_CHUNK_ROWS))
+                longest = max(longest, time.monotonic() - began)
                 copied[table] += answer["copied"]
                 if bar is not None and table in ITEM_TABLES.values():
                     bar.update(answer["copied"], f"{table}s")
@@ -115,7 +119,7 @@ def bulk_pass(src, dst, bar=None, stop=None):
                     break
     finally:
         detach(dst)
-    return copied
+    return copied, longest
 
 
 def detach(dst):

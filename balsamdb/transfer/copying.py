@@ -152,14 +152,14 @@ def _bulk_first_pass(src, dst, kinds, report, bar, stop, say):
     general path's pass 1 (which completes a partial bulk copy: every write is idempotent)."""
     began = src.export(KINDS[0], limit=1)["now"]  # the source's clock, as a page of the general path gives it
     try:
-        rows = bulk_pass(src, dst, bar, stop)
+        rows, longest = bulk_pass(src, dst, bar, stop)
     except TransferError:
         raise
     except BalsamDBError as exc:
         report["path"], report["path_reason"] = "items", f"the fast path was refused ({exc}); the general path ran"
         say(f"path: items ({report['path_reason']})")
         return one_pass(src, dst, kinds, None, False, bar, stop)
-    report["bulk_rows"] = rows
+    report["bulk_rows"], report["bulk_longest_chunk_seconds"] = rows, round(longest, 3)
     return began, {k: {"added": rows.get(ITEM_TABLES[k], 0), "updated": 0, "unchanged": 0} for k in kinds}
 
 
