@@ -70,6 +70,7 @@ def main(argv=None):
     work = Path(tempfile.mkdtemp(prefix="bdb-transfer-", dir=args.workdir))
     out = {"load_before": os.getloadavg()}
     subprocess.run(DB + ["dbserver", "--path", source], check=True, capture_output=True)
+    started = [source]
     source_pids = _server_pids(source)
     try:
         if "export" in args.what:
@@ -84,6 +85,7 @@ def main(argv=None):
             destination = work / "copy"
             subprocess.run(DB + ["init", str(destination)], check=True, capture_output=True)
             subprocess.run(DB + ["dbserver", "--path", str(destination)], check=True, capture_output=True)
+            started.append(destination)
             dest_pids = _server_pids(destination)
             source_cpu, dest_cpu = _cpu(source_pids), _cpu(dest_pids)
             wall, cpu, text = _run(DB + ["copy", source, str(destination), "--json"], work)
@@ -99,8 +101,10 @@ def main(argv=None):
                            "source_server_cpu_s": round(_cpu(source_pids) - source_cpu, 2)}
             out["copy"]["items_per_cpu_s"] = round(items / (out["copy"]["cli_cpu_s"]
                                                             + out["copy"]["destination_server_cpu_s"]))
-            subprocess.run(DB + ["dbserver", "--stop", "--path", str(destination)], capture_output=True)
     finally:
+        # every server it started is stopped, also after a failed copy (before its directory goes)
+        for path in started:
+            subprocess.run(DB + ["dbserver", "--stop", "--path", str(path)], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
     out["load_after"] = os.getloadavg()
     print(json.dumps(out))
