@@ -131,6 +131,21 @@ def detach(dst):
         pass
 
 
+def arrivals_sql(src, kinds, began):
+    """What ``copying._arrivals`` answers, counted in SQL on a read-only connection of SRC's file (the
+    jobs by their ``updated_at`` index; no item is made): records and jobs added or changed since
+    ``began``."""
+    out = {}
+    with _readonly(_sqlite_dbdir(src).sqlite_file) as conn:
+        for kind in ("record", "job"):
+            if kind in kinds:
+                added, updated = conn.execute(f"SELECT coalesce(sum(created_at >= ?), 0), coalesce(sum(created_at < ?), "
+                                              f"0) FROM {kind} WHERE updated_at >= ?", (began, began, began)).fetchone()
+                if added or updated:
+                    out[kind] = {"added": added, "updated": updated}
+    return out
+
+
 # -- verification in SQL -------------------------------------------------------------------------------
 
 def _columns(conn, table, skip=()):

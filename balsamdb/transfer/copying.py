@@ -5,7 +5,7 @@ import time
 from ..exceptions import BalsamDBError, TransferError
 from ..operations.stores import KINDS, item_key
 from ..wording import plural
-from .bulk import ITEM_TABLES, bulk_pass, compare_sql, fast_path
+from .bulk import ITEM_TABLES, arrivals_sql, bulk_pass, compare_sql, fast_path
 from .endpoints import import_batch, pages
 
 SLACK = 5.0          # seconds: a catch-up pass re-reads what changed this long before the previous one began
@@ -139,7 +139,8 @@ def copy_store(src, dst, dry_run=False, progress=False, log=None, stop=None):
             break
     check = verify_sql if report["path"] == "sqlite-bulk" else verify
     report["verification"] = check(src, dst, kinds, pass_start, say)
-    report["during_copy"] = _arrivals(src, kinds, copy_began)
+    arrivals = arrivals_sql if report["path"] == "sqlite-bulk" else _arrivals
+    report["during_copy"] = arrivals(src, kinds, copy_began)
     seconds = time.monotonic() - started
     report["seconds"] = round(seconds, 3)
     copied = sum(v["added"] + v["updated"] + v["unchanged"] for v in report["first_pass"].values())
