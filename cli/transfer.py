@@ -48,6 +48,10 @@ def copy(src, dst, dry_run, as_json):
     present once.  Writers may keep writing to SRC: later passes copy what
     changed, and the report says what arrived during the copy.
 
+    A SQLite DB directory copied into a new one (nothing in it yet) takes a
+    fast path: DST's server copies the rows in SQL and the check compares both
+    files in SQL (docs/transfer.md); the report's "path" says which ran.
+
     Example:
 
     \b
@@ -70,6 +74,7 @@ def copy(src, dst, dry_run, as_json):
         return
     verb = "would copy" if dry_run else "copied"
     click.echo(f"{verb} {report['source']} -> {report['destination']}: {_kind_counts(report['first_pass'])}")
+    click.echo(f"path: {report['path']} ({report['path_reason']})")
     skipped = [f"{count} {kind}s" for kind, count in report["skipped_kinds"].items() if count]
     if skipped:
         click.echo(f"not copied: {', '.join(skipped)} ({'; '.join(report['limits'])})")

@@ -4,7 +4,8 @@
 
 The source's server is started (it keeps running during both, as a campaign's would).  `db copy`
 goes into a new DB directory (its server started by the copy, as a user's would be); `db export`
-into a file.  Prints one JSON object: wall seconds, items (or lines) per wall second, and CPU
+into a file.  The copy takes the fast path (rows copied in SQL by the destination's server,
+``"path": "sqlite-bulk"``) where it applies, as here: a DB directory into a new one.  Prints one JSON object: wall seconds, items (or lines) per wall second, and CPU
 seconds (user + system) of the CLI process, of the destination's write server and of the
 source's processes, so that a loaded machine's waiting can be told from the work.
 """
@@ -69,6 +70,7 @@ def main(argv=None):
     work = Path(tempfile.mkdtemp(prefix="bdb-transfer-", dir=args.workdir))
     out = {"load_before": os.getloadavg()}
     subprocess.run(DB + ["dbserver", "--path", source], check=True, capture_output=True)
+    started = [source]
     source_pids = _server_pids(source)
     try:
         if "export" in args.what:
@@ -83,20 +85,26 @@ def main(argv=None):
             destination = work / "copy"
             subprocess.run(DB + ["init", str(destination)], check=True, capture_output=True)
             subprocess.run(DB + ["dbserver", "--path", str(destination)], check=True, capture_output=True)
+            started.append(destination)
             dest_pids = _server_pids(destination)
             source_cpu, dest_cpu = _cpu(source_pids), _cpu(dest_pids)
             wall, cpu, text = _run(DB + ["copy", source, str(destination), "--json"], work)
             report = json.loads(text)
             items = sum(v["added"] + v["updated"] + v["unchanged"] for v in report["first_pass"].values())
-            out["copy"] = {"items": items, "wall_s": round(wall, 2), "items_per_s": round(items / wall),
+            out["copy"] = {"path": report.get("path", "items"), "items": items, "wall_s": round(wall, 2),
+                           "first_pass_s": report.get("first_pass_seconds"), "passes": report["passes"],
+                           "longest_chunk_s": report.get("bulk_longest_chunk_seconds"),
+                           "items_per_s": round(items / wall),
                            "reported_items_per_s": report["items_per_second"],
                            "verified": report["verification"]["verified"], "cli_cpu_s": round(cpu, 2),
                            "destination_server_cpu_s": round(_cpu(dest_pids) - dest_cpu, 2),
                            "source_server_cpu_s": round(_cpu(source_pids) - source_cpu, 2)}
             out["copy"]["items_per_cpu_s"] = round(items / (out["copy"]["cli_cpu_s"]
                                                             + out["copy"]["destination_server_cpu_s"]))
-            subprocess.run(DB + ["dbserver", "--stop", "--path", str(destination)], capture_output=True)
     finally:
+        # every server it started is stopped, also after a failed copy (before its directory goes)
+        for path in started:
+            subprocess.run(DB + ["dbserver", "--stop", "--path", str(path)], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
     out["load_after"] = os.getloadavg()
     print(json.dumps(out))

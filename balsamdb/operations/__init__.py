@@ -10,14 +10,15 @@ anything is written; no SQL crosses the wire.
 - :mod:`.checks`: validators of parameters
 - :mod:`.jobs` (with :mod:`.parents`: dependencies), :mod:`.leases` (claims of launchers, lost runs),
   :mod:`.records` (and projects), :mod:`.users` (and permissions)
-- :mod:`.stores` (export and digest of a whole store), :mod:`.store_import` (``import_items``)
+- :mod:`.stores` (export and digest of a whole store), :mod:`.store_import` (``import_items``),
+  :mod:`.store_bulk` (``bulk_copy``: SQLite rows copied in SQL, the fast path of ``db copy``)
 
 :mod:`balsamdb.applier` runs them (``lookup``, ``bind_params``, then the
 function) while the models are bound to a database and a transaction is open.
 """
 
 # The modules that register operations, imported in the order the operations are listed.
-from . import jobs, leases, records, record_links, pages, users, stores, store_import, upkeep, server
+from . import jobs, leases, records, record_links, pages, users, stores, store_import, store_bulk, upkeep, server
 from .checks import (INT_MAX, MAX_LIST, check_flag, check_number, check_object, check_project_name,
                      check_saved_by, check_str_list, check_text, check_user_name, check_uuid, chunks)
 from ..job_fields import CREATE_ONLY, JOB_KEYS
@@ -78,6 +79,7 @@ __all__ = [
     "records",
     "server",
     "sort_time",
+    "store_bulk",
     "store_import",
     "stores",
     "users",

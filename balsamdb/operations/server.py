@@ -28,3 +28,10 @@ def spool_drain(*, server):
     """Apply a batch of the spooled writes now: `{"applied", "pending"}` (the server drains them
     by itself; this is for `db spool --drain`)."""
     return server.spool_drain()
+
+
+@operation(write=False, server=True)
+def bulk_copy_detach(*, server):
+    """Detach the source file that ``bulk_copy`` attached to the server's connection (outside any
+    transaction: SQLite refuses a DETACH inside one): `{"detached": true}`, or false when none was."""
+    return server.bulk_copy_detach()

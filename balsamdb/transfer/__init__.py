@@ -14,10 +14,15 @@ began, until one finds nothing new), then verifies by comparing the per-project
 counts and digests of both stores up to one moment of the source's clock.  Every
 write is idempotent, so a copy that was killed is simply run again.
 
-Modules: :mod:`.endpoints` (opening a store), :mod:`.copying` (copy and verify),
+A SQLite DB directory copied into a new (empty) one takes a fast path (:mod:`.bulk`): the
+destination's write server copies the rows in SQL, and the verification compares both files
+in SQL; the report's ``path`` says which path ran, and why.
+
+Modules: :mod:`.endpoints` (opening a store), :mod:`.copying` (copy and verify), :mod:`.bulk` (the fast path),
 :mod:`.files` (export files), :mod:`.configure` (``configure_store``).
 """
 
+from . import bulk, copying
 from .configure import configure_store, copy_applied_requests
 from .copying import MAX_PASSES, SLACK, VERIFY_TRIES, Progress, copy_store, verify
 from .endpoints import (MAX_CHUNK_BYTES, PAGE, OperationStore, SQLDatabase, SumatraDjangoStore, SumatraStore,
@@ -26,5 +31,5 @@ from .files import EXPORT_FORMAT, check_export, export_file, export_store, impor
 
 __all__ = ["EXPORT_FORMAT", "MAX_CHUNK_BYTES", "MAX_PASSES", "PAGE", "SLACK", "VERIFY_TRIES", "OperationStore",
            "Progress", "SQLDatabase", "SumatraDjangoStore", "SumatraStore", "check_export", "configure_store",
-           "copy_applied_requests", "copy_store", "digest_pages", "export_file", "export_store", "import_file", "open_store",
+           "bulk", "copy_applied_requests", "copy_store", "copying", "digest_pages", "export_file", "export_store", "import_file", "open_store",
            "read_footer", "sqlite_file_store", "verify"]

@@ -2,9 +2,10 @@
 
 import time
 
-from ..exceptions import TransferError
+from ..exceptions import BalsamDBError, TransferError
 from ..operations.stores import KINDS, item_key
 from ..wording import plural
+from .bulk import ITEM_TABLES, arrivals_sql, bulk_pass, compare_sql, fast_path
 from .endpoints import import_batch, pages
 
 SLACK = 5.0          # seconds: a catch-up pass re-reads what changed this long before the previous one began
@@ -106,9 +107,15 @@ def copy_store(src, dst, dry_run=False, progress=False, log=None, stop=None):
               "record_versions": "current only" if versions_note else "all"}
     if versions_note:
         report["limits"].append(versions_note)
+    fast, why = fast_path(src, dst, dry_run)
+    report["path"], report["path_reason"] = ("sqlite-bulk" if fast else "items"), why
+    say(f"path: {report['path']} ({why})")
     bar = Progress(progress, total, "copy" if not dry_run else "dry run")
     try:
-        pass_start, totals = one_pass(src, dst, kinds, None, dry_run, bar, stop)
+        if fast:
+            pass_start, totals = _bulk_first_pass(src, dst, kinds, report, bar, stop, say)
+        else:
+            pass_start, totals = one_pass(src, dst, kinds, None, dry_run, bar, stop)
         report["first_pass"] = totals
         report["passes"] = 1
         first_seconds = time.monotonic() - started
@@ -130,13 +137,31 @@ def copy_store(src, dst, dry_run=False, progress=False, log=None, stop=None):
         pass_start = next_start
         if not any(moved.values()):
             break
-    report["verification"] = verify(src, dst, kinds, pass_start, say)
-    report["during_copy"] = _arrivals(src, kinds, copy_began)
+    check = verify_sql if report["path"] == "sqlite-bulk" else verify
+    report["verification"] = check(src, dst, kinds, pass_start, say)
+    arrivals = arrivals_sql if report["path"] == "sqlite-bulk" else _arrivals
+    report["during_copy"] = arrivals(src, kinds, copy_began)
     seconds = time.monotonic() - started
     report["seconds"] = round(seconds, 3)
     copied = sum(v["added"] + v["updated"] + v["unchanged"] for v in report["first_pass"].values())
     report["items_per_second"] = round(copied / seconds, 1) if seconds > 0 else None
     return report
+
+
+def _bulk_first_pass(src, dst, kinds, report, bar, stop, say):
+    """Pass 1 of the fast path (:mod:`.bulk`); where the destination's server refuses it, the
+    general path's pass 1 (which completes a partial bulk copy: every write is idempotent)."""
+    began = src.export(KINDS[0], limit=1)["now"]  # the source's clock, as a page of the general path gives it
+    try:
+        rows, longest = bulk_pass(src, dst, bar, stop)
+    except TransferError:
+        raise
+    except BalsamDBError as exc:
+        report["path"], report["path_reason"] = "items", f"the fast path was refused ({exc}); the general path ran"
+        say(f"path: items ({report['path_reason']})")
+        return one_pass(src, dst, kinds, None, False, bar, stop)
+    report["bulk_rows"], report["bulk_longest_chunk_seconds"] = rows, round(longest, 3)
+    return began, {k: {"added": rows.get(ITEM_TABLES[k], 0), "updated": 0, "unchanged": 0} for k in kinds}
 
 
 def _arrivals(src, kinds, began):
@@ -214,3 +239,25 @@ def verify(src, dst, kinds, until, say=lambda s: None):
                                 ". Run db copy again (it copies only what is missing)")
         next_until, _totals = one_pass(src, dst, kinds, until - SLACK, False, None, None)
         until = next_until
+
+
+def verify_sql(src, dst, kinds, until, say=lambda s: None):
+    """:func:`verify` for the fast path: the two SQLite files compared in SQL (:func:`.bulk.compare_sql`)
+    instead of digests computed here; the same report, with ``"method": "sql"``, the rows
+    compared per table, and ``null`` digests."""
+    for attempt in range(1, VERIFY_TRIES + 1):
+        problems, extra, summary = compare_sql(src, dst, until)
+        if not problems:
+            checked, changing = _compare_changed(src, dst, kinds, until)
+            say(f"verified in SQL: {plural(len(summary['projects']), 'project')}, "
+                f"{plural(summary['jobs']['count'], 'job')}, {plural(summary['users']['count'], 'user')}, "
+                f"{plural(sum(summary['tables'].values()), 'row')} equal on both sides; {plural(checked, 'item')} "
+                f"that changed after the check began compared one by one, {changing} of them still changing"
+                + (f"; {'; '.join(extra)}" if extra else ""))
+            return {"verified": True, "method": "sql", "until": until, "compared_one_by_one": checked,
+                    "left_out_changing": changing, "destination_holds_more": extra, **summary}
+        say(f"check {attempt}: {'; '.join(problems[:5])}: catching up again")
+        if attempt == VERIFY_TRIES:
+            raise TransferError("the copy differs from its source: " + "; ".join(problems[:10]) +
+                                ". Run db copy again (it copies only what is missing)")
+        until, _totals = one_pass(src, dst, kinds, until - SLACK, False, None, None)

@@ -40,6 +40,18 @@ class ServerOperations:
         return {"applied": server.drain_spool(once=True),
                 "pending": len(server.barrier.waiting(server.spool.names()))}
 
+    def bulk_copy_detach(self):
+        from balsamdb.operations.store_bulk import ALIAS, attached
+
+        server = self.server
+        if server.db_type != "sqlite3":
+            return {"detached": False}
+        server.committer.settle()  # the connection is the batch thread's while it runs a batch
+        if attached(server.database) is None:
+            return {"detached": False}
+        server.database.execute_sql(f"DETACH DATABASE {ALIAS}")
+        return {"detached": True}
+
     def status(self):
         server = self.server
         status = server.stats.to_dict()

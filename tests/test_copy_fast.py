@@ -1,0 +1,185 @@
+"""`db copy` of a SQLite DB directory into a new one: the fast path (rows copied in SQL by the
+destination's write server, balsamdb/transfer/bulk.py), its fallback, and its exactly-once chunks."""
+
+import json
+import socket
+import sqlite3
+import threading
+import uuid
+from contextlib import closing
+
+import pytest
+
+import balsamdb
+from balsamdb import transfer
+from balsamdb.exceptions import BadRequest
+from balsamdb.operations.store_bulk import source_identity, source_proof
+from balsamdb.passwords import hash_password
+from fixtures import sqlite_dir  # noqa: F401  (a fixture)
+from helpers import db_cli, wait_for
+from records import sweep_record
+
+COPY_TIMEOUT = 300
+#: rows of these tables are compared as they are (beyond the items): what the server queries
+RAW = {"job_parent": "SELECT child, parent FROM job_parent ORDER BY 1, 2",
+       "job_state_count": "SELECT workflow, state, n FROM job_state_count WHERE n > 0 ORDER BY 1, 2",
+       "job_tag": "SELECT job_id, tag, created_at FROM job_tag ORDER BY 1, 2",
+       "record_file": "SELECT r.project_id, r.label, f.role, f.path, f.sha256 FROM record_file f "
+                      "JOIN record r ON r.id = f.record_id ORDER BY 1, 2, 3, 4"}
+
+
+def seed(db, jobs):
+    """Users, a permission, records with several versions and files, jobs with states,
+    history, tags and parents; returns the ids of the jobs still CREATED."""
+    db.call("user_save", name="lab", password_hash=hash_password("pw"), admin=True)
+    db.call("user_save", name="ada", password_hash=hash_password("pw"))
+    db.call("permission_grant", project="Sweep", user="ada")
+    for i in range(60):
+        db.records.save("Sweep", sweep_record(f"run-{i:03d}", i))
+        if i % 3 == 0:  # a second version
+            db.records.save("Sweep", sweep_record(f"run-{i:03d}", i, outcome="rerun"))
+    ids = db.jobs.bulk_create([{"name": f"job-{i}", "workflow": f"wf{i % 3}", "tags": [f"g{i % 4}"],
+                                "data": {"i": i}} for i in range(jobs)], make_workdir=False)
+    children = db.jobs.bulk_create([{"name": f"child-{i}", "workflow": "wf0", "parents": [ids[i], ids[i + 1]]}
+                                    for i in range(20)], make_workdir=False)
+    for job_id in ids[:30]:
+        db.jobs.update_state(job_id, "RUNNING", "started")
+        db.jobs.update_state(job_id, "RUN_DONE", "exit 0")
+    assert children
+    return ids[30:]
+
+
+class SourceWriter(threading.Thread):
+    """Writes to the source through its server until stopped: new jobs, state changes of old
+    ones, new versions of records; ``acked`` holds the ids of the jobs it created."""
+
+    def __init__(self, path, created):
+        super().__init__(daemon=True)
+        self.path, self.created = path, list(created)
+        self.stop, self.acked, self.error = threading.Event(), [], None
+
+    def run(self):
+        try:
+            with balsamdb.connect(self.path, require_server=True) as db:
+                n = 0
+                while not self.stop.is_set():
+                    job_id = str(uuid.uuid4())
+                    db.jobs.bulk_create([{"id": job_id, "name": f"late-{n}", "workflow": "late", "tags": ["late"]}],
+                                        make_workdir=False)
+                    self.acked.append(job_id)
+                    if n < len(self.created):
+                        db.jobs.update_state(self.created[n], "RUNNING", "during the copy")
+                    if n % 5 == 0:
+                        db.records.save("Sweep", sweep_record(f"run-{n % 60:03d}", n % 60, reason=f"during {n}"))
+                    n += 1
+        except Exception as exc:  # reported by the test
+            self.error = exc
+
+
+def every_item(path):
+    """Every item of the store at ``path`` (records with their versions), in key order."""
+    store = transfer.open_store(path)
+    try:
+        out = {}
+        for kind in store.kinds:
+            out[kind], after = [], None
+            while True:
+                page = store.export(kind, after, 5000)
+                out[kind].extend(page["items"])
+                after = page["next"]
+                if after is None:
+                    break
+        return out
+    finally:
+        store.close()
+
+
+def raw_rows(path):
+    with closing(sqlite3.connect(f"file:{path / 'db.sqlite3'}?mode=ro", uri=True)) as con:
+        return {name: con.execute(sql).fetchall() for name, sql in RAW.items()}
+
+
+def test_a_copy_into_a_new_directory_takes_the_fast_path_while_the_source_is_written(sqlite_dir):
+    src, dst = sqlite_dir("src"), sqlite_dir("dst")
+    with balsamdb.connect(src) as db:
+        created = seed(db, jobs=1500)
+    assert db_cli("dbserver", "--path", src).returncode == 0
+    assert db_cli("dbserver", "--path", dst).returncode == 0
+    writer = SourceWriter(src, created)
+    writer.start()
+    try:
+        wait_for(lambda: len(writer.acked) >= 20 or writer.error, 60, "the source's writer to write")
+        copied = db_cli("copy", src, dst, "--json", timeout=COPY_TIMEOUT)
+        acked_before_end = set(writer.acked)
+        wait_for(lambda: len(writer.acked) > len(acked_before_end) + 5 or writer.error, 60,
+                 "the writer to go on after the copy")  # so it wrote during the whole copy
+    finally:
+        writer.stop.set()
+        writer.join(60)
+    assert writer.error is None, writer.error
+    assert copied.returncode == 0, copied.stderr
+    report = json.loads(copied.stdout)
+    assert report["path"] == "sqlite-bulk", report["path_reason"]
+    assert report["bulk_rows"]["job"] >= 1520 and report["bulk_rows"]["record_version"] >= 80
+    assert report["bulk_rows"]["job_parent"] == 40
+    check = report["verification"]
+    assert check["verified"] and check["method"] == "sql"
+    assert report["during_copy"]["job"]["added"] > 0  # the writer wrote while it copied
+    # What the fast path copied, read back on both sides: every item not changed after the check's
+    # moment is in the copy, equal, once; the jobs written after it are those the report compared
+    # one by one (a later run brings them).
+    a, b = every_item(src), every_item(dst)
+    for kind in a:
+        keys = [tuple(transfer.copying.item_key(i)) for i in b[kind]]
+        assert len(keys) == len(set(keys)), f"a {kind} twice in the copy"
+        copied = {tuple(transfer.copying.item_key(i)): i for i in b[kind]}
+        kept = [i for i in a[kind] if kind not in ("job", "record") or i["updated_at"] <= check["until"]]
+        differ = [i for i in kept if copied.get(tuple(transfer.copying.item_key(i))) != i]
+        assert not differ, f"{len(differ)} of {len(kept)} {kind}s missing or different in the copy, e.g. {differ[0]}"
+    created = {item["id"]: item["created_at"] for item in a["job"]}
+    missing = {i for i in acked_before_end - set(k[0] for k in map(transfer.copying.item_key, b["job"]))
+               if created[i] <= check["until"]}
+    assert not missing, f"{len(missing)} acknowledged jobs missing, e.g. {sorted(missing)[:3]}"
+    with closing(sqlite3.connect(f"file:{dst / 'db.sqlite3'}?mode=ro", uri=True)) as con:  # the triggers' tables
+        assert con.execute(RAW["job_state_count"]).fetchall() == con.execute(
+            "SELECT workflow, state, count(*) FROM job GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+        assert con.execute("SELECT count(*) FROM record_fts(?)", ('"run-0"',)).fetchone()[0] == 60
+
+    # The destination now holds jobs: a second run takes the general path, and brings the rest.
+    again = db_cli("copy", src, dst, "--json", timeout=COPY_TIMEOUT)
+    assert again.returncode == 0, again.stderr
+    second = json.loads(again.stdout)
+    assert second["path"] == "items" and "not empty" in second["path_reason"], second["path_reason"]
+    db_cli("dbserver", "--stop", "--path", src)
+    db_cli("dbserver", "--stop", "--path", dst)
+    a, b = every_item(src), every_item(dst)
+    for kind in a:
+        keys = [tuple(transfer.copying.item_key(i)) for i in b[kind]]
+        assert len(keys) == len(set(keys)), f"a {kind} twice in the copy"
+        assert a[kind] == b[kind], f"the {kind}s differ"
+    assert raw_rows(src) == raw_rows(dst)
+
+
+def test_a_retried_chunk_is_applied_once_and_a_non_empty_destination_takes_the_general_path(sqlite_dir):
+    src, dst = sqlite_dir("src"), sqlite_dir("dst")
+    with balsamdb.connect(src) as db:
+        seed(db, jobs=50)
+    path = str((src / "db.sqlite3").resolve())
+    params = {"source": path, "identity": source_identity(path), "host": socket.gethostname(),
+              "proof": source_proof(path), "table": "user", "after": None, "limit": 5000}
+    with balsamdb.connect(dst) as db:  # no server: this process writes directly, the same operation
+        request_id = uuid.uuid4().hex
+        first = db.request("bulk_copy", params, request_id=request_id)
+        again = db.request("bulk_copy", params, request_id=request_id)
+        assert first == again == {"copied": 2, "next": None}
+        assert db.call("store_counts")["user"] == 2  # applied once
+        # A caller that cannot read the source's DB directory (its secret) cannot make the store copy it.
+        with pytest.raises(BadRequest, match="proof"):
+            db.call("bulk_copy", **dict(params, table="project", proof="0" * 64))
+        source, destination = transfer.open_store(src), transfer.open_store(dst)
+        try:
+            fast, why = transfer.bulk.fast_path(source, destination)
+        finally:
+            source.close()
+            destination.close()
+    assert not fast and "not empty (2 users)" in why
