@@ -27,6 +27,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -68,11 +69,11 @@ def _api_reads(db, row, size):
         row["lost"] += abs(seen - len(running))
 
 
-def _cli(dbdir, row):
-    starts = [scale_procs.run_db(["ls", "--limit", "1", "--path", dbdir.path]) for _ in range(5)]
+def _cli(dbdir, row, repeat):
+    starts = [scale_procs.run_db(["ls", "--limit", "1", "--path", dbdir.path]) for _ in range(repeat)]
     row["cli_startup_s"] = round(min(s["wall_s"] for s in starts), 3)
     row["cli_startup_cpu_s"] = round(min(s["cpu_s"] for s in starts), 3)
-    row["cli_version_s"] = round(min(scale_procs.run_db(["--version"])["wall_s"] for _ in range(3)), 3)
+    row["cli_version_s"] = round(min(scale_procs.run_db(["--version"])["wall_s"] for _ in range(repeat)), 3)
 
 
 def _full_ls(dbdir, row, workdir):
@@ -222,7 +223,7 @@ def _read_back(dbdir, row, loaded_jobs, acked):
 def measure(db, fresh, grown, fresh_dir, args, size, n_records, workdir, acked):
     row = {"records": n_records, "notes": [], "lost": 0, "acked": []}
     steps = [("api reads", lambda: _api_reads(db, row, size)),
-             ("cli start-up", lambda: _cli(grown, row)),
+             ("cli start-up", lambda: _cli(grown, row, max(2, min(5, args.repeat)))),
              ("db ls", lambda: _full_ls(grown, row, workdir)),
              ("web pages", lambda: _pages(grown, row, n_records, args.repeat)),
              ("rates", lambda: _rates(db, fresh, row, args, workdir, size)),
@@ -318,9 +319,9 @@ def parser():
     parse.add_argument("--writers", type=int, default=32, help="writer processes of the write-rate comparison")
     parse.add_argument("--writes", type=int, default=50, help="jobs each writer makes")
     parse.add_argument("--bulk", type=int, default=5000, help="jobs of each bulk_create of the bulk-rate comparison")
-    parse.add_argument("--repeat", type=int, default=5, help="requests of each web page after its first two")
+    parse.add_argument("--repeat", type=int, default=5, help="requests of each web page after its first two; runs of the CLI start-up (2 to 5)")
     parse.add_argument("--cli-timeout", type=float, default=3600, help="s before db copy/export are stopped")
-    parse.add_argument("--workdir", default=None, help="where the DB directories are made (default /tmp)")
+    parse.add_argument("--workdir", default=None, help="where the DB directories are made (default: $TMPDIR or /tmp)")
     parse.add_argument("--keep", action="store_true", help="keep the DB directories")
     parse.add_argument("--json", dest="json_out", help="write the table's values to this file")
     parse.add_argument("--plot", help="draw the plot to this PNG (needs matplotlib: pip install .[bench])")
@@ -335,6 +336,9 @@ def main(argv=None):
         records = records_per_size(sizes, [int(r) for r in str(args.records).split(",")])
     except ValueError as exc:
         parse.error(str(exc))
+    # SIGTERM (a kill, or a background job's only way to be stopped) unwinds like Ctrl-C, so that the
+    # ``finally`` blocks stop every server and PostgreSQL cluster the run started
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     began = time.perf_counter()
     table = run(sizes, records, args, args.workdir)
     print(scale_targets.format_table(table))

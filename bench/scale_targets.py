@@ -49,7 +49,7 @@ INFO = [
     ("copy_s", "`db copy` s (CPU s), items"),
     ("export_s", "`db export` s (CPU s), lines"),
     ("cli_startup_cpu_s", "CLI start-up: `db ls --limit 1` CPU s (best of 5)"),
-    ("cli_version_s", "`db --version` s (best of 3)"),
+    ("cli_version_s", "`db --version` s (best of 5)"),
     ("db_size_mb", "database size MB"),
 ]
 

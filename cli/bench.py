@@ -59,7 +59,8 @@ def _targets(ctx, param, value):
 @click.option("--prefill", default=0, show_default=True, metavar="N", type=click.IntRange(min=0),
               help="With --capacity: jobs each database holds before the measurement (made, not timed).")
 @click.option("--scale", is_flag=True,
-              help="Measure the everyday reads and the bulk rate as one DB directory grows to --sizes jobs.")
+              help="Measure issue 22's targets (reads, db ls, pages, rates, copy, export) as DB directories grow "
+                   "to --sizes jobs.")
 @click.option("--sizes", default="10000,100000,1000000", show_default=True, callback=_counts,
               help="With --scale: comma-separated numbers of jobs.")
 @click.option("--records", default="10000,100000,1000000", show_default=True, callback=_counts,
@@ -112,6 +113,10 @@ def bench(ctx, writers, writes, modes, repeat, bulk, capacity, inflight, seconds
                  for name in ("writers", "writes", "bulk", "repeat")}
         if given["writers"] and "," in writers:
             raise click.BadParameter("with --scale: one number of writer processes", param_hint="--writers")
+        try:
+            grow.records_per_size(sorted(int(n) for n in sizes.split(",")), [int(n) for n in records.split(",")])
+        except ValueError as exc:
+            raise click.BadParameter(str(exc).split(": ", 1)[-1], param_hint="--records") from None
         argv = ["--sizes", sizes, "--records", records, "--backend", backend,
                 "--writers", writers if given["writers"] else "32", "--writes", str(writes if given["writes"] else 50),
                 "--bulk", str(bulk if given["bulk"] and bulk else 5000), "--repeat", str(repeat or 5)]
