@@ -325,12 +325,20 @@ def parser():
     parse.add_argument("--keep", action="store_true", help="keep the DB directories")
     parse.add_argument("--json", dest="json_out", help="write the table's values to this file")
     parse.add_argument("--plot", help="draw the plot to this PNG (needs matplotlib: pip install .[bench])")
+    parse.add_argument("--from", dest="from_files", nargs="+", metavar="FILE",
+                       help="measure nothing: the table (and --plot) of earlier runs' --json files or stderr logs")
     return parse
 
 
 def main(argv=None):
     parse = parser()
     args = parse.parse_args(argv)
+    if args.from_files:
+        table = scale_targets.read_results(args.from_files)
+        print(scale_targets.format_table(table))
+        if args.plot:
+            scale_targets.plot(table, args.plot)
+        return
     try:
         sizes = sorted(int(s) for s in str(args.sizes).split(","))
         records = records_per_size(sizes, [int(r) for r in str(args.records).split(",")])
