@@ -184,7 +184,7 @@ def _copy_export(dbdir, row, workdir, timeout):
             row["notes"].append(f"db copy: {dst_jobs} of {src_jobs} jobs, {dst_records} of {row['records']} records")
             row["lost"] += abs(src_jobs - dst_jobs) + abs(row["records"] - dst_records)
     elif copied["code"] is None:
-        row["notes"].append(f"db copy stopped at --cli-timeout, after {copied['wall_s']:.0f} s: under "
+        row["notes"].append(f"db copy killed (at --cli-timeout, or by hand) after {copied['wall_s']:.0f} s: under "
                             f"{(src_jobs + row['records']) / copied['wall_s']:,.0f} items/s")
     else:
         row["notes"].append(f"db copy exited {copied['code']} after {copied['wall_s']:.0f} s: {copied['stderr'][-300:]}")
@@ -197,7 +197,7 @@ def _copy_export(dbdir, row, workdir, timeout):
         row["export_s"] = f"{exported['wall_s']:.1f} ({exported['cpu_s']:.1f}), {count:,}"
         row["export_lines_per_s"] = round(count / exported["wall_s"])
     elif exported["code"] is None:
-        row["notes"].append(f"db export stopped at --cli-timeout, after {exported['wall_s']:.0f} s")
+        row["notes"].append(f"db export killed (at --cli-timeout, or by hand) after {exported['wall_s']:.0f} s")
     else:
         row["notes"].append(f"db export exited {exported['code']}: {exported['stderr'][-300:]}")
     out.unlink(missing_ok=True)

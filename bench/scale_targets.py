@@ -149,12 +149,12 @@ def plot(table, filename):
     for ax, (unit, keys), levels in zip(axes, PLOTTED, LEVELS):
         for backend in table:
             sizes = sorted(table[backend], key=int)
-            for key in keys:
+            for number, key in enumerate(keys):
                 points = [(int(s), table[backend][s].get(key)) for s in sizes]
                 points = [(x, y) for x, y in points if y is not None]
                 if points:
                     ax.plot(*zip(*points), marker="o", linestyle="-" if backend == "sqlite3" else "--",
-                            label=f"{backend}: {whats[key]}")
+                            color=f"C{number}", label=f"{backend}: {whats[key]}")
         ax.set_xscale("log")
         ax.set_yscale("log")
         for level in levels:
