@@ -59,15 +59,19 @@ def _targets(ctx, param, value):
 @click.option("--prefill", default=0, show_default=True, metavar="N", type=click.IntRange(min=0),
               help="With --capacity: jobs each database holds before the measurement (made, not timed).")
 @click.option("--scale", is_flag=True,
-              help="Measure the everyday reads and the bulk rate as one DB directory grows to --sizes jobs.")
+              help="Measure issue 22's targets (reads, db ls, pages, rates, copy, export) as DB directories grow "
+                   "to --sizes jobs.")
 @click.option("--sizes", default="10000,100000,1000000", show_default=True, callback=_counts,
               help="With --scale: comma-separated numbers of jobs.")
-@click.option("--records", default=100_000, show_default=True, type=click.IntRange(min=0),
-              help="With --scale: records in the DB (at most one per job).")
+@click.option("--records", default="10000,100000,1000000", show_default=True, callback=_counts,
+              help="With --scale: records in the DB, one number (at most one a job) or one per size.")
+@click.option("--backend", type=click.Choice(["sqlite3", "postgres", "both"]), default="both", show_default=True,
+              help="With --scale: the backends (postgres: a cluster the benchmark starts and stops).")
 @click.option("--json", "json_out", metavar="FILE", help="Write every result to FILE.")
 @click.option("--plot", metavar="PNG", help="Draw throughput and p99 latency (needs matplotlib: pip install .[bench]).")
-def bench(writers, writes, modes, repeat, bulk, capacity, inflight, seconds, targets, prefill, scale, sizes, records,
-          json_out, plot):
+@click.pass_context
+def bench(ctx, writers, writes, modes, repeat, bulk, capacity, inflight, seconds, targets, prefill, scale, sizes,
+          records, backend, json_out, plot):
     """Measure concurrent writers: the daemon against direct SQLite, a file lock,
     direct PostgreSQL and the messaging ceiling
 
@@ -77,11 +81,14 @@ def bench(writers, writes, modes, repeat, bulk, capacity, inflight, seconds, tar
     with each mode's throughput relative to the daemon.  PostgreSQL modes need
     the server binaries (initdb, pg_ctl).  Takes minutes; shows progress.
 
-    With --scale, one SQLite DB directory grows to each of --sizes jobs (and
-    --records records) and, at each size, the everyday reads (state counts,
-    a tag with limit 20, an 8-character id prefix, a name glob, changed
-    since, the records pages and search) and the bulk_create rate against a
-    fresh DB are measured: a table, and a plot with --plot.
+    With --scale, one DB directory per --backend grows to each of --sizes
+    jobs (and --records records, loaded straight into the database) and, at
+    each size, every target of issue 22 is measured with its verdict: the
+    API's reads, the CLI's start-up, a full db ls against its bare SQL and a
+    writer's p99 while it runs, the web pages of a real db serve, the
+    bulk_create and --writers writers' rates (one number; default 32, --writes
+    50 each, --bulk 5000) against a fresh DB, db copy and db export, and a
+    read-back: a markdown table, and a plot with --plot.
 
     With --capacity, the clients are taken out of the picture: one load
     generator keeps C pre-signed job creates in flight against the write server
@@ -97,20 +104,23 @@ def bench(writers, writes, modes, repeat, bulk, capacity, inflight, seconds, tar
         db bench --modes daemon,sqlite-wal,ceiling --bulk 0
         db bench --capacity --inflight 16,256,1024 --repeat 3
         db bench --capacity --inflight 256 --targets sqlite,null --prefill 1000000
-        db bench --scale --sizes 10000,100000 --records 10000 --plot scale.png
+        db bench --scale --sizes 10000,100000 --records 10000 --backend both --plot scale.png
     """
     if scale:
-        import json
-
         from ..bench import scale as grow
 
-        table = grow.run([int(n) for n in sizes.split(",")], records)
-        click.echo(grow.format_table(table))
-        if json_out:
-            with open(json_out, "w") as out:
-                json.dump(table, out, indent=2)
-        if plot:
-            grow.plot(table, plot)
+        given = {name: ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+                 for name in ("writers", "writes", "bulk", "repeat")}
+        if given["writers"] and "," in writers:
+            raise click.BadParameter("with --scale: one number of writer processes", param_hint="--writers")
+        try:
+            grow.records_per_size(sorted(int(n) for n in sizes.split(",")), [int(n) for n in records.split(",")])
+        except ValueError as exc:
+            raise click.BadParameter(str(exc).split(": ", 1)[-1], param_hint="--records") from None
+        argv = ["--sizes", sizes, "--records", records, "--backend", backend,
+                "--writers", writers if given["writers"] else "32", "--writes", str(writes if given["writes"] else 50),
+                "--bulk", str(bulk if given["bulk"] and bulk else 5000), "--repeat", str(repeat or 5)]
+        grow.main(argv + (["--json", json_out] if json_out else []) + (["--plot", plot] if plot else []))
         return
     if capacity:
         from ..bench import capacity as cap

@@ -22,111 +22,20 @@ listens on 127.0.0.1.  Nothing here is a test: it measures.
 """
 
 import argparse
-import base64
-import http.client
 import json
 import os
-import random
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
-
+from balsamdb.bench.scale_load import load  # noqa: F401  (also scripts/web_screenshots.py's loader)
+from balsamdb.bench.web_client import Client, free_port, make_user, start_serve, stop_serve
 from balsamdb.dbdir import DBDirectory
-from balsamdb.models import MODELS, Job, JobStateChange, JobTag, Project, Record, RecordTag
-from balsamdb.passwords import hash_password
-from balsamdb.settings import load_settings
-
-USER, PASSWORD = "bench", "bench-pass"
-HTML = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
-WORKFLOWS = 10
-CHUNK = 500
-
-
-def record_row(i, start):
-    doc = {
-        "label": f"run-{i:05d}", "timestamp": time.strftime("%Y-%m-%d %H:%M:%S+0000", time.gmtime(start + i * 60)),
-        "reason": f"sweep point {i} of the convergence study", "duration": round(random.uniform(1, 5000), 2),
-        "outcome": random.choice(["converged", "diverged", "converged after restart", ""]),
-        "executable": {"path": "/usr/bin/python3", "version": "3.11.7", "name": "Python", "options": ""},
-        "repository": {"url": "/home/ada/proj", "type": "GitRepository", "upstream": None},
-        "main_file": random.choice(["main.py", "solver.py", "post.py"]),
-        "version": uuid.uuid4().hex[:12], "diff": "",
-        "parameters": {"content": "\n".join(f"p{k} = {random.random():.6f}" for k in range(20)),
-                       "type": "SimpleParameterSet"},
-        "input_data": [{"path": "mesh.h5", "digest": uuid.uuid4().hex, "creation": ""}],
-        "script_arguments": "params.txt", "launch_mode": {"type": "SerialLaunchMode", "parameters": "{}"},
-        "datastore": {"type": "FileSystemDataStore", "parameters": "{}"},
-        "input_datastore": {"type": "FileSystemDataStore", "parameters": "{}"},
-        "stdout_stderr": "iteration ...\n" * 40,
-        "output_data": [{"path": f"out-{i}.h5", "digest": uuid.uuid4().hex, "creation": ""}],
-        "tags": random.sample(["mesh-a", "mesh-b", "gpu", "cpu", "paper", "bad"], 2),
-        "user": random.choice(["ada", "bob", "eve"]),
-        "dependencies": [{"name": "numpy", "version": "1.26.4"}, {"name": "scipy", "version": "1.12.0"}],
-        "platforms": [{"system_name": "Linux", "machine": "x86_64"}], "repeats": None,
-    }
-    row = {"project": "P", "label": doc["label"], "timestamp": doc["timestamp"], "sort_time": start + i * 60,
-           "reason": doc["reason"], "outcome": doc["outcome"], "main_file": doc["main_file"],
-           "version": doc["version"], "user": doc["user"], "duration": doc["duration"],
-           "document": json.dumps(doc, separators=(",", ":")), "created_at": start, "updated_at": start}
-    return row, doc["tags"]
-
-
-def load(path, records, jobs):
-    """Fill the DB directory's database straight through peewee (the benchmark is of the reads)."""
-    database = DBDirectory(path).open_database(load_settings(), busy_timeout=60)
-    database.pragma("synchronous", "off")
-    start = time.time() - 7 * 86400
-    with database.bind_ctx(MODELS):
-        Project.insert(name="P", description="10,000 runs", public=False, created_at=start).execute()
-        for first in range(0, records, CHUNK):
-            with database.atomic():
-                rows = [record_row(i, start) for i in range(first, min(records, first + CHUNK))]
-                Record.insert_many([r for r, _t in rows]).execute()
-                ids = {r.label: r.id for r in Record.select(Record.id, Record.label)
-                       .where(Record.label.in_([r["label"] for r, _t in rows]))}
-                RecordTag.insert_many([{"record": ids[r["label"]], "tag": t} for r, tags in rows for t in tags]).execute()
-        campaign = time.time() - 3 * 3600  # jobs of a campaign that started three hours ago
-        for first in range(0, jobs, CHUNK):
-            with database.atomic():
-                job_rows, history, tags = [], [], []
-                for i in range(first, min(jobs, first + CHUNK)):
-                    job_id = str(uuid.uuid4())
-                    created = campaign + i * (3 * 3600 / jobs)
-                    fate = random.random()
-                    path_ = ["CREATED", "RUNNING"] + (["RUN_DONE", "JOB_FINISHED"] if fate < 0.85 else
-                                                      ["RUN_ERROR", "FAILED"] if fate < 0.9 else [])
-                    t = created
-                    for k, state in enumerate(path_):
-                        history.append({"job": job_id, "time": t, "from_state": path_[k - 1] if k else None,
-                                        "to_state": state, "message": ""})
-                        t += random.uniform(1, 120)
-                    job_rows.append({"id": job_id, "name": f"sim-{i:06d}", "workflow": f"wf-{i % WORKFLOWS}",
-                                     "state": path_[-1], "working_directory": f"data/wf/sim-{i}",
-                                     "tags": ["gpu"] if i % 3 == 0 else [], "created_at": created,
-                                     "updated_at": history[-1]["time"], "environ": {}, "parents": [], "data": {}})
-                    if i % 3 == 0:
-                        tags.append({"job": job_id, "tag": "gpu", "created_at": created})  # schema 9: the job's
-                Job.insert_many(job_rows).execute()
-                JobStateChange.insert_many(history).execute()
-                if tags:
-                    JobTag.insert_many(tags).execute()
-    database.execute_sql("ANALYZE")
-    database.close()
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def db_cli(*args, **kwargs):
@@ -134,40 +43,11 @@ def db_cli(*args, **kwargs):
                           timeout=120, **kwargs)
 
 
-class Client:
-    def __init__(self, port):
-        self.port = port
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        self.auth = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-
-    def get(self, path, accept=HTML):
-        self.conn.request("GET", path, headers={"Authorization": self.auth, "Accept": accept})
-        response = self.conn.getresponse()
-        body = response.read()
-        if response.status != 200:
-            raise RuntimeError(f"GET {path}: {response.status} {body[:300]!r}")
-        return body
-
-    def time(self, path, repeat, accept=HTML):
-        """(p50, p90, bytes, the first request's ms): the first also reads what the page keeps for a
-        few seconds (the jobs page's charts)."""
-        started = time.perf_counter()
-        self.get(path, accept)
-        first = (time.perf_counter() - started) * 1000
-        self.get(path, accept)
-        times = []
-        for _ in range(repeat):
-            started = time.perf_counter()
-            body = self.get(path, accept)
-            times.append((time.perf_counter() - started) * 1000)
-        times.sort()
-        return statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))], len(body), first
-
-
 WRITER = """
 import sys, time, balsamdb
 path, n, go = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 import os
+import shutil
 while not os.path.exists(go):
     time.sleep(0.005)  # wait for the start signal
 with balsamdb.connect(path) as db:
@@ -234,23 +114,9 @@ def main():
         result = db_cli("dbserver", "--path", path)
         if result.returncode:
             sys.exit(f"db dbserver failed: {result.stderr}")
-        import balsamdb
-
-        with balsamdb.connect(path) as db:
-            db.call("user_save", name=USER, password_hash=hash_password(PASSWORD), admin=True)
-            db.call("permission_grant", project="P", user=USER)
+        make_user(path)
         port = free_port()
-        serve = subprocess.Popen([sys.executable, "-m", "balsamdb.cli", "serve", "--path", str(path), "--port", str(port)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or serve.poll() is not None:
-                    sys.exit("db serve did not start")
-                time.sleep(0.05)  # bench-ok: poll for the port with a deadline
+        serve = start_serve(path, port)
         client = Client(port)
         job_id = json.loads(client.get("/_balsamdb/jobs/?format=json", "application/json"))["jobs"][0]["id"]
         pages = [
@@ -293,12 +159,7 @@ def main():
                 print(f"  median {label:26} {statistics.median(values):8.0f} writes/s "
                       f"({statistics.median(values) / base:.2f} of no page)")
     finally:
-        if serve is not None and serve.poll() is None:
-            os.killpg(serve.pid, signal.SIGTERM)
-            try:
-                serve.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(serve.pid, signal.SIGKILL)
+        stop_serve(serve)
         db_cli("dbserver", "--stop", "--path", path)
         if args.keep:
             print(f"kept {path}")
