@@ -118,14 +118,18 @@ def _job_read_directly(path, job_id):
     return answer["result"]
 
 
-def test_a_live_write_waits_for_every_spooled_write(any_dbdir, stopped_after):
+def test_a_live_write_waits_for_every_spooled_write(any_dbdir, stopped_after, tmp_path):
     """4 processes spool 1,500 creates each (require_server, no server); job J's create comes
     first and its modify to "old" last.  The server starts; another process modifies J to "new"
-    while thousands of files still wait.  The server holds it until the drain is past: its
-    client gets holding replies and, with client_timeout 1.5 s and client_deadline 3 s, neither
-    resends on a fresh socket nor spools.  J ends "new"; the status says how fast it drained."""
+    while thousands of files still wait (the drain is paused until its first holding reply: a
+    pause point, so that the write never comes after a quick drain).  The server holds it until
+    the drain is past: its client gets holding replies and, with client_timeout 1.5 s and
+    client_deadline 3 s, neither resends on a fresh socket nor spools.  J ends "new"; the status
+    says how fast it drained."""
     path = any_dbdir
     stopped_after(path)
+    fault = tmp_path / "fault"
+    fault.write_text(crash_points.DRAIN_PAUSED)
     job_id = str(uuid.uuid4())
     assert _run(path, "create", job_id)["spooled"] == 1
     fillers = [_client(path, "fill", 1500) for _ in range(4)]
@@ -136,7 +140,10 @@ def test_a_live_write_waits_for_every_spooled_write(any_dbdir, stopped_after):
     go = Path(path).parent / "go"
     live = _client(path, "modify", job_id, "new",
                    env={"BALSAMDB_CLIENT_TIMEOUT": "1.5", "BALSAMDB_CLIENT_DEADLINE": "3", "ORDER_GO": str(go)})
-    _started(_start_server(path, go))
+    _started(_start_server(path, go, fault))
+    with balsamdb.connect(path) as db:
+        wait_for(lambda: db.server_status()["holding_replies"] >= 1, 60, "a holding reply", interval=0.02)
+        fault.unlink()  # the drain goes on
     live = _finish(live)
     print(f"live write after 6,002 spooled ones: {live}")
     wait_for(lambda: _pending(path) == 0, 120, "the spool to drain")  # so that a late 'old' would be seen
