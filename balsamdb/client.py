@@ -150,16 +150,16 @@ class ServerClient:
                 if answer.get("id") not in (request.id, None):
                     log.warning("dropping an answer to another request (%s)", answer.get("id"))
                     continue
-                if protocol.is_holding(answer):
-                    # Progress, not a timeout: the server applies spooled writes that go before
-                    # this one.  Send it again on this socket, signed afresh (a long drain must
-                    # not make it look like a replay), and wait a whole timeout again.
-                    log.debug("the server drains the spool first (%s left); waiting", answer.get("pending"))
-                    frames = protocol.encode(self.secret, request.stamp().message())
-                    sock.send_multipart(frames)
-                    give_up = time.monotonic() + self.settings.client_timeout
-                    continue
-                return answer
+                if not protocol.is_holding(answer):
+                    return answer
+                # Progress, not a timeout: the server applies spooled writes that go before
+                # this one.  Send it again on this socket, signed afresh (a long drain must
+                # not make it look like a replay), and wait a whole timeout again.  (The
+                # timeout is checked next, as after an empty slice.)
+                log.debug("the server drains the spool first (%s left); waiting", answer.get("pending"))
+                frames = protocol.encode(self.secret, request.stamp().message())
+                sock.send_multipart(frames)
+                give_up = time.monotonic() + self.settings.client_timeout
             now = time.monotonic()
             if now >= give_up:
                 log.info("no answer from %s in %.1f s; retrying on a fresh socket",

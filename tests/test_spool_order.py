@@ -14,6 +14,7 @@ import pytest
 from helpers import db_cli, kill_everything, wait_for
 
 import balsamdb
+from balsamdb import crash_points
 from balsamdb.spool import Spool
 
 CLIENT = Path(__file__).resolve().parent / "order_client.py"
@@ -63,14 +64,16 @@ def stopped_after(request):
         kill_everything(path)
 
 
-def _start_server(path, go=None):
+def _start_server(path, go=None, fault=None):
     """``db dbserver`` in the background; returns it once the address file names a live server
     (sooner than the command itself returns: the drain is then at its beginning), after
-    making the file ``go``, if given, which lets a waiting client send at once."""
+    making the file ``go``, if given, which lets a waiting client send at once.  With ``fault``
+    (a path), the server reads it as its fault file (balsamdb.crash_points: a pause point)."""
     from helpers import address, server_pids
 
     starting = subprocess.Popen([sys.executable, "-m", "balsamdb.cli", "dbserver", "--path", str(path)],
-                                env=_env({}), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                env=_env({"BALSAMDB_FAULT_FILE": str(fault)} if fault else {}),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def named():
         try:
@@ -115,14 +118,18 @@ def _job_read_directly(path, job_id):
     return answer["result"]
 
 
-def test_a_live_write_waits_for_every_spooled_write(any_dbdir, stopped_after):
+def test_a_live_write_waits_for_every_spooled_write(any_dbdir, stopped_after, tmp_path):
     """4 processes spool 1,500 creates each (require_server, no server); job J's create comes
     first and its modify to "old" last.  The server starts; another process modifies J to "new"
-    while thousands of files still wait.  The server holds it until the drain is past: its
-    client gets holding replies and, with client_timeout 1.5 s and client_deadline 3 s, neither
-    resends on a fresh socket nor spools.  J ends "new"; the status says how fast it drained."""
+    while thousands of files still wait (the drain is paused until its first holding reply: a
+    pause point, so that the write never comes after a quick drain).  The server holds it until
+    the drain is past: its client gets holding replies and, with client_timeout 1.5 s and
+    client_deadline 3 s, neither resends on a fresh socket nor spools.  J ends "new"; the status
+    says how fast it drained."""
     path = any_dbdir
     stopped_after(path)
+    fault = tmp_path / "fault"
+    fault.write_text(crash_points.DRAIN_PAUSED)
     job_id = str(uuid.uuid4())
     assert _run(path, "create", job_id)["spooled"] == 1
     fillers = [_client(path, "fill", 1500) for _ in range(4)]
@@ -133,7 +140,10 @@ def test_a_live_write_waits_for_every_spooled_write(any_dbdir, stopped_after):
     go = Path(path).parent / "go"
     live = _client(path, "modify", job_id, "new",
                    env={"BALSAMDB_CLIENT_TIMEOUT": "1.5", "BALSAMDB_CLIENT_DEADLINE": "3", "ORDER_GO": str(go)})
-    _started(_start_server(path, go))
+    _started(_start_server(path, go, fault))
+    with balsamdb.connect(path) as db:
+        wait_for(lambda: db.server_status()["holding_replies"] >= 1, 60, "a holding reply", interval=0.02)
+        fault.unlink()  # the drain goes on
     live = _finish(live)
     print(f"live write after 6,002 spooled ones: {live}")
     wait_for(lambda: _pending(path) == 0, 120, "the spool to drain")  # so that a late 'old' would be seen
@@ -153,26 +163,32 @@ def test_a_live_write_waits_for_every_spooled_write(any_dbdir, stopped_after):
     assert "spooled writes/s in the last drain" in text, text
 
 
-def test_a_live_state_change_after_spooled_create_and_running_succeeds(any_dbdir, stopped_after):
-    """The loud variant: J's create and its move to RUNNING are spooled behind 12,000 other
+def test_a_live_state_change_after_spooled_create_and_running_succeeds(any_dbdir, stopped_after, tmp_path):
+    """The loud variant: J's create and its move to RUNNING are spooled behind 3,000 other
     writes; a live RUN_DONE sent once the server starts succeeds (if it overtook them, it
     would refer to a job that does not exist yet, or make an illegal CREATED -> RUN_DONE), on
-    the socket it was sent on: the holding replies renew its wait."""
+    the socket it was sent on: the holding replies renew its wait.  The drain is held (a pause
+    point) until the server has sent the live write its 7th holding reply: each comes at least
+    0.3 s after the copy it answers was sent, so the client had read the 6th at least 1.8 s after
+    its first send, past its 1.5 s reply timeout: only the renewals kept it on its socket."""
     path = any_dbdir
     stopped_after(path)
+    fault = tmp_path / "fault"
+    fault.write_text(crash_points.DRAIN_PAUSED)
     job_id = str(uuid.uuid4())
-    fillers = [_client(path, "fill", 3000) for _ in range(4)]
-    assert sum(_finish(proc)["spooled"] for proc in fillers) == 12000
+    fillers = [_client(path, "fill", 750) for _ in range(4)]
+    assert sum(_finish(proc)["spooled"] for proc in fillers) == 3000
     assert _run(path, "create", job_id)["spooled"] == 1
     assert _run(path, "state", job_id, "RUNNING")["spooled"] == 1
     go = Path(path).parent / "go"
-    # A reply timeout shorter than the drain of 12,000 writes, even on an idle machine: only the
-    # holding replies (due every 0.3 s, sent between the drain's turns) keep the live write waiting on its socket.
     outcome = _client(path, "state", job_id, "RUN_DONE",
                       env={"ORDER_GO": str(go), "BALSAMDB_CLIENT_TIMEOUT": "1.5"})
-    _started(_start_server(path, go))
+    _started(_start_server(path, go, fault))
+    with balsamdb.connect(path) as db:
+        wait_for(lambda: db.server_status()["holding_replies"] >= 7, 60, "the 7th holding reply", interval=0.02)
+        fault.unlink()  # the drain goes on
     outcome = _finish(outcome)
-    assert outcome["holding"] >= 1, f"the live write came after the drain: the test proves nothing: {outcome}"
+    assert outcome["holding"] >= 6 and outcome["left"] == 3002, outcome
     assert outcome["route"] == "server" and outcome["fresh_sockets"] == 0, \
         f"the held write was resent or spooled: its holding replies did not renew its wait: {outcome}"
     job = _job(path, job_id)
@@ -200,37 +216,45 @@ def test_a_direct_writer_spools_behind_another_process_s_spooled_writes(dbdir, s
     assert _run(path, "modify", job_id, "later", env={})["route"] == "direct"  # the spool is empty again
 
 
-def test_a_write_held_when_the_server_stops_goes_to_the_spool_behind_the_files(any_dbdir, stopped_after):
-    """The server is stopped (db dbserver --stop) while it holds a live modify of J behind
-    12,000 spooled writes (J's modify to "old" last): the held write is not applied out of
-    order; its client spools it behind the files that wait, and the next server applies it
-    after them: J ends "new"."""
+def test_a_write_held_when_the_server_stops_goes_to_the_spool_behind_the_files(any_dbdir, stopped_after, tmp_path):
+    """J is created.  The server is stopped (SIGTERM to its watchdog, as db dbserver --stop) while it
+    holds a live modify of J behind 3,000 spooled writes (J's modify to "old" last): the held write is
+    not applied out of order; its client spools it behind the files that wait, and the next
+    server applies it after them: J ends "new".  A pause point holds the drain and the holding
+    replies, so that the live write is in the barrier at the stop (without it, the stop could
+    come while its client was resending it after a holding reply)."""
     path = any_dbdir
     stopped_after(path)
+    fault = tmp_path / "fault"
+    fault.write_text(crash_points.HELD_FROZEN)
     job_id = str(uuid.uuid4())
-    assert _run(path, "create", job_id)["spooled"] == 1
-    fillers = [_client(path, "fill", 3000) for _ in range(4)]
-    assert sum(_finish(proc)["spooled"] for proc in fillers) == 12000
+    # J exists before the drain is held: a modify applied at the stop must be seen in J.
+    db_cli("dbserver", "--path", path, check=True)
+    assert _run(path, "create", job_id, env={})["route"] == "server"
+    db_cli("dbserver", "--stop", "--path", path, check=True)
+    fillers = [_client(path, "fill", 750) for _ in range(4)]
+    assert sum(_finish(proc)["spooled"] for proc in fillers) == 3000
     assert _run(path, "modify", job_id, "old")["spooled"] == 1
     go = Path(path).parent / "go"
-    live = _client(path, "modify", job_id, "new", env={"ORDER_GO": str(go)})
-    _started(_start_server(path, go))
-    # What `db dbserver --stop` does, without the start-up time of a command: the sooner, the more
-    # files still wait.
+    # No holding reply comes, so no resend either: a reply timeout longer than the test.
+    live = _client(path, "modify", job_id, "new",
+                   env={"ORDER_GO": str(go), "BALSAMDB_CLIENT_TIMEOUT": "120", "BALSAMDB_CLIENT_DEADLINE": "240"})
+    _started(_start_server(path, go, fault))
     from helpers import address
 
-    os.kill(address(path)["watchdog"]["pid"], signal.SIGTERM)
+    with balsamdb.connect(path) as db:
+        wait_for(lambda: db.server_status()["held_requests"] == 1, 60, "the server to hold the live write",
+                 interval=0.02)
+    os.kill(address(path)["watchdog"]["pid"], signal.SIGTERM)  # what db dbserver --stop does
     wait_for(lambda: address(path).get("state") == "stopped", 60, "the watchdog to stop its server")
-    left = _pending(path)
-    at_stop = _job_read_directly(path, job_id)["data"]  # "old" not yet applied, "new" not either
+    fault.unlink()
     outcome = _finish(live)
-    log = (Path(path) / "log" / "server.log").read_text()
-    held = outcome["holding"] >= 1 or "live requests held behind the spool were not applied" in log
-    assert left > 0 and held and not (at_stop == {"result": "new"} and outcome["route"] == "server"), \
-        f"the drain was over before the stop, or the live write came after it: the test proves nothing " \
-        f"({left} left, J {at_stop}, {outcome})"
-    assert outcome["route"] == "spool", f"the held write was not spooled behind the files: {outcome}"
+    at_stop = _job_read_directly(path, job_id)["data"]
     assert at_stop == {}, f"J was {at_stop} at the stop: the held write was applied then, before the files it waited for"
+    assert outcome["route"] == "spool", f"the held write was not spooled behind the files: {outcome}"
+    assert _pending(path) == 3002, "the drain was not held, or the write not spooled behind the files"
+    log = (Path(path) / "log" / "server.log").read_text()
+    assert "1 live requests held behind the spool were not applied" in log
     db_cli("dbserver", "--path", path, check=True)
     wait_for(lambda: _pending(path) == 0, 120, "the spool to drain")
     assert _job(path, job_id)["data"] == {"result": "new"}

@@ -19,7 +19,7 @@ def status(*, server):
     queue depth, mean commit ms, spool, uptime; `spool_pending` (spooled writes not yet applied),
     `spool_drain_per_s` (applied per second over the last 10 s), `spool_last_drain_per_s` (the
     rate of the latest drain, also once it is over), `held_requests` (live requests waiting for
-    them), `spool_refused` (why the database refuses them, or null)."""
+    them), `holding_replies` (sent to them so far), `spool_refused` (why the database refuses them, or null)."""
     return server.status()
 
 

@@ -8,7 +8,7 @@ into :class:`balsamdb.server.writer.server.WriteServer`, whose loop calls these.
 import logging
 import time
 
-from balsamdb import protocol
+from balsamdb import crash_points, protocol
 from balsamdb.exceptions import BalsamDBError, StorageError, TryAgain
 from balsamdb.request import Request
 from balsamdb.spool import StrayEntry
@@ -19,6 +19,7 @@ MAX_BATCH = 1024
 DRAIN_TURN = 0.2           # seconds a drain turn aims at, so that held clients get their holding reply in time
 DRAIN_BATCH_BYTES = 64 << 20  # and at most this many bytes of them in memory at once
 SPOOL_EVERY = 0.5          # seconds between looks at spool/new while idle
+PAUSED_LOOK = 0.05         # seconds between turns while a test pauses the drain (balsamdb.crash_points)
 
 
 class SpoolOrder:
@@ -46,6 +47,9 @@ class SpoolOrder:
 
     def drain_turn(self):
         """One batch of the spool; then release the held requests it was holding up."""
+        if crash_points.paused(crash_points.DRAIN_PAUSED, crash_points.HELD_FROZEN):
+            self.next_spool_check = time.monotonic() + PAUSED_LOOK  # a test holds the drain
+            return
         started = time.monotonic()
         limit = self.drain_limit
         taken = self.drain_spool(limit=limit, once=True)
@@ -72,8 +76,11 @@ class SpoolOrder:
 
     def answer_overdue(self):
         """Holding replies for requests held too long; their clients send them again."""
+        if crash_points.paused(crash_points.HELD_FROZEN):
+            return  # a test keeps the held requests held
         overdue = self.barrier.overdue()
         if overdue:
+            self.stats.holding_replies += len(overdue)
             pending = len(self.barrier.waiting(self.spool.names()))
             for request in overdue:
                 request.answer = protocol.holding_reply(request.id, pending)

@@ -14,6 +14,7 @@ class Stats:
         self.rejected = 0
         self.batches = 0
         self.spooled = 0
+        self.holding_replies = 0  # to live requests held behind spooled writes
         self.batched_requests = 0
         self.last_batch = 0
         self.max_batch = 0
@@ -42,6 +43,7 @@ class Stats:
             "uptime": time.time() - self.started,
             "requests": self.requests,
             "spooled_applied": self.spooled,
+            "holding_replies": self.holding_replies,
             "writes": self.writes,
             "errors": self.errors,
             "rejected": self.rejected,

@@ -355,22 +355,22 @@ MUTANTS = [
       "                raise unavailable(path, time.monotonic() - started)",
       ("tests/test_reads.py::test_a_read_waits_while_its_own_spooled_write_waits_for_a_running_server",),
       "a write to a server that runs but does not answer (a cut link) raised instead of spooled"),
-    M("holding-reply-not-extending-the-wait", "the loud variant: J's create and RUNNING spooled behind 12,000 writes",
+    M("holding-reply-not-extending-the-wait", "the loud variant: J's create and RUNNING spooled behind 3,000 writes",
       "balsamdb/client.py",
-      "                    give_up = time.monotonic() + self.settings.client_timeout\n                    continue\n",
-      "                    continue\n",
+      "                give_up = time.monotonic() + self.settings.client_timeout\n",
+      "",
       ("tests/test_spool_order.py::test_a_live_state_change_after_spooled_create_and_running_succeeds[sqlite3]",),
       "a holding reply not renewing the client's timeout: a live write held behind the drain is resent on a fresh "
-      "socket (killed when the drain outlasts the test's 1.5 s reply timeout: 3 of 3 runs on an idle machine)",
-      slow=True, attempts=3),
-    M("held-writes-applied-at-stop", "the server stopped while it holds a live write behind 12,000 spooled ones",
+      "socket (the test holds the drain until the 7th holding reply, past the 1.5 s reply timeout)",
+      slow=True),
+    M("held-writes-applied-at-stop", "the server stopped while it holds a live write behind 3,000 spooled ones",
       "dbserver/writer/server.py",
       "            self.send([request.refuse(error) for request in held])\n",
       "            self.after_flush(self.committer.commit(held))\n",
       ("tests/test_spool_order.py::test_a_write_held_when_the_server_stops_goes_to_the_spool_behind_the_files[sqlite3]",),
-      "the live writes held behind the spool applied at the stop, before the spooled ones (the test sees it "
-      "only when the live write is in the barrier at the stop's instant: killed in 4 of 7 single runs)",
-      slow=True, attempts=6),
+      "the live writes held behind the spool applied at the stop, before the spooled ones (a pause point keeps "
+      "the live write in the barrier until the stop)",
+      slow=True),
     # (per-client order: each of the four mechanisms the row names keeps it alone, so no slip in one
     # of them breaks it; what they share is that the server sees the spooled file.)
     M("spooled-file-never-published", "a client's own spooled write is applied before its next live write",
