@@ -62,18 +62,14 @@ def dumps_canonical(value):
 # "{" + ",".join(key + ":" + value text, keys sorted) + "}", and of a list "[" + ",".join(...) + "]".
 
 _encode_string = json.encoder.encode_basestring  # what JSONEncoder(ensure_ascii=False) writes a str with
-_INFINITY = float("inf")
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}  # float.__repr__ -> json's text
 
 
 def _float_text(value):
-    """json's text of a float (allow_nan=True): float.__repr__, or NaN, Infinity, -Infinity."""
-    if value != value:
-        return "NaN"
-    if value == _INFINITY:
-        return "Infinity"
-    if value == -_INFINITY:
-        return "-Infinity"
-    return float.__repr__(value)
+    """json's text of a float (allow_nan=True): float.__repr__, which ends in a digit when the
+    float is finite, or NaN, Infinity, -Infinity."""
+    text = float.__repr__(value)
+    return text if text[-1] <= "9" else _NON_FINITE[text]
 
 
 _SCALAR_TEXT = {str: _encode_string, float: _float_text, int: int.__repr__, type(None): lambda _value: "null",
