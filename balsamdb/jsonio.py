@@ -75,6 +75,75 @@ def dumps_indented(value):
     return out
 
 
+# -- canonical text made piece by piece (export files, issue 22) ------------------------------------------
+#
+# An export line is the canonical text of an item made of a row's columns and JSON texts stored in
+# it.  Rather than build the item and encode it, the line is made from the canonical text of each
+# piece, with json's own writers for strings and numbers: json's sort_keys text of an object is
+# "{" + ",".join(key + ":" + value text, keys sorted) + "}", and of a list "[" + ",".join(...) + "]".
+
+_encode_string = json.encoder.encode_basestring  # what JSONEncoder(ensure_ascii=False) writes a str with
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}  # float.__repr__ -> json's text
+
+
+def _float_text(value):
+    """json's text of a float (allow_nan=True): float.__repr__, which ends in a digit when the
+    float is finite, or NaN, Infinity, -Infinity."""
+    text = float.__repr__(value)
+    return text if text[-1] <= "9" else _NON_FINITE[text]
+
+
+_SCALAR_TEXT = {str: _encode_string, float: _float_text, int: int.__repr__, type(None): lambda _value: "null",
+                bool: lambda value: "true" if value else "false"}
+
+
+def canonical_scalar(value):
+    """:func:`dumps_canonical` of ``value``, written by json's own writers when it is a str, float,
+    int, bool or None (what a database column gives), else by json itself."""
+    return _SCALAR_TEXT.get(type(value), _dumps_canonical_json)(value)
+
+
+def canonical_scalars(values):
+    """:func:`canonical_scalar` of each of ``values`` (a row), as a list."""
+    get = _SCALAR_TEXT.get
+    return [get(type(value), _dumps_canonical_json)(value) for value in values]
+
+
+def canonical_object(keys):
+    """A function of the canonical texts of the values of ``keys`` (in that order) that makes the
+    canonical text of the object: ``canonical_object(("b", "a"))("1", "[]")`` is ``'{"a":[],"b":1}'``."""
+    def member(i):  # the key's text, braces doubled for str.format, then the i-th value's place
+        return _encode_string(keys[i]).replace("{", "{{").replace("}", "}}") + ":{" + str(i) + "}"
+
+    return ("{{" + ",".join(member(i) for i in sorted(range(len(keys)), key=keys.__getitem__)) + "}}").format
+
+
+def canonical_list(texts):
+    """The canonical text of a list, from the canonical texts of its elements."""
+    return "[" + ",".join(texts) + "]"
+
+
+def canonical_text(text):
+    """The canonical text of the JSON ``text`` (a str): ``dumps_canonical(loads(text))``, made by
+    orjson where its text is provably json's.  A value orjson read holds only str keys, valid
+    strings, 64-bit integers and finite floats (it refuses NaN, Infinity, 1e999 and lone
+    surrogates; a run of 19 digits goes to json, as in :func:`loads`), so orjson writes it as json
+    does but for the spelling of small floats (``1e-7``), which sends the text to json."""
+    if text == "{}" or text == "[]":
+        return text
+    raw = text.encode("utf-8", "surrogatepass")
+    if not _long_digits(raw):
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            out = orjson.dumps(value, option=_SORTED).decode()
+            if not (("e-" in out or "0.0000" in out) and _FLOAT_SPELLING.search(out) is not None):
+                return out
+    return _dumps_canonical_json(_PLAIN.decode(text))
+
+
 def dumps_finite_bytes(value):
     """:func:`dumps_finite`'s value as UTF-8 bytes (NaN and infinities raise ``ValueError``), made by
     orjson where it can: the text may spell a small float otherwise (``1e-7``), never another

@@ -466,3 +466,53 @@ def test_export_pages_list_every_item_once_across_page_boundaries(sqlite_dir):
                 if after is None:
                     break
             assert len(keys) == count and keys == sorted(keys) and len({tuple(k) for k in keys}) == count, (kind, keys)
+
+
+class _ItemsOnly:
+    """A store read through its items only (``export_items``), as an HTTP store is."""
+
+    def __init__(self, store):
+        self.kinds, self.counts, self.export = store.kinds, store.counts, store.export
+
+
+def test_export_lines_made_from_rows_are_the_items_canonical_text(sqlite_dir, tmp_path, monkeypatch):
+    """`db export` of a store read here makes each record's and job's line from the row's columns and
+    stored JSON texts (store_lines.py), not from items: the file is byte for byte the one made from the
+    items (canonical(item)), also for awkward values: small floats json spells 1e-07, integers beyond
+    64 bits, 19-digit runs, unicode, braces in keys, versions (the last one the current document), a
+    history, and NaN and infinities stored by SQL (json writes NaN and Infinity; orjson would write
+    null).  Pages of 2 (monkeypatched) so that page boundaries fall inside a project."""
+    import sqlite3
+
+    from balsamdb.transfer import endpoints
+
+    src = sqlite_dir("src")
+    # one awkward value an item: a 19-digit run (or NaN) sends a whole text to json
+    awkward = [{"small": 1e-07, "u": UNICODE}, {"tiny": 0.00001, "{k}": [1e16, -0.0, 1.5e-300]}, {"big": 2 ** 70},
+               {"nineteen": 1234567890123456789}, {"s": "e-5,\u2028\x7f", "nested": {"z": 1, "a": [{"y": None}]}}]
+    with balsamdb.connect(src) as db:
+        for i, value in enumerate(awkward):
+            db.records.save("A" if i % 2 else "B", {"label": f"r{i}", "data": value, "i": i})
+        db.records.save("A", {"label": "r1", "data": awkward[0], "x": 3e-5})  # a second version
+        ids = db.jobs.bulk_create([{"name": f"j{i}", "data": value, "tags": ["t", UNICODE], "environ": {"A": "1"},
+                                    "wall_time_minutes": 1e-05 if i == 2 else i / 3}
+                                   for i, value in enumerate(awkward)], make_workdir=False)
+        db.jobs.update_state(ids[0], "RUNNING", f"started {UNICODE}")
+        db.jobs.update_state(ids[0], "RUN_DONE", "done")  # a history in time order, not in message order
+    with sqlite3.connect(src / "db.sqlite3") as raw:  # values stored before NaN was refused
+        raw.execute("UPDATE job SET data = ?, created_at = 9e999 WHERE id = ?", ('{"x":NaN,"y":-Infinity}', ids[1]))
+        raw.execute("UPDATE record SET document = ? WHERE label = 'r2'", ('{"label": "r2", "v": NaN}',))
+    monkeypatch.setattr(endpoints, "READER_PAGE", 2)
+    monkeypatch.setattr(endpoints, "LINES_PAGE", 2)
+    store = transfer.open_store(src)
+    try:
+        with open(tmp_path / "lines.jsonl", "wb") as out:
+            footer = transfer.export_store(store, out)
+        with open(tmp_path / "items.jsonl", "wb") as out:
+            assert transfer.export_store(_ItemsOnly(store), out) == footer
+    finally:
+        store.close()
+    lines = (tmp_path / "lines.jsonl").read_bytes()
+    assert lines == (tmp_path / "items.jsonl").read_bytes()
+    assert footer["counts"] == {"user": 0, "project": 2, "permission": 0, "record": 5, "job": 5}
+    assert b"1e-07" in lines and b"NaN" in lines and b"Infinity" in lines and b'"versions":[{' in lines

@@ -11,7 +11,8 @@ anything is written; no SQL crosses the wire.
 - :mod:`.jobs` (with :mod:`.parents`: dependencies), :mod:`.leases` (claims of launchers, lost runs),
   :mod:`.records` (and projects), :mod:`.users` (and permissions)
 - :mod:`.stores` (export and digest of a whole store), :mod:`.store_import` (``import_items``),
-  :mod:`.store_bulk` (``bulk_copy``: SQLite rows copied in SQL, the fast path of ``db copy``)
+  :mod:`.store_bulk` (``bulk_copy``: SQLite rows copied in SQL, the fast path of ``db copy``),
+  :mod:`.store_lines` (an export file's lines of records and jobs, made from rows)
 
 :mod:`balsamdb.applier` runs them (``lookup``, ``bind_params``, then the
 function) while the models are bound to a database and a transaction is open.

@@ -12,6 +12,7 @@ from ..operations.stores import KINDS, canonical, digest_of, item_key
 
 PAGE = 1000
 READER_PAGE = 5000  # items per page read on a read-only connection of this process (the most export_items gives)
+LINES_PAGE = 1000  # records or jobs per page of export lines: a page is held whole (5000 held ~50 MB more)
 
 
 # -- endpoints -----------------------------------------------------------------------------------------
@@ -44,6 +45,17 @@ class OperationStore:
     def import_(self, items, dry_run=False):
         return self.db.call("import_items", items=items, dry_run=dry_run)
 
+    def export_lines(self, kind, after=None):
+        """A page of records or jobs as the lines of an export file (see
+        :func:`balsamdb.operations.store_lines.export_lines`), read on this process's own
+        connection; None when the store has none here (an HTTP store: read its items instead)."""
+        from ..operations.store_lines import export_lines
+
+        local = self.reader or (self.db if isinstance(self.db, SQLDatabase) else None)
+        if local is None:
+            return None
+        return local.read(export_lines, kind=kind, after=after, limit=LINES_PAGE, versions=self.versions)
+
     def digest(self, until=None, exclude=None):
         return digest_pages(self, until, exclude)
 
@@ -74,6 +86,19 @@ class SQLDatabase:
         except (StorageFailure,) + DATABASE_ERRORS as exc:
             raise StorageError(f"the database refused {op}: {root_cause(getattr(exc, 'original', exc))}") from None
         return answer_result(None, request.answer)
+
+    def read(self, function, **params):
+        """``function(**params)`` with the models bound to this database, in one read transaction."""
+        from ..applier import DATABASE_ERRORS, root_cause
+        from ..direct import BIND_LOCK
+        from ..models import MODELS
+
+        try:
+            self.database.connect(reuse_if_open=True)
+            with BIND_LOCK, self.database.bind_ctx(MODELS), self.database.atomic():
+                return function(**params)
+        except DATABASE_ERRORS as exc:
+            raise StorageError(f"the database refused a read: {root_cause(exc)}") from None
 
     def close(self):
         if not self.database.is_closed():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..exceptions import BadRequest, TransferError
 from ..operations import sort_time
+from ..operations.store_lines import LINE_KINDS
 from ..operations.stores import KINDS, Digester, canonical
 from ..wording import shell_path
 from .copying import Progress
@@ -29,18 +30,43 @@ def export_store(src, out, progress=False):
     try:
         for kind in kinds:
             written[kind] = 0
-            for page in pages(src, kind):
-                for item in page["items"]:
-                    out.write((canonical(item) + "\n").encode())
-                    digester.add(item)
-                written[kind] += len(page["items"])
-                bar.update(len(page["items"]), f"{kind}s")
+            for count in _write_kind(src, kind, out, digester):
+                written[kind] += count
+                bar.update(count, f"{kind}s")
     finally:
         bar.close()
     footer = {"end": True, "counts": written, "digests": digester.result()}
     out.write((canonical(footer) + "\n").encode())
     return footer
 
+
+def _write_kind(src, kind, out, digester):
+    """Write the items of ``kind`` page by page, one write a page; yields each page's count.
+    Records and jobs of a store read here come as lines (see
+    :mod:`balsamdb.operations.store_lines`), the rest as items."""
+    export_lines = getattr(src, "export_lines", None)
+    page = export_lines(kind) if kind in LINE_KINDS and export_lines is not None else None
+    if page is None:
+        for page in pages(src, kind):
+            texts = [canonical(item) for item in page["items"]]
+            out.write("".join(text + "\n" for text in texts).encode())
+            for item in page["items"]:
+                digester.add(item)
+            yield len(texts)
+        return
+    while True:
+        data = []
+        for line, group, content in page["lines"]:
+            line = line.encode()
+            data.append(line)
+            digester.add_content(group, line if content is None else content.encode())
+        if data:
+            data.append(b"")
+            out.write(b"\n".join(data))
+        yield len(page["lines"])
+        if page["next"] is None:
+            return
+        page = export_lines(kind, page["next"])
 
 
 def export_file(src, path, progress=False):

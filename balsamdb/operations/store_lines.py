@@ -1,0 +1,124 @@
+"""The lines of an export file for records and jobs, made straight from the cursor's rows.
+
+``db export`` writes each item's canonical text (:func:`.stores.canonical`) and adds it to the
+digests of the footer.  For a store read on this process's own connection, the records and jobs
+(all but a handful of an export's lines) are not made into items first: each line is put
+together from the canonical text of every column (:func:`balsamdb.jsonio.canonical_scalar`) and
+of every JSON text stored in a row (:func:`balsamdb.jsonio.canonical_text`), as json would write
+the item.  The text is ``canonical(item)`` of the items of :func:`.stores.export_items`, byte for
+byte (``tests/test_transfer.py`` compares the two on awkward values).
+
+Must run with the models bound and a read transaction open, as an operation does
+(``SQLDatabase.read`` in :mod:`balsamdb.transfer.endpoints`): a page's rows and their history or
+versions are read in one snapshot.
+"""
+
+from .. import jsonio
+from ..job_fields import JOB_KEYS
+from ..models import Job, JobStateChange, JSONText, RecordVersion
+from .records import decompress
+from .stores import _HISTORY_COLUMNS, _JOB_COLUMNS, _RECORD_COLUMNS, _VERSION_COLUMNS, _page_query, _rows
+
+#: The kinds whose pages :func:`export_lines` makes.
+LINE_KINDS = ("record", "job")
+
+_scalar = jsonio.canonical_scalar
+_scalars = jsonio.canonical_scalars
+_text = jsonio.canonical_text
+
+_RECORD_LINE = jsonio.canonical_object(("kind", "project", "label", "document", "created_at", "updated_at",
+                                        "versions"))
+_RECORD_LINE_BARE = jsonio.canonical_object(("kind", "project", "label", "document", "created_at", "updated_at"))
+_RECORD_DIGEST = jsonio.canonical_object(("label", "document", "versions"))
+_RECORD_DIGEST_BARE = jsonio.canonical_object(("label", "document"))
+_VERSION = jsonio.canonical_object(("version", "saved_at", "saved_by", "document"))
+_JOB_LINE = jsonio.canonical_object(JOB_KEYS + ("kind", "history"))
+_HISTORY = jsonio.canonical_object(("time", "from_state", "to_state", "message"))
+_JSON_COLUMNS = tuple(i for i, key in enumerate(JOB_KEYS) if isinstance(getattr(Job, key), JSONText))
+_RECORD_KIND = _scalar("record")
+_JOB_KIND = _scalar("job")
+
+
+def export_lines(kind, after=None, limit=5000, versions=True):
+    """One page of the records or jobs of the store, in key order from just after ``after``,
+    as the lines of an export file: ``{"lines": [(line, group, content), ...], "next": key or
+    None}``, where ``line`` is the item's canonical text (no newline), ``group`` its group of
+    :class:`.stores.Digester` and ``content`` the canonical text of what its digest covers
+    (``None``: the line itself).  ``versions``: records carry their versions (as
+    ``export_items(versions=True)``)."""
+    make = _record_lines if kind == "record" else _job_lines
+    return make(after, limit, versions)
+
+
+def _page(kind, after, limit, columns):
+    """The rows of a page (at most ``limit``), whether more follow, and the query of the page's
+    keys (``model.id``): the rows of their history or versions are those of ``id IN (it)``."""
+    query = _page_query(kind, after, None)
+    rows = _rows(query.limit(limit + 1), columns)
+    more = len(rows) > limit
+    model = query.model
+    return rows[:limit], more, query.select(model.id).limit(limit)
+
+
+def _execute(query):
+    """The cursor of ``query``: rows as the database gives them (no model conversion)."""
+    return query.model._meta.database.execute(query)
+
+
+def _record_lines(after, limit, versions):
+    rows, more, ids = _page("record", after, limit, _RECORD_COLUMNS)
+    if not rows:
+        return {"lines": [], "next": None}
+    kept = _versions(ids, {row[0]: row[3] for row in rows}) if versions else None
+    lines = []
+    for record_id, project, label, document, created_at, updated_at in rows:
+        document, label = _text(document), _scalar(label)
+        if kept is None:
+            line = _RECORD_LINE_BARE(_RECORD_KIND, _scalar(project), label, document, _scalar(created_at),
+                                     _scalar(updated_at))
+            content = _RECORD_DIGEST_BARE(label, document)
+        else:
+            versions_text = jsonio.canonical_list(
+                _VERSION(_scalar(number), _scalar(saved_at), _scalar(saved_by),
+                         document if same else _text(text))
+                for number, saved_at, saved_by, text, same in kept.get(record_id, ()))
+            line = _RECORD_LINE(_RECORD_KIND, _scalar(project), label, document, _scalar(created_at),
+                                _scalar(updated_at), versions_text)
+            content = _RECORD_DIGEST(label, document, versions_text)
+        lines.append((line, ("project", project), content))
+    return {"lines": lines, "next": [rows[-1][1], rows[-1][2]] if more else None}
+
+
+def _versions(ids, documents):
+    """``{record id: [(number, saved_at, saved_by, document text, same as the record's)]}``,
+    oldest first, of the records ``ids`` selects (``documents``: their stored texts by id)."""
+    query = (RecordVersion.select(*_VERSION_COLUMNS).where(RecordVersion.record.in_(ids))
+             .order_by(RecordVersion.record, RecordVersion.number))
+    out = {}
+    for record_id, number, saved_at, saved_by, compressed in _execute(query):
+        if record_id in documents:
+            text = decompress(compressed)
+            out.setdefault(record_id, []).append((number, saved_at, saved_by, text, text == documents[record_id]))
+    return out
+
+
+def _job_lines(after, limit, _versions):
+    rows, more, ids = _page("job", after, limit, _JOB_COLUMNS)
+    if not rows:
+        return {"lines": [], "next": None}
+    history = {row[0]: [] for row in rows}
+    query = (JobStateChange.select(*_HISTORY_COLUMNS).where(JobStateChange.job.in_(ids))
+             .order_by(JobStateChange.job, JobStateChange.id))  # each job's by id, as job_items; the index's order
+    for job_id, when, from_state, to_state, message in _execute(query):
+        changes = history.get(job_id)
+        if changes is not None:
+            changes.append(_HISTORY(*_scalars((when, from_state, to_state, message))))
+    group = ("job", None)
+    lines = []
+    for row in rows:
+        texts = _scalars(row)
+        for i in _JSON_COLUMNS:
+            if row[i] is not None:
+                texts[i] = _text(row[i])
+        lines.append((_JOB_LINE(*texts, _JOB_KIND, jsonio.canonical_list(history[row[0]])), group, None))
+    return {"lines": lines, "next": [rows[-1][0]] if more else None}
