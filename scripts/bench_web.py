@@ -1,6 +1,7 @@
 """How fast the web pages of ``db serve`` answer on a big store, and what an open jobs page costs the writers.
 
     python scripts/bench_web.py [--records 10000] [--jobs 100000] [--repeat 20] [--writers 8 --writes 200]
+    python scripts/bench_web.py --dbdir /tmp/me/db1m [--repeat 5] [--writers 0]   # a DB directory loaded before
 
 On a fresh SQLite DB directory (in /tmp) it loads ``--records`` Sumatra records (about 2 KB each,
 tags, parameters) into one project and ``--jobs`` jobs in 10 workflows with their state history
@@ -17,16 +18,22 @@ Then the write capacity with and without a jobs page open: ``--writers`` process
 with a client asking for the jobs page every 2 s (a tab left open) and every 0.25 s (eight tabs),
 interleaved ``--write-rounds`` times in a rotating order; it prints writes/s of each and the medians.
 
+With ``--dbdir`` it loads nothing: it times the pages of a DB directory that this loader filled before
+(``--records``/``--jobs`` then only name the sizes; write into a copy: the user ``bench`` is added to it, and
+the write rounds add jobs).
+
 Every process it starts runs in a session of its own and is stopped in a ``finally``; everything
 listens on 127.0.0.1.  Nothing here is a test: it measures.
 """
 
 import argparse
 import base64
+import html
 import http.client
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -129,6 +136,12 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def db_cli(*args, **kwargs):
     return subprocess.run([sys.executable, "-m", "balsamdb.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=120, **kwargs)
@@ -162,6 +175,16 @@ class Client:
             times.append((time.perf_counter() - started) * 1000)
         times.sort()
         return statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))], len(body), first
+
+
+    def follow(self, path, links):
+        """The address of the page reached from ``path`` by following its ``rel="next"`` link ``links`` times."""
+        for _ in range(links):
+            found = re.search(rb'rel="next" href="([^"]+)"', self.get(path))
+            if not found:
+                raise RuntimeError(f"{path} has no next link")
+            path = path.split("?")[0] + html.unescape(found.group(1).decode())
+        return path
 
 
 WRITER = """
@@ -221,16 +244,20 @@ def main():
     parser.add_argument("--writes", type=int, default=200)
     parser.add_argument("--write-rounds", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the DB directory (its path is printed)")
+    parser.add_argument("--dbdir", help="time the pages of this DB directory, filled by this loader before "
+                                        "(nothing is loaded; use a copy: a user and the write rounds' jobs are added)")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-web-"))
-    path = workdir / "db"
+    path = Path(args.dbdir) if args.dbdir else workdir / "db"
     serve = None
     try:
-        DBDirectory(path).init()
-        started = time.monotonic()
-        load(path, args.records, args.jobs)
-        print(f"loaded {args.records} records and {args.jobs} jobs in {time.monotonic() - started:.0f} s", flush=True)
+        if not args.dbdir:
+            DBDirectory(path).init()
+            started = time.monotonic()
+            load(path, args.records, args.jobs)
+            print(f"loaded {args.records} records and {args.jobs} jobs in {time.monotonic() - started:.0f} s",
+                  flush=True)
         result = db_cli("dbserver", "--path", path)
         if result.returncode:
             sys.exit(f"db dbserver failed: {result.stderr}")
@@ -257,6 +284,10 @@ def main():
             ("records: first page (HTML)", "/P/", 200),
             ("records: search 'point 12' (HTML)", "/P/?search=point%2012", 200),
             ("records: tag filter, sorted -duration, page 40", "/P/?tags=gpu&sort=-duration&page=40", 200),
+            ("records: tag+sort, 40th page by next links", lambda: client.follow("/P/?tags=gpu&sort=-duration", 39),
+             200),
+            ("records: 40th page by next links", lambda: client.follow("/P/", 39), 200),
+            ("records: page 2000 (an old ?page= link)", "/P/?page=2000", None),
             ("records: compare two (HTML)", "/P/?compare=run-00001,run-05000", 200),
             ("records: compare two (JSON)", "/P/?compare=run-00001,run-05000&format=json", 200),
             ("records: smt's JSON listing (all labels)", "/P/?format=json", None),
@@ -264,14 +295,20 @@ def main():
             ("jobs page, filtered workflow+state (HTML)", "/_balsamdb/jobs/?workflow=wf-3&state=RUNNING", 300),
             ("jobs page, name glob + since (HTML)", "/_balsamdb/jobs/?name=sim-0001*&since=1h", 300),
             ("jobs page (JSON)", "/_balsamdb/jobs/?format=json", 300),
+            ("jobs page, 40th page by next links", lambda: client.follow("/_balsamdb/jobs/", 39), 300),
+            ("jobs page, page 2000 (an old ?page= link)", "/_balsamdb/jobs/?page=2000", None),
             ("one job page (HTML)", f"/_balsamdb/jobs/{job_id}/", 300),
         ]
         print(f"\nload average {os.getloadavg()[0]:.1f}")
-        print(f"{'page':48} {'first':>7} {'p50 ms':>8} {'p90 ms':>8} {'KB':>7}  target")
+        print(f"{'page':48} {'first':>7} {'p50 ms':>8} {'p90 ms':>8} {'KB':>7} {'CPU ms':>7}  target")
         for name, url, target in pages:
+            url = url() if callable(url) else url
+            cpu = cpu_seconds(serve.pid)
             p50, p90, size, first = client.time(url, args.repeat)
+            cpu = (cpu_seconds(serve.pid) - cpu) * 1000 / (args.repeat + 2)  # db serve's, per request
             verdict = "" if target is None else (f"< {target} ms  {'ok' if p50 < target else 'MISSED'}")
-            print(f"{name:48} {first:7.1f} {p50:8.1f} {p90:8.1f} {size / 1024:7.1f}  {verdict}", flush=True)
+            print(f"{name:48} {first:7.1f} {p50:8.1f} {p90:8.1f} {size / 1024:7.1f} {cpu:7.0f}  {verdict}",
+                  flush=True)
 
         if args.writers and args.writes:
             print(f"\nwrite capacity: {args.writers} processes x {args.writes} job creations through the write server")
@@ -300,9 +337,9 @@ def main():
             except subprocess.TimeoutExpired:
                 os.killpg(serve.pid, signal.SIGKILL)
         db_cli("dbserver", "--stop", "--path", path)
-        if args.keep:
+        if args.keep or args.dbdir:
             print(f"kept {path}")
-        else:
+        if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
