@@ -153,12 +153,13 @@ def _first(at, per_page):
 
 
 def numbering(at, total, per_page):
-    """``{"first", "page", "pages"}`` of the page at ``at`` among ``total`` rows: the number of its
-    first row (from 1) and of the page, None when not known (a key without ``at``)."""
+    """``{"first", "page", "pages"}`` of the page at ``at`` among ``total`` rows (None: not counted
+    whole): the number of its first row (from 1), of the page and of pages, each None when not known
+    (a key without ``at``)."""
     first = _first(at, per_page)
-    pages = max(1, -(-total // per_page))
-    return {"first": first, "page": None if first is None else min(pages, (first - 1) // per_page + 1),
-            "pages": pages}
+    pages = None if total is None else max(1, -(-total // per_page))
+    page = None if first is None else (first - 1) // per_page + 1
+    return {"first": first, "page": page if pages is None or page is None else min(pages, page), "pages": pages}
 
 
 def pager(kept, links):
