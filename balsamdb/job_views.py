@@ -80,24 +80,6 @@ def history_moves(database, workflow=None, after_id=0, upto_id=None):
     return moves
 
 
-def history_moves_per_workflow(database, upto_id=None):
-    """``{workflow: moves}`` (each as :func:`history_moves` makes them) of the history rows with
-    ``id <= upto_id``, every workflow in one pass (two ``GROUP BY`` queries joined with the jobs): what
-    ``db serve`` reads ahead, so that the first page filtered by a workflow does not read its history."""
-    bucket = _minute_bucket(database)
-    per_workflow = {}
-    for kind, column in (("entered", JobStateChange.to_state), ("left", JobStateChange.from_state)):
-        query = (JobStateChange.select(Job.workflow, column, bucket.alias("minute"), pw.fn.COUNT(pw.SQL("*")))
-                 .join(Job, on=(JobStateChange.job == Job.id))
-                 .where(column.is_null(False)).group_by(Job.workflow, column, bucket))
-        if upto_id is not None:
-            query = query.where(JobStateChange.id <= upto_id)
-        for workflow, state, minute, count in query.tuples().execute(database):
-            moves = per_workflow.setdefault(workflow, {"entered": {}, "left": {}})
-            moves[kind].setdefault(state, {})[int(minute) * 60] = count
-    return per_workflow
-
-
 def merge_moves(older, newer):
     """``older`` plus ``newer`` (both as :func:`history_moves` makes them), as a new value."""
     merged = {}

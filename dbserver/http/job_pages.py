@@ -118,6 +118,8 @@ def _jobs_data(db, filters, at, workflow, history):
     jobs, links = keyset.read(db, query, ORDER, JOBS_PER_PAGE, at, ("updated_at", "id"))
     # the number of jobs of the charts' workflow, when the counts above are of exactly those
     moves = history.get(db, workflow, total if set(filters) <= {"workflow"} else None)
+    charts_pending = moves is None  # its history is being read whole: the charts come at a later refresh
+    moves = moves or {"entered": {}, "left": {}}
     finished = sorted(moves["entered"].get("JOB_FINISHED", {}).items())
     done = sum(c.get(state, 0) for c in counts.values() for state in FINISHED)
     recorded = (job_query(filters).select(pw.fn.COUNT(Job.id))
@@ -128,7 +130,7 @@ def _jobs_data(db, filters, at, workflow, history):
             "counts": counts, "states": job_views.ordered_states(counts), "total": total,
             **keyset.numbering(at, total, JOBS_PER_PAGE), **links, "per_page": JOBS_PER_PAGE, "jobs": jobs,
             "read_at": time.time(),
-            "finished_per_minute": finished, "state_counts": _state_counts(moves),
+            "finished_per_minute": finished, "state_counts": _state_counts(moves), "charts_pending": charts_pending,
             "lost_runs": _lost_runs(db, workflow)}
 
 
