@@ -302,9 +302,9 @@ def main():
         print(f"\nload average {os.getloadavg()[0]:.1f}")
         print(f"{'page':48} {'first':>7} {'p50 ms':>8} {'p90 ms':>8} {'KB':>7} {'CPU ms':>7}  target")
         for name, url, target in pages:
-            cpu = cpu_seconds(serve.pid)
             try:
                 url = url() if callable(url) else url
+                cpu = cpu_seconds(serve.pid)
                 p50, p90, size, first = client.time(url, args.repeat)
             except (RuntimeError, OSError) as exc:  # a page that fails (a read over its time limit): say so
                 print(f"{name:48} FAILED: {str(exc)[:150]}", flush=True)
