@@ -262,3 +262,22 @@ def test_a_full_listing_streams_in_bounded_memory(tmp_path):
     assert lines > total * 20, lines  # every job was printed (about 22 lines each)
     assert size > 100 * 2 ** 20
     assert 0 < peak < 90 * 2 ** 20, f"peak RSS {peak / 2 ** 20:.0f} MB for a listing of {size / 2 ** 20:.0f} MB"
+
+
+def test_a_read_stopped_while_its_rows_are_fetched_is_a_read_timeout(tmp_path):
+    """SQLite interrupts a read at its time limit also while the rows are fetched (a page's GROUP BY over
+    a million jobs' history did): that is ReadTimeout, as when the statement starts, never a raw
+    driver error (an internal error, 500, on the pages)."""
+    DBDirectory(tmp_path / "db").init()
+    reader = Reader(DBDirectory(tmp_path / "db"), load_settings(), time_limit=0.2, lazy=True)
+
+    def endless(database):
+        for _row in database.execute_sql("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) "
+                                         "SELECT x FROM n"):
+            pass
+
+    started = time.monotonic()
+    with pytest.raises(ReadTimeout):
+        reader.query(endless)
+    assert time.monotonic() - started < 30
+    assert reader.query(lambda database: database.execute_sql("SELECT 1").fetchone()) == (1,), "it reads on"
