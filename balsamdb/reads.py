@@ -179,7 +179,10 @@ class Reader:
         binding = self._binding(database) if bind else contextlib.nullcontext()
         with binding, self._time_limit(database):
             with database.atomic():  # one read transaction: the read sees one state of the database
-                return function(database)
+                # The driver's errors raised while rows are fetched (a read interrupted at its time
+                # limit, seen at 1M jobs) become peewee's, as those of execute() are: ReadTimeout, not 500
+                with pw.__exception_wrapper__:
+                    return function(database)
 
     @contextlib.contextmanager
     def _time_limit(self, database):

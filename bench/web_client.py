@@ -11,8 +11,10 @@ and the browser's ``Accept``, stop it.
 """
 
 import base64
+import html
 import http.client
 import os
+import re
 import signal
 import socket
 import statistics
@@ -98,3 +100,12 @@ class Client:
             times.append((time.perf_counter() - started) * 1000)
         times.sort()
         return statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))], len(body), first
+
+    def follow(self, path, links):
+        """The address of the page reached from ``path`` by following its ``rel="next"`` link ``links`` times."""
+        for _ in range(links):
+            found = re.search(rb'rel="next" href="([^"]+)"', self.get(path))
+            if not found:
+                raise RuntimeError(f"{path} has no next link")
+            path = path.split("?")[0] + html.unescape(found.group(1).decode())
+        return path

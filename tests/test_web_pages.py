@@ -85,9 +85,9 @@ def test_find_records_by_tag_search_sort_and_page_in_a_browser(site, browser):
     wait_until(browser, lambda d: "sort=-duration" in d.current_url, "descending duration")
     assert labels_shown(browser)[:3] == ["run-119", "run-118", "run-117"]
 
-    # the next page keeps the sort
+    # the next page keeps the sort; its link holds the key of the last record shown, not a page number
     browser.find_element("css selector", "nav.pager a[rel=next]").click()
-    wait_until(browser, lambda d: "page=2" in d.current_url, "page 2")
+    wait_until(browser, lambda d: "after=" in d.current_url, "page 2")
     assert "records 51–100 of 120" in browser.find_element("id", "counts").text
     assert labels_shown(browser)[0] == "run-069" and "sort=-duration" in browser.current_url
 

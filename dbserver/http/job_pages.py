@@ -8,7 +8,6 @@ itself by polling while open, and reads fine without JavaScript), JSON for scrip
 
 import logging
 import math
-import threading
 import time
 
 import flask
@@ -19,7 +18,8 @@ from balsamdb.exceptions import BadRequest
 from balsamdb.models import LEASE_FIELDS, Job, JobParent, JobStateChange, Record, RecordJob
 from balsamdb.operations import JOB_KEYS, job_query
 
-from balsamdb.server.http import pages
+from balsamdb.server.http import keyset, pages
+from balsamdb.server.http.job_history import HistoryCache, start_history  # noqa: F401  (app.py, tests)
 from balsamdb.server.http.state import state
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,6 @@ PLOT_MAX_BARS = 120      # jobs finished per minute: wider campaigns are shown i
 PLOT_MIN_MINUTES = 3     # the time axis fits the data, but spans at least this (one bar would say nothing)
 AXIS_TICKS = 6           # time labels on each chart's axis (its two ends included)
 REFRESH_SECONDS = 2      # how often an open page asks again (a poll, not a held stream)
-FULL_SECONDS = 600       # the charts' history is read whole again after this (else only its new rows)
 
 # One colour per state, with enough contrast on white; done in green, trouble in red.
 STATE_COLOURS = {
@@ -43,13 +42,6 @@ STATE_COLOURS = {
 bp = flask.Blueprint("web_jobs", __name__, template_folder="templates")
 
 
-def start_history(reader):
-    """The dashboard's :class:`HistoryCache`, its first read started ahead on a thread."""
-    history = HistoryCache()
-    threading.Thread(target=_read_ahead, args=(reader, history), name="jobs-history", daemon=True).start()
-    return history
-
-
 @bp.get("/")
 def jobs_page():
     web = pages.web()
@@ -59,12 +51,12 @@ def jobs_page():
             "name": args.get("name", "").strip(), "tag": args.get("tag", "").strip(),
             "since": args.get("since", "").strip(), "until": args.get("until", "").strip(),
             "changed": args.get("changed", "") not in ("", "0", "false")}
-    page = _page_number(args.get("page"), web)
+    at = _position(args, web)
     try:
         filters = job_views.job_filters(form["workflow"], form["state"], form["name"],
                                         [form["tag"]] if form["tag"] else None, form["since"], form["until"],
                                         form["changed"])
-        data = web.reader.query(lambda db: _jobs_data(db, filters, page, form["workflow"], state().history))
+        data = web.reader.query(lambda db: _jobs_data(db, filters, at, form["workflow"], state().history))
     except BadRequest as exc:
         raise web.error(400, exc.message) from None
     data["filters"] = form
@@ -73,7 +65,8 @@ def jobs_page():
                        bars=_stacked_bars(data["counts"]), plot=_plot(data["finished_per_minute"],
                                                                 since=(data["state_counts"] or {}).get("start")),
                        held=_held_chart(data["state_counts"]),
-                       query=_query_without_page(args))
+                       query=_query_without_page(args),
+                       pager=keyset.pager(_query_without_page(args), data))
 
 
 @bp.get("/<job_id>/")
@@ -96,95 +89,37 @@ def job_page(job_id):
                        colours=STATE_COLOURS, refresh=REFRESH_SECONDS)
 
 
-def _page_number(text, web):
-    if text is None or text == "":
-        return 1
-    if not text.isdigit() or int(text) < 1:
-        raise web.error(400, f"page must be a number from 1, not {text!r}")
-    return int(text)
+def _position(args, web):
+    """Where the page starts: ``{"after": key}``, ``{"before": key}`` or ``{"page": N}`` (see
+    :mod:`.keyset`); 400 for anything else."""
+    try:
+        return keyset.position(args, str)
+    except ValueError as exc:
+        raise web.error(400, str(exc)) from None
 
 
 def _query_without_page(args):
-    return [(k, v) for k, v in args.items(multi=True) if k not in ("page", "format")]
-
-
-class HistoryCache:
-    """The state history's moves per minute (:func:`balsamdb.job_views.history_moves`), per workflow,
-    kept up to date by reading only the rows added since: the whole history of 100,000 jobs takes a
-    second to group on a busy machine, the rows of the last refresh a millisecond.
-
-    Each refresh, in the page's read transaction, reads the history's newest id and adds the moves of
-    the rows after the one it has seen.  Every job has one more move into a state than out of one (its
-    creation), so the kept moves count the jobs: when that count no longer matches the number of jobs
-    (less the difference found when the history was read whole), a job was deleted or its history
-    replaced, and the whole history is read again; also every :data:`FULL_SECONDS` whatever happens."""
-
-    def __init__(self, full_seconds=None, max_entries=64):
-        self.full_seconds = FULL_SECONDS if full_seconds is None else full_seconds
-        self.max_entries = max_entries
-        self._entries = {}  # workflow -> (newest id seen, jobs less counted jobs, read whole at, moves)
-        self._lock = threading.Lock()
-
-    def get(self, db, workflow, jobs=None):
-        """The moves of ``workflow`` ("" for all) as the database ``db`` holds them now; ``jobs``: the
-        number of jobs of the workflow, when the caller has counted them."""
-        newest = (JobStateChange.select(pw.fn.MAX(JobStateChange.id)).tuples().execute(db))[0][0] or 0
-        if jobs is None:
-            query = Job.select(pw.fn.COUNT(pw.SQL("*")))
-            jobs = (query.where(Job.workflow == workflow) if workflow else query).tuples().execute(db)[0][0]
-        now = time.monotonic()
-        with self._lock:
-            entry = self._entries.get(workflow)
-        if entry is not None and entry[0] <= newest and now - entry[2] < self.full_seconds:
-            seen, offset, full_at, moves = entry
-            if newest > seen:
-                moves = job_views.merge_moves(
-                    moves, job_views.history_moves(db, workflow or None, after_id=seen, upto_id=newest))
-            if jobs - _jobs_counted(moves) == offset:  # no job deleted, no history replaced
-                self._keep(workflow, (newest, offset, full_at, moves))
-                return moves
-        moves = job_views.history_moves(db, workflow or None, upto_id=newest)
-        self._keep(workflow, (newest, jobs - _jobs_counted(moves), now, moves))
-        return moves
-
-    def _keep(self, workflow, entry):
-        with self._lock:
-            if len(self._entries) >= self.max_entries and workflow not in self._entries:
-                self._entries.clear()
-            self._entries[workflow] = entry
-
-
-def _jobs_counted(moves):
-    """Moves into states less moves out of them: one per job whose whole history the moves hold."""
-    return (sum(n for per_minute in moves["entered"].values() for n in per_minute.values())
-            - sum(n for per_minute in moves["left"].values() for n in per_minute.values()))
-
-
-def _read_ahead(reader, history):
-    """Read the whole state history once when `db serve` starts, so that the first jobs page reads only
-    what was added since (the history of 100,000 jobs takes about a second to group)."""
-    try:
-        reader.query(lambda db: history.get(db, ""))
-    except Exception as exc:  # noqa: BLE001 - the page reads it itself then
-        log.info("the jobs history was not read ahead: %s", exc)
-    finally:
-        reader.close()
+    return [(k, v) for k, v in args.items(multi=True) if k not in keyset.PARAMS + ("format",)]
 
 
 #: The states of a job whose run ended well, for the count of those with a provenance record.
 FINISHED = ("RUN_DONE", "POSTPROCESSED", "JOB_FINISHED")
 
 
-def _jobs_data(db, filters, page, workflow, history):
+#: the job list's order: the most recently changed first (then by id, so that every job has one place)
+ORDER = keyset.Order(Job.updated_at, Job.id)
+
+
+def _jobs_data(db, filters, at, workflow, history):
     counts = job_views.state_counts(db, filters)
     total = sum(sum(c.values()) for c in counts.values())
-    pages = max(1, math.ceil(total / JOBS_PER_PAGE))
-    query = (job_query(filters).select(Job.id, Job.name, Job.workflow, Job.state, Job.state_message, Job.tags,
+    query = job_query(filters).select(Job.id, Job.name, Job.workflow, Job.state, Job.state_message, Job.tags,
                                       Job.created_at, Job.updated_at, Job.owner, Job.lease_expires)
-             .order_by(Job.updated_at.desc(), Job.id).limit(JOBS_PER_PAGE).offset((page - 1) * JOBS_PER_PAGE))
-    jobs = list(query.dicts().execute(db))
+    jobs, links = keyset.read(db, query, ORDER, JOBS_PER_PAGE, at, ("updated_at", "id"))
     # the number of jobs of the charts' workflow, when the counts above are of exactly those
     moves = history.get(db, workflow, total if set(filters) <= {"workflow"} else None)
+    charts_pending = moves is None  # its history is being read whole: the charts come at a later refresh
+    moves = moves or {"entered": {}, "left": {}}
     finished = sorted(moves["entered"].get("JOB_FINISHED", {}).items())
     done = sum(c.get(state, 0) for c in counts.values() for state in FINISHED)
     recorded = (job_query(filters).select(pw.fn.COUNT(Job.id))
@@ -192,9 +127,10 @@ def _jobs_data(db, filters, page, workflow, history):
                                                               .where(RecordJob.job_id == Job.id)))
                 .scalar(db) if done else 0)
     return {"finished": done, "finished_with_record": recorded,
-            "counts": counts, "states": job_views.ordered_states(counts), "total": total, "page": page,
-            "pages": pages, "per_page": JOBS_PER_PAGE, "jobs": jobs, "read_at": time.time(),
-            "finished_per_minute": finished, "state_counts": _state_counts(moves),
+            "counts": counts, "states": job_views.ordered_states(counts), "total": total,
+            **keyset.numbering(at, total, JOBS_PER_PAGE), **links, "per_page": JOBS_PER_PAGE, "jobs": jobs,
+            "read_at": time.time(),
+            "finished_per_minute": finished, "state_counts": _state_counts(moves), "charts_pending": charts_pending,
             "lost_runs": _lost_runs(db, workflow)}
 
 

@@ -15,6 +15,9 @@ so that reading threads never touch the process-wide model binding of direct mod
 from balsamdb.dbdir import DBDirectory
 from balsamdb.reads import Reader
 
+#: labels read at once by the Sumatra API's streamed listing (one short read each)
+LABEL_PAGE = 5000
+
 #: seconds a page's read may run (a page, not a report: shorter than ``read_time_limit``)
 PAGE_TIME_LIMIT = 10.0
 
@@ -132,6 +135,23 @@ def read_listing(database, project, tags=None, limit=None, documents=False):
         query = query.limit(limit)
     values = [value for (value,) in query.tuples().execute(database)]
     return [json.loads(v) for v in values] if documents else values
+
+
+def read_label_page(database, project, tags=None, after=None, limit=LABEL_PAGE):
+    """One page of the listing of :func:`read_listing` (labels, newest first): ``[(sort_time, id,
+    label)]`` of at most ``limit`` records just after ``after`` (the ``(sort_time, id)`` of the
+    previous page's last row; None for the first page), read through the index on (project,
+    sort_time, id) from where the previous page ended: every page costs the same."""
+    from balsamdb.models import Record
+    from balsamdb.operations.records import record_query
+
+    query = (record_query(project, tags, "any").select(Record.sort_time, Record.id, Record.label)
+             .order_by(Record.sort_time.desc(), Record.id.desc()).limit(limit))
+    if after is not None:
+        sort_time, last = after
+        query = query.where((Record.sort_time <= sort_time)
+                            & ((Record.sort_time < sort_time) | (Record.id < last)))
+    return list(query.tuples().execute(database))
 
 
 def read_permissions(database, project):

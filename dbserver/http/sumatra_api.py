@@ -1,6 +1,8 @@
 """The Sumatra Server API (see the module docs of :mod:`balsamdb.server.http`)."""
 
+import json
 import logging
+import re
 import time
 
 import flask
@@ -12,11 +14,15 @@ from balsamdb.server.http.access import (may_use, may_write_before_body, readabl
 from balsamdb.server.http.errors import HTTPError, challenge
 from balsamdb.server.http.html import (HTML_OUTPUT_CHARS, HTML_RECORD_LIMIT, PROJECT, PROJECTS, RECORD, VERSIONS,
                                        record_fields, record_files, record_job, url_part)
+from balsamdb.server.http import reads as page_reads
 from balsamdb.server.http.replies import json_body, project_url, reply, tags_param
 from balsamdb.server.http.state import state
 from balsamdb.server.http.urls import RESERVED_LABELS, RESERVED_PREFIXES
 
 log = logging.getLogger("balsamdb.server.http")
+
+#: a label that url_part leaves as it is (most): tested at a fraction of the cost of quoting it
+QUOTED_ALREADY = re.compile(r"[A-Za-z0-9/:|@!$'()*+,;=\-._~]*").fullmatch
 
 SAVED_AT, SAVED_BY = "Balsamdb-Saved-At", "Balsamdb-Saved-By"  # sent by db relay (see relayed_save)
 
@@ -53,18 +59,51 @@ def project_view(project):
 
 def project_listing(name, tags):
     """The project and its records; with ``tags``, the records having any of them (the
-    Sumatra Server API's meaning of ``?tags=a,b``)."""
+    Sumatra Server API's meaning of ``?tags=a,b``).  JSON is streamed (:func:`streamed_listing`)."""
     project = readable_project(name)
+    info = {"id": name, "name": name, "description": project["description"], "public": project["public"],
+            "write_once": project["write_once"], "created_at": project["created_at"], "tags": tags}
+    if g.format != "html":
+        return streamed_listing(name, tags, info)
     labels = state().store.listing(name, tags)
-    data = {"id": name, "name": name, "description": project["description"], "public": project["public"],
-            "write_once": project["write_once"], "created_at": project["created_at"], "tags": tags,
-            "records": [f"{project_url(name)}{url_part(label)}/" for label in labels]}
 
     def html():
         records = state().store.listing(name, tags, limit=HTML_RECORD_LIMIT, documents=True)
         return name, PROJECT, {"project": name, "info": project, "records": records, "total": len(labels),
                                 "tags": tags}
-    return reply(data, html=html)
+    return reply(dict(info, records=[f"{project_url(name)}{url_part(label)}/" for label in labels]), html=html)
+
+
+def streamed_listing(name, tags, info):
+    """The JSON of the project listing, ``info`` with ``"records"``: the URL of every record, newest
+    first, written as it is read, a page of :data:`~.reads.LABEL_PAGE` labels at a time (each page one
+    short read, from where the previous ended), so that a million records take no more memory than
+    a page.  The bytes are those of ``json.dumps(listing, ensure_ascii=False)``, which smt's client
+    reads.  The first page is read before the answer starts, so that a store that cannot be read
+    answers with an error status; a read that fails later cuts the answer short (not valid JSON:
+    the client sees an error, never a shorter list).  What a listing read in pages sees of writes
+    made meanwhile: docs/http.md, "Paging"."""
+    reader = state().store.reader
+    prefix = f"{project_url(name)}"
+    size = page_reads.LABEL_PAGE
+    first = reader.query(lambda database: page_reads.read_label_page(database, name, tags, limit=size))
+    head = json.dumps(info, ensure_ascii=False)[:-1] + ', "records": ['
+
+    def body():
+        rows, separator = first, ""
+        yield head.encode()
+        while rows:
+            urls = [prefix + (label if QUOTED_ALREADY(label) else url_part(label)) + "/" for _t, _id, label in rows]
+            chunk = separator + json.dumps(urls, ensure_ascii=False)[1:-1]  # the items as the whole list has them
+            separator = ", "
+            yield chunk.encode()
+            if len(rows) < size:
+                break
+            after = rows[-1][:2]
+            rows = reader.query(lambda database: page_reads.read_label_page(database, name, tags, after, size))
+        yield b"]}"
+
+    return flask.Response(body(), 200, content_type=g.content_type)
 
 
 def put_project(name):
