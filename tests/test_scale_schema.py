@@ -252,6 +252,18 @@ def test_every_everyday_read_uses_an_index(any_dbdir, backend):
         assert [j["id"] for j in listed] == [r[0] for r in database.execute_sql(
             "SELECT id FROM job WHERE updated_at >= %s ORDER BY created_at, id" % repr(since))]
         assert len(listed) == 80
+        paged, after = [], None  # page by page (the cursor's +created_at), the rows' read as well
+        while True:
+            page, rows = _apply(database, [("job_page", {"filters": {"updated_after": since}, "sort": "-created",
+                                                         "after": after, "limit": 30}),
+                                           ("job_rows", {"columns": ["id"], "filters": {"updated_after": since},
+                                                         "sort": "-created", "after": after, "limit": 30})])
+            assert [j["id"] for j in page["jobs"]] == [r[0] for r in rows["rows"]] and page["next"] == rows["next"]
+            paged += [j["id"] for j in page["jobs"]]
+            after = page["next"]
+            if after is None:
+                break
+        assert paged == [j["id"] for j in listed][::-1]
         # The plans above answer what the unindexed queries answered.
         answered = _apply(database, [("job_filter", {"filters": {"name_like": "SIM-001*"}}),
                                      ("job_count", {"filters": {"id_prefix": "0"}})])
