@@ -4,7 +4,6 @@ database (issue 22)."""
 
 import peewee as pw
 
-from .. import states
 from ..models import Job
 
 #: at most this many jobs in a changed-since range are read from an index of the last changes and
@@ -19,12 +18,9 @@ def few_changed(filters):
     if not isinstance(filters, dict) or (filters.get("updated_after") is None
                                          and filters.get("updated_before") is None):
         return False
-    condition = pw.SQL("1 = 1")
     wanted = filters.get("state")
-    if wanted is not None:
-        condition = Job.state.in_([wanted] if isinstance(wanted, str) else wanted)
-    for key, op in (("updated_after", ">="), ("updated_before", "<")):
-        if filters.get(key) is not None:
-            condition &= pw.Expression(Job.updated_at, op, filters[key])
-    probe = Job.select(pw.SQL("1")).where(condition).limit(CHANGED_FEW + 1)
+    conditions = [] if wanted is None else [Job.state.in_([wanted] if isinstance(wanted, str) else wanted)]
+    conditions += [pw.Expression(Job.updated_at, op, filters[key])
+                   for key, op in (("updated_after", ">="), ("updated_before", "<")) if filters.get(key) is not None]
+    probe = Job.select(pw.SQL("1")).where(*conditions).limit(CHANGED_FEW + 1)
     return Job.select(pw.fn.COUNT(pw.SQL("*"))).from_(probe.alias("probe")).scalar() <= CHANGED_FEW
