@@ -16,7 +16,7 @@ from balsamdb.dbdir import DBDirectory
 from balsamdb.exceptions import ConfigError
 from balsamdb.models import MODELS, Job, Record
 from balsamdb.operations import jobs as job_ops
-from balsamdb.operations import leases
+from balsamdb.operations import leases, pages
 from balsamdb.settings import load_settings
 
 #: the indexes of schema 5 that schema 8 drops, as main made them
@@ -236,8 +236,34 @@ def test_every_everyday_read_uses_an_index(any_dbdir, backend):
             assert indexed is not None, "no search index"
             project = Record.project if backend == "postgres" else pw.NodeList((pw.SQL("+"), Record.project), glue="")
             queries["records search"] = Record.select().where((project == "p") & indexed)
-            scanning = {what: _scans(database, _plan(database, query)) for what, query in queries.items()}
+            # filter(since=..., changed=True), by creation: the changed jobs from an index of the last
+            # changes, sorted; not every job walked in creation order (its time grew with the database)
+            changed = {"changed since, by creation": job_ops.ordered_job_query({"updated_after": since}, None)[0],
+                       "state, changed since, by creation, next page": pages._keyset(
+                           {"state": ["STAGED_IN"], "updated_after": since}, "-created", [time.time(), "f"])[0]}
+            queries.update(changed)
+            plans = {what: _plan(database, query) for what, query in queries.items()}
+            scanning = {what: _scans(database, plan) for what, plan in plans.items()}
+            walking = {what: plans[what] for what in changed if any("created_at_id" in line for line in plans[what])}
         assert not any(scanning.values()), {what: lines for what, lines in scanning.items() if lines}
+        assert not walking, walking
+        # ... answering what the walk answered: the same jobs, in the same order.
+        listed = _apply(database, [("job_filter", {"filters": {"updated_after": since}})])[0]
+        assert [j["id"] for j in listed] == [r[0] for r in database.execute_sql(
+            "SELECT id FROM job WHERE updated_at >= %s ORDER BY created_at, id" % repr(since))]
+        assert len(listed) == 80
+        paged, after = [], None  # page by page (the cursor's +created_at), the rows' read as well
+        while True:
+            page, rows = _apply(database, [("job_page", {"filters": {"updated_after": since}, "sort": "-created",
+                                                         "after": after, "limit": 30}),
+                                           ("job_rows", {"columns": ["id"], "filters": {"updated_after": since},
+                                                         "sort": "-created", "after": after, "limit": 30})])
+            assert [j["id"] for j in page["jobs"]] == [r[0] for r in rows["rows"]] and page["next"] == rows["next"]
+            paged += [j["id"] for j in page["jobs"]]
+            after = page["next"]
+            if after is None:
+                break
+        assert paged == [j["id"] for j in listed][::-1]
         # The plans above answer what the unindexed queries answered.
         answered = _apply(database, [("job_filter", {"filters": {"name_like": "SIM-001*"}}),
                                      ("job_count", {"filters": {"id_prefix": "0"}})])
