@@ -9,7 +9,7 @@ import zlib
 
 import peewee as pw
 
-from . import jsonio, schema_scale, schema_tags
+from . import jsonio, schema_dashboard, schema_scale, schema_tags
 from .exceptions import ConfigError
 from .models import (MODELS, MODELS_V1, AppliedRequest, Job, JobAnswerBase, JobParent, JobStateChange, JobTag,
                      Project, ProjectPermission, Record, RecordFile, RecordJob, RecordTag, RecordVersion,
@@ -164,6 +164,8 @@ MIGRATIONS = {
         "and state kept in the same transaction, and a full-text index of records"),
     9: (schema_tags.migrate, "the creation time of each job carried in its tag rows, indexed with the tag: the "
         "newest or oldest jobs of a tag read from the tag side"),
+    10: (schema_dashboard.migrate, "the jobs of a workflow in a state, most recently changed first, read from one "
+         "index (workflow, state, last change) that replaces (workflow, state)"),
 }
 
 #: the schema this balsamdb makes and reads (the highest migration; numbers may skip)
@@ -177,7 +179,7 @@ def _ensure_indexes(database):
                          f"ON {q(AppliedRequest._meta.table_name)} ({q('applied_at')})")
     # What the jobs page of `db serve` reads while a campaign runs: the count per workflow and state,
     # the most recently changed jobs and the jobs finished per minute, each from an index alone.
-    for table, columns in ((Job._meta.table_name, ("workflow", "state")), (Job._meta.table_name, ("updated_at",)),
+    for table, columns in ((Job._meta.table_name, schema_dashboard.COLUMNS), (Job._meta.table_name, ("updated_at",)),
                            (JobStateChange._meta.table_name, ("to_state", "time")),
                            # The keyset cursors of the paged listings (balsamdb.operations.pages): the next
                            # page starts from the index, even inside one bulk_create (one created_at for all).

@@ -34,7 +34,7 @@ class BaseModel(pw.Model):
 class Job(BaseModel):
     id = pw.CharField(max_length=36, primary_key=True)
     name = pw.CharField(index=True)
-    workflow = pw.CharField()  # indexed with state: job_workflow_state
+    workflow = pw.CharField()  # indexed with state and updated_at: job_workflow_state_updated_at_id
     application = pw.TextField(default="")
     args = pw.TextField(default="")
     description = pw.TextField(default="")

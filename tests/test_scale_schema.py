@@ -9,7 +9,7 @@ import uuid
 import peewee as pw
 import pytest
 
-from balsamdb import migrations, schema_scale, schema_tags
+from balsamdb import migrations, schema_dashboard, schema_scale, schema_tags
 from balsamdb.applier import apply
 from balsamdb.request import Request
 from balsamdb.dbdir import DBDirectory
@@ -120,7 +120,7 @@ def test_an_old_db_upgrades_in_place_keeping_every_row(any_dbdir, backend, tmp_p
 
     upgraded = run_db("init", any_dbdir, "--db-type", backend)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "from version 5 to 9" in upgraded.stderr and "280 job" in upgraded.stderr, upgraded.stderr
+    assert f"from version 5 to {migrations.SCHEMA_VERSION}" in upgraded.stderr and "280 job" in upgraded.stderr, upgraded.stderr
     backups = sorted(any_dbdir.glob("backup-schema-5-*.sqlite3"))
     if backend == "sqlite3":
         assert "backed the schema 5 database up" in upgraded.stdout and len(backups) == 1
@@ -132,12 +132,13 @@ def test_an_old_db_upgrades_in_place_keeping_every_row(any_dbdir, backend, tmp_p
 
     database = _open(any_dbdir)
     try:
-        assert migrations.current_version(database) == 9
+        assert migrations.current_version(database) == migrations.SCHEMA_VERSION == 10
         assert _rows(database) == rows and _digest(database) == digest
         indexes = _indexes(database)
         assert not indexes & set(OLD_INDEXES), indexes & set(OLD_INDEXES)
         assert (set(schema_scale.CREATED) - {schema_tags.REPLACED}) | {"job_name_lower", schema_tags.INDEX} <= indexes
         assert schema_tags.REPLACED not in indexes and schema_tags.PREFIX not in indexes  # covered by others
+        assert schema_dashboard.INDEX in indexes and schema_dashboard.REPLACED not in indexes  # schema 10
         assert _tag_times_differ(database) == 0  # every tag row got its job's created_at
         grouped = _counts_match(database)
         assert grouped[("w0", "STAGED_IN")] == 20 and sum(grouped.values()) == 280
@@ -236,6 +237,12 @@ def test_every_everyday_read_uses_an_index(any_dbdir, backend):
             assert indexed is not None, "no search index"
             project = Record.project if backend == "postgres" else pw.NodeList((pw.SQL("+"), Record.project), glue="")
             queries["records search"] = Record.select().where((project == "p") & indexed)
+            from balsamdb.server.http import job_pages
+
+            filtered = job_pages.job_query({"workflow": "w1", "state": ["READY"]}).select(job_pages.Job.id)
+            dashboard = filtered.order_by(*job_pages.ORDER.order_by()).limit(job_pages.JOBS_PER_PAGE + 1)
+            queries["jobs page of a workflow and state"] = dashboard
+            queries["... its next page"] = dashboard.where(job_pages.ORDER.after((since, "f" * 36)))
             # filter(since=..., changed=True), by creation: the changed jobs from an index of the last
             # changes, sorted; not every job walked in creation order (its time grew with the database)
             changed = {"changed since, by creation": job_ops.ordered_job_query({"updated_after": since}, None)[0],
@@ -245,6 +252,10 @@ def test_every_everyday_read_uses_an_index(any_dbdir, backend):
             plans = {what: _plan(database, query) for what, query in queries.items()}
             scanning = {what: _scans(database, plan) for what, plan in plans.items()}
             walking = {what: plans[what] for what in changed if any("created_at_id" in line for line in plans[what])}
+            if backend == "sqlite3":  # the newest changed come from the index in order: no sort of every match
+                sorting = [line for what in ("jobs page of a workflow and state", "... its next page")
+                           for line in plans[what] if "TEMP B-TREE" in line]
+                assert not sorting, sorting
         assert not any(scanning.values()), {what: lines for what, lines in scanning.items() if lines}
         assert not walking, walking
         # ... answering what the walk answered: the same jobs, in the same order.
@@ -280,8 +291,8 @@ def test_an_older_balsamdb_refuses_a_newer_schema(dbdir, run_db):
     database.close()
     refused = run_db("ls", "--path", dbdir)
     assert refused.returncode != 0
-    assert "schema version 99, newer than this balsamdb's (9)" in refused.stderr, refused.stderr
+    assert "schema version 99, newer than this balsamdb's (10)" in refused.stderr, refused.stderr
     init = run_db("init", dbdir)
-    assert init.returncode != 0 and "99" in init.stderr and "(9)" in init.stderr, init.stderr
+    assert init.returncode != 0 and "99" in init.stderr and "(10)" in init.stderr, init.stderr
     with pytest.raises(ConfigError, match="newer than this balsamdb"):
         migrations.check_schema_not_newer(_open(dbdir), dbdir)
