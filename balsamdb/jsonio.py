@@ -44,14 +44,21 @@ def dumps_canonical(value):
     small floats another way (``1e-7``: the text is then made by json), NaN and infinities as
     null, and refuses integers beyond 64 bits and lone surrogates; reading its text back and
     comparing with ``value`` catches those (NaN is unequal to anything), and json writes them."""
+    return _orjson_where_same(value, _SORTED, _FLOAT_SPELLING, _dumps_canonical_json)
+
+
+def _orjson_where_same(value, option, float_spelling, json_encode):
+    """orjson's text of ``value`` with ``option`` when it is provably ``json_encode``'s (no float
+    spelled another way: ``float_spelling`` finds none; reading it back gives ``value``), else
+    ``json_encode(value)``."""
     try:
-        text = orjson.dumps(value, option=_SORTED)
+        text = orjson.dumps(value, option=option)
     except TypeError:
-        return _dumps_canonical_json(value)
+        return json_encode(value)
     out = text.decode()
-    if (("e-" in out or "0.0000" in out) and _FLOAT_SPELLING.search(out) is not None) \
+    if (("e-" in out or "0.0000" in out) and float_spelling.search(out) is not None) \
             or orjson.loads(text) != value:
-        return _dumps_canonical_json(value)
+        return json_encode(value)
     return out
 
 
@@ -64,15 +71,7 @@ def dumps_indented(value):
     """Exactly ``json.dumps(value, indent=2, ensure_ascii=False)`` (what ``--json`` prints), made by
     orjson where its text is provably the same, as for :func:`dumps_canonical` (json's indented
     encoder is its pure-Python one: ten times slower)."""
-    try:
-        text = orjson.dumps(value, option=orjson.OPT_INDENT_2)
-    except TypeError:
-        return _dumps_indented_json(value)
-    out = text.decode()
-    if (("e-" in out or "0.0000" in out) and _FLOAT_SPELLING_INDENTED.search(out) is not None) \
-            or orjson.loads(text) != value:
-        return _dumps_indented_json(value)
-    return out
+    return _orjson_where_same(value, orjson.OPT_INDENT_2, _FLOAT_SPELLING_INDENTED, _dumps_indented_json)
 
 
 # -- canonical text made piece by piece (export files, issue 22) ------------------------------------------
@@ -132,15 +131,11 @@ def canonical_text(text):
     if text == "{}" or text == "[]":
         return text
     raw = text.encode("utf-8", "surrogatepass")
-    if not _long_digits(raw):
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass
-        else:
-            out = orjson.dumps(value, option=_SORTED).decode()
-            if not (("e-" in out or "0.0000" in out) and _FLOAT_SPELLING.search(out) is not None):
-                return out
+    value = _orjson_value(raw)
+    if value is not _UNREAD:
+        out = orjson.dumps(value, option=_SORTED).decode()
+        if not (("e-" in out or "0.0000" in out) and _FLOAT_SPELLING.search(out) is not None):
+            return out
     return _dumps_canonical_json(_PLAIN.decode(text))
 
 
@@ -214,23 +209,31 @@ def _long_digits(raw):
     return len(raw) >= 19 and _NINETEEN in raw.translate(_DIGITS_ONLY)
 
 
+_UNREAD = object()
+
+
+def _orjson_value(raw):
+    """orjson's value of the JSON bytes ``raw``, or ``_UNREAD`` when orjson refuses them or they hold a
+    run of 19 digits (orjson may read it as a float): json decides those."""
+    if _long_digits(raw):
+        return _UNREAD
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _UNREAD
+
+
 def loads_strict(data, what="the text"):
     """Parse JSON text (str or bytes) as the servers accept it: no NaN, Infinity or overflowing
     number, no nesting too deep to parse.  Raises :class:`JSONError` saying why, never anything else."""
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
-    if not _long_digits(raw):
-        # orjson refuses NaN, Infinity and numbers that overflow a float, as the strict decoder
-        # does (and it is four times faster on a large import): whatever it refuses goes to json,
-        # which says why.  A run of 19 digits goes to json (orjson reads it as a float).
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass
-        else:
-            # orjson reads 1,024 levels; json stops near 1,000 (a RecursionError, "nested too deeply"),
-            # and what is that deep fails later: a deep text goes to json, which decides as before.
-            if raw.count(b"[") + raw.count(b"{") < _SHALLOW or _depth_at_most(value, _SHALLOW):
-                return value
+    # orjson refuses NaN, Infinity and numbers that overflow a float, as the strict decoder does (and
+    # it is four times faster on a large import): whatever it refuses goes to json, which says why.
+    value = _orjson_value(raw)
+    # orjson reads 1,024 levels; json stops near 1,000 (a RecursionError, "nested too deeply"),
+    # and what is that deep fails later: a deep text goes to json, which decides as before.
+    if value is not _UNREAD and (raw.count(b"[") + raw.count(b"{") < _SHALLOW or _depth_at_most(value, _SHALLOW)):
+        return value
     try:
         return _STRICT.decode(data.decode() if isinstance(data, (bytes, bytearray)) else data)
     except RecursionError:
