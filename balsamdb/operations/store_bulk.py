@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import os
 import socket
+import stat
 from urllib.parse import quote
 
 from ..exceptions import BadRequest
@@ -49,6 +50,11 @@ TABLES = {
 }
 #: the column that names a row of each parent table
 PARENT_KEY = {"record": "id", "job": "id"}
+#: the columns beyond the id that name the item of a parent row (a job's id is its key): a child row
+#: is copied only under the parent that is the same item on both sides.  A record that another
+#: writer adds to this store during a copy takes the next id, which may be the id of a record the
+#: source gained after its table was copied: that record's tags, files and job must not become its.
+PARENT_ITEM = {"record": ("project_id", "label"), "job": ()}
 #: columns copied as NULL: a launcher's claim on a job of the source means nothing in the copy
 #: (the general path leaves them out too)
 BLANK = {"job": frozenset(LEASE_FIELDS)}
@@ -85,14 +91,37 @@ def attached(database, alias=ALIAS):
     return None
 
 
+def _owned_here(path):
+    """Why the server may not open ``path`` as a copy's source (None when it may): the file, its
+    directory and the directory's secret must be this server's user's own, not links (the path is
+    its own real path), the file a regular one, the directory writable by nobody else.  A caller who
+    may write to this store but is another user can then neither swap in a link to a file that
+    only this server's user may read (behind a secret of the caller's own), nor a FIFO or a crafted
+    database of the caller's that would hang or mislead the writer; and what was checked cannot be
+    swapped before the ATTACH opens it."""
+    if os.path.realpath(path) != path:
+        return "it is not its own real path (a symbolic link, or . or ..)"
+    directory, me = os.path.dirname(path), os.geteuid()
+    info, folder, secret = os.lstat(path), os.lstat(directory), os.lstat(os.path.join(directory, "secret"))
+    if not stat.S_ISREG(info.st_mode) or not stat.S_ISREG(secret.st_mode):
+        return "it or its directory's secret is not a regular file"
+    if {info.st_uid, folder.st_uid, secret.st_uid} != {me}:
+        return "it, its directory or its secret belongs to another user than the server's"
+    if folder.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return "its directory is writable by other users"
+    return None
+
+
 def _attach(database, path, identity, host, proof):
     try:
-        proven = isinstance(proof, str) and hmac.compare_digest(source_proof(path), proof)
+        refused = _owned_here(path)
+        proven = refused is None and isinstance(proof, str) and hmac.compare_digest(source_proof(path), proof)
     except OSError:
         proven = False
     if not proven:
         raise BadRequest(f"the server may not read {path} for this copy: the proof of its DB directory's "
-                         "secret is missing or wrong")
+                         "secret is missing or wrong, or the file, its directory or its secret is not the "
+                         "server's user's own (a regular file, not a link, in a directory no other user writes)")
     if host != socket.gethostname():
         raise BadRequest(f"the source {path} is on host {host}; this server runs on {socket.gethostname()} "
                          "(SQLite's WAL is read safely only on the host that writes it)")
@@ -174,8 +203,11 @@ def bulk_copy(source, identity, host, proof, table, after=None, limit=5000):
     parent = TABLES[table]
     if parent is not None:
         parent_table, column = parent
-        where += (f" AND EXISTS (SELECT 1 FROM main.{_q(parent_table)} p "
-                  f"WHERE p.{_q(PARENT_KEY[parent_table])} = s.{_q(column)})")
+        key = _q(PARENT_KEY[parent_table])
+        same = "".join(f" AND q.{_q(c)} = p.{_q(c)}" for c in PARENT_ITEM[parent_table])
+        source_parent = f" JOIN {ALIAS}.{_q(parent_table)} q ON q.{key} = p.{key}" if same else ""
+        where += (f" AND EXISTS (SELECT 1 FROM main.{_q(parent_table)} p{source_parent} "
+                  f"WHERE p.{key} = s.{_q(column)}{same})")
     names = ", ".join(_q(c) for c in columns)
     try:
         cursor = database.execute_sql(
