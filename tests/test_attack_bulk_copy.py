@@ -14,10 +14,12 @@ from contextlib import closing
 import pytest
 
 import balsamdb
+from balsamdb import transfer
 from balsamdb.exceptions import BadRequest
 from balsamdb.operations.store_bulk import source_identity, source_proof
 from balsamdb.passwords import hash_password
 from fixtures import sqlite_dir  # noqa: F401  (a fixture)
+from helpers import db_cli
 from records import sweep_record
 
 
@@ -123,3 +125,37 @@ def test_job_rows_refuses_what_is_not_a_column_or_a_cursor_with_a_bad_request(sq
         with pytest.raises(BadRequest, match="cannot sort"):
             db.call("job_rows", columns=["id"], sort="created; DROP TABLE job")
         assert len(db.call("job_rows", columns=["name", "name"], sort="-name")["rows"]) == 3
+
+
+def test_a_source_replaced_after_it_was_attached_is_not_read(sqlite_dir):
+    """A source file replaced by another under the same name (a restore) while the first one is still
+    attached (a copy killed before its bulk_copy_detach): the old file's rows are not copied."""
+    src, other, dst = sqlite_dir("src"), sqlite_dir("other"), sqlite_dir("dst")
+    with balsamdb.connect(other) as db:
+        db.call("user_save", name="in-the-new-file", password_hash=hash_password("pw"))
+    path = os.path.realpath(src / "db.sqlite3")
+    with balsamdb.connect(dst) as db:  # one connection: the attachment stays, as on a write server
+        assert db.call("bulk_copy", **_params(path, table="user"))["copied"] == 0
+        os.replace(other / "db.sqlite3", path)
+        with pytest.raises(BadRequest, match="earlier file"):
+            db.call("bulk_copy", **_params(path, table="user"))
+        assert db.call("store_counts")["user"] == 0
+
+
+def test_a_copy_killed_before_it_detached_does_not_hold_the_next_copy_off(sqlite_dir):
+    """The write server keeps a killed copy's source attached; the next db copy of another source
+    into it still takes the fast path."""
+    first, second, dst = sqlite_dir("first"), sqlite_dir("second"), sqlite_dir("dst")
+    with balsamdb.connect(second) as db:
+        db.call("user_save", name="ada", password_hash=hash_password("pw"))
+    assert db_cli("dbserver", "--path", dst).returncode == 0
+    path = os.path.realpath(first / "db.sqlite3")
+    with balsamdb.connect(dst, require_server=True) as db:
+        db.call("bulk_copy", **_params(path, table="user"))  # then killed: no bulk_copy_detach
+    source, destination = transfer.open_store(second), transfer.open_store(dst)
+    try:
+        rows, _longest = transfer.bulk.bulk_pass(source, destination)
+    finally:
+        source.close()
+        destination.close()
+    assert rows["user"] == 1

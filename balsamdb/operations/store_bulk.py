@@ -133,11 +133,16 @@ def _attach(database, path, identity, host, proof):
     current = attached(database)
     if current is not None and os.path.realpath(current) != os.path.realpath(path):
         raise BadRequest(f"another copy's source ({current}) is attached; try again when it is done")
+    if current is not None and getattr(database, "_bulk_copy_source", None) != (path, list(identity)):
+        # The file attached by that name is not this one any more (replaced since: a restore, an
+        # upgrade), or was attached by someone else: its rows are not the source's.
+        raise BadRequest(f"an earlier file by the name {path} is attached; bulk_copy_detach, then copy again")
     if current is None:
         # ATTACH is allowed inside the batch's transaction (DETACH is not: bulk_copy_detach, after).
         database.execute_sql(f"ATTACH DATABASE ? AS {ALIAS}", (f"file:{quote(path)}?mode=ro",))
         if os.path.realpath(attached(database) or "") != os.path.realpath(path):
             raise BadRequest(f"the server could not attach {path} read-only")
+        database._bulk_copy_source = (path, list(identity))  # what was checked, for the next chunks
 
 
 def _columns(database, schema, table):

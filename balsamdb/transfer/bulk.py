@@ -100,6 +100,7 @@ def bulk_pass(src, dst, bar=None, stop=None):
     path = str(_sqlite_dbdir(src).sqlite_file.resolve())
     identity, host, proof = source_identity(path), socket.gethostname(), source_proof(path)
     copied, longest = {}, 0.0
+    detach(dst)  # a source left attached by a copy that was killed before its end
     try:
         for table in TABLES:
             after, copied[table] = None, 0
