@@ -202,3 +202,33 @@ def test_a_chunk_the_server_does_not_answer_in_time_is_not_spooled(sqlite_dir):
     finally:
         os.kill(pid, signal.SIGCONT)
     assert not list((dst / "spool").rglob("*.req"))
+
+
+def test_a_source_locked_by_another_process_is_refused_at_once(sqlite_dir):
+    """A source held locked (exclusive locking mode) is refused within seconds: the destination's one
+    writer waited on it for minutes, and every other writer of the destination behind it."""
+    src, dst = sqlite_dir("src"), sqlite_dir("dst")
+    path = os.path.realpath(src / "db.sqlite3")
+    lock = sqlite3.connect(path, isolation_level=None)
+    lock.execute("PRAGMA locking_mode = EXCLUSIVE")
+    lock.execute("BEGIN EXCLUSIVE")
+    lock.execute("UPDATE user SET name = name")
+    answer = {}
+
+    def chunk():
+        with balsamdb.connect(dst) as db:
+            try:
+                answer["result"] = db.call("bulk_copy", **_params(path, table="user"))
+            except BadRequest as exc:
+                answer["refused"] = str(exc)
+
+    try:
+        thread = threading.Thread(target=chunk, daemon=True)
+        thread.start()
+        thread.join(30)
+        assert not thread.is_alive(), "the chunk waited on the locked source"
+    finally:
+        lock.execute("COMMIT")
+        lock.close()
+        thread.join(300)
+    assert "locked" in answer.get("refused", ""), answer

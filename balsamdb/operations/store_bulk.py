@@ -63,6 +63,9 @@ PARENT_ITEM = {"record": ("project_id", "label"), "job": ()}
 #: (the general path leaves them out too)
 BLANK = {"job": frozenset(LEASE_FIELDS)}
 MAX_ROWS = 20000
+#: milliseconds a chunk waits for a source that another process holds locked (a WAL reader is never
+#: blocked but for a moment), before it is refused
+SOURCE_WAIT_MS = 1000
 ALIAS = "bdb_copy_source"
 
 
@@ -204,7 +207,24 @@ def bulk_copy(source, identity, host, proof, table, after=None, limit=5000):
     if limit > MAX_ROWS:
         raise BadRequest(f"limit is at most {MAX_ROWS}")
     after = -(1 << 63) if after is None else check_number(after, "after", int, -(1 << 63))
-    _attach(database, source, identity, check_text(host, "host", max_len=255), proof)
+    host = check_text(host, "host", max_len=255)
+    # The connection's busy timeout (a minute, for this store) is the source's too: a source that another
+    # process holds locked (exclusive locking mode, a rollback journal) held this store's one writer, and
+    # every writer behind it, for minutes.  This store is not waited on here: the batch holds its lock.
+    waited = database.execute_sql("PRAGMA busy_timeout").fetchone()[0]
+    database.execute_sql(f"PRAGMA busy_timeout = {SOURCE_WAIT_MS}")
+    try:
+        return _copy_chunk(database, source, identity, host, proof, table, after, limit)
+    except pw.OperationalError as exc:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise
+        raise BadRequest(f"the source {source} is locked by another process ({exc}); copy it when it is not") from None
+    finally:
+        database.execute_sql(f"PRAGMA busy_timeout = {int(waited)}")
+
+
+def _copy_chunk(database, source, identity, host, proof, table, after, limit):
+    _attach(database, source, identity, host, proof)
     last = database.execute_sql(f"SELECT rowid FROM {ALIAS}.{_q(table)} WHERE rowid > ? ORDER BY rowid "
                                 "LIMIT 1 OFFSET ?", (after, limit - 1)).fetchone()
     bounds = [after] if last is None else [after, last[0]]
