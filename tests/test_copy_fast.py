@@ -171,7 +171,7 @@ def test_a_retried_chunk_is_applied_once_and_a_non_empty_destination_takes_the_g
         request_id = uuid.uuid4().hex
         first = db.request("bulk_copy", params, request_id=request_id)
         again = db.request("bulk_copy", params, request_id=request_id)
-        assert first == again == {"copied": 2, "next": None}
+        assert first == again == {"copied": 2, "rows": {"user": 2}, "next": None}
         assert db.call("store_counts")["user"] == 2  # applied once
         # A caller that cannot read the source's DB directory (its secret) cannot make the store copy it.
         with pytest.raises(BadRequest, match="proof"):

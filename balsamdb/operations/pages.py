@@ -53,7 +53,8 @@ def _after(after, length):
     if after is None:
         return None
     if not isinstance(after, list) or len(after) != length \
-            or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in after):
+            or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in after) \
+            or any(isinstance(v, int) and not -(1 << 63) <= v < (1 << 63) for v in after):  # SQLite's integers
         raise BadRequest(f"after must be the 'next' of the previous page: a list of {length} values")
     return after
 
@@ -110,8 +111,10 @@ def job_rows(columns, filters=None, sort=None, after=None, limit=PAGE):
     key that ``columns`` lack.  Returns ``{"rows": [[...], ...], "next": cursor, or null after the
     last page}``.  For listings that print a few fields (``db ls``): the rows are the database
     cursor's own."""
-    if not isinstance(columns, list) or not columns or not all(c in ROW_COLUMNS for c in columns):
-        raise BadRequest(f"columns must be a list of job fields among {', '.join(ROW_COLUMNS)}")
+    if not isinstance(columns, list) or not 0 < len(columns) <= len(ROW_COLUMNS) \
+            or not all(c in ROW_COLUMNS for c in columns):
+        raise BadRequest(f"columns must be a list of at most {len(ROW_COLUMNS)} job fields among "
+                         f"{', '.join(ROW_COLUMNS)}")
     query, order, _sort = _keyset(filters, sort, after)
     limit = _limit(limit)
     selected = [getattr(Job, c) for c in columns]

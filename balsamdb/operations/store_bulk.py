@@ -5,13 +5,14 @@ the fast path of ``db copy`` from one DB directory into a new one (see
 The write server (the one writer of the destination) ATTACHes the source file read-only
 (``file:...?mode=ro``: a WAL reader, which never blocks the source's own server and is never
 blocked by it) and runs ``INSERT INTO main.t SELECT ... FROM source.t`` over one bounded keyset
-chunk of one table per request: each chunk is one request, applied exactly once under its
-request id in the transaction of its batch like every write, so the destination's other writers
-wait for one chunk at most.  No row passes through Python.
+chunk of one table per request, with the rows of other tables that belong to that chunk's rows
+(a job's history and tags): each chunk is one request, applied exactly once under its request
+id in the transaction of its batch like every write, so the destination's other writers wait
+for one chunk at most, and no item is here without its rows.  No row passes through Python.
 
-The tables are copied parents first (:data:`TABLES`); a child row whose parent is not (yet) in
-the destination (a job created in the source after the job table was copied) is left out: the
-copy's catch-up passes bring it with its item.  Rows keep their ids (the destination is empty:
+The tables are copied parents first (:data:`TABLES`); a row that belongs to a row that is not
+(yet) in the destination (a job created in the source after the job table was copied) is left
+out: the copy's catch-up passes bring it with its item.  Rows keep their ids (the destination is empty:
 ``db copy`` takes this path only then).  The job table's triggers keep ``job_state_count`` and
 the records' keep the full-text index, as for every other insert.  A launcher's claim (owner,
 lease) is not copied, as on the general path.
@@ -21,6 +22,7 @@ import hashlib
 import hmac
 import os
 import socket
+import stat
 from urllib.parse import quote
 
 from ..exceptions import BadRequest
@@ -29,30 +31,41 @@ from ..models import Job
 from .checks import check_number, check_text
 from .registry import operation
 
-#: table -> its parent table and the column that names the parent row (None: no parent), in the
-#: order they are copied: parents first (the destination's foreign keys hold at every chunk).
-#: Every table is read in rowid order, and each row keeps its rowid: the copy is laid out as the
-#: source is (the indexes on creation times fill at their end), and ids stay as they are.
+#: the tables named in a bulk_copy request, parents first (the destination's foreign keys hold at
+#: every chunk), each with the tables whose rows belong to its rows: those are copied in the same
+#: request as the chunk of rows they belong to, so that no item is ever here without them (a copy
+#: killed between a job's chunk and its tags' chunk left jobs that the general path's re-run found
+#: unchanged, and never tagged).  Every table is read in rowid order, and each row keeps its rowid:
+#: the copy is laid out as the source is (the indexes on creation times fill at their end), and ids
+#: stay as they are.
 TABLES = {
-    "user": None,
-    "project": None,
-    "project_permission": None,
-    "record": None,
-    "record_version": ("record", "record_id"),
-    "record_tag": ("record", "record_id"),
-    "record_job": ("record", "record_id"),
-    "record_file": ("record", "record_id"),
-    "job": None,
-    "job_state_change": ("job", "job_id"),
-    "job_tag": ("job", "job_id"),
-    "job_parent": ("job", "child"),
+    "user": (),
+    "project": (),
+    "project_permission": (),
+    "record": ("record_version", "record_tag", "record_job", "record_file"),
+    "job": ("job_state_change", "job_tag", "job_parent"),
 }
+#: table of rows that belong to others -> (the table of those, the columns that name them): a row is
+#: copied with the chunk of the last of the rows it names to arrive here (a job's link to a parent
+#: job copied in a later chunk comes with that parent)
+CHILDREN = {"record_version": ("record", ("record_id",)), "record_tag": ("record", ("record_id",)),
+            "record_job": ("record", ("record_id",)), "record_file": ("record", ("record_id",)),
+            "job_state_change": ("job", ("job_id",)), "job_tag": ("job", ("job_id",)),
+            "job_parent": ("job", ("child", "parent"))}
 #: the column that names a row of each parent table
 PARENT_KEY = {"record": "id", "job": "id"}
+#: the columns beyond the id that name the item of a parent row (a job's id is its key): a child row
+#: is copied only under the parent that is the same item on both sides.  A record that another
+#: writer adds to this store during a copy takes the next id, which may be the id of a record the
+#: source gained after its table was copied: that record's tags, files and job must not become its.
+PARENT_ITEM = {"record": ("project_id", "label"), "job": ()}
 #: columns copied as NULL: a launcher's claim on a job of the source means nothing in the copy
 #: (the general path leaves them out too)
 BLANK = {"job": frozenset(LEASE_FIELDS)}
 MAX_ROWS = 20000
+#: milliseconds a chunk waits for a source that another process holds locked (a WAL reader is never
+#: blocked but for a moment), before it is refused
+SOURCE_WAIT_MS = 1000
 ALIAS = "bdb_copy_source"
 
 
@@ -85,14 +98,37 @@ def attached(database, alias=ALIAS):
     return None
 
 
+def _owned_here(path):
+    """Why the server may not open ``path`` as a copy's source (None when it may): the file, its
+    directory and the directory's secret must be this server's user's own, not links (the path is
+    its own real path), the file a regular one, the directory writable by nobody else.  A caller who
+    may write to this store but is another user can then neither swap in a link to a file that
+    only this server's user may read (behind a secret of the caller's own), nor a FIFO or a crafted
+    database of the caller's that would hang or mislead the writer; and what was checked cannot be
+    swapped before the ATTACH opens it."""
+    if os.path.realpath(path) != path:
+        return "it is not its own real path (a symbolic link, or . or ..)"
+    directory, me = os.path.dirname(path), os.geteuid()
+    info, folder, secret = os.lstat(path), os.lstat(directory), os.lstat(os.path.join(directory, "secret"))
+    if not stat.S_ISREG(info.st_mode) or not stat.S_ISREG(secret.st_mode):
+        return "it or its directory's secret is not a regular file"
+    if {info.st_uid, folder.st_uid, secret.st_uid} != {me}:
+        return "it, its directory or its secret belongs to another user than the server's"
+    if folder.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return "its directory is writable by other users"
+    return None
+
+
 def _attach(database, path, identity, host, proof):
     try:
-        proven = isinstance(proof, str) and hmac.compare_digest(source_proof(path), proof)
+        refused = _owned_here(path)
+        proven = refused is None and isinstance(proof, str) and hmac.compare_digest(source_proof(path), proof)
     except OSError:
         proven = False
     if not proven:
         raise BadRequest(f"the server may not read {path} for this copy: the proof of its DB directory's "
-                         "secret is missing or wrong")
+                         "secret is missing or wrong, or the file, its directory or its secret is not the "
+                         "server's user's own (a regular file, not a link, in a directory no other user writes)")
     if host != socket.gethostname():
         raise BadRequest(f"the source {path} is on host {host}; this server runs on {socket.gethostname()} "
                          "(SQLite's WAL is read safely only on the host that writes it)")
@@ -104,11 +140,16 @@ def _attach(database, path, identity, host, proof):
     current = attached(database)
     if current is not None and os.path.realpath(current) != os.path.realpath(path):
         raise BadRequest(f"another copy's source ({current}) is attached; try again when it is done")
+    if current is not None and getattr(database, "_bulk_copy_source", None) != (path, list(identity)):
+        # The file attached by that name is not this one any more (replaced since: a restore, an
+        # upgrade), or was attached by someone else: its rows are not the source's.
+        raise BadRequest(f"an earlier file by the name {path} is attached; bulk_copy_detach, then copy again")
     if current is None:
         # ATTACH is allowed inside the batch's transaction (DETACH is not: bulk_copy_detach, after).
         database.execute_sql(f"ATTACH DATABASE ? AS {ALIAS}", (f"file:{quote(path)}?mode=ro",))
         if os.path.realpath(attached(database) or "") != os.path.realpath(path):
             raise BadRequest(f"the server could not attach {path} read-only")
+        database._bulk_copy_source = (path, list(identity))  # what was checked, for the next chunks
 
 
 def _columns(database, schema, table):
@@ -136,16 +177,18 @@ def _select(table, column):
     return "NULL" if column in BLANK.get(table, ()) else f"s.{_q(column)}"
 
 
-@operation(write=True)
+@operation(write=True, spool=False)  # a chunk applied late, after its copy gave up, would add rows to another's
 def bulk_copy(source, identity, host, proof, table, after=None, limit=5000):
     """Copy one chunk of SQLite table ``table`` (one of :data:`TABLES`) from the SQLite file
     ``source`` (an absolute path on this server's host ``host``, whose ``os.stat`` gives
     ``identity`` = ``[st_dev, st_ino]``; ``proof``: :func:`source_proof`, made by a caller who
     can read the source's DB directory) into this store, as they are, with their rowids: the
-    rows whose rowid is above ``after`` (null for the first chunk), at most ``limit`` of them.
-    Same schema version on both sides; SQLite only.  A child row whose parent row is not here
-    is left out.  Returns ``{"copied": rows inserted, "next": the last rowid read, or null when
-    the table is done}``.  A row already here is refused (the copy is made into an empty
+    rows whose rowid is above ``after`` (null for the first chunk), at most ``limit`` of them,
+    and in the same transaction the rows that belong to them (a record's versions, tags, job and
+    files; a job's history, tags and links to parents here).  Same schema version on both sides;
+    SQLite only.  A row that belongs to a row that is not here is left out.  Returns ``{"copied":
+    rows of ``table`` inserted, "rows": {table: rows inserted}, "next": the last rowid read, or
+    null when the table is done}``.  A row already here is refused (the copy is made into an empty
     store; a rerun of ``db copy`` takes the general path).
     """
     import peewee as pw
@@ -164,18 +207,56 @@ def bulk_copy(source, identity, host, proof, table, after=None, limit=5000):
     if limit > MAX_ROWS:
         raise BadRequest(f"limit is at most {MAX_ROWS}")
     after = -(1 << 63) if after is None else check_number(after, "after", int, -(1 << 63))
-    _attach(database, source, identity, check_text(host, "host", max_len=255), proof)
-    columns = _check_schema(database, table)
+    host = check_text(host, "host", max_len=255)
+    # The connection's busy timeout (a minute, for this store) is the source's too: a source that another
+    # process holds locked (exclusive locking mode, a rollback journal) held this store's one writer, and
+    # every writer behind it, for minutes.  This store is not waited on here: the batch holds its lock.
+    waited = database.execute_sql("PRAGMA busy_timeout").fetchone()[0]
+    database.execute_sql(f"PRAGMA busy_timeout = {SOURCE_WAIT_MS}")
+    try:
+        return _copy_chunk(database, source, identity, host, proof, table, after, limit)
+    except pw.OperationalError as exc:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise
+        raise BadRequest(f"the source {source} is locked by another process ({exc}); copy it when it is not") from None
+    finally:
+        database.execute_sql(f"PRAGMA busy_timeout = {int(waited)}")
+
+
+def _copy_chunk(database, source, identity, host, proof, table, after, limit):
+    _attach(database, source, identity, host, proof)
     last = database.execute_sql(f"SELECT rowid FROM {ALIAS}.{_q(table)} WHERE rowid > ? ORDER BY rowid "
                                 "LIMIT 1 OFFSET ?", (after, limit - 1)).fetchone()
-    where, params = "s.rowid > ?", [after]
-    if last is not None:
-        where, params = where + " AND s.rowid <= ?", params + [last[0]]
-    parent = TABLES[table]
-    if parent is not None:
-        parent_table, column = parent
-        where += (f" AND EXISTS (SELECT 1 FROM main.{_q(parent_table)} p "
-                  f"WHERE p.{_q(PARENT_KEY[parent_table])} = s.{_q(column)})")
+    bounds = [after] if last is None else [after, last[0]]
+
+    def chunk(alias):  # the chunk's rows of ``table`` in the source, as ``alias``
+        return f"{alias}.rowid > ?" + ("" if last is None else f" AND {alias}.rowid <= ?")
+
+    rows = {table: _insert(database, table, chunk("s"), bounds)}
+    for child in TABLES[table]:
+        parent, columns = CHILDREN[child]
+        key = _q(PARENT_KEY[parent])
+        ids = f"(SELECT c.{key} FROM {ALIAS}.{_q(parent)} c WHERE {chunk('c')})"
+        where = "(" + " OR ".join(f"s.{_q(c)} IN {ids}" for c in columns) + ")"
+        rows[child] = _insert(database, child, where + "".join(_present(parent, c) for c in columns),
+                              bounds * len(columns))
+    return {"copied": rows[table], "rows": rows, "next": last[0] if last is not None else None}
+
+
+def _present(parent, column):
+    """The condition that the row of ``parent`` named by ``column`` of the child row ``s`` is here,
+    and is the same item as in the source (another writer's record may have taken its id)."""
+    key = _q(PARENT_KEY[parent])
+    same = "".join(f" AND q.{_q(c)} = p.{_q(c)}" for c in PARENT_ITEM[parent])
+    source_parent = f" JOIN {ALIAS}.{_q(parent)} q ON q.{key} = p.{key}" if same else ""
+    return f" AND EXISTS (SELECT 1 FROM main.{_q(parent)} p{source_parent} WHERE p.{key} = s.{_q(column)}{same})"
+
+
+def _insert(database, table, where, params):
+    """Insert the rows of source table ``table`` that match ``where`` (on ``s``); how many."""
+    import peewee as pw
+
+    columns = _check_schema(database, table)
     names = ", ".join(_q(c) for c in columns)
     try:
         cursor = database.execute_sql(
@@ -183,4 +264,4 @@ def bulk_copy(source, identity, host, proof, table, after=None, limit=5000):
             f"FROM {ALIAS}.{_q(table)} s WHERE {where} ORDER BY s.rowid", params)
     except pw.IntegrityError as exc:
         raise BadRequest(f"{table}: rows clash with this store's own ({exc}); copy into an empty store") from None
-    return {"copied": cursor.rowcount, "next": last[0] if last is not None else None}
+    return cursor.rowcount
