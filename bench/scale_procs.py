@@ -1,6 +1,6 @@
 """What ``db bench --scale`` runs and watches: a DB directory with its server on SQLite or on a
 PostgreSQL cluster of its own (started by the server's watchdog, stopped in a ``finally``), a
-``db`` command run as a user runs it (its wall time, CPU and peak memory from ``wait4``) while the
+``db`` command run as a user runs it (its wall time and CPU from ``wait4``, its peak memory sampled) while the
 servers' memory is sampled, and a bare connection for the SQL a listing costs without balsamdb.
 """
 
@@ -88,6 +88,34 @@ class RssSampler:
         self._thread.join(10)
 
 
+class _HighWater:
+    """The peak resident memory of process ``pid`` since its exec (``VmHWM`` of /proc/PID/status),
+    read every :data:`SAMPLE_S` until :meth:`stop`.  Not wait4's ``ru_maxrss``: Linux carries into it,
+    at exec, the peak of the address space the child was forked from (this benchmark's, hundreds of MB
+    after a load), so a 40 MB ``db ls`` read as 150-200 MB."""
+
+    def __init__(self, pid):
+        self.mb, self._path, self._stop = 0.0, f"/proc/{pid}/status", threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while True:
+            try:
+                with open(self._path) as status:
+                    for line in status:
+                        if line.startswith("VmHWM:"):
+                            self.mb = max(self.mb, int(line.split()[1]) / 1024)
+            except OSError:
+                pass
+            if self._stop.wait(SAMPLE_S):
+                return
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(10)
+
+
 def run_db(args, watch=None, stdout=subprocess.DEVNULL, timeout=3600):
     """Run ``db ARGS`` (this interpreter's balsamdb) as a user would; returns
     ``{wall_s, cpu_s, rss_mb, code, servers_mb}`` (``servers_mb``: the peak memory of the processes
@@ -98,16 +126,18 @@ def run_db(args, watch=None, stdout=subprocess.DEVNULL, timeout=3600):
         proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE)
         killer = threading.Timer(timeout, proc.kill)
         killer.start()
+        peak = _HighWater(proc.pid)
         try:
             _pid, status, usage = os.wait4(proc.pid, 0)
         finally:
             killer.cancel()
+            peak.stop()
         wall = time.perf_counter() - began
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read().decode(errors="replace")
     proc.stderr.close()
     killed = proc.returncode == -9
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024,
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mb": peak.mb,
             "code": None if killed else proc.returncode, "stderr": err[-2000:],
             "servers_mb": {name: round(mb, 1) for name, mb in sampler.peak.items()}}
 
