@@ -178,7 +178,7 @@ def test_export_import_export_gives_identical_bytes(sqlite_dir, pg_url, tmp_path
     assert again.returncode == 0 and "0 added, 0 updated" in again.stdout, again.stdout + again.stderr
     lines = one.read_text().splitlines()
     assert json.loads(lines[0]) == {"balsamdb_export": 1, "kinds": ["user", "project", "permission", "record",
-                                                                    "job"]}
+                                                                    "job", "policy"]}
     footer = json.loads(lines[-1])
     assert footer["end"] is True and footer["counts"]["record"] == 300 and footer["counts"]["job"] == 300
 
@@ -198,7 +198,8 @@ def test_a_truncated_or_foreign_file_is_refused_before_anything_is_written(sqlit
     foreign = db_cli("import", other, "--path", dst)
     assert foreign.returncode == 1 and "not a balsamdb export" in foreign.stderr, foreign.stderr
     with balsamdb.connect(dst) as db:
-        assert db.call("store_counts") == {"user": 0, "project": 0, "permission": 0, "record": 0, "job": 0}
+        assert db.call("store_counts") == {"user": 0, "project": 0, "permission": 0, "record": 0, "job": 0,
+                                           "policy": 0}
 
 
 def test_a_copy_killed_midway_is_finished_by_running_it_again(sqlite_dir, pg_url):

@@ -46,6 +46,7 @@ TABLES = {
     "job_state_change": ("job", "job_id"),
     "job_tag": ("job", "job_id"),
     "job_parent": ("job", "child"),
+    "workflow_policy": None,
 }
 #: the column that names a row of each parent table
 PARENT_KEY = {"record": "id", "job": "id"}

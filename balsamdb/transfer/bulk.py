@@ -33,7 +33,7 @@ DEFAULT_CHUNK_ROWS = 10000
 
 #: the tables whose rows are the items of each kind (the first one), for the report's counts
 ITEM_TABLES = {"user": "user", "project": "project", "permission": "project_permission", "record": "record",
-               "job": "job"}
+               "job": "job", "policy": "workflow_policy"}
 
 
 def _sqlite_dbdir(store):
@@ -169,7 +169,8 @@ def _comparisons(conn):
     from ..job_fields import JOB_KEYS
 
     out = []
-    for table, keys in (("user", ("name",)), ("project", ("name",)), ("project_permission", ("project_id", "user_id"))):
+    for table, keys in (("user", ("name",)), ("project", ("name",)), ("project_permission", ("project_id", "user_id")),
+                        ("workflow_policy", ("workflow",))):
         content = _columns(conn, table)
         out.append((table, f'SELECT count(*) FROM src."{table}"', f'SELECT count(*) FROM main."{table}"',
                     f'SELECT count(*) FROM src."{table}" s JOIN main."{table}" d ON {_same(keys)} AND {_same(content)}'))
@@ -204,7 +205,8 @@ def _comparisons(conn):
 
 _EXTRA = {"job": ("job", "k.id = t.id"), "record": ("record", "k.project_id = t.project_id AND k.label = t.label"),
           "user": ("user", "k.name = t.name"), "project": ("project", "k.name = t.name"),
-          "permission": ("project_permission", "k.project_id = t.project_id AND k.user_id = t.user_id")}
+          "permission": ("project_permission", "k.project_id = t.project_id AND k.user_id = t.user_id"),
+          "policy": ("workflow_policy", "k.workflow = t.workflow")}
 
 
 VERIFY_THREADS = 2  # the tables are compared on this many connections at once (SQLite runs without the GIL)
@@ -250,7 +252,7 @@ def compare_sql(src, dst, until):
     """Compare the files of ``src`` and ``dst`` up to ``until``, table by table on
     :data:`VERIFY_THREADS` read-only connections: ``(problems, extra, summary)``: what differs,
     what the destination holds more (items the source deleted during the copy), and the counts
-    of the report (``projects``, ``jobs``, ``users``, ``permissions``, ``tables``: rows compared
+    of the report (``projects``, ``jobs``, ``users``, ``permissions``, ``policies``, ``tables``: rows compared
     per table)."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -268,5 +270,6 @@ def compare_sql(src, dst, until):
                             f"{n_src - n_equal} of the source's missing or different")
     summary = {"projects": projects, "jobs": {"count": tables["job"], "digest": None},
                "users": {"count": tables["user"], "digest": None},
-               "permissions": {"count": tables["project_permission"], "digest": None}, "tables": tables}
+               "permissions": {"count": tables["project_permission"], "digest": None},
+               "policies": {"count": tables["workflow_policy"], "digest": None}, "tables": tables}
     return problems, extra, summary

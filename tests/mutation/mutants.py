@@ -586,6 +586,16 @@ MUTANTS = [
       '_same(record_item(row, None), item)',
       ("tests/test_transfer.py::test_export_import_export_gives_identical_bytes",),
       "an existing record compared without its versions: every import again rewrites every record"),
+    M("import-writes-no-links", "carry the links to parents and the workflow policies: a parent finished",
+      "balsamdb/operations/store_import.py", "    if write:  # the links the server reads",
+      "    if False:  # the links the server reads",
+      ("tests/test_copy_fast.py::test_a_copy_carries_the_links_to_parents_and_the_workflow_policies",),
+      "jobs imported without their job_parent rows: a finished parent releases no child in the copy"),
+    M("rerun-leaves-links-missing", "a second run completes a copy that lacks links, none twice",
+      "balsamdb/operations/parents.py",
+      '    links.extend(link for link in kept if (link["child"], link["parent"]) not in have)\n', "",
+      ("tests/test_copy_fast.py::test_a_copy_carries_the_links_to_parents_and_the_workflow_policies",),
+      "an unchanged job's missing links left missing: a copy made without links stays broken"),
     # (a database error of the destination: not mutated in SQLDatabase.call alone; apply_requests turns
     # it into a refusal with the database's words too.)
     M("unreachable-store-traceback", "an unreachable or read-only destination: exit 1 with the reason, no traceback",
