@@ -596,6 +596,10 @@ MUTANTS = [
       '    links.extend(link for link in kept if (link["child"], link["parent"]) not in have)\n', "",
       ("tests/test_copy_fast.py::test_a_copy_carries_the_links_to_parents_and_the_workflow_policies",),
       "an unchanged job's missing links left missing: a copy made without links stays broken"),
+    M("sql-check-counts-lost-links", "a parent deleted in the source before the copy does not fail its check",
+      "balsamdb/transfer/bulk.py", '        if table == "job_parent":\n', "        if False:\n",
+      ("tests/test_copy_fast.py::test_a_copy_carries_the_links_to_parents_and_the_workflow_policies",),
+      "links compared whatever their parent: the link to a deleted parent that a catch-up made fails the copy"),
     # (a database error of the destination: not mutated in SQLDatabase.call alone; apply_requests turns
     # it into a refusal with the database's words too.)
     M("unreachable-store-traceback", "an unreachable or read-only destination: exit 1 with the reason, no traceback",
