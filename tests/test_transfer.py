@@ -312,7 +312,7 @@ def test_copy_into_a_plain_sumatra_api_copies_projects_and_records(sqlite_dir, h
     copied = db_cli("copy", src, url, "--json", timeout=COPY_TIMEOUT)
     assert copied.returncode == 0, copied.stderr
     report = json.loads(copied.stdout)
-    assert report["skipped_kinds"] == {"user": 2, "permission": 1, "job": 10}
+    assert report["skipped_kinds"] == {"user": 2, "permission": 1, "job": 10, "policy": 0}
     assert report["verification"]["verified"] and report["first_pass"]["record"]["added"] == 120
     with balsamdb.connect(src) as a, balsamdb.connect(path) as b:
         assert a.records.list("Sweep") == b.records.list("Sweep")
