@@ -304,7 +304,8 @@ def import_items(items, dry_run=False):
     that is absent is added, one that differs is replaced, one that is equal is left.
 
     All or none.  Items keep their times, ids and (for jobs) state and history,
-    so a copy is equal to its source.  Returns ``{"added": n, "updated": n,
+    so a copy is equal to its source; a job's links to its parents (the rows the
+    server reads to release it) are written from its ``parents``, once.  Returns ``{"added": n, "updated": n,
     "unchanged": n}``.  Nothing is ever deleted.  With ``dry_run`` nothing is
     written: the counts say what would happen.
     """

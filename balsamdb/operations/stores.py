@@ -230,7 +230,7 @@ def _check_after(after):
 
 @operation(write=False)
 def export_items(kind, after=None, limit=PAGE, since=None, versions=False):
-    """One page of the store's items of ``kind`` (user, project, permission, record, job),
+    """One page of the store's items of ``kind`` (user, project, permission, record, job, policy),
     in key order, starting just after the key ``after`` (the ``next`` of the previous page).
 
     ``since`` (UNIX seconds; records and jobs only) keeps only items changed at or
