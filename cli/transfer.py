@@ -5,6 +5,7 @@ import sys
 import click
 
 from balsamdb import transfer
+from balsamdb.operations.stores import PLURALS
 from balsamdb.settings import resolve_db_path
 
 from balsamdb.wording import plural
@@ -23,13 +24,18 @@ def _say(as_json):
     return None if as_json else (lambda sentence: click.echo(sentence, err=True))
 
 
+def _count(count, kind):
+    """"2 jobs", "1 policy", "3 policies"."""
+    return plural(count, kind, PLURALS.get(kind))
+
+
 def _kind_counts(totals):
     """"30 records, 2500 jobs (2530 added, 0 updated, 1 already there)"."""
     seen = [(k, sum(v.values())) for k, v in totals.items() if any(v.values())]
     if not seen:
         return "nothing"
     added, updated, unchanged = (sum(v[key] for v in totals.values()) for key in ("added", "updated", "unchanged"))
-    items = ", ".join(f"{n} {k}{'' if n == 1 else 's'}" for k, n in seen)
+    items = ", ".join(_count(n, k) for k, n in seen)
     return f"{items} ({added} added, {updated} updated, {unchanged} already there)"
 
 
@@ -75,7 +81,7 @@ def copy(src, dst, dry_run, as_json):
     verb = "would copy" if dry_run else "copied"
     click.echo(f"{verb} {report['source']} -> {report['destination']}: {_kind_counts(report['first_pass'])}")
     click.echo(f"path: {report['path']} ({report['path_reason']})")
-    skipped = [f"{count} {kind}s" for kind, count in report["skipped_kinds"].items() if count]
+    skipped = [_count(count, kind) for kind, count in report["skipped_kinds"].items() if count]
     if skipped:
         click.echo(f"not copied: {', '.join(skipped)} ({'; '.join(report['limits'])})")
     if not dry_run:
@@ -183,7 +189,7 @@ def export(file, path, store, fmt, record, job, workflow, project, with_files, a
     if as_json:
         echo_json(summary)
     elif file != "-":
-        click.echo(f"exported {', '.join(plural(n, k) for k, n in footer['counts'].items())} to {file}")
+        click.echo(f"exported {', '.join(_count(n, k) for k, n in footer['counts'].items())} to {file}")
 
 
 @click.command("import", context_settings=CONTEXT_SETTINGS)
@@ -227,4 +233,4 @@ def import_(file, path, store, project, dry_run, as_json):
     click.echo(f"{verb} {report['format']} {file}: {_kind_counts(report['items'])}"
                + (" (verified)" if report.get("verified") else ""))
     for kind, count in report["skipped_kinds"].items():
-        click.echo(f"not imported: {plural(count, kind)} (the store cannot hold them)")
+        click.echo(f"not imported: {_count(count, kind)} (the store cannot hold them)")

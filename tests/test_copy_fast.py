@@ -183,3 +183,64 @@ def test_a_retried_chunk_is_applied_once_and_a_non_empty_destination_takes_the_g
             source.close()
             destination.close()
     assert not fast and "not empty (2 users)" in why
+
+
+def links(path):
+    """The job_parent rows of ``path`` whose parent exists (each once: the table's key)."""
+    with closing(sqlite3.connect(f"file:{path / 'db.sqlite3'}?mode=ro", uri=True)) as con:
+        return con.execute("SELECT child, parent FROM job_parent WHERE parent IN (SELECT id FROM job) "
+                           "ORDER BY 1, 2").fetchall()
+
+
+def _finish(db, job_id):
+    for state in ("RUNNING", "RUN_DONE", "JOB_FINISHED"):
+        db.jobs.update_state(job_id, state, "done")
+
+
+def test_a_copy_carries_the_links_to_parents_and_the_workflow_policies(sqlite_dir, tmp_path):
+    """Into a new directory (the fast path), into one in use (the general path) and through an
+    export file: in each copy a finished parent releases its children as in the source (the
+    server reads the links of the job_parent table, not the jobs' parents column), and the
+    lost-run policies are there."""
+    src, new, used, imported, older = (sqlite_dir(n) for n in ("src", "new", "used", "imported", "older"))
+    with balsamdb.connect(src) as db:
+        p1, p2 = db.jobs.bulk_create([{"name": "p1", "workflow": "fam"}, {"name": "p2", "workflow": "fam"}],
+                                     make_workdir=False)
+        db.jobs.bulk_create([{"name": "both", "workflow": "fam", "parents": [p1, p2]},
+                             {"name": "one", "workflow": "fam", "parents": [p1]}], make_workdir=False)
+        db.jobs.set_lost_run_policy("fam", "stop")
+        gone = db.jobs.create(name="gone", workflow="other", make_workdir=False).id
+        db.jobs.bulk_create([{"name": "lost", "workflow": "fam", "parents": [gone]}], make_workdir=False)
+        db.jobs.delete(gone)  # its link goes, not the child's parents column: a copy may make it again
+    with balsamdb.connect(used) as db:
+        db.jobs.create(name="already-here", workflow="other", make_workdir=False)
+    for run, (dst, path) in enumerate(((new, "sqlite-bulk"), (used, "items"), (used, "items"))):
+        if run == 2:  # as a copy made before copies carried links: the second run completes it, once
+            with closing(sqlite3.connect(used / "db.sqlite3")) as con, con:
+                con.execute("DELETE FROM job_parent")
+        copied = db_cli("copy", src, dst, "--json", timeout=COPY_TIMEOUT)
+        assert copied.returncode == 0, copied.stderr
+        report = json.loads(copied.stdout)
+        assert report["path"] == path, report["path_reason"]
+    assert report["first_pass"]["job"] == {"added": 0, "updated": 0, "unchanged": 5}
+    export = tmp_path / "export.jsonl"
+    assert db_cli("export", export, "--path", src).returncode == 0
+    assert db_cli("import", export, "--path", imported).returncode == 0
+    # A file exported before policies were items (format 1 all the same) imports as it did.
+    lines = [json.loads(line) for line in export.read_text().splitlines()]
+    lines[0]["kinds"].remove("policy")
+    del lines[-1]["counts"]["policy"], lines[-1]["digests"]["policies"]
+    old = tmp_path / "old.jsonl"
+    old.write_text("".join(json.dumps(line) + "\n" for line in lines if line.get("kind") != "policy"))
+    assert db_cli("import", old, "--path", older).returncode == 0
+    found = {}
+    for where in (src, new, used, imported, older):
+        with balsamdb.connect(where) as db:
+            _finish(db, p1)
+            found[where.name] = ({j.name: j.state for j in db.jobs.filter(workflow="fam")},
+                                 [(p["workflow"], p["lost_runs"]) for p in db.call("workflow_policy_list")],
+                                 links(where))
+    assert found["src"][:2] == ({"p1": "JOB_FINISHED", "p2": "CREATED", "both": "AWAITING_PARENTS", "one": "READY",
+                                 "lost": "AWAITING_PARENTS"}, [("fam", "stop")])
+    assert found.pop("older") == (found["src"][0], [], found["src"][2])
+    assert {name: value for name, value in found.items() if value != found["src"]} == {}

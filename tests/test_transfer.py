@@ -178,7 +178,7 @@ def test_export_import_export_gives_identical_bytes(sqlite_dir, pg_url, tmp_path
     assert again.returncode == 0 and "0 added, 0 updated" in again.stdout, again.stdout + again.stderr
     lines = one.read_text().splitlines()
     assert json.loads(lines[0]) == {"balsamdb_export": 1, "kinds": ["user", "project", "permission", "record",
-                                                                    "job"]}
+                                                                    "job", "policy"]}
     footer = json.loads(lines[-1])
     assert footer["end"] is True and footer["counts"]["record"] == 300 and footer["counts"]["job"] == 300
 
@@ -198,7 +198,8 @@ def test_a_truncated_or_foreign_file_is_refused_before_anything_is_written(sqlit
     foreign = db_cli("import", other, "--path", dst)
     assert foreign.returncode == 1 and "not a balsamdb export" in foreign.stderr, foreign.stderr
     with balsamdb.connect(dst) as db:
-        assert db.call("store_counts") == {"user": 0, "project": 0, "permission": 0, "record": 0, "job": 0}
+        assert db.call("store_counts") == {"user": 0, "project": 0, "permission": 0, "record": 0, "job": 0,
+                                           "policy": 0}
 
 
 def test_a_copy_killed_midway_is_finished_by_running_it_again(sqlite_dir, pg_url):
@@ -311,7 +312,7 @@ def test_copy_into_a_plain_sumatra_api_copies_projects_and_records(sqlite_dir, h
     copied = db_cli("copy", src, url, "--json", timeout=COPY_TIMEOUT)
     assert copied.returncode == 0, copied.stderr
     report = json.loads(copied.stdout)
-    assert report["skipped_kinds"] == {"user": 2, "permission": 1, "job": 10}
+    assert report["skipped_kinds"] == {"user": 2, "permission": 1, "job": 10, "policy": 0}
     assert report["verification"]["verified"] and report["first_pass"]["record"]["added"] == 120
     with balsamdb.connect(src) as a, balsamdb.connect(path) as b:
         assert a.records.list("Sweep") == b.records.list("Sweep")
@@ -514,5 +515,5 @@ def test_export_lines_made_from_rows_are_the_items_canonical_text(sqlite_dir, tm
         store.close()
     lines = (tmp_path / "lines.jsonl").read_bytes()
     assert lines == (tmp_path / "items.jsonl").read_bytes()
-    assert footer["counts"] == {"user": 0, "project": 2, "permission": 0, "record": 5, "job": 5}
+    assert footer["counts"] == {"user": 0, "project": 2, "permission": 0, "record": 5, "job": 5, "policy": 0}
     assert b"1e-07" in lines and b"NaN" in lines and b"Infinity" in lines and b'"versions":[{' in lines

@@ -81,14 +81,38 @@ def link_new_jobs(rows, when, insert):
         if row["id"] in row["parents"]:
             raise BadRequest(f"job {row['id']} cannot be its own parent")
     _check_acyclic({r["id"]: [p for p in r["parents"] if p in new] for r in with_parents})
-    links = []
     for row in with_parents:
         row["parents"] = list(dict.fromkeys(row["parents"]))
-        links.extend({"child": row["id"], "parent": p} for p in row["parents"])
         if row["state"] == WAITING and all(existing.get(p) == FINISHED for p in row["parents"]):
             row["state"] = "READY"
             row["state_message"] = row["state_message"] or "its parents had all finished when it was created"
-    return links
+    return links_of(with_parents)
+
+
+def links_of(rows):
+    """The ``job_parent`` rows of jobs ``rows`` (dicts with ``id`` and ``parents``), one per parent."""
+    return [{"child": r["id"], "parent": p} for r in rows for p in dict.fromkeys(r["parents"])]
+
+
+def import_links(fast, added, replaced, unchanged):
+    """The links of jobs that ``import_items`` wrote as they are (dicts with ``id`` and ``parents``):
+    those of ``added`` jobs are inserted, those of ``replaced`` ones made anew, and those of
+    ``unchanged`` ones that are missing are inserted (a copy made before copies carried links is
+    completed by running it again); no link is made twice.  Nothing is checked or released: a
+    copy keeps the states as they are, and a parent may come in a later page of the copy."""
+    replaced_ids = [r["id"] for r in replaced]
+    for start in range(0, len(replaced_ids), _CHUNK):
+        JobParent.delete().where(JobParent.child.in_(replaced_ids[start:start + _CHUNK])).execute()
+    links = links_of([r for r in added + replaced if r["parents"]])
+    kept = links_of([r for r in unchanged if r["parents"]])
+    children = sorted({link["child"] for link in kept})
+    have = set()
+    for start in range(0, len(children), _CHUNK):
+        have.update(JobParent.select(JobParent.child, JobParent.parent)
+                    .where(JobParent.child.in_(children[start:start + _CHUNK])).tuples())
+    links.extend(link for link in kept if (link["child"], link["parent"]) not in have)
+    if links:
+        fast.executemany(fast.insert_parent, links)
 
 
 def release_children(fast, parent_id, when):
@@ -139,7 +163,7 @@ def set_parents(job, parents, when, fast):
         frontier = list(ancestors - seen)
     JobParent.delete().where(JobParent.child == job.id).execute()
     if parents:
-        fast.executemany(fast.insert_parent, [{"child": job.id, "parent": p} for p in parents])
+        fast.executemany(fast.insert_parent, links_of([{"id": job.id, "parents": parents}]))
     if job.state == WAITING and parents and all(found[p] == FINISHED for p in parents):
         job.state, job.state_message = "READY", "released: its new parents have all finished"
         fast.executemany(fast.insert_history, [{"job": job.id, "time": when, "from_state": WAITING,

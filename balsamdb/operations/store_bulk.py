@@ -44,6 +44,7 @@ TABLES = {
     "project_permission": (),
     "record": ("record_version", "record_tag", "record_job", "record_file"),
     "job": ("job_state_change", "job_tag", "job_parent"),
+    "workflow_policy": (),
 }
 #: table of rows that belong to others -> (the table of those, the columns that name them): a row is
 #: copied with the chunk of the last of the rows it names to arrive here (a job's link to a parent

@@ -8,16 +8,19 @@ import peewee as pw
 from .. import states
 from ..exceptions import BadRequest
 from ..models import Job, JobStateChange, JobTag, Project, ProjectPermission, Record, RecordTag, RecordVersion, User
+from ..models import WorkflowPolicy
 from .checks import (MAX_LIST, check_number, check_object, check_record_label, check_text, check_user_name, check_uuid,
                      chunks)
 from ..job_fields import JOB_KEYS
 from .job_specs import JOB_FIELDS
+from . import parents as dependencies
 from .record_links import relink
 from .records import compress, record_columns, record_tags, record_text
 from ..statements import statements
 from .registry import operation
-from .stores import (canonical, check_kind, item_key, job_dicts, job_items, project_item, record_item, user_item,
-                     versions_of)
+from .leases import LOST_POLICIES
+from .stores import (canonical, check_kind, item_key, job_dicts, job_items, policy_item, project_item, record_item,
+                     user_item, versions_of)
 
 
 def _time(value, what):
@@ -44,6 +47,11 @@ def _clean_item(item):
     if kind == "permission":
         return {"kind": kind, "project": check_text(item.get("project"), "project name", max_len=255),
                 "user": check_user_name(item.get("user"))}
+    if kind == "policy":
+        if item.get("lost_runs") not in LOST_POLICIES:
+            raise BadRequest(f"a policy's lost_runs must be one of {', '.join(LOST_POLICIES)}")
+        return {"kind": kind, "workflow": check_text(item.get("workflow"), "workflow", max_len=255),
+                "lost_runs": item["lost_runs"], "updated_at": _time(item.get("updated_at"), "updated_at")}
     if kind == "record":
         document = check_object(item.get("document"), "document")
         label = check_record_label(item.get("label"))
@@ -152,6 +160,17 @@ def _put_permission(item, write):
     return "added" if created else "unchanged"
 
 
+def _put_policy(item, write):
+    row = WorkflowPolicy.get_or_none(WorkflowPolicy.workflow == item["workflow"])
+    outcome = _compare(row, item, policy_item)
+    if write and outcome == "added":
+        WorkflowPolicy.create(workflow=item["workflow"], lost_runs=item["lost_runs"], updated_at=item["updated_at"])
+    elif write and outcome == "updated":
+        (WorkflowPolicy.update(lost_runs=item["lost_runs"], updated_at=item["updated_at"])
+         .where(WorkflowPolicy.workflow == item["workflow"]).execute())
+    return outcome
+
+
 def _put_records(items, write):
     """Records in batches: one query finds the existing ones, one inserts the new ones."""
     existing = {}
@@ -231,13 +250,13 @@ def _put_jobs(items, write):
         for item in job_items(job_dicts(Job.select().where(Job.id.in_(chunk)))):
             existing[item["id"]] = item
     outcomes, history, tags, new_rows = [], [], [], []
+    linked = {"added": [], "updated": [], "unchanged": []}  # the jobs whose job_parent rows to write
     for item in items:
         old = existing.get(item["id"])
-        if old is not None and _same(old, item):
-            outcomes.append("unchanged")
-            continue
-        outcomes.append("added" if old is None else "updated")
-        if not write:
+        outcome = "unchanged" if old is not None and _same(old, item) else "added" if old is None else "updated"
+        outcomes.append(outcome)
+        linked[outcome].append(item)
+        if outcome == "unchanged" or not write:
             continue
         values = {key: item[key] for key in JOB_KEYS}
         if old is None:
@@ -257,6 +276,8 @@ def _put_jobs(items, write):
         fast.executemany(fast.insert_history, history)
     if tags:
         fast.executemany(fast.insert_tag, tags)
+    if write:  # the links the server reads to release children, as job creation makes them
+        dependencies.import_links(fast, linked["added"], linked["updated"], linked["unchanged"])
     return outcomes
 
 
@@ -265,7 +286,8 @@ def _one_by_one(put):
 
 
 _PUT = {"user": _one_by_one(_put_user), "project": _one_by_one(_put_project),
-        "permission": _one_by_one(_put_permission), "record": _put_records, "job": _put_jobs}
+        "permission": _one_by_one(_put_permission), "record": _put_records, "job": _put_jobs,
+        "policy": _one_by_one(_put_policy)}
 
 
 def _jobs_replaced(params):
@@ -282,7 +304,8 @@ def import_items(items, dry_run=False):
     that is absent is added, one that differs is replaced, one that is equal is left.
 
     All or none.  Items keep their times, ids and (for jobs) state and history,
-    so a copy is equal to its source.  Returns ``{"added": n, "updated": n,
+    so a copy is equal to its source; a job's links to its parents (the rows the
+    server reads to release it) are written from its ``parents``, once.  Returns ``{"added": n, "updated": n,
     "unchanged": n}``.  Nothing is ever deleted.  With ``dry_run`` nothing is
     written: the counts say what would happen.
     """

@@ -15,10 +15,12 @@ An *item* is one JSON object with a ``kind``; items of a store, in this order:
                  server keeps no versions]}
     job         {"kind": "job", <every field of job_get>, "history": [{"time", "from_state",
                  "to_state", "message"}, ...]}
+    policy      {"kind": "policy", "workflow", "lost_runs", "updated_at"}: a workflow's policy for
+                lost runs (``db job policy``); an export file made before policies were items has none
 
 A record's tags are those of its document.  Within a kind, items sort by their
 key (user: name; project: name; permission: project, user; record: project,
-label; job: id).
+label; job: id; policy: workflow).
 """
 
 
@@ -31,13 +33,17 @@ from .. import jsonio
 
 from ..exceptions import BadRequest
 from ..models import Job, JobStateChange, JSONText, Project, ProjectPermission, Record, RecordVersion, User
+from ..models import WorkflowPolicy
 from .checks import MAX_LIST, check_number, chunks
 from ..job_fields import JOB_KEYS
 from .job_specs import job_to_dict
 from .records import decompress
 from .registry import operation
 
-KINDS = ("user", "project", "permission", "record", "job")
+KINDS = ("user", "project", "permission", "record", "job", "policy")
+#: the name of many items of a kind (in digests and messages)
+PLURALS = {"user": "users", "project": "projects", "permission": "permissions", "record": "records", "job": "jobs",
+           "policy": "policies"}
 PAGE = 1000  # items per page unless the caller asks for another size
 MAX_PAGE = 5000
 
@@ -61,6 +67,11 @@ def project_item(project):
 
 def permission_item(permission):
     return {"kind": "permission", "project": permission.project_id, "user": permission.user_id}
+
+
+def policy_item(policy):
+    return {"kind": "policy", "workflow": policy.workflow, "lost_runs": policy.lost_runs,
+            "updated_at": policy.updated_at}
 
 
 def record_item(record, versions=None):
@@ -166,6 +177,7 @@ def _page_query(kind, after, since):
         "permission": (ProjectPermission, [ProjectPermission.project, ProjectPermission.user]),
         "record": (Record, [Record.project, Record.label]),
         "job": (Job, [Job.id]),
+        "policy": (WorkflowPolicy, [WorkflowPolicy.workflow]),
     }[kind]
     query = model.select().order_by(*[_c(f) for f in fields])
     if after is not None:
@@ -191,6 +203,8 @@ def item_key(item):
         return [item["project"], item["user"]]
     if kind == "record":
         return [item["project"], item["label"]]
+    if kind == "policy":
+        return [item["workflow"]]
     return [item["id"]]
 
 
@@ -200,7 +214,8 @@ def _items(kind, query, versions=False):
         return job_items(job_dicts(query))
     if kind == "record":
         return _record_items(query, versions)
-    return [{"user": user_item, "project": project_item, "permission": permission_item}[kind](row)
+    return [{"user": user_item, "project": project_item, "permission": permission_item,
+             "policy": policy_item}[kind](row)
             for row in query]
 
 
@@ -220,7 +235,7 @@ def _check_after(after):
 
 @operation(write=False)
 def export_items(kind, after=None, limit=PAGE, since=None, versions=False):
-    """One page of the store's items of ``kind`` (user, project, permission, record, job),
+    """One page of the store's items of ``kind`` (user, project, permission, record, job, policy),
     in key order, starting just after the key ``after`` (the ``next`` of the previous page).
 
     ``since`` (UNIX seconds; records and jobs only) keeps only items changed at or
@@ -248,7 +263,7 @@ def store_counts():
     """How many items of each kind the store holds: ``{"user": n, "project": n, ...}``."""
     return {"user": User.select().count(), "project": Project.select().count(),
             "permission": ProjectPermission.select().count(), "record": Record.select().count(),
-            "job": Job.select().count()}
+            "job": Job.select().count(), "policy": WorkflowPolicy.select().count()}
 
 
 # -- digests ------------------------------------------------------------------------------------------
@@ -273,7 +288,7 @@ class Digester:
     canonical content: it does not depend on the order in which a database
     sorts names (collations differ between SQLite and PostgreSQL).
     ``result()``: ``{"projects": {name: {"records": n, "digest": hex}}, "jobs": {...},
-    "users": {...}, "permissions": {...}}``, where a project's digest covers its own
+    "users": {...}, "permissions": {...}, "policies": {...}}``, where a project's digest covers its own
     fields and its records."""
 
     def __init__(self):
@@ -309,14 +324,14 @@ class Digester:
         group[1] = (group[1] + int.from_bytes(digest, "big")) % (1 << 256)
 
     def result(self):
-        out = {"projects": {}, "jobs": None, "users": None, "permissions": None}
+        out = {"projects": {}, "jobs": None, "users": None, "permissions": None, "policies": None}
         for (kind, name), (count, total) in sorted(self._groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
             digest = f"{total:064x}"
             if kind == "project":
                 out["projects"][name] = {"records": count, "digest": digest}
             else:
-                out[kind + "s"] = {"count": count, "digest": digest}
-        for kind in ("jobs", "users", "permissions"):
+                out[PLURALS[kind]] = {"count": count, "digest": digest}
+        for kind in ("jobs", "users", "permissions", "policies"):
             if out[kind] is None:
                 out[kind] = {"count": 0, "digest": "0" * 64}
         return out

@@ -34,7 +34,7 @@ DEFAULT_CHUNK_ROWS = 10000
 
 #: the tables whose rows are the items of each kind (the first one), for the report's counts
 ITEM_TABLES = {"user": "user", "project": "project", "permission": "project_permission", "record": "record",
-               "job": "job"}
+               "job": "job", "policy": "workflow_policy"}
 
 
 def _sqlite_dbdir(store):
@@ -160,6 +160,7 @@ def _same(columns, a="s", b="d"):
 
 
 _JOB_KEPT = "EXISTS (SELECT 1 FROM src.job k WHERE k.id = {}.{} AND k.updated_at <= :until)"
+_PARENT_IN_SRC = "EXISTS (SELECT 1 FROM src.job p WHERE p.id = {}.parent)"
 _RECORD_KEPT = ("EXISTS (SELECT 1 FROM src.record k WHERE k.project_id = {0}.project_id AND k.label = {0}.label "
                 "AND k.updated_at <= :until)")
 
@@ -172,7 +173,8 @@ def _comparisons(conn):
     from ..job_fields import JOB_KEYS
 
     out = []
-    for table, keys in (("user", ("name",)), ("project", ("name",)), ("project_permission", ("project_id", "user_id"))):
+    for table, keys in (("user", ("name",)), ("project", ("name",)), ("project_permission", ("project_id", "user_id")),
+                        ("workflow_policy", ("workflow",))):
         content = _columns(conn, table)
         out.append((table, f'SELECT count(*) FROM src."{table}"', f'SELECT count(*) FROM main."{table}"',
                     f'SELECT count(*) FROM src."{table}" s JOIN main."{table}" d ON {_same(keys)} AND {_same(content)}'))
@@ -182,10 +184,17 @@ def _comparisons(conn):
                 "WHERE s.updated_at <= :until"))
     for table, key in (("job_state_change", "job_id"), ("job_tag", "job_id"), ("job_parent", "child")):
         content = _columns(conn, table, skip=("id",))
-        out.append((table, f'SELECT count(*) FROM src."{table}" s WHERE {_JOB_KEPT.format("s", key)}',
-                    f'SELECT count(*) FROM main."{table}" d WHERE {_JOB_KEPT.format("d", key)}',
+        # A link to a parent that the source no longer has (job_delete forgets its links, not the
+        # children's parents column, from which a catch-up makes a replaced job's links) is not
+        # compared: the server never reads it (its joins go through the parent's row).
+        src_kept, dst_kept = _JOB_KEPT.format("s", key), _JOB_KEPT.format("d", key)
+        if table == "job_parent":
+            src_kept += f" AND {_PARENT_IN_SRC.format('s')}"
+            dst_kept += f" AND {_PARENT_IN_SRC.format('d')}"
+        out.append((table, f'SELECT count(*) FROM src."{table}" s WHERE {src_kept}',
+                    f'SELECT count(*) FROM main."{table}" d WHERE {dst_kept}',
                     f'SELECT count(*) FROM src."{table}" s JOIN main."{table}" d ON d."{key}" = s."{key}" '
-                    f'AND {_same(content)} WHERE {_JOB_KEPT.format("s", key)}'))
+                    f'AND {_same(content)} WHERE {src_kept}'))
     content = _columns(conn, "record", skip=("id",))
     out.append(("record", "SELECT count(*) FROM src.record s WHERE s.updated_at <= :until",
                 f"SELECT count(*) FROM main.record d WHERE {_RECORD_KEPT.format('d')}",
@@ -207,7 +216,8 @@ def _comparisons(conn):
 
 _EXTRA = {"job": ("job", "k.id = t.id"), "record": ("record", "k.project_id = t.project_id AND k.label = t.label"),
           "user": ("user", "k.name = t.name"), "project": ("project", "k.name = t.name"),
-          "permission": ("project_permission", "k.project_id = t.project_id AND k.user_id = t.user_id")}
+          "permission": ("project_permission", "k.project_id = t.project_id AND k.user_id = t.user_id"),
+          "policy": ("workflow_policy", "k.workflow = t.workflow")}
 
 
 VERIFY_THREADS = 2  # the tables are compared on this many connections at once (SQLite runs without the GIL)
@@ -253,7 +263,7 @@ def compare_sql(src, dst, until):
     """Compare the files of ``src`` and ``dst`` up to ``until``, table by table on
     :data:`VERIFY_THREADS` read-only connections: ``(problems, extra, summary)``: what differs,
     what the destination holds more (items the source deleted during the copy), and the counts
-    of the report (``projects``, ``jobs``, ``users``, ``permissions``, ``tables``: rows compared
+    of the report (``projects``, ``jobs``, ``users``, ``permissions``, ``policies``, ``tables``: rows compared
     per table)."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -271,5 +281,6 @@ def compare_sql(src, dst, until):
                             f"{n_src - n_equal} of the source's missing or different")
     summary = {"projects": projects, "jobs": {"count": tables["job"], "digest": None},
                "users": {"count": tables["user"], "digest": None},
-               "permissions": {"count": tables["project_permission"], "digest": None}, "tables": tables}
+               "permissions": {"count": tables["project_permission"], "digest": None},
+               "policies": {"count": tables["workflow_policy"], "digest": None}, "tables": tables}
     return problems, extra, summary

@@ -3,7 +3,7 @@
 import time
 
 from ..exceptions import BalsamDBError, TransferError
-from ..operations.stores import KINDS, item_key
+from ..operations.stores import KINDS, PLURALS, item_key
 from ..wording import plural
 from .bulk import ITEM_TABLES, arrivals_sql, bulk_pass, compare_sql, fast_path
 from .endpoints import import_batch, pages
@@ -44,9 +44,10 @@ def _differences(src, dst, kinds):
             a, b = src["projects"][name], dst["projects"].get(name)
             if a != b:
                 out.append((("record", name), f"project {name!r}", a["records"], b["records"] if b else None))
-    for kind in ("job", "user", "permission"):
-        if kind in kinds and src[kind + "s"] != dst[kind + "s"]:
-            out.append(((kind, None), kind + "s", src[kind + "s"]["count"], dst[kind + "s"]["count"]))
+    for kind in ("job", "user", "permission", "policy"):
+        group = PLURALS[kind]
+        if kind in kinds and src[group] != dst[group]:
+            out.append(((kind, None), group, src[group]["count"], dst[group]["count"]))
     return out
 
 
@@ -232,7 +233,8 @@ def verify(src, dst, kinds, until, say=lambda s: None):
                 + (f"; {'; '.join(extra)}" if extra else ""))
             return {"verified": True, "until": until, "compared_one_by_one": checked, "left_out_changing": changing,
                     "destination_holds_more": extra, "projects": source["projects"], "jobs": source["jobs"],
-                    "users": source["users"], "permissions": source["permissions"]}
+                    "users": source["users"], "permissions": source["permissions"],
+                    "policies": source["policies"]}
         say(f"check {attempt}: {'; '.join(problems[:5])}: catching up again")
         if attempt == VERIFY_TRIES:
             raise TransferError("the copy differs from its source: " + "; ".join(problems[:10]) +
