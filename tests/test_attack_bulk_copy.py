@@ -3,8 +3,6 @@ that may write to the destination but should not read what it asks the server to
 against a destination that another writer uses during the copy.  In-process (direct writes: the
 same operation the write server runs)."""
 
-import hashlib
-import hmac
 import json
 import os
 import signal
@@ -25,30 +23,35 @@ from helpers import db_cli
 from records import sweep_record
 
 
-def _params(path, proof=None, **more):
+def _destination(db):
+    """The real path of the database file of the store ``db`` writes to (what a proof names)."""
+    return os.path.realpath(db.dbdir.sqlite_file)
+
+
+def _params(db, path, proof=None, **more):
     return dict(source=path, identity=source_identity(path), host=socket.gethostname(),
-                proof=proof or source_proof(path), **more)
+                proof=proof or source_proof(path, _destination(db)), **more)
 
 
-def _evil_dir(tmp_path):
-    """A directory of the caller's own with a secret of its own: it can prove what it likes there."""
+def _evil_dir(tmp_path, dst):
+    """A directory of the caller's own with a secret of its own: it can prove what it likes there (a
+    well-made proof, for the DB directory ``dst``, signed with that secret)."""
     evil = tmp_path / "evil"
     evil.mkdir()
     (evil / "secret").write_bytes(b"the caller's own key")
     path = str(evil / "db.sqlite3")
-    proof = hmac.new(b"the caller's own key", b"bulk_copy\0" + os.fsencode(path), hashlib.sha256).hexdigest()
-    return path, proof
+    return path, source_proof(path, os.path.realpath(dst / "db.sqlite3"))
 
 
 def test_a_link_or_a_fifo_behind_a_secret_of_the_callers_own_is_refused(sqlite_dir, tmp_path):
     victim, dst = sqlite_dir("victim"), sqlite_dir("dst")
     with balsamdb.connect(victim) as db:
         db.call("user_save", name="only-the-owner-may-read-me", password_hash=hash_password("pw"))
-    path, proof = _evil_dir(tmp_path)
+    path, proof = _evil_dir(tmp_path, dst)
     os.symlink(victim / "db.sqlite3", path)  # to a file the caller could not read itself
     with balsamdb.connect(dst) as db:
         with pytest.raises(BadRequest, match="may not read"):
-            db.call("bulk_copy", **_params(path, proof, table="user"))
+            db.call("bulk_copy", **_params(db, path, proof, table="user"))
         assert db.call("store_counts")["user"] == 0
     # A FIFO: the ATTACH would block the writer (every other writer behind it) until someone opens it.
     os.unlink(path)
@@ -58,7 +61,7 @@ def test_a_link_or_a_fifo_behind_a_secret_of_the_callers_own_is_refused(sqlite_d
     def attack():
         with balsamdb.connect(dst) as db:
             try:
-                answer["result"] = db.call("bulk_copy", **_params(path, proof, table="user"))
+                answer["result"] = db.call("bulk_copy", **_params(db, path, proof, table="user"))
             except BadRequest as exc:
                 answer["refused"] = str(exc)
 
@@ -77,14 +80,14 @@ def test_a_database_of_another_user_is_refused(sqlite_dir, tmp_path):
     """A crafted database of the caller's own (a view or a generated column can make a read take
     hours) is refused: the source must be the server's user's own."""
     src, dst = sqlite_dir("src"), sqlite_dir("dst")
-    path, proof = _evil_dir(tmp_path)
+    path, proof = _evil_dir(tmp_path, dst)
     with closing(sqlite3.connect(src / "db.sqlite3")) as con, closing(sqlite3.connect(path)) as out:
         con.backup(out)
     for name in (path, os.path.dirname(path), os.path.join(os.path.dirname(path), "secret")):
         os.chown(name, 65534, 65534)
     with balsamdb.connect(dst) as db:
         with pytest.raises(BadRequest, match="may not read"):
-            db.call("bulk_copy", **_params(path, proof, table="user"))
+            db.call("bulk_copy", **_params(db, path, proof, table="user"))
 
 
 def test_a_record_that_another_writer_adds_during_the_copy_gets_no_rows_of_the_sources(sqlite_dir):
@@ -98,14 +101,14 @@ def test_a_record_that_another_writer_adds_during_the_copy_gets_no_rows_of_the_s
     path = os.path.realpath(src / "db.sqlite3")
     with balsamdb.connect(dst) as db:
         for table in ("user", "project", "project_permission"):
-            db.call("bulk_copy", **_params(path, table=table))
-        first = db.call("bulk_copy", **_params(path, table="record", limit=2))
+            db.call("bulk_copy", **_params(db, path, table=table))
+        first = db.call("bulk_copy", **_params(db, path, table="record", limit=2))
         with balsamdb.connect(src) as source:
             source.records.save("Sweep", sweep_record("run-late", 10))  # tags even and tens, a file
         db.records.save("Sweep", dict(sweep_record("someone-else", 1), tags=[], output_data=[]))
         # the next chunk (from where the first ended) clashes: the late record's own row has that id
         with pytest.raises(BadRequest, match="clash"):
-            db.call("bulk_copy", **_params(path, table="record", after=first["next"]))
+            db.call("bulk_copy", **_params(db, path, table="record", after=first["next"]))
     with closing(sqlite3.connect(f"file:{dst / 'db.sqlite3'}?mode=ro", uri=True)) as con:
         ids = dict(con.execute("SELECT label, id FROM record"))
         assert ids["someone-else"] == 3  # the id the source's late record has: the case tested
@@ -139,10 +142,10 @@ def test_a_source_replaced_after_it_was_attached_is_not_read(sqlite_dir):
         db.call("user_save", name="in-the-new-file", password_hash=hash_password("pw"))
     path = os.path.realpath(src / "db.sqlite3")
     with balsamdb.connect(dst) as db:  # one connection: the attachment stays, as on a write server
-        assert db.call("bulk_copy", **_params(path, table="user"))["copied"] == 0
+        assert db.call("bulk_copy", **_params(db, path, table="user"))["copied"] == 0
         os.replace(other / "db.sqlite3", path)
         with pytest.raises(BadRequest, match="earlier file"):
-            db.call("bulk_copy", **_params(path, table="user"))
+            db.call("bulk_copy", **_params(db, path, table="user"))
         assert db.call("store_counts")["user"] == 0
 
 
@@ -155,7 +158,7 @@ def test_a_copy_killed_before_it_detached_does_not_hold_the_next_copy_off(sqlite
     assert db_cli("dbserver", "--path", dst).returncode == 0
     path = os.path.realpath(first / "db.sqlite3")
     with balsamdb.connect(dst, require_server=True) as db:
-        db.call("bulk_copy", **_params(path, table="user"))  # then killed: no bulk_copy_detach
+        db.call("bulk_copy", **_params(db, path, table="user"))  # then killed: no bulk_copy_detach
     source, destination = transfer.open_store(second), transfer.open_store(dst)
     try:
         rows, _longest = transfer.bulk.bulk_pass(source, destination)
@@ -176,7 +179,7 @@ def test_a_fast_copy_killed_after_the_job_table_is_completed_by_a_rerun(sqlite_d
     path = os.path.realpath(src / "db.sqlite3")
     with balsamdb.connect(dst) as db:
         for table in ("user", "project", "project_permission", "record", "job"):
-            db.call("bulk_copy", **_params(path, table=table))  # then killed, before bulk_copy_detach
+            db.call("bulk_copy", **_params(db, path, table=table))  # then killed, before bulk_copy_detach
     source, destination = transfer.open_store(src), transfer.open_store(dst)
     try:
         report = transfer.copy_store(source, destination)
@@ -198,7 +201,7 @@ def test_a_chunk_the_server_does_not_answer_in_time_is_not_spooled(sqlite_dir):
     try:
         with balsamdb.connect(dst, client_deadline=1) as db:
             with pytest.raises(ServerUnavailable):
-                db.call("bulk_copy", **_params(os.path.realpath(src / "db.sqlite3"), table="user"))
+                db.call("bulk_copy", **_params(db, os.path.realpath(src / "db.sqlite3"), table="user"))
     finally:
         os.kill(pid, signal.SIGCONT)
     assert not list((dst / "spool").rglob("*.req"))
@@ -218,7 +221,7 @@ def test_a_source_locked_by_another_process_is_refused_at_once(sqlite_dir):
     def chunk():
         with balsamdb.connect(dst) as db:
             try:
-                answer["result"] = db.call("bulk_copy", **_params(path, table="user"))
+                answer["result"] = db.call("bulk_copy", **_params(db, path, table="user"))
             except BadRequest as exc:
                 answer["refused"] = str(exc)
 

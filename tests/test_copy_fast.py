@@ -2,9 +2,11 @@
 destination's write server, balsamdb/transfer/bulk.py), its fallback, and its exactly-once chunks."""
 
 import json
+import os
 import socket
 import sqlite3
 import threading
+import time
 import uuid
 from contextlib import closing
 
@@ -166,7 +168,8 @@ def test_a_retried_chunk_is_applied_once_and_a_non_empty_destination_takes_the_g
         seed(db, jobs=50)
     path = str((src / "db.sqlite3").resolve())
     params = {"source": path, "identity": source_identity(path), "host": socket.gethostname(),
-              "proof": source_proof(path), "table": "user", "after": None, "limit": 5000}
+              "proof": source_proof(path, os.path.realpath(dst / "db.sqlite3")), "table": "user", "after": None,
+              "limit": 5000}
     with balsamdb.connect(dst) as db:  # no server: this process writes directly, the same operation
         request_id = uuid.uuid4().hex
         first = db.request("bulk_copy", params, request_id=request_id)
@@ -176,13 +179,21 @@ def test_a_retried_chunk_is_applied_once_and_a_non_empty_destination_takes_the_g
         # A caller that cannot read the source's DB directory (its secret) cannot make the store copy it.
         with pytest.raises(BadRequest, match="proof"):
             db.call("bulk_copy", **dict(params, table="project", proof="0" * 64))
+        # Nor can whoever saw a request replay its proof into another store, or once it expired.
+        elsewhere = source_proof(path, os.path.realpath(src / "db.sqlite3"))
+        expired = source_proof(path, os.path.realpath(dst / "db.sqlite3"), expires=time.time() - 1)
+        for proof in (elsewhere, expired):
+            with pytest.raises(BadRequest, match="for another store or expired"):
+                db.call("bulk_copy", **dict(params, table="project", proof=proof))
+        held = db.call("bulk_copy", **dict(params, table="project"))  # its own proof holds
+        assert held["copied"] >= 1 and held["rows"] == {"project": held["copied"]}, held
         source, destination = transfer.open_store(src), transfer.open_store(dst)
         try:
             fast, why = transfer.bulk.fast_path(source, destination)
         finally:
             source.close()
             destination.close()
-    assert not fast and "not empty (2 users)" in why
+    assert not fast and "not empty (2 users" in why, why
 
 
 def links(path):

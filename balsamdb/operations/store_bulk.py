@@ -23,6 +23,7 @@ import hmac
 import os
 import socket
 import stat
+import time
 from urllib.parse import quote
 
 from ..exceptions import BadRequest
@@ -74,14 +75,34 @@ def _q(name):
     return '"' + name.replace('"', '""') + '"'
 
 
-def source_proof(path):
-    """What shows that the caller may read the source DB directory of the SQLite file ``path``:
-    an HMAC of the path under the directory's own secret (mode 0600, its owner's).  A caller who
-    may write to this store (an admin of its HTTP store, say) but not read that directory cannot
-    make the server copy it, nor learn from the server whether a file is there."""
+#: seconds a proof holds (the copy makes one per chunk; a chunk's retry is answered from the record
+#: of applied requests before the proof is looked at again)
+PROOF_SECONDS = 600
+
+
+def source_proof(path, destination, expires=None):
+    """What shows that the caller may read the source DB directory of the SQLite file ``path``, for a
+    copy into the store whose database file is ``destination`` (its real path), until ``expires``
+    (a Unix time; default :data:`PROOF_SECONDS` from now): ``"EXPIRES:HMAC"``, the HMAC of the
+    three under the source directory's own secret (mode 0600, its owner's).  A caller who may write
+    to this store (an admin of its HTTP store, say) but not read that directory cannot make the
+    server copy it, nor learn from the server whether a file is there; and whoever sees one
+    request cannot replay its proof into another store, nor after it expired."""
+    expires = int(time.time()) + PROOF_SECONDS if expires is None else int(expires)
     with open(os.path.join(os.path.dirname(path), "secret"), "rb") as handle:
         key = handle.read()
-    return hmac.new(key, b"bulk_copy\0" + os.fsencode(path), hashlib.sha256).hexdigest()
+    signed = b"\0".join((b"bulk_copy", os.fsencode(path), os.fsencode(destination), str(expires).encode()))
+    return f"{expires}:" + hmac.new(key, signed, hashlib.sha256).hexdigest()
+
+
+def _proof_holds(path, destination, proof):
+    """True when ``proof`` is :func:`source_proof` of ``path`` for ``destination``, not expired."""
+    if not isinstance(proof, str) or proof.count(":") != 1:
+        return False
+    expires, _mac = proof.split(":")
+    if not expires.isdigit() or not time.time() <= int(expires) <= time.time() + PROOF_SECONDS + 60:
+        return False
+    return hmac.compare_digest(source_proof(path, destination, int(expires)), proof)
 
 
 def source_identity(path):
@@ -123,13 +144,14 @@ def _owned_here(path):
 def _attach(database, path, identity, host, proof):
     try:
         refused = _owned_here(path)
-        proven = refused is None and isinstance(proof, str) and hmac.compare_digest(source_proof(path), proof)
+        proven = refused is None and _proof_holds(path, os.path.realpath(database.database), proof)
     except OSError:
         proven = False
     if not proven:
         raise BadRequest(f"the server may not read {path} for this copy: the proof of its DB directory's "
-                         "secret is missing or wrong, or the file, its directory or its secret is not the "
-                         "server's user's own (a regular file, not a link, in a directory no other user writes)")
+                         "secret is missing, wrong, for another store or expired, or the file, its directory "
+                         "or its secret is not the server's user's own (a regular file, not a link, in a "
+                         "directory no other user writes)")
     if host != socket.gethostname():
         raise BadRequest(f"the source {path} is on host {host}; this server runs on {socket.gethostname()} "
                          "(SQLite's WAL is read safely only on the host that writes it)")

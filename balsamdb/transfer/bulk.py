@@ -99,7 +99,8 @@ def bulk_pass(src, dst, bar=None, stop=None):
     the destination's other writers may have waited behind one.  Raises :class:`BalsamDBError` when the server
     refuses (the caller falls back to the general path, which completes any partial copy)."""
     path = str(_sqlite_dbdir(src).sqlite_file.resolve())
-    identity, host, proof = source_identity(path), socket.gethostname(), source_proof(path)
+    identity, host = source_identity(path), socket.gethostname()
+    destination = str(_sqlite_dbdir(dst).sqlite_file.resolve())
     copied, longest = {}, 0.0
     detach(dst)  # a source left attached by a copy that was killed before its end
     try:
@@ -109,7 +110,8 @@ def bulk_pass(src, dst, bar=None, stop=None):
                 if stop is not None and stop.is_set():
                     raise TransferError("the copy was interrupted; run it again to finish (nothing is copied twice)")
                 began = time.monotonic()
-                answer = dst.db.call("bulk_copy", source=path, identity=identity, host=host, proof=proof,
+                answer = dst.db.call("bulk_copy", source=path, identity=identity, host=host,
+                                     proof=source_proof(path, destination),
                                      table=table,
                                      after=after, limit=CHUNK_ROWS.get(table, DEFAULT_CHUNK_ROWS))
                 longest = max(longest, time.monotonic() - began)
