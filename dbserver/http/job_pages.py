@@ -135,13 +135,21 @@ def _jobs_data(db, filters, at, workflow, history):
 
 
 def _lost_runs(db, workflow):
-    """How many runs the write server found lost (their lease expired while RUNNING), from the index
-    on the history's (to_state, time): RUN_TIMEOUT rows are few."""
+    """How many runs the write server found lost (of ``workflow``, or all): see :func:`_lost_runs_query`."""
+    return _lost_runs_query(workflow).tuples().execute(db)[0][0]
+
+
+def _lost_runs_query(workflow):
+    """The count of the runs the write server found lost (their lease expired while RUNNING), from the index
+    on the history's (to_state, time): RUN_TIMEOUT rows are few.  A workflow's are those rows whose
+    job (probed by its key) is of the workflow: as a join, SQLite walked the workflow's jobs instead
+    and probed each one's history (547 ms for a workflow of 100k jobs; 0.1 ms this way)."""
     query = (JobStateChange.select(pw.fn.COUNT(JobStateChange.id))
              .where((JobStateChange.to_state == "RUN_TIMEOUT") & JobStateChange.message.startswith("lost run")))
     if workflow:
-        query = query.join(Job, on=(JobStateChange.job == Job.id)).where(Job.workflow == workflow)
-    return query.tuples().execute(db)[0][0]
+        query = query.where(pw.fn.EXISTS(Job.select(pw.SQL("1")).where((Job.id == JobStateChange.job)
+                                                                         & (Job.workflow == workflow))))
+    return query
 
 
 def _axis(first_event, now):
