@@ -253,6 +253,7 @@ def test_every_everyday_read_uses_an_index(any_dbdir, backend):
             scanning = {what: _scans(database, plan) for what, plan in plans.items()}
             walking = {what: plans[what] for what in changed if any("created_at_id" in line for line in plans[what])}
             queries["lost runs of a workflow (jobs page)"] = job_pages._lost_runs_query("w1")
+            queries["finished jobs with a record (jobs page)"] = job_pages.finished_with_record_query({})
             if backend == "sqlite3":  # the newest changed come from the index in order: no sort of every match
                 sorting = [line for what in ("jobs page of a workflow and state", "... its next page")
                            for line in plans[what] if "TEMP B-TREE" in line]
@@ -291,13 +292,15 @@ def test_every_everyday_read_uses_an_index(any_dbdir, backend):
 STATS_AT_1M = {("job_state_change", "job_state_change_to_state_time"): "3799768 633295 1",
                ("job_state_change", "job_state_change_job_id"): "3799768 4",
                ("job", "job_workflow_state_updated_at_id"): "1000000 100000 33334 1 1",
-               ("job", "sqlite_autoindex_job_1"): "1000000 1"}
+               ("job", "sqlite_autoindex_job_1"): "1000000 1",
+               ("job", "job_state_updated_at"): "1000000 333334 1"}
 
 
 def test_the_jobs_page_counts_a_workflows_lost_runs_from_the_history_side(dbdir):
     """With the statistics of a million jobs, the jobs page's count of a workflow's lost runs starts
     from the history's few RUN_TIMEOUT rows (as a join, SQLite walked the workflow's 100k jobs and
-    probed each one's history: 547 ms of every filtered page at 1M)."""
+    probed each one's history: 547 ms of every filtered page at 1M), and its count of the finished
+    jobs that a record names from the records' links (an EXISTS per job walked every finished job)."""
     database = _open(dbdir)
     _load(database, 50)
     database.execute_sql("ANALYZE")
@@ -313,6 +316,8 @@ def test_the_jobs_page_counts_a_workflows_lost_runs_from_the_history_side(dbdir)
             plan = _plan(database, job_pages._lost_runs_query("w1"))
             assert "job_state_change_to_state_time" in plan[0], plan
             assert job_pages._lost_runs(database, "w1") == 0
+            plan = _plan(database, job_pages.finished_with_record_query({}))  # the links are read whole
+            assert not [line for line in _scans(database, plan) if "record_job" not in line], plan
     finally:
         database.close()
 
