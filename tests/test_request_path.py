@@ -29,7 +29,7 @@ def database(dbdir):
 
 
 def test_the_servers_own_operations_are_in_the_registry():
-    assert SERVER_OPS == {"ping", "status", "spool_drain"}
+    assert SERVER_OPS == {"ping", "status", "spool_drain", "bulk_copy_detach"}
     for name in SERVER_OPS:
         op = lookup(name)
         assert op.server and not op.write and op.doc
