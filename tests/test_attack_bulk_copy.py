@@ -159,12 +159,8 @@ def test_a_copy_killed_before_it_detached_does_not_hold_the_next_copy_off(sqlite
     path = os.path.realpath(first / "db.sqlite3")
     with balsamdb.connect(dst, require_server=True) as db:
         db.call("bulk_copy", **_params(db, path, table="user"))  # then killed: no bulk_copy_detach
-    source, destination = transfer.open_store(second), transfer.open_store(dst)
-    try:
+    with closing(transfer.open_store(second)) as source, closing(transfer.open_store(dst)) as destination:
         rows, _longest = transfer.bulk.bulk_pass(source, destination)
-    finally:
-        source.close()
-        destination.close()
     assert rows["user"] == 1
 
 

@@ -187,12 +187,8 @@ def test_a_retried_chunk_is_applied_once_and_a_non_empty_destination_takes_the_g
                 db.call("bulk_copy", **dict(params, table="project", proof=proof))
         held = db.call("bulk_copy", **dict(params, table="project"))  # its own proof holds
         assert held["copied"] >= 1 and held["rows"] == {"project": held["copied"]}, held
-        source, destination = transfer.open_store(src), transfer.open_store(dst)
-        try:
+        with closing(transfer.open_store(src)) as source, closing(transfer.open_store(dst)) as destination:
             fast, why = transfer.bulk.fast_path(source, destination)
-        finally:
-            source.close()
-            destination.close()
     assert not fast and "not empty (2 users" in why, why
 
 
