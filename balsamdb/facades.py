@@ -317,17 +317,21 @@ class Jobs:
                                          ("since", "until", "changed", "sort", "limit", "page_size"))}
         if sort is not None:
             params["sort"] = job_queries.check_sort(sort)
-        left = limit
-        after = None
+        for row in self._paged("job_page", "jobs", params, limit, page_size):
+            yield self._job(row)
+
+    def _paged(self, op, field, params, limit, page_size):
+        """The items (``page[field]``) of the pages of the read ``op``, each read just after the
+        previous one's ``next`` cursor, until the last page or ``limit`` items."""
+        left, after = limit, None
         while left is None or left > 0:
             size = page_size if left is None else min(page_size, left)
             if size <= 0:
                 return
-            page = self._db.call("job_page", after=after, limit=size, **params)
-            for row in page["jobs"]:
-                yield self._job(row)
+            page = self._db.call(op, after=after, limit=size, **params)
+            yield from page[field]
             if left is not None:
-                left -= len(page["jobs"])
+                left -= len(page[field])
             after = page["next"]
             if after is None:
                 return
@@ -343,27 +347,17 @@ class Jobs:
                   "columns": list(columns)}
         if sort is not None:
             params["sort"] = job_queries.check_sort(sort)
-        left, after, width = limit, None, len(params["columns"])
-        while left is None or left > 0:
-            size = page_size if left is None else min(page_size, left)
-            try:
-                page = self._db.call("job_rows", after=after, limit=size, **params)
-            except BadRequest as exc:
-                if after is not None or not str(exc).startswith("unknown operation 'job_rows'"):
-                    raise
-                # A store of an older release: its job pages, whole.
-                jobs = self.iter(limit=limit, sort=sort, page_size=page_size, **params["filters"])
-                yield from (tuple(job._data.get(c) for c in params["columns"]) for job in jobs)
-                return
-            rows = page["rows"]
-            if rows and len(rows[0]) > width:  # the sort key's values that the columns lack
-                rows = [row[:width] for row in rows]
-            yield from rows
-            if left is not None:
-                left -= len(rows)
-            after = page["next"]
-            if after is None:
-                return
+        width, listed = len(params["columns"]), False
+        try:
+            for row in self._paged("job_rows", "rows", params, limit, page_size):
+                listed = True
+                yield row if len(row) == width else row[:width]  # less the sort key's values it added
+        except BadRequest as exc:
+            if listed or not str(exc).startswith("unknown operation 'job_rows'"):
+                raise
+            # A store of an older release: its job pages, whole.
+            jobs = self.iter(limit=limit, sort=sort, page_size=page_size, **params["filters"])
+            yield from (tuple(job._data.get(c) for c in params["columns"]) for job in jobs)
 
     def all(self):
         return self.filter()
