@@ -205,10 +205,16 @@ def workflow_policy_set(workflow, lost_runs):
     if lost_runs not in LOST_POLICIES:
         raise BadRequest(f"lost_runs must be one of {', '.join(LOST_POLICIES)}, not {lost_runs!r}")
     when = now()
+    save_policy(workflow, lost_runs, when)
+    return {"workflow": workflow, "lost_runs": lost_runs, "updated_at": when}
+
+
+def save_policy(workflow, lost_runs, when):
+    """Insert or replace the policy of ``workflow`` (checked values): ``workflow_policy_set`` and
+    ``import_items``."""
     WorkflowPolicy.insert(workflow=workflow, lost_runs=lost_runs, updated_at=when).on_conflict(
         conflict_target=[WorkflowPolicy.workflow],
         update={WorkflowPolicy.lost_runs: lost_runs, WorkflowPolicy.updated_at: when}).execute()
-    return {"workflow": workflow, "lost_runs": lost_runs, "updated_at": when}
 
 
 @operation(write=False)

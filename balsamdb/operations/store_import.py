@@ -18,7 +18,7 @@ from .record_links import relink
 from .records import compress, record_columns, record_tags, record_text
 from ..statements import statements
 from .registry import operation
-from .leases import LOST_POLICIES
+from .leases import LOST_POLICIES, save_policy
 from .stores import (canonical, check_kind, item_key, job_dicts, job_items, policy_item, project_item, record_item,
                      user_item, versions_of)
 
@@ -163,11 +163,8 @@ def _put_permission(item, write):
 def _put_policy(item, write):
     row = WorkflowPolicy.get_or_none(WorkflowPolicy.workflow == item["workflow"])
     outcome = _compare(row, item, policy_item)
-    if write and outcome == "added":
-        WorkflowPolicy.create(workflow=item["workflow"], lost_runs=item["lost_runs"], updated_at=item["updated_at"])
-    elif write and outcome == "updated":
-        (WorkflowPolicy.update(lost_runs=item["lost_runs"], updated_at=item["updated_at"])
-         .where(WorkflowPolicy.workflow == item["workflow"]).execute())
+    if write and outcome != "unchanged":
+        save_policy(item["workflow"], item["lost_runs"], item["updated_at"])
     return outcome
 
 
