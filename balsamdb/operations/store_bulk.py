@@ -26,9 +26,11 @@ import stat
 import time
 from urllib.parse import quote
 
+import peewee as pw
+
 from ..exceptions import BadRequest
 from ..job_fields import LEASE_FIELDS
-from ..models import Job
+from ..models import Job, quoter
 from .checks import check_number, check_text
 from .registry import operation
 
@@ -71,8 +73,8 @@ SOURCE_WAIT_MS = 1000
 ALIAS = "bdb_copy_source"
 
 
-def _q(name):
-    return '"' + name.replace('"', '""') + '"'
+#: an identifier quoted as SQLite (and peewee) quotes it
+_q = quoter(pw.SqliteDatabase)
 
 
 #: seconds a proof holds (the copy makes one per chunk; a chunk's retry is answered from the record
@@ -214,8 +216,6 @@ def bulk_copy(source, identity, host, proof, table, after=None, limit=5000):
     null when the table is done}``.  A row already here is refused (the copy is made into an empty
     store; a rerun of ``db copy`` takes the general path).
     """
-    import peewee as pw
-
     database = Job._meta.database
     if not isinstance(database, pw.SqliteDatabase):
         raise BadRequest("bulk_copy copies SQLite into SQLite only")
@@ -277,8 +277,6 @@ def _present(parent, column):
 
 def _insert(database, table, where, params):
     """Insert the rows of source table ``table`` that match ``where`` (on ``s``); how many."""
-    import peewee as pw
-
     columns = _check_schema(database, table)
     names = ", ".join(_q(c) for c in columns)
     try:
