@@ -19,6 +19,7 @@ would read the source's WAL from a host that does not write it, which SQLite doe
 import socket
 import sqlite3
 import time
+from contextlib import closing
 from urllib.parse import quote
 
 from ..exceptions import BalsamDBError, TransferError
@@ -49,18 +50,14 @@ def _schema_version(path):
         return conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
 
 
-class _readonly:
-    """A read-only SQLite connection of this process (a WAL reader), closed on exit."""
-
-    def __init__(self, path):
-        self.conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=30, isolation_level=None,
-                                    check_same_thread=False)
-
-    def __enter__(self):
-        return self.conn
-
-    def __exit__(self, *exc):
-        self.conn.close()
+def _readonly(path, attach=None):
+    """A read-only SQLite connection of this process (a WAL reader) to ``path``, with the file
+    ``attach`` (if any) attached read-only as ``src``; closed on leaving the ``with``."""
+    conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=30, isolation_level=None,
+                           check_same_thread=False)
+    if attach is not None:
+        conn.execute("ATTACH ? AS src", (f"file:{quote(str(attach))}?mode=ro",))
+    return closing(conn)
 
 
 def fast_path(src, dst, dry_run=False):
@@ -226,9 +223,7 @@ VERIFY_THREADS = 2  # the tables are compared on this many connections at once (
 
 
 def _connect_both(src, dst):
-    conn = _readonly(_sqlite_dbdir(dst).sqlite_file)
-    conn.conn.execute("ATTACH ? AS src", (f"file:{quote(str(_sqlite_dbdir(src).sqlite_file))}?mode=ro",))
-    return conn
+    return _readonly(_sqlite_dbdir(dst).sqlite_file, attach=_sqlite_dbdir(src).sqlite_file)
 
 
 def _compare_table(src, dst, until, table, counts):
