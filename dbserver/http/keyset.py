@@ -101,7 +101,6 @@ def page_of(database, query, order, per_page, after=None, before=None, offset=0)
     return rows[:per_page], len(rows) > per_page, after is not None or offset > 0
 
 
-
 #: the query parameters of a page's position
 PARAMS = ("after", "before", "page", "at")
 
