@@ -83,7 +83,7 @@ class ReaderChild:
             return {"reader_state": "restarting"}
         from balsamdb import address_file
 
-        return {"read_address": f"tcp://{self.watchdog._public_host()}:{self.port}", "reader_state": "running",
+        return {"read_address": f"tcp://{self.watchdog.public_host()}:{self.port}", "reader_state": "running",
                 "reader": address_file.process_identity(self.process.pid), "reader_restarts": self.restarts}
 
     def start(self):

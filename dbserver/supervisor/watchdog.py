@@ -16,7 +16,8 @@ fails (a configuration error: ``db dbserver`` shows the log's last lines).  It
 rewrites ``P/heartbeat`` every few seconds (see :mod:`.liveness`), so that a
 start on another host refuses while it lives, and it yields (stops its server
 and exits) when a watchdog of another host took the DB directory over with
-``db dbserver --force``.
+``db dbserver --force``.  What it writes into the address file and the heartbeat, and how it
+checks them, is in :mod:`.publishing`.
 
 Run as ``python -m balsamdb.server.supervisor.watchdog --path P [--bind HOST] [--port N]``.
 """
@@ -26,7 +27,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +39,7 @@ from balsamdb.dbdir import DBDirectory
 from balsamdb.server.supervisor import liveness
 from balsamdb.server.supervisor.children import ReaderChild, check_writable, read_line, sleep_unless, stop_process
 from balsamdb.server.supervisor.liveness import AlreadyRunning, acquire_lock  # the watchdog's lock lives with the proofs of life
+from balsamdb.server.supervisor.publishing import Publisher
 
 log = logging.getLogger("balsamdb.server.supervisor.watchdog")
 
@@ -49,7 +50,7 @@ HEALTHY_AFTER = 5.0         # a server that lived this long resets the backoff
 MAX_BACKOFF = 30.0
 
 
-class Watchdog:
+class Watchdog(Publisher):
     def __init__(self, dbdir, bind_host="127.0.0.1", port=0, encrypt=False):
         self.dbdir = dbdir
         self.bind_host = bind_host
@@ -80,51 +81,6 @@ class Watchdog:
         self.taken_over_by = None
         self.unwritable = {}  # what could not be written ("address", "heartbeat") -> the last error
         self.reader = ReaderChild(self)  # the read service, supervised beside the server
-
-    # -- address file ---------------------------------------------------------
-    def _public_host(self):
-        if self.bind_host in ("0.0.0.0", "*", "::"):
-            return socket.getfqdn()
-        return self.bind_host
-
-    def write_address(self, state, epoch=None, reason=None):
-        record = {
-            "state": state, "db_type": self.db_type, "protocol": address_file.PROTOCOL_VERSION,
-            "host": socket.gethostname(), "watchdog": self.identity, "started_at": self.started_at,
-            "bind": self.bind_host,
-        }
-        if state == "running":
-            record.update(address=f"tcp://{self._public_host()}:{self.port}", epoch=epoch,
-                          server=address_file.process_identity(self.server.pid),
-                          server_started_at=self.server_started, restarts=self.restarts)
-            if self.max_request_bytes:  # a larger message is dropped unread: clients refuse it before sending
-                record["max_request_bytes"] = self.max_request_bytes
-            if self.local_address:
-                record["local_address"] = self.local_address
-                record["netns"] = address_file.network_namespace()
-            if self.curve_public:
-                record["curve_public"] = self.curve_public
-            record.update(self.reader.address_fields())
-        if self.managed_postgres and self.pg_port and state != "stopped":
-            from balsamdb.server.postgres import cluster as postgres
-
-            record["postgres"] = {"managed": True, "port": self.pg_port, "listen": self.bind_host,
-                                  "pid": postgres.cluster_pid(self.dbdir.path)}
-        if reason:
-            record["reason"] = reason
-        if state == "restarting" and self.orphan:
-            record["orphan"] = self.orphan
-        if state == "running" and self.replaced_orphan:
-            record["replaced_orphan"] = self.replaced_orphan  # db dbserver says what it took the start
-        try:
-            address_file.write_atomic(self.dbdir.address_file, record)
-        except OSError as exc:  # a full or read-only disk: keep supervising; the next check retries
-            if self.unwritable.get("address") != exc.strerror:  # once per cause, not twice a second
-                log.error("cannot write the address file (%s); clients may see it as stale", exc)
-            self.unwritable["address"] = exc.strerror
-            return
-        if self.unwritable.pop("address", None):
-            log.info("the address file can be written again")
 
     # -- the server -------------------------------------------------------------
     def start_server(self, publish=True):
@@ -178,21 +134,6 @@ class Watchdog:
 
         self.pg_port = postgres.start_cluster(self.dbdir.path, port=self.pg_port, listen=self.bind_host)
         log.info("postgres cluster pid %s up on port %s", postgres.cluster_pid(self.dbdir.path), self.pg_port)
-
-    def check_address_file(self):
-        """Rewrite the address file when it no longer names this server (deleted,
-        corrupted, overwritten): clients find the server again within a second."""
-        info = address_file.read(self.dbdir.address_file)
-        if info.get("epoch") == self.epoch and info.get("state") == "running":
-            return
-        if info.get("watchdog") not in (None, self.identity):
-            self.beat()  # another watchdog wrote it: one on another host may have taken over
-            if self.stopping:
-                return
-        if "address" not in self.unwritable:
-            log.warning("the address file no longer names this server (%s); rewriting it",
-                        info.get("reason") or f"state {info.get('state')}, epoch {info.get('epoch')}")
-        self.write_address("running", epoch=self.epoch)
 
     def check_postgres(self):
         """Restart the cluster when its postmaster died; the server reconnects by itself."""
@@ -320,28 +261,6 @@ class Watchdog:
             self.next_log_check = time.monotonic() + 5.0  # say it once every few seconds, not 2 times a second
             return
         log.warning("log/ was removed; recreated %s", self.dbdir.log_dir)
-
-    def beat(self):
-        """Refresh the heartbeat, unless a watchdog of another host wrote it: then that one
-        took the DB directory over (``db dbserver --force``) and this one yields."""
-        record = liveness.read_heartbeat(self.dbdir)
-        if record and record.get("watchdog") and record.get("state") != "stopped" \
-                and not liveness.same_watchdog(record, self.identity) and self.epoch is not None:
-            log.error("the watchdog pid %s on host %s took this DB directory over (db dbserver --force); "
-                      "stopping this server and watchdog", (record.get("watchdog") or {}).get("pid"),
-                      record.get("host"))
-            self.taken_over_by = record
-            self.stopping = True
-            return
-        try:
-            liveness.write_heartbeat(self.dbdir, self.identity)
-        except OSError as exc:  # a read-only or full disk: logged once, tried again at every beat
-            if self.unwritable.get("heartbeat") != exc.strerror:
-                log.error("cannot write the heartbeat %s (%s)", liveness.heartbeat_file(self.dbdir), exc)
-            self.unwritable["heartbeat"] = exc.strerror
-            return
-        if self.unwritable.pop("heartbeat", None):
-            log.info("the heartbeat can be written again")
 
     def shutdown(self, reason="stopped by db dbserver --stop"):
         self.reader.stop()

@@ -256,7 +256,7 @@ MUTANTS = [
       ("tests/test_watchdog.py::test_log_dir_removed_is_recreated_and_the_server_restarted",),
       "log/ recreated by the log handler without a line saying so"),
     M("unwritable-address-logged-every-check", "the DB directory read-only (a read-only bind mount)",
-      "dbserver/supervisor/watchdog.py",
+      "dbserver/supervisor/publishing.py",
       '            if self.unwritable.get("address") != exc.strerror:  # once per cause, not twice a second\n',
       '            if True:\n',
       ("tests/test_watchdog.py::test_read_only_db_directory_is_waited_out",),
