@@ -94,7 +94,7 @@ def is_sumatra_postgres(database):
 def read_sumatra_store(path, kind, name=None):
     """``[(project, document)]`` of every record of the Sumatra store ``path`` (``kind``
     "django" or "shelve"; a Django store on PostgreSQL is read by
-    :class:`balsamdb.transfer.endpoints.SumatraDjangoStore`).  ``name``: how to name the store in errors.
+    :class:`balsamdb.transfer.sumatra_endpoints.SumatraDjangoStore`).  ``name``: how to name the store in errors.
     Neither reads with Sumatra's code: a shelve store's pickles are read into inert stand-ins
     (:mod:`balsamdb.sumatra_shelve`), so a crafted store cannot run anything."""
     from .sumatra_shelve import read_shelve

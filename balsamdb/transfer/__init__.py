@@ -18,16 +18,18 @@ A SQLite DB directory copied into a new (empty) one takes a fast path (:mod:`.bu
 destination's write server copies the rows in SQL, and the verification compares both files
 in SQL; the report's ``path`` says which path ran, and why.
 
-Modules: :mod:`.endpoints` (opening a store), :mod:`.copying` (copy and verify), :mod:`.bulk` (the fast path),
-:mod:`.files` (export files), :mod:`.configure` (``configure_store``).
+Modules: :mod:`.endpoints` (opening a store; balsamdb's own stores), :mod:`.sumatra_endpoints` (Sumatra's
+stores), :mod:`.paging` (pages, digests, bounded imports), :mod:`.copying` (copy and verify), :mod:`.bulk` (the
+fast path), :mod:`.files` (export files), :mod:`.configure` (``configure_store``).
 """
 
 from . import bulk, copying
 from .configure import configure_store, copy_applied_requests
 from .copying import MAX_PASSES, SLACK, VERIFY_TRIES, Progress, copy_store, verify
-from .endpoints import (MAX_CHUNK_BYTES, PAGE, OperationStore, SQLDatabase, SumatraDjangoStore, SumatraStore,
-                        digest_pages, open_store, sqlite_file_store)
+from .endpoints import OperationStore, SQLDatabase, open_store, sqlite_file_store
 from .files import EXPORT_FORMAT, check_export, export_file, export_store, import_file, read_footer
+from .paging import MAX_CHUNK_BYTES, PAGE, digest_pages
+from .sumatra_endpoints import SumatraDjangoStore, SumatraStore
 
 __all__ = ["EXPORT_FORMAT", "MAX_CHUNK_BYTES", "MAX_PASSES", "PAGE", "SLACK", "VERIFY_TRIES", "OperationStore",
            "Progress", "SQLDatabase", "SumatraDjangoStore", "SumatraStore", "check_export", "configure_store",

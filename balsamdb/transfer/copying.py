@@ -6,7 +6,7 @@ from ..exceptions import BalsamDBError, TransferError
 from ..operations.stores import KINDS, PLURALS, item_key
 from ..wording import plural
 from .bulk import ITEM_TABLES, arrivals_sql, bulk_pass, compare_sql, fast_path
-from .endpoints import import_batch, pages
+from .paging import import_batch, pages
 
 SLACK = 5.0          # seconds: a catch-up pass re-reads what changed this long before the previous one began
 MAX_PASSES = 8       # catch-up passes before the copy reports the source as still changing

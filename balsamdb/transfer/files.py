@@ -11,7 +11,7 @@ from ..operations.store_lines import LINE_KINDS
 from ..operations.stores import KINDS, Digester, canonical
 from ..wording import shell_path
 from .copying import Progress
-from .endpoints import PAGE, import_batch, pages
+from .paging import PAGE, import_batch, pages
 
 EXPORT_FORMAT = 1
 
