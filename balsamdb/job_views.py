@@ -74,7 +74,7 @@ def history_moves(database, workflow=None, after_id=0, upto_id=None):
         if workflow:
             # A join, not "job IN (the workflow's jobs)": with the id range, the planner reads the new rows
             # by id and looks up their jobs, instead of every history row of the workflow's jobs.
-            query = query.join(Job, on=(JobStateChange.job == Job.id)).where(Job.workflow == workflow)
+            query = query.join(Job, on=(JobStateChange.job == Job.key)).where(Job.workflow == workflow)
         for state, minute, count in query.tuples().execute(database):
             moves[kind].setdefault(state, {})[int(minute) * 60] = count
     return moves

@@ -32,7 +32,11 @@ class BaseModel(pw.Model):
 
 
 class Job(BaseModel):
-    id = pw.CharField(max_length=36, primary_key=True)
+    # The job's internal key (schema 11): what the tables that are only joined (history, tags) hold,
+    # so that their indexes fill at their end; on SQLite the rowid.  Never shown, never copied: a job
+    # is named by its id everywhere else (answers, exports, parents, records).
+    key = pw.BigAutoField()
+    id = pw.CharField(max_length=36, unique=True)
     name = pw.CharField(index=True)
     workflow = pw.CharField()  # indexed with state and updated_at: job_workflow_state_updated_at_id
     application = pw.TextField(default="")
@@ -58,7 +62,10 @@ class Job(BaseModel):
     renewed_at = pw.DoubleField(null=True)
 
 
-if tuple(Job._meta.sorted_field_names) != tuple(name for name, _ in JOB_TABLE):  # one table of the job's fields
+#: the job's own fields (everything but its internal key)
+JOB_FIELDS = [f for f in Job._meta.sorted_fields if f.name != "key"]
+
+if tuple(f.name for f in JOB_FIELDS) != tuple(name for name, _ in JOB_TABLE):  # one table of the job's fields
     raise ImportError("balsamdb.models.Job and balsamdb.job_fields.JOB_TABLE name different fields")
 
 
@@ -83,7 +90,8 @@ class WorkflowPolicy(BaseModel):
 
 
 class JobStateChange(BaseModel):
-    job = pw.ForeignKeyField(Job, backref="history", on_delete="CASCADE")
+    # The job's internal key (schema 11; was its id): the index on it fills at its end.
+    job = pw.ForeignKeyField(Job, field=Job.key, column_name="job_key", backref="history", on_delete="CASCADE")
     time = pw.DoubleField()
     from_state = pw.CharField(max_length=32, null=True)
     to_state = pw.CharField(max_length=32)
@@ -91,7 +99,8 @@ class JobStateChange(BaseModel):
 
 
 class JobTag(BaseModel):
-    job = pw.ForeignKeyField(Job, on_delete="CASCADE", index=False)  # the key's prefix
+    # the job's internal key (schema 11; was its id), the primary key's prefix
+    job = pw.ForeignKeyField(Job, field=Job.key, column_name="job_key", on_delete="CASCADE", index=False)
     tag = pw.CharField()  # indexed with created_at and job: job_tag_tag_created_at (schema 9)
     # The job's created_at, carried here (schema 9) so that the jobs of a tag are read from the tag
     # side in creation order: filter(tags=[X], limit=20) reads 20 index entries, not every tagged job.

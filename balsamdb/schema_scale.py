@@ -31,7 +31,7 @@ DROPPED = ("job_workflow", "job_state", "job_tag_job_id", "job_tag_tag", "record
 #: index -> (table, columns)
 CREATED = {
     "job_state_updated_at": ("job", ("state", "updated_at")),
-    "job_tag_tag_job_id": ("job_tag", ("tag", "job_id")),
+    "job_tag_tag_job_id": ("job_tag", ("tag", "job_id")),  # job_key from schema 11 on: see job_column
     "record_tag_tag_record_id": ("record_tag", ("tag", "record_id")),
     "record_project_id_sort_time": ("record", ("project_id", "sort_time")),
 }
@@ -64,6 +64,13 @@ def has_table(database, name):
     return row is not None
 
 
+def job_column(database, table):
+    """The column of ``table`` (history, tags) that names its job: ``job_key`` on a database whose
+    tables today's models made or schema 11 rebuilt, ``job_id`` before (the older migrations run
+    on both)."""
+    return "job_key" if "job_key" in {c.name for c in database.get_columns(table)} else "job_id"
+
+
 def migrate(database, progress=None):
     """Bring the indexes, counts and search index to schema 8; ``progress(step_text)`` is called
     before each step (the ``db init`` progress bar)."""
@@ -76,6 +83,8 @@ def migrate(database, progress=None):
         database.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
     for name, (table, columns) in CREATED.items():
         step(f"index {name}")
+        if table == "job_tag":
+            columns = tuple(job_column(database, table) if c == "job_id" else c for c in columns)
         database.execute_sql(f'CREATE INDEX IF NOT EXISTS "{name}" ON "{table}" ({", ".join(columns)})')
     step("index job_name_lower")
     if is_postgres(database):

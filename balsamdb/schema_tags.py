@@ -30,10 +30,13 @@ def migrate(database, progress=None):
         kind = "DOUBLE PRECISION" if postgres else "REAL"
         database.execute_sql(f'ALTER TABLE "job_tag" ADD COLUMN "created_at" {kind}')
     step("job_tag created_at from the jobs")
-    database.execute_sql('UPDATE "job_tag" SET "created_at" = (SELECT "created_at" FROM "job" '
-                         'WHERE "job"."id" = "job_tag"."job_id") WHERE "created_at" IS NULL')
+    from .schema_scale import job_column
+    column = job_column(database, "job_tag")  # job_key on today's tables (schema 11)
+    by = '"job"."key"' if column == "job_key" else '"job"."id"'
+    database.execute_sql(f'UPDATE "job_tag" SET "created_at" = (SELECT "created_at" FROM "job" '
+                         f'WHERE {by} = "job_tag"."{column}") WHERE "created_at" IS NULL')
     step(f"index {INDEX}")
-    database.execute_sql(f'CREATE INDEX IF NOT EXISTS "{INDEX}" ON "job_tag" ("tag", "created_at", "job_id")')
+    database.execute_sql(f'CREATE INDEX IF NOT EXISTS "{INDEX}" ON "job_tag" ("tag", "created_at", "{column}")')
     database.execute_sql(f'DROP INDEX IF EXISTS "{REPLACED}"')
     # (created_at) is a prefix of (created_at, id), which every read by creation uses: one index
     # fewer for each job insert (the capacity issue measured 2.8 µs a job at 100k).

@@ -14,7 +14,7 @@ import peewee as pw
 from . import jsonio
 from .answers import prune_bases
 from .job_fields import LEASE_FIELDS
-from .models import (AppliedRequest, Job, JobParent, JobStateChange, JobTag, JSONText, Project,
+from .models import (JOB_FIELDS, AppliedRequest, Job, JobParent, JobStateChange, JobTag, JSONText, Project,
                      Record, RecordTag, RecordVersion, quoter)
 
 _CACHE = weakref.WeakKeyDictionary()  # database -> Statements, gone with the database
@@ -28,8 +28,8 @@ class Statements:
         self._database = weakref.ref(database)  # the cache must not keep the database alive
         self._many = {}  # (statement, rows) -> the text of a multi-row INSERT
         # A new job holds no claim: the lease columns stay NULL (see balsamdb.operations.leases).
-        self.insert_job = self._insert(Job, skip=LEASE_FIELDS)
-        self.job_columns = [f for f in Job._meta.sorted_fields if f.name not in LEASE_FIELDS]
+        self.insert_job = self._insert(Job, skip=LEASE_FIELDS + ("key",))  # the key: the database's next
+        self.job_columns = [f for f in JOB_FIELDS if f.name not in LEASE_FIELDS]
         self.insert_parent = self._insert(JobParent)
         self.insert_history = self._insert(JobStateChange, skip=("id",))
         self.insert_tag = self._insert(JobTag)
@@ -106,10 +106,15 @@ class Statements:
         return cursor.fetchone()[0] if self.postgres else cursor.lastrowid
 
     def _insert(self, model, skip=()):
+        """``(sql, fields, row_params)`` of a one-row INSERT into ``model``'s table.  A row of the
+        history or the tags names its job by id, as every caller knows it; the statement looks the
+        job's internal key up (schema 11: a lookup in the job id index, whose pages the batch's own
+        job inserts have just read)."""
         fields = [f for f in model._meta.sorted_fields if f.name not in skip]
-        q = quoter(self.database)
+        q, p = quoter(self.database), self.database.param
         columns = ", ".join(q(f.column_name) for f in fields)
-        values = ", ".join([self.database.param] * len(fields))
+        by_id = f"(SELECT {q('key')} FROM {q(Job._meta.table_name)} WHERE {q('id')} = {p})"
+        values = ", ".join(by_id if _names_job_by_key(f) else p for f in fields)
         return f"INSERT INTO {q(model._meta.table_name)} ({columns}) VALUES ({values})", fields, _row_params(fields)
 
     def executemany(self, statement, rows):
@@ -181,6 +186,10 @@ class Statements:
         return found
 
 
+
+
+def _names_job_by_key(field):
+    return isinstance(field, pw.ForeignKeyField) and field.rel_model is Job and field.rel_field is Job.key
 
 
 def _row_params(fields):

@@ -134,9 +134,11 @@ def load(path, records, jobs, first_record=0, first_job=0, rng=None, campaign=No
                 made, history, tags = job_rows(first, last, campaign, stride, rng)
                 with database.atomic():
                     Job.insert_many(made).execute()
-                    JobStateChange.insert_many(history).execute()
+                    # history and tags hold the job's internal key (schema 11), given by the insert
+                    keys = dict(Job.select(Job.id, Job.key).where(Job.id.in_([j["id"] for j in made])).tuples())
+                    JobStateChange.insert_many([dict(h, job=keys[h["job"]]) for h in history]).execute()
                     if tags:
-                        JobTag.insert_many(tags).execute()
+                        JobTag.insert_many([dict(t, job=keys[t["job"]]) for t in tags]).execute()
                 progress(len(made))
         database.execute_sql("ANALYZE")
     finally:

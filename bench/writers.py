@@ -232,7 +232,8 @@ def run_bulk(count, workdir):
     con.execute("pragma journal_mode=wal")
     columns = ", ".join(JOB_KEYS)
     insert_job = f"insert into job ({columns}) values ({', '.join('?' for _ in JOB_KEYS)})"
-    insert_history = "insert into job_state_change (job_id, time, from_state, to_state, message) values (?,?,?,?,?)"
+    insert_history = ("insert into job_state_change (job_key, time, from_state, to_state, message) "
+                      "values ((select key from job where id = ?),?,?,?,?)")
     started = time.perf_counter()
     for start in range(0, count, 1000):
         when = time.time()

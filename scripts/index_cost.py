@@ -19,7 +19,7 @@ def job_rows(n, t):
         out.append((jid, f"cap-{i}", "capacity", "python sim.py", f"--n {i}", "", "CREATED", "", f"data/capacity/cap-{i}_{jid[:8]}", 1, 1, 1, 1.0, "{}", "[]", "[]", "{}", t, t))
     return out
 JOBSQL = 'INSERT INTO job (id,name,workflow,application,args,description,state,state_message,working_directory,num_nodes,ranks_per_node,threads_per_rank,wall_time_minutes,environ,parents,tags,data,created_at,updated_at) VALUES (' + ",".join("?" * 19) + ")"
-HIST = 'INSERT INTO job_state_change (job_id,time,from_state,to_state,message) VALUES (?,?,?,?,?)'
+HIST = 'INSERT INTO job_state_change (job_key,time,from_state,to_state,message) VALUES ((SELECT key FROM job WHERE id = ?),?,?,?,?)'
 APPL = 'INSERT INTO applied_request (request_id,applied_at,response) VALUES (?,?,?)'
 if PREFILL:
     c = sqlite3.connect(src, isolation_level=None)

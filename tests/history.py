@@ -202,9 +202,9 @@ def applied_jobs(path, workflow=None):
         if workflow:
             jobs = jobs.where(Job.workflow == workflow)
         ids = [row.id for row in jobs]
-        created = (JobStateChange.select(JobStateChange.job)
-                   .where(JobStateChange.to_state == "CREATED", JobStateChange.job.in_(jobs)))
-        return ids, [row.job_id for row in created]
+        created = (JobStateChange.select(Job.id).join(Job, on=(JobStateChange.job == Job.key))
+                   .where(JobStateChange.to_state == "CREATED", Job.id.in_(jobs)))
+        return ids, [job_id for (job_id,) in created.tuples()]
 
     ids, created = _read(path, read)
     counts = Counter(created)

@@ -116,8 +116,8 @@ def _rows_check(path, acked):
     """What the database says about the acknowledged (or spooled) job ids ``acked``."""
     stored = job_ids_in_db(path)
     counts = Counter(stored)
-    created = dict(_sql(path, "select job_id, count(*) from job_state_change "
-                              "where to_state = 'CREATED' group by job_id"))
+    created = dict(_sql(path, "select j.id, count(*) from job_state_change c join job j on j.key = c.job_key "
+                              "where to_state = 'CREATED' group by j.id"))
     return {
         "acked": len(acked),
         "acked_twice": len(acked) - len(set(acked)),
@@ -544,8 +544,8 @@ def test_full_disk_refuses_writes_cleanly_and_recovers(tmpfs, tmp_path):
         assert status["server_status"]["pid"] == info["server"]["pid"]
         acked = phase_a.acked_ids() + phase_b.acked_ids() + accepted + phase_c.acked_ids()
         rows = _rows_check(path, acked)
-        created = _sql(path, "select job_id, count(*) from job_state_change where to_state = 'CREATED' "
-                             "group by job_id having count(*) <> 1")
+        created = _sql(path, "select c.job_key, count(*) from job_state_change c where to_state = 'CREATED' "
+                             "group by c.job_key having count(*) <> 1")
         integrity = _sql(path, "pragma integrity_check")
     finally:
         _stop_server(path)

@@ -19,6 +19,8 @@ from balsamdb.operations import jobs as job_ops
 from balsamdb.operations import leases, pages
 from balsamdb.settings import load_settings
 
+import old_schema
+
 #: the indexes of schema 5 that schema 8 drops, as main made them
 OLD_INDEXES = {"job_workflow": ("job", "workflow"), "job_state": ("job", "state"),
                "job_tag_job_id": ("job_tag", "job_id"), "job_tag_tag": ("job_tag", "tag"),
@@ -46,6 +48,7 @@ def _to_schema_5(database):
     """What a DB directory made by the previous release holds: schema 5's indexes, no counts, no
     search index, version 5."""
     postgres = isinstance(database, pw.PostgresqlDatabase)
+    old_schema.to_id_keys(database)  # schema 11's job keys undone: history and tags by job id
     for name in [*schema_scale.CREATED, "job_name_lower", "record_search_trgm"]:
         database.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
     if not postgres:
@@ -111,9 +114,10 @@ def test_an_old_db_upgrades_in_place_keeping_every_row(any_dbdir, backend, tmp_p
     try:
         if backend == "postgres":
             migrations.upgrade(database)
-        _to_schema_5(database)
-        specs = _load(database)
+        specs = _load(database)  # written by today's code, then the tables made as schema 5 had them
         rows, digest = _rows(database), _digest(database)
+        _to_schema_5(database)
+        assert _rows(database) == rows
         assert migrations.current_version(database) == 5
     finally:
         database.close()
@@ -132,7 +136,8 @@ def test_an_old_db_upgrades_in_place_keeping_every_row(any_dbdir, backend, tmp_p
 
     database = _open(any_dbdir)
     try:
-        assert migrations.current_version(database) == migrations.SCHEMA_VERSION == 10
+        assert migrations.current_version(database) == migrations.SCHEMA_VERSION
+        assert not old_schema.has_id_keys(database)  # schema 11: history and tags by the job's key
         assert _rows(database) == rows and _digest(database) == digest
         indexes = _indexes(database)
         assert not indexes & set(OLD_INDEXES), indexes & set(OLD_INDEXES)
@@ -187,7 +192,7 @@ def test_an_old_db_upgrades_in_place_keeping_every_row(any_dbdir, backend, tmp_p
 
 
 def _tag_times_differ(database):
-    return database.execute_sql('SELECT COUNT(*) FROM "job_tag" t JOIN "job" j ON j.id = t.job_id '
+    return database.execute_sql('SELECT COUNT(*) FROM "job_tag" t JOIN "job" j ON j."key" = t.job_key '
                                 "WHERE t.created_at IS NULL OR t.created_at <> j.created_at").fetchone()[0]
 
 
@@ -223,7 +228,7 @@ def test_every_everyday_read_uses_an_index(any_dbdir, backend):
                 "workflow": job_ops._job_query({"workflow": "w1"}),
                 "records by project and time": Record.select().where(Record.project == "p")
                 .order_by(Record.sort_time.desc(), Record.id.desc()).limit(50),
-                "job history": job_ops.JobStateChange.select().where(job_ops.JobStateChange.job == "x"),
+                "job history": job_ops.JobStateChange.select().where(job_ops.JobStateChange.job == 1),
                 "expired leases (the lost-runs look)": leases.expired_leases(time.time(), 500),
             }
             if backend == "sqlite3":
@@ -328,8 +333,8 @@ def test_an_older_balsamdb_refuses_a_newer_schema(dbdir, run_db):
     database.close()
     refused = run_db("ls", "--path", dbdir)
     assert refused.returncode != 0
-    assert "schema version 99, newer than this balsamdb's (10)" in refused.stderr, refused.stderr
+    assert f"schema version 99, newer than this balsamdb's ({migrations.SCHEMA_VERSION})" in refused.stderr, refused.stderr
     init = run_db("init", dbdir)
-    assert init.returncode != 0 and "99" in init.stderr and "(10)" in init.stderr, init.stderr
+    assert init.returncode != 0 and "99" in init.stderr and f"({migrations.SCHEMA_VERSION})" in init.stderr, init.stderr
     with pytest.raises(ConfigError, match="newer than this balsamdb"):
         migrations.check_schema_not_newer(_open(dbdir), dbdir)

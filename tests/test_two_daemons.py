@@ -75,7 +75,8 @@ def history(url, job_id):
     con = psycopg2.connect(url)
     try:
         cur = con.cursor()
-        cur.execute("SELECT from_state, to_state FROM job_state_change WHERE job_id = %s ORDER BY id", (job_id,))
+        cur.execute("SELECT from_state, to_state FROM job_state_change "
+                    "WHERE job_key = (SELECT key FROM job WHERE id = %s) ORDER BY id", (job_id,))
         return cur.fetchall()
     finally:
         con.close()

@@ -31,7 +31,8 @@ def _write(path, history):
             if not Job.select().where(Job.id == job).exists():
                 Job.insert(id=job, name=job, workflow=workflow, state=moves[-1][2], working_directory=".",
                            created_at=T0 + moves[0][0], updated_at=T0 + moves[-1][0]).execute()
-            JobStateChange.insert_many([{"job": job, "time": T0 + t, "from_state": f, "to_state": to}
+            key = Job.select(Job.key).where(Job.id == job).scalar()  # what the history holds (schema 11)
+            JobStateChange.insert_many([{"job": key, "time": T0 + t, "from_state": f, "to_state": to}
                                         for t, f, to in moves]).execute()
     database.close()
 
@@ -39,7 +40,7 @@ def _write(path, history):
 def _delete_job(path, job, history_only=False):
     database = DBDirectory(path).open_database(load_settings())
     with database.bind_ctx(MODELS), database.atomic():
-        JobStateChange.delete().where(JobStateChange.job == job).execute()
+        JobStateChange.delete().where(JobStateChange.job == Job.select(Job.key).where(Job.id == job)).execute()
         if not history_only:
             Job.delete().where(Job.id == job).execute()
     database.close()

@@ -30,10 +30,10 @@ def _insert_jobs(rows, when, insert):
     fast = statements()
     links = dependencies.link_new_jobs(rows, when, insert)  # nothing to do (no read) without parents
     if len(rows) > 1:
-        # In id order, so are their history and tag rows: each B-tree keyed by the random job id
-        # (the job's, the history's job index, the tag table's key) is then walked from left to
-        # right once per statement (13% less CPU a job inserting 5,000 into a 1M-job database:
-        # scripts/key_order_cost.py, "-sorted").  Nothing reads the order rows were inserted in.
+        # In id order: the one B-tree keyed by the random job id (its unique index; the history and
+        # tags hold the job's integer key since schema 11) is then walked from left to right once
+        # per statement (13% less CPU a job inserting 5,000 into a 1M-job database with three such
+        # B-trees: scripts/key_order_cost.py, "-sorted").  Nothing reads the order rows were inserted in.
         rows = sorted(rows, key=_by_id)
     try:
         insert(fast.insert_job, rows)
@@ -94,7 +94,7 @@ def job_bulk_create(jobs, *, insert):
 
 def _get_job(job_id):
     try:
-        return Job.get_by_id(check_uuid(job_id))
+        return Job.get(Job.id == check_uuid(job_id))
     except Job.DoesNotExist:
         raise NotFound(f"no job with id {job_id}") from None
 
@@ -160,9 +160,9 @@ def job_modify(job_id, changes):
         job.parents = dependencies.set_parents(job, job.parents, job.updated_at, statements())
     job.save(only=[Job._meta.fields[name] for name in list(changes) + ["updated_at", "state", "state_message"]])
     if "tags" in changes:
-        JobTag.delete().where(JobTag.job == job.id).execute()
+        JobTag.delete().where(JobTag.job == job.key).execute()
         if job.tags:
-            JobTag.insert_many([{"job": job.id, "tag": t, "created_at": job.created_at} for t in job.tags]).execute()
+            JobTag.insert_many([{"job": job.key, "tag": t, "created_at": job.created_at} for t in job.tags]).execute()
     return job_to_dict(job)
 
 
@@ -177,9 +177,10 @@ def job_delete(job_ids):
     deleted = 0
     for start in range(0, len(ids), 500):  # stay below SQLite's limit on parameters
         chunk = ids[start:start + 500]
-        JobTag.delete().where(JobTag.job.in_(chunk)).execute()
+        keys = Job.select(Job.key).where(Job.id.in_(chunk))
+        JobTag.delete().where(JobTag.job.in_(keys)).execute()
         dependencies.forget(chunk)
-        JobStateChange.delete().where(JobStateChange.job.in_(chunk)).execute()
+        JobStateChange.delete().where(JobStateChange.job.in_(keys)).execute()
         deleted += Job.delete().where(Job.id.in_(chunk)).execute()
     return {"deleted": deleted}
 
@@ -197,7 +198,7 @@ def job_get(job_id):
     out["waiting_on"] = dependencies.waiting_on(job.id) if job.parents else []
     out["history"] = [
         {"time": h.time, "from_state": h.from_state, "to_state": h.to_state, "message": h.message}
-        for h in JobStateChange.select().where(JobStateChange.job == job.id).order_by(JobStateChange.id)
+        for h in JobStateChange.select().where(JobStateChange.job == job.key).order_by(JobStateChange.id)
     ]
     return out
 
@@ -286,7 +287,7 @@ def _job_query(filters):
     if filters.get("owner") is not None:
         query = query.where(Job.owner == check_text(filters["owner"], "owner", max_len=255))
     for tag in check_str_list(filters.get("tags"), "tags"):
-        query = query.where(Job.id.in_(JobTag.select(JobTag.job).where(JobTag.tag == tag)))
+        query = query.where(Job.key.in_(JobTag.select(JobTag.job).where(JobTag.tag == tag)))
     for key, field, op in (("created_after", Job.created_at, ">="), ("created_before", Job.created_at, "<"),
                            ("updated_after", Job.updated_at, ">="), ("updated_before", Job.updated_at, "<")):
         if filters.get(key) is not None:
@@ -302,7 +303,7 @@ def job_order(sort):
 def ordered_job_query(filters, sort):
     """``(query, order)``: the jobs matching ``filters`` in the order of ``sort``.  Jobs with tags
     listed by creation (either way) are read from the tag side (schema 9): the tag's index entries
-    in ``(created_at, job_id)`` order, the other filters tested on each job, so that the first 20
+    in ``(created_at, job)`` order, the other filters tested on each job, so that the first 20
     cost 20 entries rather than a sort of every job of the tag.  The same order as
     :func:`job_order`'s (``job_tag.created_at`` is its job's)."""
     sort = check_sort(sort) or "created"
@@ -319,9 +320,11 @@ def ordered_job_query(filters, sort):
         created = pw.NodeList((pw.SQL("+"), Job.created_at), glue="")
         order = [created.desc(), Job.id.desc()] if sort.startswith("-") else [created.asc(), Job.id.asc()]
         return query.order_by(*order), order
-    order = [JobTag.created_at, JobTag.job]
+    # Ties of one creation time (a bulk_create's jobs) by id, as everywhere: the tag's index holds the
+    # job's key, so such a group is sorted (a partial sort: the first page reads the groups it shows).
+    order = [JobTag.created_at, Job.id]
     order = [field.desc() if sort.startswith("-") else field.asc() for field in order]
-    query = (_job_query(dict(filters, tags=tags[1:])).join(JobTag, on=(JobTag.job == Job.id))
+    query = (_job_query(dict(filters, tags=tags[1:])).join(JobTag, on=(JobTag.job == Job.key))
              .where(JobTag.tag == tags[0]).order_by(*order))
     return query, order
 

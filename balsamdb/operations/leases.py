@@ -20,7 +20,8 @@ from .. import states as _states
 from ..exceptions import BadRequest, Conflict
 from .. import jsonio
 from ..job_fields import JOB_KEYS, LEASE_FIELDS
-from ..models import Job, JobStateChange, JSONText, WorkflowPolicy, now, quoter
+from ..models import Job, JSONText, WorkflowPolicy, now, quoter
+from ..statements import statements
 from .checks import check_number, check_str_list, check_text, check_uuid
 from .registry import operation
 
@@ -111,7 +112,7 @@ def job_acquire(n, owner, lease=60.0, workflow=None, states=None, ids=None):
                   "message": f"claimed by {owner}: the lease of {o} expired at {e:.3f} (last renewal {r:.3f})"}
                  for i, o, e, r, s in picked if o is not None]
     if takeovers:
-        JobStateChange.insert_many(takeovers).execute()
+        statements().executemany(statements().insert_history, takeovers)  # names each job by its id
     return _read_jobs(taken_ids)
 
 
@@ -272,7 +273,7 @@ def find_lost_runs(database, limit=500):
             for key in outcome:
                 counts[key] += 1
     if history:
-        JobStateChange.insert_many(history).execute()
+        statements().executemany(statements().insert_history, history)  # names each job by its id
     return counts
 
 

@@ -54,10 +54,14 @@ TABLES = {
 #: job copied in a later chunk comes with that parent)
 CHILDREN = {"record_version": ("record", ("record_id",)), "record_tag": ("record", ("record_id",)),
             "record_job": ("record", ("record_id",)), "record_file": ("record", ("record_id",)),
-            "job_state_change": ("job", ("job_id",)), "job_tag": ("job", ("job_id",)),
+            "job_state_change": ("job", ("job_key",)), "job_tag": ("job", ("job_key",)),
             "job_parent": ("job", ("child", "parent"))}
-#: the column that names a row of each parent table
-PARENT_KEY = {"record": "id", "job": "id"}
+#: the column of each parent table that a child's column names (default ``id``)
+PARENT_KEY = {"job_key": "key"}
+#: the child columns that hold a job's internal key (schema 11).  A copied job takes this store's next
+#: key (another writer's new job may hold the source's), so each is mapped through the job's id: the
+#: key of the job here that has the id of the source's job with that key (NULL: not here).
+JOB_KEYED = {"job_state_change": "job_key", "job_tag": "job_key"}
 #: the columns beyond the id that name the item of a parent row (a job's id is its key): a child row
 #: is copied only under the parent that is the same item on both sides.  A record that another
 #: writer adds to this store during a copy takes the next id, which may be the id of a record the
@@ -65,12 +69,13 @@ PARENT_KEY = {"record": "id", "job": "id"}
 PARENT_ITEM = {"record": ("project_id", "label"), "job": ()}
 #: columns copied as NULL: a launcher's claim on a job of the source means nothing in the copy
 #: (the general path leaves them out too)
-BLANK = {"job": frozenset(LEASE_FIELDS)}
+BLANK = {"job": frozenset(LEASE_FIELDS) | {"key"}}  # a NULL key: this store's next
 MAX_ROWS = 20000
 #: milliseconds a chunk waits for a source that another process holds locked (a WAL reader is never
 #: blocked but for a moment), before it is refused
 SOURCE_WAIT_MS = 1000
 ALIAS = "bdb_copy_source"
+_MAPPED_KEY = f"(SELECT p.key FROM main.job p JOIN {ALIAS}.job q ON q.id = p.id WHERE q.key = s.job_key)"
 
 
 #: an identifier quoted as SQLite (and peewee) quotes it
@@ -199,6 +204,8 @@ def _check_schema(database, table):
 
 
 def _select(table, column):
+    if JOB_KEYED.get(table) == column:
+        return _MAPPED_KEY
     return "NULL" if column in BLANK.get(table, ()) else f"s.{_q(column)}"
 
 
@@ -258,9 +265,10 @@ def _copy_chunk(database, source, identity, host, proof, table, after, limit):
     rows = {table: _insert(database, table, chunk("s"), bounds)}
     for child in TABLES[table]:
         parent, columns = CHILDREN[child]
-        key = _q(PARENT_KEY[parent])
-        ids = f"(SELECT c.{key} FROM {ALIAS}.{_q(parent)} c WHERE {chunk('c')})"
-        where = "(" + " OR ".join(f"s.{_q(c)} IN {ids}" for c in columns) + ")"
+
+        def ids(column):
+            return f"(SELECT c.{_q(PARENT_KEY.get(column, 'id'))} FROM {ALIAS}.{_q(parent)} c WHERE {chunk('c')})"
+        where = "(" + " OR ".join(f"s.{_q(c)} IN {ids(c)}" for c in columns) + ")"
         rows[child] = _insert(database, child, where + "".join(_present(parent, c) for c in columns),
                               bounds * len(columns))
     return {"copied": rows[table], "rows": rows, "next": last[0] if last is not None else None}
@@ -269,7 +277,9 @@ def _copy_chunk(database, source, identity, host, proof, table, after, limit):
 def _present(parent, column):
     """The condition that the row of ``parent`` named by ``column`` of the child row ``s`` is here,
     and is the same item as in the source (another writer's record may have taken its id)."""
-    key = _q(PARENT_KEY[parent])
+    if column == "job_key":
+        return f" AND {_MAPPED_KEY} IS NOT NULL"
+    key = _q("id")
     same = "".join(f" AND q.{_q(c)} = p.{_q(c)}" for c in PARENT_ITEM[parent])
     source_parent = f" JOIN {ALIAS}.{_q(parent)} q ON q.{key} = p.{key}" if same else ""
     return f" AND EXISTS (SELECT 1 FROM main.{_q(parent)} p{source_parent} WHERE p.{key} = s.{_q(column)}{same})"

@@ -260,8 +260,9 @@ def _put_jobs(items, write):
             new_rows.append(values)
         else:
             Job.update(**values).where(Job.id == item["id"]).execute()
-            JobStateChange.delete().where(JobStateChange.job == item["id"]).execute()
-            JobTag.delete().where(JobTag.job == item["id"]).execute()
+            key = Job.select(Job.key).where(Job.id == item["id"])
+            JobStateChange.delete().where(JobStateChange.job == key).execute()
+            JobTag.delete().where(JobTag.job == key).execute()
         history.extend(dict(change, job=item["id"]) for change in item["history"])
         tags.extend({"job": item["id"], "tag": t, "created_at": item["created_at"]} for t in item["tags"])
     # The prepared statements of the create path: peewee's insert_many built each row's SQL in

@@ -107,7 +107,8 @@ def _job_lines(after, limit, _versions):
     if not rows:
         return {"lines": [], "next": None}
     history = {row[0]: [] for row in rows}
-    query = (JobStateChange.select(*_HISTORY_COLUMNS).where(JobStateChange.job.in_(ids))
+    query = (JobStateChange.select(*_HISTORY_COLUMNS).join(Job, on=(JobStateChange.job == Job.key))
+             .where(Job.id.in_(ids))
              .order_by(JobStateChange.job, JobStateChange.id))  # each job's by id, as job_items; the index's order
     for job_id, when, from_state, to_state, message in _execute(query):
         changes = history.get(job_id)

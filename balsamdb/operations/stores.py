@@ -123,7 +123,8 @@ def _record_items(query, versions):
 
 _JOB_COLUMNS = [getattr(Job, key) for key in JOB_KEYS]
 _JOB_JSON = [i for i, key in enumerate(JOB_KEYS) if isinstance(getattr(Job, key), JSONText)]
-_HISTORY_COLUMNS = [JobStateChange.job, JobStateChange.time, JobStateChange.from_state, JobStateChange.to_state,
+#: a state change's columns, its job named by id (joined from the job's internal key)
+_HISTORY_COLUMNS = [Job.id, JobStateChange.time, JobStateChange.from_state, JobStateChange.to_state,
                     JobStateChange.message]
 
 
@@ -145,8 +146,8 @@ def job_items(jobs):
     ids = [job["id"] for job in jobs]
     history = {job_id: [] for job_id in ids}
     for start in range(0, len(ids), 500):
-        query = (JobStateChange.select().where(JobStateChange.job.in_(ids[start:start + 500]))
-                 .order_by(JobStateChange.id))
+        query = (JobStateChange.select().join(Job, on=(JobStateChange.job == Job.key))
+                 .where(Job.id.in_(ids[start:start + 500])).order_by(JobStateChange.id))
         for job_id, when, from_state, to_state, message in _rows(query, _HISTORY_COLUMNS):
             history[job_id].append({"time": when, "from_state": from_state, "to_state": to_state,
                                     "message": message})

@@ -24,7 +24,7 @@ def _old_history(before, limit):
     database = JobStateChange._meta.database
     p = database.param
     sql = ('SELECT c.id FROM job_state_change c WHERE c.time < ' + p + ' AND c.id <> '
-           '(SELECT MAX(d.id) FROM job_state_change d WHERE d.job_id = c.job_id) ORDER BY c.id')
+           '(SELECT MAX(d.id) FROM job_state_change d WHERE d.job_key = c.job_key) ORDER BY c.id')
     params = [before]
     if limit is not None:
         sql, params = sql + ' LIMIT ' + p, params + [limit]

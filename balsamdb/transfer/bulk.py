@@ -181,19 +181,26 @@ def _comparisons(conn):
                 f"SELECT count(*) FROM main.job d WHERE {_JOB_KEPT.format('d', 'id')}",
                 f"SELECT count(*) FROM src.job s JOIN main.job d ON d.id = s.id AND {_same(JOB_KEYS)} "
                 "WHERE s.updated_at <= :until"))
-    for table, key in (("job_state_change", "job_id"), ("job_tag", "job_id"), ("job_parent", "child")):
-        content = _columns(conn, table, skip=("id",))
-        # A link to a parent that the source no longer has (job_delete forgets its links, not the
-        # children's parents column, from which a catch-up makes a replaced job's links) is not
-        # compared: the server never reads it (its joins go through the parent's row).
-        src_kept, dst_kept = _JOB_KEPT.format("s", key), _JOB_KEPT.format("d", key)
-        if table == "job_parent":
-            src_kept += f" AND {_PARENT_IN_SRC.format('s')}"
-            dst_kept += f" AND {_PARENT_IN_SRC.format('d')}"
-        out.append((table, f'SELECT count(*) FROM src."{table}" s WHERE {src_kept}',
-                    f'SELECT count(*) FROM main."{table}" d WHERE {dst_kept}',
-                    f'SELECT count(*) FROM src."{table}" s JOIN main."{table}" d ON d."{key}" = s."{key}" '
-                    f'AND {_same(content)} WHERE {src_kept}'))
+    for table in ("job_state_change", "job_tag"):
+        # A job's rows here are those of the job with the same id: keys are each store's own (schema 11).
+        content = _columns(conn, table, skip=("id", "job_key"))
+        src_kept = "JOIN src.job sj ON sj.key = s.job_key WHERE sj.updated_at <= :until"
+        out.append((table, f'SELECT count(*) FROM src."{table}" s {src_kept}',
+                    f'SELECT count(*) FROM main."{table}" d JOIN main.job dj ON dj.key = d.job_key '
+                    f"WHERE {_JOB_KEPT.format('dj', 'id')}",
+                    f'SELECT count(*) FROM src."{table}" s JOIN src.job sj ON sj.key = s.job_key '
+                    f'JOIN main.job dj ON dj.id = sj.id JOIN main."{table}" d ON d.job_key = dj.key '
+                    f'AND {_same(content)} WHERE sj.updated_at <= :until'))
+    content = _columns(conn, "job_parent", skip=("id",))
+    # A link to a parent that the source no longer has (job_delete forgets its links, not the
+    # children's parents column, from which a catch-up makes a replaced job's links) is not
+    # compared: the server never reads it (its joins go through the parent's row).
+    src_kept = f"{_JOB_KEPT.format('s', 'child')} AND {_PARENT_IN_SRC.format('s')}"
+    dst_kept = f"{_JOB_KEPT.format('d', 'child')} AND {_PARENT_IN_SRC.format('d')}"
+    out.append(("job_parent", f"SELECT count(*) FROM src.job_parent s WHERE {src_kept}",
+                f"SELECT count(*) FROM main.job_parent d WHERE {dst_kept}",
+                f"SELECT count(*) FROM src.job_parent s JOIN main.job_parent d ON d.child = s.child "
+                f"AND {_same(content)} WHERE {src_kept}"))
     content = _columns(conn, "record", skip=("id",))
     out.append(("record", "SELECT count(*) FROM src.record s WHERE s.updated_at <= :until",
                 f"SELECT count(*) FROM main.record d WHERE {_RECORD_KEPT.format('d')}",

@@ -152,7 +152,7 @@ def _lost_runs_query(workflow):
     query = (JobStateChange.select(pw.fn.COUNT(JobStateChange.id))
              .where((JobStateChange.to_state == "RUN_TIMEOUT") & JobStateChange.message.startswith("lost run")))
     if workflow:
-        query = query.where(pw.fn.EXISTS(Job.select(pw.SQL("1")).where((Job.id == JobStateChange.job)
+        query = query.where(pw.fn.EXISTS(Job.select(pw.SQL("1")).where((Job.key == JobStateChange.job)
                                                                          & (Job.workflow == workflow))))
     return query
 
@@ -185,7 +185,7 @@ def _job_data(db, job_id):
     job = {key: rows[0][key] for key in JOB_KEYS + LEASE_FIELDS}
     history = (JobStateChange.select(JobStateChange.time, JobStateChange.from_state, JobStateChange.to_state,
                                      JobStateChange.message)
-               .where(JobStateChange.job == job_id).order_by(JobStateChange.id))
+               .where(JobStateChange.job == rows[0]["key"]).order_by(JobStateChange.id))
     job["history"] = list(history.dicts().execute(db))
     runs = (Record.select(Record.project, Record.label, Record.timestamp, Record.outcome, RecordJob.run)
             .join(RecordJob, on=(RecordJob.record == Record.id)).where(RecordJob.job_id == job_id)
