@@ -18,6 +18,7 @@ from ..job_fields import JOB_KEYS
 from ..models import Job, JobStateChange, JSONText, RecordVersion
 from .records import decompress
 from .stores import _HISTORY_COLUMNS, _JOB_COLUMNS, _RECORD_COLUMNS, _VERSION_COLUMNS, _page_query, _rows
+from .stores import sorts_by_code_point
 
 #: The kinds whose pages :func:`export_lines` makes.
 LINE_KINDS = ("record", "job")
@@ -102,12 +103,23 @@ def _versions(ids, documents):
     return out
 
 
+def _page_jobs(column, rows, ids):
+    """The condition "``column`` is the id of a job of the page" (``rows``, selected by ``ids``):
+    where the default collation is the page's order, the range from its first id to its last, which
+    the index of ``column`` reads as it is (rows of other jobs are not in it: the page holds every
+    job of its range); else ``IN (ids)``.  On PostgreSQL at 100k jobs, ``IN (ids)`` was planned as a
+    hash join over the whole history, 125 ms a page; the range 1-3 ms."""
+    if sorts_by_code_point(Job._meta.database):
+        return column.between(rows[0][0], rows[-1][0])
+    return column.in_(ids)
+
+
 def _job_lines(after, limit, _versions):
     rows, more, ids = _page("job", after, limit, _JOB_COLUMNS)
     if not rows:
         return {"lines": [], "next": None}
     history = {row[0]: [] for row in rows}
-    query = (JobStateChange.select(*_HISTORY_COLUMNS).where(JobStateChange.job.in_(ids))
+    query = (JobStateChange.select(*_HISTORY_COLUMNS).where(_page_jobs(JobStateChange.job, rows, ids))
              .order_by(JobStateChange.job, JobStateChange.id))  # each job's by id, as job_items; the index's order
     for job_id, when, from_state, to_state, message in _execute(query):
         changes = history.get(job_id)
