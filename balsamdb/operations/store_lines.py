@@ -36,6 +36,7 @@ _VERSION = jsonio.canonical_object(("version", "saved_at", "saved_by", "document
 _JOB_LINE = jsonio.canonical_object(JOB_KEYS + ("kind", "history"))
 _HISTORY = jsonio.canonical_object(("time", "from_state", "to_state", "message"))
 _JSON_COLUMNS = tuple(i for i, key in enumerate(JOB_KEYS) if isinstance(getattr(Job, key), JSONText))
+_UPDATED_AT = JOB_KEYS.index("updated_at")
 _RECORD_KIND = _scalar("record")
 _JOB_KIND = _scalar("job")
 
@@ -78,11 +79,16 @@ def page_rows(kind, after=None, limit=5000, versions=True):
 
 def page_lines(page):
     """The lines of a page of :func:`page_rows` (no database needed): ``{"lines", "next"}`` of
-    :func:`export_lines`."""
-    if not page["rows"]:
-        return {"lines": [], "next": None}
-    make = _record_lines if page["kind"] == "record" else _job_lines
-    return {"lines": make(page["rows"], page["history"]), "next": page["next"]}
+    :func:`export_lines`, and for each line its item's key (a tuple) and ``updated_at`` in
+    ``"keys"`` and ``"updated_at"`` (what a digest up to a time leaves out)."""
+    rows = page["rows"]
+    if page["kind"] == "record":
+        lines = _record_lines(rows, page["history"]) if rows else []
+        keys, updated = [(row[1], row[2]) for row in rows], [row[5] for row in rows]
+    else:
+        lines = _job_lines(rows, page["history"]) if rows else []
+        keys, updated = [(row[0],) for row in rows], [row[_UPDATED_AT] for row in rows]
+    return {"lines": lines, "next": page["next"], "keys": keys, "updated_at": updated}
 
 
 def _execute(query):

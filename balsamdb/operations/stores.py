@@ -379,12 +379,13 @@ def _excluded_keys(exclude):
     return keys
 
 
-def digest_of(items, until=None, excluded=(), now=None):
+def digest_of(items, until=None, excluded=(), now=None, digester=None, changed=None):
     """What :func:`store_digest` answers, for ``items`` in any order: the digests of those
     not changed after ``until`` and not ``excluded`` (record and job keys as tuples),
-    ``changed_after`` (the keys of those left out for ``until``) and ``now``."""
-    digester = Digester()
-    changed = []
+    ``changed_after`` (the keys of those left out for ``until``) and ``now``.  ``digester`` and
+    ``changed``: a :class:`Digester` and a list of keys already fed with other items of the store."""
+    digester = Digester() if digester is None else digester
+    changed = [] if changed is None else changed
     for item in items:
         key = item_key(item)
         if changed_after(item, until):

@@ -7,7 +7,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 from ..exceptions import ConfigError, StorageError, TransferError
 from ..operations import sort_time
-from ..operations.stores import KINDS, canonical, digest_of, item_key
+from ..operations.store_lines import LINE_KINDS
+from ..operations.stores import KINDS, Digester, canonical, digest_of, item_key
 
 
 PAGE = 1000
@@ -410,10 +411,24 @@ class SumatraDjangoStore:
 
 def digest_pages(store, until=None, exclude=None):
     """What the ``store_digest`` operation computes, from ``export_items`` pages read
-    here: no request has to digest a whole large store inside the write server."""
+    here: no request has to digest a whole large store inside the write server.  Records and
+    jobs of a store read on this process's own connection are digested from the canonical text
+    of their rows (:meth:`OperationStore.line_pages`, as ``db export`` does), not from items."""
     now = time.time()
-    items = (item for kind in store.kinds for page in pages(store, kind) for item in page["items"])
-    return digest_of(items, until, {tuple(k) for k in exclude or ()}, now=now)
+    excluded = {tuple(k) for k in exclude or ()}
+    line_pages = getattr(store, "line_pages", None)
+    by_lines = {kind: line_pages(kind) for kind in LINE_KINDS if kind in store.kinds and line_pages is not None}
+    items = (item for kind in store.kinds if by_lines.get(kind) is None
+             for page in pages(store, kind) for item in page["items"])
+    digester, changed = Digester(), []
+    for kind in LINE_KINDS:
+        for page in by_lines.get(kind) or ():
+            for (line, group, content), key, updated_at in zip(page["lines"], page["keys"], page["updated_at"]):
+                if until is not None and updated_at > until:
+                    changed.append(list(key))
+                elif key not in excluded:
+                    digester.add_content(group, (line if content is None else content).encode())
+    return digest_of(items, until, excluded, now=now, digester=digester, changed=changed)
 
 
 def pages(store, kind, since=None, after=None):
