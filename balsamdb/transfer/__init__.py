@@ -18,7 +18,8 @@ A SQLite DB directory copied into a new (empty) one takes a fast path (:mod:`.bu
 destination's write server copies the rows in SQL, and the verification compares both files
 in SQL; the report's ``path`` says which path ran, and why.
 
-Modules: :mod:`.endpoints` (opening a store), :mod:`.copying` (copy and verify), :mod:`.bulk` (the fast path),
+Modules: :mod:`.endpoints` (opening a store), :mod:`.line_reads` (records and jobs read as export lines),
+:mod:`.copying` (copy and verify), :mod:`.bulk` (the fast path),
 :mod:`.files` (export files), :mod:`.configure` (``configure_store``).
 """
 

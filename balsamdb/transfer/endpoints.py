@@ -9,6 +9,7 @@ from ..exceptions import ConfigError, StorageError, TransferError
 from ..operations import sort_time
 from ..operations.store_lines import LINE_KINDS
 from ..operations.stores import KINDS, Digester, canonical, digest_of, item_key
+from .line_reads import digest_lines, read_ahead
 
 
 PAGE = 1000
@@ -56,7 +57,7 @@ class OperationStore:
         local = self.reader or (self.db if isinstance(self.db, SQLDatabase) else None)
         if local is None:
             return None
-        return _read_ahead(local, kind, self.versions)
+        return read_ahead(local, kind, self.versions, LINES_PAGE)
 
     def digest(self, until=None, exclude=None):
         return digest_pages(self, until, exclude)
@@ -65,25 +66,6 @@ class OperationStore:
         if self.reader is not None:
             self.reader.close()
         self.db.close()
-
-
-def _read_ahead(local, kind, versions):
-    """The pages of :meth:`OperationStore.line_pages`: page ``n + 1``'s rows read on one thread (in
-    turn on the connection of ``local``, which only that thread uses meanwhile) while page ``n``'s
-    lines are made."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ..operations.store_lines import page_lines, page_rows
-
-    def read(after):
-        return local.read(page_rows, kind=kind, after=after, limit=LINES_PAGE, versions=versions)
-
-    with ThreadPoolExecutor(1, thread_name_prefix="export-read-ahead") as pool:
-        pending = pool.submit(read, None)
-        while pending is not None:
-            rows = pending.result()
-            pending = None if rows["next"] is None else pool.submit(read, rows["next"])
-            yield page_lines(rows)
 
 
 class SQLDatabase:
@@ -422,12 +404,7 @@ def digest_pages(store, until=None, exclude=None):
              for page in pages(store, kind) for item in page["items"])
     digester, changed = Digester(), []
     for kind in LINE_KINDS:
-        for page in by_lines.get(kind) or ():
-            for (line, group, content), key, updated_at in zip(page["lines"], page["keys"], page["updated_at"]):
-                if until is not None and updated_at > until:
-                    changed.append(list(key))
-                elif key not in excluded:
-                    digester.add_content(group, (line if content is None else content).encode())
+        digest_lines(by_lines.get(kind) or (), until, excluded, digester, changed)
     return digest_of(items, until, excluded, now=now, digester=digester, changed=changed)
 
 
