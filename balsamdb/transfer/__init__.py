@@ -19,7 +19,8 @@ destination's write server copies the rows in SQL, and the verification compares
 in SQL; the report's ``path`` says which path ran, and why.
 
 Modules: :mod:`.endpoints` (opening a store; balsamdb's own stores), :mod:`.sumatra_endpoints` (Sumatra's
-stores), :mod:`.paging` (pages, digests, bounded imports), :mod:`.copying` (copy and verify), :mod:`.bulk` (the
+stores), :mod:`.paging` (pages, digests, bounded imports), :mod:`.line_reads` (records and jobs
+read as export lines), :mod:`.copying` (copy and verify), :mod:`.bulk` (the
 fast path), :mod:`.files` (export files), :mod:`.configure` (``configure_store``).
 """
 

@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from ..exceptions import ConfigError, StorageError
 from ..operations.stores import KINDS
+from .line_reads import read_ahead
 from .paging import PAGE, digest_pages
 from .sumatra_endpoints import SumatraDjangoStore, SumatraStore
 
@@ -46,16 +47,17 @@ class OperationStore:
     def import_(self, items, dry_run=False):
         return self.db.call("import_items", items=items, dry_run=dry_run)
 
-    def export_lines(self, kind, after=None):
-        """A page of records or jobs as the lines of an export file (see
-        :func:`balsamdb.operations.store_lines.export_lines`), read on this process's own
-        connection; None when the store has none here (an HTTP store: read its items instead)."""
-        from ..operations.store_lines import export_lines
+    def line_pages(self, kind):
+        """The pages of records or jobs as the lines of an export file (each as
+        :func:`balsamdb.operations.store_lines.export_lines` answers), read on this process's own
+        connection; None when the store has none here (an HTTP store: read its items instead).
 
+        The rows of the next page are read on a thread while the lines of a page are made here: the
+        database (PostgreSQL's backend, SQLite's B-tree walk) works on the other core meanwhile."""
         local = self.reader or (self.db if isinstance(self.db, SQLDatabase) else None)
         if local is None:
             return None
-        return local.read(export_lines, kind=kind, after=after, limit=LINES_PAGE, versions=self.versions)
+        return read_ahead(local, kind, self.versions, LINES_PAGE)
 
     def digest(self, until=None, exclude=None):
         return digest_pages(self, until, exclude)
@@ -114,7 +116,8 @@ def postgres_store(url, create):
 
     check_postgres_url(url)
     params = parse_postgres_url(url)
-    database = pw.PostgresqlDatabase(params.pop("database"), connect_timeout=5, **params)
+    # thread_safe=False: one connection, used in turn by this thread and an export's read-ahead
+    database = pw.PostgresqlDatabase(params.pop("database"), connect_timeout=5, thread_safe=False, **params)
     database.connect()
     try:
         from ..sumatra_store import is_sumatra_postgres
@@ -145,7 +148,8 @@ def sqlite_file_store(path):
 
     from .. import migrations
 
-    database = pw.SqliteDatabase(str(path), timeout=60, pragmas={"journal_mode": "wal", "foreign_keys": 1})
+    database = pw.SqliteDatabase(str(path), timeout=60, pragmas={"journal_mode": "wal", "foreign_keys": 1},
+                                 thread_safe=False, check_same_thread=False)  # as postgres_store's
     version = migrations.current_version(database)
     if version != migrations.SCHEMA_VERSION:
         database.close()
@@ -175,7 +179,8 @@ def _reader(db):
     """A read-only connection to the database of DB directory ``db`` for the reads of a copy, an
     export and a verification: SQLite as a WAL reader (never blocks the writer, never is blocked);
     PostgreSQL on its own connection with read-only transactions.  None when it cannot be opened
-    here (a PostgreSQL cluster that is not running: reads then go through the server)."""
+    here (a PostgreSQL cluster that is not running: reads then go through the server).  One
+    connection, which this thread and an export's read-ahead thread use in turn."""
     import peewee as pw
 
     dbdir = db.dbdir
@@ -184,9 +189,10 @@ def _reader(db):
             if not dbdir.sqlite_file.exists():
                 return None
             database = pw.SqliteDatabase(f"file:{quote(str(dbdir.sqlite_file))}?mode=ro", uri=True, timeout=30,
-                                         pragmas={"query_only": 1, "cache_size": -65536})
+                                         pragmas={"query_only": 1, "cache_size": -65536}, thread_safe=False,
+                                         check_same_thread=False)
         else:
-            database = dbdir.open_database(db.settings)
+            database = dbdir.open_database(db.settings, shared=True)
             database.connect_params["options"] = "-c default_transaction_read_only=on"
         database.connect()
     except (ConfigError, pw.OperationalError):

@@ -44,9 +44,9 @@ def _write_kind(src, kind, out, digester):
     """Write the items of ``kind`` page by page, one write a page; yields each page's count.
     Records and jobs of a store read here come as lines (see
     :mod:`balsamdb.operations.store_lines`), the rest as items."""
-    export_lines = getattr(src, "export_lines", None)
-    page = export_lines(kind) if kind in LINE_KINDS and export_lines is not None else None
-    if page is None:
+    line_pages = getattr(src, "line_pages", None)
+    lines = line_pages(kind) if kind in LINE_KINDS and line_pages is not None else None
+    if lines is None:
         for page in pages(src, kind):
             texts = [canonical(item) for item in page["items"]]
             out.write("".join(text + "\n" for text in texts).encode())
@@ -54,7 +54,7 @@ def _write_kind(src, kind, out, digester):
                 digester.add(item)
             yield len(texts)
         return
-    while True:
+    for page in lines:
         data = []
         for line, group, content in page["lines"]:
             line = line.encode()
@@ -64,9 +64,6 @@ def _write_kind(src, kind, out, digester):
             data.append(b"")
             out.write(b"\n".join(data))
         yield len(page["lines"])
-        if page["next"] is None:
-            return
-        page = export_lines(kind, page["next"])
 
 
 def export_file(src, path, progress=False):

@@ -4,17 +4,29 @@
 
 import time
 
-from ..operations.stores import canonical, digest_of
+from ..operations.store_lines import LINE_KINDS
+from ..operations.stores import Digester, canonical, digest_of
+from .line_reads import digest_lines
 
 PAGE = 1000  # items per page read with export_items (a reader of this process reads READER_PAGE: endpoints.py)
 
 
 def digest_pages(store, until=None, exclude=None):
     """What the ``store_digest`` operation computes, from ``export_items`` pages read
-    here: no request has to digest a whole large store inside the write server."""
+    here: no request has to digest a whole large store inside the write server.  Records and
+    jobs of a store read on this process's own connection are digested from the canonical text
+    of their rows (``line_pages`` of :class:`.endpoints.OperationStore`, as ``db export`` does),
+    not from items."""
     now = time.time()
-    items = (item for kind in store.kinds for page in pages(store, kind) for item in page["items"])
-    return digest_of(items, until, {tuple(k) for k in exclude or ()}, now=now)
+    excluded = {tuple(k) for k in exclude or ()}
+    line_pages = getattr(store, "line_pages", None)
+    by_lines = {kind: line_pages(kind) for kind in LINE_KINDS if kind in store.kinds and line_pages is not None}
+    items = (item for kind in store.kinds if by_lines.get(kind) is None
+             for page in pages(store, kind) for item in page["items"])
+    digester, changed = Digester(), []
+    for kind in LINE_KINDS:
+        digest_lines(by_lines.get(kind) or (), until, excluded, digester, changed)
+    return digest_of(items, until, excluded, now=now, digester=digester, changed=changed)
 
 
 def pages(store, kind, since=None, after=None):
