@@ -442,12 +442,12 @@ def profile_summary(profile, top=14):
                 for k, v in sorted(groups.items(), key=lambda kv: kv[1], reverse=True)[:top]]
     operations = {}
     for (f, _line, name), v in stats.stats.items():
-        if (f.endswith(("stores.py", "store_import.py")) and name in ("export_items", "import_items",
+        if (f.endswith(("stores.py", "digests.py", "store_import.py")) and name in ("export_items", "import_items",
                                                                             "store_digest", "store_counts")) \
                 or (f.endswith("copying.py") and name in ("verify", "one_pass")):
             operations[f"{Path(f).stem}.{name}"] = round(v[3], 3)  # cumulative
     order = ("stores.store_counts", "copying.one_pass", "stores.export_items",
-             "store_import.import_items", "copying.verify", "stores.store_digest")
+             "store_import.import_items", "copying.verify", "digests.store_digest")
     operations = {k: operations[k] for k in order if k in operations}
     return {"total_tottime": round(total, 3), "operations": operations, "functions": functions,
             "by_place": by_place}

@@ -10,7 +10,7 @@ anything is written; no SQL crosses the wire.
 - :mod:`.checks`: validators of parameters
 - :mod:`.jobs` (with :mod:`.parents`: dependencies), :mod:`.leases` (claims of launchers, lost runs),
   :mod:`.records` (and projects), :mod:`.users` (and permissions)
-- :mod:`.stores` (export and digest of a whole store), :mod:`.store_import` (``import_items``),
+- :mod:`.stores` (export of a whole store), :mod:`.digests` (its digest), :mod:`.store_import` (``import_items``),
   :mod:`.store_bulk` (``bulk_copy``: SQLite rows copied in SQL, the fast path of ``db copy``),
   :mod:`.store_lines` (an export file's lines of records and jobs, made from rows)
 
@@ -19,7 +19,8 @@ function) while the models are bound to a database and a transaction is open.
 """
 
 # The modules that register operations, imported in the order the operations are listed.
-from . import jobs, leases, records, record_links, pages, users, stores, store_import, store_bulk, upkeep, server
+from . import (jobs, leases, records, record_links, pages, users, stores, digests, store_import, store_bulk, upkeep,
+               server)
 from .checks import (INT_MAX, MAX_LIST, check_flag, check_number, check_object, check_project_name,
                      check_saved_by, check_str_list, check_text, check_user_name, check_uuid, chunks)
 from ..job_fields import CREATE_ONLY, JOB_KEYS
@@ -31,7 +32,8 @@ from .registry import OPERATIONS, Operation, bind_params, lookup, operation
 
 #: The operations the write server answers itself (ping, status, spool_drain).
 SERVER_OPS = frozenset(name for name, op in OPERATIONS.items() if op.server)
-from .stores import KINDS, Digester, canonical, digest_of, item_key
+from .digests import Digester, digest_of
+from .stores import KINDS, canonical, item_key
 
 
 __all__ = [

@@ -45,7 +45,7 @@ def export_lines(kind, after=None, limit=5000, versions=True):
     """One page of the records or jobs of the store, in key order from just after ``after``,
     as the lines of an export file: ``{"lines": [(line, group, content), ...], "next": key or
     None}``, where ``line`` is the item's canonical text (no newline), ``group`` its group of
-    :class:`.stores.Digester` and ``content`` the canonical text of what its digest covers
+    :class:`.digests.Digester` and ``content`` the canonical text of what its digest covers
     (``None``: the line itself).  ``versions``: records carry their versions (as
     ``export_items(versions=True)``).  :func:`page_rows`, then :func:`page_lines`."""
     return page_lines(page_rows(kind, after, limit, versions))

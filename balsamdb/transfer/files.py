@@ -8,7 +8,8 @@ from pathlib import Path
 from ..exceptions import BadRequest, TransferError
 from ..operations import sort_time
 from ..operations.store_lines import LINE_KINDS
-from ..operations.stores import KINDS, Digester, canonical
+from ..operations.digests import Digester
+from ..operations.stores import KINDS, canonical
 from ..wording import shell_path
 from .copying import Progress
 from .paging import PAGE, import_batch, pages

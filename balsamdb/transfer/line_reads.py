@@ -26,8 +26,8 @@ def read_ahead(local, kind, versions, limit):
 
 
 def digest_lines(pages, until, excluded, digester, changed):
-    """Feed ``digester`` (a :class:`.stores.Digester`) the lines of ``pages`` (of
-    :func:`read_ahead`) as :func:`.stores.digest_of` feeds it items: a line whose item changed after
+    """Feed ``digester`` (a :class:`.digests.Digester`) the lines of ``pages`` (of
+    :func:`read_ahead`) as :func:`.digests.digest_of` feeds it items: a line whose item changed after
     ``until`` goes into ``changed`` (its key, as a list) instead; one whose key is in ``excluded``
     (tuples) is left out."""
     for page in pages:

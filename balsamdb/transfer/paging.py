@@ -5,7 +5,8 @@
 import time
 
 from ..operations.store_lines import LINE_KINDS
-from ..operations.stores import Digester, canonical, digest_of
+from ..operations.digests import Digester, digest_of
+from ..operations.stores import canonical
 from .line_reads import digest_lines
 
 PAGE = 1000  # items per page read with export_items (a reader of this process reads READER_PAGE: endpoints.py)
