@@ -9,7 +9,7 @@ import zlib
 
 import peewee as pw
 
-from . import jsonio, schema_dashboard, schema_scale, schema_tags
+from . import jsonio, schema_dashboard, schema_records_sort, schema_scale, schema_tags
 from .exceptions import ConfigError
 from .models import (MODELS, MODELS_V1, AppliedRequest, Job, JobAnswerBase, JobParent, JobStateChange, JobTag,
                      Project, ProjectPermission, Record, RecordFile, RecordJob, RecordTag, RecordVersion,
@@ -166,6 +166,8 @@ MIGRATIONS = {
         "newest or oldest jobs of a tag read from the tag side"),
     10: (schema_dashboard.migrate, "the jobs of a workflow in a state, most recently changed first, read from one "
          "index (workflow, state, last change) that replaces (workflow, state)"),
+    12: (schema_records_sort.migrate, "the records list sorted by any of its columns (reason, outcome, duration, "
+         "main file, version, user), read from one index per column (project, column, id)"),
 }
 
 #: the schema this balsamdb makes and reads (the highest migration; numbers may skip)

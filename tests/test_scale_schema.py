@@ -9,7 +9,7 @@ import uuid
 import peewee as pw
 import pytest
 
-from balsamdb import migrations, schema_dashboard, schema_scale, schema_tags
+from balsamdb import migrations, schema_dashboard, schema_records_sort, schema_scale, schema_tags
 from balsamdb.applier import apply
 from balsamdb.request import Request
 from balsamdb.dbdir import DBDirectory
@@ -132,13 +132,14 @@ def test_an_old_db_upgrades_in_place_keeping_every_row(any_dbdir, backend, tmp_p
 
     database = _open(any_dbdir)
     try:
-        assert migrations.current_version(database) == migrations.SCHEMA_VERSION == 10
+        assert migrations.current_version(database) == migrations.SCHEMA_VERSION == 12
         assert _rows(database) == rows and _digest(database) == digest
         indexes = _indexes(database)
         assert not indexes & set(OLD_INDEXES), indexes & set(OLD_INDEXES)
         assert (set(schema_scale.CREATED) - {schema_tags.REPLACED}) | {"job_name_lower", schema_tags.INDEX} <= indexes
         assert schema_tags.REPLACED not in indexes and schema_tags.PREFIX not in indexes  # covered by others
         assert schema_dashboard.INDEX in indexes and schema_dashboard.REPLACED not in indexes  # schema 10
+        assert {schema_records_sort.index_name(c) for c in schema_records_sort.COLUMNS} <= indexes  # schema 12
         assert _tag_times_differ(database) == 0  # every tag row got its job's created_at
         grouped = _counts_match(database)
         assert grouped[("w0", "STAGED_IN")] == 20 and sum(grouped.values()) == 280

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import flask
 import peewee as pw
 
-from balsamdb import schema_scale
+from balsamdb import schema_records_sort, schema_scale
 
 from balsamdb.models import Record, RecordTag
 from balsamdb.server.http import keyset
@@ -143,12 +143,13 @@ def find_records(db, project, search="", tags=(), sort="", at=None):
     count = query.count(db) if at is None else query.select(Record.id).limit(COUNT_LIMIT + 1).count(db)
     order = _order(sort)
     rows_query = query.select(Record.id, Record.label, Record.timestamp, Record.sort_time, Record.reason,
-                              Record.outcome, Record.duration, Record.main_file, Record.version, Record.user)
+                              Record.outcome, Record.duration, Record.main_file, Record.version, Record.user,
+                              order.column.alias("sort_key"))
     if at is None:
         rows = list(rows_query.order_by(*order.order_by()).dicts().execute(db))
         links, numbers = {"next": None, "previous": None, "next_at": None, "previous_at": None}, {}
     else:
-        rows, links = keyset.read(db, rows_query, order, PER_PAGE, at, (order.column.name, "id"))
+        rows, links = keyset.read(db, rows_query, order, PER_PAGE, at, ("sort_key", "id"))
         numbers = keyset.numbering(at, None if count > COUNT_LIMIT else count, PER_PAGE)
     tags_of = {}
     if rows and at is not None:
@@ -158,7 +159,7 @@ def find_records(db, project, search="", tags=(), sort="", at=None):
             tags_of.setdefault(record_id, []).append(tag)
     for row in rows:
         row["tags"] = tags_of.get(row.pop("id"), [])
-        del row["sort_time"]
+        del row["sort_time"], row["sort_key"]
     return {"count": min(count, COUNT_LIMIT), "more": count > COUNT_LIMIT, "page": numbers.get("page"),
             "pages": numbers.get("pages"), "first": numbers.get("first"), "rows": rows, **links}
 
@@ -174,7 +175,9 @@ def _order(sort):
     if not sort:
         return keyset.Order(Record.sort_time, Record.id)
     column = SORTABLE[sort.lstrip("-")]
-    return keyset.Order(column, Record.id, descending=sort.startswith("-"), nullable=column.null)
+    # the expression that the column's index holds (schema 12: a long text by its first characters)
+    return keyset.Order(schema_records_sort.sort_key(column), Record.id, descending=sort.startswith("-"),
+                        nullable=column.null)
 
 
 def _with(args, **changes):

@@ -1,0 +1,163 @@
+"""Schema 12 (issue 22): the records list of ``db serve`` in every sortable order reads its pages from an
+index, never by sorting every record (EXPLAIN, with SQLite's statistics of a million records), and its
+pages by next and previous links list each record once, in the order the column gives (long texts by
+their first characters, NULL durations first ascending)."""
+
+import uuid
+
+import peewee as pw
+import pytest
+
+from balsamdb import migrations, schema_records_sort
+from balsamdb.applier import apply
+from balsamdb.dbdir import DBDirectory
+from balsamdb.models import MODELS, Record, RecordTag
+from balsamdb.request import Request
+from balsamdb.settings import load_settings
+
+N = 130  # records: three pages of 50
+
+#: ``sqlite_stat1`` of the record indexes of a DB directory with 1M records in one project (the scale
+#: loader, then schema 12 and ANALYZE): few users, outcomes and main files; a distinct version per record
+STATS_AT_1M = {}
+
+
+def _open(path):
+    database = DBDirectory(path).open_database(load_settings(), busy_timeout=30)
+    database.connect()
+    return database
+
+
+def _save(database, records):
+    with database.bind_ctx(MODELS):
+        answers = [r.answer for r in apply(database, [Request(uuid.uuid4().hex, "record_save",
+                                                              {"project": "p", "record": record})
+                                                      for record in records], database.atomic)]
+    assert all(answer["ok"] for answer in answers), answers
+
+
+def _records():
+    out = []
+    for i in range(N):
+        record = {"label": f"run-{(i * 7) % N:03d}", "timestamp": f"2024-05-01 10:{i % 60:02d}:{i // 60:02d}",
+                  # long reasons equal in their first 100 characters: ordered by id after them
+                  "reason": ("a long reason that says the same for a while " * 3 + str(i % 4)) if i % 2 else f"r{i % 5}",
+                  "outcome": ["", "converged", "diverged"][i % 3], "main_file": ["main.py", "post.py"][i % 2],
+                  "version": uuid.UUID(int=i * 7919 % 1000).hex[-12:], "user": ["ada", "bob", "eve"][i % 3],
+                  "tags": ["common"] if i % 3 else ["rare"]}
+        if i % 9:  # a record without a duration has a NULL one
+            record["duration"] = float((i * 37) % 50)
+        out.append(record)
+    return out
+
+
+def _plan(database, query):
+    sql, params = query.sql()
+    if isinstance(database, pw.PostgresqlDatabase):
+        # tiny tables: ask whether an index CAN give the order (a Sort node then means none can)
+        database.execute_sql("SET enable_seqscan = off")
+        database.execute_sql("SET enable_sort = off")
+        return [r[0] for r in database.execute_sql("EXPLAIN " + sql, params)]
+    return [r[-1] for r in database.execute_sql("EXPLAIN QUERY PLAN " + sql, params)]
+
+
+def _sorting(database, plan):
+    if isinstance(database, pw.PostgresqlDatabase):  # "Incremental Sort": label, unique in the project
+        return [line for line in plan if "Sort" in line and "Incremental Sort" not in line
+                and "Presorted Key" not in line and "Sort Key" not in line]
+    return [line for line in plan if "TEMP B-TREE" in line]
+
+
+SORTS = [""] + [f"{sign}{name}" for name in ("label", "timestamp", "reason", "outcome", "duration", "main_file",
+                                             "version", "user") for sign in ("", "-")]
+
+
+def test_every_sort_of_the_records_list_reads_its_pages_from_an_index(any_dbdir, backend):
+    from balsamdb.server.http import keyset, record_pages
+
+    assert set(record_pages.SORTABLE) == {s for s in SORTS if s and not s.startswith("-")}
+    database = _open(any_dbdir)
+    try:
+        if backend == "postgres":
+            migrations.upgrade(database)
+        records = _records()
+        _save(database, records)
+        if backend == "sqlite3":
+            database.execute_sql("ANALYZE")
+            for (table, index), stat in STATS_AT_1M.items():
+                database.execute_sql("DELETE FROM sqlite_stat1 WHERE tbl = ? AND idx = ?", (table, index))
+                database.execute_sql("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?, ?, ?)", (table, index, stat))
+            database.close()
+            database = _open(any_dbdir)  # the statistics are read when the schema is
+        with database.bind_ctx(MODELS):
+            ids = {label: i for label, i in Record.select(Record.label, Record.id).tuples()}
+            times = {label: t for label, t in Record.select(Record.label, Record.sort_time).tuples()}
+            sorting = {}
+            for sort in SORTS:
+                order = record_pages._order(sort)
+                for tags in ((), ("common",)):
+                    query = Record.select(Record.id).where(Record.project == "p")
+                    if tags:  # a common tag: checked per record read in order (record_pages.find_records)
+                        tagged = RecordTag.select(RecordTag.record).where(RecordTag.tag.in_(tags))
+                        query = query.where(pw.fn.EXISTS(tagged.where(RecordTag.record == Record.id)))
+                    value = 1.0 if isinstance(record_pages.SORTABLE[sort.lstrip("-") or "timestamp"],
+                                              pw.DoubleField) else "m"
+                    pages = {"first": query, "next": query.where(order.after([value, 10])),
+                             "previous": query.where(order.before([value, 10]))}
+                    if order.nullable:
+                        pages["next after NULL"] = query.where(order.after([None, 10]))
+                    for name, page in pages.items():
+                        ordered = order.reversed() if name == "previous" else order
+                        plan = _plan(database, page.order_by(*ordered.order_by()).limit(51))
+                        if _sorting(database, plan):
+                            sorting[(sort or "default", tags, name)] = plan
+            assert not sorting, sorting
+
+            # Paged by next links, then back by previous links: each record once, in the column's order.
+            for sort in SORTS:
+                name = sort.lstrip("-") or "timestamp"
+                field = record_pages.SORTABLE[name]
+
+                def key(record, field=field, name=name):
+                    value = record.get("duration") if name == "duration" else record[name]
+                    if name == "timestamp":
+                        value = times[record["label"]]
+                    if schema_records_sort.COLUMNS.get(field.name):
+                        value = value[:schema_records_sort.PREFIX]
+                    return (value is not None, value if value is not None else 0, ids[record["label"]])
+
+                expected = [r["label"] for r in sorted(records, key=key, reverse=sort.startswith("-") or not sort)]
+                listed, at, backwards = [], {"page": 1}, []
+                while True:
+                    page = record_pages.find_records(database, "p", "", (), sort, at)
+                    listed += [r["label"] for r in page["rows"]]
+                    if not page["next"]:
+                        break
+                    at = {"after": keyset.decode(page["next"], int), "at": None}
+                while True:
+                    backwards = [r["label"] for r in page["rows"]] + backwards
+                    if not page["previous"]:
+                        break
+                    page = record_pages.find_records(database, "p", "", (), sort,
+                                                     {"before": keyset.decode(page["previous"], int), "at": None})
+                assert listed == expected == backwards, sort
+    finally:
+        database.close()
+
+
+@pytest.mark.parametrize("again", [False, True])
+def test_the_sort_indexes_are_made_once(dbdir, again):
+    """Schema 12 on a schema 10 database: the indexes made, on a second run left as they are."""
+    database = _open(dbdir)
+    try:
+        for column in schema_records_sort.COLUMNS:
+            database.execute_sql(f'DROP INDEX "{schema_records_sort.index_name(column)}"')
+        steps = []
+        schema_records_sort.migrate(database, progress=steps.append)
+        if again:
+            schema_records_sort.migrate(database)
+        names = {r[0] for r in database.execute_sql("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {schema_records_sort.index_name(c) for c in schema_records_sort.COLUMNS} <= names
+        assert steps == [f"index {schema_records_sort.index_name(c)}" for c in schema_records_sort.COLUMNS]
+    finally:
+        database.close()
