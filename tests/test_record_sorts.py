@@ -165,3 +165,34 @@ def test_the_sort_indexes_are_made_once(dbdir, again):
             f"drop index {schema_records_sort.REPLACED}"]
     finally:
         database.close()
+
+
+def test_a_save_again_sets_what_changed_and_the_sorts_and_search_follow(any_dbdir, backend):
+    """A record saved again updates only the columns that changed (record_save's UPDATE names them): the
+    sorted lists and the search see the new values, and the columns not changed keep theirs."""
+    from balsamdb.server.http import record_pages
+
+    database = _open(any_dbdir)
+    try:
+        if backend == "postgres":
+            migrations.upgrade(database)
+        first = [{"label": f"r{i}", "reason": f"first reason {i}", "outcome": f"o{i}", "duration": float(i),
+                  "user": "ada", "version": f"v{i}", "timestamp": f"2024-05-0{i + 1} 10:00:00"} for i in range(3)]
+        _save(database, first)
+        again = [dict(first[0], outcome="z last"), dict(first[1], duration=None, reason="changed twice over")]
+        _save(database, again)
+        with database.bind_ctx(MODELS):
+            def labels(sort, search=""):
+                return [r["label"] for r in record_pages.find_records(database, "p", search, (), sort, {"page": 1})["rows"]]
+
+            assert labels("outcome") == ["r1", "r2", "r0"] and labels("-outcome") == ["r0", "r2", "r1"]
+            assert labels("duration") == ["r1", "r0", "r2"]
+            assert labels("reason") == ["r1", "r0", "r2"]
+            assert labels("", "twice over") == ["r1"] and labels("", "first reason 1") == []
+            assert labels("", "first reason 0") == ["r0"]
+            rows = {r.label: r for r in Record.select()}
+            assert (rows["r0"].reason, rows["r0"].outcome, rows["r0"].duration) == ("first reason 0", "z last", 0.0)
+            assert (rows["r1"].reason, rows["r1"].outcome, rows["r1"].duration) == ("changed twice over", "o1", None)
+            assert [rows[f"r{i}"].version for i in range(3)] == ["v0", "v1", "v2"]
+    finally:
+        database.close()
