@@ -19,7 +19,17 @@ N = 130  # records: three pages of 50
 
 #: ``sqlite_stat1`` of the record indexes of a DB directory with 1M records in one project (the scale
 #: loader, then schema 12 and ANALYZE): few users, outcomes and main files; a distinct version per record
-STATS_AT_1M = {}
+STATS_AT_1M = {("record", "record_project_id_user_id"): "1000000 1000000 333334 1",
+               ("record", "record_project_id_version_id"): "1000000 1000000 1 1",
+               ("record", "record_project_id_duration_id"): "1000000 1000000 3 1",
+               ("record", "record_project_id_main_file_id"): "1000000 1000000 333334 1",
+               ("record", "record_project_id_outcome_id"): "1000000 1000000 250000 1",
+               ("record", "record_project_id_reason_id"): "1000000 1000000 1 1",
+               ("record", "record_project_id_sort_time_id"): "1000000 1000000 1 1",
+               ("record", "record_project_id_label"): "1000000 1000000 1",
+               ("record", "record_sort_time"): "1000000 1",
+               ("record_tag", "record_tag_tag_record_id"): "2000000 333334 1",
+               ("record_tag", "sqlite_autoindex_record_tag_1"): "2000000 2 1"}
 
 
 def _open(path):
@@ -102,13 +112,17 @@ def test_every_sort_of_the_records_list_reads_its_pages_from_an_index(any_dbdir,
                         query = query.where(pw.fn.EXISTS(tagged.where(RecordTag.record == Record.id)))
                     value = 1.0 if isinstance(record_pages.SORTABLE[sort.lstrip("-") or "timestamp"],
                                               pw.DoubleField) else "m"
-                    pages = {"first": query, "next": query.where(order.after([value, 10])),
-                             "previous": query.where(order.before([value, 10]))}
-                    if order.nullable:
-                        pages["next after NULL"] = query.where(order.after([None, 10]))
-                    for name, page in pages.items():
-                        ordered = order.reversed() if name == "previous" else order
-                        plan = _plan(database, page.order_by(*ordered.order_by()).limit(51))
+                    # the parts that keyset.page_of reads a next or previous page from
+                    pages = {}
+                    for name, ordered, key in (("next", order, [value, 10]), ("previous", order.reversed(), [value, 10]),
+                                               ("next after NULL", order, [None, 10]),
+                                               ("previous before NULL", order.reversed(), [None, 10])):
+                        if order.nullable or "NULL" not in name:
+                            for number, (part, order_by) in enumerate(ordered.after_parts(key)):
+                                pages[(name, number)] = (query.where(part), order_by)
+                    pages[("first", 0)] = (query, order.order_by())
+                    for name, (page, order_by) in pages.items():
+                        plan = _plan(database, page.order_by(*order_by).limit(51))
                         if _sorting(database, plan):
                             sorting[(sort or "default", tags, name)] = plan
             assert not sorting, sorting

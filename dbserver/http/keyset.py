@@ -57,6 +57,25 @@ class Order:
         """The rows before ``key`` in this order (the rows after it in the reverse order)."""
         return self.reversed().after(key)
 
+    def after_parts(self, key):
+        """The rows after ``key`` as conditions on disjoint parts of the order, each one range of the
+        column's index, in order: the rows of the key's value past its tiebreak, then the values past
+        it (then the NULLs, descending).  :meth:`after` as one condition is no range when the key's value
+        is shared by many rows (a user's 300,000 records: the read walked them from the value's first
+        row) or the column holds NULLs (``OR ... IS NULL``: the read walked the index from its end).
+        Each part is ``(condition, order_by)``: the rows of one value are ordered by the tiebreak alone
+        (SQLite sorted them when the column is an expression, though it is one value)."""
+        value, last = key
+        column, tiebreak = self.column, self.tiebreak
+        past = (tiebreak < last) if self.descending else (tiebreak > last)
+        by_tiebreak = [tiebreak.desc() if self.descending else tiebreak.asc()]
+        if value is None:
+            same = (column.is_null() & past, by_tiebreak)
+            return [same] if self.descending else [same, (column.is_null(False), self.order_by())]
+        parts = [((column == value) & past, by_tiebreak),
+                 ((column < value) if self.descending else (column > value), self.order_by())]
+        return parts + [(column.is_null(), by_tiebreak)] if self.descending and self.nullable else parts
+
 
 def encode(key):
     """``key`` as it goes into a URL parameter (urlencode quotes it)."""
@@ -89,16 +108,26 @@ def page_of(database, query, order, per_page, after=None, before=None, offset=0)
     ``(rows, has_next, has_previous)``: whether rows come after the last and before the first (read
     as one more row each way, not counted)."""
     if before is not None:
-        rows = list(query.where(order.before(before)).order_by(*order.reversed().order_by())
-                    .limit(per_page + 1).dicts().execute(database))
+        rows = _parts(database, query, order.reversed(), before, per_page + 1)
         has_previous = len(rows) > per_page
         return list(reversed(rows[:per_page])), True, has_previous
     if after is not None:
-        query = query.where(order.after(after))
+        rows = _parts(database, query, order, after, per_page + 1)
     else:
         query = query.offset(offset) if offset else query
-    rows = list(query.order_by(*order.order_by()).limit(per_page + 1).dicts().execute(database))
+        rows = list(query.order_by(*order.order_by()).limit(per_page + 1).dicts().execute(database))
     return rows[:per_page], len(rows) > per_page, after is not None or offset > 0
+
+
+def _parts(database, query, order, key, limit):
+    """The first ``limit`` rows of ``query`` after ``key`` in ``order``, read part by part
+    (:meth:`Order.after_parts`) until there are enough."""
+    rows = []
+    for part, order_by in order.after_parts(key):
+        rows += query.where(part).order_by(*order_by).limit(limit - len(rows)).dicts().execute(database)
+        if len(rows) >= limit:
+            break
+    return rows
 
 
 #: the query parameters of a page's position

@@ -140,7 +140,15 @@ def find_records(db, project, search="", tags=(), sort="", at=None):
                             pw.fn.EXISTS(tagged.where(RecordTag.record == Record.id)))
     # Counted up to COUNT_LIMIT when paged (a page reads what it shows; counting a million matches
     # would take longer than the page): "of more than 10,000"
-    count = query.count(db) if at is None else query.select(Record.id).limit(COUNT_LIMIT + 1).count(db)
+    if at is None:
+        count = query.count(db)
+    else:
+        counted = query.select(Record.id).limit(COUNT_LIMIT + 1)
+        if indexed is None and not rare_tags:
+            # walked in saved order (project, time, id), so that a tag's lookups go in id order: from an index
+            # in another order (the narrowest, a sort's) they are random (41 against 12 ms with a common tag)
+            counted = counted.order_by(Record.sort_time, Record.id)
+        count = pw.Select([counted.alias("counted")], [pw.fn.COUNT(pw.SQL("*"))]).scalar(db)
     order = _order(sort)
     rows_query = query.select(Record.id, Record.label, Record.timestamp, Record.sort_time, Record.reason,
                               Record.outcome, Record.duration, Record.main_file, Record.version, Record.user,
