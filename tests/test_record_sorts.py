@@ -1,7 +1,7 @@
 """Schema 12 (issue 22): the records list of ``db serve`` in every sortable order reads its pages from an
 index, never by sorting every record (EXPLAIN, with SQLite's statistics of a million records), and its
 pages by next and previous links list each record once, in the order the column gives (long texts by
-their first characters, NULL durations first ascending)."""
+their first characters, NULL durations first ascending); ``?last=1`` is the last page."""
 
 import uuid
 
@@ -155,6 +155,8 @@ def test_every_sort_of_the_records_list_reads_its_pages_from_an_index(any_dbdir,
                     page = record_pages.find_records(database, "p", "", (), sort,
                                                      {"before": keyset.decode(page["previous"], int), "at": None})
                 assert listed == expected == backwards, sort
+                last = record_pages.find_records(database, "p", "", (), sort, {"last": True})  # ?last=1
+                assert [r["label"] for r in last["rows"]] == expected[-50:] and not last["next"] and last["previous"]
     finally:
         database.close()
 

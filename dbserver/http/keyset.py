@@ -102,15 +102,17 @@ def offset_of(page, per_page):
     return (page - 1) * per_page
 
 
-def page_of(database, query, order, per_page, after=None, before=None, offset=0):
+def page_of(database, query, order, per_page, after=None, before=None, offset=0, last=False):
     """One page of ``query`` (peewee select, its rows as dicts) in ``order``: the rows just after
-    key ``after``, or just before key ``before``, or (neither) the rows from ``offset``.  Returns
+    key ``after``, or just before key ``before``, or the last ``per_page`` rows (``last``: the first
+    of the reverse order, from the same index), or (none) the rows from ``offset``.  Returns
     ``(rows, has_next, has_previous)``: whether rows come after the last and before the first (read
     as one more row each way, not counted)."""
-    if before is not None:
-        rows = _parts(database, query, order.reversed(), before, per_page + 1)
+    if before is not None or last:
+        rows = (_parts(database, query, order.reversed(), before, per_page + 1) if before is not None else
+                list(query.order_by(*order.reversed().order_by()).limit(per_page + 1).dicts().execute(database)))
         has_previous = len(rows) > per_page
-        return list(reversed(rows[:per_page])), True, has_previous
+        return list(reversed(rows[:per_page])), not last, has_previous
     if after is not None:
         rows = _parts(database, query, order, after, per_page + 1)
     else:
@@ -131,7 +133,7 @@ def _parts(database, query, order, key, limit):
 
 
 #: the query parameters of a page's position
-PARAMS = ("after", "before", "page", "at")
+PARAMS = ("after", "before", "last", "page", "at")
 
 
 def _number(args, name):
@@ -144,14 +146,16 @@ def _number(args, name):
 
 
 def position(args, tiebreak_type):
-    """Where a page starts, from the request's ``args``: ``{"after": key}``, ``{"before": key}``
-    or ``{"page": N}`` (1 without any), with ``"at"``: the number of its first row when known (from
+    """Where a page starts, from the request's ``args``: ``{"after": key}``, ``{"before": key}``,
+    ``{"last": True}`` (``?last=1``) or ``{"page": N}`` (1 without any), with ``"at"``: the number of its first row when known (from
     1; carried in the links only to say "rows 51–100": the rows read never depend on it).
     ValueError for a parameter that is none of these."""
     at = _number(args, "at")
     for direction in ("after", "before"):
         if args.get(direction):
             return {direction: decode(args[direction], tiebreak_type), "at": at}
+    if args.get("last"):
+        return {"last": True}
     return {"page": _number(args, "page") or 1}
 
 
@@ -161,7 +165,7 @@ def read(database, query, order, per_page, at, key_names):
     (``key_names``: the names of the order's column and tiebreak in the rows)."""
     offset = (at["page"] - 1) * per_page if "page" in at else 0
     rows, more_after, more_before = page_of(database, query, order, per_page, at.get("after"), at.get("before"),
-                                            offset)
+                                            offset, at.get("last", False))
     first = _first(at, per_page)
     links = {"next": None, "previous": None, "next_at": None, "previous_at": None}
     if rows and more_after:
@@ -191,8 +195,8 @@ def numbering(at, total, per_page):
 
 
 def pager(kept, links):
-    """The hrefs of a page's pager (``?...``): ``{"first", "previous", "next"}``, each None when there is
-    no such page; ``kept``: the query's other parameters as (name, value) pairs, ``links`` as
+    """The hrefs of a page's pager (``?...``): ``{"first", "previous", "next", "last"}``, each None when
+    there is no such page; ``kept``: the query's other parameters as (name, value) pairs, ``links`` as
     :func:`read` made them."""
     from urllib.parse import urlencode
 
@@ -201,4 +205,5 @@ def pager(kept, links):
 
     return {"first": href() if links["previous"] else None,
             "previous": href(("before", links["previous"]), ("at", links["previous_at"])) if links["previous"] else None,
-            "next": href(("after", links["next"]), ("at", links["next_at"])) if links["next"] else None}
+            "next": href(("after", links["next"]), ("at", links["next_at"])) if links["next"] else None,
+            "last": href(("last", 1)) if links["next"] else None}

@@ -2,7 +2,8 @@
 
 The HTML page of a project always pages (:data:`PER_PAGE` records) and takes ``?search=``,
 ``?tags=a,b`` (records with any of them, as in the Sumatra Server API), ``?sort=COLUMN`` (``-COLUMN``
-descending) and ``?page=N``.  JSON answers are searched, sorted or paged only when those
+descending; reason, outcome and main file by their first 100 characters) and the page's position
+(``?after=``/``?before=`` a key, ``?last=1``, an old ``?page=N``).  JSON answers are searched, sorted or paged only when those
 parameters are given, so that ``smt`` (which reads the whole list, newest first) sees exactly what
 it always saw: :func:`takes_over` leaves every other request to the Sumatra API's own view.
 
@@ -28,7 +29,7 @@ PER_PAGE = 50
 COUNT_LIMIT = 10_000  # matches counted at most, when paged
 RARE_TAG = 2_000      # a tag on fewer records is read from the tag's side (see find_records)
 MAX_COMPARED = 10
-LIST_PARAMS = ("search", "sort", "page", "after", "before", "compare")
+LIST_PARAMS = ("search", "sort", "page", "after", "before", "last", "compare")
 SEARCHED = (Record.label, Record.reason, Record.outcome, Record.main_file, Record.version, Record.user)
 #: ``?sort=`` name -> column; ``timestamp`` sorts by the time it names, not its text
 SORTABLE = {"label": Record.label, "timestamp": Record.sort_time, "reason": Record.reason,
@@ -56,7 +57,7 @@ def project_page(web, name):
     tags = [t.strip() for t in (args.get("tags") or "").split(",") if t.strip()]
     search = (args.get("search") or "").strip()
     sort = _sort(web, args.get("sort"))
-    paged = html or any(key in args for key in ("page", "after", "before"))
+    paged = html or any(key in args for key in ("page", "after", "before", "last"))
     try:
         at = keyset.position(args, int) if paged else None
     except ValueError as exc:
