@@ -1,7 +1,14 @@
 """What schema 12's sort indexes cost a record save: thread CPU per ``record_save`` (new records, then each
-saved again with a new outcome and duration, as Sumatra saves a run more than once), applied as the write
-server applies them (batches of ``--batch`` in one transaction), on a copy of a DB directory with and
-without the indexes (schema 12 against schema 10: schema 12 also drops a duplicate index), interleaved ``--rounds`` times.  The schema of the DB directory given is not changed.
+saved again with a new outcome and duration, then again with only a new duration, as Sumatra saves a run
+more than once), applied as the write server applies them (batches of ``--batch`` in one transaction), on a
+copy of a DB directory, interleaved ``--rounds`` times, in three variants:
+
+- ``schema 10, SET all``: without the sort indexes (and with the duplicate index schema 12 drops), a save
+  again setting every column (record_save before schema 12: the "before");
+- ``schema 12, SET all``: the indexes, every column set;
+- ``schema 12, SET changed``: the indexes, a save again setting the columns that changed (the "after").
+
+The schema of the DB directory given is not changed.
 
     python scripts/record_index_cost.py --dbdir D [--records 2000] [--batch 64] [--rounds 3]
 
@@ -18,7 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
-from balsamdb import schema_records_sort
+from balsamdb import schema_records_sort, statements
 from balsamdb.applier import apply
 from balsamdb.bench.scale_load import record_row
 from balsamdb.dbdir import DBDirectory
@@ -49,8 +56,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="record-index-cost-"))
-    results = {"with the sort indexes": {"insert": [], "update": []},  # schema 12
-               "without them": {"insert": [], "update": []}}
+    results = {name: {"insert": [], "update": [], "duration": []}
+               for name in ("schema 10, SET all", "schema 12, SET all", "schema 12, SET changed")}
+    init = statements.Statements.__init__
     rng = random.Random(1)
     try:
         for round_ in range(args.rounds):
@@ -61,7 +69,14 @@ def main():
                 database = DBDirectory(copy).open_database(load_settings(), busy_timeout=30)
                 database.connect()
                 database.pragma("synchronous", "normal")
-                if variant == "without them":  # schema 10's record indexes
+                def every_column(self, database, variant=variant):  # the kept values never equal: all SET
+                    init(self, database)
+                    if variant.endswith("SET all"):
+                        self.find_record = self.find_record.replace(
+                            ", ".join(f'"{c}"' for c in self.record_kept_columns),
+                            ", ".join("NULL" for c in self.record_kept_columns))
+                statements.Statements.__init__ = every_column
+                if variant.startswith("schema 10"):
                     for column in schema_records_sort.COLUMNS:
                         database.execute_sql(f'DROP INDEX IF EXISTS "{schema_records_sort.index_name(column)}"')
                     database.execute_sql(f'CREATE INDEX IF NOT EXISTS "{schema_records_sort.REPLACED}" '
@@ -76,16 +91,21 @@ def main():
                     doc.update(outcome=rng.choice(["converged", "diverged"]) + " (again)",
                                duration=round(rng.uniform(1, 5000), 2))
                 updated = saves(database, docs, args.batch)
+                for doc in docs:
+                    doc.update(duration=round(rng.uniform(1, 5000), 2))
+                durations = saves(database, docs, args.batch)
                 database.close()
-                results[variant]["insert"].append(inserted / args.records * 1e6)
-                results[variant]["update"].append(updated / args.records * 1e6)
+                for kind, cpu in (("insert", inserted), ("update", updated), ("duration", durations)):
+                    results[variant][kind].append(cpu / args.records * 1e6)
                 print(f"round {round_ + 1} {variant:22} new {inserted / args.records * 1e6:6.0f} µs, "
-                      f"saved again {updated / args.records * 1e6:6.0f} µs a record (thread CPU)", flush=True)
+                      f"again (outcome, duration) {updated / args.records * 1e6:6.0f} µs, "
+                      f"again (duration) {durations / args.records * 1e6:6.0f} µs a record (thread CPU)", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for variant, kinds in results.items():
         print(f"median {variant:22} new {statistics.median(kinds['insert']):6.0f} µs, "
-              f"saved again {statistics.median(kinds['update']):6.0f} µs a record")
+              f"again (outcome, duration) {statistics.median(kinds['update']):6.0f} µs, "
+              f"again (duration) {statistics.median(kinds['duration']):6.0f} µs a record")
 
 
 if __name__ == "__main__":
