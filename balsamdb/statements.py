@@ -90,8 +90,9 @@ class Statements:
         sql = self._record_updates.get(columns)
         if sql is None:
             q, p = quoter(self.database), self.database.param
-            sql = self._record_updates[columns] = (f"UPDATE {q(Record._meta.table_name)} SET "
-                                                   f"{', '.join(f'{q(c)} = {p}' for c in columns)} WHERE {q('id')} = {p}")
+            sets = ", ".join(f"{q(c)} = {p}" for c in columns)
+            sql = f"UPDATE {q(Record._meta.table_name)} SET {sets} WHERE {q('id')} = {p}"
+            self._record_updates[columns] = sql
         return sql
 
     @property

@@ -223,7 +223,7 @@ def test_reinit_keeps_rows_and_upgrades_an_old_schema(tmp_path):
     con.commit()
     con.close()
     done = DBDirectory(path).init()
-    assert any("schema 1 -> 2" in line for line in done) and not any("0 -> 1" in line for line in done)
+    assert any("schema 1 -> 2" in line for line in done) and not any("schema 0 -> 1" in line for line in done)
     assert DBDirectory(path).init() == [
         f"{path} is already a current sqlite3 DB directory (schema {migrations.SCHEMA_VERSION})"]
     with balsamdb.connect(path) as database:

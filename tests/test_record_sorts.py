@@ -51,7 +51,7 @@ def _records():
     for i in range(N):
         record = {"label": f"run-{(i * 7) % N:03d}", "timestamp": f"2024-05-01 10:{i % 60:02d}:{i // 60:02d}",
                   # long reasons equal in their first 100 characters: ordered by id after them
-                  "reason": ("a long reason that says the same for a while " * 3 + str(i % 4)) if i % 2 else f"r{i % 5}",
+                  "reason": "a long reason that says the same for a while " * 3 + str(i % 4) if i % 2 else f"r{i % 5}",
                   "outcome": ["", "converged", "diverged"][i % 3], "main_file": ["main.py", "post.py"][i % 2],
                   "version": uuid.UUID(int=i * 7919 % 1000).hex[-12:], "user": ["ada", "bob", "eve"][i % 3],
                   "tags": ["common"] if i % 3 else ["rare"]}
@@ -114,7 +114,8 @@ def test_every_sort_of_the_records_list_reads_its_pages_from_an_index(any_dbdir,
                                               pw.DoubleField) else "m"
                     # the parts that keyset.page_of reads a next or previous page from
                     pages = {}
-                    for name, ordered, key in (("next", order, [value, 10]), ("previous", order.reversed(), [value, 10]),
+                    for name, ordered, key in (("next", order, [value, 10]),
+                                               ("previous", order.reversed(), [value, 10]),
                                                ("next after NULL", order, [None, 10]),
                                                ("previous before NULL", order.reversed(), [None, 10])):
                         if order.nullable or "NULL" not in name:
@@ -199,7 +200,8 @@ def test_a_save_again_sets_what_changed_and_the_sorts_and_search_follow(any_dbdi
         _save(database, again)
         with database.bind_ctx(MODELS):
             def labels(sort, search=""):
-                return [r["label"] for r in record_pages.find_records(database, "p", search, (), sort, {"page": 1})["rows"]]
+                found = record_pages.find_records(database, "p", search, (), sort, {"page": 1})
+                return [r["label"] for r in found["rows"]]
 
             assert labels("outcome") == ["r1", "r2", "r0"] and labels("-outcome") == ["r0", "r2", "r1"]
             assert labels("duration") == ["r1", "r0", "r2"]

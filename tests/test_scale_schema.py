@@ -136,7 +136,8 @@ def test_an_old_db_upgrades_in_place_keeping_every_row(any_dbdir, backend, tmp_p
         assert _rows(database) == rows and _digest(database) == digest
         indexes = _indexes(database)
         assert not indexes & set(OLD_INDEXES), indexes & set(OLD_INDEXES)
-        assert (set(schema_scale.CREATED) - {schema_tags.REPLACED, schema_records_sort.REPLACED}) | {"job_name_lower", schema_tags.INDEX} <= indexes
+        assert (set(schema_scale.CREATED) - {schema_tags.REPLACED, schema_records_sort.REPLACED}) | {
+            "job_name_lower", schema_tags.INDEX} <= indexes
         assert schema_tags.REPLACED not in indexes and schema_tags.PREFIX not in indexes  # covered by others
         assert schema_dashboard.INDEX in indexes and schema_dashboard.REPLACED not in indexes  # schema 10
         assert {schema_records_sort.index_name(c) for c in schema_records_sort.COLUMNS} <= indexes  # schema 12

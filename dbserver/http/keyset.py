@@ -147,8 +147,9 @@ def _number(args, name):
 
 def position(args, tiebreak_type):
     """Where a page starts, from the request's ``args``: ``{"after": key}``, ``{"before": key}``,
-    ``{"last": True}`` (``?last=1``) or ``{"page": N}`` (1 without any), with ``"at"``: the number of its first row when known (from
-    1; carried in the links only to say "rows 51–100": the rows read never depend on it).
+    ``{"last": True}`` (``?last=1``) or ``{"page": N}`` (1 without any), with ``"at"``: the number of its
+    first row when known (from 1; carried in the links only to say "rows 51–100": the rows read never
+    depend on it).
     ValueError for a parameter that is none of these."""
     at = _number(args, "at")
     for direction in ("after", "before"):

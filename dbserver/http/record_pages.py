@@ -3,9 +3,10 @@
 The HTML page of a project always pages (:data:`PER_PAGE` records) and takes ``?search=``,
 ``?tags=a,b`` (records with any of them, as in the Sumatra Server API), ``?sort=COLUMN`` (``-COLUMN``
 descending; reason, outcome and main file by their first 100 characters) and the page's position
-(``?after=``/``?before=`` a key, ``?last=1``, an old ``?page=N``).  JSON answers are searched, sorted or paged only when those
-parameters are given, so that ``smt`` (which reads the whole list, newest first) sees exactly what
-it always saw: :func:`takes_over` leaves every other request to the Sumatra API's own view.
+(``?after=``/``?before=`` a key, ``?last=1``, an old ``?page=N``).  JSON answers are searched, sorted
+or paged only when those parameters are given, so that ``smt`` (which reads the whole list, newest
+first) sees exactly what it always saw: :func:`takes_over` leaves every other request to the Sumatra
+API's own view.
 
 ``?compare=l1,l2[,...]`` shows records side by side with their differences (parameters line by
 line, code version and diff, dependencies, platform, arguments, inputs and outputs, duration and
@@ -141,15 +142,10 @@ def find_records(db, project, search="", tags=(), sort="", at=None):
                             pw.fn.EXISTS(tagged.where(RecordTag.record == Record.id)))
     # Counted up to COUNT_LIMIT when paged (a page reads what it shows; counting a million matches
     # would take longer than the page): "of more than 10,000"
-    if at is None:
-        count = query.count(db)
-    else:
-        counted = query.select(Record.id).limit(COUNT_LIMIT + 1)
-        if indexed is None and not rare_tags:
-            # walked in saved order (project, time, id), so that a tag's lookups go in id order: from an index
-            # in another order (the narrowest, a sort's) they are random (41 against 12 ms with a common tag)
-            counted = counted.order_by(Record.sort_time, Record.id)
-        count = pw.Select([counted.alias("counted")], [pw.fn.COUNT(pw.SQL("*"))]).scalar(db)
+    counted = query.select(Record.id).limit(COUNT_LIMIT + 1)
+    if indexed is None and not rare_tags:  # walked in saved order (project, time, id): a tag's lookups in id
+        counted = counted.order_by(Record.sort_time, Record.id)  # order (a sort's index: random, 41 against 12 ms)
+    count = query.count(db) if at is None else pw.Select([counted.alias("n")], [pw.fn.COUNT(pw.SQL("*"))]).scalar(db)
     order = _order(sort)
     rows_query = query.select(Record.id, Record.label, Record.timestamp, Record.sort_time, Record.reason,
                               Record.outcome, Record.duration, Record.main_file, Record.version, Record.user,
