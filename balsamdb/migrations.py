@@ -9,7 +9,7 @@ import zlib
 
 import peewee as pw
 
-from . import jsonio, schema_dashboard, schema_keys, schema_scale, schema_tags
+from . import jsonio, schema_dashboard, schema_keys, schema_records_sort, schema_scale, schema_tags
 from .exceptions import ConfigError
 from .models import (MODELS, MODELS_V1, AppliedRequest, Job, JobAnswerBase, JobParent, JobStateChange, JobTag,
                      Project, ProjectPermission, Record, RecordFile, RecordJob, RecordTag, RecordVersion,
@@ -168,6 +168,8 @@ MIGRATIONS = {
          "index (workflow, state, last change) that replaces (workflow, state)"),
     11: (schema_keys.migrate, "an internal integer key for each job, held by its state history and tags instead of "
          "its id: their indexes fill at their end (the job table, its history and tags rebuilt on SQLite)"),
+    12: (schema_records_sort.migrate, "the records list sorted by any of its columns (reason, outcome, duration, "
+         "main file, version, user), read from one index per column (project, column, id)"),
 }
 
 #: the schema this balsamdb makes and reads (the highest migration; numbers may skip)

@@ -65,17 +65,18 @@ class Statements:
         self.ensure_project = (f"INSERT INTO {project} ({q('name')}, {q('description')}, {q('public')}, "
                                f"{q('created_at')}, {q('write_once')}) VALUES ({p}, '', {p}, {p}, {p}) "
                                "ON CONFLICT DO NOTHING")
-        self.find_record = (f"SELECT {q('id')}, {q('document')} FROM {record} "
-                            f"WHERE {q('project_id')} = {p} AND {q('label')} = {p}")
         self.record_columns = ["project_id", "label", "timestamp", "sort_time", "reason", "outcome", "main_file",
                                "version", "user", "duration", "document", "created_at", "updated_at"]
         self.insert_record = (f"INSERT INTO {record} ({', '.join(q(c) for c in self.record_columns)}) "
                               f"VALUES ({', '.join([p] * len(self.record_columns))})"
                               + (f" RETURNING {q('id')}" if self.postgres else ""))
-        changed = [c for c in self.record_columns if c not in ("project_id", "label", "created_at")]
-        self.record_update_columns = changed
-        self.update_record = (f"UPDATE {record} SET {', '.join(f'{q(c)} = {p}' for c in changed)} "
-                              f"WHERE {q('id')} = {p}")
+        self.record_update_columns = [c for c in self.record_columns if c not in ("project_id", "label", "created_at")]
+        # A save again sets only the columns that changed (the document and its time always): SQLite rewrites
+        # the entries of every index (and the search index's trigger) of each column SET, changed or not.
+        self.record_kept_columns = [c for c in self.record_update_columns if c not in ("document", "updated_at")]
+        self.find_record = (f"SELECT {', '.join(q(c) for c in ['id', 'document'] + self.record_kept_columns)} "
+                            f"FROM {record} WHERE {q('project_id')} = {p} AND {q('label')} = {p}")
+        self._record_updates = {}
         self.delete_record_tags = f"DELETE FROM {tag} WHERE {q('record_id')} = {p}"
         self.insert_record_tag = f"INSERT INTO {tag} ({q('record_id')}, {q('tag')}) VALUES ({p}, {p})"
         version = q(RecordVersion._meta.table_name)
@@ -83,6 +84,16 @@ class Statements:
         self.insert_version = (f"INSERT INTO {version} ({q('record_id')}, {q('number')}, {q('saved_at')}, "
                                f"{q('saved_by')}, {q('document')}) VALUES ({p}, {p}, {p}, {p}, {p})")
         self.project_write_once = f"SELECT {q('write_once')} FROM {project} WHERE {q('name')} = {p}"
+
+    def update_record(self, columns):
+        """``UPDATE record SET`` the ``columns`` (a tuple) ``WHERE id = ?`` (made once for each set of columns)."""
+        sql = self._record_updates.get(columns)
+        if sql is None:
+            q, p = quoter(self.database), self.database.param
+            sets = ", ".join(f"{q(c)} = {p}" for c in columns)
+            sql = f"UPDATE {q(Record._meta.table_name)} SET {sets} WHERE {q('id')} = {p}"
+            self._record_updates[columns] = sql
+        return sql
 
     @property
     def database(self):

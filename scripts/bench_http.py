@@ -440,7 +440,7 @@ def run_clients(nclients, args, threads_list, modes, workdir):
         server.start()  # stopped in the finally below even when the start is cut short
         db("user", "add", USER, "--path", path, "--password-stdin", stdin=password + "\n")
         for threads in threads_list:
-            db("user", "grant", USER, f"http-t{threads}", "--path", path)  # projects exist: no creation race
+            db("user", "grant", USER, f"http-t{threads}", "--create", "--path", path)  # made here: no creation race
         phases = [(m, None) for m in modes if m.startswith("zmq")]
         phases += [(m, t) for t in threads_list for m in modes if m.startswith("http")]
         for mode, threads in phases:

@@ -148,6 +148,10 @@ def main():
             ("records: tag+sort, 4th page by next links", lambda: client.follow("/P/?tags=gpu&sort=-duration", 3),
              200),
             ("records: 40th page by next links", lambda: client.follow("/P/", 39), 200),
+            # every sortable column has its index (schema 12): any order, any page, as its first
+            ("records: sorted by user (HTML)", "/P/?sort=user", 200),
+            ("records: sorted -reason, 4th page by next links", lambda: client.follow("/P/?sort=-reason", 3), 200),
+            ("records: tag filter, sorted duration, last page (?last=1)", "/P/?tags=gpu&sort=duration&last=1", 200),
             ("records: page 2000 (an old ?page= link)", "/P/?page=2000", None),
             ("records: compare two (HTML)", "/P/?compare=run-00001,run-05000", 200),
             ("records: compare two (JSON)", "/P/?compare=run-00001,run-05000&format=json", 200),

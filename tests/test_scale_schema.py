@@ -9,7 +9,7 @@ import uuid
 import peewee as pw
 import pytest
 
-from balsamdb import migrations, schema_dashboard, schema_scale, schema_tags
+from balsamdb import migrations, schema_dashboard, schema_records_sort, schema_scale, schema_tags
 from balsamdb.applier import apply
 from balsamdb.request import Request
 from balsamdb.dbdir import DBDirectory
@@ -141,9 +141,11 @@ def test_an_old_db_upgrades_in_place_keeping_every_row(any_dbdir, backend, tmp_p
         assert _rows(database) == rows and _digest(database) == digest
         indexes = _indexes(database)
         assert not indexes & set(OLD_INDEXES), indexes & set(OLD_INDEXES)
-        assert (set(schema_scale.CREATED) - {schema_tags.REPLACED}) | {"job_name_lower", schema_tags.INDEX} <= indexes
+        assert (set(schema_scale.CREATED) - {schema_tags.REPLACED, schema_records_sort.REPLACED}) | {
+            "job_name_lower", schema_tags.INDEX} <= indexes
         assert schema_tags.REPLACED not in indexes and schema_tags.PREFIX not in indexes  # covered by others
         assert schema_dashboard.INDEX in indexes and schema_dashboard.REPLACED not in indexes  # schema 10
+        assert {schema_records_sort.index_name(c) for c in schema_records_sort.COLUMNS} <= indexes  # schema 12
         assert _tag_times_differ(database) == 0  # every tag row got its job's created_at
         grouped = _counts_match(database)
         assert grouped[("w0", "STAGED_IN")] == 20 and sum(grouped.values()) == 280
@@ -333,7 +335,8 @@ def test_an_older_balsamdb_refuses_a_newer_schema(dbdir, run_db):
     database.close()
     refused = run_db("ls", "--path", dbdir)
     assert refused.returncode != 0
-    assert f"schema version 99, newer than this balsamdb's ({migrations.SCHEMA_VERSION})" in refused.stderr, refused.stderr
+    assert f"schema version 99, newer than this balsamdb's ({migrations.SCHEMA_VERSION})" in refused.stderr, \
+        refused.stderr
     init = run_db("init", dbdir)
     assert init.returncode != 0 and "99" in init.stderr and f"({migrations.SCHEMA_VERSION})" in init.stderr, init.stderr
     with pytest.raises(ConfigError, match="newer than this balsamdb"):

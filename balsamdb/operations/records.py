@@ -208,12 +208,14 @@ def record_save(project, record, saved_by=None, saved_at=None):
         relink(record_id, record, new=True)
         created = True
     else:
-        record_id, old_document = existing
+        record_id, old_document, *kept = existing
         if old_document == document:  # nothing changed: no new version
             return {"created": False, "version": fast.execute(fast.last_version, (record_id,)).fetchone()[0]}
         _check_write_once(fast, project, label, old_document, record)
         values = dict(columns, document=document, updated_at=when)
-        fast.execute(fast.update_record, [values[c] for c in fast.record_update_columns] + [record_id])
+        changed = tuple(c for c, old in zip(fast.record_kept_columns, kept) if values[c] != old) + (
+            "document", "updated_at")
+        fast.execute(fast.update_record(changed), [values[c] for c in changed] + [record_id])
         fast.execute(fast.delete_record_tags, (record_id,))
         if saved_at is not None:  # dated by the writer: never before the version it follows
             saved = max(saved, _last_saved_at(record_id))

@@ -57,6 +57,25 @@ class Order:
         """The rows before ``key`` in this order (the rows after it in the reverse order)."""
         return self.reversed().after(key)
 
+    def after_parts(self, key):
+        """The rows after ``key`` as conditions on disjoint parts of the order, each one range of the
+        column's index, in order: the rows of the key's value past its tiebreak, then the values past
+        it (then the NULLs, descending).  :meth:`after` as one condition is no range when the key's value
+        is shared by many rows (a user's 300,000 records: the read walked them from the value's first
+        row) or the column holds NULLs (``OR ... IS NULL``: the read walked the index from its end).
+        Each part is ``(condition, order_by)``: the rows of one value are ordered by the tiebreak alone
+        (SQLite sorted them when the column is an expression, though it is one value)."""
+        value, last = key
+        column, tiebreak = self.column, self.tiebreak
+        past = (tiebreak < last) if self.descending else (tiebreak > last)
+        by_tiebreak = [tiebreak.desc() if self.descending else tiebreak.asc()]
+        if value is None:
+            same = (column.is_null() & past, by_tiebreak)
+            return [same] if self.descending else [same, (column.is_null(False), self.order_by())]
+        parts = [((column == value) & past, by_tiebreak),
+                 ((column < value) if self.descending else (column > value), self.order_by())]
+        return parts + [(column.is_null(), by_tiebreak)] if self.descending and self.nullable else parts
+
 
 def encode(key):
     """``key`` as it goes into a URL parameter (urlencode quotes it)."""
@@ -83,26 +102,38 @@ def offset_of(page, per_page):
     return (page - 1) * per_page
 
 
-def page_of(database, query, order, per_page, after=None, before=None, offset=0):
+def page_of(database, query, order, per_page, after=None, before=None, offset=0, last=False):
     """One page of ``query`` (peewee select, its rows as dicts) in ``order``: the rows just after
-    key ``after``, or just before key ``before``, or (neither) the rows from ``offset``.  Returns
+    key ``after``, or just before key ``before``, or the last ``per_page`` rows (``last``: the first
+    of the reverse order, from the same index), or (none) the rows from ``offset``.  Returns
     ``(rows, has_next, has_previous)``: whether rows come after the last and before the first (read
     as one more row each way, not counted)."""
-    if before is not None:
-        rows = list(query.where(order.before(before)).order_by(*order.reversed().order_by())
-                    .limit(per_page + 1).dicts().execute(database))
+    if before is not None or last:
+        rows = (_parts(database, query, order.reversed(), before, per_page + 1) if before is not None else
+                list(query.order_by(*order.reversed().order_by()).limit(per_page + 1).dicts().execute(database)))
         has_previous = len(rows) > per_page
-        return list(reversed(rows[:per_page])), True, has_previous
+        return list(reversed(rows[:per_page])), not last, has_previous
     if after is not None:
-        query = query.where(order.after(after))
+        rows = _parts(database, query, order, after, per_page + 1)
     else:
         query = query.offset(offset) if offset else query
-    rows = list(query.order_by(*order.order_by()).limit(per_page + 1).dicts().execute(database))
+        rows = list(query.order_by(*order.order_by()).limit(per_page + 1).dicts().execute(database))
     return rows[:per_page], len(rows) > per_page, after is not None or offset > 0
 
 
+def _parts(database, query, order, key, limit):
+    """The first ``limit`` rows of ``query`` after ``key`` in ``order``, read part by part
+    (:meth:`Order.after_parts`) until there are enough."""
+    rows = []
+    for part, order_by in order.after_parts(key):
+        rows += query.where(part).order_by(*order_by).limit(limit - len(rows)).dicts().execute(database)
+        if len(rows) >= limit:
+            break
+    return rows
+
+
 #: the query parameters of a page's position
-PARAMS = ("after", "before", "page", "at")
+PARAMS = ("after", "before", "last", "page", "at")
 
 
 def _number(args, name):
@@ -115,14 +146,17 @@ def _number(args, name):
 
 
 def position(args, tiebreak_type):
-    """Where a page starts, from the request's ``args``: ``{"after": key}``, ``{"before": key}``
-    or ``{"page": N}`` (1 without any), with ``"at"``: the number of its first row when known (from
-    1; carried in the links only to say "rows 51–100": the rows read never depend on it).
+    """Where a page starts, from the request's ``args``: ``{"after": key}``, ``{"before": key}``,
+    ``{"last": True}`` (``?last=1``) or ``{"page": N}`` (1 without any), with ``"at"``: the number of its
+    first row when known (from 1; carried in the links only to say "rows 51–100": the rows read never
+    depend on it).
     ValueError for a parameter that is none of these."""
     at = _number(args, "at")
     for direction in ("after", "before"):
         if args.get(direction):
             return {direction: decode(args[direction], tiebreak_type), "at": at}
+    if args.get("last"):
+        return {"last": True}
     return {"page": _number(args, "page") or 1}
 
 
@@ -132,7 +166,7 @@ def read(database, query, order, per_page, at, key_names):
     (``key_names``: the names of the order's column and tiebreak in the rows)."""
     offset = (at["page"] - 1) * per_page if "page" in at else 0
     rows, more_after, more_before = page_of(database, query, order, per_page, at.get("after"), at.get("before"),
-                                            offset)
+                                            offset, at.get("last", False))
     first = _first(at, per_page)
     links = {"next": None, "previous": None, "next_at": None, "previous_at": None}
     if rows and more_after:
@@ -162,8 +196,8 @@ def numbering(at, total, per_page):
 
 
 def pager(kept, links):
-    """The hrefs of a page's pager (``?...``): ``{"first", "previous", "next"}``, each None when there is
-    no such page; ``kept``: the query's other parameters as (name, value) pairs, ``links`` as
+    """The hrefs of a page's pager (``?...``): ``{"first", "previous", "next", "last"}``, each None when
+    there is no such page; ``kept``: the query's other parameters as (name, value) pairs, ``links`` as
     :func:`read` made them."""
     from urllib.parse import urlencode
 
@@ -172,4 +206,5 @@ def pager(kept, links):
 
     return {"first": href() if links["previous"] else None,
             "previous": href(("before", links["previous"]), ("at", links["previous_at"])) if links["previous"] else None,
-            "next": href(("after", links["next"]), ("at", links["next_at"])) if links["next"] else None}
+            "next": href(("after", links["next"]), ("at", links["next_at"])) if links["next"] else None,
+            "last": href(("last", 1)) if links["next"] else None}
