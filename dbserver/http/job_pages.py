@@ -93,7 +93,9 @@ def _position(args, web):
     """Where the page starts: ``{"after": key}``, ``{"before": key}`` or ``{"page": N}`` (see
     :mod:`.keyset`); 400 for anything else."""
     try:
-        return keyset.position(args, str)
+        at = keyset.position(args, str)
+        ORDER.check(at)
+        return at
     except ValueError as exc:
         raise web.error(400, str(exc)) from None
 

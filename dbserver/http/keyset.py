@@ -18,6 +18,8 @@ as the database holds it at that moment, read with OFFSET once; every link on th
 
 import json
 
+import peewee as pw
+
 
 class Order:
     """The order of a listing: ``column`` (``descending`` or not), then ``tiebreak`` (a unique
@@ -28,6 +30,17 @@ class Order:
 
     def __init__(self, column, tiebreak, descending=True, nullable=False):
         self.column, self.tiebreak, self.descending, self.nullable = column, tiebreak, descending, nullable
+
+    def check(self, at):
+        """ValueError when the key of position ``at`` (:func:`position`) holds a value that this order's
+        column cannot hold: a number for a column of numbers, text for one of text (a link made by
+        hand; PostgreSQL refuses to compare the two, which was an error of the server)."""
+        for key in (at.get("after"), at.get("before")):
+            if key is None or key[0] is None:
+                continue
+            numeric = isinstance(self.column, (pw.IntegerField, pw.FloatField))
+            if numeric != isinstance(key[0], (int, float)):
+                raise ValueError(f"{encode(key)} is not the key of a page of this order (follow the page's links)")
 
     def reversed(self):
         return Order(self.column, self.tiebreak, not self.descending, self.nullable)

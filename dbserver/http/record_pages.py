@@ -61,6 +61,8 @@ def project_page(web, name):
     paged = html or any(key in args for key in ("page", "after", "before", "last"))
     try:
         at = keyset.position(args, int) if paged else None
+        if at is not None:
+            _order(sort).check(at)
     except ValueError as exc:
         raise web.error(400, str(exc)) from None
     listing = web.reader.query(lambda db: find_records(db, name, search, tags, sort, at))
