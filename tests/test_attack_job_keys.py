@@ -12,7 +12,7 @@ import uuid
 from contextlib import closing
 
 import balsamdb
-from balsamdb import migrations
+from balsamdb import migrations, schema_keys
 from balsamdb.dbdir import DBDirectory
 from balsamdb.operations.store_bulk import source_identity, source_proof
 from balsamdb.settings import load_settings
@@ -137,10 +137,15 @@ def test_prune_and_a_full_vacuum_keep_each_jobs_rows_under_its_key(dbdir, run_db
     assert _by_id(dbdir) == before
 
 
+def _stats(path):
+    return {(t, i): n for t, i, n in _sql(path, "SELECT tbl, idx, stat FROM sqlite_stat1 "
+                                               "WHERE tbl IN ('job', 'job_state_change', 'job_tag')")}
+
+
 def test_db_init_killed_before_the_upgrade_commits_leaves_schema_10_whole(dbdir, tmp_path, run_db):
     """``db init`` dies (SIGKILL) with the job, history and tag tables rebuilt and the version written,
     before the COMMIT: the database is schema 10 as it was, every row joined by job id as before,
-    and the next ``db init`` upgrades it keeping every row."""
+    and the next ``db init`` upgrades it keeping every row and the planner's statistics of the tables."""
     jobs = [_spec(f"j{i}", [f"t{i}", "all"]) for i in range(8)]
     with balsamdb.connect(dbdir) as db:
         db.call("job_bulk_create", jobs=jobs)
@@ -153,9 +158,12 @@ def test_db_init_killed_before_the_upgrade_commits_leaves_schema_10_whole(dbdir,
         with database.atomic():
             old_schema.to_id_keys(database)
             database.execute_sql('UPDATE "schema_version" SET "version" = 10')
+        database.execute_sql("ANALYZE")
     finally:
         database.close()
     old = _by_id(dbdir, column="job_id", parent="id")
+    stats = _stats(dbdir)
+    assert len(stats) == 13, stats  # every index of the three tables that the upgrade rebuilds
     assert len(old[0]) == 7 and sum(len(t) for t in old[1].values()) == 14
     fault = tmp_path / "fault"
     for point in ("backup-copied", "upgrade-before-commit"):
@@ -175,6 +183,8 @@ def test_db_init_killed_before_the_upgrade_commits_leaves_schema_10_whole(dbdir,
     assert _sql(dbdir, "SELECT max(version) FROM schema_version") == [(migrations.SCHEMA_VERSION,)]
     assert _by_id(dbdir) == old
     assert _sql(dbdir, "PRAGMA foreign_key_check") == []
+    # the planner's statistics of the rebuilt tables kept (broken: dropped with the old tables)
+    assert _stats(dbdir) == {(t, schema_keys.RENAMED_INDEXES.get(i, i)): n for (t, i), n in stats.items()}
     backups = sorted(dbdir.glob("backup-schema-10-*.sqlite3"))
     assert len(backups) == 2, backups
     for backup in backups:  # each a whole schema 10 database
