@@ -19,6 +19,12 @@ _FAULT_FILE = os.environ.get("BALSAMDB_FAULT_FILE") or None
 #: request ids and answers are inserted; after they were, before the COMMIT.
 AFTER_WRITES = "after-writes"
 AFTER_APPLIED_INSERT = "after-applied-insert"
+#: In a schema upgrade (balsamdb.migrations.upgrade): every table rebuilt and the version written,
+#: before the COMMIT (``db init`` killed there leaves the old schema whole).
+UPGRADE_BEFORE_COMMIT = "upgrade-before-commit"
+#: In ``db init``'s backup before an upgrade (balsamdb.schema_upgrade): the copy made, not yet renamed
+#: to its backup name (as a db init killed while it copies).
+BACKUP_COPIED = "backup-copied"
 
 #: The pause points, in the write server's drain of the spool (dbserver/writer/spool_order.py):
 #: the drain takes no spooled file, so a live write stays held behind them; its holding replies go on.

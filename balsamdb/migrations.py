@@ -9,7 +9,7 @@ import zlib
 
 import peewee as pw
 
-from . import jsonio, schema_dashboard, schema_keys, schema_records_sort, schema_scale, schema_tags
+from . import crash_points, jsonio, schema_dashboard, schema_keys, schema_records_sort, schema_scale, schema_tags
 from .exceptions import ConfigError
 from .models import (MODELS, MODELS_V1, AppliedRequest, Job, JobAnswerBase, JobParent, JobStateChange, JobTag,
                      Project, ProjectPermission, Record, RecordFile, RecordJob, RecordTag, RecordVersion,
@@ -243,4 +243,6 @@ def upgrade(database, progress=None):
                 SchemaVersion.delete().execute()
                 SchemaVersion.create(version=SCHEMA_VERSION)
             _ensure_indexes(database)
+            if done:
+                crash_points.reach(crash_points.UPGRADE_BEFORE_COMMIT)
     return done

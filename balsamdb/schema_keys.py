@@ -22,6 +22,8 @@ from .models import Job, JobStateChange, JobTag
 
 #: what a job is named by in the tables rebuilt here: (table, old column, new column)
 REKEYED = (("job_state_change", "job_id", "job_key"), ("job_tag", "job_id", "job_key"))
+#: the indexes of the rebuilt tables whose name changes (SQLite): the others are made again as they were
+RENAMED_INDEXES = {"sqlite_autoindex_job_1": "job_id", "job_state_change_job_id": "job_state_change_job_key"}
 
 
 def _columns(database, table):
@@ -59,6 +61,7 @@ def _sqlite(database, step):
     # indexes of earlier schemas, the partial one of free jobs, the state counts' triggers).
     kept = run("SELECT sql FROM sqlite_master WHERE tbl_name = 'job' AND type IN ('index', 'trigger') "
                "AND sql IS NOT NULL ORDER BY type, name").fetchall()
+    stats = _saved_stats(database)
     step("job keys: the job table in creation order")
     run(_create_sql(database, Job, "job_new"))
     own = [c for c in _columns(database, "job") if c != "key"]
@@ -86,6 +89,26 @@ def _sqlite(database, step):
     for (sql,) in kept:
         run(sql)
     _indexes(database)
+    _restore_stats(database, stats)
+
+
+def _saved_stats(database):
+    """The planner's statistics of the tables rebuilt here (``sqlite_stat1`` rows), or none."""
+    tables = ", ".join(f"'{t}'" for t in ("job", *(t for t, _old, _new in REKEYED)))
+    if not database.execute_sql("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'").fetchone():
+        return []
+    return database.execute_sql(f"SELECT tbl, idx, stat FROM sqlite_stat1 WHERE tbl IN ({tables})").fetchall()
+
+
+def _restore_stats(database, rows):
+    """Give the rebuilt tables the statistics that ANALYZE left of them (their rows are the same): a
+    dropped table takes its rows of ``sqlite_stat1`` with it, and the upgraded database of a million jobs
+    was planned without them (the job table's, at least) until the next ANALYZE."""
+    names = {name for (name,) in database.execute_sql("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    for table, index, stat in rows:
+        index = RENAMED_INDEXES.get(index, index)
+        if index is None or index in names:
+            database.execute_sql("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?, ?, ?)", (table, index, stat))
 
 
 def _indexes(database):

@@ -6,7 +6,7 @@ import time
 
 import peewee as pw
 
-from . import migrations
+from . import crash_points, migrations
 from .exceptions import StorageError
 
 #: bytes a checkpointed WAL is truncated to (SQLite otherwise keeps the largest it ever grew to)
@@ -47,15 +47,48 @@ def before_upgrade(self, database):
     if not options["backup"] or not isinstance(database, pw.SqliteDatabase):
         return ["no backup made (--no-backup)" if not options["backup"] else
                 "no backup made: back a PostgreSQL database up with pg_dump"]
-    target = self.path / f"backup-schema-{version}-{time.strftime('%Y%m%d-%H%M%S')}.sqlite3"
+    target = backup_name(self.path, version)
     free = free_bytes(self.path)
     size = self.sqlite_file.stat().st_size
     if free is not None and free < size:
         raise StorageError(f"a backup of {self.sqlite_file} needs about {size / 1e6:.0f} MB and "
                            f"{self.path} has {free / 1e6:.0f} MB free; free space or run db init --no-backup")
-    database.execute_sql("VACUUM INTO ?", (str(target),))
-    os.chmod(target, 0o600)
+    # Made under a name that says it is not done, and given its own name once whole on disk: a db init
+    # killed while it copied left an empty file (and its journal) under the backup's name.
+    partial = target.with_name(target.name + PARTIAL)
+    for leftover in (partial, partial.with_name(partial.name + "-journal")):
+        leftover.unlink(missing_ok=True)
+    database.execute_sql("VACUUM INTO ?", (str(partial),))
+    os.chmod(partial, 0o600)
+    crash_points.reach(crash_points.BACKUP_COPIED)
+    with open(partial, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(partial, target)
+    _fsync_directory(self.path)
     return [f"backed the schema {version} database up to {target} ({target.stat().st_size / 1e6:.1f} MB)"]
+
+
+#: what the name of a backup being made ends with (a db init killed then leaves it so named)
+PARTIAL = ".partial"
+
+
+def backup_name(path, version):
+    """A new file name in the DB directory ``path`` for a backup of schema ``version``: its time to the
+    second, and a number after it when that name is taken (a db init run again at once, after one that
+    was killed once its backup was made: the copy refused to overwrite, and the upgrade never ran)."""
+    stem = f"backup-schema-{version}-{time.strftime('%Y%m%d-%H%M%S')}"
+    target, n = path / f"{stem}.sqlite3", 1
+    while target.exists():
+        target, n = path / f"{stem}-{n}.sqlite3", n + 1
+    return target
+
+
+def _fsync_directory(path):
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def free_bytes(path):

@@ -51,20 +51,25 @@ def send(path, message):
     return answer
 
 
-def race(url, sends):
+def race(url, sends, one_by_one=False):
     """Lock the applied-request table, send ``[(path, message), ...]``, wait until both daemons'
-    transactions wait on a lock, let go; returns the answers."""
+    transactions wait on a lock, let go; returns the answers.  ``one_by_one``: each is sent once the
+    ones before it wait (they take their locks in that order)."""
     holder = psycopg2.connect(url)
     try:
         holder.cursor().execute("BEGIN; LOCK TABLE applied_request IN EXCLUSIVE MODE")
-        answers = [send(path, message) for path, message in sends]
 
-        def waiting():
+        def waiting(n):
             cur = holder.cursor()
             cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                         "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")
-            return cur.fetchone()[0] >= len(sends)
-        wait_for(waiting, 30, "both daemons' transactions to wait on a lock")
+            return cur.fetchone()[0] >= n
+        answers = []
+        for path, message in sends:
+            answers.append(send(path, message))
+            if one_by_one:
+                wait_for(lambda: waiting(len(answers)), 30, f"{len(answers)} daemons' transactions to wait on a lock")
+        wait_for(lambda: waiting(len(sends)), 30, "both daemons' transactions to wait on a lock")
         holder.rollback()
     finally:
         holder.close()
@@ -108,3 +113,54 @@ def test_two_daemons_racing_on_one_request_id_and_on_one_job(two_daemons):
     assert refused["error"]["code"] == "invalid_transition" and "RUNNING cannot move to RUNNING" in \
         refused["error"]["message"], refused
     assert history(url, moved) == [(None, "READY"), ("READY", "RUNNING")]
+
+
+def _keyed(url):
+    """``{job id: ([(from_state, to_state, message), ...], {tags})}`` joined by the job's key (schema 11)."""
+    con = psycopg2.connect(url)
+    try:
+        cur = con.cursor()
+        cur.execute("SELECT j.id, h.from_state, h.to_state, h.message FROM job_state_change h "
+                    "JOIN job j ON j.key = h.job_key ORDER BY h.id")
+        out = {}
+        for job_id, *row in cur.fetchall():
+            out.setdefault(job_id, ([], set()))[0].append(tuple(row))
+        cur.execute("SELECT j.id, t.tag FROM job_tag t JOIN job j ON j.key = t.job_key")
+        for job_id, tag in cur.fetchall():
+            out.setdefault(job_id, ([], set()))[1].add(tag)
+        cur.execute("SELECT count(*) FROM job_state_change WHERE job_key NOT IN (SELECT key FROM job)")
+        assert cur.fetchone()[0] == 0
+        return out
+    finally:
+        con.close()
+
+
+def test_two_daemons_creating_and_deleting_jobs_at_once_keep_each_jobs_rows_its_own(two_daemons):
+    """Both daemons create jobs in transactions that meet (each job takes a key from the one sequence,
+    its history and tags look it up by id), then one deletes a job while the other changes its tags,
+    and the one that deleted it makes it again under the same id: every job's history and tags are
+    its own, and a job has rows only while it is there."""
+    url, (a, b) = two_daemons
+    made = {p: [{"id": str(uuid.uuid4()), "name": f"{p.name}-{i}", "workflow": "w", "tags": [p.name, f"n{i}"],
+                 "working_directory": f"d/{p.name}-{i}"} for i in range(40)] for p in (a, b)}
+    answers = race(url, [(p, {"id": f"create-{p.name}-{uuid.uuid4()}", "op": "job_bulk_create",
+                              "params": {"jobs": made[p]}}) for p in (a, b)])
+    assert all(answer.get("ok") for answer in answers), answers
+    rows = _keyed(url)
+    assert {i: r for i, r in rows.items()} == {j["id"]: ([(None, "CREATED", "created")], set(j["tags"]))
+                                               for p in (a, b) for j in made[p]}
+    victim = made[a][0]
+    # The delete first (it holds the job's row, and waits at its end); then the change of its tags,
+    # which waits for that row: it goes on once the delete committed, with the key it read before.
+    deleted, modified = race(url, [(a, {"id": f"delete-{uuid.uuid4()}", "op": "job_delete",
+                                        "params": {"job_ids": [victim["id"]]}}),
+                                   (b, {"id": f"modify-{uuid.uuid4()}", "op": "job_modify",
+                                        "params": {"job_id": victim["id"], "changes": {"tags": ["late"]}}})],
+                             one_by_one=True)
+    assert modified.get("error", {}).get("code") == "not_found", modified  # not a tag row of no job
+    assert deleted.get("ok") and deleted["result"] == {"deleted": 1}, deleted
+    assert victim["id"] not in _keyed(url)
+    again = dict(victim, tags=["again"])
+    made_again = send(a, {"id": f"again-{uuid.uuid4()}", "op": "job_bulk_create", "params": {"jobs": [again]}})()
+    assert made_again.get("ok"), made_again
+    assert _keyed(url)[victim["id"]] == ([(None, "CREATED", "created")], {"again"})

@@ -109,3 +109,23 @@ def test_the_time_axis_fits_a_short_campaign():
     assert len(plot["bars"]) == 6 and all(b["count"] == 10 for b in plot["bars"])
     times = [t["time"] for t in plot["ticks"]]
     assert len(times) >= 4 and times[0] == plot["start"] and times[-1] == plot["end"] and times == sorted(times)
+
+
+def test_a_deleted_jobs_history_ids_taken_again_by_another_jobs_moves_are_noticed(reader, any_dbdir):
+    """The newest rows of the history go with their job, and another job's rows take their ids (SQLite
+    gives the largest id again): the number of jobs and of their moves are as before, and the newest id
+    too, yet the moves are another job's (broken: the page kept the deleted job's moves until its next
+    whole read, ten minutes later)."""
+    from balsamdb.server.http.job_pages import HistoryCache
+
+    cache = HistoryCache()
+
+    def counts(history):
+        moves = reader.query(lambda db: history.get(db, ""))
+        return job_views.state_counts_over_time(moves, T0, 60, 6)
+
+    _write(any_dbdir, {"d": ("w", [(310, None, "CREATED")])})
+    assert counts(cache)["CREATED"] == [2, 1, 1, 1, 1, 2]
+    _delete_job(any_dbdir, "d")
+    _write(any_dbdir, {"e": ("w", [(20, None, "CREATED")])})  # one move, as d had
+    assert counts(cache) == counts(HistoryCache()), "the moves of the job that took the deleted one's ids"

@@ -69,6 +69,9 @@ class HistoryCache:
     creation), so the kept moves count the jobs: when that count no longer matches the number of jobs
     (less the difference found when the history was read whole), a job was deleted or its history
     replaced, and the whole history is read again; also every :data:`FULL_SECONDS` whatever happens.
+    SQLite gives the largest id again once its row is deleted: the newest row seen is kept too (its job,
+    time and state), and when the row of that id is not the same any more, the whole history is read
+    again (a deleted job's moves taken over by another job's with the same counts).
 
     ``read_whole(cache, workflow)``, when given, starts such a whole read elsewhere (a thread of
     ``db serve``) and returns an event set when it ends: :meth:`get` waits for it at most
@@ -80,7 +83,8 @@ class HistoryCache:
         self.full_seconds = FULL_SECONDS if full_seconds is None else full_seconds
         self.max_entries = max_entries
         self._read_whole = read_whole
-        self._entries = {}  # workflow -> (newest id seen, jobs less counted jobs, read whole at, moves)
+        # workflow -> (newest id seen, jobs less counted jobs, read whole at, moves, that row's _mark)
+        self._entries = {}
         self._lock = threading.Lock()
 
     def read_whole(self, workflow):
@@ -93,7 +97,7 @@ class HistoryCache:
         query = Job.select(pw.fn.COUNT(pw.SQL("*")))
         jobs = (query.where(Job.workflow == workflow) if workflow else query).tuples().execute(db)[0][0]
         moves = job_views.history_moves(db, workflow or None, upto_id=newest)
-        self._keep(workflow, (newest, jobs - _jobs_counted(moves), time.monotonic(), moves))
+        self._keep(workflow, (newest, jobs - _jobs_counted(moves), time.monotonic(), moves, _mark(db, newest)))
         return moves
 
     def get(self, db, workflow, jobs=None):
@@ -109,13 +113,14 @@ class HistoryCache:
         due = entry is not None and time.monotonic() - entry[2] >= self.full_seconds
         if due and self._read_whole is not None:
             self.read_whole(workflow)  # read whole elsewhere; this page goes on with the kept moves
-        if entry is not None and entry[0] <= newest and (not due or self._read_whole is not None):
-            seen, offset, full_at, moves = entry
+        if (entry is not None and entry[0] <= newest and (not due or self._read_whole is not None)
+                and _mark(db, entry[0]) == entry[4]):
+            seen, offset, full_at, moves, _seen_mark = entry
             if newest > seen:
                 moves = job_views.merge_moves(
                     moves, job_views.history_moves(db, workflow or None, after_id=seen, upto_id=newest))
             if jobs - _jobs_counted(moves) == offset:  # no job deleted, no history replaced
-                self._keep(workflow, (newest, offset, full_at, moves))
+                self._keep(workflow, (newest, offset, full_at, moves, _mark(db, newest)))
                 return moves
         if self._read_whole is None:
             return self.read(db, workflow)
@@ -132,6 +137,14 @@ class HistoryCache:
             if len(self._entries) >= self.max_entries and workflow not in self._entries:
                 self._entries.clear()
             self._entries[workflow] = entry
+
+
+def _mark(db, row_id):
+    """What the history's row ``row_id`` holds (its job's key, time and states), or None: one lookup
+    by the primary key."""
+    rows = list(JobStateChange.select(JobStateChange.job, JobStateChange.time, JobStateChange.from_state,
+                                      JobStateChange.to_state).where(JobStateChange.id == row_id).tuples().execute(db))
+    return rows[0] if rows else None
 
 
 def _jobs_counted(moves):
