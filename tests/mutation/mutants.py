@@ -770,7 +770,7 @@ MUTANTS = [
 
     # -- A store that ages well (issue 22) -------------------------------------------------------------
     M("upgrade-no-backup", "`db init` upgrades a schema 5 database", "balsamdb/schema_upgrade.py",
-      '    database.execute_sql("VACUUM INTO ?", (str(target),))\n', "",
+      '    database.execute_sql("VACUUM INTO ?", (str(partial),))\n', '    open(partial, "wb").close()\n',
       ("tests/test_scale_schema.py::test_an_old_db_upgrades_in_place_keeping_every_row[sqlite3]",),
       "the backup said but not made"),
     M("upgrade-search-index-empty", "`db init` upgrades a schema 5 database", "balsamdb/schema_scale.py",
