@@ -174,7 +174,9 @@ MUTANTS = [
       "        for endpoint in self.endpoints:\n            self.socket.unbind(endpoint)\n"
       "        drain_until = time.monotonic() + STOP_DRAIN\n",
       ("tests/test_durability.py::test_a_stop_answers_the_write_it_is_committing_and_applies_nothing_unanswered[sqlite3]",),
-      "the endpoints unbound at the stop (no new connections): ZeroMQ closes the open ones, answers are dropped"),
+      "the endpoints unbound at the stop (no new connections): ZeroMQ closes the open ones, answers are dropped",
+      attempts=3),  # survived once in session 8's full run (beside a 1M copy): the answer can go out before
+                    # the loop reaches the stop; killed 3 of 3 alone
     M("postgres-asynchronous-commit", "an answered write is durable: the answer is sent after COMMIT",
       "balsamdb/dbdir.py", "        return pw.PostgresqlDatabase(database, connect_timeout=5, **params,",
       "        return pw.PostgresqlDatabase(database, connect_timeout=5, options=\"-c synchronous_commit=off\", "
