@@ -8,6 +8,7 @@ import peewee as pw
 
 from . import crash_points, migrations
 from .exceptions import StorageError
+from .spool import fsync_dir
 
 #: bytes a checkpointed WAL is truncated to (SQLite otherwise keeps the largest it ever grew to)
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
@@ -64,7 +65,7 @@ def before_upgrade(self, database):
     with open(partial, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(partial, target)
-    _fsync_directory(self.path)
+    fsync_dir(self.path)
     return [f"backed the schema {version} database up to {target} ({target.stat().st_size / 1e6:.1f} MB)"]
 
 
@@ -81,14 +82,6 @@ def backup_name(path, version):
     while target.exists():
         target, n = path / f"{stem}-{n}.sqlite3", n + 1
     return target
-
-
-def _fsync_directory(path):
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def free_bytes(path):

@@ -293,6 +293,29 @@ def postgres_available():
         return False
 
 
+def open_database(path):
+    """The database of DB directory ``path``, connected (as the server opens it), for a test to write
+    or plan in directly; the caller closes it."""
+    from balsamdb.dbdir import DBDirectory
+    from balsamdb.settings import load_settings
+
+    database = DBDirectory(path).open_database(load_settings(), busy_timeout=30)
+    database.connect()
+    return database
+
+
+def with_statistics(database, path, stats):
+    """``database`` (SQLite, of DB directory ``path``) analysed, with the planner statistics ``stats``
+    (``{(table, index): "sqlite_stat1 stat"}``, e.g. those of a DB of a million rows) in place of its
+    own: closed and opened again, since SQLite reads them with the schema.  Returns the new one."""
+    database.execute_sql("ANALYZE")
+    for (table, index), stat in stats.items():
+        database.execute_sql("DELETE FROM sqlite_stat1 WHERE tbl = ? AND idx = ?", (table, index))
+        database.execute_sql("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?, ?, ?)", (table, index, stat))
+    database.close()
+    return open_database(path)
+
+
 def make_db_directory(backend, path, pg_url=None):
     """A fresh DB directory at ``path`` on ``backend``; returns the path."""
     from balsamdb.dbdir import DBDirectory

@@ -10,10 +10,9 @@ import pytest
 
 from balsamdb import migrations, schema_records_sort
 from balsamdb.applier import apply
-from balsamdb.dbdir import DBDirectory
 from balsamdb.models import MODELS, Record, RecordTag
 from balsamdb.request import Request
-from balsamdb.settings import load_settings
+from helpers import open_database, with_statistics
 
 N = 130  # records: three pages of 50
 
@@ -30,12 +29,6 @@ STATS_AT_1M = {("record", "record_project_id_user_id"): "1000000 1000000 333334 
                ("record", "record_sort_time"): "1000000 1",
                ("record_tag", "record_tag_tag_record_id"): "2000000 333334 1",
                ("record_tag", "sqlite_autoindex_record_tag_1"): "2000000 2 1"}
-
-
-def _open(path):
-    database = DBDirectory(path).open_database(load_settings(), busy_timeout=30)
-    database.connect()
-    return database
 
 
 def _save(database, records):
@@ -86,19 +79,14 @@ def test_every_sort_of_the_records_list_reads_its_pages_from_an_index(any_dbdir,
     from balsamdb.server.http import keyset, record_pages
 
     assert set(record_pages.SORTABLE) == {s for s in SORTS if s and not s.startswith("-")}
-    database = _open(any_dbdir)
+    database = open_database(any_dbdir)
     try:
         if backend == "postgres":
             migrations.upgrade(database)
         records = _records()
         _save(database, records)
         if backend == "sqlite3":
-            database.execute_sql("ANALYZE")
-            for (table, index), stat in STATS_AT_1M.items():
-                database.execute_sql("DELETE FROM sqlite_stat1 WHERE tbl = ? AND idx = ?", (table, index))
-                database.execute_sql("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?, ?, ?)", (table, index, stat))
-            database.close()
-            database = _open(any_dbdir)  # the statistics are read when the schema is
+            database = with_statistics(database, any_dbdir, STATS_AT_1M)
         with database.bind_ctx(MODELS):
             ids = {label: i for label, i in Record.select(Record.label, Record.id).tuples()}
             times = {label: t for label, t in Record.select(Record.label, Record.sort_time).tuples()}
@@ -166,7 +154,7 @@ def test_every_sort_of_the_records_list_reads_its_pages_from_an_index(any_dbdir,
 def test_the_sort_indexes_are_made_once(dbdir, again):
     """Schema 12 on a schema 10 database: the indexes made and the duplicate dropped; a second run changes
     nothing."""
-    database = _open(dbdir)
+    database = open_database(dbdir)
     try:
         for column in schema_records_sort.COLUMNS:
             database.execute_sql(f'DROP INDEX "{schema_records_sort.index_name(column)}"')
@@ -189,7 +177,7 @@ def test_a_save_again_sets_what_changed_and_the_sorts_and_search_follow(any_dbdi
     sorted lists and the search see the new values, and the columns not changed keep theirs."""
     from balsamdb.server.http import record_pages
 
-    database = _open(any_dbdir)
+    database = open_database(any_dbdir)
     try:
         if backend == "postgres":
             migrations.upgrade(database)

@@ -12,12 +12,11 @@ import pytest
 from balsamdb import migrations, schema_dashboard, schema_records_sort, schema_scale, schema_tags
 from balsamdb.applier import apply
 from balsamdb.request import Request
-from balsamdb.dbdir import DBDirectory
 from balsamdb.exceptions import ConfigError
 from balsamdb.models import MODELS, Job, Record
 from balsamdb.operations import jobs as job_ops
 from balsamdb.operations import leases, pages
-from balsamdb.settings import load_settings
+from helpers import open_database, with_statistics
 
 import old_schema
 
@@ -27,12 +26,6 @@ OLD_INDEXES = {"job_workflow": ("job", "workflow"), "job_state": ("job", "state"
                "record_project_id": ("record", "project_id"), "record_tag_record_id": ("record_tag", "record_id"),
                "record_tag_tag": ("record_tag", "tag"), "record_version_record_id": ("record_version", "record_id"),
                "project_permission_project_id": ("project_permission", "project_id")}
-
-
-def _open(path):
-    database = DBDirectory(path).open_database(load_settings(), busy_timeout=30)
-    database.connect()
-    return database
 
 
 def _apply(database, requests):
@@ -110,7 +103,7 @@ def _digest(database):
 
 
 def test_an_old_db_upgrades_in_place_keeping_every_row(any_dbdir, backend, tmp_path, run_db):
-    database = _open(any_dbdir)
+    database = open_database(any_dbdir)
     try:
         if backend == "postgres":
             migrations.upgrade(database)
@@ -134,7 +127,7 @@ def test_an_old_db_upgrades_in_place_keeping_every_row(any_dbdir, backend, tmp_p
     else:
         assert "pg_dump" in upgraded.stdout and not backups
 
-    database = _open(any_dbdir)
+    database = open_database(any_dbdir)
     try:
         assert migrations.current_version(database) == migrations.SCHEMA_VERSION
         assert not old_schema.has_id_keys(database)  # schema 11: history and tags by the job's key
@@ -214,7 +207,7 @@ def _scans(database, plan):
 
 
 def test_every_everyday_read_uses_an_index(any_dbdir, backend):
-    database = _open(any_dbdir)
+    database = open_database(any_dbdir)
     try:
         if backend == "postgres":
             migrations.upgrade(database)
@@ -308,14 +301,9 @@ def test_the_jobs_page_counts_a_workflows_lost_runs_from_the_history_side(dbdir)
     from the history's few RUN_TIMEOUT rows (as a join, SQLite walked the workflow's 100k jobs and
     probed each one's history: 547 ms of every filtered page at 1M), and its count of the finished
     jobs that a record names from the records' links (an EXISTS per job walked every finished job)."""
-    database = _open(dbdir)
+    database = open_database(dbdir)
     _load(database, 50)
-    database.execute_sql("ANALYZE")
-    for (table, index), stat in STATS_AT_1M.items():
-        database.execute_sql("DELETE FROM sqlite_stat1 WHERE tbl = ? AND idx = ?", (table, index))
-        database.execute_sql("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?, ?, ?)", (table, index, stat))
-    database.close()
-    database = _open(dbdir)  # the statistics are read when the schema is
+    database = with_statistics(database, dbdir, STATS_AT_1M)
     try:
         from balsamdb.server.http import job_pages
 
@@ -330,7 +318,7 @@ def test_the_jobs_page_counts_a_workflows_lost_runs_from_the_history_side(dbdir)
 
 
 def test_an_older_balsamdb_refuses_a_newer_schema(dbdir, run_db):
-    database = _open(dbdir)
+    database = open_database(dbdir)
     database.execute_sql('UPDATE "schema_version" SET "version" = 99')
     database.close()
     refused = run_db("ls", "--path", dbdir)
@@ -340,4 +328,4 @@ def test_an_older_balsamdb_refuses_a_newer_schema(dbdir, run_db):
     init = run_db("init", dbdir)
     assert init.returncode != 0 and "99" in init.stderr and f"({migrations.SCHEMA_VERSION})" in init.stderr, init.stderr
     with pytest.raises(ConfigError, match="newer than this balsamdb"):
-        migrations.check_schema_not_newer(_open(dbdir), dbdir)
+        migrations.check_schema_not_newer(open_database(dbdir), dbdir)
