@@ -112,7 +112,9 @@ def _restore_stats(database, rows):
 
 
 def _indexes(database):
-    """The indexes that today's models and the earlier schemas give the job key and the rebuilt tables."""
+    """The indexes that today's models and the earlier schemas give the job key and the rebuilt tables
+    (the history's ``(to_state, time)`` too, which ``migrations._ensure_indexes`` makes only after the
+    upgrade: its statistics are restored here, before)."""
     run = database.execute_sql
     run('CREATE UNIQUE INDEX IF NOT EXISTS "job_id" ON "job" ("id")')
     run('CREATE INDEX IF NOT EXISTS "job_state_change_job_key" ON "job_state_change" ("job_key")')

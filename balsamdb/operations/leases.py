@@ -112,7 +112,8 @@ def job_acquire(n, owner, lease=60.0, workflow=None, states=None, ids=None):
                   "message": f"claimed by {owner}: the lease of {o} expired at {e:.3f} (last renewal {r:.3f})"}
                  for i, o, e, r, s in picked if o is not None]
     if takeovers:
-        statements().executemany(statements().insert_history, takeovers)  # names each job by its id
+        fast = statements()
+        fast.executemany(fast.insert_history, takeovers)  # names each job by its id
     return _read_jobs(taken_ids)
 
 
@@ -273,7 +274,8 @@ def find_lost_runs(database, limit=500):
             for key in outcome:
                 counts[key] += 1
     if history:
-        statements().executemany(statements().insert_history, history)  # names each job by its id
+        fast = statements()
+        fast.executemany(fast.insert_history, history)  # names each job by its id
     return counts
 
 

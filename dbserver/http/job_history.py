@@ -113,14 +113,16 @@ class HistoryCache:
         due = entry is not None and time.monotonic() - entry[2] >= self.full_seconds
         if due and self._read_whole is not None:
             self.read_whole(workflow)  # read whole elsewhere; this page goes on with the kept moves
+        seen_mark = _mark(db, entry[0]) if entry is not None else None
         if (entry is not None and entry[0] <= newest and (not due or self._read_whole is not None)
-                and _mark(db, entry[0]) == entry[4]):
-            seen, offset, full_at, moves, _seen_mark = entry
+                and seen_mark == entry[4]):
+            seen, offset, full_at, moves, _kept_mark = entry
             if newest > seen:
                 moves = job_views.merge_moves(
                     moves, job_views.history_moves(db, workflow or None, after_id=seen, upto_id=newest))
             if jobs - _jobs_counted(moves) == offset:  # no job deleted, no history replaced
-                self._keep(workflow, (newest, offset, full_at, moves, _mark(db, newest)))
+                newest_mark = seen_mark if newest == seen else _mark(db, newest)
+                self._keep(workflow, (newest, offset, full_at, moves, newest_mark))
                 return moves
         if self._read_whole is None:
             return self.read(db, workflow)
